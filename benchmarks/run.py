@@ -1,0 +1,55 @@
+"""Run every benchmark (or ``--only TOPIC``) and regenerate BENCHMARKS.md.
+
+    python -m benchmarks.run [--quick] [--only prune,quantize] [--assemble-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks._common import assemble, write_section
+
+
+def topics() -> list[str]:
+    """Benchmark topics: the ``bench_<topic>.py`` modules beside this file."""
+    here = Path(__file__).parent
+    return sorted(m.name.removeprefix("bench_") for m in pkgutil.iter_modules([str(here)])
+                  if m.name.startswith("bench_"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer epochs/repeats: a smoke run")
+    parser.add_argument("--only", help=f"comma-separated topics ({', '.join(topics())})")
+    parser.add_argument("--assemble-only", action="store_true", help="rebuild BENCHMARKS.md from saved results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(2)
+    chosen = topics() if not args.only else [t.strip() for t in args.only.split(",")]
+    unknown = sorted(set(chosen) - set(topics()))
+    if unknown:
+        print(f"unknown benchmark topic(s) {', '.join(unknown)}: choose from {', '.join(topics())}", file=sys.stderr)
+        return 2
+    if not args.assemble_only:
+        for topic in chosen:
+            module = importlib.import_module(f"benchmarks.bench_{topic}")
+            began = time.perf_counter()
+            logging.info("benchmark %s ...", topic)
+            section = module.run(quick=args.quick)
+            write_section(section, args.quick)
+            logging.info("benchmark %s done in %.0f s", topic, time.perf_counter() - began)
+    assemble()
+    print("BENCHMARKS.md written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""slimkit.convert (see DESIGN.md)."""

@@ -1,0 +1,113 @@
+"""Datasets by name, so the CLI and recipes can say ``--data mnist``: each name builds a :class:`DataBundle`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from slimkit._errors import DataError
+from slimkit._registry import Registry
+from slimkit.data._digits import digits_tensors
+from slimkit.data._loader import TensorLoader, random_shift
+from slimkit.data._mnist import mnist_tensors
+
+
+@dataclass
+class DataBundle:
+    """Loaders for one dataset and what a model needs to know about it.
+
+    ``calibration`` is a small, fixed, un-augmented slice of the training data for calibration and reconstruction.
+    ``task`` is "classification" or "segmentation" (scored by mIoU).
+    """
+
+    name: str
+    train: Iterable
+    valid: Iterable | None
+    test: Iterable
+    calibration: Iterable
+    input_shape: tuple[int, ...]
+    num_classes: int
+    task: str = "classification"
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """A zero tensor of the dataset's input shape (for tracing and profiling)."""
+        return torch.zeros(batch, *self.input_shape)
+
+
+DATASETS: Registry[Callable[..., DataBundle]] = Registry("dataset")
+
+
+def _bundle(
+    name: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    valid: tuple[torch.Tensor, torch.Tensor] | None,
+    test: tuple[torch.Tensor, torch.Tensor],
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    augment: bool,
+    seed: int,
+    calibration_size: int,
+    num_classes: int,
+    task: str = "classification",
+) -> DataBundle:
+    shift = random_shift(2) if augment else None
+    calibration_idx = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(seed))[:calibration_size]
+    return DataBundle(
+        name=name,
+        train=TensorLoader(*train, batch_size, shuffle=True, augment=shift, seed=seed),
+        valid=TensorLoader(*valid, eval_batch_size) if valid is not None else None,
+        test=TensorLoader(*test, eval_batch_size),
+        calibration=TensorLoader(train[0][calibration_idx], train[1][calibration_idx], eval_batch_size),
+        input_shape=tuple(train[0].shape[1:]),
+        num_classes=num_classes,
+        task=task,
+    )
+
+
+@DATASETS.register("mnist")
+def mnist(
+    batch_size: int = 128,
+    *,
+    eval_batch_size: int = 1000,
+    augment: bool = False,
+    train_split: str = "train",
+    seed: int = 0,
+    calibration_size: int = 1024,
+) -> DataBundle:
+    """MNIST: train on ``train_split`` ("train" = 50k, "train+valid" = 60k), validate on valid, test on the 10k test."""
+    valid = None if train_split == "train+valid" else mnist_tensors("valid")
+    return _bundle(
+        "mnist", mnist_tensors(train_split), valid, mnist_tensors("test"), batch_size=batch_size,
+        eval_batch_size=eval_batch_size, augment=augment, seed=seed, calibration_size=calibration_size,
+        num_classes=10,
+    )
+
+
+@DATASETS.register("digits")
+def digits(
+    batch_size: int = 64, *, eval_batch_size: int = 512, augment: bool = False, seed: int = 0,
+    calibration_size: int = 256,
+) -> DataBundle:
+    """scikit-learn's 8×8 digits, 80/20 stratified split; the test split doubles as validation."""
+    test = digits_tensors("test", seed=seed)
+    return _bundle(
+        "digits", digits_tensors("train", seed=seed), test, test, batch_size=batch_size,
+        eval_batch_size=eval_batch_size, augment=augment, seed=seed, calibration_size=calibration_size,
+        num_classes=10,
+    )
+
+
+def create_data(name: str, **options: Any) -> DataBundle:
+    """Build the dataset registered as ``name`` (``mnist``, ``digits``, ...) with the given loader options."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS.names())}")
+    return DATASETS.get(name)(**options)
+
+
+def dataset_names(pattern: str = "*") -> list[str]:
+    """Registered dataset names matching a glob."""
+    return DATASETS.names(pattern)

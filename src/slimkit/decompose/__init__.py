@@ -1,0 +1,1 @@
+"""slimkit.decompose (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""slimkit.distill (see DESIGN.md)."""

@@ -1,0 +1,120 @@
+"""ONNX export of fp32 models and checking the exported file against PyTorch in ONNX Runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit._errors import SlimkitError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+
+
+class ExportError(SlimkitError):
+    """A model could not be exported to ONNX, or the exported file does not match PyTorch."""
+
+
+def _inputs_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    dynamic_batch: bool = True,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export ``model`` (in eval mode, the caller's object untouched) to ``path``, written atomically.
+
+    Uses the TorchScript-based exporter, which is fast and handles every layer slimkit produces, and falls back to
+    the ``torch.export``-based exporter when the former fails. Inputs are named ``input`` (``input_1``, ...),
+    outputs ``output``; the batch dimension is dynamic unless ``dynamic_batch=False``.
+    """
+    inputs = _inputs_tuple(example_inputs)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(model).eval()
+    input_names = ["input"] + [f"input_{i}" for i in range(1, len(inputs))]
+    dynamic_axes = {name: {0: "batch"} for name in [*input_names, "output"]} if dynamic_batch else None
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
+    os.close(fd)
+    try:
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model, inputs, tmp, dynamo=False, input_names=input_names, output_names=["output"],
+                    dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True,
+                )
+        except Exception as legacy_error:
+            log.info("TorchScript ONNX export failed (%s); trying torch.export", legacy_error)
+            try:
+                _export_dynamo(model, inputs, tmp, input_names, dynamic_batch, opset)
+            except Exception as dynamo_error:
+                raise ExportError(
+                    f"could not export {type(model).__name__} to ONNX: {legacy_error} / {dynamo_error}. "
+                    "Replace data-dependent Python control flow in forward() with tensor ops, or export a submodule."
+                ) from dynamo_error
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return target
+
+
+def _export_dynamo(
+    model: nn.Module, inputs: tuple, path: str, input_names: list[str], dynamic_batch: bool, opset: int
+) -> None:
+    shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch")
+        shapes = tuple({0: batch} for _ in inputs)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, inputs, dynamo=True, input_names=input_names, output_names=["output"],
+            dynamic_shapes=shapes, opset_version=opset,
+        )
+        program.save(path, external_data=False)
+
+
+def run_onnx(path: str | os.PathLike, inputs: torch.Tensor | Sequence[torch.Tensor], threads: int = 2) -> np.ndarray:
+    """Run an ONNX file in ONNX Runtime (CPU) and return its first output."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), _inputs_tuple(inputs))}
+    return session.run(None, feed)[0]
+
+
+def onnx_max_abs_diff(
+    model: nn.Module, path: str | os.PathLike, inputs: torch.Tensor | Sequence[torch.Tensor]
+) -> float:
+    """The largest absolute difference between ``model`` in PyTorch and the ONNX file in ONNX Runtime."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(*_inputs_tuple(inputs))
+    finally:
+        model.train(was_training)
+    got = run_onnx(path, inputs)
+    return float(np.max(np.abs(got - expected.detach().cpu().numpy())))

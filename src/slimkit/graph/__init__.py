@@ -1,0 +1,1 @@
+"""slimkit.graph (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""slimkit.pipeline (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""slimkit.prune (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""slimkit.quantize (see DESIGN.md)."""

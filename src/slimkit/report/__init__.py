@@ -1,0 +1,1 @@
+"""slimkit.report (see DESIGN.md)."""

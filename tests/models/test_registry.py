@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from slimkit import ModelSpecError, models
+from slimkit.analysis import profile
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_every_registered_model_runs_at_its_default_shape(name):
+    model = models.create(name).eval()
+    x = torch.randn(2, *models.default_input_shape(name))
+    out = model(x)
+    assert out.shape[0] == 2 and torch.isfinite(out).all()
+
+
+def test_resnet_cifar_parameter_counts_match_the_paper():
+    # He et al. 2016 Table 6: ResNet-20 0.27M, ResNet-56 0.85M (3 input channels, option A shortcuts)
+    for name, published in (("resnet20", 0.27e6), ("resnet56", 0.85e6)):
+        params = profile(models.create(name, in_channels=3), torch.zeros(1, 3, 32, 32)).total.params
+        assert abs(params - published) / published < 0.02
+
+
+def test_spec_parsing_with_options_and_user_file(tmp_path):
+    assert models.parse_spec("resnet20:width=0.5,shortcut=B") == ("resnet20", {"width": 0.5, "shortcut": "B"})
+    model = models.from_spec("resnet20:width=0.5")
+    assert model.conv1.out_channels == 8
+    user = tmp_path / "mine.py"
+    user.write_text("from torch import nn\n\ndef build(width=4):\n    return nn.Linear(3, width)\n")
+    assert models.from_spec(f"{user}:build:width=6").out_features == 6
+
+
+def test_bad_specs_give_clear_errors(tmp_path):
+    with pytest.raises(ModelSpecError, match="unknown model 'lenet7'"):
+        models.from_spec("lenet7")
+    with pytest.raises(ModelSpecError, match="does not take"):
+        models.create("lenet5", depth=3)
+    with pytest.raises(ModelSpecError, match="does not exist"):
+        models.from_spec(f"{tmp_path}/nope.py:build")
+    (tmp_path / "x.py").write_text("value = 3\n")
+    with pytest.raises(ModelSpecError, match="no callable 'build'"):
+        models.from_spec(f"{tmp_path}/x.py:build")

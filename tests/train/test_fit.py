@@ -1,0 +1,87 @@
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit import CheckpointError, ConfigError, UnsafeCheckpointError
+from slimkit.data import TensorLoader, mnist_tensors
+from slimkit.train import Callback, fit, load_checkpoint, load_weights_, save_checkpoint
+
+
+def _small_loader(n=2048, batch=128, seed=0):
+    x, y = mnist_tensors("train")
+    return TensorLoader(x[:n], y[:n], batch, shuffle=True, seed=seed)
+
+
+def _model():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 10))
+
+
+def test_loss_falls_on_real_mnist():
+    result = fit(_model(), _small_loader(), epochs=3, progress=False,
+                 optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+class Crash(Callback):
+    def on_epoch_end(self, state):
+        if state.epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_resume_reaches_exactly_the_uninterrupted_weights(tmp_path):
+    opt = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)  # noqa: E731
+    straight = _model()
+    fit(straight, _small_loader(), epochs=3, optimizer=opt, scheduler="cosine", progress=False, seed=3)
+
+    interrupted = _model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(interrupted, _small_loader(), epochs=3, optimizer=opt, scheduler="cosine", progress=False, seed=3,
+            checkpoint_dir=tmp_path, callbacks=[Crash()])
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0  # the crash came before epoch 2 was saved
+    resumed = _model()
+    result = fit(resumed, _small_loader(), epochs=3, optimizer=opt, scheduler="cosine", progress=False, seed=3,
+                 checkpoint_dir=tmp_path, resume=True)
+    assert result.resumed_from_epoch == 1 and len(result.history) == 3
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        torch.save({"model": Evil()}, handle, pickle_module=pickle)
+    with pytest.raises(UnsafeCheckpointError, match="pickled Python objects"):
+        load_checkpoint(path)
+    whole_model = tmp_path / "whole.pt"
+    torch.save(_model(), whole_model)
+    with pytest.raises(UnsafeCheckpointError):
+        load_weights_(_model(), whole_model)
+
+
+def test_weights_round_trip_and_mismatch(tmp_path):
+    model = _model()
+    save_checkpoint(model.state_dict(), tmp_path / "w.safetensors")
+    save_checkpoint(model.state_dict(), tmp_path / "w.pt")
+    for name in ("w.safetensors", "w.pt"):
+        torch.manual_seed(99)
+        other = load_weights_(nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Dropout(0.2),
+                                            nn.Linear(64, 10)), tmp_path / name)
+        assert torch.equal(other[1].weight, model[1].weight)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_weights_(nn.Linear(2, 2), tmp_path / "w.pt")
+
+
+def test_bad_arguments_fail_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="checkpoint_dir"):
+        fit(_model(), _small_loader(), epochs=1, resume=True)
+    with pytest.raises(ConfigError, match="epochs"):
+        fit(_model(), _small_loader(), epochs=-1)
