@@ -1,5 +1,27 @@
-"""Export: ONNX (fp32; int8 QDQ lives with quantization), checked against PyTorch in ONNX Runtime."""
+"""Export: ONNX (fp32, and int8 QDQ carrying slimkit's quantization), checked against PyTorch in ONNX Runtime."""
 
 from slimkit.export._onnx import DEFAULT_OPSET, ExportError, export_onnx, onnx_max_abs_diff, run_onnx
+from slimkit.export._qdq import (
+    INT8_KERNELS,
+    export_qdq,
+    int8_kernel_count,
+    onnx_accuracy,
+    optimized_op_types,
+    ort_quantize_dynamic,
+    ort_quantize_static,
+)
 
-__all__ = ["DEFAULT_OPSET", "ExportError", "export_onnx", "onnx_max_abs_diff", "run_onnx"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "INT8_KERNELS",
+    "ExportError",
+    "export_onnx",
+    "export_qdq",
+    "int8_kernel_count",
+    "onnx_accuracy",
+    "onnx_max_abs_diff",
+    "optimized_op_types",
+    "ort_quantize_dynamic",
+    "ort_quantize_static",
+    "run_onnx",
+]

@@ -1,1 +1,66 @@
-"""slimkit.quantize (see DESIGN.md)."""
+"""Quantization: observers, fake quant (STE, LSQ), BN folding, PTQ, QAT, weight-only k-bit, mixed precision.
+
+``quantize_ptq(model, example_inputs, calibration_loader, QuantConfig())`` returns a new model; what happened to each
+layer is in ``quant_report(result)``. Deploy int8 with ``slimkit.export.export_qdq``.
+"""
+
+from slimkit.quantize._equalize import equalization_pairs, equalize, equalize_
+from slimkit.quantize._fake_quant import FakeQuantize, QuantWrapper
+from slimkit.quantize._fold import analyse, fold_bn, fold_bn_into_conv, matches
+from slimkit.quantize._observers import (
+    OBSERVERS,
+    Observer,
+    QuantSpec,
+    create_observer,
+    fake_quantize,
+    qparams_from_range,
+)
+from slimkit.quantize._ptq import (
+    SUPPORTED_LAYERS,
+    QuantConfig,
+    QuantReport,
+    bias_correct_,
+    calibrate_,
+    freeze_,
+    prepare,
+    quant_report,
+    quantize_ptq,
+    wrappers,
+)
+from slimkit.quantize._qat import convert_qat, quantize_qat
+from slimkit.quantize._sensitivity import keep_sensitive_, layer_sensitivity
+from slimkit.quantize._weight_only import quantize_weights, weight_codes
+
+__all__ = [
+    "OBSERVERS",
+    "SUPPORTED_LAYERS",
+    "FakeQuantize",
+    "Observer",
+    "QuantConfig",
+    "QuantReport",
+    "QuantSpec",
+    "QuantWrapper",
+    "analyse",
+    "bias_correct_",
+    "calibrate_",
+    "convert_qat",
+    "create_observer",
+    "equalization_pairs",
+    "equalize",
+    "equalize_",
+    "fake_quantize",
+    "fold_bn",
+    "fold_bn_into_conv",
+    "freeze_",
+    "keep_sensitive_",
+    "layer_sensitivity",
+    "matches",
+    "prepare",
+    "qparams_from_range",
+    "quant_report",
+    "quantize_ptq",
+    "quantize_qat",
+    "quantize_weights",
+    "weight_codes",
+    "wrappers",
+]

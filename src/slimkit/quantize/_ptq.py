@@ -1,0 +1,306 @@
+"""Post-training quantization: fold BN, insert observers, calibrate, freeze (Krishnamoorthi 2018; Nagel et al. 2021).
+
+The result is an ordinary ``nn.Module`` whose Conv2d/Linear layers are :class:`QuantWrapper` s. What happened to every
+layer is recorded in a :class:`QuantReport` stored on the returned model as ``model.slimkit_quant_report`` (and
+returned by :func:`quant_report`): quantized layers, layers left in float with the reason, folded BatchNorms.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit._errors import ConfigError, DataError
+from slimkit.quantize._fake_quant import FakeQuantize, QuantWrapper
+from slimkit.quantize._fold import analyse, fold_bn_, matches, set_submodule
+from slimkit.quantize._observers import OBSERVERS, QuantSpec, check_bits
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how. Defaults: int8 per-channel symmetric weights, uint8 per-tensor asymmetric
+    activations calibrated by min/max — the format ONNX Runtime's int8 kernels run fastest (U8S8).
+
+    ``activation_bits=None`` quantizes weights only. ``skip``/``layers`` take module names, globs or ``re:`` regexes;
+    ``keep_sensitive=k`` keeps the k layers whose quantization hurts the output most in float (a per-layer sweep).
+    ``bias_correction`` applies empirical bias correction (Nagel et al. 2019 §4.2), ``equalize`` cross-layer
+    equalization (same paper, §4.1) before quantizing; ``lsq`` makes the scales
+    learnable (Esser et al. 2020), used by QAT. ``observer_options`` go to the activation observer
+    (e.g. ``{"percentile": 99.9}``).
+    """
+
+    weight_bits: int = 8
+    activation_bits: int | None = 8
+    observer: str = "minmax"
+    weight_observer: str = "minmax"
+    per_channel: bool = True
+    skip: tuple[str, ...] = ()
+    layers: tuple[str, ...] = ()
+    keep_sensitive: int = 0
+    bias_correction: bool = False
+    equalize: bool = False
+    lsq: bool = False
+    observer_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        check_bits(self.weight_bits, "weight bit width")
+        if self.activation_bits is not None:
+            check_bits(self.activation_bits, "activation bit width")
+        OBSERVERS.get(self.observer)
+        OBSERVERS.get(self.weight_observer)
+        for name in ("skip", "layers"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if not isinstance(self.keep_sensitive, int) or self.keep_sensitive < 0:
+            raise ConfigError(f"keep_sensitive {self.keep_sensitive!r} must be an integer ≥ 0 (layers kept in float)")
+
+
+@dataclass
+class QuantReport:
+    """What quantization did to each layer."""
+
+    quantized: list[str] = field(default_factory=list)
+    float_layers: dict[str, str] = field(default_factory=dict)
+    folded_bn: list[tuple[str, str]] = field(default_factory=list)
+    fused_relu: list[str] = field(default_factory=list)
+    bias_corrected: list[str] = field(default_factory=list)
+    equalized: list[tuple[str, str]] = field(default_factory=list)
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    calibration_batches: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def quant_report(model: nn.Module) -> QuantReport:
+    """The :class:`QuantReport` of a model made by this package."""
+    report = getattr(model, "slimkit_quant_report", None)
+    if report is None:
+        raise ConfigError(f"{type(model).__name__} was not quantized by slimkit.quantize: it has no quant report")
+    return report
+
+
+def wrappers(model: nn.Module) -> dict[str, QuantWrapper]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantWrapper)}
+
+
+def _param_leaves(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+    for name, module in model.named_modules():
+        if name and next(module.children(), None) is None and any(True for _ in module.parameters(recurse=False)):
+            yield name, module
+
+
+def _check_selection(model: nn.Module, config: QuantConfig) -> None:
+    names = [name for name, _ in _param_leaves(model)]
+    for pattern in config.layers:
+        hits = [n for n in names if matches(n, [pattern])]
+        if not hits:
+            raise ConfigError(f"layers pattern '{pattern}' matches no layer with weights: choose among "
+                              f"{', '.join(names[:20])}")
+        bad = [n for n in hits if not isinstance(model.get_submodule(n), SUPPORTED_LAYERS)]
+        if bad:
+            kinds = ", ".join(f"{n} ({type(model.get_submodule(n)).__name__})" for n in bad)
+            raise ConfigError(f"cannot quantize {kinds}: only Conv2d and Linear are supported; remove them from "
+                              "`layers` (they stay in float)")
+
+
+def prepare(model: nn.Module, config: QuantConfig, *, dynamic_weights: bool = False) -> tuple[nn.Module, QuantReport]:
+    """A copy of ``model`` with BN folded and the selected Conv2d/Linear layers wrapped in observing
+    :class:`QuantWrapper` s (nothing is quantized until :func:`freeze_`)."""
+    _check_selection(model, config)
+    model = copy.deepcopy(model).eval()
+    report = QuantReport(config={k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(config).items()})
+    facts = analyse(model)
+    if not facts.traced:
+        report.float_layers["<graph>"] = f"torch.fx could not trace the model ({facts.error}): BN not folded"
+    report.folded_bn = fold_bn_(model, facts)
+    if config.equalize:
+        from slimkit.quantize._equalize import equalize_
+
+        report.equalized = equalize_(model)
+    relu_of = dict(facts.layer_relu)
+    selected = set()
+    for name, module in list(_param_leaves(model)):
+        if not isinstance(module, SUPPORTED_LAYERS):
+            report.float_layers[name] = f"unsupported layer type {type(module).__name__}"
+        elif config.layers and not matches(name, config.layers):
+            report.float_layers[name] = "not selected by `layers`"
+        elif matches(name, config.skip):
+            report.float_layers[name] = "skipped by `skip`"
+        else:
+            selected.add(name)
+    for name in sorted(selected):
+        layer = model.get_submodule(name)
+        wspec = QuantSpec(config.weight_bits, symmetric=True, ch_axis=0 if config.per_channel else None)
+        weight_quant = FakeQuantize(wspec, config.weight_observer, learnable=config.lsq,
+                                    dynamic=dynamic_weights and not config.lsq)
+        input_quant = output_quant = None
+        if config.activation_bits is not None:
+            aspec = QuantSpec(config.activation_bits, symmetric=False)
+            input_quant = FakeQuantize(aspec, config.observer, learnable=config.lsq, **config.observer_options)
+            if name not in facts.model_outputs:
+                output_quant = FakeQuantize(aspec, config.observer, learnable=config.lsq, **config.observer_options)
+        relu = name in relu_of
+        if relu:
+            set_submodule(model, relu_of[name], nn.Identity())
+            report.fused_relu.append(name)
+        set_submodule(model, name, QuantWrapper(layer, weight_quant, input_quant, output_quant, relu=relu))
+        report.quantized.append(name)
+    model.slimkit_quant_report = report
+    return model, report
+
+
+def _batches(loader: Iterable) -> Iterable[torch.Tensor]:
+    for batch in loader:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def check_loader(loader: Iterable, what: str = "calibration loader") -> None:
+    """Refuse an empty loader before any work (``len()`` when the loader has one)."""
+    if loader is None:
+        raise DataError(f"{what} is None: pass a loader yielding input batches (e.g. create_data('mnist').calibration)")
+    try:
+        size = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return
+    if size == 0:
+        raise DataError(f"{what} is empty: it must yield at least one batch (check calibration_size / the dataset)")
+
+
+def calibrate_(model: nn.Module, loader: Iterable) -> int:
+    """Run ``loader`` through ``model`` with every activation observer watching and nothing quantized; returns
+    the number of batches seen (a DataError if none)."""
+    quants = [m for m in model.modules() if isinstance(m, FakeQuantize)]
+    for quant in quants:
+        quant.observing, quant.quantizing = True, False
+    count = 0
+    model.eval()
+    with torch.no_grad():
+        for inputs in _batches(loader):
+            model(inputs)
+            count += 1
+    if count == 0:
+        raise DataError("the calibration loader yielded no batches: give it at least one batch of inputs")
+    return count
+
+
+def freeze_(model: nn.Module) -> nn.Module:
+    """Fix every quantizer's qparams from its observer and start quantizing. A wrapper whose activations were
+    never observed (its layer did not run) is disabled and reported as float."""
+    report = getattr(model, "slimkit_quant_report", None)
+    for name, wrapper in wrappers(model).items():
+        acts = [q for q in (wrapper.input_quant, wrapper.output_quant) if q is not None]
+        if any(q.observer.lo is None for q in acts):
+            wrapper.enabled = False
+            if report is not None and name in report.quantized:
+                report.quantized.remove(name)
+                report.float_layers[name] = "never ran during calibration"
+            continue
+        with torch.no_grad():
+            wrapper.weight_quant.observer.update(wrapper.layer.weight)
+        for quant in (wrapper.weight_quant, *acts):
+            quant.freeze_()
+    return model
+
+
+def bias_correct_(model: nn.Module, loader: Iterable) -> list[str]:
+    """Empirical bias correction (Nagel et al. 2019, §4.2, Eq. 11-12): add ``E[(W - Q(W)) x]`` per output channel
+    to each quantized layer's bias, the expectation taken over ``loader`` with the quantized model's own inputs.
+    All layers are corrected from one pass (the shift of each is measured before any bias changes)."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    handles = []
+    targets = {n: w for n, w in wrappers(model).items() if w.enabled}
+
+    def hook(name: str, wrapper: QuantWrapper):
+        def fn(module: nn.Module, inputs: tuple) -> None:
+            x = inputs[0]
+            if wrapper.input_quant is not None:
+                x = wrapper.input_quant(x)
+            delta = wrapper.layer.weight - wrapper.quantized_weight()
+            if isinstance(wrapper.layer, nn.Conv2d):
+                layer = wrapper.layer
+                shift = nn.functional.conv2d(x, delta, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+                reduce = [0, 2, 3]
+            else:
+                shift = nn.functional.linear(x, delta)
+                reduce = list(range(shift.dim() - 1))
+            sums[name] = sums.get(name, 0) + shift.double().sum(dim=reduce)
+            counts[name] = counts.get(name, 0) + shift.numel() // shift.shape[1 if shift.dim() == 4 else -1]
+
+        return fn
+
+    for name, wrapper in targets.items():
+        handles.append(wrapper.register_forward_pre_hook(hook(name, wrapper)))
+    try:
+        with torch.no_grad():
+            for inputs in _batches(loader):
+                model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, total in sums.items():
+        layer = targets[name].layer
+        correction = (total / counts[name]).to(layer.weight.dtype)
+        with torch.no_grad():
+            if layer.bias is None:
+                layer.bias = nn.Parameter(correction)
+            else:
+                layer.bias += correction
+    return sorted(sums)
+
+
+def quantize_ptq(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    calibration_loader: Iterable,
+    config: QuantConfig | None = None,
+) -> nn.Module:
+    """Post-training quantization: a new model with BN folded, observers calibrated on ``calibration_loader``
+    and qparams frozen; the caller's model is untouched. ``example_inputs`` checks that folding kept the outputs.
+
+    Layers that cannot be quantized stay in float and are listed in ``result.slimkit_quant_report.float_layers``.
+    """
+    from slimkit.quantize._sensitivity import keep_sensitive_
+
+    config = config or QuantConfig()
+    check_loader(calibration_loader)
+    qmodel, report = prepare(model, config)
+    _check_equivalent(model, qmodel, example_inputs)
+    report.calibration_batches = calibrate_(qmodel, calibration_loader)
+    freeze_(qmodel)
+    if config.bias_correction:
+        report.bias_corrected = bias_correct_(qmodel, calibration_loader)
+    if config.keep_sensitive:
+        keep_sensitive_(qmodel, calibration_loader, config.keep_sensitive)
+    return qmodel
+
+
+def _check_equivalent(model: nn.Module, prepared: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]):
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    was_training = model.training
+    model.eval()
+    quants = [m for m in prepared.modules() if isinstance(m, FakeQuantize)]
+    for quant in quants:
+        quant.observing = False
+    try:
+        with torch.no_grad():
+            ref, got = model(*inputs), prepared(*inputs)
+    finally:
+        model.train(was_training)
+        for quant in quants:
+            quant.observing = True
+    err = float((ref - got).abs().max())
+    if err > 1e-3 * max(1.0, float(ref.abs().max())):
+        log.warning("BatchNorm folding changed the outputs by %.3g (max abs): check the folded pairs", err)

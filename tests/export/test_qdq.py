@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from slimkit import models
+from slimkit.data import TensorLoader, create_data
+from slimkit.export import (
+    ExportError,
+    export_onnx,
+    export_qdq,
+    onnx_accuracy,
+    optimized_op_types,
+    ort_quantize_dynamic,
+    ort_quantize_static,
+    run_onnx,
+)
+from slimkit.quantize import QuantConfig, quantize_ptq, quantize_weights
+
+
+@pytest.fixture(scope="module")
+def data():
+    return create_data("mnist", batch_size=256, calibration_size=256)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
+@pytest.mark.parametrize("weight_bits", [8, 4])
+def test_qdq_runs_int8_kernels_and_matches_fake_quant(tmp_path, data, name, weight_bits):
+    torch.manual_seed(0)
+    model = models.create(name, **({"width": 0.5} if name == "resnet20" else {})).eval()
+    q = quantize_ptq(model, data.example_input(), data.calibration, QuantConfig(weight_bits=weight_bits))
+    path = export_qdq(q, data.example_input(), tmp_path / "q.onnx")
+    ops = optimized_op_types(path)
+    assert ops.get("QLinearConv", 0) >= 2 and "Conv" not in ops
+    x = data.test.inputs[:128]
+    with torch.no_grad():
+        expected = q(x).numpy()
+    got = run_onnx(path, x)
+    # Identical integer arithmetic; differences come from float rounding at exact .5 ties only.
+    assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.99
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+    fp32 = export_onnx(model, data.example_input(), tmp_path / "fp32.onnx")
+    assert path.stat().st_size < 0.5 * fp32.stat().st_size  # graph text (names, qparams) dominates tiny models
+
+
+def test_ort_paths_and_accuracy(tmp_path, data):
+    model = models.create("lenet5").eval()
+    fp32 = export_onnx(model, data.example_input(), tmp_path / "fp32.onnx")
+    static = ort_quantize_static(fp32, data.calibration, tmp_path / "static.onnx")
+    dynamic = ort_quantize_dynamic(fp32, tmp_path / "dynamic.onnx")
+    assert optimized_op_types(static).get("QLinearConv", 0) == 2
+    assert static.stat().st_size < 0.4 * fp32.stat().st_size and dynamic.stat().st_size < 0.4 * fp32.stat().st_size
+    sub = TensorLoader(data.test.inputs[:500], data.test.targets[:500], batch_size=250)
+    x = sub.inputs
+    with torch.no_grad():
+        ref = model(x).argmax(1).numpy()
+    for path in (static, dynamic):
+        assert np.mean(run_onnx(path, x).argmax(1) == ref) > 0.9
+    assert onnx_accuracy(fp32, sub) == pytest.approx(float(np.mean(ref == sub.targets.numpy())))
+
+
+def test_weight_only_model_is_refused(tmp_path, data):
+    q = quantize_weights(models.create("lenet5").eval(), 4)
+    with pytest.raises(ExportError, match="no int8 layer"):
+        export_qdq(q, data.example_input(), tmp_path / "q.onnx")

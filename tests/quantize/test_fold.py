@@ -1,0 +1,59 @@
+import torch
+from torch import nn
+
+from slimkit import models
+from slimkit.quantize import analyse, fold_bn, matches
+
+
+def _randomise_bn(model):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def test_bn_folding_preserves_outputs_resnet20():
+    model = _randomise_bn(models.create("resnet20", width=0.5))
+    x = torch.randn(4, 1, 28, 28)
+    folded = fold_bn(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # caller's model untouched
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+
+
+def test_bn_folding_preserves_outputs_with_conv_bias():
+    model = _randomise_bn(nn.Sequential(nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8), nn.ReLU()))
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(fold_bn(model)(x), model(x), atol=1e-5)
+
+
+def test_analysis_finds_pairs_and_relus():
+    facts = analyse(models.create("resnet20"))
+    assert ("conv1", "bn1") in facts.conv_bn and ("layer1.0.conv1", "layer1.0.bn1") in facts.conv_bn
+    assert ("layer1.0.conv1", "layer1.0.relu1") in facts.layer_relu
+    assert not any(conv == "layer1.0.conv2" for conv, _ in facts.layer_relu)  # its ReLU follows the residual add
+    assert ("fc1", "relu") in analyse(models.create("lenet5")).layer_relu
+
+
+def test_shared_relu_is_not_fused():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.relu = nn.Linear(4, 4), nn.Linear(4, 4), nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.b(self.relu(self.a(x))))
+
+    assert analyse(Shared()).layer_relu == []
+
+
+def test_matches_names_globs_regex():
+    assert matches("layer1.0.conv1", ["layer1.*"])
+    assert matches("layer1.0.conv1", ["re:.*conv1$"])
+    assert not matches("layer1.0.conv2", ["re:.*conv1$", "fc"])
+    assert matches("fc", ["fc"])
