@@ -87,6 +87,9 @@ def _onnx_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], thre
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # compare_latency alternates two sessions in one process: an idle session's spinning worker threads would
+    # steal the cores from the one being timed (measured: a 30× distortion at batch 64).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs)}
