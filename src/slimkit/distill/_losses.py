@@ -1,0 +1,297 @@
+"""Distillation losses, registered by name so a recipe or the CLI can say ``kd:T=20,alpha=0.9`` or ``at:beta=1000``.
+
+Each loss is a small ``nn.Module`` with its paper's parameters and a natural ``forward``; :meth:`DistillLoss.compute`
+adapts it to the :class:`DistillBatch` the distiller assembles (logits, targets, features at the paired layers).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimkit._errors import ConfigError
+from slimkit._registry import Registry
+
+LOSSES: Registry[type[DistillLoss]] = Registry("distillation loss")
+Shapes = dict[str, tuple[int, ...]]
+
+
+@dataclass
+class DistillBatch:
+    """What one training step gives the losses. Feature dicts are keyed by layer name (student's and teacher's)."""
+
+    student_logits: torch.Tensor
+    targets: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
+    student_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class DistillLoss(nn.Module):
+    """Base class. ``pairs`` are ``(student_layer, teacher_layer)`` names for feature losses."""
+
+    uses_teacher_logits = False
+    uses_features = False
+    uses_targets = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pairs: list[tuple[str, str]] = []
+
+    def setup(self, pairs: list[tuple[str, str]], student_shapes: Shapes, teacher_shapes: Shapes) -> None:
+        """Check the paired feature shapes (per-sample, without batch) and build any learned parts, before training."""
+        self.pairs = list(pairs)
+        if self.uses_features and not self.pairs:
+            raise ConfigError(f"loss '{self.loss_name}' compares features: give layer pairs (e.g. layer1=layer1)")
+
+    @property
+    def loss_name(self) -> str:
+        return getattr(type(self), "registered_name", type(self).__name__)
+
+    def compute(self, batch: DistillBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _register(name: str):
+    def decorator(cls: type[DistillLoss]) -> type[DistillLoss]:
+        cls.registered_name = name  # type: ignore[attr-defined]
+        return LOSSES.register(name)(cls)
+
+    return decorator
+
+
+@_register("ce")
+class TaskLoss(DistillLoss):
+    """The task (hard-label) loss: cross-entropy with the ground-truth labels."""
+
+    uses_targets = True
+
+    def forward(self, student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(student_logits, targets)
+
+    def compute(self, batch: DistillBatch) -> torch.Tensor:
+        return self(batch.student_logits, batch.targets)
+
+
+@_register("kd")
+class KDLoss(DistillLoss):
+    """Knowledge distillation (Hinton, Vinyals & Dean 2015, §2).
+
+    ``alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, y)``. The KL has the same gradient as the
+    paper's cross-entropy with soft targets (they differ by the teacher's entropy, a constant). The gradient of the
+    soft term with respect to a logit scales as 1/T², so it is multiplied by T² to keep the soft and hard terms'
+    relative contribution roughly unchanged when T changes (§2). ``alpha=1`` gives soft targets only.
+    Defaults: T=4, alpha=0.9 (the paper's MNIST experiment used T=20 and a small hard-loss weight).
+    """
+
+    uses_teacher_logits = True
+
+    def __init__(self, T: float = 4.0, alpha: float = 0.9) -> None:
+        super().__init__()
+        if T <= 0:
+            raise ConfigError(f"kd temperature T must be > 0, got {T}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"kd alpha (weight of the soft loss) must be in [0, 1], got {alpha}")
+        self.T, self.alpha = float(T), float(alpha)
+        self.uses_targets = self.alpha < 1.0
+
+    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """``T² · KL`` between the softened distributions, averaged over the batch."""
+        log_p_student = F.log_softmax(student_logits / self.T, dim=1)
+        log_p_teacher = F.log_softmax(teacher_logits.detach() / self.T, dim=1)
+        kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+        return kl * self.T**2
+
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        loss = self.alpha * self.soft_loss(student_logits, teacher_logits)
+        if self.alpha < 1.0:
+            if targets is None:
+                raise ConfigError("kd with alpha < 1 mixes in the hard-label loss and needs the targets")
+            loss = loss + (1.0 - self.alpha) * F.cross_entropy(student_logits, targets)
+        return loss
+
+    def compute(self, batch: DistillBatch) -> torch.Tensor:
+        assert batch.teacher_logits is not None
+        return self(batch.student_logits, batch.teacher_logits, batch.targets)
+
+
+def attention_map(features: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Activation-based spatial attention (Zagoruyko & Komodakis 2017, Eq. 1 with F = mean over channels of |A|^p).
+
+    Returns ``N×(H·W)`` maps, each L2-normalised (the paper's ``Q/‖Q‖₂``, Eq. 2). The mean over channels (rather
+    than the sum) makes the map independent of the channel count up to the normalisation anyway.
+    """
+    if features.dim() != 4:
+        raise ConfigError(f"attention transfer needs N×C×H×W feature maps, got shape {tuple(features.shape)}")
+    return F.normalize(features.abs().pow(p).mean(dim=1).flatten(1), dim=1)
+
+
+@_register("at")
+class ATLoss(DistillLoss):
+    """Attention transfer (Zagoruyko & Komodakis 2017, Eq. 2): ``β/2 · Σ_j mean((Q_S^j/‖Q_S^j‖ − Q_T^j/‖Q_T^j‖)²)``.
+
+    As in the authors' code the squared difference is averaged over the batch and map positions, which is their
+    "β = 10³ divided by the number of elements in the attention map and batch size". Channel counts may differ;
+    a student map whose spatial size differs from the teacher's is resized bilinearly to the teacher's.
+    """
+
+    uses_features = True
+
+    def __init__(self, beta: float = 1000.0, p: float = 2.0) -> None:
+        super().__init__()
+        self.beta, self.p = float(beta), float(p)
+
+    def setup(self, pairs: list[tuple[str, str]], student_shapes: Shapes, teacher_shapes: Shapes) -> None:
+        super().setup(pairs, student_shapes, teacher_shapes)
+        for s, t in self.pairs:
+            if len(student_shapes[s]) != 3 or len(teacher_shapes[t]) != 3:
+                raise ConfigError(
+                    f"attention transfer pairs feature maps (C×H×W): student '{s}' gives {student_shapes[s]}, "
+                    f"teacher '{t}' gives {teacher_shapes[t]}; pair convolutional layers, or use 'hint'/'mimic'"
+                )
+
+    def pair_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if student.shape[-2:] != teacher.shape[-2:]:
+            student_map = student.abs().pow(self.p).mean(dim=1, keepdim=True)
+            student_map = F.interpolate(student_map, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
+            q_s = F.normalize(student_map.flatten(1), dim=1)
+        else:
+            q_s = attention_map(student, self.p)
+        q_t = attention_map(teacher.detach(), self.p)
+        return (q_s - q_t).pow(2).mean()
+
+    def forward(self, student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]) -> torch.Tensor:
+        total = sum(self.pair_loss(s, t) for s, t in zip(student_features, teacher_features))
+        return self.beta / 2 * total
+
+    def compute(self, batch: DistillBatch) -> torch.Tensor:
+        return self([batch.student_features[s] for s, _ in self.pairs],
+                    [batch.teacher_features[t] for _, t in self.pairs])
+
+
+@_register("hint")
+class HintLoss(DistillLoss):
+    """FitNets hints (Romero et al. 2015, Eq. 3): a learned regressor r maps the student's guided layer to the
+    teacher's hint layer, loss ``½‖u_h − r(v_g)‖²`` (here averaged over elements, summed over pairs).
+
+    The regressor is a 1×1 convolution for feature maps and a linear layer for vectors, built in :meth:`setup`
+    from the measured shapes (its parameters belong to this module, so the optimizer trains them and checkpoints
+    save them). A regressed map whose spatial size differs from the teacher's is resized bilinearly.
+    """
+
+    uses_features = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.regressors = nn.ModuleList()
+
+    def setup(self, pairs: list[tuple[str, str]], student_shapes: Shapes, teacher_shapes: Shapes) -> None:
+        super().setup(pairs, student_shapes, teacher_shapes)
+        self.regressors = nn.ModuleList()
+        for s, t in self.pairs:
+            s_shape, t_shape = student_shapes[s], teacher_shapes[t]
+            if len(s_shape) == 3 and len(t_shape) == 3:
+                self.regressors.append(nn.Conv2d(s_shape[0], t_shape[0], 1))
+            elif len(s_shape) == 1 and len(t_shape) == 1:
+                self.regressors.append(nn.Linear(s_shape[0], t_shape[0]))
+            else:
+                raise ConfigError(
+                    f"hint cannot regress student '{s}' {s_shape} onto teacher '{t}' {t_shape}: pair two feature "
+                    "maps (C×H×W) or two vectors (C)"
+                )
+
+    def forward(self, student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]) -> torch.Tensor:
+        total = student_features[0].new_zeros(())
+        for regressor, s, t in zip(self.regressors, student_features, teacher_features):
+            mapped = regressor(s)
+            if mapped.dim() == 4 and mapped.shape[-2:] != t.shape[-2:]:
+                mapped = F.interpolate(mapped, size=t.shape[-2:], mode="bilinear", align_corners=False)
+            total = total + 0.5 * F.mse_loss(mapped, t.detach())
+        return total
+
+    def compute(self, batch: DistillBatch) -> torch.Tensor:
+        return self([batch.student_features[s] for s, _ in self.pairs],
+                    [batch.teacher_features[t] for _, t in self.pairs])
+
+
+@_register("mimic")
+class MimicLoss(DistillLoss):
+    """Feature reconstruction / mimicking: mean squared error between student and teacher features at the paired
+    layers, no regressor, so the shapes must match (e.g. the penultimate layer; Ba & Caruana 2014 mimic logits,
+    Romero et al. 2015 and Luo et al. 2017 reconstruct features). Summed over pairs."""
+
+    uses_features = True
+
+    def setup(self, pairs: list[tuple[str, str]], student_shapes: Shapes, teacher_shapes: Shapes) -> None:
+        super().setup(pairs, student_shapes, teacher_shapes)
+        for s, t in self.pairs:
+            if student_shapes[s] != teacher_shapes[t]:
+                raise ConfigError(
+                    f"mimic compares features directly, but student '{s}' gives {student_shapes[s]} and teacher "
+                    f"'{t}' gives {teacher_shapes[t]}: pair layers of equal shape, or use 'hint', which learns a "
+                    "regressor from the student's shape to the teacher's"
+                )
+
+    def forward(self, student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]) -> torch.Tensor:
+        return sum(F.mse_loss(s, t.detach()) for s, t in zip(student_features, teacher_features))
+
+    def compute(self, batch: DistillBatch) -> torch.Tensor:
+        return self([batch.student_features[s] for s, _ in self.pairs],
+                    [batch.teacher_features[t] for _, t in self.pairs])
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss by name, its weight in the total, its parameters, and optionally its own layer pairs
+    (default: the distiller's pairs)."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+    pairs: tuple[tuple[str, str], ...] | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> LossSpec:
+        """``"kd:T=20,alpha=0.9"``, ``"at:beta=1000,weight=0.5"`` or ``"ce"`` → a spec (``weight`` is the total's)."""
+        name, _, rest = text.partition(":")
+        params: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ConfigError(f"loss option '{item}' in '{text}' must be KEY=VALUE, e.g. kd:T=20,alpha=0.9")
+            params[key.strip()] = _number(value.strip())
+        weight = float(params.pop("weight", 1.0))
+        return cls(name.strip(), weight, params)
+
+    def build(self) -> DistillLoss:
+        """Instantiate the registered loss with ``params``; unknown parameters are named with the valid ones."""
+        factory = LOSSES.get(self.name)
+        accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+        unknown = sorted(set(self.params) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"loss '{self.name}' has no option {', '.join(unknown)}: its options are "
+                f"{', '.join([*accepted, 'weight']) or 'weight'}"
+            )
+        return factory(**self.params)
+
+
+def _number(value: str) -> Any:
+    for convert in (int, float):
+        try:
+            return convert(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def loss_names(pattern: str = "*") -> list[str]:
+    """Registered distillation loss names matching a glob."""
+    return LOSSES.names(pattern)

@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from slimkit.cli import main
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--loss", "at", "--pairs", "layer9=layer1"], "student (CifarResNet) has no layer named 'layer9'"),
+        (["--loss", "mimic", "--pairs", "layer3=layer3"], "use 'hint'"),
+        (["--loss", "kd:tau=3"], "loss 'kd' has no option tau"),
+    ],
+)
+def test_bad_distill_options_fail_with_one_line_before_training(extra, message, tmp_path, capsys):
+    argv = ["distill", "--teacher", "resnet20", "--student", "resnet20:width=0.5", "--data", "mnist",
+            "--out", str(tmp_path / "out"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_count_mismatch_is_reported(tmp_path, capsys):
+    argv = ["distill", "--teacher", "lenet300:num_classes=5", "--student", "lenet300", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "num_classes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_slimkit_distill_kd_from_a_trained_teacher_writes_a_working_student(tmp_path):
+    assert main(["train", "lenet300", "--epochs", "1", "--out", str(tmp_path / "teacher")]) == 0
+    out = tmp_path / "run"
+    argv = ["distill", "--teacher", "lenet300", "--teacher-checkpoint", str(tmp_path / "teacher" / "model.pt"),
+            "--student", "lenet300", "--loss", "kd:T=20,alpha=0.9", "--epochs", "1", "--cache-teacher",
+            "--data", "mnist", "--out", str(out)]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["teacher"]["test"]["accuracy"] > 0.9
+    assert metrics["student"]["test"]["accuracy"] > 0.9
+    assert metrics["losses"] == [{"name": "kd", "weight": 1.0, "T": 20, "alpha": 0.9}]
+    assert float(metrics["files"]["onnx_max_abs_diff"]) < 1e-4
+    assert (out / "student.pt").is_file() and (out / "last.pt").is_file()
