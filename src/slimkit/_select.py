@@ -1,0 +1,49 @@
+"""Choosing layers by name: exact module names, shell globs (``layer1.*.conv?``) or ``re:`` regexes."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+
+from slimkit._errors import ConfigError
+
+
+def as_patterns(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Normalise a layer option: None → all layers, a string → one pattern, a list → several."""
+    if value is None:
+        return ("*",)
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def is_literal(pattern: str) -> bool:
+    """A pattern that names exactly one module (no glob characters, not a regex)."""
+    return not pattern.startswith("re:") and not any(ch in pattern for ch in "*?[")
+
+
+def matches(name: str, pattern: str) -> bool:
+    """``re:<regex>`` is a full-match regex; anything else is a shell glob (a plain name matches itself)."""
+    if pattern.startswith("re:"):
+        try:
+            return re.fullmatch(pattern[3:], name) is not None
+        except re.error as error:
+            raise ConfigError(f"layer pattern '{pattern}' is not a valid regex ({error}): fix the pattern") from None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def select_names(candidates: Sequence[str], layers: str | Sequence[str] | None,
+                 skip: str | Sequence[str] | None = (), *, kind: str = "selectable") -> list[str]:
+    """The ``candidates`` (in their order) matched by ``layers`` and not by ``skip``.
+
+    A literal name in ``layers`` that is not a candidate is an error, so a typo does not silently convert nothing.
+    """
+    include = as_patterns(layers)
+    exclude = () if skip is None else as_patterns(skip) if skip else ()
+    for pattern in include:
+        if is_literal(pattern) and pattern not in candidates:
+            raise ConfigError(f"layer '{pattern}' is not a {kind} layer of this model: choose among "
+                              f"{', '.join(candidates) or '(none)'}")
+    return [name for name in candidates
+            if any(matches(name, p) for p in include) and not any(matches(name, p) for p in exclude)]
