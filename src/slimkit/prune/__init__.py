@@ -1,1 +1,72 @@
-"""slimkit.prune (see DESIGN.md)."""
+"""Pruning: structured (physical channel removal through the dependency graph, criteria incl. ThiNet, schedules,
+sensitivity, width scaling) and unstructured (magnitude masks, AGP)."""
+
+from slimkit.prune._agp import AGPCallback, AGPConfig, agp_sparsity
+from slimkit.prune._config import PruneConfig
+from slimkit.prune._criteria import CRITERIA, Criterion, PruneContext, register_criterion, unit_rows
+from slimkit.prune._reconstruct import reconstruct_, reconstruct_layer_
+from slimkit.prune._schedule import SCHEDULES, prune_iterative, prune_layerwise, prune_oneshot
+from slimkit.prune._sensitivity import SensitivityResult, ratios_from_sensitivity, sensitivity
+from slimkit.prune._slimming import BNScaleL1
+from slimkit.prune._structured import plan_removal, prune_channels, pruning_info
+from slimkit.prune._thinet import ThiNetCriterion, thinet_greedy, thinet_scales
+from slimkit.prune._unstructured import (
+    MaskCallback,
+    SparseStorageRow,
+    UnstructuredConfig,
+    apply_masks_,
+    attach_masks_,
+    attached_masks,
+    finalize,
+    layer_sparsities,
+    magnitude_masks,
+    magnitude_prune,
+    prunable_layers,
+    relative_index_bytes,
+    sparse_storage,
+    sparsity_of,
+)
+from slimkit.prune._width import scale_width
+
+__all__ = [
+    "CRITERIA",
+    "SCHEDULES",
+    "AGPCallback",
+    "AGPConfig",
+    "BNScaleL1",
+    "Criterion",
+    "MaskCallback",
+    "PruneConfig",
+    "PruneContext",
+    "SensitivityResult",
+    "SparseStorageRow",
+    "ThiNetCriterion",
+    "UnstructuredConfig",
+    "agp_sparsity",
+    "apply_masks_",
+    "attach_masks_",
+    "attached_masks",
+    "finalize",
+    "layer_sparsities",
+    "magnitude_masks",
+    "magnitude_prune",
+    "plan_removal",
+    "prunable_layers",
+    "prune_channels",
+    "prune_iterative",
+    "prune_layerwise",
+    "prune_oneshot",
+    "pruning_info",
+    "ratios_from_sensitivity",
+    "reconstruct_",
+    "reconstruct_layer_",
+    "register_criterion",
+    "relative_index_bytes",
+    "scale_width",
+    "sensitivity",
+    "sparse_storage",
+    "sparsity_of",
+    "thinet_greedy",
+    "thinet_scales",
+    "unit_rows",
+]

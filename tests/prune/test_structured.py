@@ -1,0 +1,144 @@
+"""prune_channels: config validation, every criterion, targets, rounding, protection, the whole model zoo, ViT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from slimkit import ConfigError, models
+from slimkit.analysis import profile
+from slimkit.prune import CRITERIA, PruneConfig, prune_channels, pruning_info
+
+
+def _calibration(n: int = 64, shape=(1, 28, 28)) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.rand(n, *shape, generator=gen), torch.randint(0, 10, (n,), generator=gen)) for _ in range(2)]
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (PruneConfig(ratio=1.5), r"prune ratio 1.5 is out of range: use a value in \[0, 1\)"),
+    (PruneConfig(ratio={"conv2": 1.5}), r"prune ratio 1.5 for 'conv2' is out of range: use a value in \[0, 1\)"),
+    (PruneConfig(criterion="l3"), r"unknown criterion 'l3': choose one of bn_scale, fpgm, l1"),
+    (PruneConfig(scope="everywhere"), "scope 'everywhere' is unknown"),
+    (PruneConfig(speedup=0.5), "speedup 0.5 must be > 1"),
+    (PruneConfig(round_to=0), "round_to 0 must be"),
+])
+def test_bad_config_is_rejected_before_work(config, message):
+    with pytest.raises(ConfigError, match=message):
+        prune_channels(models.create("lenet5"), torch.zeros(1, 1, 28, 28), config)
+
+
+def test_data_driven_criterion_without_data_names_the_fix():
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        prune_channels(models.create("lenet5"), torch.zeros(1, 1, 28, 28), PruneConfig(criterion="thinet"))
+
+
+@pytest.mark.parametrize("criterion", CRITERIA.names())
+def test_every_criterion_halves_lenet5(criterion):
+    model = models.create("lenet5")
+    x = torch.zeros(1, 1, 28, 28)
+    pruned = prune_channels(model, x, PruneConfig(ratio=0.5, criterion=criterion), data=_calibration())
+    assert (pruned.conv1.out_channels, pruned.conv2.out_channels, pruned.fc1.out_features) == (10, 25, 250)
+    assert pruned.fc2.out_features == 10 and model.conv1.out_channels == 20
+    assert profile(pruned, x).total.macs == 646_500
+    assert torch.isfinite(pruned(torch.rand(2, 1, 28, 28))).all()
+
+
+def test_l1_keeps_the_largest_filters_and_copies_their_weights():
+    model = models.create("lenet5")
+    pruned = prune_channels(model, torch.zeros(1, 1, 28, 28), PruneConfig(ratio=0.5, criterion="l1"))
+    norms = model.conv1.weight.abs().sum((1, 2, 3)) + model.conv1.bias.abs()
+    kept = sorted(torch.topk(norms, 10).indices.tolist())
+    assert pruning_info(pruned)["keep"]["conv1"]["out"] == kept
+    torch.testing.assert_close(pruned.conv1.weight, model.conv1.weight[kept])
+    torch.testing.assert_close(pruned.conv2.weight, model.conv2.weight[pruning_info(pruned)["keep"]["conv2"]["out"]]
+                               [:, kept])
+
+
+def test_per_layer_ratios_round_to_and_skip():
+    model, x = models.create("lenet5"), torch.zeros(1, 1, 28, 28)
+    pruned = prune_channels(model, x, PruneConfig(ratio={"conv*": 0.5}, round_to=8))
+    assert (pruned.conv1.out_channels, pruned.conv2.out_channels, pruned.fc1.out_features) == (16, 32, 500)
+    pruned = prune_channels(model, x, PruneConfig(ratio=0.5, skip=("conv2",), protect_first=True))
+    assert (pruned.conv1.out_channels, pruned.conv2.out_channels, pruned.fc1.out_features) == (20, 50, 250)
+
+
+def test_speedup_target_is_reached_by_search():
+    model, x = models.create("resnet20"), torch.zeros(1, 1, 28, 28)
+    base = profile(model, x).total.macs
+    pruned = prune_channels(model, x, PruneConfig(speedup=2.0, scope="global"))
+    macs = profile(pruned, x).total.macs
+    assert base / 2.6 < macs <= base / 2
+
+
+def test_global_scope_prunes_unevenly_but_to_the_total():
+    model, x = models.create("lenet5"), torch.zeros(1, 1, 28, 28)
+    pruned = prune_channels(model, x, PruneConfig(ratio=0.5, scope="global"))
+    kept = [kept for kept, _ in pruning_info(pruned)["groups"].values()]
+    assert sum(kept) == 570 - 285
+
+
+def test_vit_head_pruning_keeps_it_runnable(tmp_path):
+    from slimkit.export import export_onnx, onnx_max_abs_diff
+
+    model = models.create("vit_tiny").eval()
+    x = torch.zeros(1, 1, 28, 28)
+    pruned = prune_channels(model, x, PruneConfig(ratio={"re:.*qkv": 0.5, "re:.*fc1": 0.25})).eval()
+    for i in range(4):
+        block = pruned.get_submodule(f"blocks.{i}")
+        assert block.attn.qkv.out_features == 3 * 2 * 16 and block.attn.proj.in_features == 32  # 2 of 4 heads
+        assert block.fc1.out_features == 96
+    out = pruned(torch.rand(3, 1, 28, 28))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    path = export_onnx(pruned, x, tmp_path / "vit.onnx")
+    assert onnx_max_abs_diff(pruned, path, torch.rand(4, 1, 28, 28)) < 1e-4
+
+
+def test_vit_zero_heads_removed_exactly():
+    model = models.create("vit_tiny").eval()
+    attn = model.blocks[1].attn
+    with torch.no_grad():  # head 2's value rows and output columns to zero: the head contributes nothing
+        for s in range(3):
+            attn.qkv.weight[s * 64 + 32: s * 64 + 48] = 0
+            attn.qkv.bias[s * 64 + 32: s * 64 + 48] = 0
+        attn.proj.weight[:, 32:48] = 0
+    x = torch.rand(2, 1, 28, 28)
+    pruned = prune_channels(model, x[:1], PruneConfig(ratio={"blocks.1.attn.qkv": 0.25}, criterion="l1")).eval()
+    assert pruned.get_submodule("blocks.1.attn.qkv").out_features == 144
+    torch.testing.assert_close(pruned(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", models.names())
+def test_every_registered_model_prunes_30_percent_globally(name, tmp_path):
+    from slimkit.export import export_onnx, onnx_max_abs_diff
+
+    model = models.create(name).eval()
+    x = torch.rand(1, *models.default_input_shape(name))
+    pruned = prune_channels(model, x, PruneConfig(ratio=0.3, scope="global")).eval()
+    assert profile(pruned, x).total.params < profile(model, x).total.params
+    out = pruned(torch.rand(2, *x.shape[1:]))
+    assert torch.isfinite(out).all()
+    path = export_onnx(pruned, x, tmp_path / f"{name}.onnx")
+    assert onnx_max_abs_diff(pruned, path, torch.rand(2, *x.shape[1:])) < 1e-4
+
+
+def test_pruning_info_survives_deepcopy():
+    import copy
+
+    pruned = prune_channels(models.create("lenet5"), torch.zeros(1, 1, 28, 28), PruneConfig(ratio=0.5))
+    assert pruning_info(copy.deepcopy(pruned))["keep"]["conv1"]["out"] == pruning_info(pruned)["keep"]["conv1"]["out"]
+
+
+def test_caller_model_is_untouched_and_result_trains():
+    model = models.create("resnet20")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = prune_channels(model, torch.zeros(1, 1, 28, 28), PruneConfig(ratio=0.5)).train()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    loss = nn.functional.cross_entropy(pruned(torch.rand(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert all(p.grad is not None for p in pruned.parameters())
+    assert np.isfinite(loss.item())
