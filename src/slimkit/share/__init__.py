@@ -1,1 +1,42 @@
-"""slimkit.share (see DESIGN.md)."""
+"""Parameter sharing (Han et al. 2016, Deep Compression): k-means weight clustering with trainable centroids,
+canonical Huffman coding, relative sparse indices, the compressed container, and the Deep Compression pipeline."""
+
+from slimkit.share._clustered import (
+    ClusterConfig,
+    ClusteredLayer,
+    cluster_weights,
+    clustered_layers,
+    finalize_clusters,
+)
+from slimkit.share._container import ContainerSummary, LayerBytes, load_compressed, save_compressed
+from slimkit.share._deep_compression import (
+    DeepCompressionConfig,
+    DeepCompressionResult,
+    deep_compression,
+)
+from slimkit.share._huffman import canonical_codes, code_lengths, huffman_decode, huffman_encode
+from slimkit.share._kmeans import CENTROID_INITS, kmeans_1d
+from slimkit.share._relindex import relative_decode, relative_encode
+
+__all__ = [
+    "CENTROID_INITS",
+    "ClusterConfig",
+    "ClusteredLayer",
+    "ContainerSummary",
+    "DeepCompressionConfig",
+    "DeepCompressionResult",
+    "LayerBytes",
+    "canonical_codes",
+    "cluster_weights",
+    "clustered_layers",
+    "code_lengths",
+    "deep_compression",
+    "finalize_clusters",
+    "huffman_decode",
+    "huffman_encode",
+    "kmeans_1d",
+    "load_compressed",
+    "relative_decode",
+    "relative_encode",
+    "save_compressed",
+]

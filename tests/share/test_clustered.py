@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from slimkit import ConfigError
+from slimkit.export import export_onnx, onnx_max_abs_diff
+from slimkit.models import create
+from slimkit.prune._unstructured import UnstructuredConfig, finalize, magnitude_prune
+from slimkit.share import ClusterConfig, ClusteredLayer, cluster_weights, finalize_clusters
+from slimkit.train import fit
+
+
+def _pruned_lenet5():
+    model, _ = magnitude_prune(create("lenet5"), UnstructuredConfig(sparsity=0.7))
+    return finalize(model)
+
+
+def test_default_bits_and_zeros_stay_zero():
+    model = _pruned_lenet5()
+    clustered = cluster_weights(model)
+    assert clustered.conv1.bits == 8 and clustered.fc1.bits == 5
+    assert clustered.fc1.codebook.numel() == 32 and clustered.conv2.codebook.numel() == 256
+    for name in ("conv1", "conv2", "fc1", "fc2"):
+        dense, shared = model.get_submodule(name).weight, clustered.get_submodule(name).weight
+        assert torch.equal(dense == 0, shared == 0)  # pruned weights are not clustered and stay zero
+        assert (shared.unique().numel() - 1) <= clustered.get_submodule(name).codebook.numel()
+    assert isinstance(model.fc1, torch.nn.Linear)  # caller's model untouched
+
+
+def test_per_layer_bits_and_validation():
+    clustered = cluster_weights(create("lenet5"), ClusterConfig(bits={"fc*": 3, "conv*": 4}))
+    assert clustered.fc1.codebook.numel() == 8 and clustered.conv1.codebook.numel() == 16
+    with pytest.raises(ConfigError):
+        ClusterConfig(bits=0)
+    with pytest.raises(ConfigError):
+        ClusterConfig(bits=4, n_clusters=16)
+    with pytest.raises(Exception, match="linear"):
+        ClusterConfig(init="kmeans++")
+
+
+def test_centroid_gradient_is_sum_and_weights_stay_tied():
+    model = cluster_weights(_pruned_lenet5(), ClusterConfig(bits=3))
+    feats = torch.randn(8, 800)
+    weight = model.fc1.weight  # materialised from the codebook: autograd routes its gradient to the centroids
+    weight.retain_grad()
+    torch.nn.functional.linear(feats, weight, model.fc1.bias).pow(2).sum().backward()
+    for k in range(model.fc1.codebook.numel()):
+        expected = weight.grad[model.fc1.indices == k].sum()
+        assert model.fc1.codebook.grad[k] == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
+    model.zero_grad()
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    loader = [(x, y)]
+    fit(model, loader, epochs=1, progress=False)  # one optimizer step
+    for layer in (model.conv1, model.conv2, model.fc1, model.fc2):
+        w, table = layer.weight, torch.cat([layer.codebook, torch.zeros(1)])
+        assert torch.equal(w, table[layer.indices])  # every weight equals its (updated) centroid
+        assert int((w != 0).sum()) <= int((layer.indices != layer.zero_symbol).sum())
+
+
+def test_finalize_exports_ordinary_layers_to_onnx(tmp_path):
+    model = cluster_weights(_pruned_lenet5()).eval()
+    dense = finalize_clusters(model)
+    assert not any(isinstance(m, ClusteredLayer) for m in dense.modules())
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.allclose(dense(x), model(x), atol=1e-6)
+    path = export_onnx(dense, x, tmp_path / "m.onnx")
+    assert onnx_max_abs_diff(dense, path, x) < 1e-4
+
+
+def test_storage_hook_reports_compressed_bytes():
+    from slimkit.analysis import profile
+
+    model = cluster_weights(_pruned_lenet5())
+    prof = profile(model, torch.randn(1, 1, 28, 28))
+    assert prof.row("fc1").bytes < 400_000 * 4 / 8
+    assert prof.row("fc1").macs == 500 * 800

@@ -1,0 +1,60 @@
+import pytest
+import torch
+from torch import nn
+
+from slimkit import CheckpointError, ModelSpecError
+from slimkit.models import create
+from slimkit.prune._unstructured import UnstructuredConfig, finalize, magnitude_prune
+from slimkit.share import ClusteredLayer, cluster_weights, load_compressed, save_compressed
+
+
+def _compressed(name="lenet300", sparsity=0.92):
+    torch.manual_seed(0)
+    pruned, _ = magnitude_prune(create(name), UnstructuredConfig(sparsity=sparsity))
+    return cluster_weights(finalize(pruned)).eval()
+
+
+@pytest.mark.parametrize("name", ["lenet300", "lenet5"])
+def test_round_trip_is_exact(tmp_path, name):
+    model = _compressed(name)
+    summary = save_compressed(model, tmp_path / "m.slim")
+    loaded = load_compressed(tmp_path / "m.slim")
+    x = torch.randn(16, 1, 28, 28)
+    assert torch.equal(loaded(x), model(x))  # bit-identical outputs
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    assert summary.file_bytes == (tmp_path / "m.slim").stat().st_size
+    assert not (tmp_path / "m.slim").read_bytes().startswith(b"\x80")  # not a pickle
+
+
+def test_compressed_size_much_smaller_than_dense(tmp_path):
+    model = _compressed()
+    summary = save_compressed(model, tmp_path / "m.slim")
+    dense = 266_610 * 4
+    # 8% of 266,200 weights at ≤ 5 + 5 bits each plus 410 float32 biases is ≤ 35 KB before Huffman coding
+    assert summary.file_bytes < 35_000 and dense / summary.file_bytes > 30
+    layer = summary.layers[0]
+    assert layer.nonzero == 235_200 - int(0.92 * 235_200)
+    assert layer.cluster_stream < layer.stored_entries * 5 / 8  # Huffman beats the fixed 5-bit code
+
+
+def test_unclustered_model_round_trips(tmp_path):
+    model = create("lenet5").eval()
+    save_compressed(model, tmp_path / "d.slim")
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(load_compressed(tmp_path / "d.slim")(x), model(x))
+
+
+def test_spec_resolution_and_errors(tmp_path):
+    model = _compressed()
+    model.slimkit_spec = "lenet300:num_classes=10"
+    save_compressed(model, tmp_path / "a.slim")
+    assert load_compressed(tmp_path / "a.slim").slimkit_spec == "lenet300:num_classes=10"
+    with pytest.raises(ModelSpecError, match="pass spec="):
+        save_compressed(nn.Sequential(nn.Linear(3, 2)), tmp_path / "b.slim")
+    (tmp_path / "bad.slim").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="not a slimkit compressed file"):
+        load_compressed(tmp_path / "bad.slim")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_compressed(tmp_path / "missing.slim")
+    assert any(isinstance(m, ClusteredLayer) for m in load_compressed(tmp_path / "a.slim").modules())

@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from slimkit import ConfigError
+from slimkit.data import create_data
+from slimkit.models import create
+from slimkit.share import ClusterConfig, ClusteredLayer, DeepCompressionConfig, deep_compression, load_compressed
+from slimkit.train import default_optimizer, fit
+
+
+def test_config_validated_before_work(tmp_path):
+    with pytest.raises(ConfigError, match="out of range"):
+        DeepCompressionConfig(sparsity=1.0)
+    with pytest.raises(ConfigError, match="not a selectable layer"):
+        deep_compression(create("lenet300"), None, tmp_path / "x.slim", DeepCompressionConfig(sparsity={"fc9": 0.5}))
+
+
+@pytest.mark.slow
+def test_pipeline_on_mnist_lenet300(tmp_path):
+    data = create_data("mnist", batch_size=128)
+    model = create("lenet300")
+    fit(model, data.train, epochs=2, optimizer=lambda p: default_optimizer(p, 0.05), scheduler="cosine",
+        progress=False)
+    config = DeepCompressionConfig(sparsity={"layers.1": 0.92, "layers.3": 0.91, "layers.5": 0.74},
+                                   prune_iterations=2, prune_epochs=1, cluster_epochs=1,
+                                   cluster=ClusterConfig(fc_bits=5), lr=0.05, cluster_lr=0.005)
+    result = deep_compression(model, data, tmp_path / "m.slim", config, spec="lenet300")
+    stages = {r["stage"].split(" ")[0]: r for r in result.stages}
+    assert stages["baseline"]["nonzero"] == 266_200
+    assert stages["pruned"]["nonzero"] == 266_200 - (int(0.92 * 235_200) + int(0.91 * 30_000) + int(0.74 * 1000))
+    final = result.stages[-1]
+    assert final["bytes"] == (tmp_path / "m.slim").stat().st_size
+    assert final["ratio"] > 30
+    assert final["accuracy"] > 0.95
+    assert final["accuracy"] == pytest.approx(result.stages[-2]["accuracy"])  # the file holds the same model
+    loaded = load_compressed(tmp_path / "m.slim")
+    x = data.test.inputs[:8]
+    assert torch.equal(loaded(x), result.model(x))
+    assert all(isinstance(loaded.get_submodule(f"layers.{i}"), ClusteredLayer) for i in (1, 3, 5))
+    assert [r["kept_pct"] for r in result.layers] == pytest.approx([8.0, 9.0, 26.0], abs=0.01)
