@@ -1,12 +1,17 @@
 """``slimkit demo``: the main job on the bundled MNIST default.
 
-Trains (or reuses a cached checkpoint of) LeNet-5 on MNIST, then prints its profile, accuracy and latency.
+Step 1 trains (or reuses a cached checkpoint of) LeNet-5 on MNIST and prints its profile, accuracy and latency.
+Step 2 runs one representative recipe of each compression family on that baseline with the recipe runner
+(``slimkit.pipeline``) and prints one comparison table; every run folder and a combined report are in ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,6 +19,7 @@ import torch
 from slimkit._cli_common import console, print_profile, print_table
 
 DEMO_EPOCHS = 5
+MARKER = "demo.json"
 
 
 def cache_dir() -> Path:
@@ -22,10 +28,12 @@ def cache_dir() -> Path:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("demo", help="train/reuse LeNet-5 on MNIST and show profile, accuracy, latency")
-    parser.add_argument("--quick", action="store_true", help="fewer epochs and repeats (for a smoke run)")
+    parser = sub.add_parser("demo", help="train/reuse LeNet-5 on MNIST, then compress it with every technique family")
+    parser.add_argument("--quick", action="store_true", help="fewer epochs, samples and repeats (a ~2 minute run)")
     parser.add_argument("--retrain", action="store_true", help="ignore the cached baseline and train again")
-    parser.add_argument("--out", default="slimkit-demo", help="folder for the demo's outputs")
+    parser.add_argument("--out", default="slimkit-demo", help="folder for the demo's runs and report")
+    parser.add_argument("--only", nargs="+", metavar="FAMILY", help="run only these families (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the demo's families and exit")
     parser.set_defaults(run=run)
 
 
@@ -43,18 +51,86 @@ def trained_baseline(name: str, epochs: int, *, retrain: bool = False, quick: bo
         console().print(f"reusing the cached baseline {path}")
     else:
         console().print(f"training {name} on MNIST for {epochs} epochs (cached at {path} for next time)")
+        torch.manual_seed(0)
         fit(model, data.train, epochs=epochs, optimizer=lambda p: default_optimizer(p, 0.05), scheduler="cosine",
             val_loader=data.valid)
         save_checkpoint(model.state_dict(), path)
     return model.eval(), data, path
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Family:
+    """One representative recipe of a technique family; ``stages`` lists the stage names it needs."""
+
+    name: str
+    title: str
+    stages: tuple[str, ...]
+    body: str  # the recipe's stage list; {ft} / {student_ft}: fine-tuning / from-scratch student epochs
+
+
+#: The demo's built-in recipe set, one per family (a family whose stages are not available is left out).
+FAMILIES: tuple[Family, ...] = (
+    Family("prune", "ThiNet channel pruning + fine-tune", ("prune", "finetune"), """
+  - prune: {ratio: 0.5, criterion: thinet}
+  - finetune: {epochs: {ft}, lr: 0.01}
+"""),
+    Family("quantize", "int8 post-training quantization", ("quantize",), """
+  - quantize: {method: ptq}
+"""),
+    Family("decompose", "Tucker-2 (conv) + SVD (fc) + fine-tune", ("decompose", "finetune"), """
+  - decompose: {method: [tucker2, svd], energy: 0.9}
+  - finetune: {epochs: {ft}, lr: 0.005}
+"""),
+    Family("cluster", "k-means sharing (16 values/layer) + Huffman", ("cluster",), """
+  - cluster: {bits: 4}
+"""),
+    Family("convert", "depthwise-separable rewrite + fine-tune", ("convert", "finetune"), """
+  - convert: {to: depthwise_separable}
+  - finetune: {epochs: {ft}, lr: 0.01}
+"""),
+    Family("distill", "Hinton KD into LeNet-300-100", ("distill",), """
+  - distill: {student: lenet300, teacher: input, losses: ["kd:T=4,alpha=0.9"], epochs: {student_ft}, lr: 0.1}
+"""),
+    Family("hybrid", "L1 prune → KD → int8 (hybrid)", ("prune", "distill", "quantize"), """
+  - prune: {ratio: 0.5, criterion: l1}
+  - distill: {teacher: input, losses: ["kd:T=4,alpha=0.9"], epochs: {ft}, lr: 0.01}
+  - quantize: {method: ptq}
+"""),
+)
+
+
+def available_families() -> list[Family]:
+    import slimkit.pipeline._technique_stages  # noqa: F401  (registers the technique stages)
+    from slimkit.pipeline import STAGES
+
+    return [f for f in FAMILIES if all(s in STAGES for s in f.stages)]
+
+
+def family_recipe(family: Family, checkpoint: Path, quick: bool) -> str:
+    """The YAML text of a family's recipe on the cached baseline."""
+    data = "{name: mnist, train_samples: 3000, eval_samples: 1000}" if quick else "{name: mnist}"
+    repeats = 10 if quick else 30
+    # a student trained from scratch needs more steps than a fine-tune of the trained baseline
+    body = family.body.replace("{ft}", "1").replace("{student_ft}", "4" if quick else "3")
+    return (f"version: 1\nname: {family.title}\nmodel: {{spec: lenet5, checkpoint: {json.dumps(str(checkpoint))}}}\n"
+            f"data: {data}\nevaluation: {{repeats: {repeats}, warmup: 3}}\nstages:{body}")
+
+
+def _prepare_demo_out(out: Path) -> None:
+    from slimkit._errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file: give a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise ConfigError(f"--out '{out}' is not empty and not an earlier demo's folder: choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def baseline_step(args: argparse.Namespace, epochs: int):
+    """Step 1 (the demo's original behaviour): the baseline's profile, accuracy and latency."""
     from slimkit.analysis import evaluate, latency, profile
 
-    torch.set_num_threads(2)
-    epochs = 2 if args.quick else DEMO_EPOCHS
-    model, data, _ = trained_baseline("lenet5", epochs, retrain=args.retrain, quick=args.quick)
+    model, data, path = trained_baseline("lenet5", epochs, retrain=args.retrain, quick=args.quick)
     example = data.example_input()
     prof = profile(model, example)
     print_profile(prof, title="LeNet-5 (Caffe variant) on 1×28×28")
@@ -70,4 +146,53 @@ def run(args: argparse.Namespace) -> int:
         f"MNIST test accuracy [bold]{test.accuracy:.2%}[/] ({test.errors} errors of {test.samples}); "
         f"{prof.total.params:,} params, {prof.total.macs:,} MACs, {prof.total.bytes / 1024:.0f} KiB at fp32"
     )
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    from slimkit._errors import ConfigError
+    from slimkit.pipeline import parse_recipe, run_recipe
+    from slimkit.pipeline._cli import stage_printer
+    from slimkit.report import COLUMNS, table_rows, write_report
+
+    torch.set_num_threads(2)
+    families = available_families()
+    if args.list:
+        print_table("demo families", ["family", "recipe", "stages"], [(f.name, f.title, " → ".join(f.stages))
+                                                                       for f in families])
+        return 0
+    if args.only:
+        unknown = sorted(set(args.only) - {f.name for f in families})
+        if unknown:
+            raise ConfigError(f"unknown demo family {', '.join(unknown)}: choose from "
+                              f"{', '.join(f.name for f in families)}")
+        families = [f for f in families if f.name in args.only]
+    out = Path(args.out)
+    _prepare_demo_out(out)
+    started = time.perf_counter()
+    checkpoint = baseline_step(args, 2 if args.quick else DEMO_EPOCHS)
+
+    cons = console()
+    rows: list[dict] = []
+    for family in families:
+        cons.rule(f"[bold]{family.title}")
+        text = family_recipe(family, checkpoint.resolve(), args.quick)
+        recipe = parse_recipe(text, f"<demo:{family.name}>")
+        result = run_recipe(recipe, out / "runs" / family.name, force=True, reporter=stage_printer(cons))
+        if not rows:
+            rows.append({**result.stages[0], "label": "baseline"})
+        rows.append({**result.stages[-1], "label": family.name, "title": family.title})
+    metrics = {"title": "slimkit demo: LeNet-5 on MNIST", "stages": rows, "quick": args.quick,
+               "families": [f.name for f in families]}
+    from slimkit._cli_common import write_json
+
+    write_json(out / "metrics.json", metrics)
+    legend = "\n".join(f"- **{f.name}**: {f.title} (run folder runs/{f.name})" for f in families)
+    files = write_report(out, metrics, extra_markdown=legend) if rows else {}
+    write_json(out / MARKER, {"quick": args.quick, "families": [f.name for f in families]})
+    if rows:
+        print_table("compressed LeNet-5 variants (latency: ONNX Runtime, ratio to the baseline in the same run)",
+                    list(COLUMNS), table_rows(rows))
+    cons.print(f"demo finished in {time.perf_counter() - started:.0f} s; report: {files.get('report_html', '–')}, "
+               f"runs in {out / 'runs'}")
     return 0

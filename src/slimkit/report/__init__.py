@@ -1,1 +1,8 @@
-"""slimkit.report (see DESIGN.md)."""
+"""Reports of compression runs: comparison tables, Pareto-front plots, per-layer charts, Markdown and HTML."""
+
+from slimkit.report._pareto import pareto_front
+from slimkit.report._plots import COSTS, plot_layers, plot_tradeoff
+from slimkit.report._render import COLUMNS, NOTES, markdown_table, table_rows, write_report
+
+__all__ = ["COLUMNS", "COSTS", "NOTES", "markdown_table", "pareto_front", "plot_layers", "plot_tradeoff", "table_rows",
+           "write_report"]

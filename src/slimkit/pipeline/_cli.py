@@ -1,0 +1,60 @@
+"""``slimkit compress RECIPE --out DIR [--resume] [--force]``: run a YAML recipe with a report at the end."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("compress", help="run a YAML recipe of compression stages (see recipes/)")
+    parser.add_argument("recipe", nargs="?", help="recipe file (version: 1, model, data, stages)")
+    parser.add_argument("--out", "-o", help="run folder (must be empty or new; see --resume and --force)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    parser.add_argument("--force", action="store_true", help="start over in a non-empty --out")
+    parser.add_argument("--check", action="store_true", help="only validate the recipe, run nothing")
+    parser.add_argument("--list-stages", action="store_true", help="list the stage names a recipe can use")
+    parser.set_defaults(run=run)
+
+
+def stage_printer(console: Any):
+    """A runner reporter that draws a rule per stage and one result line after it."""
+
+    def report(event: str, info: dict[str, Any]) -> None:
+        if event == "stage_start":
+            call = info["call"]
+            console.rule(f"[bold]stage {call.index}/{info['total']}: {call.name}[/] (recipe line {call.line})")
+        elif event == "replay":
+            console.print(f"[dim]stage {info['call'].label}: finished earlier, reloaded[/]")
+        elif event == "stage_end":
+            r = info["result"]
+            ratio = "–" if r.get("latency_ratio") is None else f"{r['latency_ratio']:.2f}×"
+            console.print(f"  accuracy [bold]{r['accuracy']:.2%}[/], {r['params']:,} params, {r['macs']:,} MACs, "
+                          f"{r['bytes'] / 1024:,.1f} KiB, latency {ratio} the input's, {r['seconds']:.1f} s")
+
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    from slimkit._cli_common import CommandError, console, print_table
+    from slimkit.pipeline import STAGES, load_recipe, run_recipe
+    from slimkit.report import COLUMNS, table_rows
+
+    out = console()
+    if args.list_stages:
+        print_table("recipe stages", ["stage", "what it does"], [(n, STAGES.get(n).summary) for n in STAGES.names()])
+        return 0
+    if not args.recipe:
+        raise CommandError("give a recipe file (e.g. recipes/deep-compression-lenet5.yaml), or --list-stages")
+    recipe = load_recipe(args.recipe)
+    if args.check:
+        out.print(f"{args.recipe}: valid recipe with {len(recipe.stages)} stage(s): "
+                  + ", ".join(s.name for s in recipe.stages))
+        return 0
+    if not args.out:
+        raise CommandError("--out DIR is required: the folder for checkpoints, metrics and the report")
+    result = run_recipe(recipe, args.out, resume=args.resume, force=args.force, reporter=stage_printer(out))
+    print_table(recipe.title, list(COLUMNS), table_rows(result.stages))
+    out.print(f"report: {result.files.get('report_html')} (and report.md, metrics.json, model.pt, model.onnx in "
+              f"{result.out})")
+    return 0

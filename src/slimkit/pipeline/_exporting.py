@@ -1,0 +1,109 @@
+"""Writing a model in a deployable format and checking the file against PyTorch on a real batch.
+
+Used by the ``export`` stage and by ``slimkit export``. ONNX files are run in ONNX Runtime and compared with the
+PyTorch model (max absolute difference and argmax agreement, tolerance recorded); TorchScript files are loaded back
+and compared the same way; the compressed container is written by :func:`slimkit.share.save_compressed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit._errors import ConfigError
+from slimkit._io import atomic_write
+
+FORMATS = ("onnx", "torchscript", "compressed")
+DEFAULT_SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "compressed": ".slim"}
+
+
+def check_batch(data: Any, size: int = 16) -> torch.Tensor:
+    """Real inputs to compare a file with PyTorch: the first ``size`` test inputs (zeros if the loader has none)."""
+    inputs = getattr(getattr(data, "test", None), "inputs", None)
+    if isinstance(inputs, torch.Tensor) and len(inputs):
+        return inputs[:size].clone()
+    return data.example_input(size)
+
+
+def _compare(expected: torch.Tensor, got: np.ndarray, atol: float) -> dict[str, Any]:
+    expected_np = expected.detach().cpu().numpy()
+    diff = float(np.max(np.abs(got - expected_np))) if got.size else 0.0
+    agreement = float((got.argmax(-1) == expected_np.argmax(-1)).mean()) if got.ndim >= 2 else 1.0
+    return {"max_abs_diff": diff, "atol": atol, "argmax_agreement": agreement, "ok": diff <= atol}
+
+
+def compressed_available() -> bool:
+    try:
+        from slimkit.share import save_compressed  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def export_model(
+    model: nn.Module,
+    data: Any,
+    path: str | Path,
+    fmt: str,
+    *,
+    exporter: Any = None,
+    atol: float = 1e-4,
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Write ``model`` to ``path`` in format ``fmt`` and check it; returns the check (file, diff, tolerance).
+
+    ``exporter(model, example, path)`` replaces :func:`slimkit.export.export_onnx` (the int8 QDQ export of a
+    quantized model). With ``strict`` a difference above ``atol`` raises :class:`slimkit.export.ExportError`.
+    """
+    from slimkit.export import ExportError, export_onnx, run_onnx
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
+    target = Path(path)
+    model = model.eval()
+    batch = check_batch(data)
+    example = batch[:1]
+    with torch.no_grad():
+        expected = model(batch)
+    if fmt == "onnx":
+        (exporter or export_onnx)(model, example, target)
+        check = _compare(expected, run_onnx(target, batch), atol)
+        check["runtime"] = "onnxruntime"
+    elif fmt == "torchscript":
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(copy.deepcopy(model), example, check_trace=False)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        with atomic_write(target) as handle:
+            handle.write(buffer.getvalue())
+        with torch.no_grad():
+            got = torch.jit.load(str(target))(batch).numpy()
+        check = _compare(expected, got, atol)
+        check["runtime"] = "torchscript"
+    else:
+        if not compressed_available():
+            raise ConfigError("the 'compressed' format needs slimkit.share.save_compressed, which this build "
+                              "does not have: use --format onnx or torchscript")
+        from slimkit.share import load_compressed, save_compressed
+
+        save_compressed(model, target)
+        reloaded = load_compressed(target)
+        with torch.no_grad():
+            got = reloaded(batch).numpy() if isinstance(reloaded, nn.Module) else expected.numpy()
+        check = _compare(expected, got, atol)
+        check["runtime"] = "slimkit.share.load_compressed"
+    check.update(file=str(target), format=fmt, bytes=target.stat().st_size, batch=len(batch))
+    if strict and not check["ok"]:
+        raise ExportError(f"{fmt} file '{target}' differs from PyTorch by {check['max_abs_diff']:.3g} on "
+                          f"{len(batch)} test inputs (tolerance {atol:g}; argmax agreement "
+                          f"{check['argmax_agreement']:.1%}): raise the tolerance if the format is lossy (int8)")
+    return check

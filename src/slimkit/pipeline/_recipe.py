@@ -1,0 +1,311 @@
+"""The recipe schema: a YAML file naming a model, data, and an ordered list of stages, validated before any work.
+
+```yaml
+version: 1
+model: {spec: lenet5, checkpoint: lenet5.pt}   # checkpoint relative to the recipe file; omit to start untrained
+data: {name: mnist, batch_size: 128}
+stages:
+  - prune: {ratio: 0.5, criterion: thinet}
+  - finetune: {epochs: 2}
+```
+
+Every problem (unknown key, value out of range, unknown stage, missing checkpoint) becomes one
+:class:`~slimkit.pipeline._yaml.RecipeError` naming the file, the line and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from slimkit._errors import SlimkitError
+from slimkit.pipeline._stages import STAGES, Stage, StageParams
+from slimkit.pipeline._yaml import LocatedYaml, RecipeError, load_located_yaml
+
+RECIPE_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    spec: str = Field(min_length=1, description="registered name (lenet5, resnet20:width=0.5) or file.py:factory")
+    checkpoint: str | None = Field(None, min_length=1, description="weights of the input model")
+
+
+class DataSection(_Section):
+    name: str = "mnist"
+    batch_size: int = Field(128, ge=1, le=65_536)
+    augment: bool = False
+    seed: int = Field(0, ge=0)
+    calibration_size: int = Field(1024, ge=1)
+    train_samples: int | None = Field(None, ge=1, description="train on the first N training samples only")
+    eval_samples: int | None = Field(None, ge=1, description="evaluate on the first N samples of the split only")
+
+
+class EvaluationSection(_Section):
+    split: Literal["test", "valid"] = "test"
+    latency: bool = True
+    latency_batch: int = Field(1, ge=1, le=4096)
+    repeats: int = Field(30, ge=1, le=10_000)
+    warmup: int = Field(5, ge=0, le=10_000)
+    threads: int = Field(2, ge=1, le=256)
+
+
+class RecipeSchema(_Section):
+    version: Literal[1]
+    name: str | None = None
+    description: str | None = None
+    seed: int = Field(0, ge=0)
+    model: ModelSection
+    data: DataSection = DataSection()
+    evaluation: EvaluationSection = EvaluationSection()
+    stages: list[Any] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class StageCall:
+    """One validated stage of a recipe: its registered name, parameters and line in the file."""
+
+    index: int
+    name: str
+    params: StageParams
+    line: int
+
+    def build(self) -> Stage:
+        return STAGES.get(self.name)(self.params)
+
+    @property
+    def label(self) -> str:
+        return f"{self.index:02d}-{self.name}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe; ``checkpoint`` is resolved against the recipe's folder."""
+
+    schema: RecipeSchema
+    stages: tuple[StageCall, ...]
+    source: str
+    text: str
+    checkpoint: Path | None
+
+    @property
+    def title(self) -> str:
+        return self.schema.name or Path(self.source).stem
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe with every default filled in (what the run actually used)."""
+        payload = self.schema.model_dump(mode="json")
+        payload["stages"] = [{s.name: s.params.model_dump(mode="json")} for s in self.stages]
+        payload["model"]["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
+        return payload
+
+    def fingerprint(self) -> str:
+        """A hash of the resolved recipe: a resumed run must have been started by the very same recipe."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+_HINTS = {
+    "extra_forbidden": "remove it or fix its spelling",
+    "missing": "add it",
+    "literal_error": "use one of the allowed values",
+    "int_parsing": "write a whole number",
+    "int_type": "write a whole number",
+    "int_from_float": "write a whole number",
+    "float_parsing": "write a number",
+    "float_type": "write a number",
+    "bool_parsing": "write true or false",
+    "bool_type": "write true or false",
+    "string_type": "write a string (quote it if it looks like a number)",
+    "list_type": "write a YAML list ('- item' lines)",
+    "tuple_type": "write a YAML list ([a, b] or '- item' lines)",
+    "dict_type": "write a mapping ('key: value' lines)",
+    "model_type": "write a mapping ('key: value' lines)",
+    "too_short": "add at least one entry",
+    "less_than": "use a smaller value",
+    "less_than_equal": "use a smaller value",
+    "greater_than": "use a larger value",
+    "greater_than_equal": "use a larger value",
+    "finite_number": "use a finite number",
+}
+
+
+def _loc_text(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "recipe"
+
+
+def _allowed_keys(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields) or "(none)"
+
+
+_UNION_TAG = re.compile(r"^(constrained-\w+|function-\w+.*|\w+\[.*\]|int|float|str|bool|none|list|dict|tuple|"
+                        r"set|is-instance\[.*\])$")
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The location without pydantic's union-member tags (``ratio.constrained-float`` → ``ratio``)."""
+    return tuple(p for p in loc if not (isinstance(p, str) and _UNION_TAG.match(p)))
+
+
+def _explain(error: dict[str, Any], located: LocatedYaml, prefix: tuple[Any, ...], model: type[BaseModel]) -> str:
+    error = {**error, "loc": _clean_loc(error["loc"])}
+    loc = (*prefix, *error["loc"])
+    blame = getattr(model, "blame", None)
+    if error["type"] == "value_error" and not error["loc"] and blame is not None:
+        culprit = blame(error.get("input"))  # a whole-config check failed: find the field that causes it
+        loc = (*loc, culprit) if culprit else loc
+    line = located.line_of(loc)
+    # a library's own check (value_error) already says what to do
+    hint = _HINTS.get(error["type"], "" if error["type"] == "value_error" else "fix the value")
+    if error["type"] == "extra_forbidden":
+        import difflib
+
+        section = _model_at(model, error["loc"][:-1])
+        close = difflib.get_close_matches(str(error["loc"][-1]), list(section.model_fields), n=1)
+        hint += f" (did you mean '{close[0]}'?)" if close else ""
+        hint += f"; allowed keys here: {_allowed_keys(section)}"
+    value = error.get("input")
+    shown = "" if error["type"] in {"missing", "extra_forbidden"} or isinstance(value, dict | list) else \
+        f" (got {value!r})"
+    message = error["msg"]
+    if error["type"] == "value_error" and message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if error["type"] == "value_error":
+        shown = ""
+    return f"{located.source}, line {line}: {_loc_text(loc)}: {message}{shown}" + (f": {hint}" if hint else "")
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The pydantic model of the section at ``loc`` (for listing its allowed keys)."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return model
+
+
+def _validate(model: type[BaseModel], data: Any, located: LocatedYaml, prefix: tuple[Any, ...]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        # A misspelt key also makes its intended key "missing": report the misspelling first.
+        order = {"extra_forbidden": 0, "missing": 2}
+        errors = sorted(error.errors(include_url=False), key=lambda e: order.get(e["type"], 1))
+        problems = list(dict.fromkeys(_explain(e, located, prefix, model) for e in errors))
+        # one problem per location: a union reports each alternative, the first is the one to fix
+        seen: set[tuple[Any, ...]] = set()
+        firsts = []
+        for e, text in zip(errors, (_explain(e, located, prefix, model) for e in errors)):
+            key = _clean_loc(e["loc"])
+            if key not in seen:
+                seen.add(key)
+                firsts.append(text)
+        problems = firsts or problems
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise RecipeError(problems[0] + more) from None
+    except (SlimkitError, ValueError, TypeError, RecursionError) as error:
+        line = located.line_of(prefix)
+        raise RecipeError(f"{located.source}, line {line}: {_loc_text(prefix)}: {error}") from None
+
+
+def _stage_call(index: int, item: Any, located: LocatedYaml) -> StageCall:
+    path = ("stages", index)
+    line = located.line_of(path)
+    names = ", ".join(STAGES.names())
+    if not isinstance(item, dict) or len(item) != 1:
+        raise RecipeError(f"{located.source}, line {line}: stages[{index}]: each stage is one 'name: {{params}}' "
+                          f"entry (e.g. '- finetune: {{epochs: 2}}'); stage names: {names}")
+    (name, params), = item.items()
+    if not isinstance(name, str) or name not in STAGES:
+        raise RecipeError(f"{located.source}, line {line}: stages[{index}]: unknown stage '{name}': "
+                          f"choose one of {names}")
+    stage_cls = STAGES.get(name)
+    validated = _validate(stage_cls.Params, {} if params is None else params, located, (*path, name))
+    return StageCall(index=index + 1, name=name, params=validated, line=line)
+
+
+def parse_recipe(text: str, source: str = "<recipe>", base_dir: str | os.PathLike | None = None,
+                 *, check_files: bool = True) -> Recipe:
+    """Validate recipe ``text``; every problem is a :class:`RecipeError` with ``source``, line and fix.
+
+    ``base_dir`` resolves a relative checkpoint path (default: the current folder). With ``check_files`` the
+    checkpoint must exist and the model and dataset names must be registered.
+    """
+    # Imported here so that every technique's stages are registered before names are checked.
+    import slimkit.pipeline._technique_stages  # noqa: F401
+
+    located = load_located_yaml(text, source)
+    if not isinstance(located.data, dict):
+        raise RecipeError(f"{source}, line 1: a recipe is a mapping with 'version: 1', 'model:' and 'stages:' "
+                          f"(got a {type(located.data).__name__})")
+    schema: RecipeSchema = _validate(RecipeSchema, located.data, located, ())
+    stages = tuple(_stage_call(i, item, located) for i, item in enumerate(schema.stages))
+    checkpoint = None
+    if schema.model.checkpoint is not None:
+        checkpoint = Path(schema.model.checkpoint).expanduser()
+        if not checkpoint.is_absolute():
+            checkpoint = Path(base_dir or ".") / checkpoint
+    schema = _resolve_model_file(schema, base_dir)
+    if check_files:
+        _check_names(schema, located, checkpoint)
+    return Recipe(schema=schema, stages=stages, source=source, text=text, checkpoint=checkpoint)
+
+
+def _resolve_model_file(schema: RecipeSchema, base_dir: str | os.PathLike | None) -> RecipeSchema:
+    """A ``file.py:factory`` spec is relative to the recipe's folder, like the checkpoint."""
+    spec = schema.model.spec
+    head, sep, tail = spec.partition(".py:")
+    if not sep or Path(head + ".py").is_absolute() or base_dir is None:
+        return schema
+    candidate = Path(base_dir) / (head + ".py")
+    if not candidate.is_file():
+        return schema
+    model = schema.model.model_copy(update={"spec": f"{candidate.resolve()}:{tail}"})
+    return schema.model_copy(update={"model": model})
+
+
+def _check_names(schema: RecipeSchema, located: LocatedYaml, checkpoint: Path | None) -> None:
+    from slimkit.data import DATASETS
+    from slimkit.models import MODELS, parse_spec
+
+    target, _ = parse_spec(schema.model.spec)
+    if ".py:" in target and not Path(target.rpartition(":")[0]).is_file():
+        raise RecipeError(f"{located.source}, line {located.line_of(('model', 'spec'))}: model.spec: file "
+                          f"'{target.rpartition(':')[0]}' does not exist: fix the path (relative to the recipe)")
+    if ".py" not in target and target not in MODELS:
+        raise RecipeError(f"{located.source}, line {located.line_of(('model', 'spec'))}: model.spec: unknown model "
+                          f"'{target}': choose one of {', '.join(MODELS.names())}, or give 'file.py:factory'")
+    if schema.data.name not in DATASETS:
+        raise RecipeError(f"{located.source}, line {located.line_of(('data', 'name'))}: data.name: unknown dataset "
+                          f"'{schema.data.name}': choose one of {', '.join(DATASETS.names())}")
+    if checkpoint is not None and not checkpoint.is_file():
+        raise RecipeError(f"{located.source}, line {located.line_of(('model', 'checkpoint'))}: model.checkpoint: "
+                          f"'{checkpoint}' does not exist: fix the path (relative paths start at the recipe's "
+                          "folder), or remove 'checkpoint' and begin the stages with '- train: {epochs: N}'")
+
+
+def load_recipe(path: str | os.PathLike, *, check_files: bool = True) -> Recipe:
+    """Read and validate the recipe file at ``path`` (see :func:`parse_recipe`)."""
+    source = Path(path)
+    if not source.is_file():
+        raise RecipeError(f"recipe '{source}' does not exist: check the path (shipped recipes are in recipes/)")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecipeError(f"recipe '{source}' cannot be read ({error}): save it as UTF-8 text") from None
+    return parse_recipe(text, str(source), source.parent, check_files=check_files)

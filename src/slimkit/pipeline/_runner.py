@@ -1,0 +1,394 @@
+"""Running a recipe: stages in order, measured after each, checkpointed after each, resumable.
+
+The run folder
+--------------
+::
+
+    DIR/recipe.yaml              the recipe as given
+    DIR/run.json                 run id, the resolved recipe and its fingerprint, slimkit version, status
+    DIR/stages/00-input/         the input model: model.pt (its weights, copied), model.onnx, result.json
+    DIR/stages/NN-<stage>/       model.pt (state dict after the stage), model.onnx, profile.json, result.json
+    DIR/model.pt, model.onnx     the final model; metrics.json, report.md, report.html, plots/
+
+How a model whose architecture changed is saved and loaded again
+----------------------------------------------------------------
+A state dict alone cannot rebuild a pruned, decomposed or converted model, and pickling the module would run code
+on load. So a run stores *how the architecture came about* instead: the input model spec, the ordered stages and
+each stage's state dict. To load stage ``k`` we build the input model from its spec, load the copied input weights
+(``00-input/model.pt``), and for each stage ``i ≤ k`` replay only its architecture change (``Stage.rebuild``, with
+the same seed, on the model holding stage ``i-1``'s exact weights) and load stage ``i``'s state dict. Training
+stages are not replayed: their weights are in the state dict. ``result.json`` records a structure fingerprint
+(parameter names, shapes, dtypes and module types), checked after each replay, so a replay that does not reproduce
+the architecture is a clear error rather than silently different weights. ``result.json`` is written last and
+atomically: a stage counts as finished only when it exists and carries this run's id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit._errors import CheckpointError, ConfigError
+from slimkit._io import write_text_atomic
+from slimkit.pipeline._recipe import Recipe, StageCall, parse_recipe
+from slimkit.pipeline._stages import Exporter, StageContext
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+RESULT_FILE = "result.json"
+INPUT_LABEL = "00-input"
+#: ``reporter(event, info)``: "stage_start", "stage_end", "replay", "run_end"; the CLI prints them with rich
+Reporter = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    out: Path
+    stages: list[dict[str, Any]]
+    model: nn.Module
+    files: dict[str, str]
+
+
+def structure_fingerprint(model: nn.Module) -> str:
+    """Parameter/buffer names, shapes and dtypes plus module types: equal iff two models have the same layout."""
+    parts = [f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)]
+    parts += [f"{name}={_type_name(m)}" for name, m in model.named_modules()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _type_name(module: nn.Module) -> str:
+    # torch.fx names each GraphModule's per-instance class after whatever it was built from; the layout is the same
+    return "GraphModule" if isinstance(module, torch.fx.GraphModule) else type(module).__name__
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+class _Session:
+    """The shared state of one run (or one reload of a run folder)."""
+
+    def __init__(self, recipe: Recipe, out: Path, run_id: str, progress: bool, reporter: Reporter | None) -> None:
+        from slimkit._cli_common import class_count_option
+        from slimkit.data import create_data
+        from slimkit.models import from_spec
+
+        self.recipe, self.out, self.run_id, self.progress = recipe, out, run_id, progress
+        self.reporter = reporter or (lambda event, info: None)
+        d = recipe.schema.data
+        self.data = create_data(d.name, batch_size=d.batch_size, augment=d.augment, seed=d.seed,
+                                calibration_size=d.calibration_size)
+        self.data.train = _subset(self.data.train, d.train_samples, shuffle=True, seed=d.seed)
+        for split in ("valid", "test"):
+            setattr(self.data, split, _subset(getattr(self.data, split), d.eval_samples))
+        self.spec_options = class_count_option(recipe.schema.model.spec, self.data.num_classes)
+        # an untrained input model (a recipe that starts with 'train') is initialised from the recipe's seed
+        from slimkit.train import seed_everything
+
+        seed_everything(recipe.schema.seed)
+        self.model = from_spec(recipe.schema.model.spec, **self.spec_options).eval()
+        self.example = self.data.example_input(1)
+        self.exporter: Exporter | None = None
+        self.input_model: nn.Module | None = None
+        self.snapshots: dict[str, nn.Module] = {}
+
+    def stage_dir(self, label: str) -> Path:
+        return self.out / "stages" / label
+
+    def context(self, call: StageCall | None, resume: bool = False) -> StageContext:
+        label = call.label if call else INPUT_LABEL
+        return StageContext(
+            data=self.data, input_model=self.input_model or self.model, example_input=self.example,
+            run_dir=self.out, stage_dir=self.stage_dir(label),
+            seed=self.recipe.schema.seed + (call.index if call else 0),
+            resume=resume, progress=self.progress, exporter=self.exporter, snapshots=self.snapshots,
+        )
+
+    def finished(self, label: str) -> dict[str, Any] | None:
+        result = _read_json(self.stage_dir(label) / RESULT_FILE)
+        ok = result is not None and result.get("run_id") == self.run_id
+        ok = ok and (self.stage_dir(label) / "model.pt").is_file()
+        return result if ok else None
+
+    def load_state(self, model: nn.Module, label: str, result: dict[str, Any]) -> None:
+        from slimkit.train import load_checkpoint
+
+        path = self.stage_dir(label) / "model.pt"
+        try:
+            model.load_state_dict(load_checkpoint(path), strict=True)
+        except RuntimeError as error:
+            raise CheckpointError(f"stage {label}: rebuilding the architecture did not reproduce the saved one "
+                                  f"({str(error).splitlines()[0]}); rerun the recipe with --force") from None
+        if structure_fingerprint(model) != result.get("structure"):
+            raise CheckpointError(f"stage {label}: the rebuilt model's layout differs from the one saved in "
+                                  f"{path.parent}: rerun the recipe with --force into the folder")
+
+    # --- measuring --------------------------------------------------------------------------------------------
+
+    def measure(self, model: nn.Module, label: str) -> dict[str, Any]:
+        from slimkit.analysis import compare_latency, evaluate, profile
+        from slimkit.export import ExportError, export_onnx
+
+        ev = self.recipe.schema.evaluation
+        folder = self.stage_dir(label)
+        model.eval()
+        prof = profile(model, self.example)
+        _write_json(folder / "profile.json", prof.to_dict())
+        loader = getattr(self.data, ev.split) or self.data.test
+        scores = evaluate(model, loader)
+        row: dict[str, Any] = {
+            "params": prof.total.params, "nonzero_params": prof.total.nonzero_params, "macs": prof.total.macs,
+            "bytes": prof.total.bytes, "accuracy": scores.accuracy, "loss": scores.loss, "split": ev.split,
+            "samples": scores.samples, "latency_ratio": None, "onnx_bytes": None,
+        }
+        onnx_path = folder / "model.onnx"
+        try:
+            (self.exporter or export_onnx)(model, self.example, onnx_path)
+            row["onnx_bytes"] = onnx_path.stat().st_size
+        except ExportError as error:
+            row["onnx_error"] = str(error)
+            log.warning("stage %s: ONNX export failed, no latency measured: %s", label, error)
+            return row
+        baseline = self.stage_dir(INPUT_LABEL) / "model.onnx"
+        if ev.latency:
+            cmp = compare_latency(baseline, onnx_path, self.data.example_input(ev.latency_batch),
+                                  backend="onnxruntime", threads=ev.threads, warmup=ev.warmup, repeats=ev.repeats)
+            row.update(latency_ratio=cmp.ratio, latency_ms=cmp.candidate.median_ms,
+                       baseline_latency_ms=cmp.baseline.median_ms, latency_batch=ev.latency_batch,
+                       latency_threads=ev.threads)
+        return row
+
+    def reuse(self, previous: dict[str, Any], label: str) -> dict[str, Any]:
+        """The previous stage's measurements, for a stage that did not change the model."""
+        import shutil
+
+        folder = self.stage_dir(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("model.onnx", "profile.json"):
+            source = self.stage_dir(previous["stage"]) / name
+            if source.is_file():
+                shutil.copyfile(source, folder / name)
+        skip = {"run_id", "stage", "name", "structure", "notes", "seconds"}
+        return {k: v for k, v in previous.items() if k not in skip}
+
+    def save_stage(self, model: nn.Module, label: str, name: str, row: dict[str, Any], extra: dict[str, Any]) -> dict:
+        from slimkit.train import save_checkpoint
+
+        folder = self.stage_dir(label)
+        save_checkpoint(model.state_dict(), folder / "model.pt")
+        result = {"run_id": self.run_id, "stage": label, "name": name, **row,
+                  "structure": structure_fingerprint(model), "notes": extra}
+        _write_json(folder / RESULT_FILE, result)  # written last: the stage is finished once this file exists
+        return result
+
+
+def _subset(loader: Any, n: int | None, *, shuffle: bool = False, seed: int = 0) -> Any:
+    """The first ``n`` samples of a tensor loader (the data section's ``train_samples`` / ``eval_samples``)."""
+    from slimkit.data import TensorLoader
+
+    if n is None or loader is None or not isinstance(loader, TensorLoader) or n >= len(loader.inputs):
+        return loader
+    return TensorLoader(loader.inputs[:n], loader.targets[:n], loader.batch_size, shuffle=shuffle,
+                        augment=loader.augment, seed=seed)
+
+
+def _prepare_out(recipe: Recipe, out: Path, resume: bool, force: bool) -> tuple[str, bool]:
+    """Check the folder; returns (run id, whether an earlier run is being resumed)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file: give a folder")
+    if recipe.checkpoint is not None and _inside(recipe.checkpoint, out):
+        raise ConfigError(f"the input checkpoint '{recipe.checkpoint}' is inside the output folder '{out}': choose "
+                          "another --out so that the run can never overwrite its input")
+    non_empty = out.is_dir() and any(out.iterdir())
+    previous = _read_json(out / RUN_FILE) if out.is_dir() else None
+    if resume:
+        if previous is None:
+            if non_empty and not force:
+                raise ConfigError(f"--resume: '{out}' holds no slimkit run ({RUN_FILE} is missing): give the folder "
+                                  "of the interrupted run, or drop --resume")
+        elif previous.get("fingerprint") != recipe.fingerprint():
+            raise ConfigError(f"--resume: the recipe differs from the one that started the run in '{out}': use the "
+                              "same recipe, or start over with --force (or a new --out)")
+        else:
+            return str(previous["run_id"]), True
+    elif non_empty and not force:
+        raise ConfigError(f"output folder '{out}' is not empty: choose a new folder, pass --resume to continue the "
+                          "run in it, or --force to start over in it")
+    return uuid.uuid4().hex[:12], False
+
+
+def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,
+               progress: bool = True, reporter: Reporter | None = None, report: bool = True) -> RunResult:
+    """Run ``recipe`` into folder ``out``: every stage in order, evaluated and checkpointed after each.
+
+    ``resume=True`` continues a run interrupted in ``out`` from its last finished stage and reaches the same
+    weights and metrics (latency aside, which is measured anew). The input checkpoint is never written.
+    """
+    from slimkit import __version__
+    from slimkit.train import load_weights_, seed_everything
+
+    out = Path(out)
+    run_id, resuming = _prepare_out(recipe, out, resume, force)
+    out.mkdir(parents=True, exist_ok=True)
+    session = _Session(recipe, out, run_id, progress, reporter)
+    if not resuming:
+        write_text_atomic(out / "recipe.yaml", recipe.text)
+        _write_json(out / RUN_FILE, {"run_id": run_id, "fingerprint": recipe.fingerprint(), "status": "running",
+                                     "slimkit": __version__, "recipe": recipe.to_dict(), "source": recipe.source,
+                                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    model = session.model
+    input_result = session.finished(INPUT_LABEL)
+    if input_result is not None:
+        session.load_state(model, INPUT_LABEL, input_result)
+    else:
+        if recipe.checkpoint is not None:
+            load_weights_(model, recipe.checkpoint)
+        started = time.perf_counter()
+        row = session.measure(model, INPUT_LABEL)
+        row["seconds"] = time.perf_counter() - started
+        row["latency_ratio"] = 1.0 if recipe.schema.evaluation.latency and "onnx_error" not in row else None
+        input_result = session.save_stage(model, INPUT_LABEL, "input", row, {"checkpoint": str(recipe.checkpoint)})
+    session.input_model = _frozen_copy(model)
+    session.snapshots[INPUT_LABEL] = session.input_model
+    results = [input_result]
+    resume_next = resuming
+    for call in recipe.stages:
+        stage = call.build()
+        done = session.finished(call.label)
+        seed_everything(recipe.schema.seed + call.index)
+        if done is not None:
+            session.reporter("replay", {"call": call, "result": done})
+            model = stage.rebuild(model, session.context(call))
+            session.load_state(model, call.label, done)
+            session.exporter = stage.exporter() or session.exporter
+            session.snapshots[call.label] = _frozen_copy(model)
+            results.append(done)
+            continue
+        session.reporter("stage_start", {"call": call, "total": len(recipe.stages)})
+        ctx = session.context(call, resume=resume_next)
+        resume_next = False
+        started = time.perf_counter()
+        model = stage.run(model, ctx)
+        session.exporter = stage.exporter() or session.exporter
+        seconds = time.perf_counter() - started
+        if stage.changes_model:
+            row = session.measure(model, call.label)
+        else:
+            row = session.reuse(results[-1], call.label)
+        row["seconds"] = seconds
+        result = session.save_stage(model, call.label, call.name, row, ctx.notes)
+        session.snapshots[call.label] = _frozen_copy(model)
+        results.append(result)
+        session.reporter("stage_end", {"call": call, "result": result})
+    files = _finish(session, model, results, report)
+    return RunResult(out=out, stages=results, model=model, files=files)
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen
+
+
+def _finish(session: _Session, model: nn.Module, results: list[dict[str, Any]], report: bool) -> dict[str, str]:
+    import shutil
+
+    from slimkit.train import save_checkpoint
+
+    out = session.out
+    last = session.stage_dir(results[-1]["stage"])
+    save_checkpoint(model.state_dict(), out / "model.pt")
+    files = {"state_dict": str(out / "model.pt")}
+    if (last / "model.onnx").is_file():
+        tmp = out / ".model.onnx.tmp"
+        shutil.copyfile(last / "model.onnx", tmp)
+        tmp.replace(out / "model.onnx")
+        files["onnx"] = str(out / "model.onnx")
+    metrics = {"recipe": session.recipe.to_dict(), "title": session.recipe.title,
+               "stages": [_public(r) for r in results], "final": _public(results[-1]), "files": files}
+    _write_json(out / "metrics.json", metrics)
+    if report:
+        from slimkit.report import write_report
+
+        profiles = {}
+        for key, result in (("before", results[0]), ("after", results[-1])):
+            data = _read_json(session.stage_dir(result["stage"]) / "profile.json")
+            if data is not None:
+                profiles[key] = data
+        files.update({k: str(v) for k, v in write_report(out, metrics, profiles=profiles).items()})
+    run = _read_json(out / RUN_FILE) or {}
+    run.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    _write_json(out / RUN_FILE, run)
+    session.reporter("run_end", {"results": results, "files": files})
+    return files
+
+
+def _public(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in {"run_id", "structure"}}
+
+
+def load_run(run_dir: str | Path, stage: str | None = None) -> tuple[nn.Module, Any, Exporter | None]:
+    """Load the model of a finished (or interrupted) run: the last finished stage, or ``stage`` (e.g. "02-prune").
+
+    Returns ``(model, data bundle, exporter)``; the architecture is rebuilt by replaying structural stages (see the
+    module docstring), so loading never unpickles code.
+    """
+    from slimkit.train import seed_everything
+
+    out = Path(run_dir)
+    run = _read_json(out / RUN_FILE)
+    if run is None or "recipe" not in run:
+        raise ConfigError(f"'{out}' is not a slimkit run folder ({RUN_FILE} missing or unreadable): give the --out "
+                          "folder of 'slimkit compress'")
+    recipe = parse_recipe(json.dumps(run["recipe"]), str(out / RUN_FILE), check_files=False)
+    session = _Session(recipe, out, str(run["run_id"]), False, None)
+    model = session.model
+    first = session.finished(INPUT_LABEL)
+    if first is None:
+        raise CheckpointError(f"'{out}' has no finished input stage: the run stopped before it began")
+    session.load_state(model, INPUT_LABEL, first)
+    session.input_model = _frozen_copy(model)
+    session.snapshots[INPUT_LABEL] = session.input_model
+    labels = [INPUT_LABEL]
+    for call in recipe.stages:
+        done = session.finished(call.label)
+        if done is None:
+            break
+        seed_everything(recipe.schema.seed + call.index)
+        built = call.build()
+        model = built.rebuild(model, session.context(call))
+        session.load_state(model, call.label, done)
+        session.exporter = built.exporter() or session.exporter
+        session.snapshots[call.label] = _frozen_copy(model)
+        labels.append(call.label)
+        if stage is not None and call.label == stage:
+            break
+    if stage is not None and labels[-1] != stage:
+        raise ConfigError(f"stage '{stage}' is not a finished stage of '{out}': choose one of {', '.join(labels)}")
+    return model.eval(), session.data, session.exporter

@@ -1,0 +1,219 @@
+"""Recipe stages: a registry of named steps, each with a pydantic model of its parameters.
+
+A stage's parameters are those of the library function it calls, so a recipe says in YAML what Python would say.
+Stages that change a model's architecture (pruning, decomposition, rewrites, quantization) are *structural*: their
+:meth:`Stage.rebuild` replays the architecture change on a model holding the previous stage's weights, which is
+how a run folder is loaded again (see :mod:`slimkit.pipeline._runner` for the design).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from slimkit._registry import Registry
+
+log = logging.getLogger(__name__)
+
+#: ``exporter(model, example_inputs, path) -> path``: how a stage's model becomes ONNX (fp32, or int8 QDQ)
+Exporter = Callable[[nn.Module, torch.Tensor, Path], Path]
+
+
+class StageParams(BaseModel):
+    """Base of every stage's parameter model: unknown keys are errors, values are frozen once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class StageContext:
+    """What a stage may use besides the model: data, the recipe's input model, its folder, the seed."""
+
+    data: Any
+    input_model: nn.Module
+    example_input: torch.Tensor
+    run_dir: Path
+    stage_dir: Path
+    seed: int
+    #: True only for the first unfinished stage of a ``--resume``d run (it may continue its own fit checkpoint)
+    resume: bool = False
+    progress: bool = True
+    #: how the model is exported to ONNX at this point (set by an earlier stage, e.g. int8 QDQ after quantize)
+    exporter: Exporter | None = None
+    #: frozen copies of the model after each finished stage ("00-input", "01-train", ...), e.g. distillation teachers
+    snapshots: dict[str, nn.Module] = field(default_factory=dict)
+    #: facts a stage reports besides the standard metrics (files written, compressed bytes, ...); saved in result
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage:
+    """One step of a recipe. Subclasses set ``Params`` and implement :meth:`run`.
+
+    ``structural = True`` stages must also implement :meth:`rebuild`: the deterministic architecture change alone,
+    without training, replayed when a run is resumed or exported.
+    """
+
+    Params: ClassVar[type[StageParams]] = StageParams
+    structural: ClassVar[bool] = False
+    #: False for stages that only observe the model (evaluate, export): the previous measurements are kept
+    changes_model: ClassVar[bool] = True
+    #: a one-line summary for ``slimkit compress --list-stages`` and the report
+    summary: ClassVar[str] = ""
+
+    def __init__(self, params: StageParams) -> None:
+        self.params = params
+
+    def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        raise NotImplementedError
+
+    def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        """The architecture after this stage, for a model holding the previous stage's weights."""
+        if self.structural:
+            raise NotImplementedError(f"structural stage {type(self).__name__} must implement rebuild()")
+        return model
+
+    def exporter(self) -> Exporter | None:
+        """How models from this stage on are exported to ONNX (None: keep the previous stage's way)."""
+        return None
+
+
+STAGES: Registry[type[Stage]] = Registry("stage")
+
+
+def register_stage(name: str) -> Callable[[type[Stage]], type[Stage]]:
+    """Class decorator: make a :class:`Stage` available to recipes as ``name``."""
+
+    def decorator(cls: type[Stage]) -> type[Stage]:
+        cls.name = name  # type: ignore[attr-defined]
+        return STAGES.register(name)(cls)
+
+    return decorator
+
+
+def stage_names(pattern: str = "*") -> list[str]:
+    """The registered stage names matching a glob."""
+    return STAGES.names(pattern)
+
+
+# --- stages that need no compression technique -------------------------------------------------------------------
+
+
+class TrainParams(StageParams):
+    """The parameters of :func:`slimkit.train.fit` plus the SGD optimizer's (Nesterov momentum)."""
+
+    epochs: int = Field(ge=0, le=10_000)
+    lr: float = Field(0.05, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, lt=1)
+    scheduler: Literal["cosine"] | None = "cosine"
+    grad_clip: float | None = Field(None, gt=0)
+
+
+def sgd(lr: float, momentum: float, weight_decay: float) -> Callable:
+    return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0,
+                                          weight_decay=weight_decay)
+
+
+def fit_in_stage(model: nn.Module, ctx: StageContext, params: TrainParams, **extra: Any) -> None:
+    """``fit`` with a per-stage checkpoint, so ``--resume`` continues an interrupted stage from its last epoch."""
+    from slimkit.train import CHECKPOINT_NAME, fit
+
+    callbacks = list(extra.pop("callbacks", ()))
+    try:  # pruned weights must stay zero while training (masks attached by prune_unstructured)
+        from slimkit.prune import MaskCallback, attached_masks
+
+        if attached_masks(model):
+            callbacks.append(MaskCallback())
+    except ImportError:
+        pass
+    fit_dir = ctx.stage_dir / "fit"
+    if not ctx.resume and (fit_dir / CHECKPOINT_NAME).exists():
+        (fit_dir / CHECKPOINT_NAME).unlink()  # a stale epoch checkpoint from an earlier run in this folder
+    history = fit(
+        model, ctx.data.train, epochs=params.epochs, optimizer=sgd(params.lr, params.momentum, params.weight_decay),
+        scheduler=params.scheduler, checkpoint_dir=fit_dir, resume=ctx.resume, val_loader=ctx.data.valid,
+        seed=ctx.seed, progress=ctx.progress, grad_clip=params.grad_clip, callbacks=callbacks, **extra,
+    ).history
+    ctx.notes["history"] = history
+
+
+@register_stage("train")
+class TrainStage(Stage):
+    """Train the model with SGD (the input model may be untrained: a recipe can start from scratch)."""
+
+    Params = TrainParams
+    summary = "train with SGD + one-cycle cosine (slimkit.train.fit)"
+
+    def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        fit_in_stage(model, ctx, self.params)
+        return model
+
+
+class FinetuneParams(TrainParams):
+    epochs: int = Field(2, ge=0, le=10_000)
+    lr: float = Field(0.01, gt=0, le=10)
+
+
+@register_stage("finetune")
+class FinetuneStage(TrainStage):
+    """Recover accuracy after compression: a short, low learning-rate ``fit``."""
+
+    Params = FinetuneParams
+    summary = "fine-tune after compression (short, low learning rate)"
+
+
+class EvaluateParams(StageParams):
+    split: Literal["test", "valid", "calibration"] = "test"
+
+
+@register_stage("evaluate")
+class EvaluateStage(Stage):
+    """Record the model's accuracy on a split (every stage is also evaluated on the recipe's split)."""
+
+    Params = EvaluateParams
+    changes_model = False
+    summary = "evaluate on a data split"
+
+    def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        from slimkit.analysis import evaluate
+
+        loader = getattr(ctx.data, self.params.split)
+        if loader is not None:
+            ctx.notes[f"{self.params.split}_accuracy"] = evaluate(model, loader).accuracy
+        return model
+
+
+class ExportParams(StageParams):
+    format: Literal["onnx", "torchscript", "compressed"] = "onnx"
+    file: str | None = Field(None, min_length=1, description="file name inside the run folder")
+    atol: float = Field(1e-4, gt=0)
+
+
+@register_stage("export")
+class ExportStage(Stage):
+    """Write the model in a deployable format into the run folder (ONNX is checked in ONNX Runtime)."""
+
+    Params = ExportParams
+    changes_model = False
+    summary = "export to ONNX (checked in ONNX Runtime), TorchScript or the compressed container"
+
+    def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        from slimkit.pipeline._exporting import DEFAULT_SUFFIX, export_model
+
+        name = self.params.file or f"export{DEFAULT_SUFFIX[self.params.format]}"
+        target = (ctx.run_dir / name).resolve()
+        if ctx.run_dir.resolve() not in target.parents:
+            from slimkit._errors import ConfigError
+
+            raise ConfigError(f"export file '{name}' is outside the run folder: give a plain file name")
+        check = export_model(model, ctx.data, target, self.params.format, exporter=ctx.exporter,
+                             atol=self.params.atol)
+        ctx.notes["export"] = check
+        return model

@@ -1,0 +1,375 @@
+"""Stages that call the compression techniques; each stage's parameters are its library config's fields.
+
+The pydantic parameter model of a stage is generated from the technique's frozen config dataclass (names, types,
+defaults), and validation ends by constructing that config, so the library's own range checks (a prune ratio of
+1.5, an unknown criterion) become recipe errors with a line number before anything runs.
+A technique whose package is not importable simply has no stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, create_model, field_validator, model_validator
+from torch import nn
+
+from slimkit._errors import SlimkitError
+from slimkit.pipeline._stages import Stage, StageContext, StageParams, TrainParams, fit_in_stage, register_stage
+
+log = logging.getLogger(__name__)
+
+#: a fraction of units removed: 0 keeps everything, 1 would remove the layer
+_Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+def _available(module: str, *names: str) -> bool:
+    try:
+        package = importlib.import_module(module)
+    except ImportError as error:
+        log.info("%s is not available (%s): its stages are not registered", module, error)
+        return False
+    return all(hasattr(package, name) for name in names)
+
+
+def config_params(config_cls: type, name: str, *, exclude: tuple[str, ...] = (), **extra: Any) -> type[StageParams]:
+    """A :class:`StageParams` model with the fields of the frozen dataclass ``config_cls`` (plus ``extra``
+    pydantic field definitions); validating it also constructs ``config_cls`` so its own checks apply."""
+    hints = typing.get_type_hints(config_cls)
+    fields: dict[str, Any] = {}
+    config_fields = []
+    for f in dataclasses.fields(config_cls):
+        if f.name in exclude or not f.init:
+            continue
+        config_fields.append(f.name)
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = Field(default_factory=f.default_factory)
+        else:
+            default = ...
+        fields[f.name] = (hints.get(f.name, Any), default)
+    fields.update(extra)
+
+    def build_config(self: Any) -> Any:
+        return config_cls(**{k: getattr(self, k) for k in config_fields})
+
+    def check(self: Any) -> Any:
+        try:
+            build_config(self)
+        except (SlimkitError, ValueError, TypeError) as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    model = create_model(  # type: ignore[call-overload]
+        name, __base__=StageParams, __validators__={"_check_config": model_validator(mode="after")(check)}, **fields
+    )
+    def error_of(values: dict[str, Any]) -> str | None:
+        try:
+            config_cls(**values)
+        except (SlimkitError, ValueError, TypeError) as error:
+            return str(error)
+        return None
+
+    def blame(data: Any) -> str | None:
+        """The given field that makes the config invalid, so the error can point at its line: the one whose
+        removal makes the config valid, else the one that alone fails with the same message; None if unclear."""
+        if not isinstance(data, dict):
+            return None
+        given = {k: v for k, v in data.items() if k in config_fields}
+        full = error_of(given)
+        if full is None:
+            return None
+        for key in given:
+            if error_of({k: v for k, v in given.items() if k != key}) is None:
+                return key
+        for key, value in given.items():
+            if error_of({key: value}) == full:
+                return key
+        return None
+
+    model.config = build_config
+    model.config_fields = tuple(config_fields)
+    model.blame = staticmethod(blame)
+    return model
+
+
+def _train_fields(epochs: int = 0, lr: float = 0.01) -> dict[str, Any]:
+    """Optional fine-tuning inside a stage (QAT, distillation): the ``fit`` options of the train stage."""
+    return {name: (field.annotation, field.default if name not in {"epochs", "lr"} else {"epochs": epochs,
+            "lr": lr}[name]) for name, field in TrainParams.model_fields.items()}
+
+
+def _train_params(params: Any) -> TrainParams:
+    return TrainParams(**{k: getattr(params, k) for k in TrainParams.model_fields})
+
+
+# --- quantization -------------------------------------------------------------------------------------------------
+
+if _available("slimkit.quantize", "QuantConfig", "quantize_ptq", "quantize_qat", "convert_qat"):
+    from slimkit.quantize import QuantConfig
+
+    QuantizeParams = config_params(
+        QuantConfig, "QuantizeParams",
+        method=(Literal["ptq", "qat"], "ptq"),
+        **{k: (v[0], v[1]) for k, v in _train_fields(epochs=1, lr=0.001).items()},
+    )
+
+    @register_stage("quantize")
+    class QuantizeStage(Stage):
+        """Post-training quantization (calibrated on the data's calibration split) or QAT fine-tuning; int8 models
+        are exported as QDQ ONNX so that ONNX Runtime runs integer kernels."""
+
+        Params = QuantizeParams
+        structural = True
+        summary = "int8 PTQ / QAT (slimkit.quantize.quantize_ptq / quantize_qat), exported as QDQ ONNX"
+
+        def _prepare(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            from slimkit.quantize import quantize_ptq, quantize_qat
+
+            config = self.params.config()
+            if self.params.method == "qat":
+                return quantize_qat(model, ctx.example_input, ctx.data.calibration, config)
+            return quantize_ptq(model, ctx.example_input, ctx.data.calibration, config)
+
+        def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            from slimkit.quantize import convert_qat
+
+            prepared = self._prepare(model, ctx)
+            return convert_qat(prepared) if self.params.method == "qat" else prepared
+
+        def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            from slimkit.quantize import convert_qat
+
+            prepared = self._prepare(model, ctx)
+            if self.params.method == "qat":
+                fit_in_stage(prepared, ctx, _train_params(self.params))
+                return convert_qat(prepared)
+            return prepared
+
+        def exporter(self) -> Callable | None:
+            if self.params.activation_bits is None:
+                return None  # weight-only models run as fp32 in ONNX Runtime
+            from slimkit.export import export_qdq
+
+            return lambda model, example, path: export_qdq(model, example, path)
+
+
+# --- pruning ------------------------------------------------------------------------------------------------------
+
+if _available("slimkit.prune", "PruneConfig", "prune_channels", "UnstructuredConfig", "magnitude_prune"):
+    from slimkit.prune import PruneConfig, UnstructuredConfig
+
+    # the ratio range and the criterion name are also checked here, so that they are recipe errors with a line
+    _PruneBase = config_params(PruneConfig, "_PruneBase", ratio=(_Fraction | dict[str, _Fraction], 0.5))
+
+    class PruneParams(_PruneBase):  # type: ignore[misc, valid-type]
+        @field_validator("criterion")
+        @classmethod
+        def _check_criterion(cls, value: str) -> str:
+            from slimkit.prune import CRITERIA
+
+            CRITERIA.get(value)  # ConfigError (a ValueError) listing the criteria
+            return value
+
+    @register_stage("prune")
+    class PruneStage(Stage):
+        """Structured pruning: whole channels/filters are removed, so the layers become physically smaller."""
+
+        Params = PruneParams
+        structural = True
+        summary = "remove channels (slimkit.prune.prune_channels: l1, l2, taylor, fpgm, bn_scale, thinet, ...)"
+
+        def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            from slimkit.prune import prune_channels
+
+            return prune_channels(model, ctx.example_input, self.params.config(), data=ctx.data.calibration)
+
+        def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            return self.rebuild(model, ctx)
+
+    @register_stage("prune_unstructured")
+    class PruneUnstructuredStage(Stage):
+        """Magnitude pruning (Han et al. 2015): the smallest weights become zero and stay zero (masks) while later
+        ``finetune`` stages train; saves bytes in sparse/compressed formats, not dense-kernel time."""
+
+        Params = config_params(UnstructuredConfig, "PruneUnstructuredParams")
+        structural = True  # the masks are not in the state dict: replaying the stage re-attaches them
+        summary = "zero the smallest weights, kept zero by masks during fine-tuning (slimkit.prune.magnitude_prune)"
+
+        def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            from slimkit.prune import magnitude_prune
+
+            pruned, masks = magnitude_prune(model, self.params.config())
+            ctx.notes["sparsity"] = {name: float(1 - m.float().mean()) for name, m in masks.items()}
+            return pruned
+
+        def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            return self.rebuild(model, ctx)
+
+
+# --- low-rank decomposition ---------------------------------------------------------------------------------------
+
+if _available("slimkit.decompose", "DecomposeConfig", "decompose"):
+    from slimkit.decompose import DecomposeConfig
+
+    @register_stage("decompose")
+    class DecomposeStage(Stage):
+        """Factorise Conv2d/Linear layers: SVD for Linear, Tucker-2 / CP for Conv2d (tensorly)."""
+
+        Params = config_params(DecomposeConfig, "DecomposeParams")
+        structural = True
+        summary = "low-rank factorisation: svd, tucker2, cp (slimkit.decompose.decompose)"
+
+        def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            from slimkit.decompose import decompose
+
+            return decompose(model, ctx.example_input, self.params.config())
+
+        def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            return self.rebuild(model, ctx)
+
+
+# --- weight sharing -----------------------------------------------------------------------------------------------
+
+if _available("slimkit.share", "ClusterConfig", "cluster_weights", "save_compressed"):
+    from slimkit.share import ClusterConfig
+
+    @register_stage("cluster")
+    class ClusterStage(Stage):
+        """k-means weight sharing (Han et al. 2016); with ``huffman`` the stage also writes the Huffman-coded
+        container and records its size (the honest bytes of a clustered model)."""
+
+        Params = config_params(ClusterConfig, "ClusterParams", huffman=(bool, True))
+        structural = True
+        summary = "k-means weight sharing + Huffman-coded container (slimkit.share)"
+
+        def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            from slimkit.share import cluster_weights
+
+            return cluster_weights(model, self.params.config())
+
+        def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            from slimkit.share import save_compressed
+
+            clustered = self.rebuild(model, ctx)
+            if self.params.huffman:
+                target = ctx.stage_dir / "model.slim"
+                ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    save_compressed(clustered, target)
+                    ctx.notes["compressed_bytes"] = target.stat().st_size
+                except SlimkitError as error:  # e.g. an architecture no registered spec rebuilds
+                    ctx.notes["compressed_error"] = str(error)
+            return clustered
+
+
+# --- compact-architecture rewrites --------------------------------------------------------------------------------
+
+if _available("slimkit.convert", "RewriteConfig", "to_depthwise_separable", "to_group_conv", "to_crelu"):
+    from slimkit.convert import CReLUConfig, DepthwiseSeparableConfig, GroupConvConfig, RewriteConfig
+
+    _REWRITES = {"depthwise_separable": ("to_depthwise_separable", DepthwiseSeparableConfig),
+                 "group_conv": ("to_group_conv", GroupConvConfig), "crelu": ("to_crelu", CReLUConfig)}
+
+    _ConvertBase = config_params(RewriteConfig, "_ConvertBase",
+                                 to=(Literal["depthwise_separable", "group_conv", "crelu"], ...),
+                                 options=(dict[str, Any], Field(default_factory=dict)))
+
+    class ConvertParams(_ConvertBase):  # type: ignore[misc, valid-type]
+        """The shared rewrite options plus ``options``: the chosen rewrite's own config fields."""
+
+        def rewrite_config(self) -> Any:
+            config_cls = _REWRITES[self.to][1]
+            shared = {k: getattr(self, k) for k in _ConvertBase.config_fields}
+            return config_cls(**shared, **self.options)
+
+        @model_validator(mode="after")
+        def _check_rewrite(self) -> ConvertParams:
+            try:
+                self.rewrite_config()
+            except (SlimkitError, ValueError, TypeError) as error:
+                raise ValueError(f"options for '{self.to}': {error}") from None
+            return self
+
+    @register_stage("convert")
+    class ConvertStage(Stage):
+        """Rewrite convs into compact blocks (depthwise-separable, group conv + shuffle, CReLU), initialised by a
+        least-squares fit to the old layers on calibration data."""
+
+        Params = ConvertParams
+        structural = True
+        summary = "rewrite convs: depthwise_separable, group_conv, crelu (slimkit.convert)"
+
+        def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            import slimkit.convert as convert
+
+            function = getattr(convert, _REWRITES[self.params.to][0])
+            return function(model, ctx.example_input, self.params.rewrite_config(), calibration=ctx.data.calibration)
+
+        def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            return self.rebuild(model, ctx)
+
+
+# --- distillation -------------------------------------------------------------------------------------------------
+
+if _available("slimkit.distill", "DistillConfig", "distill"):
+    from slimkit.distill import DistillConfig
+
+    _DistillBase = config_params(DistillConfig, "_DistillBase", exclude=("checkpoint_dir", "resume", "progress"),
+                                 student=(str | None, None),
+                                 teacher=(str, Field("input", pattern=r"^(input|previous|\d{2}-\w+)$")))
+
+    class DistillParams(_DistillBase):  # type: ignore[misc, valid-type]
+        @model_validator(mode="after")
+        def _check_roles(self) -> DistillParams:
+            if self.student is None and self.teacher == "previous":
+                raise ValueError("without 'student' the current model is the student, so the teacher must be "
+                                 "'input' (the recipe's input model): set teacher: input or name a student spec")
+            return self
+
+    @register_stage("distill")
+    class DistillStage(Stage):
+        """Knowledge distillation (Hinton KD, attention transfer, hints, mimic). ``student``: a model spec trained
+        from scratch (default: the current model, e.g. after a rewrite); ``teacher``: "input" (the recipe's input
+        model), "previous" (the model before this stage) or an earlier stage's label such as "01-train"."""
+
+        Params = DistillParams
+        structural = True  # a named student replaces the model
+        summary = "distil a teacher into a student (slimkit.distill: kd, at, hint, mimic)"
+
+        def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            if self.params.student is None:
+                return model
+            from slimkit._cli_common import class_count_option
+            from slimkit.models import from_spec
+
+            spec = self.params.student
+            return from_spec(spec, **class_count_option(spec, ctx.data.num_classes))
+
+        def _teacher(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            name = self.params.teacher
+            if name == "input":
+                return ctx.input_model
+            if name == "previous":
+                return model
+            if name not in ctx.snapshots:
+                from slimkit._errors import ConfigError
+
+                raise ConfigError(f"distill teacher '{name}' is not an earlier stage: use input, previous or one of "
+                                  f"{', '.join(ctx.snapshots)}")
+            return ctx.snapshots[name]
+
+        def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            from slimkit.distill import distill
+
+            teacher = self._teacher(model, ctx)
+            student = self.rebuild(model, ctx)
+            config = DistillConfig(**{k: getattr(self.params, k) for k in _DistillBase.config_fields},
+                                   checkpoint_dir=ctx.stage_dir / "distill", resume=ctx.resume,
+                                   progress=ctx.progress)
+            return distill(teacher, student, ctx.data.train, config)

@@ -1,0 +1,132 @@
+"""``report.md`` and a self-contained ``report.html`` (tables + plots embedded as base64 PNG) for a run.
+
+The input is the ``metrics.json`` payload of a run: ``{"title", "stages": [row, ...], ...}`` where each row has
+``stage``/``label``, ``params``, ``macs``, ``bytes``, ``accuracy`` and ``latency_ratio`` (ONNX Runtime latency as a
+fraction of the input model's, measured in the same run). The demo passes one row per compressed variant.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from slimkit._io import write_text_atomic
+from slimkit.report._plots import COSTS, plot_layers, plot_tradeoff
+
+COLUMNS = ("stage", "params", "MACs", "size (KiB)", "latency ×", "accuracy", "Δ acc")
+
+NOTES = (
+    "Latency is the median ONNX Runtime time at a fixed thread count, reported as a ratio to the input model "
+    "measured in the same run (lower is faster); the machine may be shared, so small differences are noise.",
+    "Size is the storage the layers need at their stored precision (slimkit.analysis.profile); unstructured "
+    "sparsity saves bytes only in a sparse or compressed format and does not make dense kernels faster.",
+)
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "–"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "kib":
+        return f"{value / 1024:,.1f}"
+    if kind == "ratio":
+        return f"{value:.2f}"
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "delta":
+        return f"{100 * value:+.2f}"
+    return str(value)
+
+
+def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The report's comparison table as strings; Δ acc is in percentage points against the first row."""
+    base = rows[0].get("accuracy") if rows else None
+    out = []
+    for r in rows:
+        acc = r.get("accuracy")
+        delta = acc - base if acc is not None and base is not None else None
+        out.append([str(r.get("label") or r.get("stage")), _fmt(r.get("params"), "int"), _fmt(r.get("macs"), "int"),
+                    _fmt(r.get("bytes"), "kib"), _fmt(r.get("latency_ratio"), "ratio"), _fmt(acc, "pct"),
+                    _fmt(delta, "delta")])
+    return out
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
+    return "\n".join(lines)
+
+
+def _html_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+                   for cells in table_rows(rows))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_STYLE = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"
+          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+          "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%}"
+          "pre{background:#f6f6f6;padding:8px;overflow-x:auto}")
+
+
+def write_report(out: str | os.PathLike, metrics: dict[str, Any], *,
+                 profiles: dict[str, dict[str, Any]] | None = None, extra_markdown: str = "") -> dict[str, Path]:
+    """Render plots into ``out/plots`` and write ``out/report.md`` and a self-contained ``out/report.html``.
+
+    ``profiles`` may hold ``"before"`` and ``"after"`` profile payloads for the per-layer bar chart. Returns the
+    written files by key (``report_md``, ``report_html``, ``plot_macs``, ...).
+    """
+    folder = Path(out)
+    plots = folder / "plots"
+    rows = list(metrics.get("stages", []))
+    title = str(metrics.get("title") or "slimkit report")
+    files: dict[str, Path] = {}
+    images: list[tuple[str, Path]] = []
+    for cost in COSTS:
+        path = plot_tradeoff(rows, cost, plots / f"accuracy_vs_{cost}.png", title=f"{title}: accuracy vs {cost}")
+        if path is not None:
+            files[f"plot_{cost}"] = path
+            images.append((f"Accuracy vs {COSTS[cost]} (red: Pareto front)", path))
+    if profiles and "before" in profiles and "after" in profiles:
+        path = plot_layers(profiles["before"], profiles["after"], plots / "layers.png",
+                           title=f"{title}: per-layer parameters and MACs, input vs final")
+        if path is not None:
+            files["plot_layers"] = path
+            images.append(("Per-layer parameters and MACs, before and after", path))
+
+    recipe = metrics.get("recipe")
+    md = [f"# {title}", "", markdown_table(rows), ""]
+    md += [f"- {note}" for note in NOTES] + [""]
+    if extra_markdown:
+        md += [extra_markdown, ""]
+    md += [f"![{caption}]({path.relative_to(folder).as_posix()})" for caption, path in images]
+    if recipe:
+        import json
+
+        md += ["", "## Recipe (resolved)", "", "```json", json.dumps(recipe, indent=2), "```"]
+    write_text_atomic(folder / "report.md", "\n".join(md) + "\n")
+    files["report_md"] = folder / "report.md"
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>", _html_table(rows), "<ul>"]
+    parts += [f"<li>{html.escape(note)}</li>" for note in NOTES] + ["</ul>"]
+    if extra_markdown:
+        parts.append(f"<pre>{html.escape(extra_markdown)}</pre>")
+    for caption, path in images:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if recipe:
+        import json
+
+        parts.append(f"<h2>Recipe (resolved)</h2><pre>{html.escape(json.dumps(recipe, indent=2))}</pre>")
+    parts.append("</body></html>")
+    write_text_atomic(folder / "report.html", "".join(parts) + "\n")
+    files["report_html"] = folder / "report.html"
+    return files

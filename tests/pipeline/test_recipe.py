@@ -1,0 +1,117 @@
+import textwrap
+
+import pytest
+
+from slimkit.cli import main
+from slimkit.pipeline import STAGES, RecipeError, StageParams, load_recipe, parse_recipe
+
+VALID = """\
+version: 1
+model:
+  spec: lenet300
+data: {name: mnist}
+stages:
+  - train: {epochs: 1}
+  - finetune:
+      epochs: 1
+      lr: 0.01
+"""
+
+
+def test_a_valid_recipe_resolves_defaults_and_lines():
+    recipe = parse_recipe(VALID, "r.yaml")
+    assert [s.name for s in recipe.stages] == ["train", "finetune"]
+    assert [s.line for s in recipe.stages] == [6, 7]
+    assert [s.label for s in recipe.stages] == ["01-train", "02-finetune"]
+    assert recipe.stages[1].params.lr == 0.01 and recipe.stages[0].params.lr == 0.05
+    resolved = recipe.to_dict()
+    assert resolved["data"]["batch_size"] == 128 and resolved["evaluation"]["threads"] == 2
+    assert recipe.fingerprint() == parse_recipe(VALID, "other.yaml").fingerprint()
+    assert recipe.fingerprint() != parse_recipe(VALID.replace("lr: 0.01", "lr: 0.02"), "r.yaml").fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        ("model:\n", "modle:\n", 2, "modle: Extra inputs are not permitted: remove it or fix its spelling"),
+        ("  spec: lenet300\n", "  spec: lenet300\n  shape: 3\n", 4, "allowed keys here: spec, checkpoint"),
+        ("lr: 0.01", "lr: 0.01\n      momentum: 1.5", 10, "momentum: Input should be less than 1 (got 1.5)"),
+        ("lr: 0.01", "lr: -1", 9, "lr: Input should be greater than 0 (got -1)"),
+        ("epochs: 1}", "epochs: one}", 6, "epochs: Input should be a valid integer"),
+        ("epochs: 1}", "epochs: 1, lrr: 2}", 6, "lrr: Extra inputs are not permitted"),
+        ("  - train:", "  - trian:", 6, "unknown stage 'trian': choose one of"),
+        ("  - train: {epochs: 1}\n", "  - [train]\n", 6, "each stage is one 'name: {params}' entry"),
+        ("version: 1", "version: 2", 1, "version: Input should be 1"),
+        ("spec: lenet300", "spec: lenet301", 3, "unknown model 'lenet301'"),
+        ("{name: mnist}", "{name: imagenet}", 4, "unknown dataset 'imagenet'"),
+        ("  spec: lenet300\n", "  spec: lenet300\n  checkpoint: nope.pt\n", 4, "does not exist"),
+    ],
+)
+def test_each_mistake_names_the_file_line_and_fix(old, new, line, message):
+    assert old in VALID
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(VALID.replace(old, new, 1), "recipes/r.yaml")
+    text = str(info.value)
+    assert text.startswith(f"recipes/r.yaml, line {line}: "), text
+    assert message in text
+
+
+def test_a_missing_checkpoint_is_resolved_against_the_recipe_folder(tmp_path):
+    (tmp_path / "w.pt").write_bytes(b"")
+    text = VALID.replace("  spec: lenet300\n", "  spec: lenet300\n  checkpoint: w.pt\n")
+    (tmp_path / "r.yaml").write_text(text)
+    assert load_recipe(tmp_path / "r.yaml").checkpoint == tmp_path / "w.pt"
+    (tmp_path / "w.pt").unlink()
+    with pytest.raises(RecipeError, match=r"r.yaml, line 4: model.checkpoint: .* does not exist"):
+        load_recipe(tmp_path / "r.yaml")
+
+
+@pytest.mark.skipif("prune" not in STAGES, reason="slimkit.prune is not available")
+def test_a_prune_ratio_of_1_5_points_at_its_line():
+    text = VALID.replace("  - train: {epochs: 1}\n", "  - train: {epochs: 1}\n  - prune:\n      criterion: thinet\n"
+                         "      ratio: 1.5\n")
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text, "r.yaml")
+    assert str(info.value).startswith("r.yaml, line 9: stages[1].prune.ratio: ")
+    assert "1.5" in str(info.value)
+    with pytest.raises(RecipeError, match=r"line 8: stages\[1\]\.prune\.criterion: unknown criterion 'l3'"):
+        parse_recipe(text.replace("thinet", "l3").replace("1.5", "0.5"), "r.yaml")
+
+
+def test_a_recipe_needs_at_least_one_stage():
+    with pytest.raises(RecipeError, match=r"r.yaml, line 5: stages: List should have at least 1 item.*add at least"):
+        parse_recipe(VALID.split("stages:")[0] + "stages: []\n", "r.yaml")
+
+
+def test_a_recipe_must_be_a_mapping():
+    with pytest.raises(RecipeError, match="a recipe is a mapping"):
+        parse_recipe("- 1\n- 2\n", "r.yaml")
+
+
+@pytest.mark.parametrize("name", STAGES.names())
+def test_every_stage_forbids_unknown_parameters_and_documents_itself(name):
+    stage = STAGES.get(name)
+    assert issubclass(stage.Params, StageParams) and stage.summary
+    assert stage.Params.model_config["extra"] == "forbid"
+    if stage.structural:
+        assert stage.rebuild is not STAGES.get("train").rebuild, f"structural stage {name} must replay itself"
+
+
+def test_compress_reports_a_bad_recipe_in_one_line_with_exit_code_2(tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(textwrap.dedent(VALID).replace("lr: 0.01", "lr: 0.01\n      momentum: 1.5"))
+    assert main(["compress", str(recipe), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{recipe}, line 10: stages[1].finetune.momentum" in err
+    assert not (tmp_path / "out").exists(), "nothing may run before the recipe is valid"
+
+
+def test_compress_check_and_list_stages(tmp_path, capsys):
+    recipe = tmp_path / "ok.yaml"
+    recipe.write_text(VALID)
+    assert main(["compress", str(recipe), "--check"]) == 0
+    assert "valid recipe with 2 stage(s): train, finetune" in " ".join(capsys.readouterr().out.split())
+    assert main(["compress", "--list-stages"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in STAGES.names())

@@ -1,0 +1,158 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit import ConfigError, SlimkitError
+from slimkit.pipeline import STAGES, Stage, StageParams, load_recipe, load_run, run_recipe, structure_fingerprint
+from slimkit.pipeline._stages import TrainStage
+from slimkit.train import load_checkpoint
+
+from .conftest import tiny_recipe
+
+STAGES_TEXT = """\
+- train: {epochs: 3, lr: 0.1}
+- finetune: {epochs: 2, lr: 0.02}
+- export: {format: onnx, file: tiny.onnx}
+"""
+
+
+def _recipe(folder, text=STAGES_TEXT, **kw):
+    (folder / "r.yaml").write_text(tiny_recipe(text, **kw))
+    return load_recipe(folder / "r.yaml")
+
+
+def _state(path):
+    return load_checkpoint(path)
+
+
+def test_a_run_measures_and_checkpoints_every_stage(tiny_dir):
+    result = run_recipe(_recipe(tiny_dir, latency=True), tiny_dir / "out", progress=False)
+    out = tiny_dir / "out"
+    labels = [r["stage"] for r in result.stages]
+    assert labels == ["00-input", "01-train", "02-finetune", "03-export"]
+    for label in labels:
+        assert (out / "stages" / label / "model.pt").is_file() and (out / "stages" / label / "result.json").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    first, trained = metrics["stages"][0], metrics["stages"][2]
+    # the tiny MLP on digits: 64·24+24 + 24·10+10 parameters, and as many MACs as weights
+    assert first["params"] == trained["params"] == 64 * 24 + 24 + 24 * 10 + 10
+    assert trained["macs"] == 64 * 24 + 24 * 10
+    assert trained["bytes"] == 4 * trained["params"]
+    assert first["latency_ratio"] == 1.0 and trained["latency_ratio"] > 0
+    assert first["accuracy"] < 0.3 < 0.85 < trained["accuracy"]
+    assert metrics["stages"][3]["accuracy"] == trained["accuracy"]  # export does not change the model
+    export = metrics["stages"][3]["notes"]["export"]
+    assert export["ok"] and export["max_abs_diff"] < 1e-4 and (out / "tiny.onnx").is_file()
+    for name in ("model.pt", "model.onnx", "report.md", "report.html", "recipe.yaml", "run.json"):
+        assert (out / name).is_file(), name
+    final = _state(out / "model.pt")
+    assert all(torch.equal(final[k], v) for k, v in result.model.state_dict().items())
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def test_resume_after_an_interruption_reaches_the_same_result(tiny_dir, monkeypatch):
+    reference = run_recipe(_recipe(tiny_dir), tiny_dir / "ref", progress=False, report=False)
+
+    calls = {"n": 0}
+    original = TrainStage.run
+
+    def interrupted(self, model, ctx):
+        if ctx.stage_dir.name == "02-finetune" and calls["n"] == 0:
+            calls["n"] += 1
+            raise KeyboardInterrupt
+        return original(self, model, ctx)
+
+    monkeypatch.setattr(TrainStage, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(_recipe(tiny_dir), tiny_dir / "out", progress=False, report=False)
+    assert (tiny_dir / "out/stages/01-train/result.json").is_file()
+    assert not (tiny_dir / "out/stages/02-finetune/result.json").exists()
+    with pytest.raises(ConfigError, match=r"not empty.*--resume"):
+        run_recipe(_recipe(tiny_dir), tiny_dir / "out", progress=False)
+    resumed = run_recipe(_recipe(tiny_dir), tiny_dir / "out", resume=True, progress=False, report=False)
+    assert [r["accuracy"] for r in resumed.stages] == [r["accuracy"] for r in reference.stages]
+    ref_state, got_state = _state(tiny_dir / "ref/model.pt"), _state(tiny_dir / "out/model.pt")
+    assert all(torch.equal(ref_state[k], got_state[k]) for k in ref_state)
+
+
+def test_the_folder_rules(tiny_dir):
+    recipe = _recipe(tiny_dir, "- evaluate: {}\n")
+    out = tiny_dir / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not empty"):
+        run_recipe(recipe, out, progress=False)
+    with pytest.raises(ConfigError, match="holds no slimkit run"):
+        run_recipe(recipe, out, resume=True, progress=False)
+    run_recipe(recipe, out, force=True, progress=False, report=False)
+    assert (out / "mine.txt").read_text() == "keep"
+    other = _recipe(tiny_dir, "- evaluate: {split: valid}\n")
+    with pytest.raises(ConfigError, match="recipe differs"):
+        run_recipe(other, out, resume=True, progress=False)
+
+
+def test_the_input_checkpoint_is_never_inside_the_run_folder(tiny_dir):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+    (tiny_dir / "out").mkdir()
+    torch.save(model.state_dict(), tiny_dir / "out" / "model.pt")
+    recipe = _recipe(tiny_dir, "- evaluate: {}\n").schema.model_dump()
+    text = tiny_recipe("- evaluate: {}\n").replace("spec: tiny.py:tiny",
+                                                   "spec: tiny.py:tiny\n  checkpoint: out/model.pt")
+    (tiny_dir / "r.yaml").write_text(text)
+    assert recipe["model"]["spec"].endswith("tiny.py:tiny")
+    before = (tiny_dir / "out" / "model.pt").read_bytes()
+    with pytest.raises(ConfigError, match="inside the output folder"):
+        run_recipe(load_recipe(tiny_dir / "r.yaml"), tiny_dir / "out", force=True, progress=False)
+    assert (tiny_dir / "out" / "model.pt").read_bytes() == before
+
+
+class HalveParams(StageParams):
+    keep: int = 12
+
+
+class HalveHidden(Stage):
+    """A structural test stage: replaces the hidden layer by a narrower one (keeps the first ``keep`` units)."""
+
+    Params = HalveParams
+    structural = True
+    summary = "test only"
+
+    def rebuild(self, model, ctx):
+        import copy
+
+        model = copy.deepcopy(model)
+        k = self.params.keep
+        first, last = model[1], model[3]
+        model[1] = nn.Linear(first.in_features, k)
+        model[3] = nn.Linear(k, last.out_features)
+        with torch.no_grad():
+            model[1].weight.copy_(first.weight[:k]), model[1].bias.copy_(first.bias[:k])
+            model[3].weight.copy_(last.weight[:, :k]), model[3].bias.copy_(last.bias)
+        return model
+
+    def run(self, model, ctx):
+        return self.rebuild(model, ctx)
+
+
+@pytest.fixture
+def halve_stage():
+    STAGES.register("halve_test")(HalveHidden)
+    yield
+    STAGES._items.pop("halve_test"), STAGES._meta.pop("halve_test")
+
+
+def test_structural_stages_are_replayed_when_a_run_is_loaded(tiny_dir, halve_stage):
+    text = "- train: {epochs: 2}\n- halve_test: {keep: 8}\n- finetune: {epochs: 1}\n"
+    result = run_recipe(_recipe(tiny_dir, text), tiny_dir / "out", progress=False, report=False)
+    assert result.stages[2]["params"] == 64 * 8 + 8 + 8 * 10 + 10
+    model, data, exporter = load_run(tiny_dir / "out")
+    assert exporter is None and model[1].out_features == 8
+    assert structure_fingerprint(model) == structure_fingerprint(result.model)
+    x = data.test.inputs[:32]
+    assert torch.equal(model(x), result.model.eval()(x))
+    middle, _, _ = load_run(tiny_dir / "out", "01-train")
+    assert middle[1].out_features == 24
+    with pytest.raises(SlimkitError, match="not a finished stage"):
+        load_run(tiny_dir / "out", "07-nothing")
