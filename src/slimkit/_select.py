@@ -33,6 +33,11 @@ def matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
+def matches_any(name: str, patterns: str | Sequence[str]) -> bool:
+    """True when ``name`` matches one of ``patterns`` (see :func:`matches`)."""
+    return any(matches(name, pattern) for pattern in as_patterns(patterns))
+
+
 def select_names(candidates: Sequence[str], layers: str | Sequence[str] | None,
                  skip: str | Sequence[str] | None = (), *, kind: str = "selectable") -> list[str]:
     """The ``candidates`` (in their order) matched by ``layers`` and not by ``skip``.

@@ -4,9 +4,10 @@
 layer is in ``quant_report(result)``. Deploy int8 with ``slimkit.export.export_qdq``.
 """
 
+from slimkit._select import matches_any as matches
 from slimkit.quantize._equalize import equalization_pairs, equalize, equalize_
 from slimkit.quantize._fake_quant import FakeQuantize, QuantWrapper
-from slimkit.quantize._fold import analyse, fold_bn, fold_bn_into_conv, matches
+from slimkit.quantize._fold import analyse, fold_bn, fold_bn_into_conv
 from slimkit.quantize._observers import (
     OBSERVERS,
     Observer,

@@ -1,36 +1,16 @@
 """Graph rewrites done before quantization: BatchNorm folding into the preceding conv (Jacob et al. 2018 §3.2),
-finding ReLUs that int8 kernels fuse into the conv, and layer selection by name / glob / ``re:`` regex."""
+finding ReLUs that int8 kernels fuse into the conv."""
 
 from __future__ import annotations
 
 import copy
-import fnmatch
 import logging
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from slimkit._errors import ConfigError
-
 log = logging.getLogger(__name__)
-
-
-def matches(name: str, patterns: Iterable[str]) -> bool:
-    """True when ``name`` matches one of ``patterns``: an exact name, a glob (``layer1.*``) or ``re:<regex>``
-    (full match)."""
-    for pattern in patterns:
-        if pattern.startswith("re:"):
-            try:
-                if re.fullmatch(pattern[3:], name):
-                    return True
-            except re.error as error:
-                raise ConfigError(f"layer pattern {pattern!r} is not a valid regex ({error}): fix it") from None
-        elif name == pattern or fnmatch.fnmatchcase(name, pattern):
-            return True
-    return False
 
 
 @dataclass

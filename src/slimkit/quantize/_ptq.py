@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from slimkit._errors import ConfigError, DataError
+from slimkit._select import matches_any as matches
 from slimkit.quantize._fake_quant import FakeQuantize, QuantWrapper
-from slimkit.quantize._fold import analyse, fold_bn_, matches, set_submodule
+from slimkit.quantize._fold import analyse, fold_bn_, set_submodule
 from slimkit.quantize._observers import OBSERVERS, QuantSpec, check_bits
 
 log = logging.getLogger(__name__)
