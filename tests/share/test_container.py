@@ -58,3 +58,30 @@ def test_spec_resolution_and_errors(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_compressed(tmp_path / "missing.slim")
     assert any(isinstance(m, ClusteredLayer) for m in load_compressed(tmp_path / "a.slim").modules())
+
+
+def test_each_stream_takes_the_smaller_coding(tmp_path):
+    # LeNet-5 conv1 (500 weights, 8-bit clusters, 66% kept): its ~330 cluster indices are spread over ~256 values,
+    # so a Huffman table costs more than it saves and the stream is packed at a fixed width; fc1's are Huffman-coded.
+    torch.manual_seed(0)
+    pruned, _ = magnitude_prune(create("lenet5"), UnstructuredConfig(sparsity=0.34, layers=["conv1"]))
+    model = cluster_weights(finalize(pruned)).eval()  # conv layers: 8-bit cluster indices, as the paper
+    summary = save_compressed(model, tmp_path / "m.slim")
+    conv1 = next(layer for layer in summary.layers if layer.name == "conv1")
+    assert conv1.cluster_coding == "raw"
+    width = conv1.cluster_stream * 8 // conv1.stored_entries  # symbols 0..256 packed at their 8 or 9 bit width
+    assert width in (8, 9) and conv1.cluster_stream == -(-conv1.stored_entries * width // 8)
+    big = _compressed("lenet300")
+    assert {layer.cluster_coding for layer in save_compressed(big, tmp_path / "b.slim").layers} == {"huffman"}
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(load_compressed(tmp_path / "m.slim")(x), model(x))
+
+
+def test_old_and_future_formats_are_refused_with_the_fix(tmp_path):
+    save_compressed(_compressed(), tmp_path / "m.slim")
+    raw = bytearray((tmp_path / "m.slim").read_bytes())
+    for version, message in [(1, "re-save it"), (99, "upgrade slimkit")]:
+        raw[8:12] = version.to_bytes(4, "little")
+        (tmp_path / "v.slim").write_bytes(raw)
+        with pytest.raises(CheckpointError, match=message):
+            load_compressed(tmp_path / "v.slim")

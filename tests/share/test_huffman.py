@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from slimkit import DataError
 from slimkit.share import (
     canonical_codes,
     code_lengths,
@@ -11,6 +12,7 @@ from slimkit.share import (
     relative_decode,
     relative_encode,
 )
+from slimkit.share._huffman import decode_lengths, encode_lengths, fixed_width, pack_fixed, unpack_fixed
 
 
 def test_optimal_lengths_on_known_table():
@@ -59,3 +61,40 @@ def test_relative_index_round_trip(values, bits):
     gaps, symbols = relative_encode(flat, 0, bits)
     assert gaps.max(initial=0) < 2 ** bits
     assert np.array_equal(relative_decode(gaps, symbols, len(flat), 0), flat)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=0, max_size=300), st.integers(1, 40))
+def test_code_length_table_round_trip(symbols, alphabet_extra):
+    alphabet = max(symbols, default=0) + alphabet_extra
+    arr = np.array(symbols, dtype=np.int64)
+    lengths = code_lengths(dict(zip(*np.unique(arr, return_counts=True)))) if symbols else {}
+    table = encode_lengths(lengths, alphabet)
+    assert decode_lengths(table, alphabet) == lengths
+    # never larger than format 1's one byte per alphabet symbol; a tiny alphabet (1-2 symbols) may tie
+    assert len(table) <= alphabet and (alphabet < 3 or len(table) < alphabet)
+
+
+def test_code_length_table_picks_the_smaller_layout():
+    # few symbols of a 257-symbol alphabet: pairs; 1 flag + 5 width + 9 count + 2 × (9 + 0) bits = 33 bits -> 5 B:
+    # 1 | 00000 | 000000010 | 000000011 | 011001000 (+ 7 pad bits)
+    assert encode_lengths({3: 1, 200: 1}, 257) == bytes([0b10000000, 0b00000100, 0b00000011, 0b01100100, 0b0])
+    # all 256 symbols at 8 bits: bitmap (257 presence bits + 256 × 3 bits for length − 1 = 7) beats pairs (256 × 12)
+    full = {s: 8 for s in range(256)}
+    table = encode_lengths(full, 257)
+    assert len(table) == -(-(1 + 5 + 257 + 256 * 3) // 8) and table[0] >> 7 == 0
+    assert decode_lengths(table, 257) == full
+    with pytest.raises(DataError, match="outside the alphabet"):
+        encode_lengths({9: 1}, 8)
+    with pytest.raises(DataError, match="truncated"):
+        decode_lengths(table[:10], 257)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 1000), min_size=0, max_size=200))
+def test_fixed_width_round_trip(values):
+    arr = np.array(values, dtype=np.int64)
+    width = fixed_width(arr)
+    data = pack_fixed(arr, width)
+    assert len(data) == -(-len(values) * width // 8)
+    assert np.array_equal(unpack_fixed(data, width, len(values)), arr)

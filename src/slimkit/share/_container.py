@@ -6,13 +6,20 @@ Layout (little-endian)::
     uint32        format version
     uint32        header length H
     H bytes       zlib-compressed JSON header (spec to rebuild the model, layer records, tensor records, offsets)
-    payload       binary blobs: float32 codebooks, uint8 Huffman code-length tables, Huffman bit streams,
-                  raw tensors (biases, unclustered layers, BN statistics)
+    payload       binary blobs: float32 codebooks, compact Huffman code-length tables, Huffman bit streams,
+                  fixed-width packed streams, raw tensors (biases, unclustered layers, BN statistics)
 
-Each :class:`~slimkit.share.ClusteredLayer` is stored as its codebook plus two canonical-Huffman streams: the
-cluster index of every stored entry and the relative index (gap − 1) of every stored entry, with filler zeros
-where a gap exceeds the index width. No pickle anywhere: loading never runs code from the file. The file size is
-the compressed size.
+Each :class:`~slimkit.share.ClusteredLayer` is stored as its codebook plus two symbol streams: the cluster index of
+every stored entry and the relative index (gap − 1) of every stored entry, with filler zeros where a gap exceeds
+the index width. Each stream is either canonical-Huffman coded (code-length table of the symbols that occur, see
+:func:`~slimkit.share._huffman.encode_lengths`, plus the bit stream) or, when that is not smaller, packed at a fixed
+width (the bit length of its largest symbol); the header records which (``"coding": "huffman" | "raw"``). The
+choice is per stream rather than per layer: a tiny layer's cluster indices may not pay for their table while its
+gaps (nearly all 0) still compress well, and the flag costs nothing extra.
+
+Format history: 1 (development only, never released) stored every code-length table as one uint8 per alphabet
+symbol (2×257 B per 8-bit conv layer) and always Huffman-coded; 2 (this) is the above. No pickle anywhere: loading
+never runs code from the file. The file size is the compressed size.
 """
 
 from __future__ import annotations
@@ -32,11 +39,20 @@ from torch import nn
 from slimkit._errors import CheckpointError, ModelSpecError
 from slimkit._io import atomic_write
 from slimkit.share._clustered import ClusteredLayer, clustered_layers, set_submodule
-from slimkit.share._huffman import code_lengths, huffman_decode, huffman_encode
+from slimkit.share._huffman import (
+    code_lengths,
+    decode_lengths,
+    encode_lengths,
+    fixed_width,
+    huffman_decode,
+    huffman_encode,
+    pack_fixed,
+    unpack_fixed,
+)
 from slimkit.share._relindex import relative_decode, relative_encode
 
 MAGIC = b"SLIMKIT\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPEC_ATTRIBUTE = "slimkit_spec"
 
 
@@ -55,6 +71,8 @@ class LayerBytes:
     index_stream: int
     tables: int
     bias: int
+    cluster_coding: str = "huffman"
+    index_coding: str = "huffman"
 
     @property
     def total(self) -> int:
@@ -87,18 +105,18 @@ class _Payload:
         return [self.size - len(blob), len(blob)]
 
 
-def _lengths_table(lengths: dict[int, int], alphabet: int) -> bytes:
-    table = np.zeros(alphabet, dtype=np.uint8)
-    for symbol, n in lengths.items():
-        table[symbol] = n
-    return table.tobytes()
-
-
 def _stream(payload: _Payload, symbols: np.ndarray, alphabet: int) -> tuple[dict[str, Any], int, int]:
+    """Store ``symbols`` Huffman-coded, or packed at a fixed width if Huffman (table + bits) is not smaller.
+
+    Returns the header record, the stream bytes and the table bytes."""
     lengths = code_lengths(Counter(symbols.tolist()))
     data, n_bits = huffman_encode(symbols, lengths)
-    table = _lengths_table(lengths, alphabet)
-    record = {"table": payload.add(table), "data": payload.add(data), "bits": n_bits}
+    table = encode_lengths(lengths, alphabet)
+    width = fixed_width(symbols)
+    raw_bytes = (len(symbols) * width + 7) // 8
+    if raw_bytes <= len(table) + len(data):
+        return {"coding": "raw", "width": width, "data": payload.add(pack_fixed(symbols, width))}, raw_bytes, 0
+    record = {"coding": "huffman", "table": payload.add(table), "data": payload.add(data), "bits": n_bits}
     return record, len(data), len(table)
 
 
@@ -131,7 +149,7 @@ def _architecture(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None) -> ContainerSummary:
-    """Write ``model`` (clustered layers Huffman-coded, everything else raw) to one file, atomically.
+    """Write ``model`` (clustered layers Huffman-coded where that pays, everything else raw) to one file, atomically.
 
     ``spec`` rebuilds the architecture on load (a registered name with options, or ``file.py:factory``); it
     defaults to ``model.slimkit_spec`` or a registered model with identical parameter shapes.
@@ -154,7 +172,8 @@ def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None)
                        "symbols": cluster_record, "gaps": gap_record})
         bias = 0 if layer.bias is None else layer.bias.numel() * layer.bias.element_size()
         sizes.append(LayerBytes(name, flat.size, len(symbols), int((flat != layer.zero_symbol).sum()),
-                                layer.bits, layer.index_bits, len(codebook), cluster_bytes, gap_bytes, t1 + t2, bias))
+                                layer.bits, layer.index_bits, len(codebook), cluster_bytes, gap_bytes, t1 + t2, bias,
+                                cluster_record["coding"], gap_record["coding"]))
     skip = {f"{name}.{part}" for name in clustered for part in ("codebook", "indices")}
     tensors, other = [], 0
     for key, tensor in model.state_dict().items():
@@ -184,6 +203,9 @@ def _read_header(raw: bytes, path: Path) -> tuple[dict[str, Any], memoryview]:
     if version > FORMAT_VERSION:
         raise CheckpointError(f"'{path}' uses container format {version}, newer than this slimkit reads "
                               f"({FORMAT_VERSION}): upgrade slimkit")
+    if version < FORMAT_VERSION:
+        raise CheckpointError(f"'{path}' uses container format {version} from a development build, which this "
+                              f"slimkit does not read (it reads {FORMAT_VERSION}): re-save it with save_compressed")
     start = len(MAGIC) + 8
     try:
         header = json.loads(zlib.decompress(raw[start:start + header_len]).decode())
@@ -197,9 +219,10 @@ def _blob(payload: memoryview, where: list[int]) -> bytes:
     return bytes(payload[offset:offset + size])
 
 
-def _decode_stream(payload: memoryview, record: dict[str, Any], count: int) -> np.ndarray:
-    table = np.frombuffer(_blob(payload, record["table"]), dtype=np.uint8)
-    lengths = {int(s): int(n) for s, n in enumerate(table) if n}
+def _decode_stream(payload: memoryview, record: dict[str, Any], count: int, alphabet: int) -> np.ndarray:
+    if record["coding"] == "raw":
+        return unpack_fixed(_blob(payload, record["data"]), record["width"], count)
+    lengths = decode_lengths(_blob(payload, record["table"]), alphabet)
     return huffman_decode(_blob(payload, record["data"]), record["bits"], lengths, count)
 
 
@@ -222,8 +245,8 @@ def load_compressed(path: str | Path, spec: str | None = None) -> nn.Module:
             torch.zeros(record["shape"], dtype=dtype)
     for record in header["layers"]:
         k, shape = record["clusters"], record["shape"]
-        symbols = _decode_stream(payload, record["symbols"], record["entries"])
-        gaps = _decode_stream(payload, record["gaps"], record["entries"])
+        symbols = _decode_stream(payload, record["symbols"], record["entries"], k + 1)
+        gaps = _decode_stream(payload, record["gaps"], record["entries"], 2 ** record["index_bits"])
         indices = relative_decode(gaps, symbols, int(np.prod(shape)), k).reshape(shape)
         codebook = torch.frombuffer(bytearray(_blob(payload, record["codebook"])), dtype=torch.float32)
         name = record["name"]

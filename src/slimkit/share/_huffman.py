@@ -102,8 +102,9 @@ def huffman_decode(data: bytes, n_bits: int, lengths: Mapping[int, int], count: 
 #
 # * bitmap: one presence bit per alphabet symbol, then each present symbol's length. Costs
 #   ``alphabet + n·w`` bits: best when many symbols occur (a well-used 256-cluster codebook: 33 B + lengths).
-# * pairs:  the count n, then (symbol, length) per present symbol. Costs ``⌈log2(alphabet+1)⌉ + n·(⌈log2 alphabet⌉ + w)``
-#   bits: best when few symbols occur (the gap stream of a dense layer uses a handful of its 256 gap values).
+# * pairs:  the count n, then (symbol, length) per present symbol. Costs
+#   ``⌈log2(alphabet+1)⌉ + n·(⌈log2 alphabet⌉ + w)`` bits: best when few symbols occur (the gap stream of a
+#   dense layer uses a handful of its 256 gap values).
 #
 # Lengths are stored as ``length − 1`` in ``w`` bits, ``w`` the width of the largest (5-bit field, so codes up to
 # 2**31 bits). DEFLATE's run-length + Huffman-coded lengths would save a few more bytes on big alphabets, but the
