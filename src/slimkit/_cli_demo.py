@@ -108,7 +108,7 @@ def available_families() -> list[Family]:
 
 def family_recipe(family: Family, checkpoint: Path, quick: bool) -> str:
     """The YAML text of a family's recipe on the cached baseline."""
-    data = "{name: mnist, train_samples: 3000, eval_samples: 1000}" if quick else "{name: mnist}"
+    data = "{name: mnist, train_samples: 10000, eval_samples: 1000}" if quick else "{name: mnist}"
     repeats = 10 if quick else 30
     # a student trained from scratch needs more steps than a fine-tune of the trained baseline
     body = family.body.replace("{ft}", "1").replace("{student_ft}", "4" if quick else "3")

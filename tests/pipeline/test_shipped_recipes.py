@@ -40,6 +40,11 @@ def test_recipe_runs_and_its_run_folder_reloads(path, tmp_path):
     assert final["accuracy"] > 0.5, final
     assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "model.onnx").is_file()
     assert final["notes"]["export"]["ok"]
+    clustered = [row for row in result.stages if row["name"] == "cluster"]
+    assert bool(clustered) == ("deep-compression" in path.stem)
+    for row in clustered:  # a clustered model's size is its Huffman-coded container file, not the estimate
+        slim = tmp_path / "run" / "stages" / row["stage"] / "model.slim"
+        assert row["bytes"] == slim.stat().st_size < row["profile_bytes"]
     # the architecture is rebuilt by replaying the structural stages: same layout, same outputs
     model, data, _ = load_run(tmp_path / "run")
     assert structure_fingerprint(model) == structure_fingerprint(result.model)

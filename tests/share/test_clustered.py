@@ -73,3 +73,16 @@ def test_storage_hook_reports_compressed_bytes():
     prof = profile(model, torch.randn(1, 1, 28, 28))
     assert prof.row("fc1").bytes < 400_000 * 4 / 8
     assert prof.row("fc1").macs == 500 * 800
+    # clustering shares values, it does not remove weights: params are the logical weights, zeros the pruned ones
+    assert prof.row("fc1").params == 400_500 and prof.total.params == 431_080
+    assert prof.row("fc1").sparsity == pytest.approx(int((model.fc1.weight == 0).sum()) / 400_500, abs=1e-6)
+
+
+def test_dense_clustered_layer_packs_indices_without_relative_gaps():
+    from slimkit.analysis import profile
+
+    model = cluster_weights(create("lenet5"), ClusterConfig(bits=4))  # nothing pruned: no zero symbol, no gaps
+    fc1 = profile(model, torch.randn(1, 1, 28, 28)).row("fc1")
+    assert fc1.bytes == 400_000 * 4 // 8 + 16 * 4 + 500 * 4  # 4-bit indices, float32 codebook and bias
+    pruned = cluster_weights(_pruned_lenet5(), ClusterConfig(bits=4))  # 70% zeros: relative indices are smaller
+    assert profile(pruned, torch.randn(1, 1, 28, 28)).row("fc1").bytes < 400_000 * 5 // 8 * 0.6

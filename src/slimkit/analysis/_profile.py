@@ -34,7 +34,9 @@ def register_storage(*module_types: type[nn.Module]) -> Callable[[StorageFn], St
     """Register how a layer type is stored (e.g. 4-bit codes + a codebook) so that ``profile`` reports its bytes.
 
     A layer can instead define ``slimkit_storage_bytes(self, dtype_bits: int) -> int``; quantized, clustered and
-    sparse layers use one of the two so the profile reports what they really occupy.
+    sparse layers use one of the two so the profile reports what they really occupy. A layer whose parameters are
+    not its weights (a shared codebook) defines ``slimkit_param_count(self) -> (weights, zeros)`` for the params
+    column.
     """
 
     def decorator(fn: StorageFn) -> StorageFn:
@@ -287,8 +289,12 @@ def profile(
         stats = profiler.stats.get(name)
         if not fresh and stats is None:
             continue
-        n_params = sum(p.numel() for p in fresh)
-        zeros = sum(int((p == 0).sum()) for p in fresh)
+        counter = getattr(module, "slimkit_param_count", None)
+        if fresh and callable(counter):  # a layer that stores its weights indirectly (e.g. a shared codebook)
+            n_params, zeros = counter()
+        else:
+            n_params = sum(p.numel() for p in fresh)
+            zeros = sum(int((p == 0).sum()) for p in fresh)
         rows.append(
             LayerProfile(
                 name=name or "<model>",

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit._errors import CheckpointError, ConfigError
+from slimkit._errors import CheckpointError, ConfigError, SlimkitError
 from slimkit._io import write_text_atomic
 from slimkit.pipeline._recipe import Recipe, StageCall, parse_recipe
 from slimkit.pipeline._stages import Exporter, StageContext
@@ -164,6 +164,11 @@ class _Session:
             "bytes": prof.total.bytes, "accuracy": scores.accuracy, "loss": scores.loss, "split": ev.split,
             "samples": scores.samples, "latency_ratio": None, "onnx_bytes": None,
         }
+        container = _container_bytes(model, folder / "model.slim")
+        if isinstance(container, int):
+            row.update(bytes=container, profile_bytes=prof.total.bytes)
+        elif container is not None:
+            row["container_error"] = container
         onnx_path = folder / "model.onnx"
         try:
             (self.exporter or export_onnx)(model, self.example, onnx_path)
@@ -203,6 +208,22 @@ class _Session:
                   "structure": structure_fingerprint(model), "notes": extra}
         _write_json(folder / RESULT_FILE, result)  # written last: the stage is finished once this file exists
         return result
+
+
+def _container_bytes(model: nn.Module, path: Path) -> int | str | None:
+    """The size of the Huffman-coded container of a model with clustered layers (its honest bytes: the profile's
+    figure is before Huffman coding), an error message if it cannot be written, None for other models."""
+    try:
+        from slimkit.share import clustered_layers, save_compressed
+    except ImportError:
+        return None
+    if not clustered_layers(model):
+        return None
+    try:
+        return save_compressed(model, path).file_bytes
+    except SlimkitError as error:  # e.g. an architecture no registered model spec rebuilds
+        log.warning("no compressed container for %s: %s", path.parent.name, error)
+        return str(error)
 
 
 def _subset(loader: Any, n: int | None, *, shuffle: bool = False, seed: int = 0) -> Any:

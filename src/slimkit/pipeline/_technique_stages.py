@@ -241,10 +241,10 @@ if _available("slimkit.share", "ClusterConfig", "cluster_weights", "save_compres
 
     @register_stage("cluster")
     class ClusterStage(Stage):
-        """k-means weight sharing (Han et al. 2016); with ``huffman`` the stage also writes the Huffman-coded
-        container and records its size (the honest bytes of a clustered model)."""
+        """k-means weight sharing (Han et al. 2016). The runner measures a clustered model's bytes as the size of
+        its Huffman-coded container (``model.slim`` in the stage folder), not the profile's pre-Huffman figure."""
 
-        Params = config_params(ClusterConfig, "ClusterParams", huffman=(bool, True))
+        Params = config_params(ClusterConfig, "ClusterParams")
         structural = True
         summary = "k-means weight sharing + Huffman-coded container (slimkit.share)"
 
@@ -254,18 +254,7 @@ if _available("slimkit.share", "ClusterConfig", "cluster_weights", "save_compres
             return cluster_weights(model, self.params.config())
 
         def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-            from slimkit.share import save_compressed
-
-            clustered = self.rebuild(model, ctx)
-            if self.params.huffman:
-                target = ctx.stage_dir / "model.slim"
-                ctx.stage_dir.mkdir(parents=True, exist_ok=True)
-                try:
-                    save_compressed(clustered, target)
-                    ctx.notes["compressed_bytes"] = target.stat().st_size
-                except SlimkitError as error:  # e.g. an architecture no registered spec rebuilds
-                    ctx.notes["compressed_error"] = str(error)
-            return clustered
+            return self.rebuild(model, ctx)
 
 
 # --- compact-architecture rewrites --------------------------------------------------------------------------------

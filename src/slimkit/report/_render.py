@@ -22,7 +22,8 @@ COLUMNS = ("stage", "params", "MACs", "size (KiB)", "latency Ã—", "accuracy", "Î
 NOTES = (
     "Latency is the median ONNX Runtime time at a fixed thread count, reported as a ratio to the input model "
     "measured in the same run (lower is faster); the machine may be shared, so small differences are noise.",
-    "Size is the storage the layers need at their stored precision (slimkit.analysis.profile); unstructured "
+    "Size is the storage the layers need at their stored precision (slimkit.analysis.profile), and for a model "
+    "with weight-shared (clustered) layers the size of its Huffman-coded container file; unstructured "
     "sparsity saves bytes only in a sparse or compressed format and does not make dense kernels faster.",
 )
 

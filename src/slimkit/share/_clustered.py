@@ -67,13 +67,25 @@ class ClusteredLayer(nn.Module):
         return F.conv2d(x, self.weight, self.bias, **self.conv)
 
     def slimkit_storage_bytes(self, dtype_bits: int) -> int:
-        """Relative-index storage before Huffman coding: (bits + index_bits) per stored entry (fillers included),
-        the float32 codebook and the bias at ``dtype_bits`` (Han et al. 2016, Sec. 2–3)."""
+        """Bytes before Huffman coding: the smaller of relative-index storage ((bits + index_bits) per stored entry,
+        fillers included; Han et al. 2016, Sec. 2–3) and every entry's cluster index packed densely (the zero
+        symbol included when the layer is pruned), plus the float32 codebook and the bias at ``dtype_bits``."""
         from slimkit.prune._unstructured import relative_index_bytes
 
         mask = self.indices != self.zero_symbol
+        symbols = self.codebook.numel() + (0 if bool(mask.all()) else 1)
+        dense = math.ceil(self.indices.numel() * max(1, math.ceil(math.log2(max(symbols, 2)))) / 8)
         bias = 0 if self.bias is None else self.bias.numel() * dtype_bits // 8
-        return relative_index_bytes(mask, self.bits, self.index_bits) + 4 * self.codebook.numel() + bias
+        return min(dense, relative_index_bytes(mask, self.bits, self.index_bits)) + 4 * self.codebook.numel() + bias
+
+    def slimkit_param_count(self) -> tuple[int, int]:
+        """(weights this layer represents, of which pruned to zero), bias included: clustering shares values, it
+        does not remove weights, so the profile counts the logical weights rather than the codebook's entries."""
+        bias = 0 if self.bias is None else self.bias.numel()
+        zeros = int((self.indices == self.zero_symbol).sum())
+        if self.bias is not None:
+            zeros += int((self.bias == 0).sum())
+        return self.indices.numel() + bias, zeros
 
     def to_dense(self) -> nn.Module:
         """The ordinary layer with the materialised weight."""
