@@ -20,6 +20,7 @@ TITLE = "Structured pruning (channel removal): criteria, reconstruction, latency
 
 RATIOS = (0.5, 0.8)
 MODELS = (("lenet5", 10, "fc2"), ("resnet20", 4, "fc"))
+FINETUNE_EPOCHS = (1, 3)
 
 
 def _subset(loader_inputs: torch.Tensor, targets: torch.Tensor, n: int, batch: int, shuffle: bool):
@@ -28,11 +29,12 @@ def _subset(loader_inputs: torch.Tensor, targets: torch.Tensor, n: int, batch: i
     return TensorLoader(loader_inputs[:n], targets[:n], batch, shuffle=shuffle)
 
 
-def _finetune(model: torch.nn.Module, loader) -> torch.nn.Module:
+def _finetune(model: torch.nn.Module, loader, epochs: int) -> torch.nn.Module:
     from slimkit.train import default_optimizer, fit
 
     model = copy.deepcopy(model).train()
-    fit(model, loader, epochs=1, optimizer=lambda p: default_optimizer(p, 0.01), scheduler="cosine", progress=False)
+    fit(model, loader, epochs=epochs, optimizer=lambda p: default_optimizer(p, 0.01), scheduler="cosine",
+        progress=False)
     return model.eval()
 
 
@@ -101,7 +103,7 @@ def run(quick: bool) -> Section:
     data = create_data("mnist", batch_size=128)
     n_test = 2000 if quick else 10000
     test = _subset(data.test.inputs, data.test.targets, n_test, 500, False)
-    n_ft = {"lenet5": 10000 if quick else 60000, "resnet20": 5000 if quick else 60000}
+    n_ft = {"lenet5": 10000 if quick else 50000, "resnet20": 5000 if quick else 50000}
     train_x, train_y = data.train.inputs, data.train.targets
     example = data.example_input(1)
     rows, tp_rows, lat_rows, raw = [], [], [], {"rows": [], "torch_pruning": [], "latency": []}
@@ -110,7 +112,7 @@ def run(quick: bool) -> Section:
         base_prof = profile(base, example).total
         base_acc = _acc(base, test)
         ft_loader = _subset(train_x, train_y, n_ft[name], 128, True)
-        rows.append([name, "—", "unpruned", base_prof.params, base_prof.macs, base_acc, "", "", "", ""])
+        rows.append([name, "—", "unpruned", base_prof.params, base_prof.macs, base_acc, "", "", "", "", ""])
         for ratio in RATIOS:
             pruned = None
             for criterion in CRITERIA.names():
@@ -123,12 +125,13 @@ def run(quick: bool) -> Section:
                 recon = copy.deepcopy(pruned)
                 reconstruct_(recon, base, data.calibration, batches=2)
                 acc_rec = _acc(recon, test)
-                acc_ft = _acc(_finetune(pruned, ft_loader), test)
-                row = [name, f"{ratio:.0%}", criterion, prof.params, prof.macs, acc0, acc_rec, acc_ft,
+                acc_ft = [_acc(_finetune(pruned, ft_loader, epochs), test) for epochs in FINETUNE_EPOCHS]
+                row = [name, f"{ratio:.0%}", criterion, prof.params, prof.macs, acc0, acc_rec, *acc_ft,
                        round(prof.macs / base_prof.macs, 3), round(wall, 2)]
                 rows.append(row)
                 raw["rows"].append(dict(zip(["model", "ratio", "criterion", "params", "macs", "acc_pruned",
-                                             "acc_reconstructed", "acc_finetuned", "mac_ratio", "prune_s"], row,
+                                             "acc_reconstructed", "acc_finetuned_1ep", "acc_finetuned_3ep",
+                                             "mac_ratio", "prune_s"], row,
                                             strict=True)))
             # Every criterion keeps the same widths with scope="layer": one latency measurement per ratio.
             prof = profile(pruned, example).total
@@ -141,11 +144,12 @@ def run(quick: bool) -> Section:
                                  if cmp.speedup else ""])
             peer, wall, status = _torch_pruning(base, example, ratio, last)
             if peer is None:
-                tp_rows.append([name, f"{ratio:.0%}", "", "", "", "", "", status])
+                tp_rows.append([name, f"{ratio:.0%}", "", "", "", "", "", "", status])
                 continue
             pprof = profile(peer, example).total
             tp_rows.append([name, f"{ratio:.0%}", pprof.params, pprof.macs, _acc(peer, test),
-                            _acc(_finetune(peer, ft_loader), test), round(wall, 2), status])
+                            *[_acc(_finetune(peer, ft_loader, epochs), test) for epochs in FINETUNE_EPOCHS],
+                            round(wall, 2), status])
             for batch in (1, 64):
                 x = torch.rand(batch, *example.shape[1:])
                 cmp = compare_latency(base, peer, x, backend="onnxruntime", threads=2, repeats=30 if quick else 50)
@@ -155,7 +159,8 @@ def run(quick: bool) -> Section:
     raw["torch_pruning"], raw["latency"] = tp_rows, lat_rows
     resnext = _resnext_cost()
     raw["resnext50"] = resnext
-    settings = (f"test accuracy on the first {n_test} MNIST test images; fine-tuning = 1 epoch (SGD lr 0.01, cosine) "
+    settings = (f"test accuracy on the first {n_test} MNIST test images; fine-tuning = 1 or 3 epochs (SGD lr 0.01, "
+                "cosine over the epochs, each from the one-shot pruned model) "
                 f"over the first {n_ft['lenet5']} (LeNet-5) / {n_ft['resnet20']} (ResNet-20) training images; "
                 "reconstruction = layer-by-layer least squares on 256 calibration images; ThiNet/Taylor use 512 "
                 "calibration images (4 batches)")
@@ -165,13 +170,13 @@ def run(quick: bool) -> Section:
         f"(output layer protected). Settings: {settings}.",
         "",
         markdown_table(["model", "ratio", "criterion", "params", "MACs", "acc pruned", "acc reconstructed",
-                        "acc 1-ep fine-tune", "MAC ratio", "prune s"], rows),
+                        "acc 1-ep fine-tune", "acc 3-ep fine-tune", "MAC ratio", "prune s"], rows),
         "",
         "**Torch-Pruning** (`torch-pruning` from PyPI, `MagnitudePruner` with L1 importance, same ratio, output "
         "layer ignored, same fine-tuning), in the same run:",
         "",
-        markdown_table(["model", "ratio", "params", "MACs", "acc pruned", "acc 1-ep fine-tune", "prune s", "status"],
-                       tp_rows),
+        markdown_table(["model", "ratio", "params", "MACs", "acc pruned", "acc 1-ep fine-tune", "acc 3-ep fine-tune",
+                        "prune s", "status"], tp_rows),
         "",
         "**Latency** in ONNX Runtime (2 threads), pruned / original measured interleaved in the same run "
         "(machine shared with other jobs: noisy). `MAC speed-up / real speed-up` = 1 means the full MAC "
