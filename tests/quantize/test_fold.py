@@ -40,6 +40,29 @@ def test_analysis_finds_pairs_and_relus():
     assert ("fc1", "relu") in analyse(models.create("lenet5")).layer_relu
 
 
+def test_grid_inputs_follow_pooling_and_reshapes_but_not_adds():
+    # LeNet-5: conv1 → pool → conv2 → pool → flatten → fc1 (+ReLU) → fc2: every input is the previous layer's output
+    assert analyse(models.create("lenet5")).grid_inputs == [("conv2", "conv1"), ("fc1", "conv2"), ("fc2", "fc1")]
+    pairs = dict(analyse(models.create("resnet20")).grid_inputs)
+    assert pairs["layer1.0.conv2"] == "layer1.0.conv1"  # through the folded BN and the ReLU
+    assert "layer1.1.conv1" not in pairs and "fc" not in pairs  # after a residual add / average pooling: own grid
+
+
+def test_shared_grid_quantizer_is_exact_and_calibrated_once(tmp_path):
+    from slimkit.data import create_data
+    from slimkit.quantize import QuantConfig, quantize_ptq
+
+    data = create_data("mnist", calibration_size=256)
+    model = models.create("lenet5").eval()
+    q = quantize_ptq(model, data.example_input(), data.calibration, QuantConfig())
+    assert q.conv2.input_quant is q.conv1.output_quant
+    assert q.slimkit_quant_report.shared_input_quant == [("conv2", "conv1"), ("fc1", "conv2"), ("fc2", "fc1")]
+    # max pooling a tensor on the grid leaves it on the grid: re-quantizing it with the same quantizer is a no-op
+    x = q.conv1.output_quant(torch.randn(2, 20, 24, 24))
+    pooled = nn.functional.max_pool2d(x, 2)
+    assert torch.equal(q.conv2.input_quant(pooled), pooled)
+
+
 def test_shared_relu_is_not_fused():
     class Shared(nn.Module):
         def __init__(self):

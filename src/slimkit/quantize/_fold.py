@@ -1,5 +1,6 @@
 """Graph rewrites done before quantization: BatchNorm folding into the preceding conv (Jacob et al. 2018 §3.2),
-finding ReLUs that int8 kernels fuse into the conv."""
+finding ReLUs that int8 kernels fuse into the conv, and layers whose input is another layer's output on the same
+quantization grid."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -16,13 +18,26 @@ log = logging.getLogger(__name__)
 @dataclass
 class GraphFacts:
     """What tracing found: conv→BN pairs, layer→ReLU pairs (ReLU module is the layer's only user), and the layers
-    whose output is the model's output (left unquantized: logits keep full precision, as TensorRT does)."""
+    whose output is the model's output (left unquantized: logits keep full precision, as TensorRT does).
+    ``grid_inputs`` pairs (consumer, producer) where the consumer layer's input is the producer layer's output
+    passed only through ops that keep values on its quantization grid (max pooling, ReLU, reshapes, dropout)."""
 
     traced: bool
     conv_bn: list[tuple[str, str]] = field(default_factory=list)
     layer_relu: list[tuple[str, str]] = field(default_factory=list)
     model_outputs: list[str] = field(default_factory=list)
+    grid_inputs: list[tuple[str, str]] = field(default_factory=list)
     error: str = ""
+
+
+# Ops whose output values are a subset of their input's (max pooling, ReLU with zero on the grid, reshapes): a
+# tensor on a quantization grid stays on it, so the next layer can quantize with the same scale and zero point and
+# ONNX Runtime runs the op in int8 (its QDQ rules fuse DQ → MaxPool → Q only when both sides share qparams).
+_GRID_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.ReLU, nn.Identity, nn.Dropout, nn.Flatten,
+                 nn.BatchNorm2d)  # BatchNorm2d only when folded (checked below)
+_GRID_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.adaptive_max_pool2d, F.relu, torch.relu, torch.flatten,
+                   torch.reshape, F.dropout, )
+_GRID_METHODS = ("view", "reshape", "flatten", "relu", "contiguous")
 
 
 def analyse(model: nn.Module) -> GraphFacts:
@@ -58,7 +73,35 @@ def analyse(model: nn.Module) -> GraphFacts:
                 user = next(iter(node.users))
                 if user.op == "call_module" and isinstance(modules[user.target], nn.ReLU) and calls[user.target] == 1:
                     facts.layer_relu.append((conv_name, user.target))
+    facts.grid_inputs = _grid_inputs(graph, modules, calls, {bn for _, bn in facts.conv_bn})
     return facts
+
+
+def _grid_inputs(graph: torch.fx.Graph, modules: dict[str, nn.Module], calls: dict[str, int],
+                 folded_bn: set[str]) -> list[tuple[str, str]]:
+    def layer(node: torch.fx.Node) -> bool:
+        return (node.op == "call_module" and calls[node.target] == 1
+                and isinstance(modules[node.target], (nn.Conv2d, nn.Linear)))
+
+    def keeps_grid(node: torch.fx.Node) -> bool:
+        if node.op == "call_module":
+            module = modules[node.target]
+            return isinstance(module, _GRID_MODULES) and (not isinstance(module, nn.BatchNorm2d)
+                                                          or node.target in folded_bn)
+        if node.op == "call_function":
+            return node.target in _GRID_FUNCTIONS
+        return node.op == "call_method" and node.target in _GRID_METHODS
+
+    pairs = []
+    for node in graph.nodes:
+        if not layer(node) or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        source = node.args[0]
+        while keeps_grid(source) and source.args and isinstance(source.args[0], torch.fx.Node):
+            source = source.args[0]
+        if layer(source):
+            pairs.append((node.target, source.target))
+    return pairs
 
 
 def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:

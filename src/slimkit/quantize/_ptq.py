@@ -76,6 +76,7 @@ class QuantReport:
     fused_relu: list[str] = field(default_factory=list)
     bias_corrected: list[str] = field(default_factory=list)
     equalized: list[tuple[str, str]] = field(default_factory=list)
+    shared_input_quant: list[tuple[str, str]] = field(default_factory=list)
     sensitivity: dict[str, float] = field(default_factory=dict)
     calibration_batches: int = 0
     config: dict[str, Any] = field(default_factory=dict)
@@ -158,6 +159,12 @@ def prepare(model: nn.Module, config: QuantConfig, *, dynamic_weights: bool = Fa
             report.fused_relu.append(name)
         set_submodule(model, name, QuantWrapper(layer, weight_quant, input_quant, output_quant, relu=relu))
         report.quantized.append(name)
+    for consumer, producer in facts.grid_inputs:
+        if consumer in selected and producer in selected:
+            source, target = model.get_submodule(producer), model.get_submodule(consumer)
+            if source.output_quant is not None and target.input_quant is not None:
+                target.input_quant = source.output_quant  # one quantizer: the same grid on both sides
+                report.shared_input_quant.append((consumer, producer))
     model.slimkit_quant_report = report
     return model, report
 
@@ -200,6 +207,7 @@ def freeze_(model: nn.Module) -> nn.Module:
     """Fix every quantizer's qparams from its observer and start quantizing. A wrapper whose activations were
     never observed (its layer did not run) is disabled and reported as float."""
     report = getattr(model, "slimkit_quant_report", None)
+    frozen: set[int] = set()  # a quantizer shared by two wrappers (same grid) is frozen once
     for name, wrapper in wrappers(model).items():
         acts = [q for q in (wrapper.input_quant, wrapper.output_quant) if q is not None]
         if any(q.observer.lo is None for q in acts):
@@ -211,7 +219,9 @@ def freeze_(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             wrapper.weight_quant.observer.update(wrapper.layer.weight)
         for quant in (wrapper.weight_quant, *acts):
-            quant.freeze_()
+            if id(quant) not in frozen:
+                quant.freeze_()
+                frozen.add(id(quant))
     return model
 
 
