@@ -21,6 +21,9 @@ from torch import nn
 
 from slimkit._errors import ConfigError
 
+#: ONNX Runtime blocks per model in compare_latency (each in a fresh session)
+ORT_ROUNDS = 5
+
 ModelOrPath = nn.Module | str | os.PathLike
 
 
@@ -80,6 +83,10 @@ def _torch_runner(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: i
 
 
 def _onnx_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], threads: int) -> Callable[[], None]:
+    """An ONNX Runtime session as deployed (default thread spinning on). Only one may be alive while timing: an
+    idle session's spinning workers steal the cores from the timed one (a 30× distortion measured at batch 64),
+    and turning spinning off instead penalises graphs of many small ops (int8 LeNet-5 looked 1.15× slower than
+    fp32 that way, 1.4× faster as deployed)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -87,9 +94,6 @@ def _onnx_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], thre
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # compare_latency alternates two sessions in one process: an idle session's spinning worker threads would
-    # steal the cores from the one being timed (measured: a 30× distortion at batch 64).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs)}
@@ -100,6 +104,16 @@ def _onnx_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], thre
     return run
 
 
+def _as_onnx(model: ModelOrPath, inputs: tuple[torch.Tensor, ...], workdir: Path) -> str | os.PathLike:
+    if not isinstance(model, nn.Module):
+        return model
+    from slimkit.export import export_onnx
+
+    path = workdir / f"model_{id(model)}.onnx"
+    export_onnx(model, inputs, path, dynamic_batch=False)
+    return path
+
+
 def _make_runner(
     model: ModelOrPath, inputs: tuple[torch.Tensor, ...], backend: str, threads: int, workdir: Path
 ) -> Callable[[], None]:
@@ -108,13 +122,7 @@ def _make_runner(
             raise ConfigError("backend='torch' needs an nn.Module; for an .onnx file use backend='onnxruntime'")
         return _torch_runner(model, inputs, threads)
     if backend == "onnxruntime":
-        if isinstance(model, nn.Module):
-            from slimkit.export import export_onnx
-
-            path = workdir / f"model_{id(model)}.onnx"
-            export_onnx(model, inputs, path, dynamic_batch=False)
-            model = path
-        return _onnx_runner(model, inputs, threads)
+        return _onnx_runner(_as_onnx(model, inputs, workdir), inputs, threads)
     raise ConfigError(f"unknown latency backend '{backend}': use 'torch' or 'onnxruntime'")
 
 
@@ -173,21 +181,40 @@ def compare_latency(
     warmup: int = 10,
     repeats: int = 50,
 ) -> LatencyComparison:
-    """Measure two models in one run, alternating repeats, and return both results and their ratio."""
+    """Measure two models in one run and return both results and their ratio.
+
+    PyTorch: repeats alternate between the two models. ONNX Runtime: the two alternate in blocks (up to
+    :data:`ORT_ROUNDS` per model), each block in a session of its own that is closed before the other model's
+    starts, so neither session's idle threads spin against the other while both still see the same machine state.
+    """
     _check(threads, warmup, repeats)
     inputs = _inputs_tuple(example_inputs)
+    samples: list[list[float]] = [[], []]
     with tempfile.TemporaryDirectory(prefix="slimkit-latency-") as tmp:
-        runners = [_make_runner(m, inputs, backend, threads, Path(tmp)) for m in (baseline, candidate)]
-        for _ in range(warmup):
-            for run in runners:
-                run()
-        samples: list[list[float]] = [[], []]
-        for i in range(repeats):
-            order = (0, 1) if i % 2 == 0 else (1, 0)
-            for k in order:
-                start = time.perf_counter()
-                runners[k]()
-                samples[k].append(time.perf_counter() - start)
+        if backend == "onnxruntime":
+            paths = [_as_onnx(m, inputs, Path(tmp)) for m in (baseline, candidate)]
+            rounds = min(ORT_ROUNDS, repeats)
+            for r in range(rounds):
+                block = repeats // rounds + (1 if r < repeats % rounds else 0)
+                for k in ((0, 1) if r % 2 == 0 else (1, 0)):
+                    run = _onnx_runner(paths[k], inputs, threads)
+                    for _ in range(max(1, warmup // rounds)):
+                        run()
+                    for _ in range(block):
+                        start = time.perf_counter()
+                        run()
+                        samples[k].append(time.perf_counter() - start)
+                    del run
+        else:
+            runners = [_make_runner(m, inputs, backend, threads, Path(tmp)) for m in (baseline, candidate)]
+            for _ in range(warmup):
+                for run in runners:
+                    run()
+            for i in range(repeats):
+                for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    start = time.perf_counter()
+                    runners[k]()
+                    samples[k].append(time.perf_counter() - start)
     batch = inputs[0].shape[0]
     return LatencyComparison(
         baseline=_summarise(samples[0], backend, threads, batch),
