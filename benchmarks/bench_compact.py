@@ -21,7 +21,7 @@ from slimkit.train import fit
 
 TITLE = "Compact architectures (zoo, layer rewrites, mobile segmentation)"
 #: Bump a part's version when its measuring code changes, so its cached table is measured again.
-PART_VERSION = {"zoo": 3, "rewrites": 2, "seg": 2, "items": 1}
+PART_VERSION = {"zoo": 4, "rewrites": 3, "seg": 3, "items": 2}
 #: Too slow to train on this CPU budget (≈1 GMAC per 28×28 image): profiled and timed, accuracy not measured.
 UNTRAINED = {"resnet50", "resnext50_32x4d"}
 #: The settings a part's cached result depends on (by key prefix).
@@ -37,7 +37,7 @@ def _settings(quick: bool) -> dict[str, int]:
     if quick:
         return {"zoo_train": 500, "zoo_test": 500, "finetune": 2000, "seg_train": 160, "seg_epochs": 1,
                 "seg_test": 100, "repeats": 5}
-    return {"zoo_train": 1500, "zoo_test": 1000, "finetune": 50000, "seg_train": 1500, "seg_epochs": 2,
+    return {"zoo_train": 10000, "zoo_test": 2000, "finetune": 50000, "seg_train": 1500, "seg_epochs": 2,
             "seg_test": 500, "repeats": 10}
 
 
@@ -125,6 +125,8 @@ def _rewrites(data, s: dict[str, int], log: list[str]) -> tuple[str, list[dict[s
         total = profile(original, x1).total
         acc = evaluate(original, data.test).accuracy
         rows.append([name, "original", total.params, total.macs, "", "", f"{acc:.2%}", 1.0])
+        records.append({"model": name, "rewrite": "original", "params": total.params, "macs": total.macs,
+                        "acc_finetuned": acc, "latency_ratio_b64": 1.0})
         for label, convert in CONVERTERS.items():
 
             def measure(original=original, convert=convert, name=name, label=label) -> dict[str, Any]:
@@ -210,6 +212,10 @@ def run(quick: bool) -> Section:
     rewrite_table, rewrites = _part("rewrites", quick, s, lambda: _rewrites(data, s, log))
     seg_table, seg = _part("seg", quick, s, lambda: _segmentation(s, log))
     memory_bound = [r["model"] for r in zoo if r["time_per_mac_vs_resnet20_b64"] > 1.5]
+    originals = {r["model"]: r for r in rewrites if r.get("rewrite") == "original"}
+    time_per_mac = "; ".join(
+        f"{r['model']} {r['rewrite']} {r['latency_ratio_b64'] / (r['macs'] / originals[r['model']]['macs']):.2f}"
+        for r in rewrites if r.get("rewrite") != "original" and r["model"] in originals)
     markdown = f"""
 ### (a) The compact zoo at MNIST size (1×28×28, 10 classes)
 
@@ -218,14 +224,13 @@ short way: **1 epoch on the first {s['zoo_train']} MNIST training images** (batc
 in few steps; BN statistics then re-estimated over 20 training batches), accuracy on the first {s['zoo_test']} test
 images — a CPU budget, so the accuracies rank convergence speed at least as much as capacity. ResNet-50 and
 ResNeXt-50 (~1 GMAC per 28×28 image) were too slow to train within the CPU budget: their params, MACs and latency
-are measured, their accuracy is not. Latency: ONNX Runtime, 2 threads, median of interleaved repeats, as a ratio to
-ResNet-20 (trained("resnet20", 4)) measured in the same run. The machine is shared, so ratios are noisy.
+are measured, their accuracy is not. Latency: ONNX Runtime, 2 threads, medians from `compare_latency` (the two
+models alternate in blocks, each in a fresh session), as a ratio to ResNet-20 (trained("resnet20", 4)).
 
 {zoo_table}
 
 ResNet-20 timed against itself gives {zoo[1]['latency_ratio_b1']:.2f} (b=1) and {zoo[1]['latency_ratio_b64']:.2f}
-(b=64): differences of that size are noise. Single outliers (e.g. a batch-1 ratio far from the batch-64 one) come
-from load spikes on the shared machine and were not re-measured.
+(b=64): differences of that size are noise.
 
 "Time per MAC vs ResNet-20" = latency ratio ÷ MAC ratio: above 1 a model turns its MACs into time less efficiently
 than ResNet-20's dense 3×3 convs. Measured > 1.5× at batch 64: {', '.join(memory_bound) or 'none'} — MAC savings
@@ -242,11 +247,10 @@ execution order; then 1 epoch of fine-tuning on {s['finetune']} training images 
 
 {rewrite_table}
 
-Latency does not follow MACs here. LeNet-5's depthwise-separable row is far faster than its MAC ratio: ONNX Runtime
-runs the original dense 5×5 conv2 (20→50) slowly on this machine (a separate check: 38.8 ms for the original vs
-1.1 ms for the rewrite at batch 64). The group-conv and CReLU rewrites of LeNet-5 have fewer MACs but are not
-faster: a grouped conv plus the channel shuffle, or a half conv plus concat/negate/permute, costs extra passes over
-memory that a 2.3M-MAC model cannot hide.
+Latency against MACs (latency ratio ÷ MAC ratio at batch 64; 1 = every MAC saved became time saved):
+{time_per_mac}. A grouped conv plus its channel shuffle, or a half conv plus concat/negate, costs extra passes over
+memory, and depthwise convs reuse each loaded value little: where the quotient is well above 1, those passes ate
+the MAC savings.
 
 ### (c) Mobile segmentation net on mnist-seg (64×64 canvases, 2-4 digits, 11 classes)
 
@@ -254,7 +258,7 @@ Trained {s['seg_epochs']} epoch(s) on {s['seg_train']} canvases (batch 16, Adam 
 background weight 0.2, ignore label 255) — a very short run for a segmentation net trained from scratch, so the
 mIoUs are low and compare the variants only roughly. mIoU over 11 classes on {s['seg_test']} test canvases made
 from MNIST test digits. Latency at batch 1 (ONNX Runtime, 2 threads) relative to the width-1.0 net without CReLU,
-same run, noisy machine.
+same run.
 
 {seg_table}
 """
