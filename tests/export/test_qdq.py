@@ -27,8 +27,7 @@ def data():
 def test_qdq_runs_int8_kernels_and_matches_fake_quant(tmp_path, data, name, weight_bits):
     torch.manual_seed(0)
     model = models.create(name, **({"width": 0.5} if name == "resnet20" else {})).eval()
-    config = QuantConfig(weight_bits=weight_bits, min_in_channels=1)  # every conv, the 1-channel stem too
-    q = quantize_ptq(model, data.example_input(), data.calibration, config)
+    q = quantize_ptq(model, data.example_input(), data.calibration, QuantConfig(weight_bits=weight_bits))
     path = export_qdq(q, data.example_input(), tmp_path / "q.onnx")
     ops = optimized_op_types(path)
     assert ops.get("QLinearConv", 0) >= 2 and "Conv" not in ops

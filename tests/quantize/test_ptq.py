@@ -40,9 +40,7 @@ def test_ptq_int8_keeps_accuracy_and_leaves_caller_untouched(mnist, lenet):
     q = quantize_ptq(lenet, mnist.example_input(), mnist.calibration)
     assert all(torch.equal(before[k], v) for k, v in lenet.state_dict().items())
     report = quant_report(q)
-    # conv1 (1 input channel) stays in float by default: int8 kernels are slower than float there
-    assert report.quantized == ["conv2", "fc1", "fc2"] and report.fused_relu == ["fc1"]
-    assert "min_in_channels" in report.float_layers["conv1"]
+    assert report.quantized == ["conv1", "conv2", "fc1", "fc2"] and report.fused_relu == ["fc1"]
     assert report.calibration_batches == len(mnist.calibration) >= 1
     test = TensorLoader(mnist.test.inputs[:4000], mnist.test.targets[:4000], batch_size=500)
     fp32, int8 = evaluate(lenet, test).accuracy, evaluate(q, test).accuracy
@@ -109,7 +107,7 @@ def test_bias_correction_reduces_output_bias_at_low_bits(mnist, lenet):
 def test_sensitivity_sweep_keeps_the_worst_layer_in_float(mnist, lenet):
     q = quantize_ptq(lenet, mnist.example_input(), mnist.calibration, QuantConfig(weight_bits=2))
     scores = layer_sensitivity(q, mnist.calibration)
-    assert set(scores) == {"conv2", "fc1", "fc2"}  # conv1 (one input channel) is already float
+    assert set(scores) == {"conv1", "conv2", "fc1", "fc2"}
     worst = max(scores, key=scores.get)
     kept = quantize_ptq(lenet, mnist.example_input(), mnist.calibration, QuantConfig(weight_bits=2, keep_sensitive=1))
     report = quant_report(kept)
@@ -133,17 +131,3 @@ def test_weight_only_storage_bytes_in_profile(lenet, bits):
     assert codes.dtype == torch.int8 and int(codes.abs().max()) <= 2 ** (bits - 1) - 1
     with torch.no_grad():
         assert torch.allclose(codes.float() * scale.reshape(-1, 1), q.fc1.quantized_weight(), atol=1e-6)
-
-
-def test_thin_input_convs_stay_in_float_unless_asked(tmp_path, mnist, lenet):
-    from slimkit.export import export_qdq, optimized_op_types
-
-    with pytest.raises(ConfigError, match="min_in_channels"):
-        QuantConfig(min_in_channels=0)
-    q = quantize_ptq(lenet, mnist.example_input(), mnist.calibration)
-    ops = optimized_op_types(export_qdq(q, mnist.example_input(), tmp_path / "q.onnx"))
-    assert ops.get("Conv") == 1 and ops.get("QLinearConv") == 1  # conv1 float, conv2 int8
-    every = quantize_ptq(lenet, mnist.example_input(), mnist.calibration, QuantConfig(min_in_channels=1))
-    assert "conv1" in quant_report(every).quantized
-    weight_only = quantize_ptq(lenet, mnist.example_input(), mnist.calibration, QuantConfig(activation_bits=None))
-    assert "conv1" in quant_report(weight_only).quantized  # storage, not kernel speed: the rule does not apply

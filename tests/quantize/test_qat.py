@@ -25,7 +25,7 @@ def test_qat_one_epoch_at_4_bits_beats_ptq(lsq):
     fit(qat, train, epochs=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9), progress=False)
     converted = convert_qat(qat)
     assert not any(isinstance(m, FakeQuantize) and (m.learnable or m.dynamic) for m in converted.modules())
-    assert quant_report(converted).quantized == ["conv2", "fc1", "fc2"]  # conv1: 1 input channel, float
+    assert quant_report(converted).quantized == ["conv1", "conv2", "fc1", "fc2"]
     qat_acc = evaluate(converted, test).accuracy
     assert qat_acc > ptq + 0.002
 
@@ -37,10 +37,10 @@ def test_qat_trains_weights_and_lsq_scales():
     scales = [m.scale for m in qat.modules() if isinstance(m, FakeQuantize)]
     assert all(isinstance(s, torch.nn.Parameter) for s in scales)
     before = [s.detach().clone() for s in scales]
-    weight = qat.conv2.layer.weight.detach().clone()
+    weight = qat.conv1.layer.weight.detach().clone()
     sub = TensorLoader(data.train.inputs[:256], data.train.targets[:256], batch_size=64)
     fit(qat, sub, epochs=1, progress=False)
-    assert not torch.equal(weight, qat.conv2.layer.weight)
+    assert not torch.equal(weight, qat.conv1.layer.weight)
     assert any(not torch.equal(b, s.detach()) for b, s in zip(before, scales))
     frozen = convert_qat(qat)
     x = data.test.inputs[:32]

@@ -22,8 +22,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--skip", action="append", default=[], help="layer name/glob/re:regex to keep in float")
     parser.add_argument("--keep-sensitive", type=int, default=0, help="keep the N most sensitive layers in float")
     parser.add_argument("--bias-correction", action="store_true", help="empirical bias correction (Nagel 2019)")
-    parser.add_argument("--min-in-channels", type=int, default=4,
-                        help="convs with fewer input channels stay in float (int8 is slower there); 1 = every conv")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the latency measurement")
     parser.add_argument("--batch-size", type=int, default=64, help="batch for the latency measurement")
     parser.set_defaults(run=run)
@@ -38,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = QuantConfig(
         weight_bits=args.bits, observer=args.observer, per_channel=not args.per_tensor, skip=tuple(args.skip),
-        keep_sensitive=args.keep_sensitive, bias_correction=args.bias_correction, min_in_channels=args.min_in_channels,
+        keep_sensitive=args.keep_sensitive, bias_correction=args.bias_correction,
     )
     data = create_data(args.calib, batch_size=256, calibration_size=args.calib_size)
     model = load_model(args.model, args.checkpoint, **class_count_option(args.model, data.num_classes))

@@ -37,9 +37,7 @@ class QuantConfig:
     ``bias_correction`` applies empirical bias correction (Nagel et al. 2019 §4.2), ``equalize`` cross-layer
     equalization (same paper, §4.1) before quantizing; ``lsq`` makes the scales
     learnable (Esser et al. 2020), used by QAT. ``observer_options`` go to the activation observer
-    (e.g. ``{"percentile": 99.9}``). ``min_in_channels``: with int8 activations, a (non-grouped) conv with fewer
-    input channels stays in float — an int8 kernel cannot fill its vector lanes there (ONNX Runtime ran LeNet-5's
-    1-channel conv1 4× slower in int8 than in float); 1 quantizes every conv.
+    (e.g. ``{"percentile": 99.9}``).
     """
 
     weight_bits: int = 8
@@ -54,12 +52,8 @@ class QuantConfig:
     equalize: bool = False
     lsq: bool = False
     observer_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    min_in_channels: int = 4
 
     def __post_init__(self) -> None:
-        if not isinstance(self.min_in_channels, int) or self.min_in_channels < 1:
-            raise ConfigError(f"min_in_channels {self.min_in_channels!r} must be an integer ≥ 1 (1 quantizes every "
-                              "conv)")
         check_bits(self.weight_bits, "weight bit width")
         if self.activation_bits is not None:
             check_bits(self.activation_bits, "activation bit width")
@@ -146,11 +140,6 @@ def prepare(model: nn.Module, config: QuantConfig, *, dynamic_weights: bool = Fa
             report.float_layers[name] = "not selected by `layers`"
         elif matches(name, config.skip):
             report.float_layers[name] = "skipped by `skip`"
-        elif (config.activation_bits is not None and isinstance(module, nn.Conv2d) and module.groups == 1
-              and module.in_channels < config.min_in_channels):
-            report.float_layers[name] = (f"{module.in_channels} input channel(s) < min_in_channels="
-                                         f"{config.min_in_channels}: int8 is slower than float here "
-                                         "(min_in_channels=1 quantizes it)")
         else:
             selected.add(name)
     for name in sorted(selected):
