@@ -103,7 +103,8 @@ def assemble() -> str:
         "",
         "Regenerate with `python -m benchmarks.run` (all) or `python -m benchmarks.run --only TOPIC`;"
         " `--quick` gives a smoke run with fewer epochs. Latency is always a ratio to the baseline measured"
-        " in the same run (interleaved repeats, median, fixed thread count): these machines are noisy.",
+        " in the same run (median, fixed thread count; ONNX Runtime models alternate in blocks, one live session"
+        " at a time): these machines are noisy.",
         "",
         f"- machine: {info['cpu']}, {info['cores']} cores; AVX2 {info['avx2']}, AVX512-VNNI {info['avx512_vnni']},"
         f" AVX-VNNI {info['avx_vnni']}",

@@ -2,7 +2,7 @@
 
 For each setting: params, MACs, test accuracy of the baseline, right after decomposition and after fine-tuning
 (SGD Nesterov lr 0.01, cosine, gradient clipping 1), and the ONNX Runtime latency ratio decomposed/baseline
-(threads 2, batch 1 and 64, measured in the same run with interleaved repeats).
+(threads 2, batch 1 and 64, measured in the same run by compare_latency).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ QUICK = {"lenet300": tuple(label for m, label, _ in SETTINGS if m == "lenet300")
 
 def _latency(baseline: torch.nn.Module, candidate: torch.nn.Module, shape: tuple[int, ...], batch: int,
              quick: bool) -> tuple[float, float]:
-    """Median and p10 latency ratios candidate/baseline in ONNX Runtime (threads 2, interleaved repeats).
+    """Median and p10 latency ratios candidate/baseline in ONNX Runtime (threads 2, compare_latency).
 
     On a CPU shared with other jobs the median swings with their load; the p10 (the fast end of each distribution)
     is the steadier estimate of the models' own cost.
@@ -154,9 +154,9 @@ def _run(quick: bool) -> Section:
         " ".join([
             "The baseline row's accuracy column is the trained model's; fine-tuning is", ft,
             "(SGD Nesterov, lr 0.01, cosine, weight decay 5e-4, gradient norm clipped at 1).",
-            "Latency ratio = decomposed / baseline in ONNX Runtime (CPU, 2 threads, interleaved repeats in one run,",
-            "intra-op spinning off: with it on, the idle session's spinning workers inflated the other's median up",
-            "to 30× on this 2-core machine), batch 1 and 64, as the ratio of medians and of 10th percentiles;",
+            "Latency ratio = decomposed / baseline in ONNX Runtime (CPU, 2 threads, compare_latency: the two",
+            "alternate in blocks, each in a fresh session, so no idle session's threads spin against the timed one),",
+            "batch 1 and 64, as the ratio of medians and of 10th percentiles;",
             "below 1 is faster. The machine was shared with ~6 other jobs while this ran (single LeNet-5 batch-64",
             "runs varied between 1 and 40 ms), so medians are noisy and the p10 ratios are the steadier figure.",
             "Ranks: SVD K, Tucker-2 R_out×R_in, CP R; VBMF is analytic EVBMF (Nakajima et al. 2013) on each",

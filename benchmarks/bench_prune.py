@@ -178,8 +178,8 @@ def run(quick: bool) -> Section:
         markdown_table(["model", "ratio", "params", "MACs", "acc pruned", "acc 1-ep fine-tune", "acc 3-ep fine-tune",
                         "prune s", "status"], tp_rows),
         "",
-        "**Latency** in ONNX Runtime (2 threads), pruned / original measured interleaved in the same run "
-        "(machine shared with other jobs: noisy). `MAC speed-up / real speed-up` = 1 means the full MAC "
+        "**Latency** in ONNX Runtime (2 threads), pruned / original by `compare_latency` in the same run (the two "
+        "alternate in blocks, each in a fresh session). `MAC speed-up / real speed-up` = 1 means the full MAC "
         "reduction became wall-clock time.",
         "",
         markdown_table(["model", "ratio", "pruner", "batch", "MAC ratio", "latency ratio",
