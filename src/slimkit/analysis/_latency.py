@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from slimkit._errors import ConfigError
+from slimkit._inputs import input_tuple
 
 #: ONNX Runtime blocks per model in compare_latency (each in a fresh session)
 ORT_ROUNDS = 5
@@ -61,10 +62,6 @@ class LatencyComparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {"baseline": self.baseline.to_dict(), "candidate": self.candidate.to_dict(), "ratio": self.ratio}
-
-
-def _inputs_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
 
 
 def _torch_runner(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int) -> Callable[[], None]:
@@ -158,7 +155,7 @@ def latency(
     A module measured with ``backend="onnxruntime"`` is exported to a temporary ONNX file first.
     """
     _check(threads, warmup, repeats)
-    inputs = _inputs_tuple(example_inputs)
+    inputs = input_tuple(example_inputs)
     with tempfile.TemporaryDirectory(prefix="slimkit-latency-") as tmp:
         run = _make_runner(model, inputs, backend, threads, Path(tmp))
         for _ in range(warmup):
@@ -188,7 +185,7 @@ def compare_latency(
     starts, so neither session's idle threads spin against the other while both still see the same machine state.
     """
     _check(threads, warmup, repeats)
-    inputs = _inputs_tuple(example_inputs)
+    inputs = input_tuple(example_inputs)
     samples: list[list[float]] = [[], []]
     with tempfile.TemporaryDirectory(prefix="slimkit-latency-") as tmp:
         if backend == "onnxruntime":

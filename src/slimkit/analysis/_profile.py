@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from slimkit._inputs import input_tuple
 from slimkit.analysis._counters import ZERO_COST, find_counter, first_tensor
 
 #: Functional ops that are matrix products: MACs = output elements × the contracted dimension.
@@ -239,12 +240,6 @@ class _Profiler:
             handle.remove()
 
 
-def _as_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    return tuple(example_inputs)
-
-
 def profile(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -264,7 +259,7 @@ def profile(
         from slimkit._errors import ConfigError
 
         raise ConfigError(f"sparse_format '{sparse_format}' is not known: use 'dense' or 'csr'")
-    inputs = _as_tuple(example_inputs)
+    inputs = input_tuple(example_inputs)
     batch = inputs[0].shape[0] if inputs and inputs[0].dim() > 0 else 1
     profiler = _Profiler(model)
     was_training = model.training

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from slimkit._errors import ConfigError
+from slimkit._inputs import input_tuple
 from slimkit._registry import Registry
 from slimkit._select import as_patterns, is_literal, select_names
 
@@ -56,10 +57,6 @@ class Converter(Protocol):
 CONVERTERS: Registry[Converter] = Registry("converter")
 
 
-def _as_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-
-
 def execution_order(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> list[str]:
     """Names of the ``nn.Conv2d`` layers of ``model`` in the order a forward pass on ``example_inputs`` runs them."""
     order: list[str] = []
@@ -72,9 +69,9 @@ def execution_order(model: nn.Module, example_inputs: torch.Tensor | Sequence[to
     model.eval()
     try:
         with torch.no_grad():
-            model(*_as_tuple(example_inputs))
+            model(*input_tuple(example_inputs))
     except RuntimeError as error:
-        shapes = ", ".join("×".join(map(str, t.shape)) for t in _as_tuple(example_inputs))
+        shapes = ", ".join("×".join(map(str, t.shape)) for t in input_tuple(example_inputs))
         raise ConfigError(f"the model does not run on example inputs of shape {shapes} ({error}): "
                           "give inputs of the shape the model expects (--data must match the model)") from None
     finally:

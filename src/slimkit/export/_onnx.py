@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from slimkit._errors import SlimkitError
+from slimkit._inputs import input_tuple
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,6 @@ DEFAULT_OPSET = 17
 
 class ExportError(SlimkitError):
     """A model could not be exported to ONNX, or the exported file does not match PyTorch."""
-
-
-def _inputs_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
 
 
 def export_onnx(
@@ -45,7 +42,7 @@ def export_onnx(
     the ``torch.export``-based exporter when the former fails. Inputs are named ``input`` (``input_1``, ...),
     outputs ``output``; the batch dimension is dynamic unless ``dynamic_batch=False``.
     """
-    inputs = _inputs_tuple(example_inputs)
+    inputs = input_tuple(example_inputs)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).eval()
@@ -101,7 +98,7 @@ def run_onnx(path: str | os.PathLike, inputs: torch.Tensor | Sequence[torch.Tens
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), _inputs_tuple(inputs))}
+    feed = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), input_tuple(inputs))}
     return session.run(None, feed)[0]
 
 
@@ -113,7 +110,7 @@ def onnx_max_abs_diff(
     model.eval()
     try:
         with torch.no_grad():
-            expected = model(*_inputs_tuple(inputs))
+            expected = model(*input_tuple(inputs))
     finally:
         model.train(was_training)
     got = run_onnx(path, inputs)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from slimkit._errors import ConfigError, DataError
+from slimkit._inputs import input_tuple
 from slimkit._select import matches_any as matches
 from slimkit.quantize._fake_quant import FakeQuantize, QuantWrapper
 from slimkit.quantize._fold import analyse, fold_bn_, set_submodule
@@ -299,7 +300,7 @@ def quantize_ptq(
 
 
 def _check_equivalent(model: nn.Module, prepared: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]):
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = input_tuple(example_inputs)
     was_training = model.training
     model.eval()
     quants = [m for m in prepared.modules() if isinstance(m, FakeQuantize)]
