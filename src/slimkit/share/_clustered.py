@@ -31,6 +31,11 @@ from slimkit.share._kmeans import CENTROID_INITS, kmeans_1d
 CONV_ARGS = ("stride", "padding", "dilation", "groups")
 
 
+def index_width(symbols: int) -> int:
+    """Bits of a fixed-width index that can name ``symbols`` distinct values (at least 1)."""
+    return max(1, math.ceil(math.log2(max(symbols, 2))))
+
+
 class ClusteredLayer(nn.Module):
     """A Linear or Conv2d whose weight is ``codebook[indices]`` (index ``len(codebook)`` means a pruned zero).
 
@@ -49,7 +54,7 @@ class ClusteredLayer(nn.Module):
         self.register_buffer("indices", indices.detach().to(torch.long).clone())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         k = self.codebook.numel()
-        self.bits = bits if bits is not None else max(1, math.ceil(math.log2(max(k, 2))))
+        self.bits = bits if bits is not None else index_width(k)
         self.index_bits = index_bits if index_bits is not None else (5 if kind == "linear" else 8)
 
     @property
@@ -74,7 +79,7 @@ class ClusteredLayer(nn.Module):
 
         mask = self.indices != self.zero_symbol
         symbols = self.codebook.numel() + (0 if bool(mask.all()) else 1)
-        dense = math.ceil(self.indices.numel() * max(1, math.ceil(math.log2(max(symbols, 2)))) / 8)
+        dense = math.ceil(self.indices.numel() * index_width(symbols) / 8)
         bias = 0 if self.bias is None else self.bias.numel() * dtype_bits // 8
         return min(dense, relative_index_bytes(mask, self.bits, self.index_bits)) + 4 * self.codebook.numel() + bias
 
@@ -194,7 +199,7 @@ def cluster_layer(module: nn.Module, k: int, config: ClusterConfig) -> Clustered
     return ClusteredLayer(
         "linear" if linear else "conv2d", torch.from_numpy(centroids.astype(np.float32)),
         torch.from_numpy(indices).view(weight.shape), module.bias, conv,
-        bits=max(1, math.ceil(math.log2(max(k, 2)))),
+        bits=index_width(k),
         index_bits=config.fc_index_bits if linear else config.conv_index_bits)
 
 
