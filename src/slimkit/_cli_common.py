@@ -28,6 +28,12 @@ def add_data_args(parser: argparse.ArgumentParser, default: str | None = "mnist"
     parser.add_argument("--batch-size", type=int, default=128)
 
 
+def add_augment_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--augment", nargs="?", const="shift", default=None, metavar="SPEC",
+                        help="augment the training images: alone, random ±2 px shifts; or e.g. 'elastic+shift', "
+                        "'elastic:alpha=34,sigma=4' (slimkit.data.augment_names())")
+
+
 def add_out_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", "-o", required=True, help="output folder (must be empty or new; see --force)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty output folder")

@@ -11,6 +11,8 @@ from slimkit.cli import main
         (["--loss", "at", "--pairs", "layer9=layer1"], "student (CifarResNet) has no layer named 'layer9'"),
         (["--loss", "mimic", "--pairs", "layer3=layer3"], "use 'hint'"),
         (["--loss", "kd:tau=3"], "loss 'kd' has no option tau"),
+        (["--augment", "elstic"], "unknown augmentation 'elstic': choose one of elastic, shift"),
+        (["--augment", "elastic+shift", "--cache-teacher"], "drop one of the two"),
     ],
 )
 def test_bad_distill_options_fail_with_one_line_before_training(extra, message, tmp_path, capsys):

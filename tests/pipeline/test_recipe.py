@@ -44,6 +44,8 @@ def test_a_valid_recipe_resolves_defaults_and_lines():
         ("version: 1", "version: 2", 1, "version: Input should be 1"),
         ("spec: lenet300", "spec: lenet301", 3, "unknown model 'lenet301'"),
         ("{name: mnist}", "{name: imagenet}", 4, "unknown dataset 'imagenet'"),
+        ("{name: mnist}", "{name: mnist, augment: elstic}", 4,
+         "data.augment: unknown augmentation 'elstic': choose one of elastic, shift"),
         ("  spec: lenet300\n", "  spec: lenet300\n  checkpoint: nope.pt\n", 4, "does not exist"),
     ],
 )

@@ -9,35 +9,12 @@ a disjoint shard of every epoch's permutation, like ``DistributedSampler``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 
 from slimkit._errors import ConfigError
-
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def random_shift(max_shift: int = 2) -> Augment:
-    """Translate each image by a random whole number of pixels in [-max_shift, max_shift] on both axes, zero fill.
-
-    Hinton et al. (2015) and Srivastava et al. (2014) jitter MNIST inputs by up to 2 pixels this way.
-    """
-
-    def shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n, _, h, w = images.shape
-        offsets = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
-        padded = torch.nn.functional.pad(images, (max_shift,) * 4)
-        out = torch.empty_like(images)
-        # Group samples by offset: at most (2k+1)² slices instead of one per sample.
-        keys = (offsets[:, 0] + max_shift) * (2 * max_shift + 1) + (offsets[:, 1] + max_shift)
-        for key in keys.unique().tolist():
-            dy, dx = divmod(key, 2 * max_shift + 1)
-            idx = (keys == key).nonzero(as_tuple=True)[0]
-            out[idx] = padded[idx, :, dy : dy + h, dx : dx + w]
-        return out
-
-    return shift
+from slimkit.data._augment import Augment
 
 
 class TensorLoader:

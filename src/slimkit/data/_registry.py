@@ -10,8 +10,9 @@ import torch
 
 from slimkit._errors import DataError
 from slimkit._registry import Registry
+from slimkit.data._augment import create_augment
 from slimkit.data._digits import digits_tensors
-from slimkit.data._loader import TensorLoader, random_shift
+from slimkit.data._loader import TensorLoader
 from slimkit.data._mnist import mnist_tensors
 
 
@@ -48,17 +49,17 @@ def _bundle(
     *,
     batch_size: int,
     eval_batch_size: int,
-    augment: bool,
+    augment: bool | str,
     seed: int,
     calibration_size: int,
     num_classes: int,
     task: str = "classification",
 ) -> DataBundle:
-    shift = random_shift(2) if augment else None
+    augmentation = create_augment(augment)
     calibration_idx = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(seed))[:calibration_size]
     return DataBundle(
         name=name,
-        train=TensorLoader(*train, batch_size, shuffle=True, augment=shift, seed=seed),
+        train=TensorLoader(*train, batch_size, shuffle=True, augment=augmentation, seed=seed),
         valid=TensorLoader(*valid, eval_batch_size) if valid is not None else None,
         test=TensorLoader(*test, eval_batch_size),
         calibration=TensorLoader(train[0][calibration_idx], train[1][calibration_idx], eval_batch_size),
@@ -73,12 +74,13 @@ def mnist(
     batch_size: int = 128,
     *,
     eval_batch_size: int = 1000,
-    augment: bool = False,
+    augment: bool | str = False,
     train_split: str = "train",
     seed: int = 0,
     calibration_size: int = 1024,
 ) -> DataBundle:
-    """MNIST: train on ``train_split`` ("train" = 50k, "train+valid" = 60k), validate on valid, test on the 10k test."""
+    """MNIST: train on ``train_split`` ("train" = 50k, "train+valid" = 60k), validate on valid, test on the 10k test.
+    ``augment``: ``True``/``"shift"`` (±2 px), ``"elastic+shift"``, ... (see :func:`slimkit.data.create_augment`)."""
     valid = None if train_split == "train+valid" else mnist_tensors("valid")
     return _bundle(
         "mnist", mnist_tensors(train_split), valid, mnist_tensors("test"), batch_size=batch_size,
@@ -89,7 +91,7 @@ def mnist(
 
 @DATASETS.register("digits")
 def digits(
-    batch_size: int = 64, *, eval_batch_size: int = 512, augment: bool = False, seed: int = 0,
+    batch_size: int = 64, *, eval_batch_size: int = 512, augment: bool | str = False, seed: int = 0,
     calibration_size: int = 256,
 ) -> DataBundle:
     """scikit-learn's 8×8 digits, 80/20 stratified split; the test split doubles as validation."""

@@ -6,6 +6,7 @@ import argparse
 
 from slimkit._cli_common import (
     CommandError,
+    add_augment_arg,
     add_data_args,
     add_out_args,
     class_count_option,
@@ -36,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "with --loss")
     parser.add_argument("--stage-epochs", type=int, default=1, help="epochs per stage with --stagewise")
     add_data_args(parser)
+    add_augment_arg(parser)
     add_out_args(parser)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.05)
@@ -55,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.distill._stagewise import ReconstructConfig, reconstruct
     from slimkit.train import dist_info, init_distributed
 
+    if args.cache_teacher and args.augment:
+        raise CommandError("--cache-teacher stores one teacher output per image, but --augment changes the images "
+                           "every epoch: drop one of the two (augmented KD runs the teacher live)")
     info = init_distributed()
-    data = create_data(args.data, batch_size=args.batch_size, seed=args.seed)
+    data = create_data(args.data, batch_size=args.batch_size, augment=args.augment, seed=args.seed)
     teacher = load_model(args.teacher, args.teacher_checkpoint, **class_count_option(args.teacher, data.num_classes))
     student = load_model(args.student, args.student_checkpoint, **class_count_option(args.student, data.num_classes))
     specs = [LossSpec.parse(text) for text in (args.loss or ["kd"])]

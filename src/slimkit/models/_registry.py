@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from torch import nn
 
 from slimkit._errors import ModelSpecError
 from slimkit._registry import Registry
+from slimkit._spec import parse_spec
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -45,30 +45,6 @@ def create(name: str, **kwargs: Any) -> nn.Module:
         raise ModelSpecError(f"model '{name}' does not take those options ({error}): "
                              f"its signature is {name}{inspect.signature(factory)}") from None
     return factory(**kwargs)
-
-
-_OPTION = re.compile(r"^([A-Za-z_]\w*)=(.+)$")
-
-
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Split ``"name:key=value,key=value"`` (or ``"file.py:factory:key=value"``) into target and options."""
-    target, options = spec, {}
-    head, sep, tail = spec.rpartition(":")
-    if sep and tail and all(_OPTION.match(part) for part in tail.split(",")):
-        target = head
-        for part in tail.split(","):
-            key, value = _OPTION.match(part).groups()
-            options[key] = _parse_value(value)
-    return target, options
 
 
 def _load_file_factory(path_text: str, factory_name: str) -> Callable[..., nn.Module]:

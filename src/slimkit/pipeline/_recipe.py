@@ -44,7 +44,7 @@ class ModelSection(_Section):
 class DataSection(_Section):
     name: str = "mnist"
     batch_size: int = Field(128, ge=1, le=65_536)
-    augment: bool = False
+    augment: bool | str = Field(False, description="true (±2 px shifts) or augmentations like 'elastic+shift'")
     seed: int = Field(0, ge=0)
     calibration_size: int = Field(1024, ge=1)
     train_samples: int | None = Field(None, ge=1, description="train on the first N training samples only")
@@ -280,7 +280,7 @@ def _resolve_model_file(schema: RecipeSchema, base_dir: str | os.PathLike | None
 
 
 def _check_names(schema: RecipeSchema, located: LocatedYaml, checkpoint: Path | None) -> None:
-    from slimkit.data import DATASETS
+    from slimkit.data import DATASETS, create_augment
     from slimkit.models import MODELS, parse_spec
 
     target, _ = parse_spec(schema.model.spec)
@@ -293,6 +293,11 @@ def _check_names(schema: RecipeSchema, located: LocatedYaml, checkpoint: Path | 
     if schema.data.name not in DATASETS:
         raise RecipeError(f"{located.source}, line {located.line_of(('data', 'name'))}: data.name: unknown dataset "
                           f"'{schema.data.name}': choose one of {', '.join(DATASETS.names())}")
+    try:
+        create_augment(schema.data.augment)
+    except SlimkitError as error:
+        raise RecipeError(f"{located.source}, line {located.line_of(('data', 'augment'))}: data.augment: {error}") \
+            from None
     if checkpoint is not None and not checkpoint.is_file():
         raise RecipeError(f"{located.source}, line {located.line_of(('model', 'checkpoint'))}: model.checkpoint: "
                           f"'{checkpoint}' does not exist: fix the path (relative paths start at the recipe's "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from slimkit._cli_common import (
+    add_augment_arg,
     add_data_args,
     add_model_args,
     add_out_args,
@@ -23,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_out_args(parser)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--augment", action="store_true", help="random 2-pixel shifts")
+    add_augment_arg(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.set_defaults(run=run)
