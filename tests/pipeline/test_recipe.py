@@ -117,3 +117,14 @@ def test_compress_check_and_list_stages(tmp_path, capsys):
     assert main(["compress", "--list-stages"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in STAGES.names())
+
+
+@pytest.mark.skipif("distill" not in STAGES, reason="slimkit.distill is not available")
+def test_cached_teacher_outputs_with_augmented_data_are_refused_at_the_stage_line():
+    text = VALID.replace("{name: mnist}", "{name: mnist, augment: elastic+shift}").replace(
+        "  - finetune:\n      epochs: 1\n      lr: 0.01\n",
+        "  - distill: {teacher: 01-train, losses: [kd], cache_teacher: true}\n")
+    with pytest.raises(RecipeError, match=r"r.yaml, line 7: stages\[1\]\.distill\.cache_teacher: .*remove"):
+        parse_recipe(text, "r.yaml")
+    parse_recipe(text.replace(", cache_teacher: true", ""), "r.yaml")  # the same recipe without the cache is fine
+

@@ -255,6 +255,11 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: str | os.PathLik
                           f"(got a {type(located.data).__name__})")
     schema: RecipeSchema = _validate(RecipeSchema, located.data, located, ())
     stages = tuple(_stage_call(i, item, located) for i, item in enumerate(schema.stages))
+    for stage in stages:
+        if schema.data.augment and getattr(stage.params, "cache_teacher", False):
+            raise RecipeError(f"{source}, line {stage.line}: stages[{stage.index - 1}].{stage.name}.cache_teacher: "
+                              "the teacher's outputs cannot be cached when data.augment changes the images every "
+                              "epoch: remove cache_teacher or data.augment")
     checkpoint = None
     if schema.model.checkpoint is not None:
         checkpoint = Path(schema.model.checkpoint).expanduser()
