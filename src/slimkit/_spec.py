@@ -8,7 +8,8 @@ from typing import Any
 _OPTION = re.compile(r"^([A-Za-z_]\w*)=(.+)$")
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """``"3"`` → 3, ``"0.5"`` → 0.5, ``"true"``/``"false"``/``"none"`` → True/False/None, else the text."""
     for cast in (int, float):
         try:
             return cast(text)
@@ -25,5 +26,5 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         target = head
         for part in tail.split(","):
             key, value = _OPTION.match(part).groups()
-            options[key] = _parse_value(value)
+            options[key] = parse_value(value)
     return target, options

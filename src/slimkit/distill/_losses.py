@@ -16,6 +16,7 @@ from torch import nn
 
 from slimkit._errors import ConfigError
 from slimkit._registry import Registry
+from slimkit._spec import parse_value
 
 LOSSES: Registry[type[DistillLoss]] = Registry("distillation loss")
 Shapes = dict[str, tuple[int, ...]]
@@ -266,7 +267,7 @@ class LossSpec:
             key, eq, value = item.partition("=")
             if not eq:
                 raise ConfigError(f"loss option '{item}' in '{text}' must be KEY=VALUE, e.g. kd:T=20,alpha=0.9")
-            params[key.strip()] = _number(value.strip())
+            params[key.strip()] = parse_value(value.strip())
         weight = float(params.pop("weight", 1.0))
         return cls(name.strip(), weight, params)
 
@@ -281,15 +282,6 @@ class LossSpec:
                 f"{', '.join([*accepted, 'weight']) or 'weight'}"
             )
         return factory(**self.params)
-
-
-def _number(value: str) -> Any:
-    for convert in (int, float):
-        try:
-            return convert(value)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(value.lower(), value)
 
 
 def loss_names(pattern: str = "*") -> list[str]:
