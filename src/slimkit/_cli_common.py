@@ -29,9 +29,9 @@ def add_data_args(parser: argparse.ArgumentParser, default: str | None = "mnist"
 
 
 def add_augment_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--augment", nargs="?", const="shift", default=None, metavar="SPEC",
-                        help="augment the training images: alone, random ±2 px shifts; or e.g. 'elastic+shift', "
-                        "'elastic:alpha=34,sigma=4' (slimkit.data.augment_names())")
+    parser.add_argument("--augment", default=None, metavar="SPEC",
+                        help="augment the training images: 'shift' (random ±2 px), 'elastic' (Simard et al. 2003), "
+                        "chained as 'elastic+shift', options as 'elastic:alpha=34,sigma=4'")
 
 
 def add_out_args(parser: argparse.ArgumentParser) -> None:

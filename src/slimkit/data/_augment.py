@@ -8,6 +8,7 @@ the same augmented batches. Each works on a whole batch at once (no per-sample P
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -29,7 +30,7 @@ def random_shift(max_shift: int = 2) -> Augment:
 
     Hinton et al. (2015) and Srivastava et al. (2014) jitter MNIST inputs by up to 2 pixels this way.
     """
-    if not isinstance(max_shift, int) or max_shift < 0:
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
         raise ConfigError(f"shift: max_shift must be a whole number of pixels ≥ 0, got {max_shift!r}")
 
     def shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -49,10 +50,22 @@ def random_shift(max_shift: int = 2) -> Augment:
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, math.ceil(3 * sigma))
+    radius = _kernel_radius(sigma)
     t = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-(t**2) / (2 * sigma**2))
     return kernel / kernel.sum()
+
+
+def _kernel_radius(sigma: float) -> int:
+    return max(1, math.ceil(3 * sigma))
+
+
+def _finite(name: str, value: object, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else "≥ 0"
+        raise ConfigError(f"elastic: {name} must be a finite number {bound} (pixels), got {value!r}")
+    return float(value)
 
 
 def _smooth(fields: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -67,17 +80,21 @@ def elastic_distortion(alpha: float = 34.0, sigma: float = 4.0) -> Augment:
     """Elastic distortion (Simard, Steinkraus & Platt 2003, §2): every pixel moves by a random displacement field,
     uniform in [-1, 1] per pixel and axis, smoothed by a Gaussian of width ``sigma`` pixels and scaled by ``alpha``
     pixels; the image is resampled bilinearly. Defaults are the paper's for 28×28 MNIST (σ=4, α=34), where it took
-    a 2-layer MLP from 1.6% to 0.7% test error. The images should be 2-D grids whose side exceeds 3σ.
+    a 2-layer MLP from 1.6% to 0.7% test error. The Gaussian is cut at ⌈3σ⌉ pixels, which must be less than the
+    image's side (σ ≤ 9 for 28×28).
     """
-    if sigma <= 0 or alpha < 0:
-        raise ConfigError(f"elastic: sigma must be > 0 and alpha ≥ 0 (pixels), got sigma={sigma}, alpha={alpha}")
-    kernel = _gaussian_kernel(float(sigma))
+    alpha, sigma = _finite("alpha", alpha, positive=False), _finite("sigma", sigma, positive=True)
+    kernel = _gaussian_kernel(sigma)
+    radius = _kernel_radius(sigma)
 
     def distort(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if images.dim() != 4 or not images.is_floating_point():
+            raise ConfigError(f"elastic distortion needs float N×C×H×W images, got {images.dtype} of shape "
+                              f"{tuple(images.shape)}")
         n, _, h, w = images.shape
-        radius = (len(kernel) - 1) // 2
         if min(h, w) <= radius:
-            raise ConfigError(f"elastic: {h}×{w} images are too small for sigma={sigma}: use sigma < {min(h, w) / 3}")
+            raise ConfigError(f"elastic: {h}×{w} images are too small for sigma={sigma} (the blur reaches "
+                              f"{radius} px): use sigma ≤ {(min(h, w) - 1) / 3:.3g}")
         raw = torch.rand(n * 2, 1, h, w, generator=generator, dtype=images.dtype) * 2 - 1
         dx, dy = (alpha * _smooth(raw, kernel.to(images.dtype))).view(n, 2, h, w).unbind(1)
         # grid_sample works in [-1, 1] coordinates (align_corners=True: the outermost pixel centres are ±1).
@@ -114,10 +131,12 @@ def create_augment(spec: bool | str | None) -> Augment | None:
         name, options = parse_spec(item.strip())
         factory = AUGMENTS.get(name)
         try:
-            parts.append(factory(**options))
-        except TypeError as error:
-            raise ConfigError(f"augmentation '{item.strip()}' has an unknown option ({error}): see "
-                              f"slimkit.data.{factory.__name__}") from None
+            inspect.signature(factory).bind(**options)
+        except TypeError:
+            accepted = ", ".join(inspect.signature(factory).parameters)
+            raise ConfigError(f"augmentation '{item.strip()}' has an unknown option: '{name}' takes {accepted} "
+                              f"(e.g. '{name}:{next(iter(inspect.signature(factory).parameters))}=...')") from None
+        parts.append(factory(**options))
     return parts[0] if len(parts) == 1 else compose(*parts)
 
 

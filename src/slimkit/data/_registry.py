@@ -56,6 +56,8 @@ def _bundle(
     task: str = "classification",
 ) -> DataBundle:
     augmentation = create_augment(augment)
+    if augmentation is not None:  # an augmentation that cannot handle these images fails here, before any training
+        augmentation(train[0][:1], torch.Generator().manual_seed(seed))
     calibration_idx = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(seed))[:calibration_size]
     return DataBundle(
         name=name,
