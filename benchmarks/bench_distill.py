@@ -29,6 +29,7 @@ TEACHER_EPOCHS = 150
 TEACHER_LR, TEACHER_WD = 0.05, 5e-4
 STUDENT_EPOCHS = 60
 SWEEP_EPOCHS = 10
+WARP_SEED = 1  # the warped students' loader seed: other warps than the teacher (seed 0) saw in training
 LR = 0.05
 TEMPERATURES = (1, 2, 5, 10, 20)
 ALPHA = 0.9  # weight of the soft loss; Hinton et al. used "a considerably lower weight on the hard loss"
@@ -99,15 +100,14 @@ def hinton_table(quick: bool) -> tuple[str, str, dict]:
     teacher = hinton_teacher(teacher_epochs)
     key = f"hinton-{_teacher_tag(teacher_epochs)}"
     data = create_data("mnist", train_split="train+valid")  # the paper's students: no jitter, no dropout
-    # seed 1: the students see other warps than the teacher saw in training
-    warped = create_data("mnist", train_split="train+valid", augment=TEACHER_AUGMENT, seed=1).train
+    warped = create_data("mnist", train_split="train+valid", augment=TEACHER_AUGMENT, seed=WARP_SEED).train
     cache = TeacherCache(data.train.dataset_size)
     raw: dict = {"student_epochs": student_epochs, "sweep_epochs": sweep_epochs, "teacher_epochs": teacher_epochs,
                  "teacher": TEACHER_SPEC, "teacher_augment": TEACHER_AUGMENT, "alpha": ALPHA, "sweep": {}}
 
     def errors_of(epochs: int, T: int | None, augmented: bool = False) -> int:
         began = time.perf_counter()
-        loader, tag = (warped, f"-{TEACHER_AUGMENT}-seed1") if augmented else (data.train, "")
+        loader, tag = (warped, f"-{TEACHER_AUGMENT}-seed{WARP_SEED}") if augmented else (data.train, "")
         if T is None:
             model = _alone("mlp800", loader, epochs, f"hinton{tag}")
         else:  # on warped images the teacher runs live on exactly the images the student sees

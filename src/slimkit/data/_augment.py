@@ -50,14 +50,11 @@ def random_shift(max_shift: int = 2) -> Augment:
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = _kernel_radius(sigma)
+    """A normalised 1-D Gaussian cut at ⌈3σ⌉ pixels each side (its radius is ``(len(kernel) - 1) // 2``)."""
+    radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-(t**2) / (2 * sigma**2))
     return kernel / kernel.sum()
-
-
-def _kernel_radius(sigma: float) -> int:
-    return max(1, math.ceil(3 * sigma))
 
 
 def _finite(name: str, value: object, *, positive: bool) -> float:
@@ -85,7 +82,7 @@ def elastic_distortion(alpha: float = 34.0, sigma: float = 4.0) -> Augment:
     """
     alpha, sigma = _finite("alpha", alpha, positive=False), _finite("sigma", sigma, positive=True)
     kernel = _gaussian_kernel(sigma)
-    radius = _kernel_radius(sigma)
+    radius = (len(kernel) - 1) // 2
 
     def distort(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if images.dim() != 4 or not images.is_floating_point():
@@ -130,12 +127,13 @@ def create_augment(spec: bool | str | None) -> Augment | None:
     for item in spec.split("+"):
         name, options = parse_spec(item.strip())
         factory = AUGMENTS.get(name)
+        signature = inspect.signature(factory)
         try:
-            inspect.signature(factory).bind(**options)
+            signature.bind(**options)
         except TypeError:
-            accepted = ", ".join(inspect.signature(factory).parameters)
-            raise ConfigError(f"augmentation '{item.strip()}' has an unknown option: '{name}' takes {accepted} "
-                              f"(e.g. '{name}:{next(iter(inspect.signature(factory).parameters))}=...')") from None
+            accepted = list(signature.parameters)
+            raise ConfigError(f"augmentation '{item.strip()}' has an unknown option: '{name}' takes "
+                              f"{', '.join(accepted)} (e.g. '{name}:{accepted[0]}=...')") from None
         parts.append(factory(**options))
     return parts[0] if len(parts) == 1 else compose(*parts)
 
