@@ -20,6 +20,7 @@ def test_profile_prints_and_writes_json(tmp_path, capsys):
         (["profile", "lenet7"], "unknown model 'lenet7'"),
         (["profile", "lenet5", "-c", "/no/such.pt"], "does not exist"),
         (["train", "lenet5", "--data", "imagenet", "--out", "x"], "unknown dataset 'imagenet'"),
+        (["train", "lenet5", "--weight-decay", "-1", "--out", "x"], "weight_decay=-1.0: use a value in [0, 1)"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):

@@ -28,6 +28,12 @@ def add_data_args(parser: argparse.ArgumentParser, default: str | None = "mnist"
     parser.add_argument("--batch-size", type=int, default=128)
 
 
+def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lr", type=float, default=0.05, help="SGD (Nesterov momentum 0.9) learning rate")
+    parser.add_argument("--weight-decay", type=float, default=5e-4,
+                        help="SGD weight decay (0 for none, e.g. a student regularised by distillation alone)")
+
+
 def add_augment_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", default=None, metavar="SPEC",
                         help="augment the training images: 'shift' (random ±2 px), 'elastic' (Simard et al. 2003), "

@@ -13,6 +13,8 @@ from slimkit.cli import main
         (["--loss", "kd:tau=3"], "loss 'kd' has no option tau"),
         (["--augment", "elstic"], "unknown augmentation 'elstic': choose one of elastic, shift"),
         (["--augment", "elastic+shift", "--cache-teacher"], "drop one of the two"),
+        (["--weight-decay", "-0.1"], "weight_decay=-0.1: use a value in [0, 1)"),
+        (["--lr", "0"], "lr=0.0: use a learning rate in (0, 10]"),
     ],
 )
 def test_bad_distill_options_fail_with_one_line_before_training(extra, message, tmp_path, capsys):

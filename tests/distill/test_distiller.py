@@ -125,3 +125,28 @@ def test_distill_returns_a_new_student_and_leaves_the_argument_untouched(mnist_s
     assert trained is not student
     assert all(torch.equal(v, state[k]) for k, v in student.state_dict().items())
     assert any(not torch.equal(v, state[k]) for k, v in trained.state_dict().items())
+
+
+def test_weight_decay_reaches_the_optimizer(mnist_small):
+    x, y = mnist_small
+    teacher = tiny_cnn(16)
+    norms = {}
+    for weight_decay in (0.0, 0.05):
+        torch.manual_seed(0)
+        student = tiny_cnn(8)
+        config = DistillConfig(losses=("kd",), epochs=1, lr=0.05, weight_decay=weight_decay, scheduler=None)
+        Distiller(teacher, student, config).fit(TensorLoader(x, y, 32, shuffle=True))
+        norms[weight_decay] = sum(float(p.detach().square().sum()) for p in student.parameters())
+    assert norms[0.05] < 0.9 * norms[0.0], norms
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"lr": 0}, "lr=0: use a learning rate in (0, 10]"),
+    ({"lr": float("nan")}, "lr=nan"),
+    ({"weight_decay": -1e-4}, "weight_decay=-0.0001: use a value in [0, 1)"),
+    ({"weight_decay": True}, "weight_decay=True"),
+])
+def test_bad_optimizer_values_fail_when_the_config_is_made(options, message):
+    with pytest.raises(ConfigError) as info:
+        DistillConfig(**options)
+    assert message in str(info.value)

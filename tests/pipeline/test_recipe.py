@@ -128,3 +128,12 @@ def test_cached_teacher_outputs_with_augmented_data_are_refused_at_the_stage_lin
         parse_recipe(text, "r.yaml")
     parse_recipe(text.replace(", cache_teacher: true", ""), "r.yaml")  # the same recipe without the cache is fine
 
+
+
+@pytest.mark.skipif("distill" not in STAGES, reason="slimkit.distill is not available")
+def test_a_distill_stage_takes_a_weight_decay_and_refuses_a_negative_one():
+    text = VALID.replace("  - finetune:\n      epochs: 1\n      lr: 0.01\n",
+                         "  - distill: {teacher: 01-train, losses: [kd], weight_decay: 0}\n")
+    parse_recipe(text, "r.yaml")
+    with pytest.raises(RecipeError, match=r"r.yaml, line 7: stages\[1\]\.distill.*weight_decay=-0.1: use a value in"):
+        parse_recipe(text.replace("weight_decay: 0", "weight_decay: -0.1"), "r.yaml")

@@ -8,6 +8,7 @@ from slimkit._cli_common import (
     CommandError,
     add_augment_arg,
     add_data_args,
+    add_optimizer_args,
     add_out_args,
     class_count_option,
     console,
@@ -40,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_augment_arg(parser)
     add_out_args(parser)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=0.05)
+    add_optimizer_args(parser)
     parser.add_argument("--cache-teacher", action="store_true",
                         help="cache the teacher's logits per sample (kd without feature losses; halves the cost)")
     parser.add_argument("--seed", type=int, default=0)
@@ -56,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.distill._losses import LossSpec
     from slimkit.distill._stagewise import ReconstructConfig, reconstruct
     from slimkit.train import dist_info, init_distributed
+    from slimkit.train._fit import check_optimizer_values
 
+    check_optimizer_values(args.lr, args.weight_decay)
     if args.cache_teacher and args.augment:
         raise CommandError("--cache-teacher stores one teacher output per image, but --augment changes the images "
                            "every epoch: drop one of the two (augmented KD runs the teacher live)")
@@ -75,10 +78,12 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError("--resume is not supported with --stagewise: run it again into a new --out")
         stage_config = ReconstructConfig(
             stages=tuple(args.pairs), stage_epochs=args.stage_epochs, task_epochs=args.epochs,
-            task_losses=tuple(specs), lr=args.lr, checkpoint_dir=args.out, seed=args.seed, progress=True)
+            task_losses=tuple(specs), lr=args.lr, weight_decay=args.weight_decay, checkpoint_dir=args.out,
+            seed=args.seed, progress=True)
         Distiller(teacher, student, DistillConfig(losses=("mimic",), pairs=tuple(args.pairs)))  # checks the names
     else:
         config = DistillConfig(losses=tuple(specs), pairs=tuple(args.pairs), epochs=args.epochs, lr=args.lr,
+                               weight_decay=args.weight_decay,
                                cache_teacher=args.cache_teacher, checkpoint_dir=args.out, resume=args.resume,
                                seed=args.seed, progress=True)
         distiller = Distiller(teacher, student, config)

@@ -19,6 +19,7 @@ from slimkit.distill._cache import IndexedLoader, TeacherCache
 from slimkit.distill._hooks import FeatureHooks, parse_pair, resolve_layers
 from slimkit.distill._losses import DistillBatch, DistillLoss, LossSpec
 from slimkit.train import Callback, FitResult, default_optimizer, fit
+from slimkit.train._fit import check_optimizer_values
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +30,23 @@ class DistillConfig:
     or :class:`LossSpec`; the total is their weighted sum, so include ``"ce"`` (or ``kd`` with alpha < 1) for the
     task loss. ``pairs`` are ``(student_layer, teacher_layer)`` names or ``"student=teacher"`` strings used by the
     feature losses. ``cache_teacher`` stores the teacher's logits per sample (fixed, non-augmented TensorLoader
-    only; not with feature losses). Training: SGD Nesterov at ``lr`` with the one-cycle cosine schedule."""
+    only; not with feature losses). Training: SGD Nesterov at ``lr`` and ``weight_decay`` with the one-cycle cosine
+    schedule (Hinton et al.'s student is "regularized solely by" the soft targets: ``weight_decay=0``)."""
 
     losses: tuple[str | LossSpec, ...] = ("kd",)
     pairs: tuple[tuple[str, str] | str, ...] = ()
     epochs: int = 5
     lr: float = 0.05
+    weight_decay: float = 5e-4
     scheduler: str | None = "cosine"
     cache_teacher: bool = False
     checkpoint_dir: str | os.PathLike | None = None
     resume: bool = False
     seed: int = 0
     progress: bool = False
+
+    def __post_init__(self) -> None:
+        check_optimizer_values(self.lr, self.weight_decay)
 
 
 def _specs(config: DistillConfig) -> list[LossSpec]:
@@ -252,7 +258,8 @@ class Distiller:
         try:
             return fit(
                 self.net, loader, epochs=config.epochs if epochs is None else epochs,
-                optimizer=lambda params: default_optimizer(params, config.lr), scheduler=config.scheduler,
+                optimizer=lambda params: default_optimizer(params, config.lr, config.weight_decay),
+                scheduler=config.scheduler,
                 callbacks=callbacks, checkpoint_dir=config.checkpoint_dir, resume=config.resume,
                 val_loader=val_loader, step=step, seed=config.seed, progress=config.progress,
             )

@@ -26,6 +26,7 @@ from slimkit.distill._distiller import DistillConfig, Distiller, _pairs
 from slimkit.distill._hooks import FeatureHooks, resolve_layers
 from slimkit.distill._losses import LossSpec
 from slimkit.train import FitResult
+from slimkit.train._fit import check_optimizer_values
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,13 @@ class ReconstructConfig:
     task_losses: tuple[str | LossSpec, ...] = ("ce",)
     weight: float = 1.0
     lr: float = 0.05
+    weight_decay: float = 5e-4
     checkpoint_dir: str | os.PathLike | None = None
     seed: int = 0
     progress: bool = False
+
+    def __post_init__(self) -> None:
+        check_optimizer_values(self.lr, self.weight_decay)
 
 
 def stage_parameters(model: nn.Module, stages: list[str], example_inputs: torch.Tensor) -> list[list[str]]:
@@ -128,7 +133,7 @@ def reconstruct(teacher: nn.Module, student: nn.Module, train_loader: Iterable,
     def phase_dir(name: str) -> str | None:
         return str(Path(config.checkpoint_dir) / name) if config.checkpoint_dir is not None else None
 
-    common = dict(lr=config.lr, seed=config.seed, progress=config.progress)
+    common = dict(lr=config.lr, weight_decay=config.weight_decay, seed=config.seed, progress=config.progress)
     histories: list[FitResult] = []
     if config.mode == "mimic":
         losses = tuple(config.task_losses) + tuple(loss_for(p, config.weight) for p in stages)

@@ -8,6 +8,7 @@ from slimkit._cli_common import (
     add_augment_arg,
     add_data_args,
     add_model_args,
+    add_optimizer_args,
     add_out_args,
     class_count_option,
     console,
@@ -23,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_args(parser)
     add_out_args(parser)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=0.05)
+    add_optimizer_args(parser)
     add_augment_arg(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -34,13 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from slimkit._cli_common import load_model
     from slimkit.data import create_data
     from slimkit.train import default_optimizer, dist_info, evaluate, fit, init_distributed
+    from slimkit.train._fit import check_optimizer_values
 
+    check_optimizer_values(args.lr, args.weight_decay)
     info = init_distributed()
     data = create_data(args.data, batch_size=args.batch_size, augment=args.augment, seed=args.seed)
     model = load_model(args.model, args.checkpoint, **class_count_option(args.model, data.num_classes))
     out = prepare_out_dir(args.out, args.force or args.resume) if info.is_main else None
     result = fit(
-        model, data.train, epochs=args.epochs, optimizer=lambda p: default_optimizer(p, args.lr),
+        model, data.train, epochs=args.epochs, optimizer=lambda p: default_optimizer(p, args.lr, args.weight_decay),
         scheduler="cosine", val_loader=data.valid, checkpoint_dir=args.out, resume=args.resume, seed=args.seed,
     )
     if not dist_info().is_main:

@@ -45,9 +45,19 @@ class FitResult:
         return self.history[-1] if self.history else {}
 
 
-def default_optimizer(params: Iterable[nn.Parameter], lr: float = 0.05) -> torch.optim.Optimizer:
+def check_optimizer_values(lr: float, weight_decay: float) -> None:
+    """A learning rate in (0, 10] and a weight decay in [0, 1): anything else is a typo, not a training recipe."""
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr <= 10:
+        raise ConfigError(f"lr={lr!r}: use a learning rate in (0, 10], e.g. 0.05")
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, int | float) or not 0 <= weight_decay < 1:
+        raise ConfigError(f"weight_decay={weight_decay!r}: use a value in [0, 1), e.g. 5e-4 (0 for none)")
+
+
+def default_optimizer(params: Iterable[nn.Parameter], lr: float = 0.05,
+                      weight_decay: float = 5e-4) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum 0.9 and weight decay 5e-4: the usual choice for CNNs on small images."""
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    check_optimizer_values(lr, weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
 
 
 def _build_optimizer(model: nn.Module, optimizer: OptimizerArg) -> torch.optim.Optimizer:
