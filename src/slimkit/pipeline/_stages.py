@@ -116,14 +116,9 @@ class TrainParams(StageParams):
     grad_clip: float | None = Field(None, gt=0)
 
 
-def sgd(lr: float, momentum: float, weight_decay: float) -> Callable:
-    return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0,
-                                          weight_decay=weight_decay)
-
-
 def fit_in_stage(model: nn.Module, ctx: StageContext, params: TrainParams, **extra: Any) -> None:
     """``fit`` with a per-stage checkpoint, so ``--resume`` continues an interrupted stage from its last epoch."""
-    from slimkit.train import CHECKPOINT_NAME, fit
+    from slimkit.train import CHECKPOINT_NAME, default_optimizer, fit
 
     callbacks = list(extra.pop("callbacks", ()))
     try:  # pruned weights must stay zero while training (masks attached by prune_unstructured)
@@ -137,7 +132,8 @@ def fit_in_stage(model: nn.Module, ctx: StageContext, params: TrainParams, **ext
     if not ctx.resume and (fit_dir / CHECKPOINT_NAME).exists():
         (fit_dir / CHECKPOINT_NAME).unlink()  # a stale epoch checkpoint from an earlier run in this folder
     history = fit(
-        model, ctx.data.train, epochs=params.epochs, optimizer=sgd(params.lr, params.momentum, params.weight_decay),
+        model, ctx.data.train, epochs=params.epochs,
+        optimizer=lambda p: default_optimizer(p, params.lr, params.weight_decay, params.momentum),
         scheduler=params.scheduler, checkpoint_dir=fit_dir, resume=ctx.resume, val_loader=ctx.data.valid,
         seed=ctx.seed, progress=ctx.progress, grad_clip=params.grad_clip, callbacks=callbacks, **extra,
     ).history

@@ -53,11 +53,12 @@ def check_optimizer_values(lr: float, weight_decay: float) -> None:
         raise ConfigError(f"weight_decay={weight_decay!r}: use a value in [0, 1), e.g. 5e-4 (0 for none)")
 
 
-def default_optimizer(params: Iterable[nn.Parameter], lr: float = 0.05,
-                      weight_decay: float = 5e-4) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum 0.9 and weight decay 5e-4: the usual choice for CNNs on small images."""
+def default_optimizer(params: Iterable[nn.Parameter], lr: float = 0.05, weight_decay: float = 5e-4,
+                      momentum: float = 0.9) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum 0.9 and weight decay 5e-4: the usual choice for CNNs on small images
+    (``momentum=0``: plain SGD)."""
     check_optimizer_values(lr, weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
 
 
 def _build_optimizer(model: nn.Module, optimizer: OptimizerArg) -> torch.optim.Optimizer:
