@@ -17,17 +17,20 @@ def _calibration(n: int = 64, shape=(1, 28, 28)) -> list[tuple[torch.Tensor, tor
     return [(torch.rand(n, *shape, generator=gen), torch.randint(0, 10, (n,), generator=gen)) for _ in range(2)]
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    (PruneConfig(ratio=1.5), r"prune ratio 1.5 is out of range: use a value in \[0, 1\)"),
-    (PruneConfig(ratio={"conv2": 1.5}), r"prune ratio 1.5 for 'conv2' is out of range: use a value in \[0, 1\)"),
-    (PruneConfig(criterion="l3"), r"unknown criterion 'l3': choose one of bn_scale, fpgm, l1"),
-    (PruneConfig(scope="everywhere"), "scope 'everywhere' is unknown"),
-    (PruneConfig(speedup=0.5), "speedup 0.5 must be > 1"),
-    (PruneConfig(round_to=0), "round_to 0 must be"),
+@pytest.mark.parametrize(("options", "message"), [
+    ({"ratio": 1.5}, r"prune ratio 1.5 is out of range: use a value in \[0, 1\)"),
+    ({"ratio": {"conv2": 1.5}}, r"prune ratio 1.5 for 'conv2' is out of range: use a value in \[0, 1\)"),
+    ({"criterion": "l3"}, r"unknown criterion 'l3': choose one of bn_scale, fpgm, l1"),
+    ({"scope": "everywhere"}, "scope 'everywhere' is unknown"),
+    ({"speedup": 0.5}, "speedup 0.5 must be > 1"),
+    ({"round_to": 0}, "round_to 0 must be"),
+    ({"kinds": ("heads", "width")}, "kinds .* must be a non-empty subset of heads, channels, residual"),
+    ({"gqa": "kv"}, "gqa 'kv' is unknown"),
+    ({"timeout": 0}, "timeout 0 must be a positive number"),
 ])
-def test_bad_config_is_rejected_before_work(config, message):
+def test_bad_config_is_rejected_when_made(options, message):
     with pytest.raises(ConfigError, match=message):
-        prune_channels(models.create("lenet5"), torch.zeros(1, 1, 28, 28), config)
+        PruneConfig(**options)
 
 
 def test_data_driven_criterion_without_data_names_the_fix():

@@ -1,31 +1,117 @@
-"""Channel-dependency graphs: trace a model with torch.fx and find the channels that must be pruned together."""
+"""Channel-dependency graphs: capture a model, find the channels that must be pruned together, remove them.
 
-from slimkit.graph._apply import apply_removal
+Design notes
+------------
+**Capture: one recorded forward.** The model runs once on the example inputs under a ``TorchFunctionMode`` that
+records every torch function and tensor method with its arguments, and global module hooks that say which module's
+code ran each op (``_capture.py``). Because the forward runs on real tensors, real-world code works as written:
+Hugging Face models with keyword inputs, ``ModelOutput`` results, caches, mask builders and data-dependent Python
+branches; Swin's window partitioning; torchvision's ``stochastic_depth`` (an identity at inference, so nothing to
+follow). We chose it over the alternatives by measuring them on BERT, DistilBERT, RoBERTa, GPT-2, Llama, Mistral,
+Qwen2, ViT, DeiT and Swin built from small configs (``benchmarks/bench_transformers_breadth.py`` records the
+capture time per model):
+
+- ``torch.fx.symbolic_trace`` fails on all of them (``co_varnames is too small``, ``Proxy object cannot be
+  iterated``) and loops on Swin;
+- ``torch.export`` (non-strict) handles most, but costs seconds to minutes per model (fake tensors, decompositions,
+  a 1B model takes minutes), needs dynamic-shape hints, and returns ATen graphs whose ops no longer name the
+  module attributes a pruned model must update;
+- a recorded forward costs one forward plus a few microseconds per op (milliseconds for the tiny models, seconds
+  for a 1B-parameter Llama), captures every model above, and keeps module-level names.
+
+Its limit is the one every tracer has: it sees the path this input takes. The pruned model is therefore run once
+more on the same input and checked op by op (every result must have exactly the expected shape), so a size the
+code hard-codes or reads from an attribute slimkit did not update is a :class:`~slimkit.TraceError` naming the
+module and op, never a silently wrong model.
+
+**Ids and groups.** Every tensor carries one id per element (stored compressed); rules merge ids of elements that
+must be pruned together (``_ops.py``, ``_layers.py``), and a vectorised union-find (``_unionfind.py``) turns them
+into units and groups (``_graph.py``). Parameters carry one id vector per dim, so a weight's rows and columns are
+pruned independently whichever module owns it (tied embeddings, ``F.linear`` on a shared weight, GPT-2's
+``Conv1D``).
+
+**Removal keeps the user's model.** ``apply_removal`` slices the parameters of a copy of the model that shares the
+caller's tensors until they are replaced (peak memory ≈ the model plus the pruned model), sets size attributes
+(``in_features``, ``num_heads``, ``all_head_size``, ``split_size``, ...), and checks the result (``_apply.py``).
+
+**Time bound.** Capture, propagation and removal run under a :class:`Deadline`: an op loop that never ends and
+pure-Python code that spins both end in a :class:`TimeBoundExceeded` (a ``TraceError``) after the bound.
+
+**Extending.** One registry entry per op — ``@register_op(fn, rewrite=...)`` on a ``propagate(ctx, call)`` function
+(how ids flow, :class:`TraceContext` documents the vocabulary; how the op's shape arguments change) — and one per
+module type, ``register_module(cls, resize=..., leaf=...)`` (size attributes after slicing; optionally treat every
+call as one op). ``op_rules()`` and ``module_rules()`` list them; the tests run over both.
+"""
+
+from slimkit.graph._apply import Removal, apply_removal, verify_removal
+from slimkit.graph._capture import Call, Capture, CaptureFailed, Ref, ValueInfo, capture, run_model, split_inputs
+from slimkit.graph._context import AttentionSite, CannotFollow, ModuleUse, ParamDims, TraceContext
+from slimkit.graph._deadline import Deadline, TimeBoundExceeded
 from slimkit.graph._graph import (
+    GQA_MODES,
+    KINDS,
     ChannelGroup,
     DependencyGraph,
-    ModuleUse,
+    UnitSlice,
     build_graph,
     dependency_graph,
-    trace,
+    propagate,
+    shared_copy,
 )
-from slimkit.graph._handlers import LayerHandler, handler_for, register_handler
-from slimkit.graph._ops import FUNCTION_RULES, METHOD_RULES, choose_unit_dim
+from slimkit.graph._ops import choose_unit_dim, dim_groups
+from slimkit.graph._rules import (
+    ModuleRule,
+    OpRule,
+    ResizeInfo,
+    RewriteContext,
+    module_rule,
+    module_rules,
+    op_rule,
+    op_rules,
+    register_module,
+    register_op,
+)
 from slimkit.graph._unionfind import UnionFind
 
 __all__ = [
-    "FUNCTION_RULES",
-    "METHOD_RULES",
+    "GQA_MODES",
+    "KINDS",
+    "AttentionSite",
+    "Call",
+    "CannotFollow",
+    "Capture",
+    "CaptureFailed",
     "ChannelGroup",
+    "Deadline",
     "DependencyGraph",
-    "LayerHandler",
+    "ModuleRule",
     "ModuleUse",
+    "OpRule",
+    "ParamDims",
+    "Ref",
+    "Removal",
+    "ResizeInfo",
+    "RewriteContext",
+    "TimeBoundExceeded",
+    "TraceContext",
     "UnionFind",
+    "UnitSlice",
+    "ValueInfo",
     "apply_removal",
     "build_graph",
+    "capture",
     "choose_unit_dim",
     "dependency_graph",
-    "handler_for",
-    "register_handler",
-    "trace",
+    "dim_groups",
+    "module_rule",
+    "module_rules",
+    "op_rule",
+    "op_rules",
+    "propagate",
+    "register_module",
+    "register_op",
+    "run_model",
+    "shared_copy",
+    "split_inputs",
+    "verify_removal",
 ]

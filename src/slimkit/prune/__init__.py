@@ -3,7 +3,15 @@ sensitivity, width scaling) and unstructured (magnitude masks, AGP)."""
 
 from slimkit.prune._agp import AGPCallback, AGPConfig, agp_sparsity
 from slimkit.prune._config import PruneConfig
-from slimkit.prune._criteria import CRITERIA, Criterion, PruneContext, register_criterion, unit_rows
+from slimkit.prune._criteria import (
+    CRITERIA,
+    Criterion,
+    PruneContext,
+    batch_loss,
+    register_criterion,
+    unit_reduce,
+    unit_rows,
+)
 from slimkit.prune._reconstruct import reconstruct_, reconstruct_layer_
 from slimkit.prune._schedule import SCHEDULES, prune_iterative, prune_layerwise, prune_oneshot
 from slimkit.prune._sensitivity import SensitivityResult, ratios_from_sensitivity, sensitivity
@@ -46,6 +54,7 @@ __all__ = [
     "apply_masks_",
     "attach_masks_",
     "attached_masks",
+    "batch_loss",
     "finalize",
     "layer_sparsities",
     "magnitude_masks",
@@ -68,5 +77,6 @@ __all__ = [
     "sparsity_of",
     "thinet_greedy",
     "thinet_scales",
+    "unit_reduce",
     "unit_rows",
 ]
