@@ -58,6 +58,7 @@ from slimkit.graph._graph import (
     propagate,
     shared_copy,
 )
+from slimkit.graph._macs import count_macs
 from slimkit.graph._ops import choose_unit_dim, dim_groups
 from slimkit.graph._rules import (
     ModuleRule,
@@ -101,6 +102,7 @@ __all__ = [
     "build_graph",
     "capture",
     "choose_unit_dim",
+    "count_macs",
     "dependency_graph",
     "dim_groups",
     "module_rule",

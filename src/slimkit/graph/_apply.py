@@ -53,6 +53,14 @@ class Removal:
     graph: DependencyGraph
     removed: np.ndarray
     _cache: dict[int, list[np.ndarray | None]] = field(default_factory=dict)
+    _gone: np.ndarray | None = None
+
+    def gone(self, ids: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Whether each id's unit is removed (same shape as ``ids``)."""
+        if self._gone is None:
+            self._gone = np.zeros(len(self.graph.uf), dtype=bool)
+            self._gone[self.removed] = True
+        return self._gone[self.graph.uf.find(ids)]
 
     def shape(self, ref: Ref) -> tuple[int, ...]:
         return self.graph.capture.values[ref.key].shape
@@ -65,7 +73,7 @@ class Removal:
             if pd is not None:
                 found = self.param_masks(pd.name)
             else:
-                found = _dim_masks(self.graph, self.graph.ctx.ids(ref), info.shape, self.removed, ref)
+                found = _dim_masks(self.graph, self.graph.ctx.ids(ref), info.shape, self, ref)
             self._cache[ref.key] = found
         return found
 
@@ -78,19 +86,19 @@ class Removal:
         pd = self.graph.params[name]
         out = []
         for ids in pd.ids:
-            r = np.isin(self.graph.uf.find(ids), self.removed)
+            r = self.gone(ids)
             out.append(r if r.any() else None)
         return out
 
     def keep(self, ids: torch.Tensor | None) -> np.ndarray | None:
-        return None if ids is None else ~np.isin(self.graph.uf.find(ids), self.removed)
+        return None if ids is None else ~self.gone(ids)
 
 
-def _dim_masks(graph: DependencyGraph, ids: torch.Tensor, shape: tuple[int, ...], removed: np.ndarray,
+def _dim_masks(graph: DependencyGraph, ids: torch.Tensor, shape: tuple[int, ...], removal: Removal,
                ref: Ref) -> list[np.ndarray | None]:
     """Per dim, which indices are removed; checks the removed set is a union of whole slices (the tensor stays
     rectangular)."""
-    r = np.isin(graph.uf.find(ids), removed).reshape(tuple(ids.shape))
+    r = removal.gone(ids).reshape(tuple(ids.shape))
     if not r.any():
         return [None] * len(shape)
     pad = len(shape) - r.ndim

@@ -92,11 +92,10 @@ def _combine(ctx: TraceContext, call: Call, residual: bool) -> T:
     if not ops:
         raise CannotFollow("no tensor operand")
     full = [i for i, (_, s) in enumerate(ops) if s == tuple(out_shape)]
-    if not full:  # every operand broadcasts (an outer sum of index vectors, ...): merge position-wise
-        expanded = torch.broadcast_tensors(*[ids for ids, _ in ops])
-        for other in expanded[1:]:
-            ctx.union(expanded[0], other)
-        return expanded[0]
+    if not full:  # every operand broadcasts somewhere: the one carrying the most channel variation leads
+        lead = max(range(len(ops)), key=lambda i: (len(ctx.varying(ops[i][0])),
+                                                   sum(a == b for a, b in zip(ops[i][1], out_shape, strict=True))))
+        full = [lead]
     ref_ids = ops[full[0]][0]
     if residual and len(full) > 1:  # two different channel sets added: a residual stream (not x + f(x) of one)
         varying = [set(ctx.varying(ops[i][0])) for i in full]

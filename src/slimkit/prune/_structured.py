@@ -25,9 +25,9 @@ from slimkit.graph import (
     DependencyGraph,
     Removal,
     apply_removal,
+    count_macs,
     dependency_graph,
     shared_copy,
-    split_inputs,
     verify_removal,
 )
 from slimkit.prune._config import PruneConfig
@@ -71,44 +71,19 @@ def plan_removal(ctx: PruneContext, config: PruneConfig, ratio: float | Mapping[
             for gi, keep in keeps.items() if keep < len(groups[gi].units)}
 
 
-def _keep_info(graph: DependencyGraph, removed: np.ndarray) -> dict[str, dict[str, list[int]]]:
+def _keep_info(graph: DependencyGraph, removal: Removal) -> dict[str, dict[str, list[int]]]:
     info = {}
     for name, use in graph.uses.items():
         entry = {}
         for side, m in (("in", use.in_map), ("out", use.out_map)):
             if m is not None:
-                entry[side] = np.flatnonzero(~np.isin(graph.uf.find(m), removed)).tolist()
+                entry[side] = np.flatnonzero(~removal.gone(m)).tolist()
         info[name] = entry
     return info
 
 
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def _macs(model: nn.Module, inputs: Any) -> int | None:
-    """MACs of one forward on the example inputs (keyword inputs through a positional adapter)."""
-    from slimkit.analysis import profile
-
-    args, kwargs = split_inputs(inputs)
-    try:
-        if kwargs:
-            return profile(_Keywords(model, list(kwargs)), tuple(kwargs.values())).total.macs
-        return profile(model, args).total.macs
-    except Exception as error:  # reporting only: a model the profiler cannot run still prunes
-        log.info("MACs not counted (%s)", error)
-        return None
-
-
-class _Keywords(nn.Module):
-    """``model(**dict(zip(keys, args)))`` as a positional module, for tools that call ``model(*inputs)``."""
-
-    def __init__(self, model: nn.Module, keys: list[str]) -> None:
-        super().__init__()
-        self.model, self.keys = model, keys
-
-    def forward(self, *args: Any) -> Any:
-        return self.model(**dict(zip(self.keys, args, strict=True)))
 
 
 class _Pruner:
@@ -131,23 +106,32 @@ class _Pruner:
         self.scores = ([criterion.scores(self.ctx, g) for g in self.graph.groups]
                        if config.scope == "global" else None)
 
+    def plan(self, ratio: float | Mapping[str, float]) -> tuple[dict[int, np.ndarray], Removal]:
+        """The units each group loses at ``ratio`` and the removal they make (nothing is built)."""
+        plan = plan_removal(self.ctx, self.config, ratio, self.scores)
+        roots = np.concatenate([self.graph.groups[gi].units[r] for gi, r in plan.items()] or [np.zeros(0, np.int64)])
+        return plan, Removal(self.graph, np.unique(roots))
+
     def prune(self, ratio: float | Mapping[str, float]) -> nn.Module:
-        graph, config, criterion = self.graph, self.config, self.ctx.criterion
-        plan = plan_removal(self.ctx, config, ratio, self.scores)
+        graph, criterion = self.graph, self.ctx.criterion
+        plan, removal = self.plan(ratio)
         candidate = shared_copy(graph.model)
         for gi, removed in plan.items():
             criterion.update_(self.ctx, graph.groups[gi], removed, candidate)
         self.deadline.check("removal")
-        roots = np.concatenate([graph.groups[gi].units[r] for gi, r in plan.items()] or [np.zeros(0, np.int64)])
-        pruned = apply_removal(graph, roots, model=candidate, verify=False)
+        pruned = apply_removal(graph, removal.removed, model=candidate, verify=False)
         attributes = pruned.__dict__.pop("slimkit_attributes", {})
         hf = _rewrite_hf_config(pruned)
-        verify_removal(graph, pruned, Removal(graph, np.unique(roots)), attributes, deadline=self.deadline)
+        verify_removal(graph, pruned, removal, attributes, deadline=self.deadline)
         pruned.train(self.model.training)
-        set_pruning_info(pruned, self._info(plan, roots, ratio, attributes, hf))
+        info = self._info(plan, removal, ratio, attributes, hf)
+        info["reduction"] = {"params": [_params(self.model), _params(pruned)],
+                             "macs": [count_macs(graph), count_macs(graph, removal)],
+                             "requested_ratio": info["ratio"]}
+        set_pruning_info(pruned, info)
         return pruned
 
-    def _info(self, plan: dict[int, np.ndarray], roots: np.ndarray, ratio: Any, attributes: dict,
+    def _info(self, plan: dict[int, np.ndarray], removal: Removal, ratio: Any, attributes: dict,
               hf: dict | None) -> dict[str, Any]:
         graph = self.graph
         config = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(self.config).items()}
@@ -156,7 +140,7 @@ class _Pruner:
             "groups": {f"{g.name}#{gi}": [len(g.units) - len(plan.get(gi, ())), len(g.units)]
                        for gi, g in enumerate(graph.groups)},
             "kinds": {f"{g.name}#{gi}": g.kind for gi, g in enumerate(graph.groups)},
-            "keep": _keep_info(graph, roots),
+            "keep": _keep_info(graph, removal),
             "ratio": dict(ratio) if isinstance(ratio, Mapping) else float(ratio),
             "attributes": {k: {a: (list(v) if isinstance(v, tuple) else v) for a, v in d.items()}
                            for k, d in attributes.items()},
@@ -208,45 +192,35 @@ def prune_channels(model: nn.Module, example_inputs: Any, config: PruneConfig | 
     inputs (``{"input_ids": ..., "attention_mask": ...}``). ``data``: an iterable of ``(inputs, targets)`` or of
     keyword dicts for data-driven criteria (``taylor``, ``wanda``, ``thinet``) and ``reconstruct``; ``loss``
     defaults to cross-entropy (or the model's own loss). With ``config.target_macs`` / ``config.speedup`` the
-    global ratio is found by bisection on measured MACs. :func:`pruning_info` on the result says what was done.
+    global ratio is found by bisection on the MACs each candidate pruning implies (counted from the captured
+    shapes, as :func:`slimkit.analysis.profile` counts them). :func:`pruning_info` on the result says what was done.
     """
     config = (config or PruneConfig()).validate()
     with Deadline(config.timeout, "pruning") as deadline:
         pruner = _Pruner(model, example_inputs, config, data, loss, deadline)
-        base_params, base_macs = _params(model), _macs(model, example_inputs)
-        if config.target_macs is None and config.speedup is None:
-            pruned = pruner.prune(config.ratio)
-        else:
-            pruned = _search(pruner, model, example_inputs, config, base_macs, deadline)
+        ratio = config.ratio if config.target_macs is None and config.speedup is None else _search(pruner, config)
+        pruned = pruner.prune(ratio)
         if config.reconstruct:
             from slimkit.prune._reconstruct import reconstruct_
 
             reconstruct_(pruned, model, data, batches=config.batches)
-    info = pruning_info(pruned)
-    info["reduction"] = {"params": [base_params, _params(pruned)], "macs": [base_macs, _macs(pruned, example_inputs)],
-                         "requested_ratio": info["ratio"]}
     return pruned
 
 
-def _search(pruner: _Pruner, model: nn.Module, inputs: Any, config: PruneConfig, base: int | None,
-            deadline: Deadline) -> nn.Module:
-    if base is None:
-        from slimkit._errors import ConfigError
-
-        raise ConfigError("a MAC target needs the model's MACs, which could not be counted: give a ratio instead")
+def _search(pruner: _Pruner, config: PruneConfig) -> float:
+    """The smallest global ratio (bisection, 10 steps) whose pruning reaches the MAC target."""
+    base = count_macs(pruner.graph)
     target = config.target_macs if config.target_macs is not None else base / config.speedup
     lo, hi, best = 0.0, 0.95, None
     for _ in range(10):
-        deadline.check("MAC-target search")
+        pruner.deadline.check("MAC-target search")
         mid = (lo + hi) / 2
-        candidate = pruner.prune(mid)
-        macs = _macs(candidate, inputs)
-        if macs is not None and macs <= target:
-            best, hi = candidate, mid
+        if count_macs(pruner.graph, pruner.plan(mid)[1]) <= target:
+            best, hi = mid, mid
         else:
             lo = mid
     if best is None:
-        best = pruner.prune(hi)
-        log.warning("MAC target %d not reached (best %s): the prunable groups are exhausted", target,
-                    _macs(best, inputs))
+        log.warning("MAC target %d not reached (best %d at ratio %.2f): the prunable groups are exhausted", target,
+                    count_macs(pruner.graph, pruner.plan(hi)[1]), hi)
+        best = hi
     return best
