@@ -289,7 +289,7 @@ def _norm_over_last(ctx: TraceContext, call: Call, k: int, params: list[Ref]) ->
     last = None
     for j in range(k):
         d = nd - k + j
-        if d not in var and k > 1:
+        if d not in var:  # a normalised dim carrying no channels (spatial): its scale entries are never pruned
             continue
         cmap = ctx.channel_map(x, d)
         for p in params:
@@ -333,11 +333,13 @@ register_op(F.layer_norm, F.rms_norm, name="layer_norm", rewrite=rewrite_layer_n
 
 
 def group_norm(ctx: TraceContext, call: Call) -> T:
-    """``F.group_norm``: channel slot i of every group is one unit, so every group keeps the same width."""
+    """``F.group_norm``: channel slot i of every group is one unit, so every group keeps the same width; with one
+    channel per group (instance-norm-like) channels are independent and the group count follows them."""
     x, groups = call.args[0], int(call.arg(1, "num_groups"))
     cmap = ctx.channel_map(x, 1)
-    slots = cmap.reshape(groups, -1)
-    ctx.union(slots[:1], slots)
+    if groups != cmap.numel():
+        slots = cmap.reshape(groups, -1)
+        ctx.union(slots[:1], slots)
     owner = None
     for pos, key in ((2, "weight"), (3, "bias")):
         ref = call.arg(pos, key)
@@ -349,7 +351,20 @@ def group_norm(ctx: TraceContext, call: Call) -> T:
     return ctx.ids(x)
 
 
-register_op(F.group_norm, name="group_norm")(group_norm)
+def rewrite_group_norm(rctx: RewriteContext, call: Call) -> tuple[Any, tuple, dict] | None:
+    """One channel per group: the group count is the new channel count."""
+    x, groups = call.args[0], int(call.arg(1, "num_groups"))
+    if groups != rctx.shape(x)[1] or rctx.masks(x)[1] is None:
+        return None
+    args, kwargs = list(call.args), dict(call.kwargs)
+    if len(args) > 1:
+        args[1] = rctx.new_shape(x)[1]
+    else:
+        kwargs["num_groups"] = rctx.new_shape(x)[1]
+    return call.target, tuple(args), kwargs
+
+
+register_op(F.group_norm, name="group_norm", rewrite=rewrite_group_norm)(group_norm)
 
 
 def prelu(ctx: TraceContext, call: Call) -> T:
@@ -421,8 +436,10 @@ def _resize_batch_norm(m: nn.Module, info: ResizeInfo) -> dict[str, Any]:
 
 
 def _resize_group_norm(m: nn.Module, info: ResizeInfo) -> dict[str, Any]:
+    if m.num_groups == m.num_channels:
+        m.num_groups = _channels(m, info)
     m.num_channels = _channels(m, info)
-    return {"num_channels": m.num_channels}
+    return {"num_channels": m.num_channels, "num_groups": m.num_groups}
 
 
 def _resize_layer_norm(m: nn.Module, info: ResizeInfo) -> dict[str, Any]:
