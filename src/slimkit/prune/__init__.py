@@ -12,6 +12,7 @@ from slimkit.prune._criteria import (
     unit_reduce,
     unit_rows,
 )
+from slimkit.prune._hf import load_pruned, save_pruned
 from slimkit.prune._reconstruct import reconstruct_, reconstruct_layer_
 from slimkit.prune._schedule import SCHEDULES, prune_iterative, prune_layerwise, prune_oneshot
 from slimkit.prune._sensitivity import SensitivityResult, ratios_from_sensitivity, sensitivity
@@ -57,6 +58,7 @@ __all__ = [
     "batch_loss",
     "finalize",
     "layer_sparsities",
+    "load_pruned",
     "magnitude_masks",
     "magnitude_prune",
     "plan_removal",
@@ -72,6 +74,7 @@ __all__ = [
     "register_criterion",
     "relative_index_bytes",
     "scale_width",
+    "save_pruned",
     "sensitivity",
     "sparse_storage",
     "sparsity_of",

@@ -287,11 +287,8 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
     if missing or unexpected:
         raise CheckpointError(f"'{target}' does not match its architecture: missing {missing[:5]}, unexpected "
                               f"{unexpected[:5]}")
-    final = dict(meta["config"])
-    model.config = AutoConfig.for_model(meta["model_type"], **{k: v for k, v in final.items() if k != "model_type"})
-    for module in model.modules():  # modules holding the config object see the rewritten one
-        if getattr(module, "config", None) is config:
-            module.config = model.config
+    # the rewritten sizes, set on the config object every module shares (its attention backend choice stays)
+    model.config.update({k: v for k, v in meta["config"].items() if k not in ("model_type", "transformers_version")})
     set_pruning_info(model, dict(meta.get("pruning", {}), attributes=meta.get("attributes", {}),
                                  hf_config={"exact": False, "base_config": base}))
     return model.eval()
