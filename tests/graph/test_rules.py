@@ -104,6 +104,10 @@ def _baddbmm(q, k, v):
     return torch.bmm(torch.softmax(s, -1), v.reshape(b * h, n, d)).view(b, h, n, d)
 
 
+def _einsum(q, k, v):
+    return torch.einsum("bhij,bhjd->bhid", torch.softmax(torch.einsum("bhid,bhjd->bhij", q, k), -1), v)
+
+
 def _setitem(m, h, x):
     h = h.clone()
     h[:, 0] = 0
@@ -133,6 +137,7 @@ EXAMPLES: dict[str, tuple[Callable[[], nn.Module], torch.Tensor, bool]] = {
     "scaled_dot_product_attention": (lambda: Heads(F.scaled_dot_product_attention), SEQ, True),
     "matmul": (lambda: Heads(_scores), SEQ, True),
     "baddbmm": (lambda: Heads(_baddbmm), SEQ, True),
+    "einsum": (lambda: Heads(_einsum), SEQ, True),
     "conv": (lambda: Maps(lambda m, h, x: m.layers["dw"](h), dw=nn.Conv2d(16, 16, 3, padding=1, groups=16)), MAPS,
              True),
     "batch_norm": (lambda: Maps(lambda m, h, x: m.layers["bn"](h), bn=nn.BatchNorm2d(16)), MAPS, True),

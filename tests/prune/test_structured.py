@@ -145,3 +145,27 @@ def test_caller_model_is_untouched_and_result_trains():
     loss.backward()
     assert all(p.grad is not None for p in pruned.parameters())
     assert np.isfinite(loss.item())
+
+
+class _ConstantView(nn.Module):
+    """A classic LeNet: ``x.view(-1, 16 * 4 * 4)`` hard-codes the width pruning changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.f1, self.f2 = nn.Linear(16 * 4 * 4, 120), nn.Linear(120, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.c1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.c2(x)), 2)
+        return self.f2(torch.relu(self.f1(x.view(-1, 16 * 4 * 4))))
+
+
+def test_a_constant_size_in_the_code_falls_back_to_a_graph_module_and_says_so():
+    model, x = _ConstantView().eval(), torch.rand(1, 1, 28, 28)
+    pruned = prune_channels(model, x, PruneConfig(ratio=0.5))
+    assert isinstance(pruned, torch.fx.GraphModule) and "view(-1, 128)" in pruned.code
+    assert "op 'Tensor.view' in module '<root>'" in pruning_info(pruned)["graph_module"]
+    assert pruned(torch.rand(3, 1, 28, 28)).shape == (3, 10) and pruned.f1.in_features == 128
+    assert set(pruned.state_dict()) == set(model.state_dict())  # same parameter names
+    assert type(prune_channels(models.create("lenet5"), x, PruneConfig(ratio=0.5))).__name__ == "LeNet5"

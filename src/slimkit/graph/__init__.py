@@ -47,6 +47,7 @@ from slimkit.graph._apply import Removal, apply_removal, verify_removal
 from slimkit.graph._capture import Call, Capture, CaptureFailed, Ref, ValueInfo, capture, run_model, split_inputs
 from slimkit.graph._context import AttentionSite, CannotFollow, ModuleUse, ParamDims, TraceContext
 from slimkit.graph._deadline import Deadline, TimeBoundExceeded
+from slimkit.graph._fx import prune_as_graph_module, symbolic_trace
 from slimkit.graph._graph import (
     GQA_MODES,
     KINDS,
@@ -110,10 +111,12 @@ __all__ = [
     "op_rule",
     "op_rules",
     "propagate",
+    "prune_as_graph_module",
     "register_module",
     "register_op",
     "run_model",
     "shared_copy",
     "split_inputs",
+    "symbolic_trace",
     "verify_removal",
 ]

@@ -69,6 +69,7 @@ class Call:
     scope: str
     module: nn.Module | None = None
     module_name: str | None = None
+    node: Any = None  # the torch.fx node that ran it, when a GraphModule was captured node by node
 
     @property
     def name(self) -> str:
@@ -205,6 +206,7 @@ class _Recorder(TorchFunctionMode):
         self.failed_at: str | None = None
         self.failed_call: Call | None = None
         self.named_refs: dict[str, Ref] = {}
+        self.node: Any = None
 
     # --- values ---------------------------------------------------------------------------------------------
     def _new(self, t: torch.Tensor, origin: str, name: str | None = None, producer: int | None = None) -> Ref:
@@ -272,7 +274,7 @@ class _Recorder(TorchFunctionMode):
         mutated = getattr(func, "__name__", "") == "__setitem__"
         if not mutated and not _has_tensor(out):
             return out
-        call = Call(len(self.calls), func, self.refs(tuple(args)), self.refs(kwargs), None, scope)
+        call = Call(len(self.calls), func, self.refs(tuple(args)), self.refs(kwargs), None, scope, node=self.node)
         self.calls.append(call)
         call.out = self.results(args[0], call.index) if mutated else self.results(out, call.index)
         return out
@@ -298,6 +300,21 @@ class _Recorder(TorchFunctionMode):
             call = Call(len(self.calls), type(mod), refs, kwrefs, None, scope, mod, self.names.get(id(mod)))
             self.calls.append(call)
             call.out = self.results(out, call.index)
+
+
+class _NodeRunner(torch.fx.Interpreter):
+    """Runs a GraphModule node by node, telling the recorder which node is running."""
+
+    def __init__(self, module: torch.fx.GraphModule, recorder: _Recorder) -> None:
+        super().__init__(module)
+        self.recorder = recorder
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        self.recorder.node = n
+        try:
+            return super().run_node(n)
+        finally:
+            self.recorder.node = None
 
 
 def _has_tensor(obj: Any) -> bool:
@@ -330,7 +347,8 @@ def capture(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[str
     """Record one forward of ``model`` on ``example_inputs`` (no gradients; the model's mode is left as is).
 
     ``leaf_modules`` (names, globs, ``re:``) and modules for which ``is_leaf`` is true are recorded as one call.
-    A forward that fails raises :class:`TraceError` naming the module and op where it failed.
+    A ``torch.fx.GraphModule`` runs node by node and each call records the node that made it. A forward that fails
+    raises :class:`CaptureFailed` (a :class:`TraceError`) naming the module and op where it failed.
     """
     deadline = deadline or Deadline(None)
     recorder = _Recorder(model, leaf_modules, is_leaf, deadline)
@@ -338,7 +356,10 @@ def capture(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[str
     inputs = (_mark_inputs(recorder, args), _mark_inputs(recorder, kwargs))
     try:
         with torch.no_grad(), _hooks(recorder, model), recorder:
-            out = model(*args, **kwargs)
+            if isinstance(model, torch.fx.GraphModule) and not kwargs:
+                out = _NodeRunner(model, recorder).run(*args)
+            else:
+                out = model(*args, **kwargs)
     except TraceError:
         raise
     except Exception as error:

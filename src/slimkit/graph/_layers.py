@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -524,3 +525,91 @@ register_module(nn.Embedding, nn.EmbeddingBag, resize=_resize_embedding, name="E
 register_module(nn.PReLU, resize=_resize_prelu, name="PReLU")
 register_module(nn.MultiheadAttention, resize=_resize_mha, leaf=mha_leaf, name="MultiheadAttention")
 register_module("transformers.pytorch_utils.Conv1D", resize=_resize_conv1d_hf, name="Conv1D (transformers)")
+
+
+# --- einsum ---------------------------------------------------------------------------------------------------
+
+def _einsum_letters(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[str], str]:
+    """Operand subscripts and the output's, with ``...`` expanded to fresh capital letters."""
+    equation = equation.replace(" ", "")
+    lhs, _, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    spare = iter("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    ellipsis = ""
+    out_terms = []
+    for term, shape in zip(terms, shapes, strict=True):
+        if "..." in term:
+            count = len(shape) - (len(term) - 3)
+            if len(ellipsis) < count:
+                ellipsis += "".join(next(spare) for _ in range(count - len(ellipsis)))
+            term = term.replace("...", ellipsis[len(ellipsis) - count:])
+        out_terms.append(term)
+    if not rhs and "->" not in equation:
+        letters = "".join(out_terms)
+        rhs = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    rhs = rhs.replace("...", ellipsis)
+    return out_terms, rhs
+
+
+def einsum(ctx: TraceContext, call: Call) -> T:
+    """``torch.einsum``: a 2-D parameter operand is a dense layer (its contracted letter is the input's channels,
+    its free letter the result's); two activations sharing batch letters (``bhid,bhjd->bhij``) are attention: each
+    batch slice (head) is one unit; one operand whose letters are only permuted is a permute."""
+    equation = call.args[0]
+    operands = list(call.args[1]) if len(call.args) == 2 and isinstance(call.args[1], (list, tuple)) else \
+        list(call.args[1:])
+    if not isinstance(equation, str) or not all(isinstance(o, Ref) for o in operands):
+        raise CannotFollow("einsum with non-tensor operands")
+    terms, out = _einsum_letters(equation, [ctx.shape(o) for o in operands])
+    out_shape = ctx.shape(call.out)
+    if len(operands) == 1:
+        term = terms[0]
+        if sorted(term) == sorted(out) and len(set(term)) == len(term):
+            return ctx.ids(operands[0]).permute(*[term.index(c) for c in out])
+        raise CannotFollow("einsum reduction of one operand")
+    if len(operands) != 2:
+        raise CannotFollow("einsum of more than two operands")
+    (a, b), (ta, tb) = operands, terms
+    for w, tw, x, tx in ((b, tb, a, ta), (a, ta, b, tb)):
+        if ctx.is_param(w) and len(tw) == 2:
+            contracted = [c for c in tw if c in tx and c not in out]
+            free = [c for c in tw if c in out and c not in tx]
+            if len(contracted) == 1 and len(free) == 1:
+                c, o = contracted[0], free[0]
+                in_map = ctx.channel_map(x, tx.index(c))
+                ctx.union(ctx.param_ids(w, tw.index(c), "in"), in_map)
+                w_out = ctx.param_ids(w, tw.index(o), "out")
+                owner = ctx.owner(w)
+                if owner is not None:
+                    ctx.record_use(owner, ctx.roots(in_map), w_out, "einsum")
+                shape = [1] * len(out)
+                shape[out.index(o)] = w_out.numel()
+                return w_out.reshape(shape)
+    batch = [c for c in ta if c in tb and c in out]
+    if not batch or ctx.is_param(a) or ctx.is_param(b):
+        raise CannotFollow(f"einsum '{equation}'")
+    sizes = [out_shape[out.index(c)] for c in batch]
+
+    def slices(ref: Ref, term: str) -> T:
+        ids = ctx.expanded(ref).permute(*[term.index(c) for c in batch], *[i for i, c in enumerate(term)
+                                                                          if c not in batch])
+        return ids.reshape(int(np.prod(sizes)), -1)
+
+    xa, xb = slices(a, ta), slices(b, tb)
+    big = [i for i, s in enumerate(sizes) if s > 1]
+    if len(big) == 1:
+        heads = _attend(ctx, xa, [xb], (a, b, ta.index(batch[big[0]]) - len(ta)))
+    else:
+        ctx.union(xa[:, :1], xa)
+        ctx.union(xa[:, :1], xb)
+        heads = ctx.roots(xa[:, 0])
+    ids = heads.reshape(sizes)
+    order = sorted(range(len(batch)), key=lambda i: out.index(batch[i]))
+    ids = ids.permute(*order)
+    shape = [1] * len(out)
+    for i in order:
+        shape[out.index(batch[i])] = sizes[i]
+    return ids.reshape(shape)
+
+
+register_op(torch.einsum, name="einsum")(einsum)

@@ -61,7 +61,22 @@ _COUNTERS: dict[object, Callable[[Call, Shape], int]] = {
     op_key(torch.addmm): _contracted(1, "mat1"), op_key(T.addmm): _contracted(1, "mat1"),
     op_key(torch.baddbmm): _contracted(1, "batch1"), op_key(T.baddbmm): _contracted(1, "batch1"),
     op_key(F.scaled_dot_product_attention): _sdpa,
+    op_key(torch.einsum): lambda call, shape: _einsum(call, shape),
 }
+
+
+def _einsum(call: Call, shape: Shape) -> int:
+    """Output elements × the product of the contracted sizes (letters of the inputs missing from the output)."""
+    from slimkit.graph._layers import _einsum_letters
+
+    operands = list(call.args[1]) if len(call.args) == 2 and isinstance(call.args[1], (list, tuple)) else \
+        list(call.args[1:])
+    if len(operands) < 2 or not all(isinstance(o, Ref) for o in operands):
+        return 0
+    terms, out = _einsum_letters(call.args[0], [shape(o) for o in operands])
+    sizes = {c: s for term, o in zip(terms, operands, strict=True) for c, s in zip(term, shape(o), strict=True)}
+    contracted = math.prod(sizes[c] for c in set("".join(terms)) if c not in out)
+    return _numel(shape(call.out)) * contracted
 for _f in (torch.matmul, T.matmul, T.__matmul__, torch.bmm, T.bmm, torch.mm, T.mm):
     _COUNTERS[op_key(_f)] = _contracted(0, "input")
 

@@ -178,6 +178,13 @@ def _shape_check(model: nn.Module) -> str | None:
             reference = type(model)(model.config)
     except Exception as error:  # a config the class rejects (e.g. hidden size not divisible by heads)
         return f"{type(model).__name__} cannot be built from the rewritten config ({type(error).__name__}: {error})"
+    validate = getattr(model.config, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except Exception as error:  # e.g. "hidden size not a multiple of the number of heads" at save time
+            cause = error.__cause__ or error
+            return f"the rewritten config does not validate ({type(cause).__name__}: {cause})"
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     for key, shape in want.items():

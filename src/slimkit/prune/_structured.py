@@ -18,15 +18,18 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from slimkit._errors import TraceError
 from slimkit._select import matches
 from slimkit.graph import (
     ChannelGroup,
     Deadline,
     DependencyGraph,
     Removal,
+    TimeBoundExceeded,
     apply_removal,
     count_macs,
     dependency_graph,
+    prune_as_graph_module,
     shared_copy,
     verify_removal,
 )
@@ -112,19 +115,35 @@ class _Pruner:
         roots = np.concatenate([self.graph.groups[gi].units[r] for gi, r in plan.items()] or [np.zeros(0, np.int64)])
         return plan, Removal(self.graph, np.unique(roots))
 
-    def prune(self, ratio: float | Mapping[str, float]) -> nn.Module:
-        graph, criterion = self.graph, self.ctx.criterion
-        plan, removal = self.plan(ratio)
-        candidate = shared_copy(graph.model)
+    def _candidate(self, plan: dict[int, np.ndarray]) -> nn.Module:
+        """A copy sharing the model's parameters, with the criterion's weight updates (ThiNet's rescaling)."""
+        candidate = shared_copy(self.graph.model)
         for gi, removed in plan.items():
-            criterion.update_(self.ctx, graph.groups[gi], removed, candidate)
+            self.ctx.criterion.update_(self.ctx, self.graph.groups[gi], removed, candidate)
+        return candidate
+
+    def prune(self, ratio: float | Mapping[str, float]) -> nn.Module:
+        graph = self.graph
+        plan, removal = self.plan(ratio)
         self.deadline.check("removal")
-        pruned = apply_removal(graph, removal.removed, model=candidate, verify=False)
+        pruned = apply_removal(graph, removal.removed, model=self._candidate(plan), verify=False)
         attributes = pruned.__dict__.pop("slimkit_attributes", {})
         hf = _rewrite_hf_config(pruned)
-        verify_removal(graph, pruned, removal, attributes, deadline=self.deadline)
+        graph_module = None
+        try:
+            verify_removal(graph, pruned, removal, attributes, deadline=self.deadline)
+        except TimeBoundExceeded:
+            raise
+        except TraceError as error:  # a constant size in the model's code: the torch.fx fallback, if it traces
+            try:
+                pruned, attributes = prune_as_graph_module(graph, removal, self._candidate(plan), self.deadline)
+            except TraceError as fallback:
+                raise TraceError(f"{error} (a torch.fx trace could not take the pruning either: {fallback})") from None
+            graph_module = str(error)
+            log.warning("returning a torch.fx.GraphModule, not a %s: %s", type(self.model).__name__, error)
         pruned.train(self.model.training)
         info = self._info(plan, removal, ratio, attributes, hf)
+        info["graph_module"] = graph_module
         info["reduction"] = {"params": [_params(self.model), _params(pruned)],
                              "macs": [count_macs(graph), count_macs(graph, removal)],
                              "requested_ratio": info["ratio"]}
