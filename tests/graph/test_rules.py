@@ -150,12 +150,12 @@ EXAMPLES: dict[str, tuple[Callable[[], nn.Module], torch.Tensor, bool]] = {
 #: module rule → (factory, input, module name whose size attributes are checked)
 MODULE_EXAMPLES: dict[str, tuple[Callable[[], nn.Module], torch.Tensor, str]] = {
     "Linear": (lambda: Tokens(lambda m, h, x: h), TOKENS, "a"),
-    "Conv": EXAMPLES["conv"][:2] + ("layers.dw",),
-    "BatchNorm": EXAMPLES["batch_norm"][:2] + ("layers.bn",),
-    "GroupNorm": EXAMPLES["group_norm"][:2] + ("layers.gn",),
+    "Conv": (*EXAMPLES["conv"][:2], "layers.dw"),
+    "BatchNorm": (*EXAMPLES["batch_norm"][:2], "layers.bn"),
+    "GroupNorm": (*EXAMPLES["group_norm"][:2], "layers.gn"),
     "LayerNorm": (lambda: Tokens(lambda m, h, x: m.layers["ln"](h), ln=nn.LayerNorm(16)), TOKENS, "layers.ln"),
     "Embedding": (Lookup, IDS, "embed"),
-    "PReLU": EXAMPLES["prelu"][:2] + ("layers.act",),
+    "PReLU": (*EXAMPLES["prelu"][:2], "layers.act"),
     "MultiheadAttention": (lambda: Tokens(lambda m, h, x: h + m.layers["mha"](h, h, h, need_weights=False)[0],
                                           mha=nn.MultiheadAttention(16, 4, batch_first=True)), TOKENS, "layers.mha"),
     "Conv1D (transformers)": (None, TOKENS, "h.0.mlp.c_fc"),
@@ -216,13 +216,14 @@ def test_every_module_rule_sets_its_size_attributes(name):
     else:
         torch.manual_seed(0)
         model = factory().eval()
-    graph, reference, pruned = _prune_a_third(model, x, zero=False)
+    _, reference, pruned = _prune_a_third(model, x, zero=False)
     module = pruned.get_submodule(layer)
     assert module_rule(module).name == name
-    for attr, shape_of in (("in_features", lambda m: m.weight.shape[1]), ("out_features", lambda m: m.weight.shape[0]),
-                           ("num_features", lambda m: m.weight.shape[0]), ("num_channels", lambda m: m.weight.shape[0]),
-                           ("embedding_dim", lambda m: m.weight.shape[1]), ("num_parameters", lambda m: m.weight.numel()),
-                           ("embed_dim", lambda m: m.out_proj.weight.shape[0]), ("nf", lambda m: m.weight.shape[1])):
+    checks = (("in_features", lambda m: m.weight.shape[1]), ("out_features", lambda m: m.weight.shape[0]),
+              ("num_features", lambda m: m.weight.shape[0]), ("num_channels", lambda m: m.weight.shape[0]),
+              ("embedding_dim", lambda m: m.weight.shape[1]), ("num_parameters", lambda m: m.weight.numel()),
+              ("embed_dim", lambda m: m.out_proj.weight.shape[0]), ("nf", lambda m: m.weight.shape[1]))
+    for attr, shape_of in checks:
         if hasattr(module, attr):
             assert getattr(module, attr) == shape_of(module), attr
     if isinstance(module, nn.LayerNorm):
