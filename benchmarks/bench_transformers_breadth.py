@@ -229,7 +229,7 @@ def _tp_update(model: nn.Module, pruner: Any, num_heads: dict[nn.Module, int]) -
             m.num_key_value_groups = heads // max(1, k.out_features // head_dim)
 
 
-def _torch_pruning(name: str, timeout: float = 300.0) -> dict[str, Any]:
+def _torch_pruning(name: str, timeout: float = 180.0) -> dict[str, Any]:
     """Torch-Pruning in a child process, so a run that does not finish is reported as such after ``timeout``."""
     code = ("import json, sys, torch; torch.set_num_threads(2); from benchmarks.bench_transformers_breadth import "
             f"_torch_pruning_here; print(json.dumps(_torch_pruning_here({name!r}), default=str))")
