@@ -272,6 +272,40 @@ def _torch_pruning_here(name: str) -> dict[str, Any]:
     return result
 
 
+def _capture_method(name: str, method: str, timeout: float = 120.0) -> dict[str, Any]:
+    """One way of capturing a model's graph, in a child process (a hang is reported after ``timeout``)."""
+    code = f"""
+import json, time, torch
+torch.set_num_threads(2)
+from benchmarks.bench_transformers_breadth import _build
+model, inputs, _ = _build({name!r})
+start = time.perf_counter()
+try:
+    if {method!r} == "torch.fx":
+        ops = len(torch.fx.symbolic_trace(model).graph.nodes)
+    elif {method!r} == "torch.export":
+        ops = len(torch.export.export(model, (), inputs, strict=False).graph.nodes)
+    else:
+        from slimkit.graph import capture
+        ops = len(capture(model, inputs).calls)
+    print(json.dumps({{"ok": True, "seconds": time.perf_counter() - start, "ops": ops}}))
+except Exception as error:
+    print(json.dumps({{"ok": False, "seconds": time.perf_counter() - start,
+                      "error": type(error).__name__ + ": " + str(error).splitlines()[0][:100]}}))
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT,
+                             timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"no answer in {timeout:.0f} s"}
+    lines = out.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {"ok": False, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
+
+
+CAPTURE_METHODS = ("torch.fx", "torch.export", "recorded forward")
+
+
 def _scale(quick: bool) -> dict[str, Any]:
     """Capture + prune (magnitude, 30% of heads, MLP and hidden width) of a Llama-architecture model built from
     config in a fresh process: wall time, and peak RSS against the model's own size."""
@@ -340,6 +374,10 @@ def run(quick: bool) -> Section:
     ok = {tool: sum(1 for r in raw[key].values() if r.get("ok") and isinstance(r.get("onnx"), float)
                     and r["onnx"] < 1e-4 and r.get("round_trip") in ("save_pretrained", "slimkit format"))
           for tool, key in (("slimkit", "slimkit"), ("Torch-Pruning", "torch_pruning"))}
+    methods = {name: {m: _capture_method(name, m) for m in CAPTURE_METHODS} for name in MODELS}
+    raw["capture_methods"] = methods
+    method_rows = [[name] + [f"{r['seconds']:.2f} s ({r['ops']} ops)" if r["ok"] else f"✗ {r['error']}"
+                             for r in (methods[name][m] for m in CAPTURE_METHODS)] for name in MODELS]
     scale = _scale(quick)
     raw["scale"] = scale
     table = markdown_table(["model", "tool", "pruned, runs, MACs fell", "output shape", "q width kept",
@@ -374,6 +412,11 @@ alone; prune = the whole `prune_channels` call, which includes a capture and a c
 
 Every check passed (runs, shape, MACs, ONNX < 1e-4, round trip) on {ok['slimkit']} of {len(MODELS)} models with
 slimkit and {ok['Torch-Pruning']} of {len(MODELS)} with Torch-Pruning.
+
+How the graph could be captured (each in a fresh process, same models and inputs; wall seconds, graph size, or the
+first line of the error; the reason `slimkit.graph` records one forward):
+
+{markdown_table(["model", *CAPTURE_METHODS], method_rows)}
 
 {scale_text}
 """

@@ -25,14 +25,15 @@ code hard-codes or reads from an attribute slimkit did not update is a :class:`~
 module and op, never a silently wrong model.
 
 **Ids and groups.** Every tensor carries one id per element (stored compressed); rules merge ids of elements that
-must be pruned together (``_ops.py``, ``_layers.py``), and a vectorised union-find (``_unionfind.py``) turns them
+must be pruned together (``_ops.py``, ``_movement.py``, ``_layers.py``, ``_attention.py``), and a vectorised union-find (``_unionfind.py``) turns them
 into units and groups (``_graph.py``). Parameters carry one id vector per dim, so a weight's rows and columns are
 pruned independently whichever module owns it (tied embeddings, ``F.linear`` on a shared weight, GPT-2's
 ``Conv1D``).
 
 **Removal keeps the user's model.** ``apply_removal`` slices the parameters of a copy of the model that shares the
 caller's tensors until they are replaced (peak memory ≈ the model plus the pruned model), sets size attributes
-(``in_features``, ``num_heads``, ``all_head_size``, ``split_size``, ...), and checks the result (``_apply.py``).
+(``in_features``, ``num_heads``, ``all_head_size``, ``split_size``, ...; ``_modules.py`` has the per-type rules),
+and checks the result (``_apply.py``, ``_verify.py``).
 
 **Time bound.** Capture, propagation and removal run under a :class:`Deadline`: an op loop that never ends and
 pure-Python code that spins both end in a :class:`TimeBoundExceeded` (a ``TraceError``) after the bound.
@@ -43,7 +44,7 @@ module type, ``register_module(cls, resize=..., leaf=...)`` (size attributes aft
 call as one op). ``op_rules()`` and ``module_rules()`` list them; the tests run over both.
 """
 
-from slimkit.graph._apply import Removal, apply_removal, verify_removal
+from slimkit.graph._apply import Removal, apply_removal
 from slimkit.graph._capture import Call, Capture, CaptureFailed, Ref, ValueInfo, capture, run_model, split_inputs
 from slimkit.graph._context import AttentionSite, CannotFollow, ModuleUse, ParamDims, TraceContext
 from slimkit.graph._deadline import Deadline, TimeBoundExceeded
@@ -74,6 +75,7 @@ from slimkit.graph._rules import (
     register_op,
 )
 from slimkit.graph._unionfind import UnionFind
+from slimkit.graph._verify import verify_removal
 
 __all__ = [
     "GQA_MODES",

@@ -140,8 +140,6 @@ class TraceContext:
         shape = self.shape(ref)
         while ids.dim() < len(shape):
             ids = ids.unsqueeze(0)
-        if ids.dim() > len(shape):
-            ids = ids.reshape([s for s in ids.shape][-len(shape):] if shape else [])
         self._ids[ref.key] = self.compress(ids)
 
     def expanded(self, ref: Ref) -> torch.Tensor:

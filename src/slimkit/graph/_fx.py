@@ -21,11 +21,12 @@ from torch import nn
 
 from slimkit._errors import TraceError
 from slimkit._select import matches
-from slimkit.graph._apply import Removal, apply_removal, verify_removal
+from slimkit.graph._apply import Removal, apply_removal
 from slimkit.graph._capture import Call, Ref, capture
 from slimkit.graph._deadline import Deadline
 from slimkit.graph._graph import DependencyGraph, _is_leaf, propagate, unshare_
 from slimkit.graph._rules import op_rule
+from slimkit.graph._verify import verify_removal
 
 log = logging.getLogger(__name__)
 

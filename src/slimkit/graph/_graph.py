@@ -1,6 +1,7 @@
 """From a captured forward to coupled channel groups.
 
-Ids flow through the recorded calls in order (each op's rule, see ``_ops.py`` and ``_layers.py``). Ids merged
+Ids flow through the recorded calls in order (each op's rule: ``_ops.py``, ``_movement.py``, ``_layers.py``,
+``_attention.py``). Ids merged
 into one union-find root form one *unit*: the channels that vanish together (a conv filter, its BN entry, the next
 layer's input slice, every tensor it is added to; an attention head with its q/k/v rows and output-projection
 columns). Units with the same set of member layers form a :class:`ChannelGroup` (a "layer" for ratios and
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from slimkit._errors import TraceError
-from slimkit.graph import _layers, _ops  # noqa: F401  (registers the rules)
+from slimkit.graph import _attention, _layers, _modules, _movement, _ops  # noqa: F401  (registers the rules)
 from slimkit.graph._capture import Call, Capture, Ref, capture, run_model
 from slimkit.graph._context import CannotFollow, ModuleUse, ParamDims, TraceContext
 from slimkit.graph._deadline import Deadline

@@ -67,7 +67,7 @@ _COUNTERS: dict[object, Callable[[Call, Shape], int]] = {
 
 def _einsum(call: Call, shape: Shape) -> int:
     """Output elements × the product of the contracted sizes (letters of the inputs missing from the output)."""
-    from slimkit.graph._layers import _einsum_letters
+    from slimkit.graph._attention import _einsum_letters
 
     operands = list(call.args[1]) if len(call.args) == 2 and isinstance(call.args[1], (list, tuple)) else \
         list(call.args[1:])
