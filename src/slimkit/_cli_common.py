@@ -50,7 +50,7 @@ def load_model(spec: str, checkpoint: str | None = None, **overrides: Any) -> nn
     from slimkit.models import from_spec
     from slimkit.train import load_weights_
 
-    model = from_spec(spec, **overrides)
+    model = from_spec(spec, allow_code=True, **overrides)  # the user typed this spec on the command line
     if checkpoint:
         load_weights_(model, checkpoint)
     return model.eval()

@@ -147,12 +147,15 @@ def test_structural_stages_are_replayed_when_a_run_is_loaded(tiny_dir, halve_sta
     text = "- train: {epochs: 2}\n- halve_test: {keep: 8}\n- finetune: {epochs: 1}\n"
     result = run_recipe(_recipe(tiny_dir, text), tiny_dir / "out", progress=False, report=False)
     assert result.stages[2]["params"] == 64 * 8 + 8 + 8 * 10 + 10
-    model, data, exporter = load_run(tiny_dir / "out")
+    spec = f"{tiny_dir.resolve()}/tiny.py:tiny"
+    with pytest.raises(SlimkitError, match="--trust-spec"):  # a run folder never imports code on its own
+        load_run(tiny_dir / "out")
+    model, data, exporter = load_run(tiny_dir / "out", trusted_specs=(spec,))
     assert exporter is None and model[1].out_features == 8
     assert structure_fingerprint(model) == structure_fingerprint(result.model)
     x = data.test.inputs[:32]
     assert torch.equal(model(x), result.model.eval()(x))
-    middle, _, _ = load_run(tiny_dir / "out", "01-train")
+    middle, _, _ = load_run(tiny_dir / "out", "01-train", trusted_specs=(spec,))
     assert middle[1].out_features == 24
     with pytest.raises(SlimkitError, match="not a finished stage"):
-        load_run(tiny_dir / "out", "07-nothing")
+        load_run(tiny_dir / "out", "07-nothing", trusted_specs=(spec,))

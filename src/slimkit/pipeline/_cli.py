@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         out.print(f"{args.recipe}: valid recipe with {len(recipe.stages)} stage(s): "
                   + ", ".join(s.name for s in recipe.stages))
+        for spec in recipe.code_specs():
+            out.print(f"note: the recipe names your own Python code, '{spec}': running it imports that file")
         return 0
     if not args.out:
         raise CommandError("--out DIR is required: the folder for checkpoints, metrics and the report")

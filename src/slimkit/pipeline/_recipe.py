@@ -97,6 +97,9 @@ class Recipe:
     source: str
     text: str
     checkpoint: Path | None
+    #: whether ``file.py:factory`` specs in this recipe may be imported: True only for a recipe the user wrote or
+    #: typed (a file they named, a command line); False for one read back from a run folder's metadata
+    allow_code: bool = False
 
     @property
     def title(self) -> str:
@@ -108,6 +111,14 @@ class Recipe:
         payload["stages"] = [{s.name: s.params.model_dump(mode="json")} for s in self.stages]
         payload["model"]["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
         return payload
+
+    def code_specs(self) -> list[str]:
+        """The ``file.py:factory`` model specs this recipe names (its model and any distillation student)."""
+        from slimkit.models import is_code_spec
+
+        specs = [self.schema.model.spec] + [s.params.student for s in self.stages
+                                            if isinstance(getattr(s.params, "student", None), str)]
+        return [spec for spec in specs if is_code_spec(spec)]
 
     def fingerprint(self) -> str:
         """A hash of the resolved recipe: a resumed run must have been started by the very same recipe."""
@@ -240,11 +251,13 @@ def _stage_call(index: int, item: Any, located: LocatedYaml) -> StageCall:
 
 
 def parse_recipe(text: str, source: str = "<recipe>", base_dir: str | os.PathLike | None = None,
-                 *, check_files: bool = True) -> Recipe:
+                 *, check_files: bool = True, allow_code: bool = True) -> Recipe:
     """Validate recipe ``text``; every problem is a :class:`RecipeError` with ``source``, line and fix.
 
     ``base_dir`` resolves a relative checkpoint path (default: the current folder). With ``check_files`` the
-    checkpoint must exist and the model and dataset names must be registered.
+    checkpoint must exist and the model and dataset names must be registered. ``allow_code`` says whether the
+    text comes from the user (their recipe, a command line): only then may a ``file.py:factory`` spec in it be
+    imported when the recipe runs. Pass False for text slimkit reads back from a file it did not get from the user.
     """
     # Imported here so that every technique's stages are registered before names are checked.
     import slimkit.pipeline._technique_stages  # noqa: F401
@@ -268,7 +281,8 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: str | os.PathLik
     schema = _resolve_model_file(schema, base_dir)
     if check_files:
         _check_names(schema, located, checkpoint)
-    return Recipe(schema=schema, stages=stages, source=source, text=text, checkpoint=checkpoint)
+    return Recipe(schema=schema, stages=stages, source=source, text=text, checkpoint=checkpoint,
+                  allow_code=allow_code)
 
 
 def _resolve_model_file(schema: RecipeSchema, base_dir: str | os.PathLike | None) -> RecipeSchema:

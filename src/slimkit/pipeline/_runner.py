@@ -109,7 +109,7 @@ class _Session:
         from slimkit.train import seed_everything
 
         seed_everything(recipe.schema.seed)
-        self.model = from_spec(recipe.schema.model.spec, **self.spec_options).eval()
+        self.model = from_spec(recipe.schema.model.spec, allow_code=recipe.allow_code, **self.spec_options).eval()
         self.example = self.data.example_input(1)
         self.exporter: Exporter | None = None
         self.input_model: nn.Module | None = None
@@ -125,6 +125,7 @@ class _Session:
             run_dir=self.out, stage_dir=self.stage_dir(label),
             seed=self.recipe.schema.seed + (call.index if call else 0),
             resume=resume, progress=self.progress, exporter=self.exporter, snapshots=self.snapshots,
+            allow_code=self.recipe.allow_code,
         )
 
     def finished(self, label: str) -> dict[str, Any] | None:
@@ -374,11 +375,14 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in {"run_id", "structure"}}
 
 
-def load_run(run_dir: str | Path, stage: str | None = None) -> tuple[nn.Module, Any, Exporter | None]:
+def load_run(run_dir: str | Path, stage: str | None = None, *,
+             trusted_specs: tuple[str, ...] = ()) -> tuple[nn.Module, Any, Exporter | None]:
     """Load the model of a finished (or interrupted) run: the last finished stage, or ``stage`` (e.g. "02-prune").
 
     Returns ``(model, data bundle, exporter)``; the architecture is rebuilt by replaying structural stages (see the
-    module docstring), so loading never unpickles code.
+    module docstring), so loading never unpickles code. A run whose recipe names a ``file.py:factory`` model is
+    loaded only if the caller types that spec in ``trusted_specs``: the run folder's metadata never decides on its
+    own to import code.
     """
     from slimkit.train import seed_everything
 
@@ -387,7 +391,18 @@ def load_run(run_dir: str | Path, stage: str | None = None) -> tuple[nn.Module, 
     if run is None or "recipe" not in run:
         raise ConfigError(f"'{out}' is not a slimkit run folder ({RUN_FILE} missing or unreadable): give the --out "
                           "folder of 'slimkit compress'")
-    recipe = parse_recipe(json.dumps(run["recipe"]), str(out / RUN_FILE), check_files=False)
+    recipe = parse_recipe(json.dumps(run["recipe"]), str(out / RUN_FILE), check_files=False, allow_code=False)
+    untrusted = [spec for spec in recipe.code_specs() if spec not in trusted_specs]
+    if untrusted:
+        from slimkit._errors import ModelSpecError
+
+        raise ModelSpecError(f"'{out / RUN_FILE}' names Python code to import as a model ({', '.join(untrusted)}); "
+                             "slimkit never imports code named by a file it reads. If you wrote that file and trust "
+                             f"it, confirm by typing the spec: --trust-spec '{untrusted[0]}'")
+    if recipe.code_specs():
+        import dataclasses
+
+        recipe = dataclasses.replace(recipe, allow_code=True)  # every code spec was typed by the caller
     session = _Session(recipe, out, str(run["run_id"]), False, None)
     model = session.model
     first = session.finished(INPUT_LABEL)

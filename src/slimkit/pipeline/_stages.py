@@ -49,6 +49,8 @@ class StageContext:
     exporter: Exporter | None = None
     #: frozen copies of the model after each finished stage ("00-input", "01-train", ...), e.g. distillation teachers
     snapshots: dict[str, nn.Module] = field(default_factory=dict)
+    #: whether a ``file.py:factory`` spec in the stage's parameters may be imported (see ``Recipe.allow_code``)
+    allow_code: bool = False
     #: facts a stage reports besides the standard metrics (files written, compressed bytes, ...); saved in result
     notes: dict[str, Any] = field(default_factory=dict)
 

@@ -338,7 +338,7 @@ if _available("slimkit.distill", "DistillConfig", "distill"):
             from slimkit.models import from_spec
 
             spec = self.params.student
-            return from_spec(spec, **class_count_option(spec, ctx.data.num_classes))
+            return from_spec(spec, allow_code=ctx.allow_code, **class_count_option(spec, ctx.data.num_classes))
 
         def _teacher(self, model: nn.Module, ctx: StageContext) -> nn.Module:
             name = self.params.teacher
