@@ -165,13 +165,27 @@ _UNION_TAG = re.compile(r"^(constrained-\w+|function-\w+.*|\w+\[.*\]|int|float|s
                         r"set|is-instance\[.*\])$")
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The location without pydantic's union-member tags (``ratio.constrained-float`` → ``ratio``)."""
-    return tuple(p for p in loc if not (isinstance(p, str) and _UNION_TAG.match(p)))
+def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """The location without pydantic's union-member tags (``ratio.constrained-float`` → ``ratio``).
+
+    ``data`` is the validated input: a part that is a real key of the data at that point is kept even when it looks
+    like a tag (a user's key literally named ``none`` or ``int``)."""
+    cleaned = []
+    for part in loc:
+        in_dict = isinstance(data, dict) and part in data
+        if in_dict or (isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)):
+            data = data[part]
+        elif isinstance(part, str) and _UNION_TAG.match(part):
+            continue
+        else:
+            data = None
+        cleaned.append(part)
+    return tuple(cleaned)
 
 
-def _explain(error: dict[str, Any], located: LocatedYaml, prefix: tuple[Any, ...], model: type[BaseModel]) -> str:
-    error = {**error, "loc": _clean_loc(error["loc"])}
+def _explain(error: dict[str, Any], located: LocatedYaml, prefix: tuple[Any, ...], model: type[BaseModel],
+             data: Any) -> str:
+    error = {**error, "loc": _clean_loc(error["loc"], data)}
     loc = (*prefix, *error["loc"])
     blame = getattr(model, "blame", None)
     if error["type"] == "value_error" and not error["loc"] and blame is not None:
@@ -217,12 +231,12 @@ def _validate(model: type[BaseModel], data: Any, located: LocatedYaml, prefix: t
         # A misspelt key also makes its intended key "missing": report the misspelling first.
         order = {"extra_forbidden": 0, "missing": 2}
         errors = sorted(error.errors(include_url=False), key=lambda e: order.get(e["type"], 1))
-        problems = list(dict.fromkeys(_explain(e, located, prefix, model) for e in errors))
+        problems = list(dict.fromkeys(_explain(e, located, prefix, model, data) for e in errors))
         # one problem per location: a union reports each alternative, the first is the one to fix
         seen: set[tuple[Any, ...]] = set()
         firsts = []
-        for e, text in zip(errors, (_explain(e, located, prefix, model) for e in errors)):
-            key = _clean_loc(e["loc"])
+        for e, text in zip(errors, (_explain(e, located, prefix, model, data) for e in errors)):
+            key = _clean_loc(e["loc"], data)
             if key not in seen:
                 seen.add(key)
                 firsts.append(text)
@@ -324,12 +338,20 @@ def _check_names(schema: RecipeSchema, located: LocatedYaml, checkpoint: Path | 
 
 
 def load_recipe(path: str | os.PathLike, *, check_files: bool = True) -> Recipe:
-    """Read and validate the recipe file at ``path`` (see :func:`parse_recipe`)."""
+    """Read and validate the recipe file at ``path`` (see :func:`parse_recipe`); the user named this file, so a
+    ``file.py:factory`` model in it may be imported when it runs."""
+    from slimkit.pipeline._yaml import MAX_RECIPE_BYTES
+
     source = Path(path)
+    if source.is_dir():
+        raise RecipeError(f"recipe '{source}' is a folder: give the recipe's .yaml file (shipped ones are in recipes/)")
     if not source.is_file():
         raise RecipeError(f"recipe '{source}' does not exist: check the path (shipped recipes are in recipes/)")
+    if source.stat().st_size > 4 * MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe '{source}' is {source.stat().st_size:,} bytes; a recipe is a short YAML file: "
+                          "check that this is the file you meant")
     try:
         text = source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise RecipeError(f"recipe '{source}' cannot be read ({error}): save it as UTF-8 text") from None
-    return parse_recipe(text, str(source), source.parent, check_files=check_files)
+    return parse_recipe(text, str(source), source.parent, check_files=check_files, allow_code=True)
