@@ -313,7 +313,7 @@ def _resolve_model_file(schema: RecipeSchema, base_dir: str | os.PathLike | None
 
 
 def _check_names(schema: RecipeSchema, located: LocatedYaml, checkpoint: Path | None) -> None:
-    from slimkit.data import DATASETS, create_augment
+    from slimkit.data import DATASETS, create_augment, is_folder_spec
     from slimkit.models import MODELS, parse_spec
 
     target, _ = parse_spec(schema.model.spec)
@@ -323,9 +323,9 @@ def _check_names(schema: RecipeSchema, located: LocatedYaml, checkpoint: Path | 
     if ".py" not in target and target not in MODELS:
         raise RecipeError(f"{located.source}, line {located.line_of(('model', 'spec'))}: model.spec: unknown model "
                           f"'{target}': choose one of {', '.join(MODELS.names())}, or give 'file.py:factory'")
-    if schema.data.name not in DATASETS:
+    if schema.data.name not in DATASETS and not is_folder_spec(schema.data.name):
         raise RecipeError(f"{located.source}, line {located.line_of(('data', 'name'))}: data.name: unknown dataset "
-                          f"'{schema.data.name}': choose one of {', '.join(DATASETS.names())}")
+                          f"'{schema.data.name}': choose one of {', '.join(DATASETS.names())}, or an image folder")
     try:
         create_augment(schema.data.augment)
     except SlimkitError as error:

@@ -49,6 +49,9 @@ class StageContext:
     exporter: Exporter | None = None
     #: frozen copies of the model after each finished stage ("00-input", "01-train", ...), e.g. distillation teachers
     snapshots: dict[str, nn.Module] = field(default_factory=dict)
+    #: in ``preflight``: True when the stage's input is the recipe's input model (no structural stage before it), so
+    #: a layer selection can be checked against it
+    model_is_input: bool = False
     #: whether a ``file.py:factory`` spec in the stage's parameters may be imported (see ``Recipe.allow_code``)
     allow_code: bool = False
     #: facts a stage reports besides the standard metrics (files written, compressed bytes, ...); saved in result
@@ -74,6 +77,10 @@ class Stage:
 
     def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         raise NotImplementedError
+
+    def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
+        """Checks run before the recipe starts (nothing trained yet; ``input_model`` is the recipe's input), so a
+        mistake that needs no training is an error before any work. Default: none."""
 
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         """The architecture after this stage, for a model holding the previous stage's weights."""
