@@ -71,7 +71,7 @@ def _bundle(
     )
 
 
-@DATASETS.register("mnist")
+@DATASETS.register("mnist", input_shape=(1, 28, 28), num_classes=10, task="classification")
 def mnist(
     batch_size: int = 128,
     *,
@@ -91,7 +91,7 @@ def mnist(
     )
 
 
-@DATASETS.register("digits")
+@DATASETS.register("digits", input_shape=(1, 8, 8), num_classes=10, task="classification")
 def digits(
     batch_size: int = 64, *, eval_batch_size: int = 512, augment: bool | str = False, seed: int = 0,
     calibration_size: int = 256,

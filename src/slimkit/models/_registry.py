@@ -107,13 +107,15 @@ def create(name: str, **kwargs: Any) -> nn.Module:
             raise ModelSpecError(f"model '{name}' cannot be built with {kwargs or 'its defaults'} "
                                  f"({type(error).__name__}: {error}): check the option values") from None
 
-    if torch.get_default_device().type != "meta":
-        with torch.device("meta"):
-            probe = build()
-        size = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
-        if size > _memory_bytes():
-            raise ModelSpecError(f"model '{name}' with {kwargs} would hold {size / 2**30:,.1f} GiB of weights, more "
-                                 f"than this machine's {_memory_bytes() / 2**30:,.0f} GiB: check the option values")
+    on_meta = torch.get_default_device().type == "meta"
+    with torch.device("meta"):
+        probe = build()
+    size = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    if size > _memory_bytes():
+        raise ModelSpecError(f"model '{name}' with {kwargs} would hold {size / 2**30:,.1f} GiB of weights, more "
+                             f"than this machine's {_memory_bytes() / 2**30:,.0f} GiB: check the option values")
+    if on_meta:
+        return probe
     return build()
 
 

@@ -236,11 +236,6 @@ def _subset(loader: Any, n: int | None, *, shuffle: bool = False, seed: int = 0)
                         augment=loader.augment, seed=seed)
 
 
-#: the files and folders a run owns at the top of its folder; an export stage may not name them
-RUN_FILES = frozenset({RUN_FILE, "recipe.yaml", "metrics.json", "report.md", "report.html", "model.pt",
-                       "model.onnx", "plots", "stages"})
-
-
 def is_run_folder(out: Path) -> bool:
     """True when ``out`` holds a run slimkit started (its ``run.json`` with a run id and recipe fingerprint)."""
     previous = _read_json(out / RUN_FILE) if out.is_dir() else None
