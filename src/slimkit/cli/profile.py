@@ -20,9 +20,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from slimkit.analysis import profile
+    from slimkit.models import check_fits
 
     model = load_model(args.model, args.checkpoint)
     example = torch.zeros(1, *input_shape_for(args.model, args.input_shape))
+    check_fits(model, example, label=args.model, data="--input-shape")
     prof = profile(model, example, dtype_bits=args.bits)
     print_profile(prof, title=f"{args.model}")
     if args.json_path:
