@@ -108,3 +108,17 @@ def test_seeded_fuzz_of_bad_numeric_flags(capsys, tmp_path, monkeypatch):
         # a bad value, or one the flag accepts but lenet5 cannot run on digits: refused either way, before any work
         assert code == 2 and len(err.strip().splitlines()) == 1, (argv, err)
         assert not (tmp_path / "o").exists(), argv
+
+
+def test_written_files_follow_the_users_umask(tmp_path):
+    import os
+    import stat
+
+    from slimkit._io import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
