@@ -1,6 +1,6 @@
 """Measuring models honestly: parameters, MACs, bytes (profile), real latency, and accuracy (evaluate)."""
 
-from slimkit.analysis._counters import ZERO_COST, find_counter, register_counter
+from slimkit.analysis._counters import ZERO_COST, find_counter, first_tensor, register_counter
 from slimkit.analysis._evaluate import EvalResult, evaluate, miou_from_confusion
 from slimkit.analysis._latency import LatencyComparison, LatencyResult, compare_latency, latency
 from slimkit.analysis._profile import (
@@ -25,6 +25,7 @@ __all__ = [
     "csr_bytes",
     "evaluate",
     "find_counter",
+    "first_tensor",
     "latency",
     "miou_from_confusion",
     "profile",

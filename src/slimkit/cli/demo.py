@@ -118,7 +118,6 @@ FAMILIES: tuple[Family, ...] = (
 
 
 def available_families() -> list[Family]:
-    import slimkit.pipeline._technique_stages  # noqa: F401  (registers the technique stages)
     from slimkit.pipeline import STAGES
 
     return [f for f in FAMILIES if all(s in STAGES for s in f.stages)]

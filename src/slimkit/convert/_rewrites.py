@@ -19,8 +19,7 @@ from torch import nn
 from slimkit._errors import ConfigError
 from slimkit.convert._driver import CONVERTERS, RewriteConfig, convert
 from slimkit.convert._lstsq import NormalEquations, patches, rows, with_ones
-from slimkit.models._crelu import CReLU
-from slimkit.models._shufflenet import ChannelShuffle
+from slimkit.models import ChannelShuffle, CReLU
 
 
 def _common_reason(conv: nn.Conv2d) -> str | None:

@@ -18,8 +18,7 @@ from slimkit._errors import ConfigError
 from slimkit.distill._cache import IndexedLoader, TeacherCache
 from slimkit.distill._hooks import FeatureHooks, parse_pair, resolve_layers
 from slimkit.distill._losses import DistillBatch, DistillLoss, LossSpec
-from slimkit.train import Callback, FitResult, default_optimizer, fit
-from slimkit.train._fit import check_optimizer_values
+from slimkit.train import Callback, FitResult, check_optimizer_values, default_optimizer, fit
 
 log = logging.getLogger(__name__)
 

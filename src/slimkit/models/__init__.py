@@ -8,6 +8,7 @@ architecture file is available by name, and tested over the registry, the day it
 import importlib as _importlib
 import pkgutil as _pkgutil
 
+from slimkit.models._crelu import CReLU
 from slimkit.models._lenet import MLP, LeNet5
 from slimkit.models._registry import (
     MODELS,
@@ -24,6 +25,7 @@ from slimkit.models._registry import (
     spec_input_shape,
 )
 from slimkit.models._resnet_cifar import BasicBlock, ChannelPadShortcut, CifarResNet
+from slimkit.models._shufflenet import ChannelShuffle
 
 for _info in _pkgutil.iter_modules(__path__):
     if _info.name.startswith("_") and _info.name != "_registry":
@@ -33,7 +35,9 @@ __all__ = [
     "MLP",
     "MODELS",
     "BasicBlock",
+    "CReLU",
     "ChannelPadShortcut",
+    "ChannelShuffle",
     "CifarResNet",
     "LeNet5",
     "check_fits",
