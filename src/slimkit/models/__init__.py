@@ -1,19 +1,33 @@
 """Model architectures by name: reference models and the compact zoo.
 
-``create("lenet5")``, ``names("resnet*")``, ``from_spec("path/to/file.py:factory")``. Every private module in this
-package (``_lenet.py``, ``_mobilenet.py``, ...) registers its models when ``slimkit.models`` is imported, so a new
-architecture file is available by name, and tested over the registry, the day it is added.
+``create("lenet5")``, ``names("resnet*")``, ``from_spec("path/to/file.py:factory")``, ``from_spec("hf:llama")``,
+``from_spec("path/to/save_pretrained_folder")``; ``example_input(spec)`` gives pixels or token ids as the model
+takes. Every private module in this package (``_lenet.py``, ``_mobilenet.py``, ...) registers its models when
+``slimkit.models`` is imported, so a new architecture file is available by name, and tested over the registry, the
+day it is added.
 """
 
 import importlib as _importlib
 import pkgutil as _pkgutil
 
+from slimkit.models._hf import (
+    HF_ARCHS,
+    HF_TASKS,
+    HFArch,
+    check_pretrained_folder,
+    hf_config,
+    hf_model,
+    load_pretrained,
+)
 from slimkit.models._lenet import MLP, LeNet5
 from slimkit.models._registry import (
     MODELS,
+    InputSpec,
     create,
     default_input_shape,
+    example_input,
     from_spec,
+    input_spec,
     names,
     parse_spec,
     register_model,
@@ -26,15 +40,25 @@ for _info in _pkgutil.iter_modules(__path__):
         _importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
+    "HF_ARCHS",
+    "HF_TASKS",
     "MLP",
     "MODELS",
     "BasicBlock",
     "ChannelPadShortcut",
     "CifarResNet",
+    "HFArch",
+    "InputSpec",
     "LeNet5",
+    "check_pretrained_folder",
     "create",
     "default_input_shape",
+    "example_input",
     "from_spec",
+    "hf_config",
+    "hf_model",
+    "input_spec",
+    "load_pretrained",
     "names",
     "parse_spec",
     "register_model",
