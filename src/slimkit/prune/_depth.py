@@ -235,8 +235,9 @@ def _mean_over_tokens(values: list[torch.Tensor]) -> float:
 
 
 def _cosines(hidden: list[list[torch.Tensor]], first: int, last: int) -> list[torch.Tensor]:
-    return [F.cosine_similarity(states[first].flatten(0, -2), states[last].flatten(0, -2), dim=-1).clamp(-1, 1)
-            for states in hidden]
+    # float64: arccos is steep near 1, where float32 rounding alone would put a do-nothing block at ~3e-4
+    return [F.cosine_similarity(states[first].flatten(0, -2).double(), states[last].flatten(0, -2).double(),
+                                dim=-1).clamp(-1, 1) for states in hidden]
 
 
 @DEPTH_CRITERIA.register("angular")
