@@ -25,7 +25,7 @@ from torch import nn
 from slimkit import models
 from slimkit._io import write_text_atomic
 from slimkit.analysis import evaluate
-from slimkit.data import TextDataBundle, create_data
+from slimkit.data import TensorLoader, TextDataBundle, create_data
 from slimkit.train import fit
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,20 @@ class LMTrainConfig:
     block_size: int = 256
     grad_clip: float = 1.0
     seed: int = 0
+    #: train on this fraction of the training blocks (a fixed seeded subset): short proxy runs for tuning
+    train_fraction: float = 1.0
+
+
+def train_loader(data: TextDataBundle, config: LMTrainConfig, *, blocks: int | None = None, seed: int | None = None):
+    """The training blocks, or a fixed seeded subset of ``blocks`` of them (``config.train_fraction`` by default)."""
+    loader = data.train
+    count = blocks if blocks is not None else round(config.train_fraction * loader.dataset_size)
+    if count >= loader.dataset_size:
+        return loader
+    order = torch.randperm(loader.dataset_size, generator=torch.Generator().manual_seed(config.seed if seed is None
+                                                                                       else seed))[:count]
+    return TensorLoader(loader.inputs[order], loader.targets[order], config.batch_size, shuffle=True,
+                        seed=config.seed)
 
 
 def adamw(model: nn.Module, lr: float, weight_decay: float):
@@ -62,7 +76,7 @@ def lm_data(config: LMTrainConfig = LMTrainConfig()) -> TextDataBundle:
 
 
 def _code_version() -> str:
-    source = inspect.getsource(train_lm) + inspect.getsource(fit) + inspect.getsource(adamw) + str(LOOP_VERSION)
+    source = "".join(inspect.getsource(f) for f in (train_lm, train_loader, fit, adamw)) + str(LOOP_VERSION)
     return hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
@@ -75,8 +89,9 @@ def train_lm(model: nn.Module, data: TextDataBundle, config: LMTrainConfig, *, p
     """Train ``model`` in place on ``data.train``; returns the wall-clock seconds."""
     torch.manual_seed(config.seed)
     began = time.perf_counter()
-    fit(model, data.train, epochs=config.epochs, optimizer=lambda _: adamw(model, config.lr, config.weight_decay),
-        scheduler="cosine", grad_clip=config.grad_clip, seed=config.seed, progress=progress)
+    fit(model, train_loader(data, config), epochs=config.epochs,
+        optimizer=lambda _: adamw(model, config.lr, config.weight_decay), scheduler="cosine",
+        grad_clip=config.grad_clip, seed=config.seed, progress=progress)
     return time.perf_counter() - began
 
 
@@ -90,14 +105,14 @@ def trained_lm(spec: str, config: LMTrainConfig = LMTrainConfig(), *, data: Text
         return models.load_pretrained(folder).eval(), json.loads(record_path.read_text())
     torch.manual_seed(config.seed)
     model = models.from_spec(spec)
-    log.info("training %s (%s) on %d blocks", spec, config, data.train.dataset_size)
+    log.info("training %s (%s) on %d blocks", spec, config, train_loader(data, config).dataset_size)
     seconds = train_lm(model, data, config, progress=progress)
     model.eval()
     val = evaluate(model, data.valid)
     record = {
         "spec": spec, "config": asdict(config), "data": data.fingerprint, "code": _code_version(),
         "params": sum(p.numel() for p in model.parameters()), "train_seconds": seconds,
-        "train_tokens": config.epochs * data.train.dataset_size * config.block_size,
+        "train_tokens": config.epochs * train_loader(data, config).dataset_size * config.block_size,
         "valid_loss": val.loss, "valid_ppl": val.perplexity, "valid_bpb": data.bits_per_byte("valid", val.loss),
         "threads": torch.get_num_threads(),
     }

@@ -68,7 +68,11 @@ class DistillConfig:
             raise ConfigError(f"optimizer '{self.optimizer}' is unknown: use one of {', '.join(OPTIMIZERS)}")
         if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not self.grad_clip > 0):
             raise ConfigError(f"grad_clip={self.grad_clip!r}: use a positive gradient-norm bound (e.g. 1.0) or None")
-
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ConfigError(f"epochs={self.epochs!r}: use a whole number ≥ 0")
+        for spec in _specs(self):
+            spec.build()  # unknown loss names or options fail when the config is made
+        _pairs(self.pairs)
 
 
 def _specs(config: DistillConfig) -> list[LossSpec]:

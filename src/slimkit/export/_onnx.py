@@ -58,10 +58,14 @@ def export_onnx(
                     model, inputs, tmp, dynamo=False, input_names=input_names, output_names=["output"],
                     dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True,
                 )
+        except OSError:
+            raise  # the disk, not the model (e.g. no space left): main() names it and the fix
         except Exception as legacy_error:
             log.info("TorchScript ONNX export failed (%s); trying torch.export", legacy_error)
             try:
                 _export_dynamo(model, inputs, tmp, input_names, dynamic_batch, opset)
+            except OSError:
+                raise
             except Exception as dynamo_error:
                 raise ExportError(
                     f"could not export {type(model).__name__} to ONNX: {legacy_error} / {dynamo_error}. "
