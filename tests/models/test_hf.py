@@ -78,3 +78,14 @@ def test_a_folder_asking_for_custom_code_or_holding_pickles_is_refused_before_lo
     (folder / "config.json").write_text(json.dumps({**config, "architectures": ["os.system"]}))
     with pytest.raises(ModelSpecError, match="not a transformers model class"):
         models.from_spec(str(folder))
+
+
+@pytest.mark.slow
+def test_a_causal_lm_exports_to_onnx_as_token_ids_to_logits(tmp_path):
+    from slimkit.export import export_onnx, onnx_max_abs_diff
+
+    spec = "hf:llama:hidden_size=32,intermediate_size=48,num_attention_heads=4,num_key_value_heads=2,vocab_size=64"
+    model = models.from_spec(spec).eval()
+    x = models.example_input(spec, 2)
+    path = export_onnx(model, x[:1], tmp_path / "lm.onnx")
+    assert onnx_max_abs_diff(model, path, x) < 1e-4
