@@ -69,7 +69,8 @@ def _tune(base: LMTrainConfig, data: TextDataBundle, quick: bool) -> tuple[dict[
         data_v = data if vocab == data.num_classes else create_data("stdlib", batch_size=base.batch_size,
                                                                        block_size=base.block_size, vocab_size=vocab)
         proxy = replace(base, lr=best["llama_tiny"], train_fraction=PROXY_FRACTION)
-        _, record = trained_lm(f"llama_tiny:vocab_size={vocab}", proxy, data=data_v)
+        spec = "llama_tiny" if vocab == data.num_classes else f"llama_tiny:vocab_size={vocab}"  # reuse the lr run
+        _, record = trained_lm(spec, proxy, data=data_v)
         raw["vocab"][vocab] = {"valid_bpb": record["valid_bpb"], "valid_ppl": record["valid_ppl"],
                                "params": record["params"]}
         rows.append([f"llama_tiny:vocab_size={vocab}", f"lr {best['llama_tiny']:g}", f"{PROXY_FRACTION:g} epoch",
