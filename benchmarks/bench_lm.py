@@ -94,8 +94,8 @@ def _recover(teacher: nn.Module, pruned: nn.Module, loader, method: str) -> tupl
 
 def run(quick: bool) -> Section:
     base = LMTrainConfig()
-    if quick:
-        base = replace(base, train_fraction=0.02)
+    if quick:  # a smoke run: a few steps, one budget, one calibration batch
+        base = replace(base, train_fraction=0.005)
     data = lm_data(base)
     best, tune_rows, tune_raw = _tune(base, data, quick)
     corpus = data.corpus.summary() if data.corpus is not None else {}
@@ -108,12 +108,12 @@ def run(quick: bool) -> Section:
         train_rows.append([spec, record["params"], f"{config.lr:g}", record["train_tokens"],
                            round(record["train_seconds"]), record["valid_ppl"], test["ppl"], test["bpb"], test["acc"]])
         raw_models[spec] = {"train": record, "test": test, "depth": []}
-        recovery = train_loader(data, config, blocks=64 if quick else RECOVERY_BLOCKS, seed=1)
+        recovery = train_loader(data, config, blocks=16 if quick else RECOVERY_BLOCKS, seed=1)
         example = data.example_input(4)
         done: dict[tuple[int, ...], dict[str, Any]] = {}
-        for ratio in RATIOS:
+        for ratio in RATIOS[:1] if quick else RATIOS:
             for criterion in CRITERIA:
-                prune_config = DepthPruneConfig(param_ratio=ratio, criterion=criterion)
+                prune_config = DepthPruneConfig(param_ratio=ratio, criterion=criterion, batches=1 if quick else 8)
                 importance = block_importance(teacher, example, prune_config, data=data.calibration)
                 if importance.removed not in done:
                     pruned = remove_blocks(teacher, importance.removed).eval()
@@ -147,7 +147,7 @@ def run(quick: bool) -> Section:
              "next-token acc"], train_rows),
         f"**Depth pruning (test perplexity)**: blocks chosen on {len(data.calibration.inputs)} calibration "
         f"blocks by angular distance (Gromov et al. 2024) or by the rise in loss when skipped; the block count is "
-        f"the one closest to the parameter target. Recovery: {RECOVERY_BLOCKS if not quick else 64} training "
+        f"the one closest to the parameter target. Recovery: {RECOVERY_BLOCKS if not quick else 16} training "
         f"blocks once, AdamW lr {RECOVERY_LR:g}; KD = `{KD_LOSS}` from the unpruned model; fine-tune = "
         "next-token loss, same steps.\n\n" + markdown_table(
             ["model", "target", "criterion", "removed blocks", "params", "reduction", "ppl pruned", "ppl + KD",

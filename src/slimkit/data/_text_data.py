@@ -87,7 +87,7 @@ def text_bundle(
     )
 
 
-@DATASETS.register("stdlib")
+@DATASETS.register("stdlib", num_classes=STDLIB_VOCAB, task="lm")  # no input_shape: inputs are token ids
 def stdlib(
     batch_size: int = 16,
     *,

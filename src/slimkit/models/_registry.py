@@ -267,13 +267,17 @@ def check_fits(model: nn.Module, example: Any, *, label: str, data: str, num_cla
     if task == "segmentation":
         ok = logits.dim() == 4 and logits.shape[1] == num_classes and tuple(logits.shape[2:]) == tuple(shape[1:])
         need = f"per-pixel scores for {num_classes} classes (N×{num_classes}×H×W)"
+    elif task == "lm":
+        ok = logits.dim() == 3 and logits.shape[-1] == num_classes
+        need = f"next-token scores over its {num_classes}-token vocabulary (N×L×{num_classes})"
     else:
         ok = logits.dim() == 2 and logits.shape[1] == num_classes
         need = f"one score per class (N×{num_classes})"
     if not ok:
         got = "×".join(map(str, logits.shape))
-        fix = f"a segmentation model (e.g. mobile_segnet:num_classes={num_classes})" if task == "segmentation" \
-            else f"a classifier with num_classes={num_classes}"
+        fix = {"segmentation": f"a segmentation model (e.g. mobile_segnet:num_classes={num_classes})",
+               "lm": f"a language model with vocab_size={num_classes} (e.g. llama_tiny)"}.get(
+            task, f"a classifier with num_classes={num_classes}")
         raise ModelSpecError(f"model '{label}' gives outputs of shape {got} on '{data}', which needs {need}: "
                              f"choose {fix}")
 
