@@ -34,7 +34,7 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(argv, message, capsys, tmp_
 def test_train_never_writes_into_a_folder_of_the_users_files(tmp_path, capsys, extra):
     (tmp_path / "model.pt").write_text("mine")
     (tmp_path / "metrics.json").write_text("mine too")
-    assert main(["train", "lenet300", "--epochs", "0", "--data", "digits", "--out", str(tmp_path), *extra]) == 2
+    assert main(["train", "crelu_net", "--epochs", "0", "--data", "digits", "--out", str(tmp_path), *extra]) == 2
     assert "holds no slimkit run" in capsys.readouterr().err
     assert (tmp_path / "model.pt").read_text() == "mine" and (tmp_path / "metrics.json").read_text() == "mine too"
 

@@ -240,13 +240,18 @@ def recipe_of(args: argparse.Namespace, name: str, stages: list[dict[str, Any]],
 
 def run_command_recipe(args: argparse.Namespace, recipe: dict[str, Any]):
     """Validate ``recipe`` as any recipe file is, run it into ``--out``, print its table; returns the run result."""
+    import re
+
     import yaml
 
-    from slimkit.pipeline import parse_recipe, run_recipe
+    from slimkit.pipeline import RecipeError, parse_recipe, run_recipe
     from slimkit.report import COLUMNS, table_rows
 
     text = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
-    parsed = parse_recipe(text, f"<slimkit {args.command}>", Path.cwd(), allow_code=True)
+    try:
+        parsed = parse_recipe(text, f"<slimkit {args.command}>", Path.cwd(), allow_code=True)
+    except RecipeError as error:  # the generated recipe's line numbers mean nothing on a command line
+        raise CommandError(re.sub(r"^<slimkit [\w-]+>, line \d+: ", "", str(error))) from None
     out = console()
     result = run_recipe(parsed, args.out, resume=args.resume, force=args.force, reporter=stage_printer(out))
     if not result.files:  # a rank other than 0 under torchrun: rank 0 reports

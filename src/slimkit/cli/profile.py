@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from slimkit.analysis import profile
-    from slimkit.models import InputSpec, input_spec
+    from slimkit.models import InputSpec, check_fits, input_spec
 
     model = load_model(args.model, args.checkpoint)
     found = input_spec(args.model)
@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
         example = InputSpec((length,), "int64", found.vocab_size).example(1)
     else:
         example = torch.zeros(1, *input_shape_for(args.model, args.input_shape))
+    check_fits(model, example, label=args.model, data="--input-shape")
     prof = profile(model, example, dtype_bits=args.bits)
     print_profile(prof, title=f"{args.model}")
     if args.json_path:

@@ -18,6 +18,7 @@ from torch import nn
 
 from slimkit._errors import SlimkitError
 from slimkit._inputs import input_tuple
+from slimkit._io import file_mode_mask
 from slimkit.analysis import output_logits
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def export_onnx(
     dynamic_axes = {name: {0: "batch"} for name in [*input_names, "output"]} if dynamic_batch else None
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~file_mode_mask())
     try:
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

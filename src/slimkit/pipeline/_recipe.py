@@ -412,6 +412,10 @@ def _check_names(schema: RecipeSchema, located: LocatedYaml, checkpoint: Path | 
     _check_spec(schema.model.spec, where)
     _check_fit_on_meta(schema, where)
     if schema.data.name not in DATASETS and not is_folder_spec(schema.data.name):
+        target = Path(schema.data.name.partition(":")[0])
+        if target.is_file():
+            raise RecipeError(f"{located.source}, line {located.line_of(('data', 'name'))}: data.name: '{target}' is "
+                              "a file: an image dataset is a folder holding one sub-folder per class")
         raise RecipeError(f"{located.source}, line {located.line_of(('data', 'name'))}: data.name: unknown dataset "
                           f"'{schema.data.name}': choose one of {', '.join(DATASETS.names())}, or an image folder")
     try:

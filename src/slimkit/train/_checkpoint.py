@@ -49,11 +49,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error) and "GLOBAL" not in str(error):
+            raise CheckpointError(f"checkpoint '{source}' cannot be read (it is damaged or not a PyTorch file): "
+                                  "give the .pt state dict torch.save wrote, or a .safetensors file") from None
         raise UnsafeCheckpointError(
             f"checkpoint '{source}' contains pickled Python objects, not only weights, and slimkit will not run "
             "its code. Save a state dict instead (torch.save(model.state_dict(), path)); if you trust the file, "
             "load it yourself and pass the model."
-        ) from error
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, IndexError, KeyError,
             TypeError, UnicodeDecodeError, MemoryError) as error:
         # torch.load raises many kinds on a damaged or foreign file; none of them is the user's program failing
