@@ -130,6 +130,8 @@ def run(quick: bool) -> Section:
                                    entry["params"], f"{1 - entry['params'] / record['params']:.1%}",
                                    entry["pruned"]["ppl"], entry["kd"]["ppl"], entry["finetune"]["ppl"]])
 
+    prune_batches = 1 if quick else DepthPruneConfig(n_blocks=1).batches
+    calibration_blocks = min(len(data.calibration.inputs), prune_batches * data.calibration.batch_size)
     markdown = "\n\n".join(filter(None, [
         f"Corpus: the standard library of Python {corpus.get('python')} (`slimkit.data` \"stdlib\"), split by a hash "
         f"of each file's path: {corpus['splits']['train']['files']} train files "
@@ -145,7 +147,7 @@ def run(quick: bool) -> Section:
         "**Tiny LMs (test files)**\n\n" + markdown_table(
             ["model", "params", "lr", "train tokens", "train s", "valid ppl", "test ppl", "test bits/byte",
              "next-token acc"], train_rows),
-        f"**Depth pruning (test perplexity)**: blocks chosen on {len(data.calibration.inputs)} calibration "
+        f"**Depth pruning (test perplexity)**: blocks chosen on {calibration_blocks} calibration "
         f"blocks by angular distance (Gromov et al. 2024) or by the rise in loss when skipped; the block count is "
         f"the one closest to the parameter target. Recovery: {RECOVERY_BLOCKS if not quick else 16} training "
         f"blocks once, AdamW lr {RECOVERY_LR:g}; KD = `{KD_LOSS}` from the unpruned model; fine-tune = "
