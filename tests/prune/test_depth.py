@@ -118,3 +118,6 @@ def test_bad_depth_configs_name_the_fix():
         prune_depth(model, x, DepthPruneConfig(n_blocks=5))
     with pytest.raises(ConfigError, match="blocks='nothing'"):
         prune_depth(model, x, DepthPruneConfig(n_blocks=1, blocks="nothing"))
+    swin = models.from_spec("hf:swin")
+    with pytest.raises(ConfigError, match="change the hidden states' shape"):
+        prune_depth(swin, models.example_input("hf:swin"), DepthPruneConfig(n_blocks=1))

@@ -14,7 +14,8 @@ A block's importance is measured on calibration data by one of the registered cr
 The blocks with the smallest scores are removed (one shot, as ShortGPT does), ``n_blocks`` of them or as many as
 come closest to ``param_ratio`` of the model's parameters. The result is a copy of the user's model, same class,
 with the block list shortened; for a Hugging Face model the config is rewritten (``num_hidden_layers`` and its
-aliases, ``layer_types`` and other per-layer lists, ``max_window_layers``) and every ``layer_idx`` renumbered, so
+aliases, ``layer_types`` and other per-layer lists, ``max_window_layers``; a stage's entry of ``depths`` when the
+blocks are one stage of a staged model such as Swin) and every ``layer_idx`` renumbered, so
 ``save_pretrained`` → ``from_pretrained`` gives the same outputs and ``generate`` (with its KV cache) still works.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -235,6 +237,11 @@ def _mean_over_tokens(values: list[torch.Tensor]) -> float:
 
 
 def _cosines(hidden: list[list[torch.Tensor]], first: int, last: int) -> list[torch.Tensor]:
+    if any(states[first].shape != states[last].shape for states in hidden):
+        raise ConfigError(f"blocks {first}..{last - 1} change the hidden states' shape "
+                          f"({tuple(hidden[0][first].shape)} → {tuple(hidden[0][last].shape)}), so they cannot be "
+                          "dropped (e.g. Swin's down-sampling stages): name a list of shape-preserving blocks with "
+                          "blocks='...'")
     # float64: arccos is steep near 1, where float32 rounding alone would put a do-nothing block at ~3e-4
     return [F.cosine_similarity(states[first].flatten(0, -2).double(), states[last].flatten(0, -2).double(),
                                 dim=-1).clamp(-1, 1) for states in hidden]
@@ -347,8 +354,23 @@ _LAYER_COUNT_ATTRS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
 _PER_LAYER_LISTS = ("layer_types", "no_rope_layers", "sliding_window_pattern_list", "attention_chunk_sizes")
 
 
-def _rewrite_config(config: Any, kept: tuple[int, ...], old_count: int) -> None:
+def _rewrite_stage_depth(config: Any, blocks_name: str, old_count: int, new_count: int) -> bool:
+    """A staged model (Swin: ``encoder.layers.<k>.blocks``, ``config.depths[k]``): rewrite stage k's depth."""
+    match = re.search(r"\.(\d+)\.[A-Za-z_]+$", blocks_name)
+    depths = getattr(config, "depths", None)
+    if match is None or not isinstance(depths, list | tuple):
+        return False
+    stage = int(match.group(1))
+    if stage >= len(depths) or depths[stage] != old_count:
+        return False
+    config.depths = type(depths)(new_count if i == stage else d for i, d in enumerate(depths))
+    return True
+
+
+def _rewrite_config(config: Any, kept: tuple[int, ...], old_count: int, blocks_name: str = "") -> None:
     new_count = len(kept)
+    if _rewrite_stage_depth(config, blocks_name, old_count, new_count):
+        return
     attribute_map = getattr(type(config), "attribute_map", {})
     names = {attribute_map.get(a, a) for a in _LAYER_COUNT_ATTRS if hasattr(config, a)}
     for name in names:
@@ -372,7 +394,9 @@ def _renumber(blocks: nn.Module) -> None:
 
 def remove_blocks(model: nn.Module, removed: Iterable[int], *, blocks: str | None = None) -> nn.Module:
     """A copy of ``model`` without the blocks at the ``removed`` indices (the others keep their weights), with a
-    Hugging Face config and layer indices rewritten to match. The caller's model is not modified."""
+    Hugging Face config and layer indices rewritten to match, as ``from_pretrained`` would number them (attention
+    that scales by its layer index, GPT-2's ``scale_attn_by_inverse_layer_idx``, follows the new numbering). The
+    caller's model is not modified."""
     pruned = copy.deepcopy(model)
     blocks_name, block_list = find_blocks(pruned, blocks)
     old_count = len(block_list)
@@ -391,7 +415,7 @@ def remove_blocks(model: nn.Module, removed: Iterable[int], *, blocks: str | Non
     _renumber(new_list)
     config = getattr(pruned, "config", None)
     if config is not None and hasattr(config, "to_dict"):
-        _rewrite_config(config, kept, old_count)
+        _rewrite_config(config, kept, old_count, blocks_name)
     return pruned
 
 
@@ -410,4 +434,11 @@ def prune_depth(model: nn.Module, example_inputs: Any, config: DepthPruneConfig,
              importance.blocks_name, list(importance.removed), importance.num_blocks, config.criterion,
              [round(s, 4) for s in importance.scores], 100 * importance.param_reduction)
     pruned = remove_blocks(model, importance.removed, blocks=config.blocks or importance.blocks_name)
+    try:  # blocks that change the shape (e.g. Swin's down-sampling stages) cannot simply be dropped
+        with torch.no_grad():
+            _call(pruned.eval(), example_inputs)
+    except (RuntimeError, ValueError, IndexError, TypeError) as error:
+        raise ConfigError(f"{type(model).__name__} does not run without blocks {list(importance.removed)} of "
+                          f"'{importance.blocks_name}' ({str(error).splitlines()[0]}): its blocks change the hidden "
+                          "states' shape; name a list of shape-preserving blocks with blocks='...'") from None
     return pruned.train(model.training)
