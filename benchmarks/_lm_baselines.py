@@ -71,6 +71,19 @@ def adamw(model: nn.Module, lr: float, weight_decay: float):
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
+def tuned_config(spec: str) -> LMTrainConfig:
+    """The training config bench_lm chose for ``spec`` on the validation files (its learning rate, read from
+    ``benchmarks/results/lm.json``), or the default before bench_lm has run: other benchmarks that need a trained
+    tiny LM (e.g. quantization) use the same model as the LM table."""
+    results = Path(__file__).resolve().parent / "results" / "lm.json"
+    config = LMTrainConfig()
+    if results.is_file():
+        chosen = json.loads(results.read_text()).get("chosen_lr", {})
+        if spec in chosen:
+            config = LMTrainConfig(lr=float(chosen[spec]))
+    return config
+
+
 def lm_data(config: LMTrainConfig = LMTrainConfig()) -> TextDataBundle:
     return create_data("stdlib", batch_size=config.batch_size, block_size=config.block_size, seed=config.seed)
 

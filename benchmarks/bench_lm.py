@@ -37,7 +37,7 @@ VOCABS = (2048, 4096, 8192)
 PROXY_FRACTION = 0.25
 RATIOS = (0.25, 0.5)
 CRITERIA = ("angular", "loss")
-RECOVERY_BLOCKS = 2048  # 128 steps of 16 × 256 tokens (~0.5M tokens, about a quarter of an epoch)
+RECOVERY_BLOCKS = 1024  # 64 steps of 16 × 256 tokens (~0.26M tokens, about a seventh of an epoch)
 RECOVERY_LR = 1e-3
 KD_LOSS = "kd:T=1,alpha=1"
 
