@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from slimkit._errors import ConfigError
+from slimkit._errors import ConfigError, DataError
 from slimkit.data._loader import TensorLoader
 from slimkit.data._registry import DATASETS, DataBundle
 from slimkit.data._text import SPLITS, TextCorpus, stdlib_corpus
@@ -96,9 +96,13 @@ def stdlib(
     eval_batch_size: int = 32,
     seed: int = 0,
     calibration_size: int = 128,
+    augment: bool | str | None = False,
 ) -> TextDataBundle:
     """The Python standard library's source (see :mod:`slimkit.data._text` for the files and the by-file split),
-    tokenized with a byte-level BPE trained on its train split, as next-token blocks of ``block_size`` tokens."""
+    tokenized with a byte-level BPE trained on its train split, as next-token blocks of ``block_size`` tokens.
+    ``augment`` exists so every dataset takes the same options: text has no augmentation."""
+    if augment not in (False, None, "", "none"):
+        raise DataError(f"augment={augment!r}: the stdlib text dataset has no augmentations, leave it out")
     return text_bundle(
         stdlib_corpus(), "stdlib", vocab_size=vocab_size, block_size=block_size, batch_size=batch_size,
         eval_batch_size=eval_batch_size, seed=seed, calibration_size=calibration_size,
