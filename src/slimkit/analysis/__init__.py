@@ -1,7 +1,15 @@
 """Measuring models honestly: parameters, MACs, bytes (profile), real latency, and accuracy (evaluate)."""
 
 from slimkit.analysis._counters import ZERO_COST, find_counter, first_tensor, register_counter
-from slimkit.analysis._evaluate import EvalResult, evaluate, miou_from_confusion
+from slimkit.analysis._evaluate import (
+    LM_IGNORE_INDEX,
+    EvalResult,
+    evaluate,
+    is_token_output,
+    miou_from_confusion,
+    output_logits,
+    token_cross_entropy,
+)
 from slimkit.analysis._latency import LatencyComparison, LatencyResult, compare_latency, latency
 from slimkit.analysis._profile import (
     LayerProfile,
@@ -14,6 +22,7 @@ from slimkit.analysis._profile import (
 )
 
 __all__ = [
+    "LM_IGNORE_INDEX",
     "ZERO_COST",
     "EvalResult",
     "LatencyComparison",
@@ -26,10 +35,13 @@ __all__ = [
     "evaluate",
     "find_counter",
     "first_tensor",
+    "is_token_output",
     "latency",
     "miou_from_confusion",
+    "output_logits",
     "profile",
     "register_counter",
     "register_storage",
     "storage_bytes",
+    "token_cross_entropy",
 ]

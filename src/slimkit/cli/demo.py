@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
 
     from slimkit._errors import ConfigError
     from slimkit.pipeline import parse_recipe, run_recipe
-    from slimkit.report import COLUMNS, table_rows, write_report
+    from slimkit.report import columns, table_rows, write_report
 
     torch.set_num_threads(2)
     families = available_families()
@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / MARKER, {"quick": args.quick, "families": [f.name for f in families]})
     if rows:
         print_table("compressed LeNet-5 variants (latency: ONNX Runtime, ratio to the baseline in the same run)",
-                    list(COLUMNS), table_rows(rows))
+                    list(columns(rows)), table_rows(rows))
     cons.print(f"demo finished in {time.perf_counter() - started:.0f} s; report: {files.get('report_html', '–')}, "
                f"runs in {out / 'runs'}")
     return 0

@@ -18,6 +18,13 @@ from slimkit._io import write_text_atomic
 from slimkit.report._plots import COSTS, plot_layers, plot_tradeoff
 
 COLUMNS = ("stage", "params", "MACs", "size (KiB)", "latency ×", "accuracy", "Δ acc")
+#: added after "Δ acc" when a row carries a language model's held-out perplexity
+PERPLEXITY_COLUMN = "perplexity"
+
+
+def columns(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The table's columns: :data:`COLUMNS`, plus perplexity when a language model was measured."""
+    return COLUMNS + ((PERPLEXITY_COLUMN,) if any(r.get("perplexity") is not None for r in rows) else ())
 
 NOTES = (
     "Latency is the median ONNX Runtime time at a fixed thread count, reported as a ratio to the input model "
@@ -71,17 +78,20 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
         delta = acc - base if acc is not None and base is not None and i >= start else None
         out.append([str(r.get("label") or r.get("stage")), _fmt(r.get("params"), "int"), _fmt(r.get("macs"), "int"),
                     _fmt(r.get("bytes"), "kib"), format_latency(r), _fmt(acc, "pct"), _fmt(delta, "delta")])
+        if PERPLEXITY_COLUMN in columns(rows):
+            out[-1].append(_fmt(r.get("perplexity"), "ratio"))
     return out
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
+    cols = columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
     return "\n".join(lines)
 
 
 def _html_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns(rows))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
                    for cells in table_rows(rows))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
