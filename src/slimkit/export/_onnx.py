@@ -130,6 +130,8 @@ def run_onnx(path: str | os.PathLike, inputs: torch.Tensor | Sequence[torch.Tens
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # threads that spin while waiting collapse on a shared machine (see slimkit.cli); this is a check, not a timing
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), input_tuple(inputs))}
     return session.run(None, feed)[0]
