@@ -2,7 +2,15 @@
 
 from slimkit.analysis._counters import ZERO_COST, find_counter, register_counter
 from slimkit.analysis._evaluate import EvalResult, evaluate, miou_from_confusion
-from slimkit.analysis._latency import LatencyComparison, LatencyResult, compare_latency, latency
+from slimkit.analysis._latency import (
+    AA_BAND,
+    TOO_NOISY,
+    LatencyComparison,
+    LatencyResult,
+    compare_latency,
+    format_ratio,
+    latency,
+)
 from slimkit.analysis._profile import (
     LayerProfile,
     ModelProfile,
@@ -14,6 +22,8 @@ from slimkit.analysis._profile import (
 )
 
 __all__ = [
+    "AA_BAND",
+    "TOO_NOISY",
     "ZERO_COST",
     "EvalResult",
     "LatencyComparison",
@@ -25,6 +35,7 @@ __all__ = [
     "csr_bytes",
     "evaluate",
     "find_counter",
+    "format_ratio",
     "latency",
     "miou_from_confusion",
     "profile",

@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def stage_printer(console: Any):
     """A runner reporter that draws a rule per stage and one result line after it."""
+    from slimkit.analysis import format_ratio
 
     def report(event: str, info: dict[str, Any]) -> None:
         if event == "stage_start":
@@ -28,9 +29,12 @@ def stage_printer(console: Any):
             console.print(f"[dim]stage {info['call'].label}: finished earlier, reloaded[/]")
         elif event == "stage_end":
             r = info["result"]
-            ratio = "–" if r.get("latency_ratio") is None else f"{r['latency_ratio']:.2f}×"
+            ratio = format_ratio(r.get("latency_ratio"), r.get("latency_status"), r.get("latency_p10"),
+                                 r.get("latency_p90"))
+            if r.get("latency_aa_ratio") is not None:
+                ratio += f"× the input's, A/A {r['latency_aa_ratio']:.2f}"
             console.print(f"  accuracy [bold]{r['accuracy']:.2%}[/], {r['params']:,} params, {r['macs']:,} MACs, "
-                          f"{r['bytes'] / 1024:,.1f} KiB, latency {ratio} the input's, {r['seconds']:.1f} s")
+                          f"{r['bytes'] / 1024:,.1f} KiB, latency {ratio}, {r['seconds']:.1f} s")
 
     return report
 
