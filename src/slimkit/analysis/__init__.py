@@ -11,6 +11,8 @@ from slimkit.analysis._latency import (
     format_ratio,
     latency,
 )
+from slimkit.analysis._latency_probe import Geometry, OrtMeasurer, detect_step
+from slimkit.analysis._latency_table import LatencyTable, LayerLatency, build_latency_table
 from slimkit.analysis._profile import (
     LayerProfile,
     ModelProfile,
@@ -26,13 +28,19 @@ __all__ = [
     "TOO_NOISY",
     "ZERO_COST",
     "EvalResult",
+    "Geometry",
     "LatencyComparison",
     "LatencyResult",
+    "LatencyTable",
+    "LayerLatency",
     "LayerProfile",
     "ModelProfile",
+    "OrtMeasurer",
     "ProfileTotals",
+    "build_latency_table",
     "compare_latency",
     "csr_bytes",
+    "detect_step",
     "evaluate",
     "find_counter",
     "format_ratio",

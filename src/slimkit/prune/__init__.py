@@ -4,6 +4,7 @@ sensitivity, width scaling) and unstructured (magnitude masks, AGP)."""
 from slimkit.prune._agp import AGPCallback, AGPConfig, agp_sparsity
 from slimkit.prune._config import PruneConfig
 from slimkit.prune._criteria import CRITERIA, Criterion, PruneContext, register_criterion, unit_rows
+from slimkit.prune._latency import LatencyTarget, prune_to_latency
 from slimkit.prune._reconstruct import reconstruct_, reconstruct_layer_
 from slimkit.prune._schedule import SCHEDULES, prune_iterative, prune_layerwise, prune_oneshot
 from slimkit.prune._sensitivity import SensitivityResult, ratios_from_sensitivity, sensitivity
@@ -35,6 +36,7 @@ __all__ = [
     "AGPConfig",
     "BNScaleL1",
     "Criterion",
+    "LatencyTarget",
     "MaskCallback",
     "PruneConfig",
     "PruneContext",
@@ -56,6 +58,7 @@ __all__ = [
     "prune_iterative",
     "prune_layerwise",
     "prune_oneshot",
+    "prune_to_latency",
     "pruning_info",
     "ratios_from_sensitivity",
     "reconstruct_",
