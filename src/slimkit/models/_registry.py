@@ -107,13 +107,15 @@ def create(name: str, **kwargs: Any) -> nn.Module:
             raise ModelSpecError(f"model '{name}' cannot be built with {kwargs or 'its defaults'} "
                                  f"({type(error).__name__}: {error}): check the option values") from None
 
-    if torch.get_default_device().type != "meta":
-        with torch.device("meta"):
-            probe = build()
-        size = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
-        if size > _memory_bytes():
-            raise ModelSpecError(f"model '{name}' with {kwargs} would hold {size / 2**30:,.1f} GiB of weights, more "
-                                 f"than this machine's {_memory_bytes() / 2**30:,.0f} GiB: check the option values")
+    on_meta = torch.get_default_device().type == "meta"
+    with torch.device("meta"):
+        probe = build()
+    size = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    if size > _memory_bytes():
+        raise ModelSpecError(f"model '{name}' with {kwargs} would hold {size / 2**30:,.1f} GiB of weights, more "
+                             f"than this machine's {_memory_bytes() / 2**30:,.0f} GiB: check the option values")
+    if on_meta:
+        return probe
     return build()
 
 
@@ -167,6 +169,72 @@ def from_spec(spec: str, *, allow_code: bool = False, **overrides: Any) -> nn.Mo
             raise ModelSpecError(f"'{spec}' returned {type(model).__name__}, not a torch.nn.Module")
         return model
     return create(target, **options)
+
+
+def class_count_option(spec: str, num_classes: int) -> dict[str, int]:
+    """``{"num_classes": n}`` when ``spec`` is a registered model whose factory takes it and the spec does not set
+    it: so a model fits the dataset it is trained or evaluated on."""
+    target, options = parse_spec(spec)
+    accepts = target in MODELS and "num_classes" in inspect.signature(MODELS.get(target)).parameters
+    if accepts and "num_classes" not in options:
+        return {"num_classes": num_classes}
+    return {}
+
+
+def _runs_on(model: nn.Module, example: Any) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model(*example) if isinstance(example, tuple) else model(example)
+
+
+def names_for_input(shape: tuple[int, ...]) -> list[str]:
+    """Registered models that run on one input of ``shape`` (C, H, W) with their default options (checked on the
+    meta device, so nothing is allocated)."""
+    import torch
+
+    fitting = []
+    for name in MODELS.names():
+        options = {"in_channels": shape[0]} if "in_channels" in inspect.signature(MODELS.get(name)).parameters else {}
+        try:
+            with torch.device("meta"):
+                _runs_on(MODELS.get(name)(**options), torch.zeros(1, *shape))
+        except Exception:  # any failure means "does not fit": this only lists candidates for an error message
+            continue
+        fitting.append(name)
+    return fitting
+
+
+def check_fits(model: nn.Module, example: Any, *, label: str, data: str, num_classes: int | None = None,
+               task: str = "classification") -> None:
+    """Run ``model`` once on ``example`` and check its output fits the data (one score per class; per-pixel scores
+    for segmentation); a :class:`ModelSpecError` naming the models that do fit, before any training."""
+    import torch
+
+    shape = tuple(example.shape[1:]) if isinstance(example, torch.Tensor) else None
+    where = "×".join(map(str, shape)) if shape else "its"
+    try:
+        output = _runs_on(model.eval(), example)
+    except (RuntimeError, ValueError, IndexError, TypeError) as error:
+        fits = ", ".join(names_for_input(shape)) if shape else ""
+        hint = f"models that take {where} inputs: {fits}" if fits else "choose a model built for these inputs"
+        raise ModelSpecError(f"model '{label}' cannot run on the {where} inputs of '{data}' "
+                             f"({str(error).splitlines()[0]}): {hint}") from None
+    logits = output.logits if hasattr(output, "logits") else output
+    if not isinstance(logits, torch.Tensor) or num_classes is None:
+        return
+    if task == "segmentation":
+        ok = logits.dim() == 4 and logits.shape[1] == num_classes and tuple(logits.shape[2:]) == tuple(shape[1:])
+        need = f"per-pixel scores for {num_classes} classes (N×{num_classes}×H×W)"
+    else:
+        ok = logits.dim() == 2 and logits.shape[1] == num_classes
+        need = f"one score per class (N×{num_classes})"
+    if not ok:
+        got = "×".join(map(str, logits.shape))
+        fix = f"a segmentation model (e.g. mobile_segnet:num_classes={num_classes})" if task == "segmentation" \
+            else f"a classifier with num_classes={num_classes}"
+        raise ModelSpecError(f"model '{label}' gives outputs of shape {got} on '{data}', which needs {need}: "
+                             f"choose {fix}")
 
 
 def spec_input_shape(spec: str, default: tuple[int, ...] | None = None) -> tuple[int, ...] | None:

@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slimkit._cli_common import CommandError, class_count_option, console, load_model
+    from slimkit.cli._common import CommandError, console, load_model
+    from slimkit.models import class_count_option
     from slimkit.pipeline import export_model
 
     target = Path(args.out)
