@@ -23,6 +23,38 @@ from slimkit._io import write_text_atomic
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
+#: ONNX Runtime threads per session in every latency comparison: one thread each, so the three live sessions of a
+#: comparison (baseline, its A/A copy, candidate) and the other jobs on a shared machine never oversubscribe the
+#: cores; the ratio then measures the work a model does. Change it here to measure a multi-core deployment.
+LATENCY_THREADS = 1
+#: how every benchmark's prose describes the latency method (kept in one place so no section drifts from it)
+LATENCY_METHOD = (
+    f"ONNX Runtime, {LATENCY_THREADS} thread per session, thread spinning off; `compare_latency` times the baseline, "
+    "a second session of it (the A/A control) and the candidate call by call in a seeded random order per round; "
+    "a cell is the median of the per-round ratios candidate/baseline with its 10th–90th percentile and the A/A "
+    "median, or \"too noisy\" when the A/A median or its 95 % interval leaves [0.9, 1.1]"
+)
+
+
+def latency_record(cmp: Any) -> dict[str, Any]:
+    """The JSON record of a :class:`slimkit.analysis.LatencyComparison` kept in a benchmark's results."""
+    return {"ratio": cmp.ratio, "p10": cmp.ratio_p10, "p90": cmp.ratio_p90, "aa": cmp.aa_ratio, "aa_p10": cmp.aa_p10,
+            "aa_p90": cmp.aa_p90, "status": cmp.status, "threads": cmp.baseline.threads,
+            "batch": cmp.baseline.batch_size, "rounds": cmp.baseline.repeats,
+            "baseline_ms": cmp.baseline.median_ms, "candidate_ms": cmp.candidate.median_ms}
+
+
+def latency_cell(record: dict[str, Any] | None, *, aa: bool = True) -> str:
+    """A table cell for a latency record: ``0.40 (0.38–0.42), A/A 1.00``, or ``too noisy (A/A 1.23)``."""
+    from slimkit.analysis import format_ratio
+
+    if record is None:
+        return "–"
+    text = format_ratio(record["ratio"], record["status"], record["p10"], record["p90"])
+    if not aa:
+        return text
+    return f"{text} (A/A {record['aa']:.2f})" if record["ratio"] is None else f"{text}, A/A {record['aa']:.2f}"
+
 
 @dataclass
 class Section:
@@ -103,8 +135,7 @@ def assemble() -> str:
         "",
         "Regenerate with `python -m benchmarks.run` (all) or `python -m benchmarks.run --only TOPIC`;"
         " `--quick` gives a smoke run with fewer epochs. Latency is always a ratio to the baseline measured"
-        " in the same run (median, fixed thread count; ONNX Runtime models alternate in blocks, one live session"
-        " at a time): these machines are noisy.",
+        f" in the same run: {LATENCY_METHOD}.",
         "",
         f"- machine: {info['cpu']}, {info['cores']} cores; AVX2 {info['avx2']}, AVX512-VNNI {info['avx512_vnni']},"
         f" AVX-VNNI {info['avx_vnni']}",

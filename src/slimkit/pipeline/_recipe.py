@@ -57,7 +57,8 @@ class EvaluationSection(_Section):
     latency_batch: int = Field(1, ge=1, le=4096)
     repeats: int = Field(30, ge=1, le=10_000)
     warmup: int = Field(5, ge=0, le=10_000)
-    threads: int = Field(2, ge=1, le=256)
+    threads: int = Field(1, ge=1, le=256, description="ONNX Runtime threads per session for the latency ratio "
+                         "(1: three sessions stay alive, and one thread each cannot oversubscribe a shared machine)")
 
 
 class RecipeSchema(_Section):

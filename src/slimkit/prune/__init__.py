@@ -13,6 +13,7 @@ from slimkit.prune._depth import (
     prune_depth,
     remove_blocks,
 )
+from slimkit.prune._latency import LatencyTarget, prune_to_latency
 from slimkit.prune._reconstruct import reconstruct_, reconstruct_layer_
 from slimkit.prune._schedule import SCHEDULES, prune_iterative, prune_layerwise, prune_oneshot
 from slimkit.prune._sensitivity import SensitivityResult, ratios_from_sensitivity, sensitivity
@@ -47,6 +48,7 @@ __all__ = [
     "BlockImportance",
     "Criterion",
     "DepthPruneConfig",
+    "LatencyTarget",
     "MaskCallback",
     "PruneConfig",
     "PruneContext",
@@ -71,6 +73,7 @@ __all__ = [
     "prune_iterative",
     "prune_layerwise",
     "prune_oneshot",
+    "prune_to_latency",
     "pruning_info",
     "ratios_from_sensitivity",
     "reconstruct_",

@@ -2,7 +2,9 @@
 
 The input is the ``metrics.json`` payload of a run: ``{"title", "stages": [row, ...], ...}`` where each row has
 ``stage``/``label``, ``params``, ``macs``, ``bytes``, ``accuracy`` and ``latency_ratio`` (ONNX Runtime latency as a
-fraction of the input model's, measured in the same run). The demo passes one row per compressed variant.
+fraction of the input model's, measured in the same run), with ``latency_status`` (``"too noisy"`` is printed
+instead of a ratio) and ``latency_aa_ratio`` (the A/A control, printed beside it). The demo passes one row per
+compressed variant.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from slimkit._io import write_text_atomic
+from slimkit.analysis import format_ratio
 from slimkit.report._plots import COSTS, plot_layers, plot_tradeoff
 
-COLUMNS = ("stage", "params", "MACs", "size (KiB)", "latency ×", "accuracy", "Δ acc")
+COLUMNS = ("stage", "params", "MACs", "size (KiB)", "latency ×", "A/A ×", "accuracy", "Δ acc")
 #: added after "Δ acc" when a row carries a language model's held-out perplexity
 PERPLEXITY_COLUMN = "perplexity"
 
@@ -26,9 +29,11 @@ def columns(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
     """The table's columns: :data:`COLUMNS`, plus perplexity when a language model was measured."""
     return COLUMNS + ((PERPLEXITY_COLUMN,) if any(r.get("perplexity") is not None for r in rows) else ())
 
+
 NOTES = (
-    "Latency is the median ONNX Runtime time at a fixed thread count, reported as a ratio to the input model "
-    "measured in the same run (lower is faster); the machine may be shared, so small differences are noise.",
+    "Latency is the median of paired ratios to the input model in ONNX Runtime at a fixed thread count, the two "
+    "interleaved call by call with a second copy of the input as an A/A control (lower is faster); 'too noisy' "
+    "means the control could not tell the input from itself within ±10 %, so no ratio is given.",
     "Size is the storage the layers need at their stored precision (slimkit.analysis.profile), and for a model "
     "with weight-shared (clustered) layers the size of its Huffman-coded container file; unstructured "
     "sparsity saves bytes only in a sparse or compressed format and does not make dense kernels faster.",
@@ -53,11 +58,8 @@ def _fmt(value: Any, kind: str) -> str:
 
 def format_latency(row: dict[str, Any]) -> str:
     """A row's latency ratio as printed: the number, "too noisy" when the A/A control refused the comparison, or
-    "–" when none was measured."""
-    if row.get("latency_status") == "too noisy":
-        return "too noisy"
-    ratio = row.get("latency_ratio")
-    return "–" if ratio is None else f"{ratio:.2f}"
+    "–" when none was measured (:func:`slimkit.analysis.format_ratio`, the rule every printer shares)."""
+    return format_ratio(row.get("latency_ratio"), row.get("latency_status"))
 
 
 def baseline_index(rows: Sequence[dict[str, Any]]) -> int:
@@ -77,7 +79,8 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
         acc = r.get("accuracy")
         delta = acc - base if acc is not None and base is not None and i >= start else None
         out.append([str(r.get("label") or r.get("stage")), _fmt(r.get("params"), "int"), _fmt(r.get("macs"), "int"),
-                    _fmt(r.get("bytes"), "kib"), format_latency(r), _fmt(acc, "pct"), _fmt(delta, "delta")])
+                    _fmt(r.get("bytes"), "kib"), format_latency(r), _fmt(r.get("latency_aa_ratio"), "ratio"),
+                    _fmt(acc, "pct"), _fmt(delta, "delta")])
         if PERPLEXITY_COLUMN in columns(rows):
             out[-1].append(_fmt(r.get("perplexity"), "ratio"))
     return out
