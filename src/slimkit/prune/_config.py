@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from slimkit._errors import ConfigError
-
-if TYPE_CHECKING:
-    from slimkit.prune._latency import LatencyTarget
+from slimkit.prune._latency import LatencyTarget
 
 SCOPES = ("layer", "global")
 
