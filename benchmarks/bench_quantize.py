@@ -9,7 +9,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import Section, machine_info, markdown_table
+from benchmarks._common import (
+    LATENCY_METHOD,
+    LATENCY_THREADS,
+    Section,
+    latency_cell,
+    latency_record,
+    machine_info,
+    markdown_table,
+)
 
 TITLE = "Quantization: PTQ / QAT / k-bit weights, int8 in ONNX Runtime"
 
@@ -44,15 +52,18 @@ def _rows_for(name: str, epochs: int, quick: bool, tmp: Path) -> tuple[list[list
 
     def add(label: str, path: Path, sim_acc: float | None, packed_bytes: int | None, seconds: float) -> None:
         acc = onnx_accuracy(path, test)
-        ratios = {b: compare_latency(fp32_path, path, x, backend="onnxruntime", threads=2, warmup=5,
-                                     repeats=repeats).ratio for b, x in batches.items()}
+        ratios = {b: latency_record(compare_latency(fp32_path, path, x, backend="onnxruntime",
+                                                    threads=LATENCY_THREADS, warmup=5, repeats=repeats))
+                  for b, x in batches.items()}
         kernels = int8_kernel_count(path) if path != fp32_path else 0
         rows.append([name, label, f"{acc:.2%}", f"{(acc - fp32_acc) * 100:+.2f}",
                      "" if sim_acc is None else f"{sim_acc:.2%}", path.stat().st_size,
-                     "" if packed_bytes is None else packed_bytes, kernels, ratios[1], ratios[64], f"{seconds:.1f}"])
+                     "" if packed_bytes is None else packed_bytes, kernels, latency_cell(ratios[1]),
+                     latency_cell(ratios[64]), f"{seconds:.1f}"])
         raw["variants"][label] = {"ort_accuracy": acc, "sim_accuracy": sim_acc, "file_bytes": path.stat().st_size,
                                   "packed_bytes": packed_bytes, "int8_kernels": kernels,
-                                  "latency_ratio_b1": ratios[1], "latency_ratio_b64": ratios[64], "seconds": seconds}
+                                  "latency_ratio_b1": ratios[1]["ratio"], "latency_ratio_b64": ratios[64]["ratio"],
+                                  "latency_b1": ratios[1], "latency_b64": ratios[64], "seconds": seconds}
 
     add("fp32 (latency vs itself = noise check)", fp32_path, None, fp32_bytes, 0.0)
     for observer in OBSERVERS.names():
@@ -132,7 +143,8 @@ def run(quick: bool) -> Section:
     n_test = data["lenet5"]["test_images"]
 
     def speedup(model: str, label: str) -> str:
-        return f"{1 / data[model]['variants'][label]['latency_ratio_b64']:.2f}×"
+        ratio = data[model]["variants"][label]["latency_ratio_b64"]
+        return "too noisy" if ratio is None else f"{1 / ratio:.2f}×"
 
     ptq = [label for label in data["resnet20"]["variants"] if label.startswith("slimkit PTQ int8")]
     worst = {m: min(data[m]["variants"][label]["ort_accuracy"] - data[m]["fp32_accuracy"] for label in ptq)
@@ -142,8 +154,7 @@ def run(quick: bool) -> Section:
 Trained baselines `trained("lenet5", 10)` and `trained("resnet20", 4)`; calibration: 1024 MNIST training images;
 accuracy on the first {n_test} MNIST test images, run in ONNX Runtime (the deployed file); "torch sim" is slimkit's
 fake-quant model in PyTorch for comparison (the QDQ file reproduces its integer arithmetic). Latency ratio =
-int8 / fp32 median in ONNX Runtime, 2 threads, default thread spinning, the two models alternating in blocks, each
-block in a fresh session (`compare_latency`; < 1 is faster). CPU: {info['cpu']}, {vnni}. "int8 kernels" counts
+int8 / fp32, {LATENCY_METHOD} (< 1 is faster). CPU: {info['cpu']}, {vnni}. "int8 kernels" counts
 integer nodes (QLinearConv, QGemm, MatMulInteger, ...) in ONNX Runtime's optimized graph. 4-bit weights are stored
 in int8 containers in ONNX (no int4 kernels on CPU), so the ONNX file is int8-sized; "packed bytes" is the
 profile's packed size. QAT: fake quant + STE from the PTQ calibration, SGD lr 1e-3 momentum 0.9, BN folded before

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from slimkit._errors import ConfigError
+from slimkit.prune._latency import LatencyTarget
 
 SCOPES = ("layer", "global")
 KINDS = ("heads", "channels", "residual")
@@ -29,6 +30,9 @@ class PruneConfig:
         query heads), ``"query"`` removes query heads at the same slot of every group (key/value heads stay).
     target_macs / speedup: instead of a ratio, search the global ratio until the model's MACs are at most
         ``target_macs`` (or ``original / speedup``).
+    target_latency: instead of a ratio, the pruned model's ONNX Runtime latency as a fraction of the original's
+        (``0.5``, or a :class:`LatencyTarget` with the deployed batch and threads): widths chosen from a measured
+        latency table, snapped to where the kernels' time steps (HALP-style search, see ``prune/_latency.py``).
     round_to: units kept per group are a multiple of this (8 for SIMD/tensor-core friendly widths).
     skip: layers that are never pruned (the model's outputs never are); protect_first also protects the first layer.
     layers: only groups whose first layer matches are pruned (default: all).
@@ -47,6 +51,7 @@ class PruneConfig:
     gqa: str = "groups"
     target_macs: int | None = None
     speedup: float | None = None
+    target_latency: float | LatencyTarget | None = None
     round_to: int = 1
     skip: tuple[str, ...] = ()
     protect_first: bool = False
@@ -88,6 +93,10 @@ class PruneConfig:
             raise ConfigError(f"speedup {self.speedup} must be > 1 (2.0 halves the MACs)")
         if (self.target_macs or self.speedup) and isinstance(self.ratio, Mapping):
             raise ConfigError("a MAC/speed-up target searches one global ratio: do not also give per-layer ratios")
+        if self.target_latency is not None:
+            from slimkit.prune._latency import check_config
+
+            check_config(self)
         if self.round_to < 1:
             raise ConfigError(f"round_to {self.round_to} must be ≥ 1")
         if self.batches < 1:

@@ -49,12 +49,16 @@ def _group_ratio(group: ChannelGroup, ratio: float | Mapping[str, float]) -> flo
 
 
 def plan_removal(ctx: PruneContext, config: PruneConfig, ratio: float | Mapping[str, float],
-                 scores: list[np.ndarray] | None = None) -> dict[int, np.ndarray]:
+                 scores: list[np.ndarray] | None = None, keeps: Mapping[int, int] | None = None
+                 ) -> dict[int, np.ndarray]:
     """Per group index, the unit indices (into ``group.units``) to remove. ``scores`` (one array per group) are
-    computed once and reused across calls (a MAC-target search plans many ratios)."""
+    computed once and reused across calls (a MAC-target search plans many ratios); ``keeps`` (group index → units
+    kept, from the latency search) overrides the ratio."""
     criterion = ctx.criterion
     groups = ctx.graph.groups
-    if config.scope == "global" and not isinstance(ratio, Mapping):
+    if keeps is not None:
+        keeps = {gi: int(keeps.get(gi, len(g.units))) for gi, g in enumerate(groups)}
+    elif config.scope == "global" and not isinstance(ratio, Mapping):
         scores = scores if scores is not None else [criterion.scores(ctx, g) for g in groups]
         flat = sorted((s, gi, ui) for gi, s_all in enumerate(scores) for ui, s in enumerate(normalised(s_all)))
         total = sum(len(g.units) for g in groups)
@@ -109,9 +113,11 @@ class _Pruner:
         self.scores = ([criterion.scores(self.ctx, g) for g in self.graph.groups]
                        if config.scope == "global" else None)
 
-    def plan(self, ratio: float | Mapping[str, float]) -> tuple[dict[int, np.ndarray], Removal]:
-        """The units each group loses at ``ratio`` and the removal they make (nothing is built)."""
-        plan = plan_removal(self.ctx, self.config, ratio, self.scores)
+    def plan(self, ratio: float | Mapping[str, float], keeps: Mapping[int, int] | None = None
+             ) -> tuple[dict[int, np.ndarray], Removal]:
+        """The units each group loses at ``ratio`` (or keeping ``keeps``) and the removal they make (nothing is
+        built)."""
+        plan = plan_removal(self.ctx, self.config, ratio, self.scores, keeps)
         roots = np.concatenate([self.graph.groups[gi].units[r] for gi, r in plan.items()] or [np.zeros(0, np.int64)])
         return plan, Removal(self.graph, np.unique(roots))
 
@@ -122,9 +128,9 @@ class _Pruner:
             self.ctx.criterion.update_(self.ctx, self.graph.groups[gi], removed, candidate)
         return candidate
 
-    def prune(self, ratio: float | Mapping[str, float]) -> nn.Module:
+    def prune(self, ratio: float | Mapping[str, float], keeps: Mapping[int, int] | None = None) -> nn.Module:
         graph = self.graph
-        plan, removal = self.plan(ratio)
+        plan, removal = self.plan(ratio, keeps)
         self.deadline.check("removal")
         pruned = apply_removal(graph, removal.removed, model=self._candidate(plan), verify=False)
         attributes = pruned.__dict__.pop("slimkit_attributes", {})
@@ -212,9 +218,15 @@ def prune_channels(model: nn.Module, example_inputs: Any, config: PruneConfig | 
     keyword dicts for data-driven criteria (``taylor``, ``wanda``, ``thinet``) and ``reconstruct``; ``loss``
     defaults to cross-entropy (or the model's own loss). With ``config.target_macs`` / ``config.speedup`` the
     global ratio is found by bisection on the MACs each candidate pruning implies (counted from the captured
-    shapes, as :func:`slimkit.analysis.profile` counts them). :func:`pruning_info` on the result says what was done.
+    shapes, as :func:`slimkit.analysis.profile` counts them); with ``config.target_latency`` the per-group widths
+    come from a measured latency table (``prune/_latency.py``). :func:`pruning_info` on the result says what was
+    done.
     """
     config = (config or PruneConfig()).validate()
+    if config.target_latency is not None:
+        from slimkit.prune._latency import prune_to_latency
+
+        return prune_to_latency(model, example_inputs, config, data=data, loss=loss)
     with Deadline(config.timeout, "pruning") as deadline:
         pruner = _Pruner(model, example_inputs, config, data, loss, deadline)
         ratio = config.ratio if config.target_macs is None and config.speedup is None else _search(pruner, config)
@@ -224,6 +236,14 @@ def prune_channels(model: nn.Module, example_inputs: Any, config: PruneConfig | 
 
             reconstruct_(pruned, model, data, batches=config.batches)
     return pruned
+
+
+def _prune_once(model: nn.Module, inputs: Any, config: PruneConfig, ratio: float | Mapping[str, float],
+                data: Any, loss: Any, keeps: Mapping[int, int] | None = None) -> nn.Module:
+    """One pruning at ``ratio`` or to ``keeps`` (group index → units kept, indices of
+    ``dependency_graph(model, inputs, ...)`` built with the same config), for the latency search."""
+    with Deadline(config.timeout, "pruning") as deadline:
+        return _Pruner(model, inputs, config, data, loss, deadline).prune(ratio, keeps)
 
 
 def _search(pruner: _Pruner, config: PruneConfig) -> float:
