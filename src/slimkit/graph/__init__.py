@@ -6,34 +6,38 @@ Design notes
 records every torch function and tensor method with its arguments, and global module hooks that say which module's
 code ran each op (``_capture.py``). Because the forward runs on real tensors, real-world code works as written:
 Hugging Face models with keyword inputs, ``ModelOutput`` results, caches, mask builders and data-dependent Python
-branches; Swin's window partitioning; torchvision's ``stochastic_depth`` (an identity at inference, so nothing to
-follow). We chose it over the alternatives by measuring them on BERT, DistilBERT, RoBERTa, GPT-2, Llama, Mistral,
-Qwen2, ViT, DeiT and Swin built from small configs (``benchmarks/bench_transformers_breadth.py`` records the
-capture time per model):
+branches; Swin's window partitioning and shifted-window masks; torchvision's ``stochastic_depth`` (an identity at
+inference, so there is nothing to follow). We measured the alternatives on BERT, DistilBERT, RoBERTa, GPT-2, Llama,
+Mistral, Qwen2, ViT, DeiT and Swin built from small configs (``benchmarks/results/transformers_breadth.md``, each in
+a fresh process):
 
-- ``torch.fx.symbolic_trace`` fails on all of them (``co_varnames is too small``, ``Proxy object cannot be
-  iterated``) and loops on Swin;
-- ``torch.export`` (non-strict) handles most, but costs seconds to minutes per model (fake tensors, decompositions,
-  a 1B model takes minutes), needs dynamic-shape hints, and returns ATen graphs whose ops no longer name the
-  module attributes a pruned model must update;
-- a recorded forward costs one forward plus a few microseconds per op (milliseconds for the tiny models, seconds
-  for a 1B-parameter Llama), captures every model above, and keeps module-level names.
+- ``torch.fx.symbolic_trace`` fails on all ten (``'Proxy' object does not support item assignment``,
+  ``co_varnames is too small``, ``Proxy object cannot be iterated`` on Swin);
+- ``torch.export`` (non-strict) fails on the four decoders unless they are called with ``use_cache=False`` (a cache
+  object in the output), and then captures all ten, about twice as slowly as a recorded forward (0.9–3.0 s against
+  0.3–1.4 s for these models), as an ATen graph with the parameters lifted to inputs and the module-level calls
+  (``F.linear`` on a module's own weight, ``view`` with the sizes the module passed) decomposed;
+- a recorded forward captures all ten with no model-specific argument, costs one forward plus a few microseconds
+  per op (14 s for a 1.24B-parameter Llama on a busy 2-core machine), and keeps the calls at the level of the user's
+  code, which is what a pruned model's module attributes must be matched against.
 
 Its limit is the one every tracer has: it sees the path this input takes. The pruned model is therefore run once
 more on the same input and checked op by op (every result must have exactly the expected shape), so a size the
 code hard-codes or reads from an attribute slimkit did not update is a :class:`~slimkit.TraceError` naming the
-module and op, never a silently wrong model.
+module and op, never a silently wrong model. Symbolic ``torch.fx`` keeps one place: when the check finds a size the
+code hard-codes (``x.view(-1, 400)``) and the model traces, the pruning is applied to a ``GraphModule`` whose
+constants the op rules rewrite (``_fx.py``); that is the only case a ``GraphModule`` comes back.
 
 **Ids and groups.** Every tensor carries one id per element (stored compressed); rules merge ids of elements that
-must be pruned together (``_ops.py``, ``_movement.py``, ``_layers.py``, ``_attention.py``), and a vectorised union-find (``_unionfind.py``) turns them
-into units and groups (``_graph.py``). Parameters carry one id vector per dim, so a weight's rows and columns are
-pruned independently whichever module owns it (tied embeddings, ``F.linear`` on a shared weight, GPT-2's
-``Conv1D``).
+must be pruned together (``_ops.py``, ``_movement.py``, ``_layers.py``, ``_attention.py``), and a vectorised
+union-find (``_unionfind.py``) turns them into units and groups (``_graph.py``). Parameters carry one id vector per
+dim, so a weight's rows and columns are pruned independently whichever module owns it (tied embeddings,
+``F.linear`` on a shared weight, GPT-2's ``Conv1D``).
 
 **Removal keeps the user's model.** ``apply_removal`` slices the parameters of a copy of the model that shares the
-caller's tensors until they are replaced (peak memory ≈ the model plus the pruned model), sets size attributes
-(``in_features``, ``num_heads``, ``all_head_size``, ``split_size``, ...; ``_modules.py`` has the per-type rules),
-and checks the result (``_apply.py``, ``_verify.py``).
+caller's tensors until they are replaced (peak memory: the model plus the pruned model, 1.66× the model for the
+1.24B Llama), sets size attributes (``in_features``, ``num_heads``, ``all_head_size``, ``split_size``, ...;
+``_modules.py`` has the per-type rules), and checks the result (``_apply.py``, ``_verify.py``).
 
 **Time bound.** Capture, propagation and removal run under a :class:`Deadline`: an op loop that never ends and
 pure-Python code that spins both end in a :class:`TimeBoundExceeded` (a ``TraceError``) after the bound.

@@ -164,7 +164,8 @@ def _slice_parameters(model: nn.Module, removal: Removal) -> set[str]:
                     value = t.detach()
                     for d, m in enumerate(masks):
                         if m is not None:
-                            value = value.index_select(d, torch.as_tensor(np.flatnonzero(~m), dtype=torch.long))
+                            value = value.index_select(d, torch.as_tensor(np.flatnonzero(~m), dtype=torch.long,
+                                                                          device=value.device))
                     value = value.clone() if value.data_ptr() == t.data_ptr() else value
                     new[id(t)] = nn.Parameter(value, requires_grad=t.requires_grad) if isinstance(
                         t, nn.Parameter) else value

@@ -213,7 +213,7 @@ class _Recorder(TorchFunctionMode):
         data = None
         if (not t.is_floating_point() and not t.is_complex() and t.numel() <= KEEP_DATA
                 and t.device.type != "meta"):
-            data = t.detach().clone()
+            data = t.detach().to("cpu", copy=True)  # ids live on the CPU; so do the indices replayed on them
         self.values.append(ValueInfo(tuple(t.shape), t.dtype, origin, name, producer, data))
         key = len(self.values) - 1
         self.key_of[id(t)] = key

@@ -137,16 +137,16 @@ def dim_power_sums(t: torch.Tensor, dim: int, p: float, chunk: int = 1 << 22) ->
     slower, and the chunks bound the temporary memory."""
     t = t.float()
     if t.dim() == 1:
-        return (t.abs() ** p).double()
+        return (t.abs() ** p).double().cpu()
     if dim == 0:
-        return (torch.linalg.vector_norm(t.reshape(t.shape[0], -1), ord=p, dim=1) ** p).double()
+        return (torch.linalg.vector_norm(t.reshape(t.shape[0], -1), ord=p, dim=1) ** p).double().cpu()
     m = t.movedim(dim, -1)
     m = m.reshape(-1, m.shape[-1])
     rows = max(1, chunk // max(m.shape[1], 1))
     total = torch.zeros(m.shape[1], dtype=torch.float64)
     for part in m.split(rows, 0):
         powered = part * part if p == 2 else part.abs() if p == 1 else part.abs() ** p
-        total += (torch.ones(1, part.shape[0]) @ powered).reshape(-1).double()
+        total += (torch.ones(1, part.shape[0], device=part.device) @ powered).reshape(-1).double().cpu()
     return total
 
 
