@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import io
 import logging
 import math
@@ -234,15 +235,17 @@ class KVCacheLM(nn.Module):
         super().__init__()
         self.model = model
         self.layers = int(model.config.num_hidden_layers)
+        # transformers ≥ 5.24 calls the cache argument (and output field) `cache`; earlier ones `past_key_values`
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from transformers import DynamicCache
 
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.layers)]
         cache = DynamicCache(ddp_cache_data=pairs, config=self.model.config)
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        out = self.model(input_ids=input_ids, use_cache=True, **{self._cache_arg: cache})
         present = []
-        for layer in out.past_key_values.layers:
+        for layer in getattr(out, self._cache_arg).layers:
             present += [layer.keys, layer.values]
         return (out.logits, *present)
 
@@ -299,11 +302,10 @@ def export_matmul_nbits(
         inputs = input_tuple(example_inputs)
         input_names = ["input"] + [f"input_{i}" for i in range(1, len(inputs))]
         output_names = ["output"]
-        # Dimension 0 is the batch; integer (token id) inputs have a sequence axis too. Dim.AUTO lets an example
-        # of size 1 stay static instead of failing.
+        # Every axis may vary (batch, sequence, image size) where the model allows it: Dim.AUTO keeps an axis the
+        # model needs fixed (or an example axis of size 1) static instead of failing.
         auto = torch.export.Dim.AUTO
-        shapes = (tuple({0: auto, 1: auto} if not t.is_floating_point() and t.dim() == 2 else
-                        ({0: auto} if t.dim() else {}) for t in inputs),)
+        shapes = (tuple({axis: auto for axis in range(t.dim())} for t in inputs),)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
     os.close(fd)
     try:

@@ -196,14 +196,18 @@ class Hessian:
 
 
 def gptq_target(target: LayerTarget, hessian: Hessian, options: GPTQOptions) -> dict[str, float]:
-    """Quantize one layer target from its accumulated Hessian and commit the result; returns the proxy loss
-    ``tr((W - Ŵ) H (W - Ŵ)ᵀ) / rows`` before and after (RTN vs GPTQ) for the report."""
+    """Quantize one layer target from its accumulated Hessian and commit the result.
+
+    Each output row keeps the better of GPTQ's and round-to-nearest's codes under the calibration objective
+    ``(w - ŵ) H (w - ŵ)ᵀ`` (GPTQ is greedy and, rarely, loses to rounding on a row), so the layer's output error on
+    the calibration data is never above round-to-nearest's. Returns both proxy losses (per row, averaged) and
+    how many rows kept the rounding, for the report.
+    """
     W = target.matrix()
     if hessian.H is None:
         raise ConfigError(f"GPTQ: layer '{target.name}' saw no calibration input")
     groups = hessian.H.shape[0]
-    rows = W.shape[0]
-    per = rows // groups
+    per = W.shape[0] // groups
     results = []
     for g in range(groups):
         rs = slice(g * per, (g + 1) * per)
@@ -219,26 +223,49 @@ def gptq_target(target: LayerTarget, hessian: Hessian, options: GPTQOptions) -> 
     codes = torch.cat([r.codes for r in results])
     scales = torch.cat([r.scales for r in results])
     zeros = torch.cat([r.zeros for r in results])
+    weight = torch.cat([r.weight for r in results])
     group_index = results[0].group_index
     if any(not torch.equal(r.group_index, group_index) for r in results[1:]):
         raise ConfigError(f"GPTQ: conv groups of '{target.name}' ended with different column groups: use "
                           "static_groups=true")
     rtn_codes, rtn_scales, rtn_zeros = rtn_layer(target)
     size = target.group_size or W.shape[1]
-    idx = torch.arange(W.shape[1]) // size
-    rtn_weight = (rtn_codes - rtn_zeros[:, idx]) * rtn_scales[:, idx]
-    weight = torch.cat([r.weight for r in results])
-    loss = {"rtn": _proxy(W - rtn_weight, hessian.H), "gptq": _proxy(W - weight, hessian.H)}
+    rtn_index = torch.arange(W.shape[1]) // size
+    rtn_weight = (rtn_codes - rtn_zeros[:, rtn_index]) * rtn_scales[:, rtn_index]
+    loss_gptq, loss_rtn = _row_loss(W - weight, hessian.H), _row_loss(W - rtn_weight, hessian.H)
+    use_rtn = loss_rtn < loss_gptq
+    if bool(use_rtn.any()):
+        if not torch.equal(group_index, rtn_index):  # act-order with dynamic groups: RTN rows on GPTQ's groups
+            rtn_codes, rtn_scales, rtn_zeros = _rtn_on_groups(target, W, group_index, scales.shape[1])
+            rtn_weight = (rtn_codes - rtn_zeros[:, group_index]) * rtn_scales[:, group_index]
+            loss_rtn = _row_loss(W - rtn_weight, hessian.H)
+            use_rtn = loss_rtn < loss_gptq
+        rows = use_rtn.unsqueeze(1)
+        codes = torch.where(rows, rtn_codes, codes)
+        scales, zeros = torch.where(rows, rtn_scales, scales), torch.where(rows, rtn_zeros, zeros)
     target.commit(codes, scales, zeros, group_index)
-    return loss
+    rows_total = W.shape[0]
+    return {"rtn": float(loss_rtn.sum()) / rows_total, "gptq": float(torch.minimum(loss_gptq, loss_rtn).sum())
+            / rows_total, "rows_rounded_to_nearest": int(use_rtn.sum())}
 
 
-def _proxy(delta: torch.Tensor, H: torch.Tensor) -> float:
+def _rtn_on_groups(target: LayerTarget, W: torch.Tensor, group_index: torch.Tensor,
+                   groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest codes for arbitrary column groups (each group's grid from its own columns)."""
+    scales = torch.zeros(W.shape[0], groups, dtype=W.dtype)
+    zeros = torch.zeros_like(scales)
+    for g in range(groups):
+        scales[:, g], zeros[:, g] = target.params(W[:, group_index == g])
+    codes = torch.clamp(torch.round(W / scales[:, group_index]) + zeros[:, group_index], target.qmin, target.qmax)
+    return codes, scales, zeros
+
+
+def _row_loss(delta: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """``δ_r H δ_rᵀ`` per output row (each channel group of a grouped conv with its own Hessian)."""
     groups = H.shape[0]
     per = delta.shape[0] // groups
-    total = sum(float(torch.sum((delta[g * per:(g + 1) * per] @ H[g]) * delta[g * per:(g + 1) * per]))
-                for g in range(groups))
-    return total / delta.shape[0]
+    return torch.cat([torch.sum((delta[g * per:(g + 1) * per] @ H[g]) * delta[g * per:(g + 1) * per], dim=1)
+                      for g in range(groups)])
 
 
 @register_method("gptq", kind="rounding", options=GPTQOptions,
