@@ -290,6 +290,7 @@ def export_matmul_nbits(
             raise ExportError(f"kv_cache=True needs a Hugging Face causal LM, not {type(model).__name__}")
         graph = KVCacheLM(graph).eval()
         ids = example_inputs if isinstance(example_inputs, torch.Tensor) else input_tuple(example_inputs)[0]
+        ids = torch.cat([ids, ids]) if ids.shape[0] == 1 else ids
         past = graph.empty_past(ids.shape[0], 2)
         inputs: tuple = (ids, *past)
         input_names, output_names = graph.names()
@@ -299,7 +300,8 @@ def export_matmul_nbits(
         if getattr(getattr(graph, "config", None), "use_cache", False):
             graph.config.use_cache = False  # a copy: the exported graph returns logits, not a KV cache object
         graph = _FirstOutput(graph).eval()
-        inputs = input_tuple(example_inputs)
+        # An example batch of 1 would fix the batch axis to 1 (torch.export specialises size-1 axes): trace at 2.
+        inputs = tuple(torch.cat([t, t]) if t.dim() and t.shape[0] == 1 else t for t in input_tuple(example_inputs))
         input_names = ["input"] + [f"input_{i}" for i in range(1, len(inputs))]
         output_names = ["output"]
         # Every axis may vary (batch, sequence, image size) where the model allows it: Dim.AUTO keeps an axis the
