@@ -60,3 +60,24 @@ def test_weight_only_needs_a_grid_it_can_choose():
         quantize(nn.Sequential(nn.Linear(4, 4)), None, QuantConfig(activation_bits=None, per_channel=False))
     with pytest.raises(ConfigError, match="group_size"):
         WeightGrid(4, group_size=-1)
+
+
+def test_weight_only_composes_with_bias_correction_and_mixed_precision():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32, bias=False), nn.ReLU(),
+                          nn.Linear(32, 4)).eval()
+    data = [torch.randn(64, 16) + 0.5 for _ in range(2)]  # a non-zero input mean makes the rounding shift biased
+    grid = dict(weight_bits=3, activation_bits=None)
+    plain = quantize(model, None, QuantConfig(**grid))
+    corrected = quantize(model, None, QuantConfig(bias_correction=True, **grid), data=data)
+    assert corrected[2].bias is not None  # a bias was created to hold the correction
+    x = torch.cat(data)
+    with torch.no_grad():
+        ref = model(x)
+        assert (corrected(x) - ref).pow(2).mean() < (plain(x) - ref).pow(2).mean()
+    mixed = quantize(model, None, QuantConfig(keep_sensitive=1, **grid), data=data)
+    report = mixed.slimkit_quant_report
+    (kept,) = [n for n, why in report.float_layers.items() if why.startswith("kept in float")]
+    assert isinstance(mixed.get_submodule(kept), nn.Linear) and kept == max(report.sensitivity,
+                                                                           key=report.sensitivity.get)
+    assert len(report.quantized) == 2

@@ -65,7 +65,8 @@ def quantize(
     weight_only = config.activation_bits is None
     if weight_only:
         _check_weight_only(config)
-    needs_data = any(step.method.needs_data for step in steps) or not weight_only
+    needs_data = (any(step.method.needs_data for step in steps) or not weight_only or config.bias_correction
+                  or bool(config.keep_sensitive))
     calls = None
     if needs_data:
         check_loader(data, f"calibration data for method '{config.method}'")
@@ -99,7 +100,14 @@ def quantize(
     report.details["method"] = config.method
     if calls is not None:
         report.calibration_batches = len(calls)
+    float_model = copy.deepcopy(qmodel) if weight_only and (config.bias_correction or config.keep_sensitive) \
+        else None
     rounding.method.run(qmodel, targets, config, rounding.options, calls, report)
+    if float_model is not None:
+        if config.bias_correction:
+            report.bias_corrected = bias_correct_weight_only_(qmodel, float_model, calls)
+        if config.keep_sensitive:
+            keep_sensitive_weight_only_(qmodel, float_model, calls, config.keep_sensitive, report)
     if not weight_only:
         from slimkit.quantize._sensitivity import keep_sensitive_
 
@@ -144,11 +152,9 @@ def _check_weight_only(config: QuantConfig) -> None:
                           f"observer, not '{config.weight_observer}': set weight_observer to one of them")
     if not config.per_channel and config.group_size is None:
         raise ConfigError("weight-only quantization has no per-tensor grid: keep per_channel=True, or set a group_size")
-    for name, value in (("bias_correction", config.bias_correction), ("keep_sensitive", config.keep_sensitive),
-                        ("lsq", config.lsq)):
-        if value:
-            raise ConfigError(f"{name} works on layers with quantized activations (QuantWrapper); with "
-                              "activation_bits=None it is not available: set activation_bits=8 or drop " + name)
+    if config.lsq:
+        raise ConfigError("lsq learns the scales of quantization-aware training (quantize_qat); weight-only "
+                          "post-training quantization has no use for it: drop lsq")
 
 
 def _selected(name: str, module: nn.Module, config: QuantConfig, report: QuantReport) -> bool:
@@ -196,3 +202,89 @@ def linearize_(model: nn.Module) -> list[str]:
         set_submodule(model, name, linear)
         names.append(name)
     return names
+
+
+def _quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    from slimkit.quantize._quantized import QuantizedConv2d, QuantizedLinear
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, (QuantizedLinear, QuantizedConv2d))}
+
+
+def bias_correct_weight_only_(model: nn.Module, float_model: nn.Module, calls: list) -> list[str]:
+    """Empirical bias correction (Nagel et al. 2019, §4.2) of weight-only layers: add ``E[(W - Ŵ) x]`` per output
+    channel to each quantized layer's bias (creating one if needed), ``x`` the layer's input in the quantized model,
+    measured in one pass over the calibration calls before any bias changes."""
+    import torch.nn.functional as F
+
+    from slimkit.quantize._sequential import call, no_kv_cache
+
+    layers = _quantized_layers(model)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name: str, layer: nn.Module, delta: torch.Tensor):
+        def fn(_module: nn.Module, inputs: tuple) -> None:
+            x = inputs[0]
+            if isinstance(layer, nn.Module) and hasattr(layer, "weight_shape"):  # QuantizedConv2d
+                shift = F.conv2d(x, delta.to(x.dtype), None, layer.stride, layer.padding, layer.dilation,
+                                 layer.groups)
+                reduce, rows = [0, 2, 3], shift.numel() // shift.shape[1]
+            else:
+                shift = F.linear(x, delta.to(x.dtype))
+                reduce, rows = list(range(shift.dim() - 1)), shift.numel() // shift.shape[-1]
+            sums[name] = sums.get(name, 0) + shift.double().sum(dim=reduce)
+            counts[name] = counts.get(name, 0) + rows
+        return fn
+
+    handles = []
+    for name, layer in layers.items():
+        delta = float_model.get_submodule(name).weight.detach() - layer.weight.detach()
+        handles.append(layer.register_forward_pre_hook(hook(name, layer, delta)))
+    try:
+        with torch.no_grad(), no_kv_cache(model):
+            for inputs in calls:
+                call(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, total in sums.items():
+        layer = layers[name]
+        correction = (total / counts[name]).float()
+        with torch.no_grad():
+            if layer.bias is None:
+                layer.bias = nn.Parameter(correction)
+            else:
+                layer.bias += correction
+    return sorted(sums)
+
+
+def keep_sensitive_weight_only_(model: nn.Module, float_model: nn.Module, calls: list, count: int,
+                                report: QuantReport, max_batches: int = 4) -> list[str]:
+    """Mixed precision for weight-only models: each quantized layer's sensitivity is the relative output error
+    ``‖f_l(x) - f(x)‖² / ‖f(x)‖²`` of the float model with only that layer quantized (over up to ``max_batches``
+    calibration batches); the ``count`` most sensitive layers go back to their float weights."""
+    from slimkit.quantize._sequential import call, no_kv_cache
+
+    layers = _quantized_layers(model)
+    batches = calls[:max_batches]
+    with torch.no_grad(), no_kv_cache(float_model):
+        reference = [first_tensor(call(float_model, c)) for c in batches]
+        norm = sum(float(r.double().pow(2).sum()) for r in reference) or 1.0
+        scores = {}
+        for name, layer in layers.items():
+            original = float_model.get_submodule(name)
+            set_submodule(float_model, name, layer)
+            try:
+                err = sum(float((first_tensor(call(float_model, c)) - r).double().pow(2).sum())
+                          for c, r in zip(batches, reference))
+            finally:
+                set_submodule(float_model, name, original)
+            scores[name] = err / norm
+    chosen = sorted(scores, key=scores.get, reverse=True)[:count]
+    for name in chosen:
+        set_submodule(model, name, copy.deepcopy(float_model.get_submodule(name)))
+        if name in report.quantized:
+            report.quantized.remove(name)
+        report.float_layers[name] = f"kept in float: sensitivity {scores[name]:.3g}"
+    report.sensitivity = scores
+    return chosen
