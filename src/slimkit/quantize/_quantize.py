@@ -216,6 +216,7 @@ def bias_correct_weight_only_(model: nn.Module, float_model: nn.Module, calls: l
     measured in one pass over the calibration calls before any bias changes."""
     import torch.nn.functional as F
 
+    from slimkit.quantize._quantized import QuantizedConv2d
     from slimkit.quantize._sequential import call, no_kv_cache
 
     layers = _quantized_layers(model)
@@ -225,7 +226,7 @@ def bias_correct_weight_only_(model: nn.Module, float_model: nn.Module, calls: l
     def hook(name: str, layer: nn.Module, delta: torch.Tensor):
         def fn(_module: nn.Module, inputs: tuple) -> None:
             x = inputs[0]
-            if isinstance(layer, nn.Module) and hasattr(layer, "weight_shape"):  # QuantizedConv2d
+            if isinstance(layer, QuantizedConv2d):
                 shift = F.conv2d(x, delta.to(x.dtype), None, layer.stride, layer.padding, layer.dilation,
                                  layer.groups)
                 reduce, rows = [0, 2, 3], shift.numel() // shift.shape[1]
