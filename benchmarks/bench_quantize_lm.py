@@ -44,6 +44,9 @@ PREFILL, PAST = 128, 128
 LATENCY_REPEATS = 40
 DAMPS = (0.01, 0.1)
 ALPHAS: tuple[float | str, ...] = (0.5, 0.75, "auto")
+#: validation blocks used for every choice (the first ones of the split; the test split is scored whole)
+VALID_BLOCKS = 128
+QUICK_BLOCKS = 8
 
 
 # --- models and evaluation --------------------------------------------------------------------------------------
@@ -251,12 +254,21 @@ def _choose(candidates: dict[str, Any], model: nn.Module, data: Any, calibration
     return best[1], best[2], scores
 
 
-def _lm_rows(spec: str, model: nn.Module, data: Any, quick: bool, folder: Path) -> dict[str, Any]:
+def _subset(loader: Any, blocks: int) -> Any:
+    from slimkit.data import TensorLoader
+
+    return TensorLoader(loader.inputs[:blocks], loader.targets[:blocks], loader.batch_size)
+
+
+def _lm_rows(spec: str, model: nn.Module, full_data: Any, quick: bool, folder: Path) -> dict[str, Any]:
     from slimkit.quantize import QuantConfig, quantize
 
-    calibration = data.calibration
+    calibration = full_data.calibration
+    valid = _subset(full_data.valid, QUICK_BLOCKS if quick else VALID_BLOCKS)
+    test = _subset(full_data.test, QUICK_BLOCKS) if quick else full_data.test
+    data = replace(full_data, valid=valid, test=test)
     if quick:
-        calibration = [next(iter(data.calibration))]
+        calibration = [next(iter(full_data.calibration))]
     out: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
     fp32_path = _export(model, folder / "fp32.onnx")
     ort_fp32 = _OrtLM(fp32_path, model.config)
@@ -278,7 +290,7 @@ def _lm_rows(spec: str, model: nn.Module, data: Any, quick: bool, folder: Path) 
         for method in ("rtn", "awq", "gptq", "awq+gptq"):
             candidates = {}
             for symmetric in (False, True):
-                damps = DAMPS if "gptq" in method and not quick else (None,)
+                damps = DAMPS if method == "gptq" and not quick else (None,)
                 for damp in damps:
                     spec_ = method if damp is None else method.replace("gptq", f"gptq:damp={damp}")
                     candidates[f"{spec_} {'sym' if symmetric else 'asym'}"] = _weight_only(bits, spec_, symmetric)

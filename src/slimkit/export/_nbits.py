@@ -337,12 +337,17 @@ def export_matmul_nbits(
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    previous = logging.getLogger("torch.onnx").level
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    """The dynamo exporter and its ONNX optimiser log every pass at INFO: keep their warnings and errors only."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir", "torch.export",
+                                                     "torch._dynamo", "torch.fx.experimental.symbolic_shapes")]
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        logging.getLogger("torch.onnx").setLevel(previous)
+        for logger, level in zip(loggers, previous):
+            logger.setLevel(level)
 
 
 def nbits_max_abs_diff(model: nn.Module, path: str | os.PathLike, inputs: Sequence[torch.Tensor] | torch.Tensor,
