@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AWQOptions:
     """AWQ's knobs; defaults from the reference implementation (20-point grids, clipping down to half the range,
-    512 tokens for the clipping search, duo scaling as AutoAWQ)."""
+    512 tokens for the clipping search, duo scaling as AutoAWQ). The scale search scores the block output on the
+    first calibration batches holding ``search_tokens`` tokens (the statistics use them all): the reference's
+    64k tokens per grid point are GPU-sized."""
 
     grid: int = 20
     duo_scaling: bool = True
@@ -53,9 +55,10 @@ class AWQOptions:
     max_shrink: float = 0.5
     clip_tokens: int = 512
     clip_skip: str = "re:.*(q_proj|k_proj|query|key|c_attn)$"
+    search_tokens: int = 8192
 
     def __post_init__(self) -> None:
-        for name in ("grid", "clip_grid", "clip_tokens"):
+        for name in ("grid", "clip_grid", "clip_tokens", "search_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"awq: {name} must be a positive integer, got {value!r}")
@@ -103,8 +106,20 @@ def _weight_scale(layers: list[nn.Module], grid: WeightGrid) -> torch.Tensor:
     return torch.cat(parts).mean(dim=0)
 
 
+def _first_tokens(calls: list, tokens: int) -> list:
+    """The first calls holding at least ``tokens`` tokens (rows of their first input)."""
+    chosen, seen = [], 0
+    for c in calls:
+        chosen.append(c)
+        first = c[0][0] if c[0] else next(iter(c[1].values()))
+        seen += first.numel() // (first.shape[-1] if first.is_floating_point() else 1)
+        if seen >= tokens:
+            break
+    return chosen
+
+
 def _search_scale(stage, pair, stats: dict[str, InputStats], grid: WeightGrid, options: AWQOptions,
-                  reference: list[torch.Tensor]) -> tuple[torch.Tensor, float, float]:
+                  reference: list[torch.Tensor], calls: list) -> tuple[torch.Tensor, float, float]:
     root = stage.root
     layers = [root.get_submodule(n) for n in pair.balance]
     x_mean = stats[pair.balance[0]].absmean.clamp(min=1e-8)
@@ -119,7 +134,7 @@ def _search_scale(stage, pair, stats: dict[str, InputStats], grid: WeightGrid, o
             with torch.no_grad():
                 for layer, w in zip(layers, originals):
                     layer.weight.copy_(quantize_dequantize(w * s, grid) / s)
-            err = relative_error(outputs(stage), reference)
+            err = relative_error(outputs(stage, calls), reference)
             if err < best[0]:
                 best = (err, alpha, s)
     finally:
@@ -171,15 +186,16 @@ def _awq(model: nn.Module, config: Any, options: AWQOptions, calls: list, detail
         stats = {name: InputStats(options.clip_tokens) for name in stage.layers}
         stage.run({name: stats[name].add for name in stage.layers}, keep_outputs=False)
         pairs = find_pairs(stage, stage.layers)
-        reference = outputs(stage) if pairs else []
-        check_calls = stage.calls[:2]
+        search = _first_tokens(stage.calls, options.search_tokens)
+        reference = outputs(stage, search) if pairs else []
+        check_calls = search[:2]
         check_reference = reference[:2]
         for pair in pairs:
-            s, alpha, err = _search_scale(stage, pair, stats, grid, options, reference)
+            s, alpha, err = _search_scale(stage, pair, stats, grid, options, reference, search)
             state = snapshot(stage.root, pair)
             if fold_checked_(stage, pair, s, check_reference, check_calls):
                 chosen[pair.smooth] = {"balance": pair.balance, "alpha": alpha, "block_error": err}
-                reference = outputs(stage)
+                reference = outputs(stage, search)
                 # the balance layers' inputs are now divided by s
                 for name in pair.balance:
                     stats[name].scale_(s)
