@@ -238,6 +238,27 @@ def _weight_only(bits: int, method: str, symmetric: bool) -> Any:
                        method=method, skip=SKIP)
 
 
+METHODS = ("rtn", "awq", "gptq", "awq+gptq")
+
+
+def _weight_only_trials(model: nn.Module, bits: int, symmetric: bool, calibration: Any, quick: bool):
+    """(method, model to round, rounding spec, transform seconds) for every weight-only candidate of one grid."""
+    from slimkit.quantize import linearize_, parse_method
+    from slimkit.quantize._sequential import calibration_calls
+
+    yield "rtn", model, "rtn", 0.0
+    for damp in DAMPS[:1] if quick else DAMPS:
+        yield "gptq", model, f"gptq:damp={damp}", 0.0
+    began = time.perf_counter()
+    scaled = copy.deepcopy(model)
+    linearize_(scaled)
+    step = parse_method("awq")[0]
+    step.method.run(scaled, _weight_only(bits, "awq", symmetric), step.options, calibration_calls(calibration), {})
+    seconds = time.perf_counter() - began
+    yield "awq", scaled, "rtn", seconds
+    yield "awq+gptq", scaled, f"gptq:damp={DAMPS[0]}", seconds
+
+
 def _choose(candidates: dict[str, Any], model: nn.Module, data: Any, calibration: Any) -> tuple[str, nn.Module,
                                                                                                   dict[str, float]]:
     """Quantize with every candidate config, keep the one with the lowest validation perplexity."""
@@ -285,26 +306,26 @@ def _lm_rows(spec: str, model: nn.Module, full_data: Any, quick: bool, folder: P
     rows["W8A8 SmoothQuant"] = {"valid": valid[label], "test": _ppl(smooth, data.test), "chosen": label,
                                 "tuning": valid}
 
-    # weight-only int4 / int3, group 128: each method's grid (and GPTQ's damping) chosen on validation
+    # weight-only int4 / int3, group 128: each method's grid (and GPTQ's damping) chosen on validation. AWQ's
+    # scaled float model is computed once per grid and rounded by RTN ("awq") and by GPTQ ("awq+gptq"): the same
+    # as quantize(..., method="awq+gptq"), which runs the transform and then the rounding.
     for bits in (4, 3):
-        for method in ("rtn", "awq", "gptq", "awq+gptq"):
-            candidates = {}
-            for symmetric in (False, True):
-                damps = DAMPS if method == "gptq" and not quick else (None,)
-                for damp in damps:
-                    spec_ = method if damp is None else method.replace("gptq", f"gptq:damp={damp}")
-                    candidates[f"{spec_} {'sym' if symmetric else 'asym'}"] = _weight_only(bits, spec_, symmetric)
-            began = time.perf_counter()
-            label, q, valid = _choose(candidates, model, data, calibration)
+        trials: dict[str, dict[str, tuple[float, nn.Module, float]]] = {m: {} for m in METHODS}
+        for symmetric in (False, True):
+            tag = "sym" if symmetric else "asym"
+            for method, source, rounding, seconds in _weight_only_trials(model, bits, symmetric, calibration, quick):
+                q = quantize(source, None, _weight_only(bits, rounding, symmetric), data=calibration)
+                label = f"{rounding if method != 'awq+gptq' else 'awq+' + rounding} {tag}"
+                trials[method][label] = (_ppl(q, data.valid), q, seconds)
+        for method, found in trials.items():
+            label = min(found, key=lambda k: found[k][0])
+            score, q, _ = found[label]
             name = f"int{bits} {method.upper().replace('+', ' + ')}"
-            rows[name] = {"valid": valid[label], "test": _ppl(q, data.test), "chosen": label, "tuning": valid,
-                          "seconds": (time.perf_counter() - began) / len(candidates), "bits": bits}
-            if method == "awq+gptq" or method == "gptq":
-                rows[name]["_model"] = q
+            rows[name] = {"valid": score, "test": _ppl(q, data.test), "chosen": label, "bits": bits,
+                          "tuning": {k: v[0] for k, v in found.items()}, "_model": q}
     # one exported file per format: size, the ORT perplexity check, latency
     for bits in (4, 3):
-        best = min((r for r in rows if r.startswith(f"int{bits} ") and "_model" in rows[r]),
-                   key=lambda r: rows[r]["valid"])
+        best = min((r for r in rows if r.startswith(f"int{bits} ")), key=lambda r: rows[r]["valid"])
         q = rows[best]["_model"]
         path = _export(q, folder / f"int{bits}.onnx")
         rows[best]["bytes"] = path.stat().st_size
