@@ -1,4 +1,6 @@
-"""``slimkit quantize MODEL -c ckpt --bits 8 --data mnist --out DIR``: PTQ, exported as int8 QDQ ONNX."""
+"""``slimkit quantize MODEL -c ckpt --bits 8 --data mnist --out DIR``: PTQ, exported as int8 QDQ ONNX;
+``--method gptq --bits 4 --group-size 128``: weight-only GPTQ (or AWQ, AdaRound, ...), exported with ONNX Runtime's
+``MatMulNBits``."""
 
 from __future__ import annotations
 
@@ -21,7 +23,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(parser)
     add_data_args(parser, aliases=("--calib",))
     add_out_args(parser)
-    parser.add_argument("--bits", type=int, default=8, help="weight bits, 2-8 (activations stay 8-bit)")
+    parser.add_argument("--bits", type=int, default=8,
+                        help="weight bits, 2-8 (activations 8-bit unless --weight-only or --group-size)")
+    parser.add_argument("--method", default="ptq",
+                        help="how weights are rounded and what runs first: ptq (round to nearest), gptq, awq, "
+                             "adaround, smoothquant, combinations like awq+gptq, options like gptq:damp=0.02 "
+                             "(default: %(default)s)")
+    parser.add_argument("--group-size", type=count(1, 1_000_000), default=None,
+                        help="one weight scale per GROUP_SIZE input channels (e.g. 128); implies --weight-only")
+    parser.add_argument("--weight-only", action="store_true",
+                        help="quantize weights only, activations stay float (MatMulNBits ONNX for Linear layers)")
+    parser.add_argument("--zero-point", action="store_true",
+                        help="asymmetric weight grids with a zero point per group (weight-only)")
     parser.add_argument("--calib-size", type=count(1, 1_000_000), default=1024,
                         help="calibration samples from the training split (default: %(default)s)")
     parser.add_argument("--observer", default="minmax",
@@ -38,11 +51,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from slimkit.quantize import QuantConfig
 
+    weight_only = args.weight_only or args.group_size is not None
     options = {"weight_bits": args.bits, "observer": args.observer, "per_channel": not args.per_tensor,
                "skip": list(args.skip), "keep_sensitive": args.keep_sensitive, "bias_correction": args.bias_correction}
-    QuantConfig(**{**options, "skip": tuple(args.skip)})  # the library's own message for a bad value
-    stages = [{"quantize": {"method": "ptq", **options}}]
-    recipe = recipe_of(args, f"quantize {args.model} (w{args.bits}a8)", stages,
+    if weight_only:
+        options.update(activation_bits=None, group_size=args.group_size, weight_symmetric=not args.zero_point)
+    elif args.zero_point:
+        options["weight_symmetric"] = False  # refused below with the library's message
+    # the library's own message for a bad value or combination
+    QuantConfig(**{**options, "skip": tuple(args.skip)}, method="rtn" if args.method == "qat" else args.method)
+    stages = [{"quantize": {"method": args.method, **options}}]
+    label = f"w{args.bits}" + (f"g{args.group_size}" if args.group_size else "") + ("" if weight_only else "a8")
+    recipe = recipe_of(args, f"quantize {args.model} ({args.method}, {label})", stages,
                        data={"calibration_size": args.calib_size})
     run_command_recipe(args, recipe)
     return 0

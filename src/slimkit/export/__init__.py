@@ -1,5 +1,7 @@
-"""Export: ONNX (fp32, and int8 QDQ carrying slimkit's quantization), checked against PyTorch in ONNX Runtime."""
+"""Export: ONNX (fp32, int8 QDQ carrying slimkit's quantization, and int2/4/8 weight-only layers as ONNX Runtime's
+``MatMulNBits``), checked against PyTorch in ONNX Runtime."""
 
+from slimkit.export._nbits import KVCacheLM, MatMulNBitsLinear, export_matmul_nbits, matmul_nbits_count
 from slimkit.export._onnx import DEFAULT_OPSET, ExportError, export_onnx, onnx_max_abs_diff, run_onnx
 from slimkit.export._qdq import (
     INT8_KERNELS,
@@ -15,9 +17,13 @@ __all__ = [
     "DEFAULT_OPSET",
     "INT8_KERNELS",
     "ExportError",
+    "KVCacheLM",
+    "MatMulNBitsLinear",
+    "export_matmul_nbits",
     "export_onnx",
     "export_qdq",
     "int8_kernel_count",
+    "matmul_nbits_count",
     "onnx_accuracy",
     "onnx_max_abs_diff",
     "optimized_op_types",

@@ -1,38 +1,62 @@
-"""Quantization stages: PTQ and QAT (slimkit.quantize), exported as int8 QDQ ONNX."""
+"""The quantization stage: a post-training method (RTN, GPTQ, AWQ, SmoothQuant, AdaRound, ...) or QAT
+(slimkit.quantize), exported as int8 QDQ ONNX or, weight-only, with ONNX Runtime's MatMulNBits."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Literal
+from typing import Any
 
+from pydantic import model_validator
 from torch import nn
 
+from slimkit._errors import SlimkitError
 from slimkit.pipeline._stage_params import config_params, train_fields, train_params
 from slimkit.pipeline._stages import Stage, StageContext, fit_in_stage, register_stage
 from slimkit.quantize import QuantConfig
 
-QuantizeParams = config_params(
-    QuantConfig, "QuantizeParams",
-    method=(Literal["ptq", "qat"], "ptq"),
+_QuantizeBase = config_params(
+    QuantConfig, "QuantizeParams", exclude=("method",),
+    method=(str, "ptq"),
     **{k: (v[0], v[1]) for k, v in train_fields(epochs=1, lr=0.001).items()},
 )
 
+
+class QuantizeParams(_QuantizeBase):  # type: ignore[valid-type, misc]
+    """``method``: ``qat`` (fine-tuning with fake quantization) or a post-training method spec of
+    :data:`slimkit.quantize.METHODS` — ``ptq`` (round to nearest), ``gptq``, ``awq``, ``adaround``,
+    ``smoothquant``, combinations like ``awq+gptq`` and options like ``gptq:damp=0.02``."""
+
+    @model_validator(mode="after")
+    def _check_method(self) -> Any:
+        if self.method != "qat":
+            try:
+                dataclasses.replace(self.config(), method=self.method)
+            except (SlimkitError, ValueError, TypeError) as error:
+                raise ValueError(str(error)) from None
+        return self
+
+    def quant_config(self) -> Any:
+        return dataclasses.replace(self.config(), method="rtn" if self.method == "qat" else self.method)
+
+
 @register_stage("quantize")
 class QuantizeStage(Stage):
-    """Post-training quantization (calibrated on the data's calibration split) or QAT fine-tuning; int8 models
-    are exported as QDQ ONNX so that ONNX Runtime runs integer kernels."""
+    """Post-training quantization by a registered method (round to nearest, GPTQ, AWQ, SmoothQuant, AdaRound;
+    calibrated on the data's calibration split) or QAT fine-tuning. Models with quantized activations are exported as
+    int8 QDQ ONNX; weight-only models with their Linear layers as ONNX Runtime's ``MatMulNBits``."""
 
     Params = QuantizeParams
     structural = True
-    summary = "int8 PTQ / QAT (slimkit.quantize.quantize_ptq / quantize_qat), exported as QDQ ONNX"
+    summary = "PTQ (RTN, GPTQ, AWQ, SmoothQuant, AdaRound) / QAT (slimkit.quantize), int8 QDQ or MatMulNBits ONNX"
 
     def _prepare(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        from slimkit.quantize import quantize_ptq, quantize_qat
+        from slimkit.quantize import quantize, quantize_qat
 
-        config = self.params.config()
+        config = self.params.quant_config()
         if self.params.method == "qat":
             return quantize_qat(model, ctx.example_input, ctx.data.calibration, config)
-        return quantize_ptq(model, ctx.example_input, ctx.data.calibration, config)
+        return quantize(model, ctx.example_input, config, data=ctx.data.calibration)
 
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         from slimkit.quantize import convert_qat
@@ -50,8 +74,10 @@ class QuantizeStage(Stage):
         return prepared
 
     def exporter(self) -> Callable | None:
-        if self.params.activation_bits is None:
-            return None  # weight-only models run as fp32 in ONNX Runtime
+        if self.params.activation_bits is None:  # weight-only: MatMulNBits for the quantized Linear layers
+            from slimkit.export import export_matmul_nbits
+
+            return lambda model, example, path: export_matmul_nbits(model, example, path, atol=None)
         from slimkit.export import export_qdq
 
         return lambda model, example, path: export_qdq(model, example, path)

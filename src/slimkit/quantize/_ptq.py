@@ -33,7 +33,12 @@ class QuantConfig:
     """What to quantize and how. Defaults: int8 per-channel symmetric weights, uint8 per-tensor asymmetric
     activations calibrated by min/max — the format ONNX Runtime's int8 kernels run fastest (U8S8).
 
-    ``activation_bits=None`` quantizes weights only. ``skip``/``layers`` take module names, globs or ``re:`` regexes;
+    ``activation_bits=None`` quantizes weights only. ``method`` names how weights are rounded and what transforms
+    run first (a spec of registered methods, see :data:`slimkit.quantize.METHODS`): ``"rtn"`` (round to nearest, the
+    default; ``"ptq"`` is the same), ``"gptq"``, ``"adaround"``, ``"awq"``, ``"smoothquant"``, combinations like
+    ``"smoothquant+gptq"`` and options like ``"gptq:damp=0.02"``. ``group_size`` gives every ``group_size`` input
+    columns of each output channel their own scale (weight-only; the ``MatMulNBits`` layout), ``weight_symmetric=False``
+    adds a zero point per group (weight-only). ``skip``/``layers`` take module names, globs or ``re:`` regexes;
     ``keep_sensitive=k`` keeps the k layers whose quantization hurts the output most in float (a per-layer sweep).
     ``bias_correction`` applies empirical bias correction (Nagel et al. 2019 §4.2), ``equalize`` cross-layer
     equalization (same paper, §4.1) before quantizing; ``lsq`` makes the scales
@@ -53,11 +58,17 @@ class QuantConfig:
     equalize: bool = False
     lsq: bool = False
     observer_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    method: str = "rtn"
+    group_size: int | None = None
+    weight_symmetric: bool = True
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight bit width")
         if self.activation_bits is not None:
             check_bits(self.activation_bits, "activation bit width")
+        from slimkit.quantize._methods import check_method_config
+
+        check_method_config(self)
         OBSERVERS.get(self.observer)
         OBSERVERS.get(self.weight_observer)
         for name in ("skip", "layers"):
@@ -81,6 +92,7 @@ class QuantReport:
     sensitivity: dict[str, float] = field(default_factory=dict)
     calibration_batches: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -287,6 +299,11 @@ def quantize_ptq(
     from slimkit.quantize._sensitivity import keep_sensitive_
 
     config = config or QuantConfig()
+    if config.method not in ("rtn", "ptq") or (config.activation_bits is None and (config.group_size or
+                                                                                 not config.weight_symmetric)):
+        from slimkit.quantize._quantize import quantize
+
+        return quantize(model, example_inputs, config, data=calibration_loader)
     check_loader(calibration_loader)
     qmodel, report = prepare(model, config)
     _check_equivalent(model, qmodel, example_inputs)
