@@ -4,6 +4,7 @@ from slimkit.export._onnx import DEFAULT_OPSET, ExportError, export_onnx, onnx_m
 from slimkit.export._qdq import (
     INT8_KERNELS,
     export_qdq,
+    float_islands,
     int8_kernel_count,
     onnx_accuracy,
     optimized_op_types,
@@ -17,6 +18,7 @@ __all__ = [
     "ExportError",
     "export_onnx",
     "export_qdq",
+    "float_islands",
     "int8_kernel_count",
     "onnx_accuracy",
     "onnx_max_abs_diff",

@@ -132,12 +132,15 @@ class QuantWrapper(nn.Module):
         self.output_quant = output_quant
         self.relu = relu
         self.enabled = True
+        # Set by graph placement: the traced forward applies the activation quantizers (shared with the neighbouring
+        # ops); the wrapper keeps references to them only for the bias grid and the packed size.
+        self.graph_quantized = False
         # profile() attributes a layer's bytes to the module owning the parameters (the inner layer), so the inner
         # layer reports the packed size computed here.
         layer.slimkit_storage_bytes = _PackedStorage(self)
 
     def extra_repr(self) -> str:
-        return f"relu={self.relu}, enabled={self.enabled}"
+        return f"relu={self.relu}, enabled={self.enabled}, graph_quantized={self.graph_quantized}"
 
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_quant(self.layer.weight)
@@ -155,7 +158,7 @@ class QuantWrapper(nn.Module):
         if not self.enabled:
             y = self.layer(x)
             return F.relu(y) if self.relu else y
-        if self.input_quant is not None:
+        if self.input_quant is not None and not self.graph_quantized:
             x = self.input_quant(x)
         weight = self.weight_quant(self.layer.weight)
         bias = self._bias(self.weight_quant.qparams(self.layer.weight)[0])
@@ -170,7 +173,7 @@ class QuantWrapper(nn.Module):
             y = F.linear(x, weight, bias)
         if self.relu:
             y = F.relu(y)
-        if self.output_quant is not None:
+        if self.output_quant is not None and not self.graph_quantized:
             y = self.output_quant(y)
         return y
 
@@ -206,7 +209,9 @@ class _PackedStorage:
 
 
 def _round_to_grid(bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return bias + (torch.round(bias / scale) * scale - bias).detach()
+    """The bias as int32 codes on ``scale`` store it (saturating at the int32 range, as the exporter does)."""
+    codes = torch.clamp(torch.round(bias.double() / scale.double()), -(2.0**31), 2.0**31 - 1)
+    return bias + ((codes * scale.double()).to(bias.dtype) - bias).detach()
 
 
 def _register_profile_hooks() -> None:
