@@ -120,6 +120,7 @@ def _quantize_biases(model) -> None:
     inits = {init.name: init for init in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
     new_nodes = []
+    taken: set[str] = set()
     for node in graph.node:
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in inits:
             continue
@@ -132,6 +133,9 @@ def _quantize_biases(model) -> None:
         scale = (s_x * s_w).astype(np.float32)
         q = np.clip(np.round(bias / scale.astype(np.float64)), -(2**31), 2**31 - 1).astype(np.int32)
         base = node.input[2]
+        if f"{base}_int32" in taken:  # a layer called twice: its bias twice, each on its own call's grid
+            base = f"{base}_{sum(name.startswith(base) for name in taken)}"
+        taken.add(f"{base}_int32")
         graph.initializer.extend([
             numpy_helper.from_array(q, f"{base}_int32"),
             numpy_helper.from_array(scale if scale.size > 1 else scale.reshape(()), f"{base}_scale"),
@@ -193,9 +197,9 @@ def _integer_pads(model) -> None:
         params = _qparams(inits, dq)
         if params is None or params != _qparams(inits, q) or q.output[0] in outputs:
             continue
-        if len(pad.input) > 2 and pad.input[2]:
-            if pad.input[2] not in inits or np.any(numpy_helper.to_array(inits[pad.input[2]]) != 0):
-                continue
+        value = pad.input[2] if len(pad.input) > 2 else ""
+        if value and (value not in inits or np.any(numpy_helper.to_array(inits[value]) != 0)):
+            continue
         if len(pad.input) > 3 and pad.input[3]:
             continue  # opset ≥ 18 ``axes`` input: left as exported
         zero = numpy_helper.from_array(np.array(params[1], dtype=params[2]), f"{pad.name or pad.output[0]}_zero_point")
@@ -315,14 +319,14 @@ def float_islands(path: str | os.PathLike, level: str = "extended") -> list[tupl
     graph = _optimized_graph(path, level=level)
     users = _consumers(graph)
     producer = {out: node for node in graph.node for out in node.output}
-    boundary = {"QuantizeLinear", "DequantizeLinear"}
+    boundary = {"QuantizeLinear", "DequantizeLinear"} | _SHAPE_OPS | INT8_KERNELS
 
     def walk(starts, step) -> set[int]:
         seen: set[int] = set()
         stack = list(starts)
         while stack:
             node = stack.pop()
-            if id(node) in seen or node.op_type in boundary or node.op_type in _SHAPE_OPS or node.op_type in INT8_KERNELS:
+            if id(node) in seen or node.op_type in boundary:
                 continue
             seen.add(id(node))
             stack.extend(step(node))

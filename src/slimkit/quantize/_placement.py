@@ -136,12 +136,16 @@ def classify(node: Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_module":
         if isinstance(module, QuantWrapper):
             return INT8
-        if isinstance(module, _INT8_MODULES) or (isinstance(module, nn.AdaptiveAvgPool2d) and _global_pool(node, module)):
+        if isinstance(module, _INT8_MODULES):
             return INT8
+        if isinstance(module, nn.AdaptiveAvgPool2d):
+            return INT8 if _global_pool(node, module) else FLOAT
         if isinstance(module, (nn.ReLU, nn.Hardtanh)):
             return ACTIVATION if _clips_at_zero(node, module) else FLOAT
-        if isinstance(module, _GRID_MODULES) or (isinstance(module, nn.ConstantPad2d) and _pads_with_zero(node, module)):
+        if isinstance(module, _GRID_MODULES):
             return GRID
+        if isinstance(module, nn.ConstantPad2d):
+            return GRID if _pads_with_zero(node, module) else FLOAT
         if isinstance(module, nn.Upsample) and module.mode == "nearest":
             return GRID
         if isinstance(module, _NOOP_MODULES):

@@ -213,7 +213,8 @@ def _place_on_graph(model: nn.Module, config: QuantConfig, example_inputs, repor
         return False
     report.placement = "graph"
     layers = wrappers(model)
-    report.shared_input_quant = [(consumer, producer) for consumer, c in layers.items() for producer, p in layers.items()
+    report.shared_input_quant = [(consumer, producer) for consumer, c in layers.items()
+                                 for producer, p in layers.items()
                                  if c.input_quant is not None and c.input_quant is p.output_quant]
     report.int8_ops = placement.int8_ops
     report.float_ops = placement.float_ops
