@@ -1,7 +1,20 @@
-"""Test-wide settings: one intra-op thread per test process keeps parallel runs (-n 2) from oversubscribing."""
+"""Test-wide settings: one intra-op thread per test process keeps parallel runs (-n 2) from oversubscribing, and
+property tests are deterministic unless asked otherwise.
+
+Hypothesis runs ``derandomize=True`` by default (the README's test command and CI), so a run never passes or fails
+by the luck of the draw; ``SLIMKIT_HYPOTHESIS=explore pytest ...`` searches with fresh random examples (and more of
+them) while developing.
+"""
+
+import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", max_examples=500, print_blob=True)
+settings.load_profile("explore" if os.environ.get("SLIMKIT_HYPOTHESIS") == "explore" else "deterministic")
 
 
 @pytest.fixture(autouse=True)

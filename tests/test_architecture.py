@@ -24,8 +24,6 @@ TECHNIQUES = ["analysis", "graph", "prune", "quantize", "decompose", "share", "c
 @pytest.mark.parametrize("package", TECHNIQUES)
 def test_technique_folders_never_import_pipeline_or_cli(package):
     for path in (SRC / package).rglob("*.py"):
-        if path.name == "_cli.py":
-            continue  # a command module is the CLI's own layer
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             names = []
@@ -35,3 +33,13 @@ def test_technique_folders_never_import_pipeline_or_cli(package):
                 names = [node.module]
             for name in names:
                 assert not name.startswith(("slimkit.pipeline", "slimkit.cli")), f"{path} imports {name}"
+
+
+def test_nothing_below_the_cli_imports_it():
+    for path in SRC.rglob("*.py"):
+        if path.is_relative_to(SRC / "cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            assert not any(n == "slimkit.cli" or n.startswith("slimkit.cli.") for n in names), f"{path} imports {names}"

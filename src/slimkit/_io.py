@@ -10,12 +10,23 @@ from pathlib import Path
 from typing import IO
 
 
+def file_mode_mask() -> int:
+    """The user's umask (read without changing it for long)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success fsync and rename it over ``path``."""
+    """Open a temporary file next to ``path``; on success fsync and rename it over ``path``.
+
+    The file gets the permissions any program's new file gets (0666 minus the user's umask), not the private 0600
+    of a temporary file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.chmod(tmp, 0o666 & ~file_mode_mask())
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

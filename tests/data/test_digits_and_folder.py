@@ -34,3 +34,55 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "empty_class").mkdir()
     with pytest.raises(DataError, match="no images"):
         ImageFolderDataset(tmp_path)
+
+
+def _folder(root, sizes=((6, 5),) * 3, classes=("cat", "dog"), split=None):
+    for label, name in enumerate(classes):
+        folder = root / split / name if split else root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, (h, w) in enumerate(sizes):
+            Image.fromarray(np.full((h, w, 3), 40 * label + i, dtype=np.uint8)).save(folder / f"{name}{i}.png")
+
+
+def test_a_pre_split_folder_becomes_a_dataset(tmp_path):
+    _folder(tmp_path, split="train")
+    _folder(tmp_path, sizes=((6, 5),), split="test")
+    bundle = create_data(str(tmp_path))
+    assert bundle.num_classes == 2 and bundle.input_shape == (3, 6, 5)
+    assert len(bundle.train.inputs) == 6 and len(bundle.test.inputs) == 2
+    assert bundle.train.targets.tolist() == [0, 0, 0, 1, 1, 1]
+    grey = create_data(f"{tmp_path}:size=4x4,mode=L")
+    assert grey.input_shape == (1, 4, 4)
+
+
+def test_a_flat_folder_is_split_by_file_name(tmp_path):
+    _folder(tmp_path, sizes=((4, 4),) * 30)
+    bundle = create_data(str(tmp_path))
+    sizes = [len(bundle.train.inputs), len(bundle.valid.inputs), len(bundle.test.inputs)]
+    assert sum(sizes) == 60 and all(sizes) and sizes == [len(create_data(str(tmp_path)).train.inputs), *sizes[1:]]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "train/cat/bad.png").write_bytes(b""), "is empty"),
+    (lambda f: (f / "train/cat/bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage"), "cannot be read"),
+    (lambda f: (f / "train/dog/dog0.png").write_bytes((f / "train/dog/dog0.png").read_bytes()[:40]), "cannot be read"),
+    (lambda f: (f / "train/cat/folder.png").mkdir(), "folder named like an image"),
+    (lambda f: Image.fromarray(np.zeros((9, 9), np.uint8)).save(f / "train/cat/big.png"), "size=H,W"),
+    (lambda f: (f / "test/cow").mkdir(), "classes cow"),
+])
+def test_a_damaged_folder_is_named_before_any_work(tmp_path, damage, message):
+    _folder(tmp_path, split="train")
+    _folder(tmp_path, sizes=((6, 5),), split="test")
+    damage(tmp_path)
+    with pytest.raises(DataError, match=message):
+        create_data(str(tmp_path))
+
+
+def test_folder_paths_that_are_not_folders(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        create_data(str(tmp_path / "file.txt"))
+    with pytest.raises(DataError, match="unknown dataset"):
+        create_data(str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="not a size"):
+        create_data(f"{tmp_path}:size=0")

@@ -13,8 +13,11 @@ from slimkit.cli import main
         (["--loss", "kd:tau=3"], "loss 'kd' has no option tau"),
         (["--augment", "elstic"], "unknown augmentation 'elstic': choose one of elastic, shift"),
         (["--augment", "elastic+shift", "--cache-teacher"], "drop one of the two"),
-        (["--weight-decay", "-0.1"], "weight_decay=-0.1: use a value in [0, 1)"),
-        (["--lr", "0"], "lr=0.0: use a learning rate in (0, 10]"),
+        (["--weight-decay", "-0.1"], "--weight-decay: -0.1 is out of range: use a value in [0, 1)"),
+        (["--lr", "0"], "--lr: 0 is out of range: use a value in (0, 10]"),
+        (["--loss", "kd:T="], "loss"),
+        (["--seed", "-1"], "--seed: -1 is out of range"),
+        (["--epochs", "-1"], "--epochs: -1 is out of range"),
     ],
 )
 def test_bad_distill_options_fail_with_one_line_before_training(extra, message, tmp_path, capsys):
@@ -32,17 +35,17 @@ def test_class_count_mismatch_is_reported(tmp_path, capsys):
     assert "num_classes" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_slimkit_distill_kd_from_a_trained_teacher_writes_a_working_student(tmp_path):
-    assert main(["train", "lenet300", "--epochs", "1", "--out", str(tmp_path / "teacher")]) == 0
+    subset = ["--train-samples", "10000", "--eval-samples", "1000"]
+    assert main(["train", "lenet300", "--epochs", "1", *subset, "--out", str(tmp_path / "teacher")]) == 0
     out = tmp_path / "run"
     argv = ["distill", "--teacher", "lenet300", "--teacher-checkpoint", str(tmp_path / "teacher" / "model.pt"),
             "--student", "lenet300", "--loss", "kd:T=20,alpha=0.9", "--epochs", "1", "--cache-teacher",
-            "--data", "mnist", "--out", str(out)]
+            "--data", "mnist", *subset, "--no-latency", "--out", str(out)]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["teacher"]["test"]["accuracy"] > 0.9
-    assert metrics["student"]["test"]["accuracy"] > 0.9
-    assert metrics["losses"] == [{"name": "kd", "weight": 1.0, "T": 20, "alpha": 0.9}]
-    assert float(metrics["files"]["onnx_max_abs_diff"]) < 1e-4
-    assert (out / "student.pt").is_file() and (out / "last.pt").is_file()
+    teacher, student = metrics["stages"]
+    assert teacher["accuracy"] > 0.75 and student["accuracy"] > 0.6  # 1 epoch on 10k images each; chance is 10%
+    # kd with alpha < 1 has the task term, so no ce is added
+    assert metrics["recipe"]["stages"][0]["distill"]["losses"] == ["kd:T=20,alpha=0.9"]
+    assert (out / "model.pt").is_file() and (out / "stages" / "01-distill" / "distill" / "last.pt").is_file()

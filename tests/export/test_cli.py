@@ -58,10 +58,13 @@ def test_a_run_folder_exports_its_final_model(tmp_path, capsys):
     (tmp_path / "r.yaml").write_text(tiny_recipe("- train: {epochs: 2}\n"))
     result = run_recipe(load_recipe(tmp_path / "r.yaml"), tmp_path / "run", progress=False, report=False)
     out = tmp_path / "final.onnx"
-    assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 0
+    trust = ["--trust-spec", f"{tmp_path.resolve()}/tiny.py:tiny"]  # the run's model is user code: typed to confirm
+    assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 2
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), *trust]) == 0
     x = torch.rand(4, 1, 8, 8)
     np.testing.assert_allclose(run_onnx(out, x), result.model(x).detach().numpy(), atol=1e-5)
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "run" / "model.onnx"), "--force"]) == 2
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "run" / "model.onnx"), "--force",
+                 *trust]) == 2
     assert "overwrite the run's own model.onnx" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "run"), "--stage", "01-train", "-c", "x.pt", "--out", str(out)]) == 2
 

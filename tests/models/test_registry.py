@@ -26,7 +26,36 @@ def test_spec_parsing_with_options_and_user_file(tmp_path):
     assert model.conv1.out_channels == 8
     user = tmp_path / "mine.py"
     user.write_text("from torch import nn\n\ndef build(width=4):\n    return nn.Linear(3, width)\n")
-    assert models.from_spec(f"{user}:build:width=6").out_features == 6
+    assert models.from_spec(f"{user}:build:width=6", allow_code=True).out_features == 6
+
+
+def test_a_code_spec_is_imported_only_when_the_caller_allows_it(tmp_path):
+    marker = tmp_path / "ran.txt"
+    user = tmp_path / "evil.py"
+    user.write_text(f"open({str(marker)!r}, 'w').write('x')\n"
+                    "from torch import nn\ndef build():\n    return nn.Linear(2, 2)\n")
+    assert models.is_code_spec(f"{user}:build") and models.is_code_spec("m.py:f:width=2")
+    assert not models.is_code_spec("resnet20:width=0.5")
+    with pytest.raises(ModelSpecError, match="imports code only from a spec the user typed"):
+        models.from_spec(f"{user}:build")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("lenet5:num_classes=0", "num_classes=0 must be at least 1"),
+    ("lenet5:in_channels=0", "in_channels=0 must be at least 1"),
+    ("resnet20:width=abc", "must be a finite number"),
+    ("resnet20:width=nan", "must be a finite number"),
+    ("resnet20:width=-1", "must be positive"),
+    ("resnet20:shortcut=Z", "use one of A, B"),
+    ("lenet5:conv_relu=3", "true or false"),
+    ("mlp1200:dropout=1.5", "dropout rate"),
+    ("resnet20:width=1e9", "cannot be built"),
+    ("resnet20:width=300", "GiB of weights"),
+])
+def test_bad_model_options_are_refused_before_anything_is_allocated(spec, message):
+    with pytest.raises(ModelSpecError, match=message):
+        models.from_spec(spec)
 
 
 def test_bad_specs_give_clear_errors(tmp_path):
@@ -35,7 +64,7 @@ def test_bad_specs_give_clear_errors(tmp_path):
     with pytest.raises(ModelSpecError, match="does not take"):
         models.create("lenet5", depth=3)
     with pytest.raises(ModelSpecError, match="does not exist"):
-        models.from_spec(f"{tmp_path}/nope.py:build")
+        models.from_spec(f"{tmp_path}/nope.py:build", allow_code=True)
     (tmp_path / "x.py").write_text("value = 3\n")
     with pytest.raises(ModelSpecError, match="no callable 'build'"):
-        models.from_spec(f"{tmp_path}/x.py:build")
+        models.from_spec(f"{tmp_path}/x.py:build", allow_code=True)

@@ -12,7 +12,8 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
                     st.text(max_size=12), st.sampled_from(["lenet5", "mnist", "train", "0.5", "1.5", "inf"]))
 keys = st.one_of(st.sampled_from(["version", "model", "spec", "checkpoint", "data", "name", "stages", "train",
-                                  "finetune", "epochs", "lr", "ratio", "evaluation", "seed", "export", "format"]),
+                                  "finetune", "epochs", "lr", "ratio", "evaluation", "seed", "export", "format",
+                                  "none", "int", "list", "teacher", "student", "file"]),
                  st.text(max_size=8))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                        st.dictionaries(keys, inner, max_size=4)), max_leaves=20)

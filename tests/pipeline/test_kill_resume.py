@@ -50,7 +50,7 @@ def test_sigkill_mid_stage_then_resume_gives_the_same_metrics_and_weights(tiny_d
     assert not (out / "stages/02-finetune/result.json").exists()
 
     refused = subprocess.run(_compress(tiny_dir, out), capture_output=True, text=True, timeout=120, env=_env())
-    assert refused.returncode == 2 and "not empty" in refused.stderr
+    assert refused.returncode == 2 and "holds an earlier run" in refused.stderr
 
     resumed = subprocess.run(_compress(tiny_dir, out, "--resume"), capture_output=True, text=True, timeout=300,
                              env=_env(), cwd=tiny_dir)

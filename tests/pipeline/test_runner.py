@@ -69,7 +69,7 @@ def test_resume_after_an_interruption_reaches_the_same_result(tiny_dir, monkeypa
         run_recipe(_recipe(tiny_dir), tiny_dir / "out", progress=False, report=False)
     assert (tiny_dir / "out/stages/01-train/result.json").is_file()
     assert not (tiny_dir / "out/stages/02-finetune/result.json").exists()
-    with pytest.raises(ConfigError, match=r"not empty.*--resume"):
+    with pytest.raises(ConfigError, match=r"holds an earlier run: pass --resume"):
         run_recipe(_recipe(tiny_dir), tiny_dir / "out", progress=False)
     resumed = run_recipe(_recipe(tiny_dir), tiny_dir / "out", resume=True, progress=False, report=False)
     assert [r["accuracy"] for r in resumed.stages] == [r["accuracy"] for r in reference.stages]
@@ -82,12 +82,15 @@ def test_the_folder_rules(tiny_dir):
     out = tiny_dir / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    with pytest.raises(ConfigError, match="not empty"):
+    for options in ({}, {"resume": True}, {"force": True}):  # a folder of the user's files is never written into
+        with pytest.raises(ConfigError, match="holds no slimkit run"):
+            run_recipe(recipe, out, progress=False, **options)
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep"
+    (out / "mine.txt").unlink()
+    run_recipe(recipe, out, progress=False, report=False)
+    with pytest.raises(ConfigError, match="holds an earlier run"):
         run_recipe(recipe, out, progress=False)
-    with pytest.raises(ConfigError, match="holds no slimkit run"):
-        run_recipe(recipe, out, resume=True, progress=False)
     run_recipe(recipe, out, force=True, progress=False, report=False)
-    assert (out / "mine.txt").read_text() == "keep"
     other = _recipe(tiny_dir, "- evaluate: {split: valid}\n")
     with pytest.raises(ConfigError, match="recipe differs"):
         run_recipe(other, out, resume=True, progress=False)
@@ -147,12 +150,15 @@ def test_structural_stages_are_replayed_when_a_run_is_loaded(tiny_dir, halve_sta
     text = "- train: {epochs: 2}\n- halve_test: {keep: 8}\n- finetune: {epochs: 1}\n"
     result = run_recipe(_recipe(tiny_dir, text), tiny_dir / "out", progress=False, report=False)
     assert result.stages[2]["params"] == 64 * 8 + 8 + 8 * 10 + 10
-    model, data, exporter = load_run(tiny_dir / "out")
+    spec = f"{tiny_dir.resolve()}/tiny.py:tiny"
+    with pytest.raises(SlimkitError, match="--trust-spec"):  # a run folder never imports code on its own
+        load_run(tiny_dir / "out")
+    model, data, exporter = load_run(tiny_dir / "out", trusted_specs=(spec,))
     assert exporter is None and model[1].out_features == 8
     assert structure_fingerprint(model) == structure_fingerprint(result.model)
     x = data.test.inputs[:32]
     assert torch.equal(model(x), result.model.eval()(x))
-    middle, _, _ = load_run(tiny_dir / "out", "01-train")
+    middle, _, _ = load_run(tiny_dir / "out", "01-train", trusted_specs=(spec,))
     assert middle[1].out_features == 24
     with pytest.raises(SlimkitError, match="not a finished stage"):
-        load_run(tiny_dir / "out", "07-nothing")
+        load_run(tiny_dir / "out", "07-nothing", trusted_specs=(spec,))

@@ -46,3 +46,34 @@ def test_malformed_yaml_is_a_recipe_error_with_a_line(text, line, message):
 def test_merge_keys_and_anchors_are_resolved():
     located = load_located_yaml("base: &b {epochs: 2}\nother:\n  <<: *b\n  lr: 0.1\n")
     assert located.data["other"] == {"epochs": 2, "lr": 0.1}
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\nversion: 1\nmodel: {spec: lenet5}\nstages: [{train: {epochs: 1}}]\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (_alias_bomb(), "expands to more than"),
+    ("[" * 600 + "]" * 600, "nested too deeply"),
+    ("a: " + "[" * 80 + "]" * 80, "nested more than"),
+    ("version: 1\n" + "x" * 1_200_000, "characters long"),
+])
+def test_hostile_yaml_is_refused_quickly(text, message):
+    import time
+
+    began = time.perf_counter()
+    with pytest.raises(RecipeError, match=message):
+        load_located_yaml(text, "r.yaml")
+    assert time.perf_counter() - began < 5
+
+
+@pytest.mark.parametrize("key", ["none", "int", "list", "str", "bool"])
+def test_a_key_named_like_a_type_is_reported_as_itself(key):
+    from slimkit.pipeline import parse_recipe
+
+    with pytest.raises(RecipeError, match=rf"line 3: {key}: Extra inputs"):
+        parse_recipe(f"version: 1\nmodel: {{spec: lenet5}}\n{key}: 3\nstages:\n  - train: {{epochs: 1}}\n", "r.yaml")
+    with pytest.raises(RecipeError, match=rf"model\.{key}: Extra inputs"):
+        parse_recipe(f"version: 1\nmodel: {{spec: lenet5, {key}: 2}}\nstages:\n  - train: {{epochs: 1}}\n", "r.yaml")

@@ -12,8 +12,8 @@ from slimkit.train import fit
 @pytest.mark.parametrize("lsq", [False, True])
 def test_qat_one_epoch_at_4_bits_beats_ptq(lsq):
     data = create_data("mnist", batch_size=128, calibration_size=512)
-    train = TensorLoader(data.train.inputs[:30000], data.train.targets[:30000], batch_size=128, shuffle=True)
-    test = TensorLoader(data.test.inputs[:5000], data.test.targets[:5000], batch_size=500)
+    train = TensorLoader(data.train.inputs[:8000], data.train.targets[:8000], batch_size=128, shuffle=True)
+    test = TensorLoader(data.test.inputs[:2000], data.test.targets[:2000], batch_size=500)
     torch.manual_seed(0)
     model = models.create("lenet5")
     fit(model, train, epochs=1, progress=False)

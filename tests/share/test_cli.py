@@ -1,17 +1,19 @@
 import json
 
-import pytest
-
 from slimkit.cli import main
+from slimkit.share import load_compressed
 
 
-@pytest.mark.slow
 def test_cluster_command_writes_container(tmp_path):
     out = tmp_path / "out"
-    assert main(["cluster", "lenet300", "--bits", "4", "--data", "mnist", "--out", str(out)]) == 0
+    assert main(["cluster", "lenet300", "--bits", "4", "--data", "mnist", "--eval-samples", "500", "--no-latency",
+                 "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert (out / "model.slim").stat().st_size == metrics["compressed_bytes"]
-    assert metrics["spec"] == "lenet300:num_classes=10"
-    assert metrics["ratio"] > 6  # 4-bit indices for dense weights: ~32/4.x bits, biases float32
+    dense, clustered = metrics["stages"][0], metrics["stages"][1]
+    assert clustered["bytes"] == (out / "stages" / "01-cluster" / "model.slim").stat().st_size
+    assert (out / "model.slim").stat().st_size == clustered["bytes"]
+    assert dense["bytes"] / clustered["bytes"] > 6  # 4-bit indices for dense weights: ~32/4.x bits, float biases
+    assert load_compressed(out / "model.slim").slimkit_spec == "lenet300"
     assert (out / "model.onnx").is_file()
     assert main(["cluster", "lenet300", "--bits", "40", "--data", "mnist", "--out", str(tmp_path / "o2")]) == 2
+    assert not (tmp_path / "o2").exists()

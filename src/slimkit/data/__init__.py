@@ -10,10 +10,10 @@ from slimkit.data._augment import (
     random_shift,
 )
 from slimkit.data._digits import digits_tensors
-from slimkit.data._folder import ImageFolderDataset
+from slimkit.data._folder import ImageFolderDataset, load_image_folder
 from slimkit.data._loader import TensorLoader
 from slimkit.data._mnist import load_mnist_arrays, mnist_tensors
-from slimkit.data._registry import DATASETS, DataBundle, create_data, dataset_names
+from slimkit.data._registry import DATASETS, DataBundle, create_data, dataset_names, image_folder, is_folder_spec
 from slimkit.data._segmentation import make_segmentation_canvases  # also registers "mnist-seg"
 
 __all__ = [
@@ -30,6 +30,9 @@ __all__ = [
     "dataset_names",
     "digits_tensors",
     "elastic_distortion",
+    "image_folder",
+    "is_folder_spec",
+    "load_image_folder",
     "load_mnist_arrays",
     "make_segmentation_canvases",
     "mnist_tensors",

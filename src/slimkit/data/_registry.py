@@ -71,7 +71,7 @@ def _bundle(
     )
 
 
-@DATASETS.register("mnist")
+@DATASETS.register("mnist", input_shape=(1, 28, 28), num_classes=10, task="classification")
 def mnist(
     batch_size: int = 128,
     *,
@@ -91,7 +91,7 @@ def mnist(
     )
 
 
-@DATASETS.register("digits")
+@DATASETS.register("digits", input_shape=(1, 8, 8), num_classes=10, task="classification")
 def digits(
     batch_size: int = 64, *, eval_batch_size: int = 512, augment: bool | str = False, seed: int = 0,
     calibration_size: int = 256,
@@ -105,11 +105,57 @@ def digits(
     )
 
 
+def image_folder(root: str, *, size: int | tuple[int, int] | None = None, mode: str = "RGB", batch_size: int = 64,
+                 eval_batch_size: int = 256, augment: bool | str = False, seed: int = 0,
+                 calibration_size: int = 256) -> DataBundle:
+    """An image folder as a dataset (see :func:`slimkit.data.load_image_folder` for the layouts and checks)."""
+    from slimkit.data._folder import load_image_folder
+
+    if isinstance(size, int):
+        size = (size, size)
+    loaded = load_image_folder(root, size=size, mode=mode)
+    valid = loaded["valid"] if loaded["valid"] is not None else loaded["test"]
+    return _bundle(str(root), loaded["train"], valid, loaded["test"], batch_size=batch_size,
+                   eval_batch_size=eval_batch_size, augment=augment, seed=seed, calibration_size=calibration_size,
+                   num_classes=len(loaded["classes"]))
+
+
+def is_folder_spec(name: str) -> bool:
+    """True when ``name`` is not a registered dataset but an existing folder (``path`` or ``path:size=32``)."""
+    from pathlib import Path
+
+    from slimkit._spec import parse_spec
+
+    return name not in DATASETS and Path(parse_spec(name)[0]).is_dir()
+
+
 def create_data(name: str, **options: Any) -> DataBundle:
-    """Build the dataset registered as ``name`` (``mnist``, ``digits``, ...) with the given loader options."""
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS.names())}")
-    return DATASETS.get(name)(**options)
+    """Build the dataset registered as ``name`` (``mnist``, ``digits``, ...) with the given loader options, or an
+    image folder given by its path (``path/to/folder`` or ``path/to/folder:size=32,mode=L``)."""
+    if name in DATASETS:
+        return DATASETS.get(name)(**options)
+    from pathlib import Path
+
+    from slimkit._spec import parse_spec
+
+    target, folder_options = parse_spec(name)
+    if Path(target).exists():
+        unknown = sorted(set(folder_options) - {"size", "mode"})
+        if unknown:
+            raise DataError(f"image folder option {', '.join(unknown)} is unknown: use size=H,W (or size=N) and "
+                            "mode=L|RGB")
+        size = folder_options.get("size")
+        if size is not None:
+            try:
+                size = tuple(int(v) for v in str(size).split("x"))
+            except ValueError:
+                size = ()
+            if len(size) not in (1, 2) or any(v < 1 or v > 4096 for v in size):
+                raise DataError(f"image folder size '{folder_options['size']}' is not a size: write size=32 or "
+                                "size=32x48 (H×W, 1 to 4096)")
+        return image_folder(target, size=size, mode=str(folder_options.get("mode", "RGB")), **options)
+    raise DataError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS.names())}, or give an image folder "
+                    "(root/<class>/<image>.png)")
 
 
 def dataset_names(pattern: str = "*") -> list[str]:

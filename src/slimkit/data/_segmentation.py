@@ -56,7 +56,7 @@ def make_segmentation_canvases(
     return torch.from_numpy(inputs).unsqueeze(1), torch.from_numpy(targets).long()
 
 
-@DATASETS.register("mnist-seg")
+@DATASETS.register("mnist-seg", input_shape=(1, 64, 64), num_classes=NUM_SEG_CLASSES, task="segmentation")
 def mnist_segmentation(
     batch_size: int = 32,
     *,

@@ -47,6 +47,11 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         check_optimizer_values(self.lr, self.weight_decay)
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ConfigError(f"epochs={self.epochs!r}: use a whole number ≥ 0")
+        for spec in _specs(self):
+            spec.build()  # unknown loss names or options fail when the config is made
+        _pairs(self.pairs)
 
 
 def _specs(config: DistillConfig) -> list[LossSpec]:

@@ -265,11 +265,13 @@ class LossSpec:
         params: dict[str, Any] = {}
         for item in filter(None, (part.strip() for part in rest.split(","))):
             key, eq, value = item.partition("=")
-            if not eq:
+            if not eq or not key.strip() or not value.strip():
                 raise ConfigError(f"loss option '{item}' in '{text}' must be KEY=VALUE, e.g. kd:T=20,alpha=0.9")
             params[key.strip()] = parse_value(value.strip())
-        weight = float(params.pop("weight", 1.0))
-        return cls(name.strip(), weight, params)
+        weight = params.pop("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
+            raise ConfigError(f"loss weight {weight!r} in '{text}' must be a finite number ≥ 0")
+        return cls(name.strip(), float(weight), params)
 
     def build(self) -> DistillLoss:
         """Instantiate the registered loss with ``params``; unknown parameters are named with the valid ones."""
@@ -281,7 +283,13 @@ class LossSpec:
                 f"loss '{self.name}' has no option {', '.join(unknown)}: its options are "
                 f"{', '.join([*accepted, 'weight']) or 'weight'}"
             )
-        return factory(**self.params)
+        try:
+            return factory(**self.params)
+        except (TypeError, ValueError) as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(f"loss '{self.name}' cannot take {self.params} ({error}): give numbers, e.g. "
+                              "kd:T=4,alpha=0.9") from None
 
 
 def loss_names(pattern: str = "*") -> list[str]:

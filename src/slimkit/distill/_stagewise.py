@@ -56,6 +56,22 @@ class ReconstructConfig:
 
     def __post_init__(self) -> None:
         check_optimizer_values(self.lr, self.weight_decay)
+        if self.mode not in MODES:
+            raise ConfigError(f"reconstruction mode '{self.mode}' is unknown: use one of {', '.join(MODES)}")
+        if self.reconstruction not in RECONSTRUCTIONS:
+            raise ConfigError(
+                f"reconstruction '{self.reconstruction}' is unknown: use one of {', '.join(RECONSTRUCTIONS)}")
+        if not self.stages:
+            raise ConfigError("reconstruction needs at least one stage pair, e.g. layer1=layer1")
+        _pairs(self.stages)  # malformed pairs fail here
+        for name in ("stage_epochs", "task_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name}={value!r}: use a whole number ≥ 0")
+        if not isinstance(self.weight, int | float) or not 0 <= self.weight < float("inf"):
+            raise ConfigError(f"weight={self.weight!r}: use a finite number ≥ 0")
+        for spec in self.task_losses:
+            (spec if isinstance(spec, LossSpec) else LossSpec.parse(spec)).build()
 
 
 def stage_parameters(model: nn.Module, stages: list[str], example_inputs: torch.Tensor) -> list[list[str]]:

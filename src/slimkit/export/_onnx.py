@@ -18,6 +18,7 @@ from torch import nn
 
 from slimkit._errors import SlimkitError
 from slimkit._inputs import input_tuple
+from slimkit._io import file_mode_mask
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def export_onnx(
     dynamic_axes = {name: {0: "batch"} for name in [*input_names, "output"]} if dynamic_batch else None
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~file_mode_mask())
     try:
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -58,10 +60,14 @@ def export_onnx(
                     model, inputs, tmp, dynamo=False, input_names=input_names, output_names=["output"],
                     dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True,
                 )
+        except OSError:
+            raise  # the disk, not the model (e.g. no space left): main() names it and the fix
         except Exception as legacy_error:
             log.info("TorchScript ONNX export failed (%s); trying torch.export", legacy_error)
             try:
                 _export_dynamo(model, inputs, tmp, input_names, dynamic_batch, opset)
+            except OSError:
+                raise
             except Exception as dynamo_error:
                 raise ExportError(
                     f"could not export {type(model).__name__} to ONNX: {legacy_error} / {dynamo_error}. "

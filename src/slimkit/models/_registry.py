@@ -33,18 +33,90 @@ def default_input_shape(name: str) -> tuple[int, ...]:
     return tuple(MODELS.meta(name)["input_shape"])
 
 
+def _check_option(name: str, key: str, value: Any, annotation: Any) -> None:
+    """A registered model's options follow one convention: integers are counts (≥ 1), floats are finite and positive
+    (dropout rates in [0, 1)), strings come from the ``Literal`` of allowed values, bools are true/false."""
+    import math
+    import typing
+
+    def bad(why: str) -> ModelSpecError:
+        return ModelSpecError(f"model '{name}': option {key}={value!r} {why}")
+
+    if typing.get_origin(annotation) is typing.Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise bad(f"is not allowed: use one of {', '.join(map(str, allowed))}")
+    elif annotation is bool:
+        if not isinstance(value, bool):
+            raise bad("must be true or false")
+    elif annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("must be a whole number")
+        if value < 1:
+            raise bad("must be at least 1")
+    elif annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise bad("must be a finite number")
+        if "dropout" in key and not 0 <= value < 1:
+            raise bad("is a dropout rate: use a value in [0, 1)")
+        if "dropout" not in key and value <= 0:
+            raise bad("must be positive")
+
+
+def _memory_bytes() -> int:
+    """Physical memory of this machine (a model whose weights exceed it cannot be built here)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 64 * 2**30
+
+
 def create(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name``; keyword arguments go to its factory (``num_classes``, ``width``, ...)."""
+    """Build the registered model ``name``; keyword arguments go to its factory (``num_classes``, ``width``, ...).
+
+    Options are checked before anything is built (type, range, allowed values), and the model is first built on the
+    meta device so that options asking for more weights than this machine holds are refused without allocating.
+    """
+    import typing
+
+    import torch
+
     if name not in MODELS:
         raise ModelSpecError(f"unknown model '{name}': choose one of {', '.join(MODELS.names())}, "
                              "or give 'path/to/file.py:factory' for your own model")
     factory = MODELS.get(name)
+    signature = inspect.signature(factory)
     try:
-        inspect.signature(factory).bind(**kwargs)
+        signature.bind(**kwargs)
     except TypeError as error:
         raise ModelSpecError(f"model '{name}' does not take those options ({error}): "
-                             f"its signature is {name}{inspect.signature(factory)}") from None
-    return factory(**kwargs)
+                             f"its signature is {name}{signature}") from None
+    try:
+        hints = typing.get_type_hints(factory)
+    except Exception:  # an unresolvable annotation: only the factory's own checks apply
+        hints = {}
+    for key, value in kwargs.items():
+        _check_option(name, key, value, hints.get(key))
+
+    def build() -> nn.Module:
+        try:
+            return factory(**kwargs)
+        except (ValueError, TypeError, RuntimeError, ArithmeticError, IndexError, KeyError) as error:
+            raise ModelSpecError(f"model '{name}' cannot be built with {kwargs or 'its defaults'} "
+                                 f"({type(error).__name__}: {error}): check the option values") from None
+
+    on_meta = torch.get_default_device().type == "meta"
+    with torch.device("meta"):
+        probe = build()
+    size = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    if size > _memory_bytes():
+        raise ModelSpecError(f"model '{name}' with {kwargs} would hold {size / 2**30:,.1f} GiB of weights, more "
+                             f"than this machine's {_memory_bytes() / 2**30:,.0f} GiB: check the option values")
+    if on_meta:
+        return probe
+    return build()
 
 
 def _load_file_factory(path_text: str, factory_name: str) -> Callable[..., nn.Module]:
@@ -67,12 +139,28 @@ def _load_file_factory(path_text: str, factory_name: str) -> Callable[..., nn.Mo
     return factory
 
 
-def from_spec(spec: str, **overrides: Any) -> nn.Module:
+def is_code_spec(spec: str) -> bool:
+    """True when ``spec`` names Python code to import (``path/to/file.py:factory``), not a registered model."""
+    target, _ = parse_spec(str(spec))
+    return ".py:" in target or target.endswith(".py")
+
+
+def from_spec(spec: str, *, allow_code: bool = False, **overrides: Any) -> nn.Module:
     """Build a model from a spec string: a registered name (``lenet5``), with options (``resnet20:in_channels=1``),
-    or a user's ``path/to/file.py:factory``. Keyword ``overrides`` win over options in the string."""
+    or a user's ``path/to/file.py:factory``. Keyword ``overrides`` win over options in the string.
+
+    A ``file.py:factory`` spec imports and runs that file, so it is accepted only with ``allow_code=True``: pass it
+    when the spec is one the user typed (a command-line argument, their own recipe or script), never for a spec read
+    from a file slimkit wrote or was handed (a container header, a run folder's metadata).
+    """
     target, options = parse_spec(spec)
     options.update(overrides)
-    if ".py:" in target or target.endswith(".py"):
+    if is_code_spec(spec):
+        if not allow_code:
+            raise ModelSpecError(
+                f"model spec '{spec}' names Python code to import, and slimkit imports code only from a spec the user "
+                "typed: build the model yourself and pass it, or call from_spec(spec, allow_code=True) if you wrote "
+                "this spec")
         path_text, _, factory_name = target.rpartition(":") if ".py:" in target else (target, "", "")
         if not factory_name:
             raise ModelSpecError(f"model spec '{spec}' names a file but no factory: write 'file.py:factory'")
@@ -81,6 +169,72 @@ def from_spec(spec: str, **overrides: Any) -> nn.Module:
             raise ModelSpecError(f"'{spec}' returned {type(model).__name__}, not a torch.nn.Module")
         return model
     return create(target, **options)
+
+
+def class_count_option(spec: str, num_classes: int) -> dict[str, int]:
+    """``{"num_classes": n}`` when ``spec`` is a registered model whose factory takes it and the spec does not set
+    it: so a model fits the dataset it is trained or evaluated on."""
+    target, options = parse_spec(spec)
+    accepts = target in MODELS and "num_classes" in inspect.signature(MODELS.get(target)).parameters
+    if accepts and "num_classes" not in options:
+        return {"num_classes": num_classes}
+    return {}
+
+
+def _runs_on(model: nn.Module, example: Any) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model(*example) if isinstance(example, tuple) else model(example)
+
+
+def names_for_input(shape: tuple[int, ...]) -> list[str]:
+    """Registered models that run on one input of ``shape`` (C, H, W) with their default options (checked on the
+    meta device, so nothing is allocated)."""
+    import torch
+
+    fitting = []
+    for name in MODELS.names():
+        options = {"in_channels": shape[0]} if "in_channels" in inspect.signature(MODELS.get(name)).parameters else {}
+        try:
+            with torch.device("meta"):
+                _runs_on(MODELS.get(name)(**options), torch.zeros(1, *shape))
+        except Exception:  # any failure means "does not fit": this only lists candidates for an error message
+            continue
+        fitting.append(name)
+    return fitting
+
+
+def check_fits(model: nn.Module, example: Any, *, label: str, data: str, num_classes: int | None = None,
+               task: str = "classification") -> None:
+    """Run ``model`` once on ``example`` and check its output fits the data (one score per class; per-pixel scores
+    for segmentation); a :class:`ModelSpecError` naming the models that do fit, before any training."""
+    import torch
+
+    shape = tuple(example.shape[1:]) if isinstance(example, torch.Tensor) else None
+    where = "×".join(map(str, shape)) if shape else "its"
+    try:
+        output = _runs_on(model.eval(), example)
+    except (RuntimeError, ValueError, IndexError, TypeError) as error:
+        fits = ", ".join(names_for_input(shape)) if shape else ""
+        hint = f"models that take {where} inputs: {fits}" if fits else "choose a model built for these inputs"
+        raise ModelSpecError(f"model '{label}' cannot run on the {where} inputs of '{data}' "
+                             f"({str(error).splitlines()[0]}): {hint}") from None
+    logits = output.logits if hasattr(output, "logits") else output
+    if not isinstance(logits, torch.Tensor) or num_classes is None:
+        return
+    if task == "segmentation":
+        ok = logits.dim() == 4 and logits.shape[1] == num_classes and tuple(logits.shape[2:]) == tuple(shape[1:])
+        need = f"per-pixel scores for {num_classes} classes (N×{num_classes}×H×W)"
+    else:
+        ok = logits.dim() == 2 and logits.shape[1] == num_classes
+        need = f"one score per class (N×{num_classes})"
+    if not ok:
+        got = "×".join(map(str, logits.shape))
+        fix = f"a segmentation model (e.g. mobile_segnet:num_classes={num_classes})" if task == "segmentation" \
+            else f"a classifier with num_classes={num_classes}"
+        raise ModelSpecError(f"model '{label}' gives outputs of shape {got} on '{data}', which needs {need}: "
+                             f"choose {fix}")
 
 
 def spec_input_shape(spec: str, default: tuple[int, ...] | None = None) -> tuple[int, ...] | None:

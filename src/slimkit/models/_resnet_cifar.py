@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -88,13 +90,15 @@ class CifarResNet(nn.Module):
 
 
 @register_model("resnet20", input_shape=(1, 28, 28), paper="He et al. 2016")
-def resnet20(num_classes: int = 10, in_channels: int = 1, shortcut: str = "A", width: float = 1.0) -> CifarResNet:
+def resnet20(num_classes: int = 10, in_channels: int = 1, shortcut: Literal["A", "B"] = "A",
+             width: float = 1.0) -> CifarResNet:
     """ResNet-20 (0.27M params with option-A shortcuts). Defaults to 1 input channel for MNIST; 3 for CIFAR."""
     return CifarResNet(20, num_classes, in_channels, shortcut, width)
 
 
 @register_model("resnet56", input_shape=(1, 28, 28), paper="He et al. 2016")
-def resnet56(num_classes: int = 10, in_channels: int = 1, shortcut: str = "A", width: float = 1.0) -> CifarResNet:
+def resnet56(num_classes: int = 10, in_channels: int = 1, shortcut: Literal["A", "B"] = "A",
+             width: float = 1.0) -> CifarResNet:
     """ResNet-56 (0.85M params with option-A shortcuts)."""
     return CifarResNet(56, num_classes, in_channels, shortcut, width)
 

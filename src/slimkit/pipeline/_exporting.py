@@ -48,6 +48,43 @@ def compressed_available() -> bool:
     return True
 
 
+def _write_and_check(model: nn.Module, batch: torch.Tensor, expected: torch.Tensor, target: Path, fmt: str,
+                     exporter: Any, atol: float) -> dict[str, Any]:
+    from slimkit.export import export_onnx, run_onnx
+
+    example = batch[:1]
+    if fmt == "onnx":
+        (exporter or export_onnx)(model, example, target)
+        check = _compare(expected, run_onnx(target, batch), atol)
+        check["runtime"] = "onnxruntime"
+    elif fmt == "torchscript":
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(copy.deepcopy(model), example, check_trace=False)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        with atomic_write(target) as handle:
+            handle.write(buffer.getvalue())
+        with torch.no_grad():
+            got = torch.jit.load(str(target))(batch).numpy()  # the file this function just wrote
+        check = _compare(expected, got, atol)
+        check["runtime"] = "torchscript"
+    else:
+        if not compressed_available():
+            raise ConfigError("the 'compressed' format needs slimkit.share.save_compressed, which this build "
+                              "does not have: use --format onnx or torchscript")
+        from slimkit.share import load_compressed, save_compressed
+
+        save_compressed(model, target)
+        spec = getattr(model, "slimkit_spec", None)
+        reloaded = load_compressed(target, spec=spec)
+        with torch.no_grad():
+            got = reloaded(batch).numpy() if isinstance(reloaded, nn.Module) else expected.numpy()
+        check = _compare(expected, got, atol)
+        check["runtime"] = "slimkit.share.load_compressed"
+    return check
+
+
 def export_model(
     model: nn.Module,
     data: Any,
@@ -63,47 +100,26 @@ def export_model(
     ``exporter(model, example, path)`` replaces :func:`slimkit.export.export_onnx` (the int8 QDQ export of a
     quantized model). With ``strict`` a difference above ``atol`` raises :class:`slimkit.export.ExportError`.
     """
-    from slimkit.export import ExportError, export_onnx, run_onnx
+    from slimkit.export import ExportError
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
     target = Path(path)
     model = model.eval()
     batch = check_batch(data)
-    example = batch[:1]
     with torch.no_grad():
         expected = model(batch)
-    if fmt == "onnx":
-        (exporter or export_onnx)(model, example, target)
-        check = _compare(expected, run_onnx(target, batch), atol)
-        check["runtime"] = "onnxruntime"
-    elif fmt == "torchscript":
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(copy.deepcopy(model), example, check_trace=False)
-        buffer = io.BytesIO()
-        torch.jit.save(traced, buffer)
-        with atomic_write(target) as handle:
-            handle.write(buffer.getvalue())
-        with torch.no_grad():
-            got = torch.jit.load(str(target))(batch).numpy()
-        check = _compare(expected, got, atol)
-        check["runtime"] = "torchscript"
-    else:
-        if not compressed_available():
-            raise ConfigError("the 'compressed' format needs slimkit.share.save_compressed, which this build "
-                              "does not have: use --format onnx or torchscript")
-        from slimkit.share import load_compressed, save_compressed
-
-        save_compressed(model, target)
-        reloaded = load_compressed(target)
-        with torch.no_grad():
-            got = reloaded(batch).numpy() if isinstance(reloaded, nn.Module) else expected.numpy()
-        check = _compare(expected, got, atol)
-        check["runtime"] = "slimkit.share.load_compressed"
-    check.update(file=str(target), format=fmt, bytes=target.stat().st_size, batch=len(batch))
-    if strict and not check["ok"]:
-        raise ExportError(f"{fmt} file '{target}' differs from PyTorch by {check['max_abs_diff']:.3g} on "
-                          f"{len(batch)} test inputs (tolerance {atol:g}; argmax agreement "
-                          f"{check['argmax_agreement']:.1%}): raise the tolerance if the format is lossy (int8)")
+    # written under a temporary name and renamed only once checked: a file that fails its check is never left
+    staging = target.with_name(f".{target.name}.unchecked{target.suffix}")
+    try:
+        check = _write_and_check(model, batch, expected, staging, fmt, exporter, atol)
+        check.update(file=str(target), format=fmt, bytes=staging.stat().st_size, batch=len(batch))
+        if strict and not check["ok"]:
+            raise ExportError(f"{fmt} file '{target}' differs from PyTorch by {check['max_abs_diff']:.3g} on "
+                              f"{len(batch)} test inputs (tolerance {atol:g}; argmax agreement "
+                              f"{check['argmax_agreement']:.1%}): raise the tolerance if the format is lossy (int8); "
+                              "no file was written")
+        staging.replace(target)
+    finally:
+        staging.unlink(missing_ok=True)
     return check

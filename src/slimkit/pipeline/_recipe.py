@@ -97,6 +97,9 @@ class Recipe:
     source: str
     text: str
     checkpoint: Path | None
+    #: whether ``file.py:factory`` specs in this recipe may be imported: True only for a recipe the user wrote or
+    #: typed (a file they named, a command line); False for one read back from a run folder's metadata
+    allow_code: bool = False
 
     @property
     def title(self) -> str:
@@ -108,6 +111,14 @@ class Recipe:
         payload["stages"] = [{s.name: s.params.model_dump(mode="json")} for s in self.stages]
         payload["model"]["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
         return payload
+
+    def code_specs(self) -> list[str]:
+        """The ``file.py:factory`` model specs this recipe names (its model and any distillation student)."""
+        from slimkit.models import is_code_spec
+
+        specs = [self.schema.model.spec] + [s.params.student for s in self.stages
+                                            if isinstance(getattr(s.params, "student", None), str)]
+        return [spec for spec in specs if is_code_spec(spec)]
 
     def fingerprint(self) -> str:
         """A hash of the resolved recipe: a resumed run must have been started by the very same recipe."""
@@ -154,13 +165,27 @@ _UNION_TAG = re.compile(r"^(constrained-\w+|function-\w+.*|\w+\[.*\]|int|float|s
                         r"set|is-instance\[.*\])$")
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The location without pydantic's union-member tags (``ratio.constrained-float`` → ``ratio``)."""
-    return tuple(p for p in loc if not (isinstance(p, str) and _UNION_TAG.match(p)))
+def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """The location without pydantic's union-member tags (``ratio.constrained-float`` → ``ratio``).
+
+    ``data`` is the validated input: a part that is a real key of the data at that point is kept even when it looks
+    like a tag (a user's key literally named ``none`` or ``int``)."""
+    cleaned = []
+    for part in loc:
+        in_dict = isinstance(data, dict) and part in data
+        if in_dict or (isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)):
+            data = data[part]
+        elif isinstance(part, str) and _UNION_TAG.match(part):
+            continue
+        else:
+            data = None
+        cleaned.append(part)
+    return tuple(cleaned)
 
 
-def _explain(error: dict[str, Any], located: LocatedYaml, prefix: tuple[Any, ...], model: type[BaseModel]) -> str:
-    error = {**error, "loc": _clean_loc(error["loc"])}
+def _explain(error: dict[str, Any], located: LocatedYaml, prefix: tuple[Any, ...], model: type[BaseModel],
+             data: Any) -> str:
+    error = {**error, "loc": _clean_loc(error["loc"], data)}
     loc = (*prefix, *error["loc"])
     blame = getattr(model, "blame", None)
     if error["type"] == "value_error" and not error["loc"] and blame is not None:
@@ -206,12 +231,12 @@ def _validate(model: type[BaseModel], data: Any, located: LocatedYaml, prefix: t
         # A misspelt key also makes its intended key "missing": report the misspelling first.
         order = {"extra_forbidden": 0, "missing": 2}
         errors = sorted(error.errors(include_url=False), key=lambda e: order.get(e["type"], 1))
-        problems = list(dict.fromkeys(_explain(e, located, prefix, model) for e in errors))
+        problems = list(dict.fromkeys(_explain(e, located, prefix, model, data) for e in errors))
         # one problem per location: a union reports each alternative, the first is the one to fix
         seen: set[tuple[Any, ...]] = set()
         firsts = []
-        for e, text in zip(errors, (_explain(e, located, prefix, model) for e in errors)):
-            key = _clean_loc(e["loc"])
+        for e, text in zip(errors, (_explain(e, located, prefix, model, data) for e in errors)):
+            key = _clean_loc(e["loc"], data)
             if key not in seen:
                 seen.add(key)
                 firsts.append(text)
@@ -240,11 +265,13 @@ def _stage_call(index: int, item: Any, located: LocatedYaml) -> StageCall:
 
 
 def parse_recipe(text: str, source: str = "<recipe>", base_dir: str | os.PathLike | None = None,
-                 *, check_files: bool = True) -> Recipe:
+                 *, check_files: bool = True, allow_code: bool = True) -> Recipe:
     """Validate recipe ``text``; every problem is a :class:`RecipeError` with ``source``, line and fix.
 
     ``base_dir`` resolves a relative checkpoint path (default: the current folder). With ``check_files`` the
-    checkpoint must exist and the model and dataset names must be registered.
+    checkpoint must exist and the model and dataset names must be registered. ``allow_code`` says whether the
+    text comes from the user (their recipe, a command line): only then may a ``file.py:factory`` spec in it be
+    imported when the recipe runs. Pass False for text slimkit reads back from a file it did not get from the user.
     """
     # Imported here so that every technique's stages are registered before names are checked.
     import slimkit.pipeline._technique_stages  # noqa: F401
@@ -260,6 +287,8 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: str | os.PathLik
             raise RecipeError(f"{source}, line {stage.line}: stages[{stage.index - 1}].{stage.name}.cache_teacher: "
                               "the teacher's outputs cannot be cached when data.augment changes the images every "
                               "epoch: remove cache_teacher or data.augment")
+    stages = tuple(_resolve_stage_paths(call, base_dir) for call in stages)
+    _check_references(stages, located)
     checkpoint = None
     if schema.model.checkpoint is not None:
         checkpoint = Path(schema.model.checkpoint).expanduser()
@@ -268,7 +297,99 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: str | os.PathLik
     schema = _resolve_model_file(schema, base_dir)
     if check_files:
         _check_names(schema, located, checkpoint)
-    return Recipe(schema=schema, stages=stages, source=source, text=text, checkpoint=checkpoint)
+        _check_stage_files(stages, located)
+    return Recipe(schema=schema, stages=stages, source=source, text=text, checkpoint=checkpoint,
+                  allow_code=allow_code)
+
+
+#: stage parameters that name a file, resolved against the recipe's folder like the model checkpoint
+_PATH_PARAMS = ("student_checkpoint",)
+
+
+def _resolve_stage_paths(call: StageCall, base_dir: str | os.PathLike | None) -> StageCall:
+    import dataclasses
+
+    update = {}
+    for key in _PATH_PARAMS:
+        value = getattr(call.params, key, None)
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            update[key] = str(Path(base_dir or ".") / Path(value).expanduser())
+    return dataclasses.replace(call, params=call.params.model_copy(update=update)) if update else call
+
+
+def _where(located: LocatedYaml, call: StageCall, key: str) -> str:
+    return f"{located.source}, line {located.line_of(('stages', call.index - 1, call.name, key))}: " \
+           f"stages[{call.index - 1}].{call.name}.{key}"
+
+
+def _check_references(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:
+    """References between stages: a teacher names an earlier stage; export files are distinct."""
+    labels: list[str] = []
+    files: dict[str, int] = {}
+    for call in stages:
+        teacher = getattr(call.params, "teacher", None)
+        if isinstance(teacher, str) and teacher not in ("input", "previous") and teacher not in labels:
+            earlier = ", ".join(["input", "previous", *labels])
+            raise RecipeError(f"{_where(located, call, 'teacher')}: '{teacher}' is not an earlier stage of this "
+                              f"recipe: use one of {earlier}")
+        name = getattr(call.params, "file", None) if call.name == "export" else None
+        if name is not None:
+            if name in files:
+                raise RecipeError(f"{_where(located, call, 'file')}: '{name}' is also written by stage {files[name]}: "
+                                  "give each export its own file name")
+            files[name] = call.index
+        labels.append(call.label)
+
+
+def _check_spec(spec: str, where: str) -> None:
+    """A model spec is a registered model whose options build (on the meta device: nothing allocated), or a
+    ``file.py:factory`` whose file exists (not imported here)."""
+    import torch
+
+    from slimkit.models import from_spec, is_code_spec, parse_spec
+
+    if is_code_spec(spec):
+        path = parse_spec(spec)[0].rpartition(":")[0]
+        if not Path(path).is_file():
+            raise RecipeError(f"{where}: file '{path}' does not exist: fix the path (relative to the recipe)")
+        return
+    try:
+        with torch.device("meta"):
+            from_spec(spec)
+    except SlimkitError as error:
+        raise RecipeError(f"{where}: {error}") from None
+
+
+def _check_fit_on_meta(schema: RecipeSchema, where: str) -> None:
+    """A registered model on a registered dataset whose input shape is known: the model must run on it and give
+    one score per class, checked on the meta device (nothing allocated, no data loaded)."""
+    import torch
+
+    from slimkit.data import DATASETS
+    from slimkit.models import check_fits, class_count_option, from_spec, is_code_spec
+
+    spec, data = schema.model.spec, schema.data.name
+    if is_code_spec(spec) or data not in DATASETS or "input_shape" not in DATASETS.meta(data):
+        return
+    meta = DATASETS.meta(data)
+    try:
+        with torch.device("meta"):
+            model = from_spec(spec, **class_count_option(spec, meta["num_classes"]))
+            check_fits(model, torch.zeros(1, *meta["input_shape"]), label=spec, data=data,
+                       num_classes=meta["num_classes"], task=meta["task"])
+    except SlimkitError as error:
+        raise RecipeError(f"{where}: {error}") from None
+
+
+def _check_stage_files(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:
+    for call in stages:
+        student = getattr(call.params, "student", None)
+        if isinstance(student, str):
+            _check_spec(student, _where(located, call, "student"))
+        path = getattr(call.params, "student_checkpoint", None)
+        if isinstance(path, str) and not Path(path).is_file():
+            raise RecipeError(f"{_where(located, call, 'student_checkpoint')}: '{path}' does not exist: fix the "
+                              "path (relative paths start at the recipe's folder)")
 
 
 def _resolve_model_file(schema: RecipeSchema, base_dir: str | os.PathLike | None) -> RecipeSchema:
@@ -285,19 +406,18 @@ def _resolve_model_file(schema: RecipeSchema, base_dir: str | os.PathLike | None
 
 
 def _check_names(schema: RecipeSchema, located: LocatedYaml, checkpoint: Path | None) -> None:
-    from slimkit.data import DATASETS, create_augment
-    from slimkit.models import MODELS, parse_spec
+    from slimkit.data import DATASETS, create_augment, is_folder_spec
 
-    target, _ = parse_spec(schema.model.spec)
-    if ".py:" in target and not Path(target.rpartition(":")[0]).is_file():
-        raise RecipeError(f"{located.source}, line {located.line_of(('model', 'spec'))}: model.spec: file "
-                          f"'{target.rpartition(':')[0]}' does not exist: fix the path (relative to the recipe)")
-    if ".py" not in target and target not in MODELS:
-        raise RecipeError(f"{located.source}, line {located.line_of(('model', 'spec'))}: model.spec: unknown model "
-                          f"'{target}': choose one of {', '.join(MODELS.names())}, or give 'file.py:factory'")
-    if schema.data.name not in DATASETS:
+    where = f"{located.source}, line {located.line_of(('model', 'spec'))}: model.spec"
+    _check_spec(schema.model.spec, where)
+    _check_fit_on_meta(schema, where)
+    if schema.data.name not in DATASETS and not is_folder_spec(schema.data.name):
+        target = Path(schema.data.name.partition(":")[0])
+        if target.is_file():
+            raise RecipeError(f"{located.source}, line {located.line_of(('data', 'name'))}: data.name: '{target}' is "
+                              "a file: an image dataset is a folder holding one sub-folder per class")
         raise RecipeError(f"{located.source}, line {located.line_of(('data', 'name'))}: data.name: unknown dataset "
-                          f"'{schema.data.name}': choose one of {', '.join(DATASETS.names())}")
+                          f"'{schema.data.name}': choose one of {', '.join(DATASETS.names())}, or an image folder")
     try:
         create_augment(schema.data.augment)
     except SlimkitError as error:
@@ -310,12 +430,20 @@ def _check_names(schema: RecipeSchema, located: LocatedYaml, checkpoint: Path | 
 
 
 def load_recipe(path: str | os.PathLike, *, check_files: bool = True) -> Recipe:
-    """Read and validate the recipe file at ``path`` (see :func:`parse_recipe`)."""
+    """Read and validate the recipe file at ``path`` (see :func:`parse_recipe`); the user named this file, so a
+    ``file.py:factory`` model in it may be imported when it runs."""
+    from slimkit.pipeline._yaml import MAX_RECIPE_BYTES
+
     source = Path(path)
+    if source.is_dir():
+        raise RecipeError(f"recipe '{source}' is a folder: give the recipe's .yaml file (shipped ones are in recipes/)")
     if not source.is_file():
         raise RecipeError(f"recipe '{source}' does not exist: check the path (shipped recipes are in recipes/)")
+    if source.stat().st_size > 4 * MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe '{source}' is {source.stat().st_size:,} bytes; a recipe is a short YAML file: "
+                          "check that this is the file you meant")
     try:
         text = source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise RecipeError(f"recipe '{source}' cannot be read ({error}): save it as UTF-8 text") from None
-    return parse_recipe(text, str(source), source.parent, check_files=check_files)
+    return parse_recipe(text, str(source), source.parent, check_files=check_files, allow_code=True)

@@ -92,9 +92,8 @@ class _Session:
     """The shared state of one run (or one reload of a run folder)."""
 
     def __init__(self, recipe: Recipe, out: Path, run_id: str, progress: bool, reporter: Reporter | None) -> None:
-        from slimkit._cli_common import class_count_option
         from slimkit.data import create_data
-        from slimkit.models import from_spec
+        from slimkit.models import class_count_option, from_spec
 
         self.recipe, self.out, self.run_id, self.progress = recipe, out, run_id, progress
         self.reporter = reporter or (lambda event, info: None)
@@ -109,7 +108,7 @@ class _Session:
         from slimkit.train import seed_everything
 
         seed_everything(recipe.schema.seed)
-        self.model = from_spec(recipe.schema.model.spec, **self.spec_options).eval()
+        self.model = from_spec(recipe.schema.model.spec, allow_code=recipe.allow_code, **self.spec_options).eval()
         self.example = self.data.example_input(1)
         self.exporter: Exporter | None = None
         self.input_model: nn.Module | None = None
@@ -125,6 +124,7 @@ class _Session:
             run_dir=self.out, stage_dir=self.stage_dir(label),
             seed=self.recipe.schema.seed + (call.index if call else 0),
             resume=resume, progress=self.progress, exporter=self.exporter, snapshots=self.snapshots,
+            allow_code=self.recipe.allow_code,
         )
 
     def finished(self, label: str) -> dict[str, Any] | None:
@@ -236,28 +236,40 @@ def _subset(loader: Any, n: int | None, *, shuffle: bool = False, seed: int = 0)
                         augment=loader.augment, seed=seed)
 
 
+def is_run_folder(out: Path) -> bool:
+    """True when ``out`` holds a run slimkit started (its ``run.json`` with a run id and recipe fingerprint)."""
+    previous = _read_json(out / RUN_FILE) if out.is_dir() else None
+    return isinstance(previous, dict) and "run_id" in previous and "fingerprint" in previous
+
+
 def _prepare_out(recipe: Recipe, out: Path, resume: bool, force: bool) -> tuple[str, bool]:
-    """Check the folder; returns (run id, whether an earlier run is being resumed)."""
+    """Check the folder; returns (run id, whether an earlier run is being resumed).
+
+    Nothing the user owns is overwritten: a non-empty folder is accepted only if it holds a slimkit run (continued
+    with ``resume``, started over with ``force``), and never when the recipe's input checkpoint lies inside it.
+    """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file: give a folder")
     if recipe.checkpoint is not None and _inside(recipe.checkpoint, out):
         raise ConfigError(f"the input checkpoint '{recipe.checkpoint}' is inside the output folder '{out}': choose "
                           "another --out so that the run can never overwrite its input")
     non_empty = out.is_dir() and any(out.iterdir())
-    previous = _read_json(out / RUN_FILE) if out.is_dir() else None
+    if not non_empty:
+        return uuid.uuid4().hex[:12], False
+    if not is_run_folder(out):
+        what = "--resume continues only a run slimkit started there" if resume else \
+            "slimkit writes only into a new or empty folder, or one holding an earlier slimkit run"
+        raise ConfigError(f"output folder '{out}' is not empty and holds no slimkit run ({RUN_FILE} is missing): "
+                          f"{what}; choose a new folder")
+    previous = _read_json(out / RUN_FILE)
     if resume:
-        if previous is None:
-            if non_empty and not force:
-                raise ConfigError(f"--resume: '{out}' holds no slimkit run ({RUN_FILE} is missing): give the folder "
-                                  "of the interrupted run, or drop --resume")
-        elif previous.get("fingerprint") != recipe.fingerprint():
+        if previous.get("fingerprint") != recipe.fingerprint():
             raise ConfigError(f"--resume: the recipe differs from the one that started the run in '{out}': use the "
-                              "same recipe, or start over with --force (or a new --out)")
-        else:
-            return str(previous["run_id"]), True
-    elif non_empty and not force:
-        raise ConfigError(f"output folder '{out}' is not empty: choose a new folder, pass --resume to continue the "
-                          "run in it, or --force to start over in it")
+                              "same recipe (and options), or start over with --force (or a new --out)")
+        return str(previous["run_id"]), True
+    if not force:
+        raise ConfigError(f"output folder '{out}' holds an earlier run: pass --resume to continue it, --force to "
+                          "start over in it, or choose a new folder")
     return uuid.uuid4().hex[:12], False
 
 
@@ -266,16 +278,23 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
     """Run ``recipe`` into folder ``out``: every stage in order, evaluated and checkpointed after each.
 
     ``resume=True`` continues a run interrupted in ``out`` from its last finished stage and reaches the same
-    weights and metrics (latency aside, which is measured anew). The input checkpoint is never written.
+    weights and metrics (latency aside, which is measured anew). The input checkpoint is never written. Under
+    ``torchrun`` every rank runs the stages (training is data-parallel) and rank 0 alone measures and writes.
     """
     from slimkit import __version__
-    from slimkit.train import load_weights_, seed_everything
+    from slimkit.train import broadcast_object, init_distributed, load_weights_, seed_everything
 
     out = Path(out)
-    run_id, resuming = _prepare_out(recipe, out, resume, force)
-    out.mkdir(parents=True, exist_ok=True)
-    session = _Session(recipe, out, run_id, progress, reporter)
-    if not resuming:
+    main = init_distributed().is_main
+    run_id, resuming = _prepare_out(recipe, out, resume, force) if main else ("", False)
+    run_id, resuming = broadcast_object((run_id, resuming))  # type: ignore[misc]
+    session = _Session(recipe, out, run_id, progress and main, reporter if main else None)
+    if recipe.checkpoint is not None:
+        load_weights_(session.model, recipe.checkpoint)
+    _preflight(session)  # the model fits the data, every stage's own checks: before the folder is touched
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    if main and not resuming:
         write_text_atomic(out / "recipe.yaml", recipe.text)
         _write_json(out / RUN_FILE, {"run_id": run_id, "fingerprint": recipe.fingerprint(), "status": "running",
                                      "slimkit": __version__, "recipe": recipe.to_dict(), "source": recipe.source,
@@ -285,13 +304,14 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
     if input_result is not None:
         session.load_state(model, INPUT_LABEL, input_result)
     else:
-        if recipe.checkpoint is not None:
-            load_weights_(model, recipe.checkpoint)
-        started = time.perf_counter()
-        row = session.measure(model, INPUT_LABEL)
-        row["seconds"] = time.perf_counter() - started
-        row["latency_ratio"] = 1.0 if recipe.schema.evaluation.latency and "onnx_error" not in row else None
-        input_result = session.save_stage(model, INPUT_LABEL, "input", row, {"checkpoint": str(recipe.checkpoint)})
+        input_result = {"stage": INPUT_LABEL}
+        if main:
+            started = time.perf_counter()
+            row = session.measure(model, INPUT_LABEL)
+            row["seconds"] = time.perf_counter() - started
+            row["latency_ratio"] = 1.0 if recipe.schema.evaluation.latency and "onnx_error" not in row else None
+            input_result = session.save_stage(model, INPUT_LABEL, "input", row,
+                                              {"checkpoint": str(recipe.checkpoint)})
     session.input_model = _frozen_copy(model)
     session.snapshots[INPUT_LABEL] = session.input_model
     results = [input_result]
@@ -315,17 +335,34 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
         model = stage.run(model, ctx)
         session.exporter = stage.exporter() or session.exporter
         seconds = time.perf_counter() - started
-        if stage.changes_model:
-            row = session.measure(model, call.label)
-        else:
-            row = session.reuse(results[-1], call.label)
-        row["seconds"] = seconds
-        result = session.save_stage(model, call.label, call.name, row, ctx.notes)
+        result = {"stage": call.label}
+        if main:
+            row = session.measure(model, call.label) if stage.changes_model else \
+                session.reuse(results[-1], call.label)
+            row["seconds"] = seconds
+            result = session.save_stage(model, call.label, call.name, row, ctx.notes)
         session.snapshots[call.label] = _frozen_copy(model)
         results.append(result)
         session.reporter("stage_end", {"call": call, "result": result})
-    files = _finish(session, model, results, report)
+    files = _finish(session, model, results, report) if main else {}
     return RunResult(out=out, stages=results, model=model, files=files)
+
+
+def _preflight(session: _Session) -> None:
+    """Checks that need the data and the input model but no training: the model runs on the data's inputs and
+    gives one score per class, and each stage's own ``preflight`` (e.g. distillation layer names and shapes)."""
+    from slimkit.models import check_fits
+
+    recipe = session.recipe
+    check_fits(session.model, session.example, label=recipe.schema.model.spec, data=recipe.schema.data.name,
+               num_classes=session.data.num_classes, task=session.data.task)
+    structural_before = False
+    for call in recipe.stages:
+        stage = call.build()
+        ctx = session.context(call)
+        ctx.model_is_input = not structural_before
+        stage.preflight(session.model, ctx)
+        structural_before = structural_before or stage.structural
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
@@ -374,11 +411,14 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in {"run_id", "structure"}}
 
 
-def load_run(run_dir: str | Path, stage: str | None = None) -> tuple[nn.Module, Any, Exporter | None]:
+def load_run(run_dir: str | Path, stage: str | None = None, *,
+             trusted_specs: tuple[str, ...] = ()) -> tuple[nn.Module, Any, Exporter | None]:
     """Load the model of a finished (or interrupted) run: the last finished stage, or ``stage`` (e.g. "02-prune").
 
     Returns ``(model, data bundle, exporter)``; the architecture is rebuilt by replaying structural stages (see the
-    module docstring), so loading never unpickles code.
+    module docstring), so loading never unpickles code. A run whose recipe names a ``file.py:factory`` model is
+    loaded only if the caller types that spec in ``trusted_specs``: the run folder's metadata never decides on its
+    own to import code.
     """
     from slimkit.train import seed_everything
 
@@ -387,7 +427,18 @@ def load_run(run_dir: str | Path, stage: str | None = None) -> tuple[nn.Module, 
     if run is None or "recipe" not in run:
         raise ConfigError(f"'{out}' is not a slimkit run folder ({RUN_FILE} missing or unreadable): give the --out "
                           "folder of 'slimkit compress'")
-    recipe = parse_recipe(json.dumps(run["recipe"]), str(out / RUN_FILE), check_files=False)
+    recipe = parse_recipe(json.dumps(run["recipe"]), str(out / RUN_FILE), check_files=False, allow_code=False)
+    untrusted = [spec for spec in recipe.code_specs() if spec not in trusted_specs]
+    if untrusted:
+        from slimkit._errors import ModelSpecError
+
+        raise ModelSpecError(f"'{out / RUN_FILE}' names Python code to import as a model ({', '.join(untrusted)}); "
+                             "slimkit never imports code named by a file it reads. If you wrote that file and trust "
+                             f"it, confirm by typing the spec: --trust-spec '{untrusted[0]}'")
+    if recipe.code_specs():
+        import dataclasses
+
+        recipe = dataclasses.replace(recipe, allow_code=True)  # every code spec was typed by the caller
     session = _Session(recipe, out, str(run["run_id"]), False, None)
     model = session.model
     first = session.finished(INPUT_LABEL)

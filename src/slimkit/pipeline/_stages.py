@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from slimkit._registry import Registry
@@ -49,6 +49,11 @@ class StageContext:
     exporter: Exporter | None = None
     #: frozen copies of the model after each finished stage ("00-input", "01-train", ...), e.g. distillation teachers
     snapshots: dict[str, nn.Module] = field(default_factory=dict)
+    #: in ``preflight``: True when the stage's input is the recipe's input model (no structural stage before it), so
+    #: a layer selection can be checked against it
+    model_is_input: bool = False
+    #: whether a ``file.py:factory`` spec in the stage's parameters may be imported (see ``Recipe.allow_code``)
+    allow_code: bool = False
     #: facts a stage reports besides the standard metrics (files written, compressed bytes, ...); saved in result
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -72,6 +77,10 @@ class Stage:
 
     def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         raise NotImplementedError
+
+    def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
+        """Checks run before the recipe starts (nothing trained yet; ``input_model`` is the recipe's input), so a
+        mistake that needs no training is an error before any work. Default: none."""
 
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         """The architecture after this stage, for a model holding the previous stage's weights."""
@@ -109,11 +118,11 @@ class TrainParams(StageParams):
     """The parameters of :func:`slimkit.train.fit` plus the SGD optimizer's (Nesterov momentum)."""
 
     epochs: int = Field(ge=0, le=10_000)
-    lr: float = Field(0.05, gt=0, le=10)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0, lt=1)
+    lr: float = Field(0.05, gt=0, le=10, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1, allow_inf_nan=False)
+    weight_decay: float = Field(5e-4, ge=0, lt=1, allow_inf_nan=False)
     scheduler: Literal["cosine"] | None = "cosine"
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
 def fit_in_stage(model: nn.Module, ctx: StageContext, params: TrainParams, **extra: Any) -> None:
@@ -186,10 +195,28 @@ class EvaluateStage(Stage):
         return model
 
 
+#: files and folders a run owns at the top of its folder (see ``_runner``): an export stage may not write over them
+RUN_OWNED = frozenset({"run.json", "recipe.yaml", "metrics.json", "report.md", "report.html", "model.pt",
+                       "model.onnx", "plots", "stages"})
+
+
 class ExportParams(StageParams):
     format: Literal["onnx", "torchscript", "compressed"] = "onnx"
-    file: str | None = Field(None, min_length=1, description="file name inside the run folder")
-    atol: float = Field(1e-4, gt=0)
+    file: str | None = Field(None, min_length=1, max_length=200, description="file name inside the run folder")
+    atol: float = Field(1e-4, gt=0, allow_inf_nan=False)
+
+    @field_validator("file")
+    @classmethod
+    def _plain_new_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if "/" in value or "\\" in value or value in {".", ".."} or value.startswith(".") or "\0" in value:
+            raise ValueError(f"export file '{value}' must be a plain file name written at the top of the run folder "
+                             "(no folders, not hidden): e.g. model-int8.onnx")
+        if value in RUN_OWNED:
+            raise ValueError(f"export file '{value}' is one of the run's own files ({', '.join(sorted(RUN_OWNED))}): "
+                             "choose another name")
+        return value
 
 
 @register_stage("export")

@@ -99,9 +99,11 @@ def config_params(config_cls: type, name: str, *, exclude: tuple[str, ...] = (),
 
 
 def _train_fields(epochs: int = 0, lr: float = 0.01) -> dict[str, Any]:
-    """Optional fine-tuning inside a stage (QAT, distillation): the ``fit`` options of the train stage."""
-    return {name: (field.annotation, field.default if name not in {"epochs", "lr"} else {"epochs": epochs,
-            "lr": lr}[name]) for name, field in TrainParams.model_fields.items()}
+    """Optional fine-tuning inside a stage (QAT, distillation): the ``fit`` options of the train stage, with their
+    range checks (an lr of NaN, -1 epochs or momentum 5 are recipe errors at their line, before any work)."""
+    defaults = {"epochs": epochs, "lr": lr}
+    return {name: (Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation,
+                   defaults.get(name, field.default)) for name, field in TrainParams.model_fields.items()}
 
 
 def _train_params(params: Any) -> TrainParams:
@@ -168,6 +170,8 @@ if _available("slimkit.prune", "PruneConfig", "prune_channels", "UnstructuredCon
     _PruneBase = config_params(PruneConfig, "_PruneBase", ratio=(_Fraction | dict[str, _Fraction], 0.5))
 
     class PruneParams(_PruneBase):  # type: ignore[misc, valid-type]
+        schedule: Literal["oneshot", "layerwise"] = "oneshot"
+
         @field_validator("criterion")
         @classmethod
         def _check_criterion(cls, value: str) -> str:
@@ -185,9 +189,10 @@ if _available("slimkit.prune", "PruneConfig", "prune_channels", "UnstructuredCon
         summary = "remove channels (slimkit.prune.prune_channels: l1, l2, taylor, fpgm, bn_scale, thinet, ...)"
 
         def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-            from slimkit.prune import prune_channels
+            from slimkit.prune import prune_channels, prune_layerwise
 
-            return prune_channels(model, ctx.example_input, self.params.config(), data=ctx.data.calibration)
+            prune = prune_layerwise if self.params.schedule == "layerwise" else prune_channels
+            return prune(model, ctx.example_input, self.params.config(), data=ctx.data.calibration)
 
         def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
             return self.rebuild(model, ctx)
@@ -224,6 +229,12 @@ if _available("slimkit.decompose", "DecomposeConfig", "decompose"):
         Params = config_params(DecomposeConfig, "DecomposeParams")
         structural = True
         summary = "low-rank factorisation: svd, tucker2, cp (slimkit.decompose.decompose)"
+
+        def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
+            if ctx.model_is_input:
+                from slimkit.decompose import layers_to_decompose
+
+                layers_to_decompose(input_model, self.params.config())  # a layer name that is not one fails here
 
         def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
             from slimkit.decompose import decompose
@@ -264,6 +275,8 @@ if _available("slimkit.convert", "RewriteConfig", "to_depthwise_separable", "to_
 
     _REWRITES = {"depthwise_separable": ("to_depthwise_separable", DepthwiseSeparableConfig),
                  "group_conv": ("to_group_conv", GroupConvConfig), "crelu": ("to_crelu", CReLUConfig)}
+    #: the stage's rewrite names → the converters' registered names
+    _CONVERTER = {"depthwise_separable": "depthwise-separable", "group_conv": "group", "crelu": "crelu"}
 
     _ConvertBase = config_params(RewriteConfig, "_ConvertBase",
                                  to=(Literal["depthwise_separable", "group_conv", "crelu"], ...),
@@ -294,6 +307,13 @@ if _available("slimkit.convert", "RewriteConfig", "to_depthwise_separable", "to_
         structural = True
         summary = "rewrite convs: depthwise_separable, group_conv, crelu (slimkit.convert)"
 
+        def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
+            if ctx.model_is_input:
+                from slimkit.convert import layers_to_convert
+
+                layers_to_convert(input_model, ctx.example_input, _CONVERTER[self.params.to],
+                                  self.params.rewrite_config())
+
         def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
             import slimkit.convert as convert
 
@@ -306,39 +326,54 @@ if _available("slimkit.convert", "RewriteConfig", "to_depthwise_separable", "to_
 
 # --- distillation -------------------------------------------------------------------------------------------------
 
-if _available("slimkit.distill", "DistillConfig", "distill"):
-    from slimkit.distill import DistillConfig
+if _available("slimkit.distill", "DistillConfig", "distill", "ReconstructConfig", "reconstruct"):
+    from slimkit.distill import DistillConfig, ReconstructConfig
 
-    _DistillBase = config_params(DistillConfig, "_DistillBase", exclude=("checkpoint_dir", "resume", "progress"),
-                                 student=(str | None, None),
-                                 teacher=(str, Field("input", pattern=r"^(input|previous|\d{2}-\w+)$")))
+    #: who teaches whom: ``student`` a model spec trained from scratch (or from ``student_checkpoint``; default: the
+    #: current model), ``teacher`` "input", "previous" or an earlier stage's label such as "01-train"
+    _ROLES = {"student": (str | None, None), "student_checkpoint": (str | None, None),
+              "teacher": (str, Field("input", pattern=r"^(input|previous|\d{2}-\w+)$"))}
 
-    class DistillParams(_DistillBase):  # type: ignore[misc, valid-type]
-        @model_validator(mode="after")
-        def _check_roles(self) -> DistillParams:
-            if self.student is None and self.teacher == "previous":
-                raise ValueError("without 'student' the current model is the student, so the teacher must be "
-                                 "'input' (the recipe's input model): set teacher: input or name a student spec")
-            return self
+    def _check_roles(params: Any) -> Any:
+        if params.student is None and params.teacher == "previous":
+            raise ValueError("without 'student' the current model is the student, so the teacher must be "
+                             "'input' (the recipe's input model): set teacher: input or name a student spec")
+        if params.student_checkpoint is not None and params.student is None:
+            raise ValueError("student_checkpoint gives a student spec's first weights: name the student spec too")
+        return params
 
-    @register_stage("distill")
-    class DistillStage(Stage):
-        """Knowledge distillation (Hinton KD, attention transfer, hints, mimic). ``student``: a model spec trained
-        from scratch (default: the current model, e.g. after a rewrite); ``teacher``: "input" (the recipe's input
-        model), "previous" (the model before this stage) or an earlier stage's label such as "01-train"."""
-
-        Params = DistillParams
+    class _DistillRoles(Stage):
         structural = True  # a named student replaces the model
-        summary = "distil a teacher into a student (slimkit.distill: kd, at, hint, mimic)"
 
         def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
             if self.params.student is None:
                 return model
-            from slimkit._cli_common import class_count_option
-            from slimkit.models import from_spec
+            from slimkit.models import class_count_option, from_spec
 
             spec = self.params.student
-            return from_spec(spec, **class_count_option(spec, ctx.data.num_classes))
+            student = from_spec(spec, allow_code=ctx.allow_code, **class_count_option(spec, ctx.data.num_classes))
+            if self.params.student_checkpoint is not None:
+                from slimkit.train import load_weights_
+
+                load_weights_(student, self.params.student_checkpoint)
+            return student
+
+        def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
+            """With a student spec and the input model as teacher, the layer pairs, shapes and class counts are
+            checked before any training (a student that replaces the current model cannot be checked earlier)."""
+            if self.params.student is None or self.params.teacher != "input":
+                return
+            from slimkit.distill import DistillConfig, Distiller, parse_pair, resolve_layers
+
+            student = self.rebuild(input_model, ctx)
+            if hasattr(self.params, "stages"):  # stage-wise: the named stages must exist in both models
+                pairs = [parse_pair(p) if isinstance(p, str) else tuple(p) for p in self.params.stages]
+                resolve_layers(student, [s for s, _ in pairs], "student")
+                resolve_layers(input_model, [t for _, t in pairs], "teacher")
+                losses, pairs = ("ce",), ()
+            else:
+                losses, pairs = tuple(self.params.losses), tuple(self.params.pairs)
+            Distiller(input_model, student, DistillConfig(losses=losses, pairs=pairs)).check(ctx.example_input)
 
         def _teacher(self, model: nn.Module, ctx: StageContext) -> nn.Module:
             name = self.params.teacher
@@ -353,6 +388,22 @@ if _available("slimkit.distill", "DistillConfig", "distill"):
                                   f"{', '.join(ctx.snapshots)}")
             return ctx.snapshots[name]
 
+    _DistillBase = config_params(DistillConfig, "_DistillBase", exclude=("checkpoint_dir", "resume", "progress"),
+                                 **_ROLES)
+
+    class DistillParams(_DistillBase):  # type: ignore[misc, valid-type]
+        _roles = model_validator(mode="after")(_check_roles)
+
+    @register_stage("distill")
+    class DistillStage(_DistillRoles):
+        """Knowledge distillation (Hinton KD, attention transfer, hints, mimic). ``student``: a model spec trained
+        from scratch or from ``student_checkpoint`` (default: the current model, e.g. after a rewrite);
+        ``teacher``: "input" (the recipe's input model), "previous" (the model before this stage) or an earlier
+        stage's label such as "01-train"."""
+
+        Params = DistillParams
+        summary = "distil a teacher into a student (slimkit.distill: kd, at, hint, mimic)"
+
         def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
             from slimkit.distill import distill
 
@@ -362,3 +413,28 @@ if _available("slimkit.distill", "DistillConfig", "distill"):
                                    checkpoint_dir=ctx.stage_dir / "distill", resume=ctx.resume,
                                    progress=ctx.progress)
             return distill(teacher, student, ctx.data.train, config)
+
+    _StagewiseBase = config_params(ReconstructConfig, "_StagewiseBase", exclude=("checkpoint_dir", "progress"),
+                                   **_ROLES)
+
+    class StagewiseParams(_StagewiseBase):  # type: ignore[misc, valid-type]
+        _roles = model_validator(mode="after")(_check_roles)
+
+    @register_stage("distill_stagewise")
+    class StagewiseStage(_DistillRoles):
+        """Stage-wise feature reconstruction from a teacher, then the task (or mimic training): ``stages`` pairs
+        student and teacher stages in forward order (FitNets-style hints where shapes differ)."""
+
+        Params = StagewiseParams
+        summary = "stage-wise reconstruction / mimic training from a teacher (slimkit.distill.reconstruct)"
+
+        def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            from slimkit.distill import reconstruct
+
+            teacher = self._teacher(model, ctx)
+            student = self.rebuild(model, ctx)
+            config = ReconstructConfig(**{k: getattr(self.params, k) for k in _StagewiseBase.config_fields},
+                                       checkpoint_dir=ctx.stage_dir / "reconstruct", progress=ctx.progress)
+            trained, histories = reconstruct(teacher, student, ctx.data.train, config)
+            ctx.notes["history"] = [h.history for h in histories]
+            return trained

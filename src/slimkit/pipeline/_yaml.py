@@ -13,6 +13,12 @@ from slimkit._errors import ConfigError
 
 Path = tuple[Any, ...]
 
+#: a recipe is a page of YAML; these bounds keep a hostile file (an alias bomb, megabytes of text, deep nesting)
+#: from hanging or exhausting memory before it is rejected
+MAX_RECIPE_BYTES = 1_000_000
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
 
 class RecipeError(ConfigError):
     """A recipe file is malformed or invalid; the message names the file, the line and the fix."""
@@ -52,6 +58,9 @@ def load_located_yaml(text: str, source: str = "<recipe>") -> LocatedYaml:
     """
     import yaml
 
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{source}: the recipe is {len(text):,} characters long; a recipe is a short YAML file "
+                          f"(at most {MAX_RECIPE_BYTES:,}): check that this is the file you meant")
     try:
         loader = yaml.SafeLoader(text)
     except yaml.YAMLError as error:  # a character YAML does not allow (ReaderError)
@@ -72,20 +81,30 @@ def load_located_yaml(text: str, source: str = "<recipe>") -> LocatedYaml:
         except yaml.YAMLError as error:
             detail = " ".join(str(error).split())
             raise RecipeError(f"{source}: cannot parse YAML ({detail}): fix the file's syntax") from None
+        except RecursionError:
+            raise RecipeError(f"{source}: the YAML is nested too deeply to be a recipe (a recipe nests a few levels): "
+                              "check the brackets and indentation") from None
         if node is None:
             raise RecipeError(f"{source}, line 1: the recipe is empty: start it with 'version: 1' and a 'model:' "
                               "section (see recipes/*.yaml)")
         located = LocatedYaml(data=None, lines={(): node.start_mark.line + 1}, source=source)
-        located.data = _build(loader, node, (), located, set())
+        located.data = _build(loader, node, (), located, set(), [0])
         return located
     finally:
         loader.dispose()
 
 
-def _build(loader: Any, node: Any, path: Path, located: LocatedYaml, active: set[int]) -> Any:
+def _build(loader: Any, node: Any, path: Path, located: LocatedYaml, active: set[int], count: list[int]) -> Any:
     import yaml
 
     line = node.start_mark.line + 1
+    count[0] += 1
+    if count[0] > MAX_VALUES:
+        raise RecipeError(f"{located.source}, line {line}: the recipe expands to more than {MAX_VALUES:,} values "
+                          "(YAML aliases repeating aliases?): write the values out; a recipe needs a few dozen")
+    if len(path) > MAX_DEPTH:
+        raise RecipeError(f"{located.source}, line {line}: values nested more than {MAX_DEPTH} levels deep: a recipe "
+                          "nests a few levels; check the brackets and indentation")
     if id(node) in active:
         raise RecipeError(f"{located.source}, line {line}: an alias refers to itself (a cyclic structure): "
                           "write the value out instead of using a recursive anchor")
@@ -106,7 +125,7 @@ def _build(loader: Any, node: Any, path: Path, located: LocatedYaml, active: set
                     raise RecipeError(f"{located.source}, line {key_line}: key '{key}' appears twice in the same "
                                       "section: keep only one")
                 located.lines[(*path, key)] = key_line
-                result[key] = _build(loader, value_node, (*path, key), located, active)
+                result[key] = _build(loader, value_node, (*path, key), located, active, count)
             return result
         finally:
             active.discard(id(node))
@@ -116,7 +135,7 @@ def _build(loader: Any, node: Any, path: Path, located: LocatedYaml, active: set
             items = []
             for index, item in enumerate(node.value):
                 located.lines[(*path, index)] = item.start_mark.line + 1
-                items.append(_build(loader, item, (*path, index), located, active))
+                items.append(_build(loader, item, (*path, index), located, active, count))
             return items
         finally:
             active.discard(id(node))

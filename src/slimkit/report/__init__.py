@@ -2,7 +2,26 @@
 
 from slimkit.report._pareto import pareto_front
 from slimkit.report._plots import COSTS, plot_layers, plot_tradeoff
-from slimkit.report._render import COLUMNS, NOTES, markdown_table, table_rows, write_report
+from slimkit.report._render import (
+    COLUMNS,
+    NOTES,
+    baseline_index,
+    format_latency,
+    markdown_table,
+    table_rows,
+    write_report,
+)
 
-__all__ = ["COLUMNS", "COSTS", "NOTES", "markdown_table", "pareto_front", "plot_layers", "plot_tradeoff", "table_rows",
-           "write_report"]
+__all__ = [
+    "COLUMNS",
+    "COSTS",
+    "NOTES",
+    "baseline_index",
+    "format_latency",
+    "markdown_table",
+    "pareto_front",
+    "plot_layers",
+    "plot_tradeoff",
+    "table_rows",
+    "write_report",
+]

@@ -44,16 +44,33 @@ def _fmt(value: Any, kind: str) -> str:
     return str(value)
 
 
+def format_latency(row: dict[str, Any]) -> str:
+    """A row's latency ratio as printed: the number, "too noisy" when the A/A control refused the comparison, or
+    "–" when none was measured."""
+    if row.get("latency_status") == "too noisy":
+        return "too noisy"
+    ratio = row.get("latency_ratio")
+    return "–" if ratio is None else f"{ratio:.2f}"
+
+
+def baseline_index(rows: Sequence[dict[str, Any]]) -> int:
+    """The row accuracy changes are measured against: the last training stage's (a recipe that trains its input
+    first compresses the trained model, not the untrained input), else the first row."""
+    trained = [i for i, r in enumerate(rows) if r.get("name") == "train"]
+    return trained[-1] if trained else 0
+
+
 def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """The report's comparison table as strings; Δ acc is in percentage points against the first row."""
-    base = rows[0].get("accuracy") if rows else None
+    """The report's comparison table as strings; Δ acc is in percentage points against :func:`baseline_index`'s
+    row (rows before it, e.g. an untrained input, show none)."""
+    start = baseline_index(rows)
+    base = rows[start].get("accuracy") if rows else None
     out = []
-    for r in rows:
+    for i, r in enumerate(rows):
         acc = r.get("accuracy")
-        delta = acc - base if acc is not None and base is not None else None
+        delta = acc - base if acc is not None and base is not None and i >= start else None
         out.append([str(r.get("label") or r.get("stage")), _fmt(r.get("params"), "int"), _fmt(r.get("macs"), "int"),
-                    _fmt(r.get("bytes"), "kib"), _fmt(r.get("latency_ratio"), "ratio"), _fmt(acc, "pct"),
-                    _fmt(delta, "delta")])
+                    _fmt(r.get("bytes"), "kib"), format_latency(r), _fmt(acc, "pct"), _fmt(delta, "delta")])
     return out
 
 

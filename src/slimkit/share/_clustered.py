@@ -148,8 +148,13 @@ class ClusterConfig:
             if not isinstance(value, int) or not 1 <= value <= 65535:
                 raise ConfigError(f"{what} {value!r} is out of range: use an integer in [1, 65535]")
         for what, value in (("conv_index_bits", self.conv_index_bits), ("fc_index_bits", self.fc_index_bits)):
-            if not 1 <= value <= 16:
-                raise ConfigError(f"{what} {value} is out of range: use an integer in [1, 16]")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
+                raise ConfigError(f"{what} {value!r} is out of range: use an integer in [1, 16]")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or not 1 <= self.max_iter <= 100_000:
+            raise ConfigError(f"max_iter {self.max_iter!r} is out of range: use an integer in [1, 100000] (k-means "
+                              "iterations)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed {self.seed!r} must be a whole number ≥ 0")
 
 
 def _items(what: str, value: Any) -> list[tuple[str, Any]]:

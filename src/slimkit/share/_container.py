@@ -5,6 +5,7 @@ Layout (little-endian)::
     b"SLIMKIT\\0"  magic
     uint32        format version
     uint32        header length H
+    32 bytes      SHA-256 of everything after it (header and payload): a damaged file is refused, never half-read
     H bytes       zlib-compressed JSON header (spec to rebuild the model, layer records, tensor records, offsets)
     payload       binary blobs: float32 codebooks, compact Huffman code-length tables, Huffman bit streams,
                   fixed-width packed streams, raw tensors (biases, unclustered layers, BN statistics)
@@ -18,13 +19,21 @@ choice is per stream rather than per layer: a tiny layer's cluster indices may n
 gaps (nearly all 0) still compress well, and the flag costs nothing extra.
 
 Format history: 1 (development only, never released) stored every code-length table as one uint8 per alphabet
-symbol (2×257 B per 8-bit conv layer) and always Huffman-coded; 2 (this) is the above. No pickle anywhere: loading
-never runs code from the file. The file size is the compressed size.
+symbol (2×257 B per 8-bit conv layer) and always Huffman-coded; 2 added per-stream coding; 3 (this) adds the
+checksum. 2 is still read (without the checksum).
+
+Loading never runs code and never trusts a size the file declares: no pickle anywhere; the header's model spec
+must be a registered model (a ``file.py:factory`` spec is never stored, and one found in a header is refused);
+the model is first built on the meta device and every record's shape must equal the architecture's before any
+tensor is allocated; every blob must lie inside the payload and hold exactly the bytes its shape needs; the
+header's decompressed size is bounded. The file size is the compressed size.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import struct
 import zlib
 from collections import Counter
@@ -36,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit._errors import CheckpointError, ModelSpecError
+from slimkit._errors import CheckpointError, ConfigError, DataError, ModelSpecError
 from slimkit._io import atomic_write
 from slimkit.share._clustered import ClusteredLayer, clustered_layers, set_submodule
 from slimkit.share._huffman import (
@@ -52,8 +61,15 @@ from slimkit.share._huffman import (
 from slimkit.share._relindex import relative_decode, relative_encode
 
 MAGIC = b"SLIMKIT\0"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 SPEC_ATTRIBUTE = "slimkit_spec"
+_DIGEST_BYTES = 32
+#: a header is a few hundred bytes per layer; anything near this is not a slimkit file
+_MAX_HEADER_BYTES = 64 * 2**20
+#: the densest a container gets: a stored entry (≥ 2 bits) covers at most 2**index_bits ≤ 2**16 positions of a
+#: pruned layer; a model with more values than this per file byte cannot have come from save_compressed
+_MAX_VALUES_PER_BYTE = 4 * 2**16
 
 
 @dataclass
@@ -122,7 +138,8 @@ def _stream(payload: _Payload, symbols: np.ndarray, alphabet: int) -> tuple[dict
 
 def resolve_spec(model: nn.Module, spec: str | None) -> str:
     """The model spec to record: ``spec``, else ``model.slimkit_spec``, else a registered model with this exact
-    architecture (same class and parameter shapes, default options)."""
+    architecture (same class and parameter shapes, default options). A ``file.py:factory`` spec is returned as
+    given; :func:`save_compressed` does not store it (a file never names code to import)."""
     spec = spec or getattr(model, SPEC_ATTRIBUTE, None)
     if spec:
         return str(spec)
@@ -151,12 +168,16 @@ def _architecture(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None) -> ContainerSummary:
     """Write ``model`` (clustered layers Huffman-coded where that pays, everything else raw) to one file, atomically.
 
-    ``spec`` rebuilds the architecture on load (a registered name with options, or ``file.py:factory``); it
-    defaults to ``model.slimkit_spec`` or a registered model with identical parameter shapes.
+    ``spec`` rebuilds the architecture on load (a registered name with options); it defaults to
+    ``model.slimkit_spec`` or a registered model with identical parameter shapes. A user's ``file.py:factory``
+    spec is accepted but not stored, because a file slimkit reads must never name code to import: such a
+    container is loaded with ``load_compressed(path, spec="file.py:factory")``, the caller typing the spec.
     """
     import slimkit
+    from slimkit.models import is_code_spec
 
     spec = resolve_spec(model, spec)
+    stored_spec = None if is_code_spec(spec) else spec
     payload = _Payload()
     clustered = clustered_layers(model)
     layers, sizes = [], []
@@ -186,75 +207,181 @@ def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None)
         if not any(key.startswith(f"{name}.") for name in clustered):
             other += len(blob)
     header = json.dumps({"format": "slimkit-compressed", "version": FORMAT_VERSION, "slimkit": slimkit.__version__,
-                         "spec": spec, "layers": layers, "tensors": tensors}, separators=(",", ":")).encode()
+                         "spec": stored_spec, "model_class": type(model).__name__, "layers": layers,
+                         "tensors": tensors}, separators=(",", ":")).encode()
     header = zlib.compress(header, 9)  # the header is repetitive JSON; it would otherwise cost ~1 KB per model
+    digest = hashlib.sha256(header)
+    for part in payload.parts:
+        digest.update(part)
     with atomic_write(path, "wb") as handle:
-        handle.write(MAGIC + struct.pack("<II", FORMAT_VERSION, len(header)) + header)
+        handle.write(MAGIC + struct.pack("<II", FORMAT_VERSION, len(header)) + digest.digest() + header)
         for part in payload.parts:
             handle.write(part)
     path = Path(path)
-    return ContainerSummary(path, path.stat().st_size, len(MAGIC) + 8 + len(header), other, sizes)
+    return ContainerSummary(path, path.stat().st_size, len(MAGIC) + 8 + _DIGEST_BYTES + len(header), other, sizes)
+
+
+def _corrupt(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"'{path}' is damaged or not a slimkit container ({what}): re-save it with "
+                           "save_compressed, or restore the file from where it was written")
 
 
 def _read_header(raw: bytes, path: Path) -> tuple[dict[str, Any], memoryview]:
-    if raw[:len(MAGIC)] != MAGIC:
+    fixed = len(MAGIC) + 8
+    if raw[:len(MAGIC)] != MAGIC or len(raw) < fixed:
         raise CheckpointError(f"'{path}' is not a slimkit compressed file (bad magic): write it with save_compressed")
-    version, header_len = struct.unpack("<II", raw[len(MAGIC):len(MAGIC) + 8])
+    version, header_len = struct.unpack("<II", raw[len(MAGIC):fixed])
     if version > FORMAT_VERSION:
         raise CheckpointError(f"'{path}' uses container format {version}, newer than this slimkit reads "
                               f"({FORMAT_VERSION}): upgrade slimkit")
-    if version < FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(f"'{path}' uses container format {version} from a development build, which this "
-                              f"slimkit does not read (it reads {FORMAT_VERSION}): re-save it with save_compressed")
-    start = len(MAGIC) + 8
+                              f"slimkit does not read (it reads {', '.join(map(str, READABLE_VERSIONS))}): re-save "
+                              "it with save_compressed")
+    start = fixed
+    if version >= 3:
+        start += _DIGEST_BYTES
+        if len(raw) < start or hashlib.sha256(memoryview(raw)[start:]).digest() != raw[fixed:start]:
+            raise _corrupt(path, "its checksum does not match its contents")
+    if start + header_len > len(raw):
+        raise _corrupt(path, f"the header claims {header_len:,} bytes but the file has {len(raw) - start:,} left")
     try:
-        header = json.loads(zlib.decompress(raw[start:start + header_len]).decode())
-    except (zlib.error, ValueError) as error:
-        raise CheckpointError(f"'{path}' has a corrupt header ({error}): the file is damaged") from None
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(raw[start:start + header_len], _MAX_HEADER_BYTES)
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise _corrupt(path, f"the header does not inflate to a complete header of at most "
+                                 f"{_MAX_HEADER_BYTES // 2**20} MiB")
+        header = json.loads(text.decode())
+    except (zlib.error, ValueError, RecursionError) as error:
+        raise _corrupt(path, f"unreadable header: {error}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("tensors"), list) or \
+            not isinstance(header.get("layers"), list):
+        raise _corrupt(path, "the header lacks its tensor and layer records")
     return header, memoryview(raw)[start + header_len:]
 
 
-def _blob(payload: memoryview, where: list[int]) -> bytes:
+def _blob(payload: memoryview, where: Any, path: Path, expected: int | None = None) -> bytes:
+    """The bytes at ``where = [offset, size]``, which must lie inside the payload (and be ``expected`` long)."""
+    if not (isinstance(where, list) and len(where) == 2 and all(type(v) is int and v >= 0 for v in where)):
+        raise _corrupt(path, f"a blob reference {where!r} is not [offset, size]")
     offset, size = where
+    if offset + size > len(payload):
+        raise _corrupt(path, f"a blob [{offset}, {size}] reaches past the payload's {len(payload):,} bytes")
+    if expected is not None and size != expected:
+        raise _corrupt(path, f"a blob holds {size:,} bytes where its shape needs {expected:,}")
     return bytes(payload[offset:offset + size])
 
 
-def _decode_stream(payload: memoryview, record: dict[str, Any], count: int, alphabet: int) -> np.ndarray:
+def _decode_stream(payload: memoryview, record: Any, count: int, alphabet: int, path: Path) -> np.ndarray:
+    if not isinstance(record, dict) or record.get("coding") not in ("raw", "huffman"):
+        raise _corrupt(path, "a symbol stream has no known coding")
     if record["coding"] == "raw":
-        return unpack_fixed(_blob(payload, record["data"]), record["width"], count)
-    lengths = decode_lengths(_blob(payload, record["table"]), alphabet)
-    return huffman_decode(_blob(payload, record["data"]), record["bits"], lengths, count)
+        width = record.get("width")
+        if type(width) is not int or not 0 <= width <= 32:
+            raise _corrupt(path, f"a fixed-width stream has width {width!r}")
+        data = _blob(payload, record.get("data"), path, (count * width + 7) // 8)
+        return unpack_fixed(data, width, count)
+    bits = record.get("bits")
+    data = _blob(payload, record.get("data"), path)
+    if type(bits) is not int or not count <= bits <= 8 * len(data):  # every symbol costs at least one bit
+        raise _corrupt(path, f"a Huffman stream of {len(data):,} bytes claims {bits!r} bits for {count:,} symbols")
+    lengths = decode_lengths(_blob(payload, record.get("table"), path), alphabet)
+    return huffman_decode(data, bits, lengths, count)
+
+
+def _model_from_header(header: dict[str, Any], spec: str | None, path: Path) -> tuple[nn.Module, str]:
+    """Build (on the meta device first) the model the header describes; a typed ``spec`` wins over the header's."""
+    from slimkit.models import from_spec, is_code_spec
+
+    if spec is None:
+        spec = header.get("spec")
+        if spec is None:
+            raise ModelSpecError(
+                f"'{path}' holds a {header.get('model_class', 'user-defined')} model built from the user's own code, "
+                "which a container never names: pass the spec it was saved with, "
+                "load_compressed(path, spec='path/to/file.py:factory')")
+        if not isinstance(spec, str):
+            raise _corrupt(path, f"its model spec is {spec!r}, not a registered model name")
+        if is_code_spec(spec):
+            raise ModelSpecError(f"'{path}' names Python code to import as its model ({spec!r}); slimkit never "
+                                 "imports code named by a file it reads: pass spec= yourself if you trust it")
+        allow_code = False
+    else:
+        allow_code = True  # the caller typed it
+    with torch.device("meta"):
+        skeleton = from_spec(spec, allow_code=allow_code)
+    return skeleton, spec
+
+
+def _check_shapes(header: dict[str, Any], skeleton: nn.Module, path: Path) -> None:
+    """Every record's shape must be the architecture's, so no size the file declares is allocated unchecked."""
+    shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    for record in header["tensors"]:
+        key = record.get("key") if isinstance(record, dict) else None
+        if key not in shapes or tuple(record.get("shape", ())) != shapes[key]:
+            raise _corrupt(path, f"tensor record {key!r} does not match the model's architecture")
+    for record in header["layers"]:
+        name = record.get("name") if isinstance(record, dict) else None
+        weight = shapes.get(f"{name}.weight")
+        if weight is None or tuple(record.get("shape", ())) != weight:
+            raise _corrupt(path, f"clustered layer {name!r} does not match the model's architecture")
+        for key, low, high in (("clusters", 1, 2**16), ("index_bits", 1, 16), ("bits", 1, 16)):
+            if type(record.get(key)) is not int or not low <= record[key] <= high:
+                raise _corrupt(path, f"clustered layer {name!r} has {key} = {record.get(key)!r}")
+        if type(record.get("entries")) is not int or not 0 <= record["entries"] <= math.prod(weight):
+            raise _corrupt(path, f"clustered layer {name!r} claims {record.get('entries')!r} stored entries")
 
 
 def load_compressed(path: str | Path, spec: str | None = None) -> nn.Module:
     """Rebuild the model saved by :func:`save_compressed`: clustered layers come back as
-    :class:`~slimkit.share.ClusteredLayer` with the same codebooks and indices, so outputs are bit-identical."""
-    from slimkit.models import from_spec
+    :class:`~slimkit.share.ClusteredLayer` with the same codebooks and indices, so outputs are bit-identical.
 
+    ``spec`` (typed by the caller) overrides the header's; it is required for a model built from the user's own
+    ``file.py:factory``, which a container never names. A damaged file is a :class:`CheckpointError`.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"compressed model '{path}' does not exist: check the path")
-    header, payload = _read_header(path.read_bytes(), path)
-    spec = spec or header["spec"]
-    model = from_spec(spec)
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"compressed model '{path}' {what}: give the .slim file save_compressed wrote")
+    raw = path.read_bytes()
+    header, payload = _read_header(raw, path)
+    skeleton, spec = _model_from_header(header, spec, path)
+    numel = sum(t.numel() for t in skeleton.state_dict().values())
+    if numel > _MAX_VALUES_PER_BYTE * len(raw) + 2**20:
+        raise _corrupt(path, f"its model '{spec}' has {numel:,} values, more than a {len(raw):,}-byte container can "
+                             "hold")
+    _check_shapes(header, skeleton, path)
+    from slimkit.models import from_spec
+
+    model = from_spec(spec, allow_code=True)  # the spec is a registered model or the caller's (checked above)
     state: dict[str, torch.Tensor] = {}
     for record in header["tensors"]:
-        dtype = getattr(torch, record["dtype"])
-        data = bytearray(_blob(payload, record["data"]))
-        state[record["key"]] = torch.frombuffer(data, dtype=dtype).reshape(record["shape"]) if data else \
-            torch.zeros(record["shape"], dtype=dtype)
-    for record in header["layers"]:
-        k, shape = record["clusters"], record["shape"]
-        symbols = _decode_stream(payload, record["symbols"], record["entries"], k + 1)
-        gaps = _decode_stream(payload, record["gaps"], record["entries"], 2 ** record["index_bits"])
-        indices = relative_decode(gaps, symbols, int(np.prod(shape)), k).reshape(shape)
-        codebook = torch.frombuffer(bytearray(_blob(payload, record["codebook"])), dtype=torch.float32)
-        name = record["name"]
-        bias = state.get(f"{name}.bias")
-        set_submodule(model, name, ClusteredLayer(record["kind"], codebook, torch.from_numpy(indices), bias,
-                                                  record["conv"], record["bits"], record["index_bits"]))
-        state[f"{name}.codebook"] = codebook
-        state[f"{name}.indices"] = torch.from_numpy(indices)
+        dtype = getattr(torch, str(record.get("dtype")), None)
+        if not isinstance(dtype, torch.dtype):
+            raise _corrupt(path, f"tensor {record['key']!r} has dtype {record.get('dtype')!r}")
+        shape = tuple(record["shape"])
+        size = math.prod(shape) * dtype.itemsize
+        data = bytearray(_blob(payload, record.get("data"), path, size))
+        state[record["key"]] = torch.frombuffer(data, dtype=dtype).reshape(shape) if data else \
+            torch.zeros(shape, dtype=dtype)
+    try:
+        for record in header["layers"]:
+            k, shape = record["clusters"], tuple(record["shape"])
+            symbols = _decode_stream(payload, record.get("symbols"), record["entries"], k + 1, path)
+            gaps = _decode_stream(payload, record.get("gaps"), record["entries"], 2 ** record["index_bits"], path)
+            indices = relative_decode(gaps, symbols, math.prod(shape), k).reshape(shape)
+            if indices.size and int(indices.max()) > k:
+                raise _corrupt(path, f"layer {record['name']!r} has a cluster index past its {k} clusters")
+            codebook = torch.frombuffer(bytearray(_blob(payload, record.get("codebook"), path, 4 * k)),
+                                        dtype=torch.float32)
+            name = record["name"]
+            bias = state.get(f"{name}.bias")
+            set_submodule(model, name, ClusteredLayer(record["kind"], codebook, torch.from_numpy(indices), bias,
+                                                      record.get("conv"), record["bits"], record["index_bits"]))
+            state[f"{name}.codebook"] = codebook
+            state[f"{name}.indices"] = torch.from_numpy(indices)
+    except (DataError, ConfigError, KeyError, TypeError, ValueError) as error:
+        raise _corrupt(path, str(error)) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -3,7 +3,13 @@
 from slimkit.analysis import evaluate
 from slimkit.train._callbacks import Callback, TrainState
 from slimkit.train._checkpoint import load_checkpoint, load_weights_, model_state, save_checkpoint
-from slimkit.train._distributed import DistInfo, dist_info, init_distributed, launched_by_torchrun
+from slimkit.train._distributed import (
+    DistInfo,
+    broadcast_object,
+    dist_info,
+    init_distributed,
+    launched_by_torchrun,
+)
 from slimkit.train._fit import CHECKPOINT_NAME, FitResult, default_optimizer, fit
 from slimkit.train._seed import seed_everything
 
@@ -13,6 +19,7 @@ __all__ = [
     "DistInfo",
     "FitResult",
     "TrainState",
+    "broadcast_object",
     "default_optimizer",
     "dist_info",
     "evaluate",

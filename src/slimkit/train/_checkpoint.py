@@ -33,22 +33,36 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint safely: weights only, never pickled code. A file that needs code is refused."""
     source = Path(path)
+    if source.is_dir():
+        raise CheckpointError(f"checkpoint '{source}' is a folder: give the weights file in it (e.g. model.pt)")
     if not source.is_file():
         raise CheckpointError(f"checkpoint '{source}' does not exist: check the path")
     if source.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return dict(load_file(str(source)))
+        try:
+            return dict(load_file(str(source)))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"checkpoint '{source}' is not a readable safetensors file ({error}): save it with "
+                                  "safetensors.torch.save_file, or give the .pt state dict") from None
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error) and "GLOBAL" not in str(error):
+            raise CheckpointError(f"checkpoint '{source}' cannot be read (it is damaged or not a PyTorch file): "
+                                  "give the .pt state dict torch.save wrote, or a .safetensors file") from None
         raise UnsafeCheckpointError(
             f"checkpoint '{source}' contains pickled Python objects, not only weights, and slimkit will not run "
             "its code. Save a state dict instead (torch.save(model.state_dict(), path)); if you trust the file, "
             "load it yourself and pass the model."
-        ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"checkpoint '{source}' cannot be read ({error}): is it a PyTorch file?") from error
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, IndexError, KeyError,
+            TypeError, UnicodeDecodeError, MemoryError) as error:
+        # torch.load raises many kinds on a damaged or foreign file; none of them is the user's program failing
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointError(f"checkpoint '{source}' cannot be read ({type(error).__name__}: {first}): is it a "
+                              "PyTorch state dict?") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint '{source}' holds a {type(state).__name__}, not a state dict")
     return state

@@ -57,3 +57,12 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 def barrier() -> None:
     if dist_info().enabled:
         dist.barrier()
+
+
+def broadcast_object(value: object) -> object:
+    """Rank 0's ``value`` on every rank (``value`` itself without distributed training)."""
+    if not dist_info().enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -123,6 +123,92 @@ def _progress(enabled: bool):
     )
 
 
+def _restore(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any) -> tuple[int, list]:
+    """Load the epoch checkpoint ``fit`` wrote; returns (the next epoch, the history so far). Anything missing or
+    mismatched is a :class:`CheckpointError` saying the file belongs to another run."""
+    state = load_checkpoint(ckpt_path)
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler") is not None:
+            sched.load_state_dict(state["scheduler"])
+        rng = state["torch_rng"]
+        if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
+            raise ValueError("torch_rng is not a generator state")
+        torch.set_rng_state(rng)
+        epoch = int(state["epoch"])
+        history = [dict(h) for h in state.get("history", [])]
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        raise CheckpointError(f"cannot resume from '{ckpt_path}' ({type(error).__name__}: {error}): it was not "
+                              "written by this run's fit; start over (--force) or give the folder of the run") from None
+    return epoch + 1, history
+
+
+def _save(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, epoch: int, epochs: int,
+          history: list) -> None:
+    save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict() if sched is not None else None, "epoch": epoch,
+                     "epochs": epochs, "history": history, "torch_rng": torch.get_rng_state(),
+                     "slimkit_version": slimkit.__version__}, ckpt_path)
+
+
+@dataclass
+class _Loop:
+    """What one epoch of ``fit`` needs besides the model: built once, used by :func:`_train_epoch`."""
+
+    net: nn.Module
+    model: nn.Module
+    loader: Iterable
+    opt: torch.optim.Optimizer
+    sched: Any
+    per_batch_schedule: bool
+    step_fn: StepFn
+    callbacks: Sequence[Callback]
+    state: TrainState
+    grad_clip: float | None
+    steps_per_epoch: int
+
+
+def _train_epoch(loop: _Loop, epoch: int, epochs: int, bar: Any) -> dict[str, float]:
+    """One pass over the loader: forward, backward, clip, step; returns the epoch's loss, accuracy, lr, seconds."""
+    task = bar.add_task(f"epoch {epoch + 1}/{epochs}", total=loop.steps_per_epoch or None, stats="")
+    loop.net.train()
+    began = time.perf_counter()
+    loss_sum = correct = seen = 0.0
+    for inputs, targets in loop.loader:
+        loop.opt.zero_grad(set_to_none=True)
+        loss_value, outputs = loop.step_fn(loop.net, inputs, targets)
+        if not torch.isfinite(loss_value):
+            raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {float(loss_value)}): lower the learning "
+                              "rate")
+        loss_value.backward()
+        loop.state.batch_loss = float(loss_value.detach())
+        for cb in loop.callbacks:
+            cb.on_after_backward(loop.state)
+        if loop.grad_clip is not None:
+            nn.utils.clip_grad_norm_(loop.model.parameters(), loop.grad_clip)
+        loop.opt.step()
+        if loop.per_batch_schedule and loop.sched is not None:
+            loop.sched.step()
+        loop.state.step += 1
+        for cb in loop.callbacks:
+            cb.on_batch_end(loop.state)
+        n = targets.shape[0]
+        loss_sum += float(loss_value.detach()) * n
+        if outputs.dim() == 2 and targets.dim() == 1:
+            correct += float((outputs.argmax(1) == targets).sum())
+        seen += n
+        bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.4f}")
+    if loop.sched is not None and not loop.per_batch_schedule:
+        loop.sched.step()
+    loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen])
+    record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+              "lr": loop.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - began}
+    bar.update(task, stats=" ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in {"epoch", "lr",
+                                                                                           "seconds"}))
+    return record
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable,
@@ -149,8 +235,8 @@ def fit(
     it and reaches the same weights as an uninterrupted run. Under ``torchrun`` the model is wrapped in
     DistributedDataParallel, each rank trains on its shard, and only rank 0 writes checkpoints and shows progress.
     """
-    if epochs < 0:
-        raise ConfigError(f"epochs must be ≥ 0, got {epochs}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ConfigError(f"epochs must be a whole number ≥ 0, got {epochs!r}")
     if resume and checkpoint_dir is None:
         raise ConfigError("resume=True needs checkpoint_dir: the folder the interrupted run wrote its checkpoint to")
     info = init_distributed()
@@ -163,26 +249,12 @@ def fit(
         raise DataError("the training loader yields no batches: check the dataset and batch size")
     opt = _build_optimizer(model, optimizer)
     sched = _build_scheduler(opt, scheduler, epochs, steps_per_epoch)
-    per_batch_schedule = scheduler == "cosine"
-    step_fn = step or _default_step(loss or nn.functional.cross_entropy)
 
     result = FitResult()
     start_epoch = 0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and ckpt_path is not None and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            if sched is not None and state.get("scheduler") is not None:
-                sched.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as error:
-            raise CheckpointError(
-                f"cannot resume from '{ckpt_path}': {error}. Was it written by another run?"
-            ) from None
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = int(state["epoch"]) + 1
-        result.history = [dict(h) for h in state.get("history", [])]
+        start_epoch, result.history = _restore(ckpt_path, model, opt, sched)
         result.resumed_from_epoch = start_epoch
         log.info("resuming from %s at epoch %d", ckpt_path, start_epoch + 1)
     else:
@@ -192,79 +264,30 @@ def fit(
     if info.enabled and not isinstance(model, nn.parallel.DistributedDataParallel):
         net = nn.parallel.DistributedDataParallel(model)
     train_state = TrainState(model=model, optimizer=opt, epoch=start_epoch)
+    loop = _Loop(net, model, loader, opt, sched, scheduler == "cosine",
+                 step or _default_step(loss or nn.functional.cross_entropy), callbacks, train_state, grad_clip,
+                 steps_per_epoch)
     for cb in callbacks:
         cb.on_fit_start(train_state)
-
     with _progress(progress and info.is_main) as bar:
         for epoch in range(start_epoch, epochs):
             train_state.epoch = epoch
             _set_epoch(loader, epoch)
             for cb in callbacks:
                 cb.on_epoch_start(train_state)
-            task = bar.add_task(f"epoch {epoch + 1}/{epochs}", total=steps_per_epoch or None, stats="")
-            net.train()
-            began = time.perf_counter()
-            loss_sum = correct = seen = 0.0
-            for inputs, targets in loader:
-                opt.zero_grad(set_to_none=True)
-                loss_value, outputs = step_fn(net, inputs, targets)
-                if not torch.isfinite(loss_value):
-                    raise ConfigError(
-                        f"training diverged at epoch {epoch + 1} (loss {float(loss_value)}): lower the learning rate"
-                    )
-                loss_value.backward()
-                train_state.batch_loss = float(loss_value.detach())
-                for cb in callbacks:
-                    cb.on_after_backward(train_state)
-                if grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                opt.step()
-                if per_batch_schedule and sched is not None:
-                    sched.step()
-                train_state.step += 1
-                for cb in callbacks:
-                    cb.on_batch_end(train_state)
-                n = targets.shape[0]
-                loss_sum += float(loss_value.detach()) * n
-                if outputs.dim() == 2 and targets.dim() == 1:
-                    correct += float((outputs.argmax(1) == targets).sum())
-                seen += n
-                bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.4f}")
-            if sched is not None and not per_batch_schedule:
-                sched.step()
-            loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen])
-            record = {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / max(seen, 1),
-                "train_acc": correct / max(seen, 1),
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - began,
-            }
+            record = _train_epoch(loop, epoch, epochs, bar)
             if val_loader is not None:
                 val = evaluate(model, val_loader)
                 record.update(val_acc=val.accuracy, val_loss=val.loss)
             result.history.append(record)
             train_state.metrics = record
-            stats = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in {"epoch", "lr", "seconds"})
-            bar.update(task, stats=stats)
-            log.info("epoch %d/%d: %s", epoch + 1, epochs, stats)
+            log.info("epoch %d/%d: %s", epoch + 1, epochs,
+                     " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in {"epoch", "lr", "seconds"}))
             for cb in callbacks:
                 cb.on_epoch_end(train_state)
             if ckpt_path is not None:
                 if info.is_main:
-                    save_checkpoint(
-                        {
-                            "model": model.state_dict(),
-                            "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict() if sched is not None else None,
-                            "epoch": epoch,
-                            "epochs": epochs,
-                            "history": result.history,
-                            "torch_rng": torch.get_rng_state(),
-                            "slimkit_version": slimkit.__version__,
-                        },
-                        ckpt_path,
-                    )
+                    _save(ckpt_path, model, opt, sched, epoch, epochs, result.history)
                 barrier()
             if train_state.stop:
                 break

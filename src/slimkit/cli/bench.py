@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     if not (root / "benchmarks" / "run.py").is_file():
         raise ConfigError("benchmarks live in the source checkout: run 'slimkit bench' from a clone of slimkit")
     cmd = [sys.executable, "-m", "benchmarks.run", *(["--quick"] if args.quick else []),

@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("compress", help="run a YAML recipe of compression stages (see recipes/)")
     parser.add_argument("recipe", nargs="?", help="recipe file (version: 1, model, data, stages)")
-    parser.add_argument("--out", "-o", help="run folder (must be empty or new; see --resume and --force)")
+    parser.add_argument("--out", "-o", help="run folder: new or empty, or an earlier run (see --resume, --force)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    parser.add_argument("--force", action="store_true", help="start over in a non-empty --out")
+    parser.add_argument("--force", action="store_true", help="start over in --out when it holds an earlier run")
     parser.add_argument("--check", action="store_true", help="only validate the recipe, run nothing")
     parser.add_argument("--list-stages", action="store_true", help="list the stage names a recipe can use")
     parser.set_defaults(run=run)
 
 
-def stage_printer(console: Any):
-    """A runner reporter that draws a rule per stage and one result line after it."""
-
-    def report(event: str, info: dict[str, Any]) -> None:
-        if event == "stage_start":
-            call = info["call"]
-            console.rule(f"[bold]stage {call.index}/{info['total']}: {call.name}[/] (recipe line {call.line})")
-        elif event == "replay":
-            console.print(f"[dim]stage {info['call'].label}: finished earlier, reloaded[/]")
-        elif event == "stage_end":
-            r = info["result"]
-            ratio = "–" if r.get("latency_ratio") is None else f"{r['latency_ratio']:.2f}×"
-            console.print(f"  accuracy [bold]{r['accuracy']:.2%}[/], {r['params']:,} params, {r['macs']:,} MACs, "
-                          f"{r['bytes'] / 1024:,.1f} KiB, latency {ratio} the input's, {r['seconds']:.1f} s")
-
-    return report
-
-
 def run(args: argparse.Namespace) -> int:
-    from slimkit._cli_common import CommandError, console, print_table
+    from slimkit.cli._common import CommandError, console, print_table, stage_printer
     from slimkit.pipeline import STAGES, load_recipe, run_recipe
     from slimkit.report import COLUMNS, table_rows
 
@@ -50,10 +31,13 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         out.print(f"{args.recipe}: valid recipe with {len(recipe.stages)} stage(s): "
                   + ", ".join(s.name for s in recipe.stages))
+        for spec in recipe.code_specs():
+            out.print(f"note: the recipe names your own Python code, '{spec}': running it imports that file")
         return 0
     if not args.out:
         raise CommandError("--out DIR is required: the folder for checkpoints, metrics and the report")
-    result = run_recipe(recipe, args.out, resume=args.resume, force=args.force, reporter=stage_printer(out))
+    result = run_recipe(recipe, args.out, resume=args.resume, force=args.force,
+                        reporter=stage_printer(out, args.recipe))
     print_table(recipe.title, list(COLUMNS), table_rows(result.stages))
     out.print(f"report: {result.files.get('report_html')} (and report.md, metrics.json, model.pt, model.onnx in "
               f"{result.out})")

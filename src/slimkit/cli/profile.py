@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from slimkit._cli_common import add_model_args, input_shape_for, load_model, print_profile, write_json
+from slimkit.cli._common import add_model_args, count, input_shape_for, load_model, print_profile, shape, write_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("profile", help="per-layer params, MACs, bytes of a model")
     add_model_args(parser)
-    parser.add_argument("--input-shape", help="C,H,W of one sample (default: the model's registered shape)")
-    parser.add_argument("--bits", type=int, default=32, help="bits per stored value for the bytes column")
+    parser.add_argument("--input-shape", type=shape, help="C,H,W of one sample (default: the model's registered shape)")
+    parser.add_argument("--bits", type=count(1, 64), default=32, help="bits per stored value for the bytes column")
     parser.add_argument("--json", dest="json_path", help="also write the profile as JSON to this file")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from slimkit.analysis import profile
+    import torch
 
-    shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape else None
+    from slimkit.analysis import profile
+    from slimkit.models import check_fits
+
     model = load_model(args.model, args.checkpoint)
-    prof = profile(model, torch.zeros(1, *input_shape_for(args.model, shape)), dtype_bits=args.bits)
+    example = torch.zeros(1, *input_shape_for(args.model, args.input_shape))
+    check_fits(model, example, label=args.model, data="--input-shape")
+    prof = profile(model, example, dtype_bits=args.bits)
     print_profile(prof, title=f"{args.model}")
     if args.json_path:
         write_json(args.json_path, prof.to_dict())

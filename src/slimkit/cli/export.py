@@ -22,11 +22,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--atol", type=float, default=None,
                         help="largest allowed |file - PyTorch| (default 1e-4, or 0.5 for an int8 model)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--trust-spec", action="append", default=[], metavar="FILE.py:FACTORY",
+                        help="for a run folder whose model is your own code: type its spec to allow importing it")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from slimkit._cli_common import CommandError, class_count_option, console, load_model
+    from slimkit.cli._common import CommandError, console, load_model
+    from slimkit.models import class_count_option
     from slimkit.pipeline import export_model
 
     target = Path(args.out)
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError("--checkpoint is for a model spec; a run folder already holds its weights")
         if target.resolve().parent == source.resolve() and target.name in {"model.pt", "model.onnx"}:
             raise CommandError(f"--out '{target}' would overwrite the run's own {target.name}: choose another file")
-        model, data, exporter = load_run(source, args.stage)
+        model, data, exporter = load_run(source, args.stage, trusted_specs=tuple(args.trust_spec))
     else:
         if args.stage:
             raise CommandError("--stage needs a run folder of 'slimkit compress'")

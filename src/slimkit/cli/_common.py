@@ -1,0 +1,282 @@
+"""What the commands share: argument types that refuse bad values at parse time, model loading, tables, and running
+a command's recipe."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slimkit._errors import CheckpointError, ConfigError, SlimkitError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class CommandError(SlimkitError):
+    """A command-line usage problem (a bad flag value or combination)."""
+
+
+# --- argument types: a bad value is one clear line before any work ----------------------------------------------
+
+
+def _number(text: str, kind: type) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a {'whole ' if kind is int else ''}number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return value
+
+
+def count(minimum: int = 1, maximum: int | None = None):
+    """An argparse type: a whole number in [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        value = int(_number(text, int))
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f", at most {maximum:,}" if maximum is not None else ""
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use a whole number ≥ {minimum}{upper}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def real(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a finite number in the given (closed or open) interval."""
+
+    def parse(text: str) -> float:
+        value = _number(text, float)
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            left = "(" if low_open else "["
+            right = ")" if high_open else "]"
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range: use a value in {left}"
+                                             f"{'-∞' if low is None else f'{low:g}'}, "
+                                             f"{'∞' if high is None else f'{high:g}'}{right}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+SEED = count(0, 2**32 - 1)
+
+
+def shape(text: str) -> tuple[int, ...]:
+    """An argparse type for ``C,H,W``: positive whole numbers separated by commas."""
+    parts = text.split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not C,H,W: write whole numbers separated by commas, "
+                                         "e.g. 1,28,28") from None
+    if len(values) not in (1, 2, 3) or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}' is not C,H,W: give 1 to 3 positive sizes, e.g. 1,28,28")
+    return values
+
+
+# --- shared arguments --------------------------------------------------------------------------------------------
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
+    parser.add_argument("model", help="model spec: a registered name (lenet5, resnet20:width=0.5) or file.py:factory")
+    if checkpoint:
+        parser.add_argument("--checkpoint", "-c", help="weights to load (.pt state dict / training checkpoint, or "
+                            ".safetensors); loaded with weights_only=True")
+
+
+def add_data_args(parser: argparse.ArgumentParser, default: str = "mnist", *, batch_size: int = 128,
+                  aliases: Sequence[str] = ()) -> None:
+    parser.add_argument("--data", *aliases, dest="data", default=default,
+                        help="dataset: mnist, digits, mnist-seg, or an image folder (default: %(default)s)")
+    parser.add_argument("--batch-size", type=count(1, 65_536), default=batch_size,
+                        help="training batch size (default: %(default)s)")
+    parser.add_argument("--train-samples", type=count(1), metavar="N",
+                        help="train on the first N training samples only (a quick try)")
+    parser.add_argument("--eval-samples", type=count(1), metavar="N",
+                        help="evaluate on the first N test samples only (a quick try)")
+
+
+def add_optimizer_args(parser: argparse.ArgumentParser, lr: float = 0.05, weight_decay: float = 5e-4) -> None:
+    parser.add_argument("--lr", type=real(0, 10, low_open=True), default=lr,
+                        help="SGD (Nesterov momentum 0.9) learning rate (default: %(default)s)")
+    parser.add_argument("--weight-decay", type=real(0, 1, high_open=True), default=weight_decay,
+                        help="SGD weight decay, 0 for none (default: %(default)s)")
+
+
+def add_augment_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--augment", default=None, metavar="SPEC",
+                        help="augment the training images: 'shift' (random ±2 px), 'elastic' (Simard et al. 2003), "
+                        "chained as 'elastic+shift', options as 'elastic:alpha=34,sigma=4'")
+
+
+def add_seed_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=SEED, default=0, help="seed for initialisation and data order (default: 0)")
+
+
+def add_out_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", "-o", required=True,
+                        help="run folder: new or empty, or an earlier run of this command (see --resume, --force)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    parser.add_argument("--force", action="store_true", help="start over in --out when it holds an earlier run")
+
+
+def add_latency_args(parser: argparse.ArgumentParser, batch: int = 1) -> None:
+    parser.add_argument("--latency-batch", type=count(1, 4096), default=batch,
+                        help="batch size of the ONNX Runtime latency comparison (default: %(default)s)")
+    parser.add_argument("--threads", type=count(1, 256), default=2,
+                        help="ONNX Runtime threads for the latency comparison (default: %(default)s)")
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency comparison")
+
+
+# --- models and files --------------------------------------------------------------------------------------------
+
+
+def load_model(spec: str, checkpoint: str | None = None, **overrides: Any) -> nn.Module:
+    """Build the model named by ``spec`` (typed by the user, so a ``file.py:factory`` may be imported) and load
+    ``checkpoint`` into it if given."""
+    from slimkit.models import from_spec
+    from slimkit.train import load_weights_
+
+    if checkpoint:
+        check_input_file(checkpoint, "checkpoint")
+    model = from_spec(spec, allow_code=True, **overrides)
+    if checkpoint:
+        load_weights_(model, checkpoint)
+    return model.eval()
+
+
+def check_input_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` must be an existing file (a folder or a missing path is named as such)."""
+    source = Path(path)
+    if source.is_dir():
+        raise CheckpointError(f"{what} '{source}' is a folder: give the file itself (e.g. {source}/model.pt)")
+    if not source.is_file():
+        raise CheckpointError(f"{what} '{source}' does not exist: check the path")
+    return source
+
+
+def input_shape_for(spec: str, data_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    from slimkit.models import spec_input_shape
+
+    result = data_shape or spec_input_shape(spec)
+    if result is None:
+        raise ConfigError(f"the input shape of '{spec}' is unknown: pass --input-shape C,H,W")
+    return tuple(result)
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> None:
+    import json
+
+    from slimkit._io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+# --- printing ----------------------------------------------------------------------------------------------------
+
+
+def console():
+    """A rich console; in a pipe or a log it is wide enough that tables are never cut."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=240)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print a rich table; numbers right-aligned."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*[f"{v:,}" if isinstance(v, int) else (f"{v:.4g}" if isinstance(v, float) else str(v))
+                        for v in row])
+    console().print(table)
+
+
+def print_profile(prof, title: str = "profile") -> None:
+    rows = [
+        (r.name, r.type, "×".join(map(str, r.output_shape)) if r.output_shape else "", r.params, r.macs,
+         r.other_ops, r.bytes)
+        for r in prof.rows
+    ]
+    t = prof.total
+    rows.append(("total", "", "", t.params, t.macs, t.other_ops, t.bytes))
+    print_table(title, ["layer", "type", "output", "params", "MACs", "other ops", "bytes"], rows)
+
+
+# --- a command's recipe ------------------------------------------------------------------------------------------
+
+
+def recipe_of(args: argparse.Namespace, name: str, stages: list[dict[str, Any]], *, model: str | None = None,
+              checkpoint: str | None = None, data: dict[str, Any] | None = None,
+              evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The recipe a command runs: its model and checkpoint, data, evaluation settings and stages."""
+    section: dict[str, Any] = {"spec": model or args.model}
+    checkpoint = checkpoint if checkpoint is not None else getattr(args, "checkpoint", None)
+    if checkpoint:
+        section["checkpoint"] = str(check_input_file(checkpoint, "checkpoint").resolve())
+    data_section = {"name": getattr(args, "data", "mnist"), "batch_size": getattr(args, "batch_size", 128),
+                    "seed": getattr(args, "seed", 0), **(data or {})}
+    for key in ("train_samples", "eval_samples"):
+        if getattr(args, key, None):
+            data_section[key] = getattr(args, key)
+    evaluation_section = {"latency": not getattr(args, "no_latency", False),
+                          "latency_batch": getattr(args, "latency_batch", 1), "threads": getattr(args, "threads", 2),
+                          **(evaluation or {})}
+    return {"version": 1, "name": name, "seed": getattr(args, "seed", 0), "model": section, "data": data_section,
+            "evaluation": evaluation_section, "stages": stages}
+
+
+def run_command_recipe(args: argparse.Namespace, recipe: dict[str, Any]):
+    """Validate ``recipe`` as any recipe file is, run it into ``--out``, print its table; returns the run result."""
+    import re
+
+    import yaml
+
+    from slimkit.pipeline import RecipeError, parse_recipe, run_recipe
+    from slimkit.report import COLUMNS, table_rows
+
+    text = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
+    try:
+        parsed = parse_recipe(text, f"<slimkit {args.command}>", Path.cwd(), allow_code=True)
+    except RecipeError as error:  # the generated recipe's line numbers mean nothing on a command line
+        raise CommandError(re.sub(r"^<slimkit [\w-]+>, line \d+: ", "", str(error))) from None
+    out = console()
+    result = run_recipe(parsed, args.out, resume=args.resume, force=args.force, reporter=stage_printer(out))
+    if not result.files:  # a rank other than 0 under torchrun: rank 0 reports
+        return result
+    print_table(parsed.title, list(COLUMNS), table_rows(result.stages))
+    out.print(f"written to {result.out}: model.pt, model.onnx, metrics.json, report.html; the recipe that reproduces "
+              f"it: {result.out / 'recipe.yaml'} (slimkit compress)")
+    return result
+
+
+def stage_printer(console: Any, recipe_path: str | None = None):
+    """A runner reporter that draws a rule per stage and one result line after it."""
+    from slimkit.report import format_latency
+
+    def report(event: str, info: dict[str, Any]) -> None:
+        if event == "stage_start":
+            call = info["call"]
+            where = f" ({recipe_path or 'recipe'} line {call.line})" if recipe_path else ""
+            console.rule(f"[bold]stage {call.index}/{info['total']}: {call.name}[/]{where}")
+        elif event == "replay":
+            console.print(f"[dim]stage {info['call'].label}: finished earlier, reloaded[/]")
+        elif event == "stage_end":
+            r = info["result"]
+            console.print(f"  accuracy [bold]{r['accuracy']:.2%}[/], {r['params']:,} params, {r['macs']:,} MACs, "
+                          f"{r['bytes'] / 1024:,.1f} KiB, latency {format_latency(r)} the input's, "
+                          f"{r['seconds']:.1f} s")
+
+    return report

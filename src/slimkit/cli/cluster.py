@@ -1,0 +1,51 @@
+"""``slimkit cluster MODEL -c ckpt --bits 5 --data mnist --out DIR``: k-means weight sharing (+ centroid fine-tuning),
+written as the Huffman-coded container ``model.slim`` (Han et al. 2016)."""
+
+from __future__ import annotations
+
+import argparse
+
+from slimkit.cli._common import (
+    add_data_args,
+    add_latency_args,
+    add_model_args,
+    add_out_args,
+    add_seed_arg,
+    count,
+    real,
+    recipe_of,
+    run_command_recipe,
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("cluster", help="share weights by k-means (Deep Compression) and write the compressed "
+                            "container (Huffman-coded)")
+    add_model_args(parser)
+    add_data_args(parser)
+    add_out_args(parser)
+    parser.add_argument("--bits", type=int, default=None, help="bits per cluster index for every layer "
+                        "(default: conv 8, fc 5 as Han et al. 2016)")
+    parser.add_argument("--conv-bits", type=int, default=8)
+    parser.add_argument("--fc-bits", type=int, default=5)
+    parser.add_argument("--init", default="linear", help="centroid initialisation: linear, density, random")
+    parser.add_argument("--layers", nargs="*", default=None, help="layer names/globs/re: regexes (default: all)")
+    parser.add_argument("--epochs", type=count(0, 10_000), default=0, help="centroid fine-tuning epochs")
+    parser.add_argument("--lr", type=real(0, 10, low_open=True), default=0.001)
+    add_seed_arg(parser)
+    add_latency_args(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from slimkit.share import ClusterConfig
+
+    options = {"bits": args.bits, "conv_bits": args.conv_bits, "fc_bits": args.fc_bits, "init": args.init,
+               "layers": args.layers}
+    ClusterConfig(**options)
+    stages = [{"cluster": options}]
+    if args.epochs:
+        stages.append({"finetune": {"epochs": args.epochs, "lr": args.lr}})
+    stages.append({"export": {"format": "compressed", "file": "model.slim"}})
+    run_command_recipe(args, recipe_of(args, f"cluster {args.model}", stages))
+    return 0

@@ -1,0 +1,55 @@
+"""``slimkit prune MODEL -c ckpt --ratio 0.5 --criterion thinet --data mnist --out DIR``: prune (+ fine-tune)."""
+
+from __future__ import annotations
+
+import argparse
+
+from slimkit.cli._common import (
+    add_data_args,
+    add_latency_args,
+    add_model_args,
+    add_out_args,
+    add_seed_arg,
+    count,
+    real,
+    recipe_of,
+    run_command_recipe,
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("prune", help="structured channel pruning (physically smaller layers)")
+    add_model_args(parser)
+    add_data_args(parser)
+    add_out_args(parser)
+    parser.add_argument("--ratio", type=real(), default=0.5,
+                        help="fraction of each channel group removed, in [0, 1) (default: %(default)s)")
+    parser.add_argument("--criterion", default="l1",
+                        help="importance criterion: l1, l2, random, bn_scale, taylor, fpgm, thinet (default: l1)")
+    parser.add_argument("--scope", default="layer", choices=["layer", "global"])
+    parser.add_argument("--speedup", type=real(1, None, low_open=True),
+                        help="instead of --ratio: reach this MAC reduction factor (> 1)")
+    parser.add_argument("--round-to", type=count(1, 4096), default=1, help="keep channel counts a multiple of this")
+    parser.add_argument("--skip", nargs="*", default=[], help="layers never pruned (names, globs, re:regex)")
+    parser.add_argument("--protect-first", action="store_true", help="never prune the first layer")
+    parser.add_argument("--schedule", default="oneshot", choices=["oneshot", "layerwise"],
+                        help="layerwise = one group at a time with least-squares reconstruction")
+    parser.add_argument("--finetune-epochs", type=count(0, 10_000), default=0)
+    parser.add_argument("--lr", type=real(0, 10, low_open=True), default=0.01, help="fine-tuning learning rate")
+    add_seed_arg(parser)
+    add_latency_args(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from slimkit.prune import PruneConfig
+
+    options = {"ratio": args.ratio, "criterion": args.criterion, "scope": args.scope, "speedup": args.speedup,
+               "round_to": args.round_to, "skip": list(args.skip), "protect_first": args.protect_first,
+               "seed": args.seed}
+    PruneConfig(**options).validate()  # the library's own message for a bad value, before any work
+    stages = [{"prune": {**options, "schedule": args.schedule}}]
+    if args.finetune_epochs:
+        stages.append({"finetune": {"epochs": args.finetune_epochs, "lr": args.lr}})
+    run_command_recipe(args, recipe_of(args, f"prune {args.model} ({args.criterion})", stages))
+    return 0

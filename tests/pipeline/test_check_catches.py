@@ -1,0 +1,51 @@
+"""``slimkit compress --check`` (parse_recipe) catches every recipe mistake that needs no training (issue #19)."""
+
+import pytest
+
+from slimkit.pipeline import RecipeError, parse_recipe
+
+HEAD = "version: 1\nmodel: {spec: lenet5}\nstages:\n  - train: {epochs: 1}\n"
+
+
+@pytest.mark.parametrize("stage, message", [
+    ("distill: {student: lenet300, teacher: 05-train}", "not an earlier stage"),
+    ("distill: {student: lenet300, teacher: 02-distill}", "not an earlier stage"),  # itself
+    ("distill: {student: lenet9}", "unknown model 'lenet9'"),
+    ("distill: {student: 'resnet20:width=1e9'}", "cannot be built"),
+    ("distill: {student: 'lenet300:num_classes=0'}", "at least 1"),
+    ("distill: {student: lenet300, student_checkpoint: nope.pt}", "does not exist"),
+    ("distill: {student: lenet300, losses: ['kd:T=']}", "KEY=VALUE"),
+    ("distill_stagewise: {student: lenet300, stages: []}", "at least one stage pair"),
+    ("export: {file: run.json}", "run's own files"),
+    ("export: {file: stages/00-input/model.pt}", "plain file name"),
+    ("export: {file: ../escape.onnx}", "plain file name"),
+    ("export: {file: .hidden}", "plain file name"),
+    ("quantize: {method: qat, lr: .nan}", "finite number"),
+    ("quantize: {method: qat, epochs: -1}", "greater than or equal to 0"),
+    ("quantize: {method: qat, momentum: 5}", "less than 1"),
+    ("cluster: {max_iter: -1}", "max_iter -1"),
+    ("finetune: {epochs: 1, grad_clip: .inf}", "finite number"),
+])
+def test_a_mistake_in_a_stage_is_caught_at_its_line(stage, message):
+    with pytest.raises(RecipeError, match=message) as caught:
+        parse_recipe(HEAD + f"  - {stage}\n", "r.yaml")
+    assert "r.yaml, line 5" in str(caught.value)
+
+
+def test_two_exports_to_one_file_are_refused():
+    text = HEAD + "  - export: {file: m.onnx}\n  - export: {file: m.onnx}\n"
+    with pytest.raises(RecipeError, match="also written by stage 2"):
+        parse_recipe(text, "r.yaml")
+
+
+@pytest.mark.parametrize("model, data, message", [
+    ("'resnet20:width=1e9'", "mnist", "cannot be built"),
+    ("'resnet20:width=abc'", "mnist", "finite number"),
+    ("lenet5", "digits", "cannot run on the 1×8×8 inputs of 'digits'"),
+    ("lenet5", "mnist-seg", "cannot run on the 1×64×64 inputs"),
+    ("'lenet300:num_classes=5'", "mnist", "needs one score per class"),
+])
+def test_model_and_data_that_do_not_fit_are_caught_without_loading_data(model, data, message):
+    text = f"version: 1\nmodel: {{spec: {model}}}\ndata: {{name: {data}}}\nstages:\n  - train: {{epochs: 1}}\n"
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(text, "r.yaml")

@@ -1,0 +1,132 @@
+"""Hostile and damaged containers: nothing in a .slim file can run code, allocate beyond its size, or load wrongly."""
+
+import hashlib
+import json
+import random
+import struct
+import time
+import zlib
+
+import pytest
+import torch
+
+from slimkit import CheckpointError, ModelSpecError, SlimkitError
+from slimkit.models import create
+from slimkit.prune._unstructured import UnstructuredConfig, finalize, magnitude_prune
+from slimkit.share import cluster_weights, load_compressed, save_compressed
+from slimkit.share._container import MAGIC
+
+
+def _clustered():
+    torch.manual_seed(0)
+    pruned, _ = magnitude_prune(create("lenet300"), UnstructuredConfig(sparsity=0.9))
+    return cluster_weights(finalize(pruned)).eval()
+
+
+def _split(raw: bytes) -> tuple[dict, bytes]:
+    """(header, payload) of a format-3 file."""
+    header_len = struct.unpack("<I", raw[12:16])[0]
+    start = 16 + 32
+    return json.loads(zlib.decompress(raw[start:start + header_len])), raw[start + header_len:]
+
+
+def _forge(header: dict | bytes, payload: bytes) -> bytes:
+    """A container with a valid checksum around an attacker's header: what a hostile file looks like."""
+    body = header if isinstance(header, bytes) else zlib.compress(json.dumps(header).encode())
+    digest = hashlib.sha256(body + payload).digest()
+    return MAGIC + struct.pack("<II", 3, len(body)) + digest + body + payload
+
+
+@pytest.fixture(scope="module")
+def genuine(tmp_path_factory):
+    path = tmp_path_factory.mktemp("slim") / "genuine.slim"
+    save_compressed(_clustered(), path, spec="lenet300")
+    return path.read_bytes()
+
+
+def test_a_header_naming_python_code_never_imports_it(tmp_path, genuine):
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "payload.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\ndef factory():\n    pass\n")
+    header, payload = _split(genuine)
+    for spec in (f"{tmp_path}/payload.py:factory", "payload.py:factory"):
+        header["spec"] = spec
+        (tmp_path / "evil.slim").write_bytes(_forge(header, payload))
+        with pytest.raises(ModelSpecError, match="never imports code"):
+            load_compressed(tmp_path / "evil.slim")
+    assert not marker.exists()
+
+
+def test_a_user_code_model_is_saved_without_its_import_path(tmp_path):
+    (tmp_path / "mine.py").write_text("from torch import nn\ndef build():\n    return nn.Sequential(nn.Linear(4, 3))\n")
+    spec = f"{tmp_path}/mine.py:build"
+    from slimkit.models import from_spec
+
+    model = from_spec(spec, allow_code=True).eval()
+    save_compressed(model, tmp_path / "m.slim", spec=spec)
+    header, _ = _split((tmp_path / "m.slim").read_bytes())
+    assert header["spec"] is None and "mine.py" not in json.dumps(header)
+    with pytest.raises(ModelSpecError, match=r"spec='path/to/file\.py:factory'"):
+        load_compressed(tmp_path / "m.slim")
+    x = torch.randn(2, 4)
+    assert torch.equal(load_compressed(tmp_path / "m.slim", spec=spec)(x), model(x))  # the caller typed it
+
+
+def test_every_bit_flip_is_refused(tmp_path, genuine):
+    rng = random.Random(0)
+    target = tmp_path / "flip.slim"
+    for _ in range(300):
+        raw = bytearray(genuine)
+        position = rng.randrange(len(raw))
+        raw[position] ^= 1 << rng.randrange(8)
+        target.write_bytes(bytes(raw))
+        with pytest.raises(CheckpointError):
+            load_compressed(target)
+
+
+def test_truncations_are_refused(tmp_path, genuine):
+    target = tmp_path / "cut.slim"
+    for length in (0, 5, 16, 47, 60, len(genuine) // 2, len(genuine) - 1):
+        target.write_bytes(genuine[:length])
+        with pytest.raises(CheckpointError):
+            load_compressed(target)
+
+
+def _mutations(header: dict) -> list[dict]:
+    layer, tensor = header["layers"][0], header["tensors"][0]
+    variants = []
+    for key, value in (("shape", [2**31, 2**31]), ("entries", 2**40), ("clusters", 2**40), ("index_bits", 60),
+                       ("codebook", [0, 2**40]), ("symbols", {"coding": "raw", "width": 40, "data": [0, 0]}),
+                       ("symbols", {"coding": "huffman", "bits": 2**50, "data": [0, 4], "table": [0, 4]}),
+                       ("kind", "lstm"), ("name", "nope")):
+        variants.append({**header, "layers": [{**layer, key: value}, *header["layers"][1:]]})
+    for key, value in (("shape", [2**20, 2**20, 2**20]), ("data", [0, 2**40]), ("dtype", "complex1024"),
+                       ("key", "fc9.weight"), ("data", "x")):
+        variants.append({**header, "tensors": [{**tensor, key: value}, *header["tensors"][1:]]})
+    variants += [{**header, "spec": "resnet20:width=1e9"}, {**header, "spec": "lenet300:num_classes=100000000"},
+                 {**header, "spec": 7}, {**header, "layers": None}, {"spec": "lenet300"}]
+    return variants
+
+
+def test_forged_headers_fail_fast_without_allocating(tmp_path, genuine):
+    header, payload = _split(genuine)
+    target = tmp_path / "forged.slim"
+    for variant in _mutations(header):
+        target.write_bytes(_forge(variant, payload))
+        began = time.perf_counter()
+        with pytest.raises(SlimkitError):
+            load_compressed(target)
+        assert time.perf_counter() - began < 5, variant  # no multi-GB allocation, no long decode
+
+
+def test_a_zlib_bomb_header_is_refused_quickly(tmp_path):
+    bomb = zlib.compress(b"[" * (200 * 2**20), 9)  # 200 MiB of '[' in a ~200 KB header
+    (tmp_path / "bomb.slim").write_bytes(_forge(bomb, b""))
+    began = time.perf_counter()
+    with pytest.raises(CheckpointError, match="at most"):
+        load_compressed(tmp_path / "bomb.slim")
+    assert time.perf_counter() - began < 5
+
+
+def test_a_folder_is_not_a_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_compressed(tmp_path)
