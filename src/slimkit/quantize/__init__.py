@@ -1,7 +1,9 @@
 """Quantization: observers, fake quant (STE, LSQ), BN folding, PTQ, QAT, weight-only k-bit, mixed precision.
 
 ``quantize_ptq(model, example_inputs, calibration_loader, QuantConfig())`` returns a new model; what happened to each
-layer is in ``quant_report(result)``. Deploy int8 with ``slimkit.export.export_qdq``.
+layer is in ``quant_report(result)``. Deploy int8 with ``slimkit.export.export_qdq``. Activation quantizers are placed
+over the traced graph (``QuantConfig(placement="graph")``, the default), so that residual additions, concatenations,
+pooling and reshapes run as integer kernels in ONNX Runtime too (``slimkit.export.float_islands`` checks a file).
 """
 
 from slimkit._select import matches_any as matches
@@ -17,6 +19,7 @@ from slimkit.quantize._observers import (
     qparams_from_range,
 )
 from slimkit.quantize._ptq import (
+    PLACEMENTS,
     SUPPORTED_LAYERS,
     QuantConfig,
     QuantReport,
@@ -34,6 +37,7 @@ from slimkit.quantize._weight_only import quantize_weights, weight_codes
 
 __all__ = [
     "OBSERVERS",
+    "PLACEMENTS",
     "SUPPORTED_LAYERS",
     "FakeQuantize",
     "Observer",
