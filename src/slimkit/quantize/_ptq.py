@@ -77,7 +77,14 @@ class QuantConfig:
 
 @dataclass
 class QuantReport:
-    """What quantization did to each layer."""
+    """What quantization did to each layer.
+
+    ``placement`` is where activation quantizers went (``"graph"`` or ``"layers"``); with graph placement,
+    ``int8_ops`` names the traced ops that run as integer kernels (layers, additions, concatenations, pooling),
+    ``float_ops`` the ops left in float next to quantized tensors (op → why: no integer kernel, or never ran), and
+    ``shared_scales`` the tensors that share one quantizer by construction (concatenation inputs and output, the
+    inputs of a layer called more than once).
+    """
 
     quantized: list[str] = field(default_factory=list)
     float_layers: dict[str, str] = field(default_factory=dict)
