@@ -359,13 +359,17 @@ class _Reader:
         return next(self._it, None)
 
 
-def _calibration_batches(loader: Iterable) -> list[torch.Tensor]:
+def _calibration_batches(loader: Iterable, largest: int = 64) -> list[torch.Tensor]:
+    """The calibration images in batches of one size (the largest divisor of their number up to ``largest``):
+    ONNX Runtime's histogram calibrators stack the outputs of all batches and fail on a short last batch."""
     from slimkit.quantize._ptq import _batches
 
     batches = list(_batches(loader))
     if not batches:
         raise ExportError("the calibration loader yielded no batches: give it at least one batch of inputs")
-    return batches
+    images = torch.cat([b.detach().cpu() for b in batches])
+    size = max(d for d in range(1, min(largest, len(images)) + 1) if len(images) % d == 0)
+    return list(images.split(size))
 
 
 def ort_quantize_static(
