@@ -334,7 +334,8 @@ def _large_table(data: dict[str, Any]) -> str:
             rows.append([
                 name, row["label"], result["params"], result["macs"], row["file_bytes"], row["int8_kernels"],
                 row["float_islands"], _pct(row["top1_agreement"]),
-                f"{row['max_abs_diff'] / row['max_abs_fp32']:.3f}", f"{row['mean_abs_diff'] / row['mean_abs_fp32']:.3f}",
+                f"{row['max_abs_diff'] / row['max_abs_fp32']:.3f}",
+                f"{row['mean_abs_diff'] / row['mean_abs_fp32']:.3f}",
                 _ratio_text(lat[1]), _ratio_text(lat[8]), f"{row['seconds']:.1f}",
             ])
     return markdown_table(columns, rows)
