@@ -23,6 +23,38 @@ from slimkit._io import write_text_atomic
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
+#: ONNX Runtime threads per session in every latency comparison: one thread each, so the three live sessions of a
+#: comparison (baseline, its A/A copy, candidate) and the other jobs on a shared machine never oversubscribe the
+#: cores; the ratio then measures the work a model does. Change it here to measure a multi-core deployment.
+LATENCY_THREADS = 1
+#: how every benchmark's prose describes the latency method (kept in one place so no section drifts from it)
+LATENCY_METHOD = (
+    f"ONNX Runtime, {LATENCY_THREADS} thread per session, thread spinning off; `compare_latency` times the baseline, "
+    "a second session of it (the A/A control) and the candidate call by call in a seeded random order per round; "
+    "a cell is the median of the per-round ratios candidate/baseline with its 10th–90th percentile and the A/A "
+    "median, or \"too noisy\" when the A/A median or its 95 % interval leaves [0.9, 1.1]"
+)
+
+
+def latency_record(cmp: Any) -> dict[str, Any]:
+    """The JSON record of a :class:`slimkit.analysis.LatencyComparison` kept in a benchmark's results."""
+    return {"ratio": cmp.ratio, "p10": cmp.ratio_p10, "p90": cmp.ratio_p90, "aa": cmp.aa_ratio, "aa_p10": cmp.aa_p10,
+            "aa_p90": cmp.aa_p90, "status": cmp.status, "threads": cmp.baseline.threads,
+            "batch": cmp.baseline.batch_size, "rounds": cmp.baseline.repeats,
+            "baseline_ms": cmp.baseline.median_ms, "candidate_ms": cmp.candidate.median_ms}
+
+
+def latency_cell(record: dict[str, Any] | None, *, aa: bool = True) -> str:
+    """A table cell for a latency record: ``0.40 (0.38–0.42), A/A 1.00``, or ``too noisy (A/A 1.23)``."""
+    from slimkit.analysis import format_ratio
+
+    if record is None:
+        return "–"
+    text = format_ratio(record["ratio"], record["status"], record["p10"], record["p90"])
+    if not aa:
+        return text
+    return f"{text} (A/A {record['aa']:.2f})" if record["ratio"] is None else f"{text}, A/A {record['aa']:.2f}"
+
 
 @dataclass
 class Section:
@@ -87,29 +119,34 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def machine_line(info: dict[str, Any]) -> str:
+    """One line naming the machine, the versions and the commit a result came from."""
+    v = info["versions"]
+    return (f"{info['cpu']}, {info['cores']} cores (AVX2 {info['avx2']}, AVX512-VNNI {info['avx512_vnni']}, "
+            f"AVX-VNNI {info['avx_vnni']}); " + ", ".join(f"{k} {val}" for k, val in v.items())
+            + f"; commit {info['commit']}")
+
+
 def write_section(section: Section, quick: bool) -> None:
+    """Write ``results/<topic>.md`` and ``.json``; both record the machine, versions and commit of this run."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    header = f"## {section.title}\n\n_Measured {machine_info()['date']}{' with --quick' if quick else ''}._\n\n"
+    info = machine_info()
+    header = (f"## {section.title}\n\n_Measured {info['date']}{' with --quick' if quick else ''} on "
+              f"{machine_line(info)}._\n\n")
     write_text_atomic(RESULTS / f"{section.topic}.md", header + section.markdown.strip() + "\n")
-    write_text_atomic(RESULTS / f"{section.topic}.json", json.dumps(section.data, indent=2, default=str) + "\n")
+    payload = {"machine": info, "quick": quick, **section.data}
+    write_text_atomic(RESULTS / f"{section.topic}.json", json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def assemble() -> str:
-    """Rebuild BENCHMARKS.md from every section in ``benchmarks/results``."""
-    info = machine_info()
-    v = info["versions"]
+    """Rebuild BENCHMARKS.md from every section in ``benchmarks/results`` (each names its own machine and commit)."""
     lines = [
         "# slimkit benchmarks",
         "",
         "Regenerate with `python -m benchmarks.run` (all) or `python -m benchmarks.run --only TOPIC`;"
-        " `--quick` gives a smoke run with fewer epochs. Latency is always a ratio to the baseline measured"
-        " in the same run (median, fixed thread count; ONNX Runtime models alternate in blocks, one live session"
-        " at a time): these machines are noisy.",
-        "",
-        f"- machine: {info['cpu']}, {info['cores']} cores; AVX2 {info['avx2']}, AVX512-VNNI {info['avx512_vnni']},"
-        f" AVX-VNNI {info['avx_vnni']}",
-        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"- assembled {info['date']} at commit {info['commit']}",
+        " `--quick` gives a smoke run with fewer epochs. Every number below comes from the result file its section's"
+        " run wrote (`benchmarks/results/<topic>.json`); each section names the machine, versions and commit it ran"
+        f" on. Latency is always a ratio to the baseline measured in the same run: {LATENCY_METHOD}.",
         "",
     ]
     for path in sorted(RESULTS.glob("*.md")):

@@ -11,7 +11,7 @@ from torch import nn
 
 import slimkit.data._segmentation  # noqa: F401  (registers "mnist-seg", also when data/__init__ does not import it)
 from benchmarks._baselines import CACHE, trained
-from benchmarks._common import Section, markdown_table
+from benchmarks._common import LATENCY_METHOD, LATENCY_THREADS, Section, latency_cell, latency_record, markdown_table
 from slimkit import models
 from slimkit._io import write_text_atomic
 from slimkit.analysis import compare_latency, evaluate, profile
@@ -21,7 +21,7 @@ from slimkit.train import fit
 
 TITLE = "Compact architectures (zoo, layer rewrites, mobile segmentation)"
 #: Bump a part's version when its measuring code changes, so its cached table is measured again.
-PART_VERSION = {"zoo": 4, "rewrites": 3, "seg": 4, "items": 2}
+PART_VERSION = {"zoo": 5, "rewrites": 4, "seg": 5, "items": 3}
 #: Too slow to train on this CPU budget (≈1 GMAC per 28×28 image): profiled and timed, accuracy not measured.
 UNTRAINED = {"resnet50", "resnext50_32x4d"}
 #: The settings a part's cached result depends on (by key prefix).
@@ -45,9 +45,18 @@ def _subset(loader: TensorLoader, n: int, batch: int, shuffle: bool) -> TensorLo
     return TensorLoader(loader.inputs[:n], loader.targets[:n], batch, shuffle=shuffle, seed=0)
 
 
-def _latency_ratio(base: nn.Module, cand: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    return compare_latency(base.eval(), cand.eval(), x, backend="onnxruntime", threads=2, warmup=3,
-                           repeats=repeats).ratio
+def _latency(base: nn.Module, cand: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+    return latency_record(compare_latency(base.eval(), cand.eval(), x, backend="onnxruntime",
+                                          threads=LATENCY_THREADS, warmup=3, repeats=repeats))
+
+
+def _per_mac(record: dict[str, Any], mac_ratio: float) -> float | None:
+    """Latency ratio ÷ MAC ratio, None when the latency comparison was too noisy."""
+    return None if record["ratio"] is None else record["ratio"] / mac_ratio
+
+
+def _quotient(value: float | None) -> str:
+    return "too noisy" if value is None else f"{value:.2f}"
 
 
 def _cached(key: str, s: dict[str, int], measure) -> dict[str, Any]:
@@ -98,19 +107,20 @@ def _zoo(data, s: dict[str, int], log: list[str]) -> tuple[str, list[dict[str, A
             _recalibrate_batchnorm(model, train)
             acc = evaluate(model, test).accuracy
         total = profile(model, x1).total
-        r1 = _latency_ratio(baseline, model, x1, 2 * s["repeats"])
-        r64 = _latency_ratio(baseline, model, x64, s["repeats"])
+        r1 = _latency(baseline, model, x1, 2 * s["repeats"])
+        r64 = _latency(baseline, model, x64, s["repeats"])
         mac_ratio = total.macs / base_macs
         log.append(f"zoo {name}: {time.perf_counter() - began:.0f}s")
         return {"model": name, "params": total.params, "macs": total.macs, "accuracy": acc,
-                "latency_ratio_b1": r1, "latency_ratio_b64": r64, "mac_ratio": mac_ratio,
-                "time_per_mac_vs_resnet20_b64": r64 / mac_ratio}
+                "latency_b1": r1, "latency_b64": r64, "mac_ratio": mac_ratio,
+                "time_per_mac_vs_resnet20_b64": _per_mac(r64, mac_ratio)}
 
     keys = {name: f"zoo-{name}" if name in UNTRAINED else f"zoo-bnrecal-{name}" for name in ZOO}
     records = [_cached(keys[name], s, lambda name=name: measure(name)) for name in ZOO]
     rows = [[r["model"], r["params"], r["macs"], "not trained" if r["accuracy"] is None else f"{r['accuracy']:.2%}",
-             round(r["mac_ratio"], 3), round(r["latency_ratio_b1"], 3), round(r["latency_ratio_b64"], 3),
-             round(r["time_per_mac_vs_resnet20_b64"], 2)] for r in records]
+             round(r["mac_ratio"], 3), latency_cell(r["latency_b1"]), latency_cell(r["latency_b64"]),
+             _quotient(r["time_per_mac_vs_resnet20_b64"])]
+            for r in records]
     table = markdown_table(["model (28×28×1)", "params", "MACs", "accuracy", "MACs / ResNet-20",
                             "ORT latency / ResNet-20 (b=1)", "(b=64)", "time per MAC vs ResNet-20 (b=64)"], rows)
     return table, records
@@ -126,29 +136,29 @@ def _rewrites(data, s: dict[str, int], log: list[str]) -> tuple[str, list[dict[s
         acc = evaluate(original, data.test).accuracy
         rows.append([name, "original", total.params, total.macs, "", "", f"{acc:.2%}", 1.0])
         records.append({"model": name, "rewrite": "original", "params": total.params, "macs": total.macs,
-                        "acc_finetuned": acc, "latency_ratio_b64": 1.0})
+                        "acc_finetuned": acc, "latency_b64": None})
         for label, convert in CONVERTERS.items():
 
             def measure(original=original, convert=convert, name=name, label=label) -> dict[str, Any]:
                 began = time.perf_counter()
                 plain = convert(original, x1)
                 acc_rewrite = evaluate(plain, data.test).accuracy
-                model = convert(original, x1, calibration=data.calibration)
+                model = convert(original, x1, data=data.calibration)
                 acc_recon = evaluate(model, data.test).accuracy
                 fine_tune_(model, finetune, epochs=1, lr=0.01)
                 acc_ft = evaluate(model, data.test).accuracy
                 total = profile(model, x1).total
-                ratio = _latency_ratio(original, model, x64, s["repeats"])
+                ratio = _latency(original, model, x64, s["repeats"])
                 log.append(f"rewrite {name} {label}: {time.perf_counter() - began:.0f}s")
                 return {"model": name, "rewrite": label, "params": total.params, "macs": total.macs,
                         "acc_rewrite": acc_rewrite, "acc_reconstructed": acc_recon, "acc_finetuned": acc_ft,
-                        "latency_ratio_b64": ratio}
+                        "latency_b64": ratio}
 
             r = _cached(f"rewrite-{name}-{label.split()[0]}", s, measure)
             records.append(r)
             rows.append([name, label, r["params"], r["macs"], f"{r['acc_rewrite']:.2%}",
                          f"{r['acc_reconstructed']:.2%}", f"{r['acc_finetuned']:.2%}",
-                         round(r["latency_ratio_b64"], 3)])
+                         latency_cell(r["latency_b64"])])
     table = markdown_table(["model", "rewrite", "params", "MACs", "acc. after rewrite (weight fit)",
                             "after LS reconstruction", "after 1 ep. fine-tune", "ORT latency / original (b=64)"],
                            rows)
@@ -174,12 +184,12 @@ def _segmentation(s: dict[str, int], log: list[str]) -> tuple[str, list[dict[str
         built[(width, crelu)] = model
         total = profile(model, x1).total
         result = evaluate(model, data.test, metric="miou")
-        ratio = 1.0 if (width, crelu) == variants[0] else _latency_ratio(built[variants[0]], model, x1,
-                                                                          2 * s["repeats"])
+        ratio = None if (width, crelu) == variants[0] else _latency(built[variants[0]], model, x1,
+                                                                     2 * s["repeats"])
         records.append({"width": width, "crelu": crelu, "params": total.params, "macs": total.macs,
-                        "miou": result.miou, "pixel_accuracy": result.accuracy, "latency_ratio_b1": ratio})
+                        "miou": result.miou, "pixel_accuracy": result.accuracy, "latency_b1": ratio})
         rows.append([width, "yes" if crelu else "no", total.params, total.macs, f"{result.miou:.3f}",
-                     f"{result.accuracy:.2%}", round(ratio, 3)])
+                     f"{result.accuracy:.2%}", "1 (reference)" if ratio is None else latency_cell(ratio)])
         log.append(f"segnet width {width} crelu {crelu}: {time.perf_counter() - began:.0f}s")
     table = markdown_table(["width", "CReLU", "params", "MACs (1×64×64)", "test mIoU", "pixel acc.",
                             "ORT latency / width-1.0 plain (b=1)"], rows)
@@ -212,10 +222,11 @@ def run(quick: bool) -> Section:
     zoo_table, zoo = _part("zoo", quick, s, lambda: _zoo(data, s, log))
     rewrite_table, rewrites = _part("rewrites", quick, s, lambda: _rewrites(data, s, log))
     seg_table, seg = _part("seg", quick, s, lambda: _segmentation(s, log))
-    memory_bound = [r["model"] for r in zoo if r["time_per_mac_vs_resnet20_b64"] > 1.5]
+    memory_bound = [r["model"] for r in zoo if (r["time_per_mac_vs_resnet20_b64"] or 0) > 1.5]
     originals = {r["model"]: r for r in rewrites if r.get("rewrite") == "original"}
     time_per_mac = "; ".join(
-        f"{r['model']} {r['rewrite']} {r['latency_ratio_b64'] / (r['macs'] / originals[r['model']]['macs']):.2f}"
+        f"{r['model']} {r['rewrite']} "
+        f"{_quotient(_per_mac(r['latency_b64'], r['macs'] / originals[r['model']]['macs']))}"
         for r in rewrites if r.get("rewrite") != "original" and r["model"] in originals)
     markdown = f"""
 ### (a) The compact zoo at MNIST size (1×28×28, 10 classes)
@@ -225,13 +236,12 @@ short way: **1 epoch on the first {s['zoo_train']} MNIST training images** (batc
 in few steps; BN statistics then re-estimated over 20 training batches), accuracy on the first {s['zoo_test']} test
 images — a CPU budget, so the accuracies rank convergence speed at least as much as capacity. ResNet-50 and
 ResNeXt-50 (~1 GMAC per 28×28 image) were too slow to train within the CPU budget: their params, MACs and latency
-are measured, their accuracy is not. Latency: ONNX Runtime, 2 threads, medians from `compare_latency` (the two
-models alternate in blocks, each in a fresh session), as a ratio to ResNet-20 (trained("resnet20", 4)).
+are measured, their accuracy is not. Latency: {LATENCY_METHOD}; as a ratio to ResNet-20 (trained("resnet20", 4)).
 
 {zoo_table}
 
-ResNet-20 timed against itself gives {zoo[1]['latency_ratio_b1']:.2f} (b=1) and {zoo[1]['latency_ratio_b64']:.2f}
-(b=64): differences of that size are noise.
+ResNet-20 timed against itself gives {latency_cell(zoo[1]['latency_b1'])} (b=1) and
+{latency_cell(zoo[1]['latency_b64'])} (b=64).
 
 "Time per MAC vs ResNet-20" = latency ratio ÷ MAC ratio: above 1 a model turns its MACs into time less efficiently
 than ResNet-20's dense 3×3 convs. Measured > 1.5× at batch 64: {', '.join(memory_bound) or 'none'} — MAC savings
@@ -259,7 +269,7 @@ Trained {s['seg_epochs']} epoch(s) on {s['seg_train']} canvases (batch 16, SGD N
 weight decay 1e-4, cross-entropy with background weight 0.2, ignore label 255) — short for a segmentation net
 trained from scratch (Adam at a fixed lr plateaued at background-vs-digit, mIoU 0.10; mIoU was still rising at
 the end here), so the mIoUs compare the variants only roughly. mIoU over 11 classes on {s['seg_test']} test
-canvases made from MNIST test digits. Latency at batch 1 (ONNX Runtime, 2 threads) relative to the width-1.0 net
+canvases made from MNIST test digits. Latency at batch 1 ({LATENCY_THREADS} thread) relative to the width-1.0 net
 without CReLU, same run.
 
 {seg_table}

@@ -2,7 +2,7 @@
 
 For each setting: params, MACs, test accuracy of the baseline, right after decomposition and after fine-tuning
 (SGD Nesterov lr 0.01, cosine, gradient clipping 1), and the ONNX Runtime latency ratio decomposed/baseline
-(threads 2, batch 1 and 64, measured in the same run by compare_latency).
+(batch 1 and 64, measured in the same run by compare_latency with its A/A control).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from benchmarks._baselines import trained
-from benchmarks._common import Section, markdown_table
+from benchmarks._common import LATENCY_METHOD, LATENCY_THREADS, Section, latency_cell, latency_record, markdown_table
 from slimkit.analysis import compare_latency, evaluate, profile
 from slimkit.data import TensorLoader, create_data
 from slimkit.decompose import DecomposeConfig, decompose, decompose_report
@@ -57,16 +57,12 @@ QUICK = {"lenet300": tuple(label for m, label, _ in SETTINGS if m == "lenet300")
 
 
 def _latency(baseline: torch.nn.Module, candidate: torch.nn.Module, shape: tuple[int, ...], batch: int,
-             quick: bool) -> tuple[float, float]:
-    """Median and p10 latency ratios candidate/baseline in ONNX Runtime (threads 2, compare_latency).
-
-    On a CPU shared with other jobs the median swings with their load; the p10 (the fast end of each distribution)
-    is the steadier estimate of the models' own cost.
-    """
+             quick: bool) -> dict[str, Any]:
+    """The latency record of candidate/baseline in ONNX Runtime (compare_latency: paired ratios, A/A control)."""
     repeats = (20 if quick else 40) if batch > 1 else (60 if quick else 150)
-    cmp = compare_latency(baseline, candidate, torch.randn(batch, *shape), backend="onnxruntime", threads=2,
-                          warmup=5, repeats=repeats)
-    return cmp.ratio, cmp.candidate.p10_ms / cmp.baseline.p10_ms
+    cmp = compare_latency(baseline, candidate, torch.randn(batch, *shape), backend="onnxruntime",
+                          threads=LATENCY_THREADS, warmup=5, repeats=repeats)
+    return latency_record(cmp)
 
 
 def _ranks_summary(report) -> str:
@@ -116,7 +112,7 @@ def _run(quick: bool) -> Section:
         base_prof = profile(baseline, example).total
         base_acc = evaluate(baseline, data.test).accuracy
         rows.append([model_name, "baseline", "", base_prof.params, base_prof.macs, base_acc, "", "1.00×",
-                     1.0, 1.0, 1.0, 1.0])
+                     "1 (reference)", "1 (reference)"])
         for label, config in ((lab, cfg) for m, lab, cfg in SETTINGS if m == model_name):
             if quick and label not in QUICK[model_name]:
                 continue
@@ -131,34 +127,31 @@ def _run(quick: bool) -> Section:
                 progress=False, grad_clip=GRAD_CLIP)
             result.eval()
             acc1 = evaluate(result, data.test).accuracy
-            lat1, fast1 = _latency(baseline, result, shape, 1, quick)
-            lat64, fast64 = _latency(baseline, result, shape, 64, quick)
+            lat1 = _latency(baseline, result, shape, 1, quick)
+            lat64 = _latency(baseline, result, shape, 64, quick)
             ranks = _ranks_summary(report)
             rows.append([model_name, label, ranks, report.params_after, report.macs_after, acc0, acc1,
-                         f"{report.params_before / report.params_after:.2f}×", lat1, fast1, lat64, fast64])
+                         f"{report.params_before / report.params_after:.2f}×", latency_cell(lat1),
+                         latency_cell(lat64)])
             for r in report.layers:
                 layer_rows.append([model_name, label, r.name, r.method or "kept", "×".join(map(str, r.ranks)),
                                    r.params_before, r.params_after, r.macs_before, r.macs_after, r.relative_error])
             raw.append({"model": model_name, "setting": label, "report": report.to_dict(), "accuracy_baseline":
                         base_acc, "accuracy_decomposed": acc0, "accuracy_finetuned": acc1,
                         "finetune_images": len(finetune.targets),
-                        "latency_ratio_b1": lat1, "latency_ratio_b64": lat64,
-                        "p10_ratio_b1": fast1, "p10_ratio_b64": fast64, "decompose_seconds": seconds})
-            log.info("%s %s: params %d, acc %.4f → %.4f after fine-tuning, latency ratio b1 %.2f b64 %.2f",
-                     model_name, label, report.params_after, acc0, acc1, lat1, lat64)
+                        "latency_ratio_b1": lat1["ratio"], "latency_ratio_b64": lat64["ratio"],
+                        "latency_b1": lat1, "latency_b64": lat64, "decompose_seconds": seconds})
+            log.info("%s %s: params %d, acc %.4f → %.4f after fine-tuning, latency ratio b1 %s b64 %s",
+                     model_name, label, report.params_after, acc0, acc1, latency_cell(lat1), latency_cell(lat64))
     ft = ("1 epoch on the first 10,000 training images" if quick else
           "1 epoch on the 50,000-image training split (ResNet-20: on the first 10,000 images, to fit the CPU budget)")
     markdown = "\n\n".join([
         markdown_table(["model", "setting", "ranks", "params", "MACs", "acc. decomposed", "acc. fine-tuned",
-                        "params ratio", "ORT lat. ratio b1 (median)", "b1 (p10)", "b64 (median)", "b64 (p10)"], rows),
+                        "params ratio", "ORT latency ratio b1", "b64"], rows),
         " ".join([
             "The baseline row's accuracy column is the trained model's; fine-tuning is", ft,
             "(SGD Nesterov, lr 0.01, cosine, weight decay 5e-4, gradient norm clipped at 1).",
-            "Latency ratio = decomposed / baseline in ONNX Runtime (CPU, 2 threads, compare_latency: the two",
-            "alternate in blocks, each in a fresh session, so no idle session's threads spin against the timed one),",
-            "batch 1 and 64, as the ratio of medians and of 10th percentiles;",
-            "below 1 is faster. The machine was shared with ~6 other jobs while this ran (single LeNet-5 batch-64",
-            "runs varied between 1 and 40 ms), so medians are noisy and the p10 ratios are the steadier figure.",
+            f"Latency ratio = decomposed / baseline at batch 1 and 64, {LATENCY_METHOD}; below 1 is faster.",
             "Ranks: SVD K, Tucker-2 R_out×R_in, CP R; VBMF is analytic EVBMF (Nakajima et al. 2013) on each",
             "unfolding, as Kim et al. 2016. Layers a method cannot shrink (e.g. the 10-way classifier at a high",
             "energy) are left alone.",

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from benchmarks._baselines import trained
-from benchmarks._common import Section, markdown_table
+from benchmarks._common import LATENCY_METHOD, LATENCY_THREADS, Section, latency_cell, latency_record, markdown_table
 
 TITLE = "Structured pruning (channel removal): criteria, reconstruction, latency, Torch-Pruning"
 
@@ -137,11 +137,11 @@ def run(quick: bool) -> Section:
             prof = profile(pruned, example).total
             for batch in (1, 64):
                 x = torch.rand(batch, *example.shape[1:])
-                cmp = compare_latency(base, pruned, x, backend="onnxruntime", threads=2,
+                cmp = compare_latency(base, pruned, x, backend="onnxruntime", threads=LATENCY_THREADS,
                                       repeats=30 if quick else 50)
                 lat_rows.append([name, f"{ratio:.0%}", "slimkit", batch, round(prof.macs / base_prof.macs, 3),
-                                 round(cmp.ratio, 3), round((base_prof.macs / prof.macs) / cmp.speedup, 2)
-                                 if cmp.speedup else ""])
+                                 latency_cell(latency_record(cmp)),
+                                 round((base_prof.macs / prof.macs) / cmp.speedup, 2) if cmp.speedup else "–"])
             peer, wall, status = _torch_pruning(base, example, ratio, last)
             if peer is None:
                 tp_rows.append([name, f"{ratio:.0%}", "", "", "", "", "", "", status])
@@ -152,10 +152,11 @@ def run(quick: bool) -> Section:
                             round(wall, 2), status])
             for batch in (1, 64):
                 x = torch.rand(batch, *example.shape[1:])
-                cmp = compare_latency(base, peer, x, backend="onnxruntime", threads=2, repeats=30 if quick else 50)
+                cmp = compare_latency(base, peer, x, backend="onnxruntime", threads=LATENCY_THREADS,
+                                      repeats=30 if quick else 50)
                 lat_rows.append([name, f"{ratio:.0%}", "torch-pruning", batch,
-                                 round(pprof.macs / base_prof.macs, 3), round(cmp.ratio, 3),
-                                 round((base_prof.macs / pprof.macs) / cmp.speedup, 2) if cmp.speedup else ""])
+                                 round(pprof.macs / base_prof.macs, 3), latency_cell(latency_record(cmp)),
+                                 round((base_prof.macs / pprof.macs) / cmp.speedup, 2) if cmp.speedup else "–"])
     raw["torch_pruning"], raw["latency"] = tp_rows, lat_rows
     resnext = _resnext_cost()
     raw["resnext50"] = resnext
@@ -178,9 +179,8 @@ def run(quick: bool) -> Section:
         markdown_table(["model", "ratio", "params", "MACs", "acc pruned", "acc 1-ep fine-tune", "acc 3-ep fine-tune",
                         "prune s", "status"], tp_rows),
         "",
-        "**Latency** in ONNX Runtime (2 threads), pruned / original by `compare_latency` in the same run (the two "
-        "alternate in blocks, each in a fresh session). `MAC speed-up / real speed-up` = 1 means the full MAC "
-        "reduction became wall-clock time.",
+        f"**Latency**, pruned / original in the same run: {LATENCY_METHOD}. `MAC speed-up / real speed-up` = 1 "
+        "means the full MAC reduction became wall-clock time.",
         "",
         markdown_table(["model", "ratio", "pruner", "batch", "MAC ratio", "latency ratio",
                         "MAC speed-up / real speed-up"], lat_rows),

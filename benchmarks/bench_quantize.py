@@ -25,7 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks._common import Section, machine_info, markdown_table
+from benchmarks._common import (
+    LATENCY_METHOD,
+    LATENCY_THREADS,
+    Section,
+    latency_cell,
+    latency_record,
+    machine_info,
+    markdown_table,
+)
 
 TITLE = "Quantization: int8 / w4a8 / w3a8 CNNs in ONNX Runtime, against NNCF and ORT quantize_static"
 
@@ -34,6 +42,7 @@ log = logging.getLogger(__name__)
 #: MNIST baselines: model → training epochs (benchmarks._baselines.trained, batch 128, SGD, one-cycle cosine)
 MNIST_MODELS = {"lenet5": 10, "resnet20": 4, "mobilenet_v2": 3}
 CALIBRATION_IMAGES = 1024
+#: ONNX Runtime threads when measuring accuracy (latency uses the shared LATENCY_THREADS)
 THREADS = 2
 BATCHES = (1, 64)
 #: Low-bit round-to-nearest helpers tried on the validation split (weights per channel, activations int8)
@@ -64,30 +73,12 @@ def _reconstruction_methods() -> dict[str, str]:
 
 
 def _latency(baseline: Path, candidate: Path, x: torch.Tensor, repeats: int) -> dict[str, Any]:
-    """``compare_latency`` in ONNX Runtime, reduced to the fields the table shows. Works with the interleaved A/B +
-    A/A version (ratio None and status "too noisy" when its control fails) and with the plain one."""
+    """``compare_latency`` in ONNX Runtime (baseline, its A/A copy and the candidate interleaved), as the JSON record
+    every benchmark keeps (``ratio`` None and status "too noisy" when the A/A control fails)."""
     from slimkit.analysis import compare_latency
 
-    result = compare_latency(baseline, candidate, x, backend="onnxruntime", threads=THREADS, warmup=5,
-                             repeats=repeats)
-    raw = result.to_dict()
-    out = {"ratio": raw.get("ratio"), "p10": raw.get("ratio_p10"), "p90": raw.get("ratio_p90"),
-           "aa_ratio": raw.get("aa_ratio"), "status": raw.get("status", "ok"),
-           "baseline_ms": raw["baseline"]["median_ms"], "candidate_ms": raw["candidate"]["median_ms"]}
-    if out["p10"] is None and out["ratio"] is not None:  # the plain version: spread from the two distributions
-        out["p10"] = raw["candidate"]["p10_ms"] / raw["baseline"]["p90_ms"]
-        out["p90"] = raw["candidate"]["p90_ms"] / raw["baseline"]["p10_ms"]
-    return out
-
-
-def _ratio_text(lat: dict[str, Any]) -> str:
-    if lat.get("status") == "too noisy" or lat.get("ratio") is None:
-        return "too noisy"
-    return f"{lat['ratio']:.2f} ({lat['p10']:.2f}–{lat['p90']:.2f})"
-
-
-def _aa_text(lat: dict[str, Any]) -> str:
-    return "" if lat.get("aa_ratio") is None else f"{lat['aa_ratio']:.2f}"
+    return latency_record(compare_latency(baseline, candidate, x, backend="onnxruntime", threads=LATENCY_THREADS,
+                                          warmup=5, repeats=repeats))
 
 
 def _graph_facts(path: Path) -> dict[str, Any]:
@@ -197,7 +188,7 @@ def _mnist_rows(name: str, epochs: int, quick: bool, tmp: Path) -> dict[str, Any
     fp32_test = onnx_accuracy(fp32, test, threads=THREADS)
     rows["fp32"] = {"label": "fp32", "test": fp32_test, "validation": onnx_accuracy(fp32, valid, threads=THREADS),
                     "file_bytes": fp32.stat().st_size, "int8_kernels": 0, "float_islands": 0, "seconds": 0.0,
-                    "latency": {b: _latency(fp32, fp32, x, repeats[b]) for b, x in inputs.items()}}
+                    "latency": {}}
     for key, choice in choices.items():
         if choice.get("failed"):
             rows[key] = {"label": choice["label"], "failed": True, "validation": choice["validation"]}
@@ -277,8 +268,7 @@ def _large_rows(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
     repeats = {1: 10 if quick else 30, 8: 5 if quick else 15}
     inputs = {b: evaluation[:b] for b in LARGE_BATCHES}
     prof = profile(model, example).total
-    rows = {"fp32": {"label": "fp32", "file_bytes": fp32.stat().st_size, "seconds": 0.0,
-                     "latency": {b: _latency(fp32, fp32, x, repeats[b]) for b, x in inputs.items()}}}
+    rows = {"fp32": {"label": "fp32", "file_bytes": fp32.stat().st_size, "seconds": 0.0, "latency": {}}}
     for key, (label, path, seconds) in files.items():
         rows[key] = {"label": label, "file_bytes": path.stat().st_size, "seconds": seconds, **_graph_facts(path),
                      **_agreement(fp32, path, evaluation),
@@ -296,15 +286,14 @@ def _pct(value: float | None) -> str:
 
 def _mnist_table(data: dict[str, Any]) -> str:
     columns = ["model", "method", "chosen on validation", "valid top-1", "test top-1", "Δ test (pts)", "ONNX bytes",
-               "int8 kernels", "float islands", "latency b1 (p10–p90)", "A/A b1", "latency b64 (p10–p90)",
-               "A/A b64", "quantize s"]
+               "int8 kernels", "float islands", "latency / fp32, batch 1", "latency / fp32, batch 64", "quantize s"]
     rows = []
     for name in data["mnist_models"]:
         result = data[name]
         fp32 = result["rows"]["fp32"]["test"]
         for key, row in result["rows"].items():
             if row.get("failed"):
-                rows.append([name, row["label"], "failed", "", "", "", "", "", "", "", "", "", "", ""])
+                rows.append([name, row["label"], "failed", "", "", "", "", "", "", "", "", ""])
                 continue
             lat = row["latency"]
             islands = row["float_islands"]
@@ -312,16 +301,16 @@ def _mnist_table(data: dict[str, Any]) -> str:
             rows.append([
                 name, row["label"], row.get("choice", ""), _pct(row["validation"]), _pct(row["test"]),
                 "" if key == "fp32" else f"{(row['test'] - fp32) * 100:+.2f}", row["file_bytes"],
-                row["int8_kernels"], island_text, _ratio_text(lat[1]), _aa_text(lat[1]), _ratio_text(lat[64]),
-                _aa_text(lat[64]), f"{row['seconds']:.1f}",
+                row["int8_kernels"], island_text, latency_cell(lat.get(1)) if lat else "1 (baseline)",
+                latency_cell(lat.get(64)) if lat else "1 (baseline)", f"{row['seconds']:.1f}",
             ])
     return markdown_table(columns, rows)
 
 
 def _large_table(data: dict[str, Any]) -> str:
     columns = ["model (224×224×3)", "method", "params", "MACs", "ONNX bytes", "int8 kernels", "float islands",
-               "top-1 agreement", "max |Δ| / max |fp32|", "mean |Δ| / mean |fp32|", "latency b1 (p10–p90)",
-               "latency b8 (p10–p90)", "quantize s"]
+               "top-1 agreement", "max |Δ| / max |fp32|", "mean |Δ| / mean |fp32|", "latency / fp32, batch 1",
+               "latency / fp32, batch 8", "quantize s"]
     rows = []
     for name in data["large_models"]:
         result = data[f"{name}_224"]
@@ -329,14 +318,14 @@ def _large_table(data: dict[str, Any]) -> str:
             lat = row["latency"]
             if key == "fp32":
                 rows.append([name, "fp32", result["params"], result["macs"], row["file_bytes"], 0, 0, "", "", "",
-                             f"{_ratio_text(lat[1])} (A/A)", f"{_ratio_text(lat[8])} (A/A)", ""])
+                             "1 (baseline)", "1 (baseline)", ""])
                 continue
             rows.append([
                 name, row["label"], result["params"], result["macs"], row["file_bytes"], row["int8_kernels"],
                 row["float_islands"], _pct(row["top1_agreement"]),
                 f"{row['max_abs_diff'] / row['max_abs_fp32']:.3f}",
                 f"{row['mean_abs_diff'] / row['mean_abs_fp32']:.3f}",
-                _ratio_text(lat[1]), _ratio_text(lat[8]), f"{row['seconds']:.1f}",
+                latency_cell(lat[1]), latency_cell(lat[8]), f"{row['seconds']:.1f}",
             ])
     return markdown_table(columns, rows)
 
@@ -398,9 +387,7 @@ its docs recommend on x86), `quant_pre_process` first, calibration method chosen
 on the fp32 ONNX file (its ONNX backend, run in a subprocess), preset chosen on validation, fast bias correction on
 (its default), all calibration images.
 
-Latency: `slimkit.analysis.compare_latency` in ONNX Runtime, {THREADS} threads, ratio to fp32 (< 1 is faster) with
-its p10–p90 spread; the fp32 row times fp32 against itself and the A/A columns give each comparison's control:
-"too noisy" replaces a ratio whose control left [0.9, 1.1]. "int8 kernels" counts integer nodes (QLinearConv,
+Latency, as a ratio to fp32 (< 1 is faster): {LATENCY_METHOD}. "int8 kernels" counts integer nodes (QLinearConv,
 QGemm, QLinearAdd, QLinearConcat, ...) in ONNX Runtime's optimized graph; "float islands" counts the nodes that run
 in float between a DequantizeLinear and a QuantizeLinear there (`slimkit.export.float_islands`). CPU: {info['cpu']},
 {vnni}.

@@ -1,9 +1,12 @@
+import random
+
 import pytest
 import torch
 from torch import nn
 
 from slimkit import ConfigError
-from slimkit.analysis import compare_latency, latency
+from slimkit.analysis import AA_BAND, TOO_NOISY, compare_latency, format_ratio, latency
+from slimkit.analysis._latency import median_ci_ranks
 from slimkit.export import export_onnx
 
 
@@ -11,29 +14,137 @@ def _model():
     return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 26 * 26, 10)).eval()
 
 
+class FakeClock:
+    """A clock that only moves when a fake model runs: each call costs ``cost`` ms times a noise factor."""
+
+    def __init__(self, noise=None):
+        self.now, self.noise, self.calls = 0.0, noise, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def spend(self, who, ms: float) -> None:
+        self.calls.append(who)
+        self.now += ms * 1e-3 * (self.noise(who) if self.noise else 1.0)
+
+
+def _fakes(clock, base_ms, cand_ms):
+    """Two modules whose forward advances the fake clock (the clock is reached through a closure, so the deep copy
+    compare_latency makes for the A/A control shares it)."""
+
+    def spend(who, ms):
+        clock.spend(who, ms)
+
+    class Fake(nn.Module):
+        def __init__(self, ms):
+            super().__init__()
+            self.ms = ms
+
+        def forward(self, x):
+            spend(id(self), self.ms)
+            return x
+
+    return Fake(base_ms), Fake(cand_ms)
+
+
+def test_a_deterministic_two_times_slower_candidate_gives_two_with_a_tight_spread():
+    clock = FakeClock()
+    base, cand = _fakes(clock, 1.0, 2.0)
+    cmp = compare_latency(base, cand, torch.zeros(1), warmup=2, repeats=30, clock=clock)
+    assert cmp.status == "ok" and cmp.ok
+    assert cmp.ratio == pytest.approx(2.0) and cmp.ratio_p10 == pytest.approx(2.0) and cmp.ratio_p90 == pytest.approx(2)
+    assert cmp.ratio_ci == pytest.approx((2.0, 2.0)) and cmp.aa_ci == pytest.approx((1.0, 1.0))
+    assert cmp.aa_ratio == pytest.approx(1.0) and cmp.speedup == pytest.approx(0.5)
+    assert cmp.candidate.median_ms == pytest.approx(2.0) and cmp.control.median_ms == pytest.approx(1.0)
+    assert cmp.text() == "2.00 (2.00–2.00)" and cmp.to_dict()["status"] == "ok"
+
+
+def test_rounds_interleave_a_separate_control_in_a_seeded_random_order():
+    clock = FakeClock()
+    base, cand = _fakes(clock, 1.0, 1.0)
+    compare_latency(base, cand, torch.zeros(1), warmup=1, repeats=40, seed=3, clock=clock)
+    calls = clock.calls
+    assert len(set(calls)) == 3 and id(base) in calls and id(cand) in calls  # A′ is a third, separate instance
+    rounds = [tuple(calls[i:i + 3]) for i in range(0, len(calls), 3)]
+    assert all(len(set(r)) == 3 for r in rounds)  # every round runs A, A′ and B once
+    assert len(set(rounds[1:])) == 6  # every order occurs: no model always runs first
+    again = FakeClock()
+    base2, cand2 = _fakes(again, 1.0, 1.0)
+    compare_latency(base2, cand2, torch.zeros(1), warmup=1, repeats=40, seed=3, clock=again)
+    ids = {id(base): "A", id(cand): "B"}
+    ids2 = {id(base2): "A", id(cand2): "B"}
+    assert [ids.get(c, "A'") for c in calls] == [ids2.get(c, "A'") for c in again.calls]  # same seed, same order
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_noisy_timer_makes_the_comparison_refuse(seed):
+    rng = random.Random(seed)
+    clock = FakeClock(noise=lambda who: rng.lognormvariate(0.0, 1.5))  # a machine shared with bursty jobs
+    base, cand = _fakes(clock, 1.0, 2.0)
+    cmp = compare_latency(base, cand, torch.zeros(1), warmup=1, repeats=9, seed=seed, clock=clock)
+    lo, hi = cmp.aa_ci
+    assert lo < AA_BAND[0] or hi > AA_BAND[1]  # the median may land near 1.0 by luck; its interval cannot
+    assert cmp.status == TOO_NOISY and not cmp.ok
+    assert cmp.ratio is None and cmp.ratio_p10 is None and cmp.speedup is None
+    assert cmp.text() == "too noisy" and cmp.aa_text() != "too noisy"
+
+
+@pytest.mark.parametrize(("n", "rank"), [(6, 1), (9, 2), (20, 6), (50, 18), (100, 40)])
+def test_median_interval_ranks_match_the_binomial_table(n, rank):
+    """Conover (1999) Table A3: the 1-based lower rank r of the 95 % interval for the median."""
+    assert median_ci_ranks(n) == (rank - 1, n - rank)
+
+
+def test_a_contended_session_is_caught_by_the_control():
+    """One live instance of the baseline slowed 1.3× by a neighbour (e.g. its thread shares a core with a busy
+    process): without the control the comparison would report a 1.3× error as a result."""
+    clock = FakeClock()
+    base, cand = _fakes(clock, 1.0, 0.5)
+    clock.noise = lambda who: 1.0 if who in (id(base), id(cand)) else 1.3
+    cmp = compare_latency(base, cand, torch.zeros(1), warmup=1, repeats=20, clock=clock)
+    assert cmp.aa_ratio == pytest.approx(1.3) and cmp.status == TOO_NOISY and cmp.ratio is None
+
+
+def test_compare_latency_leaves_the_callers_models_as_they_came():
+    model = _model().train()
+    threads = torch.get_num_threads()
+    cmp = compare_latency(model, _model(), torch.zeros(1, 1, 28, 28), threads=1, warmup=1, repeats=3)
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.get_num_threads() == threads
+    assert cmp.baseline.repeats == cmp.control.repeats == cmp.candidate.repeats == 3 and cmp.baseline.threads == 1
+
+
+def test_onnxruntime_comparison_of_files_runs_three_sessions(tmp_path):
+    x = torch.zeros(2, 1, 28, 28)
+    a = export_onnx(_model(), x, tmp_path / "a.onnx")
+    b = export_onnx(_model(), x, tmp_path / "b.onnx")
+    cmp = compare_latency(a, b, x, backend="onnxruntime", threads=1, warmup=1, repeats=4)
+    assert cmp.status in ("ok", TOO_NOISY) and cmp.aa_ratio > 0  # real timings: no threshold asserted
+    assert cmp.candidate.backend == "onnxruntime" and cmp.candidate.batch_size == 2 and cmp.control.repeats == 4
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_latency_returns_ordered_percentiles(backend):
     result = latency(_model(), torch.zeros(2, 1, 28, 28), backend=backend, threads=1, warmup=2, repeats=9)
     assert 0 < result.p10_ms <= result.median_ms <= result.p90_ms
-    assert result.batch_size == 2 and result.repeats == 9 and result.backend == backend
+    assert result.batch_size == 2 and result.repeats == 9 and result.backend == backend and result.threads == 1
 
 
-def test_latency_of_an_onnx_file(tmp_path):
-    path = export_onnx(_model(), torch.zeros(1, 1, 28, 28), tmp_path / "m.onnx")
-    result = latency(path, torch.zeros(4, 1, 28, 28), backend="onnxruntime", threads=1, warmup=1, repeats=5)
-    assert result.median_ms > 0
+def test_format_ratio_is_what_every_printer_shows():
+    assert format_ratio(0.4567, "ok") == "0.46"
+    assert format_ratio(0.4567, "ok", 0.41, 0.5) == "0.46 (0.41–0.50)"
+    assert format_ratio(None, TOO_NOISY) == "too noisy" and format_ratio(0.5, TOO_NOISY) == "too noisy"
+    assert format_ratio(None, None) == "–"
 
 
-def test_compare_latency_ratio_is_candidate_over_baseline():
-    cmp = compare_latency(_model(), _model(), torch.zeros(1, 1, 28, 28), threads=1, warmup=1, repeats=5)
-    assert cmp.ratio == pytest.approx(cmp.candidate.median_ms / cmp.baseline.median_ms)
-    assert cmp.speedup == pytest.approx(1 / cmp.ratio)
-
-
-def test_bad_latency_arguments_are_rejected_before_work():
+def test_bad_latency_arguments_are_rejected_before_work(tmp_path):
     with pytest.raises(ConfigError, match="threads"):
         latency(_model(), torch.zeros(1, 1, 28, 28), threads=0)
     with pytest.raises(ConfigError, match="backend"):
         latency(_model(), torch.zeros(1, 1, 28, 28), backend="tvm")
     with pytest.raises(ConfigError, match=r"nn\.Module"):
         latency("model.onnx", torch.zeros(1, 1, 28, 28), backend="torch")
+    with pytest.raises(ConfigError, match="repeats"):
+        compare_latency(_model(), _model(), torch.zeros(1, 1, 28, 28), repeats=0)
+    with pytest.raises(ConfigError, match="no ONNX file"):
+        compare_latency(tmp_path / "missing.onnx", _model(), torch.zeros(1, 1, 28, 28), backend="onnxruntime")

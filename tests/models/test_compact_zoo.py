@@ -8,7 +8,7 @@ from slimkit.models._crelu import CReLU, CReLUConv2d
 from slimkit.models._shufflenet import ChannelShuffle
 
 ZOO = ["mobilenet_v1", "mobilenet_v2", "shufflenet_v1", "shufflenet_v2", "squeezenet1_0", "squeezenet1_1",
-       "resnext50_32x4d", "resnet50", "crelu_net"]
+       "resnext50_32x4d", "resnet50", "resnet18", "crelu_net"]
 
 # (model, options, published params, published mult-adds) at 3×224×224 with 1000 classes.
 PUBLISHED = [
@@ -26,6 +26,7 @@ PUBLISHED = [
     ("squeezenet1_1", {}, 1_235_496, None),
     ("resnext50_32x4d", {}, 25.0e6, 4.2e9),  # Xie et al. Table 1
     ("resnet50", {}, 25.6e6, 4.1e9),  # He et al. Table 1 (3.8G there counts conv mult-adds of the 2015 model)
+    ("resnet18", {}, 11.69e6, 1.82e9),  # He et al. Table 1 (1.8G FLOPs = mult-adds)
 ]
 
 

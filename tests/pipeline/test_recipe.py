@@ -25,7 +25,7 @@ def test_a_valid_recipe_resolves_defaults_and_lines():
     assert [s.label for s in recipe.stages] == ["01-train", "02-finetune"]
     assert recipe.stages[1].params.lr == 0.01 and recipe.stages[0].params.lr == 0.05
     resolved = recipe.to_dict()
-    assert resolved["data"]["batch_size"] == 128 and resolved["evaluation"]["threads"] == 2
+    assert resolved["data"]["batch_size"] == 128 and resolved["evaluation"]["threads"] == 1
     assert recipe.fingerprint() == parse_recipe(VALID, "other.yaml").fingerprint()
     assert recipe.fingerprint() != parse_recipe(VALID.replace("lr: 0.01", "lr: 0.02"), "r.yaml").fingerprint()
 

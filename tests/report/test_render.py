@@ -10,6 +10,8 @@ ROWS = [
     {"stage": "00-input", "params": 1000, "macs": 5000, "bytes": 4000, "accuracy": 0.99, "latency_ratio": 1.0},
     {"stage": "01-prune", "params": 500, "macs": 2000, "bytes": 2000, "accuracy": 0.985, "latency_ratio": 0.6},
     {"stage": "02-bad", "params": 800, "macs": 4000, "bytes": 3000, "accuracy": 0.97, "latency_ratio": 0.9},
+    {"stage": "02-noisy", "params": 800, "macs": 4000, "bytes": 3000, "accuracy": 0.96, "latency_ratio": None,
+     "latency_status": "too noisy", "latency_aa_ratio": 1.31},
     {"stage": "03-tiny", "params": 100, "macs": 500, "bytes": 100, "accuracy": 0.90, "latency_ratio": None},
 ]
 PROFILE_BEFORE = {"rows": [{"name": "fc1", "params": 900, "macs": 900}, {"name": "fc2", "params": 100, "macs": 100}]}
@@ -17,7 +19,7 @@ PROFILE_AFTER = {"rows": [{"name": "fc1.0", "params": 300, "macs": 300}, {"name"
 
 
 def test_pareto_front_keeps_only_undominated_points_sorted_by_cost():
-    assert pareto_front(ROWS, "macs") == [3, 1, 0]  # 02-bad costs more than 01-prune and is less accurate
+    assert pareto_front(ROWS, "macs") == [4, 1, 0]  # 02-bad costs more than 01-prune and is less accurate
     assert pareto_front(ROWS, "latency_ratio") == [1, 0]  # 03-tiny has no latency and is ignored
     assert pareto_front([{"macs": 1, "accuracy": 0.5}, {"macs": 1, "accuracy": 0.5}], "macs") == [0, 1]
     assert pareto_front([], "macs") == []
@@ -25,8 +27,9 @@ def test_pareto_front_keeps_only_undominated_points_sorted_by_cost():
 
 def test_table_rows_format_numbers_and_accuracy_deltas():
     rows = table_rows(ROWS)
-    assert rows[1] == ["01-prune", "500", "2,000", "2.0", "0.60", "98.50%", "-0.50"]
-    assert rows[3][4] == "–"
+    assert rows[1] == ["01-prune", "500", "2,000", "2.0", "0.60", "–", "98.50%", "-0.50"]
+    assert rows[3][4:6] == ["too noisy", "1.31"]  # a failed A/A control: no ratio, the control shown
+    assert rows[4][4] == "–"
     assert markdown_table(ROWS).splitlines()[0].startswith("| stage | params | MACs")
 
 
@@ -62,3 +65,15 @@ def test_write_report_makes_markdown_and_a_self_contained_html(tmp_path):
     assert base64.b64decode(images[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert not re.search(r"(src|href)=['\"](?!data:)", html)
     assert json.loads(json.dumps(metrics)) == metrics  # the input is left untouched
+
+
+def test_a_language_model_row_adds_a_perplexity_column():
+    from slimkit.report import COLUMNS, columns
+
+    image_rows = [{"stage": "a", "params": 10, "accuracy": 0.9}]
+    assert columns(image_rows) == COLUMNS and len(table_rows(image_rows)[0]) == len(COLUMNS)
+    lm_rows = [{"stage": "train", "params": 10, "accuracy": 0.5, "perplexity": 7.25},
+               {"stage": "prune", "params": 8, "accuracy": 0.4, "perplexity": None}]
+    assert columns(lm_rows)[-1] == "perplexity"
+    assert [row[-1] for row in table_rows(lm_rows)] == ["7.25", "–"]
+    assert markdown_table(lm_rows).splitlines()[0].endswith("| perplexity |")

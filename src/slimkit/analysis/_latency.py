@@ -1,13 +1,36 @@
-"""Real latency: median, p10 and p90 of repeated runs after warm-up, at a fixed thread count.
+"""Real latency in a real runtime, and comparisons that refuse to report noise.
 
-Latency is noisy on shared machines, so the number to report is a ratio to a baseline measured in the same run:
-:func:`compare_latency` interleaves the two models' repeats so that drift in machine load hits both alike.
+:func:`latency` times one model (median, p10, p90 after warm-up, at a fixed thread count). :func:`compare_latency`
+is the number to publish: the candidate's latency as a ratio to a baseline measured in the same run, with an A/A
+control. Three runners stay alive for the whole comparison, the baseline A, a second, separate instance of the
+baseline A′ (a second ONNX Runtime session of the same file, or a deep copy of the module) and the candidate B.
+Every round runs each of them once, in an order drawn per round from a seeded RNG, and every call is timed; the
+ratios are taken per round (B/A and A′/A), so drift in machine load hits both sides of each ratio alike. A
+comparison whose A/A median ratio leaves :data:`AA_BAND`, or whose A/A median is too uncertain to tell (its 95 %
+distribution-free confidence interval reaches outside the band), is reported as ``"too noisy"`` and carries no
+ratio: the machine could not tell the baseline from itself, so it cannot tell the candidate from the baseline.
+The second condition matters with few rounds: nine rounds of heavy noise can land an A/A median on 1.00 by luck
+while its interval spans 0.3–3.
+
+The A/A control follows the practice of online experiments (Kohavi, Tang & Xu, *Trustworthy Online Controlled
+Experiments*, 2020, ch. 19) and of interleaved benchmarking (Mytkowicz et al., *Producing Wrong Data Without Doing
+Anything Obviously Wrong!*, ASPLOS 2009; Georges et al., *Statistically Rigorous Java Performance Evaluation*,
+OOPSLA 2007).
+
+Threads. ONNX Runtime sessions run with intra-op and inter-op thread spinning off (``session.intra_op.allow_spinning
+= 0``): with three sessions alive, a spinning idle pool steals the cores from the one being timed. The thread count
+is explicit and defaults to :data:`DEFAULT_THREADS` = 1: one thread per session cannot oversubscribe a shared
+machine, has no thread-pool wake-up cost (which spinning off would otherwise add to every op of a small graph), and
+makes the ratio a measure of the work the model does. Pass ``threads=os.cpu_count()`` for the figure of a
+dedicated multi-core deployment; the thread count is recorded in every result.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import os
-import statistics
+import random
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -22,10 +45,19 @@ from torch import nn
 from slimkit._errors import ConfigError
 from slimkit._inputs import input_tuple
 
-#: ONNX Runtime blocks per model in compare_latency (each in a fresh session)
-ORT_ROUNDS = 5
+#: the A/A control's median ratio must lie in this closed band for a comparison to carry a ratio
+AA_BAND = (0.9, 1.1)
+#: threads per session (ONNX Runtime intra-op) or for the process (PyTorch) unless the caller says otherwise
+DEFAULT_THREADS = 1
+#: status of a comparison whose A/A control lies inside :data:`AA_BAND`
+OK = "ok"
+#: status (and the text every printer shows instead of a ratio) when the A/A control leaves :data:`AA_BAND`
+TOO_NOISY = "too noisy"
+BACKENDS = ("torch", "onnxruntime")
 
 ModelOrPath = nn.Module | str | os.PathLike
+Runner = Callable[[], object]
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -46,44 +78,71 @@ class LatencyResult:
 
 @dataclass(frozen=True)
 class LatencyComparison:
-    """Baseline and candidate measured in one interleaved run; ``speedup`` = baseline / candidate median."""
+    """A baseline (A), a separate copy of it (A′, the control) and a candidate (B) timed interleaved in one run.
+
+    ``ratio`` is the median over rounds of the paired ratio B/A (0.5 = twice as fast), ``ratio_p10`` /
+    ``ratio_p90`` the 10th and 90th percentiles of the paired ratios (their spread) and ``ratio_ci`` the 95 %
+    confidence interval of the median (its precision); ``aa_*`` are the same for A′/A. When ``aa_ratio`` or
+    ``aa_ci`` leaves :data:`AA_BAND` the status is :data:`TOO_NOISY` and ``ratio``, its spread and interval are
+    None.
+    """
 
     baseline: LatencyResult
     candidate: LatencyResult
+    control: LatencyResult
+    ratio: float | None
+    ratio_p10: float | None
+    ratio_p90: float | None
+    ratio_ci: tuple[float, float] | None
+    aa_ratio: float
+    aa_p10: float
+    aa_p90: float
+    aa_ci: tuple[float, float]
+    status: str
+    seed: int
 
     @property
-    def ratio(self) -> float:
-        """Candidate latency as a fraction of the baseline's (0.5 = twice as fast)."""
-        return self.candidate.median_ms / self.baseline.median_ms
+    def ok(self) -> bool:
+        return self.status == OK
 
     @property
-    def speedup(self) -> float:
-        return self.baseline.median_ms / self.candidate.median_ms
+    def speedup(self) -> float | None:
+        """Baseline / candidate (2.0 = twice as fast), None when too noisy."""
+        return None if self.ratio is None else 1.0 / self.ratio
+
+    def text(self, digits: int = 2) -> str:
+        """``"0.27 (0.25–0.30)"``: the ratio and its p10–p90 spread, or ``"too noisy"``."""
+        return format_ratio(self.ratio, self.status, self.ratio_p10, self.ratio_p90, digits=digits)
+
+    def aa_text(self, digits: int = 2) -> str:
+        """``"1.01 (0.97–1.04)"``: the A/A control's median ratio and spread (always a number)."""
+        return format_ratio(self.aa_ratio, OK, self.aa_p10, self.aa_p90, digits=digits)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline.to_dict(), "candidate": self.candidate.to_dict(), "ratio": self.ratio}
+        return {"ratio": self.ratio, "ratio_p10": self.ratio_p10, "ratio_p90": self.ratio_p90,
+                "ratio_ci": None if self.ratio_ci is None else list(self.ratio_ci), "aa_ratio": self.aa_ratio,
+                "aa_p10": self.aa_p10, "aa_p90": self.aa_p90, "aa_ci": list(self.aa_ci), "status": self.status,
+                "seed": self.seed, "baseline": self.baseline.to_dict(), "candidate": self.candidate.to_dict(),
+                "control": self.control.to_dict()}
 
 
-def _torch_runner(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int) -> Callable[[], None]:
-    model = model.eval()
-
-    def run() -> None:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            with torch.inference_mode():
-                model(*inputs)
-        finally:
-            torch.set_num_threads(previous)
-
-    return run
+def format_ratio(ratio: float | None, status: str | None = OK, p10: float | None = None, p90: float | None = None,
+                 *, digits: int = 2) -> str:
+    """How every printer shows a latency ratio: ``"too noisy"`` when the A/A control failed, ``"–"`` when nothing
+    was measured, else the ratio with its p10–p90 spread when one is given."""
+    if status == TOO_NOISY:
+        return TOO_NOISY
+    if ratio is None:
+        return "–"
+    if p10 is None or p90 is None:
+        return f"{ratio:.{digits}f}"
+    return f"{ratio:.{digits}f} ({p10:.{digits}f}–{p90:.{digits}f})"
 
 
-def _onnx_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], threads: int) -> Callable[[], None]:
-    """An ONNX Runtime session as deployed (default thread spinning on). Only one may be alive while timing: an
-    idle session's spinning workers steal the cores from the timed one (a 30× distortion measured at batch 64),
-    and turning spinning off instead penalises graphs of many small ops (int8 LeNet-5 looked 1.15× slower than
-    fp32 that way, 1.4× faster as deployed)."""
+# --- runners: one zero-argument callable per live instance ----------------------------------------------------------
+
+
+def _onnx_session(path: str | os.PathLike, threads: int) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -91,54 +150,90 @@ def _onnx_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], thre
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # idle pools must sleep, not spin: several sessions are alive while one is timed
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _onnx_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], threads: int) -> Runner:
+    session = _onnx_session(path, threads)
     names = [i.name for i in session.get_inputs()]
+    if len(names) != len(inputs):
+        raise ConfigError(f"{path} takes {len(names)} input(s) ({', '.join(names)}) but {len(inputs)} example "
+                          "input(s) were given: pass one tensor per model input")
     feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs)}
 
-    def run() -> None:
-        session.run(None, feed)
+    def run() -> object:
+        return session.run(None, feed)
 
     return run
 
 
-def _as_onnx(model: ModelOrPath, inputs: tuple[torch.Tensor, ...], workdir: Path) -> str | os.PathLike:
+def _torch_runner(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Runner:
+    def run() -> object:
+        with torch.inference_mode():
+            return model(*inputs)
+
+    return run
+
+
+def _as_onnx(model: ModelOrPath, inputs: tuple[torch.Tensor, ...], workdir: Path, name: str) -> str | os.PathLike:
     if not isinstance(model, nn.Module):
+        if not Path(model).is_file():
+            raise ConfigError(f"latency: no ONNX file at {model}: give an existing .onnx path or an nn.Module")
         return model
     from slimkit.export import export_onnx
 
-    path = workdir / f"model_{id(model)}.onnx"
+    path = workdir / f"{name}.onnx"
     export_onnx(model, inputs, path, dynamic_batch=False)
     return path
 
 
-def _make_runner(
-    model: ModelOrPath, inputs: tuple[torch.Tensor, ...], backend: str, threads: int, workdir: Path
-) -> Callable[[], None]:
-    if backend == "torch":
-        if not isinstance(model, nn.Module):
-            raise ConfigError("backend='torch' needs an nn.Module; for an .onnx file use backend='onnxruntime'")
-        return _torch_runner(model, inputs, threads)
-    if backend == "onnxruntime":
-        return _onnx_runner(_as_onnx(model, inputs, workdir), inputs, threads)
-    raise ConfigError(f"unknown latency backend '{backend}': use 'torch' or 'onnxruntime'")
+def _check(model: ModelOrPath, backend: str, threads: int, warmup: int, repeats: int) -> None:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown latency backend '{backend}': use one of {', '.join(BACKENDS)}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"latency threads={threads!r}: use a whole number ≥ 1 (e.g. 1, or os.cpu_count())")
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"latency needs repeats ≥ 1 and warmup ≥ 0 (got repeats={repeats}, warmup={warmup})")
+    if backend == "torch" and not isinstance(model, nn.Module):
+        raise ConfigError("backend='torch' needs an nn.Module; for an .onnx file use backend='onnxruntime'")
 
 
-def _summarise(samples: list[float], backend: str, threads: int, batch: int) -> LatencyResult:
-    arr = np.asarray(samples) * 1e3
+class _TorchState:
+    """For a PyTorch measurement: the (process-wide) intra-op thread count and eval mode of the timed modules, both
+    restored afterwards (the caller's model leaves as it came)."""
+
+    def __init__(self, threads: int, models: Sequence[ModelOrPath], active: bool) -> None:
+        self.threads, self.active, self.previous = threads, active, torch.get_num_threads()
+        modules = [m for m in models if isinstance(m, nn.Module)] if active else []
+        self.modes = [(sub, sub.training) for m in modules for sub in m.modules()]
+
+    def __enter__(self) -> None:
+        if self.active:
+            torch.set_num_threads(self.threads)
+            for sub, _ in self.modes:
+                sub.training = False
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            torch.set_num_threads(self.previous)
+            for sub, mode in self.modes:
+                sub.training = mode
+
+
+def _summarise(samples: Sequence[float], backend: str, threads: int, batch: int) -> LatencyResult:
+    arr = np.asarray(samples, dtype=np.float64) * 1e3
     return LatencyResult(
-        median_ms=float(statistics.median(arr)),
+        median_ms=float(np.median(arr)),
         p10_ms=float(np.percentile(arr, 10)),
         p90_ms=float(np.percentile(arr, 90)),
         backend=backend,
         threads=threads,
         batch_size=batch,
-        repeats=len(samples),
+        repeats=len(arr),
     )
-
-
-def _check(threads: int, warmup: int, repeats: int) -> None:
-    if threads < 1 or repeats < 1 or warmup < 0:
-        raise ConfigError(f"latency needs threads ≥ 1, repeats ≥ 1, warmup ≥ 0 (got {threads}, {repeats}, {warmup})")
 
 
 def latency(
@@ -146,18 +241,23 @@ def latency(
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
     backend: str = "torch",
-    threads: int = 2,
+    threads: int = DEFAULT_THREADS,
     warmup: int = 10,
     repeats: int = 50,
 ) -> LatencyResult:
     """Time ``model`` (an ``nn.Module``, or an ``.onnx`` path with ``backend="onnxruntime"``) on ``example_inputs``.
 
-    A module measured with ``backend="onnxruntime"`` is exported to a temporary ONNX file first.
+    A module measured with ``backend="onnxruntime"`` is exported to a temporary ONNX file first. An absolute time
+    depends on the machine's load; to compare two models use :func:`compare_latency`.
     """
-    _check(threads, warmup, repeats)
+    _check(model, backend, threads, warmup, repeats)
     inputs = input_tuple(example_inputs)
-    with tempfile.TemporaryDirectory(prefix="slimkit-latency-") as tmp:
-        run = _make_runner(model, inputs, backend, threads, Path(tmp))
+    torch_state = _TorchState(threads, [model], backend == "torch")
+    with tempfile.TemporaryDirectory(prefix="slimkit-latency-") as tmp, torch_state:
+        if backend == "torch":
+            run = _torch_runner(model, inputs)  # type: ignore[arg-type]
+        else:
+            run = _onnx_runner(_as_onnx(model, inputs, Path(tmp), "model"), inputs, threads)
         for _ in range(warmup):
             run()
         samples = []
@@ -165,7 +265,70 @@ def latency(
             start = time.perf_counter()
             run()
             samples.append(time.perf_counter() - start)
-    return _summarise(samples, backend, threads, inputs[0].shape[0])
+    return _summarise(samples, backend, threads, int(inputs[0].shape[0]))
+
+
+def interleave(runners: Sequence[Runner], *, warmup: int, repeats: int, seed: int = 0,
+               clock: Clock = time.perf_counter) -> list[list[float]]:
+    """Seconds per call of each runner over ``repeats`` rounds; each round calls every runner once, in an order
+    drawn from ``random.Random(seed)``, after ``warmup`` untimed rounds. ``clock`` is injectable for tests."""
+    rng = random.Random(seed)
+    order = list(range(len(runners)))
+    for _ in range(warmup):
+        for k in order:
+            runners[k]()
+    samples: list[list[float]] = [[] for _ in runners]
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for k in order:
+            start = clock()
+            runners[k]()
+            samples[k].append(clock() - start)
+    return samples
+
+
+def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int]:
+    """0-based ranks (lo, hi) in the sorted sample of a distribution-free confidence interval of the median: the
+    order statistics x_(r), x_(n+1−r) (1-based) with r the largest rank such that P(Bin(n, ½) ≤ r − 1) ≤
+    (1 − confidence)/2 (Conover, *Practical Nonparametric Statistics*, 3rd ed., §3.2). For samples too small for
+    such an interval (n ≤ 5 at 95 %) the whole range is returned."""
+    alpha = (1.0 - confidence) / 2
+    tail, rank = 0.0, 0
+    while rank <= n:
+        log_term = math.lgamma(n + 1) - math.lgamma(rank + 1) - math.lgamma(n - rank + 1) - n * math.log(2.0)
+        tail += math.exp(log_term)
+        if tail > alpha:
+            break
+        rank += 1
+    lo = min(max(rank - 1, 0), (n - 1) // 2)
+    return lo, n - 1 - lo
+
+
+def _paired(numerator: Sequence[float], denominator: Sequence[float]) -> tuple[float, float, float, tuple]:
+    ratios = np.sort(np.asarray(numerator, dtype=np.float64)
+                     / np.maximum(np.asarray(denominator, dtype=np.float64), 1e-12))
+    lo, hi = median_ci_ranks(len(ratios))
+    return (float(np.median(ratios)), float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90)),
+            (float(ratios[lo]), float(ratios[hi])))
+
+
+def comparison_from_samples(samples: Sequence[Sequence[float]], *, backend: str, threads: int, batch_size: int,
+                            seed: int = 0) -> LatencyComparison:
+    """The comparison of per-round samples ``[A, A′, B]`` (seconds): paired ratios, A/A control and status."""
+    base, control, cand = samples
+    ratio, r10, r90, rci = _paired(cand, base)
+    aa, aa10, aa90, aaci = _paired(control, base)
+    inside = AA_BAND[0] <= aa <= AA_BAND[1] and AA_BAND[0] <= aaci[0] and aaci[1] <= AA_BAND[1]
+    status = OK if inside else TOO_NOISY
+    if status != OK:
+        ratio = r10 = r90 = rci = None  # type: ignore[assignment]
+    return LatencyComparison(
+        baseline=_summarise(base, backend, threads, batch_size),
+        candidate=_summarise(cand, backend, threads, batch_size),
+        control=_summarise(control, backend, threads, batch_size),
+        ratio=ratio, ratio_p10=r10, ratio_p90=r90, ratio_ci=rci, aa_ratio=aa, aa_p10=aa10, aa_p90=aa90, aa_ci=aaci,
+        status=status, seed=seed,
+    )
 
 
 def compare_latency(
@@ -174,46 +337,34 @@ def compare_latency(
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
     backend: str = "torch",
-    threads: int = 2,
+    threads: int = DEFAULT_THREADS,
     warmup: int = 10,
     repeats: int = 50,
+    seed: int = 0,
+    clock: Clock = time.perf_counter,
 ) -> LatencyComparison:
-    """Measure two models in one run and return both results and their ratio.
+    """Time ``candidate`` against ``baseline`` interleaved, with an A/A control, and return the paired ratio.
 
-    PyTorch: repeats alternate between the two models. ONNX Runtime: the two alternate in blocks (up to
-    :data:`ORT_ROUNDS` per model), each block in a session of its own that is closed before the other model's
-    starts, so neither session's idle threads spin against the other while both still see the same machine state.
+    Both may be ``nn.Module`` s or (with ``backend="onnxruntime"``) ``.onnx`` paths; modules are exported first.
+    The control A′ is a second ONNX Runtime session of the baseline's file (or, in PyTorch, a deep copy of the
+    module). ``repeats`` rounds each time A, A′ and B once in a seeded random order (see :func:`interleave`);
+    ``ratio`` is the median of the per-round B/A ratios. If the A/A median leaves :data:`AA_BAND` the result says
+    ``status="too noisy"`` and ``ratio=None``: rerun on a quieter machine or with more repeats.
     """
-    _check(threads, warmup, repeats)
+    _check(baseline, backend, threads, warmup, repeats)
+    _check(candidate, backend, threads, warmup, repeats)
     inputs = input_tuple(example_inputs)
-    samples: list[list[float]] = [[], []]
-    with tempfile.TemporaryDirectory(prefix="slimkit-latency-") as tmp:
+    torch_state = _TorchState(threads, [baseline, candidate], backend == "torch")
+    with tempfile.TemporaryDirectory(prefix="slimkit-latency-") as tmp, torch_state:
         if backend == "onnxruntime":
-            paths = [_as_onnx(m, inputs, Path(tmp)) for m in (baseline, candidate)]
-            rounds = min(ORT_ROUNDS, repeats)
-            for r in range(rounds):
-                block = repeats // rounds + (1 if r < repeats % rounds else 0)
-                for k in ((0, 1) if r % 2 == 0 else (1, 0)):
-                    run = _onnx_runner(paths[k], inputs, threads)
-                    for _ in range(max(1, warmup // rounds)):
-                        run()
-                    for _ in range(block):
-                        start = time.perf_counter()
-                        run()
-                        samples[k].append(time.perf_counter() - start)
-                    del run
+            base_path = _as_onnx(baseline, inputs, Path(tmp), "baseline")
+            cand_path = _as_onnx(candidate, inputs, Path(tmp), "candidate")
+            runners = [_onnx_runner(base_path, inputs, threads), _onnx_runner(base_path, inputs, threads),
+                       _onnx_runner(cand_path, inputs, threads)]
         else:
-            runners = [_make_runner(m, inputs, backend, threads, Path(tmp)) for m in (baseline, candidate)]
-            for _ in range(warmup):
-                for run in runners:
-                    run()
-            for i in range(repeats):
-                for k in ((0, 1) if i % 2 == 0 else (1, 0)):
-                    start = time.perf_counter()
-                    runners[k]()
-                    samples[k].append(time.perf_counter() - start)
-    batch = inputs[0].shape[0]
-    return LatencyComparison(
-        baseline=_summarise(samples[0], backend, threads, batch),
-        candidate=_summarise(samples[1], backend, threads, batch),
-    )
+            control = copy.deepcopy(baseline)
+            runners = [_torch_runner(m, inputs) for m in (baseline, control, candidate)]  # type: ignore[arg-type]
+        samples = interleave(runners, warmup=warmup, repeats=repeats, seed=seed, clock=clock)
+        del runners  # the three sessions live exactly as long as the comparison
+    return comparison_from_samples(samples, backend=backend, threads=threads, batch_size=int(inputs[0].shape[0]),
+                                   seed=seed)

@@ -57,7 +57,8 @@ class EvaluationSection(_Section):
     latency_batch: int = Field(1, ge=1, le=4096)
     repeats: int = Field(30, ge=1, le=10_000)
     warmup: int = Field(5, ge=0, le=10_000)
-    threads: int = Field(2, ge=1, le=256)
+    threads: int = Field(1, ge=1, le=256, description="ONNX Runtime threads per session for the latency ratio "
+                         "(1: three sessions stay alive, and one thread each cannot oversubscribe a shared machine)")
 
 
 class RecipeSchema(_Section):
@@ -111,6 +112,20 @@ class Recipe:
         payload["stages"] = [{s.name: s.params.model_dump(mode="json")} for s in self.stages]
         payload["model"]["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
         return payload
+
+    def with_data(self, **overrides: Any) -> Recipe:
+        """This recipe with its data section changed (e.g. ``train_samples=2000`` to try it on a subset); the text
+        becomes the resolved recipe, so the run folder's recipe.yaml reproduces what ran."""
+        import dataclasses
+
+        import yaml
+
+        data = DataSection(**{**self.schema.data.model_dump(), **overrides})
+        schema = self.schema.model_copy(update={"data": data})
+        changed = dataclasses.replace(self, schema=schema)
+        note = ", ".join(f"data.{k}={v}" for k, v in overrides.items())
+        text = f"# {self.source} with {note}\n" + yaml.safe_dump(changed.to_dict(), sort_keys=False, allow_unicode=True)
+        return dataclasses.replace(changed, text=text)
 
     def code_specs(self) -> list[str]:
         """The ``file.py:factory`` model specs this recipe names (its model and any distillation student)."""
@@ -273,8 +288,7 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: str | os.PathLik
     text comes from the user (their recipe, a command line): only then may a ``file.py:factory`` spec in it be
     imported when the recipe runs. Pass False for text slimkit reads back from a file it did not get from the user.
     """
-    # Imported here so that every technique's stages are registered before names are checked.
-    import slimkit.pipeline._technique_stages  # noqa: F401
+    import slimkit.pipeline  # noqa: F401  (every technique's stages register before names are checked)
 
     located = load_located_yaml(text, source)
     if not isinstance(located.data, dict):

@@ -162,7 +162,7 @@ class _Session:
         row: dict[str, Any] = {
             "params": prof.total.params, "nonzero_params": prof.total.nonzero_params, "macs": prof.total.macs,
             "bytes": prof.total.bytes, "accuracy": scores.accuracy, "loss": scores.loss, "split": ev.split,
-            "samples": scores.samples, "latency_ratio": None, "onnx_bytes": None,
+            "samples": scores.samples, "latency_ratio": None, "onnx_bytes": None, "perplexity": scores.perplexity,
         }
         container = _container_bytes(model, folder / "model.slim")
         if isinstance(container, int):
@@ -181,7 +181,9 @@ class _Session:
         if ev.latency:
             cmp = compare_latency(baseline, onnx_path, self.data.example_input(ev.latency_batch),
                                   backend="onnxruntime", threads=ev.threads, warmup=ev.warmup, repeats=ev.repeats)
-            row.update(latency_ratio=cmp.ratio, latency_ms=cmp.candidate.median_ms,
+            row.update(latency_ratio=cmp.ratio, latency_p10=cmp.ratio_p10, latency_p90=cmp.ratio_p90,
+                       latency_aa_ratio=cmp.aa_ratio, latency_aa_p10=cmp.aa_p10, latency_aa_p90=cmp.aa_p90,
+                       latency_status=cmp.status, latency_ms=cmp.candidate.median_ms,
                        baseline_latency_ms=cmp.baseline.median_ms, latency_batch=ev.latency_batch,
                        latency_threads=ev.threads)
         return row
@@ -309,7 +311,8 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
             started = time.perf_counter()
             row = session.measure(model, INPUT_LABEL)
             row["seconds"] = time.perf_counter() - started
-            row["latency_ratio"] = 1.0 if recipe.schema.evaluation.latency and "onnx_error" not in row else None
+            if recipe.schema.evaluation.latency and "onnx_error" not in row:  # the input is the ratios' baseline
+                row.update(latency_ratio=1.0, latency_p10=None, latency_p90=None, latency_status="ok")
             input_result = session.save_stage(model, INPUT_LABEL, "input", row,
                                               {"checkpoint": str(recipe.checkpoint)})
     session.input_model = _frozen_copy(model)

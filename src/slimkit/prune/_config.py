@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from slimkit._errors import ConfigError
+from slimkit.prune._latency import LatencyTarget
 
 SCOPES = ("layer", "global")
 
@@ -21,6 +22,9 @@ class PruneConfig:
         (Molchanov et al. 2017) and removes ``ratio`` of all units.
     target_macs / speedup: instead of a ratio, search the global ratio until the model's MACs are at most
         ``target_macs`` (or ``original / speedup``).
+    target_latency: instead of a ratio, the pruned model's ONNX Runtime latency as a fraction of the original's
+        (``0.5``, or a :class:`LatencyTarget` with the deployed batch and threads): widths chosen from a measured
+        latency table, snapped to where the kernels' time steps (HALP-style search, see ``prune/_latency.py``).
     round_to: channels kept per group are a multiple of this (8 for SIMD/tensor-core friendly widths).
     skip: layers that are never pruned (the output layer never is); protect_first also protects the first layer.
     layers: only groups whose first layer matches are pruned (default: all).
@@ -33,6 +37,7 @@ class PruneConfig:
     scope: str = "layer"
     target_macs: int | None = None
     speedup: float | None = None
+    target_latency: float | LatencyTarget | None = None
     round_to: int = 1
     skip: tuple[str, ...] = ()
     protect_first: bool = False
@@ -62,6 +67,10 @@ class PruneConfig:
             raise ConfigError(f"speedup {self.speedup} must be > 1 (2.0 halves the MACs)")
         if (self.target_macs or self.speedup) and isinstance(self.ratio, Mapping):
             raise ConfigError("a MAC/speed-up target searches one global ratio: do not also give per-layer ratios")
+        if self.target_latency is not None:
+            from slimkit.prune._latency import check_config
+
+            check_config(self)
         if self.round_to < 1:
             raise ConfigError(f"round_to {self.round_to} must be ≥ 1")
         if self.batches < 1:

@@ -48,11 +48,15 @@ def _group_ratio(group: ChannelGroup, ratio: float | Mapping[str, float]) -> flo
     return 0.0
 
 
-def plan_removal(ctx: PruneContext, config: PruneConfig, ratio: float | Mapping[str, float]) -> dict[int, np.ndarray]:
-    """Per group index, the unit indices (into ``group.units``) to remove."""
+def plan_removal(ctx: PruneContext, config: PruneConfig, ratio: float | Mapping[str, float],
+                 keeps: Mapping[int, int] | None = None) -> dict[int, np.ndarray]:
+    """Per group index, the unit indices (into ``group.units``) to remove; ``keeps`` (group index → units kept,
+    from the latency search) overrides the ratio."""
     criterion = ctx.criterion
     groups = ctx.graph.groups
-    if config.scope == "global" and not isinstance(ratio, Mapping):
+    if keeps is not None:
+        keeps = {gi: int(keeps.get(gi, len(g.units))) for gi, g in enumerate(groups)}
+    elif config.scope == "global" and not isinstance(ratio, Mapping):
         normalised = []
         for group in groups:
             s = np.asarray(criterion.scores(ctx, group), dtype=np.float64)
@@ -87,7 +91,7 @@ def _keep_info(graph: DependencyGraph, removed: np.ndarray) -> dict[str, dict[st
 
 
 def _prune_once(model: nn.Module, inputs: tuple, config: PruneConfig, ratio: float | Mapping[str, float],
-                data: Any, loss: Any) -> fx.GraphModule:
+                data: Any, loss: Any, keeps: Mapping[int, int] | None = None) -> fx.GraphModule:
     graph = dependency_graph(model, inputs, skip=config.skip, protect_first=config.protect_first,
                              layers=config.layers, leaf_modules=config.leaf_modules)
     criterion = CRITERIA.get(config.criterion)()
@@ -97,7 +101,7 @@ def _prune_once(model: nn.Module, inputs: tuple, config: PruneConfig, ratio: flo
     if criterion.needs_data:
         ctx.calibration_batches(config.criterion)  # fail early without data
     criterion.prepare(ctx)
-    plan = plan_removal(ctx, config, ratio)
+    plan = plan_removal(ctx, config, ratio, keeps)
     for gi, removed in plan.items():
         criterion.update_(ctx, graph.groups[gi], removed)
     removed_roots = np.concatenate([graph.groups[gi].units[r] for gi, r in plan.items()] or [np.zeros(0, np.int64)])
@@ -157,11 +161,16 @@ def prune_channels(model: nn.Module, example_inputs: torch.Tensor | tuple, confi
 
     ``example_inputs``: one small input (batch 1) used to trace shapes. ``data``: an iterable of
     ``(inputs, targets)`` for data-driven criteria (``taylor``, ``thinet``); ``loss`` defaults to cross-entropy.
-    With ``config.target_macs`` / ``config.speedup`` the global ratio is found by bisection on measured MACs.
+    With ``config.target_macs`` / ``config.speedup`` the global ratio is found by bisection on measured MACs; with
+    ``config.target_latency`` the per-group widths come from a measured latency table (``prune/_latency.py``).
     :func:`pruning_info` on the result gives the config, kept/total units per group and kept channel indices.
     """
     config = (config or PruneConfig()).validate()
     inputs = _as_tuple(example_inputs)
+    if config.target_latency is not None:
+        from slimkit.prune._latency import prune_to_latency
+
+        return prune_to_latency(model, inputs, config, data=data, loss=loss)
     if config.target_macs is None and config.speedup is None:
         return _prune_once(model, inputs, config, config.ratio, data, loss)
     from slimkit.analysis import profile

@@ -1,0 +1,259 @@
+"""Timing single layers in ONNX Runtime at chosen channel counts, and finding where a kernel's time steps.
+
+A layer is timed alone: a one-node ONNX graph (Conv or Gemm) at the layer's real input size and batch, in a session
+with the same options as :func:`slimkit.analysis.compare_latency` (fixed threads, spinning off). ONNX Runtime's
+profiler gives each node's kernel time, so the layout glue an isolated graph needs (``ReorderInput`` /
+``ReorderOutput`` around an NCHWc convolution) is left out: inside a network of aligned widths the blocked layout
+flows from one convolution to the next without it. Sessions of one layer's grid points stay alive together and run
+round-robin, so a change in machine load spreads over all of them (the interleaving of :func:`compare_latency`).
+
+:func:`detect_step` reads a width sweep and returns the channel multiple at which time steps (e.g. 16 where MLAS
+pads output channels to its NCHWc block on AVX-512, 8 on AVX2): measured, never assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+#: nodes an isolated graph needs only to convert layouts at its borders (not part of the layer's cost in a network)
+LAYOUT_GLUE = frozenset({"ReorderInput", "ReorderOutput"})
+#: candidate step sizes tried by :func:`detect_step`
+STEP_CANDIDATES = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Everything about a layer that its latency depends on except its channel counts.
+
+    ``kind`` is ``"conv"`` (dense or grouped Conv2d), ``"depthwise"`` (groups = channels; in and out channels move
+    together) or ``"linear"``. ``size`` is the input's spatial size (H, W) for a conv and ``(rows,)`` for a linear
+    layer (the product of every input dim between batch and features); ``batch`` is the batch timed.
+    """
+
+    kind: str
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    size: tuple[int, ...] = ()
+    batch: int = 1
+    bias: bool = True
+
+    def key(self) -> str:
+        d = asdict(self)
+        return "|".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, (tuple, list)) else v}" for k, v in d.items())
+
+    def macs(self, cin: int, cout: int) -> int:
+        if self.kind == "linear":
+            return self.batch * self.size[0] * cin * cout
+        out_h, out_w = self.output_size()
+        per_out = (1 if self.kind == "depthwise" else cin // self.groups) * self.kernel[0] * self.kernel[1]
+        return self.batch * cout * out_h * out_w * per_out
+
+    def output_size(self) -> tuple[int, int]:
+        (h, w), (kh, kw), (sh, sw), (dh, dw) = self.size, self.kernel, self.stride, self.dilation
+        pt, pl, pb, pr = self.padding
+        return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+
+Point = tuple[int, int]
+
+
+class Measurer(Protocol):
+    """What :func:`slimkit.analysis.build_latency_table` times with; tests inject a fake."""
+
+    def points(self, geometry: Geometry, points: Sequence[Point]) -> list[tuple[float, float]]:
+        """(kernel, layout glue) milliseconds per call of the layer alone at each (in, out) channel count."""
+
+    def other_share(self, onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray], table_ops: set[str]) -> float:
+        """The share of a whole network's run time spent outside the ops the table models (other kernels and the
+        executor's own per-node work)."""
+
+
+def _onnx_layer(geometry: Geometry, cin: int, cout: int, seed: int = 0) -> tuple[bytes, np.ndarray]:
+    """A one-node ONNX model of the layer and a random input for it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    g = geometry
+    if g.kind == "linear":
+        shape_x = [g.batch * g.size[0], cin]
+        weight = (rng.standard_normal((cout, cin)) * 0.1).astype(np.float32)
+        inits = [numpy_helper.from_array(weight, "W")]
+        inputs = ["X", "W"]
+        if g.bias:
+            inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), "B"))
+            inputs.append("B")
+        node = helper.make_node("Gemm", inputs, ["Y"], transB=1)
+        shape_y = [shape_x[0], cout]
+    else:
+        groups = cin if g.kind == "depthwise" else g.groups
+        weight = (rng.standard_normal((cout, cin // groups, *g.kernel)) * 0.1).astype(np.float32)
+        inits = [numpy_helper.from_array(weight, "W")]
+        inputs = ["X", "W"]
+        if g.bias:
+            inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), "B"))
+            inputs.append("B")
+        node = helper.make_node("Conv", inputs, ["Y"], kernel_shape=list(g.kernel), strides=list(g.stride),
+                                pads=[g.padding[0], g.padding[1], g.padding[2], g.padding[3]],
+                                dilations=list(g.dilation), group=groups)
+        shape_x = [g.batch, cin, *g.size]
+        shape_y = [g.batch, cout, *g.output_size()]
+    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape_x)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape_y)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="slimkit")
+    model.ir_version = 8
+    return model.SerializeToString(), rng.standard_normal(shape_x).astype(np.float32)
+
+
+def _session(model: bytes | str, threads: int, profile_prefix: str) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.enable_profiling = True
+    options.profile_file_prefix = profile_prefix
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _runs(path: str, skip: int) -> list[dict[str, float]]:
+    """Per timed run (after ``skip`` warm-up runs): kernel milliseconds by op type, and under ``"<run>"`` the run's
+    whole duration (executor overhead included), from an ORT profile file."""
+    events = json.loads(Path(path).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session"
+                  and e.get("name") == "model_run")
+    nodes = sorted((e["ts"], e["dur"], e.get("args", {}).get("op_name", "?")) for e in events
+                   if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"))
+    out: list[dict[str, float]] = []
+    i = 0
+    for start, end in runs:
+        ops: dict[str, float] = {"<run>": (end - start) / 1e3}
+        while i < len(nodes) and nodes[i][0] < start:
+            i += 1
+        while i < len(nodes) and nodes[i][0] <= end:
+            ops[nodes[i][2]] = ops.get(nodes[i][2], 0.0) + nodes[i][1] / 1e3
+            i += 1
+        out.append(ops)
+    return out[skip:]
+
+
+@dataclass
+class OrtMeasurer:
+    """Times layers and networks in ONNX Runtime with its profiler (see the module docstring)."""
+
+    threads: int = 1
+    repeats: int = 15
+    warmup: int = 3
+    live_sessions: int = 8
+    seed: int = 0
+
+    def points(self, geometry: Geometry, points: Sequence[Point]) -> list[tuple[float, float]]:
+        result: list[tuple[float, float]] = [(math.nan, math.nan)] * len(points)
+        with tempfile.TemporaryDirectory(prefix="slimkit-lattable-") as tmp:
+            for chunk in range(0, len(points), self.live_sessions):
+                idx = list(range(chunk, min(len(points), chunk + self.live_sessions)))
+                sessions, feeds = [], []
+                for k in idx:
+                    model, x = _onnx_layer(geometry, *points[k])
+                    sessions.append(_session(model, self.threads, str(Path(tmp) / f"p{k}")))
+                    feeds.append({"X": x})
+                order = list(range(len(idx)))
+                rng = random.Random(self.seed + chunk)
+                for r in range(self.warmup + self.repeats):
+                    if r >= self.warmup:
+                        rng.shuffle(order)
+                    for j in order:
+                        sessions[j].run(None, feeds[j])
+                for j, k in enumerate(idx):
+                    runs = _runs(sessions[j].end_profiling(), self.warmup)
+                    kernel = [sum(v for op, v in ops.items() if op not in LAYOUT_GLUE and op != "<run>")
+                              for ops in runs]
+                    glue = [sum(v for op, v in ops.items() if op in LAYOUT_GLUE) for ops in runs]
+                    result[k] = (float(np.median(kernel)), float(np.median(glue)))
+                del sessions
+        return result
+
+    def other_share(self, onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray], table_ops: set[str]) -> float:
+        with tempfile.TemporaryDirectory(prefix="slimkit-latnet-") as tmp:
+            session = _session(str(onnx_path), self.threads, str(Path(tmp) / "net"))
+            feed = {i.name: x for i, x in zip(session.get_inputs(), inputs)}
+            for _ in range(self.warmup + self.repeats):
+                session.run(None, feed)
+            runs = _runs(session.end_profiling(), self.warmup)
+        shares = [1.0 - sum(v for op, v in ops.items() if op in table_ops) / max(ops["<run>"], 1e-12) for ops in runs]
+        return float(np.clip(np.median(shares), 0.0, 0.95))
+
+
+def detect_step(widths: Sequence[int], ms: Sequence[float], *, margin: float = 0.05,
+                coverage: float = 0.8) -> int:
+    """The channel step of a kernel, read from a sweep of widths 1..N (the largest valid s in
+    :data:`STEP_CANDIDATES` with N ≥ 2·s).
+
+    s is valid when keeping a width between two multiples of s buys nothing: at least ``coverage`` of the widths
+    strictly between multiples cost at least the straight line between the neighbouring multiples (less
+    ``margin``): a padded block (MLAS pads NCHWc output channels) or a slower fallback (unaligned NCHWc input
+    channels). And the midpoints (multiples of s/2) cost clearly more than that line (by ``margin``, for two
+    thirds of them): otherwise the finer widths are as efficient as the multiples, and a coarser s would only
+    throw away choices (a kernel whose time is linear in the width has step 1). The first block is left out:
+    below one block MLAS reads NCHW input directly, a different regime.
+    """
+    table = dict(zip(widths, ms))
+    best = 1
+    for s in STEP_CANDIDATES[1:]:
+        if max(widths) < 2 * s:
+            break
+
+        def line(w: int, s: int = s) -> float | None:
+            lo, hi = w // s * s, w // s * s + s
+            if lo < s or lo not in table or hi not in table:
+                return None
+            return table[lo] + (table[hi] - table[lo]) * (w - lo) / s
+
+        inner = [(w, ref) for w in widths if w % s and (ref := line(w)) is not None]
+        half = [(w, ref) for w, ref in inner if w % max(1, s // 2) == 0]
+        if not inner or not half:
+            continue
+        no_better = sum(table[w] >= (1 - margin) * ref for w, ref in inner) >= coverage * len(inner)
+        worse = 3 * sum(table[w] >= (1 + margin) * ref for w, ref in half) >= 2 * len(half)
+        if no_better and worse:
+            best = s
+    return best
+
+
+#: the layers swept to find each kind's steps: (geometry, sweep length, fixed other channel count)
+PROBES: dict[str, tuple[Geometry, int, int]] = {
+    "conv": (Geometry("conv", (3, 3), (1, 1), (1, 1, 1, 1), size=(14, 14), batch=8), 64, 64),
+    "depthwise": (Geometry("depthwise", (3, 3), (1, 1), (1, 1, 1, 1), size=(28, 28), batch=8), 64, 0),
+    "linear": (Geometry("linear", size=(1,), batch=256), 64, 512),
+}
+
+
+def probe_steps(kind: str, measurer: Measurer) -> dict[str, int]:
+    """Steps of ``kind`` along the output and input channels, from sweeps of a probe layer (:data:`PROBES`)."""
+    geometry, n, fixed = PROBES[kind]
+    widths = list(range(1, n + 1))
+    def kernel(points: list[Point]) -> list[float]:
+        return [k for k, _ in measurer.points(geometry, points)]
+
+    if kind == "depthwise":
+        step = detect_step(widths, kernel([(w, w) for w in widths]))
+        return {"in": step, "out": step}
+    return {"out": detect_step(widths, kernel([(fixed, w) for w in widths])),
+            "in": detect_step(widths, kernel([(w, fixed) for w in widths]))}

@@ -1,0 +1,340 @@
+"""A latency model of the target runtime: per-layer lookup tables over channel counts, cached per machine.
+
+NetAdapt (Yang et al., ECCV 2018, §3.3) and HALP (Shen et al., NeurIPS 2022, §3.2) predict a pruned network's
+latency as the sum of its layers' latencies, each read from a table measured on the target device over a grid of
+input and output channel counts. :func:`build_latency_table` does this for ONNX Runtime on this CPU: it finds every
+Conv2d and Linear layer with its real input size (one forward of the example input), measures each layer alone at
+the batch and thread count that will be deployed (:mod:`._latency_probe`), and records the share of the network's
+time spent in everything else (pooling, additions, layout glue) from one profiled run of the whole network, so
+
+    predicted ratio = (1 − other) · Σ_l T_l(c_in_l, c_out_l) / Σ_l T_l(full) + other.
+
+Channel counts are measured only where the kernel's time steps: a sweep per layer kind finds the step (16 output
+channels for MLAS's NCHWc convolutions on AVX-512), and each layer's grid holds multiples of it (at most
+``max_points`` per axis, linear in between); a width between two multiples costs what the next multiple up costs,
+which is how the kernel pads it. Below one step a layer runs in a different regime (MLAS reads fewer input
+channels than one block straight from NCHW memory), so input widths of a quarter, half and three quarters of a
+step are measured too, with the layout conversion such a layer needs in a network (its producer's blocked output
+turned back into NCHW) counted in; above one step the isolated graph's conversions are left out, since inside a
+network of aligned widths the blocked layout flows from layer to layer.
+
+Measurements are cached in ``$SLIMKIT_CACHE/latency`` (default ``~/.cache/slimkit/latency``), one file per machine
+key (CPU model and flags, ONNX Runtime version, threads), keyed inside by the layer's geometry (kind, kernel,
+stride, padding, dilation, groups, input size, batch) and channel counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit._errors import ConfigError
+from slimkit._inputs import input_tuple
+from slimkit._io import write_text_atomic
+from slimkit.analysis._latency_probe import Geometry, Measurer, OrtMeasurer, probe_steps
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 3
+#: ONNX Runtime op types whose time the table models (every other op's time is the constant "other" share)
+TABLE_OPS = frozenset({"Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"})
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit")) / "latency"
+
+
+def machine_key(threads: int) -> dict[str, Any]:
+    """What a cached measurement depends on besides the layer: CPU, runtime version, threads."""
+    import onnxruntime as ort
+
+    cpu, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    digest = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:12]
+    return {"cpu": cpu, "cpu_flags": digest, "onnxruntime": ort.__version__, "threads": threads,
+            "cache_version": CACHE_VERSION}
+
+
+@dataclass(frozen=True)
+class LayerLatency:
+    """One layer's measured latency surface: ``ms[i][j]`` at ``in_grid[i]`` input and ``out_grid[j]`` output
+    channels (a depthwise layer: ``in_grid == out_grid`` and only the diagonal is measured)."""
+
+    name: str
+    geometry: Geometry
+    in_channels: int
+    out_channels: int
+    in_grid: tuple[int, ...]
+    out_grid: tuple[int, ...]
+    ms: tuple[tuple[float, ...], ...]
+    step_in: int
+    step_out: int
+
+    def snap(self, width: int, side: str) -> int:
+        """The largest width ≤ ``width`` at which the kernel's time steps: the full width, a multiple of the
+        measured step, or below one step a multiple of a quarter step (at least 1)."""
+        full, step = (self.in_channels, self.step_in) if side == "in" else (self.out_channels, self.step_out)
+        if width >= full:
+            return full
+        if width >= step:
+            return width // step * step
+        quarter = max(1, step // 4)
+        return max(min(quarter, full), width // quarter * quarter)
+
+    def _up(self, width: int, side: str) -> int:
+        full, step = (self.in_channels, self.step_in) if side == "in" else (self.out_channels, self.step_out)
+        width = max(width, 1)
+        unit = step if width > step else max(1, step // 4)
+        return min(full, math.ceil(width / unit) * unit)
+
+    def cost(self, cin: int, cout: int) -> float:
+        """Milliseconds at (cin, cout): widths rounded up to the step, linear between grid points."""
+        cin, cout = self._up(cin, "in"), self._up(cout, "out")
+        grid = np.asarray(self.ms, dtype=np.float64)
+        if self.geometry.kind == "depthwise":
+            diag = np.diag(grid)
+            return float(np.interp(cout, self.out_grid, diag))
+        rows = np.array([np.interp(cout, self.out_grid, grid[i]) for i in range(len(self.in_grid))])
+        return float(np.interp(cin, self.in_grid, rows))
+
+    @property
+    def full_ms(self) -> float:
+        return self.cost(self.in_channels, self.out_channels)
+
+
+@dataclass
+class LatencyTable:
+    """Per-layer latency tables of one model at one batch and thread count, and the share of its time that the
+    tables do not model (``other``). :meth:`predict_ratio` is the model's predicted latency at given widths as a
+    fraction of its full-width latency."""
+
+    layers: dict[str, LayerLatency]
+    other: float
+    batch: int
+    threads: int
+    machine: dict[str, Any] = field(default_factory=dict)
+    measured_points: int = 0
+
+    def predict_ms(self, widths: Mapping[str, tuple[int, int]] | None = None) -> float:
+        """Σ of the layer tables at ``widths`` (layer → (in, out) channels; absent layers at full width)."""
+        widths = widths or {}
+        return sum(t.cost(*widths.get(name, (t.in_channels, t.out_channels))) for name, t in self.layers.items())
+
+    def predict_ratio(self, widths: Mapping[str, tuple[int, int]] | None = None) -> float:
+        full = self.predict_ms()
+        return (1.0 - self.other) * self.predict_ms(widths) / max(full, 1e-12) + self.other
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "threads": self.threads, "other": self.other, "machine": self.machine,
+                "measured_points": self.measured_points,
+                "layers": {n: {"in": t.in_channels, "out": t.out_channels, "step_in": t.step_in,
+                               "step_out": t.step_out, "in_grid": list(t.in_grid), "out_grid": list(t.out_grid),
+                               "ms": [list(r) for r in t.ms], "geometry": t.geometry.key()}
+                           for n, t in self.layers.items()}}
+
+
+@dataclass(frozen=True)
+class _Layer:
+    name: str
+    geometry: Geometry
+    cin: int
+    cout: int
+
+
+def _pads(module: nn.Conv2d) -> tuple[int, int, int, int]:
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            return (0, 0, 0, 0)
+        total = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+        return (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+    ph, pw = module.padding
+    return (ph, pw, ph, pw)
+
+
+def model_layers(model: nn.Module, example_inputs: Any, batch: int | None = None) -> list[_Layer]:
+    """Every Conv2d and Linear layer of ``model`` with the geometry it runs at (one forward of the example)."""
+    inputs = input_tuple(example_inputs)
+    found: dict[str, _Layer] = {}
+    hooks = []
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple, _out: Any) -> None:
+            x = args[0]
+            b = batch or int(x.shape[0])
+            if isinstance(module, nn.Conv2d):
+                depthwise = module.groups > 1 and module.groups == module.in_channels
+                geometry = Geometry("depthwise" if depthwise else "conv", tuple(module.kernel_size),
+                                    tuple(module.stride), _pads(module), tuple(module.dilation),
+                                    1 if depthwise else module.groups, tuple(x.shape[-2:]), b, module.bias is not None)
+                found.setdefault(name, _Layer(name, geometry, module.in_channels, module.out_channels))
+            else:
+                rows = int(np.prod(x.shape[1:-1])) if x.dim() > 2 else 1
+                geometry = Geometry("linear", size=(rows,), batch=b, bias=module.bias is not None)
+                found.setdefault(name, _Layer(name, geometry, module.in_features, module.out_features))
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            hooks.append(module.register_forward_hook(hook(name)))
+    was_training = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in was_training:
+            m.training = mode
+    return list(found.values())
+
+
+def _grid(full: int, step: int, max_points: int, multiple: int = 1, below: bool = False) -> tuple[int, ...]:
+    """Multiples of the step up to the full width (at most ``max_points``, spread evenly, always the ends); with
+    ``below``, also a quarter, half and three quarters of a step (their own regime, see the module docstring)."""
+    unit = step * multiple // math.gcd(step, multiple)
+    widths = [*range(unit, full, unit), full]
+    if len(widths) > max_points:
+        idx = np.unique(np.round(np.linspace(0, len(widths) - 1, max_points)).astype(int))
+        widths = [widths[i] for i in idx]
+    if below and step >= 4:
+        quarter = step // 4
+        widths = sorted({*widths, *(q for q in (quarter, 2 * quarter, 3 * quarter)
+                                    if q < min(full, unit) and q % multiple == 0)})
+    return tuple(widths)
+
+
+class _Cache:
+    def __init__(self, folder: Path | None, machine: dict[str, Any]) -> None:
+        digest = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = None if folder is None else folder / f"{digest}.json"
+        self.data: dict[str, Any] = {"machine": machine, "steps": {}, "layers": {}, "models": {}}
+        if self.path is not None and self.path.is_file():
+            try:
+                loaded = json.loads(self.path.read_text())
+                if loaded.get("machine") == machine:
+                    self.data.update({k: loaded.get(k, {}) for k in ("steps", "layers", "models")})
+            except (OSError, ValueError):
+                log.warning("latency cache %s is unreadable: measuring again", self.path)
+        self.dirty = False
+
+    def save(self) -> None:
+        if self.path is not None and self.dirty:
+            write_text_atomic(self.path, json.dumps(self.data, sort_keys=True))
+
+
+def _model_key(model: nn.Module, inputs: tuple, batch: int) -> str:
+    parts = [(n, type(m).__name__, [tuple(p.shape) for p in m.parameters(recurse=False)])
+             for n, m in model.named_modules()]
+    parts.append([tuple(x.shape[1:]) for x in inputs if isinstance(x, torch.Tensor)])
+    return hashlib.sha256(repr((parts, batch)).encode()).hexdigest()[:20]
+
+
+def build_latency_table(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    batch: int | None = None,
+    threads: int = 1,
+    max_points: int = 6,
+    cache_dir: str | os.PathLike | bool | None = True,
+    measurer: Measurer | None = None,
+) -> LatencyTable:
+    """Measure (or load from the cache) the latency table of every Conv2d/Linear layer of ``model``.
+
+    ``batch``: the batch the model will run at (default: the example's); ``threads``: ONNX Runtime threads;
+    ``max_points``: grid points per channel axis; ``cache_dir``: True for ``$SLIMKIT_CACHE/latency``, a folder,
+    or False/None for no cache; ``measurer``: what times layers (default :class:`OrtMeasurer`; tests inject one).
+    NetAdapt's layer-wise look-up tables (Yang et al. 2018, §3.3) with HALP's per-(c_in, c_out) grid (Shen et al.
+    2022, Eq. 4), measured in ONNX Runtime; see the module docstring for what is cached and how it is keyed.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"latency table threads={threads!r}: use a whole number ≥ 1")
+    if max_points < 2:
+        raise ConfigError(f"latency table max_points={max_points}: use at least 2 grid points per axis")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ConfigError(f"latency table batch={batch!r}: use a whole number ≥ 1 (the deployed batch)")
+    inputs = input_tuple(example_inputs)
+    batch = batch or int(inputs[0].shape[0])
+    measurer = measurer or OrtMeasurer(threads=threads)
+    folder = cache_root() if cache_dir is True else (Path(cache_dir) if cache_dir else None)
+    cache = _Cache(folder, machine_key(threads))
+    layers = model_layers(model, inputs, batch)
+    counted = {"points": 0}
+
+    def steps(kind: str) -> dict[str, int]:
+        if kind not in cache.data["steps"]:
+            cache.data["steps"][kind] = probe_steps(kind, measurer)
+            cache.dirty = True
+            log.info("latency table: %s kernels step at %s channels", kind, cache.data["steps"][kind])
+        return cache.data["steps"][kind]
+
+    tables: dict[str, LayerLatency] = {}
+    for layer in layers:
+        g = layer.geometry
+        s = steps(g.kind)
+        multiple = g.groups if g.kind == "conv" else 1
+        below = layer.cin > s["in"]  # a layer whose full input is below one block always reads NCHW input
+        in_grid = _grid(layer.cin, s["in"], max_points, multiple, below=below)
+        out_grid = _grid(layer.cout, s["out"], max_points, multiple)
+        if g.kind == "depthwise":
+            in_grid = out_grid = _grid(layer.cout, max(s["in"], s["out"]), max_points, below=below)
+            wanted = [(c, c) for c in out_grid]
+        else:
+            wanted = [(ci, co) for ci in in_grid for co in out_grid]
+        stored = cache.data["layers"].setdefault(g.key(), {})
+        missing = [p for p in wanted if f"{p[0]},{p[1]}" not in stored]
+        if missing:
+            for p, ms in zip(missing, measurer.points(g, missing)):
+                stored[f"{p[0]},{p[1]}"] = [float(ms[0]), float(ms[1])]
+            counted["points"] += len(missing)
+            cache.dirty = True
+
+        def value(ci: int, co: int, s: dict[str, int] = s, below: bool = below, key: dict = stored) -> float:
+            kernel, glue = key[f"{ci},{co}"]
+            return kernel + (glue if below and ci < s["in"] else 0.0)
+
+        if g.kind == "depthwise":  # only the diagonal is measured; cost() reads the diagonal
+            ms = tuple(tuple(value(c, c) for _ in out_grid) for c in in_grid)
+        else:
+            ms = tuple(tuple(value(ci, co) for co in out_grid) for ci in in_grid)
+        tables[layer.name] = LayerLatency(layer.name, g, layer.cin, layer.cout, in_grid, out_grid, ms,
+                                          s["in"], s["out"])
+    key = _model_key(model, inputs, batch)
+    if key not in cache.data["models"]:
+        cache.data["models"][key] = _other_share(model, inputs, batch, measurer)
+        cache.dirty = True
+    cache.save()
+    return LatencyTable(tables, float(cache.data["models"][key]), batch, threads, cache.data["machine"],
+                        counted["points"])
+
+
+def _other_share(model: nn.Module, inputs: tuple, batch: int, measurer: Measurer) -> float:
+    from slimkit.export import export_onnx
+
+    full = tuple(x.expand(batch, *x.shape[1:]).contiguous() if isinstance(x, torch.Tensor) and x.dim() > 0 else x
+                 for x in inputs)
+    with tempfile.TemporaryDirectory(prefix="slimkit-lattable-") as tmp:
+        path = export_onnx(model, full, Path(tmp) / "model.onnx", dynamic_batch=False)
+        feeds = [x.detach().cpu().numpy() for x in full if isinstance(x, torch.Tensor)]
+        return float(measurer.other_share(path, feeds, set(TABLE_OPS)))

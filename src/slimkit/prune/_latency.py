@@ -1,0 +1,321 @@
+"""Latency-aware channel pruning: per-group widths that reach a latency target with the least importance lost.
+
+``PruneConfig(target_latency=0.5)`` asks for a model that runs in half the time of the original in ONNX Runtime
+(at the deployed batch and thread count). The latency model is a measured per-layer lookup table
+(:func:`slimkit.analysis.build_latency_table`; NetAdapt, Yang et al. 2018; HALP, Shen et al. 2022). The search is
+HALP's latency-constrained knapsack (Shen et al. 2022, Eq. 3: maximise the importance kept subject to the summed
+layer latencies ≤ the budget), solved by a Lagrangian greedy over channel groups: starting from the full model,
+repeatedly shrink the group whose next step costs the least importance per millisecond saved, until the predicted
+latency meets the target; then give steps back, most importance per millisecond first, while it still does. A
+layer's latency depends on its input and its output channels, so every step is costed with the current widths of
+both neighbouring groups (HALP's augmented knapsack handles the same coupling by fixing the neighbours).
+
+A group only ever takes the widths at which the kernels' time steps (multiples of the measured step, e.g. 16 for
+MLAS NCHWc convolutions on AVX-512, or its full width): between two steps the kernel pads, so removing channels
+there costs accuracy and buys no time. Importance is the configured criterion's unit score, normalised by the
+group's mean as in global pruning (Molchanov et al. 2017).
+
+The prediction is then checked: the pruned model is timed against the original with
+:func:`slimkit.analysis.compare_latency`; if the measured ratio misses the target by more than ``tolerance`` the
+search runs again with the target corrected by measured/predicted (up to ``refine`` times, NetAdapt's "empirical
+measurement" step). Predicted and measured ratios are recorded in :func:`pruning_info` under ``"latency"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit._errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """A latency target for :func:`prune_channels` (``PruneConfig(target_latency=LatencyTarget(0.5, batch=64))``;
+    a plain float means ``LatencyTarget(ratio=float)``).
+
+    ratio: the pruned model's latency as a fraction of the original's, in (0, 1).
+    batch: the batch the model is deployed at (latency and the kernels' steps depend on it); default: the example
+        input's batch.
+    threads: ONNX Runtime threads per session, for the table and for the check (1: see ``compare_latency``).
+    refine: how many times a measured miss corrects the target and searches again (0: trust the table).
+    measure: time the result against the original and record predicted vs measured (False: predicted only).
+    tolerance: a measured ratio within ``ratio · (1 ± tolerance)`` is a hit.
+    max_points: grid points per channel axis of each layer's table.
+    """
+
+    ratio: float
+    batch: int | None = None
+    threads: int = 1
+    refine: int = 1
+    measure: bool = True
+    tolerance: float = 0.05
+    max_points: int = 6
+
+    def __post_init__(self) -> None:
+        r = self.ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1 or not math.isfinite(r):
+            raise ConfigError(f"target_latency {r!r} is out of range: give the pruned model's latency as a "
+                              "fraction of the original's, in (0, 1), e.g. 0.5 for twice as fast")
+        for name, low in (("batch", 1), ("threads", 1), ("refine", 0), ("max_points", 2)):
+            value = getattr(self, name)
+            if name == "batch" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"target_latency.{name}={value!r}: use a whole number ≥ {low}")
+        if not 0 < self.tolerance < 0.5:
+            raise ConfigError(f"target_latency.tolerance={self.tolerance!r}: use a fraction in (0, 0.5), e.g. 0.05")
+
+
+def as_latency_target(value: float | LatencyTarget) -> LatencyTarget:
+    return value if isinstance(value, LatencyTarget) else LatencyTarget(ratio=value)  # type: ignore[arg-type]
+
+
+def check_config(config: Any) -> None:
+    """The latency fields of a ``PruneConfig``: a valid target, and no other target beside it."""
+    if not isinstance(config.target_latency, LatencyTarget):
+        as_latency_target(config.target_latency)
+    if config.target_macs is not None or config.speedup is not None:
+        raise ConfigError("give one target: target_latency, target_macs or speedup, not several")
+    if isinstance(config.ratio, Mapping):
+        raise ConfigError("target_latency chooses every group's width: do not also give per-layer ratios")
+
+
+# --- the search ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Group:
+    index: int
+    name: str
+    units: int
+    lost: np.ndarray  # lost[r] = importance lost by removing the r least important units
+    sides: list[tuple[str, str, float]]  # (table layer, "in" | "out", channels per unit)
+    unit_step: int
+
+    def keeps(self) -> list[int]:
+        """Allowed keep counts, ascending: multiples of the unit step, the full group, and below one step a
+        quarter, half and three quarters of it (the sub-block regime the table measures)."""
+        quarter = self.unit_step // 4
+        below = {quarter, 2 * quarter, 3 * quarter} if quarter >= 1 else set()
+        return sorted({k for k in {*range(self.unit_step, self.units, self.unit_step), *below} if 1 <= k < self.units}
+                      | {self.units})
+
+
+@dataclass
+class LatencyPlan:
+    """What the search chose: units kept per group (by group index) and the predicted latency ratio."""
+
+    keeps: dict[int, int]
+    predicted: float
+    widths: dict[str, tuple[int, int]]
+    lost: float
+
+
+def _groups(graph: Any, ctx: Any, criterion: Any, table: Any) -> list[_Group]:
+    groups = []
+    for gi, group in enumerate(graph.groups):
+        n = len(group.units)
+        scores = np.asarray(criterion.scores(ctx, group), dtype=np.float64)
+        scores = np.sort(np.abs(scores) / (np.abs(scores).mean() + 1e-12))
+        lost = np.concatenate([[0.0], np.cumsum(scores)])
+        sides: list[tuple[str, str, float]] = []
+        unit_step = 1
+        for name, side in dict.fromkeys(group.members):
+            if name not in table.layers:
+                continue
+            use = graph.uses[name]
+            channel_map = use.in_map if side == "in" else use.out_map
+            if channel_map is None:
+                continue
+            hits = int((graph.unit_positions(channel_map, group.units) >= 0).sum())
+            if hits == 0:
+                continue
+            per_unit = hits / n
+            sides.append((name, side, per_unit))
+            layer = table.layers[name]
+            step = layer.step_in if side == "in" else layer.step_out
+            if float(per_unit).is_integer():
+                need = step // math.gcd(step, int(per_unit))
+                unit_step = unit_step * need // math.gcd(unit_step, need)
+        groups.append(_Group(gi, group.name, n, lost, sides, unit_step))
+    return groups
+
+
+def _widths(table: Any, groups: list[_Group], keeps: Mapping[int, int]) -> dict[str, tuple[int, int]]:
+    removed: dict[tuple[str, str], float] = {}
+    for g in groups:
+        for name, side, per_unit in g.sides:
+            removed[(name, side)] = removed.get((name, side), 0.0) + (g.units - keeps[g.index]) * per_unit
+    out = {}
+    for name, layer in table.layers.items():
+        cin = layer.in_channels - round(removed.get((name, "in"), 0.0))
+        cout = layer.out_channels - round(removed.get((name, "out"), 0.0))
+        if layer.geometry.kind == "depthwise":
+            cin = cout = min(cin, cout)
+        out[name] = (max(cin, 1), max(cout, 1))
+    return out
+
+
+def search(table: Any, groups: list[_Group], target: float) -> LatencyPlan:
+    """HALP's knapsack by Lagrangian greedy (see the module docstring): widths whose predicted ratio ≤ ``target``."""
+    keeps = {g.index: g.units for g in groups}
+    allowed = {g.index: g.keeps() for g in groups}
+    by_layer: dict[str, list[_Group]] = {}
+    for g in groups:
+        for name, _, _ in g.sides:
+            by_layer.setdefault(name, []).append(g)
+    full_ms = table.predict_ms()
+    scale = (1.0 - table.other) / max(full_ms, 1e-12)
+
+    def ms_of(names: set[str], k: Mapping[int, int]) -> float:
+        w = _widths(table, groups, k)
+        return sum(table.layers[n].cost(*w[n]) for n in names)
+
+    def move(g: _Group, direction: int) -> tuple[float, float, int] | None:
+        """(importance change, ratio change, new keep) of moving group g one allowed step down (-1) or up (+1);
+        down skips steps that save no time."""
+        names = {n for n, _, _ in g.sides}
+        current = keeps[g.index]
+        options = allowed[g.index]
+        pos = options.index(current)
+        candidates = options[:pos][::-1] if direction < 0 else options[pos + 1:pos + 2]
+        before = ms_of(names, keeps)
+        for k in candidates:
+            trial = {**keeps, g.index: k}
+            delta = (ms_of(names, trial) - before) * scale
+            d_imp = float(g.lost[g.units - k] - g.lost[g.units - current])
+            if direction < 0 and delta < -1e-12:
+                return d_imp, delta, k
+            if direction > 0:
+                return d_imp, delta, k
+        return None
+
+    ratio = table.predict_ratio(_widths(table, groups, keeps))
+    while ratio > target:
+        best = None
+        for g in groups:
+            if not g.sides:
+                continue
+            m = move(g, -1)
+            if m is None:
+                continue
+            price = m[0] / -m[1]
+            if best is None or price < best[0]:
+                best = (price, g, m)
+        if best is None:
+            break
+        keeps[best[1].index] = best[2][2]
+        ratio += best[2][1]
+    # give back: re-grow the groups that buy the most importance per unit of latency while the target holds
+    while ratio <= target:
+        best = None
+        for g in groups:
+            if not g.sides or keeps[g.index] == g.units:
+                continue
+            m = move(g, +1)
+            if m is None or ratio + m[1] > target + 1e-12:
+                continue
+            value = -m[0] / max(m[1], 1e-12)
+            if best is None or value > best[0]:
+                best = (value, g, m)
+        if best is None:
+            break
+        keeps[best[1].index] = best[2][2]
+        ratio += best[2][1]
+    widths = _widths(table, groups, keeps)
+    lost = float(sum(g.lost[g.units - keeps[g.index]] for g in groups))
+    return LatencyPlan(keeps, table.predict_ratio(widths), widths, lost)
+
+
+def min_ratio(table: Any, groups: list[_Group]) -> float:
+    """The lowest predicted ratio the allowed widths reach (every prunable group at its narrowest width)."""
+    keeps = {g.index: (g.keeps()[0] if g.sides else g.units) for g in groups}
+    return table.predict_ratio(_widths(table, groups, keeps))
+
+
+# --- the entry point ---------------------------------------------------------------------------------------------
+
+
+def _batched(inputs: tuple, batch: int) -> tuple:
+    return tuple(x.expand(batch, *x.shape[1:]).contiguous().clone() if isinstance(x, torch.Tensor) and x.dim() > 0
+                 else x for x in inputs)
+
+
+def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, config: Any, *, data: Any = None,
+                     loss: Any = None, table: Any = None) -> nn.Module:
+    """``prune_channels`` with ``config.target_latency``: widths from the latency table (measured, or ``table``
+    given), the model pruned to them, then timed against the original (see the module docstring)."""
+    from slimkit.analysis import build_latency_table, compare_latency
+    from slimkit.graph import dependency_graph
+    from slimkit.prune._criteria import CRITERIA, PruneContext
+    from slimkit.prune._structured import _prune_once, pruning_info, set_pruning_info
+
+    target = as_latency_target(config.target_latency)
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    batch = target.batch or int(inputs[0].shape[0])
+    if table is None:
+        table = build_latency_table(model, inputs, batch=batch, threads=target.threads, max_points=target.max_points)
+    graph = dependency_graph(model, inputs, skip=config.skip, protect_first=config.protect_first,
+                             layers=config.layers, leaf_modules=config.leaf_modules)
+    criterion = CRITERIA.get(config.criterion)()
+    ctx = PruneContext(graph, data=data, loss=loss, batches=config.batches, rng=np.random.default_rng(config.seed),
+                       options=dict(config.criterion_options))
+    ctx.criterion = criterion
+    if criterion.needs_data:
+        ctx.calibration_batches(config.criterion)
+    criterion.prepare(ctx)
+    groups = _groups(graph, ctx, criterion, table)
+    floor = min_ratio(table, groups)
+    if floor > target.ratio:
+        raise ConfigError(f"target_latency {target.ratio} is below what pruning can reach on this model: "
+                          f"{floor:.2f} of the original's latency is predicted with every prunable group at its "
+                          f"narrowest measured width (unprunable layers and other ops take "
+                          f"{table.other:.0%}): use target_latency ≥ {math.ceil(floor * 100) / 100:.2f}")
+    rounds: list[dict[str, Any]] = []
+    best: tuple[nn.Module, LatencyPlan, dict | None] | None = None
+    goal = target.ratio
+    x = _batched(inputs, batch)
+    for attempt in range(target.refine + 1):
+        plan = search(table, groups, goal)
+        pruned = _prune_once(model, inputs, config, 0.0, data, loss, keeps=plan.keeps)
+        measured = None
+        if target.measure:
+            cmp = compare_latency(model, pruned, x, backend="onnxruntime", threads=target.threads)
+            measured = {"ratio": cmp.ratio, "p10": cmp.ratio_p10, "p90": cmp.ratio_p90, "aa": cmp.aa_ratio,
+                        "status": cmp.status}
+        rounds.append({"goal": goal, "predicted": plan.predicted, "measured": measured})
+        log.info("latency target %.3f: round %d predicted %.3f, measured %s", target.ratio, attempt, plan.predicted,
+                 "—" if measured is None else measured["status"] if measured["ratio"] is None
+                 else f"{measured['ratio']:.3f}")
+        hit = measured is None or measured["ratio"] is None or (
+            measured["ratio"] <= target.ratio * (1 + target.tolerance))
+        if best is None or hit or (measured and measured["ratio"] and best[2] and best[2]["ratio"]
+                                   and measured["ratio"] < best[2]["ratio"]):
+            best = (pruned, plan, measured)
+        if measured is None or measured["ratio"] is None:
+            break  # nothing trustworthy to correct with
+        error = measured["ratio"] / target.ratio
+        if abs(error - 1) <= target.tolerance:
+            break
+        goal = min(0.999, max(floor, goal / error))
+    assert best is not None
+    pruned, plan, measured = best
+    info = dict(pruning_info(pruned) or {})
+    info["latency"] = {
+        "target": target.ratio, "batch": batch, "threads": target.threads, "predicted": plan.predicted,
+        "measured": measured, "rounds": rounds, "other": table.other, "importance_lost": plan.lost,
+        "widths": {name: list(w) for name, w in plan.widths.items()},
+        "steps": {name: [t.step_in, t.step_out] for name, t in table.layers.items()},
+    }
+    set_pruning_info(pruned, info)
+    return pruned

@@ -1,0 +1,89 @@
+import math
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit import ConfigError
+from slimkit.analysis import build_latency_table, detect_step
+
+from ._fake_measurer import Forbidden, MacMeasurer
+
+
+def _tiny():
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, groups=32, padding=1),
+                         nn.Conv2d(32, 48, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(48, 10)).eval()
+
+
+def test_table_is_measured_once_then_read_from_the_cache(tmp_path):
+    x = torch.zeros(1, 3, 8, 8)
+    fake = MacMeasurer()
+    first = build_latency_table(_tiny(), x, batch=4, cache_dir=tmp_path, measurer=fake)
+    assert first.measured_points > 0 and fake.points_timed >= first.measured_points
+    assert set(first.layers) == {"0", "2", "3", "7"}
+    assert [first.layers[n].geometry.kind for n in ("0", "2", "3", "7")] == ["conv", "depthwise", "conv", "linear"]
+    assert first.layers["0"].geometry.size == (8, 8) and first.layers["0"].geometry.batch == 4
+    again = build_latency_table(_tiny(), x, batch=4, cache_dir=tmp_path, measurer=Forbidden())
+    assert again.measured_points == 0 and again.other == pytest.approx(0.1)
+    assert again.predict_ms() == pytest.approx(first.predict_ms())
+    # another batch is another geometry: measured anew (steps are per machine and stay cached)
+    fake.points_timed = 0
+    build_latency_table(_tiny(), x, batch=8, cache_dir=tmp_path, measurer=fake)
+    assert fake.points_timed == sum(len(t.in_grid) * len(t.out_grid) if t.geometry.kind != "depthwise"
+                                    else len(t.out_grid) for t in first.layers.values())
+
+
+def test_table_follows_the_measured_steps_and_predicts_a_padded_width(tmp_path):
+    x = torch.zeros(1, 3, 8, 8)
+    table = build_latency_table(_tiny(), x, batch=2, cache_dir=tmp_path, measurer=MacMeasurer(step=16))
+    conv = table.layers["3"]  # 32 → 48 pointwise
+    assert (conv.step_in, conv.step_out) == (16, 16)
+    assert conv.out_grid == (16, 32, 48) and conv.in_grid == (4, 8, 12, 16, 32)
+    assert conv.cost(32, 40) == pytest.approx(conv.cost(32, 48))  # 40 outputs pad to 48
+    assert conv.cost(32, 32) < conv.cost(32, 33)
+    assert conv.snap(40, "out") == 32 and conv.snap(48, "out") == 48 and conv.snap(10, "in") == 8
+    assert conv.snap(3, "in") == 4  # never below a quarter step
+    full = table.predict_ms()
+    half = table.predict_ms({"3": (32, 16), "7": (16, 10)})
+    assert half < full and table.predict_ratio() == pytest.approx(1.0)
+    assert 0.1 < table.predict_ratio({"3": (32, 16), "7": (16, 10)}) < 1
+
+
+def test_a_real_table_builds_in_seconds_on_a_tiny_model(tmp_path):
+    from slimkit.analysis import OrtMeasurer
+
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    table = build_latency_table(model, torch.zeros(1, 1, 6, 6), batch=1, max_points=2, cache_dir=tmp_path,
+                                measurer=OrtMeasurer(repeats=2, warmup=1))
+    assert table.layers["2"].full_ms > 0 and 0 <= table.other < 1  # real timings: no threshold on them
+    assert table.layers["2"].step_out in (1, 2, 4, 8, 16, 32)
+    reused = build_latency_table(model, torch.zeros(1, 1, 6, 6), batch=1, max_points=2, cache_dir=tmp_path,
+                                 measurer=Forbidden())
+    assert reused.layers["2"].full_ms == table.layers["2"].full_ms
+
+
+def _staircase(step, n=64, noise=0.0, seed=0):
+    rng = random.Random(seed)
+    return [math.ceil(w / step) * (1 + noise * rng.uniform(-1, 1)) for w in range(1, n + 1)]
+
+
+@pytest.mark.parametrize(("step", "seed"), [(8, 0), (16, 1), (16, 2), (32, 3)])
+def test_detect_step_finds_a_padded_block_under_noise(step, seed):
+    assert detect_step(range(1, 65), _staircase(step, noise=0.02, seed=seed)) == step
+
+
+def test_detect_step_separates_linear_kernels_and_unaligned_fallbacks():
+    widths = range(1, 65)
+    assert detect_step(widths, [0.01 * w for w in widths]) == 1  # time ∝ width: every width is worth keeping
+    fallback = [w * (1.0 if w % 16 == 0 or w < 16 else 1.6) for w in widths]  # NCHWc input needs 16-multiples
+    assert detect_step(widths, fallback) == 16
+    assert detect_step(range(1, 20), _staircase(16, n=19)) < 16  # a sweep shorter than 2 steps cannot confirm one
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"threads": 0}, "threads"), ({"max_points": 1}, "max_points"),
+                                                 ({"batch": 0}, "batch")])
+def test_bad_table_options_are_rejected(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        build_latency_table(_tiny(), torch.zeros(1, 3, 8, 8), measurer=Forbidden(), cache_dir=False, **kwargs)

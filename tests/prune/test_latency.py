@@ -1,0 +1,130 @@
+"""Latency-aware pruning (prune/_latency.py) against a synthetic latency table: target reached, widths snapped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit import ConfigError
+from slimkit.analysis import LatencyComparison, build_latency_table
+from slimkit.analysis._latency import comparison_from_samples
+from slimkit.analysis._latency_table import model_layers
+from slimkit.prune import LatencyTarget, PruneConfig, prune_channels, prune_to_latency, pruning_info
+from tests.analysis._fake_measurer import MacMeasurer
+
+
+class Net(nn.Module):
+    """Two residual stages (64 and 96 channels) and a head: coupled groups, unaligned-able widths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.a1 = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1))
+        self.down = nn.Sequential(nn.Conv2d(64, 96, 3, stride=2, padding=1), nn.ReLU())
+        self.b1 = nn.Sequential(nn.Conv2d(96, 96, 3, padding=1), nn.ReLU(), nn.Conv2d(96, 96, 3, padding=1))
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.a1(x))
+        x = self.down(x)
+        x = torch.relu(x + self.b1(x))
+        return self.fc(x.mean((2, 3)))
+
+
+X = torch.zeros(1, 3, 12, 12)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    torch.manual_seed(0)
+    return build_latency_table(Net().eval(), X, batch=8, cache_dir=tmp_path_factory.mktemp("lat"),
+                               measurer=MacMeasurer(step=16, other=0.1))
+
+
+def _widths(model):
+    return {layer.name: (layer.cin, layer.cout) for layer in model_layers(model, X, batch=8)}
+
+
+@pytest.mark.parametrize("target", [0.7, 0.5, 0.3])
+def test_search_reaches_the_target_within_ten_percent_with_snapped_widths(table, target):
+    torch.manual_seed(0)
+    model = Net().eval()
+    config = PruneConfig(target_latency=LatencyTarget(target, batch=8, measure=False))
+    pruned = prune_to_latency(model, X, config, table=table)
+    # the latency of the model actually built, read from the same table, is at the target (not above, ≤ 10 % below)
+    achieved = table.predict_ratio(_widths(pruned))
+    assert 0.9 * target <= achieved <= target + 1e-9
+    info = pruning_info(pruned)["latency"]
+    assert info["predicted"] == pytest.approx(achieved) and info["measured"] is None
+    for name, (cin, cout) in _widths(pruned).items():  # every width sits where the kernel's time steps
+        layer = table.layers[name]
+        assert layer.snap(cin, "in") == cin and layer.snap(cout, "out") == cout, (name, cin, cout)
+    with torch.no_grad():
+        assert pruned(torch.randn(2, 3, 12, 12)).shape == (2, 10)
+    assert all(p.shape == q.shape for p, q in zip(model.state_dict().values(), Net().state_dict().values()))
+
+
+def test_search_spends_the_budget_where_importance_is_cheapest(table):
+    """48 of a1.0's 64 filters are made nearly dead (L1 ÷ 100): the search removes exactly those first."""
+    torch.manual_seed(0)
+    model = Net().eval()
+    with torch.no_grad():
+        model.a1[0].weight[16:].mul_(0.01)
+    pruned = prune_to_latency(model, X, PruneConfig(target_latency=LatencyTarget(0.6, batch=8, measure=False)),
+                              table=table)
+    widths = _widths(pruned)
+    assert widths["a1.0"][1] == 16 and widths["a1.2"][0] == 16
+    kept = pruning_info(pruned)["keep"]["a1.0"]["out"]
+    assert kept == list(range(16))  # the live filters
+
+
+def test_a_measured_miss_corrects_the_target_and_searches_again(table, monkeypatch):
+    import slimkit.analysis
+
+    calls = []
+
+    def fake_compare(baseline, candidate, x, **kwargs) -> LatencyComparison:
+        predicted = table.predict_ratio(_widths(candidate))
+        measured = 1.25 * predicted  # the runtime is slower than the table says
+        calls.append(measured)
+        return comparison_from_samples([[1.0] * 9, [1.0] * 9, [measured] * 9], backend="onnxruntime", threads=1,
+                                       batch_size=8)
+
+    monkeypatch.setattr(slimkit.analysis, "compare_latency", fake_compare)
+    pruned = prune_to_latency(Net().eval(), X, PruneConfig(target_latency=LatencyTarget(0.5, batch=8, refine=2)),
+                              table=table)
+    rounds = pruning_info(pruned)["latency"]["rounds"]
+    assert len(rounds) >= 2 and rounds[1]["goal"] < rounds[0]["goal"]
+    assert pruning_info(pruned)["latency"]["measured"]["ratio"] == pytest.approx(min(calls))
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (1.5, r"target_latency 1.5 is out of range: .* in \(0, 1\)"),
+    (0, "target_latency 0 is out of range"),
+    (True, "target_latency True is out of range"),
+    ("fast", "target_latency 'fast' is out of range"),
+    (float("nan"), "target_latency nan is out of range"),
+])
+def test_bad_latency_targets_are_rejected_before_work(value, message):
+    with pytest.raises(ConfigError, match=message):
+        prune_channels(Net(), X, PruneConfig(target_latency=value))
+
+
+def test_conflicting_or_malformed_targets_are_rejected():
+    with pytest.raises(ConfigError, match="give one target"):
+        prune_channels(Net(), X, PruneConfig(target_latency=0.5, speedup=2.0))
+    with pytest.raises(ConfigError, match="per-layer ratios"):
+        prune_channels(Net(), X, PruneConfig(target_latency=0.5, ratio={"a1.*": 0.5}))
+    with pytest.raises(ConfigError, match=r"target_latency.batch=0: use a whole number ≥ 1"):
+        LatencyTarget(0.5, batch=0)
+    with pytest.raises(ConfigError, match="tolerance"):
+        LatencyTarget(0.5, tolerance=0.9)
+
+
+def test_an_unreachable_target_names_the_reachable_one(table):
+    with pytest.raises(ConfigError, match=r"target_latency 0.05 is below what pruning can reach .* use "
+                                          r"target_latency ≥ 0\.\d\d"):
+        prune_to_latency(Net().eval(), X, PruneConfig(target_latency=LatencyTarget(0.05, batch=8, measure=False)),
+                         table=table)
