@@ -64,3 +64,43 @@ def test_weight_only_model_is_refused(tmp_path, data):
     q = quantize_weights(models.create("lenet5").eval(), 4)
     with pytest.raises(ExportError, match="no int8 layer"):
         export_qdq(q, data.example_input(), tmp_path / "q.onnx")
+
+
+def _qdq_pad_graph(zero_point: int):
+    """x → Q → DQ → Pad(channels, 0) → Q → DQ → y, every Q/DQ on one grid (a padded shortcut in an int8 ResNet)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(zero_point, np.uint8), "z"),
+             numpy_helper.from_array(np.array([0, 1, 0, 0, 0, 2, 0, 0], np.int64), "pads")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q0"]),
+             helper.make_node("DequantizeLinear", ["q0", "s", "z"], ["d0"]),
+             helper.make_node("Pad", ["d0", "pads"], ["p"], name="pad"),
+             helper.make_node("QuantizeLinear", ["p", "s", "z"], ["q1"]),
+             helper.make_node("DequantizeLinear", ["q1", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_padding_runs_on_the_integers_with_the_zero_point():
+    from onnx.reference import ReferenceEvaluator
+
+    from slimkit.export._qdq import _integer_pads
+
+    x = np.random.default_rng(0).normal(size=(2, 3, 4, 4)).astype(np.float32)
+    model = _qdq_pad_graph(zero_point=100)
+    expected = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    _integer_pads(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["QuantizeLinear", "Pad", "DequantizeLinear"]  # no float Pad between DQ and Q any more
+    got = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    assert got.shape == (2, 6, 4, 4) and np.array_equal(got, expected)  # padded with the zero point: exact zeros
+    # Padding with another value is not on the grid's zero: that Pad is left as it is.
+    other = _qdq_pad_graph(zero_point=100)
+    from onnx import numpy_helper
+
+    other.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "one"))
+    other.graph.node[2].input.append("one")
+    _integer_pads(other)
+    assert [n.op_type for n in other.graph.node].count("Pad") == 1 and len(other.graph.node) == 5

@@ -6,6 +6,7 @@ from slimkit.export._onnx import DEFAULT_OPSET, ExportError, export_onnx, onnx_m
 from slimkit.export._qdq import (
     INT8_KERNELS,
     export_qdq,
+    float_islands,
     int8_kernel_count,
     onnx_accuracy,
     optimized_op_types,
@@ -22,6 +23,7 @@ __all__ = [
     "export_matmul_nbits",
     "export_onnx",
     "export_qdq",
+    "float_islands",
     "int8_kernel_count",
     "matmul_nbits_count",
     "onnx_accuracy",

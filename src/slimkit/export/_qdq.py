@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 INT8_KERNELS = frozenset({
     "QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul",
     "MatMulIntegerToFloat", "QLinearAdd", "NhwcQLinearConv", "QLinearGlobalAveragePool", "QLinearAveragePool",
-    "QLinearMul", "QLinearLeakyRelu", "QLinearConcat", "QLinearSigmoid",
+    "QLinearMul", "QLinearLeakyRelu", "QLinearConcat", "QLinearSigmoid", "QLinearSoftmax", "QLinearWhere",
 })
 
 
@@ -56,6 +56,9 @@ def export_qdq(
         graph_model = onnx.load(str(raw))
     _fold_constants(graph_model)
     _quantize_biases(graph_model)
+    _integer_pads(graph_model)
+    _drop_requantize_identities(graph_model)
+    _shapes_from_integers(graph_model)
     _prune_initializers(graph_model)
     onnx.checker.check_model(graph_model)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +120,7 @@ def _quantize_biases(model) -> None:
     inits = {init.name: init for init in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
     new_nodes = []
+    taken: set[str] = set()
     for node in graph.node:
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in inits:
             continue
@@ -129,6 +133,9 @@ def _quantize_biases(model) -> None:
         scale = (s_x * s_w).astype(np.float32)
         q = np.clip(np.round(bias / scale.astype(np.float64)), -(2**31), 2**31 - 1).astype(np.int32)
         base = node.input[2]
+        if f"{base}_int32" in taken:  # a layer called twice: its bias twice, each on its own call's grid
+            base = f"{base}_{sum(name.startswith(base) for name in taken)}"
+        taken.add(f"{base}_int32")
         graph.initializer.extend([
             numpy_helper.from_array(q, f"{base}_int32"),
             numpy_helper.from_array(scale if scale.size > 1 else scale.reshape(()), f"{base}_scale"),
@@ -146,6 +153,119 @@ def _quantize_biases(model) -> None:
         graph.node.extend(nodes)
 
 
+def _qparams(inits: dict, node) -> tuple | None:
+    """(scale, zero point, dtype) of a per-tensor QuantizeLinear/DequantizeLinear with constant qparams."""
+    from onnx import numpy_helper
+
+    if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
+        return None
+    scale, zero = numpy_helper.to_array(inits[node.input[1]]), numpy_helper.to_array(inits[node.input[2]])
+    if scale.size != 1 or zero.size != 1:
+        return None
+    return float(scale.reshape(())), int(zero.reshape(())), zero.dtype
+
+
+def _consumers(graph) -> dict[str, list]:
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def _integer_pads(model) -> None:
+    """``DequantizeLinear → Pad(constant 0) → QuantizeLinear`` with equal qparams becomes a Pad of the integer
+    tensor with the zero point as its constant: exactly the same values (0 is the zero point on the grid), and ONNX
+    Runtime pads uint8 directly — its QDQ rules have no Pad fusion, so the pair would otherwise stay in float (as
+    in the files its own ``quantize_static`` writes, e.g. ResNet's option-A shortcuts)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    users = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    removed = []
+    for pad in graph.node:
+        if pad.op_type != "Pad" or any(a.name == "mode" and a.s not in (b"", b"constant") for a in pad.attribute):
+            continue
+        dq = producer.get(pad.input[0])
+        after = users.get(pad.output[0], [])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(after) != 1 or after[0].op_type != "QuantizeLinear":
+            continue
+        q = after[0]
+        params = _qparams(inits, dq)
+        if params is None or params != _qparams(inits, q) or q.output[0] in outputs:
+            continue
+        value = pad.input[2] if len(pad.input) > 2 else ""
+        if value and (value not in inits or np.any(numpy_helper.to_array(inits[value]) != 0)):
+            continue
+        if len(pad.input) > 3 and pad.input[3]:
+            continue  # opset ≥ 18 ``axes`` input: left as exported
+        zero = numpy_helper.from_array(np.array(params[1], dtype=params[2]), f"{pad.name or pad.output[0]}_zero_point")
+        graph.initializer.append(zero)
+        inits[zero.name] = zero
+        pads = pad.input[1] if len(pad.input) > 1 else ""
+        del pad.input[:]
+        pad.input.extend([dq.input[0], pads, zero.name])
+        pad.output[0] = q.output[0]
+        removed.append(q)
+    for node in removed:
+        graph.node.remove(node)
+    _remove_dead_dequantize(graph)
+
+
+def _drop_requantize_identities(model) -> None:
+    """``DequantizeLinear → QuantizeLinear`` with the same qparams is the identity on the integers: the Q's users
+    read the DQ's input directly (ties of shared quantizers can produce such pairs)."""
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    removed = []
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or q.output[0] in outputs:
+            continue
+        dq = producer.get(q.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        params = _qparams(inits, dq)
+        if params is not None and params == _qparams(inits, q):
+            rename[q.output[0]] = dq.input[0]
+            removed.append(q)
+    if not removed:
+        return
+    for node in removed:
+        graph.node.remove(node)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            while name in rename:
+                name = rename[name]
+            node.input[i] = name
+    _remove_dead_dequantize(graph)
+
+
+def _shapes_from_integers(model) -> None:
+    """``Shape``/``Size`` of a DequantizeLinear output read the integer tensor instead (same shape): otherwise ONNX
+    Runtime dequantizes a whole activation only to learn its shape (dynamic-batch reshapes, chunk)."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.op_type in ("Shape", "Size") and node.input and node.input[0] in producer:
+            dq = producer[node.input[0]]
+            if dq.op_type == "DequantizeLinear":
+                node.input[0] = dq.input[0]
+    _remove_dead_dequantize(graph)
+
+
+def _remove_dead_dequantize(graph) -> None:
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    dead = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]
+    for node in dead:
+        graph.node.remove(node)
+
+
 def _prune_initializers(model) -> None:
     graph = model.graph
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
@@ -157,23 +277,71 @@ def _prune_initializers(model) -> None:
     graph.input.extend(inputs)
 
 
-def optimized_op_types(path: str | os.PathLike, threads: int = 1) -> dict[str, int]:
-    """Op types (with counts) of the graph ONNX Runtime actually runs after its optimizations — shows whether
-    QDQ pairs became integer kernels (QLinearConv, QGemm, MatMulInteger, ...) or fell back to float."""
+def _optimized_graph(path: str | os.PathLike, threads: int = 1, level: str = "extended"):
     import onnx
     import onnxruntime as ort
 
+    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    if level not in levels:
+        raise ExportError(f"unknown ONNX Runtime optimization level '{level}': choose one of {', '.join(levels)}")
     with tempfile.TemporaryDirectory(prefix="slimkit-ort-") as tmp:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.graph_optimization_level = levels[level]
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(options.optimized_model_filepath).graph
+        return onnx.load(options.optimized_model_filepath).graph
+
+
+def optimized_op_types(path: str | os.PathLike, threads: int = 1, level: str = "extended") -> dict[str, int]:
+    """Op types (with counts) of the graph ONNX Runtime actually runs after its optimizations — shows whether
+    QDQ pairs became integer kernels (QLinearConv, QGemm, MatMulInteger, ...) or fell back to float. ``level``:
+    ``basic``, ``extended`` (where the QDQ fusions happen; the default) or ``all`` (plus layout changes)."""
     counts: dict[str, int] = {}
-    for node in graph.node:
+    for node in _optimized_graph(path, threads, level).node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+#: Ops that read a tensor's shape, not its values: not float computation even when fed dequantized data.
+_SHAPE_OPS = frozenset({"Shape", "Size"})
+
+
+def float_islands(path: str | os.PathLike, level: str = "extended") -> list[tuple[str, str]]:
+    """The float computations inside an int8 graph as ONNX Runtime runs it: ``(op_type, node name)`` of every
+    optimized-graph node that is reached from a DequantizeLinear and reaches a QuantizeLinear (through other float
+    nodes) — an op the runtime executes in float between integer parts, e.g. ``DQ → Add → Q`` where no QLinearAdd
+    was formed. A requantization (``DequantizeLinear → QuantizeLinear`` with nothing between) is listed as
+    ``("DequantizeLinear", name)``. Float ops before the first QuantizeLinear or after the last DequantizeLinear
+    (a float stem or head) are not islands. An int8 graph with no float island returns ``[]``."""
+    graph = _optimized_graph(path, level=level)
+    users = _consumers(graph)
+    producer = {out: node for node in graph.node for out in node.output}
+    boundary = {"QuantizeLinear", "DequantizeLinear"} | _SHAPE_OPS | INT8_KERNELS
+
+    def walk(starts, step) -> set[int]:
+        seen: set[int] = set()
+        stack = list(starts)
+        while stack:
+            node = stack.pop()
+            if id(node) in seen or node.op_type in boundary:
+                continue
+            seen.add(id(node))
+            stack.extend(step(node))
+        return seen
+
+    dqs = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    qs = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    after_dq = walk([u for dq in dqs for u in users.get(dq.output[0], [])],
+                    lambda n: [u for out in n.output for u in users.get(out, [])])
+    before_q = walk([producer[q.input[0]] for q in qs if q.input[0] in producer],
+                    lambda n: [producer[i] for i in n.input if i in producer])
+    islands = [(n.op_type, n.name) for n in graph.node if id(n) in after_dq and id(n) in before_q]
+    islands += [("DequantizeLinear", dq.name) for dq in dqs
+                if any(u.op_type == "QuantizeLinear" for u in users.get(dq.output[0], []))]
+    return islands
 
 
 def int8_kernel_count(path: str | os.PathLike) -> int:
@@ -191,13 +359,17 @@ class _Reader:
         return next(self._it, None)
 
 
-def _calibration_batches(loader: Iterable) -> list[torch.Tensor]:
+def _calibration_batches(loader: Iterable, largest: int = 64) -> list[torch.Tensor]:
+    """The calibration images in batches of one size (the largest divisor of their number up to ``largest``):
+    ONNX Runtime's histogram calibrators stack the outputs of all batches and fail on a short last batch."""
     from slimkit.quantize._ptq import _batches
 
     batches = list(_batches(loader))
     if not batches:
         raise ExportError("the calibration loader yielded no batches: give it at least one batch of inputs")
-    return batches
+    images = torch.cat([b.detach().cpu() for b in batches])
+    size = max(d for d in range(1, min(largest, len(images)) + 1) if len(images) % d == 0)
+    return list(images.split(size))
 
 
 def ort_quantize_static(

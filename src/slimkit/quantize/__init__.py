@@ -4,6 +4,9 @@ the reconstruction methods GPTQ, AWQ, SmoothQuant and AdaRound.
 ``quantize(model, example_inputs, QuantConfig(method="gptq", weight_bits=4, group_size=128, activation_bits=None),
 data=loader)`` returns a new model; what happened to each layer is in ``quant_report(result)``. Deploy int8 with
 ``slimkit.export.export_qdq``, int4 weight-only with ``slimkit.export.export_matmul_nbits``.
+Activation quantizers are placed over the traced graph (``QuantConfig(placement="graph")``, the default), so that
+residual additions, concatenations, pooling and reshapes run as integer kernels in ONNX Runtime too
+(``slimkit.export.float_islands`` checks a file).
 """
 
 from slimkit._select import matches_any as matches
@@ -24,6 +27,7 @@ from slimkit.quantize._observers import (
     qparams_from_range,
 )
 from slimkit.quantize._ptq import (
+    PLACEMENTS,
     SUPPORTED_LAYERS,
     QuantConfig,
     QuantReport,
@@ -45,6 +49,7 @@ from slimkit.quantize._weight_only import quantize_weights, weight_codes
 __all__ = [
     "METHODS",
     "OBSERVERS",
+    "PLACEMENTS",
     "SUPPORTED_LAYERS",
     "AWQOptions",
     "AdaRoundOptions",

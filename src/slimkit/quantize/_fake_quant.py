@@ -97,19 +97,30 @@ class FakeQuantize(nn.Module):
 def _export_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """The same arithmetic as :func:`fake_quantize`, written with ops the ONNX exporter turns into
     QuantizeLinear/DequantizeLinear. ONNX grids are 8-bit; a narrower grid is reproduced exactly by clamping the
-    float input to the grid's end points first (they are grid points, so rounding is unchanged)."""
+    float input to the grid's end points first (they are grid points, so rounding is unchanged).
+
+    The qparams enter the trace as constants (Python numbers, or tensors rebuilt from lists), not as operations on
+    the module's buffers: the exported graph then holds one QuantizeLinear/DequantizeLinear pair per quantizer and
+    nothing to fold, which keeps the export of large int8 graphs fast."""
     container = (-128, 127) if spec.symmetric else (0, 255)
-    zp = zero_point.round().to(torch.int32)
-    if spec.ch_axis is not None and scale.numel() > 1:
+    narrow = (spec.qmin, spec.qmax) != container
+    with torch.no_grad():
+        scales = scale.detach().reshape(-1).double().tolist()
+        zeros = [round(z) for z in zero_point.detach().reshape(-1).tolist()]
+    if spec.ch_axis is not None and len(scales) > 1:
         shape = [1] * x.dim()
         shape[spec.ch_axis] = -1
-        lo = ((spec.qmin - zero_point) * scale).reshape(shape)
-        hi = ((spec.qmax - zero_point) * scale).reshape(shape)
-        x = torch.maximum(torch.minimum(x, hi), lo) if (spec.qmin, spec.qmax) != container else x
-        return torch.fake_quantize_per_channel_affine(x, scale, zp, spec.ch_axis, *container)
-    if (spec.qmin, spec.qmax) != container:
-        x = torch.clamp(x, float((spec.qmin - zero_point) * scale), float((spec.qmax - zero_point) * scale))
-    return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zp.reshape(()), *container)
+        if narrow:
+            lo = torch.tensor([(spec.qmin - z) * s for s, z in zip(scales, zeros)], dtype=x.dtype).reshape(shape)
+            hi = torch.tensor([(spec.qmax - z) * s for s, z in zip(scales, zeros)], dtype=x.dtype).reshape(shape)
+            x = torch.maximum(torch.minimum(x, hi), lo)
+        return torch.fake_quantize_per_channel_affine(
+            x, torch.tensor(scales, dtype=torch.float32), torch.tensor(zeros, dtype=torch.int32), spec.ch_axis,
+            *container)
+    s, z = scales[0], zeros[0]
+    if narrow:
+        x = torch.clamp(x, (spec.qmin - z) * s, (spec.qmax - z) * s)
+    return torch.fake_quantize_per_tensor_affine(x, float(torch.tensor(s, dtype=torch.float32)), z, *container)
 
 
 class QuantWrapper(nn.Module):
@@ -132,12 +143,15 @@ class QuantWrapper(nn.Module):
         self.output_quant = output_quant
         self.relu = relu
         self.enabled = True
+        # Set by graph placement: the traced forward applies the activation quantizers (shared with the neighbouring
+        # ops); the wrapper keeps references to them only for the bias grid and the packed size.
+        self.graph_quantized = False
         # profile() attributes a layer's bytes to the module owning the parameters (the inner layer), so the inner
         # layer reports the packed size computed here.
         layer.slimkit_storage_bytes = _PackedStorage(self)
 
     def extra_repr(self) -> str:
-        return f"relu={self.relu}, enabled={self.enabled}"
+        return f"relu={self.relu}, enabled={self.enabled}, graph_quantized={self.graph_quantized}"
 
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_quant(self.layer.weight)
@@ -155,7 +169,7 @@ class QuantWrapper(nn.Module):
         if not self.enabled:
             y = self.layer(x)
             return F.relu(y) if self.relu else y
-        if self.input_quant is not None:
+        if self.input_quant is not None and not self.graph_quantized:
             x = self.input_quant(x)
         weight = self.weight_quant(self.layer.weight)
         bias = self._bias(self.weight_quant.qparams(self.layer.weight)[0])
@@ -170,7 +184,7 @@ class QuantWrapper(nn.Module):
             y = F.linear(x, weight, bias)
         if self.relu:
             y = F.relu(y)
-        if self.output_quant is not None:
+        if self.output_quant is not None and not self.graph_quantized:
             y = self.output_quant(y)
         return y
 
@@ -206,7 +220,9 @@ class _PackedStorage:
 
 
 def _round_to_grid(bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return bias + (torch.round(bias / scale) * scale - bias).detach()
+    """The bias as int32 codes on ``scale`` store it (saturating at the int32 range, as the exporter does)."""
+    codes = torch.clamp(torch.round(bias.double() / scale.double()), -(2.0**31), 2.0**31 - 1)
+    return bias + ((codes * scale.double()).to(bias.dtype) - bias).detach()
 
 
 def _register_profile_hooks() -> None:

@@ -26,6 +26,8 @@ from slimkit.quantize._observers import OBSERVERS, QuantSpec, check_bits
 log = logging.getLogger(__name__)
 
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+#: Where activation quantizers go: over the traced graph (int8 end to end) or around each Conv/Linear only.
+PLACEMENTS = ("graph", "layers")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,10 @@ class QuantConfig:
     default; ``"ptq"`` is the same), ``"gptq"``, ``"adaround"``, ``"awq"``, ``"smoothquant"``, combinations like
     ``"smoothquant+gptq"`` and options like ``"gptq:damp=0.02"``. ``group_size`` gives every ``group_size`` input
     columns of each output channel their own scale (weight-only; the ``MatMulNBits`` layout), ``weight_symmetric=False``
-    adds a zero point per group (weight-only). ``skip``/``layers`` take module names, globs or ``re:`` regexes;
+    adds a zero point per group (weight-only). ``placement="graph"`` (default) places activation quantizers
+    over the traced graph so that residual additions, concatenations, pooling and reshapes run in int8 too (see
+    ``slimkit.quantize._placement``); ``"layers"`` quantizes only each Conv/Linear's input and output (and is what
+    an untraceable model gets). ``skip``/``layers`` take module names, globs or ``re:`` regexes;
     ``keep_sensitive=k`` keeps the k layers whose quantization hurts the output most in float (a per-layer sweep).
     ``bias_correction`` applies empirical bias correction (Nagel et al. 2019 §4.2), ``equalize`` cross-layer
     equalization (same paper, §4.1) before quantizing; ``lsq`` makes the scales
@@ -61,6 +66,7 @@ class QuantConfig:
     method: str = "rtn"
     group_size: int | None = None
     weight_symmetric: bool = True
+    placement: str = "graph"
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight bit width")
@@ -74,13 +80,22 @@ class QuantConfig:
         for name in ("skip", "layers"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"placement {self.placement!r} is unknown: use one of {', '.join(PLACEMENTS)}")
         if not isinstance(self.keep_sensitive, int) or self.keep_sensitive < 0:
             raise ConfigError(f"keep_sensitive {self.keep_sensitive!r} must be an integer ≥ 0 (layers kept in float)")
 
 
 @dataclass
 class QuantReport:
-    """What quantization did to each layer."""
+    """What quantization did to each layer.
+
+    ``placement`` is where activation quantizers went (``"graph"`` or ``"layers"``); with graph placement,
+    ``int8_ops`` names the traced ops that run as integer kernels (layers, additions, concatenations, pooling),
+    ``float_ops`` the ops left in float next to quantized tensors (op → why: no integer kernel, or never ran), and
+    ``shared_scales`` the tensors that share one quantizer by construction (concatenation inputs and output, the
+    inputs of a layer called more than once).
+    """
 
     quantized: list[str] = field(default_factory=list)
     float_layers: dict[str, str] = field(default_factory=dict)
@@ -89,6 +104,10 @@ class QuantReport:
     bias_corrected: list[str] = field(default_factory=list)
     equalized: list[tuple[str, str]] = field(default_factory=list)
     shared_input_quant: list[tuple[str, str]] = field(default_factory=list)
+    placement: str = "layers"
+    int8_ops: list[str] = field(default_factory=list)
+    float_ops: dict[str, str] = field(default_factory=dict)
+    shared_scales: dict[str, list[str]] = field(default_factory=dict)
     sensitivity: dict[str, float] = field(default_factory=dict)
     calibration_batches: int = 0
     config: dict[str, Any] = field(default_factory=dict)
@@ -130,9 +149,16 @@ def _check_selection(model: nn.Module, config: QuantConfig) -> None:
                               "`layers` (they stay in float)")
 
 
-def prepare(model: nn.Module, config: QuantConfig, *, dynamic_weights: bool = False) -> tuple[nn.Module, QuantReport]:
+def prepare(
+    model: nn.Module, config: QuantConfig, *, dynamic_weights: bool = False,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+) -> tuple[nn.Module, QuantReport]:
     """A copy of ``model`` with BN folded and the selected Conv2d/Linear layers wrapped in observing
-    :class:`QuantWrapper` s (nothing is quantized until :func:`freeze_`)."""
+    :class:`QuantWrapper` s (nothing is quantized until :func:`freeze_`).
+
+    With activation quantization, ``config.placement == "graph"`` and ``example_inputs`` given, the activation
+    quantizers are placed over the traced graph (:func:`place_activation_quantizers_`); otherwise around each
+    layer. The report's ``placement`` says which happened (and ``float_layers["<graph>"]`` why not the graph)."""
     _check_selection(model, config)
     model = copy.deepcopy(model).eval()
     report = QuantReport(config={k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(config).items()})
@@ -172,6 +198,12 @@ def prepare(model: nn.Module, config: QuantConfig, *, dynamic_weights: bool = Fa
             report.fused_relu.append(name)
         set_submodule(model, name, QuantWrapper(layer, weight_quant, input_quant, output_quant, relu=relu))
         report.quantized.append(name)
+    if config.activation_bits is not None and config.placement == "graph" and report.quantized:
+        if example_inputs is None:
+            report.float_layers["<graph>"] = "no example inputs given: activations quantized around layers only"
+        elif _place_on_graph(model, config, example_inputs, report):
+            model.slimkit_quant_report = report
+            return model, report
     for consumer, producer in facts.grid_inputs:
         if consumer in selected and producer in selected:
             source, target = model.get_submodule(producer), model.get_submodule(consumer)
@@ -180,6 +212,33 @@ def prepare(model: nn.Module, config: QuantConfig, *, dynamic_weights: bool = Fa
                 report.shared_input_quant.append((consumer, producer))
     model.slimkit_quant_report = report
     return model, report
+
+
+def _place_on_graph(model: nn.Module, config: QuantConfig, example_inputs, report: QuantReport) -> bool:
+    from slimkit.quantize._placement import place_activation_quantizers_
+
+    aspec = QuantSpec(config.activation_bits, symmetric=False)
+
+    def make() -> FakeQuantize:
+        return FakeQuantize(aspec, config.observer, learnable=config.lsq, **config.observer_options)
+
+    try:
+        placement = place_activation_quantizers_(model, example_inputs, make)
+    except Exception as error:  # torch.fx cannot trace every model: layer placement still works
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        log.warning("graph placement failed for %s (%s): quantizing activations around layers only",
+                    type(model).__name__, first)
+        report.float_layers["<graph>"] = f"could not trace the graph ({first}): activations quantized around layers"
+        return False
+    report.placement = "graph"
+    layers = wrappers(model)
+    report.shared_input_quant = [(consumer, producer) for consumer, c in layers.items()
+                                 for producer, p in layers.items()
+                                 if c.input_quant is not None and c.input_quant is p.output_quant]
+    report.int8_ops = placement.int8_ops
+    report.float_ops = placement.float_ops
+    report.shared_scales = placement.shared
+    return True
 
 
 def _batches(loader: Iterable) -> Iterable[torch.Tensor]:
@@ -235,6 +294,16 @@ def freeze_(model: nn.Module) -> nn.Module:
             if id(quant) not in frozen:
                 quant.freeze_()
                 frozen.add(id(quant))
+    graph_quants = getattr(model, "slimkit_act_quant", None)
+    for key, quant in (graph_quants.items() if graph_quants is not None else ()):
+        if id(quant) in frozen:
+            continue
+        if quant.observer.lo is None:  # its tensor was never computed (an unused branch): it stays a pass-through
+            if report is not None:
+                report.float_ops[key] = "never ran during calibration"
+            continue
+        quant.freeze_()
+        frozen.add(id(quant))
     return model
 
 
@@ -305,7 +374,7 @@ def quantize_ptq(
 
         return quantize(model, example_inputs, config, data=calibration_loader)
     check_loader(calibration_loader)
-    qmodel, report = prepare(model, config)
+    qmodel, report = prepare(model, config, example_inputs=example_inputs)
     _check_equivalent(model, qmodel, example_inputs)
     report.calibration_batches = calibrate_(qmodel, calibration_loader)
     freeze_(qmodel)

@@ -30,7 +30,7 @@ def quantize_qat(
     """
     config = config or QuantConfig()
     check_loader(calibration_loader)
-    qmodel, report = prepare(model, config, dynamic_weights=True)
+    qmodel, report = prepare(model, config, dynamic_weights=True, example_inputs=example_inputs)
     _check_equivalent(model, qmodel, example_inputs)
     report.calibration_batches = calibrate_(qmodel, calibration_loader)
     freeze_(qmodel)
