@@ -45,7 +45,7 @@ def test_demo_quick_runs_every_family_and_writes_one_report(tmp_path):
     done = subprocess.run([sys.executable, "-m", "slimkit.cli", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "cache" / "lenet5-mnist-e1-n10000.pt").is_file()
+    assert (tmp_path / "cache" / "lenet5-mnist-e2-n20000.pt").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     labels = [r["label"] for r in metrics["stages"]]
     assert labels[0] == "baseline" and len(labels) == 1 + len(available_families())

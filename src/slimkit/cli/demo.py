@@ -17,7 +17,8 @@ from pathlib import Path
 from slimkit.cli._common import console, print_profile, print_table, stage_printer, write_json
 
 DEMO_EPOCHS = 5
-QUICK_EPOCHS, QUICK_SAMPLES = 1, 10_000
+# 2 epochs on 20k images reach ~97.7% test accuracy in ~11 s; 1 epoch on 10k stopped at ~92%, too weak a baseline
+QUICK_EPOCHS, QUICK_SAMPLES = 2, 20_000
 MARKER = "demo.json"
 
 
@@ -68,8 +69,8 @@ def trained_baseline(name: str, epochs: int, *, retrain: bool = False, train_sam
 
 
 def baseline_plan(quick: bool, retrain: bool) -> tuple[int, int | None]:
-    """(epochs, training subset) of the demo's baseline: the full 5-epoch model, or for ``--quick`` a 1-epoch model
-    on 10,000 images unless the full one is already cached (then ``--quick`` reuses it)."""
+    """(epochs, training subset) of the demo's baseline: the full 5-epoch model, or for ``--quick`` a 2-epoch model
+    on 20,000 images unless the full one is already cached (then ``--quick`` reuses it)."""
     full = cache_dir() / f"lenet5-mnist-e{DEMO_EPOCHS}.pt"
     if not quick or (full.is_file() and not retrain):
         return DEMO_EPOCHS, None
