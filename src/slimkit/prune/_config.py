@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from slimkit._errors import ConfigError
-
-if TYPE_CHECKING:
-    from slimkit.prune._latency import LatencyTarget
+from slimkit.prune._latency import LatencyTarget
 
 SCOPES = ("layer", "global")
 
@@ -49,6 +46,12 @@ class PruneConfig:
     batches: int = 4
     seed: int = 0
     criterion_options: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.target_latency is not None:  # a recipe's prune stage builds the config: fail at its line
+            from slimkit.prune._latency import check_config
+
+            check_config(self)
 
     def validate(self) -> PruneConfig:
         """Raise :class:`ConfigError` naming the bad field and the fix; returns self."""
