@@ -128,3 +128,25 @@ def test_an_unreachable_target_names_the_reachable_one(table):
                                           r"target_latency ≥ 0\.\d\d"):
         prune_to_latency(Net().eval(), X, PruneConfig(target_latency=LatencyTarget(0.05, batch=8, measure=False)),
                          table=table)
+
+
+def test_prune_command_reaches_a_latency_target_from_a_cached_table(tmp_path, monkeypatch, capsys):
+    """``slimkit prune lenet5 --latency 0.6``: the table comes from the machine's cache (filled here by the MAC
+    measurer, so nothing is timed), the result records predicted vs measured and the CLI prints both."""
+    import json
+
+    from slimkit import models
+    from slimkit.cli import main
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path / "cache"))
+    build_latency_table(models.create("lenet5"), torch.zeros(1, 1, 28, 28), batch=1,
+                        cache_dir=tmp_path / "cache" / "latency", measurer=MacMeasurer(step=16, other=0.05))
+    assert main(["prune", "lenet5", "--data", "mnist", "--latency", "0.6", "--out", str(tmp_path / "out"),
+                 "--eval-samples", "100", "--no-latency"]) == 0
+    printed = capsys.readouterr().out
+    assert "latency target 0.6 at batch 1: predicted 0." in printed
+    stage = json.loads((tmp_path / "out" / "metrics.json").read_text())["stages"][1]
+    target = stage["notes"]["latency_target"]
+    first = target["rounds"][0]  # later rounds correct the (synthetic) table by real measurements
+    assert first["predicted"] <= 0.6 and target["measured"]["status"] in ("ok", "too noisy")
+    assert stage["macs"] < json.loads((tmp_path / "out" / "metrics.json").read_text())["stages"][0]["macs"]
