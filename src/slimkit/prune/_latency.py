@@ -335,7 +335,7 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
                           f"narrowest measured width (unprunable layers and other ops take "
                           f"{table.other:.0%}): use target_latency ≥ {math.ceil(floor * 100) / 100:.2f}")
     rounds: list[dict[str, Any]] = []
-    best: tuple[nn.Module, LatencyPlan, dict | None] | None = None
+    tried: list[tuple[nn.Module, LatencyPlan, dict[str, Any] | None]] = []
     goal = target.ratio
     x = _batched(inputs, batch)
     for attempt in range(target.refine + 1):
@@ -347,22 +347,25 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
             measured = {"ratio": cmp.ratio, "p10": cmp.ratio_p10, "p90": cmp.ratio_p90, "aa": cmp.aa_ratio,
                         "status": cmp.status}
         rounds.append({"goal": goal, "predicted": plan.predicted, "measured": measured})
+        tried.append((pruned, plan, measured))
         log.info("latency target %.3f: round %d predicted %.3f, measured %s", target.ratio, attempt, plan.predicted,
                  "—" if measured is None else measured["status"] if measured["ratio"] is None
                  else f"{measured['ratio']:.3f}")
-        hit = measured is None or measured["ratio"] is None or (
-            measured["ratio"] <= target.ratio * (1 + target.tolerance))
-        if best is None or hit or (measured and measured["ratio"] and best[2] and best[2]["ratio"]
-                                   and measured["ratio"] < best[2]["ratio"]):
-            best = (pruned, plan, measured)
         if measured is None or measured["ratio"] is None:
             break  # nothing trustworthy to correct with
-        error = measured["ratio"] / target.ratio
-        if abs(error - 1) <= target.tolerance:
+        if abs(measured["ratio"] / target.ratio - 1) <= target.tolerance:
             break
-        goal = min(0.999, max(floor, goal / error))
-    assert best is not None
-    pruned, plan, measured = best
+        # the runtime is measured/predicted times the table's prediction here: aim the table that much off
+        goal = min(0.999, max(floor, target.ratio * plan.predicted / measured["ratio"]))
+    hits = [t for t in tried if t[2] is not None and t[2]["ratio"] is not None
+            and t[2]["ratio"] <= target.ratio * (1 + target.tolerance)]
+    timed = [t for t in tried if t[2] is not None and t[2]["ratio"] is not None]
+    if hits:  # the hit that keeps the most importance
+        pruned, plan, measured = min(hits, key=lambda t: t[1].lost)
+    elif timed:  # none hit: the fastest
+        pruned, plan, measured = min(timed, key=lambda t: t[2]["ratio"])
+    else:
+        pruned, plan, measured = tried[-1]
     info = dict(pruning_info(pruned) or {})
     info["latency"] = {
         "target": target.ratio, "batch": batch, "threads": target.threads, "predicted": plan.predicted,
