@@ -32,9 +32,9 @@ TITLE = "Latency-aware pruning (ONNX Runtime latency targets)"
 TARGETS = (0.5, 0.3)
 #: bump when the measuring code changes, so cached records are measured again
 VERSION = 1
-#: (criterion, min_keep) tried for slimkit's latency target, chosen per target on the validation split (a floor a
-#: target cannot be reached with is skipped)
-CANDIDATES = (("l1", 0.25), ("l1", 0.125), ("l1", 0.5), ("taylor", 0.25), ("taylor", 0.125), ("taylor", 0.5))
+#: (criterion, min_keep, sub_block) tried for slimkit's latency target, chosen per target on the validation split
+#: (a candidate that cannot reach a target is skipped for it)
+CANDIDATES = (("l1", 0.25, False), ("taylor", 0.25, False), ("l1", 0.125, True), ("taylor", 0.125, True))
 ZOO_224 = (("mobilenet_v2", {}), ("resnet18", {}), ("resnet50", {}), ("shufflenet_v2", {}))
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def _settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {"finetune_images": 1000, "valid_images": 2000, "repeats": 10, "candidates": 1, "zoo": 1,
                 "batch": 64, "batch_224": 8}
-    return {"finetune_images": 10000, "valid_images": 10000, "repeats": 30, "candidates": len(CANDIDATES),
+    return {"finetune_images": 20000, "valid_images": 10000, "repeats": 30, "candidates": len(CANDIDATES),
             "zoo": len(ZOO_224), "batch": 64, "batch_224": 8}
 
 
@@ -172,36 +172,38 @@ def _resnet20(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
     table = build_latency_table(base, x, batch=s["batch"], threads=LATENCY_THREADS, cache_dir=tmp)
     table_s = time.perf_counter() - began
 
-    def ours(target: float, criterion: str, min_keep: float, measure: bool) -> nn.Module:
+    def ours(target: float, criterion: str, min_keep: float, sub_block: bool, measure: bool) -> nn.Module:
         config = PruneConfig(criterion=criterion, target_latency=LatencyTarget(
-            target, batch=s["batch"], threads=LATENCY_THREADS, min_keep=min_keep, measure=measure,
-            refine=1 if measure else 0))
+            target, batch=s["batch"], threads=LATENCY_THREADS, min_keep=min_keep, sub_block=sub_block,
+            measure=measure, refine=1 if measure else 0))
         return prune_to_latency(base, x, config, data=data.calibration, table=table)
 
     # validation: which (criterion, min_keep) to use for each target, by validation accuracy after the fine-tune
     tuning: list[dict[str, Any]] = []
     chosen: dict[float, dict[str, Any]] = {}
     for target in TARGETS:
-        for criterion, min_keep in CANDIDATES[:s["candidates"]]:
+        for criterion, min_keep, sub_block in CANDIDATES[:s["candidates"]]:
+            entry = {"criterion": criterion, "min_keep": min_keep, "sub_block": sub_block, "target": target}
             try:
-                model = ours(target, criterion, min_keep, measure=False)
-            except ConfigError as error:  # this floor cannot reach the target: the candidate is out
-                tuning.append({"criterion": criterion, "min_keep": min_keep, "target": target,
-                               "valid_accuracy": None, "note": str(error).split(":")[0]})
+                model = ours(target, criterion, min_keep, sub_block, measure=False)
+            except ConfigError as error:  # this candidate cannot reach the target: it is out
+                tuning.append({**entry, "valid_accuracy": None, "note": "target out of reach: "
+                               + str(error).split("use ")[-1].split(",")[0]})
                 continue
-            key = f"tune|{_widths_key(model)}|{criterion}|{min_keep}|{target}|{s}"
+            key = f"tune|{_widths_key(model)}|{criterion}|{min_keep}|{sub_block}|{target}|{s}"
             acc = _cached(key, lambda model=model: _acc(_finetune(model, train), valid))
-            tuning.append({"criterion": criterion, "min_keep": min_keep, "target": target, "valid_accuracy": acc,
-                           "predicted": pruning_info(model)["latency"]["predicted"]})
+            tuning.append({**entry, "valid_accuracy": acc, "predicted": pruning_info(model)["latency"]["predicted"],
+                           "mac_ratio": _macs(model, x) / base_macs})
         tried = [t for t in tuning if t["target"] == target and t["valid_accuracy"] is not None]
-        best = max(tried, key=lambda t: t["valid_accuracy"]) if tried else {"criterion": "l1", "min_keep": 0.125}
-        chosen[target] = {"criterion": best["criterion"], "min_keep": best["min_keep"]}
+        best = max(tried, key=lambda t: t["valid_accuracy"]) if tried else dict(zip(
+            ("criterion", "min_keep", "sub_block"), CANDIDATES[-1]))
+        chosen[target] = {k: best[k] for k in ("criterion", "min_keep", "sub_block")}
 
     rows: list[list[Any]] = [["unpruned", "", base_macs, 1.0, "1 (reference)", "1 (reference)", "", "",
                               _acc(base, data.test)]]
     records: list[dict[str, Any]] = []
     for target in TARGETS:
-        mine = ours(target, chosen[target]["criterion"], chosen[target]["min_keep"], measure=True)
+        mine = ours(target, *chosen[target].values(), measure=True)
         info = pruning_info(mine)["latency"]
         macs = _macs(mine, x)
         methods: list[tuple[str, nn.Module | None, str]] = [("slimkit latency target", mine, "ok")]
@@ -231,14 +233,31 @@ def _resnet20(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
             records.append({"target": target, "method": label, **r, "mac_ratio": mac_ratio,
                             "speedup_share_of_mac_reduction_b64": efficiency, "predicted": predicted,
                             "rounds": info["rounds"] if model is mine else None})
+    goals = []
+    for target in TARGETS:
+        by = {r["method"]: r for r in records if r["target"] == target and "test_accuracy" in r}
+        mine_r, uni = by.get("slimkit latency target"), by.get("uniform L1, same predicted latency")
+        if mine_r is None:
+            continue
+        eff = mine_r["speedup_share_of_mac_reduction_b64"]
+        line = (f"{target}×: speed-up = {'too noisy to tell' if eff is None else f'{eff:.0%}'} of the MAC reduction "
+                f"(goal ≥ 85%)")
+        if uni is not None:
+            line += (f"; test accuracy {mine_r['test_accuracy']:.2%} against {uni['test_accuracy']:.2%} for uniform "
+                     f"L1 at the same predicted latency (measured b64 {latency_cell(mine_r['b64'], aa=False)} vs "
+                     f"{latency_cell(uni['b64'], aa=False)})")
+        goals.append(f"- {line}.")
     table_md = markdown_table(["method", "target", "MACs", "MAC ratio", "latency ratio b64 (p10–p90), A/A",
                                "latency ratio b1", "predicted b64", "speed-up ÷ MAC reduction (b64)",
                                "test accuracy"], rows)
-    tune_md = markdown_table(["target", "criterion", "min_keep", "validation accuracy", "predicted b64"],
-                             [[f"{t['target']}×", t["criterion"], t["min_keep"],
+    tune_md = markdown_table(["target", "criterion", "min_keep", "sub_block", "validation accuracy", "predicted b64",
+                              "MAC ratio"],
+                             [[f"{t['target']}×", t["criterion"], t["min_keep"], t["sub_block"],
                                t.get("note") if t["valid_accuracy"] is None else t["valid_accuracy"],
-                               round(t["predicted"], 3) if "predicted" in t else ""] for t in tuning])
-    picks = "; ".join(f"{t}×: `{c['criterion']}`, `min_keep={c['min_keep']}`" for t, c in chosen.items())
+                               round(t["predicted"], 3) if "predicted" in t else "",
+                               round(t["mac_ratio"], 3) if "mac_ratio" in t else ""] for t in tuning])
+    picks = "; ".join(f"{t}×: `{c['criterion']}`, `min_keep={c['min_keep']}`, `sub_block={c['sub_block']}`"
+                      for t, c in chosen.items())
     text = f"""### ResNet-20 on MNIST, latency targets at batch {s['batch']}
 
 Baseline `trained("resnet20", 4)`. slimkit: `PruneConfig(target_latency=LatencyTarget(t, batch={s['batch']}))`
@@ -251,6 +270,8 @@ set, touched once for this table. Chosen per target on the validation split (fir
 saved. Latency: {LATENCY_METHOD}.
 
 {table_md}
+
+{chr(10).join(goals)}
 
 Validation runs (predicted latency only, no correction round):
 

@@ -125,9 +125,22 @@ def test_conflicting_or_malformed_targets_are_rejected():
 
 def test_an_unreachable_target_names_the_reachable_one(table):
     with pytest.raises(ConfigError, match=r"target_latency 0.05 is below what pruning can reach .* use "
-                                          r"target_latency ≥ 0\.\d\d"):
+                                          r"target_latency ≥ 0\.\d\d, or allow widths below one kernel block"):
         prune_to_latency(Net().eval(), X, PruneConfig(target_latency=LatencyTarget(0.05, batch=8, measure=False)),
                          table=table)
+
+
+def test_sub_block_widths_reach_lower_targets(table):
+    """0.14 is below the floor of 16-channel steps at min_keep 0.125; a quarter-block width (4, 8, 12) gets there."""
+    def prune(sub_block):
+        target = LatencyTarget(0.14, batch=8, measure=False, min_keep=0.125, sub_block=sub_block)
+        return prune_to_latency(Net().eval(), X, PruneConfig(target_latency=target), table=table)
+
+    with pytest.raises(ConfigError, match="sub_block=True"):
+        prune(False)
+    widths = _widths(prune(True))
+    assert table.predict_ratio(widths) <= 0.14
+    assert any(0 < w < 16 for cin, cout in widths.values() for w in (cin, cout) if w not in (3, 10))
 
 
 def test_prune_command_reaches_a_latency_target_from_a_cached_table(tmp_path, monkeypatch, capsys):
