@@ -63,7 +63,7 @@ class LatencyTarget:
     ratio: float
     batch: int | None = None
     threads: int = 1
-    refine: int = 1
+    refine: int = 2
     measure: bool = True
     tolerance: float = 0.05
     max_points: int = 6
@@ -308,6 +308,19 @@ def min_ratio(table: Any, groups: list[_Group]) -> float:
 # --- the entry point ---------------------------------------------------------------------------------------------
 
 
+def _next_goal(target: float, rounds: list[dict[str, Any]]) -> float:
+    """The table ratio to aim at next: the secant through the last two (predicted, measured) rounds where they
+    differ, else the last round scaled by measured/predicted (the runtime is that far off the table here)."""
+    timed = [(r["predicted"], r["measured"]["ratio"]) for r in rounds
+             if r["measured"] is not None and r["measured"]["ratio"] is not None]
+    (p1, m1) = timed[-1]
+    if len(timed) >= 2:
+        p0, m0 = timed[-2]
+        if abs(p1 - p0) > 1e-6 and (m1 - m0) / (p1 - p0) > 0:
+            return p1 + (target - m1) * (p1 - p0) / (m1 - m0)
+    return target * p1 / m1
+
+
 def _batched(inputs: tuple, batch: int) -> tuple:
     return tuple(x.expand(batch, *x.shape[1:]).contiguous().clone() if isinstance(x, torch.Tensor) and x.dim() > 0
                  else x for x in inputs)
@@ -367,8 +380,7 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
             break  # nothing trustworthy to correct with
         if abs(measured["ratio"] / target.ratio - 1) <= target.tolerance:
             break
-        # the runtime is measured/predicted times the table's prediction here: aim the table that much off
-        goal = min(0.999, max(floor, target.ratio * plan.predicted / measured["ratio"]))
+        goal = min(0.999, max(floor, _next_goal(target.ratio, rounds)))
     hits = [t for t in tried if t[2] is not None and t[2]["ratio"] is not None
             and t[2]["ratio"] <= target.ratio * (1 + target.tolerance)]
     timed = [t for t in tried if t[2] is not None and t[2]["ratio"] is not None]
