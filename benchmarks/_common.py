@@ -119,28 +119,34 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def machine_line(info: dict[str, Any]) -> str:
+    """One line naming the machine, the versions and the commit a result came from."""
+    v = info["versions"]
+    return (f"{info['cpu']}, {info['cores']} cores (AVX2 {info['avx2']}, AVX512-VNNI {info['avx512_vnni']}, "
+            f"AVX-VNNI {info['avx_vnni']}); " + ", ".join(f"{k} {val}" for k, val in v.items())
+            + f"; commit {info['commit']}")
+
+
 def write_section(section: Section, quick: bool) -> None:
+    """Write ``results/<topic>.md`` and ``.json``; both record the machine, versions and commit of this run."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    header = f"## {section.title}\n\n_Measured {machine_info()['date']}{' with --quick' if quick else ''}._\n\n"
+    info = machine_info()
+    header = (f"## {section.title}\n\n_Measured {info['date']}{' with --quick' if quick else ''} on "
+              f"{machine_line(info)}._\n\n")
     write_text_atomic(RESULTS / f"{section.topic}.md", header + section.markdown.strip() + "\n")
-    write_text_atomic(RESULTS / f"{section.topic}.json", json.dumps(section.data, indent=2, default=str) + "\n")
+    payload = {"machine": info, "quick": quick, **section.data}
+    write_text_atomic(RESULTS / f"{section.topic}.json", json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def assemble() -> str:
-    """Rebuild BENCHMARKS.md from every section in ``benchmarks/results``."""
-    info = machine_info()
-    v = info["versions"]
+    """Rebuild BENCHMARKS.md from every section in ``benchmarks/results`` (each names its own machine and commit)."""
     lines = [
         "# slimkit benchmarks",
         "",
         "Regenerate with `python -m benchmarks.run` (all) or `python -m benchmarks.run --only TOPIC`;"
-        " `--quick` gives a smoke run with fewer epochs. Latency is always a ratio to the baseline measured"
-        f" in the same run: {LATENCY_METHOD}.",
-        "",
-        f"- machine: {info['cpu']}, {info['cores']} cores; AVX2 {info['avx2']}, AVX512-VNNI {info['avx512_vnni']},"
-        f" AVX-VNNI {info['avx_vnni']}",
-        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"- assembled {info['date']} at commit {info['commit']}",
+        " `--quick` gives a smoke run with fewer epochs. Every number below comes from the result file its section's"
+        " run wrote (`benchmarks/results/<topic>.json`); each section names the machine, versions and commit it ran"
+        f" on. Latency is always a ratio to the baseline measured in the same run: {LATENCY_METHOD}.",
         "",
     ]
     for path in sorted(RESULTS.glob("*.md")):

@@ -290,11 +290,11 @@ def _resnet20(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
 
 Baseline `trained("resnet20", 4)`. slimkit: `PruneConfig(target_latency=LatencyTarget(t, batch={s['batch']}))`
 on a latency table measured on this machine ({table_s:.0f} s to build; {len(table.layers)} layers, other ops
-{table.other:.0%} of the run time), up to two measured correction rounds (secant on predicted vs measured). Every model then gets the same fine-tune: 1 epoch
-on the first {s['finetune_images']} training images (SGD lr 0.01, cosine); accuracy on the full 10,000-image test
-set, touched once for this table. Chosen per target on the validation split (first {s['valid_images']} of MNIST's
-10,000 validation images, after the same fine-tune): {picks}.
-"Speed-up ÷ MAC reduction" = (1 / latency ratio) ÷ (1 / MAC ratio): 100% means every MAC removed became time
+{table.other:.0%} of the run time), up to two measured correction rounds (secant on predicted vs measured).
+Every model then gets the same fine-tune: 1 epoch on the first {s['finetune_images']} training images (SGD lr
+0.01, cosine); accuracy on the full 10,000-image test set, touched once for this table. Chosen per target on the
+validation split (first {s['valid_images']} of MNIST's 10,000 validation images, after the same fine-tune):
+{picks}. "Speed-up ÷ MAC reduction" = (1 / latency ratio) ÷ (1 / MAC ratio): 100% means every MAC removed became time
 saved. Latency: {LATENCY_METHOD}.
 
 {table_md}

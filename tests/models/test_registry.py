@@ -2,14 +2,15 @@ import pytest
 import torch
 
 from slimkit import ModelSpecError, models
-from slimkit.analysis import profile
+from slimkit.analysis import output_logits, profile
 
 
 @pytest.mark.parametrize("name", models.names())
 def test_every_registered_model_runs_at_its_default_shape(name):
     model = models.create(name).eval()
-    x = torch.randn(2, *models.default_input_shape(name))
-    out = model(x)
+    x = models.example_input(name, 2)
+    assert x.shape == (2, *models.default_input_shape(name))
+    out = output_logits(model(x))
     assert out.shape[0] == 2 and torch.isfinite(out).all()
 
 

@@ -44,7 +44,7 @@ def test_the_input_checkpoint_is_never_overwritten(tmp_path, capsys):
     torch.save(models.create("lenet5").state_dict(), folder / "model.pt")
     before = (folder / "model.pt").read_bytes()
     for extra in ([], ["--force"], ["--resume"]):
-        assert main(["prune", "lenet5", "-c", str(folder / "model.pt"), "--data", "digits", "--out", str(folder),
+        assert main(["prune", "lenet5", "-c", str(folder / "model.pt"), "--data", "mnist", "--out", str(folder),
                      *extra]) == 2
         assert "inside the output folder" in capsys.readouterr().err
     assert (folder / "model.pt").read_bytes() == before and [p.name for p in folder.iterdir()] == ["model.pt"]

@@ -65,3 +65,15 @@ def test_write_report_makes_markdown_and_a_self_contained_html(tmp_path):
     assert base64.b64decode(images[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert not re.search(r"(src|href)=['\"](?!data:)", html)
     assert json.loads(json.dumps(metrics)) == metrics  # the input is left untouched
+
+
+def test_a_language_model_row_adds_a_perplexity_column():
+    from slimkit.report import COLUMNS, columns
+
+    image_rows = [{"stage": "a", "params": 10, "accuracy": 0.9}]
+    assert columns(image_rows) == COLUMNS and len(table_rows(image_rows)[0]) == len(COLUMNS)
+    lm_rows = [{"stage": "train", "params": 10, "accuracy": 0.5, "perplexity": 7.25},
+               {"stage": "prune", "params": 8, "accuracy": 0.4, "perplexity": None}]
+    assert columns(lm_rows)[-1] == "perplexity"
+    assert [row[-1] for row in table_rows(lm_rows)] == ["7.25", "–"]
+    assert markdown_table(lm_rows).splitlines()[0].endswith("| perplexity |")

@@ -1,7 +1,15 @@
 """Measuring models honestly: parameters, MACs, bytes (profile), real latency, and accuracy (evaluate)."""
 
-from slimkit.analysis._counters import ZERO_COST, find_counter, register_counter
-from slimkit.analysis._evaluate import EvalResult, evaluate, miou_from_confusion
+from slimkit.analysis._counters import ZERO_COST, find_counter, first_tensor, register_counter
+from slimkit.analysis._evaluate import (
+    LM_IGNORE_INDEX,
+    EvalResult,
+    evaluate,
+    is_token_output,
+    miou_from_confusion,
+    output_logits,
+    token_cross_entropy,
+)
 from slimkit.analysis._latency import (
     AA_BAND,
     TOO_NOISY,
@@ -25,6 +33,7 @@ from slimkit.analysis._profile import (
 
 __all__ = [
     "AA_BAND",
+    "LM_IGNORE_INDEX",
     "TOO_NOISY",
     "ZERO_COST",
     "EvalResult",
@@ -43,11 +52,15 @@ __all__ = [
     "detect_step",
     "evaluate",
     "find_counter",
+    "first_tensor",
     "format_ratio",
+    "is_token_output",
     "latency",
     "miou_from_confusion",
+    "output_logits",
     "profile",
     "register_counter",
     "register_storage",
     "storage_bytes",
+    "token_cross_entropy",
 ]

@@ -246,7 +246,7 @@ def run_command_recipe(args: argparse.Namespace, recipe: dict[str, Any]):
     import yaml
 
     from slimkit.pipeline import RecipeError, parse_recipe, run_recipe
-    from slimkit.report import COLUMNS, table_rows
+    from slimkit.report import columns, table_rows
 
     text = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
     try:
@@ -257,7 +257,7 @@ def run_command_recipe(args: argparse.Namespace, recipe: dict[str, Any]):
     result = run_recipe(parsed, args.out, resume=args.resume, force=args.force, reporter=stage_printer(out))
     if not result.files:  # a rank other than 0 under torchrun: rank 0 reports
         return result
-    print_table(parsed.title, list(COLUMNS), table_rows(result.stages))
+    print_table(parsed.title, list(columns(result.stages)), table_rows(result.stages))
     out.print(f"written to {result.out}: model.pt, model.onnx, metrics.json, report.html; the recipe that reproduces "
               f"it: {result.out / 'recipe.yaml'} (slimkit compress)")
     return result

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from slimkit.cli._common import CommandError, console, print_table, stage_printer
     from slimkit.pipeline import STAGES, load_recipe, run_recipe
-    from slimkit.report import COLUMNS, table_rows
+    from slimkit.report import columns, table_rows
 
     out = console()
     if args.list_stages:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--out DIR is required: the folder for checkpoints, metrics and the report")
     result = run_recipe(recipe, args.out, resume=args.resume, force=args.force,
                         reporter=stage_printer(out, args.recipe))
-    print_table(recipe.title, list(COLUMNS), table_rows(result.stages))
+    print_table(recipe.title, list(columns(result.stages)), table_rows(result.stages))
     out.print(f"report: {result.files.get('report_html')} (and report.md, metrics.json, model.pt, model.onnx in "
               f"{result.out})")
     return 0

@@ -118,7 +118,6 @@ FAMILIES: tuple[Family, ...] = (
 
 
 def available_families() -> list[Family]:
-    import slimkit.pipeline._technique_stages  # noqa: F401  (registers the technique stages)
     from slimkit.pipeline import STAGES
 
     return [f for f in FAMILIES if all(s in STAGES for s in f.stages)]
@@ -126,7 +125,7 @@ def available_families() -> list[Family]:
 
 def family_recipe(family: Family, checkpoint: Path, quick: bool) -> str:
     """The YAML text of a family's recipe on the cached baseline."""
-    data = "{name: mnist, train_samples: 10000, eval_samples: 1000}" if quick else "{name: mnist}"
+    data = "{name: mnist, train_samples: 5000, eval_samples: 1000}" if quick else "{name: mnist}"
     repeats = 10 if quick else 30
     # a student trained from scratch needs more steps than a fine-tune of the trained baseline
     body = family.body.replace("{ft}", "1").replace("{student_ft}", "4" if quick else "3")
@@ -173,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
 
     from slimkit._errors import ConfigError
     from slimkit.pipeline import parse_recipe, run_recipe
-    from slimkit.report import COLUMNS, table_rows, write_report
+    from slimkit.report import columns, table_rows, write_report
 
     torch.set_num_threads(2)
     families = available_families()
@@ -199,7 +198,9 @@ def run(args: argparse.Namespace) -> int:
         text = family_recipe(family, checkpoint.resolve(), args.quick)
         recipe = parse_recipe(text, f"<demo:{family.name}>")
         run_dir = out / "runs" / family.name
-        result = run_recipe(recipe, run_dir, force=True, reporter=stage_printer(cons, str(run_dir / "recipe.yaml")))
+        # one combined report for the demo at the end; each run folder keeps its metrics, models and recipe
+        result = run_recipe(recipe, run_dir, force=True, reporter=stage_printer(cons, str(run_dir / "recipe.yaml")),
+                            report=False)
         if not rows:
             rows.append({**result.stages[0], "label": "baseline"})
         rows.append({**result.stages[-1], "label": family.name, "title": family.title})
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / MARKER, {"quick": args.quick, "families": [f.name for f in families]})
     if rows:
         print_table("compressed LeNet-5 variants (latency: ONNX Runtime, ratio to the baseline in the same run)",
-                    list(COLUMNS), table_rows(rows))
+                    list(columns(rows)), table_rows(rows))
     cons.print(f"demo finished in {time.perf_counter() - started:.0f} s; report: {files.get('report_html', '–')}, "
                f"runs in {out / 'runs'}")
     return 0

@@ -10,7 +10,8 @@ from slimkit.cli._common import add_model_args, count, input_shape_for, load_mod
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("profile", help="per-layer params, MACs, bytes of a model")
     add_model_args(parser)
-    parser.add_argument("--input-shape", type=shape, help="C,H,W of one sample (default: the model's registered shape)")
+    parser.add_argument("--input-shape", type=shape, help="C,H,W of one sample, or L (tokens) for a language model "
+                        "(default: the model's registered shape)")
     parser.add_argument("--bits", type=count(1, 64), default=32, help="bits per stored value for the bytes column")
     parser.add_argument("--json", dest="json_path", help="also write the profile as JSON to this file")
     parser.set_defaults(run=run)
@@ -20,10 +21,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from slimkit.analysis import profile
-    from slimkit.models import check_fits
+    from slimkit.models import InputSpec, check_fits, input_spec
 
     model = load_model(args.model, args.checkpoint)
-    example = torch.zeros(1, *input_shape_for(args.model, args.input_shape))
+    found = input_spec(args.model)
+    if found is not None and found.is_tokens:  # a language model (hf: spec, model folder, llama_tiny): token ids
+        length = args.input_shape[0] if args.input_shape else found.shape[0]
+        example = InputSpec((length,), "int64", found.vocab_size).example(1)
+    else:
+        example = torch.zeros(1, *input_shape_for(args.model, args.input_shape))
     check_fits(model, example, label=args.model, data="--input-shape")
     prof = profile(model, example, dtype_bits=args.bits)
     print_profile(prof, title=f"{args.model}")

@@ -1,9 +1,8 @@
-"""Fine-tuning a rewritten model, and the width scaling re-exported from the pruning package."""
+"""Fine-tuning a rewritten model."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -21,16 +20,3 @@ def fine_tune_(model: nn.Module, loader: Iterable, *, epochs: int = 1, lr: float
     fit(model, loader, epochs=epochs, optimizer=lambda p: default_optimizer(p, lr), scheduler="cosine",
         progress=progress, grad_clip=grad_clip, **fit_options)
     return model.eval()
-
-
-def width_scaling_available() -> bool:
-    """True when the pruning package provides ``scale_width`` (its dependency-graph channel removal)."""
-    return (Path(__file__).resolve().parent.parent / "prune" / "_width.py").is_file()
-
-
-def scale_width(*args: Any, **kwargs: Any) -> nn.Module:
-    """``slimkit.prune.scale_width``: fewer channels everywhere (Howard et al. §3.3's width multiplier applied to a
-    trained model), imported lazily so the two packages can be imported in any order."""
-    from slimkit.prune._width import scale_width as _scale_width
-
-    return _scale_width(*args, **kwargs)

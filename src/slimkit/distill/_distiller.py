@@ -15,13 +15,21 @@ import torch
 from torch import nn
 
 from slimkit._errors import ConfigError
+from slimkit.analysis import output_logits
 from slimkit.distill._cache import IndexedLoader, TeacherCache
 from slimkit.distill._hooks import FeatureHooks, parse_pair, resolve_layers
 from slimkit.distill._losses import DistillBatch, DistillLoss, LossSpec
-from slimkit.train import Callback, FitResult, default_optimizer, fit
-from slimkit.train._fit import check_optimizer_values
+from slimkit.train import Callback, FitResult, check_optimizer_values, default_optimizer, fit
 
 log = logging.getLogger(__name__)
+
+
+def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+
+
+#: the optimizers a distillation run can use, by name
+OPTIMIZERS = {"sgd": default_optimizer, "adamw": _adamw}
 
 
 @dataclass(frozen=True)
@@ -30,8 +38,14 @@ class DistillConfig:
     or :class:`LossSpec`; the total is their weighted sum, so include ``"ce"`` (or ``kd`` with alpha < 1) for the
     task loss. ``pairs`` are ``(student_layer, teacher_layer)`` names or ``"student=teacher"`` strings used by the
     feature losses. ``cache_teacher`` stores the teacher's logits per sample (fixed, non-augmented TensorLoader
-    only; not with feature losses). Training: SGD Nesterov at ``lr`` and ``weight_decay`` with the one-cycle cosine
-    schedule (Hinton et al.'s student is "regularized solely by" the soft targets: ``weight_decay=0``)."""
+    only; not with feature losses; not for language models, whose logits are L×V per sample). Training:
+    ``optimizer="sgd"`` (Nesterov) or ``"adamw"`` (the usual choice for transformers) at ``lr`` and
+    ``weight_decay`` with the one-cycle cosine schedule, gradients clipped to ``grad_clip`` when given (Hinton et
+    al.'s student is "regularized solely by" the soft targets: ``weight_decay=0``).
+
+    Language models (Hugging Face outputs' ``.logits``, N×L×V) work the same way: ``kd`` is token-level over the
+    vocabulary and ``ce`` the next-token loss, both skipping targets of -100; ``mimic``/``hint`` compare the hidden
+    states of paired blocks (e.g. ``"model.layers.3=model.layers.5"`` after depth pruning), position by position."""
 
     losses: tuple[str | LossSpec, ...] = ("kd",)
     pairs: tuple[tuple[str, str] | str, ...] = ()
@@ -44,9 +58,15 @@ class DistillConfig:
     resume: bool = False
     seed: int = 0
     progress: bool = False
+    optimizer: str = "sgd"
+    grad_clip: float | None = None
 
     def __post_init__(self) -> None:
         check_optimizer_values(self.lr, self.weight_decay)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer '{self.optimizer}' is unknown: use one of {', '.join(OPTIMIZERS)}")
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not self.grad_clip > 0):
+            raise ConfigError(f"grad_clip={self.grad_clip!r}: use a positive gradient-norm bound (e.g. 1.0) or None")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise ConfigError(f"epochs={self.epochs!r}: use a whole number ≥ 0")
         for spec in _specs(self):
@@ -163,9 +183,9 @@ class _StudentWithLosses(nn.Module):
             return self._features_only(inputs, targets)
         if self.needs_teacher_features or (self.needs_teacher_logits and teacher_logits is None):
             with torch.no_grad():
-                computed = self.teacher(inputs)
+                computed = output_logits(self.teacher(inputs))
             teacher_logits = computed if teacher_logits is None else teacher_logits
-        logits = self.student(inputs)
+        logits = output_logits(self.student(inputs))
         batch = DistillBatch(logits, targets, teacher_logits, self.student_hooks.features,
                              self.teacher_hooks.features)
         return self._weighted_sum(batch), logits
@@ -215,7 +235,8 @@ class Distiller:
         teacher_hooks = FeatureHooks(self.teacher, self.net.teacher_layers, "teacher")
         try:
             with torch.no_grad():
-                s_out, t_out = self.student(example_inputs), self.teacher(example_inputs)
+                s_out = output_logits(self.student(example_inputs))
+                t_out = output_logits(self.teacher(example_inputs))
             s_shapes = {k: tuple(v.shape[1:]) for k, v in student_hooks.features.items()}
             t_shapes = {k: tuple(v.shape[1:]) for k, v in teacher_hooks.features.items()}
         finally:
@@ -228,8 +249,12 @@ class Distiller:
                 f"(e.g. classes), student {tuple(s_out.shape[1:])}; build the student with the teacher's "
                 "number of classes (e.g. num_classes=...)"
             )
-        if self.net.needs_teacher_logits and s_out.dim() != 2:
-            raise ConfigError(f"kd needs N×classes logits, the models give {tuple(s_out.shape)}")
+        if self.net.needs_teacher_logits and s_out.dim() not in (2, 3):
+            raise ConfigError(f"kd needs N×classes (or a language model's N×L×V) logits, the models give "
+                              f"{tuple(s_out.shape)}")
+        if self.config.cache_teacher and s_out.dim() == 3:
+            raise ConfigError("cache_teacher would hold L×V teacher logits for every training sequence (a language "
+                              "model's): pass cache_teacher=False")
         for loss, pairs in zip(self.losses, self.loss_pairs):
             if loss.uses_features:
                 loss.setup(pairs, s_shapes, t_shapes)
@@ -254,7 +279,7 @@ class Distiller:
             cached = None
             if channel is not None and cache is not None:
                 assert channel.indices is not None
-                cached = cache.get(channel.indices, inputs, teacher)
+                cached = cache.get(channel.indices, inputs, lambda x: output_logits(teacher(x)))
             return net(inputs, targets, cached)
 
         teacher_was_training = self.teacher.training
@@ -263,8 +288,8 @@ class Distiller:
         try:
             return fit(
                 self.net, loader, epochs=config.epochs if epochs is None else epochs,
-                optimizer=lambda params: default_optimizer(params, config.lr, config.weight_decay),
-                scheduler=config.scheduler,
+                optimizer=lambda params: OPTIMIZERS[config.optimizer](params, config.lr, config.weight_decay),
+                scheduler=config.scheduler, grad_clip=config.grad_clip,
                 callbacks=callbacks, checkpoint_dir=config.checkpoint_dir, resume=config.resume,
                 val_loader=val_loader, step=step, seed=config.seed, progress=config.progress,
             )

@@ -26,7 +26,8 @@ def resolve_layers(model: nn.Module, names: Iterable[str], role: str = "model") 
 
 
 class FeatureHooks:
-    """Forward hooks that store the outputs of the named layers in ``features`` (cleared with :meth:`clear`).
+    """Forward hooks that store the outputs of the named layers in ``features`` (cleared with :meth:`clear`); a layer
+    returning a tuple (a transformer block: hidden states first) contributes its first element.
 
     Features keep their autograd graph, so a loss on a student feature trains the layers below it. Use as a
     context manager, or call :meth:`remove`; afterwards the model carries no hook of ours.
@@ -40,10 +41,12 @@ class FeatureHooks:
 
     def _make_hook(self, name: str, role: str):
         def hook(module: nn.Module, inputs: tuple, output: object) -> None:
+            if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+                output = output[0]  # a transformer block's (hidden_states, attention weights, ...)
             if not isinstance(output, torch.Tensor):
                 raise ConfigError(
                     f"{role} layer '{name}' returns a {type(output).__name__}, not a tensor: pair a layer whose "
-                    "output is a single feature tensor"
+                    "output is a feature tensor (or a tuple starting with one, as transformer blocks return)"
                 )
             self.features[name] = output
 

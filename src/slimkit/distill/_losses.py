@@ -17,6 +17,7 @@ from torch import nn
 from slimkit._errors import ConfigError
 from slimkit._registry import Registry
 from slimkit._spec import parse_value
+from slimkit.analysis import LM_IGNORE_INDEX, is_token_output, token_cross_entropy
 
 LOSSES: Registry[type[DistillLoss]] = Registry("distillation loss")
 Shapes = dict[str, tuple[int, ...]]
@@ -58,6 +59,23 @@ class DistillLoss(nn.Module):
         raise NotImplementedError
 
 
+def token_mask(targets: torch.Tensor | None, logits_or_features: torch.Tensor) -> torch.Tensor | None:
+    """For a language model's batch (per-position ``N×L×…`` tensors, ``N×L`` targets): the positions to score
+    (targets ≠ -100, i.e. not padding); None for any other batch."""
+    if targets is None or targets.dim() != 2 or logits_or_features.dim() != 3:
+        return None
+    if tuple(logits_or_features.shape[:2]) != tuple(targets.shape):
+        return None
+    return targets != LM_IGNORE_INDEX
+
+
+def _masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error, over the scored positions only when ``mask`` (N×L) is given."""
+    if mask is None:
+        return F.mse_loss(student, teacher)
+    return F.mse_loss(student[mask], teacher[mask])
+
+
 def _register(name: str):
     def decorator(cls: type[DistillLoss]) -> type[DistillLoss]:
         cls.registered_name = name  # type: ignore[attr-defined]
@@ -68,11 +86,14 @@ def _register(name: str):
 
 @_register("ce")
 class TaskLoss(DistillLoss):
-    """The task (hard-label) loss: cross-entropy with the ground-truth labels."""
+    """The task (hard-label) loss: cross-entropy with the ground-truth labels (for a language model, the next-token
+    cross-entropy averaged over the tokens whose target is not -100)."""
 
     uses_targets = True
 
     def forward(self, student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if is_token_output(student_logits, targets):
+            return token_cross_entropy(student_logits, targets)
         return F.cross_entropy(student_logits, targets)
 
     def compute(self, batch: DistillBatch) -> torch.Tensor:
@@ -88,6 +109,10 @@ class KDLoss(DistillLoss):
     soft term with respect to a logit scales as 1/T², so it is multiplied by T² to keep the soft and hard terms'
     relative contribution roughly unchanged when T changes (§2). ``alpha=1`` gives soft targets only.
     Defaults: T=4, alpha=0.9 (the paper's MNIST experiment used T=20 and a small hard-loss weight).
+
+    For a language model (``N×L×V`` logits, ``N×L`` targets) every position is one distribution over the
+    vocabulary: the KL is summed over the vocabulary and averaged over the positions whose target is not -100
+    (padding is not distilled), as in token-level KD for LMs (Kim & Rush 2016, Eq. 5; Sanh et al. 2019).
     """
 
     uses_teacher_logits = True
@@ -101,21 +126,32 @@ class KDLoss(DistillLoss):
         self.T, self.alpha = float(T), float(alpha)
         self.uses_targets = self.alpha < 1.0
 
-    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """``T² · KL`` between the softened distributions, averaged over the batch."""
-        log_p_student = F.log_softmax(student_logits / self.T, dim=1)
-        log_p_teacher = F.log_softmax(teacher_logits.detach() / self.T, dim=1)
+    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``T² · KL`` between the softened distributions, averaged over the batch (over the ``mask``-ed positions
+        of per-position logits ``N×L×V``; all positions without a mask)."""
+        if student_logits.dim() == 3:
+            if mask is not None:
+                student_logits, teacher_logits = student_logits[mask], teacher_logits[mask]
+            else:
+                student_logits = student_logits.reshape(-1, student_logits.shape[-1])
+                teacher_logits = teacher_logits.reshape(-1, teacher_logits.shape[-1])
+        log_p_student = F.log_softmax(student_logits.float() / self.T, dim=1)
+        log_p_teacher = F.log_softmax(teacher_logits.detach().float() / self.T, dim=1)
         kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
         return kl * self.T**2
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None = None
     ) -> torch.Tensor:
-        loss = self.alpha * self.soft_loss(student_logits, teacher_logits)
+        mask = token_mask(targets, student_logits)
+        loss = self.alpha * self.soft_loss(student_logits, teacher_logits, mask)
         if self.alpha < 1.0:
             if targets is None:
                 raise ConfigError("kd with alpha < 1 mixes in the hard-label loss and needs the targets")
-            loss = loss + (1.0 - self.alpha) * F.cross_entropy(student_logits, targets)
+            hard = token_cross_entropy(student_logits, targets) if mask is not None else \
+                F.cross_entropy(student_logits, targets)
+            loss = loss + (1.0 - self.alpha) * hard
         return loss
 
     def compute(self, batch: DistillBatch) -> torch.Tensor:
@@ -182,9 +218,11 @@ class HintLoss(DistillLoss):
     """FitNets hints (Romero et al. 2015, Eq. 3): a learned regressor r maps the student's guided layer to the
     teacher's hint layer, loss ``½‖u_h − r(v_g)‖²`` (here averaged over elements, summed over pairs).
 
-    The regressor is a 1×1 convolution for feature maps and a linear layer for vectors, built in :meth:`setup`
-    from the measured shapes (its parameters belong to this module, so the optimizer trains them and checkpoints
-    save them). A regressed map whose spatial size differs from the teacher's is resized bilinearly.
+    The regressor is a 1×1 convolution for feature maps and a linear layer for vectors and for a transformer's
+    per-token hidden states (L×H: a learned H_s → H_t projection applied at every position, so blocks of different
+    widths can be paired; padded positions are not scored), built in :meth:`setup` from the measured shapes (its
+    parameters belong to this module, so the optimizer trains them and checkpoints save them). A regressed map whose
+    spatial size differs from the teacher's is resized bilinearly.
     """
 
     uses_features = True
@@ -202,31 +240,36 @@ class HintLoss(DistillLoss):
                 self.regressors.append(nn.Conv2d(s_shape[0], t_shape[0], 1))
             elif len(s_shape) == 1 and len(t_shape) == 1:
                 self.regressors.append(nn.Linear(s_shape[0], t_shape[0]))
+            elif len(s_shape) == 2 and len(t_shape) == 2 and s_shape[0] == t_shape[0]:
+                self.regressors.append(nn.Linear(s_shape[1], t_shape[1]))
             else:
                 raise ConfigError(
                     f"hint cannot regress student '{s}' {s_shape} onto teacher '{t}' {t_shape}: pair two feature "
-                    "maps (C×H×W) or two vectors (C)"
+                    "maps (C×H×W), two vectors (C) or two sequences of hidden states of equal length (L×H)"
                 )
 
-    def forward(self, student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, student_features: list[torch.Tensor], teacher_features: list[torch.Tensor],
+                targets: torch.Tensor | None = None) -> torch.Tensor:
         total = student_features[0].new_zeros(())
         for regressor, s, t in zip(self.regressors, student_features, teacher_features):
             mapped = regressor(s)
             if mapped.dim() == 4 and mapped.shape[-2:] != t.shape[-2:]:
                 mapped = F.interpolate(mapped, size=t.shape[-2:], mode="bilinear", align_corners=False)
-            total = total + 0.5 * F.mse_loss(mapped, t.detach())
+            total = total + 0.5 * _masked_mse(mapped, t.detach(), token_mask(targets, mapped))
         return total
 
     def compute(self, batch: DistillBatch) -> torch.Tensor:
         return self([batch.student_features[s] for s, _ in self.pairs],
-                    [batch.teacher_features[t] for _, t in self.pairs])
+                    [batch.teacher_features[t] for _, t in self.pairs], batch.targets)
 
 
 @_register("mimic")
 class MimicLoss(DistillLoss):
     """Feature reconstruction / mimicking: mean squared error between student and teacher features at the paired
     layers, no regressor, so the shapes must match (e.g. the penultimate layer; Ba & Caruana 2014 mimic logits,
-    Romero et al. 2015 and Luo et al. 2017 reconstruct features). Summed over pairs."""
+    Romero et al. 2015 and Luo et al. 2017 reconstruct features). Summed over pairs. For a transformer, pair blocks
+    of equal width (a depth-pruned student's block i with the teacher's block it replaced, as Minitron and
+    Sheared-LLaMA align hidden states); positions whose target is -100 (padding) are not scored."""
 
     uses_features = True
 
@@ -240,12 +283,14 @@ class MimicLoss(DistillLoss):
                     "regressor from the student's shape to the teacher's"
                 )
 
-    def forward(self, student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]) -> torch.Tensor:
-        return sum(F.mse_loss(s, t.detach()) for s, t in zip(student_features, teacher_features))
+    def forward(self, student_features: list[torch.Tensor], teacher_features: list[torch.Tensor],
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        return sum(_masked_mse(s, t.detach(), token_mask(targets, s))
+                   for s, t in zip(student_features, teacher_features))
 
     def compute(self, batch: DistillBatch) -> torch.Tensor:
         return self([batch.student_features[s] for s, _ in self.pairs],
-                    [batch.teacher_features[t] for _, t in self.pairs])
+                    [batch.teacher_features[t] for _, t in self.pairs], batch.targets)
 
 
 @dataclass(frozen=True)

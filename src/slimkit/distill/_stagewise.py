@@ -25,8 +25,7 @@ from slimkit._errors import ConfigError
 from slimkit.distill._distiller import DistillConfig, Distiller, _pairs
 from slimkit.distill._hooks import FeatureHooks, resolve_layers
 from slimkit.distill._losses import LossSpec
-from slimkit.train import FitResult
-from slimkit.train._fit import check_optimizer_values
+from slimkit.train import FitResult, check_optimizer_values
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from torch import nn
 from slimkit._errors import SlimkitError
 from slimkit._inputs import input_tuple
 from slimkit._io import file_mode_mask
+from slimkit.analysis import output_logits
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,29 @@ DEFAULT_OPSET = 17
 
 class ExportError(SlimkitError):
     """A model could not be exported to ONNX, or the exported file does not match PyTorch."""
+
+
+class LogitsOnly(nn.Module):
+    """A Hugging Face model as a plain tensor-in, logits-out module for export: no KV cache is built or returned
+    (``use_cache=False``) and the output object's ``.logits`` is the one output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:  # named arguments (not *args), so torch.export can take per-input dynamic shapes
+            return output_logits(self.model(input_ids, use_cache=False))
+        return output_logits(self.model(input_ids, attention_mask=attention_mask, use_cache=False))
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """``model`` itself, or wrapped in :class:`LogitsOnly` when it is a Hugging Face model whose forward builds a KV
+    cache or returns an output object (exporters take tensors and tuples of tensors only)."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict") and getattr(config, "use_cache", None) is not None:
+        return LogitsOnly(model)
+    return model
 
 
 def export_onnx(
@@ -41,12 +65,13 @@ def export_onnx(
 
     Uses the TorchScript-based exporter, which is fast and handles every layer slimkit produces, and falls back to
     the ``torch.export``-based exporter when the former fails. Inputs are named ``input`` (``input_1``, ...),
-    outputs ``output``; the batch dimension is dynamic unless ``dynamic_batch=False``.
+    outputs ``output``; the batch dimension is dynamic unless ``dynamic_batch=False``. A Hugging Face language model
+    is exported as token ids → logits, without its KV cache (see :func:`exportable`).
     """
     inputs = input_tuple(example_inputs)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model).eval()
+    model = exportable(copy.deepcopy(model).eval())
     input_names = ["input"] + [f"input_{i}" for i in range(1, len(inputs))]
     dynamic_axes = {name: {0: "batch"} for name in [*input_names, "output"]} if dynamic_batch else None
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
@@ -87,6 +112,8 @@ def _export_dynamo(
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         shapes = tuple({0: batch} for _ in inputs)
+        # torch.export treats a size-1 dimension as the constant 1: trace a batch of 2 so the batch stays dynamic
+        inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.dim() and t.shape[0] == 1 else t for t in inputs)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -103,6 +130,8 @@ def run_onnx(path: str | os.PathLike, inputs: torch.Tensor | Sequence[torch.Tens
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # threads that spin while waiting collapse on a shared machine (see slimkit.cli); this is a check, not a timing
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), input_tuple(inputs))}
     return session.run(None, feed)[0]
@@ -116,7 +145,7 @@ def onnx_max_abs_diff(
     model.eval()
     try:
         with torch.no_grad():
-            expected = model(*input_tuple(inputs))
+            expected = output_logits(model(*input_tuple(inputs)))
     finally:
         model.train(was_training)
     got = run_onnx(path, inputs)

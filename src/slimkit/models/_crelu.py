@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimkit.analysis._counters import first_tensor, register_counter
+from slimkit.analysis import first_tensor, register_counter
 from slimkit.models._registry import register_model
 
 

@@ -1,4 +1,5 @@
-"""Models by name: ``create("lenet5", num_classes=10)``, ``names("resnet*")``, and user models by file."""
+"""Models by name: ``create("lenet5", num_classes=10)``, ``names("resnet*")``, user models by file, Hugging Face
+models by ``hf:<arch>`` or a ``save_pretrained`` folder; what input each takes (:class:`InputSpec`)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,53 @@ import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from slimkit._errors import ModelSpecError
 from slimkit._registry import Registry
 from slimkit._spec import parse_spec
+from slimkit.models._hf import config_input, hf_arch, hf_model, is_hf_spec, is_pretrained_folder, load_pretrained
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
-def register_model(name: str, *, input_shape: tuple[int, ...], **meta: Any) -> Callable:
-    """Register a model factory under ``name`` with its default input shape (C, H, W) and paper metadata."""
-    return MODELS.register(name, input_shape=input_shape, **meta)
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model takes: per-sample ``shape`` ((C, H, W) for images, (sequence length,) for token ids), the
+    ``dtype`` ("float32" pixels or "int64" token ids) and, for tokens, the ``vocab_size``."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    vocab_size: int | None = None
+
+    @property
+    def is_tokens(self) -> bool:
+        return self.dtype == "int64"
+
+    def example(self, batch: int = 1) -> torch.Tensor:
+        """A deterministic example batch: zeros for images; token ids spread over the vocabulary for tokens
+        (``(7919·i + 1) mod vocab``, so every position sees a different, valid id)."""
+        if not self.is_tokens:
+            return torch.zeros(batch, *self.shape)
+        count = batch * int(torch.tensor(self.shape).prod())
+        ids = (torch.arange(count, dtype=torch.long) * 7919 + 1) % (self.vocab_size or 2)
+        return ids.reshape(batch, *self.shape)
+
+
+def register_model(name: str, *, input_shape: tuple[int, ...], input_dtype: str = "float32",
+                   vocab_size: int | None = None, **meta: Any) -> Callable:
+    """Register a model factory under ``name`` with its default input shape ((C, H, W), or (sequence length,) with
+    ``input_dtype="int64"`` and ``vocab_size`` for a language model) and paper metadata."""
+    if input_dtype not in {"float32", "int64"}:
+        raise ModelSpecError(f"input_dtype '{input_dtype}' for model '{name}': use 'float32' or 'int64' (token ids)")
+    if input_dtype == "int64" and not vocab_size:
+        raise ModelSpecError(f"model '{name}' takes token ids: register it with vocab_size=...")
+    return MODELS.register(name, input_shape=input_shape, input_dtype=input_dtype, vocab_size=vocab_size, **meta)
 
 
 def names(pattern: str = "*") -> list[str]:
@@ -29,7 +62,8 @@ def names(pattern: str = "*") -> list[str]:
 
 
 def default_input_shape(name: str) -> tuple[int, ...]:
-    """The (C, H, W) input shape a registered model expects by default."""
+    """The per-sample input shape a registered model expects by default: (C, H, W), or (sequence length,) for a
+    language model (see :func:`input_spec` for its dtype and vocabulary)."""
     return tuple(MODELS.meta(name)["input_shape"])
 
 
@@ -147,14 +181,21 @@ def is_code_spec(spec: str) -> bool:
 
 def from_spec(spec: str, *, allow_code: bool = False, **overrides: Any) -> nn.Module:
     """Build a model from a spec string: a registered name (``lenet5``), with options (``resnet20:in_channels=1``),
-    or a user's ``path/to/file.py:factory``. Keyword ``overrides`` win over options in the string.
+    a user's ``path/to/file.py:factory``, a Hugging Face architecture built from a small config
+    (``hf:llama:num_hidden_layers=4``), or a local ``save_pretrained`` folder (loaded from safetensors, never
+    running code from the folder). Keyword ``overrides`` win over options in the string.
 
     A ``file.py:factory`` spec imports and runs that file, so it is accepted only with ``allow_code=True``: pass it
     when the spec is one the user typed (a command-line argument, their own recipe or script), never for a spec read
-    from a file slimkit wrote or was handed (a container header, a run folder's metadata).
+    from a file slimkit wrote or was handed (a container header, a run folder's metadata). ``hf:`` specs and model
+    folders never run code, so they need no such permission.
     """
     target, options = parse_spec(spec)
     options.update(overrides)
+    if is_hf_spec(target):
+        return hf_model(target, **options)
+    if is_pretrained_folder(target):
+        return load_pretrained(target, **options)
     if is_code_spec(spec):
         if not allow_code:
             raise ModelSpecError(
@@ -226,23 +267,57 @@ def check_fits(model: nn.Module, example: Any, *, label: str, data: str, num_cla
     if task == "segmentation":
         ok = logits.dim() == 4 and logits.shape[1] == num_classes and tuple(logits.shape[2:]) == tuple(shape[1:])
         need = f"per-pixel scores for {num_classes} classes (N×{num_classes}×H×W)"
+    elif task == "lm":
+        ok = logits.dim() == 3 and logits.shape[-1] == num_classes
+        need = f"next-token scores over its {num_classes}-token vocabulary (N×L×{num_classes})"
     else:
         ok = logits.dim() == 2 and logits.shape[1] == num_classes
         need = f"one score per class (N×{num_classes})"
     if not ok:
         got = "×".join(map(str, logits.shape))
-        fix = f"a segmentation model (e.g. mobile_segnet:num_classes={num_classes})" if task == "segmentation" \
-            else f"a classifier with num_classes={num_classes}"
+        fix = {"segmentation": f"a segmentation model (e.g. mobile_segnet:num_classes={num_classes})",
+               "lm": f"a language model with vocab_size={num_classes} (e.g. llama_tiny)"}.get(
+            task, f"a classifier with num_classes={num_classes}")
         raise ModelSpecError(f"model '{label}' gives outputs of shape {got} on '{data}', which needs {need}: "
                              f"choose {fix}")
 
 
 def spec_input_shape(spec: str, default: tuple[int, ...] | None = None) -> tuple[int, ...] | None:
-    """The default input shape of a registered model spec (None for a user file unless ``default`` is given)."""
+    """The default per-sample input shape of a model spec (None for a user file unless ``default`` is given)."""
+    found = input_spec(spec)
+    return found.shape if found is not None else default
+
+
+def input_spec(spec: str) -> InputSpec | None:
+    """What the model named by ``spec`` takes by default: a registered name's registration, an ``hf:`` spec's or a
+    save_pretrained folder's config (token ids or pixels), or None for a user's file."""
     target, options = parse_spec(spec)
     if target in MODELS:
-        shape = list(default_input_shape(target))
+        meta = MODELS.meta(target)
+        shape = list(meta["input_shape"])
         if "in_channels" in options:
             shape[0] = int(options["in_channels"])
-        return tuple(shape)
-    return default
+        vocab = options.get("vocab_size", meta.get("vocab_size"))
+        return InputSpec(tuple(shape), meta.get("input_dtype", "float32"), vocab)
+    if is_hf_spec(target):
+        arch = hf_arch(target)
+        values = {**arch.defaults, **options}
+        kind, shape, vocab = config_input(values)
+        if kind == "tokens":
+            return InputSpec((arch.seq_len,), "int64", int(values.get("vocab_size", vocab or 2)))
+        return InputSpec(shape)
+    if is_pretrained_folder(target):
+        import json
+
+        kind, shape, vocab = config_input(json.loads((Path(target) / "config.json").read_text(encoding="utf-8")))
+        return InputSpec(shape, "int64", vocab) if kind == "tokens" else InputSpec(shape)
+    return None
+
+
+def example_input(spec: str, batch: int = 1) -> torch.Tensor:
+    """A deterministic example batch for the model named by ``spec`` (pixels or token ids, see :class:`InputSpec`),
+    for tracing, profiling, ONNX export and latency."""
+    found = input_spec(spec)
+    if found is None:
+        raise ModelSpecError(f"the input of '{spec}' is unknown: give example inputs yourself (e.g. from the data)")
+    return found.example(batch)

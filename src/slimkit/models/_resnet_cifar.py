@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from slimkit.analysis._counters import register_counter
+from slimkit.analysis import register_counter
 from slimkit.models._registry import register_model
 
 

@@ -4,7 +4,16 @@ measurements and a checkpoint after each stage, resumes interrupted runs, and wr
 ``run_recipe(load_recipe("recipes/deep-compression-lenet5.yaml"), "out/")``; ``slimkit compress RECIPE --out DIR``.
 """
 
-from slimkit.pipeline import _technique_stages  # noqa: F401  (registers the technique stages)
+# every technique family's stages register themselves on import, so recipes and `slimkit compress --list-stages`
+# see all of them
+from slimkit.pipeline import (  # noqa: F401
+    _stages_convert,
+    _stages_decompose,
+    _stages_distill,
+    _stages_prune,
+    _stages_quantize,
+    _stages_share,
+)
 from slimkit.pipeline._exporting import FORMATS, export_model
 from slimkit.pipeline._recipe import RECIPE_VERSION, Recipe, RecipeSchema, StageCall, load_recipe, parse_recipe
 from slimkit.pipeline._runner import RunResult, load_run, run_recipe, structure_fingerprint

@@ -274,8 +274,7 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: str | os.PathLik
     text comes from the user (their recipe, a command line): only then may a ``file.py:factory`` spec in it be
     imported when the recipe runs. Pass False for text slimkit reads back from a file it did not get from the user.
     """
-    # Imported here so that every technique's stages are registered before names are checked.
-    import slimkit.pipeline._technique_stages  # noqa: F401
+    import slimkit.pipeline  # noqa: F401  (every technique's stages register before names are checked)
 
     located = load_located_yaml(text, source)
     if not isinstance(located.data, dict):

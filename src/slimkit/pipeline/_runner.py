@@ -162,7 +162,7 @@ class _Session:
         row: dict[str, Any] = {
             "params": prof.total.params, "nonzero_params": prof.total.nonzero_params, "macs": prof.total.macs,
             "bytes": prof.total.bytes, "accuracy": scores.accuracy, "loss": scores.loss, "split": ev.split,
-            "samples": scores.samples, "latency_ratio": None, "onnx_bytes": None,
+            "samples": scores.samples, "latency_ratio": None, "onnx_bytes": None, "perplexity": scores.perplexity,
         }
         container = _container_bytes(model, folder / "model.slim")
         if isinstance(container, int):

@@ -1,9 +1,18 @@
 """Pruning: structured (physical channel removal through the dependency graph, criteria incl. ThiNet, schedules,
-sensitivity, width scaling) and unstructured (magnitude masks, AGP)."""
+sensitivity, width scaling), depth (whole transformer blocks by importance) and unstructured (magnitude masks, AGP)."""
 
 from slimkit.prune._agp import AGPCallback, AGPConfig, agp_sparsity
 from slimkit.prune._config import PruneConfig
 from slimkit.prune._criteria import CRITERIA, Criterion, PruneContext, register_criterion, unit_rows
+from slimkit.prune._depth import (
+    DEPTH_CRITERIA,
+    BlockImportance,
+    DepthPruneConfig,
+    block_importance,
+    find_blocks,
+    prune_depth,
+    remove_blocks,
+)
 from slimkit.prune._latency import LatencyTarget, prune_to_latency
 from slimkit.prune._reconstruct import reconstruct_, reconstruct_layer_
 from slimkit.prune._schedule import SCHEDULES, prune_iterative, prune_layerwise, prune_oneshot
@@ -31,11 +40,14 @@ from slimkit.prune._width import scale_width
 
 __all__ = [
     "CRITERIA",
+    "DEPTH_CRITERIA",
     "SCHEDULES",
     "AGPCallback",
     "AGPConfig",
     "BNScaleL1",
+    "BlockImportance",
     "Criterion",
+    "DepthPruneConfig",
     "LatencyTarget",
     "MaskCallback",
     "PruneConfig",
@@ -48,13 +60,16 @@ __all__ = [
     "apply_masks_",
     "attach_masks_",
     "attached_masks",
+    "block_importance",
     "finalize",
+    "find_blocks",
     "layer_sparsities",
     "magnitude_masks",
     "magnitude_prune",
     "plan_removal",
     "prunable_layers",
     "prune_channels",
+    "prune_depth",
     "prune_iterative",
     "prune_layerwise",
     "prune_oneshot",
@@ -65,6 +80,7 @@ __all__ = [
     "reconstruct_layer_",
     "register_criterion",
     "relative_index_bytes",
+    "remove_blocks",
     "scale_width",
     "sensitivity",
     "sparse_storage",

@@ -20,10 +20,56 @@ COSTS = {
     "bytes": "model bytes",
     "latency_ratio": "ONNX Runtime latency / input model's (same run)",
 }
+#: quality key → axis words
+QUALITIES = {"accuracy": "test accuracy", "miou": "mean IoU"}
 
 
 def _label(row: dict[str, Any]) -> str:
     return str(row.get("label") or row.get("stage") or row.get("name") or "?")
+
+
+#: where a point's label may go, in points from the point, tried in this order (near first, then farther out)
+_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3, 4) for dx, dy in ((6, 5), (6, -11), (-6, 5), (-6, -11), (0, 9),
+                                                                  (0, -15), (10, -3), (-10, -3))]
+
+
+def place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str]) -> list[Any]:
+    """Annotate each point with its label where it overlaps no other label and no point (greedy over candidate
+    offsets in display space; a leader line joins a label placed away from its point). Returns the texts."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = ax.figure
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw_without_rendering()
+    points = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
+    taken: list[Any] = []
+    texts = []
+    # labels of crowded points first, so they get the nearest free places
+    order = sorted(range(len(labels)), key=lambda i: -sum(abs(points[i][0] - p[0]) + abs(points[i][1] - p[1]) < 40
+                                                          for p in points))
+    for i in order:
+        chosen = None
+        for dx, dy in _OFFSETS:
+            text = ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                               ha="left" if dx >= 0 else "right")
+            box = text.get_window_extent(renderer).expanded(1.05, 1.15)
+            clash = any(box.overlaps(other) for other in taken) or any(
+                box.contains(px, py) for j, (px, py) in enumerate(points) if j != i)
+            if not clash:
+                chosen = (text, box, (dx, dy))
+                break
+            text.remove()
+        if chosen is None:  # nowhere free: the farthest place, so at least it does not cover its neighbours' points
+            dx, dy = _OFFSETS[-1]
+            text = ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy), fontsize=7)
+            chosen = (text, text.get_window_extent(renderer), (dx, dy))
+        text, box, (dx, dy) = chosen
+        if abs(dx) > 12 or abs(dy) > 15:
+            ax.annotate("", (xs[i], ys[i]), xytext=(dx, dy), textcoords="offset points",
+                        arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6})
+        taken.append(box)
+        texts.append(text)
+    return texts
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
@@ -46,8 +92,6 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], cost: str, path: str | os.Path
     xs = [float(r[cost]) for r in usable]
     ys = [100 * float(r[quality]) for r in usable]
     ax.scatter(xs, ys, color="tab:blue", zorder=3)
-    for x, y, r in zip(xs, ys, usable):
-        ax.annotate(_label(r), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     front = pareto_front(usable, cost, quality)
     if front:
         fx = [xs[i] for i in front]
@@ -58,9 +102,11 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], cost: str, path: str | os.Path
     if cost in {"macs", "bytes"} and min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
     ax.set_xlabel(COSTS.get(cost, cost))
-    ax.set_ylabel(f"{quality} (%)")
-    ax.set_title(title or f"{quality} vs {COSTS.get(cost, cost)}", fontsize=10)
+    ax.set_ylabel(f"{QUALITIES.get(quality, quality)} (%)")
+    ax.set_title(title or f"{QUALITIES.get(quality, quality)} vs {COSTS.get(cost, cost)}", fontsize=10)
     ax.grid(True, alpha=0.3)
+    ax.margins(x=0.12, y=0.15)  # room for labels at the edges
+    place_labels(ax, xs, ys, [_label(r) for r in usable])
     return _save(fig, path)
 
 

@@ -21,6 +21,14 @@ from slimkit.analysis import format_ratio
 from slimkit.report._plots import COSTS, plot_layers, plot_tradeoff
 
 COLUMNS = ("stage", "params", "MACs", "size (KiB)", "latency ×", "A/A ×", "accuracy", "Δ acc")
+#: added after "Δ acc" when a row carries a language model's held-out perplexity
+PERPLEXITY_COLUMN = "perplexity"
+
+
+def columns(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The table's columns: :data:`COLUMNS`, plus perplexity when a language model was measured."""
+    return COLUMNS + ((PERPLEXITY_COLUMN,) if any(r.get("perplexity") is not None for r in rows) else ())
+
 
 NOTES = (
     "Latency is the median of paired ratios to the input model in ONNX Runtime at a fixed thread count, the two "
@@ -73,17 +81,20 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
         out.append([str(r.get("label") or r.get("stage")), _fmt(r.get("params"), "int"), _fmt(r.get("macs"), "int"),
                     _fmt(r.get("bytes"), "kib"), format_latency(r), _fmt(r.get("latency_aa_ratio"), "ratio"),
                     _fmt(acc, "pct"), _fmt(delta, "delta")])
+        if PERPLEXITY_COLUMN in columns(rows):
+            out[-1].append(_fmt(r.get("perplexity"), "ratio"))
     return out
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
+    cols = columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
     return "\n".join(lines)
 
 
 def _html_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns(rows))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
                    for cells in table_rows(rows))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -92,7 +103,28 @@ def _html_table(rows: Sequence[dict[str, Any]]) -> str:
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"
           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
           "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%}"
-          "pre{background:#f6f6f6;padding:8px;overflow-x:auto}")
+          "pre{background:#f6f6f6;padding:8px;overflow-x:auto}"
+          ".subset{background:#fff4d6;border:1px solid #e6c35c;padding:6px 10px}")
+
+
+def render_markdown(text: str) -> str:
+    """Markdown → HTML with markdown-it (CommonMark; raw HTML in the text is escaped, not passed through)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+
+
+def subset_note(metrics: dict[str, Any]) -> str:
+    """A warning line for a run on subsets (``--quick``, or a recipe's ``train_samples`` / ``eval_samples``)."""
+    data = (metrics.get("recipe") or {}).get("data") or {}
+    parts = [f"{what} on the first {data[key]:,} samples" for key, what in
+             (("train_samples", "trained"), ("eval_samples", "evaluated")) if data.get(key)]
+    if metrics.get("quick"):
+        parts.insert(0, "a --quick run")
+    if not parts:
+        return ""
+    return ("Subset run: " + ", ".join(parts) + ". Its numbers show the method works; they are not the full "
+            "run's (see BENCHMARKS.md).")
 
 
 def write_report(out: str | os.PathLike, metrics: dict[str, Any], *,
@@ -109,7 +141,8 @@ def write_report(out: str | os.PathLike, metrics: dict[str, Any], *,
     files: dict[str, Path] = {}
     images: list[tuple[str, Path]] = []
     for cost in COSTS:
-        path = plot_tradeoff(rows, cost, plots / f"accuracy_vs_{cost}.png", title=f"{title}: accuracy vs {cost}")
+        path = plot_tradeoff(rows, cost, plots / f"accuracy_vs_{cost}.png",
+                             title=f"{title}: test accuracy vs {COSTS[cost]}")
         if path is not None:
             files[f"plot_{cost}"] = path
             images.append((f"Accuracy vs {COSTS[cost]} (red: Pareto front)", path))
@@ -121,7 +154,8 @@ def write_report(out: str | os.PathLike, metrics: dict[str, Any], *,
             images.append(("Per-layer parameters and MACs, before and after", path))
 
     recipe = metrics.get("recipe")
-    md = [f"# {title}", "", markdown_table(rows), ""]
+    subset = subset_note(metrics)
+    md = [f"# {title}", ""] + ([f"> {subset}", ""] if subset else []) + [markdown_table(rows), ""]
     md += [f"- {note}" for note in NOTES] + [""]
     if extra_markdown:
         md += [extra_markdown, ""]
@@ -134,10 +168,13 @@ def write_report(out: str | os.PathLike, metrics: dict[str, Any], *,
     files["report_md"] = folder / "report.md"
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>", _html_table(rows), "<ul>"]
+             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if subset:
+        parts.append(f"<p class='subset'>{html.escape(subset)}</p>")
+    parts += [_html_table(rows), "<ul>"]
     parts += [f"<li>{html.escape(note)}</li>" for note in NOTES] + ["</ul>"]
     if extra_markdown:
-        parts.append(f"<pre>{html.escape(extra_markdown)}</pre>")
+        parts.append(render_markdown(extra_markdown))
     for caption, path in images:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"

@@ -75,7 +75,7 @@ class ClusteredLayer(nn.Module):
         """Bytes before Huffman coding: the smaller of relative-index storage ((bits + index_bits) per stored entry,
         fillers included; Han et al. 2016, Sec. 2–3) and every entry's cluster index packed densely (the zero
         symbol included when the layer is pruned), plus the float32 codebook and the bias at ``dtype_bits``."""
-        from slimkit.prune._unstructured import relative_index_bytes
+        from slimkit.prune import relative_index_bytes
 
         mask = self.indices != self.zero_symbol
         symbols = self.codebook.numel() + (0 if bool(mask.all()) else 1)

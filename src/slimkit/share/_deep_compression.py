@@ -23,7 +23,7 @@ from torch import nn
 
 from slimkit._errors import ConfigError
 from slimkit.analysis import evaluate
-from slimkit.prune._unstructured import (
+from slimkit.prune import (
     MaskCallback,
     UnstructuredConfig,
     attach_masks_,

@@ -10,7 +10,7 @@ from slimkit.train._distributed import (
     init_distributed,
     launched_by_torchrun,
 )
-from slimkit.train._fit import CHECKPOINT_NAME, FitResult, default_optimizer, fit
+from slimkit.train._fit import CHECKPOINT_NAME, FitResult, check_optimizer_values, default_optimizer, fit
 from slimkit.train._seed import seed_everything
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "FitResult",
     "TrainState",
     "broadcast_object",
+    "check_optimizer_values",
     "default_optimizer",
     "dist_info",
     "evaluate",

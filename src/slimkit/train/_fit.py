@@ -16,7 +16,7 @@ from torch import nn
 
 import slimkit
 from slimkit._errors import CheckpointError, ConfigError, DataError
-from slimkit.analysis import evaluate
+from slimkit.analysis import evaluate, is_token_output, output_logits, token_cross_entropy
 from slimkit.train._callbacks import Callback, TrainState
 from slimkit.train._checkpoint import load_checkpoint, save_checkpoint
 from slimkit.train._distributed import all_reduce_sum, barrier, init_distributed
@@ -84,9 +84,13 @@ def _build_scheduler(optimizer: torch.optim.Optimizer, scheduler: SchedulerArg, 
     return scheduler
 
 
-def _default_step(loss_fn: LossFn) -> StepFn:
+def _default_step(loss_fn: LossFn | None) -> StepFn:
     def step(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = model(inputs)
+        outputs = output_logits(model(inputs))  # a Hugging Face model's output object gives its .logits
+        if loss_fn is None:  # a language model's batch (N×L×V logits, N×L targets): next-token cross-entropy
+            loss_value = token_cross_entropy(outputs, targets) if is_token_output(outputs, targets) else \
+                nn.functional.cross_entropy(outputs, targets)
+            return loss_value, outputs
         return loss_fn(outputs, targets), outputs
 
     return step
@@ -265,7 +269,7 @@ def fit(
         net = nn.parallel.DistributedDataParallel(model)
     train_state = TrainState(model=model, optimizer=opt, epoch=start_epoch)
     loop = _Loop(net, model, loader, opt, sched, scheduler == "cosine",
-                 step or _default_step(loss or nn.functional.cross_entropy), callbacks, train_state, grad_clip,
+                 step or _default_step(loss), callbacks, train_state, grad_clip,
                  steps_per_epoch)
     for cb in callbacks:
         cb.on_fit_start(train_state)

@@ -1,0 +1,69 @@
+"""Pruning stages: structured channel removal and unstructured magnitude masks (slimkit.prune)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator
+from torch import nn
+
+from slimkit.pipeline._stage_params import Fraction, config_params
+from slimkit.pipeline._stages import Stage, StageContext, register_stage
+from slimkit.prune import PruneConfig, UnstructuredConfig
+
+# the ratio range and the criterion name are also checked here, so that they are recipe errors with a line
+_PruneBase = config_params(PruneConfig, "_PruneBase", ratio=(Fraction | dict[str, Fraction], 0.5))
+
+class PruneParams(_PruneBase):  # type: ignore[misc, valid-type]
+    schedule: Literal["oneshot", "layerwise"] = "oneshot"
+
+    @field_validator("criterion")
+    @classmethod
+    def _check_criterion(cls, value: str) -> str:
+        from slimkit.prune import CRITERIA
+
+        CRITERIA.get(value)  # ConfigError (a ValueError) listing the criteria
+        return value
+
+@register_stage("prune")
+class PruneStage(Stage):
+    """Structured pruning: whole channels/filters are removed, so the layers become physically smaller."""
+
+    Params = PruneParams
+    structural = True
+    summary = "remove channels (slimkit.prune.prune_channels: l1, l2, taylor, fpgm, bn_scale, thinet, ...)"
+
+    def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        from slimkit.prune import prune_channels, prune_layerwise
+
+        prune = prune_layerwise if self.params.schedule == "layerwise" else prune_channels
+        return prune(model, ctx.example_input, self.params.config(), data=ctx.data.calibration)
+
+    def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        from slimkit.prune import pruning_info
+
+        pruned = self.rebuild(model, ctx)
+        latency = (pruning_info(pruned) or {}).get("latency")
+        if latency:  # a latency target: what the table predicted and what was measured
+            ctx.notes["latency_target"] = {k: latency[k] for k in ("target", "batch", "threads", "predicted",
+                                                                   "measured", "rounds")}
+        return pruned
+
+@register_stage("prune_unstructured")
+class PruneUnstructuredStage(Stage):
+    """Magnitude pruning (Han et al. 2015): the smallest weights become zero and stay zero (masks) while later
+    ``finetune`` stages train; saves bytes in sparse/compressed formats, not dense-kernel time."""
+
+    Params = config_params(UnstructuredConfig, "PruneUnstructuredParams")
+    structural = True  # the masks are not in the state dict: replaying the stage re-attaches them
+    summary = "zero the smallest weights, kept zero by masks during fine-tuning (slimkit.prune.magnitude_prune)"
+
+    def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        from slimkit.prune import magnitude_prune
+
+        pruned, masks = magnitude_prune(model, self.params.config())
+        ctx.notes["sparsity"] = {name: float(1 - m.float().mean()) for name, m in masks.items()}
+        return pruned
+
+    def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        return self.rebuild(model, ctx)
