@@ -337,11 +337,11 @@ def build_latency_table(
 
 
 def _other_share(model: nn.Module, inputs: tuple, batch: int, measurer: Measurer) -> float:
-    from slimkit.export import export_onnx
+    from slimkit.analysis._latency import export_for_timing
 
     full = tuple(x.expand(batch, *x.shape[1:]).contiguous() if isinstance(x, torch.Tensor) and x.dim() > 0 else x
                  for x in inputs)
     with tempfile.TemporaryDirectory(prefix="slimkit-lattable-") as tmp:
-        path = export_onnx(model, full, Path(tmp) / "model.onnx", dynamic_batch=False)
+        path = export_for_timing(model, full, Path(tmp) / "model.onnx")
         feeds = [x.detach().cpu().numpy() for x in full if isinstance(x, torch.Tensor)]
         return float(measurer.other_share(path, feeds, set(TABLE_OPS)))
