@@ -151,12 +151,12 @@ class LatencyPlan:
 
 
 def _groups(graph: Any, ctx: Any, criterion: Any, table: Any, min_keep: float = 0.0,
-            sub_block: bool = False) -> list[_Group]:
+            sub_block: bool = False, normalise: bool = True) -> list[_Group]:
     groups = []
     for gi, group in enumerate(graph.groups):
         n = len(group.units)
-        scores = np.asarray(criterion.scores(ctx, group), dtype=np.float64)
-        scores = np.sort(np.abs(scores) / (np.abs(scores).mean() + 1e-12))
+        scores = np.abs(np.asarray(criterion.scores(ctx, group), dtype=np.float64))
+        scores = np.sort(scores / (scores.mean() + 1e-12) if normalise else scores)
         lost = np.concatenate([[0.0], np.cumsum(scores)])
         sides: list[tuple[str, str, float]] = []
         unit_step = 1
