@@ -125,6 +125,41 @@ def test_conflicting_or_malformed_targets_are_rejected():
 
 def test_an_unreachable_target_names_the_reachable_one(table):
     with pytest.raises(ConfigError, match=r"target_latency 0.05 is below what pruning can reach .* use "
-                                          r"target_latency ≥ 0\.\d\d"):
+                                          r"target_latency ≥ 0\.\d\d, or allow widths below one kernel block"):
         prune_to_latency(Net().eval(), X, PruneConfig(target_latency=LatencyTarget(0.05, batch=8, measure=False)),
                          table=table)
+
+
+def test_sub_block_widths_reach_lower_targets(table):
+    """0.14 is below the floor of 16-channel steps at min_keep 0.125; a quarter-block width (4, 8, 12) gets there."""
+    def prune(sub_block):
+        target = LatencyTarget(0.14, batch=8, measure=False, min_keep=0.125, sub_block=sub_block)
+        return prune_to_latency(Net().eval(), X, PruneConfig(target_latency=target), table=table)
+
+    with pytest.raises(ConfigError, match="sub_block=True"):
+        prune(False)
+    widths = _widths(prune(True))
+    assert table.predict_ratio(widths) <= 0.14
+    assert any(0 < w < 16 for cin, cout in widths.values() for w in (cin, cout) if w not in (3, 10))
+
+
+def test_prune_command_reaches_a_latency_target_from_a_cached_table(tmp_path, monkeypatch, capsys):
+    """``slimkit prune lenet5 --latency 0.6``: the table comes from the machine's cache (filled here by the MAC
+    measurer, so nothing is timed), the result records predicted vs measured and the CLI prints both."""
+    import json
+
+    from slimkit import models
+    from slimkit.cli import main
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path / "cache"))
+    build_latency_table(models.create("lenet5"), torch.zeros(1, 1, 28, 28), batch=1,
+                        cache_dir=tmp_path / "cache" / "latency", measurer=MacMeasurer(step=16, other=0.05))
+    assert main(["prune", "lenet5", "--data", "mnist", "--latency", "0.6", "--out", str(tmp_path / "out"),
+                 "--eval-samples", "100", "--no-latency"]) == 0
+    printed = capsys.readouterr().out
+    assert "latency target 0.6 at batch 1: predicted 0." in printed
+    stage = json.loads((tmp_path / "out" / "metrics.json").read_text())["stages"][1]
+    target = stage["notes"]["latency_target"]
+    first = target["rounds"][0]  # later rounds correct the (synthetic) table by real measurements
+    assert first["predicted"] <= 0.6 and target["measured"]["status"] in ("ok", "too noisy")
+    assert stage["macs"] < json.loads((tmp_path / "out" / "metrics.json").read_text())["stages"][0]["macs"]

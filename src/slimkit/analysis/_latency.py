@@ -27,12 +27,15 @@ dedicated multi-core deployment; the thread count is recorded in every result.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
 import os
 import random
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,16 +181,33 @@ def _torch_runner(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Runner:
     return run
 
 
+def export_for_timing(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | os.PathLike) -> Path:
+    """``model`` (a copy, in eval mode) as an ONNX file at these fixed input shapes, for timing only.
+
+    The TorchScript-based ``torch.onnx.export``, opset 17, constant folding: what ``slimkit.export.export_onnx``
+    writes for a plain module. That exporter (Hugging Face wrapping, the ``torch.export`` fallback, atomic writes)
+    sits above ``analysis`` in the package layers, so a model it alone can export is timed from its ``.onnx``
+    file."""
+    model = copy.deepcopy(model).eval()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=17, do_constant_folding=True)
+    except OSError:
+        raise
+    except Exception as error:
+        raise ConfigError(f"latency: {type(model).__name__} could not be exported to ONNX for timing "
+                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}): export it "
+                          "with slimkit.export.export_onnx and pass the .onnx path") from None
+    return Path(path)
+
+
 def _as_onnx(model: ModelOrPath, inputs: tuple[torch.Tensor, ...], workdir: Path, name: str) -> str | os.PathLike:
     if not isinstance(model, nn.Module):
         if not Path(model).is_file():
             raise ConfigError(f"latency: no ONNX file at {model}: give an existing .onnx path or an nn.Module")
         return model
-    from slimkit.export import export_onnx
-
-    path = workdir / f"{name}.onnx"
-    export_onnx(model, inputs, path, dynamic_batch=False)
-    return path
+    return export_for_timing(model, inputs, workdir / f"{name}.onnx")
 
 
 def _check(model: ModelOrPath, backend: str, threads: int, warmup: int, repeats: int) -> None:

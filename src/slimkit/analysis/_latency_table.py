@@ -48,7 +48,7 @@ from slimkit.analysis._latency_probe import Geometry, Measurer, OrtMeasurer, pro
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3
+CACHE_VERSION = 5
 #: ONNX Runtime op types whose time the table models (every other op's time is the constant "other" share)
 TABLE_OPS = frozenset({"Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"})
 
@@ -234,6 +234,8 @@ class _Cache:
                 loaded = json.loads(self.path.read_text())
                 if loaded.get("machine") == machine:
                     self.data.update({k: loaded.get(k, {}) for k in ("steps", "layers", "models")})
+                    if "reference_ms" in loaded:
+                        self.data["reference_ms"] = float(loaded["reference_ms"])
             except (OSError, ValueError):
                 log.warning("latency cache %s is unreadable: measuring again", self.path)
         self.dirty = False
@@ -279,6 +281,8 @@ def build_latency_table(
     measurer = measurer or OrtMeasurer(threads=threads)
     folder = cache_root() if cache_dir is True else (Path(cache_dir) if cache_dir else None)
     cache = _Cache(folder, machine_key(threads))
+    if getattr(measurer, "reference_ms", False) is None and "reference_ms" in cache.data:
+        measurer.reference_ms = cache.data["reference_ms"]  # one scale for every table built on this machine
     layers = model_layers(model, inputs, batch)
     counted = {"points": 0}
 
@@ -294,7 +298,7 @@ def build_latency_table(
         g = layer.geometry
         s = steps(g.kind)
         multiple = g.groups if g.kind == "conv" else 1
-        below = layer.cin > s["in"]  # a layer whose full input is below one block always reads NCHW input
+        below = layer.cin >= s["in"]  # a layer whose full input is below one block always reads NCHW input
         in_grid = _grid(layer.cin, s["in"], max_points, multiple, below=below)
         out_grid = _grid(layer.cout, s["out"], max_points, multiple)
         if g.kind == "depthwise":
@@ -324,17 +328,20 @@ def build_latency_table(
     if key not in cache.data["models"]:
         cache.data["models"][key] = _other_share(model, inputs, batch, measurer)
         cache.dirty = True
+    if getattr(measurer, "reference_ms", None) is not None and "reference_ms" not in cache.data:
+        cache.data["reference_ms"] = measurer.reference_ms
+        cache.dirty = True
     cache.save()
     return LatencyTable(tables, float(cache.data["models"][key]), batch, threads, cache.data["machine"],
                         counted["points"])
 
 
 def _other_share(model: nn.Module, inputs: tuple, batch: int, measurer: Measurer) -> float:
-    from slimkit.export import export_onnx
+    from slimkit.analysis._latency import export_for_timing
 
     full = tuple(x.expand(batch, *x.shape[1:]).contiguous() if isinstance(x, torch.Tensor) and x.dim() > 0 else x
                  for x in inputs)
     with tempfile.TemporaryDirectory(prefix="slimkit-lattable-") as tmp:
-        path = export_onnx(model, full, Path(tmp) / "model.onnx", dynamic_batch=False)
+        path = export_for_timing(model, full, Path(tmp) / "model.onnx")
         feeds = [x.detach().cpu().numpy() for x in full if isinstance(x, torch.Tensor)]
         return float(measurer.other_share(path, feeds, set(TABLE_OPS)))

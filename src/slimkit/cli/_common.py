@@ -132,8 +132,9 @@ def add_out_args(parser: argparse.ArgumentParser) -> None:
 def add_latency_args(parser: argparse.ArgumentParser, batch: int = 1) -> None:
     parser.add_argument("--latency-batch", type=count(1, 4096), default=batch,
                         help="batch size of the ONNX Runtime latency comparison (default: %(default)s)")
-    parser.add_argument("--threads", type=count(1, 256), default=2,
-                        help="ONNX Runtime threads for the latency comparison (default: %(default)s)")
+    parser.add_argument("--threads", type=count(1, 256), default=1,
+                        help="ONNX Runtime threads per session for the latency comparison (default: %(default)s: "
+                             "three sessions stay alive, so one thread each cannot oversubscribe a shared machine)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency comparison")
 
 
@@ -232,7 +233,7 @@ def recipe_of(args: argparse.Namespace, name: str, stages: list[dict[str, Any]],
         if getattr(args, key, None):
             data_section[key] = getattr(args, key)
     evaluation_section = {"latency": not getattr(args, "no_latency", False),
-                          "latency_batch": getattr(args, "latency_batch", 1), "threads": getattr(args, "threads", 2),
+                          "latency_batch": getattr(args, "latency_batch", 1), "threads": getattr(args, "threads", 1),
                           **(evaluation or {})}
     return {"version": 1, "name": name, "seed": getattr(args, "seed", 0), "model": section, "data": data_section,
             "evaluation": evaluation_section, "stages": stages}
@@ -275,8 +276,16 @@ def stage_printer(console: Any, recipe_path: str | None = None):
             console.print(f"[dim]stage {info['call'].label}: finished earlier, reloaded[/]")
         elif event == "stage_end":
             r = info["result"]
+            control = "" if r.get("latency_aa_ratio") is None else f" (A/A control {r['latency_aa_ratio']:.2f})"
             console.print(f"  accuracy [bold]{r['accuracy']:.2%}[/], {r['params']:,} params, {r['macs']:,} MACs, "
-                          f"{r['bytes'] / 1024:,.1f} KiB, latency {format_latency(r)} the input's, "
+                          f"{r['bytes'] / 1024:,.1f} KiB, latency {format_latency(r)} the input's{control}, "
                           f"{r['seconds']:.1f} s")
+            target = (r.get("notes") or {}).get("latency_target")
+            if target:
+                measured = target.get("measured") or {}
+                seen = "not measured" if not measured else format_latency(
+                    {"latency_ratio": measured.get("ratio"), "latency_status": measured.get("status")})
+                console.print(f"  latency target {target['target']} at batch {target['batch']}: predicted "
+                              f"{target['predicted']:.2f} by the latency table, measured {seen}")
 
     return report

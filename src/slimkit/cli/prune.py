@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--scope", default="layer", choices=["layer", "global"])
     parser.add_argument("--speedup", type=real(1, None, low_open=True),
                         help="instead of --ratio: reach this MAC reduction factor (> 1)")
+    parser.add_argument("--latency", type=real(0, 1, low_open=True, high_open=True),
+                        help="instead of --ratio: reach this fraction of the model's ONNX Runtime latency at "
+                             "--latency-batch with --threads (a measured latency table, cached per machine)")
     parser.add_argument("--round-to", type=count(1, 4096), default=1, help="keep channel counts a multiple of this")
     parser.add_argument("--skip", nargs="*", default=[], help="layers never pruned (names, globs, re:regex)")
     parser.add_argument("--protect-first", action="store_true", help="never prune the first layer")
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     options = {"ratio": args.ratio, "criterion": args.criterion, "scope": args.scope, "speedup": args.speedup,
                "round_to": args.round_to, "skip": list(args.skip), "protect_first": args.protect_first,
                "seed": args.seed}
+    if args.latency is not None:
+        options["target_latency"] = {"ratio": args.latency, "batch": args.latency_batch, "threads": args.threads}
     PruneConfig(**options).validate()  # the library's own message for a bad value, before any work
     stages = [{"prune": {**options, "schedule": args.schedule}}]
     if args.finetune_epochs:

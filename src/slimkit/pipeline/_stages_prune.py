@@ -40,7 +40,14 @@ class PruneStage(Stage):
         return prune(model, ctx.example_input, self.params.config(), data=ctx.data.calibration)
 
     def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        return self.rebuild(model, ctx)
+        from slimkit.prune import pruning_info
+
+        pruned = self.rebuild(model, ctx)
+        latency = (pruning_info(pruned) or {}).get("latency")
+        if latency:  # a latency target: what the table predicted and what was measured
+            ctx.notes["latency_target"] = {k: latency[k] for k in ("target", "batch", "threads", "predicted",
+                                                                   "measured", "rounds")}
+        return pruned
 
 @register_stage("prune_unstructured")
 class PruneUnstructuredStage(Stage):

@@ -51,15 +51,24 @@ class LatencyTarget:
     measure: time the result against the original and record predicted vs measured (False: predicted only).
     tolerance: a measured ratio within ``ratio · (1 ± tolerance)`` is a hit.
     max_points: grid points per channel axis of each layer's table.
+    min_keep: no group keeps fewer than this fraction of its units. Normalised importance is additive, so the
+        knapsack alone would happily cut one layer to a handful of channels where that saves the most time; the
+        floor keeps every layer alive (Torch-Pruning's ``max_pruning_ratio``, NNCF's maximal pruning level).
+    sub_block: also allow a quarter, half and three quarters of one step (e.g. 4, 8, 12 of a 16-channel block).
+        Off by default: below one block MLAS pads the outputs and converts layouts, so these widths save time
+        but several times less than their MACs; on, a narrow model (ResNet-20's 16-channel stage) reaches lower
+        targets.
     """
 
     ratio: float
     batch: int | None = None
     threads: int = 1
-    refine: int = 1
+    refine: int = 2
     measure: bool = True
     tolerance: float = 0.05
     max_points: int = 6
+    min_keep: float = 0.25
+    sub_block: bool = False
 
     def __post_init__(self) -> None:
         r = self.ratio
@@ -72,12 +81,27 @@ class LatencyTarget:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"target_latency.{name}={value!r}: use a whole number ≥ {low}")
+        if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, (int, float)) or not 0 < self.min_keep <= 1:
+            raise ConfigError(f"target_latency.min_keep={self.min_keep!r}: use a fraction in (0, 1], e.g. 0.25")
+        if not isinstance(self.sub_block, bool) or not isinstance(self.measure, bool):
+            raise ConfigError("target_latency.sub_block and .measure are true or false")
         if not 0 < self.tolerance < 0.5:
             raise ConfigError(f"target_latency.tolerance={self.tolerance!r}: use a fraction in (0, 0.5), e.g. 0.05")
 
 
-def as_latency_target(value: float | LatencyTarget) -> LatencyTarget:
-    return value if isinstance(value, LatencyTarget) else LatencyTarget(ratio=value)  # type: ignore[arg-type]
+def as_latency_target(value: float | LatencyTarget | Mapping[str, Any]) -> LatencyTarget:
+    """A target from a float (the ratio), a :class:`LatencyTarget`, or its fields as a mapping (YAML, CLI)."""
+    if isinstance(value, LatencyTarget):
+        return value
+    if isinstance(value, Mapping):
+        known = set(LatencyTarget.__dataclass_fields__)
+        unknown = sorted(set(value) - known)
+        if unknown or "ratio" not in value:
+            raise ConfigError(f"target_latency {dict(value)!r}: give 'ratio' and optionally "
+                              f"{', '.join(sorted(known - {'ratio'}))}"
+                              + (f" (unknown: {', '.join(map(str, unknown))})" if unknown else ""))
+        return LatencyTarget(**value)
+    return LatencyTarget(ratio=value)  # type: ignore[arg-type]
 
 
 def check_config(config: Any) -> None:
@@ -101,14 +125,19 @@ class _Group:
     lost: np.ndarray  # lost[r] = importance lost by removing the r least important units
     sides: list[tuple[str, str, float]]  # (table layer, "in" | "out", channels per unit)
     unit_step: int
+    min_keep: float = 0.0
+    sub_block: bool = False
 
     def keeps(self) -> list[int]:
-        """Allowed keep counts, ascending: multiples of the unit step, the full group, and below one step a
-        quarter, half and three quarters of it (the sub-block regime the table measures)."""
+        """Allowed keep counts, ascending: multiples of the unit step, the full group, and with ``sub_block`` a
+        quarter, half and three quarters of one step (the regime below one kernel block, which the table
+        measures); none below ``min_keep`` of the group except the smallest allowed one."""
         quarter = self.unit_step // 4
-        below = {quarter, 2 * quarter, 3 * quarter} if quarter >= 1 else set()
-        return sorted({k for k in {*range(self.unit_step, self.units, self.unit_step), *below} if 1 <= k < self.units}
-                      | {self.units})
+        below = {quarter, 2 * quarter, 3 * quarter} if quarter >= 1 and self.sub_block else set()
+        options = sorted({k for k in {*range(self.unit_step, self.units, self.unit_step), *below}
+                          if 1 <= k < self.units} | {self.units})
+        floor = math.ceil(self.min_keep * self.units - 1e-9)
+        return [k for k in options if k >= floor] or options[-1:]
 
 
 @dataclass
@@ -121,12 +150,13 @@ class LatencyPlan:
     lost: float
 
 
-def _groups(graph: Any, ctx: Any, criterion: Any, table: Any) -> list[_Group]:
+def _groups(graph: Any, ctx: Any, criterion: Any, table: Any, min_keep: float = 0.0,
+            sub_block: bool = False, normalise: bool = True) -> list[_Group]:
     groups = []
     for gi, group in enumerate(graph.groups):
         n = len(group.units)
-        scores = np.asarray(criterion.scores(ctx, group), dtype=np.float64)
-        scores = np.sort(np.abs(scores) / (np.abs(scores).mean() + 1e-12))
+        scores = np.abs(np.asarray(criterion.scores(ctx, group), dtype=np.float64))
+        scores = np.sort(scores / (scores.mean() + 1e-12) if normalise else scores)
         lost = np.concatenate([[0.0], np.cumsum(scores)])
         sides: list[tuple[str, str, float]] = []
         unit_step = 1
@@ -147,7 +177,7 @@ def _groups(graph: Any, ctx: Any, criterion: Any, table: Any) -> list[_Group]:
             if float(per_unit).is_integer():
                 need = step // math.gcd(step, int(per_unit))
                 unit_step = unit_step * need // math.gcd(unit_step, need)
-        groups.append(_Group(gi, group.name, n, lost, sides, unit_step))
+        groups.append(_Group(gi, group.name, n, lost, sides, unit_step, min_keep, sub_block))
     return groups
 
 
@@ -166,75 +196,107 @@ def _widths(table: Any, groups: list[_Group], keeps: Mapping[int, int]) -> dict[
     return out
 
 
-def search(table: Any, groups: list[_Group], target: float) -> LatencyPlan:
-    """HALP's knapsack by Lagrangian greedy (see the module docstring): widths whose predicted ratio ≤ ``target``."""
+def search(table: Any, groups: list[_Group], target: float, *, swaps: int = 200) -> LatencyPlan:
+    """HALP's knapsack by Lagrangian greedy (see the module docstring): widths whose predicted ratio ≤ ``target``.
+
+    Three phases: shrink (cheapest importance per millisecond first) until the target holds; give back (most
+    importance per millisecond first) while it still holds; then up to ``swaps`` exchanges of one group's step up
+    against another's step down that keep the target and gain importance (a 2-opt pass over the greedy's choice,
+    which steps of 16 channels leave coarse)."""
     keeps = {g.index: g.units for g in groups}
     allowed = {g.index: g.keeps() for g in groups}
-    by_layer: dict[str, list[_Group]] = {}
+    touch: dict[str, list[tuple[int, str, float]]] = {}
     for g in groups:
-        for name, _, _ in g.sides:
-            by_layer.setdefault(name, []).append(g)
-    full_ms = table.predict_ms()
-    scale = (1.0 - table.other) / max(full_ms, 1e-12)
+        for name, side, per_unit in g.sides:
+            touch.setdefault(name, []).append((g.index, side, per_unit))
+    units = {g.index: g.units for g in groups}
+    scale = (1.0 - table.other) / max(table.predict_ms(), 1e-12)
 
-    def ms_of(names: set[str], k: Mapping[int, int]) -> float:
-        w = _widths(table, groups, k)
-        return sum(table.layers[n].cost(*w[n]) for n in names)
+    def layer_ms(name: str, k: Mapping[int, int]) -> float:
+        layer = table.layers[name]
+        cin, cout = layer.in_channels, layer.out_channels
+        for gi, side, per_unit in touch.get(name, ()):
+            removed = round((units[gi] - k[gi]) * per_unit)
+            if side == "in":
+                cin -= removed
+            else:
+                cout -= removed
+        if layer.geometry.kind == "depthwise":
+            cin = cout = min(cin, cout)
+        return layer.cost(max(cin, 1), max(cout, 1))
 
-    def move(g: _Group, direction: int) -> tuple[float, float, int] | None:
-        """(importance change, ratio change, new keep) of moving group g one allowed step down (-1) or up (+1);
-        down skips steps that save no time."""
+    def delta(g: _Group, k: int, base: Mapping[int, int]) -> float:
         names = {n for n, _, _ in g.sides}
-        current = keeps[g.index]
+        trial = {**base, g.index: k}
+        return scale * sum(layer_ms(n, trial) - layer_ms(n, base) for n in names)
+
+    def lost(g: _Group, k: int) -> float:
+        return float(g.lost[g.units - k])
+
+    def down(g: _Group, base: Mapping[int, int]) -> tuple[float, float, int] | None:
+        """(importance lost, ratio change < 0, keep) of the nearest narrower width that saves time."""
         options = allowed[g.index]
-        pos = options.index(current)
-        candidates = options[:pos][::-1] if direction < 0 else options[pos + 1:pos + 2]
-        before = ms_of(names, keeps)
-        for k in candidates:
-            trial = {**keeps, g.index: k}
-            delta = (ms_of(names, trial) - before) * scale
-            d_imp = float(g.lost[g.units - k] - g.lost[g.units - current])
-            if direction < 0 and delta < -1e-12:
-                return d_imp, delta, k
-            if direction > 0:
-                return d_imp, delta, k
+        for k in options[:options.index(base[g.index])][::-1]:
+            d = delta(g, k, base)
+            if d < -1e-12:
+                return lost(g, k) - lost(g, base[g.index]), d, k
         return None
 
+    def up(g: _Group, base: Mapping[int, int]) -> tuple[float, float, int] | None:
+        """(importance regained, ratio change ≥ 0, keep) of the next wider allowed width."""
+        options = allowed[g.index]
+        pos = options.index(base[g.index])
+        if pos + 1 >= len(options):
+            return None
+        k = options[pos + 1]
+        return lost(g, base[g.index]) - lost(g, k), delta(g, k, base), k
+
+    active = [g for g in groups if g.sides]
     ratio = table.predict_ratio(_widths(table, groups, keeps))
     while ratio > target:
-        best = None
-        for g in groups:
-            if not g.sides:
-                continue
-            m = move(g, -1)
-            if m is None:
-                continue
-            price = m[0] / -m[1]
-            if best is None or price < best[0]:
-                best = (price, g, m)
-        if best is None:
+        moves = [(m[0] / -m[1], g, m) for g in active if (m := down(g, keeps)) is not None]
+        if not moves:
             break
-        keeps[best[1].index] = best[2][2]
-        ratio += best[2][1]
-    # give back: re-grow the groups that buy the most importance per unit of latency while the target holds
-    while ratio <= target:
-        best = None
-        for g in groups:
-            if not g.sides or keeps[g.index] == g.units:
-                continue
-            m = move(g, +1)
-            if m is None or ratio + m[1] > target + 1e-12:
-                continue
-            value = -m[0] / max(m[1], 1e-12)
-            if best is None or value > best[0]:
-                best = (value, g, m)
-        if best is None:
-            break
-        keeps[best[1].index] = best[2][2]
-        ratio += best[2][1]
+        _, g, m = min(moves, key=lambda t: t[0])
+        keeps[g.index], ratio = m[2], ratio + m[1]
+
+    def give_back() -> float:
+        r = ratio
+        while True:
+            moves = [(m[0] / max(m[1], 1e-12), g, m) for g in active
+                     if (m := up(g, keeps)) is not None and r + m[1] <= target + 1e-12]
+            if not moves:
+                return r
+            _, g, m = max(moves, key=lambda t: t[0])
+            keeps[g.index], r = m[2], r + m[1]
+
+    if ratio <= target:
+        ratio = give_back()
+        for _ in range(swaps):
+            best = None
+            for g_up in active:
+                u = up(g_up, keeps)
+                if u is None:
+                    continue
+                grown = {**keeps, g_up.index: u[2]}
+                for g_down in active:
+                    if g_down is g_up:
+                        continue
+                    d = down(g_down, grown)
+                    if d is None or ratio + u[1] + d[1] > target + 1e-12:
+                        continue
+                    gain = u[0] - d[0]
+                    if gain > 1e-9 and (best is None or gain > best[0]):
+                        best = (gain, g_up, u, g_down, d)
+            if best is None:
+                break
+            _, g_up, u, g_down, d = best
+            keeps[g_up.index], keeps[g_down.index] = u[2], d[2]
+            ratio = table.predict_ratio(_widths(table, groups, keeps))
+            ratio = give_back()
     widths = _widths(table, groups, keeps)
-    lost = float(sum(g.lost[g.units - keeps[g.index]] for g in groups))
-    return LatencyPlan(keeps, table.predict_ratio(widths), widths, lost)
+    total_lost = float(sum(lost(g, keeps[g.index]) for g in groups))
+    return LatencyPlan(keeps, table.predict_ratio(widths), widths, total_lost)
 
 
 def min_ratio(table: Any, groups: list[_Group]) -> float:
@@ -244,6 +306,19 @@ def min_ratio(table: Any, groups: list[_Group]) -> float:
 
 
 # --- the entry point ---------------------------------------------------------------------------------------------
+
+
+def _next_goal(target: float, rounds: list[dict[str, Any]]) -> float:
+    """The table ratio to aim at next: the secant through the last two (predicted, measured) rounds where they
+    differ, else the last round scaled by measured/predicted (the runtime is that far off the table here)."""
+    timed = [(r["predicted"], r["measured"]["ratio"]) for r in rounds
+             if r["measured"] is not None and r["measured"]["ratio"] is not None]
+    (p1, m1) = timed[-1]
+    if len(timed) >= 2:
+        p0, m0 = timed[-2]
+        if abs(p1 - p0) > 1e-6 and (m1 - m0) / (p1 - p0) > 0:
+            return p1 + (target - m1) * (p1 - p0) / (m1 - m0)
+    return target * p1 / m1
 
 
 def _batched(inputs: tuple, batch: int) -> tuple:
@@ -274,15 +349,18 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
     if criterion.needs_data:
         ctx.calibration_batches(config.criterion)
     criterion.prepare(ctx)
-    groups = _groups(graph, ctx, criterion, table)
+    groups = _groups(graph, ctx, criterion, table, target.min_keep, target.sub_block)
     floor = min_ratio(table, groups)
     if floor > target.ratio:
         raise ConfigError(f"target_latency {target.ratio} is below what pruning can reach on this model: "
                           f"{floor:.2f} of the original's latency is predicted with every prunable group at its "
                           f"narrowest measured width (unprunable layers and other ops take "
-                          f"{table.other:.0%}): use target_latency ≥ {math.ceil(floor * 100) / 100:.2f}")
+                          f"{table.other:.0%}): use target_latency ≥ {math.ceil(floor * 100) / 100:.2f}"
+                          + ("" if target.sub_block else ", or allow widths below one kernel block "
+                             "(LatencyTarget(sub_block=True))") + (f" or a lower min_keep than {target.min_keep}"
+                                                                   if target.min_keep > 0.125 else ""))
     rounds: list[dict[str, Any]] = []
-    best: tuple[nn.Module, LatencyPlan, dict | None] | None = None
+    tried: list[tuple[nn.Module, LatencyPlan, dict[str, Any] | None]] = []
     goal = target.ratio
     x = _batched(inputs, batch)
     for attempt in range(target.refine + 1):
@@ -294,22 +372,24 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
             measured = {"ratio": cmp.ratio, "p10": cmp.ratio_p10, "p90": cmp.ratio_p90, "aa": cmp.aa_ratio,
                         "status": cmp.status}
         rounds.append({"goal": goal, "predicted": plan.predicted, "measured": measured})
+        tried.append((pruned, plan, measured))
         log.info("latency target %.3f: round %d predicted %.3f, measured %s", target.ratio, attempt, plan.predicted,
                  "—" if measured is None else measured["status"] if measured["ratio"] is None
                  else f"{measured['ratio']:.3f}")
-        hit = measured is None or measured["ratio"] is None or (
-            measured["ratio"] <= target.ratio * (1 + target.tolerance))
-        if best is None or hit or (measured and measured["ratio"] and best[2] and best[2]["ratio"]
-                                   and measured["ratio"] < best[2]["ratio"]):
-            best = (pruned, plan, measured)
         if measured is None or measured["ratio"] is None:
             break  # nothing trustworthy to correct with
-        error = measured["ratio"] / target.ratio
-        if abs(error - 1) <= target.tolerance:
+        if abs(measured["ratio"] / target.ratio - 1) <= target.tolerance:
             break
-        goal = min(0.999, max(floor, goal / error))
-    assert best is not None
-    pruned, plan, measured = best
+        goal = min(0.999, max(floor, _next_goal(target.ratio, rounds)))
+    hits = [t for t in tried if t[2] is not None and t[2]["ratio"] is not None
+            and t[2]["ratio"] <= target.ratio * (1 + target.tolerance)]
+    timed = [t for t in tried if t[2] is not None and t[2]["ratio"] is not None]
+    if hits:  # the hit that keeps the most importance
+        pruned, plan, measured = min(hits, key=lambda t: t[1].lost)
+    elif timed:  # none hit: the fastest
+        pruned, plan, measured = min(timed, key=lambda t: t[2]["ratio"])
+    else:
+        pruned, plan, measured = tried[-1]
     info = dict(pruning_info(pruned) or {})
     info["latency"] = {
         "target": target.ratio, "batch": batch, "threads": target.threads, "predicted": plan.predicted,

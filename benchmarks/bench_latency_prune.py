@@ -1,0 +1,418 @@
+"""Latency-aware pruning: ResNet-20 (MNIST) and MobileNetV2 (224×224) pruned to ONNX Runtime latency targets of
+0.5× and 0.3× with slimkit's table-driven search, next to uniform L1 pruning and Torch-Pruning at the same MACs,
+and 224×224 rows (latency, MACs, params, output agreement) for MobileNetV2, ResNet-18/50 and ShuffleNetV2."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks._baselines import CACHE, trained
+from benchmarks._common import (
+    LATENCY_METHOD,
+    LATENCY_THREADS,
+    Section,
+    latency_cell,
+    latency_record,
+    machine_info,
+    markdown_table,
+)
+from slimkit._io import write_text_atomic
+
+TITLE = "Latency-aware pruning (ONNX Runtime latency targets)"
+TARGETS = (0.5, 0.3)
+#: bump when the measuring code changes, so cached records are measured again
+VERSION = 1
+#: (criterion, min_keep, sub_block) tried for slimkit's latency target, chosen per target on the validation split
+#: (a candidate that cannot reach a target is skipped for it)
+CANDIDATES = (("l1", 0.25, False), ("taylor", 0.25, False), ("l1", 0.125, True), ("taylor", 0.125, True))
+ZOO_224 = (("mobilenet_v2", {}), ("resnet18", {}), ("resnet50", {}), ("shufflenet_v2", {}))
+
+log = logging.getLogger(__name__)
+
+
+def _settings(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"finetune_images": 1000, "valid_images": 2000, "repeats": 10, "candidates": 1, "zoo": 1,
+                "batch": 64, "batch_224": 8}
+    return {"finetune_images": 20000, "valid_images": 10000, "repeats": 30, "candidates": len(CANDIDATES),
+            "zoo": len(ZOO_224), "batch": 64, "batch_224": 8}
+
+
+def _cached(key: str, compute) -> Any:
+    """A record kept in benchmarks/.cache so an interrupted run resumes (keys carry every setting it depends on)."""
+    digest = hashlib.sha256(f"{VERSION}|{key}".encode()).hexdigest()[:16]
+    path = CACHE / f"latency_prune-{digest}.json"
+    if path.is_file():
+        return json.loads(path.read_text())["record"]
+    record = compute()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"key": key, "record": record}, default=float))
+    return record
+
+
+def _widths_key(model: nn.Module) -> str:
+    return hashlib.sha256(repr([(n, tuple(p.shape)) for n, p in model.state_dict().items()]).encode()).hexdigest()
+
+
+def _finetune(model: nn.Module, loader) -> nn.Module:
+    from slimkit.train import default_optimizer, fit
+
+    model = copy.deepcopy(model).train()
+    torch.manual_seed(0)
+    fit(model, loader, epochs=1, optimizer=lambda p: default_optimizer(p, 0.01), scheduler="cosine", progress=False)
+    return model.eval()
+
+
+def _acc(model: nn.Module, loader) -> float:
+    from slimkit.analysis import evaluate
+
+    return float(evaluate(model.eval(), loader).accuracy)
+
+
+def _macs(model: nn.Module, x: torch.Tensor) -> int:
+    from slimkit.analysis import profile
+
+    return int(profile(model, x).total.macs)
+
+
+def _compare(base: nn.Module, cand: nn.Module, shape: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]:
+    from slimkit.analysis import compare_latency
+
+    torch.manual_seed(0)
+    return latency_record(compare_latency(base, cand, torch.rand(batch, *shape), backend="onnxruntime",
+                                          threads=LATENCY_THREADS, warmup=3, repeats=repeats))
+
+
+def _recalibrated(model: nn.Module, shape: tuple[int, ...], batches: int = 2, size: int = 8) -> nn.Module:
+    """A copy whose BatchNorm statistics are re-estimated on random inputs (cumulative average), as pruning
+    evaluations do before comparing outputs (EagleEye's adaptive BN, Li et al. 2020). A randomly initialised
+    network with default statistics is degenerate: ShuffleNetV2's logits do not depend on the input at all."""
+    model = copy.deepcopy(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(size, *shape, generator=gen))
+    return model.eval()
+
+
+def _alive(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+    """A random zoo model made input-dependent: zero-initialised residual BN scales (Goyal et al. 2017) set to 1,
+    BatchNorm statistics re-estimated (:func:`_recalibrated`)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.any():
+                m.weight.fill_(1.0)
+    return _recalibrated(model, shape)
+
+
+def _agreement(base: nn.Module, cand: nn.Module, shape: tuple[int, ...], n: int = 16) -> dict[str, float]:
+    """Top-1 agreement and relative L2 distance of the logits on ``n`` random inputs, the pruned model's BatchNorm
+    statistics re-estimated first (the same random calibration inputs as the base's)."""
+    cand = _recalibrated(cand, shape)
+    x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = base.eval()(x), cand(x)
+    return {"top1_agreement": float((a.argmax(1) == b.argmax(1)).float().mean()),
+            "relative_l2": float((a - b).norm() / a.norm().clamp_min(1e-12))}
+
+
+def _torch_pruning_at(base: nn.Module, x: torch.Tensor, macs: int, last: str) -> tuple[nn.Module | None, str]:
+    """Torch-Pruning's L1 MagnitudePruner (same ratio in every layer, output layer ignored) at the largest ratio
+    whose MACs do not exceed ``macs`` (bisection over its pruning_ratio)."""
+    try:
+        import torch_pruning as tp
+    except ImportError as error:
+        return None, f"not installed ({error})"
+
+    def prune(ratio: float) -> nn.Module:
+        model = copy.deepcopy(base).eval()
+        pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=ratio, ignored_layers=[model.get_submodule(last)])
+        pruner.step()
+        return model
+
+    lo, hi, best = 0.0, 0.95, None
+    try:
+        for _ in range(9):
+            mid = (lo + hi) / 2
+            model = prune(mid)
+            if _macs(model, x) <= macs:
+                best, hi = model, mid
+            else:
+                lo = mid
+    except Exception as error:  # report what the peer does on this model, do not hide it
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:90]}"
+    return (best, "ok") if best is not None else (None, "MAC target not reached")
+
+
+def _uniform_at_latency(base: nn.Module, x: torch.Tensor, table, predicted: float) -> nn.Module:
+    """slimkit uniform L1 (same ratio per group) at the largest ratio whose table-predicted latency is not above
+    ``predicted`` (the latency-aware model's): equal latency by the same latency model."""
+    from slimkit.prune import PruneConfig, prune_channels
+
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(9):
+        mid = (lo + hi) / 2
+        model = prune_channels(base, x, PruneConfig(ratio=mid))
+        if table.predict_ratio(_layer_widths(model, x, table.batch)) <= predicted:
+            best, hi = model, mid
+        else:
+            lo = mid
+    return best if best is not None else prune_channels(base, x, PruneConfig(ratio=0.95))
+
+
+def _layer_widths(model: nn.Module, x: torch.Tensor, batch: int) -> dict[str, tuple[int, int]]:
+    from slimkit.analysis._latency_table import model_layers
+
+    return {layer.name: (layer.cin, layer.cout) for layer in model_layers(model, x, batch)}
+
+
+def _resnet20(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
+    from slimkit import ConfigError
+    from slimkit.analysis import build_latency_table
+    from slimkit.data import TensorLoader, create_data
+    from slimkit.prune import LatencyTarget, PruneConfig, prune_channels, prune_to_latency, pruning_info
+
+    data = create_data("mnist", batch_size=128)
+    base = trained("resnet20", 4, data=data)
+    x = data.example_input(1)
+    shape = tuple(x.shape[1:])
+    base_macs = _macs(base, x)
+    train = TensorLoader(data.train.inputs[:s["finetune_images"]], data.train.targets[:s["finetune_images"]], 128,
+                         shuffle=True, seed=0)
+    valid = TensorLoader(data.valid.inputs[:s["valid_images"]], data.valid.targets[:s["valid_images"]], 500)
+    began = time.perf_counter()
+    table = build_latency_table(base, x, batch=s["batch"], threads=LATENCY_THREADS, cache_dir=tmp)
+    table_s = time.perf_counter() - began
+
+    def ours(target: float, criterion: str, min_keep: float, sub_block: bool, measure: bool) -> nn.Module:
+        config = PruneConfig(criterion=criterion, target_latency=LatencyTarget(
+            target, batch=s["batch"], threads=LATENCY_THREADS, min_keep=min_keep, sub_block=sub_block,
+            measure=measure, refine=2 if measure else 0))
+        return prune_to_latency(base, x, config, data=data.calibration, table=table)
+
+    # validation: which (criterion, min_keep) to use for each target, by validation accuracy after the fine-tune
+    tuning: list[dict[str, Any]] = []
+    chosen: dict[float, dict[str, Any]] = {}
+    for target in TARGETS:
+        for criterion, min_keep, sub_block in CANDIDATES[:s["candidates"]]:
+            entry = {"criterion": criterion, "min_keep": min_keep, "sub_block": sub_block, "target": target}
+            try:
+                model = ours(target, criterion, min_keep, sub_block, measure=False)
+            except ConfigError as error:  # this candidate cannot reach the target: it is out
+                tuning.append({**entry, "valid_accuracy": None, "note": "target out of reach: "
+                               + str(error).split("use ")[-1].split(",")[0]})
+                continue
+            key = f"tune|{_widths_key(model)}|{criterion}|{min_keep}|{sub_block}|{target}|{s}"
+            acc = _cached(key, lambda model=model: _acc(_finetune(model, train), valid))
+            tuning.append({**entry, "valid_accuracy": acc, "predicted": pruning_info(model)["latency"]["predicted"],
+                           "mac_ratio": _macs(model, x) / base_macs})
+        tried = [t for t in tuning if t["target"] == target and t["valid_accuracy"] is not None]
+        best = max(tried, key=lambda t: t["valid_accuracy"]) if tried else dict(zip(
+            ("criterion", "min_keep", "sub_block"), CANDIDATES[-1]))
+        chosen[target] = {k: best[k] for k in ("criterion", "min_keep", "sub_block")}
+
+    rows: list[list[Any]] = [["unpruned", "", base_macs, 1.0, "1 (reference)", "1 (reference)", "", "",
+                              _acc(base, data.test)]]
+    records: list[dict[str, Any]] = []
+    for target in TARGETS:
+        mine = ours(target, *chosen[target].values(), measure=True)
+        info = pruning_info(mine)["latency"]
+        macs = _macs(mine, x)
+        methods: list[tuple[str, nn.Module | None, str]] = [("slimkit latency target", mine, "ok")]
+        methods.append(("uniform L1, same MACs", prune_channels(base, x, PruneConfig(target_macs=macs)), "ok"))
+        methods.append(("uniform L1, same predicted latency",
+                        _uniform_at_latency(base, x, table, info["predicted"]), "ok"))
+        peer, status = _torch_pruning_at(base, x, macs, "fc")
+        methods.append(("Torch-Pruning L1, same MACs", peer, status))
+        for label, model, status in methods:
+            if model is None:
+                rows.append([label, f"{target}×", "", "", "", "", "", status, ""])
+                records.append({"target": target, "method": label, "status": status})
+                continue
+
+            accuracy = _cached(f"test|{_widths_key(model)}|{label}|{target}|{s}",
+                               lambda model=model: _acc(_finetune(model, train), data.test))
+            r = {"macs": _macs(model, x), "params": sum(p.numel() for p in model.parameters()),
+                 "b64": _compare(base, model, shape, s["batch"], s["repeats"]),
+                 "b1": _compare(base, model, shape, 1, 2 * s["repeats"]), "test_accuracy": accuracy}
+            mac_ratio = r["macs"] / base_macs
+            b64 = r["b64"]
+            efficiency = None if b64["ratio"] is None else mac_ratio / b64["ratio"]
+            predicted = table.predict_ratio(_layer_widths(model, x, table.batch))
+            rows.append([label, f"{target}×", r["macs"], round(mac_ratio, 3), latency_cell(b64),
+                         latency_cell(r["b1"], aa=False), round(predicted, 3),
+                         "too noisy" if efficiency is None else f"{efficiency:.0%}", r["test_accuracy"]])
+            records.append({"target": target, "method": label, **r, "mac_ratio": mac_ratio,
+                            "speedup_share_of_mac_reduction_b64": efficiency, "predicted": predicted,
+                            "rounds": info["rounds"] if model is mine else None})
+    goals = []
+    for target in TARGETS:
+        by = {r["method"]: r for r in records if r["target"] == target and "test_accuracy" in r}
+        mine_r, uni = by.get("slimkit latency target"), by.get("uniform L1, same predicted latency")
+        if mine_r is None:
+            continue
+        eff = mine_r["speedup_share_of_mac_reduction_b64"]
+        line = (f"{target}×: speed-up = {'too noisy to tell' if eff is None else f'{eff:.0%}'} of the MAC reduction "
+                f"(goal ≥ 85%)")
+        if uni is not None:
+            line += (f"; test accuracy {mine_r['test_accuracy']:.2%} against {uni['test_accuracy']:.2%} for uniform "
+                     f"L1 at the same predicted latency (measured b64 {latency_cell(mine_r['b64'], aa=False)} vs "
+                     f"{latency_cell(uni['b64'], aa=False)})")
+        goals.append(f"- {line}.")
+    table_md = markdown_table(["method", "target", "MACs", "MAC ratio", "latency ratio b64 (p10–p90), A/A",
+                               "latency ratio b1", "predicted b64", "speed-up ÷ MAC reduction (b64)",
+                               "test accuracy"], rows)
+    tune_md = markdown_table(["target", "criterion", "min_keep", "sub_block", "validation accuracy", "predicted b64",
+                              "MAC ratio"],
+                             [[f"{t['target']}×", t["criterion"], t["min_keep"], t["sub_block"],
+                               t.get("note") if t["valid_accuracy"] is None else t["valid_accuracy"],
+                               round(t["predicted"], 3) if "predicted" in t else "",
+                               round(t["mac_ratio"], 3) if "mac_ratio" in t else ""] for t in tuning])
+    picks = "; ".join(f"{t}×: `{c['criterion']}`, `min_keep={c['min_keep']}`, `sub_block={c['sub_block']}`"
+                      for t, c in chosen.items())
+    text = f"""### ResNet-20 on MNIST, latency targets at batch {s['batch']}
+
+Baseline `trained("resnet20", 4)`. slimkit: `PruneConfig(target_latency=LatencyTarget(t, batch={s['batch']}))`
+on a latency table measured on this machine ({table_s:.0f} s to build; {len(table.layers)} layers, other ops
+{table.other:.0%} of the run time), up to two measured correction rounds (secant on predicted vs measured).
+Every model then gets the same fine-tune: 1 epoch on the first {s['finetune_images']} training images (SGD lr
+0.01, cosine); accuracy on the full 10,000-image test set, touched once for this table. Chosen per target on the
+validation split (first {s['valid_images']} of MNIST's 10,000 validation images, after the same fine-tune):
+{picks}. "Speed-up ÷ MAC reduction" = (1 / latency ratio) ÷ (1 / MAC ratio): 100% means every MAC removed became time
+saved. Latency: {LATENCY_METHOD}.
+
+{table_md}
+
+{chr(10).join(goals)}
+
+Validation runs (predicted latency only, no correction round):
+
+{tune_md}
+"""
+    return text, {"table_other": table.other, "table_seconds": table_s,
+                  "chosen": {str(t): c for t, c in chosen.items()}, "tuning": tuning,
+                  "rows": records, "base_macs": base_macs}
+
+
+def _mobilenet_targets(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
+    from slimkit import models
+    from slimkit.analysis import build_latency_table
+    from slimkit.prune import LatencyTarget, PruneConfig, prune_channels, prune_to_latency, pruning_info
+
+    torch.manual_seed(0)
+    shape = (3, 224, 224)
+    base = _alive(models.create("mobilenet_v2", num_classes=1000, in_channels=3, input_size=224), shape)
+    x = torch.zeros(1, 3, 224, 224)
+    base_macs = _macs(base, x)
+    batch = s["batch_224"]
+    table = build_latency_table(base, x, batch=batch, threads=LATENCY_THREADS, cache_dir=tmp)
+    rows, records = [], []
+    for target in TARGETS:
+        mine = prune_to_latency(base, x, PruneConfig(target_latency=LatencyTarget(target, batch=batch)), table=table)
+        info = pruning_info(mine)["latency"]
+        macs = _macs(mine, x)
+        peer, status = _torch_pruning_at(base, x, macs, "fc")
+        for label, model, st in (("slimkit latency target", mine, "ok"),
+                                 ("uniform L1, same MACs", prune_channels(base, x, PruneConfig(target_macs=macs)),
+                                  "ok"),
+                                 ("Torch-Pruning L1, same MACs", peer, status)):
+            if model is None:
+                rows.append([label, f"{target}×", "", "", "", "", "", st, "", ""])
+                continue
+
+            r = {"macs": _macs(model, x), "params": sum(p.numel() for p in model.parameters()),
+                 f"b{batch}": _compare(base, model, shape, batch, max(10, s["repeats"] // 2)),
+                 "b1": _compare(base, model, shape, 1, s["repeats"]), **_agreement(base, model, shape),
+                 "predicted": table.predict_ratio(_layer_widths(model, x, batch))}
+            mac_ratio = r["macs"] / base_macs
+            lat = r[f"b{batch}"]
+            eff = None if lat["ratio"] is None else mac_ratio / lat["ratio"]
+            rows.append([label, f"{target}×", r["macs"], round(mac_ratio, 3), latency_cell(lat),
+                         latency_cell(r["b1"], aa=False), round(r["predicted"], 3),
+                         "too noisy" if eff is None else f"{eff:.0%}", f"{r['top1_agreement']:.0%}",
+                         round(r["relative_l2"], 3)])
+            records.append({"target": target, "method": label, **r, "mac_ratio": mac_ratio,
+                            "speedup_share_of_mac_reduction": eff, "rounds": info["rounds"] if model is mine else None})
+    text = f"""### MobileNetV2 at 224×224, latency targets at batch {batch}
+
+`models.create("mobilenet_v2", num_classes=1000, in_channels=3, input_size=224)`, randomly initialised and made
+input-dependent as in the next table (no ImageNet here, so no accuracy), L1 criterion, default `LatencyTarget`
+options (steps of the measured block only, `min_keep=0.25`).
+
+{markdown_table(["method", "target", "MACs", "MAC ratio", f"latency ratio b{batch} (p10–p90), A/A",
+                 "latency ratio b1", f"predicted b{batch}", "speed-up ÷ MAC reduction", "top-1 agreement",
+                 "relative L2"], rows)}
+"""
+    return text, {"rows": records, "base_macs": base_macs, "table_other": table.other}
+
+
+def _zoo_224(s: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    from slimkit import models
+    from slimkit.prune import PruneConfig, prune_channels
+
+    batch = s["batch_224"]
+    shape = (3, 224, 224)
+    x = torch.zeros(1, *shape)
+    rows, records = [], []
+    for name, options in ZOO_224[:s["zoo"]]:
+        torch.manual_seed(0)
+        base = _alive(models.create(name, num_classes=1000, in_channels=3, input_size=224, **options), shape)
+        base_macs, base_params = _macs(base, x), sum(p.numel() for p in base.parameters())
+        rows.append([name, "—", base_params, base_macs, "1 (reference)", "1 (reference)", "", ""])
+        for ratio in (0.3, 0.5):
+            began = time.perf_counter()
+            model = prune_channels(base, x, PruneConfig(ratio=ratio))
+            seconds = time.perf_counter() - began
+            repeats = max(8, s["repeats"] // (4 if base_macs > 1e9 else 2))
+            r = {"macs": _macs(model, x), "params": sum(p.numel() for p in model.parameters()),
+                 "prune_seconds": seconds, "b1": _compare(base, model, shape, 1, repeats),
+                 f"b{batch}": _compare(base, model, shape, batch, repeats), **_agreement(base, model, shape)}
+            rows.append([name, f"{ratio:.0%}", r["params"], r["macs"], latency_cell(r["b1"]),
+                         latency_cell(r[f"b{batch}"]), f"{r['top1_agreement']:.0%}", round(r["relative_l2"], 3)])
+            records.append({"model": name, "ratio": ratio, **r, "base_macs": base_macs, "base_params": base_params})
+    text = f"""### 224×224 zoo, uniform L1 pruning
+
+Randomly initialised zoo models at `input_size=224` (1000 classes; zero-initialised residual BN scales set to 1 and
+BatchNorm statistics estimated on 16 random images, so that the outputs depend on the input);
+`prune_channels(PruneConfig(ratio=r))`, the same ratio in every channel group. Output agreement: top-1 agreement
+and relative L2 distance of the logits against the unpruned model on 16 other random images, after re-estimating
+the pruned model's BatchNorm statistics the same way (no ImageNet here: this measures how much of the function
+survives one-shot pruning, not accuracy).
+
+{markdown_table(["model", "pruned", "params", "MACs", "latency ratio b1 (p10–p90), A/A",
+                 f"latency ratio b{batch}", "top-1 agreement", "relative L2"], rows)}
+"""
+    return text, {"rows": records}
+
+
+def run(quick: bool) -> Section:
+    torch.set_num_threads(1)
+    s = _settings(quick)
+    with tempfile.TemporaryDirectory(prefix="bench-latency-tables-") as tmp:
+        resnet_text, resnet = _resnet20(s, Path(tmp))
+        mbv2_text, mbv2 = _mobilenet_targets(s, Path(tmp))
+    zoo_text, zoo = _zoo_224(s)
+    markdown = "\n".join([
+        f"Machine: {machine_info()['cpu']}. Latency tables and every latency ratio are measured afresh in each run "
+        "(a quiet machine gets its own); only fine-tuned accuracies are cached (`benchmarks/.cache/latency_prune-*`,"
+        " keyed by the pruned widths and every setting), so an interrupted run resumes.", "",
+        resnet_text, mbv2_text, zoo_text])
+    return Section(topic="latency_prune", title=TITLE, markdown=markdown,
+                   data={"settings": s, "resnet20": resnet, "mobilenet_v2": mbv2, "zoo_224": zoo,
+                         "machine": machine_info()})
