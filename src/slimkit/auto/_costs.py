@@ -1,0 +1,303 @@
+"""Per-layer costs of every choice — MACs, bytes of the deployed file, ONNX Runtime latency — and the search
+problem of one deployment format built from them and from the sensitivities.
+
+MACs are counted (``slimkit.analysis.profile``): a Conv2d/Linear's MACs scale with its input and output widths and
+with its factorisation's measured MAC ratio. Latency comes from the measured per-layer ONNX Runtime tables of
+:func:`slimkit.analysis.build_latency_table` (NetAdapt / HALP look-up tables at the deployed batch and threads, read
+at the layer's input and output widths), times measured ratios for what the tables do not cover: a factorised
+layer (its factors against the layer, timed as one-layer ONNX graphs) and int8 (the whole int8 model against the
+fp32 one), plus the share of time spent in other ops. Bytes follow each format's storage: 4 bytes per fp32 weight;
+an int8 weight byte plus per-channel scale, zero point and int32 bias; for the container, the exact bytes of each
+layer's codebook, Huffman-coded index streams and bias at each sparsity and cluster width. A constant per format
+(graph, header, normalisation tensors) is calibrated from the input model's real deployed file.
+
+These are predictions; the search's candidate is then measured, and a miss corrects the search's target (NetAdapt's
+empirical measurement step, Yang et al. 2018).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from slimkit.auto._search import Choice, Problem, Term
+
+log = logging.getLogger(__name__)
+
+#: bytes per output channel an int8 QDQ layer stores besides its weights: int32 bias, fp32 scale, int8 zero point
+INT8_CHANNEL_BYTES = 9
+
+
+def layer_info(model: nn.Module, example: Any) -> dict[str, dict[str, Any]]:
+    """Every Conv2d and Linear layer: kind (conv, depthwise, linear), widths, MACs per sample, weights, bias."""
+    from slimkit.analysis import profile
+
+    macs = {row.name: row.macs for row in profile(model, example).rows}
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            kind = "depthwise" if m.groups > 1 and m.groups == m.in_channels else "conv"
+            cin, cout = m.in_channels, m.out_channels
+        elif isinstance(m, nn.Linear):
+            kind, cin, cout = "linear", m.in_features, m.out_features
+        else:
+            continue
+        out[name] = {"kind": kind, "in": cin, "out": cout, "macs": int(macs.get(name, 0)),
+                     "weights": m.weight.numel(), "bias": 0 if m.bias is None else m.bias.numel()}
+    return out
+
+
+@dataclass
+class Analysis:
+    """Everything the search needs about the input model, as plain JSON-able values (cached in the run folder).
+
+    layers: :func:`layer_info`. groups: channel analysis (``_sensitivity.channel_analysis``). rank, int8, container:
+    the other knobs' analyses. latency: per-layer tables (``layers``: kind, in/out grids, ms), ``other`` (the share
+    of time in other ops), ``int8`` (int8 / fp32 latency of the whole model), ``rank`` (layer → ratio → latency
+    ratio of its factors). base: the input model's totals (``macs``, ``bytes`` of its fp32 ONNX file, the other
+    formats' reference files).
+    """
+
+    layers: dict[str, dict[str, Any]]
+    base: dict[str, Any]
+    skip: list[str] = field(default_factory=list)
+    groups: dict[str, Any] = field(default_factory=dict)
+    rank: dict[str, Any] = field(default_factory=dict)
+    int8: dict[str, float] = field(default_factory=dict)
+    container: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] | None = None
+
+    def knobs_of(self, layer: str) -> tuple[str | None, str | None]:
+        """The channel groups whose width reaches ``layer``'s input and output (None: none does)."""
+        info = self.layers[layer]
+        found: dict[str, list[str]] = {"in": [], "out": []}
+        for group, entry in self.groups.items():
+            for level in entry["levels"]:
+                w = level["widths"].get(layer)
+                if w is None:
+                    continue
+                if w[0] != info["in"] and group not in found["in"]:
+                    found["in"].append(group)
+                if w[1] != info["out"] and group not in found["out"]:
+                    found["out"].append(group)
+        for side, names in found.items():
+            if len(names) > 1:
+                log.warning("layer %s: its %s width follows %d channel groups (%s); the search costs it by the first",
+                            layer, side, len(names), ", ".join(names))
+        if info["kind"] == "depthwise" and not found["in"] and found["out"]:
+            found["in"] = found["out"]
+        return (found["in"][0] if found["in"] else None), (found["out"][0] if found["out"] else None)
+
+    def width(self, layer: str, group: str | None, level: int, side: int) -> int:
+        full = self.layers[layer]["in" if side == 0 else "out"]
+        if group is None:
+            return full
+        w = self.groups[group]["levels"][level]["widths"].get(layer)
+        return full if w is None else int(w[side])
+
+
+def _latency_cost(table: dict[str, Any], cin: int, cout: int) -> float:
+    """A layer's measured milliseconds at (cin, cout): :meth:`slimkit.analysis.LayerLatency.cost`."""
+    from slimkit.analysis import Geometry, LayerLatency
+
+    layer = LayerLatency(table.get("name", ""), Geometry(table["kind"]), table["in"], table["out"],
+                         tuple(table["in_grid"]), tuple(table["out_grid"]), tuple(tuple(r) for r in table["ms"]),
+                         table["step_in"], table["step_out"])
+    return layer.cost(cin, cout)
+
+
+def table_payload(table: Any) -> dict[str, Any]:
+    """A :class:`slimkit.analysis.LatencyTable` as the JSON the analysis keeps."""
+    return {"other": table.other, "batch": table.batch, "threads": table.threads,
+            "layers": {name: {"name": name, "kind": t.geometry.kind, "in": t.in_channels, "out": t.out_channels,
+                              "in_grid": list(t.in_grid), "out_grid": list(t.out_grid),
+                              "ms": [list(r) for r in t.ms], "step_in": t.step_in, "step_out": t.step_out}
+                       for name, t in table.layers.items()}}
+
+
+def _options(fmt: str, analysis: Analysis, layer: str, knobs: set[str]) -> tuple[list[dict], list[float], list]:
+    """A layer's options in format ``fmt`` (mildest first): labels, sensitivity, strength per knob."""
+    if layer in analysis.skip:
+        return [{}], [0.0], [(0,)]
+    if fmt == "container":
+        rows = analysis.container.get(layer, [])
+        if not rows:
+            return [{}], [0.0], [(0,)]
+        sparsities = sorted({r["sparsity"] for r in rows})
+        bits = sorted({r["bits"] for r in rows}, reverse=True)
+        if "sparsity" not in knobs:
+            rows = [r for r in rows if r["sparsity"] == 0.0]
+        labels, deltas, strength = [], [], []
+        for r in sorted(rows, key=lambda r: (sparsities.index(r["sparsity"]) + bits.index(r["bits"]),
+                                             r["sparsity"], -r["bits"])):
+            labels.append({"sparsity": r["sparsity"], "bits": r["bits"]})
+            deltas.append(r["delta"])
+            strength.append((sparsities.index(r["sparsity"]), bits.index(r["bits"])))
+        return labels, deltas, strength
+    ranks = [{"rank": None, "params": 1.0, "macs": 1.0, "delta": 0.0}]
+    if "rank" in knobs:
+        ranks += [{"rank": r["ratio"], **{k: r[k] for k in ("params", "macs", "delta")}}
+                  for r in analysis.rank.get(layer, [])]
+    precisions = [False]
+    if fmt == "int8":
+        precisions = [True, False] if "int8" in knobs and layer in analysis.int8 else [True]
+    combos = []
+    for q, (ri, r) in itertools.product(precisions, enumerate(ranks)):
+        quant_strength = 1 if q and len(precisions) > 1 else 0
+        combos.append(((quant_strength, ri), {"int8": q, "rank": r["rank"]} if fmt == "int8" else {"rank": r["rank"]},
+                       r["delta"] + (analysis.int8.get(layer, 0.0) if q else 0.0)))
+    combos.sort(key=lambda c: (sum(c[0]), c[0]))
+    return [c[1] for c in combos], [c[2] for c in combos], [c[0] for c in combos]
+
+
+def build_problem(fmt: str, analysis: Analysis, knobs: set[str], dims: list[str]) -> Problem:
+    """The search problem of format ``fmt`` over ``dims`` (latency, size, macs; latency needs ``analysis.latency``)."""
+    from slimkit.auto._formats import create_format
+
+    format_knobs = create_format(fmt).knobs & knobs
+    choices: dict[str, Choice] = {}
+    if "channels" in format_knobs:
+        for group, entry in analysis.groups.items():
+            levels = entry["levels"]
+            if len(levels) > 1:
+                choices[f"group:{group}"] = Choice(f"group:{group}", [lv["keep"] for lv in levels],
+                                                   [lv["delta"] for lv in levels], [(i,) for i in range(len(levels))])
+    latency = analysis.latency
+    base = analysis.base
+    terms: list[Term] = []
+    constant: dict[str, float] = {d: 0.0 for d in dims}
+    full: dict[str, float] = {}
+    if "macs" in dims:
+        full["macs"] = float(base["macs"])
+        constant["macs"] = float(base["macs"]) - sum(info["macs"] for info in analysis.layers.values())
+    if "size" in dims:
+        full["size"] = float(base["bytes"])
+    if "latency" in dims:
+        if latency is None:
+            raise ValueError("a latency budget needs the latency tables in the analysis")
+        table_ms = sum(_latency_cost(t, t["in"], t["out"]) for t in latency["layers"].values())
+        other = min(0.95, max(0.0, float(latency["other"])))
+        other_ms = table_ms * other / max(1e-12, 1 - other)
+        full["latency"] = table_ms + other_ms
+        constant["latency"] = other_ms * (latency.get("int8", 1.0) if fmt == "int8" else 1.0)
+    size_reference = 0.0
+    for layer, info in analysis.layers.items():
+        labels, deltas, strength = _options(fmt, analysis, layer, format_knobs)
+        factors: list[str] = []
+        gin = gout = None
+        if "channels" in format_knobs:
+            gin, gout = analysis.knobs_of(layer)
+            gin = gin if gin is not None and f"group:{gin}" in choices else None
+            gout = gout if gout is not None and f"group:{gout}" in choices else None
+            factors += [f"group:{g}" for g in (gin, gout) if g is not None]
+            if gin is not None and gin == gout:  # a depthwise layer: one group sets both widths
+                factors = [f"group:{gin}"]
+        if len(labels) > 1:
+            key = f"layer:{layer}"
+            choices[key] = Choice(key, labels, deltas, strength)
+            factors.append(key)
+        shape = [len(choices[f].labels) for f in factors]
+        cost = {d: np.zeros(shape) for d in dims}
+        for idx in itertools.product(*[range(n) for n in shape]):
+            picks = dict(zip(factors, idx))
+            a = picks.get(f"group:{gin}", 0) if gin else 0
+            b = picks.get(f"group:{gout}", 0) if gout else 0
+            option = labels[picks.get(f"layer:{layer}", 0)]
+            cin = analysis.width(layer, gin, a, 0)
+            cout = analysis.width(layer, gout, b, 1)
+            fin = 1.0 if info["kind"] == "depthwise" else cin / info["in"]
+            fout = cout / info["out"]
+            rank = option.get("rank")
+            rank_row = next((r for r in analysis.rank.get(layer, []) if r["ratio"] == rank), None) if rank else None
+            rp = rank_row["params"] if rank_row else 1.0
+            rm = rank_row["macs"] if rank_row else 1.0
+            if "macs" in dims:
+                cost["macs"][idx] = info["macs"] * fin * fout * rm
+            if "size" in dims:
+                weights = info["weights"] * fin * fout * rp
+                bias = info["bias"] * fout
+                if fmt == "container":
+                    cost["size"][idx] = _container_bytes(analysis, layer, option, info)
+                elif fmt == "int8" and option.get("int8"):
+                    cost["size"][idx] = weights + INT8_CHANNEL_BYTES * cout
+                else:
+                    cost["size"][idx] = 4 * (weights + bias)
+            if "latency" in dims:
+                ms = 0.0
+                if fmt != "container" and layer in latency["layers"]:
+                    ms = _latency_cost(latency["layers"][layer], cin, cout)
+                    if rank is not None:
+                        ms *= latency.get("rank", {}).get(layer, {}).get(str(rank), rp)
+                    if option.get("int8"):
+                        ms *= latency.get("int8", 1.0)
+                elif fmt == "container" and layer in latency["layers"]:
+                    t = latency["layers"][layer]
+                    ms = _latency_cost(t, t["in"], t["out"])
+                cost["latency"][idx] = ms
+        terms.append(Term(factors, cost, layer))
+        if "size" in dims:
+            size_reference += _reference_bytes(fmt, analysis, layer, info)
+    if "size" in dims:
+        constant["size"] = float(base.get(f"{fmt}_bytes", base["bytes"])) - size_reference
+    return Problem(fmt, choices, terms, constant, full)
+
+
+def _container_bytes(analysis: Analysis, layer: str, option: dict[str, Any], info: dict[str, Any]) -> float:
+    if not option:  # a skipped layer is stored raw, float32
+        return 4.0 * (info["weights"] + info["bias"])
+    for r in analysis.container[layer]:
+        if r["sparsity"] == option["sparsity"] and r["bits"] == option["bits"]:
+            return float(r["bytes"])
+    raise KeyError(f"{layer}: no container bytes for {option}")
+
+
+def _reference_bytes(fmt: str, analysis: Analysis, layer: str, info: dict[str, Any]) -> float:
+    """The layer's predicted bytes in the format's reference file (the input model deployed in that format:
+    fp32 ONNX; int8 QDQ with every layer int8; the container with every layer at 8 bits, no sparsity)."""
+    if fmt == "container":
+        option = {} if layer in analysis.skip or layer not in analysis.container else {"sparsity": 0.0, "bits": 8}
+        if option and not any(r["sparsity"] == 0.0 and r["bits"] == 8 for r in analysis.container[layer]):
+            option = {}
+        return _container_bytes(analysis, layer, option, info)
+    if fmt == "int8" and layer not in analysis.skip:
+        return info["weights"] + INT8_CHANNEL_BYTES * info["out"]
+    return 4.0 * (info["weights"] + info["bias"])
+
+
+def plan_of(problem: Problem, picks: dict[str, int], analysis: Analysis, ratios: dict[str, float],
+            objective: float) -> Any:
+    """The :class:`~slimkit.auto._plan.Plan` of a solution."""
+    from slimkit.auto._plan import Plan, ratio_for_keep
+
+    plan = Plan(problem.format, predicted={**ratios, "delta": objective})
+    for key, i in picks.items():
+        kind, _, name = key.partition(":")
+        label = problem.choices[key].labels[i]
+        if kind == "group":
+            units = analysis.groups[name]["units"]
+            if label < units:
+                plan.prune[name] = ratio_for_keep(units, label)
+        else:
+            if label.get("rank") is not None:
+                plan.rank[name] = label["rank"]
+            if problem.format == "int8" and label.get("int8") is False:
+                plan.float_layers.append(name)
+            if problem.format == "container" and "bits" in label:
+                plan.bits[name] = label["bits"]
+                if label["sparsity"] > 0:
+                    plan.sparsity[name] = label["sparsity"]
+    if problem.format == "container":  # layers with one option (no choice) still need their bits
+        for layer in analysis.layers:
+            if layer not in analysis.skip and layer not in plan.bits and analysis.container.get(layer):
+                only = problem.choices.get(f"layer:{layer}")
+                if only is None:
+                    row = analysis.container[layer][0]
+                    plan.bits[layer] = row["bits"]
+                    if row["sparsity"] > 0:
+                        plan.sparsity[layer] = row["sparsity"]
+    return plan
