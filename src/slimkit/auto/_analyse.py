@@ -49,9 +49,12 @@ class Analyser:
         self.model, self.example, self.data, self.config = model, example, data, config
         self.folder, self.meter, self.formats, self.spec = folder, meter, formats, spec
         self.baseline_onnx, self.base, self.emit = baseline_onnx, base, emit
+        budget = config.budget
+        # what the cached entries depend on (each entry is keyed by its own option, so grids may change freely)
         self.key = digest({"weights": state_digest(model.state_dict()), "samples": config.calibration_samples,
                            "proxy": config.proxy, "criterion": config.criterion, "seed": config.seed,
-                           "skip": list(config.skip), "budget": config.budget.to_dict()})  # type: ignore[union-attr]
+                           "skip": list(config.skip), "data": getattr(data, "name", None),
+                           "deployment": [budget.batch, budget.threads]})  # type: ignore[union-attr]
 
     def cache(self, name: str) -> Cache:
         return Cache(self.folder / f"{name}.json", self.key)

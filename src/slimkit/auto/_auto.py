@@ -115,7 +115,7 @@ def auto_compress(model: nn.Module, example_inputs: Any, config: AutoConfig, *, 
                   out: str | Path | None = None, resume: bool = False, force: bool = False,
                   latency: LatencyMeter | None = None, spec: str | None = None,
                   recipe: dict[str, Any] | None = None, reporter: Reporter | None = None,
-                  progress: bool = False) -> nn.Module:
+                  progress: bool = False, analysis_dir: str | Path | None = None) -> nn.Module:
     """Search the mix of techniques that keeps the most validation accuracy within ``config.budget``, carry it out
     with recovery, verify it by measurement, and return the compressed model (the caller's model is untouched).
 
@@ -132,6 +132,8 @@ def auto_compress(model: nn.Module, example_inputs: Any, config: AutoConfig, *, 
     ``recipe``: the ``model`` and ``data`` sections (and optionally ``evaluation``) of the recipe to write: with it,
     ``OUT/recipe.yaml`` is an ordinary recipe ``slimkit compress`` runs to reproduce the result.
     ``reporter(event, info)``: progress events (see :data:`Reporter`).
+    ``analysis_dir``: where the analysis caches live (default ``OUT/analysis``); runs of other budgets on the same
+    model, data and settings share one, so the model is analysed once.
 
     :func:`auto_report` on the result gives the :class:`AutoResult`. Raises :class:`BudgetNotMet` (with the result
     and the report written) when no candidate met the budget as measured.
@@ -144,7 +146,8 @@ def auto_compress(model: nn.Module, example_inputs: Any, config: AutoConfig, *, 
         keep = tempfile.TemporaryDirectory(prefix="slimkit-auto-")
         out = keep.name
     folder = Path(out)
-    run = AutoRun(model, example_inputs, data, config, folder, meter=meter, spec=spec, emit=emit, progress=progress)
+    run = AutoRun(model, example_inputs, data, config, folder, meter=meter, spec=spec, emit=emit, progress=progress,
+                  analysis_dir=Path(analysis_dir) if analysis_dir is not None else None)
     fingerprint = run.fingerprint()
     run_id, resuming = prepare_folder(folder, fingerprint, resume, force)
     folder.mkdir(parents=True, exist_ok=True)

@@ -72,8 +72,10 @@ class Analysis:
     container: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] | None = None
 
-    def knobs_of(self, layer: str) -> tuple[str | None, str | None]:
-        """The channel groups whose width reaches ``layer``'s input and output (None: none does)."""
+    def sides(self, layer: str) -> tuple[list[str], list[str]]:
+        """The channel groups whose width reaches ``layer``'s input and its output. A residual stream's width is
+        often the sum of several groups' units (ResNet's zero-padded shortcuts carry the previous stage's
+        channels), so a side may follow several groups; a depthwise layer's input follows its output's."""
         info = self.layers[layer]
         found: dict[str, list[str]] = {"in": [], "out": []}
         for group, entry in self.groups.items():
@@ -85,20 +87,16 @@ class Analysis:
                     found["in"].append(group)
                 if w[1] != info["out"] and group not in found["out"]:
                     found["out"].append(group)
-        for side, names in found.items():
-            if len(names) > 1:
-                log.warning("layer %s: its %s width follows %d channel groups (%s); the search costs it by the first",
-                            layer, side, len(names), ", ".join(names))
         if info["kind"] == "depthwise" and not found["in"] and found["out"]:
-            found["in"] = found["out"]
-        return (found["in"][0] if found["in"] else None), (found["out"][0] if found["out"] else None)
+            found["in"] = list(found["out"])
+        return found["in"], found["out"]
 
-    def width(self, layer: str, group: str | None, level: int, side: int) -> int:
+    def removed(self, layer: str, group: str, level: int, side: int) -> int:
+        """Channels of ``layer``'s input (side 0) or output (side 1) removed when ``group`` alone is at ``level``
+        (several groups' removals add up: each prunes its own units)."""
         full = self.layers[layer]["in" if side == 0 else "out"]
-        if group is None:
-            return full
         w = self.groups[group]["levels"][level]["widths"].get(layer)
-        return full if w is None else int(w[side])
+        return 0 if w is None else full - int(w[side])
 
 
 def _latency_cost(table: dict[str, Any], cin: int, cout: int) -> float:
@@ -186,65 +184,140 @@ def build_problem(fmt: str, analysis: Analysis, knobs: set[str], dims: list[str]
         full["latency"] = table_ms + other_ms
         constant["latency"] = other_ms * (latency.get("int8", 1.0) if fmt == "int8" else 1.0)
     size_reference = 0.0
+    groups_on = "channels" in format_knobs
     for layer, info in analysis.layers.items():
         labels, deltas, strength = _options(fmt, analysis, layer, format_knobs)
-        factors: list[str] = []
-        gin = gout = None
-        if "channels" in format_knobs:
-            gin, gout = analysis.knobs_of(layer)
-            gin = gin if gin is not None and f"group:{gin}" in choices else None
-            gout = gout if gout is not None and f"group:{gout}" in choices else None
-            factors += [f"group:{g}" for g in (gin, gout) if g is not None]
-            if gin is not None and gin == gout:  # a depthwise layer: one group sets both widths
-                factors = [f"group:{gin}"]
+        layer_key = f"layer:{layer}"
         if len(labels) > 1:
-            key = f"layer:{layer}"
-            choices[key] = Choice(key, labels, deltas, strength)
-            factors.append(key)
-        shape = [len(choices[f].labels) for f in factors]
-        cost = {d: np.zeros(shape) for d in dims}
-        for idx in itertools.product(*[range(n) for n in shape]):
-            picks = dict(zip(factors, idx))
-            a = picks.get(f"group:{gin}", 0) if gin else 0
-            b = picks.get(f"group:{gout}", 0) if gout else 0
-            option = labels[picks.get(f"layer:{layer}", 0)]
-            cin = analysis.width(layer, gin, a, 0)
-            cout = analysis.width(layer, gout, b, 1)
-            fin = 1.0 if info["kind"] == "depthwise" else cin / info["in"]
-            fout = cout / info["out"]
-            rank = option.get("rank")
-            rank_row = next((r for r in analysis.rank.get(layer, []) if r["ratio"] == rank), None) if rank else None
-            rp = rank_row["params"] if rank_row else 1.0
-            rm = rank_row["macs"] if rank_row else 1.0
-            if "macs" in dims:
-                cost["macs"][idx] = info["macs"] * fin * fout * rm
-            if "size" in dims:
-                weights = info["weights"] * fin * fout * rp
-                bias = info["bias"] * fout
-                if fmt == "container":
-                    cost["size"][idx] = _container_bytes(analysis, layer, option, info)
-                elif fmt == "int8" and option.get("int8"):
-                    cost["size"][idx] = weights + INT8_CHANNEL_BYTES * cout
-                else:
-                    cost["size"][idx] = 4 * (weights + bias)
-            if "latency" in dims:
-                ms = 0.0
-                if fmt != "container" and layer in latency["layers"]:
-                    ms = _latency_cost(latency["layers"][layer], cin, cout)
-                    if rank is not None:
-                        ms *= latency.get("rank", {}).get(layer, {}).get(str(rank), rp)
-                    if option.get("int8"):
-                        ms *= latency.get("int8", 1.0)
-                elif fmt == "container" and layer in latency["layers"]:
-                    t = latency["layers"][layer]
-                    ms = _latency_cost(t, t["in"], t["out"])
-                cost["latency"][idx] = ms
-        terms.append(Term(factors, cost, layer))
+            choices[layer_key] = Choice(layer_key, labels, deltas, strength)
+        gin, gout = analysis.sides(layer) if groups_on else ([], [])
+        gin = [g for g in gin if f"group:{g}" in choices]
+        gout = [g for g in gout if f"group:{g}" in choices]
+
+        def cost_at(cin: int, cout: int, option: dict[str, Any], layer: str = layer,
+                    info: dict[str, Any] = info) -> dict[str, float]:
+            return _layer_cost(fmt, analysis, layer, info, cin, cout, option, dims)
+
+        if len(gin) <= 1 and len(gout) <= 1:
+            terms.append(_exact_term(analysis, layer, info, gin, gout, labels, choices, dims, cost_at))
+        else:
+            terms += _bilinear_terms(analysis, layer, info, gin, gout, labels, choices, dims, cost_at)
         if "size" in dims:
             size_reference += _reference_bytes(fmt, analysis, layer, info)
     if "size" in dims:
         constant["size"] = float(base.get(f"{fmt}_bytes", base["bytes"])) - size_reference
     return Problem(fmt, choices, terms, constant, full)
+
+
+def _layer_cost(fmt: str, analysis: Analysis, layer: str, info: dict[str, Any], cin: int, cout: int,
+                option: dict[str, Any], dims: list[str]) -> dict[str, float]:
+    """One layer's predicted MACs, bytes and milliseconds at (cin, cout) with its own ``option``."""
+    latency = analysis.latency
+    fin = 1.0 if info["kind"] == "depthwise" else cin / info["in"]
+    fout = cout / info["out"]
+    rank = option.get("rank")
+    rank_row = next((r for r in analysis.rank.get(layer, []) if r["ratio"] == rank), None) if rank else None
+    rp = rank_row["params"] if rank_row else 1.0
+    rm = rank_row["macs"] if rank_row else 1.0
+    out: dict[str, float] = {}
+    if "macs" in dims:
+        out["macs"] = info["macs"] * fin * fout * rm
+    if "size" in dims:
+        weights = info["weights"] * fin * fout * rp
+        bias = info["bias"] * fout
+        if fmt == "container":
+            out["size"] = _container_bytes(analysis, layer, option, info)
+        elif fmt == "int8" and option.get("int8"):
+            out["size"] = weights + INT8_CHANNEL_BYTES * cout
+        else:
+            out["size"] = 4 * (weights + bias)
+    if "latency" in dims:
+        ms = 0.0
+        table = latency["layers"].get(layer) if latency else None
+        if table is not None and fmt != "container":
+            ms = _latency_cost(table, cin, cout)
+            if rank is not None:
+                ms *= latency.get("rank", {}).get(layer, {}).get(str(rank), rp)
+            if option.get("int8"):
+                ms *= latency.get("int8", 1.0)
+        elif table is not None:  # the container's model runs decoded: dense, full width
+            ms = _latency_cost(table, table["in"], table["out"])
+        out["latency"] = ms
+    return out
+
+
+def _exact_term(analysis: Analysis, layer: str, info: dict[str, Any], gin: list[str], gout: list[str],
+                labels: list[dict[str, Any]], choices: dict[str, Choice], dims: list[str], cost_at: Any) -> Term:
+    """A layer whose input and output each follow at most one group: its cost at every combination of the two
+    groups' widths and its own option, read exactly (the latency table's steps included)."""
+    factors = [f"group:{g}" for g in dict.fromkeys([*gin, *gout])]
+    if f"layer:{layer}" in choices:
+        factors.append(f"layer:{layer}")
+    shape = [len(choices[f].labels) for f in factors]
+    cost = {d: np.zeros(shape) for d in dims}
+    for idx in itertools.product(*[range(n) for n in shape]):
+        picks = dict(zip(factors, idx))
+        cin = info["in"] - (analysis.removed(layer, gin[0], picks[f"group:{gin[0]}"], 0) if gin else 0)
+        cout = info["out"] - (analysis.removed(layer, gout[0], picks[f"group:{gout[0]}"], 1) if gout else 0)
+        values = cost_at(max(cin, 1), max(cout, 1), labels[picks.get(f"layer:{layer}", 0)])
+        for d in dims:
+            cost[d][idx] = values[d]
+    return Term(factors, cost, layer)
+
+
+def _bilinear_terms(analysis: Analysis, layer: str, info: dict[str, Any], gin: list[str], gout: list[str],
+                    labels: list[dict[str, Any]], choices: dict[str, Choice], dims: list[str],
+                    cost_at: Any) -> list[Term]:
+    """A layer on a residual stream whose width is a sum over several groups: for each of its own options, its
+    cost fitted as a + b·c_in + c·c_out + d·c_in·c_out (exact for MACs and bytes; a least-squares fit of the
+    latency table), expanded over the groups' removed channels into one term per group and one per (input,
+    output) pair of groups, each joint with the layer's option."""
+    spread = (1.0, 0.75, 0.5, 0.25, 0.125)
+    ins = sorted({max(1, round(info["in"] * f)) for f in spread})
+    outs = sorted({max(1, round(info["out"] * f)) for f in spread})
+    grid = [(ci, co) for ci in ins for co in outs]
+    design = np.array([[1.0, ci, co, ci * co] for ci, co in grid])
+    key = f"layer:{layer}"
+    options = labels if key in choices else labels[:1]
+    coef = {d: np.zeros((len(options), 4)) for d in dims}  # per option: a, b, c, d
+    for q, option in enumerate(options):
+        values = [cost_at(ci, co, option) for ci, co in grid]
+        for d in dims:
+            coef[d][q] = np.linalg.lstsq(design, np.array([v[d] for v in values]), rcond=None)[0]
+    own = [key] if key in choices else []
+    nq = len(options)
+
+    def shaped(table: dict[str, np.ndarray], factors: list[str]) -> Term:
+        if not own:  # drop the option axis of a layer with one option
+            table = {d: v[..., 0] for d, v in table.items()}
+        return Term(factors + own, table, layer)
+
+    full_in, full_out = info["in"], info["out"]
+    terms = [shaped({d: (c[:, 0] + c[:, 1] * full_in + c[:, 2] * full_out + c[:, 3] * full_in * full_out)
+                     for d, c in coef.items()}, [])]
+
+    def removed(group: str, side: int) -> np.ndarray:
+        return np.array([analysis.removed(layer, group, i, side) for i in range(len(choices[f"group:{group}"].labels))],
+                        dtype=np.float64)
+
+    for side, groups in ((0, gin), (1, gout)):
+        for g in groups:
+            r = removed(g, side)
+            table = {}
+            for d, c in coef.items():
+                slope = -(c[:, 1] + c[:, 3] * full_out) if side == 0 else -(c[:, 2] + c[:, 3] * full_in)
+                table[d] = np.outer(r, slope)  # (levels, options)
+            terms.append(shaped(table, [f"group:{g}"]))
+    for g in gin:
+        for h in gout:
+            rg, rh = removed(g, 0), removed(h, 1)
+            if g == h:  # one group on both sides: a single factor
+                terms.append(shaped({d: np.outer(rg * rh, c[:, 3]) for d, c in coef.items()}, [f"group:{g}"]))
+            else:
+                terms.append(shaped({d: np.einsum("i,j,q->ijq", rg, rh, c[:, 3]) for d, c in coef.items()},
+                                    [f"group:{g}", f"group:{h}"]))
+    assert all(v.shape[-1] == nq for t in terms for v in t.cost.values()) or not own
+    return terms
 
 
 def _container_bytes(analysis: Analysis, layer: str, option: dict[str, Any], info: dict[str, Any]) -> float:

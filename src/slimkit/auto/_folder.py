@@ -61,7 +61,7 @@ def state_digest(state: dict[str, Any]) -> str:
         if isinstance(value, torch.Tensor):
             tensor = value.detach().cpu().contiguous()
             h.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
-            h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return h.hexdigest()[:16]
 
 

@@ -74,9 +74,11 @@ class AutoRun:
     """One search: the input, the settings, the folder; :meth:`execute` returns the candidates and the choice."""
 
     def __init__(self, model: nn.Module, example: Any, data: Any, config: AutoConfig, out: Path, *,
-                 meter: LatencyMeter | None, spec: str | None, emit: Event, progress: bool) -> None:
+                 meter: LatencyMeter | None, spec: str | None, emit: Event, progress: bool,
+                 analysis_dir: Path | None = None) -> None:
         self.model, self.example, self.data, self.config, self.out = model.eval(), example, data, config, out
         self.meter, self.spec, self.emit, self.progress = meter, spec, emit, progress
+        self.analysis_dir = analysis_dir or out / "analysis"
         self.budget = dict(config.budget.items())  # type: ignore[union-attr]
         self.started = time.perf_counter()
 
@@ -119,7 +121,7 @@ class AutoRun:
         if not formats:
             raise ConfigError("no deployment format can take this model: " +
                               "; ".join(f"{k}: {v}" for k, v in base["formats"].items()))
-        analysis = Analyser(self.model, self.example, self.data, self.config, self.out / "analysis", self.meter,
+        analysis = Analyser(self.model, self.example, self.data, self.config, self.analysis_dir, self.meter,
                             formats, self.spec, self.out / "baseline.onnx", base, self.emit).run()
         dims = list(self.budget)
         knobs = set(self.config.knobs)
@@ -150,7 +152,7 @@ class AutoRun:
             if outcome["accepted"]:
                 stop = "accepted"
                 break
-            self._adapt(problem, solution, row, outcome, targets[plan.format], log_entries)
+            self._adapt(problem, solution, row, outcome, targets, log_entries)
         write_json(self.out / "search.json", {"stop": stop, "log": log_entries, "targets": targets,
                                               "exhausted": sorted(exhausted)})
         return {"base": base, "analysis": analysis, "candidates": candidates, "stop": stop}
@@ -162,7 +164,7 @@ class AutoRun:
             raise ConfigError(f"the budget {self.config.budget.text()} is beyond what the search space reaches on "  # type: ignore
                               f"this model (predicted, each limit alone: {reachable_text(reach, self.budget)}): "
                               "relax the budget, or allow more formats / knobs / stronger choices")
-        write_json(self.out / "analysis" / "reachable.json", reach)
+        write_json(self.out / "reachable.json", reach)
 
     def _next_plan(self, problems: dict[str, Problem], targets: dict[str, dict[str, float]], exhausted: set[str],
                    analysis: Analysis, seen: set[str], log_entries: list[dict[str, Any]]) -> tuple:
@@ -179,7 +181,9 @@ class AutoRun:
                 self.emit("note", {"text": f"format {fmt}: no plan meets the budget within the allowed choices"})
                 continue
             plan = plan_of(problem, solution.picks, analysis, solution.ratios, solution.objective)
-            if plan.key() in seen:
+            degenerate = fmt == "int8" and set(plan.float_layers) >= {n for n in analysis.layers
+                                                                      if n not in analysis.skip}
+            if plan.key() in seen or degenerate:  # an int8 plan with every layer in float is an onnx plan
                 exhausted.add(fmt)
                 continue
             if best is None or solution.objective < best[2].objective - 1e-12:
@@ -223,15 +227,16 @@ class AutoRun:
                 "accuracy_ok": accuracy_ok, "accepted": budget_ok and verified and accuracy_ok}
 
     def _adapt(self, problem: Problem, solution: Any, row: dict[str, Any], outcome: dict[str, Any],
-               targets: dict[str, float], log_entries: list[dict[str, Any]]) -> None:
+               targets: dict[str, dict[str, float]], log_entries: list[dict[str, Any]]) -> None:
         entry: dict[str, Any] = {"candidate": row["index"], "format": problem.format}
         for key, ok in outcome["budget"].items():
             if ok is False:  # measured above the limit: aim lower by measured / predicted
                 predicted = solution.ratios.get(key, row["ratios"][key])
-                measured = row["ratios"][key]
-                targets[key] = min(targets[key], targets[key] * self.budget[key] / measured * 0.99,
-                                   predicted * self.budget[key] / measured * 0.99)
-                entry.setdefault("tightened", {})[key] = targets[key]
+                aim = predicted * self.budget[key] / row["ratios"][key] * 0.99
+                # the MACs model is the same in every format; size and latency are each format's own
+                for fmt in (targets if key == "macs" else [problem.format]):
+                    targets[fmt][key] = min(targets[fmt][key], aim)
+                entry.setdefault("tightened", {})[key] = aim
         if not outcome["accuracy_ok"]:
             picks = [(problem.choices[k].delta[i], k, i) for k, i in solution.picks.items()
                      if problem.choices[k].delta[i] > 0]
