@@ -285,7 +285,6 @@ def _bilinear_terms(analysis: Analysis, layer: str, info: dict[str, Any], gin: l
         for d in dims:
             coef[d][q] = np.linalg.lstsq(design, np.array([v[d] for v in values]), rcond=None)[0]
     own = [key] if key in choices else []
-    nq = len(options)
 
     def shaped(table: dict[str, np.ndarray], factors: list[str]) -> Term:
         if not own:  # drop the option axis of a layer with one option
@@ -316,7 +315,6 @@ def _bilinear_terms(analysis: Analysis, layer: str, info: dict[str, Any], gin: l
             else:
                 terms.append(shaped({d: np.einsum("i,j,q->ijq", rg, rh, c[:, 3]) for d, c in coef.items()},
                                     [f"group:{g}", f"group:{h}"]))
-    assert all(v.shape[-1] == nq for t in terms for v in t.cost.values()) or not own
     return terms
 
 
