@@ -147,15 +147,26 @@ def _run_hand(path: Path, checkpoint: Path, section: dict[str, Any], folder: Pat
 # --- single-family automation -----------------------------------------------------------------------------------
 
 
-def _uniform_prune(model: torch.nn.Module, macs: int, data: Any, example: torch.Tensor, epochs: int,
-                   folder: Path) -> tuple[torch.nn.Module, Path]:
-    """Uniform L1 channel pruning (one ratio for every group) to the given MACs, KD recovery, fp32 ONNX."""
+def _uniform_prune(model: torch.nn.Module, budget: str, macs: int, data: Any, example: torch.Tensor, epochs: int,
+                   folder: Path, onnx_bytes: int) -> tuple[torch.nn.Module, Path]:
+    """Uniform L1 channel pruning (one ratio for every group), KD recovery, fp32 ONNX. For a latency budget the
+    ratio reaches auto's MACs; for a size budget, the smallest ratio whose fp32 weights fit the budget's bytes."""
+    from slimkit.analysis import profile
     from slimkit.distill import DistillConfig, distill
     from slimkit.export import export_onnx
     from slimkit.prune import PruneConfig, prune_channels
 
-    pruned = prune_channels(model, example, PruneConfig(target_macs=int(macs), criterion="l1"),
-                            data=data.calibration)
+    if budget.startswith("size"):
+        limit = float(budget.partition("=")[2]) * onnx_bytes
+        lo, hi = 0.0, 0.99
+        for _ in range(12):  # bisection on the one ratio: fp32 weights (4 bytes each) within the budget
+            mid = (lo + hi) / 2
+            candidate = prune_channels(model, example, PruneConfig(ratio=mid), data=data.calibration)
+            lo, hi = (lo, mid) if 4 * profile(candidate, example).total.params <= limit else (mid, hi)
+        config = PruneConfig(ratio=hi, criterion="l1")
+    else:
+        config = PruneConfig(target_macs=int(macs), criterion="l1")
+    pruned = prune_channels(model, example, config, data=data.calibration)
     if epochs:
         pruned = distill(model, pruned, data.train, DistillConfig(losses=("kd:T=4,alpha=0.9",), epochs=epochs,
                                                                   lr=0.01))
@@ -247,12 +258,13 @@ def _model_rows(name: str, spec: dict[str, Any], data: Any, section: dict[str, A
                 f"{chosen['index']:02d}" / "decoded.onnx"
             entry["auto"] = _row("auto", run["model"], deployed=deployed, timed=timed, **common, extra={
                 "status": result.status, "plan": result.plan.summary(), "format": result.plan.format,
-                "seconds": run["seconds"], "candidates": len(result.candidates),
+                "seconds": run["seconds"], "analysis_seconds": result.analysis_seconds,
+                "candidates": len(result.candidates),
                 "search_latency": chosen.get("latency"), "reproduced": _reproduce(run_folder, chosen)})
             # single-family automation at the same budget
-            uniform, uniform_file = _uniform_prune(base_model, entry["auto"]["macs"], data, example,
-                                                   settings["recovery_epochs"], run_folder)
-            entry["uniform"] = _row("uniform pruning, same MACs", uniform, deployed=uniform_file, timed=uniform_file,
+            uniform, uniform_file = _uniform_prune(base_model, budget, entry["auto"]["macs"], data, example,
+                                                   settings["recovery_epochs"], run_folder, base["onnx_bytes"])
+            entry["uniform"] = _row("uniform pruning", uniform, deployed=uniform_file, timed=uniform_file,
                                     **common)
         else:
             entry["auto"] = {"label": "auto", "error": run.get("error"), "seconds": run["seconds"]}
@@ -323,13 +335,13 @@ def _cell_acc(row: dict[str, Any] | None, base: dict[str, Any]) -> str:
 
 def _table(results: dict[str, Any]) -> str:
     cols = ["model", "budget", "method", "test acc (Δ)", "valid acc", "latency × (batch 64)", "size ×", "MACs ×",
-            "meets", "search s", "what"]
+            "meets", "wall s", "what"]
     rows = []
     for name, model in results["models"].items():
         base = model["base"]
         for budget, entry in model["budgets"].items():
             candidates = [("auto", entry["auto"]), ("best hand recipe", entry["hand_best"]),
-                          ("uniform pruning, same MACs", entry.get("uniform")),
+                          ("uniform pruning", entry.get("uniform")),
                           ("int8 alone", model["int8"]), ("mixed precision alone", entry["mixed"])]
             for method, row in candidates:
                 if row is None:
@@ -343,6 +355,8 @@ def _table(results: dict[str, Any]) -> str:
                     continue
                 meets = _meets(row, budget)
                 what = row.get("plan") or row["label"]
+                if row.get("analysis_seconds") is not None:
+                    what += f" ({row['candidates']} candidate(s); analysis {row['analysis_seconds']:.0f} s)"
                 if method == "auto" and row.get("reproduced"):
                     what += "" if all(row["reproduced"].values()) else " (recipe did NOT reproduce)"
                 rows.append([name, budget, method, _cell_acc(row, base), f"{100 * row['valid_accuracy']:.2f}%",
@@ -390,9 +404,12 @@ def run(quick: bool) -> Section:
         "and 2 epochs of centroid fine-tuning (the Deep Compression recipe's 4 + 2). "
         "Best hand recipe: every recipe in recipes/ for the model, started from the same trained baseline (its "
         "`train` stage dropped), measured once; the most accurate on validation among those that meet the budget. "
-        "Uniform pruning: one L1 ratio for every channel group, searched to auto's MACs, same KD recovery, fp32. "
+        "Uniform pruning: one L1 ratio for every channel group, searched to auto's MACs (latency budgets) or to the "
+        "budget's bytes as fp32 weights (size budgets), same KD recovery, deployed as fp32 ONNX. "
         "Mixed precision alone: auto restricted to the int8 format and the per-layer int8/float knob. "
-        "'meets' is the measured budget (unverified: the latency comparison was too noisy). "
+        "'meets' is the measured budget (unverified: the latency comparison was too noisy). 'wall s' is the auto "
+        "run's wall time; a model's analysis (sensitivities and costs) is made by its first budget's run and reused "
+        "by the later ones (the 'what' cell gives the run's analysis seconds), a hand recipe's is its run. "
         "Test accuracy is read once per row, for this table; every decision used validation. "
         f"Latency: {LATENCY_METHOD}. 'recipe did NOT reproduce' would flag an auto row whose recipe.yaml, run with "
         "the recipe runner, gave a different validation accuracy, MACs or deployed bytes.",

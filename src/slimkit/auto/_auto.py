@@ -60,6 +60,8 @@ class AutoResult:
     seconds: float
     recipe: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
+    #: wall seconds of the analysis (sensitivities and costs; small when its caches were filled by an earlier run)
+    analysis_seconds: float = 0.0
 
     def recipe_text(self) -> str | None:
         """The recipe as YAML (None when the caller gave no model spec / data section for it)."""
@@ -167,7 +169,8 @@ def auto_compress(model: nn.Module, example_inputs: Any, config: AutoConfig, *, 
         stages = chosen["stages"] if chosen else []
         result = AutoResult(status=status, plan=plan, stages=stages, chosen=chosen,
                             candidates=outcome["candidates"], base=outcome["base"], out=folder, stop=outcome["stop"],
-                            seconds=time.perf_counter() - began, recipe=_recipe(recipe, config, stages))
+                            seconds=time.perf_counter() - began, recipe=_recipe(recipe, config, stages),
+                            analysis_seconds=outcome["analysis_seconds"])
         compressed = run.model_of(chosen) if chosen else None
         result.files = _write_outputs(folder, result, config, compressed)
         info.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -67,6 +67,8 @@ class Plan:
         if self.sparsity or self.bits:
             layers = list(dict.fromkeys([*self.sparsity, *self.bits]))
             parts.append(", ".join(f"{n} {self.sparsity.get(n, 0):.0%}/{self.bits.get(n, '–')}b" for n in layers))
+        if self.format == "int8":
+            parts.append("every other layer int8" if self.float_layers else "every layer int8")
         return f"{self.format}: " + ("; ".join(parts) if parts else "unchanged")
 
 

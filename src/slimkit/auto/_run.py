@@ -121,8 +121,10 @@ class AutoRun:
         if not formats:
             raise ConfigError("no deployment format can take this model: " +
                               "; ".join(f"{k}: {v}" for k, v in base["formats"].items()))
+        began = time.perf_counter()
         analysis = Analyser(self.model, self.example, self.data, self.config, self.analysis_dir, self.meter,
                             formats, self.spec, self.out / "baseline.onnx", base, self.emit).run()
+        analysis_seconds = time.perf_counter() - began
         dims = list(self.budget)
         knobs = set(self.config.knobs)
         problems = {f: build_problem(f, analysis, knobs, dims) for f in formats}
@@ -155,7 +157,8 @@ class AutoRun:
             self._adapt(problem, solution, row, outcome, targets, log_entries)
         write_json(self.out / "search.json", {"stop": stop, "log": log_entries, "targets": targets,
                                               "exhausted": sorted(exhausted)})
-        return {"base": base, "analysis": analysis, "candidates": candidates, "stop": stop}
+        return {"base": base, "analysis": analysis, "candidates": candidates, "stop": stop,
+                "analysis_seconds": analysis_seconds}
 
     def _check_reachable(self, problems: dict[str, Problem], dims: list[str]) -> None:
         reach = {f: reachable(p, dims) for f, p in problems.items()}
