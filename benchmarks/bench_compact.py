@@ -143,7 +143,7 @@ def _rewrites(data, s: dict[str, int], log: list[str]) -> tuple[str, list[dict[s
                 began = time.perf_counter()
                 plain = convert(original, x1)
                 acc_rewrite = evaluate(plain, data.test).accuracy
-                model = convert(original, x1, calibration=data.calibration)
+                model = convert(original, x1, data=data.calibration)
                 acc_recon = evaluate(model, data.test).accuracy
                 fine_tune_(model, finetune, epochs=1, lr=0.01)
                 acc_ft = evaluate(model, data.test).accuracy

@@ -6,7 +6,12 @@ from slimkit import ConfigError, models
 from slimkit.analysis import profile
 from slimkit.convert import (
     CONVERTERS,
+    CReLUConfig,
+    DepthwiseSeparableConfig,
     GroupConvConfig,
+    RewriteConfig,
+    convert,
+    converter_name,
     layers_to_convert,
     to_crelu,
     to_depthwise_separable,
@@ -33,8 +38,10 @@ def _calibration(shape=(8, 8, 8), n=96):
     return TensorLoader(x, torch.zeros(n, dtype=torch.long), 32)
 
 
-def test_every_converter_has_a_function():
+def test_every_converter_has_a_function_and_a_config_that_dispatches_to_it():
     assert set(CONVERTERS.names()) == set(FUNCTIONS)
+    for name in CONVERTERS.names():
+        assert converter_name(CONVERTERS.meta(name)["config"]()) == name
 
 
 def test_depthwise_separable_mac_ratio_is_mobilenets_formula():
@@ -55,7 +62,7 @@ def test_depthwise_separable_is_exact_for_rank_one_filters_and_keeps_the_caller_
         model.conv2.weight.copy_((p[:, :, None] * d[None]).reshape(12, 16, 3, 3))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(4, 8, 8, 8)
-    converted = to_depthwise_separable(model, x, layers="conv2")
+    converted = to_depthwise_separable(model, x, DepthwiseSeparableConfig(layers="conv2"))
     torch.testing.assert_close(converted(x), model(x), atol=1e-5, rtol=1e-5)
     assert isinstance(model.conv2, nn.Conv2d)  # caller's model untouched
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -65,8 +72,9 @@ def test_depthwise_reconstruction_beats_the_weight_fit_on_data():
     model = TwoConv().eval()  # eval: the inserted BN starts as the identity of its running statistics
     x = torch.randn(4, 8, 8, 8)
     calib = _calibration()
-    plain = to_depthwise_separable(model, x, layers="conv2", activation=True, norm=True)
-    refit = to_depthwise_separable(model, x, layers="conv2", activation=True, norm=True, calibration=calib)
+    config = DepthwiseSeparableConfig(layers="conv2", activation=True, norm=True)
+    plain = to_depthwise_separable(model, x, config)
+    refit = to_depthwise_separable(model, x, config, data=calib)
     target = model(x)
     assert (refit(x) - target).pow(2).mean() < 0.9 * (plain(x) - target).pow(2).mean()
 
@@ -75,7 +83,7 @@ def test_depthwise_reconstruction_beats_the_weight_fit_on_data():
 def test_group_conv_with_one_group_is_identical(shuffle):
     model = TwoConv()
     x = torch.randn(2, 8, 8, 8)
-    converted = to_group_conv(model, x, groups=1, shuffle=shuffle)
+    converted = to_group_conv(model, x, GroupConvConfig(groups=1, shuffle=shuffle))
     torch.testing.assert_close(converted(x), model(x), atol=1e-5, rtol=1e-5)
 
 
@@ -93,15 +101,16 @@ def test_group_conv_is_exact_when_the_old_weights_have_the_shuffled_block_patter
     assert converted.conv2.conv.groups == g
     torch.testing.assert_close(converted(x), model(x), atol=1e-5, rtol=1e-5)
     # the least-squares refit on data recovers the same exact weights
-    refit = to_group_conv(model, x, groups=g, shuffle=shuffle, layers="conv2", calibration=_calibration(), ridge=0)
+    refit = to_group_conv(model, x, GroupConvConfig(groups=g, shuffle=shuffle, layers="conv2", ridge=0),
+                          data=_calibration())
     torch.testing.assert_close(refit(x), model(x), atol=1e-4, rtol=1e-4)
 
 
 def test_group_conv_divides_macs_by_g_and_skips_indivisible_layers():
     model = models.create("lenet5")
     x = torch.zeros(1, 1, 28, 28)
-    assert layers_to_convert(model, x, "group", GroupConvConfig(groups=2)) == ["conv2"]  # conv1 has 1 input
-    converted = to_group_conv(model, x, groups=2)
+    assert layers_to_convert(model, x, GroupConvConfig(groups=2)) == ["conv2"]  # conv1 has 1 input
+    converted = to_group_conv(model, x, GroupConvConfig(groups=2))
     assert profile(converted, x).row("conv2.conv").macs * 2 == profile(model, x).row("conv2").macs
 
 
@@ -114,7 +123,7 @@ def test_crelu_is_exact_for_negated_filter_pairs():
         bias = torch.randn(8)
         model.conv1.bias.copy_(torch.cat([bias, -bias])[order])
     x = torch.randn(2, 8, 8, 8)
-    converted = to_crelu(model, x, layers=["conv1"])
+    converted = to_crelu(model, x, CReLUConfig(layers=("conv1",)))
     assert converted.conv1.conv.out_channels == 8
     torch.testing.assert_close(converted(x), model(x), atol=1e-5, rtol=1e-5)
     assert profile(converted, x).row("conv1.conv").macs * 2 == profile(model, x).row("conv1").macs
@@ -123,20 +132,20 @@ def test_crelu_is_exact_for_negated_filter_pairs():
 def test_layer_selection_by_glob_regex_and_errors():
     model = models.create("resnet20")
     x = torch.zeros(1, 1, 28, 28)
-    from slimkit.convert import DepthwiseSeparableConfig
-
-    names = layers_to_convert(model, x, "depthwise-separable", DepthwiseSeparableConfig(layers="layer1.*"))
+    names = layers_to_convert(model, x, DepthwiseSeparableConfig(layers="layer1.*"))
     assert names == [f"layer1.{b}.conv{i}" for b in range(3) for i in (1, 2)]
-    names = layers_to_convert(model, x, "crelu", DepthwiseSeparableConfig(layers="re:layer3\\.2\\.conv\\d"))
+    names = layers_to_convert(model, x, CReLUConfig(layers="re:layer3\\.2\\.conv\\d"))
     assert names == ["layer3.2.conv1", "layer3.2.conv2"]
     with pytest.raises(ConfigError, match="not a convertible layer"):
-        to_crelu(model, x, layers="layer9.conv1")
+        to_crelu(model, x, CReLUConfig(layers="layer9.conv1"))
     with pytest.raises(ConfigError, match="cannot be converted"):
-        to_depthwise_separable(model, x, layers="conv1")  # 1 input channel
-    with pytest.raises(ConfigError, match="no such option"):
-        to_group_conv(model, x, group=3)
+        to_depthwise_separable(model, x, DepthwiseSeparableConfig(layers="conv1"))  # 1 input channel
+    with pytest.raises(ConfigError, match="groups must be"):
+        GroupConvConfig(groups=0)
+    with pytest.raises(ConfigError, match="no rewrite takes a RewriteConfig"):
+        convert(model, x, RewriteConfig())
     with pytest.raises(ConfigError, match="found no layer"):
-        to_group_conv(model, x, groups=7)
+        to_group_conv(model, x, GroupConvConfig(groups=7))
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet20"])

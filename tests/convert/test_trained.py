@@ -3,7 +3,7 @@ import torch
 
 from slimkit import models
 from slimkit.analysis import evaluate
-from slimkit.convert import fine_tune_, to_depthwise_separable
+from slimkit.convert import DepthwiseSeparableConfig, fine_tune_, to_depthwise_separable
 from slimkit.data import TensorLoader, create_data
 from slimkit.train import default_optimizer, fit
 
@@ -19,7 +19,7 @@ def test_trained_lenet5_survives_a_depthwise_separable_rewrite_on_real_mnist():
     assert base > 0.9
     x = data.example_input()
     plain = to_depthwise_separable(model, x)
-    refit = to_depthwise_separable(model, x, calibration=data.calibration, calibration_samples=256)
+    refit = to_depthwise_separable(model, x, DepthwiseSeparableConfig(calibration_samples=256), data=data.calibration)
     after_rewrite, after_refit = evaluate(plain, test).accuracy, evaluate(refit, test).accuracy
     assert after_refit >= after_rewrite - 0.005 and after_refit > base - 0.05
     fine_tune_(refit, TensorLoader(data.train.inputs[:5000], data.train.targets[:5000], 128, shuffle=True))

@@ -9,21 +9,16 @@ from torch import nn
 
 from slimkit import TraceError, models
 from slimkit.analysis import profile
-from slimkit.graph import apply_removal, dependency_graph, handler_for
+from slimkit.graph import apply_removal, dependency_graph
 
 
 def _zero_units_(graph, group, chosen: np.ndarray) -> None:
     """Make the chosen units' channels exactly zero: zero their filters, biases and norm scales/shifts."""
     with torch.no_grad():
-        for name, side in group.members:
-            if side != "out":
-                continue
-            use = graph.uses[name]
-            pos = graph.unit_positions(use.out_map, group.units)
-            rows = torch.as_tensor(np.isin(pos, chosen))
-            for t in handler_for(use.module).out_weights(use.module):
-                if t.shape[0] == len(rows):
-                    t[rows] = 0
+        for s in graph.slices(group):
+            if "out" in s.roles:
+                rows = torch.as_tensor(np.isin(s.positions, chosen))
+                graph.tensor(s.param).index_fill_(s.dim, torch.nonzero(rows).reshape(-1), 0)
 
 
 class BranchyNet(nn.Module):
@@ -84,8 +79,8 @@ def test_removing_zero_channels_keeps_outputs(name):
         removed.append(group.units[chosen])
     batch = torch.randn(3, *x.shape[1:])
     with torch.no_grad():
-        reference = graph.gm(batch)
-    before = sum(p.numel() for p in graph.gm.parameters())
+        reference = graph.model(batch)
+    before = sum(p.numel() for p in graph.model.parameters())
     pruned = apply_removal(graph, np.concatenate(removed))
     with torch.no_grad():
         out = pruned(batch)
@@ -136,7 +131,7 @@ class _DataDependent(nn.Module):
         self.conv = nn.Conv2d(8, 8, 3, padding=1)
 
     def forward(self, x):
-        return self.conv(x) if x.sum() > 0 else x
+        return self.conv(x) if x.sum() > 0 else x  # data-dependent control flow: torch.fx cannot trace it
 
 
 class _HasBranch(nn.Module):
@@ -150,11 +145,32 @@ class _HasBranch(nn.Module):
         return self.head(self.block(self.stem(x)))
 
 
-def test_untraceable_module_names_itself_and_the_workaround():
-    with pytest.raises(TraceError, match=r"'block'.*leaf_modules"):
-        dependency_graph(_HasBranch(), torch.zeros(1, 1, 8, 8))
-    graph = dependency_graph(_HasBranch(), torch.zeros(1, 1, 8, 8), leaf_modules=["block"])
-    assert graph.groups == []  # the opaque leaf blocks the only prunable channels: nothing silently broken
+class _Broken(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 1))
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.block[0](y).view(-1, 7)  # 8·8·8 elements do not split into rows of 7
+
+
+def test_data_dependent_branches_are_captured_as_they_ran():
+    x = torch.rand(1, 1, 8, 8) + 0.1
+    graph = dependency_graph(_HasBranch(), x)
+    assert [g.name for g in graph.groups] == ["stem", "block.conv"]
+    pruned = apply_removal(graph, np.concatenate([g.units[:3] for g in graph.groups]))
+    assert (pruned.stem.out_channels, pruned.block.conv.in_channels, pruned.block.conv.out_channels) == (5, 5, 5)
+    assert type(pruned) is _HasBranch and pruned(x).shape == (1, 4, 8, 8)
+    graph = dependency_graph(_HasBranch(), x, leaf_modules=["block"])
+    assert [g.name for g in graph.groups] == []  # the opaque leaf blocks the only prunable channels
+    assert graph.opaque_ops()[0]["froze"] == ["stem"]  # (the head's outputs are the model's: never pruned)
+
+
+def test_a_failing_forward_names_the_module_and_the_op():
+    with pytest.raises(TraceError, match=r"op 'Tensor.view' in module '<root>'.*RuntimeError: shape '\[-1, 7\]'"):
+        dependency_graph(_Broken(), torch.zeros(1, 1, 8, 8))
 
 
 def test_skip_protect_first_and_layer_selection():
@@ -195,4 +211,5 @@ def test_vit_units_are_whole_heads_mlp_width_and_embedding():
     assert all(sizes[f"blocks.{i}.attn.qkv"] == 4 for i in range(4))  # 4 heads
     assert all(sizes[f"blocks.{i}.fc1"] == 128 for i in range(4))  # MLP hidden width
     embed = next(g for g in graph.groups if g.name == "patch_embed")
-    assert graph.unit_positions(graph.attr_ids["cls_token"].reshape(-1), embed.units).min() >= 0
+    for name in ("cls_token", "pos_embed"):  # class token and position table are on the embedding width
+        assert graph.unit_positions(graph.params[name].ids[2], embed.units).min() >= 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from slimkit.graph import UnionFind, choose_unit_dim
-from slimkit.graph._ops import dim_groups
+from slimkit.graph import UnionFind, choose_unit_dim, dim_groups
 
 
 def test_split_unit_choice():

@@ -17,17 +17,20 @@ def _calibration(n: int = 64, shape=(1, 28, 28)) -> list[tuple[torch.Tensor, tor
     return [(torch.rand(n, *shape, generator=gen), torch.randint(0, 10, (n,), generator=gen)) for _ in range(2)]
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    (PruneConfig(ratio=1.5), r"prune ratio 1.5 is out of range: use a value in \[0, 1\)"),
-    (PruneConfig(ratio={"conv2": 1.5}), r"prune ratio 1.5 for 'conv2' is out of range: use a value in \[0, 1\)"),
-    (PruneConfig(criterion="l3"), r"unknown criterion 'l3': choose one of bn_scale, fpgm, l1"),
-    (PruneConfig(scope="everywhere"), "scope 'everywhere' is unknown"),
-    (PruneConfig(speedup=0.5), "speedup 0.5 must be > 1"),
-    (PruneConfig(round_to=0), "round_to 0 must be"),
+@pytest.mark.parametrize(("options", "message"), [
+    ({"ratio": 1.5}, r"prune ratio 1.5 is out of range: use a value in \[0, 1\)"),
+    ({"ratio": {"conv2": 1.5}}, r"prune ratio 1.5 for 'conv2' is out of range: use a value in \[0, 1\)"),
+    ({"criterion": "l3"}, r"unknown criterion 'l3': choose one of bn_scale, fpgm, l1"),
+    ({"scope": "everywhere"}, "scope 'everywhere' is unknown"),
+    ({"speedup": 0.5}, "speedup 0.5 must be > 1"),
+    ({"round_to": 0}, "round_to 0 must be"),
+    ({"kinds": ("heads", "width")}, "kinds .* must be a non-empty subset of heads, channels, residual"),
+    ({"gqa": "kv"}, "gqa 'kv' is unknown"),
+    ({"timeout": 0}, "timeout 0 must be a positive number"),
 ])
-def test_bad_config_is_rejected_before_work(config, message):
+def test_bad_config_is_rejected_when_made(options, message):
     with pytest.raises(ConfigError, match=message):
-        prune_channels(models.create("lenet5"), torch.zeros(1, 1, 28, 28), config)
+        PruneConfig(**options)
 
 
 def test_data_driven_criterion_without_data_names_the_fix():
@@ -142,3 +145,27 @@ def test_caller_model_is_untouched_and_result_trains():
     loss.backward()
     assert all(p.grad is not None for p in pruned.parameters())
     assert np.isfinite(loss.item())
+
+
+class _ConstantView(nn.Module):
+    """A classic LeNet: ``x.view(-1, 16 * 4 * 4)`` hard-codes the width pruning changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.f1, self.f2 = nn.Linear(16 * 4 * 4, 120), nn.Linear(120, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.c1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.c2(x)), 2)
+        return self.f2(torch.relu(self.f1(x.view(-1, 16 * 4 * 4))))
+
+
+def test_a_constant_size_in_the_code_falls_back_to_a_graph_module_and_says_so():
+    model, x = _ConstantView().eval(), torch.rand(1, 1, 28, 28)
+    pruned = prune_channels(model, x, PruneConfig(ratio=0.5))
+    assert isinstance(pruned, torch.fx.GraphModule) and "view(-1, 128)" in pruned.code
+    assert "op 'Tensor.view' in module '<root>'" in pruning_info(pruned)["graph_module"]
+    assert pruned(torch.rand(3, 1, 28, 28)).shape == (3, 10) and pruned.f1.in_features == 128
+    assert set(pruned.state_dict()) == set(model.state_dict())  # same parameter names
+    assert type(prune_channels(models.create("lenet5"), x, PruneConfig(ratio=0.5))).__name__ == "LeNet5"

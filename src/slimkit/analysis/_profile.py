@@ -24,6 +24,7 @@ _ELEMENTWISE_FUNCS = {
     torch.nn.functional.gelu, torch.nn.functional.silu, torch.nn.functional.hardswish, torch.Tensor.neg, torch.neg,
     torch.Tensor.__neg__, torch.Tensor.relu, torch.Tensor.sigmoid,
 }
+_ADDMM_FUNCS = {torch.addmm, torch.Tensor.addmm, torch.baddbmm, torch.Tensor.baddbmm}
 _SOFTMAX_FUNCS = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax}
 
 #: storage bytes of a layer's own parameters: fn(module, dtype_bits) -> int
@@ -163,6 +164,9 @@ class _FunctionalCounter(TorchFunctionMode):
             self.profiler.add_functional("matmul", tensor_out, macs=tensor_out.numel() * contracted, other=0)
         elif func is torch.nn.functional.linear:
             self.profiler.add_functional("linear", tensor_out, macs=tensor_out.numel() * args[1].shape[-1], other=0)
+        elif func in _ADDMM_FUNCS:  # bias + x @ W (transformers' Conv1D in GPT-2), scores in upcast attention
+            contracted = args[1].shape[-1] if isinstance(args[1], torch.Tensor) else 1
+            self.profiler.add_functional("addmm", tensor_out, macs=tensor_out.numel() * contracted, other=0)
         elif func is torch.nn.functional.scaled_dot_product_attention:
             q, k = args[0], args[1]
             macs = 2 * q.numel() // q.shape[-1] * k.shape[-2] * q.shape[-1]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from slimkit.cli._common import count
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("compress", help="run a YAML recipe of compression stages (see recipes/)")
@@ -12,6 +14,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--force", action="store_true", help="start over in --out when it holds an earlier run")
     parser.add_argument("--check", action="store_true", help="only validate the recipe, run nothing")
+    parser.add_argument("--train-samples", type=count(1), metavar="N",
+                        help="override the recipe's data: train on the first N training samples (a quick try)")
+    parser.add_argument("--eval-samples", type=count(1), metavar="N",
+                        help="override the recipe's data: evaluate on the first N samples (a quick try)")
     parser.add_argument("--list-stages", action="store_true", help="list the stage names a recipe can use")
     parser.set_defaults(run=run)
 
@@ -28,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.recipe:
         raise CommandError("give a recipe file (e.g. recipes/deep-compression-lenet5.yaml), or --list-stages")
     recipe = load_recipe(args.recipe)
+    overrides = {k: getattr(args, k) for k in ("train_samples", "eval_samples") if getattr(args, k)}
+    if overrides:
+        recipe = recipe.with_data(**overrides)
     if args.check:
         out.print(f"{args.recipe}: valid recipe with {len(recipe.stages)} stage(s): "
                   + ", ".join(s.name for s in recipe.stages))

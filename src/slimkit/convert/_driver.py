@@ -1,8 +1,9 @@
 """The conversion driver shared by every rewrite: copy the model, choose layers, rewrite them in execution order,
 and (with calibration data) refit each new layer to reproduce the old layer's output features.
 
-A converter is registered by name in :data:`CONVERTERS` and implements three small methods (see :class:`Converter`),
-so ``slimkit convert --to <name>`` and recipes reach every rewrite by string.
+A converter is registered by name in :data:`CONVERTERS` together with its config class and implements three small
+methods (see :class:`Converter`). :func:`convert` dispatches on the config's type (as torchao does), so adding a
+rewrite is adding a config class and a converter; ``slimkit convert --to <name>`` and recipes reach it by string.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ class RewriteConfig:
     calibration_samples: int = 512
     ridge: float = 1e-3
 
+    def __post_init__(self) -> None:
+        if isinstance(self.calibration_samples, bool) or not isinstance(self.calibration_samples, int) or \
+                self.calibration_samples < 1:
+            raise ConfigError(f"calibration_samples must be a whole number ≥ 1, got {self.calibration_samples!r}")
+        ridge = self.ridge
+        if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not 0 <= ridge < float("inf"):
+            raise ConfigError(f"ridge must be a finite number ≥ 0, got {self.ridge!r}")
+
 
 class Converter(Protocol):
     """What a rewrite provides: which convs it can rewrite, the weight-fitted replacement, and the data refit."""
@@ -55,6 +64,21 @@ class Converter(Protocol):
 
 
 CONVERTERS: Registry[Converter] = Registry("converter")
+
+
+def register_converter(name: str, config_class: type[RewriteConfig]):
+    """Register a converter under ``name`` for configs of type ``config_class`` (the dispatch key of convert)."""
+    return CONVERTERS.register(name, config=config_class)
+
+
+def converter_name(config: RewriteConfig) -> str:
+    """The registered converter for ``config``'s type (its most specific registered class)."""
+    for cls in type(config).__mro__:
+        for name in CONVERTERS.names():
+            if CONVERTERS.meta(name).get("config") is cls:
+                return name
+    choices = ", ".join(CONVERTERS.meta(n)["config"].__name__ for n in CONVERTERS.names())
+    raise ConfigError(f"no rewrite takes a {type(config).__name__}: give one of {choices}")
 
 
 def execution_order(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> list[str]:
@@ -121,14 +145,15 @@ def _calibration_pairs(new_model: nn.Module, old_model: nn.Module, name: str, ca
         old_model.train(modes[1])
 
 
-def layers_to_convert(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], converter_name: str,
+def layers_to_convert(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
                       config: RewriteConfig) -> list[str]:
-    """The conv names ``converter_name`` would rewrite under ``config``, in execution order.
+    """The conv names the rewrite of ``config``'s type would rewrite, in execution order.
 
     A layer named literally in ``config.layers`` that the converter cannot rewrite is an error; layers matched
     only by a glob or regex are skipped with a log message.
     """
-    converter = CONVERTERS.get(converter_name)
+    name_of = converter_name(config)
+    converter = CONVERTERS.get(name_of)
     order = execution_order(model, example_inputs)
     chosen = select_names(order, config.layers, config.skip, kind="convertible")
     literal = {p for p in as_patterns(config.layers) if is_literal(p)}
@@ -138,32 +163,32 @@ def layers_to_convert(model: nn.Module, example_inputs: torch.Tensor | Sequence[
         if reason is None:
             names.append(name)
         elif name in literal:
-            raise ConfigError(f"layer '{name}' cannot be converted by '{converter_name}': {reason}")
+            raise ConfigError(f"layer '{name}' cannot be converted by '{name_of}': {reason}")
         else:
-            log.info("%s: skipping %s (%s)", converter_name, name, reason)
+            log.info("%s: skipping %s (%s)", name_of, name, reason)
     if not names:
-        raise ConfigError(f"'{converter_name}' found no layer to convert among {', '.join(chosen) or '(none)'}: "
+        raise ConfigError(f"'{name_of}' found no layer to convert among {', '.join(chosen) or '(none)'}: "
                           "check the layers/skip patterns and the converter's requirements")
     return names
 
 
-def convert(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], converter_name: str,
-            config: RewriteConfig, calibration: Iterable | None = None) -> nn.Module:
-    """Rewrite the selected convs of a copy of ``model`` with the converter ``converter_name``; returns the copy."""
-    if config.calibration_samples < 1:
-        raise ConfigError(f"calibration_samples must be ≥ 1, got {config.calibration_samples}")
-    if config.ridge < 0:
-        raise ConfigError(f"ridge must be ≥ 0, got {config.ridge}")
-    converter = CONVERTERS.get(converter_name)
-    names = layers_to_convert(model, example_inputs, converter_name, config)
+def convert(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], config: RewriteConfig, *,
+            data: Iterable | None = None) -> nn.Module:
+    """A copy of ``model`` with the selected convs rewritten by the rewrite of ``config``'s type
+    (:class:`~slimkit.convert.DepthwiseSeparableConfig`, :class:`~slimkit.convert.GroupConvConfig`,
+    :class:`~slimkit.convert.CReLUConfig`, ...); with ``data`` (calibration batches) each new layer is refit by least
+    squares to the old layer's output features. The caller's model is untouched."""
+    name_of = converter_name(config)
+    converter = CONVERTERS.get(name_of)
+    names = layers_to_convert(model, example_inputs, config)
     new_model = copy.deepcopy(model)
     for name in names:
         old = model.get_submodule(name)
         replacement = converter.rewrite(old, config)
-        if calibration is not None and config.reconstruct:
-            pairs = _calibration_pairs(new_model, model, name, calibration, config.calibration_samples)
+        if data is not None and config.reconstruct:
+            pairs = _calibration_pairs(new_model, model, name, data, config.calibration_samples)
             converter.reconstruct(replacement, old, pairs, config)
         replacement.train(old.training)
         _set_submodule(new_model, name, replacement)
-        log.info("%s: converted %s", converter_name, name)
+        log.info("%s: converted %s", name_of, name)
     return new_model

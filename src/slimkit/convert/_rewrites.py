@@ -7,17 +7,15 @@ reproduce the old layer's output features (see :mod:`slimkit.convert._lstsq`).
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from slimkit._errors import ConfigError
-from slimkit.convert._driver import CONVERTERS, RewriteConfig, convert
+from slimkit.convert._driver import RewriteConfig, convert, register_converter
 from slimkit.convert._lstsq import NormalEquations, patches, rows, with_ones
 from slimkit.models import ChannelShuffle, CReLU
 
@@ -28,16 +26,6 @@ def _common_reason(conv: nn.Conv2d) -> str | None:
     if conv.padding_mode != "zeros":
         return f"padding_mode '{conv.padding_mode}' is not supported (zeros only)"
     return None
-
-
-def _with_config(config: Any, default: type, overrides: dict[str, Any]) -> Any:
-    config = config if config is not None else default()
-    if not isinstance(config, default):
-        raise ConfigError(f"expected a {default.__name__}, got {type(config).__name__}")
-    try:
-        return dataclasses.replace(config, **overrides)
-    except TypeError as error:
-        raise ConfigError(f"{default.__name__} has no such option ({error}): see its fields") from None
 
 
 # ---------------------------------------------------------------------------------------------------- depthwise
@@ -110,19 +98,16 @@ class _DepthwiseSeparable:
                 pointwise.bias.copy_(solution[conv.in_channels])
 
 
-CONVERTERS.register("depthwise-separable")(_DepthwiseSeparable())
+register_converter("depthwise-separable", DepthwiseSeparableConfig)(_DepthwiseSeparable())
 
 
 def to_depthwise_separable(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
-                           config: DepthwiseSeparableConfig | None = None, *, calibration: Iterable | None = None,
-                           **overrides: Any) -> nn.Module:
-    """A copy of ``model`` with its selected k×k convs (k > 1, groups 1) as depthwise k×k + pointwise 1×1.
-
-    MACs of a converted layer fall by 1/N + 1/k² (Howard et al. Eq. 5). ``calibration`` batches enable the
-    least-squares refit; ``overrides`` are config fields (``layers="re:conv.*"``, ``activation=True``).
-    """
-    return convert(model, example_inputs, "depthwise-separable",
-                   _with_config(config, DepthwiseSeparableConfig, overrides), calibration)
+                           config: DepthwiseSeparableConfig | None = None, *,
+                           data: Iterable | None = None) -> nn.Module:
+    """A copy of ``model`` with its selected k×k convs (k > 1, groups 1) as depthwise k×k + pointwise 1×1
+    (Howard et al. 2017); MACs of a converted layer fall by 1/N + 1/k² (Eq. 5). ``data`` enables the least-squares
+    refit. Same as ``convert(model, x, config, data=data)``."""
+    return convert(model, example_inputs, config or DepthwiseSeparableConfig(), data=data)
 
 
 # ---------------------------------------------------------------------------------------------------- group conv
@@ -135,6 +120,11 @@ class GroupConvConfig(RewriteConfig):
 
     groups: int = 2
     shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
+            raise ConfigError(f"groups must be a whole number ≥ 1, got {self.groups!r}")
 
 
 def _group_slots(out_channels: int, groups: int, shuffle: bool) -> torch.Tensor:
@@ -198,20 +188,14 @@ class _GroupConv:
                     grouped.bias[j * out_g:(j + 1) * out_g] = solution[-1]
 
 
-CONVERTERS.register("group")(_GroupConv())
+register_converter("group", GroupConvConfig)(_GroupConv())
 
 
 def to_group_conv(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
-                  config: GroupConvConfig | None = None, *, calibration: Iterable | None = None,
-                  **overrides: Any) -> nn.Module:
-    """A copy of ``model`` with its selected convs as ``groups``-group convs followed by a channel shuffle.
-
-    ``groups=1`` reproduces the model exactly. ``overrides`` are config fields (``groups=4, shuffle=False``).
-    """
-    config = _with_config(config, GroupConvConfig, overrides)
-    if config.groups < 1:
-        raise ConfigError(f"groups must be ≥ 1, got {config.groups}")
-    return convert(model, example_inputs, "group", config, calibration)
+                  config: GroupConvConfig | None = None, *, data: Iterable | None = None) -> nn.Module:
+    """A copy of ``model`` with its selected convs as ``groups``-group convs followed by a channel shuffle
+    (Zhang et al. 2018); ``groups=1`` reproduces the model exactly. Same as ``convert(model, x, config, data=data)``."""
+    return convert(model, example_inputs, config or GroupConvConfig(), data=data)
 
 
 # ---------------------------------------------------------------------------------------------------- CReLU
@@ -284,10 +268,11 @@ class _CReLU:
                 new.conv.bias.copy_(solution[-1])
 
 
-CONVERTERS.register("crelu")(_CReLU())
+register_converter("crelu", CReLUConfig)(_CReLU())
 
 
 def to_crelu(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
-             config: CReLUConfig | None = None, *, calibration: Iterable | None = None, **overrides: Any) -> nn.Module:
-    """A copy of ``model`` whose selected convs compute half their filters and restore the rest as negations."""
-    return convert(model, example_inputs, "crelu", _with_config(config, CReLUConfig, overrides), calibration)
+             config: CReLUConfig | None = None, *, data: Iterable | None = None) -> nn.Module:
+    """A copy of ``model`` whose selected convs compute half their filters and restore the rest as negations
+    (Shang et al. 2016). Same as ``convert(model, x, config, data=data)``."""
+    return convert(model, example_inputs, config or CReLUConfig(), data=data)

@@ -1,29 +1,104 @@
-"""Removing units from a traced graph: slice every layer and parameter, and rewrite the shape arguments
-(view/reshape sizes, split sizes, slice bounds, pad widths) so the smaller model runs exactly like the old one
-minus the removed channels."""
+"""Removing units from the user's model: slice every parameter along its pruned dims, set each layer's size
+attributes (``in_features``, ``num_features``, attention's ``num_heads``/``head_dim``/``all_head_size``, ...),
+then run the pruned model once more and check, op by op, that every tensor has exactly the expected shape.
+
+The result is the user's own model class with physically smaller layers (a ResNet stays a ResNet, an HF
+``LlamaForCausalLM`` keeps ``generate`` and ``save_pretrained``). Sizes the forward reads from module attributes
+are found three ways: a module type's ``resize`` rule, attention attributes named like a head count (set from the
+heads each attention op kept), and width attributes named like a width (``hidden_size``, ``intermediate_size``) when
+every parameter dim of that size in the module shrank alike. If the check still finds a stale size, the op's own
+rewrite rule tells which integer argument is stale, and an attribute of the module running the op holding that
+value is updated; anything left over is a :class:`TraceError` naming the module and op.
+"""
 
 from __future__ import annotations
 
-import operator
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.fx as fx
 from torch import nn
 
 from slimkit._errors import TraceError
-from slimkit.graph._graph import DependencyGraph
-from slimkit.graph._handlers import _take, handler_for
+from slimkit.graph._capture import Ref
+from slimkit.graph._deadline import Deadline
+from slimkit.graph._graph import DependencyGraph, shared_copy, unshare_
+from slimkit.graph._rules import ResizeInfo, module_rule
+
+log = logging.getLogger(__name__)
+
+HEAD_NAMES = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads", "num_attention_heads_per_partition",
+              "num_q_heads", "n_q_heads")
+KV_NAMES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head", "kv_heads", "num_kv")
+GROUP_NAMES = ("num_key_value_groups", "n_rep", "num_queries_per_kv", "kv_groups", "num_kv_groups")
+ALL_HEAD_NAMES = ("all_head_size", "inner_dim", "split_size", "attn_dim", "inner_size", "proj_size")
+WIDTH_NAMES = ("hidden_size", "embed_dim", "d_model", "n_embd", "dim", "hidden_dim", "intermediate_size", "ffn_dim",
+               "mlp_dim", "d_ff", "n_inner", "channels", "num_channels", "embedding_dim", "model_dim", "width",
+               "hidden_features", "features", "emb_dim", "embedding_size")
+NEVER = ("idx", "index", "layer", "stride", "padding", "dilation", "kernel", "seed", "vocab", "position", "eps",
+         "num_labels", "num_classes", "window", "shift", "patch", "max_", "depth")
 
 
-def _dim_masks(graph: DependencyGraph, ids: torch.Tensor, shape: tuple[int, ...], removed: np.ndarray,
-               node_name: str) -> list[np.ndarray | None]:
-    """Per dim, which indices are removed (None: nothing along that dim). Checks the removed set is a union of
-    whole slices, i.e. the tensor stays rectangular."""
-    r = np.isin(graph.uf.find(ids.reshape(-1)), removed).reshape(tuple(ids.shape))
+@dataclass
+class Removal:
+    """Which indices of every captured tensor the removed units take away (a :class:`RewriteContext`)."""
+
+    graph: DependencyGraph
+    removed: np.ndarray
+    _cache: dict[int, list[np.ndarray | None]] = field(default_factory=dict)
+    _gone: np.ndarray | None = None
+
+    def gone(self, ids: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Whether each id's unit is removed (same shape as ``ids``)."""
+        if self._gone is None:
+            self._gone = np.zeros(len(self.graph.uf), dtype=bool)
+            self._gone[self.removed] = True
+        return self._gone[self.graph.uf.find(ids)]
+
+    def shape(self, ref: Ref) -> tuple[int, ...]:
+        return self.graph.capture.values[ref.key].shape
+
+    def masks(self, ref: Ref) -> list[np.ndarray | None]:
+        found = self._cache.get(ref.key)
+        if found is None:
+            info = self.graph.capture.values[ref.key]
+            pd = self.graph.params.get(info.name) if info.origin in ("param", "buffer") else None
+            if pd is not None:
+                found = self.param_masks(pd.name)
+            else:
+                found = _dim_masks(self.graph, self.graph.ctx.ids(ref), info.shape, self, ref)
+            self._cache[ref.key] = found
+        return found
+
+    def new_shape(self, ref: Ref) -> tuple[int, ...]:
+        return tuple(s - int(m.sum()) if m is not None else s for s, m in zip(self.shape(ref), self.masks(ref),
+                                                                                 strict=True))
+
+    def param_masks(self, name: str) -> list[np.ndarray | None]:
+        """Per dim of a parameter or buffer, its removed indices (None: none)."""
+        pd = self.graph.params[name]
+        out = []
+        for ids in pd.ids:
+            r = self.gone(ids)
+            out.append(r if r.any() else None)
+        return out
+
+    def keep(self, ids: torch.Tensor | None) -> np.ndarray | None:
+        return None if ids is None else ~self.gone(ids)
+
+
+def _dim_masks(graph: DependencyGraph, ids: torch.Tensor, shape: tuple[int, ...], removal: Removal,
+               ref: Ref) -> list[np.ndarray | None]:
+    """Per dim, which indices are removed; checks the removed set is a union of whole slices (the tensor stays
+    rectangular)."""
+    r = removal.gone(ids).reshape(tuple(ids.shape))
     if not r.any():
         return [None] * len(shape)
+    pad = len(shape) - r.ndim
+    r = r.reshape((1,) * pad + r.shape)
     masks: list[np.ndarray | None] = []
     recon = np.zeros_like(r)
     for d in range(r.ndim):
@@ -35,150 +110,161 @@ def _dim_masks(graph: DependencyGraph, ids: torch.Tensor, shape: tuple[int, ...]
         masks.append(md if md.any() else None)
         if md.any():
             recon |= md.reshape([-1 if i == d else 1 for i in range(r.ndim)])
-    if not np.array_equal(recon, r):
-        raise TraceError(f"pruning would cut a non-rectangular piece out of node '{node_name}': its channels are "
-                         "coupled in a way slimkit cannot follow; skip the layers around it (skip=[...])")
+    if not np.array_equal(recon, r) or all(m is None for m in masks):
+        producer = graph.capture.values[ref.key].producer
+        where = graph.capture.calls[producer].where() if producer is not None else "an input"
+        raise TraceError(f"pruning would cut a non-rectangular piece out of the result of {where}: its channels "
+                         "are coupled in a way slimkit cannot follow; skip the layers around it (skip=[...])")
     return masks
 
 
-def _new_shape(shape: tuple[int, ...], masks: list[np.ndarray | None]) -> tuple[int, ...]:
-    return tuple(s - int(m.sum()) if m is not None else s for s, m in zip(shape, masks, strict=True))
+def apply_removal(graph: DependencyGraph, removed: Iterable[int], *, model: nn.Module | None = None,
+                  verify: bool = True, deadline: Deadline | None = None) -> nn.Module:
+    """The graph's model with the units ``removed`` (union-find roots) physically removed.
+
+    Works on ``model`` if given (a :func:`shared_copy` of ``graph.model``, e.g. with a criterion's weight updates),
+    else on a fresh shared copy; ``graph.model`` itself is left as it is. With ``verify`` the pruned model is run
+    once on the example inputs and every op's result shape checked (:func:`verify_removal`).
+    """
+    removal = Removal(graph, np.unique(np.asarray(list(removed) if not isinstance(removed, np.ndarray) else removed,
+                                                  dtype=np.int64)))
+    target = model if model is not None else shared_copy(graph.model)
+    changed = _slice_parameters(target, removal)
+    attributes: dict[str, dict[str, Any]] = {}
+    _resize_modules(target, removal, changed, attributes)
+    _attention_attributes(target, removal, attributes)
+    _width_attributes(target, removal, changed, attributes)
+    if verify:
+        from slimkit.graph._verify import verify_removal
+
+        verify_removal(graph, target, removal, attributes, deadline=deadline)
+    unshare_(target, graph.original_params)
+    target.slimkit_attributes = attributes
+    return target
 
 
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, module)
+def _slice_parameters(model: nn.Module, removal: Removal) -> set[str]:
+    """Replace every parameter/buffer with pruned dims by its slice (ties kept); returns the changed names."""
+    names = {id(t): n for n, t in model.named_parameters()}
+    names.update({id(t): n for n, t in model.named_buffers()})
+    new: dict[int, torch.Tensor] = {}
+    changed: set[str] = set()
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for attr, t in list(store.items()):
+                if t is None:
+                    continue
+                name = names.get(id(t))
+                if name is None or name not in removal.graph.params:
+                    continue
+                if id(t) not in new:
+                    masks = removal.param_masks(name)
+                    if all(m is None for m in masks):
+                        continue
+                    value = t.detach()
+                    for d, m in enumerate(masks):
+                        if m is not None:
+                            value = value.index_select(d, torch.as_tensor(np.flatnonzero(~m), dtype=torch.long,
+                                                                          device=value.device))
+                    value = value.clone() if value.data_ptr() == t.data_ptr() else value
+                    new[id(t)] = nn.Parameter(value, requires_grad=t.requires_grad) if isinstance(
+                        t, nn.Parameter) else value
+                    changed.add(name)
+                store[attr] = new[id(t)]
+    return changed
 
 
-def _new_index(mask: np.ndarray | None, p: int | None, size: int) -> int | None:
-    if p is None or mask is None:
-        return p
-    q = p + size if p < 0 else p
-    q = min(max(q, 0), size)
-    return q - int(mask[:q].sum())
+def _owners(model: nn.Module, changed: set[str]) -> dict[str, nn.Module]:
+    owners = {}
+    for name in changed:
+        owner = name.rpartition(".")[0]
+        owners[owner] = model.get_submodule(owner) if owner else model
+    return owners
 
 
-def apply_removal(graph: DependencyGraph, removed: np.ndarray) -> fx.GraphModule:
-    """Remove the units ``removed`` (union-find roots) from ``graph.gm`` in place and return it."""
-    removed = np.unique(np.asarray(removed, dtype=np.int64))
-    gm = graph.gm
-    masks: dict[fx.Node, Any] = {}
-    for node in gm.graph.nodes:
-        ids, shape = graph.ids.get(node), graph.shapes.get(node)
-        if isinstance(ids, torch.Tensor):
-            masks[node] = _dim_masks(graph, ids, shape, removed, node.name)
-        elif isinstance(ids, tuple) and shape is not None:
-            masks[node] = tuple(_dim_masks(graph, t, s, removed, node.name) if isinstance(t, torch.Tensor) else None
-                                for t, s in zip(ids, shape, strict=True))
-    for name, use in graph.uses.items():
-        keep_in = None if use.in_map is None else ~np.isin(graph.uf.find(use.in_map), removed)
-        keep_out = None if use.out_map is None else ~np.isin(graph.uf.find(use.out_map), removed)
-        if (keep_in is not None and not keep_in.all()) or (keep_out is not None and not keep_out.all()):
-            handler = handler_for(use.module)
-            _set_module(gm, name, handler.prune(use.module, keep_in, keep_out))
-    for target, ids in graph.attr_ids.items():
-        param_masks = _dim_masks(graph, ids, tuple(ids.shape), removed, target)
-        if all(m is None for m in param_masks):
+def _set(attributes: dict[str, dict[str, Any]], module_name: str, module: nn.Module, attr: str, value: Any) -> None:
+    setattr(module, attr, value)
+    attributes.setdefault(module_name, {})[attr] = value
+
+
+def _resize_modules(model: nn.Module, removal: Removal, changed: set[str],
+                    attributes: dict[str, dict[str, Any]]) -> None:
+    uses_by_module: dict[str, Any] = {}
+    for use in removal.graph.uses.values():
+        uses_by_module.setdefault(use.name, use)
+    for name, module in _owners(model, changed).items():
+        rule = module_rule(module)
+        if rule is None or rule.resize is None:
             continue
-        owner_name, _, attr = target.rpartition(".")
-        owner = gm.get_submodule(owner_name) if owner_name else gm
-        old = getattr(owner, attr)
-        new = old.detach()
-        for d, m in enumerate(param_masks):
-            if m is not None:
-                new = _take(new, d, ~m)
-        setattr(owner, attr, nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(
-            old, nn.Parameter) else new)
-    for node in list(gm.graph.nodes):
-        _rewrite(graph, node, masks)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    return gm
+        use = uses_by_module.get(name)
+        info = ResizeInfo(use, removal.keep(use.in_map) if use else None, removal.keep(use.out_map) if use else None)
+        for attr, value in rule.resize(module, info).items():
+            attributes.setdefault(name, {})[attr] = value
 
 
-def _sizes_arg(node: fx.Node, start: int) -> tuple[list, bool]:
-    rest = list(node.args[start:])
-    if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)):
-        return list(rest[0]), True
-    return rest, False
+def _int_attr(module: nn.Module, attr: str) -> int | None:
+    value = module.__dict__.get(attr)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _rewrite(graph: DependencyGraph, node: fx.Node, masks: dict) -> None:
-    if node.op not in ("call_method", "call_function"):
-        return
-    target = node.target
-    out_masks = masks.get(node)
-    src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-    in_masks = masks.get(src) if src is not None else None
-    if target in ("view", "reshape", "expand", torch.reshape):
-        if not isinstance(out_masks, list) or all(m is None for m in out_masks):
-            return
-        sizes, packed = _sizes_arg(node, 1)
-        new_sizes = _new_shape(graph.shapes[node], out_masks)
-        sizes = [new_sizes[i] if out_masks[i] is not None and not (isinstance(a, int) and a == -1) else a
-                 for i, a in enumerate(sizes)]
-        node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
-    elif target in ("unflatten", torch.unflatten):
-        if not isinstance(out_masks, list) or all(m is None for m in out_masks):
-            return
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs["dim"]
-        sizes = list(node.args[2] if len(node.args) > 2 else node.kwargs["sizes"])
-        dim = dim % len(graph.shapes[src])
-        new_sizes = _new_shape(graph.shapes[node], out_masks)
-        sizes = [new_sizes[dim + i] if out_masks[dim + i] is not None and a != -1 else a for i, a in enumerate(sizes)]
-        node.args, node.kwargs = (node.args[0], dim, tuple(sizes)), {}
-    elif target in ("chunk", "split", torch.chunk, torch.split):
-        if not isinstance(in_masks, list) or not isinstance(out_masks, tuple):
-            return
-        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
-        dim = dim % len(graph.shapes[src])
-        if in_masks[dim] is None:
-            return
-        parts = [(_new_shape(s, m) if m is not None else s)[dim] for s, m in zip(graph.shapes[node], out_masks,
-                                                                                   strict=True)]
-        if node.op == "call_method":
-            node.target, node.args, node.kwargs = "split", (node.args[0], parts), {"dim": dim}
+def _attention_attributes(model: nn.Module, removal: Removal, attributes: dict[str, dict[str, Any]]) -> None:
+    """Head-count attributes of each module running an attention op, from the heads that op kept."""
+    by_scope: dict[str, dict[str, tuple[int, int]]] = {}
+    widths: dict[str, dict[int, int]] = {}
+    conflicts: set[str] = set()
+    for site in removal.graph.ctx.attention:
+        q_shape = removal.shape(site.query)
+        hq = q_shape[site.head_dim]
+        hq_new = removal.new_shape(site.query)[site.head_dim]
+        n_rep, kv = site.n_rep, site.kv_heads or hq
+        if site.gqa == "query" and n_rep > 1:
+            kv_new, rep_new = kv, hq_new // kv
         else:
-            node.target, node.args, node.kwargs = torch.split, (node.args[0], parts), {"dim": dim}
-    elif target is operator.getitem and isinstance(in_masks, list):
-        if all(m is None for m in in_masks):
-            return
-        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-        shape = graph.shapes[src]
-        new_index, d = [], 0
-        for k, item in enumerate(index):
-            if item is Ellipsis:
-                d = len(shape) - (len(index) - k - 1 - sum(1 for x in index[k + 1:] if x is None))
-                new_index.append(item)
+            kv_new, rep_new = hq_new // n_rep, n_rep
+        found = {"heads": (hq, hq_new), "kv": (kv, kv_new), "groups": (n_rep, rep_new)}
+        if by_scope.setdefault(site.scope, found) != found:
+            conflicts.add(site.scope)
+        # heads × head size: the head size is the last dim of q (scores) or of the result (p · v)
+        for size in {q_shape[-1], removal.shape(site.key)[-1]}:
+            widths.setdefault(site.scope, {})[hq * size] = hq_new * size
+    for scope, found in by_scope.items():
+        if scope in conflicts:
+            continue
+        module = model.get_submodule(scope) if scope else model
+        for names, key in ((HEAD_NAMES, "heads"), (KV_NAMES, "kv"), (GROUP_NAMES, "groups")):
+            old, new = found[key]
+            if old == new:
                 continue
-            if item is None:
-                new_index.append(item)
+            for attr in names:
+                if _int_attr(module, attr) == old:
+                    _set(attributes, scope, module, attr, new)
+        for attr in ALL_HEAD_NAMES:
+            value = _int_attr(module, attr)
+            if value is not None and widths[scope].get(value, value) != value:
+                _set(attributes, scope, module, attr, widths[scope][value])
+
+
+def _width_attributes(model: nn.Module, removal: Removal, changed: set[str],
+                      attributes: dict[str, dict[str, Any]]) -> None:
+    """Width attributes (``hidden_size``, ``intermediate_size``, ...) of modules whose own or direct children's
+    parameter dims of that size all shrank to the same new size."""
+    if not changed:
+        return
+    new_shapes = {n: tuple(t.shape) for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+    old_shapes = {n: removal.graph.params[n].shape for n in changed}
+    for name, module in model.named_modules():
+        candidates = [a for a in WIDTH_NAMES if _int_attr(module, a) is not None and a not in attributes.get(name, {})]
+        if not candidates:
+            continue
+        prefix = f"{name}." if name else ""
+        dims: list[tuple[int, int]] = []
+        for pname, new_shape in new_shapes.items():
+            if not pname.startswith(prefix) or pname[len(prefix):].count(".") > 1:
                 continue
-            m = in_masks[d] if d < len(in_masks) else None
-            if isinstance(item, slice) and m is not None:
-                if item.step not in (None, 1):
-                    raise TraceError(f"node '{node.name}' slices pruned channels with a step: skip its layers")
-                item = slice(_new_index(m, item.start, shape[d]), _new_index(m, item.stop, shape[d]))
-            elif isinstance(item, int) and m is not None:
-                item = _new_index(m, item, shape[d])
-            elif m is not None:
-                raise TraceError(f"node '{node.name}' indexes pruned channels with {type(item).__name__}: "
-                                 "skip its layers")
-            new_index.append(item)
-            d += 1
-        node.args = (node.args[0], tuple(new_index) if isinstance(node.args[1], tuple) else new_index[0])
-    elif target is torch.nn.functional.pad and isinstance(out_masks, list):
-        amounts = list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"])
-        shape = graph.shapes[node]
-        for k in range(len(amounts) // 2):
-            d = len(shape) - 1 - k
-            m = out_masks[d]
-            if m is None:
-                continue
-            left, right = amounts[2 * k], amounts[2 * k + 1]
-            amounts[2 * k] = left - int(m[:left].sum())
-            amounts[2 * k + 1] = right - int(m[shape[d] - right:].sum())
-        rest = node.args[2:]
-        node.args = (node.args[0], tuple(amounts), *rest)
-        node.kwargs = {k: v for k, v in node.kwargs.items() if k != "pad"}
+            old_shape = old_shapes.get(pname, new_shape)
+            dims.extend(zip(old_shape, new_shape, strict=True))
+        for attr in candidates:
+            value = _int_attr(module, attr)
+            news = {n for o, n in dims if o == value}
+            if len(news) == 1 and value not in news:
+                _set(attributes, name, module, attr, news.pop())

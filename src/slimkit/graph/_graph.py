@@ -1,13 +1,12 @@
-"""Tracing a model (torch.fx) into a channel-dependency graph: which channels must be pruned together.
+"""From a captured forward to coupled channel groups.
 
-Each tensor in the traced graph gets an id tensor: one id per element, stored compressed (size 1 along dims where
-the ids do not vary). Layers that own channels (Conv, Linear, ...) create ids for their outputs; ops combine them
-(an add merges the ids it adds, a concat concatenates them, a view reshapes them), see ``_ops.py`` and
-``_handlers.py``. Ids merged into one union-find root form one *unit*: the channels that vanish together
-(a conv filter, its BN entry, the next layer's input slice, every tensor it is added to...). Units with the same
-set of member layers form a :class:`ChannelGroup` (a "layer" for ratios and criteria).
-
-Building the graph runs the model once at the example input's size (use batch 1); nothing else touches data.
+Ids flow through the recorded calls in order (each op's rule: ``_ops.py``, ``_movement.py``, ``_layers.py``,
+``_attention.py``). Ids merged
+into one union-find root form one *unit*: the channels that vanish together (a conv filter, its BN entry, the next
+layer's input slice, every tensor it is added to; an attention head with its q/k/v rows and output-projection
+columns). Units with the same set of member layers form a :class:`ChannelGroup` (a "layer" for ratios and
+criteria), of kind ``heads``, ``residual`` (a residual stream: the hidden / embedding width) or ``channels``
+(MLP width, conv filters).
 """
 
 from __future__ import annotations
@@ -15,290 +14,170 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.fx as fx
 from torch import nn
 
 from slimkit._errors import TraceError
-from slimkit._select import matches
-from slimkit.graph._handlers import handler_for
-from slimkit.graph._ops import FUNCTION_RULES, METHOD_RULES, choose_unit_dim, dim_groups
+from slimkit.graph import _attention, _layers, _modules, _movement, _ops  # noqa: F401  (registers the rules)
+from slimkit.graph._capture import Call, Capture, Ref, capture, run_model
+from slimkit.graph._context import CannotFollow, ModuleUse, ParamDims, TraceContext
+from slimkit.graph._deadline import Deadline
+from slimkit.graph._rules import module_rule, op_rule
 from slimkit.graph._unionfind import UnionFind
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class ModuleUse:
-    """One layer that owns parameters along channel dims: ids of its input and output channels (1-D)."""
-
-    name: str
-    module: nn.Module
-    in_map: torch.Tensor | None
-    out_map: torch.Tensor | None
-    extra: dict[str, Any] = field(default_factory=dict)
+KINDS = ("heads", "channels", "residual")
+GQA_MODES = ("groups", "query")
 
 
 @dataclass
 class ChannelGroup:
-    """Units (coupled channel sets) that touch the same layers; ``name`` is the first layer whose outputs they are."""
+    """Units (coupled channel sets) that touch the same layers; ``name`` is the first layer whose outputs they are.
+
+    ``kind``: ``heads`` (attention heads / key-value groups), ``residual`` (a residual stream's width) or
+    ``channels`` (anything else: MLP width, conv filters). ``sizes``: channels per unit in the owning layer.
+    """
 
     name: str
     units: np.ndarray
     members: tuple[tuple[str, str], ...]  # (layer name, "in" | "out")
-    sizes: np.ndarray  # channels per unit in the owning layer's output (for reporting)
+    sizes: np.ndarray
+    kind: str = "channels"
 
 
-class _Tracer(fx.Tracer):
-    def __init__(self, leaves: Sequence[str]) -> None:
-        super().__init__()
-        self.leaves = tuple(leaves)
-        self.stack: list[str] = []
-        self.failed_in: list[str] = []
+@dataclass(frozen=True)
+class UnitSlice:
+    """A parameter (or buffer) dim some of whose indices belong to a group's units: ``positions[i]`` is the unit
+    (index into ``group.units``) owning index i along ``dim``, -1 for none. ``roles`` say how the dim is used
+    (``out``: the unit's own filter/row, ``in``: a consumer's column, ``stat``, ``other``)."""
 
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        handler = handler_for(m)
-        if handler is not None and handler.leaf:
-            return True
-        if any(matches(qualname, p) for p in self.leaves):
-            return True
-        return super().is_leaf_module(m, qualname)
-
-    def call_module(self, m, forward, args, kwargs):
-        self.stack.append(self.path_of_module(m))
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if not self.failed_in:
-                self.failed_in = list(self.stack)
-            raise
-        finally:
-            self.stack.pop()
+    param: str
+    dim: int
+    positions: np.ndarray
+    roles: frozenset[str]
 
 
-def trace(model: nn.Module, leaf_modules: Sequence[str] = ()) -> fx.GraphModule:
-    """``torch.fx`` trace with extra leaf modules (names/globs/``re:``); a clear :class:`TraceError` if it fails."""
-    tracer = _Tracer(leaf_modules)
-    try:
-        graph = tracer.trace(model)
-    except Exception as error:
-        where = tracer.failed_in[-1] if tracer.failed_in else "(top-level forward)"
-        raise TraceError(
-            f"torch.fx cannot trace the model: module '{where}' failed ({type(error).__name__}: {error}). "
-            f"Workaround: pass leaf_modules=['{where}'] so it is kept as one opaque layer (its channels are then "
-            "not pruned), or remove the data-dependent control flow from its forward") from None
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` that shares its parameter tensors (buffers are copied). Pruning replaces the
+    copy's parameters with new, smaller ones and never writes into a shared one, so the original stays untouched
+    while peak memory stays near one model (a 1B-parameter model is not duplicated)."""
+    memo: dict[int, Any] = {id(p): p for p in model.parameters()}
+    return copy.deepcopy(model, memo)
 
 
-class _Builder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
-        self.uf = UnionFind()
-        self.ids: dict[fx.Node, Any] = {}
-        self.shapes: dict[fx.Node, Any] = {}
-        self.uses: dict[str, ModuleUse] = {}
-        self.attr_ids: dict[str, torch.Tensor] = {}
-        self.modules = dict(gm.named_modules())
+def unshare_(model: nn.Module, original_params: set[int]) -> None:
+    """Replace every parameter of ``model`` that is still one of ``original_params`` by a copy (ties kept)."""
+    done: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None or id(p) not in original_params:
+                continue
+            if id(p) not in done:
+                done[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+            module._parameters[name] = done[id(p)]
 
-    # --- helpers used by op rules and handlers -------------------------------------------------------------
-    def tensor_args(self, node: fx.Node) -> list[fx.Node]:
-        found: list[fx.Node] = []
-        fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) if _has_tensor(self.ids.get(n)) else None)
-        return found
 
-    def ids_of(self, node: fx.Node) -> torch.Tensor:
-        return self.ids[node]
+def propagate(capture_: Capture, model: nn.Module, *, gqa: str = "groups",
+              deadline: Deadline | None = None) -> TraceContext:
+    """Run every op rule over the captured calls; returns the context holding ids, uses and groups' raw data."""
+    deadline = deadline or Deadline(None)
+    ctx = TraceContext(capture_, model, gqa=gqa)
+    for call in capture_.calls:
+        deadline.check(call.where())
+        ctx.call = call
+        _store(ctx, call, call.out, _run(ctx, call))
+    ctx.call = None
+    ctx.settle_reshapes()
+    for ref in capture_.output_refs():
+        ctx.block(ctx.ids(ref))
+    return ctx
 
-    def shape_of(self, node: fx.Node) -> tuple[int, ...]:
-        return tuple(self.shapes[node])
 
-    def expand(self, node: fx.Node) -> torch.Tensor:
-        return self.ids[node].expand(self.shapes[node]).contiguous()
-
-    def substitute(self, node: fx.Node) -> tuple[tuple, dict]:
-        def value(n: fx.Node) -> Any:
-            ids, shape = self.ids.get(n), self.shapes.get(n)
-            if isinstance(ids, torch.Tensor):
-                return ids.expand(shape).contiguous()
-            if isinstance(ids, tuple) and _has_tensor(ids):
-                return tuple(t.expand(s).contiguous() if isinstance(t, torch.Tensor) else None
-                             for t, s in zip(ids, shape, strict=True))
-            return self.env[n]
-
-        return fx.node.map_arg(node.args, value), fx.node.map_arg(node.kwargs, value)
-
-    def compress(self, ids: torch.Tensor) -> torch.Tensor:
-        r = self.uf.roots(ids)
-        for d in range(r.dim()):
-            if r.shape[d] > 1 and bool((r == r.narrow(d, 0, 1)).all()):
-                r = r.narrow(d, 0, 1)
-        return r.contiguous()
-
-    def compress_tree(self, value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return self.compress(value)
-        if isinstance(value, (tuple, list)):
-            return tuple(self.compress_tree(v) for v in value)
-        return None
-
-    def blocked_like(self, out: Any) -> Any:
-        if isinstance(out, torch.Tensor):
-            return self.uf.fresh(1, blocked=True).reshape([1] * out.dim())
-        if isinstance(out, (tuple, list)):
-            return tuple(self.blocked_like(v) for v in out)
-        return None
-
-    def opaque(self, node: fx.Node, out: Any) -> Any:
-        """Unknown op: its inputs' channels are blocked and its outputs get blocked ids."""
-        for arg in self.tensor_args(node):
-            ids = self.ids[arg]
-            for t in (ids if isinstance(ids, tuple) else (ids,)):
-                if isinstance(t, torch.Tensor):
-                    self.uf.block(t)
-        if isinstance(out, (torch.Tensor, tuple, list)):
-            log.debug("opaque op %s (%s): its channels are not pruned", node.name, node.target)
-        return self.blocked_like(out)
-
-    def varies(self, ids: torch.Tensor, d: int) -> bool:
-        r = self.uf.roots(ids)
-        return bool((r != r.narrow(d, 0, 1)).any())
-
-    def merge_along(self, ids: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
-        """Merge ids across ``dims`` (other dims held fixed); returns the roots."""
-        dims = [d % ids.dim() for d in dims]
-        rest = [d for d in range(ids.dim()) if d not in dims]
-        flat = ids.permute(*rest, *dims).reshape(-1, int(np.prod([ids.shape[d] for d in dims])) if dims else 1)
-        self.uf.union(flat[:, :1], flat)
-        return self.uf.roots(ids)
-
-    def channel_map(self, node: fx.Node | torch.Tensor, dim: int) -> torch.Tensor:
-        """Ids of the channels along ``dim`` for a layer consuming ``node`` (merged along every other dim)."""
-        ids = self.ids[node] if isinstance(node, fx.Node) else node
-        size = self.shapes[node][dim] if isinstance(node, fx.Node) else ids.shape[dim]
-        dim = dim % ids.dim()
-        others = [d for d in range(ids.dim()) if d != dim]
-        r = self.merge_along(ids, others) if others else self.uf.roots(ids)
-        for d in reversed(others):
-            r = r.narrow(d, 0, 1)
-        return r.reshape(-1).expand(size).contiguous() if r.numel() == 1 else r.reshape(-1).clone()
-
-    def constrain(self, ids: torch.Tensor, dims: list[int]) -> None:
-        """Make ids vary along at most one of ``dims`` (a reshape must stay a reshape after pruning)."""
-        r = self.uf.roots(ids)
-        varying = [d for d in dims if r.shape[d] > 1 and self.varies(r, d)]
-        if len(varying) <= 1:
-            return
-        keep = varying[choose_unit_dim([r.shape[d] for d in varying])]
-        others = [d for d in dims if d != keep]
-        rest = [d for d in range(r.dim()) if d not in dims]
-        t = r.permute(*rest, *others, keep).reshape(-1, int(np.prod([r.shape[d] for d in others])), r.shape[keep])
-        self.uf.union(t[:, :1, :], t)
-
-    def constrain_reshape(self, before: torch.Tensor, after: torch.Tensor) -> None:
-        try:
-            groups = dim_groups(tuple(before.shape), tuple(after.shape))
-        except (ValueError, IndexError):
-            self.uf.union(before.reshape(-1)[:1], before)
-            return
-        for gi, gj in groups:
-            if len(gi) > 1:
-                self.constrain(before, gi)
-            if len(gj) > 1:
-                self.constrain(after, gj)
-
-    def record(self, name: str, module: nn.Module, in_map: torch.Tensor | None, out_map: torch.Tensor | None,
-               **extra: Any) -> ModuleUse:
-        if name in self.uses:  # a layer called twice: both calls must prune the same channels
-            prev = self.uses[name]
-            for a, b in ((prev.in_map, in_map), (prev.out_map, out_map)):
-                if a is not None and b is not None:
-                    self.uf.union(a, b)
-            return prev
-        self.uses[name] = ModuleUse(name, module, in_map, out_map, dict(extra))
-        return self.uses[name]
-
-    # --- the interpreter ------------------------------------------------------------------------------------
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        self.shapes[n] = _shapes(out)
-        try:
-            self.ids[n] = self._rule(n, out)
-        except TraceError:
-            raise
-        except Exception as error:
-            raise TraceError(
-                f"cannot follow channels through node '{n.name}' ({n.op} {_target_name(n)}): "
-                f"{type(error).__name__}: {error}. Workaround: mark the module containing it as a leaf "
-                "(leaf_modules=[...]) or skip it (skip=[...])") from error
-        return out
-
-    def _rule(self, n: fx.Node, out: Any) -> Any:
-        if n.op == "placeholder":
-            return self.blocked_like(out)
-        if n.op == "get_attr":
-            if not isinstance(out, torch.Tensor):
-                return None
-            ids = self.uf.fresh(tuple(out.shape)) if out.dim() else self.uf.fresh(1).reshape(())
-            if n.target in self.attr_ids:
-                self.uf.union(self.attr_ids[n.target], ids)
-            else:
-                self.attr_ids[n.target] = ids
-            return ids
-        if n.op == "output":
-            fx.node.map_arg(n.args, lambda a: self.uf.block(self.ids[a]) if isinstance(
-                self.ids.get(a), torch.Tensor) else [self.uf.block(t) for t in self.ids.get(a) or ()
-                                                     if isinstance(t, torch.Tensor)])
-            return None
-        if n.op == "call_module":
-            module = self.modules[n.target]
-            handler = handler_for(module)
-            if handler is None:
-                return self.opaque(n, out)
-            return handler.trace(self, n, module, out)
-        rule = FUNCTION_RULES.get(n.target) if n.op == "call_function" else METHOD_RULES.get(n.target)
+def _run(ctx: TraceContext, call: Call) -> Any:
+    if call.module is not None:
+        rule = module_rule(call.module)
+        fn = rule.leaf if rule is not None else None
+        if fn is None:
+            return ctx.opaque(call, "a leaf module")
+    else:
+        rule = op_rule(call.target)
         if rule is None:
-            return self.opaque(n, out) if _has_tensor(out) else None
-        if not self.tensor_args(n):
-            return self.blocked_like(out) if _has_tensor(out) else None
-        return rule(self, n, out)
+            return ctx.opaque(call)
+        fn = rule.propagate
+    try:
+        return fn(ctx, call)
+    except CannotFollow as reason:
+        return ctx.opaque(call, str(reason))
+    except TraceError:
+        raise
+    except Exception as error:  # a rule that does not cover this use: safe (blocked), and said
+        log.warning("channel rule for %s failed (%s: %s); its channels are kept", call.where(),
+                    type(error).__name__, error)
+        return ctx.opaque(call, f"rule failed: {type(error).__name__}")
 
 
-def _has_tensor(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list)) and any(
-        isinstance(v, torch.Tensor) for v in value))
+def _store(ctx: TraceContext, call: Call, out: Any, ids: Any) -> None:
+    if isinstance(out, Ref):
+        if not isinstance(ids, torch.Tensor) or not _fits(ids, ctx.shape(out)):
+            if isinstance(ids, torch.Tensor):
+                log.warning("channel rule for %s returned ids of shape %s for a result of shape %s; kept",
+                            call.where(), tuple(ids.shape), ctx.shape(out))
+            ids = ctx.blocked_like(out)
+        ctx.set_ids(out, ids)
+    elif isinstance(out, (tuple, list)):
+        parts = ids if isinstance(ids, (tuple, list)) and len(ids) == len(out) else [None] * len(out)
+        for o, i in zip(out, parts, strict=True):
+            _store(ctx, call, o, i)
+    elif isinstance(out, dict):
+        parts = ids if isinstance(ids, dict) else {}
+        for k, o in out.items():
+            _store(ctx, call, o, parts.get(k))
 
 
-def _shapes(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return tuple(value.shape)
-    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
-        return tuple(tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in value)
-    return None
-
-
-def _target_name(n: fx.Node) -> str:
-    return n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+def _fits(ids: torch.Tensor, shape: tuple[int, ...]) -> bool:
+    if ids.dim() > len(shape):
+        return False
+    tail = list(ids.shape)
+    return all(t in (1, s) for t, s in zip(tail, shape[len(shape) - len(tail):], strict=True))
 
 
 class DependencyGraph:
-    """The traced model (a private copy), its channel ids and the coupled channel groups.
+    """A captured model, its channel ids and the coupled channel groups.
 
-    Build with :func:`build_graph`. ``groups`` lists prunable groups in graph order.
+    ``model`` is a private copy of the caller's model (sharing its parameters until pruning replaces them) that
+    the capture ran on. Build with :func:`build_graph`; ``groups`` lists prunable groups in order of first use.
     """
 
-    def __init__(self, builder: _Builder, gm: fx.GraphModule, example_inputs: tuple) -> None:
-        self.gm = gm
-        self.uf = builder.uf
-        self.ids = builder.ids
-        self.shapes = builder.shapes
-        self.uses = builder.uses
-        self.attr_ids = builder.attr_ids
+    def __init__(self, model: nn.Module, capture_: Capture, ctx: TraceContext, example_inputs: Any) -> None:
+        self.model = model
+        self.capture = capture_
+        self.ctx = ctx
         self.example_inputs = example_inputs
         self.groups: list[ChannelGroup] = []
+        self.original_params = {id(p) for p in model.parameters()}
+        self.leaf_modules: tuple[str, ...] = ()
+        self._slices: list[list[UnitSlice]] | None = None
+
+    @property
+    def uf(self) -> UnionFind:
+        return self.ctx.uf
+
+    @property
+    def uses(self) -> dict[str, ModuleUse]:
+        return self.ctx.uses
+
+    @property
+    def params(self) -> dict[str, ParamDims]:
+        return self.ctx.params
+
+    def run(self, inputs: Any, model: nn.Module | None = None) -> Any:
+        """Call the graph's model (or ``model``) on inputs shaped like the example (tensor, tuple or dict)."""
+        return run_model(model if model is not None else self.model, inputs)
 
     def protect(self, names: Sequence[str]) -> None:
         """Block every channel of these layers (inputs and outputs): they keep their exact shape."""
@@ -308,8 +187,9 @@ class DependencyGraph:
                 if m is not None:
                     self.uf.block(m)
 
-    def finalize(self, selectable: Sequence[str] | None = None) -> None:
-        """Form the groups: units = unblocked roots; a group's ``name`` is its first output-owning layer."""
+    def finalize(self, selectable: Sequence[str] | None = None, kinds: Sequence[str] | None = None) -> None:
+        """Form the groups: units = unblocked roots; a group's ``name`` is its first output-owning layer; only
+        groups whose name is in ``selectable`` and whose kind is in ``kinds`` (default: all) are kept."""
         members: dict[int, list[tuple[str, str]]] = {}
         sizes: dict[int, int] = {}
         for name, use in self.uses.items():
@@ -327,16 +207,58 @@ class DependencyGraph:
             if not any(side == "out" for _, side in mem):
                 continue  # only consumed (e.g. a padding channel fed to a conv): nothing to score it by
             by_sig.setdefault(tuple(mem), []).append(root)
+        marked = {kind: set(np.unique(self.uf.find(torch.cat(ids)))) if ids else set()
+                  for kind, ids in self.ctx.marks.items()}
         order = {name: i for i, name in enumerate(self.uses)}
         groups = []
         for sig, roots in by_sig.items():
             owner = min((n for n, s in sig if s == "out"), key=order.__getitem__)
             if selectable is not None and owner not in selectable:
                 continue
+            kind = ("heads" if any(r in marked["heads"] for r in roots) else
+                    "residual" if any(r in marked["residual"] for r in roots) else "channels")
+            if kinds is not None and kind not in kinds:
+                continue
             units = np.array(sorted(roots), dtype=np.int64)
-            groups.append(ChannelGroup(owner, units, sig, np.array([sizes.get(int(u), 1) for u in units])))
+            groups.append(ChannelGroup(owner, units, sig, np.array([sizes.get(int(u), 1) for u in units]), kind))
         groups.sort(key=lambda g: order[g.name])
         self.groups = groups
+        self._slices = None
+
+    def slices(self, group: int | ChannelGroup) -> list[UnitSlice]:
+        """Every parameter dim holding units of a group (by index or object; computed once for all groups)."""
+        if self._slices is None:
+            self._slices = self._all_slices()
+        if isinstance(group, ChannelGroup):
+            group = next(i for i, g in enumerate(self.groups) if g is group)
+        return self._slices[group]
+
+    def _all_slices(self) -> list[list[UnitSlice]]:
+        out: list[list[UnitSlice]] = [[] for _ in self.groups]
+        if not self.groups:
+            return out
+        units = np.concatenate([g.units for g in self.groups])
+        owner = np.concatenate([np.full(len(g.units), i) for i, g in enumerate(self.groups)])
+        local = np.concatenate([np.arange(len(g.units)) for g in self.groups])
+        order = np.argsort(units)
+        units, owner, local = units[order], owner[order], local[order]
+        for name, pd in self.params.items():
+            for d, ids in enumerate(pd.ids):
+                roots = self.uf.find(ids)
+                at = np.clip(np.searchsorted(units, roots), 0, len(units) - 1)
+                hit = units[at] == roots
+                if not hit.any():
+                    continue
+                for gi in np.unique(owner[at[hit]]):
+                    pos = np.where(hit & (owner[at] == gi), local[at], -1)
+                    out[int(gi)].append(UnitSlice(name, d, pos, frozenset(pd.roles[d])))
+        return out
+
+    def tensor(self, name: str, model: nn.Module | None = None) -> torch.Tensor:
+        """The current value of parameter/buffer ``name`` in the graph's model (or ``model``)."""
+        from slimkit.graph._context import _named_tensor
+
+        return _named_tensor(model if model is not None else self.model, name)
 
     def layer_names(self) -> list[str]:
         return list(self.uses)
@@ -350,41 +272,70 @@ class DependencyGraph:
         hit = units[order[pos]] == roots
         return np.where(hit, order[pos], -1)
 
+    def opaque_ops(self) -> list[dict[str, Any]]:
+        """Every op no rule followed that blocked channels, with the layers whose channels it froze."""
+        out = []
+        owners = {}
+        for name, use in self.uses.items():
+            if use.out_map is not None:
+                for r in np.unique(self.uf.find(use.out_map)):
+                    owners.setdefault(int(r), name)
+        for site in self.ctx.opaque_sites:
+            roots = np.unique(self.uf.find(torch.cat(site.blocked)))
+            froze = sorted({owners[int(r)] for r in roots if int(r) in owners})
+            if froze:
+                out.append({"op": site.where, "froze": froze})
+        return out
 
-def build_graph(model: nn.Module, example_inputs: torch.Tensor | tuple, *, leaf_modules: Sequence[str] = (),
-                copy_model: bool = True) -> DependencyGraph:
-    """Trace ``model`` (a deep copy unless ``copy_model=False``) and follow channels with one forward of
-    ``example_inputs`` (batch 1 is enough). Returns the graph *before* protection/finalisation: call
-    :meth:`DependencyGraph.protect` and :meth:`DependencyGraph.finalize`, or use :func:`dependency_graph`."""
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    source = copy.deepcopy(model) if copy_model else model
-    gm = trace(source, leaf_modules)
-    gm.eval()
-    builder = _Builder(gm)
-    with torch.no_grad():
-        builder.run(*inputs)
-    return DependencyGraph(builder, gm, inputs)
+
+def build_graph(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[str] = (),
+                copy_model: bool = True, gqa: str = "groups", deadline: Deadline | None = None) -> DependencyGraph:
+    """Capture one forward of ``model`` (a copy sharing its parameters unless ``copy_model=False``) on
+    ``example_inputs`` (a tensor, a tuple, or a dict of keyword inputs; batch 1 is enough) and follow channels.
+    Returns the graph *before* protection/finalisation: call :meth:`DependencyGraph.protect` and
+    :meth:`DependencyGraph.finalize`, or use :func:`dependency_graph`."""
+    if gqa not in GQA_MODES:
+        from slimkit._errors import ConfigError
+
+        raise ConfigError(f"gqa '{gqa}' is unknown: use 'groups' (whole key/value groups) or 'query' (query heads "
+                          "within every group)")
+    source = shared_copy(model) if copy_model else model
+    was_training = source.training
+    source.eval()
+    deadline = deadline or Deadline(None)
+    try:
+        cap = capture(source, example_inputs, leaf_modules=leaf_modules, is_leaf=_is_leaf, deadline=deadline)
+        ctx = propagate(cap, source, gqa=gqa, deadline=deadline)
+    finally:
+        source.train(was_training)
+    graph = DependencyGraph(source, cap, ctx, example_inputs)
+    graph.leaf_modules = tuple(leaf_modules)
+    return graph
 
 
-def dependency_graph(model: nn.Module, example_inputs: torch.Tensor | tuple, *, skip: Sequence[str] | str = (),
+def _is_leaf(module: nn.Module) -> bool:
+    rule = module_rule(module)
+    return rule is not None and rule.leaf is not None
+
+
+def dependency_graph(model: nn.Module, example_inputs: Any, *, skip: Sequence[str] | str = (),
                      protect_first: bool = False, layers: Sequence[str] | str | None = None,
-                     leaf_modules: Sequence[str] = ()) -> DependencyGraph:
+                     leaf_modules: Sequence[str] = (), kinds: Sequence[str] | None = None, gqa: str = "groups",
+                     deadline: Deadline | None = None) -> DependencyGraph:
     """The channel-dependency graph of ``model`` with protected layers blocked and groups formed.
 
-    ``skip`` (names/globs/``re:``) and, if ``protect_first``, the first layer keep all their channels; the output
-    layer always does (graph outputs are never pruned). ``layers`` restricts which groups are prunable (by the
-    name of the group's first layer).
+    ``skip`` (names/globs/``re:``) and, if ``protect_first``, the first layer keep all their channels; the model's
+    outputs always do. ``layers`` restricts which groups are prunable (by the name of the group's first layer),
+    ``kinds`` by kind (``heads``, ``channels``, ``residual``).
     """
     from slimkit._select import as_patterns, select_names
 
-    graph = build_graph(model, example_inputs, leaf_modules=leaf_modules)
+    graph = build_graph(model, example_inputs, leaf_modules=leaf_modules, gqa=gqa, deadline=deadline)
     names = graph.layer_names()
     skipped = select_names(names, as_patterns(skip)) if skip else []
     if protect_first and names:
         skipped.append(names[0])
     graph.protect(skipped)
     selectable = None if layers is None else select_names(names, layers)
-    graph.finalize(selectable)
+    graph.finalize(selectable, kinds)
     return graph
-
-

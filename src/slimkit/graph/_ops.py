@@ -1,31 +1,26 @@
-"""How channel ids flow through tensor functions and methods (``torch.cat``, ``x.view``, ``+``, ``F.pad``, ...).
+"""How channel ids flow through tensor functions and methods (``x + y``, ``x.view``, ``torch.cat``, ``F.pad``,
+attention, ...), each rule next to the rewrite of the op's shape arguments.
 
-Every traced tensor carries an id tensor of its own shape (stored compressed: size 1 along dims where the ids do
-not vary). Data-movement ops are run on the id tensors themselves, so cat/split/chunk offsets, flatten (each
-channel owns H×W inputs), permutes and channel shuffles come out exactly. Ops that mix values position-wise
-(add, mul) merge the ids they combine; reductions merge along the reduced dims. Anything unknown is *opaque*:
-its channels are blocked, so an unsupported op can make pruning less thorough but never wrong.
+Data-movement ops are replayed on the id tensors themselves, so cat/split/chunk offsets, flatten (each channel
+owns H×W inputs), permutes, rolls and channel shuffles come out exactly. Ops that combine values position-wise
+merge the ids they combine (broadcasting aside: a mask or a rotary table shared by every head couples nothing).
+Reductions do not couple the reduced channels (a mean over channels just averages fewer of them). Anything
+unknown is *opaque*: its channels are blocked, so an unsupported op makes pruning less thorough but never wrong.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-OpRule = Callable[..., Any]  # (builder, node, real_output) -> ids
-FUNCTION_RULES: dict[Any, OpRule] = {}
-METHOD_RULES: dict[str, OpRule] = {}
+from slimkit.graph._capture import Call, Ref
+from slimkit.graph._context import CannotFollow, TraceContext
+from slimkit.graph._rules import register_op
 
-
-def _register(rule: OpRule, functions: tuple = (), methods: tuple = ()) -> None:
-    for fn in functions:
-        FUNCTION_RULES[fn] = rule
-    for name in methods:
-        METHOD_RULES[name] = rule
+T = torch.Tensor
 
 
 def choose_unit_dim(sizes: list[int]) -> int:
@@ -63,149 +58,193 @@ def dim_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], 
     return groups
 
 
-def elementwise(b, node, out):
-    """Position-wise ops (add, mul, activations): all tensor operands' ids at a position are one unit."""
-    ids = [b.ids_of(a) for a in b.tensor_args(node)]
-    if not isinstance(out, torch.Tensor) or not ids:
-        return b.opaque(node, out)
-    try:
-        expanded = torch.broadcast_tensors(*ids)
-    except RuntimeError:
-        return b.opaque(node, out)
-    for other in expanded[1:]:
-        b.uf.union(expanded[0], other)
-    first = expanded[0]
-    while first.dim() < out.dim():
-        first = first.unsqueeze(0)
-    return b.compress(first)
+def _first(call: Call) -> Ref:
+    refs = call.refs()
+    if not refs:
+        raise CannotFollow("no tensor argument")
+    return refs[0]
 
 
-def reduction(b, node, out):
-    """mean/sum/amax/softmax over ``dim``: the reduced dim's ids become one unit (so it is never sliced)."""
-    src = b.tensor_args(node)[0]
-    ids = b.expand(src)
-    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    if dims is None:
-        b.uf.block(ids)
-        return b.blocked_like(out)
-    dims = [dims] if isinstance(dims, int) else list(dims)
-    dims = sorted(d % ids.dim() for d in dims)
-    merged = b.merge_along(ids, dims)
-    if not isinstance(out, torch.Tensor):
-        return None
-    if out.dim() == ids.dim():
-        for d in dims:
-            if out.shape[d] == 1 and merged.shape[d] > 1:
-                merged = merged.narrow(d, 0, 1)
-        return b.compress(merged)
-    for d in reversed(dims):
-        merged = merged.select(d, 0)
-    return b.compress(merged)
+def _single_out(call: Call) -> Ref:
+    if not isinstance(call.out, Ref):
+        raise CannotFollow("expected one tensor result")
+    return call.out
 
 
-def spatial(b, node, out):
-    """Pooling / interpolation: channel dim 1 kept, all other non-batch dims merged."""
-    src = b.tensor_args(node)[0]
-    ids = b.expand(src)
-    cmap = b.channel_map(ids, 1)
-    shape = [1] * out.dim()
-    shape[1] = cmap.numel()
-    return b.compress(cmap.reshape(shape))
+# --- position-wise ops ----------------------------------------------------------------------------------------
+
+def _aligned(ctx: TraceContext, ref: Ref, nd: int) -> tuple[T, tuple[int, ...]]:
+    ids, shape = ctx.ids(ref), ctx.shape(ref)
+    pad = nd - len(shape)
+    if pad < 0:
+        raise CannotFollow("operand has more dims than the result")
+    return ids.reshape([1] * pad + list(ids.shape)), (1,) * pad + tuple(shape)
 
 
-RESHAPES = {"view", "reshape", "flatten", "unflatten", torch.reshape, torch.flatten, torch.unflatten}
-
-
-def movement(b, node, out):
-    """Data movement: replay the op on the id tensors themselves."""
-    args, kwargs = b.substitute(node)
-    try:
-        if node.op == "call_method":
-            result = getattr(args[0], node.target)(*args[1:], **kwargs)
-        else:
-            result = node.target(*args, **kwargs)
-    except Exception:  # an op that cannot run on int64 ids: treat as opaque
-        return b.opaque(node, out)
-    if node.target in RESHAPES and isinstance(result, torch.Tensor):
-        b.constrain_reshape(args[0], result)
-    return b.compress_tree(result)
-
-
-def pad(b, node, out):
-    """``F.pad`` (constant): padded channels get new ids (they merge with whatever they are added to, as in the
-    ResNet option-A shortcut), padded spatial borders inherit their channel's id."""
-    src = b.tensor_args(node)[0]
-    ids = b.ids_of(src)
-    real_shape = b.shape_of(src)
-    amounts = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
-    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-    if mode != "constant":
-        return elementwise(b, node, out) if tuple(out.shape) == tuple(real_shape) else spatial(b, node, out)
-    ids = ids.expand(real_shape) if ids.dim() == len(real_shape) else ids
-    for k in range(len(amounts) // 2):
-        d = len(real_shape) - 1 - k
-        left, right = int(amounts[2 * k]), int(amounts[2 * k + 1])
-        if left == 0 and right == 0:
+def _combine(ctx: TraceContext, call: Call, residual: bool) -> T:
+    out = _single_out(call)
+    out_shape = ctx.shape(out)
+    nd = len(out_shape)
+    ops = [_aligned(ctx, r, nd) for r in call.refs()]
+    if not ops:
+        raise CannotFollow("no tensor operand")
+    full = [i for i, (_, s) in enumerate(ops) if s == tuple(out_shape)]
+    if not full:  # every operand broadcasts somewhere: the one carrying the most channel variation leads
+        lead = max(range(len(ops)), key=lambda i: (len(ctx.varying(ops[i][0])),
+                                                   sum(a == b for a, b in zip(ops[i][1], out_shape, strict=True))))
+        full = [lead]
+    ref_ids = ops[full[0]][0]
+    if residual and len(full) > 1:  # two different channel sets added: a residual stream (not x + f(x) of one)
+        varying = [set(ctx.varying(ops[i][0])) for i in full]
+        for a in range(len(full)):
+            for b in range(a + 1, len(full)):
+                ra, rb = torch.broadcast_tensors(ctx.roots(ops[full[a]][0]), ctx.roots(ops[full[b]][0]))
+                if varying[a] & varying[b] and not torch.equal(ra, rb):
+                    ctx.mark_residual(ref_ids)
+    for i in full[1:]:
+        ctx.union(ref_ids, ops[i][0])
+    roots = ctx.roots(ref_ids)
+    for i, (ids_b, s_b) in enumerate(ops):
+        if i in full:
             continue
-        varying = ids.shape[d] > 1 and b.varies(ids, d)
-        if left < 0 or right < 0 or (d != 1 and not varying):
-            if d != 1 and not varying:
-                shape = list(ids.shape)
-                shape[d] = 1
-                ids = ids.narrow(d, 0, 1).reshape(shape)
-                continue
-            return b.opaque(node, out)
-        parts = []
-        for count in (left, right):
-            shape = list(ids.shape)
-            shape[d] = count
-            other = [s if i == d else 1 for i, s in enumerate(shape)]
-            parts.append(b.uf.fresh(count).reshape(other).expand(shape))
-        ids = torch.cat([parts[0], ids, parts[1]], dim=d)
-    return b.compress(ids.contiguous())
+        broadcast = {d for d in range(nd) if s_b[d] == 1 and out_shape[d] > 1}
+        var = ctx.varying(roots)
+        if not broadcast & set(var):
+            ctx.union(roots, ids_b)
+            continue
+        # ``b`` is shared by several units of the full operand (a mask or rotary table shared by all heads, a
+        # per-head scale shared by every channel of a head): keep the outermost varying dim, couple the rest.
+        keep = min(var)
+        roots = ctx.merge_along(roots, [d for d in var if d != keep])
+        if keep in broadcast:
+            ctx.block(ids_b)
+        else:
+            ctx.union(roots, ids_b)
+        roots = ctx.roots(roots)
+    return ctx.roots(roots)
 
 
-def matmul(b, node, out):
-    """``a @ b`` between two activations (attention scores, attention × values): everything in one batch slice
-    (one head) is one unit, so heads are pruned whole. With a weight operand the op is opaque."""
-    tensors = b.tensor_args(node)
-    if len(tensors) != 2 or any(t.op == "get_attr" for t in tensors):
-        return b.opaque(node, out)
-    x, y = b.expand(tensors[0]), b.expand(tensors[1])
-    batch = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
-    x = x.expand(*batch, *x.shape[-2:]).reshape(-1, x.shape[-2] * x.shape[-1])
-    y = y.expand(*batch, *y.shape[-2:]).reshape(-1, y.shape[-2] * y.shape[-1])
-    b.uf.union(x[:, :1], x)
-    b.uf.union(x[:, :1], y)
-    heads = x[:, 0].reshape(*batch, 1, 1) if batch else x[0, 0].reshape(1, 1)
-    return b.compress(heads)
+def elementwise(ctx: TraceContext, call: Call) -> T:
+    """Position-wise ops (activations, ``mul``, ``where``, comparisons): tensor operands' ids at a position are
+    one unit; an operand broadcast along a dim where the others' units differ couples nothing along it."""
+    return _combine(ctx, call, residual=False)
 
 
-def passthrough(b, node, out):
-    """``x.contiguous()``, ``x.float()``, ``x.clone()``: ids unchanged."""
-    return b.ids_of(b.tensor_args(node)[0])
+def add(ctx: TraceContext, call: Call) -> T:
+    """``+`` / ``-``: as :func:`elementwise`; two operands that both carry channels mark a residual stream."""
+    return _combine(ctx, call, residual=True)
 
 
-_ELEMENTWISE_FN = (
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd, operator.imul,
-    torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.relu, torch.sigmoid, torch.tanh,
-    torch.exp, torch.abs, torch.neg, torch.clamp, torch.sqrt, torch.rsqrt, F.relu, F.relu6, F.gelu, F.silu,
-    F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu, F.dropout, F.hardtanh, F.mish,
-)
-_ELEMENTWISE_METHODS = (
-    "add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_", "relu", "relu_", "sigmoid", "tanh", "clamp",
-    "clamp_", "exp", "abs", "neg", "sqrt", "rsqrt", "pow", "__add__", "__mul__", "__radd__", "__rmul__",
-)
-_register(elementwise, (*_ELEMENTWISE_FN, operator.pow, torch.pow), _ELEMENTWISE_METHODS)
-_register(passthrough, (), ("contiguous", "float", "clone", "detach", "to", "type_as"))
-_register(reduction, (torch.mean, torch.sum, torch.amax, torch.softmax, F.softmax, F.log_softmax),
-          ("mean", "sum", "amax", "softmax", "log_softmax"))
-_register(spatial, (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate,
-                    F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d), ())
-_register(movement, (torch.flatten, torch.cat, torch.concat, torch.stack, torch.chunk, torch.split,
-                     torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze, torch.unbind,
-                     torch.unflatten, operator.getitem),
-          ("view", "reshape", "flatten", "unflatten", "permute", "transpose", "squeeze", "unsqueeze", "expand",
-           "chunk", "split", "unbind", "__getitem__"))
-_register(pad, (F.pad,), ())
-_register(matmul, (operator.matmul, torch.matmul, torch.bmm), ("matmul", "bmm"))
+def passthrough(ctx: TraceContext, call: Call) -> T:
+    """``x.float()``, ``x.contiguous()``, ``x.to(y)``, dropout, ``zeros_like(x)``: the first tensor's ids."""
+    return ctx.ids(_first(call))
+
+
+def constant(ctx: TraceContext, call: Call) -> Any:
+    """Tensor factories (``arange``, ``zeros``, ``x.new_ones``): blocked ids; their size never follows pruning."""
+    return ctx.blocked_like(call.out)
+
+
+_ACTIVATIONS = [
+    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.abs, torch.neg, torch.sqrt,
+    torch.rsqrt, torch.sin, torch.cos, torch.erf, torch.reciprocal, torch.square, torch.sign, torch.clamp,
+    torch.clip, torch.floor, torch.ceil, torch.round, torch.log1p, torch.expm1, torch.logical_not, torch.isnan,
+    torch.isinf, torch.nan_to_num, torch.sigmoid_,
+    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu,
+    F.hardtanh, F.mish, F.softplus, F.selu, F.celu, F.softsign, F.logsigmoid, F.tanhshrink,
+    F.threshold, F.hardshrink, F.softshrink,
+]
+_ACTIVATION_METHODS = [
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "exp_", "log", "abs", "abs_", "neg", "neg_",
+    "sqrt", "sqrt_", "rsqrt", "rsqrt_", "sin", "cos", "erf", "reciprocal", "square", "sign", "clamp", "clamp_",
+    "clip", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_", "floor", "ceil", "round", "log1p", "expm1",
+    "logical_not", "isnan", "isinf", "nan_to_num", "__neg__", "__abs__", "__invert__", "bitwise_not", "pow_",
+    "masked_fill", "masked_fill_", "fill_", "zero_", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__",
+    "eq", "ne", "lt", "le", "gt", "ge", "__and__", "__or__", "__xor__", "logical_and", "logical_or", "logical_xor",
+    "bitwise_and", "bitwise_or", "__mul__", "__rmul__", "mul", "mul_", "__imul__", "__truediv__", "__rtruediv__",
+    "__itruediv__", "div", "div_", "true_divide", "__pow__", "__rpow__", "pow", "__floordiv__", "floor_divide",
+    "__mod__", "remainder", "fmod", "maximum", "minimum", "fmax", "fmin", "lerp", "lerp_",
+    "addcmul", "addcdiv", "where", "xlogy", "copysign", "hypot", "atan2",
+]
+_ELEMENTWISE_FUNCS = [
+    torch.mul, torch.multiply, torch.div, torch.divide, torch.true_divide, torch.pow, torch.maximum, torch.minimum,
+    torch.fmax, torch.fmin, torch.where, torch.masked_fill, torch.lerp, torch.addcmul, torch.addcdiv, torch.eq,
+    torch.ne, torch.lt, torch.le, torch.gt, torch.ge, torch.logical_and, torch.logical_or, torch.floor_divide,
+    torch.remainder, torch.fmod, torch.xlogy, torch.copysign, torch.hypot, torch.atan2, operator.mul,
+    operator.truediv, F.dropout, F.alpha_dropout, F.feature_alpha_dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+]
+register_op(*_ACTIVATIONS, *_ELEMENTWISE_FUNCS, *[getattr(T, m) for m in _ACTIVATION_METHODS if hasattr(T, m)],
+            name="elementwise")(elementwise)
+register_op(torch.add, torch.sub, torch.subtract, torch.rsub, operator.add, operator.sub, T.add, T.add_, T.sub,
+            T.sub_, T.__add__, T.__radd__, T.__iadd__, T.__sub__, T.__rsub__, T.__isub__, T.subtract,
+            name="add")(add)
+register_op(T.contiguous, T.clone, torch.clone, T.detach, torch.detach, T.float, T.double, T.half, T.bfloat16,
+            T.to, T.type_as, T.type, T.cpu, T.requires_grad_, T.data, T.long, T.int, T.bool, T.short, T.byte,
+            T.char, torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like,
+            torch.randn_like, torch.randint_like,             name="passthrough")(passthrough)
+register_op(torch.arange, torch.zeros, torch.ones, torch.full, torch.empty, torch.tensor, torch.as_tensor,
+            torch.eye, torch.linspace, torch.logspace, torch.rand, torch.randn, torch.randint, torch.randperm,
+            torch.from_numpy, torch.triu_indices, torch.tril_indices, torch.empty_strided, torch.scalar_tensor,
+            T.new_zeros, T.new_ones, T.new_full, T.new_empty, T.new_tensor,
+            name="constant")(constant)
+
+
+# --- reductions and scans -------------------------------------------------------------------------------------
+
+def _dims_arg(call: Call, position: int = 1, keyword: str = "dim", ndim: int = 0) -> list[int] | None:
+    dims = call.arg(position, keyword, None)
+    if dims is None or isinstance(dims, Ref):
+        return None
+    if isinstance(dims, (list, tuple)):
+        return sorted({int(d) % max(ndim, 1) for d in dims}) if dims else None
+    if isinstance(dims, int):
+        return [dims % max(ndim, 1)]
+    raise CannotFollow(f"reduction over {dims!r}")
+
+
+def reduction(ctx: TraceContext, call: Call) -> Any:
+    """``sum``/``mean``/``amax``/``var``/``norm`` over ``dim``: when the input's units vary only along the reduced
+    dims the result carries no channels (pruning changes its value, not its shape); otherwise the reduced dims are
+    merged within each kept slice."""
+    x = _first(call)
+    nd = len(ctx.shape(x))
+    dims = _dims_arg(call, 1, "dim", nd)
+    ids = ctx.ids(x)
+    var = ctx.varying(ids)
+    reduced = list(range(nd)) if dims is None else dims
+    if set(var) <= set(reduced):
+        return ctx.blocked_like(call.out)
+    merged = ctx.merge_along(ids, reduced)
+    outs = call.outs()
+    result_ndim = len(ctx.shape(outs[0]))
+    if result_ndim == nd:
+        for d in reduced:
+            merged = merged.narrow(d, 0, 1)
+    else:
+        for d in reversed(reduced):
+            merged = merged.narrow(d, 0, 1).squeeze(d)
+    if isinstance(call.out, tuple):
+        return tuple(merged for _ in call.out)
+    return merged
+
+
+register_op(torch.sum, torch.mean, torch.amax, torch.amin, torch.var, torch.std, torch.norm, torch.logsumexp,
+            torch.prod, torch.any, torch.all, torch.argmax, torch.argmin, torch.max, torch.min, torch.var_mean,
+            torch.std_mean, torch.count_nonzero, torch.median, torch.nansum, torch.nanmean,
+            T.sum, T.mean, T.amax, T.amin, T.var, T.std, T.norm, T.logsumexp, T.prod, T.any, T.all, T.argmax,
+            T.argmin, T.max, T.min, T.count_nonzero, T.median, T.nansum, T.nanmean,
+            torch.linalg.vector_norm, name="reduction")(reduction)
+
+
+def along(ctx: TraceContext, call: Call) -> Any:
+    """Shape-preserving ops along one dim (softmax, cumsum, sort, normalize): ids unchanged (pruning along the dim
+    renormalises over fewer entries)."""
+    ids = ctx.ids(_first(call))
+    if isinstance(call.out, tuple):
+        return tuple(ids for _ in call.out)
+    return ids
+
+
+register_op(torch.softmax, torch.log_softmax, F.softmax, F.log_softmax, F.softmin, F.normalize, torch.cumsum,
+            torch.cumprod, torch.sort, torch.argsort, torch.cummax, torch.cummin, torch.logcumsumexp,
+            T.softmax, T.log_softmax, T.cumsum, T.cumprod, T.sort, T.argsort, T.cumsum_, name="along")(along)

@@ -16,12 +16,16 @@ class ChannelPadShortcut(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
-        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        extra = out_channels - in_channels
+        # F.pad's argument as one attribute: structured pruning removes some of the zero channels and updates it
+        self.pad = (0, 0, 0, 0, extra // 2, extra - extra // 2)
+        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        extra = self.out_channels - self.in_channels
-        return nn.functional.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
+        return nn.functional.pad(x[:, :, :: self.stride, :: self.stride], self.pad)
+
+    def extra_repr(self) -> str:
+        return f"zero channels before/after={self.pad[4]}/{self.pad[5]}, stride={self.stride}"
 
 
 class BasicBlock(nn.Module):

@@ -113,6 +113,20 @@ class Recipe:
         payload["model"]["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
         return payload
 
+    def with_data(self, **overrides: Any) -> Recipe:
+        """This recipe with its data section changed (e.g. ``train_samples=2000`` to try it on a subset); the text
+        becomes the resolved recipe, so the run folder's recipe.yaml reproduces what ran."""
+        import dataclasses
+
+        import yaml
+
+        data = DataSection(**{**self.schema.data.model_dump(), **overrides})
+        schema = self.schema.model_copy(update={"data": data})
+        changed = dataclasses.replace(self, schema=schema)
+        note = ", ".join(f"data.{k}={v}" for k, v in overrides.items())
+        text = f"# {self.source} with {note}\n" + yaml.safe_dump(changed.to_dict(), sort_keys=False, allow_unicode=True)
+        return dataclasses.replace(changed, text=text)
+
     def code_specs(self) -> list[str]:
         """The ``file.py:factory`` model specs this recipe names (its model and any distillation student)."""
         from slimkit.models import is_code_spec

@@ -12,10 +12,8 @@ from slimkit.convert import CReLUConfig, DepthwiseSeparableConfig, GroupConvConf
 from slimkit.pipeline._stage_params import config_params
 from slimkit.pipeline._stages import Stage, StageContext, register_stage
 
-_REWRITES = {"depthwise_separable": ("to_depthwise_separable", DepthwiseSeparableConfig),
-             "group_conv": ("to_group_conv", GroupConvConfig), "crelu": ("to_crelu", CReLUConfig)}
-#: the stage's rewrite names → the converters' registered names
-_CONVERTER = {"depthwise_separable": "depthwise-separable", "group_conv": "group", "crelu": "crelu"}
+#: the stage's rewrite names → their config classes (convert dispatches on the class)
+_REWRITES = {"depthwise_separable": DepthwiseSeparableConfig, "group_conv": GroupConvConfig, "crelu": CReLUConfig}
 
 _ConvertBase = config_params(RewriteConfig, "_ConvertBase",
                              to=(Literal["depthwise_separable", "group_conv", "crelu"], ...),
@@ -25,7 +23,7 @@ class ConvertParams(_ConvertBase):  # type: ignore[misc, valid-type]
     """The shared rewrite options plus ``options``: the chosen rewrite's own config fields."""
 
     def rewrite_config(self) -> Any:
-        config_cls = _REWRITES[self.to][1]
+        config_cls = _REWRITES[self.to]
         shared = {k: getattr(self, k) for k in _ConvertBase.config_fields}
         return config_cls(**shared, **self.options)
 
@@ -50,14 +48,12 @@ class ConvertStage(Stage):
         if ctx.model_is_input:
             from slimkit.convert import layers_to_convert
 
-            layers_to_convert(input_model, ctx.example_input, _CONVERTER[self.params.to],
-                              self.params.rewrite_config())
+            layers_to_convert(input_model, ctx.example_input, self.params.rewrite_config())
 
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        import slimkit.convert as convert
+        from slimkit.convert import convert
 
-        function = getattr(convert, _REWRITES[self.params.to][0])
-        return function(model, ctx.example_input, self.params.rewrite_config(), calibration=ctx.data.calibration)
+        return convert(model, ctx.example_input, self.params.rewrite_config(), data=ctx.data.calibration)
 
     def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         return self.rebuild(model, ctx)

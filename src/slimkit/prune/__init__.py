@@ -3,7 +3,15 @@ sensitivity, width scaling), depth (whole transformer blocks by importance) and 
 
 from slimkit.prune._agp import AGPCallback, AGPConfig, agp_sparsity
 from slimkit.prune._config import PruneConfig
-from slimkit.prune._criteria import CRITERIA, Criterion, PruneContext, register_criterion, unit_rows
+from slimkit.prune._criteria import (
+    CRITERIA,
+    Criterion,
+    PruneContext,
+    batch_loss,
+    register_criterion,
+    unit_reduce,
+    unit_rows,
+)
 from slimkit.prune._depth import (
     DEPTH_CRITERIA,
     BlockImportance,
@@ -13,6 +21,7 @@ from slimkit.prune._depth import (
     prune_depth,
     remove_blocks,
 )
+from slimkit.prune._hf import load_pruned, save_pruned
 from slimkit.prune._latency import LatencyTarget, prune_to_latency
 from slimkit.prune._reconstruct import reconstruct_, reconstruct_layer_
 from slimkit.prune._schedule import SCHEDULES, prune_iterative, prune_layerwise, prune_oneshot
@@ -60,10 +69,12 @@ __all__ = [
     "apply_masks_",
     "attach_masks_",
     "attached_masks",
+    "batch_loss",
     "block_importance",
     "finalize",
     "find_blocks",
     "layer_sparsities",
+    "load_pruned",
     "magnitude_masks",
     "magnitude_prune",
     "plan_removal",
@@ -81,11 +92,13 @@ __all__ = [
     "register_criterion",
     "relative_index_bytes",
     "remove_blocks",
+    "save_pruned",
     "scale_width",
     "sensitivity",
     "sparse_storage",
     "sparsity_of",
     "thinet_greedy",
     "thinet_scales",
+    "unit_reduce",
     "unit_rows",
 ]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit._errors import ConfigError
+from slimkit.graph import run_model
 
 
 def _capture(model: nn.Module, name: str, batches: list[torch.Tensor], want: str) -> list[torch.Tensor]:
@@ -27,7 +28,7 @@ def _capture(model: nn.Module, name: str, batches: list[torch.Tensor], want: str
     try:
         with torch.no_grad():
             for x in batches:
-                model(x)
+                run_model(model, x)
     finally:
         handle.remove()
     return seen
@@ -40,7 +41,7 @@ def _capture_all(model: nn.Module, names: list[str], batches: list[torch.Tensor]
     try:
         with torch.no_grad():
             for x in batches:
-                model(x)
+                run_model(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -98,6 +99,9 @@ def reconstruct_(pruned: nn.Module, original: nn.Module, data: Iterable, *, laye
     info = keep if keep is not None else (pruning_info(pruned) or {}).get("keep")
     if info is None:
         raise ConfigError("reconstruct_ needs the kept channel indices: pass a model from prune_channels or keep=...")
+    if data is None:
+        raise ConfigError("reconstruction needs calibration data: pass data=<loader of (inputs, targets) or of "
+                          "keyword dicts>")
     xs = []
     for batch in data:
         xs.append(batch[0] if isinstance(batch, (tuple, list)) else batch)

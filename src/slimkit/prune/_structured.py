@@ -1,9 +1,10 @@
 """Structured pruning with physical removal: ``prune_channels(model, example_inputs, config) -> smaller model``.
 
-The model is traced into a channel-dependency graph (:mod:`slimkit.graph`), every group loses its least important
-units (Li et al. 2017 one-shot filter pruning; per-layer or global ranking), and the result is an
-``torch.fx.GraphModule`` of ordinary, physically smaller layers that trains and exports to ONNX like any model.
-The caller's model is never modified.
+The model is captured into a channel-dependency graph (:mod:`slimkit.graph`), every group loses its least
+important units (Li et al. 2017 one-shot filter pruning; per-layer or global ranking), and what comes back is the
+user's own model class with physically smaller layers (a ResNet stays a ResNet; a Hugging Face model keeps
+``generate``, ``save_pretrained`` and its forward arguments, and its config is rewritten to the new sizes where one
+value per field can describe them). The caller's model is never modified.
 """
 
 from __future__ import annotations
@@ -15,28 +16,27 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-import torch
-import torch.fx as fx
 from torch import nn
 
 from slimkit._errors import TraceError
 from slimkit._select import matches
-from slimkit.graph import ChannelGroup, DependencyGraph, apply_removal, dependency_graph
+from slimkit.graph import (
+    ChannelGroup,
+    Deadline,
+    DependencyGraph,
+    Removal,
+    TimeBoundExceeded,
+    apply_removal,
+    count_macs,
+    dependency_graph,
+    prune_as_graph_module,
+    shared_copy,
+    verify_removal,
+)
 from slimkit.prune._config import PruneConfig
-from slimkit.prune._criteria import CRITERIA, PruneContext
+from slimkit.prune._criteria import CRITERIA, PruneContext, keep_count, normalised
 
 log = logging.getLogger(__name__)
-
-
-def _as_tuple(inputs: torch.Tensor | tuple) -> tuple:
-    return inputs if isinstance(inputs, tuple) else (inputs,)
-
-
-def _keep_count(n: int, ratio: float, round_to: int) -> int:
-    keep = n - math.floor(n * ratio + 1e-9)
-    if round_to > 1:
-        keep = int(math.ceil(keep / round_to) * round_to)
-    return int(min(n, max(1, keep)))
 
 
 def _group_ratio(group: ChannelGroup, ratio: float | Mapping[str, float]) -> float:
@@ -49,20 +49,19 @@ def _group_ratio(group: ChannelGroup, ratio: float | Mapping[str, float]) -> flo
 
 
 def plan_removal(ctx: PruneContext, config: PruneConfig, ratio: float | Mapping[str, float],
-                 keeps: Mapping[int, int] | None = None) -> dict[int, np.ndarray]:
-    """Per group index, the unit indices (into ``group.units``) to remove; ``keeps`` (group index → units kept,
-    from the latency search) overrides the ratio."""
+                 scores: list[np.ndarray] | None = None, keeps: Mapping[int, int] | None = None
+                 ) -> dict[int, np.ndarray]:
+    """Per group index, the unit indices (into ``group.units``) to remove. ``scores`` (one array per group) are
+    computed once and reused across calls (a MAC-target search plans many ratios); ``keeps`` (group index → units
+    kept, from the latency search) overrides the ratio."""
     criterion = ctx.criterion
     groups = ctx.graph.groups
     if keeps is not None:
         keeps = {gi: int(keeps.get(gi, len(g.units))) for gi, g in enumerate(groups)}
     elif config.scope == "global" and not isinstance(ratio, Mapping):
-        normalised = []
-        for group in groups:
-            s = np.asarray(criterion.scores(ctx, group), dtype=np.float64)
-            normalised.append(s / (np.abs(s).mean() + 1e-12))
+        scores = scores if scores is not None else [criterion.scores(ctx, g) for g in groups]
+        flat = sorted((s, gi, ui) for gi, s_all in enumerate(scores) for ui, s in enumerate(normalised(s_all)))
         total = sum(len(g.units) for g in groups)
-        flat = sorted((s, gi, ui) for gi, s_all in enumerate(normalised) for ui, s in enumerate(s_all))
         counts = np.zeros(len(groups), dtype=np.int64)
         budget = math.floor(total * float(ratio) + 1e-9)
         for _, gi, _ in flat:
@@ -71,123 +70,196 @@ def plan_removal(ctx: PruneContext, config: PruneConfig, ratio: float | Mapping[
             if counts[gi] < len(groups[gi].units) - 1:
                 counts[gi] += 1
                 budget -= 1
-        keeps = {gi: _keep_count(len(g.units), counts[gi] / len(g.units), config.round_to)
+        keeps = {gi: keep_count(len(g.units), counts[gi] / len(g.units), config.round_to)
                  for gi, g in enumerate(groups)}
     else:
-        keeps = {gi: _keep_count(len(g.units), _group_ratio(g, ratio), config.round_to) for gi, g in enumerate(groups)}
+        keeps = {gi: keep_count(len(g.units), _group_ratio(g, ratio), config.round_to) for gi, g in enumerate(groups)}
     return {gi: np.asarray(criterion.select(ctx, groups[gi], len(groups[gi].units) - keep), dtype=np.int64)
             for gi, keep in keeps.items() if keep < len(groups[gi].units)}
 
 
-def _keep_info(graph: DependencyGraph, removed: np.ndarray) -> dict[str, dict[str, list[int]]]:
+def _keep_info(graph: DependencyGraph, removal: Removal) -> dict[str, dict[str, list[int]]]:
     info = {}
     for name, use in graph.uses.items():
         entry = {}
         for side, m in (("in", use.in_map), ("out", use.out_map)):
             if m is not None:
-                entry[side] = np.flatnonzero(~np.isin(graph.uf.find(m), removed)).tolist()
+                entry[side] = np.flatnonzero(~removal.gone(m)).tolist()
         info[name] = entry
     return info
 
 
-def _prune_once(model: nn.Module, inputs: tuple, config: PruneConfig, ratio: float | Mapping[str, float],
-                data: Any, loss: Any, keeps: Mapping[int, int] | None = None) -> fx.GraphModule:
-    graph = dependency_graph(model, inputs, skip=config.skip, protect_first=config.protect_first,
-                             layers=config.layers, leaf_modules=config.leaf_modules)
-    criterion = CRITERIA.get(config.criterion)()
-    ctx = PruneContext(graph, data=data, loss=loss, batches=config.batches, rng=np.random.default_rng(config.seed),
-                       options=dict(config.criterion_options))
-    ctx.criterion = criterion
-    if criterion.needs_data:
-        ctx.calibration_batches(config.criterion)  # fail early without data
-    criterion.prepare(ctx)
-    plan = plan_removal(ctx, config, ratio, keeps)
-    for gi, removed in plan.items():
-        criterion.update_(ctx, graph.groups[gi], removed)
-    removed_roots = np.concatenate([graph.groups[gi].units[r] for gi, r in plan.items()] or [np.zeros(0, np.int64)])
-    keep = _keep_info(graph, removed_roots)
-    with torch.no_grad():
-        reference = [o.shape for o in _flat_outputs(graph.gm(*inputs))]
-    gm = apply_removal(graph, removed_roots)
-    try:
-        with torch.no_grad():
-            after = [o.shape for o in _flat_outputs(gm(*inputs))]
-    except Exception as error:
-        raise TraceError(f"the pruned model does not run ({type(error).__name__}: {error}); an op couples channels "
-                         "in a way slimkit does not follow: skip the layers around it (skip=[...]) or mark the "
-                         "module as a leaf (leaf_modules=[...])") from error
-    if after != reference:
-        raise TraceError(f"pruning changed the model's output shape ({reference} → {after}): skip the output layers")
-    info = {
-        "config": {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(config).items()},
-        "groups": {f"{g.name}#{gi}": [len(g.units) - len(plan.get(gi, ())), len(g.units)]
-                   for gi, g in enumerate(graph.groups)},
-        "keep": keep,
-    }
-    set_pruning_info(gm, info)
-    gm.train(model.training)
-    return gm
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+class _Pruner:
+    """One capture, scored once, materialised for as many ratios as a MAC-target search needs."""
+
+    def __init__(self, model: nn.Module, inputs: Any, config: PruneConfig, data: Any, loss: Any,
+                 deadline: Deadline) -> None:
+        self.model, self.inputs, self.config, self.deadline = model, inputs, config, deadline
+        self.graph = dependency_graph(model, inputs, skip=config.skip, protect_first=config.protect_first,
+                                      layers=config.layers, leaf_modules=config.leaf_modules, kinds=config.kinds,
+                                      gqa=config.gqa, deadline=deadline)
+        criterion = CRITERIA.get(config.criterion)()
+        self.ctx = PruneContext(self.graph, data=data, loss=loss, batches=config.batches,
+                                rng=np.random.default_rng(config.seed), options=dict(config.criterion_options),
+                                criterion=criterion)
+        if criterion.needs_data or config.reconstruct:
+            self.ctx.calibration_batches("reconstruct" if config.reconstruct else config.criterion)
+        criterion.prepare(self.ctx)
+        deadline.check("scoring")
+        self.scores = ([criterion.scores(self.ctx, g) for g in self.graph.groups]
+                       if config.scope == "global" else None)
+
+    def plan(self, ratio: float | Mapping[str, float], keeps: Mapping[int, int] | None = None
+             ) -> tuple[dict[int, np.ndarray], Removal]:
+        """The units each group loses at ``ratio`` (or keeping ``keeps``) and the removal they make (nothing is
+        built)."""
+        plan = plan_removal(self.ctx, self.config, ratio, self.scores, keeps)
+        roots = np.concatenate([self.graph.groups[gi].units[r] for gi, r in plan.items()] or [np.zeros(0, np.int64)])
+        return plan, Removal(self.graph, np.unique(roots))
+
+    def _candidate(self, plan: dict[int, np.ndarray]) -> nn.Module:
+        """A copy sharing the model's parameters, with the criterion's weight updates (ThiNet's rescaling)."""
+        candidate = shared_copy(self.graph.model)
+        for gi, removed in plan.items():
+            self.ctx.criterion.update_(self.ctx, self.graph.groups[gi], removed, candidate)
+        return candidate
+
+    def prune(self, ratio: float | Mapping[str, float], keeps: Mapping[int, int] | None = None) -> nn.Module:
+        graph = self.graph
+        plan, removal = self.plan(ratio, keeps)
+        self.deadline.check("removal")
+        pruned = apply_removal(graph, removal.removed, model=self._candidate(plan), verify=False)
+        attributes = pruned.__dict__.pop("slimkit_attributes", {})
+        hf = _rewrite_hf_config(pruned)
+        graph_module = None
+        try:
+            verify_removal(graph, pruned, removal, attributes, deadline=self.deadline)
+        except TimeBoundExceeded:
+            raise
+        except TraceError as error:  # a constant size in the model's code: the torch.fx fallback, if it traces
+            try:
+                pruned, attributes = prune_as_graph_module(graph, removal, self._candidate(plan), self.deadline)
+            except TraceError as fallback:
+                raise TraceError(f"{error} (a torch.fx trace could not take the pruning either: {fallback})") from None
+            graph_module = str(error)
+            log.warning("returning a torch.fx.GraphModule, not a %s: %s", type(self.model).__name__, error)
+        pruned.train(self.model.training)
+        info = self._info(plan, removal, ratio, attributes, hf)
+        info["graph_module"] = graph_module
+        info["reduction"] = {"params": [_params(self.model), _params(pruned)],
+                             "macs": [count_macs(graph), count_macs(graph, removal)],
+                             "requested_ratio": info["ratio"]}
+        set_pruning_info(pruned, info)
+        return pruned
+
+    def _info(self, plan: dict[int, np.ndarray], removal: Removal, ratio: Any, attributes: dict,
+              hf: dict | None) -> dict[str, Any]:
+        graph = self.graph
+        config = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(self.config).items()}
+        return {
+            "config": config,
+            "groups": {f"{g.name}#{gi}": [len(g.units) - len(plan.get(gi, ())), len(g.units)]
+                       for gi, g in enumerate(graph.groups)},
+            "kinds": {f"{g.name}#{gi}": g.kind for gi, g in enumerate(graph.groups)},
+            "keep": _keep_info(graph, removal),
+            "ratio": dict(ratio) if isinstance(ratio, Mapping) else float(ratio),
+            "attributes": {k: {a: (list(v) if isinstance(v, tuple) else v) for a, v in d.items()}
+                           for k, d in attributes.items()},
+            "opaque": graph.opaque_ops(),
+            "hf_config": hf,
+        }
+
+
+def _rewrite_hf_config(model: nn.Module) -> dict[str, Any] | None:
+    """Rewrite a Hugging Face model's config to its new sizes (``slimkit.prune._hf``; transformers is imported only
+    for Hugging Face models)."""
+    if not any(k.__module__.startswith("transformers.") for k in type(model).__mro__):
+        return None
+    from slimkit.prune._hf import rewrite_config_
+
+    return rewrite_config_(model)
 
 
 def set_pruning_info(model: nn.Module, info: dict[str, Any]) -> None:
-    """Attach what pruning did (config, kept/total units per group, kept channel indices per layer). Stored in
-    ``GraphModule.meta`` so it survives ``copy.deepcopy``."""
+    """Attach what pruning did (config, kept/total units per group, kept channel indices per layer, size
+    attributes changed, opaque ops and what they froze, the reduction reached). Survives ``copy.deepcopy``."""
     if isinstance(getattr(model, "meta", None), dict):
         model.meta["slimkit_pruning"] = info
-    model.slimkit_pruning = info
+    model.__dict__["slimkit_pruning"] = info
 
 
 def pruning_info(model: nn.Module) -> dict[str, Any] | None:
-    """What :func:`prune_channels` did to ``model`` (None for a model it did not produce)."""
+    """What :func:`prune_channels` did to ``model`` (None for a model it did not produce).
+
+    Keys: ``config``; ``groups`` (kept/total units per group) and ``kinds``; ``keep`` (kept input/output channel
+    indices per layer); ``attributes`` (size attributes set, per module); ``opaque`` (ops no rule followed, with the
+    layers whose channels each froze: why a ratio may not be reached); ``reduction`` (parameters and MACs before and
+    after, next to the requested ratio); ``hf_config`` (for Hugging Face models: whether ``save_pretrained`` →
+    ``from_pretrained`` reproduces the model, else why not).
+    """
     meta = getattr(model, "meta", None)
     if isinstance(meta, dict) and "slimkit_pruning" in meta:
         return meta["slimkit_pruning"]
-    return getattr(model, "slimkit_pruning", None)
+    return model.__dict__.get("slimkit_pruning")
 
 
-def _flat_outputs(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _flat_outputs(o)]
-    if isinstance(out, dict):
-        return [t for o in out.values() for t in _flat_outputs(o)]
-    return []
+def prune_channels(model: nn.Module, example_inputs: Any, config: PruneConfig | None = None, *,
+                   data: Any = None, loss: Any = None) -> nn.Module:
+    """A physically smaller copy of ``model`` — same class, same methods — with channels removed as ``config``
+    says (Li et al. 2017 filter pruning, generalised to coupled channel groups, attention heads and residual
+    widths).
 
-
-def prune_channels(model: nn.Module, example_inputs: torch.Tensor | tuple, config: PruneConfig | None = None, *,
-                   data: Any = None, loss: Any = None) -> fx.GraphModule:
-    """A physically smaller copy of ``model`` with channels removed as ``config`` says.
-
-    ``example_inputs``: one small input (batch 1) used to trace shapes. ``data``: an iterable of
-    ``(inputs, targets)`` for data-driven criteria (``taylor``, ``thinet``); ``loss`` defaults to cross-entropy.
-    With ``config.target_macs`` / ``config.speedup`` the global ratio is found by bisection on measured MACs; with
-    ``config.target_latency`` the per-group widths come from a measured latency table (``prune/_latency.py``).
-    :func:`pruning_info` on the result gives the config, kept/total units per group and kept channel indices.
+    ``example_inputs``: one small input (batch 1) the model is run on once: a tensor, a tuple, or a dict of keyword
+    inputs (``{"input_ids": ..., "attention_mask": ...}``). ``data``: an iterable of ``(inputs, targets)`` or of
+    keyword dicts for data-driven criteria (``taylor``, ``wanda``, ``thinet``) and ``reconstruct``; ``loss``
+    defaults to cross-entropy (or the model's own loss). With ``config.target_macs`` / ``config.speedup`` the
+    global ratio is found by bisection on the MACs each candidate pruning implies (counted from the captured
+    shapes, as :func:`slimkit.analysis.profile` counts them); with ``config.target_latency`` the per-group widths
+    come from a measured latency table (``prune/_latency.py``). :func:`pruning_info` on the result says what was
+    done.
     """
     config = (config or PruneConfig()).validate()
-    inputs = _as_tuple(example_inputs)
     if config.target_latency is not None:
         from slimkit.prune._latency import prune_to_latency
 
-        return prune_to_latency(model, inputs, config, data=data, loss=loss)
-    if config.target_macs is None and config.speedup is None:
-        return _prune_once(model, inputs, config, config.ratio, data, loss)
-    from slimkit.analysis import profile
+        return prune_to_latency(model, example_inputs, config, data=data, loss=loss)
+    with Deadline(config.timeout, "pruning") as deadline:
+        pruner = _Pruner(model, example_inputs, config, data, loss, deadline)
+        ratio = config.ratio if config.target_macs is None and config.speedup is None else _search(pruner, config)
+        pruned = pruner.prune(ratio)
+        if config.reconstruct:
+            from slimkit.prune._reconstruct import reconstruct_
 
-    base = profile(model, inputs).total.macs
+            reconstruct_(pruned, model, data, batches=config.batches)
+    return pruned
+
+
+def _prune_once(model: nn.Module, inputs: Any, config: PruneConfig, ratio: float | Mapping[str, float],
+                data: Any, loss: Any, keeps: Mapping[int, int] | None = None) -> nn.Module:
+    """One pruning at ``ratio`` or to ``keeps`` (group index → units kept, indices of
+    ``dependency_graph(model, inputs, ...)`` built with the same config), for the latency search."""
+    with Deadline(config.timeout, "pruning") as deadline:
+        return _Pruner(model, inputs, config, data, loss, deadline).prune(ratio, keeps)
+
+
+def _search(pruner: _Pruner, config: PruneConfig) -> float:
+    """The smallest global ratio (bisection, 10 steps) whose pruning reaches the MAC target."""
+    base = count_macs(pruner.graph)
     target = config.target_macs if config.target_macs is not None else base / config.speedup
     lo, hi, best = 0.0, 0.95, None
     for _ in range(10):
+        pruner.deadline.check("MAC-target search")
         mid = (lo + hi) / 2
-        candidate = _prune_once(model, inputs, config, mid, data, loss)
-        macs = profile(candidate, inputs).total.macs
-        if macs <= target:
-            best, hi = candidate, mid
+        if count_macs(pruner.graph, pruner.plan(mid)[1]) <= target:
+            best, hi = mid, mid
         else:
             lo = mid
     if best is None:
-        best = _prune_once(model, inputs, config, hi, data, loss)
-        log.warning("MAC target %d not reached (best %d): the prunable groups are exhausted", target,
-                    profile(best, inputs).total.macs)
+        log.warning("MAC target %d not reached (best %d at ratio %.2f): the prunable groups are exhausted", target,
+                    count_macs(pruner.graph, pruner.plan(hi)[1]), hi)
+        best = hi
     return best

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.graph import run_model
 from slimkit.prune._criteria import Criterion, L1Criterion, PruneContext, register_criterion
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class ThiNetCriterion(Criterion):
         try:
             with torch.no_grad():
                 for x, _ in batches:
-                    ctx.graph.gm(x)
+                    run_model(ctx.graph.model, x)
         finally:
             for h in hooks:
                 h.remove()
@@ -139,7 +140,7 @@ class ThiNetCriterion(Criterion):
             return L1Criterion().select(ctx, group, n_remove)
         return thinet_greedy(np.concatenate([self._unit_contrib(ctx, group, n) for n in names]), n_remove)
 
-    def update_(self, ctx, group, removed):
+    def update_(self, ctx, group, removed, model):
         if len(removed) == 0 or (ctx.options or {}).get("rescale", True) is False:
             return
         for name in self._consumers(ctx, group):
@@ -147,6 +148,8 @@ class ThiNetCriterion(Criterion):
             use = ctx.graph.uses[name]
             pos = ctx.graph.unit_positions(use.in_map, group.units)
             column = np.where(pos >= 0, scales[np.maximum(pos, 0)], 1.0)
-            shape = [1, -1] + [1] * (use.module.weight.dim() - 2)
-            with torch.no_grad():
-                use.module.weight.mul_(torch.as_tensor(column, dtype=use.module.weight.dtype).reshape(shape))
+            module = model.get_submodule(use.name)
+            weight = module.weight
+            shape = [1, -1] + [1] * (weight.dim() - 2)
+            scaled = weight.detach() * torch.as_tensor(column, dtype=weight.dtype).reshape(shape)
+            module.weight = nn.Parameter(scaled, requires_grad=weight.requires_grad)  # never write into a shared one

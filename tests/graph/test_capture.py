@@ -1,0 +1,73 @@
+"""Capture: one recorded forward with module scopes, keyword inputs, leaf modules, and the time bound."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit import TraceError
+from slimkit.graph import Deadline, TimeBoundExceeded, capture, dependency_graph
+from slimkit.prune import PruneConfig, prune_channels
+
+
+class KeywordNet(nn.Module):
+    """Takes keyword inputs and returns a dict, like a Hugging Face model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.embed(input_ids)
+        if attention_mask is not None:
+            h = h * attention_mask[..., None]
+        return {"logits": self.head(h + self.mlp(h))}
+
+
+def test_calls_know_their_module_and_keyword_inputs_work():
+    inputs = {"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.ones(1, 3)}
+    cap = capture(KeywordNet(), inputs)
+    assert [c.scope for c in cap.calls if c.name == "linear"] == ["mlp.0", "mlp.2", "head"]
+    assert set(cap.inputs[1]) == {"input_ids", "attention_mask"} and "logits" in cap.output
+    pruned = prune_channels(KeywordNet(), inputs, PruneConfig(ratio=0.5))
+    assert (pruned.embed.embedding_dim, pruned.mlp[0].out_features) == (4, 8)  # residual width and MLP width
+    assert pruned(**inputs)["logits"].shape == (1, 3, 3)
+
+
+def test_leaf_modules_are_one_call_and_keep_their_channels():
+    cap = capture(KeywordNet(), torch.tensor([[1, 2]]), leaf_modules=["mlp"])
+    assert [c.module_name for c in cap.calls if c.module is not None] == ["mlp"]
+    assert not [c for c in cap.calls if c.scope.startswith("mlp")]
+    graph = dependency_graph(KeywordNet(), torch.tensor([[1, 2]]), leaf_modules=["mlp"])
+    assert graph.groups == [] and graph.opaque_ops()[0]["froze"] == ["embed"]
+
+
+class _OpLoop(nn.Module):
+    def forward(self, x):
+        while True:  # keeps calling torch: stopped by the per-op check
+            x = x + 1
+
+
+class _Spin(nn.Module):
+    def forward(self, x):
+        while True:  # pure Python: stopped by the watchdog
+            pass
+
+
+@pytest.mark.parametrize("model", [_OpLoop(), _Spin()], ids=["torch-loop", "python-spin"])
+def test_capture_never_hangs(model):
+    start = time.perf_counter()
+    with pytest.raises(TimeBoundExceeded, match=r"exceeded its time bound of 0\.5 s"), Deadline(0.5, "capture") as d:
+        dependency_graph(model, torch.zeros(1, 4), deadline=d)
+    assert time.perf_counter() - start < 5
+    assert issubclass(TimeBoundExceeded, TraceError)
+
+
+def test_pruning_is_bounded_by_the_config_timeout():
+    with pytest.raises(TimeBoundExceeded, match=r"pruning exceeded its time bound of 0\.3 s"):
+        prune_channels(_Spin(), torch.zeros(1, 4), PruneConfig(timeout=0.3))

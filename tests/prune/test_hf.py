@@ -1,0 +1,74 @@
+"""Hugging Face config rewrite and slimkit's pruned-model folder: save_pretrained → from_pretrained round-trips
+when one config describes the pruning; otherwise save_pruned → load_pruned does, with identical outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from slimkit import CheckpointError, ConfigError
+from slimkit.prune import PruneConfig, load_pruned, prune_channels, pruning_info, save_pruned
+
+transformers = pytest.importorskip("transformers")
+
+IDS = {"input_ids": torch.tensor([[3, 9, 1, 7, 12, 5]]), "attention_mask": torch.ones(1, 6, dtype=torch.long)}
+
+
+def _llama() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**IDS).logits
+
+
+def test_uniform_pruning_round_trips_through_save_pretrained(tmp_path):
+    pruned = prune_channels(_llama(), IDS, PruneConfig(ratio=0.5, criterion="magnitude"))
+    info = pruning_info(pruned)["hf_config"]
+    assert info["exact"] and info["reason"] is None
+    config = pruned.config
+    assert (config.hidden_size, config.intermediate_size, config.num_key_value_heads, config.num_attention_heads,
+            config.head_dim) == (16, 24, 1, 2, 8)
+    pruned.save_pretrained(tmp_path)
+    loaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path, use_safetensors=True, trust_remote_code=False)
+    torch.testing.assert_close(_logits(loaded), _logits(pruned), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("scope", ["gpt2-heads", "llama-global"])
+def test_what_no_config_describes_round_trips_through_slimkit_format(tmp_path, scope):
+    if scope == "gpt2-heads":  # GPT-2 derives head size as n_embd / n_head: fewer heads, same width is inexpressible
+        torch.manual_seed(0)
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_embd=32, n_head=4, n_layer=2,
+                                                                     n_positions=16)).eval()
+        config = PruneConfig(ratio=0.25, kinds=("heads",))
+        reason = "cannot be built from the rewritten config"
+    else:  # one ranking across layers: each layer keeps its own MLP width
+        model, config, reason = _llama(), PruneConfig(ratio=0.4, scope="global", kinds=("channels",)), "differ"
+    pruned = prune_channels(model, IDS, config)
+    info = pruning_info(pruned)["hf_config"]
+    assert not info["exact"] and reason in info["reason"]
+    folder = save_pruned(pruned, tmp_path / "pruned")
+    meta = json.loads((folder / "slimkit_pruned.json").read_text())
+    assert meta["architecture"] == type(model).__name__ and ".py" not in json.dumps(meta)
+    loaded = load_pruned(folder)
+    assert type(loaded) is type(model)
+    torch.testing.assert_close(_logits(loaded), _logits(pruned), atol=0, rtol=0)
+    assert loaded.generate(IDS["input_ids"], max_new_tokens=2).shape == (1, 8)
+    with pytest.raises(ConfigError, match="not an empty folder"):
+        save_pruned(pruned, folder)
+
+
+def test_a_folder_naming_anything_but_a_model_class_is_refused(tmp_path):
+    pruned = prune_channels(_llama(), IDS, PruneConfig(ratio=0.5, kinds=("channels",)))
+    folder = save_pruned(pruned, tmp_path / "p")
+    meta = json.loads((folder / "slimkit_pruned.json").read_text())
+    meta["architecture"] = "AutoConfig"  # a transformers name, but not a model class
+    (folder / "slimkit_pruned.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="is not a transformers model class"):
+        load_pruned(folder)
