@@ -12,6 +12,7 @@ machine the cells say "too noisy", and the search itself could not confirm a lat
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from benchmarks._common import (
     latency_record,
     markdown_table,
 )
+from slimkit._io import write_text_atomic
 
 TITLE = "Automatic compression (slimkit auto): searched mixes vs hand-written recipes and single-family automation"
 
@@ -388,19 +390,32 @@ def _dc_table(results: dict[str, Any]) -> str:
                            "what"], rows)
 
 
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: None if isinstance(v, torch.nn.Module) else str(v)))
+
+
 def run(quick: bool) -> Section:
+    """Set SLIMKIT_AUTO_BENCH_REUSE=1 to keep the per-model results an interrupted run saved (their latencies were
+    measured then)."""
     torch.set_num_threads(1)
     root = CACHE / "auto" / ("quick" if quick else "full")
     results: dict[str, Any] = {"models": {}, "deep_compression": {}, "batch": BATCH, "max_drop": MAX_DROP}
     names = ["lenet300", "lenet5"] if quick else list(MODELS)
-    for name in names:
-        data, section = _data(5000 if quick else MODELS[name].get("train_samples"))
-        results["models"][name] = _model_rows(name, MODELS[name], data, section, quick, root)
-        results["models"][name]["train_samples"] = section.get("train_samples")
-    for name in ("lenet300", "lenet5"):
-        data, section = _data(5000 if quick else MODELS[name].get("train_samples"))
-        results["deep_compression"][name] = _dc_comparison(name, data, section, quick, root)
-    clean = json.loads(json.dumps(results, default=lambda v: None if isinstance(v, torch.nn.Module) else str(v)))
+    for kind, todo in (("models", names), ("deep_compression", ["lenet300", "lenet5"])):
+        for name in todo:
+            saved = root / f"{kind}-{name}.json"
+            if os.environ.get("SLIMKIT_AUTO_BENCH_REUSE") and saved.is_file():  # finish an interrupted run
+                results[kind][name] = json.loads(saved.read_text())
+                continue
+            data, section = _data(5000 if quick else MODELS[name].get("train_samples"))
+            if kind == "models":
+                entry = _model_rows(name, MODELS[name], data, section, quick, root)
+                entry["train_samples"] = section.get("train_samples")
+            else:
+                entry = _dc_comparison(name, data, section, quick, root)
+            results[kind][name] = _plain(entry)
+            write_text_atomic(saved, json.dumps(results[kind][name], indent=1))
+    clean = _plain(results)
     markdown = "\n".join([
         _table(clean), "",
         f"Budgets are ratios to the input model's: latency in ONNX Runtime at batch {BATCH}, size as the deployed "
