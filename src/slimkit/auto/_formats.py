@@ -120,14 +120,18 @@ class ContainerFormat(DeployFormat):
 
     def unavailable(self, model: nn.Module, example: Any, spec: str | None) -> str | None:
         from slimkit._errors import SlimkitError
+        from slimkit.models import is_code_spec
         from slimkit.share import ClusterConfig, cluster_weights, clustered_layers, save_compressed
 
         probe = cluster_weights(model, ClusterConfig(bits=1))
         if not clustered_layers(probe):
             return "the model has no Linear or Conv2d layer to cluster"
+        # a container names a registered model to rebuild (a file.py:factory is never stored), and a recipe's
+        # export stage finds it the same way: a model it cannot name cannot be deployed as a container
+        named = spec if spec is not None and not is_code_spec(spec) else None
         with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
             try:
-                save_compressed(probe, Path(tmp) / "probe.slim", spec)
+                save_compressed(probe, Path(tmp) / "probe.slim", named)
             except SlimkitError as error:
                 return f"the container cannot record how to rebuild this model ({error})"
         return None
