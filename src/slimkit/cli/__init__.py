@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "distill": "slimkit.cli.distill",
     "convert": "slimkit.cli.convert",
     "compress": "slimkit.cli.compress",
+    "auto": "slimkit.cli.auto",
     "export": "slimkit.cli.export",
     "bench": "slimkit.cli.bench",
 }

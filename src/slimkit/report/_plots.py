@@ -21,7 +21,7 @@ COSTS = {
     "latency_ratio": "ONNX Runtime latency / input model's (same run)",
 }
 #: quality key → axis words
-QUALITIES = {"accuracy": "test accuracy", "miou": "mean IoU"}
+QUALITIES = {"accuracy": "test accuracy", "valid_accuracy": "validation accuracy", "miou": "mean IoU"}
 
 
 def _label(row: dict[str, Any]) -> str:

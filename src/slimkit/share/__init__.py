@@ -14,7 +14,14 @@ from slimkit.share._deep_compression import (
     DeepCompressionResult,
     deep_compression,
 )
-from slimkit.share._huffman import canonical_codes, code_lengths, huffman_decode, huffman_encode
+from slimkit.share._huffman import (
+    canonical_codes,
+    code_lengths,
+    encode_lengths,
+    fixed_width,
+    huffman_decode,
+    huffman_encode,
+)
 from slimkit.share._kmeans import CENTROID_INITS, kmeans_1d
 from slimkit.share._relindex import relative_decode, relative_encode
 
@@ -31,7 +38,9 @@ __all__ = [
     "clustered_layers",
     "code_lengths",
     "deep_compression",
+    "encode_lengths",
     "finalize_clusters",
+    "fixed_width",
     "huffman_decode",
     "huffman_encode",
     "kmeans_1d",

@@ -1,0 +1,446 @@
+"""``slimkit auto`` on MNIST: for latency and size budgets, the searched mix against the best hand-written recipe
+in ``recipes/`` that meets the same budget and against single-family automation (uniform channel pruning to the
+same MACs, int8 alone, mixed precision alone); on size budgets, against Deep Compression's ratio at equal accuracy.
+
+Every choice is made on the validation split (MNIST's 10k held-out training images); the 10k test images are read
+once, for the final table. Latency is re-measured for every row of the table in the same way (the deployed file
+against the input's fp32 ONNX file, interleaved with an A/A control), so the rows are comparable; on a loaded
+machine the cells say "too noisy", and the search itself could not confirm a latency budget either: re-run with
+``python -m benchmarks.run --only auto`` on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from benchmarks._baselines import CACHE, trained
+from benchmarks._common import (
+    LATENCY_METHOD,
+    LATENCY_THREADS,
+    ROOT,
+    Section,
+    latency_cell,
+    latency_record,
+    markdown_table,
+)
+from slimkit._io import write_text_atomic
+
+TITLE = "Automatic compression (slimkit auto): searched mixes vs hand-written recipes and single-family automation"
+
+#: model → baseline epochs (benchmarks/_baselines.trained), auto settings that differ from the defaults
+MODELS: dict[str, dict[str, Any]] = {
+    "lenet5": {"epochs": 10, "auto": {}},
+    "lenet300": {"epochs": 10, "auto": {}},
+    # ResNet-20's recovery (auto's, the uniform baseline's and the hand recipe's alike) uses the first 10k training
+    # images, to keep the benchmark within a few hours on 2 cores
+    "resnet20": {"epochs": 4, "train_samples": 10_000, "auto": {"calibration_samples": 256, "max_candidates": 3}},
+}
+BUDGETS = ("latency=0.5", "latency=0.3", "size=0.1", "size=0.03")
+#: the deployment every latency is measured for: batch 64 (LeNet's batch-1 time is mostly per-node overhead)
+BATCH = 64
+MAX_DROP = 0.5
+#: recovery of every auto plan and of the uniform-pruning baseline: as the shipped prune + KD recipe (2 epochs KD);
+#: the container format prunes in 2 rounds of 2 epochs and fine-tunes its centroids 2 epochs (the DC recipe's 4 + 2)
+AUTO = {"max_drop": MAX_DROP, "recovery": "kd", "recovery_epochs": 2, "recovery_lr": 0.01, "prune_rounds": 2,
+        "cluster_epochs": 2, "max_candidates": 4}
+QUICK = {"recovery_epochs": 1, "cluster_epochs": 1, "prune_rounds": 1, "max_candidates": 2,
+         "calibration_samples": 256}
+DATA = {"name": "mnist", "batch_size": 128, "augment": False, "seed": 0, "calibration_size": 1024}
+
+
+def _data(train_samples: int | None) -> tuple[Any, dict[str, Any]]:
+    """MNIST and the recipe data section that builds the same bundle (recovery on the first ``train_samples``
+    training images, as the recipe runner takes them)."""
+    from slimkit.data import TensorLoader, create_data
+
+    section = dict(DATA)
+    data = create_data("mnist", batch_size=128, seed=0, calibration_size=1024)
+    if train_samples:
+        section["train_samples"] = train_samples
+        data.train = TensorLoader(data.train.inputs[:train_samples], data.train.targets[:train_samples], 128,
+                                  shuffle=True, seed=0)
+    return data, section
+
+
+def _checkpoint(name: str, epochs: int, model: torch.nn.Module) -> Path:
+    from slimkit.train import save_checkpoint
+
+    path = CACHE / "auto" / f"{name}-e{epochs}.pt"
+    if not path.is_file():
+        save_checkpoint(model.state_dict(), path)
+    return path
+
+
+def _measure_file(baseline_onnx: Path, deployed_onnx: Path, example: torch.Tensor) -> dict[str, Any]:
+    from slimkit.analysis import compare_latency
+
+    cmp = compare_latency(baseline_onnx, deployed_onnx, example.expand(BATCH, *example.shape[1:]).contiguous(),
+                          backend="onnxruntime", threads=LATENCY_THREADS, repeats=50)
+    return latency_record(cmp)
+
+
+def _row(label: str, model: torch.nn.Module, *, data: Any, base: dict[str, Any], deployed: Path, timed: Path,
+         baseline_onnx: Path, example: torch.Tensor, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The table's measurements of one final model: test accuracy (read once, here), validation accuracy, MACs,
+    deployed bytes, latency."""
+    from slimkit.analysis import evaluate, profile
+
+    model = model.eval()
+    macs = profile(model, example).total.macs
+    size = deployed.stat().st_size
+    return {"label": label, "test_accuracy": evaluate(model, data.test).accuracy,
+            "valid_accuracy": evaluate(model, data.valid).accuracy, "macs": macs, "bytes": size,
+            "macs_ratio": macs / base["macs"], "size_ratio": size / base["onnx_bytes"],
+            "latency": _measure_file(baseline_onnx, timed, example), **(extra or {})}
+
+
+def _meets(row: dict[str, Any], budget: str) -> bool | None:
+    key, _, value = budget.partition("=")
+    if key == "size":
+        return row["size_ratio"] <= float(value)
+    ratio = row["latency"]["ratio"]
+    return None if ratio is None else ratio <= float(value)
+
+
+# --- hand-written recipes -------------------------------------------------------------------------------------------
+
+
+def _hand_recipes(name: str) -> list[Path]:
+    out = []
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        if yaml.safe_load(path.read_text())["model"]["spec"] == name:
+            out.append(path)
+    return out
+
+
+def _from_checkpoint(recipe: dict[str, Any], checkpoint: Path, section: dict[str, Any]) -> dict[str, Any]:
+    """The recipe starting from the trained baseline: its ``train`` stage dropped (a distillation teacher that was
+    the trained model becomes the input), the benchmark's data, validation as the recipe's split."""
+    stages = []
+    for entry in recipe["stages"]:
+        (stage, params), = entry.items()
+        if stage == "train":
+            continue
+        params = dict(params or {})
+        if stage == "distill" and params.get("teacher") == "01-train":
+            params["teacher"] = "input"
+        stages.append({stage: params})
+    return {**recipe, "model": {"spec": recipe["model"]["spec"], "checkpoint": str(checkpoint)}, "data": section,
+            "evaluation": {"split": "valid", "latency": False}, "stages": stages}
+
+
+def _run_hand(path: Path, checkpoint: Path, section: dict[str, Any], folder: Path, **kw: Any) -> dict[str, Any]:
+    from slimkit.pipeline import load_run, parse_recipe, run_recipe
+
+    recipe = _from_checkpoint(yaml.safe_load(path.read_text()), checkpoint, section)
+    began = time.perf_counter()
+    result = run_recipe(parse_recipe(yaml.safe_dump(recipe), str(path)), folder, force=True, progress=False,
+                        report=False)
+    seconds = time.perf_counter() - began
+    model = load_run(folder)[0]
+    exports = [e for e in recipe["stages"] if "export" in e and e["export"].get("format") == "compressed"]
+    deployed = folder / exports[-1]["export"]["file"] if exports else folder / "model.onnx"
+    return {"model": model, "deployed": deployed, "timed": folder / "model.onnx", "seconds": seconds,
+            "recipe": path.name, "final": result.stages[-1]}
+
+
+# --- single-family automation -----------------------------------------------------------------------------------
+
+
+def _uniform_prune(model: torch.nn.Module, budget: str, macs: int, data: Any, example: torch.Tensor, epochs: int,
+                   folder: Path, onnx_bytes: int) -> tuple[torch.nn.Module, Path]:
+    """Uniform L1 channel pruning (one ratio for every group), KD recovery, fp32 ONNX. For a latency budget the
+    ratio reaches auto's MACs; for a size budget, the smallest ratio whose fp32 weights fit the budget's bytes."""
+    from slimkit.analysis import profile
+    from slimkit.distill import DistillConfig, distill
+    from slimkit.export import export_onnx
+    from slimkit.prune import PruneConfig, prune_channels
+
+    if budget.startswith("size"):
+        limit = float(budget.partition("=")[2]) * onnx_bytes
+        lo, hi = 0.0, 0.99
+        for _ in range(12):  # bisection on the one ratio: fp32 weights (4 bytes each) within the budget
+            mid = (lo + hi) / 2
+            candidate = prune_channels(model, example, PruneConfig(ratio=mid), data=data.calibration)
+            lo, hi = (lo, mid) if 4 * profile(candidate, example).total.params <= limit else (mid, hi)
+        config = PruneConfig(ratio=hi, criterion="l1")
+    else:
+        config = PruneConfig(target_macs=int(macs), criterion="l1")
+    pruned = prune_channels(model, example, config, data=data.calibration)
+    if epochs:
+        pruned = distill(model, pruned, data.train, DistillConfig(losses=("kd:T=4,alpha=0.9",), epochs=epochs,
+                                                                  lr=0.01))
+    path = export_onnx(pruned, example, folder / "uniform.onnx")
+    return pruned.eval(), path
+
+
+def _int8_alone(model: torch.nn.Module, data: Any, example: torch.Tensor, folder: Path) -> tuple:
+    from slimkit.export import export_qdq
+    from slimkit.quantize import quantize_ptq
+
+    quantized = quantize_ptq(model, example, data.calibration)
+    return quantized, export_qdq(quantized, example, folder / "int8.onnx")
+
+
+def _auto(model: torch.nn.Module, name: str, budget: str, data: Any, section: dict[str, Any], checkpoint: Path,
+          folder: Path, settings: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """One auto run; returns its model (None if nothing met the budget), result and wall time."""
+    from slimkit._errors import ConfigError
+    from slimkit.auto import AutoConfig, BudgetNotMet, auto_compress, auto_report
+
+    config = AutoConfig(budget=f"{budget},batch={BATCH},threads={LATENCY_THREADS}", **{**settings, **overrides})
+    began = time.perf_counter()
+    recipe = {"model": {"spec": name, "checkpoint": str(checkpoint)}, "data": section}
+    try:
+        compressed = auto_compress(model, data.example_input(1), config, data=data, out=folder, force=True,
+                                   spec=name, recipe=recipe, analysis_dir=folder.parent / "analysis")
+        return {"model": compressed, "result": auto_report(compressed), "seconds": time.perf_counter() - began}
+    except BudgetNotMet as error:
+        return {"model": None, "result": error.result, "seconds": time.perf_counter() - began,
+                "error": str(error)}
+    except ConfigError as error:  # the budget is beyond what this family reaches
+        return {"model": None, "result": None, "seconds": time.perf_counter() - began, "error": str(error)}
+
+
+def _reproduce(folder: Path, chosen: dict[str, Any]) -> dict[str, Any]:
+    """``slimkit compress`` on the auto run's recipe.yaml: same validation accuracy, MACs and deployed bytes?"""
+    from slimkit.pipeline import load_recipe, run_recipe
+
+    recipe = load_recipe(folder / "recipe.yaml")
+    result = run_recipe(recipe, folder / "final", force=True, progress=False, report=False)
+    row = result.stages[-1]
+    deployed = row["bytes"] if chosen["format"] == "container" else row.get("onnx_bytes")
+    return {"accuracy": row["accuracy"] == chosen["accuracy"], "macs": row["macs"] == chosen["macs"],
+            "bytes": deployed == chosen["bytes"]}
+
+
+# --- the run -----------------------------------------------------------------------------------------------------
+
+
+def _model_rows(name: str, spec: dict[str, Any], data: Any, section: dict[str, Any], quick: bool,
+                root: Path) -> dict[str, Any]:
+    from slimkit.analysis import evaluate, profile
+    from slimkit.export import export_onnx
+
+    base_model = trained(name, spec["epochs"])
+    checkpoint = _checkpoint(name, spec["epochs"], base_model)
+    example = data.example_input(1)
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    baseline_onnx = export_onnx(base_model, example, folder / "baseline.onnx")
+    base = {"macs": profile(base_model, example).total.macs, "onnx_bytes": baseline_onnx.stat().st_size,
+            "test_accuracy": evaluate(base_model, data.test).accuracy,
+            "valid_accuracy": evaluate(base_model, data.valid).accuracy}
+    settings = {**AUTO, **spec["auto"], **(QUICK if quick else {})}
+    common = {"data": data, "base": base, "baseline_onnx": baseline_onnx, "example": example}
+    out: dict[str, Any] = {"base": base, "settings": settings, "budgets": {}, "hand": {}}
+    # every hand-written recipe for this model, once (each is then checked against every budget)
+    hand_rows = []
+    for path in _hand_recipes(name):
+        hand = _run_hand(path, checkpoint, section, folder / "hand" / path.stem)
+        row = _row(f"recipe {path.name}", hand["model"], deployed=hand["deployed"], timed=hand["timed"],
+                   extra={"seconds": hand["seconds"]}, **common)
+        hand_rows.append(row)
+        out["hand"][path.name] = row
+    int8_model, int8_file = _int8_alone(base_model, data, example, folder)
+    out["int8"] = _row("int8 alone (PTQ)", int8_model, deployed=int8_file, timed=int8_file, **common)
+    budgets = BUDGETS[:1] + BUDGETS[2:3] if quick else BUDGETS
+    for budget in budgets:
+        tag = budget.replace("=", "")
+        entry: dict[str, Any] = {}
+        run = _auto(base_model, name, budget, data, section, checkpoint, folder / "runs" / tag, settings)
+        if run["model"] is not None:
+            result = run["result"]
+            run_folder = folder / "runs" / tag
+            chosen = result.chosen
+            deployed = run_folder / chosen["file"]
+            timed = deployed if chosen["format"] != "container" else run_folder / "candidates" / \
+                f"{chosen['index']:02d}" / "decoded.onnx"
+            entry["auto"] = _row("auto", run["model"], deployed=deployed, timed=timed, **common, extra={
+                "status": result.status, "plan": result.plan.summary(), "format": result.plan.format,
+                "seconds": run["seconds"], "analysis_seconds": result.analysis_seconds,
+                "candidates": len(result.candidates),
+                "search_latency": chosen.get("latency"), "reproduced": _reproduce(run_folder, chosen)})
+            # single-family automation at the same budget
+            uniform, uniform_file = _uniform_prune(base_model, budget, entry["auto"]["macs"], data, example,
+                                                   settings["recovery_epochs"], run_folder, base["onnx_bytes"])
+            entry["uniform"] = _row("uniform pruning", uniform, deployed=uniform_file, timed=uniform_file,
+                                    **common)
+        else:
+            entry["auto"] = {"label": "auto", "error": run.get("error"), "seconds": run["seconds"]}
+        mixed = _auto(base_model, name, budget, data, section, checkpoint, folder / "runs" / f"{tag}-mixed",
+                      settings, formats=("int8",), knobs=("int8",))
+        if mixed["model"] is not None:
+            mixed_folder = folder / "runs" / f"{tag}-mixed"
+            mfile = mixed_folder / mixed["result"].chosen["file"]
+            entry["mixed"] = _row("mixed precision alone", mixed["model"], deployed=mfile, timed=mfile, **common,
+                                  extra={"status": mixed["result"].status, "plan": mixed["result"].plan.summary()})
+        else:
+            entry["mixed"] = {"label": "mixed precision alone", "error": mixed.get("error")}
+        meeting = [r for r in hand_rows if _meets(r, budget)]
+        entry["hand_best"] = max(meeting, key=lambda r: r["valid_accuracy"]) if meeting else None
+        entry["hand_meeting"] = [r["label"] for r in meeting]
+        entry["int8_meets"] = _meets(out["int8"], budget)
+        out["budgets"][budget] = entry
+    return out
+
+
+def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, root: Path) -> dict[str, Any]:
+    """Deep Compression (bench_deep_compression's configuration, run here) and auto at a size budget 15 % below
+    Deep Compression's file, with the same epochs of recovery."""
+    from benchmarks.bench_deep_compression import COMMON, RUNS
+    from benchmarks.bench_deep_compression import QUICK as DC_QUICK
+    from slimkit.analysis import evaluate
+    from slimkit.share import DeepCompressionConfig, deep_compression
+
+    spec = RUNS[name]
+    model = trained(name, spec["epochs"])
+    checkpoint = _checkpoint(name, spec["epochs"], model)
+    budget_epochs = {**COMMON, **(DC_QUICK if quick else spec["budget"])}
+    config = DeepCompressionConfig(sparsity=spec["sparsity"], cluster=spec["cluster"], **budget_epochs)
+    folder = root / name / "dc"
+    folder.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    dc = deep_compression(model, data, folder / f"{name}.slim", config, spec=name)
+    dc_seconds = time.perf_counter() - began
+    onnx_bytes = (root / name / "baseline.onnx").stat().st_size
+    dense = 4 * sum(p.numel() for p in model.parameters())
+    target = dc.container.file_bytes / 1.15
+    settings = {**AUTO, **MODELS[name]["auto"], **(QUICK if quick else {}),
+                "prune_rounds": budget_epochs["prune_iterations"], "recovery_epochs": budget_epochs["prune_epochs"],
+                "cluster_epochs": budget_epochs["cluster_epochs"], "formats": ("container",)}
+    run = _auto(model, name, f"size={target / onnx_bytes:.5f}", data, section, checkpoint, folder / "auto", settings)
+    out = {"dc": {"bytes": dc.container.file_bytes, "ratio": dense / dc.container.file_bytes,
+                  "test_accuracy": dc.stages[-1]["accuracy"], "seconds": dc_seconds,
+                  "epochs": budget_epochs["prune_iterations"] * budget_epochs["prune_epochs"]
+                  + budget_epochs["cluster_epochs"]},
+           "budget": target / onnx_bytes, "dense_bytes": dense}
+    if run["model"] is not None:
+        chosen = run["result"].chosen
+        size = (folder / "auto" / chosen["file"]).stat().st_size
+        out["auto"] = {"bytes": size, "ratio": dense / size,
+                       "test_accuracy": evaluate(run["model"], data.test).accuracy,
+                       "valid_accuracy": chosen["accuracy"], "plan": run["result"].plan.summary(),
+                       "status": run["result"].status, "seconds": run["seconds"]}
+    else:
+        out["auto"] = {"error": run.get("error")}
+    return out
+
+
+def _cell_acc(row: dict[str, Any] | None, base: dict[str, Any]) -> str:
+    if not row or "test_accuracy" not in row:
+        return "–"
+    return f"{100 * row['test_accuracy']:.2f}% ({100 * (row['test_accuracy'] - base['test_accuracy']):+.2f})"
+
+
+def _table(results: dict[str, Any]) -> str:
+    cols = ["model", "budget", "method", "test acc (Δ)", "valid acc", "latency × (batch 64)", "size ×", "MACs ×",
+            "meets", "wall s", "what"]
+    rows = []
+    for name, model in results["models"].items():
+        base = model["base"]
+        for budget, entry in model["budgets"].items():
+            candidates = [("auto", entry["auto"]), ("best hand recipe", entry["hand_best"]),
+                          ("uniform pruning", entry.get("uniform")),
+                          ("int8 alone", model["int8"]), ("mixed precision alone", entry["mixed"])]
+            for method, row in candidates:
+                if row is None:
+                    rows.append([name, budget, method, "–", "–", "–", "–", "–", "–", "–",
+                                 "no hand recipe for this model meets the budget"
+                                 if method == "best hand recipe" else ""])
+                    continue
+                if "test_accuracy" not in row:
+                    rows.append([name, budget, method, "–", "–", "–", "–", "–", "no", f"{row.get('seconds', 0):.0f}"
+                                 if row.get("seconds") else "–", (row.get("error") or "")[:160]])
+                    continue
+                meets = _meets(row, budget)
+                what = row.get("plan") or row["label"]
+                if row.get("analysis_seconds") is not None:
+                    what += f" ({row['candidates']} candidate(s); analysis {row['analysis_seconds']:.0f} s)"
+                if method == "auto" and row.get("reproduced"):
+                    what += "" if all(row["reproduced"].values()) else " (recipe did NOT reproduce)"
+                rows.append([name, budget, method, _cell_acc(row, base), f"{100 * row['valid_accuracy']:.2f}%",
+                             latency_cell(row["latency"]), f"{row['size_ratio']:.4f}", f"{row['macs_ratio']:.3f}",
+                             {True: "yes", False: "no", None: "unverified"}[meets],
+                             f"{row['seconds']:.0f}" if row.get("seconds") else "–", what])
+    return markdown_table(cols, rows)
+
+
+def _dc_table(results: dict[str, Any]) -> str:
+    rows = []
+    for name, entry in results.get("deep_compression", {}).items():
+        dc, auto = entry["dc"], entry["auto"]
+        rows.append([name, "Deep Compression (bench_deep_compression's settings)",
+                     f"{100 * (1 - dc['test_accuracy']):.2f}%", f"{dc['bytes']:,}", f"{dc['ratio']:.1f}×",
+                     f"{dc['seconds']:.0f}", f"{dc['epochs']} epochs"])
+        if "bytes" in auto:
+            rows.append([name, f"auto, size ≤ {entry['budget']:.4f} of the ONNX file",
+                         f"{100 * (1 - auto['test_accuracy']):.2f}%", f"{auto['bytes']:,}", f"{auto['ratio']:.1f}×",
+                         f"{auto['seconds']:.0f}", auto["plan"]])
+        else:
+            rows.append([name, "auto", "–", "–", "–", "–", auto.get("error", "")[:160]])
+    return markdown_table(["model", "method", "test error", "container bytes", "ratio to dense fp32", "wall s",
+                           "what"], rows)
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: None if isinstance(v, torch.nn.Module) else str(v)))
+
+
+def run(quick: bool) -> Section:
+    """Set SLIMKIT_AUTO_BENCH_REUSE=1 to keep the per-model results an interrupted run saved (their latencies were
+    measured then)."""
+    torch.set_num_threads(1)
+    root = CACHE / "auto" / ("quick" if quick else "full")
+    results: dict[str, Any] = {"models": {}, "deep_compression": {}, "batch": BATCH, "max_drop": MAX_DROP}
+    names = ["lenet300", "lenet5"] if quick else list(MODELS)
+    for kind, todo in (("models", names), ("deep_compression", ["lenet300", "lenet5"])):
+        for name in todo:
+            saved = root / f"{kind}-{name}.json"
+            if os.environ.get("SLIMKIT_AUTO_BENCH_REUSE") and saved.is_file():  # finish an interrupted run
+                results[kind][name] = json.loads(saved.read_text())
+                continue
+            data, section = _data(5000 if quick else MODELS[name].get("train_samples"))
+            if kind == "models":
+                entry = _model_rows(name, MODELS[name], data, section, quick, root)
+                entry["train_samples"] = section.get("train_samples")
+            else:
+                entry = _dc_comparison(name, data, section, quick, root)
+            results[kind][name] = _plain(entry)
+            write_text_atomic(saved, json.dumps(results[kind][name], indent=1))
+    clean = _plain(results)
+    markdown = "\n".join([
+        _table(clean), "",
+        f"Budgets are ratios to the input model's: latency in ONNX Runtime at batch {BATCH}, size as the deployed "
+        "file's bytes over the input's fp32 ONNX file. `auto` searches channel pruning, low rank, int8 / mixed "
+        "precision (int8 QDQ ONNX) and per-layer sparsity + k-means bits (Huffman-coded container) with "
+        f"max_drop {MAX_DROP} points on validation; its recovery is {AUTO['recovery_epochs']} epochs of KD from the "
+        "input (the shipped prune + KD recipe's), the container format's 2 magnitude-pruning rounds of 2 epochs each "
+        "and 2 epochs of centroid fine-tuning (the Deep Compression recipe's 4 + 2). "
+        "ResNet-20's recovery (every method's) uses the first 10,000 training images; LeNets' the full 50,000. "
+        "Best hand recipe: every recipe in recipes/ for the model, started from the same trained baseline (its "
+        "`train` stage dropped), measured once; the most accurate on validation among those that meet the budget. "
+        "Uniform pruning: one L1 ratio for every channel group, searched to auto's MACs (latency budgets) or to the "
+        "budget's bytes as fp32 weights (size budgets), same KD recovery, deployed as fp32 ONNX. "
+        "Mixed precision alone: auto restricted to the int8 format and the per-layer int8/float knob. "
+        "'meets' is the measured budget (unverified: the latency comparison was too noisy). 'wall s' is the auto "
+        "run's wall time; a model's analysis (sensitivities and costs) is made by its first budget's run and reused "
+        "by the later ones (the 'what' cell gives the run's analysis seconds), a hand recipe's is its run. "
+        "Test accuracy is read once per row, for this table; every decision used validation. "
+        f"Latency: {LATENCY_METHOD}. 'recipe did NOT reproduce' would flag an auto row whose recipe.yaml, run with "
+        "the recipe runner, gave a different validation accuracy, MACs or deployed bytes.",
+        "", "### Against Deep Compression at equal accuracy", "",
+        _dc_table(clean), "",
+        "Deep Compression runs with bench_deep_compression's per-layer sparsities and epochs; auto gets a size "
+        "budget 15 % below Deep Compression's file (in ONNX-file terms) and the same epochs (pruning rounds × "
+        "epochs, centroid epochs), and chooses every layer's sparsity and cluster bits itself. Ratios are to dense "
+        "float32 weights (4 bytes per parameter), as Deep Compression's table; test error read once.",
+    ])
+    return Section(topic="auto", title=TITLE, markdown=markdown, data=clean)

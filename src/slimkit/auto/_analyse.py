@@ -1,0 +1,275 @@
+"""The analysis step of ``auto``: measuring the input model, every knob's per-layer sensitivity and cost, and the
+reference files each deployment format is calibrated on. Every part is cached in ``OUT/analysis/`` as it is made."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.auto._config import AutoConfig
+from slimkit.auto._costs import Analysis, layer_info, table_payload
+from slimkit.auto._folder import Cache, digest, read_json, state_digest, write_json
+from slimkit.auto._formats import create_format, example_batch
+from slimkit.auto._measure import LatencyMeter
+from slimkit.auto._sensitivity import (
+    Calibration,
+    channel_analysis,
+    channel_groups,
+    container_analysis,
+    hessian_traces,
+    int8_analysis,
+    keep_levels,
+    rank_analysis,
+)
+
+log = logging.getLogger(__name__)
+
+Event = Callable[[str, dict[str, Any]], None]
+
+
+def _selected(names: list[str], skip: tuple[str, ...]) -> list[str]:
+    from slimkit._select import matches_any
+
+    return [n for n in names if not (skip and matches_any(n, skip))]
+
+
+class Analyser:
+    """Computes (or loads) the :class:`~slimkit.auto._costs.Analysis` of one input model under one config."""
+
+    def __init__(self, model: nn.Module, example: Any, data: Any, config: AutoConfig, folder: Path,
+                 meter: LatencyMeter | None, formats: list[str], spec: str | None, baseline_onnx: Path,
+                 base: dict[str, Any], emit: Event) -> None:
+        self.model, self.example, self.data, self.config = model, example, data, config
+        self.folder, self.meter, self.formats, self.spec = folder, meter, formats, spec
+        self.baseline_onnx, self.base, self.emit = baseline_onnx, base, emit
+        budget = config.budget
+        # what the cached entries depend on (each entry is keyed by its own option, so grids may change freely)
+        self.key = digest({"weights": state_digest(model.state_dict()), "samples": config.calibration_samples,
+                           "proxy": config.proxy, "criterion": config.criterion, "seed": config.seed,
+                           "skip": list(config.skip), "data": getattr(data, "name", None),
+                           "deployment": [budget.batch, budget.threads]})  # type: ignore[union-attr]
+
+    def cache(self, name: str) -> Cache:
+        return Cache(self.folder / f"{name}.json", self.key)
+
+    def progress(self, what: str) -> Callable[[str, int, int], None]:
+        def report(kind: str, done: int, total: int) -> None:
+            self.emit("analysis", {"what": what, "done": done, "total": total})
+        return report
+
+    def uses(self, knob: str) -> bool:
+        return knob in self.config.knobs and any(knob in create_format(f).knobs for f in self.formats)
+
+    def run(self) -> Analysis:
+        config, model = self.config, self.model
+        layers = layer_info(model, self.example)
+        skip = [n for n in layers if n not in _selected(list(layers), config.skip)]
+        analysis = Analysis(layers=layers, base=dict(self.base), skip=skip)
+        self.emit("analysis", {"what": "calibration", "done": 0, "total": 1})
+        calib = Calibration.build(model, self.data.calibration, config.calibration_samples, config.proxy)
+        budget = config.budget
+        if budget.latency is not None and self.meter is not None:  # type: ignore[union-attr]
+            analysis.latency = self._latency_table()
+        if self.uses("channels"):
+            analysis.groups = self._channels(calib, analysis)
+        method = self._method(calib, analysis)
+        traces = None
+        if method == "hessian":
+            names = [n for n in layers if n not in skip]
+            cached = read_json(self.folder / "hessian.json")
+            if isinstance(cached, dict) and cached.get("key") == self.key:
+                traces = cached["traces"]
+            else:
+                self.emit("analysis", {"what": "hessian traces", "done": 0, "total": 1})
+                traces = hessian_traces(model, calib, names, seed=config.seed)
+                write_json(self.folder / "hessian.json", {"key": self.key, "traces": traces})
+        if "int8" in self.formats:
+            self._int8(calib, analysis)
+        if self.uses("rank"):
+            names = [n for n in layers if n not in skip]
+            analysis.rank = rank_analysis(model, self.example, calib, names, config.rank_ratios, method=method,
+                                          traces=traces, seed=config.seed, cache=self.cache("rank"),
+                                          progress=self.progress("rank"))
+            if analysis.latency is not None and analysis.rank:
+                analysis.latency["rank"] = self._rank_latency(analysis)
+        if "container" in self.formats:
+            names = [n for n in layers if n not in skip]
+            bits = config.cluster_bits if "clusters" in config.knobs else (8,)
+            sparsities = config.sparsities if "sparsity" in config.knobs else ()
+            analysis.container = container_analysis(model, calib, names, sparsities, bits, method=method,
+                                                    traces=traces, seed=config.seed, cache=self.cache("container"),
+                                                    progress=self.progress("container"))
+            self._container_reference(analysis)
+        analysis.base.update(self.base)
+        write_json(self.folder / "summary.json", {"key": self.key, "method": method, "layers": analysis.layers,
+                                                  "skip": analysis.skip, "groups": analysis.groups,
+                                                  "rank": analysis.rank, "int8": analysis.int8,
+                                                  "container": analysis.container, "latency": analysis.latency,
+                                                  "base": analysis.base})
+        return analysis
+
+    # --- the parts ----------------------------------------------------------------------------------------------
+
+    def _latency_table(self) -> dict[str, Any]:
+        cached = read_json(self.folder / "latency.json")
+        if isinstance(cached, dict) and cached.get("key") == self.key:
+            return cached["table"]
+        self.emit("analysis", {"what": "latency table", "done": 0, "total": 1})
+        budget = self.config.budget
+        table = self.meter.table(self.model, self.example, batch=budget.batch,  # type: ignore[union-attr]
+                                 threads=budget.threads)  # type: ignore[union-attr]
+        payload = table_payload(table)
+        write_json(self.folder / "latency.json", {"key": self.key, "table": payload})
+        return payload
+
+    def _channels(self, calib: Calibration, analysis: Analysis) -> dict[str, Any]:
+        config = self.config
+        groups = channel_groups(self.model, self.example, config.skip)
+        steps: dict[str, list[int]] = {}
+        if analysis.latency is not None:
+            for name in groups:
+                table = analysis.latency["layers"].get(name)
+                if table is not None and table["step_out"] > 1:
+                    steps[name] = [table["step_out"]]
+        levels = {name: keep_levels(units, config.keep_fractions, steps.get(name, ())) for name, units in
+                  groups.items()}
+        return channel_analysis(self.model, self.example, calib, groups, levels, criterion=config.criterion,
+                                data=self.data.calibration, skip=config.skip, seed=config.seed,
+                                cache=self.cache("channels"), progress=self.progress("channels"))
+
+    def _method(self, calib: Calibration, analysis: Analysis) -> str:
+        """``loss`` or ``hessian`` for the weight-perturbing knobs (see ``AutoConfig.sensitivity``)."""
+        config = self.config
+        if config.sensitivity != "auto":
+            return config.sensitivity
+        layers = len([n for n in analysis.layers if n not in analysis.skip])
+        evals = 0
+        if self.uses("rank"):
+            evals += layers * len(config.rank_ratios)
+        if "container" in self.formats:
+            evals += layers * (len(config.sparsities) + 1) * len(config.cluster_bits)
+        estimate = evals * calib.seconds
+        method = "loss" if estimate <= config.sensitivity_seconds else "hessian"
+        log.info("auto: %d sensitivity evaluations × %.3f s = %.0f s: %s", evals, calib.seconds, estimate, method)
+        return method
+
+    def _int8(self, calib: Calibration, analysis: Analysis) -> None:
+        """Per-layer int8 sensitivity; the whole int8 model's file bytes, latency ratio and accuracy."""
+        from slimkit.export import export_qdq
+        from slimkit.quantize import QuantConfig, quantize_ptq
+
+        config = self.config
+        quantizable = [n for n in analysis.layers if n not in analysis.skip]
+        if "int8" in config.knobs:
+            analysis.int8 = int8_analysis(self.model, self.example, calib, self.data.calibration, quantizable,
+                                          cache=self.cache("int8"), progress=self.progress("int8"))
+        reference = read_json(self.folder / "int8_reference.json")
+        if not (isinstance(reference, dict) and reference.get("key") == self.key):
+            self.emit("analysis", {"what": "int8 reference", "done": 0, "total": 1})
+            quantized = quantize_ptq(self.model, self.example, self.data.calibration,
+                                     QuantConfig(skip=tuple(config.skip)))
+            path = self.folder / "int8_reference.onnx"
+            export_qdq(quantized, self.example, path)
+            from slimkit.analysis import evaluate
+
+            scores = evaluate(quantized, self.data.valid)
+            reference = {"key": self.key, "bytes": path.stat().st_size, "accuracy": scores.accuracy,
+                         "loss": scores.loss, "latency": None}
+            if self.meter is not None:
+                budget = self.config.budget
+                reference["latency"] = self.meter.compare(
+                    self.model, quantized, self.baseline_onnx, path,
+                    example_batch(self.example, budget.batch), threads=budget.threads)  # type: ignore[union-attr]
+            write_json(self.folder / "int8_reference.json", reference)
+        self.base["int8_bytes"] = reference["bytes"]
+        self.base["int8_reference"] = {k: v for k, v in reference.items() if k != "key"}
+        if analysis.latency is not None:
+            ratio = (reference.get("latency") or {}).get("ratio")
+            if ratio is None:
+                log.warning("auto: the int8 model's latency ratio could not be measured (too noisy): the search "
+                            "assumes int8 is no faster than fp32")
+            analysis.latency["int8"] = float(ratio) if ratio else 1.0
+
+    def _rank_latency(self, analysis: Analysis) -> dict[str, dict[str, float]]:
+        """Latency of each factorisation / the layer's, timed as one-layer graphs at the layer's input size."""
+        from slimkit.decompose import DecomposeConfig, decompose
+
+        cache = self.cache("rank_latency")
+        inputs = _layer_inputs(self.model, self.example, list(analysis.rank), self.config.budget.batch)  # type: ignore
+        out: dict[str, dict[str, float]] = {}
+        total = sum(len(rows) for rows in analysis.rank.values())
+        done = 0
+        for name, rows in analysis.rank.items():
+            layer = self.model.get_submodule(name)
+            single = nn.Sequential()
+            single.add_module("layer", layer)
+            for row in rows:
+                key = f"{name}|{row['ratio']}"
+                if key not in cache:
+                    factored = decompose(single, inputs[name][:1], DecomposeConfig(
+                        layers=("layer",), ratio=row["ratio"], method=("tucker2", "svd"), seed=self.config.seed))
+                    record = self.meter.compare(single, factored, None, None, (inputs[name],),  # type: ignore
+                                                threads=self.config.budget.threads)  # type: ignore[union-attr]
+                    ratio = record.get("ratio")
+                    cache.put(key, float(ratio) if ratio is not None else None)
+                value = cache.get(key)
+                out.setdefault(name, {})[str(row["ratio"])] = value if value is not None else \
+                    max(row["macs"], 1.0)
+                done += 1
+                self.emit("analysis", {"what": "rank latency", "done": done, "total": total})
+        return out
+
+    def _container_reference(self, analysis: Analysis) -> None:
+        """The input model as a container with every layer at 8 bits, no sparsity (calibrates the header)."""
+        from slimkit.share import ClusterConfig, cluster_weights, save_compressed
+
+        reference = read_json(self.folder / "container_reference.json")
+        if not (isinstance(reference, dict) and reference.get("key") == self.key):
+            self.emit("analysis", {"what": "container reference", "done": 0, "total": 1})
+            layers = [n for n in analysis.layers if n not in analysis.skip]
+            clustered = cluster_weights(self.model, ClusterConfig(bits=dict.fromkeys(layers, 8), layers=layers,
+                                                                  seed=self.config.seed))
+            with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
+                size = save_compressed(clustered, Path(tmp) / "reference.slim", self.spec).file_bytes
+            reference = {"key": self.key, "bytes": size}
+            write_json(self.folder / "container_reference.json", reference)
+        self.base["container_bytes"] = reference["bytes"]
+
+
+def _layer_inputs(model: nn.Module, example: Any, names: list[str], batch: int) -> dict[str, torch.Tensor]:
+    """Each named layer's input from one forward of the example, repeated to ``batch`` rows."""
+    captured: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in names:
+        def hook(module: nn.Module, args: tuple, _out: Any, name: str = name) -> None:
+            captured.setdefault(name, args[0].detach())
+        hooks.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(*example_batch(example, 1))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: x.expand(batch, *x.shape[1:]).contiguous().clone() for n, x in captured.items()}
+
+
+def reachable_text(reach: dict[str, dict[str, float]], budget: dict[str, float]) -> str:
+    """``latency ≥ 0.21 (int8), size ≥ 0.03 (container)``: the smallest predicted ratio per budget key."""
+    parts = []
+    for key in budget:
+        values = [(v[key], f) for f, v in reach.items() if key in v and math.isfinite(v[key])]
+        if values:
+            best, fmt = min(values)
+            parts.append(f"{key} ≥ {math.ceil(best * 1000) / 1000:g} ({fmt})")
+    return ", ".join(parts)
+
+
+def temporary_folder() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="slimkit-auto-")

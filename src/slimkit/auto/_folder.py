@@ -1,0 +1,91 @@
+"""The run folder of ``slimkit auto``: JSON files written atomically, read back on ``--resume``.
+
+::
+
+    OUT/auto.json                 the run: settings, fingerprint of model + data + settings, status, timings
+    OUT/baseline.json             the input model measured (validation accuracy, MACs, deployed bytes per format)
+    OUT/analysis/<knob>.json      per-layer sensitivities and costs of every knob (filled in as they are measured)
+    OUT/candidates/NN/            one tried plan: plan.json, its stages' checkpoints, model.pt, the deployed file,
+                                  result.json (written last: the candidate counts as finished once it exists)
+    OUT/search.json               every solve of the search: budget targets, back-offs, predictions
+    OUT/candidates.json           every candidate's plan and measurements (the Pareto report's data)
+    OUT/recipe.yaml               the chosen plan as an ordinary recipe (``slimkit compress`` reproduces it)
+    OUT/model.pt, OUT/<deployed>  the chosen model's state dict and deployed file
+    OUT/report.md, report.html    the Pareto report; plots/
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from slimkit._io import write_text_atomic
+
+RUN_FILE = "auto.json"
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def digest(payload: Any) -> str:
+    """A short hash of a JSON-able value (sorted keys)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=_plain).encode()).hexdigest()[:16]
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """A hash of a state dict's names, shapes and values (identifies the input model's weights)."""
+    import torch
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        h.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            h.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+            h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+class Cache:
+    """One JSON file of measured entries, rewritten (atomically) as entries are added, so an interrupted analysis
+    resumes where it stopped. ``key`` identifies what the entries depend on; a file with another key is ignored."""
+
+    def __init__(self, path: Path | None, key: str) -> None:
+        self.path, self.key = path, key
+        self.entries: dict[str, Any] = {}
+        loaded = read_json(path) if path is not None else None
+        if isinstance(loaded, dict) and loaded.get("key") == key and isinstance(loaded.get("entries"), dict):
+            self.entries = loaded["entries"]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def get(self, name: str) -> Any:
+        return self.entries.get(name)
+
+    def put(self, name: str, value: Any) -> None:
+        self.entries[name] = value
+        self.save()
+
+    def save(self) -> None:
+        if self.path is not None:
+            write_json(self.path, {"key": self.key, "entries": self.entries})

@@ -1,0 +1,177 @@
+"""Deployment formats: what file a plan deploys as, which knobs apply to it, and the recipe stages that make it.
+
+- ``onnx``: an fp32 ONNX file. Knobs: channels (structured pruning), rank (low-rank factorisation).
+- ``int8``: an int8 QDQ ONNX file run by ONNX Runtime's integer kernels (``slimkit.export.export_qdq``). Knobs:
+  channels, rank, and per layer int8 or float (mixed precision, like NNCF's accuracy control reverting layers).
+- ``container``: the Huffman-coded container of k-means weight sharing (Han et al. 2016; ``slimkit.share``). Knobs:
+  per-layer sparsity (magnitude pruning) and bits per cluster index. The container stores a model spec and
+  rebuilds that architecture when it is loaded, so channel pruning and factorisation (which change the
+  architecture) do not apply; its model runs as a dense fp32 model once decoded, so its latency is the input's.
+
+A format is a registered class, so a new deployment target is one class (``@register_format("name")``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from slimkit._registry import Registry
+from slimkit.auto._plan import CONTAINER_FILE, TRAIN_SETTINGS, Plan, recovery_stage
+
+
+class DeployFormat:
+    """One way of deploying a model. Subclasses set the class attributes and implement :meth:`stages` and
+    :meth:`write`."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    #: the knobs of :data:`slimkit.auto.KNOBS` this format uses
+    knobs: ClassVar[frozenset[str]] = frozenset()
+    #: the deployed file's name in a candidate's folder
+    file_name: ClassVar[str] = "model.onnx"
+
+    def unavailable(self, model: nn.Module, example: Any, spec: str | None) -> str | None:
+        """Why this format cannot deploy ``model`` (None when it can)."""
+        return None
+
+    def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def write(self, model: nn.Module, example: Any, path: Path, spec: str | None) -> Path:
+        """Write the deployed file of ``model`` (a model made by :meth:`stages`) to ``path``."""
+        raise NotImplementedError
+
+    def timed(self, model: nn.Module, example: Any, written: Path, folder: Path) -> Path:
+        """The ONNX file that is timed for the latency ratio (the deployed file itself for ONNX formats)."""
+        return written
+
+
+FORMATS: Registry[type[DeployFormat]] = Registry("deployment format")
+
+
+def register_format(name: str) -> Callable[[type[DeployFormat]], type[DeployFormat]]:
+    """Class decorator: make a :class:`DeployFormat` available to ``AutoConfig(formats=...)`` as ``name``."""
+
+    def decorator(cls: type[DeployFormat]) -> type[DeployFormat]:
+        cls.name = name
+        return FORMATS.register(name)(cls)
+
+    return decorator
+
+
+def create_format(name: str) -> DeployFormat:
+    return FORMATS.get(name)()
+
+
+def _structural_stages(plan: Plan, config: Any) -> list[dict[str, Any]]:
+    stages: list[dict[str, Any]] = []
+    if plan.prune:
+        stages.append({"prune": {"ratio": dict(plan.prune), "criterion": config.criterion, "seed": config.seed}})
+    for ratio in sorted(set(plan.rank.values()), reverse=True):
+        layers = [name for name, r in plan.rank.items() if r == ratio]
+        stages.append({"decompose": {"layers": layers, "ratio": ratio, "method": ["tucker2", "svd"],
+                                     "seed": config.seed}})
+    if stages and config.recovery_epochs > 0:
+        stages.append(recovery_stage(config.recovery, config.recovery_epochs, config.recovery_lr))
+    return stages
+
+
+@register_format("onnx")
+class OnnxFormat(DeployFormat):
+    summary = "fp32 ONNX"
+    knobs = frozenset({"channels", "rank"})
+
+    def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
+        return _structural_stages(plan, config)
+
+    def write(self, model: nn.Module, example: Any, path: Path, spec: str | None) -> Path:
+        from slimkit.export import export_onnx
+
+        return export_onnx(model, example, path)
+
+
+@register_format("int8")
+class Int8Format(DeployFormat):
+    summary = "int8 QDQ ONNX (ONNX Runtime integer kernels)"
+    knobs = frozenset({"channels", "rank", "int8"})
+
+    def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
+        stages = _structural_stages(plan, config)
+        stages.append({"quantize": {"method": "ptq", "skip": list(plan.float_layers)}})
+        return stages
+
+    def write(self, model: nn.Module, example: Any, path: Path, spec: str | None) -> Path:
+        from slimkit.export import export_qdq
+
+        return export_qdq(model, example, path)
+
+
+@register_format("container")
+class ContainerFormat(DeployFormat):
+    summary = "k-means weight sharing + Huffman-coded container"
+    knobs = frozenset({"sparsity", "clusters"})
+    file_name = CONTAINER_FILE
+
+    def unavailable(self, model: nn.Module, example: Any, spec: str | None) -> str | None:
+        from slimkit._errors import SlimkitError
+        from slimkit.models import is_code_spec
+        from slimkit.share import ClusterConfig, cluster_weights, clustered_layers, save_compressed
+
+        probe = cluster_weights(model, ClusterConfig(bits=1))
+        if not clustered_layers(probe):
+            return "the model has no Linear or Conv2d layer to cluster"
+        # a container names a registered model to rebuild (a file.py:factory is never stored), and a recipe's
+        # export stage finds it the same way: a model it cannot name cannot be deployed as a container
+        named = spec if spec is not None and not is_code_spec(spec) else None
+        with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
+            try:
+                save_compressed(probe, Path(tmp) / "probe.slim", named)
+            except SlimkitError as error:
+                return f"the container cannot record how to rebuild this model ({error})"
+        return None
+
+    def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
+        stages: list[dict[str, Any]] = []
+        rounds = config.prune_rounds
+        if plan.sparsity:
+            for i in range(1, rounds + 1):
+                sparsity = {name: round(1 - (1 - s) ** (i / rounds), 6) for name, s in plan.sparsity.items()}
+                stages.append({"prune_unstructured": {"sparsity": sparsity}})
+                if config.recovery_epochs > 0:
+                    stages.append({"finetune": {"epochs": config.recovery_epochs, "lr": config.recovery_lr,
+                                                **TRAIN_SETTINGS}})
+        cluster: dict[str, Any] = {"bits": dict(plan.bits), "seed": config.seed}
+        if config.skip:
+            cluster["skip"] = list(config.skip)
+        stages.append({"cluster": cluster})
+        if config.cluster_epochs > 0:
+            stages.append({"finetune": {"epochs": config.cluster_epochs, "lr": config.cluster_lr, **TRAIN_SETTINGS}})
+        stages.append({"export": {"format": "compressed", "file": CONTAINER_FILE}})
+        return stages
+
+    def write(self, model: nn.Module, example: Any, path: Path, spec: str | None) -> Path:
+        from slimkit.share import save_compressed
+
+        save_compressed(model, path, spec)
+        return path
+
+    def timed(self, model: nn.Module, example: Any, written: Path, folder: Path) -> Path:
+        # the decoded model: ordinary dense layers (the exporter folds codebook[indices] into constant weights)
+        from slimkit.export import export_onnx
+        from slimkit.share import finalize_clusters
+
+        return export_onnx(finalize_clusters(model), example, folder / "decoded.onnx")
+
+
+def example_batch(example: Any, batch: int) -> tuple[torch.Tensor, ...]:
+    """The example inputs repeated to ``batch`` rows (for timing at the deployed batch)."""
+    from slimkit._inputs import input_tuple
+
+    return tuple(x.expand(batch, *x.shape[1:]).contiguous().clone() if isinstance(x, torch.Tensor) and x.dim() > 0
+                 else x for x in input_tuple(example))

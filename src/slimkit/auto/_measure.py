@@ -1,0 +1,100 @@
+"""Measuring a candidate: the deployed file's bytes, MACs, validation accuracy, and ONNX Runtime latency against the
+input model (interleaved, with the A/A control of :func:`slimkit.analysis.compare_latency`).
+
+Latency goes through a :class:`LatencyMeter` so a test can inject a deterministic one (timing real models on a
+shared machine is noise); :class:`OrtLatency` is the real one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+class LatencyMeter(Protocol):
+    """What times models for ``auto_compress``: per-layer tables for the search, and A/B comparisons to verify."""
+
+    def table(self, model: nn.Module, example: Any, *, batch: int, threads: int) -> Any:
+        """A :class:`slimkit.analysis.LatencyTable` of ``model`` at the deployed batch and threads."""
+
+    def compare(self, baseline: nn.Module, candidate: nn.Module, baseline_file: Path | None,
+                candidate_file: Path | None, inputs: tuple[torch.Tensor, ...], *, threads: int) -> dict[str, Any]:
+        """The candidate's latency as a ratio to the baseline's: a dict with ``ratio`` (None when too noisy),
+        ``p10``, ``p90``, ``aa`` (the A/A control), ``status`` ("ok" or "too noisy"). The ONNX files are timed when
+        given (the deployed int8 file, for instance); otherwise the modules are exported."""
+
+
+class OrtLatency:
+    """ONNX Runtime: :func:`slimkit.analysis.build_latency_table` and :func:`slimkit.analysis.compare_latency`
+    (``repeats`` interleaved rounds; a "too noisy" comparison is repeated once with twice the rounds)."""
+
+    def __init__(self, repeats: int = 50, warmup: int = 10) -> None:
+        self.repeats, self.warmup = repeats, warmup
+
+    def table(self, model: nn.Module, example: Any, *, batch: int, threads: int) -> Any:
+        from slimkit.analysis import build_latency_table
+
+        return build_latency_table(model, example, batch=batch, threads=threads)
+
+    def compare(self, baseline: nn.Module, candidate: nn.Module, baseline_file: Path | None,
+                candidate_file: Path | None, inputs: tuple[torch.Tensor, ...], *, threads: int) -> dict[str, Any]:
+        from slimkit.analysis import TOO_NOISY, compare_latency
+
+        a = baseline_file if baseline_file is not None else baseline
+        b = candidate_file if candidate_file is not None else candidate
+        record: dict[str, Any] = {}
+        for repeats in (self.repeats, 2 * self.repeats):
+            cmp = compare_latency(a, b, inputs, backend="onnxruntime", threads=threads, warmup=self.warmup,
+                                  repeats=repeats)
+            record = reading(cmp)
+            if cmp.status != TOO_NOISY:
+                break
+        return record
+
+
+def reading(cmp: Any) -> dict[str, Any]:
+    """The JSON record of a :class:`slimkit.analysis.LatencyComparison`."""
+    return {"ratio": cmp.ratio, "p10": cmp.ratio_p10, "p90": cmp.ratio_p90, "aa": cmp.aa_ratio, "aa_p10": cmp.aa_p10,
+            "aa_p90": cmp.aa_p90, "status": cmp.status, "rounds": cmp.baseline.repeats,
+            "baseline_ms": cmp.baseline.median_ms, "candidate_ms": cmp.candidate.median_ms}
+
+
+def measure_model(model: nn.Module, *, example: Any, data: Any, fmt: Any, folder: Path, base: dict[str, Any],
+                  baseline: nn.Module, baseline_onnx: Path, meter: LatencyMeter | None, batch: int, threads: int,
+                  spec: str | None) -> dict[str, Any]:
+    """Write the deployed file into ``folder`` and measure the model: validation accuracy and loss, params, MACs,
+    bytes of the deployed file, latency (when ``meter`` is given); ``ratios`` are to the input model's."""
+    from slimkit.analysis import evaluate, profile
+    from slimkit.auto._formats import example_batch
+
+    model = model.eval()
+    prof = profile(model, example)
+    written = fmt.write(model, example, folder / fmt.file_name, spec)
+    size = written.stat().st_size
+    scores = evaluate(model, data.valid)
+    row: dict[str, Any] = {
+        "format": fmt.name, "file": written.name, "accuracy": scores.accuracy, "loss": scores.loss,
+        "samples": scores.samples, "split": "valid", "params": prof.total.params, "macs": prof.total.macs,
+        "bytes": size, "latency": None,
+        "ratios": {"macs": prof.total.macs / max(base["macs"], 1), "size": size / max(base["bytes"], 1),
+                   "latency": None},
+    }
+    if meter is not None:
+        timed = fmt.timed(model, example, written, folder)
+        record = meter.compare(baseline, model, baseline_onnx, timed, example_batch(example, batch), threads=threads)
+        row["latency"] = record
+        row["ratios"]["latency"] = record.get("ratio")
+    return row
+
+
+def meets(row: dict[str, Any], budget: Any) -> dict[str, bool | None]:
+    """Per budget key: True / False when measured, None when the latency could not be measured (too noisy)."""
+    out: dict[str, bool | None] = {}
+    for key, limit in budget.items():
+        value = row["ratios"].get(key)
+        out[key] = None if value is None or not math.isfinite(value) else bool(value <= limit + 1e-12)
+    return out

@@ -1,0 +1,286 @@
+"""The accuracy-aware search loop of ``auto`` and its run folder.
+
+1. Measure the input model (validation accuracy, MACs, its fp32 ONNX file) and analyse it (``_analyse.py``).
+2. For every deployment format, build the search problem and solve it under the budget (``_search.py``); the
+   format whose solution costs the least predicted accuracy goes first.
+3. Carry the plan out (its recipe stages, recovery included) and **measure** it: the deployed file's bytes, MACs,
+   ONNX Runtime latency against the input (A/A-controlled), accuracy on the validation split.
+4. A budget the measurement misses tightens that format's target by measured/predicted (NetAdapt's empirical
+   correction); an accuracy drop above ``max_drop`` backs off the plan's most sensitive choice (that option and
+   every stronger one are forbidden; NNCF's accuracy control reverts layers the same way) and the format is solved
+   again. Stop at the first candidate that meets the budget and ``max_drop``, after ``max_candidates``, past
+   ``time_limit``, or when every format is exhausted.
+5. The result is the most accurate candidate that meets the budget as measured (on validation).
+
+Decisions are made on the validation split (max_drop, the back-off, the final choice); sensitivities on the
+calibration slice of the training data; the test split is never read. Every candidate's plan, stages and
+measurements stay in the run folder; ``resume`` reuses them, and the loop, being deterministic given them, makes
+the same decisions again.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from slimkit._errors import ConfigError
+from slimkit.auto._analyse import Analyser, Event, reachable_text
+from slimkit.auto._apply import rebuild_stages, run_stages
+from slimkit.auto._config import AutoConfig
+from slimkit.auto._costs import Analysis, build_problem, plan_of
+from slimkit.auto._folder import RUN_FILE, digest, read_json, state_digest, write_json
+from slimkit.auto._formats import create_format
+from slimkit.auto._measure import LatencyMeter, measure_model, meets
+from slimkit.auto._plan import Plan
+from slimkit.auto._search import Problem, reachable, solve
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+
+
+def prepare_folder(out: Path, fingerprint: str, resume: bool, force: bool) -> tuple[str, bool]:
+    """(run id, resuming). A folder is used only if it is new or empty, or holds an auto run (continued with
+    ``resume`` when it was started with the same model, data and settings; restarted with ``force``)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file: give a folder")
+    if not (out.is_dir() and any(out.iterdir())):
+        return uuid.uuid4().hex[:12], False
+    previous = read_json(out / RUN_FILE)
+    if not isinstance(previous, dict) or "fingerprint" not in previous:
+        raise ConfigError(f"output folder '{out}' is not empty and holds no auto run ({RUN_FILE} is missing): "
+                          "choose a new folder")
+    if resume:
+        if previous["fingerprint"] != fingerprint:
+            raise ConfigError(f"--resume: the model, data or settings differ from those that started the run in "
+                              f"'{out}': use the same ones, or start over with --force (or a new --out)")
+        return str(previous["run_id"]), True
+    if not force:
+        raise ConfigError(f"output folder '{out}' holds an earlier auto run: pass --resume to continue it, --force "
+                          "to start over in it, or choose a new folder")
+    for child in ("analysis", "candidates"):
+        shutil.rmtree(out / child, ignore_errors=True)
+    return uuid.uuid4().hex[:12], False
+
+
+class AutoRun:
+    """One search: the input, the settings, the folder; :meth:`execute` returns the candidates and the choice."""
+
+    def __init__(self, model: nn.Module, example: Any, data: Any, config: AutoConfig, out: Path, *,
+                 meter: LatencyMeter | None, spec: str | None, emit: Event, progress: bool,
+                 analysis_dir: Path | None = None) -> None:
+        self.model, self.example, self.data, self.config, self.out = model.eval(), example, data, config, out
+        self.meter, self.spec, self.emit, self.progress = meter, spec, emit, progress
+        self.analysis_dir = analysis_dir or out / "analysis"
+        self.budget = dict(config.budget.items())  # type: ignore[union-attr]
+        self.started = time.perf_counter()
+
+    def fingerprint(self) -> str:
+        return digest({"config": self.config.to_dict(), "weights": state_digest(self.model.state_dict()),
+                       "data": getattr(self.data, "name", None), "spec": self.spec})
+
+    # --- the input model ----------------------------------------------------------------------------------------
+
+    def baseline(self) -> dict[str, Any]:
+        from slimkit.analysis import evaluate, profile
+        from slimkit.export import export_onnx
+
+        path = self.out / "baseline.json"
+        onnx = self.out / "baseline.onnx"
+        cached = read_json(path)
+        if isinstance(cached, dict) and cached.get("fingerprint") == self.fingerprint() and onnx.is_file():
+            return cached
+        self.emit("analysis", {"what": "input model", "done": 0, "total": 1})
+        prof = profile(self.model, self.example)
+        export_onnx(self.model, self.example, onnx)
+        scores = evaluate(self.model, self.data.valid)
+        base = {"fingerprint": self.fingerprint(), "accuracy": scores.accuracy, "loss": scores.loss,
+                "samples": scores.samples, "params": prof.total.params, "macs": prof.total.macs,
+                "bytes": onnx.stat().st_size, "onnx_bytes": onnx.stat().st_size, "formats": {}}
+        for name in self.config.formats:
+            reason = create_format(name).unavailable(self.model, self.example, self.spec)
+            base["formats"][name] = reason
+        write_json(path, base)
+        return base
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        base = self.baseline()
+        formats = [f for f in self.config.formats if base["formats"].get(f) is None]
+        for name, reason in base["formats"].items():
+            if reason is not None:
+                self.emit("note", {"text": f"format {name} is not available: {reason}"})
+        if not formats:
+            raise ConfigError("no deployment format can take this model: " +
+                              "; ".join(f"{k}: {v}" for k, v in base["formats"].items()))
+        began = time.perf_counter()
+        analysis = Analyser(self.model, self.example, self.data, self.config, self.analysis_dir, self.meter,
+                            formats, self.spec, self.out / "baseline.onnx", base, self.emit).run()
+        analysis_seconds = time.perf_counter() - began
+        dims = list(self.budget)
+        knobs = set(self.config.knobs)
+        problems = {f: build_problem(f, analysis, knobs, dims) for f in formats}
+        self._check_reachable(problems, dims)
+        targets = {f: dict(self.budget) for f in formats}
+        exhausted: set[str] = set()
+        candidates: list[dict[str, Any]] = []
+        log_entries: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        stop = "max_candidates"
+        for index in range(1, self.config.max_candidates + 1):
+            if self.config.time_limit is not None and time.perf_counter() - self.started > self.config.time_limit:
+                stop = "time_limit"
+                break
+            plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries)
+            if plan is None:
+                stop = "exhausted"
+                break
+            seen.add(plan.key())
+            row = self._candidate(index, plan, analysis, base)
+            row["picks"] = solution.picks
+            candidates.append(row)
+            outcome = self._judge(row, base)
+            row["outcome"] = outcome
+            write_json(self.out / "candidates" / f"{index:02d}" / RESULT_FILE, row)
+            self.emit("candidate_end", {"index": index, "row": row})
+            if outcome["accepted"]:
+                stop = "accepted"
+                break
+            self._adapt(problem, solution, row, outcome, targets, log_entries)
+        write_json(self.out / "search.json", {"stop": stop, "log": log_entries, "targets": targets,
+                                              "exhausted": sorted(exhausted)})
+        return {"base": base, "analysis": analysis, "candidates": candidates, "stop": stop,
+                "analysis_seconds": analysis_seconds}
+
+    def _check_reachable(self, problems: dict[str, Problem], dims: list[str]) -> None:
+        reach = {f: reachable(p, dims) for f, p in problems.items()}
+        feasible = [f for f, p in problems.items() if solve(p, self.budget) is not None]
+        if not feasible:
+            raise ConfigError(f"the budget {self.config.budget.text()} is beyond what the search space reaches on "  # type: ignore
+                              f"this model (predicted, each limit alone: {reachable_text(reach, self.budget)}): "
+                              "relax the budget, or allow more formats / knobs / stronger choices")
+        write_json(self.out / "reachable.json", reach)
+
+    def _next_plan(self, problems: dict[str, Problem], targets: dict[str, dict[str, float]], exhausted: set[str],
+                   analysis: Analysis, seen: set[str], log_entries: list[dict[str, Any]]) -> tuple:
+        best = None
+        for fmt, problem in problems.items():
+            if fmt in exhausted:
+                continue
+            solution = solve(problem, targets[fmt])
+            entry = {"format": fmt, "targets": dict(targets[fmt]),
+                     "solution": None if solution is None else solution.to_dict()}
+            log_entries.append(entry)
+            if solution is None:
+                exhausted.add(fmt)
+                self.emit("note", {"text": f"format {fmt}: no plan meets the budget within the allowed choices"})
+                continue
+            plan = plan_of(problem, solution.picks, analysis, solution.ratios, solution.objective)
+            degenerate = fmt == "int8" and set(plan.float_layers) >= {n for n in analysis.layers
+                                                                      if n not in analysis.skip}
+            if plan.key() in seen or degenerate:  # an int8 plan with every layer in float is an onnx plan
+                exhausted.add(fmt)
+                continue
+            if best is None or solution.objective < best[2].objective - 1e-12:
+                best = (plan, problem, solution)
+        return best if best is not None else (None, None, None)
+
+    def _candidate(self, index: int, plan: Plan, analysis: Analysis, base: dict[str, Any]) -> dict[str, Any]:
+        folder = self.out / "candidates" / f"{index:02d}"
+        fmt = create_format(plan.format)
+        stages = fmt.stages(plan, self.config)
+        done = read_json(folder / RESULT_FILE)
+        if isinstance(done, dict) and done.get("plan", {}).get("key") == plan.key():
+            self.emit("candidate_reused", {"index": index, "plan": plan})
+            return done
+        write_json(folder / "plan.json", {**plan.to_dict(), "key": plan.key(), "stages": stages})
+        self.emit("candidate_start", {"index": index, "plan": plan, "stages": stages})
+        began = time.perf_counter()
+        model = run_stages(self.model, stages, data=self.data, example=self.example, seed=self.config.seed,
+                           folder=folder / "stages", progress=self.progress,
+                           on_stage=lambda i, name: self.emit("stage", {"index": index, "stage": i, "name": name,
+                                                                        "total": len(stages)}))
+        seconds = time.perf_counter() - began
+        from slimkit.train import save_checkpoint
+
+        save_checkpoint(model.state_dict(), folder / "model.pt")
+        budget = self.config.budget
+        row = measure_model(model, example=self.example, data=self.data, fmt=fmt, folder=folder, base=base,
+                            baseline=self.model, baseline_onnx=self.out / "baseline.onnx", meter=self.meter,
+                            batch=budget.batch, threads=budget.threads, spec=self.spec)  # type: ignore[union-attr]
+        row.update(index=index, label=f"{index:02d} {plan.format}", plan={**plan.to_dict(), "key": plan.key()},
+                   stages=stages, summary=plan.summary(), seconds=seconds)
+        return row
+
+    def _judge(self, row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+        met = meets(row, self.budget)
+        drop = 100 * (base["accuracy"] - row["accuracy"])
+        budget_ok = all(v is not False for v in met.values())
+        verified = all(v is not None for v in met.values())
+        accuracy_ok = drop <= self.config.max_drop + 1e-9
+        return {"budget": met, "drop": drop, "budget_met": budget_ok, "verified": verified,
+                "accuracy_ok": accuracy_ok, "accepted": budget_ok and verified and accuracy_ok}
+
+    def _adapt(self, problem: Problem, solution: Any, row: dict[str, Any], outcome: dict[str, Any],
+               targets: dict[str, dict[str, float]], log_entries: list[dict[str, Any]]) -> None:
+        entry: dict[str, Any] = {"candidate": row["index"], "format": problem.format}
+        for key, ok in outcome["budget"].items():
+            if ok is False:  # measured above the limit: aim lower by measured / predicted
+                predicted = solution.ratios.get(key, row["ratios"][key])
+                aim = predicted * self.budget[key] / row["ratios"][key] * 0.99
+                # the MACs model is the same in every format; size and latency are each format's own
+                for fmt in (targets if key == "macs" else [problem.format]):
+                    targets[fmt][key] = min(targets[fmt][key], aim)
+                entry.setdefault("tightened", {})[key] = aim
+        if not outcome["accuracy_ok"]:
+            picks = [(problem.choices[k].delta[i], k, i) for k, i in solution.picks.items()
+                     if problem.choices[k].delta[i] > 0]
+            if picks:
+                delta, key, pick = max(picks)
+                problem.back_off(key, pick)
+                entry["backed_off"] = {"choice": key, "option": problem.choices[key].labels[pick], "delta": delta}
+                self.emit("note", {"text": f"accuracy dropped {outcome['drop']:.2f} points > max_drop "
+                                           f"{self.config.max_drop:g}: backing off {key} "
+                                           f"({problem.choices[key].labels[pick]})"})
+        log_entries.append(entry)
+
+    # --- the result ---------------------------------------------------------------------------------------------
+
+    def choose(self, candidates: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
+        """The most accurate candidate that meets the budget as measured, and the status of the choice."""
+        def accuracy(row: dict[str, Any]) -> float:
+            return row["accuracy"]
+
+        full = [r for r in candidates if r["outcome"]["budget_met"] and r["outcome"]["verified"]]
+        if full:
+            best = max(full, key=accuracy)
+            return best, "met" if best["outcome"]["accuracy_ok"] else "max_drop missed"
+        unverified = [r for r in candidates if r["outcome"]["budget_met"]]
+        if unverified:
+            return max(unverified, key=accuracy), "latency unverified (too noisy)"
+        return None, "budget not met"
+
+    def model_of(self, row: dict[str, Any]) -> nn.Module:
+        """The candidate's model: its architecture replayed and its saved weights loaded."""
+        from slimkit.train import load_checkpoint
+
+        folder = self.out / "candidates" / f"{row['index']:02d}"
+        model = rebuild_stages(self.model, row["stages"], data=self.data, example=self.example, seed=self.config.seed)
+        try:
+            model.load_state_dict(load_checkpoint(folder / "model.pt"), strict=True)
+        except RuntimeError:  # a replay whose shapes differ (e.g. a k-means that found fewer clusters): run it again
+            model = run_stages(self.model, row["stages"], data=self.data, example=self.example,
+                               seed=self.config.seed, folder=folder / "stages")
+        return model.eval()
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).eval()

@@ -1,0 +1,368 @@
+"""Per-layer sensitivity of every knob: what each choice, applied to its layer (or channel group) alone, costs in
+accuracy, from cheap proxies on calibration data.
+
+Measured (``loss``): the calibration set's cross-entropy (or, with ``proxy="kl"``, the KL divergence from the input
+model's outputs, which needs no labels) with one choice applied to one layer, minus the input model's. This is the
+per-layer sweep of Li et al. (2017, §4.1) and NNCF's accuracy control, read on the loss rather than the accuracy
+(smoother on a small calibration set). Channel removal and int8 are always measured: channel removal moves a whole
+layer's outputs far from where a second-order expansion holds, and int8 error comes as much from activations as
+from weights.
+
+Estimated (``hessian``): for the weight-perturbing knobs (low rank, sparsity, clusters), the second-order term
+ΔL ≈ ½ · tr(H_l)/n_l · ‖W_l − Ŵ_l‖² with the layer's average Hessian trace from Hutchinson's estimator
+(HAWQ-V2, Dong et al. 2020, Eq. 5; Hutchinson 1989), so every choice costs one weight-error norm instead of a
+forward pass over the calibration set.
+
+Additivity: the search adds these per-layer costs (HAWQ-V3's ILP and HALP do the same); the interactions it
+misses are what the measured verification and the accuracy-aware back-off are for. Every table is monotone in the
+knob (a stronger choice never costs less than a milder one: a smaller measured value is calibration noise).
+
+Every entry is cached in the run folder as it is measured, keyed by the input weights and the settings, so a
+resumed search never measures it again.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit._errors import DataError
+from slimkit.auto._folder import Cache
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(what: str, done: int, total: int) -> None:
+    pass
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from slimkit.analysis import output_logits
+
+    return output_logits(model(x))
+
+
+@dataclass
+class Calibration:
+    """The calibration samples the proxies are measured on, and the input model's score on them."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    reference: torch.Tensor
+    proxy: str
+    base: float
+    batch: int = 256
+    seconds: float = 0.0
+
+    @classmethod
+    def build(cls, model: nn.Module, loader: Iterable, samples: int, proxy: str) -> Calibration:
+        xs, ys, seen = [], [], 0
+        for batch in loader:
+            x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
+            if y is None:
+                raise DataError("auto needs labelled calibration batches (inputs, targets)")
+            xs.append(x)
+            ys.append(y)
+            seen += len(x)
+            if seen >= samples:
+                break
+        if not xs:
+            raise DataError("the calibration loader yielded no batches: auto needs calibration data")
+        inputs, targets = torch.cat(xs)[:samples], torch.cat(ys)[:samples]
+        calib = cls(inputs, targets, torch.empty(0), proxy, 0.0)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            calib.reference = torch.cat([_logits(model, inputs[i:i + calib.batch]).float()
+                                         for i in range(0, len(inputs), calib.batch)])
+        model.train(was_training)
+        started = time.perf_counter()
+        calib.base = calib.score(model)
+        calib.seconds = time.perf_counter() - started
+        return calib
+
+    def score(self, model: nn.Module) -> float:
+        """The mean cross-entropy (``loss``) or KL divergence from the input model (``kl``) over the samples."""
+        was_training = model.training
+        model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for i in range(0, len(self.inputs), self.batch):
+                out = _logits(model, self.inputs[i:i + self.batch]).float()
+                if self.proxy == "kl":
+                    ref = self.reference[i:i + len(out)]
+                    total += float(nn.functional.kl_div(out.log_softmax(-1), ref.log_softmax(-1), log_target=True,
+                                                        reduction="sum"))
+                else:
+                    total += float(nn.functional.cross_entropy(out, self.targets[i:i + len(out)], reduction="sum"))
+        model.train(was_training)
+        return total / len(self.inputs)
+
+    def delta(self, model: nn.Module) -> float:
+        return self.score(model) - self.base
+
+
+def monotone(deltas: Sequence[float]) -> list[float]:
+    """Deltas ordered from the mildest choice to the strongest, made non-decreasing and ≥ 0 (running maximum)."""
+    out, best = [], 0.0
+    for d in deltas:
+        best = max(best, float(d)) if math.isfinite(d) else math.inf
+        out.append(best)
+    return out
+
+
+def layer_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(input, output) channels of every Conv2d and Linear layer."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            out[name] = (m.in_channels, m.out_channels)
+        elif isinstance(m, nn.Linear):
+            out[name] = (m.in_features, m.out_features)
+    return out
+
+
+# --- channels: structured pruning of one group ---------------------------------------------------------------------
+
+
+def channel_groups(model: nn.Module, example: Any, skip: Sequence[str]) -> dict[str, int]:
+    """Prunable channel groups by name (the first layer whose outputs they are) → units."""
+    from slimkit.graph import dependency_graph
+
+    graph = dependency_graph(model, example, skip=tuple(skip))
+    groups: dict[str, int] = {}
+    for group in graph.groups:
+        groups.setdefault(group.name, len(group.units))
+    return groups
+
+
+def keep_levels(units: int, fractions: Sequence[float], steps: Sequence[int] = ()) -> list[int]:
+    """Units kept at each level, from all units down: the fractions of ``units`` (at least 1) and the multiples of
+    each kernel step in ``steps`` (widths where a layer's time steps, from the latency table)."""
+    keeps = {units} | {max(1, round(f * units)) for f in fractions}
+    for step in steps:
+        if 1 < step < units:
+            keeps |= set(range(step, units, step))
+    return sorted(keeps, reverse=True)
+
+
+def channel_analysis(model: nn.Module, example: Any, calib: Calibration, groups: dict[str, int],
+                     levels: dict[str, list[int]], *, criterion: str, data: Any, skip: Sequence[str], seed: int,
+                     cache: Cache, progress: Progress = _no_progress) -> dict[str, Any]:
+    """For every group and kept width: the proxy increase with that group alone pruned, and the resulting widths of
+    every Conv2d/Linear layer that changed (so the search knows which layers each group's width reaches)."""
+    from slimkit.auto._plan import ratio_for_keep
+    from slimkit.prune import PruneConfig, prune_channels
+
+    full = layer_widths(model)
+    total = sum(len(v) - 1 for v in levels.values())
+    done = 0
+    out: dict[str, Any] = {}
+    for name, units in groups.items():
+        rows = []
+        for keep in levels[name]:
+            key = f"{name}|{keep}"
+            if keep == units:
+                rows.append({"keep": keep, "ratio": 0.0, "delta": 0.0, "widths": {}})
+                continue
+            if key not in cache:
+                ratio = ratio_for_keep(units, keep)
+                config = PruneConfig(ratio={name: ratio}, criterion=criterion, skip=tuple(skip), seed=seed)
+                pruned = prune_channels(model, example, config, data=data)
+                widths = {layer: list(w) for layer, w in layer_widths(pruned).items() if full.get(layer) != w}
+                cache.put(key, {"keep": keep, "ratio": ratio, "delta": calib.delta(pruned), "widths": widths})
+            rows.append(dict(cache.get(key)))
+            done += 1
+            progress("channels", done, total)
+        for row, d in zip(rows, monotone([r["delta"] for r in rows])):
+            row["delta"] = d
+        out[name] = {"units": units, "levels": rows}
+    return out
+
+
+# --- int8: one layer quantized -------------------------------------------------------------------------------------
+
+
+def int8_analysis(model: nn.Module, example: Any, calib: Calibration, loader: Iterable, layers: Sequence[str], *,
+                  cache: Cache, progress: Progress = _no_progress) -> dict[str, float]:
+    """The proxy increase with only one layer quantized to int8 (weights and activations, ``quantize_ptq``), per
+    layer (the one-at-a-time sweep of Wu et al. 2020, §5.2, and NNCF's accuracy control)."""
+    from slimkit.quantize import QuantConfig, quantize_ptq
+
+    out = {}
+    for i, name in enumerate(layers):
+        if name not in cache:
+            quantized = quantize_ptq(model, example, loader, QuantConfig(layers=(name,)))
+            cache.put(name, max(0.0, calib.delta(quantized)))
+        out[name] = cache.get(name)
+        progress("int8", i + 1, len(layers))
+    return out
+
+
+# --- Hessian traces (HAWQ-V2) ---------------------------------------------------------------------------------------
+
+
+def hessian_traces(model: nn.Module, calib: Calibration, layers: Sequence[str], *, probes: int = 8,
+                   batches: int = 2, seed: int = 0) -> dict[str, float]:
+    """The average Hessian trace tr(H_l)/n_l of the calibration loss with respect to each layer's weight, by
+    Hutchinson's estimator E[vᵀHv] over Rademacher vectors v (HAWQ-V2, Dong et al. 2020, Algorithm 1)."""
+    model = copy.deepcopy(model).eval()
+    params = [model.get_submodule(name).weight for name in layers]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    generator = torch.Generator().manual_seed(seed)
+    sums = [0.0] * len(params)
+    size = max(1, math.ceil(len(calib.inputs) / batches))
+    count = 0
+    for start in range(0, len(calib.inputs), size):
+        x, y = calib.inputs[start:start + size], calib.targets[start:start + size]
+        loss = nn.functional.cross_entropy(_logits(model, x), y)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        for _ in range(probes):
+            vs = [torch.randint(0, 2, p.shape, generator=generator).to(p.dtype) * 2 - 1 for p in params]
+            hv = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True)
+            for i, (h, v) in enumerate(zip(hv, vs)):
+                sums[i] += float((h * v).sum())
+        count += 1
+    return {name: max(0.0, s / (probes * count)) / p.numel() for name, s, p in zip(layers, sums, params)}
+
+
+# --- rank: one layer factorised -----------------------------------------------------------------------------------
+
+
+def rank_analysis(model: nn.Module, example: Any, calib: Calibration, layers: Sequence[str],
+                  ratios: Sequence[float], *, method: str, traces: dict[str, float] | None, seed: int, cache: Cache,
+                  progress: Progress = _no_progress) -> dict[str, Any]:
+    """For every layer and parameter ratio: the factorisation ``decompose`` makes (Tucker-2 for k×k convs, SVD for
+    Linear and 1×1 convs), its parameters and MACs as fractions of the layer's, and its cost (measured or the
+    Hessian estimate). Ratios at which a layer would not shrink are left out."""
+    from slimkit.decompose import DecomposeConfig, decompose, decompose_report
+
+    out: dict[str, Any] = {}
+    total, done = len(layers) * len(ratios), 0
+    for name in layers:
+        rows = []
+        for ratio in sorted(ratios, reverse=True):
+            key = f"{name}|{ratio}|{method}"
+            if key not in cache:
+                config = DecomposeConfig(layers=(name,), ratio=ratio, method=("tucker2", "svd"), seed=seed)
+                result = decompose(model, example, config)
+                row = decompose_report(result).layers[0]
+                if row.skipped is not None:
+                    cache.put(key, None)
+                else:
+                    weight = model.get_submodule(name).weight.detach()
+                    if method == "hessian":
+                        error = float(row.relative_error * weight.norm()) ** 2
+                        delta = 0.5 * (traces or {}).get(name, 0.0) * error
+                    else:
+                        delta = calib.delta(result)
+                    cache.put(key, {"ratio": ratio, "method": row.method, "ranks": list(row.ranks),
+                                    "params": row.params_after / max(row.params_before, 1),
+                                    "macs": row.macs_after / max(row.macs_before, 1), "delta": delta,
+                                    "relative_error": row.relative_error})
+            if cache.get(key) is not None:
+                rows.append(dict(cache.get(key)))
+            done += 1
+            progress("rank", done, total)
+        for row, d in zip(rows, monotone([r["delta"] for r in rows])):
+            row["delta"] = d
+        if rows:
+            out[name] = rows
+    return out
+
+
+# --- container: one layer magnitude-pruned and clustered -------------------------------------------------------------
+
+
+def _stream_bytes(symbols: np.ndarray, alphabet: int) -> int:
+    """Bytes of one symbol stream as ``save_compressed`` stores it: canonical Huffman (its code-length table and
+    bit stream) or, when that is not smaller, packed at a fixed width."""
+    from collections import Counter
+
+    from slimkit.share import code_lengths, encode_lengths, fixed_width
+
+    if symbols.size == 0:
+        return 0
+    counts = Counter(symbols.tolist())
+    lengths = code_lengths(counts)
+    bits = sum(counts[s] * n for s, n in lengths.items())
+    huffman = (bits + 7) // 8 + len(encode_lengths(lengths, alphabet))
+    raw = (symbols.size * fixed_width(symbols) + 7) // 8
+    return raw if raw <= huffman else huffman
+
+
+def clustered_bytes(layer: nn.Module) -> int:
+    """The bytes a :class:`slimkit.share.ClusteredLayer` takes in the container: its float32 codebook, its cluster
+    index and relative index streams (Han et al. 2016, Sec. 2–4) and its bias (the file's header and other tensors
+    are not included)."""
+    from slimkit.share import relative_encode
+
+    flat = layer.indices.detach().cpu().numpy().ravel()
+    gaps, symbols = relative_encode(flat, layer.zero_symbol, layer.index_bits)
+    bias = 0 if layer.bias is None else layer.bias.numel() * layer.bias.element_size()
+    return (4 * layer.codebook.numel() + _stream_bytes(symbols, layer.zero_symbol + 1)
+            + _stream_bytes(gaps, 2 ** layer.index_bits) + bias)
+
+
+def container_option(model: nn.Module, name: str, sparsity: float, bits: int, seed: int) -> nn.Module:
+    """``model`` with layer ``name`` magnitude-pruned to ``sparsity`` and clustered at ``bits`` (as the recipe's
+    ``prune_unstructured`` → ``cluster`` stages would, without the fine-tuning between them)."""
+    from slimkit.prune import UnstructuredConfig, finalize, magnitude_prune
+    from slimkit.share import ClusterConfig, cluster_weights
+
+    pruned = finalize(magnitude_prune(model, UnstructuredConfig(sparsity={name: sparsity}))[0]) if sparsity else model
+    return cluster_weights(pruned, ClusterConfig(layers=[name], bits={name: bits}, seed=seed))
+
+
+def container_analysis(model: nn.Module, calib: Calibration, layers: Sequence[str], sparsities: Sequence[float],
+                       bits: Sequence[int], *, method: str, traces: dict[str, float] | None, seed: int, cache: Cache,
+                       progress: Progress = _no_progress) -> dict[str, Any]:
+    """For every layer, sparsity and cluster bits: the layer's bytes in the container and the choice's cost
+    (measured, or the Hessian estimate from the clustered weight's error)."""
+    from slimkit.share import clustered_layers
+
+    options = [(s, b) for s in (0.0, *sparsities) for b in sorted(bits, reverse=True)]
+    out: dict[str, Any] = {}
+    total, done = len(layers) * len(options), 0
+    for name in layers:
+        rows = []
+        for s, b in options:
+            key = f"{name}|{s}|{b}|{method}"
+            if key not in cache:
+                candidate = container_option(model, name, s, b, seed)
+                layer = clustered_layers(candidate)[name]
+                if method == "hessian":
+                    error = float((layer.weight.detach() - model.get_submodule(name).weight.detach()).pow(2).sum())
+                    delta = 0.5 * (traces or {}).get(name, 0.0) * error
+                else:
+                    delta = calib.delta(candidate)
+                cache.put(key, {"sparsity": s, "bits": b, "bytes": clustered_bytes(layer), "delta": delta})
+            rows.append(dict(cache.get(key)))
+            done += 1
+            progress("container", done, total)
+        # monotone along each knob: more sparsity (same bits) and fewer bits (same sparsity) never cost less
+        table = {(r["sparsity"], r["bits"]): r for r in rows}
+        for s in (0.0, *sparsities):
+            for r, d in zip([table[(s, b)] for b in sorted(bits, reverse=True)],
+                            monotone([table[(s, b)]["delta"] for b in sorted(bits, reverse=True)])):
+                r["delta"] = d
+        for b in bits:
+            for r, d in zip([table[(s, b)] for s in (0.0, *sparsities)],
+                            monotone([table[(s, b)]["delta"] for s in (0.0, *sparsities)])):
+                r["delta"] = d
+        out[name] = rows
+    return out

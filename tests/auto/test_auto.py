@@ -1,0 +1,118 @@
+"""auto end to end on digits: budgets met as measured, the written recipe reproduces the result with
+``slimkit compress``, the accuracy-aware back-off, resuming, and bad budgets refused before any work."""
+
+import json
+
+import pytest
+import torch
+
+from slimkit.analysis import profile
+from slimkit.auto import AutoConfig, auto_compress, auto_report
+from slimkit.cli import main
+from slimkit.train import load_checkpoint
+
+from .conftest import MacsMeter
+
+DATA = {"name": "digits", "batch_size": 64, "augment": False, "seed": 0, "calibration_size": 256}
+X = torch.zeros(1, 1, 8, 8)
+
+
+def _recipe_base(checkpoint):
+    return {"model": {"spec": "auto_digits", "checkpoint": str(checkpoint)}, "data": dict(DATA),
+            "evaluation": {"latency": False}}
+
+
+def _run(trained, digits, out, **overrides):
+    model, checkpoint = trained
+    options = {"budget": "latency=0.4", "max_drop": 3.0, "formats": ("onnx", "int8"), "knobs": ("channels", "int8"),
+               "recovery_epochs": 1, "calibration_samples": 128, "max_candidates": 3, **overrides}
+    compressed = auto_compress(model, X, AutoConfig(**options), data=digits, out=out, latency=MacsMeter(),
+                               spec="auto_digits", recipe=_recipe_base(checkpoint))
+    return compressed, auto_report(compressed)
+
+
+def test_a_latency_budget_is_met_as_measured_and_the_recipe_reproduces_it(trained, digits, tmp_path):
+    compressed, result = _run(trained, digits, tmp_path / "auto")
+    assert result.status == "met"
+    model = trained[0]
+    # the meter's latency: MACs ratio, halved for an int8 model; the budget holds for the returned model
+    ratio = profile(compressed, X).total.macs / profile(model, X).total.macs
+    ratio *= MacsMeter.int8_factor if result.plan.format == "int8" else 1.0
+    assert result.chosen["ratios"]["latency"] == pytest.approx(ratio) and ratio <= 0.4
+    assert 100 * (result.base["accuracy"] - result.chosen["accuracy"]) <= 3.0
+    out = tmp_path / "auto"
+    for name in ("recipe.yaml", "model.pt", "model.onnx", "report.md", "report.html", "candidates.json"):
+        assert (out / name).is_file(), name
+    # the recipe is an ordinary one: slimkit compress reproduces the same weights and the same metrics
+    assert main(["compress", str(out / "recipe.yaml"), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())["final"]
+    assert again["accuracy"] == result.chosen["accuracy"] and again["macs"] == result.chosen["macs"]
+    assert again["onnx_bytes"] == result.chosen["bytes"]
+    ours, theirs = load_checkpoint(out / "model.pt"), load_checkpoint(tmp_path / "again" / "model.pt")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_candidate_that_misses_max_drop_is_backed_off(trained, digits, tmp_path):
+    # no recovery and no accuracy loss allowed: the first plan must drop accuracy, and each next plan is milder
+    # where the previous one was most sensitive, still within the budget
+    _, result = _run(trained, digits, tmp_path / "auto", budget="macs=0.45", max_drop=0.0, formats=("onnx",),
+                     knobs=("channels",), recovery_epochs=0, max_candidates=3)
+    first, second = result.candidates[0], result.candidates[1]
+    assert not first["outcome"]["accuracy_ok"] and first["outcome"]["budget_met"]
+    log = json.loads((tmp_path / "auto" / "search.json").read_text())["log"]
+    backed = next(entry["backed_off"] for entry in log if entry.get("candidate") == 1)
+    key = backed["choice"]
+    assert second["picks"][key] < first["picks"][key]  # a milder width for the group backed off
+    assert all(row["ratios"]["macs"] <= 0.45 for row in result.candidates)
+    best = max(result.candidates, key=lambda r: r["accuracy"])
+    assert result.chosen["index"] == best["index"]
+
+
+def test_an_interrupted_search_resumes_to_the_same_result(trained, digits, tmp_path):
+    options = {"budget": "latency=0.45", "formats": ("int8",), "knobs": ("channels",), "max_candidates": 1}
+    _, reference = _run(trained, digits, tmp_path / "ref", **options)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(event, info):  # stop after the recovery stage finished, before quantization
+        if event == "stage" and info["name"] == "quantize":
+            raise Stop
+
+    model, checkpoint = trained
+    config = AutoConfig(recovery_epochs=1, calibration_samples=128, **options)
+    with pytest.raises(Stop):
+        auto_compress(model, X, config, data=digits, out=tmp_path / "run", latency=MacsMeter(), spec="auto_digits",
+                      recipe=_recipe_base(checkpoint), reporter=interrupt)
+    resumed = auto_report(auto_compress(model, X, config, data=digits, out=tmp_path / "run", resume=True,
+                                        latency=MacsMeter(), spec="auto_digits", recipe=_recipe_base(checkpoint)))
+    assert resumed.plan == reference.plan and resumed.chosen["accuracy"] == reference.chosen["accuracy"]
+    ours, theirs = load_checkpoint(tmp_path / "ref" / "model.pt"), load_checkpoint(tmp_path / "run" / "model.pt")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("budget, message", [
+    ("latency=2", "out of range"), ("size=0", "out of range"), ("speed=0.5", "unknown budget key 'speed'"),
+    ("latency=nan", "out of range"), ("size=0.1,size=0.2", "given twice"),
+])
+def test_bad_budgets_are_refused_before_any_work(budget, message, capsys, tmp_path, trained):
+    argv = ["auto", "auto_digits", "-c", str(trained[1]), "--data", "digits", "--budget", budget,
+            "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_command_deploys_a_container_within_a_size_budget(trained, tmp_path, capsys):
+    out = tmp_path / "auto"
+    argv = ["auto", "auto_digits", "-c", str(trained[1]), "--data", "digits", "--batch-size", "64",
+            "--calib-size", "256", "--budget", "size=0.06", "--max-drop", "5", "--formats", "container",
+            "--calibration-samples", "128", "--recovery-epochs", "1", "--max-candidates", "2", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr()
+    baseline = (out / "baseline.onnx").stat().st_size
+    assert (out / "model.slim").stat().st_size <= 0.06 * baseline  # the deployed file itself, measured
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["reproduced"], verify  # slimkit compress on recipe.yaml: same accuracy, MACs, container bytes
+    assert json.loads((out / "final" / "metrics.json").read_text())["final"]["bytes"] == \
+        (out / "model.slim").stat().st_size

@@ -1,0 +1,45 @@
+"""``slimkit auto``'s flags: every bad value is one line and exit code 2, before any work (no folder written)."""
+
+import random
+
+import pytest
+
+from slimkit.cli import main
+
+FLAGS = ["--max-drop", "--latency-batch", "--threads", "--recovery-epochs", "--recovery-lr", "--cluster-epochs",
+         "--prune-rounds", "--max-candidates", "--calibration-samples", "--batch-size", "--calib-size", "--seed"]
+BAD = ["nan", "inf", "-inf", "-1", "-0.5", "abc", "", "1e999", "0x10", "99999999999999999999", "1,2", "--"]
+
+
+def test_seeded_fuzz_of_bad_numeric_flags(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = random.Random(0)
+    for _ in range(60):
+        flag, value = rng.choice(FLAGS), rng.choice(BAD)
+        argv = ["auto", "auto_digits", "--data", "digits", "--budget", "size=0.1", "--out", "o", f"{flag}={value}"]
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert not (tmp_path / "o").exists(), argv
+
+
+def test_other_bad_input_is_named_before_any_work(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for argv, message in (
+        (["auto", "lenet5", "--data", "digits", "--budget", "size=0.1"], "cannot run on the 1×8×8 inputs"),
+        (["auto", "auto_digits", "--data", "digits", "--budget", "size=0.1", "--formats", "tflite"], "tflite"),
+        (["auto", "auto_digits", "--data", "digits", "--budget", "size=0.1", "--knobs", "depth"], "knob 'depth'"),
+        (["auto", "auto_digits", "--data", "digits", "--budget", "size=0.1", "-c", "none.pt"], "does not exist"),
+    ):
+        assert main([*argv, "--out", "o"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "o").exists()
+
+
+def test_help_documents_the_budget(capsys):
+    with pytest.raises(SystemExit):
+        main(["auto", "--help"])
+    text = capsys.readouterr().out
+    for words in ("latency=R", "size=R", "macs=R", "deployed file", "exit status", "--max-drop"):
+        assert words in text

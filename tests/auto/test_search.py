@@ -1,0 +1,87 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from slimkit.auto import Choice, Problem, Term, solve
+from slimkit.auto._search import reachable
+
+
+def _random_problem(rng: np.random.Generator) -> Problem:
+    """Two channel groups (widths) and three layers with their own options; each layer's cost depends on the width
+    of the group before it, the group after it and its own option (as a conv's latency does)."""
+    choices = {}
+    for g in ("g1", "g2"):
+        n = int(rng.integers(2, 5))
+        choices[g] = Choice(g, list(range(n)), sorted(rng.random(n) * rng.random()), [(i,) for i in range(n)])
+    for layer in ("a", "b", "c"):
+        n = int(rng.integers(1, 4))
+        choices[layer] = Choice(layer, list(range(n)), list(rng.random(n)), [(i,) for i in range(n)])
+    layout = {"a": [None, "g1"], "b": ["g1", "g2"], "c": ["g2", None]}
+    terms = []
+    for layer, sides in layout.items():
+        factors = [s for s in sides if s is not None] + ([layer] if len(choices[layer].labels) > 1 else [])
+        shape = [len(choices[f].labels) for f in factors]
+        terms.append(Term(factors, {"latency": rng.random(shape) * 10, "size": rng.random(shape) * 5}, layer))
+    return Problem("test", choices, terms, {"latency": 1.0, "size": 2.0}, {"latency": 40.0, "size": 20.0})
+
+
+def _brute_force(problem: Problem, limits: dict[str, float]) -> float | None:
+    keys = list(problem.choices)
+    best = None
+    for combo in itertools.product(*[[i for i, ok in enumerate(problem.choices[k].allowed) if ok] for k in keys]):
+        picks = dict(zip(keys, combo))
+        values = problem.evaluate(picks)
+        if all(values[d] / problem.full[d] <= limit + 1e-12 for d, limit in limits.items()):
+            objective = problem.objective_of(picks)
+            best = objective if best is None else min(best, objective)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_program_finds_the_exact_optimum_of_the_joint_costs(seed):
+    rng = np.random.default_rng(seed)
+    problem = _random_problem(rng)
+    limits = {"latency": float(rng.uniform(0.3, 0.9)), "size": float(rng.uniform(0.3, 0.9))}
+    expected = _brute_force(problem, limits)
+    got = solve(problem, limits)
+    if expected is None:
+        assert got is None
+        return
+    assert got is not None
+    assert got.objective == pytest.approx(expected, abs=1e-6)
+    values = problem.evaluate(got.picks)  # the reported predictions are the tables' values at the picks
+    for d, limit in limits.items():
+        assert got.ratios[d] == pytest.approx(values[d] / problem.full[d]) and got.ratios[d] <= limit + 1e-9
+
+
+def test_reachable_is_the_smallest_ratio_of_each_dimension_alone():
+    problem = _random_problem(np.random.default_rng(3))
+    keys = list(problem.choices)
+    smallest = min(problem.evaluate(dict(zip(keys, combo)))["latency"] for combo in
+                   itertools.product(*[range(len(problem.choices[k].labels)) for k in keys])) / 40.0
+    assert reachable(problem, ["latency"])["latency"] == pytest.approx(smallest)
+    assert solve(problem, {"latency": smallest * 0.99}) is None
+    assert solve(problem, {"latency": smallest * 1.0001}) is not None
+
+
+def test_among_equal_costs_the_milder_option_wins():
+    # every option costs the same accuracy (0): the tie-break keeps each choice at its mildest feasible option
+    choices = {"g": Choice("g", [8, 6, 4, 2], [0.0] * 4, [(i,) for i in range(4)])}
+    term = Term(["g"], {"macs": np.array([8.0, 6.0, 4.0, 2.0])})
+    problem = Problem("test", choices, [term], {"macs": 0.0}, {"macs": 8.0})
+    assert solve(problem, {"macs": 0.8}).picks == {"g": 1}
+    assert solve(problem, {"macs": 0.5}).picks == {"g": 2}
+
+
+def test_back_off_forbids_the_choice_and_everything_at_least_as_strong_in_every_knob():
+    # options of a container layer: (sparsity step, bits step), mildest first
+    strength = [(s, b) for s in range(3) for b in range(3)]
+    choice = Choice("layer:fc", [{"s": s, "b": b} for s, b in strength], [0.1 * (s + b) for s, b in strength],
+                    strength)
+    problem = Problem("test", {"layer:fc": choice}, [], {}, {"size": 1.0})
+    problem.back_off("layer:fc", strength.index((1, 1)))
+    forbidden = {s for s, ok in zip(strength, choice.allowed) if not ok}
+    assert forbidden == {(1, 1), (1, 2), (2, 1), (2, 2)}
+    # stronger in one knob and milder in the other stays allowed
+    assert choice.allowed[strength.index((2, 0))] and choice.allowed[strength.index((0, 2))]

@@ -1,0 +1,65 @@
+import pytest
+import torch
+from torch import nn
+
+from slimkit.auto._folder import Cache
+from slimkit.auto._sensitivity import (
+    Calibration,
+    channel_analysis,
+    channel_groups,
+    clustered_bytes,
+    container_option,
+    hessian_traces,
+    keep_levels,
+    monotone,
+)
+
+
+def test_keep_levels_and_monotone_tables():
+    assert keep_levels(12, (0.25, 0.5, 0.75)) == [12, 9, 6, 3]
+    assert keep_levels(40, (0.5,), steps=(16,)) == [40, 32, 20, 16]  # kernel steps join the fractions
+    assert keep_levels(3, (0.1,)) == [3, 1]  # never fewer than one unit
+    assert monotone([0.0, -0.01, 0.2, 0.1, 0.5]) == [0.0, 0.0, 0.2, 0.2, 0.5]
+
+
+@pytest.mark.parametrize("sparsity, bits", [(0.0, 8), (0.5, 3), (0.9, 2)])
+def test_container_bytes_per_layer_are_exactly_what_the_file_stores(trained, tmp_path, sparsity, bits):
+    from slimkit.share import clustered_layers, save_compressed
+
+    model, _ = trained
+    candidate = container_option(model, "fc1", sparsity, bits, seed=0)
+    summary = save_compressed(candidate, tmp_path / "m.slim", "auto_digits")
+    (stored,) = [layer for layer in summary.layers if layer.name == "fc1"]
+    assert clustered_bytes(clustered_layers(candidate)["fc1"]) == stored.total
+    weight = clustered_layers(candidate)["fc1"].weight
+    assert float((weight == 0).float().mean()) == pytest.approx(sparsity, abs=1e-3)
+
+
+def test_hutchinson_trace_matches_the_exact_hessian_trace():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
+    x, y = torch.randn(32, 1, 6), torch.randint(0, 3, (32,))
+    calib = Calibration(x, y, torch.empty(0), "loss", 0.0)
+    weight = model[1].weight
+
+    def loss_of(w):
+        return nn.functional.cross_entropy(nn.functional.linear(x.flatten(1), w, model[1].bias), y)
+
+    exact = torch.autograd.functional.hessian(loss_of, weight.detach()).reshape(weight.numel(), -1).trace()
+    estimate = hessian_traces(model, calib, ["1"], probes=400, batches=1, seed=0)["1"]
+    assert estimate == pytest.approx(float(exact) / weight.numel(), rel=0.1)
+
+
+def test_channel_analysis_records_which_layers_each_group_reaches(trained, digits, tmp_path):
+    model, _ = trained
+    example = torch.zeros(1, 1, 8, 8)
+    groups = channel_groups(model, example, ())
+    assert groups == {"conv1": 12, "conv2": 24, "fc1": 48}
+    calib = Calibration.build(model, digits.calibration, 64, "loss")
+    out = channel_analysis(model, example, calib, {"conv2": 24}, {"conv2": [24, 12]}, criterion="l1",
+                           data=digits.calibration, skip=(), seed=0, cache=Cache(tmp_path / "c.json", "k"))
+    level = out["conv2"]["levels"][1]
+    # half of conv2's filters: conv2 loses 12 outputs, fc1 (after a 4×4 pooled map) 12·16 inputs
+    assert level["widths"] == {"conv2": [12, 12], "fc1": [192, 48]}
+    assert level["delta"] >= 0 and out["conv2"]["levels"][0]["delta"] == 0
+    assert Cache(tmp_path / "c.json", "k").get("conv2|12")["widths"] == level["widths"]  # cached as measured
