@@ -13,6 +13,7 @@ from slimkit.share._deep_compression import (
     DeepCompressionConfig,
     DeepCompressionResult,
     deep_compression,
+    layer_rates,
 )
 from slimkit.share._huffman import canonical_codes, code_lengths, huffman_decode, huffman_encode
 from slimkit.share._kmeans import CENTROID_INITS, kmeans_1d
@@ -35,6 +36,7 @@ __all__ = [
     "huffman_decode",
     "huffman_encode",
     "kmeans_1d",
+    "layer_rates",
     "load_compressed",
     "relative_decode",
     "relative_encode",
