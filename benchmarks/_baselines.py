@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,23 @@ from slimkit.data import DataBundle, create_data
 from slimkit.train import default_optimizer, fit, load_weights_, save_checkpoint
 
 CACHE = Path(os.environ.get("SLIMKIT_BENCH_CACHE", Path(__file__).resolve().parent / ".cache"))
+#: when this process started (see source_hash)
+_STARTED = time.time()
 #: bump when training changes in a way no hashed source shows (e.g. a dependency's behaviour)
 LOOP_VERSION = 1
 
 
-def source_hash(*functions: Callable[..., Any], salt: str = "") -> str:
-    """12 hex digits of the SHA-256 of the functions' source code (and ``salt``): the training code's version in a
-    cache key, so editing the loop retrains instead of reusing a model an older loop produced."""
+def source_hash(*functions: Any, salt: str = "") -> str:
+    """12 hex digits of the SHA-256 of the functions' (or modules') source code and ``salt``: the training code's
+    version in a cache key, so editing the loop retrains instead of reusing a model an older loop produced.
+
+    The source is read from disk, so a file edited after this process started would describe other code than the
+    process runs (and, for a function, other lines): that raises, and the process must be restarted."""
+    for f in functions:
+        path = inspect.getsourcefile(f)
+        if path is not None and os.path.getmtime(path) > _STARTED:
+            raise RuntimeError(f"{path} changed after this process started: its cache keys would not describe the "
+                               "code it runs; restart the process")
     source = "".join(inspect.getsource(f) for f in functions) + salt
     return hashlib.sha256(source.encode()).hexdigest()[:12]
 
@@ -57,6 +68,14 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def cache_path(kind: str, record: dict[str, Any], train: Callable[[nn.Module], Any], *,
+               code: tuple[Callable[..., Any], ...] = ()) -> tuple[Path, dict[str, Any]]:
+    """Where :func:`cached_model` keeps the model ``record`` describes, and the full record (with the code's
+    version) it is keyed on."""
+    full = {**record, "code": source_hash(fit, train, *code, salt=str(LOOP_VERSION))}
+    return CACHE / f"{kind}-{digest(full)}.pt", full
+
+
 def cached_model(kind: str, record: dict[str, Any], build: Callable[[], nn.Module],
                  train: Callable[[nn.Module], Any], *, code: tuple[Callable[..., Any], ...] = ()) -> nn.Module:
     """``build()`` with the weights cached under ``record``, else trained in place by ``train(model)`` and cached.
@@ -65,8 +84,7 @@ def cached_model(kind: str, record: dict[str, Any], build: Callable[[], nn.Modul
     and of the functions in ``code`` (e.g. the distiller's) are hashed into the key here. Returns the model in eval
     mode.
     """
-    full = {**record, "code": source_hash(fit, train, *code, salt=str(LOOP_VERSION))}
-    path = CACHE / f"{kind}-{digest(full)}.pt"
+    path, full = cache_path(kind, record, train, code=code)
     model = build()
     if path.is_file():
         return load_weights_(model, path).eval()

@@ -28,6 +28,7 @@ from torch import nn
 
 from benchmarks._baselines import (
     CACHE,
+    cache_path,
     cached_model,
     digest,
     loader_record,
@@ -159,9 +160,9 @@ class Hinton:
 
     # --- teachers ---------------------------------------------------------------------------------------------
 
-    def train_teacher(self, setting: Teacher) -> nn.Module:
+    def train_teacher(self, setting: Teacher, *, only_if_cached: bool = False) -> nn.Module | None:
         """A candidate teacher, trained on the (augmented) 50k training images and cached; an interrupted run
-        resumes from its last epoch."""
+        resumes from its last epoch. ``only_if_cached``: None instead of training."""
         epochs = setting.epochs
         data = create_data("mnist", batch_size=BATCH, augment=setting.augment)
         record = {"role": "hinton-teacher", "spec": setting.spec, "epochs": epochs,
@@ -178,6 +179,8 @@ class Hinton:
                 optimizer=lambda p: default_optimizer(p, TEACHER_LR, setting.weight_decay),
                 checkpoint_dir=run_dir, resume=True)
 
+        if only_if_cached and not cache_path("hinton-teacher", record, train)[0].is_file():
+            return None
         return cached_model("hinton-teacher", record, build, train)
 
     def teacher_grid(self) -> list[dict[str, Any]]:
@@ -502,6 +505,10 @@ def _jobs(stage: str, quick: bool) -> list[Callable[[], Any]]:
     hinton = Hinton(quick)
     if stage == "teachers":
         return [lambda s=s: hinton.train_teacher(s) for s in hinton.teachers]
+    missing = [t.label() for t in hinton.teachers if hinton.train_teacher(t, only_if_cached=True) is None]
+    if missing:  # a student process must not train a teacher another process may be training
+        raise SystemExit(f"{stage}: train the teachers first (python -m benchmarks.bench_distill teachers); "
+                         f"missing: {'; '.join(missing)}")
     if stage == "students":
         return [lambda r=r: hinton.student(r) for r in hinton.student_grid()]
     if stage == "final":
