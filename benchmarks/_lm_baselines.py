@@ -9,8 +9,6 @@ the test split is read once, by the benchmark's final table.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 import logging
 import os
@@ -22,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks._baselines import digest, source_hash
 from slimkit import models
 from slimkit._io import write_text_atomic
 from slimkit.analysis import evaluate
@@ -89,13 +88,11 @@ def lm_data(config: LMTrainConfig = LMTrainConfig()) -> TextDataBundle:
 
 
 def _code_version() -> str:
-    source = "".join(inspect.getsource(f) for f in (train_lm, train_loader, fit, adamw)) + str(LOOP_VERSION)
-    return hashlib.sha256(source.encode()).hexdigest()[:12]
+    return source_hash(train_lm, train_loader, fit, adamw, salt=str(LOOP_VERSION))
 
 
 def cache_key(spec: str, config: LMTrainConfig, data: TextDataBundle) -> str:
-    record = {"spec": spec, "config": asdict(config), "data": data.fingerprint, "code": _code_version()}
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    return digest({"spec": spec, "config": asdict(config), "data": data.fingerprint, "code": _code_version()})
 
 
 def train_lm(model: nn.Module, data: TextDataBundle, config: LMTrainConfig, *, progress: bool = False) -> float:

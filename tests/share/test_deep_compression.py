@@ -38,3 +38,27 @@ def test_pipeline_on_mnist_lenet300(tmp_path):
     assert torch.equal(loaded(x), result.model(x))
     assert all(isinstance(loaded.get_submodule(f"layers.{i}"), ClusteredLayer) for i in (1, 3, 5))
     assert [r["kept_pct"] for r in result.layers] == pytest.approx([8.0, 9.0, 26.0], abs=0.01)
+
+
+def test_layer_rates_are_the_files_bytes_per_layer(tmp_path):
+    """The per-layer table is computed from what the container holds: % kept from the stored non-zeros, the P+Q+H
+    rate from the coded streams, tables and codebook; Huffman never costs more bits than the fixed width here."""
+    from slimkit.prune import UnstructuredConfig, finalize, magnitude_prune
+    from slimkit.share import cluster_weights, layer_rates, save_compressed
+
+    torch.manual_seed(0)
+    pruned, _ = magnitude_prune(create("lenet300"), UnstructuredConfig({"layers.1": 0.9, "layers.3": 0.5}))
+    model = cluster_weights(finalize(pruned), ClusterConfig(fc_bits=4)).eval()
+    summary = save_compressed(model, tmp_path / "m.slim", "lenet300")
+    rows = {r["layer"]: r for r in layer_rates(summary)}
+    assert set(rows) == {"layers.1", "layers.3", "layers.5"}
+    assert rows["layers.1"]["weights"] == 235_200
+    assert rows["layers.1"]["kept_pct"] == pytest.approx(100 * (235_200 - int(0.9 * 235_200)) / 235_200)
+    assert rows["layers.3"]["kept_pct"] == pytest.approx(50.0) and rows["layers.5"]["kept_pct"] == 100.0
+    for lb in summary.layers:
+        row = rows[lb.name]
+        assert row["weight_bits"] == 4
+        assert row["rate_pqh"] * lb.weights * 4 == pytest.approx(lb.codebook + lb.cluster_stream + lb.index_stream
+                                                                 + lb.tables)
+        assert row["weight_bits_huffman"] <= row["weight_bits"] + 1e-9
+    assert rows["layers.1"]["rate_pqh"] < rows["layers.3"]["rate_pqh"] < rows["layers.5"]["rate_pqh"]

@@ -13,6 +13,7 @@ from slimkit.share._deep_compression import (
     DeepCompressionConfig,
     DeepCompressionResult,
     deep_compression,
+    layer_rates,
 )
 from slimkit.share._huffman import (
     canonical_codes,
@@ -44,6 +45,7 @@ __all__ = [
     "huffman_decode",
     "huffman_encode",
     "kmeans_1d",
+    "layer_rates",
     "load_compressed",
     "relative_decode",
     "relative_encode",

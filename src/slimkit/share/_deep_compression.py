@@ -154,6 +154,14 @@ def deep_compression(model: nn.Module, data: Any, path: str | Path, config: Deep
            _bytes(clustered, config.cluster, None))
     summary = save_compressed(clustered, path, spec)
     record("Huffman-coded container file", load_compressed(path, spec), summary.file_bytes)
+    return DeepCompressionResult(clustered, stages, layer_rates(summary), summary)
+
+
+def layer_rates(summary: ContainerSummary) -> list[dict[str, Any]]:
+    """Per clustered layer of a written container, the columns of Han et al. 2016's Tables 2–3: weights, % kept
+    after pruning (P), cluster-index and relative-index bits before and after Huffman coding (Q, H, averaged over
+    the stored entries), and the compress rate (weight bytes / dense float32 bytes) with P+Q and with P+Q+H.
+    P+Q counts fixed-width entries and the codebook; P+Q+H the coded streams, their code tables and the codebook."""
     layers = []
     for lb in summary.layers:
         dense = lb.weights * 4
@@ -164,5 +172,5 @@ def deep_compression(model: nn.Module, data: Any, path: str | Path, config: Deep
                        "index_bits_huffman": 8 * lb.index_stream / max(lb.stored_entries, 1),
                        "rate_pq": pq / dense, "rate_pqh": (lb.codebook + lb.cluster_stream + lb.index_stream
                                                            + lb.tables) / dense})
-    return DeepCompressionResult(clustered, stages, layers, summary)
+    return layers
 
