@@ -22,6 +22,7 @@ from slimkit._select import matches_any as matches
 from slimkit.quantize._fake_quant import FakeQuantize, QuantWrapper
 from slimkit.quantize._fold import analyse, fold_bn_, set_submodule
 from slimkit.quantize._observers import OBSERVERS, QuantSpec, check_bits
+from slimkit.quantize._sequential import first_tensor
 
 log = logging.getLogger(__name__)
 
@@ -365,28 +366,14 @@ def quantize_ptq(
 
     Layers that cannot be quantized stay in float and are listed in ``result.slimkit_quant_report.float_layers``.
     """
-    from slimkit.quantize._sensitivity import keep_sensitive_
+    from slimkit.quantize._quantize import quantize
 
-    config = config or QuantConfig()
-    if config.method not in ("rtn", "ptq") or (config.activation_bits is None and (config.group_size or
-                                                                                 not config.weight_symmetric)):
-        from slimkit.quantize._quantize import quantize
-
-        return quantize(model, example_inputs, config, data=calibration_loader)
-    check_loader(calibration_loader)
-    qmodel, report = prepare(model, config, example_inputs=example_inputs)
-    _check_equivalent(model, qmodel, example_inputs)
-    report.calibration_batches = calibrate_(qmodel, calibration_loader)
-    freeze_(qmodel)
-    if config.bias_correction:
-        report.bias_corrected = bias_correct_(qmodel, calibration_loader)
-    if config.keep_sensitive:
-        keep_sensitive_(qmodel, calibration_loader, config.keep_sensitive)
-    return qmodel
+    return quantize(model, example_inputs, config or QuantConfig(), data=calibration_loader)
 
 
-def _check_equivalent(model: nn.Module, prepared: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]):
-    inputs = input_tuple(example_inputs)
+def check_folding(model: nn.Module, prepared: nn.Module,
+                  example_inputs: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor]) -> None:
+    """Warn when BatchNorm folding / equalization changed the float outputs (observers off, nothing quantized)."""
     was_training = model.training
     model.eval()
     quants = [m for m in prepared.modules() if isinstance(m, FakeQuantize)]
@@ -394,7 +381,12 @@ def _check_equivalent(model: nn.Module, prepared: nn.Module, example_inputs: tor
         quant.observing = False
     try:
         with torch.no_grad():
-            ref, got = model(*inputs), prepared(*inputs)
+            if isinstance(example_inputs, Mapping):
+                ref, got = model(**example_inputs), prepared(**example_inputs)
+            else:
+                inputs = input_tuple(example_inputs)
+                ref, got = model(*inputs), prepared(*inputs)
+            ref, got = first_tensor(ref), first_tensor(got)
     finally:
         model.train(was_training)
         for quant in quants:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from slimkit.quantize._fake_quant import FakeQuantize
-from slimkit.quantize._ptq import QuantConfig, _check_equivalent, calibrate_, check_loader, freeze_, prepare, wrappers
+from slimkit.quantize._ptq import QuantConfig, calibrate_, check_folding, check_loader, freeze_, prepare, wrappers
 
 
 def quantize_qat(
@@ -31,7 +31,7 @@ def quantize_qat(
     config = config or QuantConfig()
     check_loader(calibration_loader)
     qmodel, report = prepare(model, config, dynamic_weights=True, example_inputs=example_inputs)
-    _check_equivalent(model, qmodel, example_inputs)
+    check_folding(model, qmodel, example_inputs)
     report.calibration_batches = calibrate_(qmodel, calibration_loader)
     freeze_(qmodel)
     return qmodel.train()

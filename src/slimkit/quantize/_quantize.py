@@ -19,8 +19,6 @@ import torch
 from torch import nn
 
 from slimkit._errors import ConfigError
-from slimkit._inputs import input_tuple
-from slimkit.quantize._fake_quant import FakeQuantize
 from slimkit.quantize._fold import analyse, fold_bn_, set_submodule
 from slimkit.quantize._grid import WEIGHT_OBSERVERS, WeightGrid
 from slimkit.quantize._methods import LayerTarget, parse_method
@@ -32,6 +30,7 @@ from slimkit.quantize._ptq import (
     _param_leaves,
     bias_correct_,
     calibrate_,
+    check_folding,
     check_loader,
     freeze_,
     matches,
@@ -90,9 +89,10 @@ def quantize(
             targets.append(LayerTarget(qmodel, name, module, grid))
             report.quantized.append(name)
     else:
-        qmodel, report = prepare(work, config)
+        graph_inputs = None if isinstance(example_inputs, Mapping) else example_inputs
+        qmodel, report = prepare(work, config, example_inputs=graph_inputs)
         if example_inputs is not None:
-            _check_folding(work, qmodel, example_inputs)
+            check_folding(work, qmodel, example_inputs)
         report.calibration_batches = calibrate_(qmodel, data)
         freeze_(qmodel)
         targets = [LayerTarget(qmodel, name, w) for name, w in wrappers(qmodel).items() if w.enabled]
@@ -118,28 +118,6 @@ def quantize(
             keep_sensitive_(qmodel, data, config.keep_sensitive)
     qmodel.slimkit_quant_report = report
     return qmodel
-
-
-def _check_folding(model: nn.Module, prepared: nn.Module,
-                   example_inputs: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor]) -> None:
-    """Warn when BatchNorm folding / equalization changed the float outputs (observers off, nothing quantized)."""
-    quants = [m for m in prepared.modules() if isinstance(m, FakeQuantize)]
-    for quant in quants:
-        quant.observing = False
-    try:
-        with torch.no_grad():
-            if isinstance(example_inputs, Mapping):
-                ref, got = model(**example_inputs), prepared(**example_inputs)
-            else:
-                inputs = input_tuple(example_inputs)
-                ref, got = model(*inputs), prepared(*inputs)
-            ref, got = first_tensor(ref), first_tensor(got)
-    finally:
-        for quant in quants:
-            quant.observing = True
-    err = float((ref - got).abs().max())
-    if err > 1e-3 * max(1.0, float(ref.abs().max())):
-        log.warning("BatchNorm folding changed the outputs by %.3g (max abs): check the folded pairs", err)
 
 
 def _config_dict(config: QuantConfig) -> dict[str, Any]:
