@@ -8,6 +8,7 @@ from slimkit.prune._unstructured import (
     MaskCallback,
     UnstructuredConfig,
     apply_masks_,
+    attached_masks,
     finalize,
     magnitude_prune,
     relative_index_bytes,
@@ -25,7 +26,8 @@ def _loader(n=64):
 
 def test_layerwise_sparsity_exact_and_smallest_removed():
     model = create("lenet300")
-    pruned, masks = magnitude_prune(model, UnstructuredConfig(sparsity=0.75))
+    pruned = magnitude_prune(model, None, UnstructuredConfig(sparsity=0.75))
+    masks = attached_masks(pruned)
     for name, s in sparsity_of(pruned).items():
         w = pruned.get_submodule(name).weight
         assert s == pytest.approx(int(0.75 * w.numel()) / w.numel())
@@ -36,7 +38,8 @@ def test_layerwise_sparsity_exact_and_smallest_removed():
 
 def test_global_scope_one_threshold():
     model = create("lenet300")
-    _, masks = magnitude_prune(model, UnstructuredConfig(sparsity=0.9, scope="global"))
+    pruned = magnitude_prune(model, None, UnstructuredConfig(sparsity=0.9, scope="global"))
+    masks = attached_masks(pruned)
     kept = torch.cat([model.get_submodule(n).weight.abs()[m] for n, m in masks.items()])
     dropped = torch.cat([model.get_submodule(n).weight.abs()[~m] for n, m in masks.items()])
     assert dropped.max() <= kept.min()
@@ -46,7 +49,8 @@ def test_global_scope_one_threshold():
 
 def test_selection_by_pattern_and_regex():
     model = create("lenet5")
-    pruned, masks = magnitude_prune(model, UnstructuredConfig(sparsity={"re:conv.*": 0.5}, layers="*"))
+    pruned = magnitude_prune(model, None, UnstructuredConfig(sparsity={"re:conv.*": 0.5}, layers="*"))
+    masks = attached_masks(pruned)
     assert set(masks) == {"conv1", "conv2"}
     assert (pruned.fc1.weight != 0).all()
 
@@ -59,12 +63,13 @@ def test_ratio_validated(bad):
 
 def test_unknown_layer_name_fails_before_work():
     with pytest.raises(ConfigError, match="not a selectable layer"):
-        magnitude_prune(create("lenet5"), UnstructuredConfig(sparsity=0.5, layers=["conv9"]))
+        magnitude_prune(create("lenet5"), None, UnstructuredConfig(sparsity=0.5, layers=["conv9"]))
 
 
 def test_masks_keep_zeros_through_fit():
     model = create("lenet300")
-    pruned, masks = magnitude_prune(model, UnstructuredConfig(sparsity=0.8))
+    pruned = magnitude_prune(model, None, UnstructuredConfig(sparsity=0.8))
+    masks = attached_masks(pruned)
     before = {n: pruned.get_submodule(n).weight.detach().clone() for n in masks}
     fit(pruned, _loader(), epochs=2, callbacks=[MaskCallback()], progress=False)
     for name, mask in masks.items():

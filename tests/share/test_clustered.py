@@ -10,7 +10,7 @@ from slimkit.train import fit
 
 
 def _pruned_lenet5():
-    model, _ = magnitude_prune(create("lenet5"), UnstructuredConfig(sparsity=0.7))
+    model = magnitude_prune(create("lenet5"), None, UnstructuredConfig(sparsity=0.7))
     return finalize(model)
 
 

@@ -10,7 +10,7 @@ from slimkit.share import ClusteredLayer, cluster_weights, load_compressed, save
 
 def _compressed(name="lenet300", sparsity=0.92):
     torch.manual_seed(0)
-    pruned, _ = magnitude_prune(create(name), UnstructuredConfig(sparsity=sparsity))
+    pruned = magnitude_prune(create(name), None, UnstructuredConfig(sparsity=sparsity))
     return cluster_weights(finalize(pruned)).eval()
 
 
@@ -64,7 +64,7 @@ def test_each_stream_takes_the_smaller_coding(tmp_path):
     # LeNet-5 conv1 (500 weights, 8-bit clusters, 66% kept): its ~330 cluster indices are spread over ~256 values,
     # so a Huffman table costs more than it saves and the stream is packed at a fixed width; fc1's are Huffman-coded.
     torch.manual_seed(0)
-    pruned, _ = magnitude_prune(create("lenet5"), UnstructuredConfig(sparsity=0.34, layers=["conv1"]))
+    pruned = magnitude_prune(create("lenet5"), None, UnstructuredConfig(sparsity=0.34, layers=["conv1"]))
     model = cluster_weights(finalize(pruned)).eval()  # conv layers: 8-bit cluster indices, as the paper
     summary = save_compressed(model, tmp_path / "m.slim")
     conv1 = next(layer for layer in summary.layers if layer.name == "conv1")

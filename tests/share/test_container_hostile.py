@@ -19,7 +19,7 @@ from slimkit.share._container import MAGIC
 
 def _clustered():
     torch.manual_seed(0)
-    pruned, _ = magnitude_prune(create("lenet300"), UnstructuredConfig(sparsity=0.9))
+    pruned = magnitude_prune(create("lenet300"), None, UnstructuredConfig(sparsity=0.9))
     return cluster_weights(finalize(pruned)).eval()
 
 

@@ -47,7 +47,7 @@ def test_layer_rates_are_the_files_bytes_per_layer(tmp_path):
     from slimkit.share import cluster_weights, layer_rates, save_compressed
 
     torch.manual_seed(0)
-    pruned, _ = magnitude_prune(create("lenet300"), UnstructuredConfig({"layers.1": 0.9, "layers.3": 0.5}))
+    pruned = magnitude_prune(create("lenet300"), None, UnstructuredConfig({"layers.1": 0.9, "layers.3": 0.5}))
     model = cluster_weights(finalize(pruned), ClusterConfig(fc_bits=4)).eval()
     summary = save_compressed(model, tmp_path / "m.slim", "lenet300")
     rows = {r["layer"]: r for r in layer_rates(summary)}

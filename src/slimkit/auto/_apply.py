@@ -60,7 +60,7 @@ def _quantize(model: nn.Module, params: dict[str, Any], ctx: dict[str, Any]) -> 
 def _prune_unstructured(model: nn.Module, params: dict[str, Any], ctx: dict[str, Any]) -> nn.Module:
     from slimkit.prune import UnstructuredConfig, magnitude_prune
 
-    return magnitude_prune(model, UnstructuredConfig(**params))[0]
+    return magnitude_prune(model, ctx["example"], UnstructuredConfig(**params))
 
 
 def _cluster(model: nn.Module, params: dict[str, Any], ctx: dict[str, Any]) -> nn.Module:

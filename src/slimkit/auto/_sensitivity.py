@@ -324,7 +324,7 @@ def container_option(model: nn.Module, name: str, sparsity: float, bits: int, se
     from slimkit.prune import UnstructuredConfig, finalize, magnitude_prune
     from slimkit.share import ClusterConfig, cluster_weights
 
-    pruned = finalize(magnitude_prune(model, UnstructuredConfig(sparsity={name: sparsity}))[0]) if sparsity else model
+    pruned = finalize(magnitude_prune(model, None, UnstructuredConfig(sparsity={name: sparsity}))) if sparsity else model
     return cluster_weights(pruned, ClusterConfig(layers=[name], bits={name: bits}, seed=seed))
 
 

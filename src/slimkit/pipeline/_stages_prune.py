@@ -59,10 +59,10 @@ class PruneUnstructuredStage(Stage):
     summary = "zero the smallest weights, kept zero by masks during fine-tuning (slimkit.prune.magnitude_prune)"
 
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        from slimkit.prune import magnitude_prune
+        from slimkit.prune import attached_masks, magnitude_prune
 
-        pruned, masks = magnitude_prune(model, self.params.config())
-        ctx.notes["sparsity"] = {name: float(1 - m.float().mean()) for name, m in masks.items()}
+        pruned = magnitude_prune(model, ctx.example_input, self.params.config())
+        ctx.notes["sparsity"] = {name: float(1 - m.float().mean()) for name, m in attached_masks(pruned).items()}
         return pruned
 
     def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:

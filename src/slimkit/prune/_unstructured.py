@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -136,15 +137,19 @@ def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = No
     return model
 
 
-def magnitude_prune(model: nn.Module, config: UnstructuredConfig) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """A copy of ``model`` with the smallest-magnitude weights zeroed and masks attached, and the masks.
+def magnitude_prune(model: nn.Module, example_inputs: Any, config: UnstructuredConfig, *,
+                    data: Iterable | None = None) -> nn.Module:
+    """A copy of ``model`` with the smallest-magnitude weights zeroed and their masks attached to its layers
+    (Han et al. 2015); :func:`attached_masks` reads them back.
 
-    Fine-tune the copy with ``fit(..., callbacks=[MaskCallback()])`` so the zeros stay exact, then :func:`finalize`.
+    ``example_inputs`` and ``data`` are accepted for the common technique shape and not used: magnitudes need no
+    forward pass (pass ``None``). Fine-tune the copy with ``fit(..., callbacks=[MaskCallback()])`` so the zeros
+    stay exact, then :func:`finalize`.
     """
     masks = magnitude_masks(model, config)
     pruned = copy.deepcopy(model)
     attach_masks_(pruned, masks)
-    return pruned, masks
+    return pruned
 
 
 def finalize(model: nn.Module) -> nn.Module:
