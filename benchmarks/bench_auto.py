@@ -298,7 +298,7 @@ def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, r
     from benchmarks.bench_deep_compression import COMMON, RUNS
     from benchmarks.bench_deep_compression import QUICK as DC_QUICK
     from slimkit.analysis import evaluate
-    from slimkit.share import DeepCompressionConfig, deep_compression
+    from slimkit.share import DeepCompressionConfig, deep_compression, save_deep_compression
 
     spec = RUNS[name]
     model = trained(name, spec["epochs"])
@@ -308,7 +308,8 @@ def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, r
     folder = root / name / "dc"
     folder.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    dc = deep_compression(model, data, folder / f"{name}.slim", config, spec=name)
+    dc = save_deep_compression(deep_compression(model, None, config, data=data), folder / f"{name}.slim", name,
+                               data=data)
     dc_seconds = time.perf_counter() - began
     onnx_bytes = (root / name / "baseline.onnx").stat().st_size
     dense = 4 * sum(p.numel() for p in model.parameters())

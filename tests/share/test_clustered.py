@@ -16,7 +16,7 @@ def _pruned_lenet5():
 
 def test_default_bits_and_zeros_stay_zero():
     model = _pruned_lenet5()
-    clustered = cluster_weights(model)
+    clustered = cluster_weights(model, None)
     assert clustered.conv1.bits == 8 and clustered.fc1.bits == 5
     assert clustered.fc1.codebook.numel() == 32 and clustered.conv2.codebook.numel() == 256
     for name in ("conv1", "conv2", "fc1", "fc2"):
@@ -27,7 +27,7 @@ def test_default_bits_and_zeros_stay_zero():
 
 
 def test_per_layer_bits_and_validation():
-    clustered = cluster_weights(create("lenet5"), ClusterConfig(bits={"fc*": 3, "conv*": 4}))
+    clustered = cluster_weights(create("lenet5"), None, ClusterConfig(bits={"fc*": 3, "conv*": 4}))
     assert clustered.fc1.codebook.numel() == 8 and clustered.conv1.codebook.numel() == 16
     with pytest.raises(ConfigError):
         ClusterConfig(bits=0)
@@ -38,7 +38,7 @@ def test_per_layer_bits_and_validation():
 
 
 def test_centroid_gradient_is_sum_and_weights_stay_tied():
-    model = cluster_weights(_pruned_lenet5(), ClusterConfig(bits=3))
+    model = cluster_weights(_pruned_lenet5(), None, ClusterConfig(bits=3))
     feats = torch.randn(8, 800)
     weight = model.fc1.weight  # materialised from the codebook: autograd routes its gradient to the centroids
     weight.retain_grad()
@@ -57,7 +57,7 @@ def test_centroid_gradient_is_sum_and_weights_stay_tied():
 
 
 def test_finalize_exports_ordinary_layers_to_onnx(tmp_path):
-    model = cluster_weights(_pruned_lenet5()).eval()
+    model = cluster_weights(_pruned_lenet5(), None).eval()
     dense = finalize_clusters(model)
     assert not any(isinstance(m, ClusteredLayer) for m in dense.modules())
     x = torch.randn(2, 1, 28, 28)
@@ -69,7 +69,7 @@ def test_finalize_exports_ordinary_layers_to_onnx(tmp_path):
 def test_storage_hook_reports_compressed_bytes():
     from slimkit.analysis import profile
 
-    model = cluster_weights(_pruned_lenet5())
+    model = cluster_weights(_pruned_lenet5(), None)
     prof = profile(model, torch.randn(1, 1, 28, 28))
     assert prof.row("fc1").bytes < 400_000 * 4 / 8
     assert prof.row("fc1").macs == 500 * 800
@@ -81,8 +81,8 @@ def test_storage_hook_reports_compressed_bytes():
 def test_dense_clustered_layer_packs_indices_without_relative_gaps():
     from slimkit.analysis import profile
 
-    model = cluster_weights(create("lenet5"), ClusterConfig(bits=4))  # nothing pruned: no zero symbol, no gaps
+    model = cluster_weights(create("lenet5"), None, ClusterConfig(bits=4))  # nothing pruned: no zero symbol, no gaps
     fc1 = profile(model, torch.randn(1, 1, 28, 28)).row("fc1")
     assert fc1.bytes == 400_000 * 4 // 8 + 16 * 4 + 500 * 4  # 4-bit indices, float32 codebook and bias
-    pruned = cluster_weights(_pruned_lenet5(), ClusterConfig(bits=4))  # 70% zeros: relative indices are smaller
+    pruned = cluster_weights(_pruned_lenet5(), None, ClusterConfig(bits=4))  # 70% zeros: relative indices are smaller
     assert profile(pruned, torch.randn(1, 1, 28, 28)).row("fc1").bytes < 400_000 * 5 // 8 * 0.6

@@ -11,7 +11,7 @@ from slimkit.share import ClusteredLayer, cluster_weights, load_compressed, save
 def _compressed(name="lenet300", sparsity=0.92):
     torch.manual_seed(0)
     pruned = magnitude_prune(create(name), None, UnstructuredConfig(sparsity=sparsity))
-    return cluster_weights(finalize(pruned)).eval()
+    return cluster_weights(finalize(pruned), None).eval()
 
 
 @pytest.mark.parametrize("name", ["lenet300", "lenet5"])
@@ -65,7 +65,7 @@ def test_each_stream_takes_the_smaller_coding(tmp_path):
     # so a Huffman table costs more than it saves and the stream is packed at a fixed width; fc1's are Huffman-coded.
     torch.manual_seed(0)
     pruned = magnitude_prune(create("lenet5"), None, UnstructuredConfig(sparsity=0.34, layers=["conv1"]))
-    model = cluster_weights(finalize(pruned)).eval()  # conv layers: 8-bit cluster indices, as the paper
+    model = cluster_weights(finalize(pruned), None).eval()  # conv layers: 8-bit cluster indices, as the paper
     summary = save_compressed(model, tmp_path / "m.slim")
     conv1 = next(layer for layer in summary.layers if layer.name == "conv1")
     assert conv1.cluster_coding == "raw"

@@ -20,7 +20,7 @@ from slimkit.share._container import MAGIC
 def _clustered():
     torch.manual_seed(0)
     pruned = magnitude_prune(create("lenet300"), None, UnstructuredConfig(sparsity=0.9))
-    return cluster_weights(finalize(pruned)).eval()
+    return cluster_weights(finalize(pruned), None).eval()
 
 
 def _split(raw: bytes) -> tuple[dict, bytes]:

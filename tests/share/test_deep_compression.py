@@ -4,7 +4,15 @@ import torch
 from slimkit import ConfigError
 from slimkit.data import create_data
 from slimkit.models import create
-from slimkit.share import ClusterConfig, ClusteredLayer, DeepCompressionConfig, deep_compression, load_compressed
+from slimkit.share import (
+    ClusterConfig,
+    ClusteredLayer,
+    DeepCompressionConfig,
+    deep_compression,
+    deep_compression_stages,
+    load_compressed,
+    save_deep_compression,
+)
 from slimkit.train import default_optimizer, fit
 
 
@@ -12,7 +20,12 @@ def test_config_validated_before_work(tmp_path):
     with pytest.raises(ConfigError, match="out of range"):
         DeepCompressionConfig(sparsity=1.0)
     with pytest.raises(ConfigError, match="not a selectable layer"):
-        deep_compression(create("lenet300"), None, tmp_path / "x.slim", DeepCompressionConfig(sparsity={"fc9": 0.5}))
+        deep_compression(create("lenet300"), None, DeepCompressionConfig(sparsity={"fc9": 0.5}))
+    with pytest.raises(ConfigError, match="pass data="):
+        deep_compression(create("lenet300"), None, DeepCompressionConfig())
+    with pytest.raises(ConfigError, match="save_compressed"):
+        save_deep_compression(create("lenet300"), tmp_path / "x.slim")
+    assert not (tmp_path / "x.slim").exists()
 
 
 @pytest.mark.slow
@@ -24,7 +37,10 @@ def test_pipeline_on_mnist_lenet300(tmp_path):
     config = DeepCompressionConfig(sparsity={"layers.1": 0.92, "layers.3": 0.91, "layers.5": 0.74},
                                    prune_iterations=2, prune_epochs=1, cluster_epochs=1,
                                    cluster=ClusterConfig(fc_bits=5), lr=0.05, cluster_lr=0.005)
-    result = deep_compression(model, data, tmp_path / "m.slim", config, spec="lenet300")
+    compressed = deep_compression(model, None, config, data=data)
+    assert len(deep_compression_stages(compressed)) == 4 and not (tmp_path / "m.slim").exists()
+    result = save_deep_compression(compressed, tmp_path / "m.slim", "lenet300", data=data)
+    assert result.model is compressed and result.stages[:4] == deep_compression_stages(compressed)
     stages = {r["stage"].split(" ")[0]: r for r in result.stages}
     assert stages["baseline"]["nonzero"] == 266_200
     assert stages["pruned"]["nonzero"] == 266_200 - (int(0.92 * 235_200) + int(0.91 * 30_000) + int(0.74 * 1000))
@@ -48,7 +64,7 @@ def test_layer_rates_are_the_files_bytes_per_layer(tmp_path):
 
     torch.manual_seed(0)
     pruned = magnitude_prune(create("lenet300"), None, UnstructuredConfig({"layers.1": 0.9, "layers.3": 0.5}))
-    model = cluster_weights(finalize(pruned), ClusterConfig(fc_bits=4)).eval()
+    model = cluster_weights(finalize(pruned), None, ClusterConfig(fc_bits=4)).eval()
     summary = save_compressed(model, tmp_path / "m.slim", "lenet300")
     rows = {r["layer"]: r for r in layer_rates(summary)}
     assert set(rows) == {"layers.1", "layers.3", "layers.5"}

@@ -234,7 +234,7 @@ class Analyser:
         if not (isinstance(reference, dict) and reference.get("key") == self.key):
             self.emit("analysis", {"what": "container reference", "done": 0, "total": 1})
             layers = [n for n in analysis.layers if n not in analysis.skip]
-            clustered = cluster_weights(self.model, ClusterConfig(bits=dict.fromkeys(layers, 8), layers=layers,
+            clustered = cluster_weights(self.model, None, ClusterConfig(bits=dict.fromkeys(layers, 8), layers=layers,
                                                                   seed=self.config.seed))
             with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
                 size = save_compressed(clustered, Path(tmp) / "reference.slim", self.spec).file_bytes

@@ -66,7 +66,7 @@ def _prune_unstructured(model: nn.Module, params: dict[str, Any], ctx: dict[str,
 def _cluster(model: nn.Module, params: dict[str, Any], ctx: dict[str, Any]) -> nn.Module:
     from slimkit.share import ClusterConfig, cluster_weights
 
-    return cluster_weights(model, ClusterConfig(**params))
+    return cluster_weights(model, ctx["example"], ClusterConfig(**params))
 
 
 def _finetune(model: nn.Module, params: dict[str, Any], ctx: dict[str, Any]) -> nn.Module:

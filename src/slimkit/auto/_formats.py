@@ -123,7 +123,7 @@ class ContainerFormat(DeployFormat):
         from slimkit.models import is_code_spec
         from slimkit.share import ClusterConfig, cluster_weights, clustered_layers, save_compressed
 
-        probe = cluster_weights(model, ClusterConfig(bits=1))
+        probe = cluster_weights(model, None, ClusterConfig(bits=1))
         if not clustered_layers(probe):
             return "the model has no Linear or Conv2d layer to cluster"
         # a container names a registered model to rebuild (a file.py:factory is never stored), and a recipe's

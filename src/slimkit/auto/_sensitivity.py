@@ -325,7 +325,7 @@ def container_option(model: nn.Module, name: str, sparsity: float, bits: int, se
     from slimkit.share import ClusterConfig, cluster_weights
 
     pruned = finalize(magnitude_prune(model, None, UnstructuredConfig(sparsity={name: sparsity}))) if sparsity else model
-    return cluster_weights(pruned, ClusterConfig(layers=[name], bits={name: bits}, seed=seed))
+    return cluster_weights(pruned, None, ClusterConfig(layers=[name], bits={name: bits}, seed=seed))
 
 
 def container_analysis(model: nn.Module, calib: Calibration, layers: Sequence[str], sparsities: Sequence[float],

@@ -21,7 +21,7 @@ class ClusterStage(Stage):
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         from slimkit.share import cluster_weights
 
-        return cluster_weights(model, self.params.config())
+        return cluster_weights(model, ctx.example_input, self.params.config())
 
     def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         return self.rebuild(model, ctx)

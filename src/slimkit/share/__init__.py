@@ -13,7 +13,9 @@ from slimkit.share._deep_compression import (
     DeepCompressionConfig,
     DeepCompressionResult,
     deep_compression,
+    deep_compression_stages,
     layer_rates,
+    save_deep_compression,
 )
 from slimkit.share._huffman import (
     canonical_codes,
@@ -39,6 +41,7 @@ __all__ = [
     "clustered_layers",
     "code_lengths",
     "deep_compression",
+    "deep_compression_stages",
     "encode_lengths",
     "finalize_clusters",
     "fixed_width",
@@ -50,4 +53,5 @@ __all__ = [
     "relative_decode",
     "relative_encode",
     "save_compressed",
+    "save_deep_compression",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,11 +213,14 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def cluster_weights(model: nn.Module, config: ClusterConfig | None = None) -> nn.Module:
+def cluster_weights(model: nn.Module, example_inputs: Any, config: ClusterConfig | None = None, *,
+                    data: Iterable | None = None) -> nn.Module:
     """A copy of ``model`` whose chosen Linear/Conv2d layers share ``k`` weights each (Han et al. 2016).
 
     Zero weights (from pruning) stay zero and are not clustered. Fine-tune the copy with ordinary ``fit``: only the
     centroids (and biases, and unclustered layers) train, and every weight always equals its centroid.
+    ``example_inputs`` and ``data`` are accepted for the common technique shape and not used (k-means runs on the
+    weights alone; pass ``None``).
     """
     config = config or ClusterConfig()
     names = select_names(clusterable_layers(model), config.layers, config.skip)

@@ -4,8 +4,9 @@
    ``prune_iterations`` rounds to the target, pruned weights held at zero by :class:`~slimkit.prune.MaskCallback`.
 2. k-means weight sharing of the surviving weights (conv 8 bits, fc 5 bits by default), then fine-tuning of the
    centroids (each centroid's gradient is the sum of its weights' gradients).
-3. Canonical Huffman coding of cluster indices and relative sparse indices, written to the container file, whose
-   size is the compressed size reported.
+3. Canonical Huffman coding of cluster indices and relative sparse indices, written to the container file by
+   :func:`save_deep_compression` (the verb returns the model; writing a file is its own call), whose size is the
+   compressed size reported.
 
 Every stage is measured on the test set: accuracy, non-zero weights, storage bytes and ratio to dense float32.
 """
@@ -115,20 +116,25 @@ def _bytes(model: nn.Module, config: ClusterConfig, value_bits: int | None) -> i
     return total
 
 
-def deep_compression(model: nn.Module, data: Any, path: str | Path, config: DeepCompressionConfig | None = None,
-                     spec: str | None = None) -> DeepCompressionResult:
-    """Run the three-stage pipeline on a trained ``model`` (left untouched) with ``data`` (a DataBundle:
-    ``.train`` for fine-tuning, ``.test`` for the reported accuracy) and write the container to ``path``."""
+STAGES_ATTR = "slimkit_deep_compression"
+
+
+def deep_compression(model: nn.Module, example_inputs: Any, config: DeepCompressionConfig | None = None, *,
+                     data: Any = None) -> nn.Module:
+    """Prune and cluster a copy of the trained ``model`` (left untouched) with fine-tuning, and return it; ``data`` is
+    a DataBundle (``.train`` for fine-tuning, ``.test`` for the accuracy recorded after each stage).
+    ``example_inputs`` is accepted for the common technique shape and not used (pass ``None``).
+
+    The measured stages stay on the returned model (:func:`deep_compression_stages`); :func:`save_deep_compression`
+    writes the Huffman-coded container (the third stage) and measures the file.
+    """
     config = config or DeepCompressionConfig()
     layer_sparsities(model, UnstructuredConfig(config.sparsity))  # fails on unknown layer names before any work
+    if data is None or not hasattr(data, "train") or not hasattr(data, "test"):
+        raise ConfigError("deep compression fine-tunes and measures every stage: pass data=<a DataBundle with "
+                          "train and test loaders> (slimkit.data.create_data)")
     dense_bytes = sum(p.numel() for p in model.parameters()) * 4
     stages: list[dict[str, Any]] = []
-
-    def record(stage: str, net: nn.Module, size: int) -> None:
-        acc = evaluate(net, data.test).accuracy
-        stages.append({"stage": stage, "accuracy": acc, "nonzero": _nonzero(net), "bytes": size,
-                       "ratio": dense_bytes / size})
-        log.info("deep compression %s: accuracy %.4f, %d bytes", stage, acc, size)
 
     def tune(net: nn.Module, epochs: int, lr: float, callbacks: tuple = ()) -> None:
         if epochs > 0:
@@ -136,7 +142,7 @@ def deep_compression(model: nn.Module, data: Any, path: str | Path, config: Deep
                 scheduler="cosine", callbacks=callbacks, seed=config.seed, progress=False)
         net.eval()
 
-    record("baseline (dense float32)", model, dense_bytes)
+    stages.append(_stage_row("baseline (dense float32)", model, dense_bytes, dense_bytes, data))
     # Iterative pruning: the kept fraction (1 − s) shrinks geometrically, so each round removes the same share of
     # the surviving weights (Han et al. 2015 prune and retrain in several rounds).
     net = copy.deepcopy(model)
@@ -146,15 +152,45 @@ def deep_compression(model: nn.Module, data: Any, path: str | Path, config: Deep
         attach_masks_(net, magnitude_masks(net, UnstructuredConfig(round_sparsity)))
         tune(net, config.prune_epochs, config.lr, (MaskCallback(),))
     net = finalize(net)
-    record(f"pruned ({config.prune_iterations}×{config.prune_epochs} epochs)", net, _bytes(net, config.cluster, 32))
-    clustered = cluster_weights(net, config.cluster)
-    record("clustered (k-means)", clustered, _bytes(clustered, config.cluster, None))
+    stages.append(_stage_row(f"pruned ({config.prune_iterations}×{config.prune_epochs} epochs)", net,
+                             _bytes(net, config.cluster, 32), dense_bytes, data))
+    clustered = cluster_weights(net, None, config.cluster)
+    stages.append(_stage_row("clustered (k-means)", clustered, _bytes(clustered, config.cluster, None), dense_bytes,
+                             data))
     tune(clustered, config.cluster_epochs, config.cluster_lr)
-    record(f"centroids fine-tuned ({config.cluster_epochs} epochs)", clustered,
-           _bytes(clustered, config.cluster, None))
-    summary = save_compressed(clustered, path, spec)
-    record("Huffman-coded container file", load_compressed(path, spec), summary.file_bytes)
-    return DeepCompressionResult(clustered, stages, layer_rates(summary), summary)
+    stages.append(_stage_row(f"centroids fine-tuned ({config.cluster_epochs} epochs)", clustered,
+                             _bytes(clustered, config.cluster, None), dense_bytes, data))
+    setattr(clustered, STAGES_ATTR, {"dense_bytes": dense_bytes, "stages": stages})
+    return clustered
+
+
+def _stage_row(stage: str, net: nn.Module, size: int, dense_bytes: int, data: Any) -> dict[str, Any]:
+    acc = evaluate(net, data.test).accuracy
+    log.info("deep compression %s: accuracy %.4f, %d bytes", stage, acc, size)
+    return {"stage": stage, "accuracy": acc, "nonzero": _nonzero(net), "bytes": size, "ratio": dense_bytes / size}
+
+
+def deep_compression_stages(model: nn.Module) -> list[dict[str, Any]]:
+    """The stages :func:`deep_compression` measured on its way to ``model`` (empty for any other model): name,
+    test accuracy, non-zero weights, bytes and ratio to dense float32."""
+    return list((getattr(model, STAGES_ATTR, None) or {}).get("stages", []))
+
+
+def save_deep_compression(model: nn.Module, path: str | Path, spec: str | None = None, *,
+                          data: Any = None) -> DeepCompressionResult:
+    """Write ``model`` (from :func:`deep_compression`) as a Huffman-coded container to ``path`` (Deep Compression's
+    third stage) and return every stage with the file's: its bytes and, with ``data`` (``.test``), the accuracy of
+    the model loaded back from it."""
+    info = getattr(model, STAGES_ATTR, None)
+    if info is None:
+        raise ConfigError("save_deep_compression takes a model returned by deep_compression; to write any "
+                          "clustered model use save_compressed")
+    summary = save_compressed(model, path, spec)
+    stages = list(info["stages"])
+    if data is not None:
+        stages.append(_stage_row("Huffman-coded container file", load_compressed(path, spec), summary.file_bytes,
+                                 info["dense_bytes"], data))
+    return DeepCompressionResult(model, stages, layer_rates(summary), summary)
 
 
 def layer_rates(summary: ContainerSummary) -> list[dict[str, Any]]:
