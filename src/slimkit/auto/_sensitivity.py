@@ -324,7 +324,9 @@ def container_option(model: nn.Module, name: str, sparsity: float, bits: int, se
     from slimkit.prune import UnstructuredConfig, finalize, magnitude_prune
     from slimkit.share import ClusterConfig, cluster_weights
 
-    pruned = finalize(magnitude_prune(model, None, UnstructuredConfig(sparsity={name: sparsity}))) if sparsity else model
+    pruned = model
+    if sparsity:
+        pruned = finalize(magnitude_prune(model, None, UnstructuredConfig(sparsity={name: sparsity})))
     return cluster_weights(pruned, None, ClusterConfig(layers=[name], bits={name: bits}, seed=seed))
 
 
