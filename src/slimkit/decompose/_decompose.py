@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -211,12 +211,14 @@ def layers_to_decompose(model: nn.Module, config: DecomposeConfig) -> list[str]:
 
 
 def decompose(
-    model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], config: DecomposeConfig
+    model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], config: DecomposeConfig, *,
+    data: Iterable | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with the chosen Conv2d/Linear layers factorised (SVD, Tucker-2 or CP); see the config.
 
-    ``example_inputs`` are used to count MACs before/after (``slimkit.analysis.profile``). Layer names that do not
-    exist, an unknown method or an invalid rank rule raise ``ConfigError`` before any work is done.
+    ``example_inputs`` are used to count MACs before/after (``slimkit.analysis.profile``). ``data`` is accepted for
+    the common technique shape and not used: every decomposition here works on the weights alone. Layer names that
+    do not exist, an unknown method or an invalid rank rule raise ``ConfigError`` before any work is done.
     """
     from slimkit.analysis import profile
 
