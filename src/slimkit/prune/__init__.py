@@ -45,7 +45,7 @@ from slimkit.prune._unstructured import (
     sparse_storage,
     sparsity_of,
 )
-from slimkit.prune._width import scale_width
+from slimkit.prune._width import WidthConfig, scale_width
 
 __all__ = [
     "CRITERIA",
@@ -65,6 +65,7 @@ __all__ = [
     "SparseStorageRow",
     "ThiNetCriterion",
     "UnstructuredConfig",
+    "WidthConfig",
     "agp_sparsity",
     "apply_masks_",
     "attach_masks_",
