@@ -61,7 +61,7 @@ def test_ort_paths_and_accuracy(tmp_path, data):
 
 
 def test_weight_only_model_is_refused(tmp_path, data):
-    q = quantize_weights(models.create("lenet5").eval(), 4)
+    q = quantize_weights(models.create("lenet5").eval(), None, QuantConfig(weight_bits=4, activation_bits=None))
     with pytest.raises(ExportError, match="no int8 layer"):
         export_qdq(q, data.example_input(), tmp_path / "q.onnx")
 

@@ -117,7 +117,7 @@ def test_sensitivity_sweep_keeps_the_worst_layer_in_float(mnist, lenet):
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_weight_only_storage_bytes_in_profile(lenet, bits):
-    q = quantize_weights(lenet, bits)
+    q = quantize_weights(lenet, None, QuantConfig(weight_bits=bits, activation_bits=None))
     assert not any(isinstance(m, FakeQuantize) and m.spec.bits != bits for m in q.modules())
     prof = profile(q, torch.zeros(1, 1, 28, 28))
     w = lenet.fc1.weight
@@ -131,3 +131,11 @@ def test_weight_only_storage_bytes_in_profile(lenet, bits):
     assert codes.dtype == torch.int8 and int(codes.abs().max()) <= 2 ** (bits - 1) - 1
     with torch.no_grad():
         assert torch.allclose(codes.float() * scale.reshape(-1, 1), q.fc1.quantized_weight(), atol=1e-6)
+
+
+@pytest.mark.parametrize(("options", "message"), [({"weight_bits": 4}, "activation_bits=None"),
+                                                   ({"activation_bits": None, "group_size": 32}, "use slimkit")])
+def test_weight_only_config_says_what_it_does(lenet, options, message):
+    """No keyword overrides the config: a config that asks for more than weight-only RTN is refused, not rewritten."""
+    with pytest.raises(ConfigError, match=message):
+        quantize_weights(lenet, None, QuantConfig(**options))
