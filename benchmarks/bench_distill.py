@@ -420,7 +420,7 @@ def _stagewise(teacher: nn.Module, spec: str, loader: TensorLoader, epochs: int)
         return models.from_spec(spec)
 
     def train(student: nn.Module) -> None:
-        student.load_state_dict(reconstruct(teacher, student, loader, config)[0].state_dict())
+        student.load_state_dict(reconstruct(teacher, student, loader, config).state_dict())
 
     return cached_model(f"student-{spec.replace(':', '-')}", record, build, train, code=(reconstruct,))
 

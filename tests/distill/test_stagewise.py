@@ -5,7 +5,7 @@ import torch
 
 from slimkit import ConfigError, models
 from slimkit.data import TensorLoader, mnist_tensors
-from slimkit.distill import ReconstructConfig, reconstruct, stage_parameters
+from slimkit.distill import ReconstructConfig, reconstruct, reconstruct_history, stage_parameters
 
 STAGES = ("layer1=layer1", "layer2=layer2", "layer3=layer3")
 
@@ -42,7 +42,8 @@ def test_stagewise_trains_one_stage_at_a_time_then_the_task(monkeypatch):
         return result
 
     monkeypatch.setattr(stagewise.Distiller, "fit", recording_fit)
-    trained, histories = reconstruct(teacher, student, loader, ReconstructConfig(stages=STAGES, stage_epochs=1))
+    trained = reconstruct(teacher, student, loader, ReconstructConfig(stages=STAGES, stage_epochs=1))
+    histories = reconstruct_history(trained)
     assert [names for _, names in snapshots] == [["hint"], ["hint"], ["hint"], ["ce"]]  # widths differ: hints
     changed = [c for c, _ in snapshots]
     assert changed[0] and all(k.startswith(("conv1", "bn1", "layer1.")) for k in changed[0])
@@ -61,7 +62,7 @@ def test_stagewise_reconstruction_lowers_the_reconstruction_error():
     teacher = models.create("resnet20").eval()
     student = models.create("resnet20")
     config = ReconstructConfig(stages=STAGES[:1], stage_epochs=3, task_epochs=0, lr=0.05)
-    _, histories = reconstruct(teacher, student, loader, config)
+    histories = reconstruct_history(reconstruct(teacher, student, loader, config))
     losses = [h["train_loss"] for h in histories[0].history]
     assert losses[-1] < 0.5 * losses[0]
 
@@ -70,7 +71,9 @@ def test_mimic_mode_trains_task_and_reconstruction_together():
     x, y = mnist_tensors("train")
     loader = TensorLoader(x[:128], y[:128], 64)
     teacher, student = models.create("resnet20", width=0.5).eval(), models.create("resnet20", width=0.5)
-    _, histories = reconstruct(teacher, student, loader, ReconstructConfig(stages=STAGES, mode="mimic"))
+    trained = reconstruct(teacher, student, loader, ReconstructConfig(stages=STAGES, mode="mimic"))
+    histories = reconstruct_history(trained)
+    assert reconstruct_history(student) == []  # the caller's student is untouched
     assert len(histories) == 1 and histories[0].final["train_acc"] > 0
     with pytest.raises(ConfigError, match="use one of stagewise, mimic"):
         reconstruct(teacher, student, loader, ReconstructConfig(stages=STAGES, mode="joint"))

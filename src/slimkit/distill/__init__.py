@@ -17,7 +17,7 @@ from slimkit.distill._losses import (
     attention_map,
     loss_names,
 )
-from slimkit.distill._stagewise import ReconstructConfig, reconstruct, stage_parameters
+from slimkit.distill._stagewise import ReconstructConfig, reconstruct, reconstruct_history, stage_parameters
 
 __all__ = [
     "LOSSES",
@@ -41,6 +41,7 @@ __all__ = [
     "loss_names",
     "parse_pair",
     "reconstruct",
+    "reconstruct_history",
     "resolve_layers",
     "stage_parameters",
 ]

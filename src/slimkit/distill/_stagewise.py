@@ -121,10 +121,19 @@ def _shapes(model: nn.Module, names: list[str], example: torch.Tensor, role: str
         model.train(was_training)
 
 
+HISTORY_ATTR = "slimkit_reconstruct_history"
+
+
+def reconstruct_history(model: nn.Module) -> list[FitResult]:
+    """The training history of each phase (each stage, then the task; or the one mimic phase) of a model returned by
+    :func:`reconstruct`; empty for any other model."""
+    return list(getattr(model, HISTORY_ATTR, None) or [])
+
+
 def reconstruct(teacher: nn.Module, student: nn.Module, train_loader: Iterable,
-                config: ReconstructConfig) -> tuple[nn.Module, list[FitResult]]:
-    """Train a copy of ``student`` by stage-wise feature reconstruction (then the task) or by mimic training;
-    returns the trained copy and the history of each phase."""
+                config: ReconstructConfig) -> nn.Module:
+    """Train a copy of ``student`` by stage-wise feature reconstruction (then the task) or by mimic training and
+    return it, like :func:`~slimkit.distill.distill`; :func:`reconstruct_history` reads each phase's history."""
     if config.mode not in MODES:
         raise ConfigError(f"reconstruction mode '{config.mode}' is unknown: use one of {', '.join(MODES)}")
     if config.reconstruction not in RECONSTRUCTIONS:
@@ -155,7 +164,8 @@ def reconstruct(teacher: nn.Module, student: nn.Module, train_loader: Iterable,
         distiller = Distiller(teacher, student, DistillConfig(losses=losses, epochs=config.task_epochs,
                                                               checkpoint_dir=phase_dir("mimic"), **common))
         histories.append(distiller.fit(train_loader))
-        return student.eval(), histories
+        setattr(student, HISTORY_ATTR, histories)
+        return student.eval()
 
     groups = stage_parameters(student, [s for s, _ in stages], example)
     params = dict(student.named_parameters())
@@ -180,4 +190,5 @@ def reconstruct(teacher: nn.Module, student: nn.Module, train_loader: Iterable,
     distiller = Distiller(teacher, student, DistillConfig(losses=tuple(config.task_losses), epochs=config.task_epochs,
                                                           checkpoint_dir=phase_dir("task"), **common))
     histories.append(distiller.fit(train_loader))
-    return student.eval(), histories
+    setattr(student, HISTORY_ATTR, histories)
+    return student.eval()

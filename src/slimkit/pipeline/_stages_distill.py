@@ -111,12 +111,12 @@ class StagewiseStage(_DistillRoles):
     summary = "stage-wise reconstruction / mimic training from a teacher (slimkit.distill.reconstruct)"
 
     def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        from slimkit.distill import reconstruct
+        from slimkit.distill import reconstruct, reconstruct_history
 
         teacher = self._teacher(model, ctx)
         student = self.rebuild(model, ctx)
         config = ReconstructConfig(**{k: getattr(self.params, k) for k in _StagewiseBase.config_fields},
                                    checkpoint_dir=ctx.stage_dir / "reconstruct", progress=ctx.progress)
-        trained, histories = reconstruct(teacher, student, ctx.data.train, config)
-        ctx.notes["history"] = [h.history for h in histories]
+        trained = reconstruct(teacher, student, ctx.data.train, config)
+        ctx.notes["history"] = [h.history for h in reconstruct_history(trained)]
         return trained
