@@ -13,6 +13,7 @@ from slimkit._errors import (
     TraceError,
     UnsafeCheckpointError,
 )
+from slimkit._finalize import finalize
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,5 @@ __all__ = [
     "TraceError",
     "UnsafeCheckpointError",
     "__version__",
+    "finalize",
 ]

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from slimkit._errors import ConfigError
+from slimkit._finalize import register_finalizer
 from slimkit._select import select_names
 from slimkit.train import Callback, TrainState
 
@@ -152,8 +153,10 @@ def magnitude_prune(model: nn.Module, example_inputs: Any, config: UnstructuredC
     return pruned
 
 
+@register_finalizer("masks", applies=lambda model: bool(attached_masks(model)), order=0)
 def finalize(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with the attached masks baked into the weights and the mask buffers removed."""
+    """A copy of ``model`` with the attached masks baked into the weights and the mask buffers removed (what
+    :func:`slimkit.finalize` does to a masked model)."""
     out = copy.deepcopy(model)
     apply_masks_(out)
     for module in out.modules():

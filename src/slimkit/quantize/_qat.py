@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from slimkit._finalize import register_finalizer
 from slimkit.quantize._fake_quant import FakeQuantize
 from slimkit.quantize._ptq import QuantConfig, calibrate_, check_folding, check_loader, freeze_, prepare, wrappers
 
@@ -37,8 +38,15 @@ def quantize_qat(
     return qmodel.train()
 
 
+def _training_quantizers(model: nn.Module) -> bool:
+    """Whether any fake quantizer still observes, recomputes its scale each step or learns it (a QAT model)."""
+    return any(isinstance(m, FakeQuantize) and (m.observing or m.dynamic or m.learnable) for m in model.modules())
+
+
+@register_finalizer("qat", applies=_training_quantizers, order=2)
 def convert_qat(model: nn.Module) -> nn.Module:
-    """A frozen copy of a QAT model (eval mode): learned or per-step scales become constants, the observers stop."""
+    """A frozen copy of a QAT model (eval mode): learned or per-step scales become constants, the observers stop
+    (what :func:`slimkit.finalize` does to a QAT model)."""
     model = copy.deepcopy(model).eval()
     for wrapper in wrappers(model).values():
         quant = wrapper.weight_quant

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit._errors import ConfigError
+from slimkit._finalize import register_finalizer
 from slimkit._select import matches, select_names
 from slimkit.analysis import register_counter
 from slimkit.share._kmeans import CENTROID_INITS, kmeans_1d
@@ -234,8 +235,10 @@ def cluster_weights(model: nn.Module, example_inputs: Any, config: ClusterConfig
     return out
 
 
+@register_finalizer("clusters", applies=lambda model: bool(clustered_layers(model)), order=1)
 def finalize_clusters(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every :class:`ClusteredLayer` replaced by the ordinary layer it computes."""
+    """A copy of ``model`` with every :class:`ClusteredLayer` replaced by the ordinary layer it computes (what
+    :func:`slimkit.finalize` does to a clustered model)."""
     out = copy.deepcopy(model)
     for name, module in list(out.named_modules()):
         if isinstance(module, ClusteredLayer):
