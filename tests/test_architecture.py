@@ -1,13 +1,15 @@
 """Imports stay lean and point down (STYLE.md habit 7)."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "slimkit"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "slimkit"
 HEAVY = ["onnxruntime", "matplotlib", "tensorly", "sklearn", "pydantic"]
 
 
@@ -43,3 +45,19 @@ def test_nothing_below_the_cli_imports_it():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             assert not any(n == "slimkit.cli" or n.startswith("slimkit.cli.") for n in names), f"{path} imports {names}"
+
+
+def test_import_contracts_hold():
+    """The import-linter contracts of pyproject.toml (packages depend only down the layers of docs/architecture.md)
+    hold for this checkout's sources, the same check as ``lint-imports``, run in a fresh interpreter so that the
+    graph is built from ``src/`` here and not from whichever slimkit is installed."""
+    code = (
+        "import sys, pathlib, slimkit\n"
+        f"assert pathlib.Path(slimkit.__file__).resolve().parent == pathlib.Path({str(SRC)!r}), slimkit.__file__\n"
+        "from importlinter.cli import lint_imports\n"
+        "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout
