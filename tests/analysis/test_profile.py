@@ -139,3 +139,20 @@ def test_profile_to_markdown_and_dict():
     prof = profile(models.create("lenet300"), torch.zeros(1, 1, 28, 28))
     assert "| **total** |" in prof.to_markdown()
     assert prof.to_dict()["total"]["macs"] == 266_200
+
+
+def test_keyword_inputs_count_as_positional_ones():
+    """A mapping of example inputs is keyword arguments (``input_ids=...``), as everywhere else in slimkit."""
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 4), nn.Linear(3, 4)
+
+        def forward(self, x, y):
+            return self.a(x) + self.b(y)
+
+    model, x, y = TwoInputs(), torch.randn(5, 6), torch.randn(5, 3)
+    by_keyword, by_position = profile(model, {"y": y, "x": x}), profile(model, (x, y))
+    assert by_keyword.total.macs == by_position.total.macs == 6 * 4 + 3 * 4
+    assert by_keyword.total.params == by_position.total.params

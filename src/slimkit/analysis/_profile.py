@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -246,7 +246,7 @@ class _Profiler:
 
 def profile(
     model: nn.Module,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
     *,
     dtype_bits: int = 32,
     sparse_format: str = "dense",
@@ -263,15 +263,18 @@ def profile(
         from slimkit._errors import ConfigError
 
         raise ConfigError(f"sparse_format '{sparse_format}' is not known: use 'dense' or 'csr'")
-    inputs = input_tuple(example_inputs)
-    batch = inputs[0].shape[0] if inputs and inputs[0].dim() > 0 else 1
+    # a mapping is keyword inputs (``input_ids=...`` for a Hugging Face model)
+    inputs, keywords = ((), dict(example_inputs)) if isinstance(example_inputs, Mapping) \
+        else (input_tuple(example_inputs), {})
+    first = next((t for t in (*inputs, *keywords.values()) if isinstance(t, torch.Tensor)), None)
+    batch = first.shape[0] if first is not None and first.dim() > 0 else 1
     profiler = _Profiler(model)
     was_training = model.training
     profiler.attach()
     try:
         model.eval()
         with torch.no_grad(), _FunctionalCounter(profiler):
-            model(*inputs)
+            model(*inputs, **keywords)
     finally:
         profiler.detach()
         model.train(was_training)
