@@ -1,5 +1,7 @@
 """Every registered op rule and module rule, each on a small model that uses it on prunable channels: the op is
-followed (not opaque), and removing channels whose parameters were zeroed keeps the outputs exactly."""
+followed (not opaque), removing channels keeps the output's shape and lowers parameters and MACs (counted by
+``slimkit.analysis.profile``, independently of the graph), and removing channels whose parameters were zeroed keeps
+the outputs exactly."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.analysis import profile
 from slimkit.graph import (
     apply_removal,
     dependency_graph,
@@ -198,6 +201,7 @@ def test_every_op_rule_is_followed_and_exact(name):
     used = {op_rule(c.target).name for c in graph.capture.calls if c.module is None and op_rule(c.target)}
     assert name in used and not graph.opaque_ops()
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in graph.model.parameters())
+    assert profile(pruned, x).total.macs < profile(graph.model, x).total.macs
     with torch.no_grad():
         out = run_model(pruned, x)
     assert out.shape == reference.shape
@@ -216,7 +220,9 @@ def test_every_module_rule_sets_its_size_attributes(name):
     else:
         torch.manual_seed(0)
         model = factory().eval()
-    _, reference, pruned = _prune_a_third(model, x, zero=False)
+    graph, reference, pruned = _prune_a_third(model, x, zero=False)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in graph.model.parameters())
+    assert profile(pruned, x).total.macs < profile(graph.model, x).total.macs
     module = pruned.get_submodule(layer)
     assert module_rule(module).name == name
     checks = (("in_features", lambda m: m.weight.shape[1]), ("out_features", lambda m: m.weight.shape[0]),
