@@ -183,9 +183,9 @@ def _uniform_prune(model: torch.nn.Module, budget: str, macs: int, data: Any, ex
 
 def _int8_alone(model: torch.nn.Module, data: Any, example: torch.Tensor, folder: Path) -> tuple:
     from slimkit.export import export_qdq
-    from slimkit.quantize import quantize_ptq
+    from slimkit.quantize import quantize
 
-    quantized = quantize_ptq(model, example, data.calibration)
+    quantized = quantize(model, example, data=data.calibration)
     return quantized, export_qdq(quantized, example, folder / "int8.onnx")
 
 

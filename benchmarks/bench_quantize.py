@@ -134,7 +134,7 @@ def _mnist_rows(name: str, epochs: int, quick: bool, tmp: Path) -> dict[str, Any
     from slimkit.analysis import profile
     from slimkit.data import create_data
     from slimkit.export import export_onnx, export_qdq, onnx_accuracy, ort_quantize_static
-    from slimkit.quantize import OBSERVERS, QuantConfig, quantize_ptq
+    from slimkit.quantize import OBSERVERS, QuantConfig, quantize
 
     data = create_data("mnist", batch_size=256, calibration_size=CALIBRATION_IMAGES)
     model = trained(name, epochs)
@@ -144,7 +144,7 @@ def _mnist_rows(name: str, epochs: int, quick: bool, tmp: Path) -> dict[str, Any
 
     def slimkit(tag: str, **options) -> Callable[[], Path]:
         def build() -> Path:
-            q = quantize_ptq(model, example, data.calibration, QuantConfig(**options))
+            q = quantize(model, example, QuantConfig(**options), data=data.calibration)
             return export_qdq(q, example, tmp / f"{name}_{tag}.onnx")
         return build
 
@@ -241,7 +241,7 @@ def _large_rows(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
     from benchmarks._peer_nncf import nncf_quantize, nncf_version
     from slimkit.analysis import profile
     from slimkit.export import export_onnx, export_qdq, ort_quantize_static
-    from slimkit.quantize import QuantConfig, quantize_ptq
+    from slimkit.quantize import QuantConfig, quantize
 
     model = _random_model(name)
     generator = torch.Generator().manual_seed(2)
@@ -253,7 +253,7 @@ def _large_rows(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
     files: dict[str, tuple[str, Path, float]] = {}
 
     def slimkit() -> Path:
-        q = quantize_ptq(model, example, calibration, QuantConfig())
+        q = quantize(model, example, QuantConfig(), data=calibration)
         return export_qdq(q, example, tmp / f"{name}224_int8.onnx")
 
     files["int8"] = ("slimkit int8 PTQ (minmax)", *_timed(slimkit))

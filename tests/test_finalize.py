@@ -9,7 +9,7 @@ from slimkit._finalize import FINALIZERS, finalizers_for
 from slimkit.data import TensorLoader
 from slimkit.prune import UnstructuredConfig, attached_masks, magnitude_prune
 from slimkit.prune import finalize as finalize_masks
-from slimkit.quantize import FakeQuantize, QuantConfig, convert_qat, quantize_ptq, quantize_qat
+from slimkit.quantize import FakeQuantize, QuantConfig, convert_qat, quantize, quantize_qat
 from slimkit.share import ClusterConfig, ClusteredLayer, cluster_weights, finalize_clusters
 
 X = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -48,7 +48,7 @@ def test_clustered_model_as_finalize_clusters():
 
 @pytest.mark.parametrize("lsq", [False, True])
 def test_qat_model_as_convert_qat(lsq):
-    qat = quantize_qat(models.create("lenet5").eval(), X[:1], _calibration(), QuantConfig(weight_bits=4, lsq=lsq))
+    qat = quantize_qat(models.create("lenet5").eval(), X[:1], QuantConfig(weight_bits=4, lsq=lsq), data=_calibration())
     assert finalizers_for(qat) == ["qat"]
     final = slimkit.finalize(qat)
     assert not any(isinstance(m, FakeQuantize) and (m.learnable or m.dynamic or m.observing)
@@ -59,7 +59,7 @@ def test_qat_model_as_convert_qat(lsq):
 
 def test_masks_are_baked_before_qat_is_frozen():
     masked = magnitude_prune(models.create("lenet5"), None, UnstructuredConfig(sparsity=0.5))
-    qat = quantize_qat(masked.eval(), X[:1], _calibration(), QuantConfig(weight_bits=4))
+    qat = quantize_qat(masked.eval(), X[:1], QuantConfig(weight_bits=4), data=_calibration())
     assert finalizers_for(qat) == ["masks", "qat"]
     final = slimkit.finalize(qat)
     assert not attached_masks(final)
@@ -67,7 +67,7 @@ def test_masks_are_baked_before_qat_is_frozen():
 
 
 def test_a_final_model_comes_back_as_a_copy():
-    ptq = quantize_ptq(models.create("lenet5").eval(), X[:1], _calibration(), QuantConfig())
+    ptq = quantize(models.create("lenet5").eval(), X[:1], QuantConfig(), data=_calibration())
     assert finalizers_for(ptq) == []  # PTQ is final already
     final = slimkit.finalize(ptq)
     assert final is not ptq

@@ -14,7 +14,7 @@ from slimkit.export import (
     ort_quantize_static,
     run_onnx,
 )
-from slimkit.quantize import QuantConfig, quantize_ptq, quantize_weights
+from slimkit.quantize import QuantConfig, quantize, quantize_weights
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def data():
 def test_qdq_runs_int8_kernels_and_matches_fake_quant(tmp_path, data, name, weight_bits):
     torch.manual_seed(0)
     model = models.create(name, **({"width": 0.5} if name == "resnet20" else {})).eval()
-    q = quantize_ptq(model, data.example_input(), data.calibration, QuantConfig(weight_bits=weight_bits))
+    q = quantize(model, data.example_input(), QuantConfig(weight_bits=weight_bits), data=data.calibration)
     path = export_qdq(q, data.example_input(), tmp_path / "q.onnx")
     ops = optimized_op_types(path)
     assert ops.get("QLinearConv", 0) >= 2 and "Conv" not in ops

@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from slimkit import models
-from slimkit.quantize import QuantConfig, equalization_pairs, equalize, fold_bn, quant_report, quantize_ptq
+from slimkit.quantize import QuantConfig, equalization_pairs, equalize, fold_bn, quant_report, quantize
 
 
 def test_pairs_found_through_relu_and_pooling():
@@ -40,7 +40,7 @@ def test_equalization_helps_per_tensor_weights():
     x = torch.randn(32, 3, 10, 10)
     errors = {}
     for flag in (False, True):
-        q = quantize_ptq(model, calib[0], calib, QuantConfig(per_channel=False, weight_bits=4, equalize=flag))
+        q = quantize(model, calib[0], QuantConfig(per_channel=False, weight_bits=4, equalize=flag), data=calib)
         assert bool(quant_report(q).equalized) is flag
         with torch.no_grad():
             errors[flag] = float((q(x) - model(x)).pow(2).mean())

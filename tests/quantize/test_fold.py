@@ -50,11 +50,11 @@ def test_grid_inputs_follow_pooling_and_reshapes_but_not_adds():
 
 def test_shared_grid_quantizer_is_exact_and_calibrated_once(tmp_path):
     from slimkit.data import create_data
-    from slimkit.quantize import QuantConfig, quantize_ptq
+    from slimkit.quantize import QuantConfig, quantize
 
     data = create_data("mnist", calibration_size=256)
     model = models.create("lenet5").eval()
-    q = quantize_ptq(model, data.example_input(), data.calibration, QuantConfig())
+    q = quantize(model, data.example_input(), QuantConfig(), data=data.calibration)
     assert q.conv2.input_quant is q.conv1.output_quant
     assert q.slimkit_quant_report.shared_input_quant == [("conv2", "conv1"), ("fc1", "conv2"), ("fc2", "fc1")]
     # max pooling a tensor on the grid leaves it on the grid: re-quantizing it with the same quantizer is a no-op

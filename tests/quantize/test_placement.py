@@ -14,7 +14,7 @@ from torch import nn
 from slimkit import models
 from slimkit.data import TensorLoader, create_data
 from slimkit.export import export_qdq, float_islands, onnx_accuracy, optimized_op_types, run_onnx
-from slimkit.quantize import QuantConfig, quant_report, quantize_ptq, wrappers
+from slimkit.quantize import QuantConfig, quant_report, quantize, wrappers
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _count(model: nn.Module, *targets) -> int:
 
 
 def _int8(tmp_path, model, data, name="q", **config):
-    q = quantize_ptq(model, data.example_input(), data.calibration, QuantConfig(**config))
+    q = quantize(model, data.example_input(), QuantConfig(**config), data=data.calibration)
     return q, export_qdq(q, data.example_input(), tmp_path / f"{name}.onnx")
 
 
@@ -185,7 +185,7 @@ class _Branchy(nn.Module):
 
 
 def test_untraceable_model_falls_back_to_layer_placement(mnist):
-    q = quantize_ptq(_Branchy().eval(), mnist.example_input(), mnist.calibration)
+    q = quantize(_Branchy().eval(), mnist.example_input(), data=mnist.calibration)
     report = quant_report(q)
     assert report.placement == "layers" and "could not trace" in report.float_layers["<graph>"]
     assert report.quantized == ["conv"] and q.conv.input_quant is not None and not q.conv.graph_quantized

@@ -12,7 +12,7 @@ from slimkit.quantize import (
     QuantWrapper,
     layer_sensitivity,
     quant_report,
-    quantize_ptq,
+    quantize,
     quantize_weights,
     weight_codes,
     wrappers,
@@ -37,7 +37,7 @@ def lenet(mnist):
 
 def test_ptq_int8_keeps_accuracy_and_leaves_caller_untouched(mnist, lenet):
     before = {k: v.clone() for k, v in lenet.state_dict().items()}
-    q = quantize_ptq(lenet, mnist.example_input(), mnist.calibration)
+    q = quantize(lenet, mnist.example_input(), data=mnist.calibration)
     assert all(torch.equal(before[k], v) for k, v in lenet.state_dict().items())
     report = quant_report(q)
     assert report.quantized == ["conv1", "conv2", "fc1", "fc2"] and report.fused_relu == ["fc1"]
@@ -49,7 +49,7 @@ def test_ptq_int8_keeps_accuracy_and_leaves_caller_untouched(mnist, lenet):
 
 @pytest.mark.parametrize("observer", OBSERVERS.names())
 def test_every_observer_quantizes_lenet(mnist, lenet, observer):
-    q = quantize_ptq(lenet, mnist.example_input(), mnist.calibration, QuantConfig(observer=observer))
+    q = quantize(lenet, mnist.example_input(), QuantConfig(observer=observer), data=mnist.calibration)
     sub = TensorLoader(mnist.test.inputs[:2000], mnist.test.targets[:2000], batch_size=500)
     # Clipping observers trade outliers for resolution; entropy (KL) clips hardest and costs ~2 points on this
     # briefly-trained LeNet, so the bound is loose; the benchmark reports each observer on trained models.
@@ -59,15 +59,15 @@ def test_every_observer_quantizes_lenet(mnist, lenet, observer):
 def test_empty_calibration_loader_is_an_error(lenet):
     empty = TensorLoader(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long), batch_size=8)
     with pytest.raises(DataError, match="empty"):
-        quantize_ptq(lenet, torch.zeros(1, 1, 28, 28), empty)
+        quantize(lenet, torch.zeros(1, 1, 28, 28), data=empty)
     with pytest.raises(DataError, match="no batches"):
-        quantize_ptq(lenet, torch.zeros(1, 1, 28, 28), iter([]))
+        quantize(lenet, torch.zeros(1, 1, 28, 28), data=iter([]))
 
 
 def test_unsupported_layer_left_in_float_and_listed():
     model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Flatten(), nn.Linear(24, 3)).eval()
     calib = [torch.randn(8, 2, 8) for _ in range(2)]
-    q = quantize_ptq(model, calib[0], calib)
+    q = quantize(model, calib[0], data=calib)
     report = quant_report(q)
     assert report.quantized == ["2"]
     assert report.float_layers == {"0": "unsupported layer type Conv1d"}
@@ -79,13 +79,13 @@ def test_unsupported_layer_left_in_float_and_listed():
 def test_asking_for_an_unsupported_layer_is_an_error_before_work():
     model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Flatten(), nn.Linear(24, 3))
     with pytest.raises(ConfigError, match="Conv1d"):
-        quantize_ptq(model, torch.randn(1, 2, 8), [torch.randn(1, 2, 8)], QuantConfig(layers=("0",)))
+        quantize(model, torch.randn(1, 2, 8), QuantConfig(layers=("0",)), data=[torch.randn(1, 2, 8)])
     with pytest.raises(ConfigError, match="matches no layer"):
-        quantize_ptq(model, torch.randn(1, 2, 8), [torch.randn(1, 2, 8)], QuantConfig(layers=("conv9",)))
+        quantize(model, torch.randn(1, 2, 8), QuantConfig(layers=("conv9",)), data=[torch.randn(1, 2, 8)])
 
 
 def test_skip_by_glob_and_regex(mnist, lenet):
-    q = quantize_ptq(lenet, mnist.example_input(), mnist.calibration, QuantConfig(skip=("conv*", "re:fc2")))
+    q = quantize(lenet, mnist.example_input(), QuantConfig(skip=("conv*", "re:fc2")), data=mnist.calibration)
     assert quant_report(q).quantized == ["fc1"]
     assert set(quant_report(q).float_layers) == {"conv1", "conv2", "fc2"}
 
@@ -97,7 +97,7 @@ def test_bias_correction_reduces_output_bias_at_low_bits(mnist, lenet):
     shifts = {}
     for corrected in (False, True):
         config = QuantConfig(weight_bits=3, per_channel=False, bias_correction=corrected)
-        q = quantize_ptq(lenet, mnist.example_input(), mnist.calibration, config)
+        q = quantize(lenet, mnist.example_input(), config, data=mnist.calibration)
         with torch.no_grad():
             shifts[corrected] = float((q(x) - ref).mean(dim=0).abs().mean())
         assert bool(quant_report(q).bias_corrected) is corrected
@@ -105,11 +105,11 @@ def test_bias_correction_reduces_output_bias_at_low_bits(mnist, lenet):
 
 
 def test_sensitivity_sweep_keeps_the_worst_layer_in_float(mnist, lenet):
-    q = quantize_ptq(lenet, mnist.example_input(), mnist.calibration, QuantConfig(weight_bits=2))
+    q = quantize(lenet, mnist.example_input(), QuantConfig(weight_bits=2), data=mnist.calibration)
     scores = layer_sensitivity(q, mnist.calibration)
     assert set(scores) == {"conv1", "conv2", "fc1", "fc2"}
     worst = max(scores, key=scores.get)
-    kept = quantize_ptq(lenet, mnist.example_input(), mnist.calibration, QuantConfig(weight_bits=2, keep_sensitive=1))
+    kept = quantize(lenet, mnist.example_input(), QuantConfig(weight_bits=2, keep_sensitive=1), data=mnist.calibration)
     report = quant_report(kept)
     assert worst in report.float_layers and worst not in report.quantized
     assert not wrappers(kept)[worst].enabled

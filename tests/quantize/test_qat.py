@@ -4,7 +4,7 @@ import torch
 from slimkit import models
 from slimkit.analysis import evaluate
 from slimkit.data import TensorLoader, create_data
-from slimkit.quantize import FakeQuantize, QuantConfig, convert_qat, quant_report, quantize_ptq, quantize_qat
+from slimkit.quantize import FakeQuantize, QuantConfig, convert_qat, quant_report, quantize, quantize_qat
 from slimkit.train import fit
 
 
@@ -19,8 +19,8 @@ def test_qat_one_epoch_at_4_bits_beats_ptq(lsq):
     fit(model, train, epochs=1, progress=False)
     model.eval()
     config = QuantConfig(weight_bits=4, activation_bits=8, per_channel=False, lsq=lsq)
-    ptq = evaluate(quantize_ptq(model, data.example_input(), data.calibration, config), test).accuracy
-    qat = quantize_qat(model, data.example_input(), data.calibration, config)
+    ptq = evaluate(quantize(model, data.example_input(), config, data=data.calibration), test).accuracy
+    qat = quantize_qat(model, data.example_input(), config, data=data.calibration)
     assert qat.training
     fit(qat, train, epochs=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9), progress=False)
     converted = convert_qat(qat)
@@ -33,7 +33,7 @@ def test_qat_one_epoch_at_4_bits_beats_ptq(lsq):
 def test_qat_trains_weights_and_lsq_scales():
     data = create_data("mnist", batch_size=64, calibration_size=128)
     model = models.create("lenet5").eval()
-    qat = quantize_qat(model, data.example_input(), data.calibration, QuantConfig(weight_bits=4, lsq=True))
+    qat = quantize_qat(model, data.example_input(), QuantConfig(weight_bits=4, lsq=True), data=data.calibration)
     scales = [m.scale for m in qat.modules() if isinstance(m, FakeQuantize)]
     assert all(isinstance(s, torch.nn.Parameter) for s in scales)
     before = [s.detach().clone() for s in scales]

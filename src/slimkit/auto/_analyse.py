@@ -163,7 +163,7 @@ class Analyser:
     def _int8(self, calib: Calibration, analysis: Analysis) -> None:
         """Per-layer int8 sensitivity; the whole int8 model's file bytes, latency ratio and accuracy."""
         from slimkit.export import export_qdq
-        from slimkit.quantize import QuantConfig, quantize_ptq
+        from slimkit.quantize import QuantConfig, quantize
 
         config = self.config
         quantizable = [n for n in analysis.layers if n not in analysis.skip]
@@ -173,8 +173,8 @@ class Analyser:
         reference = read_json(self.folder / "int8_reference.json")
         if not (isinstance(reference, dict) and reference.get("key") == self.key):
             self.emit("analysis", {"what": "int8 reference", "done": 0, "total": 1})
-            quantized = quantize_ptq(self.model, self.example, self.data.calibration,
-                                     QuantConfig(skip=tuple(config.skip)))
+            quantized = quantize(self.model, self.example, QuantConfig(skip=tuple(config.skip)),
+                                 data=self.data.calibration)
             path = self.folder / "int8_reference.onnx"
             export_qdq(quantized, self.example, path)
             from slimkit.analysis import evaluate

@@ -48,13 +48,13 @@ def _decompose(model: nn.Module, params: dict[str, Any], ctx: dict[str, Any]) ->
 
 
 def _quantize(model: nn.Module, params: dict[str, Any], ctx: dict[str, Any]) -> nn.Module:
-    from slimkit.quantize import QuantConfig, quantize_ptq
+    from slimkit.quantize import QuantConfig, quantize
 
     options = {k: v for k, v in params.items() if k != "method"}
     if params.get("method", "ptq") != "ptq":
         raise ValueError(f"auto plans use post-training quantization, not {params['method']!r}")
     options["skip"] = tuple(options.get("skip", ()))
-    return quantize_ptq(model, ctx["example"], ctx["data"].calibration, QuantConfig(**options))
+    return quantize(model, ctx["example"], QuantConfig(**options), data=ctx["data"].calibration)
 
 
 def _prune_unstructured(model: nn.Module, params: dict[str, Any], ctx: dict[str, Any]) -> nn.Module:

@@ -196,14 +196,14 @@ def channel_analysis(model: nn.Module, example: Any, calib: Calibration, groups:
 
 def int8_analysis(model: nn.Module, example: Any, calib: Calibration, loader: Iterable, layers: Sequence[str], *,
                   cache: Cache, progress: Progress = _no_progress) -> dict[str, float]:
-    """The proxy increase with only one layer quantized to int8 (weights and activations, ``quantize_ptq``), per
+    """The proxy increase with only one layer quantized to int8 (weights and activations, ``quantize``), per
     layer (the one-at-a-time sweep of Wu et al. 2020, §5.2, and NNCF's accuracy control)."""
-    from slimkit.quantize import QuantConfig, quantize_ptq
+    from slimkit.quantize import QuantConfig, quantize
 
     out = {}
     for i, name in enumerate(layers):
         if name not in cache:
-            quantized = quantize_ptq(model, example, loader, QuantConfig(layers=(name,)))
+            quantized = quantize(model, example, QuantConfig(layers=(name,)), data=loader)
             cache.put(name, max(0.0, calib.delta(quantized)))
         out[name] = cache.get(name)
         progress("int8", i + 1, len(layers))

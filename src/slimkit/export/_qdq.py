@@ -38,7 +38,7 @@ def export_qdq(
     dynamic_batch: bool = True,
     opset: int = DEFAULT_OPSET,
 ) -> Path:
-    """Export a frozen slimkit-quantized model (``quantize_ptq`` / ``convert_qat``) to a QDQ int8 ONNX file.
+    """Export a frozen slimkit-quantized model (``quantize`` / ``convert_qat``) to a QDQ int8 ONNX file.
 
     Weights are stored as int8 initializers with their per-channel scales, biases as int32 on the ``s_x · s_w``
     grid, activations as uint8 QuantizeLinear/DequantizeLinear pairs with slimkit's calibrated scale and zero point.
@@ -47,7 +47,7 @@ def export_qdq(
 
     if not any(isinstance(m, QuantWrapper) and m.enabled and m.input_quant is not None for m in model.modules()):
         raise ExportError(f"{type(model).__name__} has no int8 layer (weight + activation quantized): quantize it "
-                          "with slimkit.quantize.quantize_ptq / convert_qat first (weight-only models export as fp32)")
+                          "with slimkit.quantize.quantize / convert_qat first (weight-only models export as fp32)")
     import onnx
 
     target = Path(path)

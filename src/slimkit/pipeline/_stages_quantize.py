@@ -55,7 +55,7 @@ class QuantizeStage(Stage):
 
         config = self.params.quant_config()
         if self.params.method == "qat":
-            return quantize_qat(model, ctx.example_input, ctx.data.calibration, config)
+            return quantize_qat(model, ctx.example_input, config, data=ctx.data.calibration)
         return quantize(model, ctx.example_input, config, data=ctx.data.calibration)
 
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:

@@ -36,7 +36,6 @@ from slimkit.quantize._ptq import (
     freeze_,
     prepare,
     quant_report,
-    quantize_ptq,
     wrappers,
 )
 from slimkit.quantize._qat import convert_qat, quantize_qat
@@ -87,7 +86,6 @@ __all__ = [
     "qparams_from_range",
     "quant_report",
     "quantize",
-    "quantize_ptq",
     "quantize_qat",
     "quantize_weights",
     "register_method",

@@ -355,22 +355,6 @@ def bias_correct_(model: nn.Module, loader: Iterable) -> list[str]:
     return sorted(sums)
 
 
-def quantize_ptq(
-    model: nn.Module,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
-    calibration_loader: Iterable,
-    config: QuantConfig | None = None,
-) -> nn.Module:
-    """Post-training quantization: a new model with BN folded, observers calibrated on ``calibration_loader``
-    and qparams frozen; the caller's model is untouched. ``example_inputs`` checks that folding kept the outputs.
-
-    Layers that cannot be quantized stay in float and are listed in ``result.slimkit_quant_report.float_layers``.
-    """
-    from slimkit.quantize._quantize import quantize
-
-    return quantize(model, example_inputs, config or QuantConfig(), data=calibration_loader)
-
-
 def check_folding(model: nn.Module, prepared: nn.Module,
                   example_inputs: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor]) -> None:
     """Warn when BatchNorm folding / equalization changed the float outputs (observers off, nothing quantized)."""

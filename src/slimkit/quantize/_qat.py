@@ -20,20 +20,22 @@ from slimkit.quantize._ptq import QuantConfig, calibrate_, check_folding, check_
 def quantize_qat(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
-    calibration_loader: Iterable,
     config: QuantConfig | None = None,
+    *,
+    data: Iterable | None = None,
 ) -> nn.Module:
-    """A new model in train mode with fake quantization on, ready for ``fit``.
+    """A new model in train mode with fake quantization on, ready for ``fit``; :func:`slimkit.finalize` (or
+    :func:`convert_qat`) freezes it after training.
 
     BatchNorm is folded first (its statistics stay frozen during fine-tuning, Krishnamoorthi 2018 §3.2 recommends
-    freezing them late in QAT anyway). Activation ranges start from a calibration pass; weight ranges follow the
-    weights every step (per-channel min/max), or are learned when ``config.lsq``.
+    freezing them late in QAT anyway). Activation ranges start from a calibration pass over ``data``; weight ranges
+    follow the weights every step (per-channel min/max), or are learned when ``config.lsq``.
     """
     config = config or QuantConfig()
-    check_loader(calibration_loader)
+    check_loader(data, "calibration data for QAT (data=)")
     qmodel, report = prepare(model, config, dynamic_weights=True, example_inputs=example_inputs)
     check_folding(model, qmodel, example_inputs)
-    report.calibration_batches = calibrate_(qmodel, calibration_loader)
+    report.calibration_batches = calibrate_(qmodel, data)
     freeze_(qmodel)
     return qmodel.train()
 
