@@ -61,3 +61,41 @@ def test_import_contracts_hold():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout
+
+
+#: every technique verb and its config class (docs/architecture.md: one technique shape)
+VERBS = [
+    ("slimkit.prune", "prune_channels", "PruneConfig"),
+    ("slimkit.prune", "prune_depth", "DepthPruneConfig"),
+    ("slimkit.prune", "magnitude_prune", "UnstructuredConfig"),
+    ("slimkit.prune", "scale_width", "WidthConfig"),
+    ("slimkit.quantize", "quantize", "QuantConfig"),
+    ("slimkit.quantize", "quantize_qat", "QuantConfig"),
+    ("slimkit.quantize", "quantize_weights", "QuantConfig"),
+    ("slimkit.decompose", "decompose", "DecomposeConfig"),
+    ("slimkit.convert", "convert", "RewriteConfig"),
+    ("slimkit.convert", "to_depthwise_separable", "DepthwiseSeparableConfig"),
+    ("slimkit.convert", "to_group_conv", "GroupConvConfig"),
+    ("slimkit.convert", "to_crelu", "CReLUConfig"),
+    ("slimkit.share", "cluster_weights", "ClusterConfig"),
+    ("slimkit.share", "deep_compression", "DeepCompressionConfig"),
+]
+
+
+@pytest.mark.parametrize(("package", "verb", "config"), VERBS, ids=[v for _, v, _ in VERBS])
+def test_every_technique_has_the_one_shape(package, verb, config):
+    """``verb(model, example_inputs, config, *, data=None) -> nn.Module`` with a frozen dataclass config."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    module = importlib.import_module(package)
+    signature = inspect.signature(getattr(module, verb))
+    params = list(signature.parameters.values())
+    assert [p.name for p in params[:3]] == ["model", "example_inputs", "config"]
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params[:3])
+    data = signature.parameters["data"]
+    assert data.kind is data.KEYWORD_ONLY and data.default is None
+    assert signature.return_annotation in ("nn.Module", "torch.nn.Module")
+    config_class = getattr(module, config)
+    assert dataclasses.is_dataclass(config_class) and config_class.__dataclass_params__.frozen
