@@ -47,8 +47,8 @@ MLP_ROUND = 8
 #: which group of the dependency graph is which (their first layer's name)
 LAYOUT = {"llama": {"residual": "model.embed_tokens", "heads": "*.self_attn.q_proj", "channels": "*.mlp.gate_proj"},
           "gpt2": {"residual": "transformer.wte", "heads": "*.attn.c_attn", "channels": "*.mlp.c_fc"}}
-TP_TIMEOUT = 900
-TP_QUICK_TIMEOUT = 120
+TP_TIMEOUT = 600
+TP_QUICK_TIMEOUT = 60
 
 
 # --- models, data, evaluation ---------------------------------------------------------------------------------------
@@ -99,12 +99,14 @@ def _width(model: nn.Module, target: int, data: Any, valid: Any, quick: bool) ->
                                                           batches=batches, timeout=None), data=calibration)
 
     trials: list[dict[str, Any]] = []
-    for keep in HIDDEN_KEEP[:3] if quick else HIDDEN_KEEP:
-        for heads in HEAD_RATIOS[kind][:2] if quick else HEAD_RATIOS[kind]:
+    for keep in HIDDEN_KEEP[::2][:2] if quick else HIDDEN_KEEP:
+        for heads in HEAD_RATIOS[kind][:1] if quick else HEAD_RATIOS[kind]:
             # parameters are linear in the MLP width kept (at fixed hidden width and heads): two counts solve it
             full = _params(prune(_ratios(kind, keep, heads, 0.0)))
             half = _params(prune(_ratios(kind, keep, heads, 0.5)))
             per_unit = (full - half) / (width - (width - math.floor(width * 0.5)))
+            if target - full > MLP_ROUND * per_unit:  # hidden + heads alone overshoot the budget: not this target
+                continue
             mlp_keep = width - math.ceil(max(0, full - target) / per_unit)
             mlp_keep = mlp_keep // MLP_ROUND * MLP_ROUND
             if mlp_keep < MLP_ROUND or mlp_keep > width:
