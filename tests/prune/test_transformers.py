@@ -214,3 +214,20 @@ def test_reconstruction_refits_the_next_projection():
     target = _out(model, data[1])
     assert (_out(refit, data[1]) - target).pow(2).mean() < (_out(plain, data[1]) - target).pow(2).mean()
     assert copy.deepcopy(refit).model.layers[0].mlp.down_proj.in_features == 24
+
+
+def test_batch_loss_of_token_blocks_is_the_per_token_loss():
+    # (token block, shifted targets) batches, as slimkit.data's text loaders give: data-driven criteria (taylor)
+    # score a causal LM on them instead of failing on the N×L×V logits
+    from slimkit.analysis import token_cross_entropy
+    from slimkit.prune import batch_loss
+
+    model = llama()
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(3))
+    x, y = ids[:, :-1], ids[:, 1:]
+    with torch.no_grad():
+        expected = token_cross_entropy(model(input_ids=x).logits, y)
+        torch.testing.assert_close(batch_loss(model, x, y), expected)
+    pruned = prune_channels(model, x[:1], PruneConfig(ratio={"re:.*gate_proj": 0.5}, criterion="taylor"),
+                            data=[(x, y)])
+    assert pruned.model.layers[0].mlp.gate_proj.out_features == 24

@@ -62,8 +62,11 @@ class PruneContext:
 
 
 def batch_loss(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable | None = None) -> torch.Tensor:
-    """The loss of one calibration batch: ``loss_fn(output, targets)`` (default cross-entropy); for keyword inputs
-    the model's own ``loss`` (Hugging Face models given ``labels``), else the next-token loss of a causal LM."""
+    """The loss of one calibration batch: ``loss_fn(output, targets)`` (default cross-entropy; per token for a
+    language model's ``N×L×V`` logits against ``N×L`` targets); for keyword inputs the model's own ``loss`` (Hugging
+    Face models given ``labels``), else the next-token loss of a causal LM."""
+    from slimkit.analysis import is_token_output, token_cross_entropy
+
     kwargs = dict(inputs) if isinstance(inputs, Mapping) else None
     out = run_model(model, kwargs if kwargs is not None else inputs)
     if loss_fn is not None and targets is not None:
@@ -73,6 +76,8 @@ def batch_loss(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable | 
         return own
     logits = _logits(out)
     if targets is not None:
+        if is_token_output(logits, targets):  # a (token block, shifted targets) batch of a language model
+            return token_cross_entropy(logits, targets)
         return nn.functional.cross_entropy(logits, targets)
     if kwargs is not None and "input_ids" in kwargs and logits.dim() == 3:
         ids = kwargs["input_ids"]
