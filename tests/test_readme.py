@@ -1,0 +1,66 @@
+"""The README's "What you can do" sequence, run as written on a fresh folder (each command in its own process, as a
+user types it), with only data subsets added: every command must work with the files the earlier ones made."""
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the only change to the README's commands: small data subsets where the command takes them
+TINY = {"--train-samples": "512", "--eval-samples": "256"}
+
+
+def readme_sequence() -> list[list[str]]:
+    """The ``slimkit`` commands of the first bash block under "## What you can do", comments stripped."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## What you can do", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "README: no bash block under 'What you can do'"
+    return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line.strip()]
+
+
+def _options_of(command: str) -> set[str]:
+    from slimkit.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {flag for action in sub.choices[command]._actions for flag in action.option_strings}
+
+
+def tiny(argv: list[str]) -> list[str]:
+    options = _options_of(argv[1])
+    return argv + [x for flag, value in TINY.items() if flag in options and flag not in argv for x in (flag, value)]
+
+
+def test_the_sequence_is_all_slimkit_commands_in_an_order_that_makes_its_own_inputs():
+    sequence = readme_sequence()
+    assert len(sequence) >= 10 and all(argv[0] == "slimkit" for argv in sequence)
+    made: set[str] = set()
+    for argv in sequence:
+        for flag in ("-c", "--checkpoint", "--teacher-checkpoint"):
+            if flag in argv:
+                needed = argv[argv.index(flag) + 1]
+                assert any(needed.startswith(out + "/") for out in made), f"{needed} is made by no earlier command"
+        if "--out" in argv:
+            made.add(argv[argv.index("--out") + 1])
+
+
+@pytest.mark.slow
+def test_readme_sequence_runs_top_to_bottom(tmp_path):
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    env = {**os.environ, "SLIMKIT_CACHE": str(tmp_path / "cache")}
+    for argv in readme_sequence():
+        command = [sys.executable, "-m", "slimkit.cli", *tiny(argv)[1:]]
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        # on 512 training images the model is too weak for auto's accuracy limit: "budget not met" (exit 1, its
+        # report written) is the documented outcome there, never a traceback
+        unmet = argv[1] == "auto" and done.returncode == 1 and "budget not met" in done.stdout
+        assert done.returncode == 0 or unmet, f"{shlex.join(argv)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert (tmp_path / "hybrid.onnx").is_file() and (tmp_path / "runs" / "int4" / "model.onnx").is_file()
