@@ -150,6 +150,38 @@ def _check_selection(model: nn.Module, config: QuantConfig) -> None:
                               "`layers` (they stay in float)")
 
 
+def config_dict(config: QuantConfig) -> dict[str, Any]:
+    """The config as the report records it (mappings as plain dicts)."""
+    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(config).items()}
+
+
+def fold_and_equalize_(model: nn.Module, config: QuantConfig, report: QuantReport):
+    """Fold BatchNorm into the preceding layers and, if asked, equalize across layers (DFQ), in place; records both
+    (and why folding was impossible) in ``report``; returns the traced graph facts."""
+    facts = analyse(model)
+    if not facts.traced:
+        report.float_layers["<graph>"] = f"torch.fx could not trace the model ({facts.error}): BN not folded"
+    report.folded_bn = fold_bn_(model, facts)
+    if config.equalize:
+        from slimkit.quantize._equalize import equalize_
+
+        report.equalized = equalize_(model)
+    return facts
+
+
+def selected_for(name: str, module: nn.Module, config: QuantConfig, report: QuantReport) -> bool:
+    """True when the layer is quantized; otherwise records in ``report.float_layers`` why it stays in float."""
+    if not isinstance(module, SUPPORTED_LAYERS):
+        report.float_layers[name] = f"unsupported layer type {type(module).__name__}"
+    elif config.layers and not matches(name, config.layers):
+        report.float_layers[name] = "not selected by `layers`"
+    elif matches(name, config.skip):
+        report.float_layers[name] = "skipped by `skip`"
+    else:
+        return True
+    return False
+
+
 def prepare(
     model: nn.Module, config: QuantConfig, *, dynamic_weights: bool = False,
     example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
@@ -162,26 +194,10 @@ def prepare(
     layer. The report's ``placement`` says which happened (and ``float_layers["<graph>"]`` why not the graph)."""
     _check_selection(model, config)
     model = copy.deepcopy(model).eval()
-    report = QuantReport(config={k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(config).items()})
-    facts = analyse(model)
-    if not facts.traced:
-        report.float_layers["<graph>"] = f"torch.fx could not trace the model ({facts.error}): BN not folded"
-    report.folded_bn = fold_bn_(model, facts)
-    if config.equalize:
-        from slimkit.quantize._equalize import equalize_
-
-        report.equalized = equalize_(model)
+    report = QuantReport(config=config_dict(config))
+    facts = fold_and_equalize_(model, config, report)
     relu_of = dict(facts.layer_relu)
-    selected = set()
-    for name, module in list(_param_leaves(model)):
-        if not isinstance(module, SUPPORTED_LAYERS):
-            report.float_layers[name] = f"unsupported layer type {type(module).__name__}"
-        elif config.layers and not matches(name, config.layers):
-            report.float_layers[name] = "not selected by `layers`"
-        elif matches(name, config.skip):
-            report.float_layers[name] = "skipped by `skip`"
-        else:
-            selected.add(name)
+    selected = {name for name, module in list(_param_leaves(model)) if selected_for(name, module, config, report)}
     for name in sorted(selected):
         layer = model.get_submodule(name)
         wspec = QuantSpec(config.weight_bits, symmetric=True, ch_axis=0 if config.per_channel else None)

@@ -12,18 +12,16 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import nn
 
 from slimkit._errors import ConfigError
-from slimkit.quantize._fold import analyse, fold_bn_, set_submodule
+from slimkit.quantize._fold import set_submodule
 from slimkit.quantize._grid import WEIGHT_OBSERVERS, WeightGrid
 from slimkit.quantize._methods import LayerTarget, parse_method
 from slimkit.quantize._ptq import (
-    SUPPORTED_LAYERS,
     QuantConfig,
     QuantReport,
     _check_selection,
@@ -32,9 +30,11 @@ from slimkit.quantize._ptq import (
     calibrate_,
     check_folding,
     check_loader,
+    config_dict,
+    fold_and_equalize_,
     freeze_,
-    matches,
     prepare,
+    selected_for,
     wrappers,
 )
 from slimkit.quantize._sequential import calibration_calls, first_tensor
@@ -79,12 +79,12 @@ def quantize(
     for step in transforms:
         step.method.run(work, config, step.options, calls, details)
     if weight_only:
-        qmodel, report = work, QuantReport(config=_config_dict(config))
+        qmodel, report = work, QuantReport(config=config_dict(config))
         _fold_for_weight_only(qmodel, config, report)
         grid = WeightGrid(config.weight_bits, config.weight_symmetric, config.group_size, config.weight_observer)
         targets = []
         for name, module in list(_param_leaves(qmodel)):
-            if not _selected(name, module, config, report):
+            if not selected_for(name, module, config, report):
                 continue
             targets.append(LayerTarget(qmodel, name, module, grid))
             report.quantized.append(name)
@@ -120,10 +120,6 @@ def quantize(
     return qmodel
 
 
-def _config_dict(config: QuantConfig) -> dict[str, Any]:
-    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(config).items()}
-
-
 def _check_weight_only(config: QuantConfig) -> None:
     if config.weight_observer not in WEIGHT_OBSERVERS:
         raise ConfigError(f"weight-only quantization chooses group-wise grids with the 'minmax' or 'mse' weight "
@@ -135,32 +131,13 @@ def _check_weight_only(config: QuantConfig) -> None:
                           "post-training quantization has no use for it: drop lsq")
 
 
-def _selected(name: str, module: nn.Module, config: QuantConfig, report: QuantReport) -> bool:
-    if not isinstance(module, SUPPORTED_LAYERS):
-        report.float_layers[name] = f"unsupported layer type {type(module).__name__}"
-    elif config.layers and not matches(name, config.layers):
-        report.float_layers[name] = "not selected by `layers`"
-    elif matches(name, config.skip):
-        report.float_layers[name] = "skipped by `skip`"
-    else:
-        return True
-    return False
-
-
 def _fold_for_weight_only(model: nn.Module, config: QuantConfig, report: QuantReport) -> None:
     """Fold BatchNorm into the preceding convs (and equalize) as PTQ does; models without BatchNorm (transformers,
     which torch.fx often cannot trace) are left as they are."""
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if not has_bn and not config.equalize:
         return
-    facts = analyse(model)
-    if not facts.traced:
-        report.float_layers["<graph>"] = f"torch.fx could not trace the model ({facts.error}): BN not folded"
-    report.folded_bn = fold_bn_(model, facts)
-    if config.equalize:
-        from slimkit.quantize._equalize import equalize_
-
-        report.equalized = equalize_(model)
+    fold_and_equalize_(model, config, report)
 
 
 def linearize_(model: nn.Module) -> list[str]:
