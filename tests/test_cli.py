@@ -50,3 +50,17 @@ def test_python_m_slimkit_cli_trains_and_writes_a_run_folder(tmp_path):
     assert (out / "model.onnx").is_file() and (out / "model.pt").is_file() and (out / "recipe.yaml").is_file()
     table = done.stdout[done.stdout.index("train lenet5"):]
     assert "01-train" in table and "431,080" in table and "…" not in table  # a pipe gets the whole table
+
+
+@pytest.mark.parametrize(("argv", "batch"), [
+    (["quantize", "lenet5", "--data", "mnist"], 64),  # int8's gain shows at a batch
+    (["quantize", "llama_tiny", "--data", "stdlib"], 1),  # one 256-token block is already a whole prefill
+    (["quantize", "llama_tiny", "--data", "stdlib", "--latency-batch", "4"], 4),
+    (["prune", "lenet5", "--data", "mnist"], 1),
+])
+def test_the_latency_batch_defaults_to_one_block_on_token_data(argv, batch):
+    from slimkit.cli import build_parser
+    from slimkit.cli._common import recipe_of
+
+    args = build_parser().parse_args([*argv, "--out", "unused"])
+    assert recipe_of(args, "x", [{"train": {}}])["evaluation"]["latency_batch"] == batch

@@ -130,8 +130,12 @@ def add_out_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_latency_args(parser: argparse.ArgumentParser, batch: int = 1) -> None:
-    parser.add_argument("--latency-batch", type=count(1, 4096), default=batch,
-                        help="batch size of the ONNX Runtime latency comparison (default: %(default)s)")
+    """``--latency-batch`` (``batch`` images; always 1 on token data, where one block is already a whole prefill of
+    its sequence length), ``--threads``, ``--no-latency``."""
+    default = "1" if batch == 1 else f"{batch}, 1 on token data"
+    parser.add_argument("--latency-batch", type=count(1, 4096), default=None,
+                        help=f"batch size of the ONNX Runtime latency comparison (default: {default})")
+    parser.set_defaults(default_latency_batch=batch)
     parser.add_argument("--threads", type=count(1, 256), default=1,
                         help="ONNX Runtime threads per session for the latency comparison (default: %(default)s: "
                              "three sessions stay alive, so one thread each cannot oversubscribe a shared machine)")
@@ -233,10 +237,23 @@ def recipe_of(args: argparse.Namespace, name: str, stages: list[dict[str, Any]],
         if getattr(args, key, None):
             data_section[key] = getattr(args, key)
     evaluation_section = {"latency": not getattr(args, "no_latency", False),
-                          "latency_batch": getattr(args, "latency_batch", 1), "threads": getattr(args, "threads", 1),
+                          "latency_batch": latency_batch(args, data_section["name"]),
+                          "threads": getattr(args, "threads", 1),
                           **(evaluation or {})}
     return {"version": 1, "name": name, "seed": getattr(args, "seed", 0), "model": section, "data": data_section,
             "evaluation": evaluation_section, "stages": stages}
+
+
+def latency_batch(args: argparse.Namespace, data: str) -> int:
+    """The batch the user asked for, else the command's default for images and 1 for token data (a batch of
+    64 × 256-token blocks would take seconds per call and tell nothing a single prefill does not)."""
+    from slimkit.data import DATASETS
+
+    if getattr(args, "latency_batch", None) is not None:
+        return args.latency_batch
+    if data in DATASETS and DATASETS.meta(data).get("task") == "lm":
+        return 1
+    return getattr(args, "default_latency_batch", 1)
 
 
 def run_command_recipe(args: argparse.Namespace, recipe: dict[str, Any]):

@@ -11,6 +11,7 @@ from slimkit.cli._common import (
     add_out_args,
     add_seed_arg,
     count,
+    latency_batch,
     real,
     recipe_of,
     run_command_recipe,
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
                "round_to": args.round_to, "skip": list(args.skip), "protect_first": args.protect_first,
                "seed": args.seed}
     if args.latency is not None:
-        options["target_latency"] = {"ratio": args.latency, "batch": args.latency_batch, "threads": args.threads}
+        options["target_latency"] = {"ratio": args.latency, "batch": latency_batch(args, args.data),
+                                     "threads": args.threads}
     PruneConfig(**options).validate()  # the library's own message for a bad value, before any work
     stages = [{"prune": {**options, "schedule": args.schedule}}]
     if args.finetune_epochs:

@@ -21,12 +21,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import io
 import logging
 import math
 import os
 import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ import torch
 from torch import nn
 
 from slimkit._inputs import input_tuple
-from slimkit.export._onnx import ExportError
+from slimkit.export._onnx import ExportError, quiet_exporters
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +310,7 @@ def export_matmul_nbits(
     os.close(fd)
     try:
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_exporter():
-                warnings.simplefilter("ignore")
+            with quiet_exporters():
                 program = torch.onnx.export(
                     graph, inputs, dynamo=True, input_names=input_names, output_names=output_names,
                     dynamic_shapes=shapes, opset_version=NBITS_OPSET, custom_translation_table=_translation(),
@@ -333,21 +330,6 @@ def export_matmul_nbits(
             raise ExportError(f"{target} differs from the PyTorch model by {err:.3g} in ONNX Runtime (atol {atol}): "
                               "report this as a bug; pass atol=None to keep the file anyway")
     return target
-
-
-@contextlib.contextmanager
-def _quiet_exporter():
-    """The dynamo exporter and its ONNX optimiser log every pass at INFO: keep their warnings and errors only."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir", "torch.export",
-                                                     "torch._dynamo", "torch.fx.experimental.symbolic_shapes")]
-    previous = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, previous):
-            logger.setLevel(level)
 
 
 def nbits_max_abs_diff(model: nn.Module, path: str | os.PathLike, inputs: Sequence[torch.Tensor] | torch.Tensor,

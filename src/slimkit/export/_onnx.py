@@ -64,7 +64,8 @@ def export_onnx(
     """Export ``model`` (in eval mode, the caller's object untouched) to ``path``, written atomically.
 
     Uses the TorchScript-based exporter, which is fast and handles every layer slimkit produces, and falls back to
-    the ``torch.export``-based exporter when the former fails. Inputs are named ``input`` (``input_1``, ...),
+    the ``torch.export``-based exporter (opset 18 at least) when the former fails; Hugging Face language models
+    take the opposite order. Inputs are named ``input`` (``input_1``, ...),
     outputs ``output``; the batch dimension is dynamic unless ``dynamic_batch=False``. A Hugging Face language model
     is exported as token ids → logits, without its KV cache (see :func:`exportable`).
     """
@@ -77,32 +78,65 @@ def export_onnx(
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~file_mode_mask())
+    def torchscript() -> None:
+        with quiet_exporters():
+            torch.onnx.export(
+                model, inputs, tmp, dynamo=False, input_names=input_names, output_names=["output"],
+                dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True,
+            )
+
+    def dynamo() -> None:
+        _export_dynamo(model, inputs, tmp, input_names, dynamic_batch, opset)
+
+    # transformers' attention-mask code defeats the TorchScript exporter (aten::diff), which then prints its whole
+    # graph to stdout from C++: language models go to torch.export first
+    exporters = (dynamo, torchscript) if isinstance(model, LogitsOnly) else (torchscript, dynamo)
     try:
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model, inputs, tmp, dynamo=False, input_names=input_names, output_names=["output"],
-                    dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True,
-                )
+            exporters[0]()
         except OSError:
             raise  # the disk, not the model (e.g. no space left): main() names it and the fix
-        except Exception as legacy_error:
-            log.info("TorchScript ONNX export failed (%s); trying torch.export", legacy_error)
+        except Exception as first_error:
+            log.info("ONNX export by %s failed (%s); trying %s", exporters[0].__name__, first_error,
+                     exporters[1].__name__)
             try:
-                _export_dynamo(model, inputs, tmp, input_names, dynamic_batch, opset)
+                exporters[1]()
             except OSError:
                 raise
-            except Exception as dynamo_error:
+            except Exception as second_error:
                 raise ExportError(
-                    f"could not export {type(model).__name__} to ONNX: {legacy_error} / {dynamo_error}. "
+                    f"could not export {type(model).__name__} to ONNX: {first_error} / {second_error}. "
                     "Replace data-dependent Python control flow in forward() with tensor ops, or export a submodule."
-                ) from dynamo_error
+                ) from second_error
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return target
+
+
+#: the torch.export-based exporter only implements opset 18 and up; asked for less it logs a failed down-conversion
+DYNAMO_MIN_OPSET = 18
+#: loggers that narrate the exporters' internal fallbacks (with their tracebacks) as warnings on a successful export
+_EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes",
+                     "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def quiet_exporters():
+    """Hold back the exporters' own warnings: a user whose export succeeded must not read tracebacks of the
+    exporter's internal retries on stderr; when both exporters fail, ExportError says why."""
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _export_dynamo(
@@ -114,11 +148,10 @@ def _export_dynamo(
         shapes = tuple({0: batch} for _ in inputs)
         # torch.export treats a size-1 dimension as the constant 1: trace a batch of 2 so the batch stays dynamic
         inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.dim() and t.shape[0] == 1 else t for t in inputs)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with quiet_exporters():
         program = torch.onnx.export(
             model, inputs, dynamo=True, input_names=input_names, output_names=["output"],
-            dynamic_shapes=shapes, opset_version=opset,
+            dynamic_shapes=shapes, opset_version=max(opset, DYNAMO_MIN_OPSET),
         )
         program.save(path, external_data=False)
 
