@@ -18,7 +18,7 @@ from slimkit.report._pareto import pareto_front
 COSTS = {
     "macs": "MACs per sample",
     "bytes": "model bytes",
-    "latency_ratio": "ONNX Runtime latency / input model's (same run)",
+    "latency_ratio": "ONNX Runtime latency as a fraction of the input model's (same run)",
 }
 #: quality key → axis words
 QUALITIES = {"accuracy": "test accuracy", "valid_accuracy": "validation accuracy", "miou": "mean IoU"}
