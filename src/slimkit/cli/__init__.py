@@ -20,7 +20,8 @@ from collections.abc import Sequence
 # PyTorch's OpenMP threads spin while they wait for work. On a machine other processes share, two spinning threads
 # per process collapse: a LeNet-5 training step measured 540-740 ms with the default (active) policy against 120 ms
 # passive and 105 ms with one thread, at load 12 on 2 cores. Passive waiting costs little on a quiet machine, so the
-# command makes it the default before torch is imported (a value the user set wins). See README, "Threads on a shared machine".
+# command makes it the default before torch is imported (a value the user set wins). See README, "Threads on a
+# shared machine".
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from slimkit._errors import SlimkitError

@@ -2,7 +2,14 @@
 ``MatMulNBits``), checked against PyTorch in ONNX Runtime."""
 
 from slimkit.export._nbits import KVCacheLM, MatMulNBitsLinear, export_matmul_nbits, matmul_nbits_count
-from slimkit.export._onnx import DEFAULT_OPSET, ExportError, export_onnx, onnx_max_abs_diff, run_onnx
+from slimkit.export._onnx import (
+    DEFAULT_OPSET,
+    ExportError,
+    export_onnx,
+    exportable,
+    onnx_max_abs_diff,
+    run_onnx,
+)
 from slimkit.export._qdq import (
     INT8_KERNELS,
     export_qdq,
@@ -23,6 +30,7 @@ __all__ = [
     "export_matmul_nbits",
     "export_onnx",
     "export_qdq",
+    "exportable",
     "float_islands",
     "int8_kernel_count",
     "matmul_nbits_count",

@@ -20,6 +20,7 @@ from torch import nn
 
 from slimkit._errors import ConfigError
 from slimkit._io import atomic_write
+from slimkit.analysis import output_logits
 
 FORMATS = ("onnx", "torchscript", "compressed")
 DEFAULT_SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "compressed": ".slim"}
@@ -50,7 +51,7 @@ def compressed_available() -> bool:
 
 def _write_and_check(model: nn.Module, batch: torch.Tensor, expected: torch.Tensor, target: Path, fmt: str,
                      exporter: Any, atol: float) -> dict[str, Any]:
-    from slimkit.export import export_onnx, run_onnx
+    from slimkit.export import export_onnx, exportable, run_onnx
 
     example = batch[:1]
     if fmt == "onnx":
@@ -58,6 +59,9 @@ def _write_and_check(model: nn.Module, batch: torch.Tensor, expected: torch.Tens
         check = _compare(expected, run_onnx(target, batch), atol)
         check["runtime"] = "onnxruntime"
     elif fmt == "torchscript":
+        if exportable(model) is not model:  # tracing bakes the mask and cache shapes of one batch into the file
+            raise ConfigError(f"{type(model).__name__} is a Hugging Face model, which TorchScript tracing cannot "
+                              "capture for other batch sizes: use --format onnx (or save_pretrained)")
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(copy.deepcopy(model), example, check_trace=False)
@@ -79,7 +83,7 @@ def _write_and_check(model: nn.Module, batch: torch.Tensor, expected: torch.Tens
         spec = getattr(model, "slimkit_spec", None)
         reloaded = load_compressed(target, spec=spec)
         with torch.no_grad():
-            got = reloaded(batch).numpy() if isinstance(reloaded, nn.Module) else expected.numpy()
+            got = output_logits(reloaded(batch)).numpy() if isinstance(reloaded, nn.Module) else expected.numpy()
         check = _compare(expected, got, atol)
         check["runtime"] = "slimkit.share.load_compressed"
     return check
@@ -108,7 +112,7 @@ def export_model(
     model = model.eval()
     batch = check_batch(data)
     with torch.no_grad():
-        expected = model(batch)
+        expected = output_logits(model(batch))  # a Hugging Face LM's output object → its logits, as exported
     # written under a temporary name and renamed only once checked: a file that fails its check is never left
     staging = target.with_name(f".{target.name}.unchecked{target.suffix}")
     try:

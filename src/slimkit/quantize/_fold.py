@@ -45,7 +45,10 @@ def analyse(model: nn.Module) -> GraphFacts:
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as error:
-        log.warning("could not trace %s with torch.fx (%s): BatchNorm is not folded", type(model).__name__, error)
+        # only worth a warning when there is a BatchNorm left unfolded (transformers never trace and have none)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        log.log(logging.WARNING if has_bn else logging.INFO, "could not trace %s with torch.fx (%s): BatchNorm is "
+                "not folded", type(model).__name__, error)
         return GraphFacts(traced=False, error=str(error).splitlines()[0] if str(error) else type(error).__name__)
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
