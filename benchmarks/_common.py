@@ -127,10 +127,11 @@ def machine_line(info: dict[str, Any]) -> str:
             + f"; commit {info['commit']}")
 
 
-def write_section(section: Section, quick: bool) -> None:
-    """Write ``results/<topic>.md`` and ``.json``; both record the machine, versions and commit of this run."""
+def write_section(section: Section, quick: bool, info: dict[str, Any] | None = None) -> None:
+    """Write ``results/<topic>.md`` and ``.json``; both record the machine, versions and commit of the run that
+    measured them (``info``: a saved run's, when its section is only rendered again)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    info = machine_info()
+    info = info or machine_info()
     header = (f"## {section.title}\n\n_Measured {info['date']}{' with --quick' if quick else ''} on "
               f"{machine_line(info)}._\n\n")
     write_text_atomic(RESULTS / f"{section.topic}.md", header + section.markdown.strip() + "\n")

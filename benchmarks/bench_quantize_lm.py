@@ -18,10 +18,6 @@ import copy
 import json
 import logging
 import math
-import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -364,84 +360,11 @@ def _lm_rows(spec: str, model: nn.Module, full_data: Any, quick: bool, folder: P
     return out
 
 
-# --- calibration cost (a fresh process each, so peak memory is GPTQ's own) ------------------------------------------
-
 def _nbits_nodes(path: Path) -> int:
     """How many layers a file really runs in low bits (a quantizer that finds no MatMul it handles changes nothing)."""
     import onnx
 
     return sum(n.op_type == "MatMulNBits" for n in onnx.load(str(path), load_external_data=False).graph.node)
-
-
-def _cost_child(kind: str, quick: bool) -> dict[str, Any]:
-    """Run in a child process: load the model and calibration data, then time GPTQ and read the peak RSS."""
-    from slimkit.quantize import QuantConfig, quantize
-
-    torch.set_num_threads(2)
-    if kind == "resnet20":
-        from slimkit import models
-        from slimkit.data import create_data
-
-        data = create_data("mnist", batch_size=256, calibration_size=128 if quick else 1024)
-        model = models.create("resnet20").eval()
-        config = QuantConfig(method="gptq", weight_bits=4)
-        calibration, example = data.calibration, data.example_input()
-        units = f"{128 if quick else 1024} images"
-    else:
-        from benchmarks._lm_baselines import lm_data
-
-        data = lm_data()
-        model, _ = _trained(kind, data, quick)
-        config = _weight_only(4, "gptq", False)
-        calibration = [next(iter(data.calibration))] if quick else data.calibration
-        example = None
-        units = f"{sum(len(b[0]) for b in calibration)} blocks of {data.block_size} tokens"
-    # ru_maxrss is the process's peak since it started (loading the corpus can be the highest point): GPTQ's own
-    # memory is the resident size sampled while it runs, above the size just before it starts
-    before = _rss_mb()
-    with _RssSampler() as sampler:
-        began = time.perf_counter()
-        quantize(model, example, config, data=calibration)
-        seconds = time.perf_counter() - began
-    return {"model": kind, "calibration": units, "seconds": seconds, "peak_mb": sampler.peak_mb,
-            "peak_over_loaded_mb": sampler.peak_mb - before, "loaded_mb": before,
-            "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "threads": 2}
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-class _RssSampler:
-    """The highest resident size of this process while the ``with`` block runs, sampled every 5 ms."""
-
-    def __enter__(self) -> _RssSampler:
-        import threading
-
-        self.peak_mb, self._stop = _rss_mb(), threading.Event()
-
-        def sample() -> None:
-            while not self._stop.wait(0.005):
-                self.peak_mb = max(self.peak_mb, _rss_mb())
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, _rss_mb())
-
-
-def _cost(kind: str, quick: bool) -> dict[str, Any]:
-    args = [sys.executable, "-m", "benchmarks.bench_quantize_lm", "--cost", kind] + (["--quick"] if quick else [])
-    done = subprocess.run(args, capture_output=True, text=True, check=False,
-                          cwd=Path(__file__).resolve().parent.parent)
-    if done.returncode != 0:
-        return {"model": kind, "error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # --- the section --------------------------------------------------------------------------------------------------
@@ -496,7 +419,16 @@ def run(quick: bool) -> Section:
             folder.mkdir()
             results[spec] = _lm_rows(spec, copy.deepcopy(model), data, quick, folder)
             results[spec]["train_record"] = {k: record.get(k) for k in ("valid_ppl", "train_tokens", "config")}
-    costs = [_cost(SPECS[0], quick), _cost("resnet20", quick)]
+    for result in results.values():
+        for r in result["rows"].values():
+            r.pop("path", None)
+    return Section("quantize_lm", TITLE, *render({"models": results}))
+
+
+def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The section's markdown and data from its results (``payload["models"]``): what ``run`` writes, and what
+    ``python -m benchmarks.run --rerender quantize_lm`` rebuilds from ``results/quantize_lm.json``."""
+    results = payload["models"]
     summary = []
     for spec, result in results.items():
         rows = result["rows"]
@@ -512,10 +444,6 @@ def run(quick: bool) -> Section:
                                               if best_peer else " (no peer produced an int4 model of it)")
             + f"; at int3 ({ours3}) {rows[ours3]['test']:.3f}, {rows[ours3]['test'] / rows['fp32']['test'] - 1:+.1%}"
             f" vs fp32 {rows['fp32']['test']:.3f}.")
-    cost_rows = [[c["model"], c.get("calibration", "–"), f"{c['seconds']:.1f}" if "seconds" in c else "–",
-                  f"{c['peak_mb']:.0f}" if "peak_mb" in c else "–",
-                  f"{c['peak_over_loaded_mb']:.0f}" if "peak_over_loaded_mb" in c else c.get("error", "–")]
-                 for c in costs]
     markdown = "\n\n".join([
         "Perplexity is per token on the held-out files (validation for every choice, test once per row). slimkit's "
         "weight-only rows quantize in PyTorch and run as `com.microsoft.MatMulNBits` (int3 in the 4-bit container; "
@@ -526,22 +454,6 @@ def run(quick: bool) -> Section:
         *[_table(spec, result) for spec, result in results.items()],
         "A/A controls: " + "; ".join(_aa(r) for r in results.values()),
         "**Summary**: " + " ".join(summary),
-        "**Calibration cost of GPTQ** (a fresh process each; int4 g128 on the LM, w4a8 on ResNet-20 with MNIST "
-        "calibration; 2 threads)\n\n" + markdown_table(
-            ["model", "calibration", "wall s", "peak RSS during GPTQ MB", "of which GPTQ's own MB"], cost_rows),
+        "GPTQ's calibration cost (time, memory) is the `gptq_cost` section.",
     ])
-    for result in results.values():
-        for r in result["rows"].values():
-            r.pop("path", None)
-    return Section("quantize_lm", TITLE, markdown, {"group_size": GROUP, "models": results, "gptq_cost": costs,
-                                                    "summary": summary})
-
-
-if __name__ == "__main__":
-    if "--cost" in sys.argv:
-        kind = sys.argv[sys.argv.index("--cost") + 1]
-        logging.disable(logging.WARNING)
-        print(json.dumps(_cost_child(kind, "--quick" in sys.argv)))
-    else:
-        os.environ.setdefault("PYTHONHASHSEED", "0")
-        print("run through benchmarks.run: python -m benchmarks.run --only quantize_lm")
+    return markdown, {"group_size": GROUP, "models": results, "summary": summary}
