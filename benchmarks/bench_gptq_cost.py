@@ -39,13 +39,11 @@ def _cost_child(kind: str, quick: bool) -> dict[str, Any]:
         units = f"{128 if quick else 1024} images"
     else:
         from benchmarks._lm_baselines import lm_data
+        from benchmarks.bench_quantize_lm import _trained, _weight_only
 
         data = lm_data()
-        from benchmarks.bench_quantize_lm import GROUP, _trained
-
         model, _ = _trained(kind, data, quick)
-        config = QuantConfig(weight_bits=4, activation_bits=None, group_size=GROUP, weight_symmetric=False,
-                             method="gptq", skip=("lm_head",))
+        config = _weight_only(4, "gptq", False)
         calibration = [next(iter(data.calibration))] if quick else data.calibration
         example = None
         units = f"{sum(len(b[0]) for b in calibration)} blocks of {data.block_size} tokens"

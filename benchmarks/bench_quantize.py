@@ -39,9 +39,9 @@ TITLE = "Quantization: int8 / w4a8 / w3a8 CNNs in ONNX Runtime, against NNCF and
 
 log = logging.getLogger(__name__)
 
-#: MNIST baselines: model → training epochs (benchmarks._baselines.trained, batch 128, SGD, one-cycle cosine)
-#: model → training epochs. MobileNetV2 on MNIST (3 epochs) is out of the run: its training alone takes ~35 minutes on
-#: 2 cores; its int8 graph is measured at 224×224 in part (b)
+#: MNIST baselines: model → training epochs (benchmarks._baselines.trained, batch 128, SGD, one-cycle cosine).
+#: MobileNetV2 on MNIST (3 epochs) is out of the run: its training alone takes ~35 minutes on 2 cores; its int8
+#: graph is measured at 224×224 in part (b)
 MNIST_MODELS = {"lenet5": 10, "resnet20": 4}
 CALIBRATION_IMAGES = 1024
 #: ONNX Runtime threads when measuring accuracy (latency uses the shared LATENCY_THREADS)

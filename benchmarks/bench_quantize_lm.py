@@ -281,6 +281,7 @@ def _subset(loader: Any, blocks: int) -> Any:
 
 
 def _lm_rows(spec: str, model: nn.Module, full_data: Any, quick: bool, folder: Path) -> dict[str, Any]:
+    from slimkit.export import matmul_nbits_count
     from slimkit.quantize import QuantConfig, quantize
 
     calibration = full_data.calibration
@@ -352,19 +353,12 @@ def _lm_rows(spec: str, model: nn.Module, full_data: Any, quick: bool, folder: P
         session = _OrtLM(peer["path"], model.config)
         rows[name] = {"valid": session.perplexity(data.valid), "test": session.perplexity(data.test),
                       "bytes": peer["path"].stat().st_size, "seconds": peer["seconds"], "peer": True,
-                      "runtime": "ort", "nbits_nodes": _nbits_nodes(peer["path"])}
+                      "runtime": "ort", "nbits_nodes": matmul_nbits_count(peer["path"])}
     measured = [n for n in peers if "error" not in peers[n]]
     for name in measured[:2] if quick else measured:
         rows[name]["latency"] = _latency(fp32_path, peers[name]["path"], model.config, quick)
     out["rows"] = rows
     return out
-
-
-def _nbits_nodes(path: Path) -> int:
-    """How many layers a file really runs in low bits (a quantizer that finds no MatMul it handles changes nothing)."""
-    import onnx
-
-    return sum(n.op_type == "MatMulNBits" for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 # --- the section --------------------------------------------------------------------------------------------------
