@@ -58,7 +58,7 @@ def test_demo_quick_runs_every_family_and_writes_one_report(tmp_path):
     # a few thousand samples: the fine-tuned variants stay near the baseline, the from-scratch student is weaker
     accuracies = {name: r["accuracy"] for name, r in by_family.items()}
     assert all(acc > 0.9 for name, acc in accuracies.items() if name != "distill"), accuracies
-    assert accuracies["distill"] > 0.75, accuracies
+    assert accuracies["distill"] > 0.88, accuracies
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
     assert "report:" in done.stdout and "compressed LeNet-5 variants" in " ".join(done.stdout.split())
