@@ -21,7 +21,7 @@ from slimkit import models
 from slimkit.analysis import compare_latency, evaluate, profile
 from slimkit.convert import fine_tune_, to_crelu, to_depthwise_separable, to_group_conv
 from slimkit.data import TensorLoader, create_data
-from slimkit.train import fit
+from slimkit.train import FitConfig, fit
 
 TITLE = "Compact architectures (zoo, layer rewrites, mobile segmentation)"
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def _rewritten(converted: nn.Module, loader: TensorLoader, tag: str) -> nn.Modul
               "optimizer": sgd_record(REWRITE_LR), "seed": 0, "train": loader_record(loader)}
 
     def train(model: nn.Module) -> None:
-        fine_tune_(model, loader, epochs=REWRITE_EPOCHS, lr=REWRITE_LR)
+        fine_tune_(model, loader, FitConfig(epochs=REWRITE_EPOCHS, lr=REWRITE_LR, grad_clip=5.0))
 
     return cached_model(f"rewrite-{tag}", record, lambda: copy.deepcopy(converted), train, code=(fine_tune_,))
 

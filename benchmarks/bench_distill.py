@@ -411,7 +411,7 @@ def compact_table(quick: bool, students: tuple[str, ...] = ("resnet20", "resnet2
 
 def _stagewise(teacher: nn.Module, spec: str, loader: TensorLoader, epochs: int) -> nn.Module:
     """Stage-wise reconstruction (1 epoch per stage), then ``epochs`` task epochs on the cross-entropy, cached."""
-    config = ReconstructConfig(stages=STAGES, stage_epochs=1, task_epochs=epochs, lr=COMPACT_LR)
+    config = ReconstructConfig(stages=STAGES, stage_epochs=1, epochs=epochs, lr=COMPACT_LR)
     record = {"role": "stagewise", "spec": spec, "teacher": weights_digest(teacher),
               "train": loader_record(loader), "config": repr(config), "seed": 0}
 

@@ -61,7 +61,7 @@ def test_stagewise_reconstruction_lowers_the_reconstruction_error():
     torch.manual_seed(0)
     teacher = models.create("resnet20").eval()
     student = models.create("resnet20")
-    config = ReconstructConfig(stages=STAGES[:1], stage_epochs=3, task_epochs=0, lr=0.05)
+    config = ReconstructConfig(stages=STAGES[:1], stage_epochs=3, epochs=0, lr=0.05)
     histories = reconstruct_history(reconstruct(teacher, student, loader, config))
     losses = [h["train_loss"] for h in histories[0].history]
     assert losses[-1] < 0.5 * losses[0]

@@ -14,6 +14,7 @@ first unfinished training stage continues from its epoch checkpoint.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -72,17 +73,18 @@ def _cluster(model: nn.Module, params: dict[str, Any], ctx: dict[str, Any]) -> n
 def _finetune(model: nn.Module, params: dict[str, Any], ctx: dict[str, Any]) -> nn.Module:
     # as the pipeline's fit_in_stage: masks held by MaskCallback, a per-stage epoch checkpoint, validation loader
     from slimkit.prune import MaskCallback, attached_masks
-    from slimkit.train import CHECKPOINT_NAME, default_optimizer, fit
+    from slimkit.train import CHECKPOINT_NAME, FitConfig, fit
+
+    FIT_FIELDS = {f.name for f in dataclasses.fields(FitConfig)} - {"seed", "progress"}
 
     callbacks = [MaskCallback()] if attached_masks(model) else []
     fit_dir = ctx["stage_dir"] / "fit"
     if not ctx["resume"] and (fit_dir / CHECKPOINT_NAME).exists():
         (fit_dir / CHECKPOINT_NAME).unlink()
-    lr, wd, momentum = params.get("lr", 0.01), params.get("weight_decay", 5e-4), params.get("momentum", 0.9)
-    fit(model, ctx["data"].train, epochs=params.get("epochs", 2),
-        optimizer=lambda p: default_optimizer(p, lr, wd, momentum), scheduler=params.get("scheduler", "cosine"),
-        checkpoint_dir=fit_dir, resume=ctx["resume"], val_loader=ctx["data"].valid, seed=ctx["seed"],
-        progress=ctx["progress"], grad_clip=params.get("grad_clip"), callbacks=callbacks)
+    settings = {"epochs": 2, "lr": 0.01, **{k: v for k, v in params.items() if k in FIT_FIELDS}}
+    config = FitConfig(**settings, seed=ctx["seed"], progress=ctx["progress"])
+    fit(model, ctx["data"].train, **config.fit_options(), checkpoint_dir=fit_dir, resume=ctx["resume"],
+        val_loader=ctx["data"].valid, callbacks=callbacks)
     return model
 
 

@@ -44,7 +44,7 @@ def trained_baseline(name: str, epochs: int, *, retrain: bool = False, train_sam
     returns (model, data, checkpoint path)."""
     from slimkit import models
     from slimkit.data import TensorLoader, create_data
-    from slimkit.train import default_optimizer, fit, load_weights_, save_checkpoint
+    from slimkit.train import FitConfig, fit, load_weights_, save_checkpoint
 
     data = create_data("mnist", batch_size=128)
     model = models.create(name)
@@ -62,8 +62,7 @@ def trained_baseline(name: str, epochs: int, *, retrain: bool = False, train_sam
         train = data.train
         if train_samples:
             train = TensorLoader(train.inputs[:train_samples], train.targets[:train_samples], 128, shuffle=True)
-        fit(model, train, epochs=epochs, optimizer=lambda p: default_optimizer(p, 0.05), scheduler="cosine",
-            val_loader=data.valid)
+        fit(model, train, **FitConfig(epochs=epochs, lr=0.05, progress=True).fit_options(), val_loader=data.valid)
         save_checkpoint(model.state_dict(), path)
     return model.eval(), data, path
 

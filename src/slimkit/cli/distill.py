@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.student_checkpoint:
         roles["student_checkpoint"] = str(check_input_file(args.student_checkpoint, "student checkpoint").resolve())
     if args.stagewise:
-        options = {"stages": list(args.pairs), "stage_epochs": args.stage_epochs, "task_epochs": args.epochs,
+        options = {"stages": list(args.pairs), "stage_epochs": args.stage_epochs, "epochs": args.epochs,
                    "task_losses": losses, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed}
         ReconstructConfig(**{**options, "stages": tuple(args.pairs), "task_losses": tuple(losses)})
         stage = {"distill_stagewise": {**roles, **options}}

@@ -19,29 +19,21 @@ from slimkit.analysis import output_logits
 from slimkit.distill._cache import IndexedLoader, TeacherCache
 from slimkit.distill._hooks import FeatureHooks, parse_pair, resolve_layers
 from slimkit.distill._losses import DistillBatch, DistillLoss, LossSpec
-from slimkit.train import Callback, FitResult, check_optimizer_values, default_optimizer, fit
+from slimkit.train import Callback, FitConfig, FitResult, fit
 
 log = logging.getLogger(__name__)
 
 
-def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
-
-
-#: the optimizers a distillation run can use, by name
-OPTIMIZERS = {"sgd": default_optimizer, "adamw": _adamw}
-
-
-@dataclass(frozen=True)
-class DistillConfig:
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(FitConfig):
     """How to distil. ``losses`` are names / spec strings (``"kd:T=20,alpha=0.9"``, ``"at:beta=1000"``, ``"ce"``)
     or :class:`LossSpec`; the total is their weighted sum, so include ``"ce"`` (or ``kd`` with alpha < 1) for the
     task loss. ``pairs`` are ``(student_layer, teacher_layer)`` names or ``"student=teacher"`` strings used by the
     feature losses. ``cache_teacher`` stores the teacher's logits per sample (fixed, non-augmented TensorLoader
-    only; not with feature losses; not for language models, whose logits are L×V per sample). Training:
-    ``optimizer="sgd"`` (Nesterov) or ``"adamw"`` (the usual choice for transformers) at ``lr`` and
-    ``weight_decay`` with the one-cycle cosine schedule, gradients clipped to ``grad_clip`` when given (Hinton et
-    al.'s student is "regularized solely by" the soft targets: ``weight_decay=0``).
+    only; not with feature losses; not for language models, whose logits are L×V per sample). Training: the
+    :class:`~slimkit.train.FitConfig` fields (``epochs``, ``optimizer`` "sgd" or "adamw", ``lr``,
+    ``weight_decay``, ``scheduler``, ``grad_clip``, ``seed``; Hinton et al.'s student is "regularized solely by"
+    the soft targets: ``weight_decay=0``).
 
     Language models (Hugging Face outputs' ``.logits``, N×L×V) work the same way: ``kd`` is token-level over the
     vocabulary and ``ce`` the next-token loss, both skipping targets of -100; ``mimic``/``hint`` compare the hidden
@@ -50,25 +42,12 @@ class DistillConfig:
     losses: tuple[str | LossSpec, ...] = ("kd",)
     pairs: tuple[tuple[str, str] | str, ...] = ()
     epochs: int = 5
-    lr: float = 0.05
-    weight_decay: float = 5e-4
-    scheduler: str | None = "cosine"
     cache_teacher: bool = False
     checkpoint_dir: str | os.PathLike | None = None
     resume: bool = False
-    seed: int = 0
-    progress: bool = False
-    optimizer: str = "sgd"
-    grad_clip: float | None = None
 
     def __post_init__(self) -> None:
-        check_optimizer_values(self.lr, self.weight_decay)
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer '{self.optimizer}' is unknown: use one of {', '.join(OPTIMIZERS)}")
-        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not self.grad_clip > 0):
-            raise ConfigError(f"grad_clip={self.grad_clip!r}: use a positive gradient-norm bound (e.g. 1.0) or None")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ConfigError(f"epochs={self.epochs!r}: use a whole number ≥ 0")
+        super().__post_init__()
         for spec in _specs(self):
             spec.build()  # unknown loss names or options fail when the config is made
         _pairs(self.pairs)
@@ -287,11 +266,9 @@ class Distiller:
         self.net.attach()
         try:
             return fit(
-                self.net, loader, epochs=config.epochs if epochs is None else epochs,
-                optimizer=lambda params: OPTIMIZERS[config.optimizer](params, config.lr, config.weight_decay),
-                scheduler=config.scheduler, grad_clip=config.grad_clip,
+                self.net, loader, **{**config.fit_options(), "epochs": config.epochs if epochs is None else epochs},
                 callbacks=callbacks, checkpoint_dir=config.checkpoint_dir, resume=config.resume,
-                val_loader=val_loader, step=step, seed=config.seed, progress=config.progress,
+                val_loader=val_loader, step=step,
             )
         finally:
             self.net.detach_hooks()

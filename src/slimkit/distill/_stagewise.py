@@ -12,6 +12,7 @@ is reconstructed directly (``mimic``); otherwise a 1×1-conv / linear regressor 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable
@@ -25,7 +26,7 @@ from slimkit._errors import ConfigError
 from slimkit.distill._distiller import DistillConfig, Distiller, _pairs
 from slimkit.distill._hooks import FeatureHooks, resolve_layers
 from slimkit.distill._losses import LossSpec
-from slimkit.train import FitResult, check_optimizer_values
+from slimkit.train import FitConfig, FitResult
 
 log = logging.getLogger(__name__)
 
@@ -33,28 +34,24 @@ MODES = ("stagewise", "mimic")
 RECONSTRUCTIONS = ("auto", "mimic", "hint")
 
 
-@dataclass(frozen=True)
-class ReconstructConfig:
+@dataclass(frozen=True, kw_only=True)
+class ReconstructConfig(FitConfig):
     """``stages``: matched ``(student_stage, teacher_stage)`` module names (or ``"s=t"``), in forward order.
-    ``mode="stagewise"``: ``stage_epochs`` per stage, then ``task_epochs`` on ``task_losses``;
-    ``mode="mimic"``: ``task_epochs`` on ``task_losses`` + ``weight`` × reconstruction at every stage.
-    ``reconstruction``: "mimic" (equal shapes), "hint" (learned regressor) or "auto" (mimic where shapes match)."""
+    ``mode="stagewise"``: ``stage_epochs`` per stage, then ``epochs`` on ``task_losses``;
+    ``mode="mimic"``: ``epochs`` on ``task_losses`` + ``weight`` × reconstruction at every stage.
+    ``reconstruction``: "mimic" (equal shapes), "hint" (learned regressor) or "auto" (mimic where shapes match).
+    Every phase trains with the :class:`~slimkit.train.FitConfig` fields (optimizer, lr, schedule, seed)."""
 
     stages: tuple[tuple[str, str] | str, ...]
     mode: str = "stagewise"
     reconstruction: str = "auto"
     stage_epochs: int = 1
-    task_epochs: int = 1
     task_losses: tuple[str | LossSpec, ...] = ("ce",)
     weight: float = 1.0
-    lr: float = 0.05
-    weight_decay: float = 5e-4
     checkpoint_dir: str | os.PathLike | None = None
-    seed: int = 0
-    progress: bool = False
 
     def __post_init__(self) -> None:
-        check_optimizer_values(self.lr, self.weight_decay)
+        super().__post_init__()
         if self.mode not in MODES:
             raise ConfigError(f"reconstruction mode '{self.mode}' is unknown: use one of {', '.join(MODES)}")
         if self.reconstruction not in RECONSTRUCTIONS:
@@ -63,10 +60,8 @@ class ReconstructConfig:
         if not self.stages:
             raise ConfigError("reconstruction needs at least one stage pair, e.g. layer1=layer1")
         _pairs(self.stages)  # malformed pairs fail here
-        for name in ("stage_epochs", "task_epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name}={value!r}: use a whole number ≥ 0")
+        if isinstance(self.stage_epochs, bool) or not isinstance(self.stage_epochs, int) or self.stage_epochs < 0:
+            raise ConfigError(f"stage_epochs={self.stage_epochs!r}: use a whole number ≥ 0")
         if not isinstance(self.weight, int | float) or not 0 <= self.weight < float("inf"):
             raise ConfigError(f"weight={self.weight!r}: use a finite number ≥ 0")
         for spec in self.task_losses:
@@ -157,11 +152,12 @@ def reconstruct(teacher: nn.Module, student: nn.Module, train_loader: Iterable,
     def phase_dir(name: str) -> str | None:
         return str(Path(config.checkpoint_dir) / name) if config.checkpoint_dir is not None else None
 
-    common = dict(lr=config.lr, weight_decay=config.weight_decay, seed=config.seed, progress=config.progress)
+    # every phase trains with the config's FitConfig fields, each for its own epochs
+    common = {f.name: getattr(config, f.name) for f in dataclasses.fields(FitConfig) if f.name != "epochs"}
     histories: list[FitResult] = []
     if config.mode == "mimic":
         losses = tuple(config.task_losses) + tuple(loss_for(p, config.weight) for p in stages)
-        distiller = Distiller(teacher, student, DistillConfig(losses=losses, epochs=config.task_epochs,
+        distiller = Distiller(teacher, student, DistillConfig(losses=losses, epochs=config.epochs,
                                                               checkpoint_dir=phase_dir("mimic"), **common))
         histories.append(distiller.fit(train_loader))
         setattr(student, HISTORY_ATTR, histories)
@@ -187,7 +183,7 @@ def reconstruct(teacher: nn.Module, student: nn.Module, train_loader: Iterable,
     finally:
         for name, p in params.items():
             p.requires_grad_(flags[name])
-    distiller = Distiller(teacher, student, DistillConfig(losses=tuple(config.task_losses), epochs=config.task_epochs,
+    distiller = Distiller(teacher, student, DistillConfig(losses=tuple(config.task_losses), epochs=config.epochs,
                                                           checkpoint_dir=phase_dir("task"), **common))
     histories.append(distiller.fit(train_loader))
     setattr(student, HISTORY_ATTR, histories)

@@ -12,13 +12,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from slimkit._registry import Registry
+
+if TYPE_CHECKING:
+    from slimkit.train import FitConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,19 +118,27 @@ def stage_names(pattern: str = "*") -> list[str]:
 
 
 class TrainParams(StageParams):
-    """The parameters of :func:`slimkit.train.fit` plus the SGD optimizer's (Nesterov momentum)."""
+    """A recipe's training options: the fields of :class:`slimkit.train.FitConfig` except ``seed`` and
+    ``progress``, which come from the recipe and the command line (a test keeps the two in step)."""
 
     epochs: int = Field(ge=0, le=10_000)
     lr: float = Field(0.05, gt=0, le=10, allow_inf_nan=False)
-    momentum: float = Field(0.9, ge=0, lt=1, allow_inf_nan=False)
     weight_decay: float = Field(5e-4, ge=0, lt=1, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1, allow_inf_nan=False)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     scheduler: Literal["cosine"] | None = "cosine"
     grad_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    def fit_config(self, *, seed: int, progress: bool) -> FitConfig:
+        """These options as the library's :class:`~slimkit.train.FitConfig`."""
+        from slimkit.train import FitConfig
+
+        return FitConfig(**{k: getattr(self, k) for k in TrainParams.model_fields}, seed=seed, progress=progress)
 
 
 def fit_in_stage(model: nn.Module, ctx: StageContext, params: TrainParams, **extra: Any) -> None:
     """``fit`` with a per-stage checkpoint, so ``--resume`` continues an interrupted stage from its last epoch."""
-    from slimkit.train import CHECKPOINT_NAME, default_optimizer, fit
+    from slimkit.train import CHECKPOINT_NAME, fit
 
     callbacks = list(extra.pop("callbacks", ()))
     try:  # pruned weights must stay zero while training (masks attached by prune_unstructured)
@@ -141,10 +152,8 @@ def fit_in_stage(model: nn.Module, ctx: StageContext, params: TrainParams, **ext
     if not ctx.resume and (fit_dir / CHECKPOINT_NAME).exists():
         (fit_dir / CHECKPOINT_NAME).unlink()  # a stale epoch checkpoint from an earlier run in this folder
     history = fit(
-        model, ctx.data.train, epochs=params.epochs,
-        optimizer=lambda p: default_optimizer(p, params.lr, params.weight_decay, params.momentum),
-        scheduler=params.scheduler, checkpoint_dir=fit_dir, resume=ctx.resume, val_loader=ctx.data.valid,
-        seed=ctx.seed, progress=ctx.progress, grad_clip=params.grad_clip, callbacks=callbacks, **extra,
+        model, ctx.data.train, **params.fit_config(seed=ctx.seed, progress=ctx.progress).fit_options(),
+        checkpoint_dir=fit_dir, resume=ctx.resume, val_loader=ctx.data.valid, callbacks=callbacks, **extra,
     ).history
     ctx.notes["history"] = history
 

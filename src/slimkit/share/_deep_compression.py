@@ -35,7 +35,7 @@ from slimkit.prune import (
 )
 from slimkit.share._clustered import ClusterConfig, ClusteredLayer, cluster_weights, clustered_layers
 from slimkit.share._container import ContainerSummary, load_compressed, save_compressed
-from slimkit.train import default_optimizer, fit
+from slimkit.train import FitConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ def deep_compression(model: nn.Module, example_inputs: Any, config: DeepCompress
 
     def tune(net: nn.Module, epochs: int, lr: float, callbacks: tuple = ()) -> None:
         if epochs > 0:
-            fit(net, data.train, epochs=epochs, optimizer=lambda p: default_optimizer(p, lr),
-                scheduler="cosine", callbacks=callbacks, seed=config.seed, progress=False)
+            fit(net, data.train, **FitConfig(epochs=epochs, lr=lr, seed=config.seed).fit_options(), callbacks=callbacks)
         net.eval()
 
     stages.append(_stage_row("baseline (dense float32)", model, dense_bytes, dense_bytes, data))

@@ -3,6 +3,7 @@
 from slimkit.analysis import evaluate
 from slimkit.train._callbacks import Callback, TrainState
 from slimkit.train._checkpoint import load_checkpoint, load_weights_, model_state, save_checkpoint
+from slimkit.train._config import OPTIMIZERS, FitConfig
 from slimkit.train._distributed import (
     DistInfo,
     broadcast_object,
@@ -15,8 +16,10 @@ from slimkit.train._seed import seed_everything
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "OPTIMIZERS",
     "Callback",
     "DistInfo",
+    "FitConfig",
     "FitResult",
     "TrainState",
     "broadcast_object",
