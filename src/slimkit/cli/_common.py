@@ -112,6 +112,14 @@ def add_optimizer_args(parser: argparse.ArgumentParser, lr: float = 0.05, weight
                         help="SGD weight decay, 0 for none (default: %(default)s)")
 
 
+def add_finetune_args(parser: argparse.ArgumentParser, epochs: int = 0) -> None:
+    """The recovery fine-tune after a one-shot technique (a ``finetune`` stage when the epochs are above 0)."""
+    parser.add_argument("--finetune-epochs", type=count(0, 10_000), default=epochs,
+                        help="fine-tuning epochs after the technique, 0 for none (default: %(default)s)")
+    parser.add_argument("--lr", type=real(0, 10, low_open=True), default=0.01,
+                        help="fine-tuning learning rate (SGD Nesterov, one-cycle cosine; default: %(default)s)")
+
+
 def add_augment_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", default=None, metavar="SPEC",
                         help="augment the training images: 'shift' (random ±2 px), 'elastic' (Simard et al. 2003), "

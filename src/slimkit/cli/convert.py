@@ -7,12 +7,12 @@ import argparse
 
 from slimkit.cli._common import (
     add_data_args,
+    add_finetune_args,
     add_latency_args,
     add_model_args,
     add_out_args,
     add_seed_arg,
     count,
-    real,
     recipe_of,
     run_command_recipe,
 )
@@ -34,8 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--bn-relu", action="store_true",
                         help="--to depthwise-separable: BN + ReLU between depthwise and pointwise (MobileNet block)")
     parser.add_argument("--calibration-samples", type=count(1, 1_000_000), default=512)
-    parser.add_argument("--finetune-epochs", type=count(0, 10_000), default=1)
-    parser.add_argument("--lr", type=real(0, 10, low_open=True), default=0.01, help="fine-tuning learning rate")
+    add_finetune_args(parser, epochs=1)
     add_seed_arg(parser)
     add_latency_args(parser)
     parser.set_defaults(run=run)

@@ -7,11 +7,11 @@ import argparse
 
 from slimkit.cli._common import (
     add_data_args,
+    add_finetune_args,
     add_latency_args,
     add_model_args,
     add_out_args,
     add_seed_arg,
-    count,
     real,
     recipe_of,
     run_command_recipe,
@@ -46,9 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", nargs="+", help="layers to decompose: names, globs or re:regex (default: all)")
     parser.add_argument("--skip", nargs="+", default=[], help="layers to leave alone (names, globs or re:regex)")
     parser.add_argument("--allow-growth", action="store_true", help="decompose even where params would grow")
-    parser.add_argument("--finetune-epochs", type=count(0, 10_000), default=0)
-    parser.add_argument("--lr", type=real(0, 10, low_open=True), default=0.01,
-                        help="fine-tuning learning rate (SGD, cosine)")
+    add_finetune_args(parser, epochs=0)
     parser.add_argument("--grad-clip", type=real(0), default=1.0,
                         help="gradient-norm clip while fine-tuning (CP factors diverge without it; 0 disables)")
     add_seed_arg(parser)

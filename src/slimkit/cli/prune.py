@@ -6,6 +6,7 @@ import argparse
 
 from slimkit.cli._common import (
     add_data_args,
+    add_finetune_args,
     add_latency_args,
     add_model_args,
     add_out_args,
@@ -38,8 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--protect-first", action="store_true", help="never prune the first layer")
     parser.add_argument("--schedule", default="oneshot", choices=["oneshot", "layerwise"],
                         help="layerwise = one group at a time with least-squares reconstruction")
-    parser.add_argument("--finetune-epochs", type=count(0, 10_000), default=0)
-    parser.add_argument("--lr", type=real(0, 10, low_open=True), default=0.01, help="fine-tuning learning rate")
+    add_finetune_args(parser, epochs=0)
     add_seed_arg(parser)
     add_latency_args(parser)
     parser.set_defaults(run=run)
