@@ -41,13 +41,6 @@ def _compare(expected: torch.Tensor, got: np.ndarray, atol: float) -> dict[str, 
     return {"max_abs_diff": diff, "atol": atol, "argmax_agreement": agreement, "ok": diff <= atol}
 
 
-def compressed_available() -> bool:
-    try:
-        from slimkit.share import save_compressed  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
 
 def _write_and_check(model: nn.Module, batch: torch.Tensor, expected: torch.Tensor, target: Path, fmt: str,
                      exporter: Any, atol: float) -> dict[str, Any]:
@@ -74,9 +67,6 @@ def _write_and_check(model: nn.Module, batch: torch.Tensor, expected: torch.Tens
         check = _compare(expected, got, atol)
         check["runtime"] = "torchscript"
     else:
-        if not compressed_available():
-            raise ConfigError("the 'compressed' format needs slimkit.share.save_compressed, which this build "
-                              "does not have: use --format onnx or torchscript")
         from slimkit.share import load_compressed, save_compressed
 
         save_compressed(model, target)

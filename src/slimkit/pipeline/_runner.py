@@ -215,10 +215,8 @@ class _Session:
 def _container_bytes(model: nn.Module, path: Path) -> int | str | None:
     """The size of the Huffman-coded container of a model with clustered layers (its honest bytes: the profile's
     figure is before Huffman coding), an error message if it cannot be written, None for other models."""
-    try:
-        from slimkit.share import clustered_layers, save_compressed
-    except ImportError:
-        return None
+    from slimkit.share import clustered_layers, save_compressed
+
     if not clustered_layers(model):
         return None
     try:

@@ -141,13 +141,10 @@ def fit_in_stage(model: nn.Module, ctx: StageContext, params: TrainParams, **ext
     from slimkit.train import CHECKPOINT_NAME, fit
 
     callbacks = list(extra.pop("callbacks", ()))
-    try:  # pruned weights must stay zero while training (masks attached by prune_unstructured)
-        from slimkit.prune import MaskCallback, attached_masks
+    from slimkit.prune import MaskCallback, attached_masks
 
-        if attached_masks(model):
-            callbacks.append(MaskCallback())
-    except ImportError:
-        pass
+    if attached_masks(model):  # pruned weights must stay zero while training (masks from prune_unstructured)
+        callbacks.append(MaskCallback())
     fit_dir = ctx.stage_dir / "fit"
     if not ctx.resume and (fit_dir / CHECKPOINT_NAME).exists():
         (fit_dir / CHECKPOINT_NAME).unlink()  # a stale epoch checkpoint from an earlier run in this folder
