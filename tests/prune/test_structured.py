@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -169,3 +171,50 @@ def test_a_constant_size_in_the_code_falls_back_to_a_graph_module_and_says_so():
     assert pruned(torch.rand(3, 1, 28, 28)).shape == (3, 10) and pruned.f1.in_features == 128
     assert set(pruned.state_dict()) == set(model.state_dict())  # same parameter names
     assert type(prune_channels(models.create("lenet5"), x, PruneConfig(ratio=0.5))).__name__ == "LeNet5"
+
+
+class _FixedHeadAttention(nn.Module):
+    """Attention whose code hard-codes its head layout (as torchvision's Swin derives it from the input width):
+    pruning its projections cannot be followed, so it must be kept whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        return self.proj(((q @ k.transpose(-2, -1)).softmax(-1) @ v).transpose(1, 2).reshape(b, n, 16))
+
+
+class _Blocks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.ModuleList([_FixedHeadAttention(), _FixedHeadAttention()])
+        self.mlp = nn.ModuleList([nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 16)) for _ in range(2)])
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        for attn, mlp in zip(self.attn, self.mlp):
+            x = x + attn(x)
+            x = x + mlp(x)
+        return self.head(x.mean(1))
+
+
+def test_a_module_whose_sizes_cannot_be_rewritten_is_kept_whole_and_the_rest_pruned():
+    torch.manual_seed(0)
+    model, x = _Blocks().eval(), torch.randn(1, 5, 16)
+    pruned = prune_channels(model, x, PruneConfig(ratio=0.5))
+    assert type(pruned) is _Blocks  # the user's class, not a torch.fx fallback
+    info = pruning_info(pruned)
+    assert info["kept_whole"] == ["attn.0", "attn.1"] and info["graph_module"] is None
+    assert [m.qkv.out_features for m in pruned.attn] == [48, 48]  # every instance of the class, kept whole
+    assert [m[0].out_features for m in pruned.mlp] == [32, 32]  # the MLP widths still lose half their units
+    # what is kept computes exactly what it did: the removed hidden units' contributions are all that changed
+    reference = copy.deepcopy(model)
+    for mlp, kept in zip(reference.mlp, (info["keep"]["mlp.0.0"]["out"], info["keep"]["mlp.1.0"]["out"])):
+        mask = torch.zeros(64, dtype=torch.bool)
+        mask[kept] = True
+        mlp[2].weight.data[:, ~mask] = 0
+    batch = torch.randn(3, 5, 16)
+    assert torch.allclose(pruned(batch), reference(batch), atol=1e-5)

@@ -24,9 +24,12 @@ a fresh process):
 Its limit is the one every tracer has: it sees the path this input takes. The pruned model is therefore run once
 more on the same input and checked op by op (every result must have exactly the expected shape), so a size the
 code hard-codes or reads from an attribute slimkit did not update is a :class:`~slimkit.TraceError` naming the
-module and op, never a silently wrong model. Symbolic ``torch.fx`` keeps one place: when the check finds a size the
-code hard-codes (``x.view(-1, 400)``) and the model traces, the pruning is applied to a ``GraphModule`` whose
-constants the op rules rewrite (``_fx.py``); that is the only case a ``GraphModule`` comes back.
+module and op (:class:`UnfollowedSize`), never a silently wrong model. ``prune_channels`` answers it first by
+keeping every module of the failing module's class whole (torchvision's Swin derives its head layout from the input
+width: its attention blocks keep their channels, the MLPs are pruned; ``pruning_info(...)["kept_whole"]``).
+Symbolic ``torch.fx`` keeps one place: when the size is hard-coded in the model's own ``forward``
+(``x.view(-1, 400)``) and the model traces, the pruning is applied to a ``GraphModule`` whose constants the op rules
+rewrite (``_fx.py``); that is the only case a ``GraphModule`` comes back.
 
 **Ids and groups.** Every tensor carries one id per element (stored compressed); rules merge ids of elements that
 must be pruned together (``_ops.py``, ``_movement.py``, ``_layers.py``, ``_attention.py``), and a vectorised
@@ -79,7 +82,7 @@ from slimkit.graph._rules import (
     register_op,
 )
 from slimkit.graph._unionfind import UnionFind
-from slimkit.graph._verify import verify_removal
+from slimkit.graph._verify import UnfollowedSize, verify_removal
 
 __all__ = [
     "GQA_MODES",
@@ -102,6 +105,7 @@ __all__ = [
     "RewriteContext",
     "TimeBoundExceeded",
     "TraceContext",
+    "UnfollowedSize",
     "UnionFind",
     "UnitSlice",
     "ValueInfo",

@@ -25,6 +25,15 @@ DATA_DEPENDENT = {op_key(f) for f in (torch.nonzero, torch.Tensor.nonzero, torch
 MAX_FIX_ROUNDS = 4
 
 
+class UnfollowedSize(TraceError):
+    """The pruned model's code uses a size at ``scope`` (a module path) that slimkit could not rewrite, such as a
+    reshape to a width computed from another tensor's shape: the pruning cannot be applied to that module as is."""
+
+    def __init__(self, message: str, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+
+
 def verify_removal(graph: DependencyGraph, model: nn.Module, removal: Removal,
                    attributes: dict[str, dict[str, Any]] | None = None, *, deadline: Deadline | None = None) -> None:
     """Run ``model`` (pruned) on the example inputs and check every op's result shape against the expected one.
@@ -39,10 +48,11 @@ def verify_removal(graph: DependencyGraph, model: nn.Module, removal: Removal,
             return
         call, actual_call, message = problem
         if actual_call is None or not _fix_attributes(graph, model, removal, call, actual_call, attributes):
-            raise TraceError(f"the pruned model does not follow the pruning at {call.where()}: {message}. The code "
-                             "there uses a size slimkit cannot rewrite (a constant, or an attribute it cannot tell "
-                             "apart): compute it from the tensor (x.shape[-1], -1 in view) or keep that module's "
-                             f"channels (skip=['{call.scope}'] or leaf_modules=['{call.scope}'])")
+            raise UnfollowedSize(
+                f"the pruned model does not follow the pruning at {call.where()}: {message}. The code there uses a "
+                "size slimkit cannot rewrite (a constant, or an attribute it cannot tell apart): compute it from "
+                f"the tensor (x.shape[-1], -1 in view) or keep that module's channels (skip=['{call.scope}'] or "
+                f"leaf_modules=['{call.scope}'])", call.scope)
     raise TraceError(f"the pruned model still does not follow the pruning after {MAX_FIX_ROUNDS} attribute fixes: "
                      "keep the affected modules' channels (skip=[...])")
 

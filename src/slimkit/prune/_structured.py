@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from slimkit.graph import (
     DependencyGraph,
     Removal,
     TimeBoundExceeded,
+    UnfollowedSize,
     apply_removal,
     count_macs,
     dependency_graph,
@@ -128,7 +129,10 @@ class _Pruner:
             self.ctx.criterion.update_(self.ctx, self.graph.groups[gi], removed, candidate)
         return candidate
 
-    def prune(self, ratio: float | Mapping[str, float], keeps: Mapping[int, int] | None = None) -> nn.Module:
+    def prune(self, ratio: float | Mapping[str, float], keeps: Mapping[int, int] | None = None, *,
+              fx_fallback: bool = True) -> nn.Module:
+        """The pruned model; where its code uses a size slimkit cannot rewrite, :class:`UnfollowedSize` (with
+        ``fx_fallback=False``) or else a ``torch.fx.GraphModule`` if a trace can take the pruning."""
         graph = self.graph
         plan, removal = self.plan(ratio, keeps)
         self.deadline.check("removal")
@@ -141,6 +145,8 @@ class _Pruner:
         except TimeBoundExceeded:
             raise
         except TraceError as error:  # a constant size in the model's code: the torch.fx fallback, if it traces
+            if not fx_fallback and isinstance(error, UnfollowedSize):
+                raise
             try:
                 pruned, attributes = prune_as_graph_module(graph, removal, self._candidate(plan), self.deadline)
             except TraceError as fallback:
@@ -198,8 +204,9 @@ def pruning_info(model: nn.Module) -> dict[str, Any] | None:
     Keys: ``config``; ``groups`` (kept/total units per group) and ``kinds``; ``keep`` (kept input/output channel
     indices per layer); ``attributes`` (size attributes set, per module); ``opaque`` (ops no rule followed, with the
     layers whose channels each froze: why a ratio may not be reached); ``reduction`` (parameters and MACs before and
-    after, next to the requested ratio); ``hf_config`` (for Hugging Face models: whether ``save_pretrained`` →
-    ``from_pretrained`` reproduces the model, else why not).
+    after, next to the requested ratio); ``kept_whole`` (modules whose code uses a size slimkit cannot rewrite, kept
+    with all their channels so the rest could be pruned); ``hf_config`` (for Hugging Face models: whether
+    ``save_pretrained`` → ``from_pretrained`` reproduces the model, else why not).
     """
     meta = getattr(model, "meta", None)
     if isinstance(meta, dict) and "slimkit_pruning" in meta:
@@ -228,14 +235,46 @@ def prune_channels(model: nn.Module, example_inputs: Any, config: PruneConfig | 
 
         return prune_to_latency(model, example_inputs, config, data=data, loss=loss)
     with Deadline(config.timeout, "pruning") as deadline:
-        pruner = _Pruner(model, example_inputs, config, data, loss, deadline)
-        ratio = config.ratio if config.target_macs is None and config.speedup is None else _search(pruner, config)
-        pruned = pruner.prune(ratio)
+        kept_whole: tuple[str, ...] = ()
+        while True:
+            leaves = tuple(config.leaf_modules) + kept_whole
+            pruner = _Pruner(model, example_inputs, replace(config, leaf_modules=leaves), data, loss, deadline)
+            ratio = config.ratio if config.target_macs is None and config.speedup is None else _search(pruner, config)
+            try:
+                pruned = pruner.prune(ratio, fx_fallback=len(kept_whole) >= MAX_KEPT_WHOLE_CLASSES)
+                break
+            except UnfollowedSize as error:
+                more = _same_class_modules(model, error.scope, exclude=leaves)
+                if not more:
+                    pruned = pruner.prune(ratio)
+                    break
+                log.warning("%s: keeping every %s whole (%d modules) and pruning the rest", error,
+                            type(model.get_submodule(error.scope)).__name__, len(more))
+                kept_whole += more
+        info = pruning_info(pruned)
+        if info is not None:
+            info["kept_whole"] = list(kept_whole)
         if config.reconstruct:
             from slimkit.prune._reconstruct import reconstruct_
 
             reconstruct_(pruned, model, data, batches=config.batches)
     return pruned
+
+
+#: how many module classes prune_channels keeps whole, one per verification failure, before the torch.fx fallback
+MAX_KEPT_WHOLE_CLASSES = 3
+
+
+def _same_class_modules(model: nn.Module, scope: str, *, exclude: tuple[str, ...]) -> tuple[str, ...]:
+    """Every module of the class running at ``scope`` (the same code fails the same way in each instance), except
+    the model itself and those already kept whole; empty when there is nothing to keep."""
+    if not scope:
+        return ()
+    try:
+        cls = type(model.get_submodule(scope))
+    except AttributeError:
+        return ()
+    return tuple(name for name, m in model.named_modules() if name and type(m) is cls and name not in exclude)
 
 
 def _prune_once(model: nn.Module, inputs: Any, config: PruneConfig, ratio: float | Mapping[str, float],
