@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -137,11 +138,13 @@ def _opaque_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
     for arch, r in rows.items():
         sites = r["slimkit"].get("opaque") or []
         if sites:
-            ops = {}
+            ops: dict[str, int] = {}
             for site in sites:
-                op = site["op"].split(" ")[0]
-                ops[op] = ops.get(op, 0) + site["froze"]
-            lines.append(f"- {arch}: " + ", ".join(f"`{op}` froze {n} layers' channels" for op, n in ops.items()))
+                op = re.search(r"op '([^']+)'", site["op"])
+                leaf = re.search(r"\((\w+)\) \(a leaf module\)", site["op"])
+                name = f"`{op.group(1)}`" if op else f"{leaf.group(1)} kept whole" if leaf else site["op"]
+                ops[name] = ops.get(name, 0) + site["froze"]
+            lines.append(f"- {arch}: " + ", ".join(f"{op} froze {n} layers' channels" for op, n in ops.items()))
     return lines
 
 
@@ -174,8 +177,9 @@ def render(data: dict[str, Any]) -> str:
         "",
         *_summary(rows),
         "",
-        "Ops slimkit's graph did not follow (`pruning_info(model)['opaque']`; each freezes the channels of the "
-        "layers it touches, which is why a ratio can remove fewer MACs):" if opaque else
+        "Ops slimkit's graph did not follow and modules it kept whole because their code uses a size it cannot "
+        "rewrite (`pruning_info(model)['opaque']`, `['kept_whole']`); each freezes the channels of the layers it "
+        "touches, which is why a ratio can remove fewer MACs:" if opaque else
         "slimkit's graph followed every op on every architecture (no opaque ops in `pruning_info`).",
         *opaque,
     ])
