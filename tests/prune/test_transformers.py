@@ -231,3 +231,18 @@ def test_batch_loss_of_token_blocks_is_the_per_token_loss():
     pruned = prune_channels(model, x[:1], PruneConfig(ratio={"re:.*gate_proj": 0.5}, criterion="taylor"),
                             data=[(x, y)])
     assert pruned.model.layers[0].mlp.gate_proj.out_features == 24
+
+
+def test_reconstruction_refits_gpt2_conv1d_projections():
+    # GPT-2's MLP is two Hugging Face Conv1D layers (weight stored in × out): c_proj is refitted after c_fc lost units
+    model = gpt2()
+    data = [{"input_ids": torch.randint(0, 64, (4, 6), generator=torch.Generator().manual_seed(2))} for _ in range(2)]
+    config = PruneConfig(ratio={"re:.*c_fc": 0.5}, criterion="l1")
+    plain = prune_channels(model, IDS, config)
+    refit = prune_channels(model, IDS, PruneConfig(ratio={"re:.*c_fc": 0.5}, criterion="l1", reconstruct=True),
+                           data=data)
+    widths = [m.weight.shape for m in (plain.transformer.h[0].mlp.c_proj, refit.transformer.h[0].mlp.c_proj)]
+    assert widths[0] == widths[1] and widths[0][0] < model.transformer.h[0].mlp.c_proj.weight.shape[0]
+    assert not torch.equal(plain.transformer.h[0].mlp.c_proj.weight, refit.transformer.h[0].mlp.c_proj.weight)
+    target = _out(model, data[1])
+    assert (_out(refit, data[1]) - target).pow(2).mean() < (_out(plain, data[1]) - target).pow(2).mean()

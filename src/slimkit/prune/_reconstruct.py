@@ -48,28 +48,47 @@ def _capture_all(model: nn.Module, names: list[str], batches: list[torch.Tensor]
     return seen
 
 
+def _is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2's projections): a linear layer whose weight is stored (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or _is_conv1d(module)
+
+
+def _in_width(module: nn.Module) -> int:
+    return module.weight.shape[0] if _is_conv1d(module) else \
+        module.in_features if isinstance(module, nn.Linear) else module.in_channels
+
+
+def _out_width(module: nn.Module) -> int:
+    return module.weight.shape[1] if _is_conv1d(module) else module.weight.shape[0]
+
+
 def _design(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(module, nn.Linear):
+    if _is_linear(module):
         return x.reshape(-1, x.shape[-1])
     cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 def _targets(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    if isinstance(module, nn.Linear):
+    if _is_linear(module):
         return y.reshape(-1, y.shape[-1])
     return y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
 
 
 def reconstruct_layer_(pruned_layer: nn.Module, x_pruned: torch.Tensor, y_original: torch.Tensor,
                        ridge: float = 1e-4, max_rows: int = 20000, seed: int = 0) -> tuple[float, float]:
-    """Refit a dense Conv2d/Linear in place so ``layer(x_pruned) ≈ y_original`` (ridge least squares).
-    Returns (error before, error after); the new weights are kept only if the error went down."""
+    """Refit a dense Conv2d/Linear (or Hugging Face Conv1D) in place so ``layer(x_pruned) ≈ y_original`` (ridge
+    least squares). Returns (error before, error after); the new weights are kept only if the error went down."""
     a, y = _design(pruned_layer, x_pruned).double(), _targets(pruned_layer, y_original).double()
     if a.shape[0] > max_rows:
         rows = torch.as_tensor(np.random.default_rng(seed).choice(a.shape[0], max_rows, replace=False))
         a, y = a[rows], y[rows]
-    w = pruned_layer.weight.detach().reshape(pruned_layer.weight.shape[0], -1).double()
+    weight = pruned_layer.weight.detach()
+    w = (weight.T if _is_conv1d(pruned_layer) else weight.reshape(weight.shape[0], -1)).double()  # (out, in)
     has_bias = pruned_layer.bias is not None
     b = pruned_layer.bias.detach().double() if has_bias else torch.zeros(w.shape[0], dtype=torch.float64)
     before = float(((a @ w.T + b - y) ** 2).mean())
@@ -81,7 +100,8 @@ def reconstruct_layer_(pruned_layer: nn.Module, x_pruned: torch.Tensor, y_origin
     after = float(((a @ new_w.T + (new_b if has_bias else 0) - y) ** 2).mean())
     if after < before:
         with torch.no_grad():
-            pruned_layer.weight.copy_(new_w.reshape(pruned_layer.weight.shape).to(pruned_layer.weight.dtype))
+            new_w = new_w.T if _is_conv1d(pruned_layer) else new_w.reshape(pruned_layer.weight.shape)
+            pruned_layer.weight.copy_(new_w.to(pruned_layer.weight.dtype))
             if has_bias:
                 pruned_layer.bias.copy_(new_b.to(pruned_layer.bias.dtype))
         return before, after
@@ -90,7 +110,8 @@ def reconstruct_layer_(pruned_layer: nn.Module, x_pruned: torch.Tensor, y_origin
 
 def reconstruct_(pruned: nn.Module, original: nn.Module, data: Iterable, *, layers: Sequence[str] | None = None,
                  batches: int = 4, keep: dict[str, Any] | None = None, ridge: float = 1e-4) -> dict[str, tuple]:
-    """Refit, in graph order, every dense Conv2d (groups=1) / Linear of ``pruned`` that lost input channels
+    """Refit, in graph order, every dense Conv2d (groups=1) / Linear / Hugging Face Conv1D of ``pruned`` that lost
+    input channels
     (or those named in ``layers``) to the outputs of the same layer in ``original``. ``keep`` maps layer name to
     its kept output-channel indices (default: from :func:`pruning_info`). Returns per-layer (before, after)
     mean squared errors."""
@@ -110,20 +131,17 @@ def reconstruct_(pruned: nn.Module, original: nn.Module, data: Iterable, *, laye
     originals = dict(original.named_modules())
     todo = []
     for name, module in pruned.named_modules():
-        dense = isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+        dense = _is_linear(module) or (isinstance(module, nn.Conv2d) and module.groups == 1)
         if not dense or name not in originals or name not in info or (layers is not None and name not in layers):
             continue
-        orig = originals[name]
-        in_before = orig.in_features if isinstance(orig, nn.Linear) else orig.in_channels
-        in_after = module.in_features if isinstance(module, nn.Linear) else module.in_channels
-        if layers is None and in_after == in_before:
+        if layers is None and _in_width(module) == _in_width(originals[name]):
             continue
         todo.append((name, module))
     targets = _capture_all(original, [n for n, _ in todo], xs)  # one pass over the original for every layer
     report = {}
     for name, module in todo:
-        out_keep = torch.as_tensor(info[name].get("out", list(range(module.weight.shape[0]))))
+        out_keep = torch.as_tensor(info[name].get("out", list(range(_out_width(module)))))
         x = torch.cat(_capture(pruned, name, xs, "in"))  # after the earlier layers were refitted
-        y = torch.cat(targets[name]).index_select(-1 if isinstance(module, nn.Linear) else 1, out_keep)
+        y = torch.cat(targets[name]).index_select(-1 if _is_linear(module) else 1, out_keep)
         report[name] = reconstruct_layer_(module, x, y, ridge)
     return report
