@@ -3,9 +3,9 @@
 
     .venv-torchvision/bin/python -m benchmarks._engine_worker slimkit resnet50 0.3
 
-Wall time covers everything the tool does (capture / dependency graph, scoring, removal); memory is the process's
-peak RSS (VmHWM) after pruning minus its peak before (the model built and run once), so it is what the pruning
-added. Parameters and MACs of both tools' results are counted by the same counter (``slimkit.analysis.profile``).
+Wall time covers everything the tool does (capture / dependency graph, scoring, removal), both tools imported
+before the clock starts; memory is the process's peak RSS (VmHWM) after pruning minus its peak before (the model
+built and run once), so it is what the pruning added. Parameters and MACs of both tools' results are counted by the same counter (``slimkit.analysis.profile``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ import warnings
 from typing import Any
 
 import torch
+import torch_pruning as tp
+import torchvision
 from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
+
+from slimkit.analysis import profile
+from slimkit.prune import PruneConfig, prune_channels, pruning_info
 
 #: architecture → input side (Inception v3 is defined at 299×299)
 INPUT_SIZE = {"inception_v3": 299}
@@ -34,8 +40,6 @@ def _status(key: str) -> float:
 
 
 def build(arch: str) -> tuple[nn.Module, torch.Tensor]:
-    import torchvision
-
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch, weights=None, **OPTIONS.get(arch, {})).eval()
     side = INPUT_SIZE.get(arch, 224)
@@ -44,8 +48,6 @@ def build(arch: str) -> tuple[nn.Module, torch.Tensor]:
 
 def prune_slimkit(model: nn.Module, x: torch.Tensor, ratio: float) -> tuple[nn.Module, dict[str, Any]]:
     """slimkit's defaults: L1 filter norms, ``ratio`` of every group (channels, heads and residual widths)."""
-    from slimkit.prune import PruneConfig, prune_channels, pruning_info
-
     pruned = prune_channels(model, x, PruneConfig(ratio=ratio, criterion="l1", timeout=None))
     opaque = (pruning_info(pruned) or {}).get("opaque") or []
     # ops no rule followed, each with how many layers' channels it froze: why a ratio was not reached
@@ -54,13 +56,12 @@ def prune_slimkit(model: nn.Module, x: torch.Tensor, ratio: float) -> tuple[nn.M
 
 def prune_torch_pruning(model: nn.Module, x: torch.Tensor, ratio: float) -> tuple[nn.Module, dict[str, Any]]:
     """Torch-Pruning as its own torchvision script sets it up (benchmarks/prunability/torchvision_pruning.py):
-    ``MagnitudePruner`` with L1 importance, the 1000-way classifier and attention output projections ignored,
+    ``MagnitudePruner`` with L1 importance, the 1000-way classifier (a Linear, or SqueezeNet's conv) and attention
+    output projections ignored,
     ViT widths rounded to the head count and ``hidden_dim`` updated after pruning."""
-    import torch_pruning as tp
-    from torchvision.models.vision_transformer import VisionTransformer
-
     ignored = [m for m in model.modules()
                if (isinstance(m, nn.Linear) and m.out_features == 1000)
+               or (isinstance(m, nn.Conv2d) and m.out_channels == 1000)  # SqueezeNet's classifier is a conv
                or isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)]
     round_to = model.encoder.layers[0].num_heads if isinstance(model, VisionTransformer) else None
     for p in model.parameters():
@@ -76,9 +77,8 @@ def prune_torch_pruning(model: nn.Module, x: torch.Tensor, ratio: float) -> tupl
 TOOLS = {"slimkit": prune_slimkit, "torch_pruning": prune_torch_pruning}
 
 
-def measure(tool: str, arch: str, ratio: float) -> dict[str, Any]:
-    from slimkit.analysis import profile
 
+def measure(tool: str, arch: str, ratio: float) -> dict[str, Any]:
     torch.set_num_threads(2)
     model, x = build(arch)
     before = profile(model, x).total
@@ -93,7 +93,9 @@ def measure(tool: str, arch: str, ratio: float) -> dict[str, Any]:
     with torch.no_grad():
         shape = tuple(pruned(x).shape)
     after = profile(pruned, x).total
-    return {"ok": shape == reference_shape, "seconds": seconds, "added_mb": added_mb, "peak_mb": _status("VmHWM"),
+    if shape != reference_shape:
+        return {"ok": False, "error": f"output shape {list(shape)} instead of {list(reference_shape)}"}
+    return {"ok": True, "seconds": seconds, "added_mb": added_mb, "peak_mb": _status("VmHWM"),
             "params": [before.params, after.params], "macs": [before.macs, after.macs], **extra}
 
 

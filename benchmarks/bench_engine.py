@@ -11,6 +11,7 @@ reported as such (Torch-Pruning was seen climbing past 18 GB on Swin-T and MaxVi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import ROOT, Section, markdown_table
+
+log = logging.getLogger(__name__)
 
 TITLE = "Pruning engine on 24 torchvision architectures (224×224): time, memory and what a 30% ratio removes, " \
         "Torch-Pruning side by side"
@@ -87,6 +90,8 @@ def run(quick: bool) -> Section:
     rows: dict[str, dict[str, Any]] = {}
     for arch in QUICK_ARCHS if quick else ARCHS:
         rows[arch] = {tool: measure(python, tool, arch) for tool in TOOLS}
+        log.info("%s: %s", arch, "; ".join(f"{tool} {r['seconds']:.1f} s" if r.get("ok") else
+                                           f"{tool} {r.get('error', 'failed')}" for tool, r in rows[arch].items()))
     data = {"ratio": RATIO, "venv_versions": dict(zip(("torch", "torchvision", "torch_pruning"), versions)),
             "timeout_s": TIMEOUT_S, "memory_limit_mb": MEMORY_LIMIT_MB, "rows": rows}
     return Section("engine", TITLE, render(data), data)

@@ -9,9 +9,11 @@ value per field can describe them). The caller's model is never modified.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -234,7 +236,7 @@ def prune_channels(model: nn.Module, example_inputs: Any, config: PruneConfig | 
         from slimkit.prune._latency import prune_to_latency
 
         return prune_to_latency(model, example_inputs, config, data=data, loss=loss)
-    with Deadline(config.timeout, "pruning") as deadline:
+    with Deadline(config.timeout, "pruning") as deadline, _gc_paused():
         kept_whole: tuple[str, ...] = ()
         while True:
             leaves = tuple(config.leaf_modules) + kept_whole
@@ -259,6 +261,20 @@ def prune_channels(model: nn.Module, example_inputs: Any, config: PruneConfig | 
 
             reconstruct_(pruned, model, data, batches=config.batches)
     return pruned
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while pruning: capture and copies allocate many small objects, which
+    triggered full collections over everything torch has loaded (about half the time of a ResNet-18 prune); the
+    few cycles pruning leaves are collected once it is done."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 #: how many module classes prune_channels keeps whole, one per verification failure, before the torch.fx fallback
