@@ -5,7 +5,8 @@
 
 Wall time covers everything the tool does (capture / dependency graph, scoring, removal), both tools imported
 before the clock starts; memory is the process's peak RSS (VmHWM) after pruning minus its peak before (the model
-built and run once), so it is what the pruning added. Parameters and MACs of both tools' results are counted by the same counter (``slimkit.analysis.profile``).
+built and run once), so it is what the pruning added. Parameters and MACs of both tools' results are counted by
+the same counter (``slimkit.analysis.profile``).
 """
 
 from __future__ import annotations
