@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit._errors import ConfigError
+from slimkit._hf_layers import is_hf_conv1d
 from slimkit.graph import run_model
 
 
@@ -48,22 +49,17 @@ def _capture_all(model: nn.Module, names: list[str], batches: list[torch.Tensor]
     return seen
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    """Hugging Face's ``Conv1D`` (GPT-2's projections): a linear layer whose weight is stored (in, out)."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2
-
-
 def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
+    return isinstance(module, nn.Linear) or is_hf_conv1d(module)
 
 
 def _in_width(module: nn.Module) -> int:
-    return module.weight.shape[0] if _is_conv1d(module) else \
+    return module.weight.shape[0] if is_hf_conv1d(module) else \
         module.in_features if isinstance(module, nn.Linear) else module.in_channels
 
 
 def _out_width(module: nn.Module) -> int:
-    return module.weight.shape[1] if _is_conv1d(module) else module.weight.shape[0]
+    return module.weight.shape[1] if is_hf_conv1d(module) else module.weight.shape[0]
 
 
 def _design(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +84,7 @@ def reconstruct_layer_(pruned_layer: nn.Module, x_pruned: torch.Tensor, y_origin
         rows = torch.as_tensor(np.random.default_rng(seed).choice(a.shape[0], max_rows, replace=False))
         a, y = a[rows], y[rows]
     weight = pruned_layer.weight.detach()
-    w = (weight.T if _is_conv1d(pruned_layer) else weight.reshape(weight.shape[0], -1)).double()  # (out, in)
+    w = (weight.T if is_hf_conv1d(pruned_layer) else weight.reshape(weight.shape[0], -1)).double()  # (out, in)
     has_bias = pruned_layer.bias is not None
     b = pruned_layer.bias.detach().double() if has_bias else torch.zeros(w.shape[0], dtype=torch.float64)
     before = float(((a @ w.T + b - y) ** 2).mean())
@@ -100,7 +96,7 @@ def reconstruct_layer_(pruned_layer: nn.Module, x_pruned: torch.Tensor, y_origin
     after = float(((a @ new_w.T + (new_b if has_bias else 0) - y) ** 2).mean())
     if after < before:
         with torch.no_grad():
-            new_w = new_w.T if _is_conv1d(pruned_layer) else new_w.reshape(pruned_layer.weight.shape)
+            new_w = new_w.T if is_hf_conv1d(pruned_layer) else new_w.reshape(pruned_layer.weight.shape)
             pruned_layer.weight.copy_(new_w.to(pruned_layer.weight.dtype))
             if has_bias:
                 pruned_layer.bias.copy_(new_b.to(pruned_layer.bias.dtype))

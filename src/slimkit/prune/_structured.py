@@ -238,12 +238,12 @@ def prune_channels(model: nn.Module, example_inputs: Any, config: PruneConfig | 
         return prune_to_latency(model, example_inputs, config, data=data, loss=loss)
     with Deadline(config.timeout, "pruning") as deadline, _gc_paused():
         kept_whole: tuple[str, ...] = ()
-        while True:
+        for classes_kept in range(MAX_KEPT_WHOLE_CLASSES + 1):
             leaves = tuple(config.leaf_modules) + kept_whole
             pruner = _Pruner(model, example_inputs, replace(config, leaf_modules=leaves), data, loss, deadline)
             ratio = config.ratio if config.target_macs is None and config.speedup is None else _search(pruner, config)
             try:
-                pruned = pruner.prune(ratio, fx_fallback=len(kept_whole) >= MAX_KEPT_WHOLE_CLASSES)
+                pruned = pruner.prune(ratio, fx_fallback=classes_kept == MAX_KEPT_WHOLE_CLASSES)
                 break
             except UnfollowedSize as error:
                 more = _same_class_modules(model, error.scope, exclude=leaves)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from slimkit._errors import ConfigError
+from slimkit._hf_layers import is_hf_conv1d
 from slimkit.quantize._fold import set_submodule
 from slimkit.quantize._grid import WEIGHT_OBSERVERS, WeightGrid
 from slimkit.quantize._methods import LayerTarget, parse_method
@@ -145,7 +146,7 @@ def linearize_(model: nn.Module) -> list[str]:
     ``nn.Linear`` in place; returns their names. Exact: the weight is transposed."""
     names = []
     for name, module in list(model.named_modules()):
-        if type(module).__name__ != "Conv1D" or not hasattr(module, "nf") or module.weight.dim() != 2:
+        if not is_hf_conv1d(module):
             continue
         in_features, out_features = module.weight.shape
         linear = nn.Linear(in_features, out_features, bias=module.bias is not None)

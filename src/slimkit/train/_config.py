@@ -14,17 +14,13 @@ from slimkit._errors import ConfigError
 from slimkit.train._fit import check_optimizer_values, default_optimizer
 
 
-def _sgd(params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
-    return default_optimizer(params, lr, weight_decay, momentum)
-
-
 def _adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
     # β1 plays momentum's part; β2 = 0.95 is the usual choice for transformers (LLaMA, GPT-3)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(momentum, 0.95))
 
 
 #: the optimizers a training stage can use, by name: SGD with Nesterov momentum (CNNs) or AdamW (transformers)
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"sgd": _sgd, "adamw": _adamw}
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"sgd": default_optimizer, "adamw": _adamw}
 SCHEDULERS = ("cosine", None)
 
 
