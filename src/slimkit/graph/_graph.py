@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +68,57 @@ def shared_copy(model: nn.Module) -> nn.Module:
     copy's parameters with new, smaller ones and never writes into a shared one, so the original stays untouched
     while peak memory stays near one model (a 1B-parameter model is not duplicated)."""
     memo: dict[int, Any] = {id(p): p for p in model.parameters()}
-    return copy.deepcopy(model, memo)
+    return _copy_module(model, memo)
+
+
+#: attribute values a copy can share: immutable, so nothing done to the copy reaches the original through them
+_IMMUTABLE = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size, type)
+
+
+def _plain_module_class(cls: type) -> bool:
+    """Whether ``cls`` copies the way ``nn.Module`` does (no ``__deepcopy__``/pickling hooks of its own, unlike
+    ``torch.fx.GraphModule`` or a parametrized module): only then may :func:`_copy_module` copy it field by field."""
+    return (getattr(cls, "__deepcopy__", None) is None and cls.__getstate__ is nn.Module.__getstate__
+            and cls.__setstate__ is nn.Module.__setstate__ and cls.__reduce_ex__ is object.__reduce_ex__
+            and cls.__reduce__ is object.__reduce__)
+
+
+def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """``copy.deepcopy(module, memo)``, several times faster: module dicts, parameters (shared through ``memo``)
+    and immutable attributes are handled directly, so ``deepcopy`` only walks what can be mutated (buffers, hooks,
+    configs, lists). Tied submodules stay tied; a class with its own copy protocol gets ``deepcopy`` itself."""
+    if id(module) in memo:
+        return memo[id(module)]
+    cls = type(module)
+    if not _plain_module_class(cls):
+        return copy.deepcopy(module, memo)
+    new = cls.__new__(cls)
+    memo[id(module)] = new
+    state: dict[str, Any] = {}
+    for key, value in module.__dict__.items():
+        if key == "_modules":
+            state[key] = {n: None if m is None else _copy_module(m, memo) for n, m in value.items()}
+        elif key == "_parameters":
+            state[key] = {n: None if p is None else memo[id(p)] if id(p) in memo else copy.deepcopy(p, memo)
+                          for n, p in value.items()}
+        elif key == "_buffers":
+            state[key] = {n: None if b is None else _copy_tensor(b, memo) for n, b in value.items()}
+        elif type(value) in _IMMUTABLE or (type(value) is tuple and all(type(v) in _IMMUTABLE for v in value)):
+            state[key] = value
+        elif type(value) in (dict, OrderedDict, set, list) and not value:
+            state[key] = type(value)()
+        else:
+            state[key] = copy.deepcopy(value, memo)
+    new.__dict__.update(state)
+    return new
+
+
+def _copy_tensor(tensor: torch.Tensor, memo: dict[int, Any]) -> torch.Tensor:
+    """A buffer's copy (one copy per tensor, however many modules hold it)."""
+    if id(tensor) not in memo:
+        plain = type(tensor) is torch.Tensor and not tensor.requires_grad
+        memo[id(tensor)] = tensor.clone() if plain else copy.deepcopy(tensor, memo)
+    return memo[id(tensor)]
 
 
 def unshare_(model: nn.Module, original_params: set[int]) -> None:
@@ -190,40 +241,68 @@ class DependencyGraph:
     def finalize(self, selectable: Sequence[str] | None = None, kinds: Sequence[str] | None = None) -> None:
         """Form the groups: units = unblocked roots; a group's ``name`` is its first output-owning layer; only
         groups whose name is in ``selectable`` and whose kind is in ``kinds`` (default: all) are kept."""
-        members: dict[int, list[tuple[str, str]]] = {}
-        sizes: dict[int, int] = {}
-        for name, use in self.uses.items():
-            for side, m in (("out", use.out_map), ("in", use.in_map)):
+        # Vectorised: a model has tens of thousands of (root, layer) memberships, too many for a Python loop each.
+        # A membership is coded use-index * 2 + side (0 out, 1 in), so code order is the order layers are met.
+        names = list(self.uses)
+        member_roots, member_codes, out_roots, out_counts = [], [], [], []
+        for i, use in enumerate(self.uses.values()):
+            for side, m in ((0, use.out_map), (1, use.in_map)):
                 if m is None:
                     continue
-                roots = self.uf.find(m)
-                for r in np.unique(roots[~self.uf.blocked[roots]]):
-                    members.setdefault(int(r), []).append((name, side))
-                if side == "out":
-                    for r, c in zip(*np.unique(roots, return_counts=True), strict=True):
-                        sizes.setdefault(int(r), int(c))
-        by_sig: dict[tuple, list[int]] = {}
-        for root, mem in members.items():
-            if not any(side == "out" for _, side in mem):
-                continue  # only consumed (e.g. a padding channel fed to a conv): nothing to score it by
-            by_sig.setdefault(tuple(mem), []).append(root)
-        marked = {kind: set(np.unique(self.uf.find(torch.cat(ids)))) if ids else set()
+                roots, counts = np.unique(self.uf.find(m), return_counts=True)
+                if side == 0:
+                    out_roots.append(roots)
+                    out_counts.append(counts)
+                roots = roots[~self.uf.blocked[roots]]
+                member_roots.append(roots)
+                member_codes.append(np.full(len(roots), 2 * i + side, dtype=np.int64))
+        self.groups = []
+        self._slices = None
+        if not sum(len(r) for r in member_roots):
+            return
+        # a unit's size: its channel count in the first layer whose output it is
+        empty = [np.zeros(0, np.int64)]
+        out_r, out_c = np.concatenate(out_roots or empty), np.concatenate(out_counts or empty)
+        size_roots, first = np.unique(out_r, return_index=True)
+        size_of = out_c[first]
+        roots, codes = np.concatenate(member_roots), np.concatenate(member_codes)
+        order = np.lexsort((codes, roots))
+        roots, codes = roots[order], codes[order]
+        unit_roots, starts, lengths = np.unique(roots, return_index=True, return_counts=True)
+        # each unit's signature (its sorted member codes) as one padded row; equal rows = one group
+        width = int(lengths.max())
+        rows = np.full((len(unit_roots), width), -1, dtype=np.int64)
+        column = np.arange(len(roots)) - np.repeat(starts, lengths)
+        rows[np.repeat(np.arange(len(unit_roots)), lengths), column] = codes
+        owns_output = (rows % 2 == 0) & (rows >= 0)
+        keep = owns_output.any(axis=1)  # only consumed (e.g. a padding channel fed to a conv): nothing to score it by
+        unit_roots, rows = unit_roots[keep], rows[keep]
+        by_signature: dict[bytes, list[int]] = {}
+        for i, row in enumerate(rows):  # a dict of row bytes: np.unique(axis=0) sorts rows as records, 10x slower
+            by_signature.setdefault(row.tobytes(), []).append(i)
+        marked = {kind: np.unique(self.uf.find(torch.cat(ids))) if ids else np.zeros(0, np.int64)
                   for kind, ids in self.ctx.marks.items()}
-        order = {name: i for i, name in enumerate(self.uses)}
-        groups = []
-        for sig, roots in by_sig.items():
-            owner = min((n for n, s in sig if s == "out"), key=order.__getitem__)
+        found = []
+        for members_at in by_signature.values():
+            units = unit_roots[members_at]  # ascending
+            sig = rows[members_at[0]]
+            codes_ = sig[sig >= 0]
+            members = tuple((names[c // 2], "in" if c % 2 else "out") for c in codes_.tolist())
+            owner = names[int(codes_[codes_ % 2 == 0][0]) // 2]
             if selectable is not None and owner not in selectable:
                 continue
-            kind = ("heads" if any(r in marked["heads"] for r in roots) else
-                    "residual" if any(r in marked["residual"] for r in roots) else "channels")
+            kind = ("heads" if np.isin(units, marked["heads"]).any() else
+                    "residual" if np.isin(units, marked["residual"]).any() else "channels")
             if kinds is not None and kind not in kinds:
                 continue
-            units = np.array(sorted(roots), dtype=np.int64)
-            groups.append(ChannelGroup(owner, units, sig, np.array([sizes.get(int(u), 1) for u in units]), kind))
-        groups.sort(key=lambda g: order[g.name])
-        self.groups = groups
-        self._slices = None
+            at = np.searchsorted(size_roots, units)
+            hit = (at < len(size_roots)) & (size_roots[np.minimum(at, len(size_roots) - 1)] == units)
+            sizes = np.where(hit, size_of[np.minimum(at, len(size_roots) - 1)], 1)
+            # the order layers are met, then the smallest unit: the order a loop over the uses would find them
+            found.append(((int(codes_[0]), int(units[0])), ChannelGroup(owner, units, members, sizes, kind)))
+        found.sort(key=lambda item: item[0])
+        index = {name: i for i, name in enumerate(names)}
+        self.groups = sorted((g for _, g in found), key=lambda g: index[g.name])
 
     def slices(self, group: int | ChannelGroup) -> list[UnitSlice]:
         """Every parameter dim holding units of a group (by index or object; computed once for all groups)."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+#: below this many ids a pair of ids packs into one int64 (size * size < 2**63)
+_PAIR_KEY_LIMIT = 3_000_000_000
+
 
 class UnionFind:
     """Channel ids that must be pruned together end up with one root; a *blocked* root is never pruned.
@@ -66,10 +69,15 @@ class UnionFind:
         differ = ra != rb
         if not differ.any():
             return
-        pairs = np.unique(np.stack([ra[differ], rb[differ]], axis=1), axis=0)
-        first = np.unique(pairs)  # every root involved, for the blocked flags below
+        lo, hi = np.minimum(ra[differ], rb[differ]), np.maximum(ra[differ], rb[differ])
+        if self.size < _PAIR_KEY_LIMIT:  # one int64 key per pair: a 1-D unique, not a record sort over rows
+            key = np.unique(hi * self.size + lo)
+            x, y = key % self.size, key // self.size
+        else:
+            pairs = np.unique(np.stack([lo, hi], axis=1), axis=0)
+            x, y = pairs[:, 0], pairs[:, 1]
+        first = np.unique(np.concatenate([x, y]))  # every root involved, for the blocked flags below
         flags = self._blocked[first].copy()
-        x, y = pairs[:, 0], pairs[:, 1]
         while len(x):
             lo, hi = np.minimum(x, y), np.maximum(x, y)
             np.minimum.at(self.parent, hi, lo)  # hook each higher root under a lower one; parents only decrease

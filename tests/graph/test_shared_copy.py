@@ -1,0 +1,64 @@
+"""shared_copy: the copy pruning works on shares the original's parameters and nothing mutable besides them."""
+
+import copy
+
+import torch
+from torch import nn
+
+from slimkit.graph._graph import shared_copy
+from slimkit.models import create, example_input
+
+
+class _WithState(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.b.weight = self.a.weight  # tied
+        self.alias = self.a  # the same submodule under two names
+        self.register_buffer("steps", torch.zeros(3))
+        self.sizes = [4, 4]  # a mutable attribute
+        self.options = {"k": [1]}
+        self.kernel = (3, 3)
+
+    def forward(self, x):
+        return self.b(self.a(x)) + self.steps.sum()
+
+
+def test_copy_shares_parameters_and_copies_everything_mutable():
+    model = _WithState()
+    twin = shared_copy(model)
+    assert twin.a.weight is model.a.weight and twin.b.weight is twin.a.weight  # shared and still tied
+    assert twin.alias is twin.a and twin.a is not model.a
+    assert twin.steps is not model.steps and torch.equal(twin.steps, model.steps)
+    twin.steps.add_(1)
+    twin.sizes.append(8)
+    twin.options["k"].append(2)
+    twin._forward_hooks[0] = lambda *a: None
+    assert model.steps.sum() == 0 and model.sizes == [4, 4] and model.options == {"k": [1]}
+    assert not model._forward_hooks
+    assert twin.kernel == (3, 3)
+
+
+def test_copy_of_a_zoo_model_and_a_hugging_face_model_computes_the_same():
+    for name in ("mobilenet_v2", "llama_tiny"):
+        model = create(name).eval()
+        twin = shared_copy(model)
+        x = example_input(name)
+        out, out_twin = model(x), twin(x)
+        out, out_twin = getattr(out, "logits", out), getattr(out_twin, "logits", out_twin)
+        assert torch.equal(out, out_twin)
+        assert [type(m) for m in twin.modules()] == [type(m) for m in model.modules()]
+        if hasattr(model, "config"):  # pruning rewrites the copy's config: the original's must not change
+            assert twin.config is not model.config
+            twin.config.intermediate_size = 1
+            assert model.config.intermediate_size != 1
+
+
+def test_a_class_with_its_own_copy_protocol_is_deep_copied():
+    traced = torch.fx.symbolic_trace(nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
+    twin = shared_copy(traced)
+    assert isinstance(twin, torch.fx.GraphModule) and twin.graph is not traced.graph
+    assert twin.get_parameter("0.weight") is traced.get_parameter("0.weight")
+    x = torch.randn(2, 4)
+    assert torch.equal(twin(x), copy.deepcopy(traced)(x))
