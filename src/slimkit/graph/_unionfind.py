@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-#: below this many ids a pair of ids packs into one int64 (size * size < 2**63)
-_PAIR_KEY_LIMIT = 3_000_000_000
-
 
 class UnionFind:
     """Channel ids that must be pruned together end up with one root; a *blocked* root is never pruned.
@@ -47,12 +44,15 @@ class UnionFind:
     def find(self, ids: np.ndarray | torch.Tensor) -> np.ndarray:
         """Roots of ``ids`` (same shape), with path compression."""
         x = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids, dtype=np.int64)
-        root = np.asarray(self.parent[x])
+        root = self.parent[x]
+        up = self.parent[root]
+        if (up == root).all():  # the usual case: every id's parent is its root already
+            return root
         while True:
-            up = self.parent[root]
-            if np.array_equal(up, root):
-                break
             root = up
+            up = self.parent[root]
+            if (up == root).all():
+                break
         self.parent[x] = root
         return root
 
@@ -62,29 +62,24 @@ class UnionFind:
 
     def union(self, a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> None:
         """Merge ``a[i]`` with ``b[i]`` for every (broadcast) position i."""
-        ta = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a, dtype=np.int64))
-        tb = b if isinstance(b, torch.Tensor) else torch.as_tensor(np.asarray(b, dtype=np.int64))
-        ta, tb = torch.broadcast_tensors(ta, tb)
-        ra, rb = self.find(ta.reshape(-1)), self.find(tb.reshape(-1))
+        na = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=np.int64)
+        nb = b.numpy() if isinstance(b, torch.Tensor) else np.asarray(b, dtype=np.int64)
+        if na.shape != nb.shape:
+            na, nb = np.broadcast_arrays(na, nb)
+        ra, rb = self.find(na.reshape(-1)), self.find(nb.reshape(-1))
         differ = ra != rb
         if not differ.any():
             return
-        lo, hi = np.minimum(ra[differ], rb[differ]), np.maximum(ra[differ], rb[differ])
-        if self.size < _PAIR_KEY_LIMIT:  # one int64 key per pair: a 1-D unique, not a record sort over rows
-            key = np.unique(hi * self.size + lo)
-            x, y = key % self.size, key // self.size
-        else:
-            pairs = np.unique(np.stack([lo, hi], axis=1), axis=0)
-            x, y = pairs[:, 0], pairs[:, 1]
-        first = np.unique(np.concatenate([x, y]))  # every root involved, for the blocked flags below
-        flags = self._blocked[first].copy()
+        x, y = np.minimum(ra[differ], rb[differ]), np.maximum(ra[differ], rb[differ])
+        either_blocked = self._blocked[x] | self._blocked[y]
+        first = x
         while len(x):
-            lo, hi = np.minimum(x, y), np.maximum(x, y)
-            np.minimum.at(self.parent, hi, lo)  # hook each higher root under a lower one; parents only decrease
+            np.minimum.at(self.parent, y, x)  # hook each higher root under a lower one; parents only decrease
             x, y = self.find(x), self.find(y)
             keep = x != y
-            x, y = x[keep], y[keep]
-        np.logical_or.at(self._blocked, self.find(first), flags)
+            x, y = np.minimum(x[keep], y[keep]), np.maximum(x[keep], y[keep])
+        if either_blocked.any():  # a group holding a blocked unit is blocked
+            self._blocked[self.find(first[either_blocked])] = True
 
     def block(self, ids: torch.Tensor | np.ndarray) -> None:
         """Mark the groups holding ``ids`` as never prunable."""
