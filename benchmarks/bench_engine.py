@@ -130,6 +130,13 @@ def _summary(rows: dict[str, dict[str, Any]]) -> list[str]:
                  / r["torch_pruning"]["macs"][0] + 0.05]
         lines.append(f"- MACs kept more than 5 points above Torch-Pruning's at the same ratio: "
                      f"{', '.join(fewer) if fewer else 'none'}.")
+        grouped = [(a, r["slimkit"]["grouped_conv_channels"], r["torch_pruning"]["grouped_conv_channels"])
+                   for a, r in both.items() if r["slimkit"].get("grouped_conv_channels", [0])[0]]
+        if grouped:
+            lines.append("- Output channels kept in grouped (not depthwise) convolutions, slimkit vs Torch-Pruning "
+                         "(slimkit removes the same slots from every group, at most the ratio of each group's "
+                         "width): " + ", ".join(f"{a} {s[1] / s[0]:.2f} vs {t[1] / t[0]:.2f}" for a, s, t in grouped)
+                         + ".")
     resnet50 = rows.get("resnet50", {}).get("slimkit", {})
     if resnet50.get("ok"):
         verdict = "meets" if resnet50["seconds"] < RESNET50_GOAL_S else "misses"
