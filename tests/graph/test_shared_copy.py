@@ -62,3 +62,39 @@ def test_a_class_with_its_own_copy_protocol_is_deep_copied():
     assert twin.get_parameter("0.weight") is traced.get_parameter("0.weight")
     x = torch.randn(2, 4)
     assert torch.equal(twin(x), copy.deepcopy(traced)(x))
+
+
+def test_aliasing_the_copy_must_keep():
+    """Found in review: an empty dict shared by two modules, views of one buffer, an expanded (stride-0) buffer
+    and a buffer's own attributes all come out of the copy as ``copy.deepcopy`` gives them."""
+
+    class Writer(nn.Module):
+        def __init__(self, cache: dict) -> None:
+            super().__init__()
+            self.cache = cache
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cache: dict = {}
+            self.a, self.b = Writer(self.cache), Writer(self.cache)
+            self.register_buffer("full", torch.zeros(6))
+            self.register_buffer("head", self.full[:2])
+            self.register_buffer("pos", torch.arange(4).expand(1000, 4))
+            self.flag = nn.Buffer(torch.ones(2), persistent=False)
+
+    twin = shared_copy(Net())
+    assert twin.a.cache is twin.b.cache is twin.cache
+    twin.full.add_(1)
+    assert twin.head.tolist() == [1.0, 1.0]
+    assert twin.pos.stride() == (0, 1)
+    assert "flag" not in twin.state_dict()
+
+
+def test_union_find_roots_of_a_scalar_id():
+    from slimkit.graph._unionfind import UnionFind
+
+    uf = UnionFind()
+    ids = uf.fresh(4)
+    uf.union(ids[:1], ids[2:3])
+    assert uf.roots(ids[2]).shape == () and int(uf.roots(ids[2])) == int(uf.roots(ids[0]))

@@ -12,6 +12,7 @@ criteria), of kind ``heads``, ``residual`` (a residual stream: the hidden / embe
 from __future__ import annotations
 
 import copy
+import copyreg
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -78,7 +79,8 @@ _IMMUTABLE = (int, float, bool, complex, str, bytes, type(None), torch.dtype, to
 def _plain_module_class(cls: type) -> bool:
     """Whether ``cls`` copies the way ``nn.Module`` does (no ``__deepcopy__``/pickling hooks of its own, unlike
     ``torch.fx.GraphModule`` or a parametrized module): only then may :func:`_copy_module` copy it field by field."""
-    return (getattr(cls, "__deepcopy__", None) is None and cls.__getstate__ is nn.Module.__getstate__
+    return (getattr(cls, "__deepcopy__", None) is None and cls not in copyreg.dispatch_table
+            and cls.__getstate__ is nn.Module.__getstate__
             and cls.__setstate__ is nn.Module.__setstate__ and cls.__reduce_ex__ is object.__reduce_ex__
             and cls.__reduce__ is object.__reduce__)
 
@@ -103,10 +105,12 @@ def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
                           for n, p in value.items()}
         elif key == "_buffers":
             state[key] = {n: None if b is None else _copy_tensor(b, memo) for n, b in value.items()}
+        elif id(value) in memo:  # already copied through another reference: stays one object
+            state[key] = memo[id(value)]
         elif type(value) in _IMMUTABLE or (type(value) is tuple and all(type(v) in _IMMUTABLE for v in value)):
             state[key] = value
         elif type(value) in (dict, OrderedDict, set, list) and not value:
-            state[key] = type(value)()
+            state[key] = memo[id(value)] = type(value)()
         else:
             state[key] = copy.deepcopy(value, memo)
     new.__dict__.update(state)
@@ -116,8 +120,18 @@ def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
 def _copy_tensor(tensor: torch.Tensor, memo: dict[int, Any]) -> torch.Tensor:
     """A buffer's copy (one copy per tensor, however many modules hold it)."""
     if id(tensor) not in memo:
-        plain = type(tensor) is torch.Tensor and not tensor.requires_grad
-        memo[id(tensor)] = tensor.clone() if plain else copy.deepcopy(tensor, memo)
+        plain = (type(tensor) is torch.Tensor and tensor.layout is torch.strided and not tensor.is_quantized
+                 and not tensor.requires_grad and not tensor.__dict__)
+        storage = tensor.untyped_storage() if plain else None
+        # only a tensor owning its whole storage is cloned: views, expanded (stride-0) and tagged tensors keep what
+        # deepcopy gives them (shared storage between views, no materialisation, their __dict__)
+        if (plain and id(storage) not in memo and tensor.storage_offset() == 0 and tensor.is_contiguous()
+                and storage.nbytes() == tensor.numel() * tensor.element_size()):
+            memo[id(tensor)] = clone = tensor.clone()
+            memo[id(storage)] = clone.untyped_storage()  # later views of this storage map onto the clone
+            memo.setdefault(id(memo), []).append(storage)  # keeps the key's object alive, as deepcopy does
+        else:
+            memo[id(tensor)] = copy.deepcopy(tensor, memo)
     return memo[id(tensor)]
 
 

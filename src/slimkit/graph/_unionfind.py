@@ -44,7 +44,7 @@ class UnionFind:
     def find(self, ids: np.ndarray | torch.Tensor) -> np.ndarray:
         """Roots of ``ids`` (same shape), with path compression."""
         x = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids, dtype=np.int64)
-        root = self.parent[x]
+        root = np.asarray(self.parent[x])  # an array even for 0-d ids (a scalar parameter's)
         up = self.parent[root]
         if (up == root).all():  # the usual case: every id's parent is its root already
             return root
