@@ -211,6 +211,24 @@ def _fits(ids: torch.Tensor, shape: tuple[int, ...]) -> bool:
     return all(t in (1, s) for t, s in zip(tail, shape[len(shape) - len(tail):], strict=True))
 
 
+def _equal_rows(rows: np.ndarray) -> list[np.ndarray]:
+    """Indices of equal rows, one array per distinct row (ascending within each). Rows are hashed to one int64
+    each (random odd multipliers, wrapping), grouped by a 1-D unique, and the grouping is checked row by row; a
+    collision (never seen) falls back to exact bytes. ``np.unique(axis=0)`` sorts rows as records, 10x slower."""
+    weights = np.random.default_rng(0).integers(1, 2**62, size=rows.shape[1], dtype=np.int64) | 1
+    with np.errstate(over="ignore"):
+        keys = (rows * weights).sum(axis=1)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if (rows == rows[first[inverse]]).all():
+        order = np.argsort(inverse, kind="stable")
+        return np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    exact: dict[bytes, list[int]] = {}
+    for i, row in enumerate(rows):
+        exact.setdefault(row.tobytes(), []).append(i)
+    return [np.asarray(v) for v in exact.values()]
+
+
 class DependencyGraph:
     """A captured model, its channel ids and the coupled channel groups.
 
@@ -291,13 +309,11 @@ class DependencyGraph:
         owns_output = (rows % 2 == 0) & (rows >= 0)
         keep = owns_output.any(axis=1)  # only consumed (e.g. a padding channel fed to a conv): nothing to score it by
         unit_roots, rows = unit_roots[keep], rows[keep]
-        by_signature: dict[bytes, list[int]] = {}
-        for i, row in enumerate(rows):  # a dict of row bytes: np.unique(axis=0) sorts rows as records, 10x slower
-            by_signature.setdefault(row.tobytes(), []).append(i)
+        by_signature = _equal_rows(rows)
         marked = {kind: np.unique(self.uf.find(torch.cat(ids))) if ids else np.zeros(0, np.int64)
                   for kind, ids in self.ctx.marks.items()}
         found = []
-        for members_at in by_signature.values():
+        for members_at in by_signature:
             units = unit_roots[members_at]  # ascending
             sig = rows[members_at[0]]
             codes_ = sig[sig >= 0]
@@ -367,15 +383,25 @@ class DependencyGraph:
 
     def opaque_ops(self) -> list[dict[str, Any]]:
         """Every op no rule followed that blocked channels, with the layers whose channels it froze."""
-        out = []
-        owners = {}
-        for name, use in self.uses.items():
+        out: list[dict[str, Any]] = []
+        if not self.ctx.opaque_sites:
+            return out
+        names = list(self.uses)
+        roots, users = [], []
+        for i, use in enumerate(self.uses.values()):
             if use.out_map is not None:
-                for r in np.unique(self.uf.find(use.out_map)):
-                    owners.setdefault(int(r), name)
+                r = np.unique(self.uf.find(use.out_map))
+                roots.append(r)
+                users.append(np.full(len(r), i))
+        if not roots:
+            return out
+        # a root's owner: the first layer whose output holds it
+        owned, first = np.unique(np.concatenate(roots), return_index=True)
+        owner_of = np.concatenate(users)[first]
         for site in self.ctx.opaque_sites:
-            roots = np.unique(self.uf.find(torch.cat(site.blocked)))
-            froze = sorted({owners[int(r)] for r in roots if int(r) in owners})
+            blocked = np.unique(self.uf.find(torch.cat(site.blocked)))
+            at = np.clip(np.searchsorted(owned, blocked), 0, len(owned) - 1)
+            froze = sorted({names[i] for i in owner_of[at[owned[at] == blocked]].tolist()})
             if froze:
                 out.append({"op": site.where, "froze": froze})
         return out
