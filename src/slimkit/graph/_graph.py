@@ -229,6 +229,23 @@ def _equal_rows(rows: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(v) for v in exact.values()]
 
 
+def _first_values(keys: list[np.ndarray], values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer arrays of roots (met in layer order) and a value per root: the distinct roots, sorted, and each
+    one's value where it was first met (a unit's channel count in its first producing layer; that layer)."""
+    if not keys:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    distinct, first = np.unique(np.concatenate(keys), return_index=True)
+    return distinct, np.concatenate(values)[first]
+
+
+def _lookup(distinct: np.ndarray, values: np.ndarray, queries: np.ndarray, default: int) -> np.ndarray:
+    """``values`` at the positions of ``queries`` in the sorted ``distinct``, ``default`` where a query is absent."""
+    if not len(distinct):
+        return np.full(len(queries), default, dtype=np.int64)
+    at = np.minimum(np.searchsorted(distinct, queries), len(distinct) - 1)
+    return np.where(distinct[at] == queries, values[at], default)
+
+
 class DependencyGraph:
     """A captured model, its channel ids and the coupled channel groups.
 
@@ -292,11 +309,7 @@ class DependencyGraph:
         self._slices = None
         if not sum(len(r) for r in member_roots):
             return
-        # a unit's size: its channel count in the first layer whose output it is
-        empty = [np.zeros(0, np.int64)]
-        out_r, out_c = np.concatenate(out_roots or empty), np.concatenate(out_counts or empty)
-        size_roots, first = np.unique(out_r, return_index=True)
-        size_of = out_c[first]
+        size_roots, size_of = _first_values(out_roots, out_counts)  # a unit's channels in its first producer
         roots, codes = np.concatenate(member_roots), np.concatenate(member_codes)
         order = np.lexsort((codes, roots))
         roots, codes = roots[order], codes[order]
@@ -325,9 +338,7 @@ class DependencyGraph:
                     "residual" if np.isin(units, marked["residual"]).any() else "channels")
             if kinds is not None and kind not in kinds:
                 continue
-            at = np.searchsorted(size_roots, units)
-            hit = (at < len(size_roots)) & (size_roots[np.minimum(at, len(size_roots) - 1)] == units)
-            sizes = np.where(hit, size_of[np.minimum(at, len(size_roots) - 1)], 1)
+            sizes = _lookup(size_roots, size_of, units, 1)
             # the order layers are met, then the smallest unit: the order a loop over the uses would find them
             found.append(((int(codes_[0]), int(units[0])), ChannelGroup(owner, units, members, sizes, kind)))
         found.sort(key=lambda item: item[0])
@@ -393,15 +404,10 @@ class DependencyGraph:
                 r = np.unique(self.uf.find(use.out_map))
                 roots.append(r)
                 users.append(np.full(len(r), i))
-        if not roots:
-            return out
-        # a root's owner: the first layer whose output holds it
-        owned, first = np.unique(np.concatenate(roots), return_index=True)
-        owner_of = np.concatenate(users)[first]
+        owned, owner_of = _first_values(roots, users)  # a root's owner: the first layer whose output holds it
         for site in self.ctx.opaque_sites:
-            blocked = np.unique(self.uf.find(torch.cat(site.blocked)))
-            at = np.clip(np.searchsorted(owned, blocked), 0, len(owned) - 1)
-            froze = sorted({names[i] for i in owner_of[at[owned[at] == blocked]].tolist()})
+            owners = _lookup(owned, owner_of, np.unique(self.uf.find(torch.cat(site.blocked))), -1)
+            froze = sorted({names[i] for i in owners[owners >= 0].tolist()})
             if froze:
                 out.append({"op": site.where, "froze": froze})
         return out
