@@ -78,16 +78,19 @@ def _tune(base: LMTrainConfig, data: TextDataBundle, quick: bool) -> tuple[dict[
     return best, rows, raw
 
 
-def _recover(teacher: nn.Module, pruned: nn.Module, loader, method: str) -> tuple[nn.Module, float]:
+def _recover(teacher: nn.Module, pruned: nn.Module, loader, method: str, lr: float = RECOVERY_LR,
+             losses: tuple[str, ...] = (KD_LOSS,), pairs: tuple[str, ...] = ()) -> tuple[nn.Module, float]:
+    """One pass over ``loader`` from a copy of ``pruned``: ``method`` "kd" distils from ``teacher`` with ``losses``
+    (feature losses on ``pairs``), "finetune" trains on the next-token loss; AdamW, one-cycle cosine, clip 1."""
     student = copy.deepcopy(pruned).train()
     began = time.perf_counter()
     torch.manual_seed(0)
     if method == "kd":
-        config = DistillConfig(losses=(KD_LOSS,), epochs=1, lr=RECOVERY_LR, weight_decay=0.0, optimizer="adamw",
+        config = DistillConfig(losses=losses, pairs=pairs, epochs=1, lr=lr, weight_decay=0.0, optimizer="adamw",
                                grad_clip=1.0)
         Distiller(teacher, student, config).fit(loader)
     else:
-        fit(student, loader, epochs=1, optimizer=lambda _: adamw(student, RECOVERY_LR, 0.0), scheduler="cosine",
+        fit(student, loader, epochs=1, optimizer=lambda _: adamw(student, lr, 0.0), scheduler="cosine",
             grad_clip=1.0, progress=False)
     return student.eval(), time.perf_counter() - began
 

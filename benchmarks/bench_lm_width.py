@@ -48,6 +48,11 @@ MLP_ROUND = 8
 LAYOUT = {"llama": {"residual": "model.embed_tokens", "heads": "*.self_attn.q_proj", "channels": "*.mlp.gate_proj"},
           "gpt2": {"residual": "transformer.wte", "heads": "*.attn.c_attn", "channels": "*.mlp.c_fc"}}
 TP_TIMEOUT = 600
+#: recovery candidates, chosen on validation (see _recovery_settings)
+RECOVERY_LRS = (1e-3, 3e-4)
+KD_LOSSES = ("kd:T=1,alpha=1", "kd:T=2,alpha=1", "kd:T=1,alpha=0.5")
+HINT_WEIGHT = 1.0
+FINAL_NORM = {"llama": "model.norm", "gpt2": "transformer.ln_f"}
 TP_QUICK_TIMEOUT = 60
 
 
@@ -306,14 +311,46 @@ def _macs(model: nn.Module) -> int:
 
 # --- one model ----------------------------------------------------------------------------------------------------
 
-def _recovery(teacher: nn.Module, start: nn.Module, loader: Any, test: Any) -> dict[str, Any]:
+def _recovery_settings(kind: str, quick: bool) -> list[dict[str, Any]]:
+    """The recovery candidates tried on validation: fine-tuning at each learning rate, and KD at each learning rate
+    and logit loss, then the best KD with a hint on the final norm's hidden states added (Minitron's logit +
+    hidden-state loss; a learned linear map bridges a narrower student)."""
+    lrs = RECOVERY_LRS[:1] if quick else RECOVERY_LRS
+    losses = KD_LOSSES[:1] if quick else KD_LOSSES
+    return ([{"method": "finetune", "lr": lr} for lr in lrs]
+            + [{"method": "kd", "lr": lr, "losses": (loss,)} for lr in lrs for loss in losses])
+
+
+def _recover(teacher: nn.Module, start: nn.Module, loader: Any, setting: dict[str, Any]) -> tuple[nn.Module, float]:
     from benchmarks.bench_lm import _recover
 
-    out = {}
+    extra = {} if setting["method"] == "finetune" else {"losses": tuple(setting["losses"]),
+                                                        "pairs": tuple(setting.get("pairs", ()))}
+    return _recover(teacher, start, loader, setting["method"], lr=setting["lr"], **extra)
+
+
+def _tune_recovery(teacher: nn.Module, start: nn.Module, loader: Any, valid: Any, kind: str,
+                   quick: bool) -> dict[str, Any]:
+    """Choose each recovery method's settings by validation perplexity on one pruned model; returns the chosen
+    settings, every trial, and the chosen runs' models (reused for that row)."""
+    trials, models = [], []
+    for setting in _recovery_settings(kind, quick):
+        model, seconds = _recover(teacher, start, loader, setting)
+        trials.append({**setting, "valid_ppl": _ppl(model, valid), "seconds": seconds})
+        models.append(model)
+    if not quick:
+        kd = min((t for t in trials if t["method"] == "kd"), key=lambda t: t["valid_ppl"])
+        setting = {"method": "kd", "lr": kd["lr"], "losses": (*kd["losses"], f"hint:weight={HINT_WEIGHT:g}"),
+                   "pairs": (f"{FINAL_NORM[kind]}={FINAL_NORM[kind]}",)}
+        model, seconds = _recover(teacher, start, loader, setting)
+        trials.append({**setting, "valid_ppl": _ppl(model, valid), "seconds": seconds})
+        models.append(model)
+    chosen, kept = {}, {}
     for method in ("kd", "finetune"):
-        recovered, seconds = _recover(teacher, start, loader, method)
-        out[method] = {"test_ppl": _ppl(recovered, test), "seconds": seconds}
-    return out
+        index = min((i for i, t in enumerate(trials) if t["method"] == method), key=lambda i: trials[i]["valid_ppl"])
+        chosen[method] = {k: v for k, v in trials[index].items() if k not in ("valid_ppl", "seconds")}
+        kept[method] = (models[index], trials[index]["seconds"])
+    return {"chosen": chosen, "trials": trials, "models": kept}
 
 
 def _lm(spec: str, data: Any, quick: bool, folder: Path) -> dict[str, Any]:
@@ -323,6 +360,7 @@ def _lm(spec: str, data: Any, quick: bool, folder: Path) -> dict[str, Any]:
 
     teacher, record = _trained(spec, data, quick)
     teacher.eval()
+    kind = teacher.config.model_type
     config = LMTrainConfig(**record["config"])
     valid = _subset(data.valid, QUICK_BLOCKS if quick else VALID_BLOCKS)
     test = _subset(data.test, QUICK_BLOCKS) if quick else data.test
@@ -333,6 +371,8 @@ def _lm(spec: str, data: Any, quick: bool, folder: Path) -> dict[str, Any]:
     base_macs = _macs(teacher)
     out: dict[str, Any] = {"params": total, "macs": base_macs, "valid_ppl": _ppl(teacher, valid),
                            "test_ppl": _ppl(teacher, test), "train_config": record["config"], "budgets": {}}
+    # pass 1: every pruned model, its one-shot scores and the model recovery starts from (chosen on validation)
+    models: dict[tuple[str, str], tuple[nn.Module, nn.Module]] = {}
     for budget in BUDGETS[:1] if quick else BUDGETS:
         target = math.floor((1 - budget) * total)
         rows: dict[str, dict[str, Any]] = {}
@@ -364,13 +404,25 @@ def _lm(spec: str, data: Any, quick: bool, folder: Path) -> dict[str, Any]:
                 if row["reconstructed_valid_ppl"] < row["valid_ppl"]:
                     start = reconstructed
             row["recovery_from"] = "reconstructed" if start is not model else "pruned"
-            row.update(_recovery(teacher, start, loader, test))
-            try:
-                files = _exports(model, inputs, folder, f"{spec}-{budget}-{name.replace(' ', '_')}")
-                row["latency"] = _latency(base_files, files, inputs, quick)
-            except Exception as error:  # an export failure is a result too
-                row["latency_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+            models[str(budget), name] = (model, start)
         out["budgets"][str(budget)] = {"target_params": target, "rows": rows}
+    # pass 2: recovery settings chosen on validation on the width-pruned model at the largest budget
+    tuning_key = (str(BUDGETS[0] if quick else BUDGETS[-1]), "slimkit width")
+    tuning = _tune_recovery(teacher, models[tuning_key][1], loader, valid, kind, quick)
+    out["recovery_tuning"] = {"row": list(tuning_key), "chosen": tuning["chosen"], "trials": tuning["trials"]}
+    # pass 3: recovery with the chosen settings (the tuning row's runs reused), latency
+    for (budget, name), (model, start) in models.items():
+        row = out["budgets"][budget]["rows"][name]
+        for method, setting in tuning["chosen"].items():
+            recovered, seconds = (tuning["models"][method] if (budget, name) == tuning_key
+                                  else _recover(teacher, start, loader, setting))
+            row[method] = {"test_ppl": _ppl(recovered, test), "valid_ppl": _ppl(recovered, valid),
+                           "seconds": seconds}
+        try:
+            files = _exports(model, inputs, folder, f"{spec}-{budget}-{name.replace(' ', '_')}")
+            row["latency"] = _latency(base_files, files, inputs, quick)
+        except Exception as error:  # an export failure is a result too
+            row["latency_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
     return out
 
 
@@ -463,9 +515,20 @@ def _tuning_rows(spec: str, result: dict[str, Any]) -> list[list[Any]]:
     return lines
 
 
+def _recovery_rows(spec: str, result: dict[str, Any]) -> list[list[Any]]:
+    tuning = result["recovery_tuning"]
+    budget, name = tuning["row"]
+    chosen = [{k: list(v) if isinstance(v, tuple) else v for k, v in c.items()} for c in tuning["chosen"].values()]
+    return [[spec, f"{name} {float(budget):.0%}", t["method"], f"{t['lr']:g}",
+             " + ".join(f"`{x}`" for x in t.get("losses", ())) or "next-token", t["valid_ppl"], f"{t['seconds']:.0f}",
+             "chosen" if {k: list(v) if isinstance(v, tuple) else v for k, v in t.items()
+                          if k not in ("valid_ppl", "seconds")} in chosen else ""]
+            for t in tuning["trials"]]
+
+
 def run(quick: bool) -> Section:
     from benchmarks._lm_baselines import lm_data
-    from benchmarks.bench_lm import KD_LOSS, RECOVERY_BLOCKS, RECOVERY_LR
+    from benchmarks.bench_lm import RECOVERY_BLOCKS
 
     data = lm_data()
     results: dict[str, Any] = {}
@@ -477,6 +540,7 @@ def run(quick: bool) -> Section:
     quality = [line for spec, r in results.items() for line in _quality_rows(spec, r)]
     speed = [line for spec, r in results.items() for line in _speed_rows(spec, r)]
     tuning = [line for spec, r in results.items() for line in _tuning_rows(spec, r)]
+    recovery = [line for spec, r in results.items() for line in _recovery_rows(spec, r)]
     goals = _goals(results)
     blocks = 16 if quick else RECOVERY_BLOCKS
     valid_blocks = QUICK_BLOCKS if quick else VALID_BLOCKS
@@ -497,8 +561,13 @@ def run(quick: bool) -> Section:
         "`nn.Linear` that lost input channels (GPT-2's `Conv1D` layers are not `nn.Linear`; tied output layers are "
         "left alone); `n/a` where it does not apply (depth pruning, Torch-Pruning). Recovery (both from the "
         "reconstructed model when that has the lower validation perplexity, else from the one-shot model): "
-        f"{blocks} training blocks once, AdamW lr {RECOVERY_LR:g}; KD = `{KD_LOSS}` from the unpruned model; "
-        "fine-tune = next-token loss, same steps (bench_lm's recovery). Test perplexity on the held-out files.",
+        f"{blocks} training blocks once, AdamW, one-cycle cosine; KD from the unpruned model; fine-tune = "
+        "next-token loss, same steps. Each method's settings are chosen per model by validation perplexity on the "
+        "width-pruned model at the largest budget (table below) and used for every row of that model: learning rate "
+        f"({', '.join(f'{lr:g}' for lr in RECOVERY_LRS)}) for both; for KD also the logit loss "
+        f"({', '.join(f'`{k}`' for k in KD_LOSSES)}) and whether a FitNets hint on the final norm's hidden states "
+        f"(`hint:weight={HINT_WEIGHT:g}`, a learned linear map when the student is narrower; Minitron's logit + "
+        "hidden-state loss) helps. Test perplexity on the held-out files.",
         "**Quality (test perplexity)**\n\n" + markdown_table(
             ["model", "budget", "method", "params", "reduction", "ppl pruned", "ppl + reconstruct", "ppl + KD",
              "ppl + fine-tune", "what was removed"], quality),
@@ -511,9 +580,12 @@ def run(quick: bool) -> Section:
              "decode latency × unpruned, A/A"], speed),
         "**Width split and criterion (validation perplexity, one-shot)**\n\n" + markdown_table(
             ["model", "budget", "method", "split", "params", "valid ppl", ""], tuning),
+        "**Recovery settings (validation perplexity after recovery, on the row named)**\n\n" + markdown_table(
+            ["model", "row", "method", "lr", "losses", "valid ppl", "seconds", ""], recovery),
     ])
     return Section("lm_width", TITLE, markdown, {"budgets": list(BUDGETS), "models": results, "goals": goals,
-                                                 "recovery": {"blocks": blocks, "lr": RECOVERY_LR, "kd": KD_LOSS},
+                                                 "recovery": {"blocks": blocks, "lrs": list(RECOVERY_LRS),
+                                                              "kd_losses": list(KD_LOSSES)},
                                                  "valid_blocks": valid_blocks})
 
 
