@@ -144,7 +144,12 @@ def dim_power_sums(t: torch.Tensor, dim: int, p: float, chunk: int = 1 << 22) ->
     if t.dim() == 1:
         return (t.abs() ** p).double().cpu()
     if dim == 0:
-        return (torch.linalg.vector_norm(t.reshape(t.shape[0], -1), ord=p, dim=1) ** p).double().cpu()
+        m = t.reshape(t.shape[0], -1)
+        if p != 1:
+            return (torch.linalg.vector_norm(m, ord=p, dim=1) ** p).double().cpu()
+        # vector_norm's ord=1 path is ~5x slower than abs-and-sum (most of a ResNet-18 prune's scoring time)
+        rows = max(1, chunk // max(m.shape[1], 1))
+        return torch.cat([part.abs().sum(1) for part in m.split(rows, 0)]).double().cpu()
     m = t.movedim(dim, -1)
     m = m.reshape(-1, m.shape[-1])
     rows = max(1, chunk // max(m.shape[1], 1))
