@@ -51,6 +51,17 @@ def test_every_criterion_halves_lenet5(criterion):
     assert torch.isfinite(pruned(torch.rand(2, 1, 28, 28))).all()
 
 
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_per_channel_power_sums_match_the_definition_in_chunks(p, dim):
+    from slimkit.prune._criteria import dim_power_sums
+
+    t = torch.randn(7, 5, 3, generator=torch.Generator().manual_seed(0))
+    expected = (t.double().abs() ** p).movedim(dim, 0).reshape(t.shape[dim], -1).sum(1)
+    for chunk in (1, 4, 1 << 22):  # one row / a few rows / everything per chunk
+        torch.testing.assert_close(dim_power_sums(t, dim, p, chunk=chunk), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_l1_keeps_the_largest_filters_and_copies_their_weights():
     model = models.create("lenet5")
     pruned = prune_channels(model, torch.zeros(1, 1, 28, 28), PruneConfig(ratio=0.5, criterion="l1"))
