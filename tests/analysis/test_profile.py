@@ -72,6 +72,18 @@ def test_functional_attention_matmuls_are_counted():
     assert prof.total.macs == 5 * 48 * 16 + 5 * 5 * 16 + 5 * 16 * 5
 
 
+def test_einsum_products_are_counted_with_ellipsis_and_broadcasting():
+    class Einsums(nn.Module):
+        def forward(self, x, y):
+            scores = torch.einsum("b h i d, b h j d -> b h i j", x, y)  # spaces, as MaxViT writes them
+            mixed = torch.einsum("...ij,...jd->...id", scores, y)
+            return torch.einsum("bhid->bdhi", mixed)  # a permute: no MACs
+
+    prof = profile(Einsums(), (torch.zeros(2, 3, 5, 4), torch.zeros(1, 3, 7, 4)))  # y broadcasts over the batch
+    # per sample: QKᵀ 3·5·7·4, PV 3·5·4·7
+    assert prof.total.macs == 3 * 5 * 7 * 4 + 3 * 5 * 4 * 7
+
+
 def test_multihead_attention_macs():
     mha = nn.MultiheadAttention(16, 4, batch_first=True)
 

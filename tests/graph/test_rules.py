@@ -23,6 +23,7 @@ from slimkit.graph import (
     op_rules,
     run_model,
 )
+from tests.graph._torchvision import RelativePositionalMultiHeadAttention, ShiftedWindowAttention
 
 
 class Tokens(nn.Module):
@@ -162,6 +163,12 @@ MODULE_EXAMPLES: dict[str, tuple[Callable[[], nn.Module], torch.Tensor, str]] = 
     "MultiheadAttention": (lambda: Tokens(lambda m, h, x: h + m.layers["mha"](h, h, h, need_weights=False)[0],
                                           mha=nn.MultiheadAttention(16, 4, batch_first=True)), TOKENS, "layers.mha"),
     "Conv1D (transformers)": (None, TOKENS, "h.0.mlp.c_fc"),
+    "ShiftedWindowAttention (torchvision)": (
+        lambda: Tokens(lambda m, h, x: h + m.layers["attn"](h.unsqueeze(2)).squeeze(2),
+                       attn=ShiftedWindowAttention(16, 1, 4)), TOKENS, "layers.attn"),
+    "RelativePositionalMultiHeadAttention (torchvision)": (
+        lambda: Tokens(lambda m, h, x: h + m.layers["attn"](h.unsqueeze(1)).squeeze(1),
+                       attn=RelativePositionalMultiHeadAttention(16, 4, 5)), TOKENS, "layers.attn"),
 }
 
 
@@ -234,6 +241,8 @@ def test_every_module_rule_sets_its_size_attributes(name):
             assert getattr(module, attr) == shape_of(module), attr
     if isinstance(module, nn.LayerNorm):
         assert module.normalized_shape == tuple(module.weight.shape)
+    if isinstance(module, RelativePositionalMultiHeadAttention):
+        assert module.n_heads * module.head_dim == module.merge.weight.shape[1] < 16
     if isinstance(module, nn.Conv2d):
         assert (module.in_channels, module.groups) == (module.weight.shape[0], module.weight.shape[0])  # depthwise
     with torch.no_grad():

@@ -13,6 +13,7 @@ from torch.overrides import TorchFunctionMode
 
 from slimkit._inputs import input_tuple
 from slimkit.analysis._counters import ZERO_COST, find_counter, first_tensor
+from slimkit.analysis._einsum import einsum_macs
 
 #: Functional ops that are matrix products: MACs = output elements × the contracted dimension.
 _MATMUL_FUNCS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.mm, torch.Tensor.bmm}
@@ -167,6 +168,11 @@ class _FunctionalCounter(TorchFunctionMode):
         elif func in _ADDMM_FUNCS:  # bias + x @ W (transformers' Conv1D in GPT-2), scores in upcast attention
             contracted = args[1].shape[-1] if isinstance(args[1], torch.Tensor) else 1
             self.profiler.add_functional("addmm", tensor_out, macs=tensor_out.numel() * contracted, other=0)
+        elif func is torch.einsum and args and isinstance(args[0], str):
+            operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+            if all(isinstance(o, torch.Tensor) for o in operands):
+                macs = einsum_macs(args[0], [tuple(o.shape) for o in operands])
+                self.profiler.add_functional("einsum", tensor_out, macs=macs, other=0 if macs else tensor_out.numel())
         elif func is torch.nn.functional.scaled_dot_product_attention:
             q, k = args[0], args[1]
             macs = 2 * q.numel() // q.shape[-1] * k.shape[-2] * q.shape[-1]

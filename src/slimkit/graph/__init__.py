@@ -25,8 +25,15 @@ Its limit is the one every tracer has: it sees the path this input takes. The pr
 more on the same input and checked op by op (every result must have exactly the expected shape), so a size the
 code hard-codes or reads from an attribute slimkit did not update is a :class:`~slimkit.TraceError` naming the
 module and op (:class:`UnfollowedSize`), never a silently wrong model. ``prune_channels`` answers it first by
-keeping every module of the failing module's class whole (torchvision's Swin derives its head layout from the input
-width: its attention blocks keep their channels, the MLPs are pruned; ``pruning_info(...)["kept_whole"]``).
+keeping every module of the failing module's class whole (``pruning_info(...)["kept_whole"]``).
+
+**Attention whose head width is read from the input.** ``nn.MultiheadAttention`` and torchvision's Swin and MaxViT
+attention split q/k/v into heads of input-width ÷ heads channels, so their attention width is tied to the residual
+width by count, which identities alone cannot say. Each is one recorded op (a ``leaf`` module rule) whose unit is
+head-dim slot d of every head, tied to residual channels d, d + head_dim, ...: pruning a slot removes one channel
+from each head and ``heads`` channels from the residual stream, and the count stays true. Where the attention
+scales q by head_dim^-0.5 computed from the pruned width (PyTorch's, Swin v1's), the q rows are multiplied by
+sqrt(new/old head_dim), so the kept dims score exactly as before (a zeroed slot is removed with no change).
 Symbolic ``torch.fx`` keeps one place: when the size is hard-coded in the model's own ``forward``
 (``x.view(-1, 400)``) and the model traces, the pruning is applied to a ``GraphModule`` whose constants the op rules
 rewrite (``_fx.py``); that is the only case a ``GraphModule`` comes back.
@@ -47,8 +54,8 @@ pure-Python code that spins both end in a :class:`TimeBoundExceeded` (a ``TraceE
 
 **Extending.** One registry entry per op — ``@register_op(fn, rewrite=...)`` on a ``propagate(ctx, call)`` function
 (how ids flow, :class:`TraceContext` documents the vocabulary; how the op's shape arguments change) — and one per
-module type, ``register_module(cls, resize=..., leaf=...)`` (size attributes after slicing; optionally treat every
-call as one op). ``op_rules()`` and ``module_rules()`` list them; the tests run over both.
+module type, ``register_module(cls, resize=..., leaf=..., macs=...)`` (size attributes after slicing; optionally
+treat every call as one op, counting its MACs). ``op_rules()`` and ``module_rules()`` list them; the tests run over both.
 """
 
 from slimkit.graph._apply import Removal, apply_removal

@@ -192,7 +192,12 @@ def _resize_modules(model: nn.Module, removal: Removal, changed: set[str],
     uses_by_module: dict[str, Any] = {}
     for use in removal.graph.uses.values():
         uses_by_module.setdefault(use.name, use)
-    for name, module in _owners(model, changed).items():
+    owners = _owners(model, changed)
+    ancestors = {name.rsplit(".", k)[0] for name in owners for k in range(1, name.count(".") + 1)}
+    for name in uses_by_module:  # a leaf module (one recorded op) owns its children's channels too
+        if name in ancestors and name not in owners:
+            owners[name] = model.get_submodule(name)
+    for name, module in owners.items():
         rule = module_rule(module)
         if rule is None or rule.resize is None:
             continue

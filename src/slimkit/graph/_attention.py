@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from slimkit.analysis._einsum import einsum_letters
 from slimkit.graph._capture import Call, Ref
 from slimkit.graph._context import AttentionSite, CannotFollow, TraceContext
 from slimkit.graph._layers import along_dim
@@ -151,28 +152,6 @@ def baddbmm(ctx: TraceContext, call: Call) -> T:
 register_op(torch.baddbmm, T.baddbmm, name="baddbmm")(baddbmm)
 
 
-def _einsum_letters(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[str], str]:
-    """Operand subscripts and the output's, with ``...`` expanded to fresh capital letters."""
-    equation = equation.replace(" ", "")
-    lhs, _, rhs = equation.partition("->")
-    terms = lhs.split(",")
-    spare = iter("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    ellipsis = ""
-    out_terms = []
-    for term, shape in zip(terms, shapes, strict=True):
-        if "..." in term:
-            count = len(shape) - (len(term) - 3)
-            if len(ellipsis) < count:
-                ellipsis += "".join(next(spare) for _ in range(count - len(ellipsis)))
-            term = term.replace("...", ellipsis[len(ellipsis) - count:])
-        out_terms.append(term)
-    if not rhs and "->" not in equation:
-        letters = "".join(out_terms)
-        rhs = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
-    rhs = rhs.replace("...", ellipsis)
-    return out_terms, rhs
-
-
 def einsum(ctx: TraceContext, call: Call) -> T:
     """``torch.einsum``: a 2-D parameter operand is a dense layer (its contracted letter is the input's channels,
     its free letter the result's); two activations sharing batch letters (``bhid,bhjd->bhij``) are attention: each
@@ -182,7 +161,7 @@ def einsum(ctx: TraceContext, call: Call) -> T:
         list(call.args[1:])
     if not isinstance(equation, str) or not all(isinstance(o, Ref) for o in operands):
         raise CannotFollow("einsum with non-tensor operands")
-    terms, out = _einsum_letters(equation, [ctx.shape(o) for o in operands])
+    terms, out = einsum_letters(equation, [ctx.shape(o) for o in operands])
     out_shape = ctx.shape(call.out)
     if len(operands) == 1:
         term = terms[0]

@@ -13,10 +13,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from slimkit.analysis._einsum import einsum_macs
 from slimkit.graph._capture import Call, Ref, op_key
 from slimkit.graph._graph import DependencyGraph
+from slimkit.graph._rules import module_rule
 
 T = torch.Tensor
 Shape = Callable[[Ref], tuple[int, ...]]
@@ -66,28 +67,13 @@ _COUNTERS: dict[object, Callable[[Call, Shape], int]] = {
 
 
 def _einsum(call: Call, shape: Shape) -> int:
-    """Output elements × the product of the contracted sizes (letters of the inputs missing from the output)."""
-    from slimkit.graph._attention import _einsum_letters
-
     operands = list(call.args[1]) if len(call.args) == 2 and isinstance(call.args[1], (list, tuple)) else \
         list(call.args[1:])
-    if len(operands) < 2 or not all(isinstance(o, Ref) for o in operands):
+    if not isinstance(call.args[0], str) or not all(isinstance(o, Ref) for o in operands):
         return 0
-    terms, out = _einsum_letters(call.args[0], [shape(o) for o in operands])
-    sizes = {c: s for term, o in zip(terms, operands, strict=True) for c, s in zip(term, shape(o), strict=True)}
-    contracted = math.prod(sizes[c] for c in set("".join(terms)) if c not in out)
-    return _numel(shape(call.out)) * contracted
+    return einsum_macs(call.args[0], [shape(o) for o in operands])
 for _f in (torch.matmul, T.matmul, T.__matmul__, torch.bmm, T.bmm, torch.mm, T.mm):
     _COUNTERS[op_key(_f)] = _contracted(0, "input")
-
-
-def _mha(call: Call, shape: Shape, module: nn.MultiheadAttention) -> int:
-    q, k = shape(call.arg(0, "query")), shape(call.arg(1, "key"))
-    embed = q[-1]
-    seq_q = q[1] if module.batch_first and len(q) == 3 else q[0]
-    seq_k = k[1] if module.batch_first and len(k) == 3 else k[0]
-    batch = _numel(q) // (seq_q * embed)
-    return batch * (2 * seq_q * embed * embed + 2 * seq_k * embed * embed + 2 * seq_q * seq_k * embed)
 
 
 def count_macs(graph: DependencyGraph, removal: object | None = None) -> int:
@@ -96,9 +82,10 @@ def count_macs(graph: DependencyGraph, removal: object | None = None) -> int:
     shape: Shape = removal.new_shape if removal is not None else (lambda ref: values[ref.key].shape)
     total = 0
     for call in graph.capture.calls:
-        if call.module is not None:
-            if isinstance(call.module, nn.MultiheadAttention):
-                total += _mha(call, shape, call.module)
+        if call.module is not None:  # a leaf module, counted by its rule
+            rule = module_rule(call.module)
+            if rule is not None and rule.macs is not None:
+                total += rule.macs(call, shape, call.module)
             continue
         counter = _COUNTERS.get(op_key(call.target))
         if counter is not None:

@@ -66,11 +66,14 @@ class ResizeInfo:
 @dataclass(frozen=True)
 class ModuleRule:
     """``resize(module, info)`` sets the module's size attributes after its parameters were sliced and returns
-    ``{attribute: new value}``; ``leaf`` (a propagate function) makes every call of the module one recorded op."""
+    ``{attribute: new value}``; ``leaf`` (a propagate function) makes every call of the module one recorded op;
+    ``macs(call, shape, module)`` counts such a call's multiply-accumulates from its inputs' shapes (``shape``
+    maps a recorded value to its shape, before or after a removal)."""
 
     name: str
     resize: Callable[[nn.Module, ResizeInfo], dict[str, Any]] | None = None
     leaf: Propagate | None = None
+    macs: Callable[[Any, Callable[[Any], tuple[int, ...]], nn.Module], int] | None = None
 
 
 _OPS: dict[Any, OpRule] = {}
@@ -107,10 +110,11 @@ def op_rules() -> dict[str, tuple[OpRule, list[str]]]:
 
 
 def register_module(*types: type | str, resize: Callable[[nn.Module, ResizeInfo], dict[str, Any]] | None = None,
-                    leaf: Propagate | None = None, name: str | None = None) -> ModuleRule:
+                    leaf: Propagate | None = None, macs: Callable[..., int] | None = None,
+                    name: str | None = None) -> ModuleRule:
     """Register a :class:`ModuleRule` for module types (classes, or ``"package.module.Class"`` strings)."""
     label = name or ", ".join(t if isinstance(t, str) else t.__name__ for t in types)
-    rule = ModuleRule(label, resize, leaf)
+    rule = ModuleRule(label, resize, leaf, macs)
     for t in types:
         _MODULES[t] = rule
     return rule
