@@ -84,6 +84,22 @@ def test_einsum_products_are_counted_with_ellipsis_and_broadcasting():
     assert prof.total.macs == 3 * 5 * 7 * 4 + 3 * 5 * 4 * 7
 
 
+@pytest.mark.parametrize(("equation", "shapes", "macs"), [
+    ("...ij,...jk->...ik", [(3, 4, 5), (2, 3, 5, 6)], 2 * 3 * 4 * 5 * 6),  # fewer ellipsis dims first: right-aligned
+    ("...ij,...jk->...ik", [(7, 4, 5), (2, 1, 5, 6)], 2 * 7 * 4 * 5 * 6),  # and broadcast
+    ("B...I,B...J->B...IJ", [(1, 3, 4, 5), (1, 3, 4, 6)], 3 * 4 * 5 * 6),  # capitals next to an ellipsis
+    ("bi,ij,jk->bk", [(1, 64), (64, 64), (64, 64)], 2 * 64 * 64),  # contracted pairwise, left to right
+    ("bij,bjk", [(2, 3, 4), (2, 4, 5)], 2 * 3 * 4 * 5),  # implicit output
+    ("ii->i", [(4, 4)], 0),  # one operand: a diagonal, no products
+])
+def test_einsum_macs_of_awkward_equations(equation, shapes, macs):
+    from slimkit.analysis._einsum import einsum_macs
+
+    operands = [torch.ones(*shape) for shape in shapes]
+    torch.einsum(equation, *operands)  # the equation and shapes are valid for torch
+    assert einsum_macs(equation, shapes) == macs
+
+
 def test_multihead_attention_macs():
     mha = nn.MultiheadAttention(16, 4, batch_first=True)
 

@@ -100,3 +100,52 @@ def test_head_slots_prune_with_the_residual_width_and_macs_match_the_profile(cas
     assert not info["opaque"] and not info["kept_whole"]
     # the graph's MAC count (what a MAC target searches with) is the profile's, before and after
     assert info["reduction"]["macs"] == [profile(block, x[:1]).total.macs, profile(pruned, x[:1]).total.macs]
+
+
+def test_a_projection_two_attention_modules_share_is_rescaled_once_and_stays_shared():
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.out = nn.Linear(5, WIDTH), nn.Linear(WIDTH, 3)
+            self.first = ShiftedWindowAttention(WIDTH, 4, HEADS)
+            self.second = ShiftedWindowAttention(WIDTH, 4, HEADS)
+            self.second.qkv = self.first.qkv
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.inp(x)
+            h = h + self.first(h)
+            return self.out(h + self.second(h))
+
+    torch.manual_seed(2)
+    model = Twice().eval()
+    slot = [head * (WIDTH // HEADS) + 5 for head in range(HEADS)]
+    with torch.no_grad():
+        model.inp.weight[slot] = 0
+        model.inp.bias[slot] = 0
+        rows = [s * WIDTH + i for s in range(3) for i in slot]
+        model.first.qkv.weight[rows] = 0
+        model.first.qkv.bias[rows] = 0
+        for attn in (model.first, model.second):
+            attn.proj.weight[slot] = 0
+            attn.proj.bias[slot] = 0
+    x = torch.randn(2, 8, 8, 5)
+    pruned = prune_channels(model, x[:1], PruneConfig(ratio=1 / 8, criterion="l1")).eval()
+    assert pruned.second.qkv is pruned.first.qkv and pruned.first.qkv.out_features == 3 * (WIDTH - HEADS)
+    torch.testing.assert_close(pruned(x), model(x), atol=2e-5, rtol=1e-5)
+
+
+def test_cross_attention_macs_count_key_and_value_widths():
+    class Cross(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.kv = nn.Linear(5, WIDTH), nn.Linear(5, 10)
+            self.attn = nn.MultiheadAttention(WIDTH, HEADS, kdim=10, vdim=10, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            memory = self.kv(x[:, :4])
+            return self.attn(self.q(x), memory, memory, need_weights=False)[0]
+
+    model, x = Cross().eval(), torch.randn(1, 7, 5)
+    pruned = prune_channels(model, x, PruneConfig(ratio=0.5))
+    macs = 7 * 5 * WIDTH + 4 * 5 * 10 + 7 * WIDTH * WIDTH * 2 + 4 * WIDTH * 10 * 2 + 2 * 7 * 4 * WIDTH
+    assert pruning_info(pruned)["reduction"]["macs"][0] == profile(model, x).total.macs == macs

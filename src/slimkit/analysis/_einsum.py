@@ -5,32 +5,32 @@ from __future__ import annotations
 
 import math
 
+#: letters for the dims an ellipsis stands for: never in an equation (torch accepts only a-z and A-Z)
+_SPARE = "".join(chr(c) for c in range(0x3B1, 0x3C9 + 1)) + "".join(chr(c) for c in range(0x391, 0x3A9 + 1))
+
 
 def einsum_letters(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[str], str]:
-    """Operand subscripts and the output's, with ``...`` expanded to fresh capital letters."""
+    """Operand subscripts and the output's, with ``...`` expanded to letters that cannot clash with the equation's,
+    aligned from the right (as broadcasting aligns dims) when operands have different numbers of them."""
     equation = equation.replace(" ", "")
     lhs, _, rhs = equation.partition("->")
     terms = lhs.split(",")
-    spare = iter("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    ellipsis = ""
-    out_terms = []
-    for term, shape in zip(terms, shapes, strict=True):
-        if "..." in term:
-            count = len(shape) - (len(term) - 3)
-            if len(ellipsis) < count:
-                ellipsis += "".join(next(spare) for _ in range(count - len(ellipsis)))
-            term = term.replace("...", ellipsis[len(ellipsis) - count:])
-        out_terms.append(term)
+    counts = [len(shape) - (len(term) - 3) if "..." in term else 0
+              for term, shape in zip(terms, shapes, strict=True)]
+    ellipsis = _SPARE[:max(counts, default=0)]
+    out_terms = [term.replace("...", ellipsis[len(ellipsis) - count:]) if "..." in term else term
+                 for term, count in zip(terms, counts, strict=True)]
     if not rhs and "->" not in equation:
         letters = "".join(out_terms)
-        rhs = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+        rhs = ellipsis + "".join(sorted(c for c in set(letters) if letters.count(c) == 1 and c not in ellipsis))
     rhs = rhs.replace("...", ellipsis)
     return out_terms, rhs
 
 
 def einsum_macs(equation: str, shapes: list[tuple[int, ...]]) -> int:
-    """Result elements × the product of the contracted sizes (letters of the operands missing from the result);
-    0 for fewer than two operands (a permute or a reduction)."""
+    """Multiply-accumulates of ``torch.einsum(equation, *operands)``: operands contracted left to right, as torch
+    does without opt_einsum, each pairwise product costing the product of every size it involves (its result's
+    elements × its contracted sizes); 0 for one operand (a permute, trace or reduction)."""
     if len(shapes) < 2:
         return 0
     terms, out = einsum_letters(equation, shapes)
@@ -38,4 +38,10 @@ def einsum_macs(equation: str, shapes: list[tuple[int, ...]]) -> int:
     for term, shape in zip(terms, shapes, strict=True):
         for c, s in zip(term, shape, strict=True):
             sizes[c] = max(sizes.get(c, 1), s)  # a letter of size 1 in one operand broadcasts
-    return math.prod(sizes[c] for c in out) * math.prod(sizes[c] for c in set("".join(terms)) if c not in out)
+    total, current = 0, set(terms[0])
+    for i, term in enumerate(terms[1:], start=1):
+        involved = current | set(term)
+        total += math.prod(sizes[c] for c in involved)
+        needed = set(out).union(*terms[i + 1:])
+        current = involved & needed
+    return total

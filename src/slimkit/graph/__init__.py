@@ -55,7 +55,8 @@ pure-Python code that spins both end in a :class:`TimeBoundExceeded` (a ``TraceE
 **Extending.** One registry entry per op — ``@register_op(fn, rewrite=...)`` on a ``propagate(ctx, call)`` function
 (how ids flow, :class:`TraceContext` documents the vocabulary; how the op's shape arguments change) — and one per
 module type, ``register_module(cls, resize=..., leaf=..., macs=...)`` (size attributes after slicing; optionally
-treat every call as one op, counting its MACs). ``op_rules()`` and ``module_rules()`` list them; the tests run over both.
+treat every call as one op, counting its MACs). ``op_rules()`` and ``module_rules()`` list them; the tests run
+over both.
 """
 
 from slimkit.graph._apply import Removal, apply_removal

@@ -197,12 +197,14 @@ def _resize_modules(model: nn.Module, removal: Removal, changed: set[str],
     for name in uses_by_module:  # a leaf module (one recorded op) owns its children's channels too
         if name in ancestors and name not in owners:
             owners[name] = model.get_submodule(name)
+    replaced: dict[int, Any] = {}
     for name, module in owners.items():
         rule = module_rule(module)
         if rule is None or rule.resize is None:
             continue
         use = uses_by_module.get(name)
-        info = ResizeInfo(use, removal.keep(use.in_map) if use else None, removal.keep(use.out_map) if use else None)
+        info = ResizeInfo(use, removal.keep(use.in_map) if use else None, removal.keep(use.out_map) if use else None,
+                          replaced)
         for attr, value in rule.resize(module, info).items():
             attributes.setdefault(name, {})[attr] = value
 

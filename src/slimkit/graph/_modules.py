@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.analysis._counters import multihead_attention_macs
 from slimkit.graph._capture import Call, Ref
 from slimkit.graph._context import CannotFollow, TraceContext
 from slimkit.graph._layers import along_dim
@@ -78,14 +79,18 @@ def _resize_prelu(m: nn.Module, info: ResizeInfo) -> dict[str, Any]:
     return {"num_parameters": m.num_parameters}
 
 
-def _rescaled_queries(weight: nn.Parameter, bias: nn.Parameter | None, width: int, factor: float
-                      ) -> tuple[nn.Parameter, nn.Parameter | None]:
-    """New parameters with the first ``width`` rows (the queries) times ``factor`` (never written in place: the
-    tensors may be shared with the unpruned model)."""
+def _rescaled_queries(weight: nn.Parameter, bias: nn.Parameter | None, width: int, factor: float,
+                      replaced: dict[int, Any]) -> tuple[nn.Parameter, nn.Parameter | None]:
+    """New parameters with the first ``width`` rows (the queries) times ``factor``, each tensor once per removal
+    (``replaced``; a projection two attention modules share is rescaled once and stays shared), never written in
+    place (the tensors may be shared with the unpruned model)."""
     def scaled(t: nn.Parameter) -> nn.Parameter:
-        value = t.detach().clone()
-        value[:width] *= factor
-        return nn.Parameter(value, requires_grad=t.requires_grad)
+        if id(t) not in replaced:
+            value = t.detach().clone()
+            value[:width] *= factor
+            replaced[id(t)] = new = nn.Parameter(value, requires_grad=t.requires_grad)
+            replaced[id(new)] = new
+        return replaced[id(t)]
 
     return scaled(weight), None if bias is None else scaled(bias)
 
@@ -101,7 +106,7 @@ def _resize_mha(m: nn.Module, info: ResizeInfo) -> dict[str, Any]:
     old = m.embed_dim
     if e != old:  # PyTorch scales q by head_dim^-0.5 computed from the pruned head_dim
         m.in_proj_weight, m.in_proj_bias = _rescaled_queries(m.in_proj_weight, m.in_proj_bias, e,
-                                                             _query_scale(old, e))
+                                                             _query_scale(old, e), info.replaced)
     m.embed_dim = m.kdim = m.vdim = e
     m.head_dim = e // m.num_heads
     return {"embed_dim": e, "kdim": e, "vdim": e, "head_dim": m.head_dim}
@@ -113,7 +118,8 @@ def _resize_swin_attention(m: nn.Module, info: ResizeInfo) -> dict[str, Any]:
     old = info.keep_in.size if info.keep_in is not None else None
     new = int(m.proj.weight.shape[0])
     if old is not None and new != old and getattr(m, "logit_scale", None) is None:
-        m.qkv.weight, m.qkv.bias = _rescaled_queries(m.qkv.weight, m.qkv.bias, new, _query_scale(old, new))
+        m.qkv.weight, m.qkv.bias = _rescaled_queries(m.qkv.weight, m.qkv.bias, new, _query_scale(old, new),
+                                                     info.replaced)
     return {}
 
 
@@ -214,12 +220,10 @@ def maxvit_attention_leaf(ctx: TraceContext, call: Call) -> Any:
 # --- multiply-accumulates of the leaf modules (the formulas of slimkit.analysis.profile) ---------------------------
 
 def _mha_macs(call: Call, shape: Any, module: nn.MultiheadAttention) -> int:
-    q, k = shape(call.arg(0, "query")), shape(call.arg(1, "key"))
-    embed = q[-1]
-    seq_q = q[1] if module.batch_first and len(q) == 3 else q[0]
-    seq_k = k[1] if module.batch_first and len(k) == 3 else k[0]
-    batch = math.prod(q) // (seq_q * embed)
-    return batch * (2 * seq_q * embed * embed + 2 * seq_k * embed * embed + 2 * seq_q * seq_k * embed)
+    q = call.arg(0, "query")
+    k, v = call.arg(1, "key"), call.arg(2, "value")
+    return multihead_attention_macs(module.batch_first, shape(q), shape(k if isinstance(k, Ref) else q),
+                                    shape(v if isinstance(v, Ref) else q))
 
 
 def _swin_attention_macs(call: Call, shape: Any, module: nn.Module) -> int:

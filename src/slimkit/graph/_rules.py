@@ -14,7 +14,7 @@ be imported (``"transformers.pytorch_utils.Conv1D"``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -56,11 +56,14 @@ class OpRule:
 
 @dataclass(frozen=True)
 class ResizeInfo:
-    """What a module's ``resize`` sees: its use (channel maps and kind) and which of its in/out channels stay."""
+    """What a module's ``resize`` sees: its use (channel maps and kind), which of its in/out channels stay, and the
+    tensors resize rules already replaced in this removal (``id(old) → new``, shared by every rule: a tensor two
+    modules share is transformed once and stays shared)."""
 
     use: ModuleUse | None
     keep_in: np.ndarray | None
     keep_out: np.ndarray | None
+    replaced: dict[int, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
