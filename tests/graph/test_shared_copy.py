@@ -55,6 +55,23 @@ def test_copy_of_a_zoo_model_and_a_hugging_face_model_computes_the_same():
             assert model.config.intermediate_size != 1
 
 
+def test_torch_layers_with_compatibility_setstate_are_copied_field_by_field_and_run_alike():
+    from slimkit.graph._graph import _plain_module_class
+
+    layers = nn.ModuleDict({"conv": nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+                            "mha": nn.MultiheadAttention(4, 2, batch_first=True),
+                            "softmax": nn.Softmax(dim=1), "up": nn.Upsample(scale_factor=2)})
+    assert all(_plain_module_class(type(m)) for m in layers.values())
+    assert not _plain_module_class(nn.LSTM)  # its __setstate__ rebuilds the flat weight lists: deep-copied
+    twin = shared_copy(layers)
+    assert twin.conv.weight is layers.conv.weight and twin.conv.padding_mode == "reflect"
+    assert twin.mha.in_proj_weight is layers.mha.in_proj_weight and twin.mha._qkv_same_embed_dim
+    x = torch.randn(1, 3, 5, 5)
+    assert torch.equal(twin.up(twin.softmax(twin.conv(x))), layers.up(layers.softmax(layers.conv(x))))
+    tokens = torch.randn(1, 3, 4)
+    assert torch.equal(twin.mha(tokens, tokens, tokens)[0], layers.mha(tokens, tokens, tokens)[0])
+
+
 def test_a_class_with_its_own_copy_protocol_is_deep_copied():
     traced = torch.fx.symbolic_trace(nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
     twin = shared_copy(traced)

@@ -76,12 +76,21 @@ def shared_copy(model: nn.Module) -> nn.Module:
 _IMMUTABLE = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size, type)
 
 
+#: torch's own ``__setstate__`` overrides that only fill in attributes missing from old pickles (``padding_mode``,
+#: ``_qkv_same_embed_dim``, ``dim``, ...): a live module already has them, so copying its fields is the same copy.
+#: (RNNBase's is left out: it rebuilds its flat weight lists.)
+_COMPAT_SETSTATE = frozenset(
+    getattr(nn, name).__setstate__ for name in (
+        "Conv2d", "AvgPool3d", "LogSoftmax", "Softmax", "Softmin", "MultiheadAttention", "TransformerDecoderLayer",
+        "TransformerEncoderLayer", "Upsample", "Module"))
+
+
 def _plain_module_class(cls: type) -> bool:
     """Whether ``cls`` copies the way ``nn.Module`` does (no ``__deepcopy__``/pickling hooks of its own, unlike
     ``torch.fx.GraphModule`` or a parametrized module): only then may :func:`_copy_module` copy it field by field."""
     return (getattr(cls, "__deepcopy__", None) is None and cls not in copyreg.dispatch_table
             and cls.__getstate__ is nn.Module.__getstate__
-            and cls.__setstate__ is nn.Module.__setstate__ and cls.__reduce_ex__ is object.__reduce_ex__
+            and cls.__setstate__ in _COMPAT_SETSTATE and cls.__reduce_ex__ is object.__reduce_ex__
             and cls.__reduce__ is object.__reduce__)
 
 
