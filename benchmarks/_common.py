@@ -112,11 +112,16 @@ def machine_info() -> dict[str, Any]:
 
 
 def _git_commit() -> str:
+    """The checked-out commit, with ``+uncommitted`` when code (the package or a benchmark script) differs from it:
+    a result must name the code that produced it."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=False).stdout.strip() or "unknown"
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks/*.py"], cwd=ROOT,
+                                 capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         return "unknown"
+    return f"{head}+uncommitted" if changed else head
 
 
 def machine_line(info: dict[str, Any]) -> str:

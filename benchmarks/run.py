@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from benchmarks._common import assemble, write_section
+from benchmarks._common import assemble, machine_info, write_section
 
 
 def topics() -> list[str]:
@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(f"benchmarks.bench_{topic}")
             began = time.perf_counter()
             logging.info("benchmark %s ...", topic)
+            info = machine_info()  # the code as the run starts (later commits must not be credited with it)
             section = module.run(quick=args.quick)
-            write_section(section, args.quick)
+            write_section(section, args.quick, info=info)
             logging.info("benchmark %s done in %.0f s", topic, time.perf_counter() - began)
     assemble()
     print("BENCHMARKS.md written")
