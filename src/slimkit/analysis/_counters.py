@@ -153,12 +153,17 @@ def _resample(module: nn.Module, inputs: tuple, output: object) -> tuple[int, in
 
 @register_counter(nn.MultiheadAttention)
 def _multihead_attention(module: nn.MultiheadAttention, inputs: tuple, output: object) -> tuple[int, int]:
-    query, key, value = inputs[0], inputs[1], inputs[2]
-    macs = multihead_attention_macs(module.batch_first, tuple(query.shape), tuple(key.shape), tuple(value.shape))
-    seq_q = query.shape[1] if module.batch_first and query.dim() == 3 else query.shape[0]
-    seq_k = key.shape[1] if module.batch_first and key.dim() == 3 else key.shape[0]
-    batch = query.numel() // (seq_q * query.shape[-1])
-    return macs, batch * 3 * module.num_heads * seq_q * seq_k  # softmax
+    query, key, value = (tuple(t.shape) for t in inputs[:3])
+    batch, seq_q, seq_k = _mha_sizes(module.batch_first, query, key)
+    return (multihead_attention_macs(module.batch_first, query, key, value),
+            batch * 3 * module.num_heads * seq_q * seq_k)  # softmax
+
+
+def _mha_sizes(batch_first: bool, query: tuple[int, ...], key: tuple[int, ...]) -> tuple[int, int, int]:
+    """Batch, query length and key length of ``nn.MultiheadAttention``'s inputs (batched or not)."""
+    seq_q = query[1] if batch_first and len(query) == 3 else query[0]
+    seq_k = key[1] if batch_first and len(key) == 3 else key[0]
+    return math.prod(query) // (seq_q * query[-1]), seq_q, seq_k
 
 
 def multihead_attention_macs(batch_first: bool, query: tuple[int, ...], key: tuple[int, ...],
@@ -166,8 +171,6 @@ def multihead_attention_macs(batch_first: bool, query: tuple[int, ...], key: tup
     """``nn.MultiheadAttention``'s MACs from its input shapes: the q/k/v and output projections (key and value
     widths may differ from the query's) and Q·Kᵀ, softmax(·)·V over all heads."""
     embed, kdim, vdim = query[-1], key[-1], value[-1]
-    seq_q = query[1] if batch_first and len(query) == 3 else query[0]
-    seq_k = key[1] if batch_first and len(key) == 3 else key[0]
-    batch = math.prod(query) // (seq_q * embed)
+    batch, seq_q, seq_k = _mha_sizes(batch_first, query, key)
     projections = seq_q * embed * embed + seq_k * embed * kdim + seq_k * embed * vdim + seq_q * embed * embed
     return batch * (projections + 2 * seq_q * seq_k * embed)

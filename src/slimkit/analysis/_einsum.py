@@ -9,6 +9,11 @@ import math
 _SPARE = "".join(chr(c) for c in range(0x3B1, 0x3C9 + 1)) + "".join(chr(c) for c in range(0x391, 0x3A9 + 1))
 
 
+def einsum_operands(args: tuple | list) -> list:
+    """The operands of ``torch.einsum(equation, *operands)`` or ``torch.einsum(equation, [operands])``."""
+    return list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+
+
 def einsum_letters(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[str], str]:
     """Operand subscripts and the output's, with ``...`` expanded to letters that cannot clash with the equation's,
     aligned from the right (as broadcasting aligns dims) when operands have different numbers of them."""

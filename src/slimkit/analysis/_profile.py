@@ -13,7 +13,7 @@ from torch.overrides import TorchFunctionMode
 
 from slimkit._inputs import input_tuple
 from slimkit.analysis._counters import ZERO_COST, find_counter, first_tensor
-from slimkit.analysis._einsum import einsum_macs
+from slimkit.analysis._einsum import einsum_macs, einsum_operands
 
 #: Functional ops that are matrix products: MACs = output elements × the contracted dimension.
 _MATMUL_FUNCS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.mm, torch.Tensor.bmm}
@@ -169,7 +169,7 @@ class _FunctionalCounter(TorchFunctionMode):
             contracted = args[1].shape[-1] if isinstance(args[1], torch.Tensor) else 1
             self.profiler.add_functional("addmm", tensor_out, macs=tensor_out.numel() * contracted, other=0)
         elif func is torch.einsum and args and isinstance(args[0], str):
-            operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+            operands = einsum_operands(args)
             if all(isinstance(o, torch.Tensor) for o in operands):
                 macs = einsum_macs(args[0], [tuple(o.shape) for o in operands])
                 self.profiler.add_functional("einsum", tensor_out, macs=macs, other=0 if macs else tensor_out.numel())

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slimkit.analysis._einsum import einsum_letters
+from slimkit.analysis._einsum import einsum_letters, einsum_operands
 from slimkit.graph._capture import Call, Ref
 from slimkit.graph._context import AttentionSite, CannotFollow, TraceContext
 from slimkit.graph._layers import along_dim
@@ -157,8 +157,7 @@ def einsum(ctx: TraceContext, call: Call) -> T:
     its free letter the result's); two activations sharing batch letters (``bhid,bhjd->bhij``) are attention: each
     batch slice (head) is one unit; one operand whose letters are only permuted is a permute."""
     equation = call.args[0]
-    operands = list(call.args[1]) if len(call.args) == 2 and isinstance(call.args[1], (list, tuple)) else \
-        list(call.args[1:])
+    operands = einsum_operands(call.args)
     if not isinstance(equation, str) or not all(isinstance(o, Ref) for o in operands):
         raise CannotFollow("einsum with non-tensor operands")
     terms, out = einsum_letters(equation, [ctx.shape(o) for o in operands])

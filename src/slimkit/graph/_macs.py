@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from slimkit.analysis._einsum import einsum_macs
+from slimkit.analysis._einsum import einsum_macs, einsum_operands
 from slimkit.graph._capture import Call, Ref, op_key
 from slimkit.graph._graph import DependencyGraph
 from slimkit.graph._rules import module_rule
@@ -67,8 +67,7 @@ _COUNTERS: dict[object, Callable[[Call, Shape], int]] = {
 
 
 def _einsum(call: Call, shape: Shape) -> int:
-    operands = list(call.args[1]) if len(call.args) == 2 and isinstance(call.args[1], (list, tuple)) else \
-        list(call.args[1:])
+    operands = einsum_operands(call.args)
     if not isinstance(call.args[0], str) or not all(isinstance(o, Ref) for o in operands):
         return 0
     return einsum_macs(call.args[0], [shape(o) for o in operands])
