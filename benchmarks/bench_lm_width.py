@@ -311,7 +311,7 @@ def _macs(model: nn.Module) -> int:
 
 # --- one model ----------------------------------------------------------------------------------------------------
 
-def _recovery_settings(kind: str, quick: bool) -> list[dict[str, Any]]:
+def _recovery_settings(quick: bool) -> list[dict[str, Any]]:
     """The recovery candidates tried on validation: fine-tuning at each learning rate, and KD at each learning rate
     and logit loss, then the best KD with a hint on the final norm's hidden states added (Minitron's logit +
     hidden-state loss; a learned linear map bridges a narrower student)."""
@@ -334,7 +334,7 @@ def _tune_recovery(teacher: nn.Module, start: nn.Module, loader: Any, valid: Any
     """Choose each recovery method's settings by validation perplexity on one pruned model; returns the chosen
     settings, every trial, and the chosen runs' models (reused for that row)."""
     trials, models = [], []
-    for setting in _recovery_settings(kind, quick):
+    for setting in _recovery_settings(quick):
         model, seconds = _recover(teacher, start, loader, setting)
         trials.append({**setting, "valid_ppl": _ppl(model, valid), "seconds": seconds})
         models.append(model)
@@ -518,11 +518,10 @@ def _tuning_rows(spec: str, result: dict[str, Any]) -> list[list[Any]]:
 def _recovery_rows(spec: str, result: dict[str, Any]) -> list[list[Any]]:
     tuning = result["recovery_tuning"]
     budget, name = tuning["row"]
-    chosen = [{k: list(v) if isinstance(v, tuple) else v for k, v in c.items()} for c in tuning["chosen"].values()]
+    chosen = list(tuning["chosen"].values())  # each a trial's settings (the same tuples as the trials', in memory)
     return [[spec, f"{name} {float(budget):.0%}", t["method"], f"{t['lr']:g}",
              " + ".join(f"`{x}`" for x in t.get("losses", ())) or "next-token", t["valid_ppl"], f"{t['seconds']:.0f}",
-             "chosen" if {k: list(v) if isinstance(v, tuple) else v for k, v in t.items()
-                          if k not in ("valid_ppl", "seconds")} in chosen else ""]
+             "chosen" if {k: v for k, v in t.items() if k not in ("valid_ppl", "seconds")} in chosen else ""]
             for t in tuning["trials"]]
 
 
