@@ -141,3 +141,21 @@ def test_every_method_counts_its_own_params(method_name):
     assert sum(p.numel() for p in replacement.parameters()) == method.params(conv, ranks)
     assert len(method.matrices(conv)) in (len(ranks), 2)
     assert all(isinstance(m, np.ndarray) and m.ndim == 2 for m in method.matrices(conv))
+
+
+def test_small_factorisations_run_on_one_blas_thread_and_large_ones_on_torchs_count():
+    from threadpoolctl import threadpool_info
+
+    from slimkit.decompose._methods import SMALL_FACTORISATION, limit_blas
+
+    @limit_blas
+    def blas_threads_seen(weight):
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    torch.set_num_threads(2)
+    try:
+        assert blas_threads_seen(nn.Conv2d(20, 50, 5)) == {1}
+        assert blas_threads_seen(np.zeros(SMALL_FACTORISATION - 1)) == {1}
+        assert blas_threads_seen(np.zeros((512, SMALL_FACTORISATION // 512))) == {2}
+    finally:
+        torch.set_num_threads(1)
