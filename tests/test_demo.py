@@ -1,6 +1,7 @@
 """``slimkit demo``: the baseline step, then one recipe per family through the pipeline runner."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 from slimkit.cli import main
 from slimkit.cli.demo import FAMILIES, available_families, family_recipe
 from slimkit.pipeline import parse_recipe
+from tests.test_readme import readme_demo_command
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
@@ -36,15 +38,17 @@ def test_demo_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_quick_runs_every_family_and_writes_one_report(tmp_path):
-    env = {"SLIMKIT_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
-    import os
-
-    env = {**os.environ, **env}
-    out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "slimkit.cli", "demo", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900, env=env)
+def test_the_readme_demo_runs_every_family_and_writes_one_report(tmp_path):
+    """The README's demo line as written (``slimkit demo --quick``, no data subsets: it has its own), in a fresh
+    folder with an empty cache."""
+    env = {**os.environ, "SLIMKIT_CACHE": str(tmp_path / "cache")}
+    argv = readme_demo_command()
+    assert "--out" not in argv, "the README's demo line writes to the default folder"
+    done = subprocess.run([sys.executable, "-m", "slimkit.cli", *argv[1:]], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    out = tmp_path / "slimkit-demo"
     assert (tmp_path / "cache" / "lenet5-mnist-e2-n20000.pt").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     labels = [r["label"] for r in metrics["stages"]]
