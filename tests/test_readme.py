@@ -58,7 +58,8 @@ def test_the_sequence_is_all_slimkit_commands_in_an_order_that_makes_its_own_inp
 
 def readme_demo_command() -> list[str]:
     """The README's ``slimkit demo`` line: it reads and writes nothing the other commands use, so
-    ``tests/test_demo.py`` runs it as written (beside this sequence on another worker) and checks its results."""
+    ``tests/test_demo.py`` runs it as written (usually beside this sequence, on the other xdist worker)
+    and checks its results."""
     demos = [argv for argv in readme_sequence() if argv[1] == "demo"]
     assert len(demos) == 1, "README: the session should run the demo once"
     return demos[0]

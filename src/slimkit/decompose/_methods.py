@@ -54,14 +54,15 @@ def blas_threads(threads: int) -> Iterator[None]:
     except ImportError:  # threadpoolctl comes with scikit-learn; without it BLAS keeps its own default
         yield
         return
-    with threadpool_limits(limits=threads):
+    with threadpool_limits(limits=threads, user_api="blas"):  # PyTorch's own OpenMP pool is left alone
         yield
 
 
 #: weights (or matrices) with fewer elements than this are factorised on one BLAS thread: their products are too
-#: small to gain from a second thread, and on a loaded machine a BLAS thread that waits for a descheduled partner
-#: makes them 5-50× slower (a LeNet-5 conv Tucker-2: 0.1 s on one thread, 0.2-6 s on two beside other jobs)
-SMALL_FACTORISATION = 1 << 18
+#: small to gain much from a second thread, and on a loaded machine a BLAS thread that waits for a descheduled
+#: partner makes them 5-50× slower (a LeNet-5 conv's Tucker-2: 0.1 s on one thread, 0.2-6 s on two beside other
+#: jobs). LeNet-5's 500×800 fc1 is below it, ResNet-50's 512×512×3×3 convs are above
+SMALL_FACTORISATION = 1 << 20
 
 
 def _size_of(args: tuple) -> int | None:
