@@ -6,6 +6,7 @@ the real ones."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -149,3 +150,35 @@ def test_cross_attention_macs_count_key_and_value_widths():
     pruned = prune_channels(model, x, PruneConfig(ratio=0.5))
     macs = 7 * 5 * WIDTH + 4 * 5 * 10 + 7 * WIDTH * WIDTH * 2 + 4 * WIDTH * 10 * 2 + 2 * 7 * 4 * WIDTH
     assert pruning_info(pruned)["reduction"]["macs"][0] == profile(model, x).total.macs == macs
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_wanda_scales_the_attention_inputs_columns_by_the_attention_inputs_norms(case):
+    """Activation-aware scores (Sun et al. 2024) of the residual width: Σ |W[:, c]| · ‖X_c‖ over the layers that read
+    channel c — here the q/k/v projection inside the attention module (X = the attention's input) and the output
+    layer — summed over the channels c of each head-dim slot."""
+    from slimkit.graph import dependency_graph
+    from slimkit.prune import CRITERIA, PruneContext
+
+    make, shape = CASES[case]
+    torch.manual_seed(3)
+    block = _Block(make()).eval()
+    x = torch.randn(*shape)
+    graph = dependency_graph(block, x[:1])
+    group = next(g for g in graph.groups if any(name == "inp" for name, _ in g.members))
+    criterion = CRITERIA.get("wanda")()
+    criterion.prepare(ctx := PruneContext(graph, data=[(x, None)], batches=1))
+    seen = {}
+    hooks = [block.attn.register_forward_pre_hook(lambda m, a: seen.setdefault("attn", a[0])),
+             block.out.register_forward_pre_hook(lambda m, a: seen.setdefault("out", a[0]))]
+    with torch.no_grad():
+        block(x)
+    for h in hooks:
+        h.remove()
+    qkv_w, _, _ = _fused(block)
+    per_channel = sum(w.detach().abs().sum(0) * seen[k].reshape(-1, WIDTH).norm(dim=0)
+                      for k, w in (("attn", qkv_w), ("out", block.out.weight)))
+    out_columns = next(s for s in graph.slices(group) if s.param == "out.weight")
+    expected = np.zeros(len(group.units))
+    np.add.at(expected, out_columns.positions, per_channel.double().numpy())
+    np.testing.assert_allclose(criterion.scores(ctx, group), expected, rtol=1e-5)

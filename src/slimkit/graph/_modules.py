@@ -139,11 +139,13 @@ def _resize_conv1d_hf(m: nn.Module, info: ResizeInfo) -> dict[str, Any]:
 
 
 def _head_slot_attention(ctx: TraceContext, call: Call, x: Ref, heads: int, qkv: tuple[str, str | None],
-                         proj: tuple[str, str | None]) -> torch.Tensor:
+                         proj: tuple[str, str | None], *, self_attention: bool = True) -> torch.Tensor:
     """The channels of an attention whose per-head width is its input width ÷ ``heads`` (the head count stays):
     the unit is head-dim slot d of every head, tied to residual channels d, d + head_dim, ... of the input. ``qkv``
     and ``proj`` name the weight and bias (None: absent) of the fused q/k/v projection (rows q | k | v, each
-    heads × head_dim) and of the output projection. Returns the input's channel ids (the output's too)."""
+    heads × head_dim) and of the output projection. With ``self_attention`` every q/k/v column reads the module's
+    first input, which the use records (``input_weights``) for activation-aware criteria. Returns the input's
+    channel ids (the output's too)."""
     in_map = ctx.channel_map(x, -1)
     if in_map.numel() % heads:
         raise CannotFollow(f"width {in_map.numel()} is not a multiple of {heads} heads")
@@ -160,7 +162,8 @@ def _head_slot_attention(ctx: TraceContext, call: Call, x: Ref, heads: int, qkv:
     ctx.union(ctx.param_ids(weight, 1, "in"), in_map)
     if bias is not None:
         ctx.union(ctx.param_ids(bias, 0, "out"), in_map)
-    ctx.record_use(call.module_name, ctx.roots(in_map), ctx.roots(in_map), "attention")
+    ctx.record_use(call.module_name, ctx.roots(in_map), ctx.roots(in_map), "attention",
+                   input_weights=(qkv[0],) if self_attention else ())
     return ctx.roots(in_map)
 
 
@@ -171,14 +174,17 @@ def mha_leaf(ctx: TraceContext, call: Call) -> Any:
     if not m._qkv_same_embed_dim or m.bias_k is not None or m.in_proj_weight is None:
         raise CannotFollow("separate key/value widths or bias_k")
     q = call.arg(0, "query")
+    cross = False
     for pos, key in ((1, "key"), (2, "value")):
         other = call.arg(pos, key)
         if isinstance(other, Ref) and other != q:
             ctx.union(ctx.channel_map(q, -1), ctx.channel_map(other, -1))
+            cross = True
     roots = _head_slot_attention(
         ctx, call, q, m.num_heads,
         (f"{name}.in_proj_weight", None if m.in_proj_bias is None else f"{name}.in_proj_bias"),
-        (f"{name}.out_proj.weight", None if m.out_proj.bias is None else f"{name}.out_proj.bias"))
+        (f"{name}.out_proj.weight", None if m.out_proj.bias is None else f"{name}.out_proj.bias"),
+        self_attention=not cross)
     outs = call.out if isinstance(call.out, tuple) else (call.out,)
     results = []
     for i, out in enumerate(outs):

@@ -317,30 +317,37 @@ class TaylorCriterion(Criterion):
 class ActivationCriterion(Criterion):
     """Activation-aware magnitude: Σ |W_ij| · ‖X_j‖₂ over the columns j of every layer that reads the unit, with
     ‖X_j‖ the norm of input channel j over the calibration tokens/pixels (Sun et al. 2024, "Wanda", Eq. 1,
-    summed over a structured unit's columns as in their structured variant). A unit no hooked layer reads (the
-    last layer's outputs) falls back to group magnitude."""
+    summed over a structured unit's columns as in their structured variant). An attention module pruned as one op
+    (``nn.MultiheadAttention``, torchvision's Swin / MaxViT attention) scales its q/k/v projection's columns by the
+    norms of its own input. A unit no hooked layer reads (the last layer's outputs) falls back to group magnitude."""
 
     needs_data = True
 
     def prepare(self, ctx):
         graph = ctx.graph
         consumers = {}
+        #: a weight read by an attention module's input (not its own module's) → that attention module's name
+        self._reader: dict[str, str] = {}
         for use in graph.uses.values():
             if use.in_map is not None and use.kind in ("linear", "linear-t", "conv", "matmul") and use.name:
                 consumers[use.name] = use
+            elif use.kind == "attention" and use.extra.get("input_weights") and use.name:
+                consumers[use.name] = use
+                self._reader.update(dict.fromkeys(use.extra["input_weights"], use.name))
         sums: dict[str, torch.Tensor] = {}
         hooks = []
         for name, use in consumers.items():
             module = graph.model.get_submodule(name)
             channel_dim = 1 if use.kind == "conv" else -1
 
-            def hook(mod, args, name=name, channel_dim=channel_dim):
-                x = args[0].detach().float()
+            def hook(mod, args, kwargs, name=name, channel_dim=channel_dim):
+                x = args[0] if args else next(iter(kwargs.values()))  # MultiheadAttention(query=...)
+                x = x.detach().float()
                 x = x.movedim(channel_dim, -1).reshape(-1, x.shape[channel_dim])
                 sq = (x ** 2).sum(0)
                 sums[name] = sums[name] + sq if name in sums else sq
 
-            hooks.append(module.register_forward_pre_hook(hook))
+            hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
         try:
             with torch.no_grad():
                 for x, _ in ctx.calibration_batches("wanda"):
@@ -352,8 +359,8 @@ class ActivationCriterion(Criterion):
         self._kinds = {name: use.kind for name, use in consumers.items()}
 
     def _scale(self, s: UnitSlice) -> torch.Tensor | None:
-        owner = s.param.rpartition(".")[0]
-        if not s.param.endswith(".weight") or owner not in self._norms:
+        owner = self._reader.get(s.param) or (s.param.rpartition(".")[0] if s.param.endswith(".weight") else None)
+        if owner is None or owner not in self._norms:
             return None
         norms = self._norms[owner]
         return norms if norms.numel() == len(s.positions) else None
