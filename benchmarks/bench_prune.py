@@ -40,7 +40,8 @@ def _finetune(model: torch.nn.Module, loader, epochs: int, tag: str) -> torch.nn
     from slimkit.train import default_optimizer, fit
 
     record = {"role": "prune-finetune", "pruned": weights_digest(model), "epochs": epochs,
-              "optimizer": sgd_record(FINETUNE_LR), "scheduler": "cosine", "seed": 0, "train": loader_record(loader)}
+              "optimizer": sgd_record(FINETUNE_LR), "scheduler": "cosine", "seed": 0, "train": loader_record(loader),
+              "threads": TRAIN_THREADS}
 
     def train(net: torch.nn.Module) -> None:
         threads = torch.get_num_threads()
@@ -201,7 +202,8 @@ def run(quick: bool) -> Section:
     raw["resnext50"] = resnext
     calib = PruneConfig().batches
     raw["settings"] = {"test_images": n_test, "finetune_images": n_ft, "finetune_epochs": FINETUNE_EPOCHS,
-                       "finetune_lr": FINETUNE_LR, "reconstruct_images": _images(data.calibration, RECONSTRUCT_BATCHES),
+                       "finetune_lr": FINETUNE_LR, "finetune_threads": TRAIN_THREADS,
+                       "reconstruct_images": _images(data.calibration, RECONSTRUCT_BATCHES),
                        "criterion_images": _images(data.calibration, calib)}
     st = raw["settings"]
     settings = (f"test accuracy on {'the first ' if n_test < data.test.dataset_size else 'all '}{n_test:,} MNIST "
