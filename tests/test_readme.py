@@ -69,8 +69,9 @@ def readme_demo_command() -> list[str]:
 def test_readme_sequence_runs_top_to_bottom(tmp_path):
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")
     env = {**os.environ, "SLIMKIT_CACHE": str(tmp_path / "cache")}
+    demo = readme_demo_command()
     for argv in readme_sequence():
-        if argv == readme_demo_command():
+        if argv == demo:
             continue  # run as written by tests/test_demo.py
         command = [sys.executable, "-m", "slimkit.cli", *tiny(argv)[1:]]
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
