@@ -356,7 +356,6 @@ class ActivationCriterion(Criterion):
             for h in hooks:
                 h.remove()
         self._norms = {name: s.sqrt() for name, s in sums.items()}
-        self._kinds = {name: use.kind for name, use in consumers.items()}
 
     def _scale(self, s: UnitSlice) -> torch.Tensor | None:
         owner = self._reader.get(s.param) or (s.param.rpartition(".")[0] if s.param.endswith(".weight") else None)
