@@ -47,6 +47,9 @@ BUDGETS = ("latency=0.5", "latency=0.3", "size=0.1", "size=0.03")
 #: the deployment every latency is measured for: batch 64 (LeNet's batch-1 time is mostly per-node overhead)
 BATCH = 64
 MAX_DROP = 0.5
+#: PyTorch threads for everything the run trains and analyses (both cores: the full run takes hours); every latency
+#: is measured in ONNX Runtime on LATENCY_THREADS, while PyTorch's idle threads sleep (run.py sets OMP passive wait)
+TRAIN_THREADS = 2
 #: recovery of every auto plan and of the uniform-pruning baseline: as the shipped prune + KD recipe (2 epochs KD);
 #: the container format prunes in 2 rounds of 2 epochs and fine-tunes its centroids 2 epochs (the DC recipe's 4 + 2)
 AUTO = {"max_drop": MAX_DROP, "recovery": "kd", "recovery_epochs": 2, "recovery_lr": 0.01, "prune_rounds": 2,
@@ -420,9 +423,10 @@ def _plain(value: Any) -> Any:
 def run(quick: bool) -> Section:
     """Set SLIMKIT_AUTO_BENCH_REUSE=1 to keep the per-model results an interrupted run saved (their latencies were
     measured then)."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(TRAIN_THREADS)
     root = CACHE / "auto" / ("quick" if quick else "full")
-    results: dict[str, Any] = {"models": {}, "deep_compression": {}, "batch": BATCH, "max_drop": MAX_DROP}
+    results: dict[str, Any] = {"models": {}, "deep_compression": {}, "batch": BATCH, "max_drop": MAX_DROP,
+                               "train_threads": TRAIN_THREADS}
     names = ["lenet300", "lenet5"] if quick else list(MODELS)
     for kind, todo in (("models", names), ("deep_compression", ["lenet300", "lenet5"])):
         for name in todo:
@@ -453,6 +457,7 @@ def run(quick: bool) -> Section:
         "Uniform pruning: one L1 ratio for every channel group, searched to auto's MACs (latency budgets) or to the "
         "budget's bytes as fp32 weights (size budgets), same KD recovery, deployed as fp32 ONNX. "
         "Mixed precision alone: auto restricted to the int8 format and the per-layer int8/float knob. "
+        f"Training and analysis ran on {clean['train_threads']} PyTorch threads. "
         "'meets' is the measured budget (unverified: the latency comparison was too noisy). 'wall s' is the auto "
         "run's wall time; a model's analysis (sensitivities and costs) is made by its first budget's run and reused "
         "by the later ones (the 'what' cell gives the run's analysis seconds), a hand recipe's is its run. "
