@@ -428,20 +428,22 @@ def run(quick: bool) -> Section:
     results: dict[str, Any] = {"models": {}, "deep_compression": {}, "batch": BATCH, "max_drop": MAX_DROP,
                                "train_threads": TRAIN_THREADS}
     names = ["lenet300", "lenet5"] if quick else list(MODELS)
-    for kind, todo in (("models", names), ("deep_compression", ["lenet300", "lenet5"])):
-        for name in todo:
-            saved = root / f"{kind}-{name}.json"
-            if os.environ.get("SLIMKIT_AUTO_BENCH_REUSE") and saved.is_file():  # finish an interrupted run
-                results[kind][name] = json.loads(saved.read_text())
-                continue
-            data, section = _data(5000 if quick else MODELS[name].get("train_samples"))
-            if kind == "models":
-                entry = _model_rows(name, MODELS[name], data, section, quick, root)
-                entry["train_samples"] = section.get("train_samples")
-            else:
-                entry = _dc_comparison(name, data, section, quick, root)
-            results[kind][name] = _plain(entry)
-            write_text_atomic(saved, json.dumps(results[kind][name], indent=1))
+    # the LeNets' entries first: ResNet-20's takes hours, and each finished entry is saved for a resumed run
+    jobs = [("models", n) for n in names if n != "resnet20"] + [("deep_compression", n) for n in ("lenet300", "lenet5")]
+    jobs += [("models", n) for n in names if n == "resnet20"]
+    for kind, name in jobs:
+        saved = root / f"{kind}-{name}.json"
+        if os.environ.get("SLIMKIT_AUTO_BENCH_REUSE") and saved.is_file():  # finish an interrupted run
+            results[kind][name] = json.loads(saved.read_text())
+            continue
+        data, section = _data(5000 if quick else MODELS[name].get("train_samples"))
+        if kind == "models":
+            entry = _model_rows(name, MODELS[name], data, section, quick, root)
+            entry["train_samples"] = section.get("train_samples")
+        else:
+            entry = _dc_comparison(name, data, section, quick, root)
+        results[kind][name] = _plain(entry)
+        write_text_atomic(saved, json.dumps(results[kind][name], indent=1))
     clean = _plain(results)
     markdown = "\n".join([
         _table(clean), "",
