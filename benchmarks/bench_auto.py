@@ -228,6 +228,54 @@ def _reproduce(folder: Path, chosen: dict[str, Any]) -> dict[str, Any]:
 # --- the run -----------------------------------------------------------------------------------------------------
 
 
+def _saved(path: Path, compute: Any) -> dict[str, Any]:
+    """``compute()`` as plain JSON, saved at ``path``; with SLIMKIT_AUTO_BENCH_REUSE=1 the copy an interrupted run
+    saved there is returned instead (its latencies were measured then)."""
+    if os.environ.get("SLIMKIT_AUTO_BENCH_REUSE") and path.is_file():
+        return json.loads(path.read_text())
+    value = _plain(compute())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(value, indent=1))
+    return value
+
+
+def _budget_entry(name: str, budget: str, tag: str, base_model: torch.nn.Module, checkpoint: Path,
+                  section: dict[str, Any], folder: Path, settings: dict[str, Any],
+                  common: dict[str, Any]) -> dict[str, Any]:
+    """One budget's rows: auto, uniform pruning to auto's MACs (or the budget's bytes), mixed precision alone."""
+    data, base, example = common["data"], common["base"], common["example"]
+    entry: dict[str, Any] = {}
+    run = _auto(base_model, name, budget, data, section, checkpoint, folder / "runs" / tag, settings)
+    if run["model"] is not None:
+        result = run["result"]
+        run_folder = folder / "runs" / tag
+        chosen = result.chosen
+        deployed = run_folder / chosen["file"]
+        timed = deployed if chosen["format"] != "container" else run_folder / "candidates" / \
+            f"{chosen['index']:02d}" / "decoded.onnx"
+        entry["auto"] = _row("auto", run["model"], deployed=deployed, timed=timed, **common, extra={
+            "status": result.status, "plan": result.plan.summary(), "format": result.plan.format,
+            "seconds": run["seconds"], "analysis_seconds": result.analysis_seconds,
+            "candidates": len(result.candidates),
+            "search_latency": chosen.get("latency"), "reproduced": _reproduce(run_folder, chosen)})
+        # single-family automation at the same budget
+        uniform, uniform_file = _uniform_prune(base_model, budget, entry["auto"]["macs"], data, example,
+                                               settings["recovery_epochs"], run_folder, base["onnx_bytes"])
+        entry["uniform"] = _row("uniform pruning", uniform, deployed=uniform_file, timed=uniform_file, **common)
+    else:
+        entry["auto"] = {"label": "auto", "error": run.get("error"), "seconds": run["seconds"]}
+    mixed = _auto(base_model, name, budget, data, section, checkpoint, folder / "runs" / f"{tag}-mixed",
+                  settings, formats=("int8",), knobs=("int8",))
+    if mixed["model"] is not None:
+        mixed_folder = folder / "runs" / f"{tag}-mixed"
+        mfile = mixed_folder / mixed["result"].chosen["file"]
+        entry["mixed"] = _row("mixed precision alone", mixed["model"], deployed=mfile, timed=mfile, **common,
+                              extra={"status": mixed["result"].status, "plan": mixed["result"].plan.summary()})
+    else:
+        entry["mixed"] = {"label": "mixed precision alone", "error": mixed.get("error")}
+    return entry
+
+
 def _model_rows(name: str, spec: dict[str, Any], data: Any, section: dict[str, Any], quick: bool,
                 root: Path) -> dict[str, Any]:
     from slimkit.analysis import evaluate, profile
@@ -248,46 +296,25 @@ def _model_rows(name: str, spec: dict[str, Any], data: Any, section: dict[str, A
     # every hand-written recipe for this model, once (each is then checked against every budget)
     hand_rows = []
     for path in _hand_recipes(name):
-        hand = _run_hand(path, checkpoint, section, folder / "hand" / path.stem)
-        row = _row(f"recipe {path.name}", hand["model"], deployed=hand["deployed"], timed=hand["timed"],
-                   extra={"seconds": hand["seconds"]}, **common)
+        def hand_row(path: Path = path) -> dict[str, Any]:
+            hand = _run_hand(path, checkpoint, section, folder / "hand" / path.stem)
+            return _row(f"recipe {path.name}", hand["model"], deployed=hand["deployed"], timed=hand["timed"],
+                        extra={"seconds": hand["seconds"]}, **common)
+
+        row = _saved(folder / "hand" / f"{path.stem}.json", hand_row)
         hand_rows.append(row)
         out["hand"][path.name] = row
-    int8_model, int8_file = _int8_alone(base_model, data, example, folder)
-    out["int8"] = _row("int8 alone (PTQ)", int8_model, deployed=int8_file, timed=int8_file, **common)
+
+    def int8_row() -> dict[str, Any]:
+        int8_model, int8_file = _int8_alone(base_model, data, example, folder)
+        return _row("int8 alone (PTQ)", int8_model, deployed=int8_file, timed=int8_file, **common)
+
+    out["int8"] = _saved(folder / "int8.json", int8_row)
     budgets = BUDGETS[:1] + BUDGETS[2:3] if quick else BUDGETS
     for budget in budgets:
         tag = budget.replace("=", "")
-        entry: dict[str, Any] = {}
-        run = _auto(base_model, name, budget, data, section, checkpoint, folder / "runs" / tag, settings)
-        if run["model"] is not None:
-            result = run["result"]
-            run_folder = folder / "runs" / tag
-            chosen = result.chosen
-            deployed = run_folder / chosen["file"]
-            timed = deployed if chosen["format"] != "container" else run_folder / "candidates" / \
-                f"{chosen['index']:02d}" / "decoded.onnx"
-            entry["auto"] = _row("auto", run["model"], deployed=deployed, timed=timed, **common, extra={
-                "status": result.status, "plan": result.plan.summary(), "format": result.plan.format,
-                "seconds": run["seconds"], "analysis_seconds": result.analysis_seconds,
-                "candidates": len(result.candidates),
-                "search_latency": chosen.get("latency"), "reproduced": _reproduce(run_folder, chosen)})
-            # single-family automation at the same budget
-            uniform, uniform_file = _uniform_prune(base_model, budget, entry["auto"]["macs"], data, example,
-                                                   settings["recovery_epochs"], run_folder, base["onnx_bytes"])
-            entry["uniform"] = _row("uniform pruning", uniform, deployed=uniform_file, timed=uniform_file,
-                                    **common)
-        else:
-            entry["auto"] = {"label": "auto", "error": run.get("error"), "seconds": run["seconds"]}
-        mixed = _auto(base_model, name, budget, data, section, checkpoint, folder / "runs" / f"{tag}-mixed",
-                      settings, formats=("int8",), knobs=("int8",))
-        if mixed["model"] is not None:
-            mixed_folder = folder / "runs" / f"{tag}-mixed"
-            mfile = mixed_folder / mixed["result"].chosen["file"]
-            entry["mixed"] = _row("mixed precision alone", mixed["model"], deployed=mfile, timed=mfile, **common,
-                                  extra={"status": mixed["result"].status, "plan": mixed["result"].plan.summary()})
-        else:
-            entry["mixed"] = {"label": "mixed precision alone", "error": mixed.get("error")}
+        entry = _saved(folder / "runs" / f"{tag}.json", lambda budget=budget, tag=tag: _budget_entry(
+            name, budget, tag, base_model, checkpoint, section, folder, settings, common))
         meeting = [r for r in hand_rows if _meets(r, budget)]
         entry["hand_best"] = max(meeting, key=lambda r: r["valid_accuracy"]) if meeting else None
         entry["hand_meeting"] = [r["label"] for r in meeting]
@@ -421,8 +448,8 @@ def _plain(value: Any) -> Any:
 
 
 def run(quick: bool) -> Section:
-    """Set SLIMKIT_AUTO_BENCH_REUSE=1 to keep the per-model results an interrupted run saved (their latencies were
-    measured then)."""
+    """Set SLIMKIT_AUTO_BENCH_REUSE=1 to keep what an interrupted run saved: each model's entry, each hand recipe's,
+    int8's and each budget's rows (their latencies were measured then)."""
     torch.set_num_threads(TRAIN_THREADS)
     root = CACHE / "auto" / ("quick" if quick else "full")
     results: dict[str, Any] = {"models": {}, "deep_compression": {}, "batch": BATCH, "max_drop": MAX_DROP,
@@ -432,18 +459,14 @@ def run(quick: bool) -> Section:
     jobs = [("models", n) for n in names if n != "resnet20"] + [("deep_compression", n) for n in ("lenet300", "lenet5")]
     jobs += [("models", n) for n in names if n == "resnet20"]
     for kind, name in jobs:
-        saved = root / f"{kind}-{name}.json"
-        if os.environ.get("SLIMKIT_AUTO_BENCH_REUSE") and saved.is_file():  # finish an interrupted run
-            results[kind][name] = json.loads(saved.read_text())
-            continue
-        data, section = _data(5000 if quick else MODELS[name].get("train_samples"))
-        if kind == "models":
-            entry = _model_rows(name, MODELS[name], data, section, quick, root)
-            entry["train_samples"] = section.get("train_samples")
-        else:
-            entry = _dc_comparison(name, data, section, quick, root)
-        results[kind][name] = _plain(entry)
-        write_text_atomic(saved, json.dumps(results[kind][name], indent=1))
+        def entry(kind: str = kind, name: str = name) -> dict[str, Any]:
+            data, section = _data(5000 if quick else MODELS[name].get("train_samples"))
+            if kind == "deep_compression":
+                return _dc_comparison(name, data, section, quick, root)
+            return {**_model_rows(name, MODELS[name], data, section, quick, root),
+                    "train_samples": section.get("train_samples")}
+
+        results[kind][name] = _saved(root / f"{kind}-{name}.json", entry)
     clean = _plain(results)
     markdown = "\n".join([
         _table(clean), "",
