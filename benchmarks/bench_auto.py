@@ -74,10 +74,11 @@ def _data(train_samples: int | None) -> tuple[Any, dict[str, Any]]:
     return data, section
 
 
-def _checkpoint(name: str, epochs: int, model: torch.nn.Module) -> Path:
+def _checkpoint(tag: str, model: torch.nn.Module) -> Path:
+    """``model``'s weights as a checkpoint file in the cache (written once per tag), for the recipes auto writes."""
     from slimkit.train import save_checkpoint
 
-    path = CACHE / "auto" / f"{name}-e{epochs}.pt"
+    path = CACHE / "auto" / f"{tag}.pt"
     if not path.is_file():
         save_checkpoint(model.state_dict(), path)
     return path
@@ -287,7 +288,7 @@ def _model_rows(name: str, spec: dict[str, Any], data: Any, section: dict[str, A
     from slimkit.export import export_onnx
 
     base_model = trained(name, spec["epochs"])
-    checkpoint = _checkpoint(name, spec["epochs"], base_model)
+    checkpoint = _checkpoint(f"{name}-e{spec['epochs']}", base_model)
     example = data.example_input(1)
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -369,11 +370,7 @@ def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, r
     finally:
         torch.set_num_threads(threads)
     model = load_run(out, "01-train")[0].eval()
-    checkpoint = CACHE / "auto" / f"{name}-dc-{out.name}.pt"
-    if not checkpoint.is_file():
-        from slimkit.train import save_checkpoint
-
-        save_checkpoint(model.state_dict(), checkpoint)
+    checkpoint = _checkpoint(f"{name}-dc-{out.name}", model)
     folder = root / name / "dc"
     folder.mkdir(parents=True, exist_ok=True)
     onnx_bytes = (root / name / "baseline.onnx").stat().st_size
