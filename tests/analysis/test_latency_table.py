@@ -1,6 +1,7 @@
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -87,3 +88,71 @@ def test_detect_step_separates_linear_kernels_and_unaligned_fallbacks():
 def test_bad_table_options_are_rejected(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         build_latency_table(_tiny(), torch.zeros(1, 3, 8, 8), measurer=Forbidden(), cache_dir=False, **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"precision": "int4"}, "precision"),
+                                                 ({"precision": "int8"}, "network="),
+                                                 ({"precision": "int8", "network": "missing.onnx"}, "not a file")])
+def test_bad_int8_table_options_are_rejected(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        build_latency_table(_tiny(), torch.zeros(1, 3, 8, 8), measurer=Forbidden(), cache_dir=False, **kwargs)
+
+
+class _PrecisionMeasurer(MacMeasurer):
+    """fp32 as MacMeasurer; int8 a flat 1 ms per layer whatever its widths (the plateau measured on small convs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+        self.table_ops: list[set[str]] = []
+
+    def points(self, geometry, points):
+        self.seen.append(geometry.precision)
+        if geometry.precision == "int8":
+            return [(1.0, 0.0)] * len(points)
+        return super().points(geometry, points)
+
+    def other_share(self, onnx_path, inputs, table_ops):
+        self.table_ops.append(set(table_ops))
+        return super().other_share(onnx_path, inputs, table_ops)
+
+
+def test_int8_tables_are_their_own_measurements_and_keys(tmp_path):
+    x = torch.zeros(1, 3, 8, 8)
+    network = tmp_path / "int8.onnx"
+    network.write_bytes(b"stands for the deployed int8 file")
+    fake = _PrecisionMeasurer()
+    fp32 = build_latency_table(_tiny(), x, batch=2, cache_dir=tmp_path, measurer=fake)
+    int8 = build_latency_table(_tiny(), x, batch=2, cache_dir=tmp_path, measurer=fake, precision="int8",
+                               network=network)
+    assert set(fake.seen) == {"fp32", "int8"}
+    assert {t.geometry.precision for t in int8.layers.values()} == {"int8"}
+    assert "QLinearConv" in fake.table_ops[-1] and "Conv" in fake.table_ops[0]
+    conv = int8.layers["3"]
+    assert conv.cost(32, 16) == pytest.approx(conv.full_ms)  # the int8 plateau, not fp32's halving
+    assert fp32.layers["3"].cost(32, 16) < 0.6 * fp32.layers["3"].full_ms
+    # fp32 keys are unchanged by the precision field (tables cached before int8 existed stay valid)
+    assert "precision" not in fp32.layers["3"].geometry.key() and "precision=int8" in conv.geometry.key()
+    again = build_latency_table(_tiny(), x, batch=2, cache_dir=tmp_path, measurer=Forbidden(), precision="int8",
+                                network=network)
+    assert again.predict_ms() == pytest.approx(int8.predict_ms())
+
+
+@pytest.mark.parametrize(("kind", "fused"), [("conv", "QLinearConv"), ("depthwise", "QLinearConv"),
+                                             ("linear", "QGemm")])
+def test_an_int8_layer_runs_as_onnx_runtimes_quantized_kernel(kind, fused, tmp_path):
+    from slimkit.analysis._latency_probe import Geometry, _onnx_layer, _runs, _session
+
+    size = (16,) if kind == "linear" else (6, 6)
+    geometry = Geometry(kind, *(() if kind == "linear" else ((3, 3), (1, 1), (1, 1, 1, 1))), size=size, batch=2,
+                        precision="int8")
+    model, x = _onnx_layer(geometry, 16, 16)
+    session = _session(model, 1, str(tmp_path / "p"))
+    y = session.run(None, {"X": x})[0]
+    ops = _runs(session.end_profiling(), 0)[0]
+    assert fused in ops and "Conv" not in ops and "Gemm" not in ops
+    reference = _session(_onnx_layer(Geometry(kind, *(() if kind == "linear" else ((3, 3), (1, 1), (1, 1, 1, 1))),
+                                              size=size, batch=2), 16, 16)[0], 1, str(tmp_path / "r"))
+    expected = reference.run(None, {"X": x})[0]
+    # uint8 activations on ±4 (step 8/255) and int8 weights: the same layer within its quantisation error
+    assert np.abs(y - expected).max() < 0.05 * np.abs(expected).max() + 0.05

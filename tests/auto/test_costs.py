@@ -35,3 +35,53 @@ def test_predicted_macs_equal_the_pruned_models(spec, digits, tmp_path):
         plan = plan_of(problem, picks, analysis, solution.ratios, solution.objective)
         pruned = prune_channels(model, x, PruneConfig(ratio=plan.prune or 0.0), data=digits.calibration)
         assert solution.predicted["macs"] == pytest.approx(profile(pruned, x).total.macs, rel=1e-9)
+
+
+class _Int8Plateau:
+    """fp32 layer time ∝ MACs; int8 layer time flat in the widths (as ResNet-20's 28×28 int8 convs measured below
+    16 channels); no other ops."""
+
+    def points(self, geometry, points):
+        if geometry.precision == "int8":
+            return [(0.5, 0.0)] * len(points)
+        return [(geometry.macs(ci, co) * 1e-6, 0.0) for ci, co in points]
+
+    def other_share(self, onnx_path, inputs, table_ops):
+        return 0.0
+
+
+def test_int8_latency_follows_the_int8_tables_not_the_fp32_ratio(digits, tmp_path):
+    from slimkit.analysis import build_latency_table
+    from slimkit.auto._costs import calibrate_int8, table_payload
+
+    torch.manual_seed(0)
+    model = models.from_spec("auto_digits").eval()
+    x = torch.zeros(1, 1, 8, 8)
+    calib = Calibration.build(model, digits.calibration, 32, "loss")
+    groups = channel_groups(model, x, ())
+    levels = {g: keep_levels(n, (0.25, 0.5)) for g, n in groups.items()}
+    entries = channel_analysis(model, x, calib, groups, levels, criterion="l1", data=digits.calibration, skip=(),
+                               seed=0, cache=Cache(tmp_path / "c.json", "k"))
+    network = tmp_path / "int8.onnx"
+    network.write_bytes(b"the deployed int8 file")
+    fp32 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_Int8Plateau())
+    int8 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_Int8Plateau(), precision="int8",
+                               network=network)
+    latency = {**table_payload(fp32), "int8": 0.4}  # the whole int8 model measured at 0.4 of fp32
+
+    def problem(with_tables):
+        lat = dict(latency)
+        if with_tables:
+            calibrate_int8(lat, table_payload(int8), [])
+        analysis = Analysis(layers=layer_info(model, x), base={"macs": 1, "bytes": 1}, groups=entries, latency=lat)
+        return build_problem("int8", analysis, {"channels"}, ["latency"])
+
+    tables, ratio_only = problem(True), problem(False)
+    full = {k: 0 for k in tables.choices}
+    narrow = {k: len(c.labels) - 1 for k, c in tables.choices.items()}
+    assert tables.solution(full).ratios["latency"] == pytest.approx(0.4)  # calibrated to the measured ratio
+    assert ratio_only.solution(full).ratios["latency"] == pytest.approx(0.4)
+    # pruning to a quarter of the channels: the old composition promised 0.4 × the fp32 gain; the int8 kernels'
+    # own (flat) tables say no gain at all
+    assert ratio_only.solution(narrow).ratios["latency"] < 0.2
+    assert tables.solution(narrow).ratios["latency"] == pytest.approx(0.4)

@@ -19,7 +19,7 @@ import os
 import random
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +27,13 @@ import numpy as np
 
 #: nodes an isolated graph needs only to convert layouts at its borders (not part of the layer's cost in a network)
 LAYOUT_GLUE = frozenset({"ReorderInput", "ReorderOutput"})
+#: nodes an isolated int8 graph needs only to take float in and give float out: inside a QDQ network one quantized
+#: layer feeds the next directly (ORT fuses QuantizeLinear → DequantizeLinear → Conv → QuantizeLinear into one
+#: QLinearConv), so they are not part of the layer's cost
+QDQ_BORDER = frozenset({"QuantizeLinear", "DequantizeLinear"})
+#: the numeric formats a layer is timed in: fp32, or int8 as slimkit's QDQ export deploys it (uint8 activations per
+#: tensor, int8 weights per output channel, int32 bias)
+PRECISIONS = ("fp32", "int8")
 #: candidate step sizes tried by :func:`detect_step`
 STEP_CANDIDATES = (1, 2, 4, 8, 16, 32)
 
@@ -37,7 +44,8 @@ class Geometry:
 
     ``kind`` is ``"conv"`` (dense or grouped Conv2d), ``"depthwise"`` (groups = channels; in and out channels move
     together) or ``"linear"``. ``size`` is the input's spatial size (H, W) for a conv and ``(rows,)`` for a linear
-    layer (the product of every input dim between batch and features); ``batch`` is the batch timed.
+    layer (the product of every input dim between batch and features); ``batch`` is the batch timed; ``precision``
+    is one of :data:`PRECISIONS`.
     """
 
     kind: str
@@ -49,9 +57,12 @@ class Geometry:
     size: tuple[int, ...] = ()
     batch: int = 1
     bias: bool = True
+    precision: str = "fp32"
 
     def key(self) -> str:
         d = asdict(self)
+        if self.precision == "fp32":  # the keys of tables measured before int8 tables existed stay valid
+            del d["precision"]
         return "|".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, (tuple, list)) else v}" for k, v in d.items())
 
     def macs(self, cin: int, cout: int) -> int:
@@ -82,7 +93,8 @@ class Measurer(Protocol):
 
 
 def _onnx_layer(geometry: Geometry, cin: int, cout: int, seed: int = 0) -> tuple[bytes, np.ndarray]:
-    """A one-node ONNX model of the layer and a random input for it."""
+    """A one-node ONNX model of the layer (or, for int8, the QDQ graph ONNX Runtime fuses into one quantized node) and
+    a random input for it."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -110,11 +122,49 @@ def _onnx_layer(geometry: Geometry, cin: int, cout: int, seed: int = 0) -> tuple
                                 dilations=list(g.dilation), group=groups)
         shape_x = [g.batch, cin, *g.size]
         shape_y = [g.batch, cout, *g.output_size()]
-    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape_x)],
+    nodes = [node]
+    if g.precision == "int8":
+        nodes, inits = _quantized(node, inits, rng)
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape_x)],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape_y)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="slimkit")
     model.ir_version = 8
     return model.SerializeToString(), rng.standard_normal(shape_x).astype(np.float32)
+
+
+def _quantized(node: Any, inits: list, rng: np.random.Generator) -> tuple[list, list]:
+    """The float layer ``node`` as slimkit's QDQ export writes it: X → QuantizeLinear → DequantizeLinear (uint8, per
+    tensor), the weight as int8 per output channel and the bias as int32 behind DequantizeLinear, the output through
+    QuantizeLinear → DequantizeLinear; ONNX Runtime fuses the middle into QLinearConv / QGemm."""
+    from onnx import helper, numpy_helper
+
+    arrays = {t.name: numpy_helper.to_array(t) for t in inits}
+    weight = arrays["W"]
+    cout = weight.shape[0]
+    x_scale, y_scale = np.float32(8 / 255), np.float32(0.05)  # a unit-normal input spans about ±4
+    w_scale = (np.abs(weight.reshape(cout, -1)).max(axis=1) / 127).clip(1e-8).astype(np.float32)
+    w_int8 = np.round(weight / w_scale.reshape(-1, *[1] * (weight.ndim - 1))).clip(-127, 127).astype(np.int8)
+    out = [numpy_helper.from_array(np.array(x_scale), "x_scale"),
+           numpy_helper.from_array(np.array(128, np.uint8), "x_zero"),
+           numpy_helper.from_array(np.array(y_scale), "y_scale"),
+           numpy_helper.from_array(np.array(128, np.uint8), "y_zero"),
+           numpy_helper.from_array(w_int8, "W_int8"), numpy_helper.from_array(w_scale, "W_scale"),
+           numpy_helper.from_array(np.zeros(cout, np.int8), "W_zero")]
+    nodes = [helper.make_node("QuantizeLinear", ["X", "x_scale", "x_zero"], ["X_q"]),
+             helper.make_node("DequantizeLinear", ["X_q", "x_scale", "x_zero"], ["X_dq"]),
+             helper.make_node("DequantizeLinear", ["W_int8", "W_scale", "W_zero"], ["W_dq"], axis=0)]
+    inputs = ["X_dq", "W_dq"]
+    if "B" in arrays:
+        out += [numpy_helper.from_array(np.zeros(cout, np.int32), "B_int32"),
+                numpy_helper.from_array((x_scale * w_scale).astype(np.float32), "B_scale"),
+                numpy_helper.from_array(np.zeros(cout, np.int32), "B_zero")]
+        nodes.append(helper.make_node("DequantizeLinear", ["B_int32", "B_scale", "B_zero"], ["B_dq"], axis=0))
+        inputs.append("B_dq")
+    layer = helper.make_node(node.op_type, inputs, ["Y_float"])
+    layer.attribute.extend(node.attribute)
+    nodes += [layer, helper.make_node("QuantizeLinear", ["Y_float", "y_scale", "y_zero"], ["Y_q"]),
+              helper.make_node("DequantizeLinear", ["Y_q", "y_scale", "y_zero"], ["Y"])]
+    return nodes, out
 
 
 def _session(model: bytes | str, threads: int, profile_prefix: str) -> Any:
@@ -184,6 +234,7 @@ class OrtMeasurer:
 
     def points(self, geometry: Geometry, points: Sequence[Point]) -> list[tuple[float, float]]:
         result: list[tuple[float, float]] = [(math.nan, math.nan)] * len(points)
+        border = QDQ_BORDER if geometry.precision == "int8" else frozenset()
         ref_geometry, ref_in, ref_out = REFERENCE
         ref_model, ref_x = _onnx_layer(ref_geometry, ref_in, ref_out)
         with tempfile.TemporaryDirectory(prefix="slimkit-lattable-") as tmp:
@@ -206,7 +257,7 @@ class OrtMeasurer:
                 for session in sessions:
                     runs = _runs(session.end_profiling(), self.warmup)
                     times.append((np.array([sum(v for op, v in ops.items() if op not in LAYOUT_GLUE
-                                                and op != "<run>") for ops in runs]),
+                                                and op not in border and op != "<run>") for ops in runs]),
                                   np.array([sum(v for op, v in ops.items() if op in LAYOUT_GLUE) for ops in runs])))
                 ref = max(float(np.percentile(times[0][0], QUANTILE)), 1e-6)
                 if self.reference_ms is None:
@@ -273,9 +324,11 @@ PROBES: dict[str, tuple[Geometry, int, int]] = {
 }
 
 
-def probe_steps(kind: str, measurer: Measurer) -> dict[str, int]:
-    """Steps of ``kind`` along the output and input channels, from sweeps of a probe layer (:data:`PROBES`)."""
+def probe_steps(kind: str, measurer: Measurer, precision: str = "fp32") -> dict[str, int]:
+    """Steps of ``kind`` along the output and input channels, from sweeps of a probe layer (:data:`PROBES`) in
+    ``precision``."""
     geometry, n, fixed = PROBES[kind]
+    geometry = replace(geometry, precision=precision)
     widths = list(range(1, n + 1))
     def kernel(points: list[Point]) -> list[float]:
         return [k for k, _ in measurer.points(geometry, points)]

@@ -18,6 +18,13 @@ step are measured too, with the layout conversion such a layer needs in a networ
 turned back into NCHW) counted in; above one step the isolated graph's conversions are left out, since inside a
 network of aligned widths the blocked layout flows from layer to layer.
 
+``precision="int8"`` builds the same tables for the model as slimkit's QDQ export deploys it: each layer is timed
+as the QDQ graph ONNX Runtime fuses into QLinearConv / QGemm (its border QuantizeLinear / DequantizeLinear left
+out, since inside the network one quantized layer feeds the next), with the int8 kernels' own steps, and the other
+share read from the deployed int8 file. The int8 kernels are separate code with their own blocking, so their time
+does not follow the fp32 time as widths shrink: ResNet-20's 3×3 convs at 28×28, batch 64, took as long in int8 at
+8 or 11 channels as at 16 (measured on this machine), where fp32 time halves.
+
 Measurements are cached in ``$SLIMKIT_CACHE/latency`` (default ``~/.cache/slimkit/latency``), one file per machine
 key (CPU model and flags, ONNX Runtime version, threads), keyed inside by the layer's geometry (kind, kernel,
 stride, padding, dilation, groups, input size, batch) and channel counts.
@@ -33,7 +40,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +51,16 @@ from torch import nn
 from slimkit._errors import ConfigError
 from slimkit._inputs import input_tuple
 from slimkit._io import write_text_atomic
-from slimkit.analysis._latency_probe import Geometry, Measurer, OrtMeasurer, probe_steps
+from slimkit.analysis._latency_probe import PRECISIONS, Geometry, Measurer, OrtMeasurer, probe_steps
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 5
 #: ONNX Runtime op types whose time the table models (every other op's time is the constant "other" share)
 TABLE_OPS = frozenset({"Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"})
+#: the same for an int8 QDQ network, whose quantized layers ONNX Runtime runs as these fused nodes
+INT8_TABLE_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger",
+                            "MatMulInteger"})
 
 
 def cache_root() -> Path:
@@ -261,15 +271,28 @@ def build_latency_table(
     max_points: int = 6,
     cache_dir: str | os.PathLike | bool | None = True,
     measurer: Measurer | None = None,
+    precision: str = "fp32",
+    network: str | os.PathLike | None = None,
 ) -> LatencyTable:
     """Measure (or load from the cache) the latency table of every Conv2d/Linear layer of ``model``.
 
     ``batch``: the batch the model will run at (default: the example's); ``threads``: ONNX Runtime threads;
     ``max_points``: grid points per channel axis; ``cache_dir``: True for ``$SLIMKIT_CACHE/latency``, a folder,
     or False/None for no cache; ``measurer``: what times layers (default :class:`OrtMeasurer`; tests inject one).
-    NetAdapt's layer-wise look-up tables (Yang et al. 2018, §3.3) with HALP's per-(c_in, c_out) grid (Shen et al.
-    2022, Eq. 4), measured in ONNX Runtime; see the module docstring for what is cached and how it is keyed.
+    ``precision="int8"`` times every layer as the QDQ export deploys it (fused into QLinearConv / QGemm: its own
+    kernels, whose time does not follow the fp32 one — at 28×28, below 16 channels an int8 conv can be slower than
+    at 16), with its own steps; the share of time outside the layers is then read from ``network``, the deployed
+    int8 ONNX file of ``model``. NetAdapt's layer-wise look-up tables (Yang et al. 2018, §3.3) with HALP's
+    per-(c_in, c_out) grid (Shen et al. 2022, Eq. 4), measured in ONNX Runtime; see the module docstring for what
+    is cached and how it is keyed.
     """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"latency table precision={precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision != "fp32" and network is None:
+        raise ConfigError(f"a {precision} latency table needs network=<the model's deployed {precision} ONNX file>, "
+                          "to measure the share of time spent outside its layers")
+    if network is not None and not Path(network).is_file():
+        raise ConfigError(f"latency table network='{network}' is not a file: give the deployed ONNX file")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"latency table threads={threads!r}: use a whole number ≥ 1")
     if max_points < 2:
@@ -287,15 +310,16 @@ def build_latency_table(
     counted = {"points": 0}
 
     def steps(kind: str) -> dict[str, int]:
-        if kind not in cache.data["steps"]:
-            cache.data["steps"][kind] = probe_steps(kind, measurer)
+        key = kind if precision == "fp32" else f"{kind}/{precision}"
+        if key not in cache.data["steps"]:
+            cache.data["steps"][key] = probe_steps(kind, measurer, precision)
             cache.dirty = True
-            log.info("latency table: %s kernels step at %s channels", kind, cache.data["steps"][kind])
-        return cache.data["steps"][kind]
+            log.info("latency table: %s kernels step at %s channels", key, cache.data["steps"][key])
+        return cache.data["steps"][key]
 
     tables: dict[str, LayerLatency] = {}
     for layer in layers:
-        g = layer.geometry
+        g = replace(layer.geometry, precision=precision)
         s = steps(g.kind)
         multiple = g.groups if g.kind == "conv" else 1
         below = layer.cin >= s["in"]  # a layer whose full input is below one block always reads NCHW input
@@ -325,8 +349,11 @@ def build_latency_table(
         tables[layer.name] = LayerLatency(layer.name, g, layer.cin, layer.cout, in_grid, out_grid, ms,
                                           s["in"], s["out"])
     key = _model_key(model, inputs, batch)
+    if network is not None:  # the deployed file is what is profiled: its bytes are the key
+        key = f"{precision}:{key}:{hashlib.sha256(Path(network).read_bytes()).hexdigest()[:20]}"
     if key not in cache.data["models"]:
-        cache.data["models"][key] = _other_share(model, inputs, batch, measurer)
+        cache.data["models"][key] = _other_share(model, inputs, batch, measurer, network,
+                                                 INT8_TABLE_OPS if precision == "int8" else TABLE_OPS)
         cache.dirty = True
     if getattr(measurer, "reference_ms", None) is not None and "reference_ms" not in cache.data:
         cache.data["reference_ms"] = measurer.reference_ms
@@ -336,12 +363,15 @@ def build_latency_table(
                         counted["points"])
 
 
-def _other_share(model: nn.Module, inputs: tuple, batch: int, measurer: Measurer) -> float:
+def _other_share(model: nn.Module, inputs: tuple, batch: int, measurer: Measurer,
+                 network: str | os.PathLike | None, table_ops: frozenset[str]) -> float:
     from slimkit.analysis._latency import export_for_timing
 
     full = tuple(x.expand(batch, *x.shape[1:]).contiguous() if isinstance(x, torch.Tensor) and x.dim() > 0 else x
                  for x in inputs)
+    feeds = [x.detach().cpu().numpy() for x in full if isinstance(x, torch.Tensor)]
+    if network is not None:
+        return float(measurer.other_share(network, feeds, set(table_ops)))
     with tempfile.TemporaryDirectory(prefix="slimkit-lattable-") as tmp:
         path = export_for_timing(model, full, Path(tmp) / "model.onnx")
-        feeds = [x.detach().cpu().numpy() for x in full if isinstance(x, torch.Tensor)]
-        return float(measurer.other_share(path, feeds, set(TABLE_OPS)))
+        return float(measurer.other_share(path, feeds, set(table_ops)))

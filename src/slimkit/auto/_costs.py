@@ -4,9 +4,11 @@ problem of one deployment format built from them and from the sensitivities.
 MACs are counted (``slimkit.analysis.profile``): a Conv2d/Linear's MACs scale with its input and output widths and
 with its factorisation's measured MAC ratio. Latency comes from the measured per-layer ONNX Runtime tables of
 :func:`slimkit.analysis.build_latency_table` (NetAdapt / HALP look-up tables at the deployed batch and threads, read
-at the layer's input and output widths), times measured ratios for what the tables do not cover: a factorised
-layer (its factors against the layer, timed as one-layer ONNX graphs) and int8 (the whole int8 model against the
-fp32 one), plus the share of time spent in other ops. Bytes follow each format's storage: 4 bytes per fp32 weight;
+at the layer's input and output widths), times measured ratios for what the tables do not cover (a factorised
+layer: its factors against the layer, timed as one-layer ONNX graphs), plus the share of time spent in other ops.
+An int8 layer reads its own table of the int8 kernels (QLinearConv / QGemm), whose time does not follow the fp32
+kernels' as widths shrink; those tables and the int8 network's other ops are scaled so that the whole int8 model's
+prediction is its measured ratio to the fp32 one. Bytes follow each format's storage: 4 bytes per fp32 weight;
 an int8 weight byte plus per-channel scale, zero point and int32 bias; for the container, the exact bytes of each
 layer's codebook, Huffman-coded index streams and bias at each sparsity and cluster width. A constant per format
 (graph, header, normalisation tensors) is calibrated from the input model's real deployed file.
@@ -58,9 +60,10 @@ class Analysis:
 
     layers: :func:`layer_info`. groups: channel analysis (``_sensitivity.channel_analysis``). rank, int8, container:
     the other knobs' analyses. latency: per-layer tables (``layers``: kind, in/out grids, ms), ``other`` (the share
-    of time in other ops), ``int8`` (int8 / fp32 latency of the whole model), ``rank`` (layer → ratio → latency
-    ratio of its factors). base: the input model's totals (``macs``, ``bytes`` of its fp32 ONNX file, the other
-    formats' reference files).
+    of time in other ops), ``int8`` (int8 / fp32 latency of the whole model), ``int8_layers`` (the int8 kernels'
+    tables), ``int8_other_ms`` and ``int8_scale`` (the int8 network's other ops and the factor that makes the int8
+    tables predict the measured whole-model ratio), ``rank`` (layer → ratio → latency ratio of its factors). base:
+    the input model's totals (``macs``, ``bytes`` of its fp32 ONNX file, the other formats' reference files).
     """
 
     layers: dict[str, dict[str, Any]]
@@ -107,6 +110,27 @@ def _latency_cost(table: dict[str, Any], cin: int, cout: int) -> float:
                          tuple(table["in_grid"]), tuple(table["out_grid"]), tuple(tuple(r) for r in table["ms"]),
                          table["step_in"], table["step_out"])
     return layer.cost(cin, cout)
+
+
+def layer_ms(table: dict[str, Any]) -> float:
+    """A layer's measured milliseconds at its full width."""
+    return _latency_cost(table, table["in"], table["out"])
+
+
+def calibrate_int8(latency: dict[str, Any], int8_table: dict[str, Any], skip: list[str]) -> None:
+    """Add the int8 kernels' tables (:func:`table_payload` of a ``precision="int8"`` table) to ``latency``, with the
+    int8 network's other ops in milliseconds and the factor that makes the whole int8 model's prediction equal its
+    measured ratio ``latency["int8"]`` (the layer tables are timed alone; the network adds its own overheads).
+    Skipped layers stay float in the int8 network and keep their fp32 cost."""
+    fp32 = {name: layer_ms(t) for name, t in latency["layers"].items()}
+    int8 = {name: layer_ms(t) for name, t in int8_table["layers"].items() if name not in skip}
+    layers_ms = sum(int8.values()) + sum(ms for name, ms in fp32.items() if name not in int8)
+    other = min(0.95, max(0.0, float(int8_table["other"])))
+    other_ms = layers_ms * other / (1 - other)
+    full_fp32 = sum(fp32.values()) / (1 - min(0.95, max(0.0, float(latency["other"]))))
+    float_ms = layers_ms - sum(int8.values())
+    scale = (latency["int8"] * full_fp32 - float_ms) / max(layers_ms - float_ms + other_ms, 1e-12)
+    latency.update(int8_layers=int8_table["layers"], int8_other_ms=other_ms, int8_scale=max(scale, 1e-6))
 
 
 def table_payload(table: Any) -> dict[str, Any]:
@@ -178,11 +202,14 @@ def build_problem(fmt: str, analysis: Analysis, knobs: set[str], dims: list[str]
     if "latency" in dims:
         if latency is None:
             raise ValueError("a latency budget needs the latency tables in the analysis")
-        table_ms = sum(_latency_cost(t, t["in"], t["out"]) for t in latency["layers"].values())
+        table_ms = sum(layer_ms(t) for t in latency["layers"].values())
         other = min(0.95, max(0.0, float(latency["other"])))
         other_ms = table_ms * other / max(1e-12, 1 - other)
         full["latency"] = table_ms + other_ms
-        constant["latency"] = other_ms * (latency.get("int8", 1.0) if fmt == "int8" else 1.0)
+        constant["latency"] = other_ms
+        if fmt == "int8":  # the int8 network's own other ops; without its tables, the whole model's int8 ratio
+            constant["latency"] = (latency["int8_other_ms"] * latency["int8_scale"] if "int8_layers" in latency
+                                   else other_ms * latency.get("int8", 1.0))
     size_reference = 0.0
     groups_on = "channels" in format_knobs
     for layer, info in analysis.layers.items():
@@ -234,7 +261,12 @@ def _layer_cost(fmt: str, analysis: Analysis, layer: str, info: dict[str, Any], 
     if "latency" in dims:
         ms = 0.0
         table = latency["layers"].get(layer) if latency else None
-        if table is not None and fmt != "container":
+        int8_table = latency.get("int8_layers", {}).get(layer) if latency and option.get("int8") else None
+        if int8_table is not None:  # the int8 kernel's own measured table (its steps are not fp32's)
+            ms = _latency_cost(int8_table, cin, cout) * latency["int8_scale"]
+            if rank is not None:
+                ms *= latency.get("rank", {}).get(layer, {}).get(str(rank), rp)
+        elif table is not None and fmt != "container":
             ms = _latency_cost(table, cin, cout)
             if rank is not None:
                 ms *= latency.get("rank", {}).get(layer, {}).get(str(rank), rp)

@@ -18,8 +18,10 @@ from torch import nn
 class LatencyMeter(Protocol):
     """What times models for ``auto_compress``: per-layer tables for the search, and A/B comparisons to verify."""
 
-    def table(self, model: nn.Module, example: Any, *, batch: int, threads: int) -> Any:
-        """A :class:`slimkit.analysis.LatencyTable` of ``model`` at the deployed batch and threads."""
+    def table(self, model: nn.Module, example: Any, *, batch: int, threads: int, precision: str = "fp32",
+              network: Path | None = None) -> Any:
+        """A :class:`slimkit.analysis.LatencyTable` of ``model`` at the deployed batch and threads, its layers timed
+        in ``precision`` (int8: ``network`` is the model's deployed int8 file)."""
 
     def compare(self, baseline: nn.Module, candidate: nn.Module, baseline_file: Path | None,
                 candidate_file: Path | None, inputs: tuple[torch.Tensor, ...], *, threads: int) -> dict[str, Any]:
@@ -35,10 +37,12 @@ class OrtLatency:
     def __init__(self, repeats: int = 50, warmup: int = 10) -> None:
         self.repeats, self.warmup = repeats, warmup
 
-    def table(self, model: nn.Module, example: Any, *, batch: int, threads: int) -> Any:
+    def table(self, model: nn.Module, example: Any, *, batch: int, threads: int, precision: str = "fp32",
+              network: Path | None = None) -> Any:
         from slimkit.analysis import build_latency_table
 
-        return build_latency_table(model, example, batch=batch, threads=threads)
+        return build_latency_table(model, example, batch=batch, threads=threads, precision=precision,
+                                   network=network)
 
     def compare(self, baseline: nn.Module, candidate: nn.Module, baseline_file: Path | None,
                 candidate_file: Path | None, inputs: tuple[torch.Tensor, ...], *, threads: int) -> dict[str, Any]:
