@@ -156,3 +156,24 @@ def test_an_int8_layer_runs_as_onnx_runtimes_quantized_kernel(kind, fused, tmp_p
     expected = reference.run(None, {"X": x})[0]
     # uint8 activations on ±4 (step 8/255) and int8 weights: the same layer within its quantisation error
     assert np.abs(y - expected).max() < 0.05 * np.abs(expected).max() + 0.05
+
+
+class _SlowOffSteps(MacMeasurer):
+    """Output channels off a multiple of 16 run a fallback at twice the padded time (what int8 convs do)."""
+
+    def points(self, geometry, points):
+        times = super().points(geometry, points)
+        return [(ms * (2.0 if co % self.step else 1.0), glue) for (ms, glue), (_, co) in zip(times, points)]
+
+
+def test_widths_a_search_chooses_are_measured_not_read_off_the_steps(tmp_path):
+    x = torch.zeros(1, 3, 8, 8)
+    plain = build_latency_table(_tiny(), x, batch=2, cache_dir=False, measurer=_SlowOffSteps())
+    extra = build_latency_table(_tiny(), x, batch=2, cache_dir=False, measurer=_SlowOffSteps(),
+                                widths={"3": ([24], [40]), "2": ([20], [20])})
+    conv, depthwise = extra.layers["3"], extra.layers["2"]
+    assert 40 in conv.out_grid and 24 in conv.in_grid and 20 in depthwise.out_grid
+    assert plain.layers["3"].cost(32, 40) == pytest.approx(plain.layers["3"].cost(32, 48))  # read off the step
+    assert conv.cost(32, 40) == pytest.approx(2 * conv.cost(32, 48))  # measured: the fallback's time
+    assert conv.cost(32, 32) == pytest.approx(plain.layers["3"].cost(32, 32))  # the step grid is unchanged
+    assert conv.cost(32, 39) == pytest.approx(conv.cost(32, 48))  # an unmeasured width: the step rule, as before

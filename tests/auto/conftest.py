@@ -38,7 +38,7 @@ class MacsMeter:
 
     int8_factor = 0.5
 
-    def table(self, model, example, *, batch, threads, precision="fp32", network=None):
+    def table(self, model, example, *, batch, threads, precision="fp32", network=None, widths=None):
         from slimkit.analysis import build_latency_table
 
         class Measurer:
@@ -49,7 +49,8 @@ class MacsMeter:
                 return 0.0
 
         return build_latency_table(model, example, batch=batch, threads=threads, measurer=Measurer(),
-                                   cache_dir=False, precision=precision, network=network)
+                                   cache_dir=False, precision=precision, network=network,
+                                   widths=widths)
 
     def compare(self, baseline, candidate, baseline_file, candidate_file, inputs, *, threads):
         from slimkit.analysis import profile

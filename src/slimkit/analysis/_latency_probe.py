@@ -27,10 +27,10 @@ import numpy as np
 
 #: nodes an isolated graph needs only to convert layouts at its borders (not part of the layer's cost in a network)
 LAYOUT_GLUE = frozenset({"ReorderInput", "ReorderOutput"})
-#: nodes an isolated int8 graph needs only to take float in and give float out: inside a QDQ network one quantized
-#: layer feeds the next directly (ORT fuses QuantizeLinear → DequantizeLinear → Conv → QuantizeLinear into one
-#: QLinearConv), so they are not part of the layer's cost
-QDQ_BORDER = frozenset({"QuantizeLinear", "DequantizeLinear"})
+#: nodes an isolated int8 graph needs only to take float NCHW in and give float NCHW out: inside a QDQ network one
+#: quantized layer feeds the next directly (ORT fuses QuantizeLinear → DequantizeLinear → Conv → QuantizeLinear into
+#: one channels-last QLinearConv, and transposes only at the network's borders), so they are not the layer's cost
+INT8_BORDER = frozenset({"QuantizeLinear", "DequantizeLinear", "Transpose"})
 #: the numeric formats a layer is timed in: fp32, or int8 as slimkit's QDQ export deploys it (uint8 activations per
 #: tensor, int8 weights per output channel, int32 bias)
 PRECISIONS = ("fp32", "int8")
@@ -234,7 +234,7 @@ class OrtMeasurer:
 
     def points(self, geometry: Geometry, points: Sequence[Point]) -> list[tuple[float, float]]:
         result: list[tuple[float, float]] = [(math.nan, math.nan)] * len(points)
-        border = QDQ_BORDER if geometry.precision == "int8" else frozenset()
+        border = INT8_BORDER if geometry.precision == "int8" else frozenset()
         ref_geometry, ref_in, ref_out = REFERENCE
         ref_model, ref_x = _onnx_layer(ref_geometry, ref_in, ref_out)
         with tempfile.TemporaryDirectory(prefix="slimkit-lattable-") as tmp:

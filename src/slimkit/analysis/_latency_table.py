@@ -23,7 +23,7 @@ as the QDQ graph ONNX Runtime fuses into QLinearConv / QGemm (its border Quantiz
 out, since inside the network one quantized layer feeds the next), with the int8 kernels' own steps, and the other
 share read from the deployed int8 file. The int8 kernels are separate code with their own blocking, so their time
 does not follow the fp32 time as widths shrink: ResNet-20's 3×3 convs at 28×28, batch 64, took as long in int8 at
-8 or 11 channels as at 16 (measured on this machine), where fp32 time halves.
+8 or 11 channels as at 16 or longer (measured on this machine), where fp32 time halves.
 
 Measurements are cached in ``$SLIMKIT_CACHE/latency`` (default ``~/.cache/slimkit/latency``), one file per machine
 key (CPU model and flags, ONNX Runtime version, threads), keyed inside by the layer's geometry (kind, kernel,
@@ -114,11 +114,14 @@ class LayerLatency:
     def _up(self, width: int, side: str) -> int:
         full, step = (self.in_channels, self.step_in) if side == "in" else (self.out_channels, self.step_out)
         width = max(width, 1)
+        if width in (self.in_grid if side == "in" else self.out_grid):
+            return width  # measured: its own time, whatever the kernel does off its steps
         unit = step if width > step else max(1, step // 4)
         return min(full, math.ceil(width / unit) * unit)
 
     def cost(self, cin: int, cout: int) -> float:
-        """Milliseconds at (cin, cout): widths rounded up to the step, linear between grid points."""
+        """Milliseconds at (cin, cout): a measured width as measured, any other rounded up to the step; linear
+        between grid points."""
         cin, cout = self._up(cin, "in"), self._up(cout, "out")
         grid = np.asarray(self.ms, dtype=np.float64)
         if self.geometry.kind == "depthwise":
@@ -234,6 +237,11 @@ def _grid(full: int, step: int, max_points: int, multiple: int = 1, below: bool 
     return tuple(widths)
 
 
+def _with(grid: tuple[int, ...], extra: Sequence[int], full: int, multiple: int) -> tuple[int, ...]:
+    """``grid`` and the valid ``extra`` widths (1..full, whole groups of a grouped conv), sorted."""
+    return tuple(sorted({*grid, *(int(w) for w in extra if 1 <= w <= full and w % multiple == 0)}))
+
+
 class _Cache:
     def __init__(self, folder: Path | None, machine: dict[str, Any]) -> None:
         digest = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
@@ -273,6 +281,7 @@ def build_latency_table(
     measurer: Measurer | None = None,
     precision: str = "fp32",
     network: str | os.PathLike | None = None,
+    widths: Mapping[str, tuple[Sequence[int], Sequence[int]]] | None = None,
 ) -> LatencyTable:
     """Measure (or load from the cache) the latency table of every Conv2d/Linear layer of ``model``.
 
@@ -284,7 +293,10 @@ def build_latency_table(
     at 16), with its own steps; the share of time outside the layers is then read from ``network``, the deployed
     int8 ONNX file of ``model``. NetAdapt's layer-wise look-up tables (Yang et al. 2018, §3.3) with HALP's
     per-(c_in, c_out) grid (Shen et al. 2022, Eq. 4), measured in ONNX Runtime; see the module docstring for what
-    is cached and how it is keyed.
+    is cached and how it is keyed. ``widths`` (layer → input widths, output widths) adds the widths a search will
+    choose to the grids: those are then read as measured rather than from their step, which matters where the kernel
+    does not pad but falls back to a slower path off its steps (int8 convs at 12 of 16 output channels measured
+    twice the time of 16).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"latency table precision={precision!r}: use one of {', '.join(PRECISIONS)}")
@@ -325,8 +337,12 @@ def build_latency_table(
         below = layer.cin >= s["in"]  # a layer whose full input is below one block always reads NCHW input
         in_grid = _grid(layer.cin, s["in"], max_points, multiple, below=below)
         out_grid = _grid(layer.cout, s["out"], max_points, multiple)
+        extra_in, extra_out = widths.get(layer.name, ((), ())) if widths else ((), ())
+        in_grid = _with(in_grid, extra_in, layer.cin, multiple)
+        out_grid = _with(out_grid, extra_out, layer.cout, multiple)
         if g.kind == "depthwise":
-            in_grid = out_grid = _grid(layer.cout, max(s["in"], s["out"]), max_points, below=below)
+            in_grid = out_grid = _with(_grid(layer.cout, max(s["in"], s["out"]), max_points, below=below),
+                                       (*extra_in, *extra_out), layer.cout, 1)
             wanted = [(c, c) for c in out_grid]
         else:
             wanted = [(ci, co) for ci in in_grid for co in out_grid]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from slimkit.auto._config import AutoConfig
-from slimkit.auto._costs import Analysis, calibrate_int8, layer_info, table_payload
+from slimkit.auto._costs import Analysis, calibrate_int8, layer_info, level_widths, table_payload
 from slimkit.auto._folder import Cache, digest, read_json, state_digest, write_json
 from slimkit.auto._formats import create_format, example_batch
 from slimkit.auto._measure import LatencyMeter
@@ -55,6 +55,7 @@ class Analyser:
                            "proxy": config.proxy, "criterion": config.criterion, "seed": config.seed,
                            "skip": list(config.skip), "data": getattr(data, "name", None),
                            "deployment": [budget.batch, budget.threads]})  # type: ignore[union-attr]
+        self.widths: dict[str, tuple[list[int], list[int]]] | None = None  # the search's widths per layer
 
     def cache(self, name: str) -> Cache:
         return Cache(self.folder / f"{name}.json", self.key)
@@ -76,9 +77,12 @@ class Analyser:
         calib = Calibration.build(model, self.data.calibration, config.calibration_samples, config.proxy)
         budget = config.budget
         if budget.latency is not None and self.meter is not None:  # type: ignore[union-attr]
-            analysis.latency = self._latency_table()
+            analysis.latency = self._table("latency")
         if self.uses("channels"):
             analysis.groups = self._channels(calib, analysis)
+            if analysis.latency is not None:  # the widths the search chooses among, measured (not read off steps)
+                self.widths = level_widths(analysis.groups)
+                analysis.latency = self._table("latency_levels", widths=self.widths)
         method = self._method(calib, analysis)
         traces = None
         if method == "hessian":
@@ -117,16 +121,19 @@ class Analyser:
 
     # --- the parts ----------------------------------------------------------------------------------------------
 
-    def _latency_table(self) -> dict[str, Any]:
-        cached = read_json(self.folder / "latency.json")
-        if isinstance(cached, dict) and cached.get("key") == self.key:
+    def _table(self, name: str, **options: Any) -> dict[str, Any]:
+        """The latency table ``name`` (``OUT/analysis/NAME.json``), built by the meter with ``options``."""
+        key = digest({"analysis": self.key, "options": {k: str(v) if isinstance(v, Path) else v
+                                                        for k, v in options.items()}})
+        cached = read_json(self.folder / f"{name}.json")
+        if isinstance(cached, dict) and cached.get("key") == key:
             return cached["table"]
-        self.emit("analysis", {"what": "latency table", "done": 0, "total": 1})
+        self.emit("analysis", {"what": name.replace("_", " ") + " table", "done": 0, "total": 1})
         budget = self.config.budget
         table = self.meter.table(self.model, self.example, batch=budget.batch,  # type: ignore[union-attr]
-                                 threads=budget.threads)  # type: ignore[union-attr]
+                                 threads=budget.threads, **options)  # type: ignore[union-attr]
         payload = table_payload(table)
-        write_json(self.folder / "latency.json", {"key": self.key, "table": payload})
+        write_json(self.folder / f"{name}.json", {"key": key, "table": payload})
         return payload
 
     def _channels(self, calib: Calibration, analysis: Analysis) -> dict[str, Any]:
@@ -203,20 +210,9 @@ class Analyser:
         whole int8 model's prediction is its measured ratio (``["int8_scale"]``). Needed because int8 time does not
         follow fp32 time as widths shrink: ResNet-20's int8 QLinearConv at 28×28 is no faster at 11 or 8 channels
         than at 16 (measured), so "int8 ratio × pruned fp32 time" promised latencies the candidates never reached."""
-        latency = analysis.latency
-        assert latency is not None
-        cached = read_json(self.folder / "latency_int8.json")
-        if isinstance(cached, dict) and cached.get("key") == self.key:
-            payload = cached["table"]
-        else:
-            self.emit("analysis", {"what": "int8 latency table", "done": 0, "total": 1})
-            budget = self.config.budget
-            table = self.meter.table(self.model, self.example, batch=budget.batch,  # type: ignore[union-attr]
-                                     threads=budget.threads, precision="int8",  # type: ignore[union-attr]
-                                     network=network)
-            payload = table_payload(table)
-            write_json(self.folder / "latency_int8.json", {"key": self.key, "table": payload})
-        calibrate_int8(latency, payload, analysis.skip)
+        assert analysis.latency is not None
+        payload = self._table("latency_int8", precision="int8", network=network, widths=self.widths)
+        calibrate_int8(analysis.latency, payload, analysis.skip)
 
     def _rank_latency(self, analysis: Analysis) -> dict[str, dict[str, float]]:
         """Latency of each factorisation / the layer's, timed as one-layer graphs at the layer's input size."""

@@ -117,6 +117,18 @@ def layer_ms(table: dict[str, Any]) -> float:
     return _latency_cost(table, table["in"], table["out"])
 
 
+def level_widths(groups: dict[str, Any]) -> dict[str, tuple[list[int], list[int]]]:
+    """Every layer's input and output widths over every group's levels (what the latency tables must measure)."""
+    found: dict[str, tuple[set[int], set[int]]] = {}
+    for entry in groups.values():
+        for level in entry["levels"]:
+            for layer, (cin, cout) in level["widths"].items():
+                sides = found.setdefault(layer, (set(), set()))
+                sides[0].add(int(cin))
+                sides[1].add(int(cout))
+    return {layer: (sorted(a), sorted(b)) for layer, (a, b) in found.items()}
+
+
 def calibrate_int8(latency: dict[str, Any], int8_table: dict[str, Any], skip: list[str]) -> None:
     """Add the int8 kernels' tables (:func:`table_payload` of a ``precision="int8"`` table) to ``latency``, with the
     int8 network's other ops in milliseconds and the factor that makes the whole int8 model's prediction equal its

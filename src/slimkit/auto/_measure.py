@@ -19,9 +19,10 @@ class LatencyMeter(Protocol):
     """What times models for ``auto_compress``: per-layer tables for the search, and A/B comparisons to verify."""
 
     def table(self, model: nn.Module, example: Any, *, batch: int, threads: int, precision: str = "fp32",
-              network: Path | None = None) -> Any:
+              network: Path | None = None, widths: dict[str, tuple[list[int], list[int]]] | None = None) -> Any:
         """A :class:`slimkit.analysis.LatencyTable` of ``model`` at the deployed batch and threads, its layers timed
-        in ``precision`` (int8: ``network`` is the model's deployed int8 file)."""
+        in ``precision`` (int8: ``network`` is the model's deployed int8 file), ``widths`` measured besides the
+        grid."""
 
     def compare(self, baseline: nn.Module, candidate: nn.Module, baseline_file: Path | None,
                 candidate_file: Path | None, inputs: tuple[torch.Tensor, ...], *, threads: int) -> dict[str, Any]:
@@ -38,11 +39,11 @@ class OrtLatency:
         self.repeats, self.warmup = repeats, warmup
 
     def table(self, model: nn.Module, example: Any, *, batch: int, threads: int, precision: str = "fp32",
-              network: Path | None = None) -> Any:
+              network: Path | None = None, widths: dict[str, tuple[list[int], list[int]]] | None = None) -> Any:
         from slimkit.analysis import build_latency_table
 
         return build_latency_table(model, example, batch=batch, threads=threads, precision=precision,
-                                   network=network)
+                                   network=network, widths=widths)
 
     def compare(self, baseline: nn.Module, candidate: nn.Module, baseline_file: Path | None,
                 candidate_file: Path | None, inputs: tuple[torch.Tensor, ...], *, threads: int) -> dict[str, Any]:
