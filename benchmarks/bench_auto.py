@@ -331,19 +331,21 @@ def _model_rows(name: str, spec: dict[str, Any], data: Any, section: dict[str, A
     return out
 
 
-def _dc_epochs(recipe: Any) -> dict[str, int]:
-    """A Deep Compression recipe's training budget after its dense training: pruning rounds, the epochs of the
-    fine-tune after each round, and the epochs of the centroid fine-tune."""
+def _dc_schedule(recipe: Any) -> dict[str, Any]:
+    """A Deep Compression recipe's training after its dense training, as auto's settings: pruning rounds, the epochs
+    and learning rate of the fine-tune after each round, and those of the centroid fine-tune."""
     stages = [next(iter(s.items())) for s in recipe.to_dict()["stages"]] + [("end", {})]
-    after: dict[str, list[int | None]] = {"prune_unstructured": [], "cluster": []}
+    after: dict[str, list[tuple[int, float] | None]] = {"prune_unstructured": [], "cluster": []}
     for (name, _), (following, params) in itertools.pairwise(stages):
         if name in after:
-            after[name].append(params["epochs"] if following == "finetune" else None)
+            after[name].append((params["epochs"], params["lr"]) if following == "finetune" else None)
     rounds, cluster = after["prune_unstructured"], after["cluster"]
     if not rounds or None in rounds or len(set(rounds)) != 1 or len(cluster) != 1 or cluster[0] is None:
-        raise RuntimeError(f"{recipe.source}: expected pruning rounds each followed by a fine-tune of equal epochs, "
-                           "and one clustering followed by a centroid fine-tune")
-    return {"prune_rounds": len(rounds), "recovery_epochs": rounds[0], "cluster_epochs": cluster[0]}
+        raise RuntimeError(f"{recipe.source}: expected pruning rounds each followed by a fine-tune of equal epochs "
+                           "and learning rate, and one clustering followed by a centroid fine-tune")
+    (epochs, lr), (cluster_epochs, cluster_lr) = rounds[0], cluster[0]  # type: ignore[misc]
+    return {"prune_rounds": len(rounds), "recovery_epochs": epochs, "recovery_lr": lr,
+            "cluster_epochs": cluster_epochs, "cluster_lr": cluster_lr}
 
 
 def _after_training_seconds(metrics: dict[str, Any]) -> float:
@@ -355,7 +357,8 @@ def _after_training_seconds(metrics: dict[str, Any]) -> float:
 
 def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, root: Path) -> dict[str, Any]:
     """Deep Compression (the shipped recipe's run, bench_deep_compression's cache) and auto, started from that
-    run's trained dense model, at a size budget 15 % below Deep Compression's file, with the same epochs."""
+    run's trained dense model, at a size budget 15 % below Deep Compression's file, with the same training
+    schedule (the recipe's rounds, epochs and learning rates)."""
     from benchmarks.bench_deep_compression import MODELS as DC_MODELS
     from benchmarks.bench_deep_compression import RECIPES, _shortened, run_cached
     from slimkit.analysis import evaluate
@@ -377,7 +380,7 @@ def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, r
     dense = 4 * sum(p.numel() for p in model.parameters())
     final = metrics["final"]
     target = final["bytes"] / 1.15
-    epochs = _dc_epochs(recipe)
+    epochs = _dc_schedule(recipe)
     settings = {**AUTO, **MODELS[name]["auto"], **(QUICK if quick else {}), **epochs, "formats": ("container",)}
     run = _auto(model, name, f"size={target / onnx_bytes:.5f}", data, section, checkpoint, folder / "auto", settings)
     out_row = {"dc": {"bytes": final["bytes"], "ratio": dense / final["bytes"], "test_accuracy": final["accuracy"],
@@ -507,9 +510,9 @@ def run(quick: bool) -> Section:
         "deep_compression section's run, shared through the benchmark cache, on 1 PyTorch thread; its wall time "
         "counts the stages after the dense training, not its 6-setting validation grid). auto starts from that run's "
         "trained dense model, gets a size budget 15 % below Deep Compression's file (in ONNX-file terms) and the "
-        "same epochs (pruning rounds × epochs, centroid epochs), with its own learning rates (recovery "
-        f"{AUTO['recovery_lr']:g} by {AUTO['recovery']}, centroids auto's default) where the recipes use theirs, "
-        "chosen on validation for them, and chooses every layer's sparsity and cluster bits itself under max_drop "
+        "recipe's training schedule (its pruning rounds, the epochs and learning rate of the fine-tune after each, "
+        "the centroid fine-tune's epochs and learning rate; the learning rates were chosen on validation for the "
+        "recipe), and chooses every layer's sparsity and cluster bits itself under max_drop "
         f"{MAX_DROP} points on validation; its wall time (on {clean['train_threads']} threads) includes its analysis "
         "and every candidate it tried. Nothing holds the two errors equal: the table shows the test error each pays. "
         "Ratios are to dense float32 weights (4 bytes per parameter), as Deep Compression's table; test error read "
