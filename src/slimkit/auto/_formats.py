@@ -35,6 +35,8 @@ class DeployFormat:
     knobs: ClassVar[frozenset[str]] = frozenset()
     #: the deployed file's name in a candidate's folder
     file_name: ClassVar[str] = "model.onnx"
+    #: whether a plan's latency can be probed on its untrained architecture (the search's choices change it)
+    probe_latency: ClassVar[bool] = True
 
     def unavailable(self, model: nn.Module, example: Any, spec: str | None) -> str | None:
         """Why this format cannot deploy ``model`` (None when it can)."""
@@ -117,6 +119,7 @@ class ContainerFormat(DeployFormat):
     summary = "k-means weight sharing + Huffman-coded container"
     knobs = frozenset({"sparsity", "clusters"})
     file_name = CONTAINER_FILE
+    probe_latency = False  # it runs decoded: dense layers at full width, whatever its sparsity and bits
 
     def unavailable(self, model: nn.Module, example: Any, spec: str | None) -> str | None:
         from slimkit._errors import SlimkitError

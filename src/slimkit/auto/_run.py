@@ -3,13 +3,18 @@
 1. Measure the input model (validation accuracy, MACs, its fp32 ONNX file) and analyse it (``_analyse.py``).
 2. For every deployment format, build the search problem and solve it under the budget (``_search.py``); the
    format whose solution costs the least predicted accuracy goes first.
-3. Carry the plan out (its recipe stages, recovery included) and **measure** it: the deployed file's bytes, MACs,
-   ONNX Runtime latency against the input (A/A-controlled), accuracy on the validation split.
+3. Under a latency budget, first **probe** the plan: its architecture alone (the structural stages, no training —
+   time does not depend on the weights' values), timed in ONNX Runtime against the input. A plan the probe finds
+   over the budget tightens the format's target as in 4 and is solved again, up to ``PROBES`` times per candidate,
+   before any training is spent on it: what the tables cannot see (a mixed int8 / float model's layout changes
+   around its float layers, for instance) is measured here.
+   Then carry the plan out (its recipe stages, recovery included) and **measure** it: the deployed file's bytes,
+   MACs, ONNX Runtime latency against the input (A/A-controlled), accuracy on the validation split.
 4. A budget the measurement misses tightens that format's target by measured/predicted (NetAdapt's empirical
-   correction); an accuracy drop above ``max_drop`` backs off the plan's most sensitive choice (that option and
-   every stronger one are forbidden; NNCF's accuracy control reverts layers the same way) and the format is solved
-   again. Stop at the first candidate that meets the budget and ``max_drop``, after ``max_candidates``, past
-   ``time_limit``, or when every format is exhausted.
+   correction), never past the least the format reaches; an accuracy drop above ``max_drop`` backs off the plan's
+   most sensitive choice (that option and every stronger one are forbidden; NNCF's accuracy control reverts layers
+   the same way) and the format is solved again. Stop at the first candidate that meets the budget and
+   ``max_drop``, after ``max_candidates``, past ``time_limit``, or when every format is exhausted.
 5. The result is the most accurate candidate that meets the budget as measured (on validation).
 
 Decisions are made on the validation split (max_drop, the back-off, the final choice); sensitivities on the
@@ -44,6 +49,8 @@ from slimkit.auto._search import Problem, reachable, solve
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+#: latency probes (untrained architectures timed) allowed before each trained candidate
+PROBES = 4
 
 
 def prepare_folder(out: Path, fingerprint: str, resume: bool, force: bool) -> tuple[str, bool]:
@@ -65,7 +72,7 @@ def prepare_folder(out: Path, fingerprint: str, resume: bool, force: bool) -> tu
     if not force:
         raise ConfigError(f"output folder '{out}' holds an earlier auto run: pass --resume to continue it, --force "
                           "to start over in it, or choose a new folder")
-    for child in ("analysis", "candidates"):
+    for child in ("analysis", "candidates", "probes"):
         shutil.rmtree(out / child, ignore_errors=True)
     return uuid.uuid4().hex[:12], False
 
@@ -140,6 +147,9 @@ class AutoRun:
                 stop = "time_limit"
                 break
             plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries)
+            if plan is not None:
+                plan, problem, solution = self._probed(plan, problem, solution, problems, targets, exhausted,
+                                                       analysis, seen, log_entries)
             if plan is None:
                 stop = "exhausted"
                 break
@@ -154,7 +164,7 @@ class AutoRun:
             if outcome["accepted"]:
                 stop = "accepted"
                 break
-            self._adapt(problem, solution, row, outcome, targets, log_entries)
+            self._adapt(problem, solution, row, outcome, targets, log_entries, problems)
         write_json(self.out / "search.json", {"stop": stop, "log": log_entries, "targets": targets,
                                               "exhausted": sorted(exhausted)})
         return {"base": base, "analysis": analysis, "candidates": candidates, "stop": stop,
@@ -193,6 +203,55 @@ class AutoRun:
                 best = (plan, problem, solution)
         return best if best is not None else (None, None, None)
 
+    def _probed(self, plan: Plan, problem: Problem, solution: Any, problems: dict[str, Problem],
+                targets: dict[str, dict[str, float]], exhausted: set[str], analysis: Analysis, seen: set[str],
+                log_entries: list[dict[str, Any]]) -> tuple:
+        """The plan to train: the first whose untrained architecture measures within the latency budget (or the
+        last one solved after ``PROBES`` misses; a probe too noisy to read lets its plan through)."""
+        if "latency" not in self.budget or self.meter is None:
+            return plan, problem, solution
+        for _ in range(PROBES):
+            if not create_format(plan.format).probe_latency:
+                return plan, problem, solution
+            ratio = self._probe(plan)
+            predicted = solution.ratios["latency"]
+            log_entries.append({"probe": plan.key(), "format": plan.format, "predicted": predicted,
+                                "measured": ratio})
+            if ratio is None or ratio <= self.budget["latency"] + 1e-12:
+                return plan, problem, solution
+            aim = _floored(problem, "latency", predicted * self.budget["latency"] / ratio * 0.99)
+            targets[plan.format]["latency"] = min(targets[plan.format]["latency"], aim)
+            self.emit("note", {"text": f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted "
+                                       f"{predicted:.3f}) > {self.budget['latency']:g}: solving again for {aim:.3f}"})
+            seen.add(plan.key())
+            plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries)
+            if plan is None:
+                return None, None, None
+        return plan, problem, solution
+
+    def _probe(self, plan: Plan) -> float | None:
+        """The latency ratio of the plan's architecture, untrained (cached in ``OUT/probes`` by the plan's key)."""
+        from slimkit.auto._apply import STRUCTURAL
+        from slimkit.auto._formats import example_batch
+
+        folder = self.out / "probes" / digest(plan.key())[:16]
+        done = read_json(folder / RESULT_FILE)
+        if isinstance(done, dict) and done.get("key") == plan.key():
+            return done["ratio"]
+        fmt = create_format(plan.format)
+        stages = [s for s in fmt.stages(plan, self.config) if next(iter(s)) in STRUCTURAL]
+        model = run_stages(self.model, stages, data=self.data, example=self.example, seed=self.config.seed,
+                           folder=None)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = fmt.write(model, self.example, folder / fmt.file_name, self.spec)
+        budget = self.config.budget
+        record = self.meter.compare(self.model, model, self.out / "baseline.onnx",  # type: ignore[union-attr]
+                                    fmt.timed(model, self.example, written, folder),
+                                    example_batch(self.example, budget.batch),  # type: ignore[union-attr]
+                                    threads=budget.threads)  # type: ignore[union-attr]
+        write_json(folder / RESULT_FILE, {"key": plan.key(), "ratio": record.get("ratio"), "latency": record})
+        return record.get("ratio")
+
     def _candidate(self, index: int, plan: Plan, analysis: Analysis, base: dict[str, Any]) -> dict[str, Any]:
         folder = self.out / "candidates" / f"{index:02d}"
         fmt = create_format(plan.format)
@@ -230,7 +289,8 @@ class AutoRun:
                 "accuracy_ok": accuracy_ok, "accepted": budget_ok and verified and accuracy_ok}
 
     def _adapt(self, problem: Problem, solution: Any, row: dict[str, Any], outcome: dict[str, Any],
-               targets: dict[str, dict[str, float]], log_entries: list[dict[str, Any]]) -> None:
+               targets: dict[str, dict[str, float]], log_entries: list[dict[str, Any]],
+               problems: dict[str, Problem]) -> None:
         entry: dict[str, Any] = {"candidate": row["index"], "format": problem.format}
         for key, ok in outcome["budget"].items():
             if ok is False:  # measured above the limit: aim lower by measured / predicted
@@ -238,7 +298,7 @@ class AutoRun:
                 aim = predicted * self.budget[key] / row["ratios"][key] * 0.99
                 # the MACs model is the same in every format; size and latency are each format's own
                 for fmt in (targets if key == "macs" else [problem.format]):
-                    targets[fmt][key] = min(targets[fmt][key], aim)
+                    targets[fmt][key] = min(targets[fmt][key], _floored(problems[fmt], key, aim))
                 entry.setdefault("tightened", {})[key] = aim
         if not outcome["accuracy_ok"]:
             picks = [(problem.choices[k].delta[i], k, i) for k, i in solution.picks.items()
@@ -280,6 +340,14 @@ class AutoRun:
             model = run_stages(self.model, row["stages"], data=self.data, example=self.example,
                                seed=self.config.seed, folder=folder / "stages")
         return model.eval()
+
+
+def _floored(problem: Problem, key: str, aim: float) -> float:
+    """A tightened target, but never below the least ``key`` the format's allowed choices reach: a miss far larger
+    than the prediction (a mixed int8 / float model's layout costs, which no per-layer table sees) would otherwise
+    scale the target past every plan and end the format, where its most compressed plan may still meet the budget."""
+    floor = reachable(problem, [key]).get(key, 0.0)
+    return max(aim, floor * (1 + 1e-9)) if floor is not None and floor < float("inf") else aim
 
 
 def copy_model(model: nn.Module) -> nn.Module:
