@@ -85,3 +85,35 @@ def test_int8_latency_follows_the_int8_tables_not_the_fp32_ratio(digits, tmp_pat
     # own (flat) tables say no gain at all
     assert ratio_only.solution(narrow).ratios["latency"] < 0.2
     assert tables.solution(narrow).ratios["latency"] == pytest.approx(0.4)
+
+
+def test_a_float_layer_in_the_int8_network_costs_what_was_measured_in_context(digits, tmp_path):
+    from slimkit.analysis import build_latency_table
+    from slimkit.auto._costs import calibrate_int8, layer_ms, table_payload
+
+    torch.manual_seed(0)
+    model = models.from_spec("auto_digits").eval()
+    x = torch.zeros(1, 1, 8, 8)
+    network = tmp_path / "int8.onnx"
+    network.write_bytes(b"the deployed int8 file")
+    fp32 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_Int8Plateau())
+    int8 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_Int8Plateau(), precision="int8",
+                               network=network)
+    latency = {**table_payload(fp32), "int8": 0.4}
+    calibrate_int8(latency, table_payload(int8), [])
+    full = sum(layer_ms(t) for t in latency["layers"].values())
+    latency["int8_float_extra"] = {"conv2": 0.3 * full}  # measured: int8 with conv2 float runs at 0.7 of fp32
+    layers = layer_info(model, x)
+    analysis = Analysis(layers=layers, base={"macs": 1, "bytes": 1}, int8=dict.fromkeys(layers, 0.0),
+                        latency=latency)
+    problem = build_problem("int8", analysis, {"int8"}, ["latency"])
+
+    def picks(float_layers):
+        return {f"layer:{n}": problem.choices[f"layer:{n}"].labels.index({"int8": n not in float_layers,
+                                                                        "rank": None}) for n in layers}
+
+    assert problem.solution(picks(())).ratios["latency"] == pytest.approx(0.4)
+    assert problem.solution(picks(("conv2",))).ratios["latency"] == pytest.approx(0.7)
+    # a layer with no in-context measurement: its fp32 table time in place of its int8 time, as before
+    expected = 0.4 + (fp32.layers["fc1"].full_ms - 0.5 * latency["int8_scale"]) / full
+    assert problem.solution(picks(("fc1",))).ratios["latency"] == pytest.approx(expected)

@@ -62,8 +62,9 @@ class Analysis:
     the other knobs' analyses. latency: per-layer tables (``layers``: kind, in/out grids, ms), ``other`` (the share
     of time in other ops), ``int8`` (int8 / fp32 latency of the whole model), ``int8_layers`` (the int8 kernels'
     tables), ``int8_other_ms`` and ``int8_scale`` (the int8 network's other ops and the factor that makes the int8
-    tables predict the measured whole-model ratio), ``rank`` (layer → ratio → latency ratio of its factors). base:
-    the input model's totals (``macs``, ``bytes`` of its fp32 ONNX file, the other formats' reference files).
+    tables predict the measured whole-model ratio), ``int8_float_extra`` (layer → what keeping it float in the int8
+    network adds, measured in context), ``rank`` (layer → ratio → latency ratio of its factors). base: the input
+    model's totals (``macs``, ``bytes`` of its fp32 ONNX file, the other formats' reference files).
     """
 
     layers: dict[str, dict[str, Any]]
@@ -273,9 +274,17 @@ def _layer_cost(fmt: str, analysis: Analysis, layer: str, info: dict[str, Any], 
     if "latency" in dims:
         ms = 0.0
         table = latency["layers"].get(layer) if latency else None
-        int8_table = latency.get("int8_layers", {}).get(layer) if latency and option.get("int8") else None
-        if int8_table is not None:  # the int8 kernel's own measured table (its steps are not fp32's)
+        int8_table = latency.get("int8_layers", {}).get(layer) if latency and fmt == "int8" else None
+        extra = latency.get("int8_float_extra", {}).get(layer) if latency and int8_table is not None else None
+        if int8_table is not None and option.get("int8"):  # the int8 kernel's own table (its steps are not fp32's)
             ms = _latency_cost(int8_table, cin, cout) * latency["int8_scale"]
+            if rank is not None:
+                ms *= latency.get("rank", {}).get(layer, {}).get(str(rank), rp)
+        elif extra is not None and table is not None:
+            # a float layer of the int8 network: its int8 cost plus what keeping it float measured in context,
+            # scaled by the layer's fp32 time at these widths
+            share = _latency_cost(table, cin, cout) / max(layer_ms(table), 1e-12)
+            ms = _latency_cost(int8_table, cin, cout) * latency["int8_scale"] + extra * share
             if rank is not None:
                 ms *= latency.get("rank", {}).get(layer, {}).get(str(rank), rp)
         elif table is not None and fmt != "container":
