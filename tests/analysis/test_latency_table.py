@@ -177,3 +177,14 @@ def test_widths_a_search_chooses_are_measured_not_read_off_the_steps(tmp_path):
     assert conv.cost(32, 40) == pytest.approx(2 * conv.cost(32, 48))  # measured: the fallback's time
     assert conv.cost(32, 32) == pytest.approx(plain.layers["3"].cost(32, 32))  # the step grid is unchanged
     assert conv.cost(32, 39) == pytest.approx(conv.cost(32, 48))  # an unmeasured width: the step rule, as before
+
+
+def test_a_measured_off_step_width_is_not_interpolated_through():
+    x = torch.zeros(1, 3, 8, 8)
+    plain = build_latency_table(_tiny(), x, batch=2, max_points=2, cache_dir=False, measurer=_SlowOffSteps())
+    extra = build_latency_table(_tiny(), x, batch=2, max_points=2, cache_dir=False, measurer=_SlowOffSteps(),
+                                widths={"3": ([], [40])})
+    conv = extra.layers["3"]
+    assert 32 not in conv.out_grid and 40 in conv.out_grid  # 32 is read between the step grid's 16 and 48
+    assert conv.cost(32, 32) == pytest.approx(plain.layers["3"].cost(32, 32))  # not pulled up by the slow 40
+    assert conv.cost(32, 40) == pytest.approx(2 * conv.cost(32, 48))

@@ -117,3 +117,23 @@ def test_a_float_layer_in_the_int8_network_costs_what_was_measured_in_context(di
     # a layer with no in-context measurement: its fp32 table time in place of its int8 time, as before
     expected = 0.4 + (fp32.layers["fc1"].full_ms - 0.5 * latency["int8_scale"]) / full
     assert problem.solution(picks(("fc1",))).ratios["latency"] == pytest.approx(expected)
+
+
+def _flat(ms):
+    return {"kind": "linear", "in": 4, "out": 4, "in_grid": [4], "out_grid": [4], "ms": [[ms]], "step_in": 1,
+            "step_out": 1}
+
+
+@pytest.mark.parametrize(("pool_ms", "skip"), [(0.0, ["a"]), (0.5, ["a"]), (0.5, [])])
+def test_calibrate_int8_reproduces_a_hand_counted_network(pool_ms, skip):
+    from slimkit.auto._costs import calibrate_int8
+
+    # fp32: layers a and b 1 ms each, a pool of pool_ms; int8: b's kernel 0.5 ms, a's 0.25 ms (unless skipped)
+    fp32_total = 2.0 + pool_ms
+    int8_total = (1.0 if skip else 0.25) + 0.5 + pool_ms
+    latency = {"layers": {"a": _flat(1.0), "b": _flat(1.0)}, "other": pool_ms / fp32_total,
+               "int8": int8_total / fp32_total}
+    # the int8 network's other share, with its float layer counted as a tabled layer (not as other time)
+    calibrate_int8(latency, {"layers": {"a": _flat(0.25), "b": _flat(0.5)}, "other": pool_ms / int8_total}, skip)
+    assert latency["int8_scale"] == pytest.approx(1.0)  # the isolated timings already add up to the network
+    assert latency["int8_other_ms"] == pytest.approx(pool_ms)

@@ -19,15 +19,20 @@ turned back into NCHW) counted in; above one step the isolated graph's conversio
 network of aligned widths the blocked layout flows from layer to layer.
 
 ``precision="int8"`` builds the same tables for the model as slimkit's QDQ export deploys it: each layer is timed
-as the QDQ graph ONNX Runtime fuses into QLinearConv / QGemm (its border QuantizeLinear / DequantizeLinear left
-out, since inside the network one quantized layer feeds the next), with the int8 kernels' own steps, and the other
-share read from the deployed int8 file. The int8 kernels are separate code with their own blocking, so their time
+as the QDQ graph ONNX Runtime fuses into a channels-last QLinearConv / QGemm (its border QuantizeLinear,
+DequantizeLinear and Transpose nodes left out, since inside the network one quantized layer feeds the next), with
+the int8 kernels' own steps, and the other share read from the deployed int8 file (its float layers, if any, count
+as tabled layers, not as other time). The int8 kernels are separate code with their own blocking, so their time
 does not follow the fp32 time as widths shrink: ResNet-20's 3×3 convs at 28×28, batch 64, took as long in int8 at
 8 or 11 channels as at 16 or longer (measured on this machine), where fp32 time halves.
 
+``widths`` adds the widths a search will choose to a layer's grid; those are read exactly and never interpolated
+through (interpolation runs over the step grid alone).
+
 Measurements are cached in ``$SLIMKIT_CACHE/latency`` (default ``~/.cache/slimkit/latency``), one file per machine
-key (CPU model and flags, ONNX Runtime version, threads), keyed inside by the layer's geometry (kind, kernel,
-stride, padding, dilation, groups, input size, batch) and channel counts.
+key (CPU model and flags, ONNX Runtime version, threads, cache version), keyed inside by the layer's geometry (kind,
+kernel, stride, padding, dilation, groups, input size, batch, and precision when not fp32) and channel counts; a
+network's other share by its layers' shapes and batch (and for int8, the deployed file's bytes).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from slimkit.analysis._latency_probe import PRECISIONS, Geometry, Measurer, OrtM
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 5
+CACHE_VERSION = 6  # 6: int8 layers (their border Transposes left out)
 #: ONNX Runtime op types whose time the table models (every other op's time is the constant "other" share)
 TABLE_OPS = frozenset({"Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"})
 #: the same for an int8 QDQ network, whose quantized layers ONNX Runtime runs as these fused nodes
@@ -88,7 +93,10 @@ def machine_key(threads: int) -> dict[str, Any]:
 @dataclass(frozen=True)
 class LayerLatency:
     """One layer's measured latency surface: ``ms[i][j]`` at ``in_grid[i]`` input and ``out_grid[j]`` output
-    channels (a depthwise layer: ``in_grid == out_grid`` and only the diagonal is measured)."""
+    channels (a depthwise layer: ``in_grid == out_grid`` and only the diagonal is measured). ``in_base`` /
+    ``out_base``: the widths of the step grid, the only ones interpolated between (empty: the whole grid); the
+    others were measured because a search may choose them, and are read exactly, never interpolated through (an
+    off-step width can run a slower fallback that says nothing of its neighbours)."""
 
     name: str
     geometry: Geometry
@@ -99,6 +107,8 @@ class LayerLatency:
     ms: tuple[tuple[float, ...], ...]
     step_in: int
     step_out: int
+    in_base: tuple[int, ...] = ()
+    out_base: tuple[int, ...] = ()
 
     def snap(self, width: int, side: str) -> int:
         """The largest width ≤ ``width`` at which the kernel's time steps: the full width, a multiple of the
@@ -120,15 +130,23 @@ class LayerLatency:
         return min(full, math.ceil(width / unit) * unit)
 
     def cost(self, cin: int, cout: int) -> float:
-        """Milliseconds at (cin, cout): a measured width as measured, any other rounded up to the step; linear
-        between grid points."""
+        """Milliseconds at (cin, cout): a measured width as measured, any other rounded up to the step and linear
+        between the step grid's points."""
         cin, cout = self._up(cin, "in"), self._up(cout, "out")
         grid = np.asarray(self.ms, dtype=np.float64)
+
+        def along(width: int, widths: tuple[int, ...], base: tuple[int, ...], values: np.ndarray) -> float:
+            if width in widths:
+                return float(values[widths.index(width)])
+            keep = [i for i, w in enumerate(widths) if not base or w in base]
+            return float(np.interp(width, [widths[i] for i in keep], values[keep]))
+
         if self.geometry.kind == "depthwise":
-            diag = np.diag(grid)
-            return float(np.interp(cout, self.out_grid, diag))
-        rows = np.array([np.interp(cout, self.out_grid, grid[i]) for i in range(len(self.in_grid))])
-        return float(np.interp(cin, self.in_grid, rows))
+            return along(cout, self.out_grid, self.out_base, np.diag(grid))
+        if cin in self.in_grid:
+            return along(cout, self.out_grid, self.out_base, grid[self.in_grid.index(cin)])
+        rows = np.array([along(cout, self.out_grid, self.out_base, grid[i]) for i in range(len(self.in_grid))])
+        return along(cin, self.in_grid, self.in_base, rows)
 
     @property
     def full_ms(self) -> float:
@@ -162,6 +180,7 @@ class LatencyTable:
                 "measured_points": self.measured_points,
                 "layers": {n: {"in": t.in_channels, "out": t.out_channels, "step_in": t.step_in,
                                "step_out": t.step_out, "in_grid": list(t.in_grid), "out_grid": list(t.out_grid),
+                               "in_base": list(t.in_base), "out_base": list(t.out_base),
                                "ms": [list(r) for r in t.ms], "geometry": t.geometry.key()}
                            for n, t in self.layers.items()}}
 
@@ -335,14 +354,14 @@ def build_latency_table(
         s = steps(g.kind)
         multiple = g.groups if g.kind == "conv" else 1
         below = layer.cin >= s["in"]  # a layer whose full input is below one block always reads NCHW input
-        in_grid = _grid(layer.cin, s["in"], max_points, multiple, below=below)
-        out_grid = _grid(layer.cout, s["out"], max_points, multiple)
+        in_base = _grid(layer.cin, s["in"], max_points, multiple, below=below)
+        out_base = _grid(layer.cout, s["out"], max_points, multiple)
         extra_in, extra_out = widths.get(layer.name, ((), ())) if widths else ((), ())
-        in_grid = _with(in_grid, extra_in, layer.cin, multiple)
-        out_grid = _with(out_grid, extra_out, layer.cout, multiple)
+        in_grid = _with(in_base, extra_in, layer.cin, multiple)
+        out_grid = _with(out_base, extra_out, layer.cout, multiple)
         if g.kind == "depthwise":
-            in_grid = out_grid = _with(_grid(layer.cout, max(s["in"], s["out"]), max_points, below=below),
-                                       (*extra_in, *extra_out), layer.cout, 1)
+            in_base = out_base = _grid(layer.cout, max(s["in"], s["out"]), max_points, below=below)
+            in_grid = out_grid = _with(in_base, (*extra_in, *extra_out), layer.cout, 1)
             wanted = [(c, c) for c in out_grid]
         else:
             wanted = [(ci, co) for ci in in_grid for co in out_grid]
@@ -363,13 +382,14 @@ def build_latency_table(
         else:
             ms = tuple(tuple(value(ci, co) for co in out_grid) for ci in in_grid)
         tables[layer.name] = LayerLatency(layer.name, g, layer.cin, layer.cout, in_grid, out_grid, ms,
-                                          s["in"], s["out"])
+                                          s["in"], s["out"], in_base, out_base)
     key = _model_key(model, inputs, batch)
     if network is not None:  # the deployed file is what is profiled: its bytes are the key
         key = f"{precision}:{key}:{hashlib.sha256(Path(network).read_bytes()).hexdigest()[:20]}"
     if key not in cache.data["models"]:
+        # an int8 network's float layers (skipped ones) are tabled too, in fp32: their time is not "other"
         cache.data["models"][key] = _other_share(model, inputs, batch, measurer, network,
-                                                 INT8_TABLE_OPS if precision == "int8" else TABLE_OPS)
+                                                 INT8_TABLE_OPS | TABLE_OPS if precision == "int8" else TABLE_OPS)
         cache.dirty = True
     if getattr(measurer, "reference_ms", None) is not None and "reference_ms" not in cache.data:
         cache.data["reference_ms"] = measurer.reference_ms

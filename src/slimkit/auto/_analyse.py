@@ -3,6 +3,7 @@ reference files each deployment format is calibrated on. Every part is cached in
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import tempfile
@@ -82,7 +83,7 @@ class Analyser:
             analysis.groups = self._channels(calib, analysis)
             if analysis.latency is not None:  # the widths the search chooses among, measured (not read off steps)
                 self.widths = level_widths(analysis.groups)
-                analysis.latency = self._table("latency_levels", widths=self.widths)
+                analysis.latency = self._table("latency_levels", widths=self.widths) or analysis.latency
         method = self._method(calib, analysis)
         traces = None
         if method == "hessian":
@@ -121,8 +122,13 @@ class Analyser:
 
     # --- the parts ----------------------------------------------------------------------------------------------
 
-    def _table(self, name: str, **options: Any) -> dict[str, Any]:
-        """The latency table ``name`` (``OUT/analysis/NAME.json``), built by the meter with ``options``."""
+    def _table(self, name: str, **options: Any) -> dict[str, Any] | None:
+        """The latency table ``name`` (``OUT/analysis/NAME.json``), built by the meter with ``options``; None when
+        the meter does not take them (a :class:`LatencyMeter` written before ``precision`` / ``widths``)."""
+        accepts = inspect.signature(self.meter.table).parameters  # type: ignore[union-attr]
+        if not any(p.kind is p.VAR_KEYWORD for p in accepts.values()) and any(k not in accepts for k in options):
+            log.warning("auto: the latency meter's table() takes no %s: %s is skipped", ", ".join(options), name)
+            return None
         key = digest({"analysis": self.key, "options": {k: str(v) if isinstance(v, Path) else v
                                                         for k, v in options.items()}})
         cached = read_json(self.folder / f"{name}.json")
@@ -203,17 +209,22 @@ class Analyser:
                 log.warning("auto: the int8 model's latency ratio could not be measured (too noisy): the search "
                             "assumes int8 is no faster than fp32")
             analysis.latency["int8"] = float(ratio) if ratio else 1.0
-            self._int8_latency_table(analysis, path)
+            self._int8_latency_table(analysis, path, measured=ratio is not None)
 
-    def _int8_latency_table(self, analysis: Analysis, network: Path) -> None:
-        """Per-layer tables of the int8 kernels (``latency["int8_layers"]``, ``["int8_other"]``), scaled so that the
-        whole int8 model's prediction is its measured ratio (``["int8_scale"]``). Needed because int8 time does not
-        follow fp32 time as widths shrink: ResNet-20's int8 QLinearConv at 28×28 is no faster at 11 or 8 channels
-        than at 16 (measured), so "int8 ratio × pruned fp32 time" promised latencies the candidates never reached."""
+    def _int8_latency_table(self, analysis: Analysis, network: Path, *, measured: bool) -> None:
+        """Per-layer tables of the int8 kernels (``latency["int8_layers"]``, ``["int8_other_ms"]``), scaled so that
+        the whole int8 model's prediction is its measured ratio (``["int8_scale"]``). Needed because int8 time does
+        not follow fp32 time as widths shrink: ResNet-20's int8 QLinearConv at 28×28 is no faster at 11 or 8
+        channels than at 16 (measured), so "int8 ratio × pruned fp32 time" promised latencies the candidates never
+        reached. ``measured``: the int8 reference's ratio was read (without it nothing is calibrated: int8 is priced
+        as fp32, and a float layer's cost in context cannot be told)."""
         assert analysis.latency is not None
-        payload = self._table("latency_int8", precision="int8", network=network, widths=self.widths)
+        payload = self._table("latency_int8", precision="int8", network=network,
+                              **({"widths": self.widths} if self.widths else {}))
+        if payload is None:  # a meter written before int8 tables: int8 priced by its whole-model ratio
+            return
         calibrate_int8(analysis.latency, payload, analysis.skip)
-        if "int8" in self.config.knobs:
+        if "int8" in self.config.knobs and measured:
             analysis.latency["int8_float_extra"] = self._float_in_int8(analysis)
 
     def _float_in_int8(self, analysis: Analysis) -> dict[str, float]:
@@ -244,7 +255,9 @@ class Analyser:
                     cache.put(name, record.get("ratio"))
                 ratio = cache.get(name)
                 if ratio is not None:  # too noisy to read: the tables' estimate stands
-                    out[name] = (float(ratio) - latency["int8"]) * full
+                    # never below minus the layer's int8 time (noise must not make a float layer cost less than 0)
+                    int8_ms = layer_ms(latency["int8_layers"][name]) * latency["int8_scale"]
+                    out[name] = max((float(ratio) - latency["int8"]) * full, -int8_ms)
                 self.emit("analysis", {"what": "float layers in int8", "done": done, "total": len(layers)})
         return out
 

@@ -109,7 +109,8 @@ def _latency_cost(table: dict[str, Any], cin: int, cout: int) -> float:
 
     layer = LayerLatency(table.get("name", ""), Geometry(table["kind"]), table["in"], table["out"],
                          tuple(table["in_grid"]), tuple(table["out_grid"]), tuple(tuple(r) for r in table["ms"]),
-                         table["step_in"], table["step_out"])
+                         table["step_in"], table["step_out"], tuple(table.get("in_base", ())),
+                         tuple(table.get("out_base", ())))
     return layer.cost(cin, cout)
 
 
@@ -151,6 +152,7 @@ def table_payload(table: Any) -> dict[str, Any]:
     return {"other": table.other, "batch": table.batch, "threads": table.threads,
             "layers": {name: {"name": name, "kind": t.geometry.kind, "in": t.in_channels, "out": t.out_channels,
                               "in_grid": list(t.in_grid), "out_grid": list(t.out_grid),
+                              "in_base": list(t.in_base), "out_base": list(t.out_base),
                               "ms": [list(r) for r in t.ms], "step_in": t.step_in, "step_out": t.step_out}
                        for name, t in table.layers.items()}}
 

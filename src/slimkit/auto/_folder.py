@@ -4,10 +4,13 @@
 
     OUT/auto.json                 the run: settings, fingerprint of model + data + settings, status, timings
     OUT/baseline.json             the input model measured (validation accuracy, MACs, deployed bytes per format)
-    OUT/analysis/<knob>.json      per-layer sensitivities and costs of every knob (filled in as they are measured)
+    OUT/analysis/<knob>.json      per-layer sensitivities and costs of every knob (filled in as they are measured);
+                                  latency*.json the fp32 / level-width / int8 latency tables,
+                                  int8_float_latency.json each layer's cost of staying float in the int8 network
+    OUT/probes/<plan digest>/     a plan's untrained architecture timed before training (latency budgets)
     OUT/candidates/NN/            one tried plan: plan.json, its stages' checkpoints, model.pt, the deployed file,
                                   result.json (written last: the candidate counts as finished once it exists)
-    OUT/search.json               every solve of the search: budget targets, back-offs, predictions
+    OUT/search.json               every solve of the search: budget targets, probes, back-offs, predictions
     OUT/candidates.json           every candidate's plan and measurements (the Pareto report's data)
     OUT/recipe.yaml               the chosen plan as an ordinary recipe (``slimkit compress`` reproduces it)
     OUT/model.pt, OUT/<deployed>  the chosen model's state dict and deployed file

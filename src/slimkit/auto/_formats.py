@@ -105,7 +105,8 @@ class Int8Format(DeployFormat):
 
     def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
         stages = _structural_stages(plan, config)
-        stages.append({"quantize": {"method": "ptq", "skip": list(plan.float_layers)}})
+        # the layers the search never changes stay float, as the analysis priced them
+        stages.append({"quantize": {"method": "ptq", "skip": [*config.skip, *plan.float_layers]}})
         return stages
 
     def write(self, model: nn.Module, example: Any, path: Path, spec: str | None) -> Path:

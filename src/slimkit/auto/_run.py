@@ -260,6 +260,14 @@ class AutoRun:
         if isinstance(done, dict) and done.get("plan", {}).get("key") == plan.key():
             self.emit("candidate_reused", {"index": index, "plan": plan})
             return done
+        started = read_json(folder / "plan.json")
+        if not (isinstance(started, dict) and started.get("key") == plan.key()):
+            # another plan's stages (a run resumed with a search that now decides otherwise) must not be replayed
+            for stale in (folder / "stages", folder / RESULT_FILE, folder / "model.pt"):
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                elif stale.exists():
+                    stale.unlink()
         write_json(folder / "plan.json", {**plan.to_dict(), "key": plan.key(), "stages": stages})
         self.emit("candidate_start", {"index": index, "plan": plan, "stages": stages})
         began = time.perf_counter()
