@@ -152,3 +152,22 @@ def test_a_plan_probed_over_the_latency_budget_is_solved_again_before_any_traini
     latency = json.loads((tmp_path / "auto" / "analysis" / "summary.json").read_text())["latency"]
     assert set(latency["int8_float_extra"]) == {"conv1", "conv2", "fc1", "fc2"}
     assert all(abs(v) < 1e-9 for v in latency["int8_float_extra"].values())
+
+
+class _MeterWithoutPrecision(MacsMeter):
+    """A meter written for the protocol before int8 tables and measured widths."""
+
+    def table(self, model, example, *, batch, threads):
+        return super().table(model, example, batch=batch, threads=threads)
+
+
+def test_a_meter_without_int8_tables_still_meets_the_budget(trained, digits, tmp_path):
+    model, checkpoint = trained
+    config = AutoConfig(budget="latency=0.4", max_drop=3.0, formats=("onnx", "int8"), knobs=("channels", "int8"),
+                        recovery_epochs=1, calibration_samples=128, max_candidates=3)
+    compressed = auto_compress(model, X, config, data=digits, out=tmp_path / "auto", latency=_MeterWithoutPrecision(),
+                               spec="auto_digits", recipe=_recipe_base(checkpoint))
+    result = auto_report(compressed)
+    assert result.status == "met" and result.chosen["ratios"]["latency"] <= 0.4
+    latency = json.loads((tmp_path / "auto" / "analysis" / "summary.json").read_text())["latency"]
+    assert "int8_layers" not in latency and latency["int8"] == pytest.approx(MacsMeter.int8_factor)
