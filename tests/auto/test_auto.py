@@ -171,3 +171,13 @@ def test_a_meter_without_int8_tables_still_meets_the_budget(trained, digits, tmp
     assert result.status == "met" and result.chosen["ratios"]["latency"] <= 0.4
     latency = json.loads((tmp_path / "auto" / "analysis" / "summary.json").read_text())["latency"]
     assert "int8_layers" not in latency and latency["int8"] == pytest.approx(MacsMeter.int8_factor)
+
+
+def test_factorised_layers_of_the_int8_network_are_timed_in_int8(trained, digits, tmp_path):
+    _, result = _run(trained, digits, tmp_path / "auto", formats=("int8",), knobs=("channels", "int8", "rank"))
+    latency = json.loads((tmp_path / "auto" / "analysis" / "summary.json").read_text())["latency"]
+    # this meter times int8 at half of fp32 whatever the layer: factors / layer in int8 = their MACs ratio in fp32
+    assert latency["rank_int8"].keys() == latency["rank"].keys() and latency["rank"]
+    for layer, ratios in latency["rank"].items():
+        assert latency["rank_int8"][layer] == pytest.approx(ratios)
+    assert result.status == "met"

@@ -104,6 +104,8 @@ class Analyser:
                                           progress=self.progress("rank"))
             if analysis.latency is not None and analysis.rank:
                 analysis.latency["rank"] = self._rank_latency(analysis)
+                if "int8_layers" in analysis.latency:
+                    analysis.latency["rank_int8"] = self._rank_latency_int8(analysis)
         if "container" in self.formats:
             names = [n for n in layers if n not in skip]
             bits = config.cluster_bits if "clusters" in config.knobs else (8,)
@@ -288,6 +290,50 @@ class Analyser:
                     max(row["macs"], 1.0)
                 done += 1
                 self.emit("analysis", {"what": "rank latency", "done": done, "total": total})
+        return out
+
+    def _rank_latency_int8(self, analysis: Analysis) -> dict[str, dict[str, float]]:
+        """The same for the int8 network: the factors in int8 / the layer in int8, each timed as a one-layer QDQ
+        graph against the fp32 layer (the int8 kernels' plateau at narrow widths holds for the factors too)."""
+        from slimkit.decompose import DecomposeConfig, decompose
+        from slimkit.export import export_qdq
+        from slimkit.quantize import QuantConfig, quantize
+
+        cache = self.cache("rank_latency_int8")
+        batch, threads = self.config.budget.batch, self.config.budget.threads  # type: ignore[union-attr]
+        inputs = _layer_inputs(self.model, self.example, list(analysis.rank), batch)
+        out: dict[str, dict[str, float]] = {}
+        total = sum(len(rows) for rows in analysis.rank.values())
+        done = 0
+        with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
+            for name, rows in analysis.rank.items():
+                single = nn.Sequential()
+                single.add_module("layer", self.model.get_submodule(name))
+                x = inputs[name]
+                calibration = [(x, torch.zeros(len(x), dtype=torch.long))]
+
+                def int8_ratio(module: nn.Module, label: str, x: torch.Tensor = x, single: nn.Module = single,
+                               calibration: list = calibration) -> float | None:
+                    quantized = quantize(module, x[:1], QuantConfig(), data=calibration)
+                    path = export_qdq(quantized, x[:1], Path(tmp) / f"{label}.onnx")
+                    record = self.meter.compare(single, quantized, None, path, (x,),  # type: ignore[union-attr]
+                                                threads=threads)
+                    return record.get("ratio")
+
+                if f"{name}|int8" not in cache:
+                    cache.put(f"{name}|int8", int8_ratio(single, "layer"))
+                layer_int8 = cache.get(f"{name}|int8")
+                for row in rows:
+                    key = f"{name}|{row['ratio']}|int8"
+                    if key not in cache:
+                        factored = decompose(single, x[:1], DecomposeConfig(
+                            layers=("layer",), ratio=row["ratio"], method=("tucker2", "svd"), seed=self.config.seed))
+                        cache.put(key, int8_ratio(factored, "factored"))
+                    value = cache.get(key)
+                    if value is not None and layer_int8:  # unreadable (too noisy): the fp32 ratio stands
+                        out.setdefault(name, {})[str(row["ratio"])] = value / layer_int8
+                    done += 1
+                    self.emit("analysis", {"what": "int8 rank latency", "done": done, "total": total})
         return out
 
     def _container_reference(self, analysis: Analysis) -> None:

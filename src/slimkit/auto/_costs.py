@@ -63,8 +63,9 @@ class Analysis:
     of time in other ops), ``int8`` (int8 / fp32 latency of the whole model), ``int8_layers`` (the int8 kernels'
     tables), ``int8_other_ms`` and ``int8_scale`` (the int8 network's other ops and the factor that makes the int8
     tables predict the measured whole-model ratio), ``int8_float_extra`` (layer → what keeping it float in the int8
-    network adds, measured in context), ``rank`` (layer → ratio → latency ratio of its factors). base: the input
-    model's totals (``macs``, ``bytes`` of its fp32 ONNX file, the other formats' reference files).
+    network adds, measured in context), ``rank`` (layer → ratio → latency ratio of its factors), ``rank_int8`` (the
+    same in int8). base: the input model's totals (``macs``, ``bytes`` of its fp32 ONNX file, the other formats'
+    reference files).
     """
 
     layers: dict[str, dict[str, Any]]
@@ -280,8 +281,9 @@ def _layer_cost(fmt: str, analysis: Analysis, layer: str, info: dict[str, Any], 
         extra = latency.get("int8_float_extra", {}).get(layer) if latency and int8_table is not None else None
         if int8_table is not None and option.get("int8"):  # the int8 kernel's own table (its steps are not fp32's)
             ms = _latency_cost(int8_table, cin, cout) * latency["int8_scale"]
-            if rank is not None:
-                ms *= latency.get("rank", {}).get(layer, {}).get(str(rank), rp)
+            if rank is not None:  # the factors timed in int8 when measured, else as in fp32
+                ms *= latency.get("rank_int8", {}).get(layer, {}).get(
+                    str(rank), latency.get("rank", {}).get(layer, {}).get(str(rank), rp))
         elif extra is not None and table is not None:
             # a float layer of the int8 network: its int8 cost plus what keeping it float measured in context,
             # scaled by the layer's fp32 time at these widths
