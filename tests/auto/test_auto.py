@@ -181,3 +181,28 @@ def test_factorised_layers_of_the_int8_network_are_timed_in_int8(trained, digits
     for layer, ratios in latency["rank"].items():
         assert latency["rank_int8"][layer] == pytest.approx(ratios)
     assert result.status == "met"
+
+
+class _PessimisticTables(MacsMeter):
+    """Models run at 0.7 of what the MAC tables predict (as fp32 tables over-predicted heavily pruned models)."""
+
+    def compare(self, baseline, candidate, baseline_file, candidate_file, inputs, *, threads):
+        record = super().compare(baseline, candidate, baseline_file, candidate_file, inputs, threads=threads)
+        return {**record, **{k: 0.7 * record[k] for k in ("ratio", "p10", "p90")}}
+
+
+def test_a_plan_probed_well_under_the_latency_budget_gives_way_to_a_milder_one(trained, digits, tmp_path):
+    model, checkpoint = trained
+    config = AutoConfig(budget="latency=0.4", max_drop=3.0, formats=("onnx",), knobs=("channels",),
+                        recovery_epochs=1, calibration_samples=128, max_candidates=1)
+    compressed = auto_compress(model, X, config, data=digits, out=tmp_path / "auto", latency=_PessimisticTables(),
+                               spec="auto_digits", recipe=_recipe_base(checkpoint))
+    result = auto_report(compressed)
+    log = json.loads((tmp_path / "auto" / "search.json").read_text())["log"]
+    probes = [entry for entry in log if "probe" in entry]
+    assert probes[0]["measured"] < 0.9 * 0.4  # the first plan, predicted at the budget, runs far under it
+    assert len(probes) >= 2 and probes[1]["predicted"] > probes[0]["predicted"]  # so a milder plan is probed
+    trained_row = result.candidates[0]
+    assert trained_row["ratios"]["latency"] <= 0.4 and result.status == "met"
+    # the trained plan is the least sensitive one measured within the budget: milder than the first probed
+    assert trained_row["ratios"]["macs"] > probes[0]["measured"] / 0.7 + 1e-9

@@ -7,7 +7,8 @@
    time does not depend on the weights' values), timed in ONNX Runtime against the input. A plan the probe finds
    over the budget tightens the format's target as in 4 and is solved again, up to ``PROBES`` times per candidate,
    before any training is spent on it: what the tables cannot see (a mixed int8 / float model's layout changes
-   around its float layers, for instance) is measured here.
+   around its float layers, for instance) is measured here. A plan well under the budget relaxes the target the
+   same way (a milder plan costs less accuracy), and the least sensitive plan measured within it is trained.
    Then carry the plan out (its recipe stages, recovery included) and **measure** it: the deployed file's bytes,
    MACs, ONNX Runtime latency against the input (A/A-controlled), accuracy on the validation split.
 4. A budget the measurement misses tightens that format's target by measured/predicted (NetAdapt's empirical
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 #: latency probes (untrained architectures timed) allowed before each trained candidate
 PROBES = 4
+#: a probe measured below this share of the latency budget relaxes the target (a milder plan may still meet it)
+NEAR = 0.9
 
 
 def prepare_folder(out: Path, fingerprint: str, resume: bool, force: bool) -> tuple[str, bool]:
@@ -206,10 +209,16 @@ class AutoRun:
     def _probed(self, plan: Plan, problem: Problem, solution: Any, problems: dict[str, Problem],
                 targets: dict[str, dict[str, float]], exhausted: set[str], analysis: Analysis, seen: set[str],
                 log_entries: list[dict[str, Any]]) -> tuple:
-        """The plan to train: the first whose untrained architecture measures within the latency budget (or the
-        last one solved after ``PROBES`` misses; a probe too noisy to read lets its plan through)."""
+        """The plan to train, found by timing untrained architectures (up to ``PROBES``): a plan measured over the
+        latency budget tightens its format's target and the search solves again; a plan measured well under it
+        (below ``NEAR`` × the budget: the tables were pessimistic) relaxes the target, and the milder plan solved
+        for it is probed in turn — compressing less than the budget needs costs accuracy for nothing. The result
+        is the least sensitive plan measured within the budget (or, when none was, the last one solved; a probe
+        too noisy to read lets its plan through)."""
         if "latency" not in self.budget or self.meter is None:
             return plan, problem, solution
+        limit = self.budget["latency"]
+        within: tuple | None = None
         for _ in range(PROBES):
             if not create_format(plan.format).probe_latency:
                 return plan, problem, solution
@@ -217,17 +226,39 @@ class AutoRun:
             predicted = solution.ratios["latency"]
             log_entries.append({"probe": plan.key(), "format": plan.format, "predicted": predicted,
                                 "measured": ratio})
-            if ratio is None or ratio <= self.budget["latency"] + 1e-12:
+            if ratio is None:
                 return plan, problem, solution
-            aim = _floored(problem, "latency", predicted * self.budget["latency"] / ratio * 0.99)
-            targets[plan.format]["latency"] = min(targets[plan.format]["latency"], aim)
+            fmt = plan.format
+            if ratio <= limit + 1e-12:
+                if within is None or solution.objective < within[2].objective:
+                    within = (plan, problem, solution)
+                relaxed = predicted * limit / ratio * 0.99
+                if ratio >= NEAR * limit or relaxed <= targets[fmt]["latency"]:
+                    break
+                previous = targets[fmt]["latency"]
+                targets[fmt]["latency"] = relaxed
+                milder = solve(problem, targets[fmt])
+                following = None if milder is None else plan_of(problem, milder.picks, analysis, milder.ratios,
+                                                                milder.objective)
+                if following is None or following.key() == plan.key() or following.key() in seen:
+                    targets[fmt]["latency"] = previous
+                    break
+                self.emit("note", {"text": f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted "
+                                           f"{predicted:.3f}), well under {limit:g}: trying a milder plan "
+                                           f"(target {relaxed:.3f})"})
+                plan, solution = following, milder
+                continue
+            aim = _floored(problem, "latency", predicted * limit / ratio * 0.99)
+            targets[fmt]["latency"] = min(targets[fmt]["latency"], aim)
             self.emit("note", {"text": f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted "
-                                       f"{predicted:.3f}) > {self.budget['latency']:g}: solving again for {aim:.3f}"})
+                                       f"{predicted:.3f}) > {limit:g}: solving again for {aim:.3f}"})
             seen.add(plan.key())
+            if within is not None:  # a milder plan missed: the one measured within the budget is trained
+                break
             plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries)
             if plan is None:
                 return None, None, None
-        return plan, problem, solution
+        return within if within is not None else (plan, problem, solution)
 
     def _probe(self, plan: Plan) -> float | None:
         """The latency ratio of the plan's architecture, untrained (cached in ``OUT/probes`` by the plan's key)."""
