@@ -133,15 +133,19 @@ class _PrunedInt8Cost(MacsMeter):
         return record
 
 
-def test_a_plan_probed_over_the_latency_budget_is_solved_again_before_any_training(trained, digits, tmp_path):
+def _probed_run(trained, digits, out, meter, **options):
+    """An auto run with ``meter``; its result and the probes it logged."""
     model, checkpoint = trained
-    config = AutoConfig(budget="latency=0.45", max_drop=3.0, formats=("int8",), knobs=("channels", "int8"),
-                        recovery_epochs=1, calibration_samples=128, max_candidates=2)
-    compressed = auto_compress(model, X, config, data=digits, out=tmp_path / "auto", latency=_PrunedInt8Cost(),
-                               spec="auto_digits", recipe=_recipe_base(checkpoint))
-    result = auto_report(compressed)
-    log = json.loads((tmp_path / "auto" / "search.json").read_text())["log"]
-    probes = [entry for entry in log if "probe" in entry]
+    config = AutoConfig(max_drop=3.0, recovery_epochs=1, calibration_samples=128, **options)
+    compressed = auto_compress(model, X, config, data=digits, out=out, latency=meter, spec="auto_digits",
+                               recipe=_recipe_base(checkpoint))
+    log = json.loads((out / "search.json").read_text())["log"]
+    return auto_report(compressed), [entry for entry in log if "probe" in entry]
+
+
+def test_a_plan_probed_over_the_latency_budget_is_solved_again_before_any_training(trained, digits, tmp_path):
+    result, probes = _probed_run(trained, digits, tmp_path / "auto", _PrunedInt8Cost(), budget="latency=0.45",
+                                 formats=("int8",), knobs=("channels", "int8"), max_candidates=2)
     # the tables predict the first plan within the budget; its probe measures the cost they cannot see
     assert probes[0]["predicted"] <= 0.45 < probes[0]["measured"]
     assert probes[-1]["measured"] <= 0.45 and len(probes) >= 2
@@ -192,14 +196,8 @@ class _PessimisticTables(MacsMeter):
 
 
 def test_a_plan_probed_well_under_the_latency_budget_gives_way_to_a_milder_one(trained, digits, tmp_path):
-    model, checkpoint = trained
-    config = AutoConfig(budget="latency=0.4", max_drop=3.0, formats=("onnx",), knobs=("channels",),
-                        recovery_epochs=1, calibration_samples=128, max_candidates=1)
-    compressed = auto_compress(model, X, config, data=digits, out=tmp_path / "auto", latency=_PessimisticTables(),
-                               spec="auto_digits", recipe=_recipe_base(checkpoint))
-    result = auto_report(compressed)
-    log = json.loads((tmp_path / "auto" / "search.json").read_text())["log"]
-    probes = [entry for entry in log if "probe" in entry]
+    result, probes = _probed_run(trained, digits, tmp_path / "auto", _PessimisticTables(), budget="latency=0.4",
+                                 formats=("onnx",), knobs=("channels",), max_candidates=1)
     assert probes[0]["measured"] < 0.9 * 0.4  # the first plan, predicted at the budget, runs far under it
     assert len(probes) >= 2 and probes[1]["predicted"] > probes[0]["predicted"]  # so a milder plan is probed
     trained_row = result.candidates[0]
