@@ -85,4 +85,3 @@ def test_back_off_forbids_the_choice_and_everything_at_least_as_strong_in_every_
     assert forbidden == {(1, 1), (1, 2), (2, 1), (2, 2)}
     # stronger in one knob and milder in the other stays allowed
     assert choice.allowed[strength.index((2, 0))] and choice.allowed[strength.index((0, 2))]
-
