@@ -22,3 +22,15 @@ def _single_thread_and_seed():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+
+
+#: the two longest end-to-end tests (the README session, minutes; the demo): started first, one on each worker under
+#: -n 2, so the rest of the suite fills in around them instead of one of them starting last
+FIRST = ("tests/test_readme.py::test_readme_sequence_runs_top_to_bottom", "tests/test_demo.py")
+
+
+def pytest_collection_modifyitems(items):
+    def first(item) -> bool:
+        return any(item.nodeid.startswith(name) for name in FIRST) and item.get_closest_marker("slow") is not None
+
+    items.sort(key=lambda item: not first(item))
