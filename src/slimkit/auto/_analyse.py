@@ -103,9 +103,10 @@ class Analyser:
                                           traces=traces, seed=config.seed, cache=self.cache("rank"),
                                           progress=self.progress("rank"))
             if analysis.latency is not None and analysis.rank:
-                analysis.latency["rank"] = self._rank_latency(analysis)
-                if "int8_layers" in analysis.latency:
-                    analysis.latency["rank_int8"] = self._rank_latency_int8(analysis)
+                int8 = "int8_layers" in analysis.latency
+                analysis.latency["rank"], rank_int8 = self._rank_latency(analysis, int8=int8)
+                if int8:
+                    analysis.latency["rank_int8"] = rank_int8
         if "container" in self.formats:
             names = [n for n in layers if n not in skip]
             bits = config.cluster_bits if "clusters" in config.knobs else (8,)
@@ -263,46 +264,19 @@ class Analyser:
                 self.emit("analysis", {"what": "float layers in int8", "done": done, "total": len(layers)})
         return out
 
-    def _rank_latency(self, analysis: Analysis) -> dict[str, dict[str, float]]:
-        """Latency of each factorisation / the layer's, timed as one-layer graphs at the layer's input size."""
-        from slimkit.decompose import DecomposeConfig, decompose
-
-        cache = self.cache("rank_latency")
-        inputs = _layer_inputs(self.model, self.example, list(analysis.rank), self.config.budget.batch)  # type: ignore
-        out: dict[str, dict[str, float]] = {}
-        total = sum(len(rows) for rows in analysis.rank.values())
-        done = 0
-        for name, rows in analysis.rank.items():
-            layer = self.model.get_submodule(name)
-            single = nn.Sequential()
-            single.add_module("layer", layer)
-            for row in rows:
-                key = f"{name}|{row['ratio']}"
-                if key not in cache:
-                    factored = decompose(single, inputs[name][:1], DecomposeConfig(
-                        layers=("layer",), ratio=row["ratio"], method=("tucker2", "svd"), seed=self.config.seed))
-                    record = self.meter.compare(single, factored, None, None, (inputs[name],),  # type: ignore
-                                                threads=self.config.budget.threads)  # type: ignore[union-attr]
-                    ratio = record.get("ratio")
-                    cache.put(key, float(ratio) if ratio is not None else None)
-                value = cache.get(key)
-                out.setdefault(name, {})[str(row["ratio"])] = value if value is not None else \
-                    max(row["macs"], 1.0)
-                done += 1
-                self.emit("analysis", {"what": "rank latency", "done": done, "total": total})
-        return out
-
-    def _rank_latency_int8(self, analysis: Analysis) -> dict[str, dict[str, float]]:
-        """The same for the int8 network: the factors in int8 / the layer in int8, each timed as a one-layer QDQ
-        graph against the fp32 layer (the int8 kernels' plateau at narrow widths holds for the factors too)."""
+    def _rank_latency(self, analysis: Analysis, *, int8: bool) -> tuple[dict[str, dict[str, float]], dict]:
+        """Latency of each factorisation / the layer's, timed as one-layer graphs at the layer's input size; with
+        ``int8`` also the factors in int8 / the layer in int8, as one-layer QDQ graphs (the int8 kernels' plateau at
+        narrow widths holds for the factors too; empty without). Each factorisation is made once for both."""
         from slimkit.decompose import DecomposeConfig, decompose
         from slimkit.export import export_qdq
         from slimkit.quantize import QuantConfig, quantize
 
-        cache = self.cache("rank_latency_int8")
-        batch, threads = self.config.budget.batch, self.config.budget.threads  # type: ignore[union-attr]
-        inputs = _layer_inputs(self.model, self.example, list(analysis.rank), batch)
+        cache, cache_int8 = self.cache("rank_latency"), self.cache("rank_latency_int8")
+        threads = self.config.budget.threads  # type: ignore[union-attr]
+        inputs = _layer_inputs(self.model, self.example, list(analysis.rank), self.config.budget.batch)  # type: ignore
         out: dict[str, dict[str, float]] = {}
+        out_int8: dict[str, dict[str, float]] = {}
         total = sum(len(rows) for rows in analysis.rank.values())
         done = 0
         with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
@@ -312,29 +286,39 @@ class Analyser:
                 x = inputs[name]
                 calibration = [(x, torch.zeros(len(x), dtype=torch.long))]
 
-                def int8_ratio(module: nn.Module, label: str, x: torch.Tensor = x, single: nn.Module = single,
+                def int8_ratio(module: nn.Module, x: torch.Tensor = x, single: nn.Module = single,
                                calibration: list = calibration) -> float | None:
+                    """``module`` in int8 against the fp32 layer."""
                     quantized = quantize(module, x[:1], QuantConfig(), data=calibration)
-                    path = export_qdq(quantized, x[:1], Path(tmp) / f"{label}.onnx")
-                    record = self.meter.compare(single, quantized, None, path, (x,),  # type: ignore[union-attr]
-                                                threads=threads)
-                    return record.get("ratio")
+                    path = export_qdq(quantized, x[:1], Path(tmp) / "int8.onnx")
+                    return self.meter.compare(single, quantized, None, path, (x,),  # type: ignore[union-attr]
+                                              threads=threads).get("ratio")
 
-                if f"{name}|int8" not in cache:
-                    cache.put(f"{name}|int8", int8_ratio(single, "layer"))
-                layer_int8 = cache.get(f"{name}|int8")
+                if int8 and f"{name}|int8" not in cache_int8:
+                    cache_int8.put(f"{name}|int8", int8_ratio(single))
+                layer_int8 = cache_int8.get(f"{name}|int8") if int8 else None
                 for row in rows:
-                    key = f"{name}|{row['ratio']}|int8"
-                    if key not in cache:
+                    key = f"{name}|{row['ratio']}"
+                    factored = None
+                    if key not in cache or (int8 and f"{key}|int8" not in cache_int8):
                         factored = decompose(single, x[:1], DecomposeConfig(
                             layers=("layer",), ratio=row["ratio"], method=("tucker2", "svd"), seed=self.config.seed))
-                        cache.put(key, int8_ratio(factored, "factored"))
+                    if key not in cache:
+                        ratio = self.meter.compare(single, factored, None, None, (x,),  # type: ignore[union-attr]
+                                                   threads=threads).get("ratio")
+                        cache.put(key, float(ratio) if ratio is not None else None)
                     value = cache.get(key)
-                    if value is not None and layer_int8:  # unreadable (too noisy): the fp32 ratio stands
-                        out.setdefault(name, {})[str(row["ratio"])] = value / layer_int8
+                    out.setdefault(name, {})[str(row["ratio"])] = value if value is not None else \
+                        max(row["macs"], 1.0)
+                    if int8:
+                        if f"{key}|int8" not in cache_int8:
+                            cache_int8.put(f"{key}|int8", int8_ratio(factored))
+                        value = cache_int8.get(f"{key}|int8")
+                        if value is not None and layer_int8:  # unreadable (too noisy): the fp32 ratio stands
+                            out_int8.setdefault(name, {})[str(row["ratio"])] = value / layer_int8
                     done += 1
-                    self.emit("analysis", {"what": "int8 rank latency", "done": done, "total": total})
-        return out
+                    self.emit("analysis", {"what": "rank latency", "done": done, "total": total})
+        return out, out_int8
 
     def _container_reference(self, analysis: Analysis) -> None:
         """The input model as a container with every layer at 8 bits, no sparsity (calibrates the header)."""
