@@ -15,7 +15,15 @@ import torch
 from torch import nn
 
 from slimkit.auto._config import AutoConfig
-from slimkit.auto._costs import Analysis, calibrate_int8, layer_info, layer_ms, level_widths, table_payload
+from slimkit.auto._costs import (
+    Analysis,
+    calibrate_int8,
+    full_ms,
+    layer_info,
+    layer_ms,
+    level_widths,
+    table_payload,
+)
 from slimkit.auto._folder import Cache, digest, read_json, state_digest, write_json
 from slimkit.auto._formats import create_format, example_batch
 from slimkit.auto._measure import LatencyMeter
@@ -241,7 +249,7 @@ class Analyser:
 
         latency = analysis.latency
         assert latency is not None
-        full = sum(layer_ms(t) for t in latency["layers"].values()) / (1 - min(0.95, max(0.0, latency["other"])))
+        full = full_ms(latency)
         cache = self.cache("int8_float_latency")
         budget = self.config.budget
         layers = [n for n in analysis.int8 if n not in analysis.skip]

@@ -120,6 +120,16 @@ def layer_ms(table: dict[str, Any]) -> float:
     return _latency_cost(table, table["in"], table["out"])
 
 
+def other_share(table: dict[str, Any]) -> float:
+    """A table's share of time outside its layers, clamped to [0, 0.95]."""
+    return min(0.95, max(0.0, float(table["other"])))
+
+
+def full_ms(latency: dict[str, Any]) -> float:
+    """The input model's whole time in the fp32 tables' milliseconds: its layers and its other ops."""
+    return sum(layer_ms(t) for t in latency["layers"].values()) / (1 - other_share(latency))
+
+
 def level_widths(groups: dict[str, Any]) -> dict[str, tuple[list[int], list[int]]]:
     """Every layer's input and output widths over every group's levels (what the latency tables must measure)."""
     found: dict[str, tuple[set[int], set[int]]] = {}
@@ -140,11 +150,10 @@ def calibrate_int8(latency: dict[str, Any], int8_table: dict[str, Any], skip: li
     fp32 = {name: layer_ms(t) for name, t in latency["layers"].items()}
     int8 = {name: layer_ms(t) for name, t in int8_table["layers"].items() if name not in skip}
     layers_ms = sum(int8.values()) + sum(ms for name, ms in fp32.items() if name not in int8)
-    other = min(0.95, max(0.0, float(int8_table["other"])))
+    other = other_share(int8_table)
     other_ms = layers_ms * other / (1 - other)
-    full_fp32 = sum(fp32.values()) / (1 - min(0.95, max(0.0, float(latency["other"]))))
     float_ms = layers_ms - sum(int8.values())
-    scale = (latency["int8"] * full_fp32 - float_ms) / max(layers_ms - float_ms + other_ms, 1e-12)
+    scale = (latency["int8"] * full_ms(latency) - float_ms) / max(layers_ms - float_ms + other_ms, 1e-12)
     latency.update(int8_layers=int8_table["layers"], int8_other_ms=other_ms, int8_scale=max(scale, 1e-6))
 
 
@@ -218,10 +227,8 @@ def build_problem(fmt: str, analysis: Analysis, knobs: set[str], dims: list[str]
     if "latency" in dims:
         if latency is None:
             raise ValueError("a latency budget needs the latency tables in the analysis")
-        table_ms = sum(layer_ms(t) for t in latency["layers"].values())
-        other = min(0.95, max(0.0, float(latency["other"])))
-        other_ms = table_ms * other / max(1e-12, 1 - other)
-        full["latency"] = table_ms + other_ms
+        full["latency"] = full_ms(latency)
+        other_ms = full["latency"] * other_share(latency)
         constant["latency"] = other_ms
         if fmt == "int8":  # the int8 network's own other ops; without its tables, the whole model's int8 ratio
             constant["latency"] = (latency["int8_other_ms"] * latency["int8_scale"] if "int8_layers" in latency
@@ -279,22 +286,19 @@ def _layer_cost(fmt: str, analysis: Analysis, layer: str, info: dict[str, Any], 
         table = latency["layers"].get(layer) if latency else None
         int8_table = latency.get("int8_layers", {}).get(layer) if latency and fmt == "int8" else None
         extra = latency.get("int8_float_extra", {}).get(layer) if latency and int8_table is not None else None
+        # a factorisation's time over the layer's, measured (in int8 too when timed so), else its params ratio
+        factors = latency.get("rank", {}).get(layer, {}).get(str(rank), rp) if latency and rank is not None else 1.0
+        factors_int8 = latency.get("rank_int8", {}).get(layer, {}).get(str(rank), factors) \
+            if latency and rank is not None else 1.0
         if int8_table is not None and option.get("int8"):  # the int8 kernel's own table (its steps are not fp32's)
-            ms = _latency_cost(int8_table, cin, cout) * latency["int8_scale"]
-            if rank is not None:  # the factors timed in int8 when measured, else as in fp32
-                ms *= latency.get("rank_int8", {}).get(layer, {}).get(
-                    str(rank), latency.get("rank", {}).get(layer, {}).get(str(rank), rp))
+            ms = _latency_cost(int8_table, cin, cout) * latency["int8_scale"] * factors_int8
         elif extra is not None and table is not None:
             # a float layer of the int8 network: its int8 cost plus what keeping it float measured in context,
             # scaled by the layer's fp32 time at these widths
             share = _latency_cost(table, cin, cout) / max(layer_ms(table), 1e-12)
-            ms = _latency_cost(int8_table, cin, cout) * latency["int8_scale"] + extra * share
-            if rank is not None:
-                ms *= latency.get("rank", {}).get(layer, {}).get(str(rank), rp)
+            ms = (_latency_cost(int8_table, cin, cout) * latency["int8_scale"] + extra * share) * factors
         elif table is not None and fmt != "container":
-            ms = _latency_cost(table, cin, cout)
-            if rank is not None:
-                ms *= latency.get("rank", {}).get(layer, {}).get(str(rank), rp)
+            ms = _latency_cost(table, cin, cout) * factors
             if option.get("int8"):
                 ms *= latency.get("int8", 1.0)
         elif table is not None:  # the container's model runs decoded: dense, full width
