@@ -68,13 +68,21 @@ def reading(cmp: Any) -> dict[str, Any]:
             "baseline_ms": cmp.baseline.median_ms, "candidate_ms": cmp.candidate.median_ms}
 
 
+def deployed_latency(model: nn.Module, written: Path, *, example: Any, fmt: Any, folder: Path, baseline: nn.Module,
+                     baseline_onnx: Path, meter: LatencyMeter, batch: int, threads: int) -> dict[str, Any]:
+    """The latency record of ``model`` as deployed (``written`` by ``fmt``) against the input, at the deployed batch."""
+    from slimkit.auto._formats import example_batch
+
+    timed = fmt.timed(model, example, written, folder)
+    return meter.compare(baseline, model, baseline_onnx, timed, example_batch(example, batch), threads=threads)
+
+
 def measure_model(model: nn.Module, *, example: Any, data: Any, fmt: Any, folder: Path, base: dict[str, Any],
                   baseline: nn.Module, baseline_onnx: Path, meter: LatencyMeter | None, batch: int, threads: int,
                   spec: str | None) -> dict[str, Any]:
     """Write the deployed file into ``folder`` and measure the model: validation accuracy and loss, params, MACs,
     bytes of the deployed file, latency (when ``meter`` is given); ``ratios`` are to the input model's."""
     from slimkit.analysis import evaluate, profile
-    from slimkit.auto._formats import example_batch
 
     model = model.eval()
     prof = profile(model, example)
@@ -89,8 +97,8 @@ def measure_model(model: nn.Module, *, example: Any, data: Any, fmt: Any, folder
                    "latency": None},
     }
     if meter is not None:
-        timed = fmt.timed(model, example, written, folder)
-        record = meter.compare(baseline, model, baseline_onnx, timed, example_batch(example, batch), threads=threads)
+        record = deployed_latency(model, written, example=example, fmt=fmt, folder=folder, baseline=baseline,
+                                  baseline_onnx=baseline_onnx, meter=meter, batch=batch, threads=threads)
         row["latency"] = record
         row["ratios"]["latency"] = record.get("ratio")
     return row

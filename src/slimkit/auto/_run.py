@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import shutil
 import time
 import uuid
@@ -43,7 +44,7 @@ from slimkit.auto._config import AutoConfig
 from slimkit.auto._costs import Analysis, build_problem, plan_of
 from slimkit.auto._folder import RUN_FILE, digest, read_json, state_digest, write_json
 from slimkit.auto._formats import create_format
-from slimkit.auto._measure import LatencyMeter, measure_model, meets
+from slimkit.auto._measure import LatencyMeter, deployed_latency, measure_model, meets
 from slimkit.auto._plan import Plan
 from slimkit.auto._search import Problem, reachable, solve
 
@@ -269,7 +270,6 @@ class AutoRun:
     def _probe(self, plan: Plan) -> float | None:
         """The latency ratio of the plan's architecture, untrained (cached in ``OUT/probes`` by the plan's key)."""
         from slimkit.auto._apply import STRUCTURAL
-        from slimkit.auto._formats import example_batch
 
         folder = self.out / "probes" / digest(plan.key())[:16]
         done = read_json(folder / RESULT_FILE)
@@ -282,10 +282,9 @@ class AutoRun:
         folder.mkdir(parents=True, exist_ok=True)
         written = fmt.write(model, self.example, folder / fmt.file_name, self.spec)
         budget = self.config.budget
-        record = self.meter.compare(self.model, model, self.out / "baseline.onnx",  # type: ignore[union-attr]
-                                    fmt.timed(model, self.example, written, folder),
-                                    example_batch(self.example, budget.batch),  # type: ignore[union-attr]
-                                    threads=budget.threads)  # type: ignore[union-attr]
+        record = deployed_latency(model, written, example=self.example, fmt=fmt, folder=folder, baseline=self.model,
+                                  baseline_onnx=self.out / "baseline.onnx", meter=self.meter,  # type: ignore[arg-type]
+                                  batch=budget.batch, threads=budget.threads)  # type: ignore[union-attr]
         write_json(folder / RESULT_FILE, {"key": plan.key(), "ratio": record.get("ratio"), "latency": record})
         return record.get("ratio")
 
@@ -392,7 +391,7 @@ def _floored(problem: Problem, key: str, aim: float) -> float:
     than the prediction (a mixed int8 / float model's layout costs, which no per-layer table sees) would otherwise
     scale the target past every plan and end the format, where its most compressed plan may still meet the budget."""
     floor = reachable(problem, [key]).get(key, 0.0)
-    return max(aim, floor * (1 + 1e-9)) if floor is not None and floor < float("inf") else aim
+    return max(aim, floor * (1 + 1e-9)) if math.isfinite(floor) else aim
 
 
 def copy_model(model: nn.Module) -> nn.Module:
