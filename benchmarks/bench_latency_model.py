@@ -74,9 +74,9 @@ def _int8_file(model: nn.Module, x: torch.Tensor, path: Path) -> Path:
 
 
 def _rows(spec: str, shape: tuple[int, ...], batch: int, s: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    from slimkit.analysis import build_latency_table
+    from slimkit.analysis import build_latency_table, profile
     from slimkit.analysis._latency import export_for_timing
-    from slimkit.auto._costs import calibrate_int8, table_payload
+    from slimkit.auto._costs import calibrate_int8, full_ms, table_payload
     from slimkit.prune import PruneConfig, prune_channels
 
     base = _model(spec, shape)
@@ -101,7 +101,8 @@ def _rows(spec: str, shape: tuple[int, ...], batch: int, s: dict[str, Any], tmp:
     latency = {**table_payload(fp32_table), "int8": int8_whole["ratio"]}
     if int8_whole["ratio"] is not None:
         calibrate_int8(latency, table_payload(int8_table), [])
-    fp32_full = fp32_table.predict_ms() / (1 - fp32_table.other)
+    fp32_full = full_ms(latency)  # the input model in the fp32 tables' milliseconds, as auto's search counts it
+    base_macs = profile(base, x).total.macs
     for r, model in pruned.items():
         fp32_file = export_for_timing(model, (timed,), tmp / f"{spec}-{r}.onnx")
         int8_file = _int8_file(model, x, tmp / f"{spec}-{r}-int8.onnx")
@@ -113,10 +114,8 @@ def _rows(spec: str, shape: tuple[int, ...], batch: int, s: dict[str, Any], tmp:
             predicted["int8, fp32 × int8 ratio"] = fp32_predicted * int8_whole["ratio"]
             int8_ms = sum(t.cost(*widths[r][name]) for name, t in int8_table.layers.items())
             predicted["int8, int8 tables"] = latency["int8_scale"] * (int8_ms + latency["int8_other_ms"]) / fp32_full
-        from slimkit.analysis import profile
-
         out["rows"][str(r)] = {
-            "macs": profile(model, x).total.macs / profile(base, x).total.macs,
+            "macs": profile(model, x).total.macs / base_macs,
             "fp32": _compare(base_fp32, fp32_file, timed, s["repeats"]),
             "int8": _compare(base_fp32, int8_file, timed, s["repeats"]), "predicted": predicted}
         log.info("latency model: %s %.2f → %s", spec, r, out["rows"][str(r)])
