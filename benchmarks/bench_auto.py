@@ -31,6 +31,7 @@ from benchmarks._common import (
     latency_cell,
     latency_record,
     markdown_table,
+    torch_threads,
 )
 from slimkit._io import write_text_atomic
 
@@ -366,12 +367,8 @@ def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, r
 
     shipped = load_recipe(RECIPES / DC_MODELS[name][0])
     recipe = _shortened(shipped) if quick else shipped
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the deep_compression section runs it: the wall times below are on one thread
-    try:
+    with torch_threads(1):  # as the deep_compression section runs it: the wall times below are on one thread
         out, metrics = run_cached(recipe, f"{name}-shipped")  # the deep_compression section's run when cached
-    finally:
-        torch.set_num_threads(threads)
     model = load_run(out, "01-train")[0].eval()
     checkpoint = _checkpoint(f"{name}-dc-{out.name}", model)
     folder = root / name / "dc"

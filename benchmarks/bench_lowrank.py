@@ -15,7 +15,15 @@ from typing import Any
 import torch
 
 from benchmarks._baselines import cached_model, loader_record, sgd_record, trained, weights_digest
-from benchmarks._common import LATENCY_METHOD, LATENCY_THREADS, Section, latency_cell, latency_record, markdown_table
+from benchmarks._common import (
+    LATENCY_METHOD,
+    LATENCY_THREADS,
+    Section,
+    latency_cell,
+    latency_record,
+    markdown_table,
+    torch_threads,
+)
 from slimkit.analysis import compare_latency, evaluate, profile
 from slimkit.data import TensorLoader, create_data
 from slimkit.decompose import DecomposeConfig, decompose, decompose_report
@@ -112,12 +120,8 @@ def _vbmf_notes(raw: list[dict[str, Any]]) -> list[str]:
 
 
 def run(quick: bool) -> Section:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _run(quick)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(quick: bool) -> Section:

@@ -14,7 +14,15 @@ from typing import Any
 import torch
 
 from benchmarks._baselines import cached_model, loader_record, sgd_record, trained, weights_digest
-from benchmarks._common import LATENCY_METHOD, LATENCY_THREADS, Section, latency_cell, latency_record, markdown_table
+from benchmarks._common import (
+    LATENCY_METHOD,
+    LATENCY_THREADS,
+    Section,
+    latency_cell,
+    latency_record,
+    markdown_table,
+    torch_threads,
+)
 
 TITLE = "Structured pruning (channel removal): criteria, reconstruction, latency, Torch-Pruning"
 
@@ -44,13 +52,9 @@ def _finetune(model: torch.nn.Module, loader, epochs: int, tag: str) -> torch.nn
               "threads": TRAIN_THREADS}
 
     def train(net: torch.nn.Module) -> None:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(TRAIN_THREADS)  # the section times pruning and latency on one; training may use both
-        try:
+        with torch_threads(TRAIN_THREADS):  # the section times pruning and latency on one; training may use both
             fit(net.train(), loader, epochs=epochs, optimizer=lambda p: default_optimizer(p, FINETUNE_LR),
                 scheduler="cosine", progress=False)
-        finally:
-            torch.set_num_threads(threads)
 
     return cached_model(f"prune-ft-{tag}", record, lambda: copy.deepcopy(model), train)
 
