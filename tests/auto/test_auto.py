@@ -204,3 +204,28 @@ def test_a_plan_probed_well_under_the_latency_budget_gives_way_to_a_milder_one(t
     assert trained_row["ratios"]["latency"] <= 0.4 and result.status == "met"
     # the trained plan is the least sensitive one measured within the budget: milder than the first probed
     assert trained_row["ratios"]["macs"] > probes[0]["measured"] / 0.7 + 1e-9
+
+
+def test_probing_stops_at_the_time_limit_and_trains_the_plan_measured_within_the_budget(trained, digits, tmp_path,
+                                                                                        monkeypatch):
+    import time
+
+    clock = {"offset": 0.0}
+    real = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + clock["offset"])
+
+    class SlowProbes(_PessimisticTables):
+        """Each comparison of a pruned model (a probe) takes an hour of the clock."""
+
+        def compare(self, baseline, candidate, baseline_file, candidate_file, inputs, *, threads):
+            x = inputs[0][:1]
+            if profile(candidate, x).total.macs < profile(baseline, x).total.macs:
+                clock["offset"] += 3600.0
+            return super().compare(baseline, candidate, baseline_file, candidate_file, inputs, threads=threads)
+
+    result, probes = _probed_run(trained, digits, tmp_path / "auto", SlowProbes(), budget="latency=0.4",
+                                 formats=("onnx",), knobs=("channels",), max_candidates=3, time_limit=1800.0)
+    # the first probe measured well under the budget, where a milder plan would be probed next; the time is up, so
+    # no second probe runs, and the plan measured within the budget is the one trained — and the only one
+    assert len(probes) == 1 and probes[0]["measured"] <= 0.97 * 0.4
+    assert len(result.candidates) == 1 and result.candidates[0]["plan"]["key"] == probes[0]["probe"]

@@ -151,7 +151,7 @@ class AutoRun:
         seen: set[str] = set()
         stop = "max_candidates"
         for index in range(1, self.config.max_candidates + 1):
-            if self.config.time_limit is not None and time.perf_counter() - self.started > self.config.time_limit:
+            if self._late():
                 stop = "time_limit"
                 break
             plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries)
@@ -159,7 +159,7 @@ class AutoRun:
                 plan, problem, solution = self._probed(plan, problem, solution, problems, targets, exhausted,
                                                        analysis, seen, log_entries)
             if plan is None:
-                stop = "exhausted"
+                stop = "time_limit" if self._late() else "exhausted"
                 break
             seen.add(plan.key())
             row = self._candidate(index, plan, analysis, base)
@@ -177,6 +177,10 @@ class AutoRun:
                                               "exhausted": sorted(exhausted)})
         return {"base": base, "analysis": analysis, "candidates": candidates, "stop": stop,
                 "analysis_seconds": analysis_seconds}
+
+    def _late(self) -> bool:
+        """Past ``time_limit``: no new candidate starts, and no new probe."""
+        return self.config.time_limit is not None and time.perf_counter() - self.started > self.config.time_limit
 
     def _check_reachable(self, problems: dict[str, Problem], dims: list[str]) -> None:
         reach = {f: reachable(p, dims) for f, p in problems.items()}
@@ -219,7 +223,9 @@ class AutoRun:
         measured well under it (below ``NEAR`` × the budget: the tables were pessimistic) relaxes the target, and the
         milder plan solved for it is probed in turn — compressing more than the budget needs costs accuracy for
         nothing. The result is the least sensitive plan measured within ``MARGIN`` of the budget (or, when none
-        was, the last one solved; a probe too noisy to read lets its plan through)."""
+        was, the last one solved; a probe too noisy to read lets its plan through). Past ``time_limit`` probing
+        stops: the plan measured within the budget is trained, or none (a plan not yet measured, or measured over the
+        budget, is not worth its recovery when the time is up)."""
         if "latency" not in self.budget or self.meter is None:
             return plan, problem, solution
         limit = self.budget["latency"]
@@ -228,6 +234,8 @@ class AutoRun:
         for _ in range(PROBES):
             if not create_format(plan.format).probe_latency:
                 return plan, problem, solution
+            if self._late():
+                return within if within is not None else (None, None, None)
             ratio = self._probe(plan)
             predicted = solution.ratios["latency"]
             log_entries.append({"probe": plan.key(), "format": plan.format, "predicted": predicted,
