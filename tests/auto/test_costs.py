@@ -119,6 +119,39 @@ def test_a_float_layer_in_the_int8_network_costs_what_was_measured_in_context(di
     assert problem.solution(picks(("fc1",))).ratios["latency"] == pytest.approx(expected)
 
 
+def test_a_factorised_layer_is_priced_by_its_factors_own_timing_in_each_precision(digits, tmp_path):
+    from slimkit.analysis import build_latency_table
+    from slimkit.auto._costs import calibrate_int8, layer_ms, table_payload
+
+    torch.manual_seed(0)
+    model = models.from_spec("auto_digits").eval()
+    x = torch.zeros(1, 1, 8, 8)
+    network = tmp_path / "int8.onnx"
+    network.write_bytes(b"the deployed int8 file")
+    fp32 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_Int8Plateau())
+    int8 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_Int8Plateau(), precision="int8",
+                               network=network)
+    latency = {**table_payload(fp32), "int8": 0.4}
+    calibrate_int8(latency, table_payload(int8), [])
+    # fc1's factors at rank ratio 0.25: 0.3 of the layer's time in fp32, 0.9 in int8 (the int8 plateau)
+    latency["rank"], latency["rank_int8"] = {"fc1": {"0.25": 0.3}}, {"fc1": {"0.25": 0.9}}
+    layers = layer_info(model, x)
+    analysis = Analysis(layers=layers, base={"macs": 1, "bytes": 1}, int8=dict.fromkeys(layers, 0.0),
+                        rank={"fc1": [{"ratio": 0.25, "params": 0.5, "macs": 0.5, "delta": 0.0}]}, latency=latency)
+    full = sum(layer_ms(t) for t in latency["layers"].values())
+    fc1_fp32 = fp32.layers["fc1"].full_ms
+    fc1_int8 = int8.layers["fc1"].full_ms * latency["int8_scale"]
+
+    def ratio(fmt, option):
+        problem = build_problem(fmt, analysis, {"int8", "rank"}, ["latency"])
+        unchanged = {"int8": True, "rank": None} if fmt == "int8" else {"rank": None}
+        picks = {k: c.labels.index(option if k == "layer:fc1" else unchanged) for k, c in problem.choices.items()}
+        return problem.solution(picks).ratios["latency"]
+
+    assert ratio("onnx", {"rank": 0.25}) == pytest.approx(1 - 0.7 * fc1_fp32 / full)
+    assert ratio("int8", {"int8": True, "rank": 0.25}) == pytest.approx(0.4 - 0.1 * fc1_int8 / full)
+
+
 def _flat(ms):
     return {"kind": "linear", "in": 4, "out": 4, "in_grid": [4], "out_grid": [4], "ms": [[ms]], "step_in": 1,
             "step_out": 1}

@@ -8,7 +8,8 @@
    over the budget tightens the format's target as in 4 and is solved again, up to ``PROBES`` times per candidate,
    before any training is spent on it: what the tables cannot see (a mixed int8 / float model's layout changes
    around its float layers, for instance) is measured here. A plan well under the budget relaxes the target the
-   same way (a milder plan costs less accuracy), and the least sensitive plan measured within it is trained.
+   same way (a milder plan costs less accuracy; never above a target a trained candidate's miss set), and the least
+   sensitive plan measured within it is trained.
    Then carry the plan out (its recipe stages, recovery included) and **measure** it: the deployed file's bytes,
    MACs, ONNX Runtime latency against the input (A/A-controlled), accuracy on the validation split.
 4. A budget the measurement misses tightens that format's target by measured/predicted (NetAdapt's empirical
@@ -149,17 +150,19 @@ class AutoRun:
         candidates: list[dict[str, Any]] = []
         log_entries: list[dict[str, Any]] = []
         seen: set[str] = set()
+        ceilings: dict[str, float] = {}
         stop = "max_candidates"
         for index in range(1, self.config.max_candidates + 1):
             if self._late():
                 stop = "time_limit"
                 break
             plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries)
+            cut = False
             if plan is not None:
-                plan, problem, solution = self._probed(plan, problem, solution, problems, targets, exhausted,
-                                                       analysis, seen, log_entries)
+                plan, problem, solution, cut = self._probed(index, plan, problem, solution, problems, targets,
+                                                            ceilings, exhausted, analysis, seen, log_entries)
             if plan is None:
-                stop = "time_limit" if self._late() else "exhausted"
+                stop = "time_limit" if cut else "exhausted"
                 break
             seen.add(plan.key())
             row = self._candidate(index, plan, analysis, base)
@@ -172,7 +175,7 @@ class AutoRun:
             if outcome["accepted"]:
                 stop = "accepted"
                 break
-            self._adapt(problem, solution, row, outcome, targets, log_entries, problems)
+            self._adapt(problem, solution, row, outcome, targets, log_entries, problems, ceilings)
         write_json(self.out / "search.json", {"stop": stop, "log": log_entries, "targets": targets,
                                               "exhausted": sorted(exhausted)})
         return {"base": base, "analysis": analysis, "candidates": candidates, "stop": stop,
@@ -197,69 +200,86 @@ class AutoRun:
         for fmt, problem in problems.items():
             if fmt in exhausted:
                 continue
-            solution = solve(problem, targets[fmt])
-            entry = {"format": fmt, "targets": dict(targets[fmt]),
-                     "solution": None if solution is None else solution.to_dict()}
-            log_entries.append(entry)
-            if solution is None:
+            plan, solution, why = self._solved(fmt, problem, targets[fmt], analysis, log_entries)
+            if plan is None or plan.key() in seen:
                 exhausted.add(fmt)
-                self.emit("note", {"text": f"format {fmt}: no plan meets the budget within the allowed choices"})
-                continue
-            plan = plan_of(problem, solution.picks, analysis, solution.ratios, solution.objective)
-            degenerate = fmt == "int8" and set(plan.float_layers) >= {n for n in analysis.layers
-                                                                      if n not in analysis.skip}
-            if plan.key() in seen or degenerate:  # an int8 plan with every layer in float is an onnx plan
-                exhausted.add(fmt)
+                if why == "infeasible":
+                    self.emit("note", {"text": f"format {fmt}: no plan meets the budget within the allowed choices"})
                 continue
             if best is None or solution.objective < best[2].objective - 1e-12:
                 best = (plan, problem, solution)
         return best if best is not None else (None, None, None)
 
-    def _probed(self, plan: Plan, problem: Problem, solution: Any, problems: dict[str, Problem],
-                targets: dict[str, dict[str, float]], exhausted: set[str], analysis: Analysis, seen: set[str],
-                log_entries: list[dict[str, Any]]) -> tuple:
-        """The plan to train, found by timing untrained architectures (up to ``PROBES``): a plan measured over the
-        latency budget (over ``MARGIN`` of it) tightens its format's target and the search solves again; a plan
-        measured well under it (below ``NEAR`` × the budget: the tables were pessimistic) relaxes the target, and the
-        milder plan solved for it is probed in turn — compressing more than the budget needs costs accuracy for
-        nothing. The result is the least sensitive plan measured within ``MARGIN`` of the budget (or, when none
-        was, the last one solved; a probe too noisy to read lets its plan through). Past ``time_limit`` probing
-        stops: the plan measured within the budget is trained, or none (a plan not yet measured, or measured over the
-        budget, is not worth its recovery when the time is up)."""
+    def _solved(self, fmt: str, problem: Problem, target: dict[str, float], analysis: Analysis,
+                log_entries: list[dict[str, Any]]) -> tuple[Plan | None, Any, str | None]:
+        """The plan solved for ``target`` (logged), or None with why: no plan meets it ("infeasible"), or the plan
+        is an int8 plan with every layer in float — an onnx plan, which the onnx format searches ("degenerate")."""
+        solution = solve(problem, target)
+        log_entries.append({"format": fmt, "targets": dict(target),
+                            "solution": None if solution is None else solution.to_dict()})
+        if solution is None:
+            return None, None, "infeasible"
+        plan = plan_of(problem, solution.picks, analysis, solution.ratios, solution.objective)
+        if fmt == "int8" and set(plan.float_layers) >= {n for n in analysis.layers if n not in analysis.skip}:
+            return None, solution, "degenerate"
+        return plan, solution, None
+
+    def _probed(self, index: int, plan: Plan, problem: Problem, solution: Any, problems: dict[str, Problem],
+                targets: dict[str, dict[str, float]], ceilings: dict[str, float], exhausted: set[str],
+                analysis: Analysis, seen: set[str], log_entries: list[dict[str, Any]]) -> tuple:
+        """(plan, problem, solution, cut): the plan to train, found by timing untrained architectures (up to
+        ``PROBES``). A plan measured over ``MARGIN`` of the latency budget tightens its format's target and the search
+        solves again; a plan measured well under it (below ``NEAR`` × the budget: the tables were pessimistic)
+        relaxes the target — never above ``ceilings[format]``, where a trained candidate of the format missed the
+        budget — and the milder plan solved for it is probed in turn: compressing more than the budget needs costs
+        accuracy for nothing. The plan trained is the least sensitive one measured within ``MARGIN`` of the budget;
+        when none was, the last one solved (a probe that cannot be read — too noisy — lets it through). Past
+        ``time_limit`` probing stops (``cut``): the plan measured within the budget is trained, or none. Where the
+        first run stopped probing for time is kept in ``OUT/probes``, so a resumed run stops at the same probe."""
         if "latency" not in self.budget or self.meter is None:
-            return plan, problem, solution
+            return plan, problem, solution, False
         limit = self.budget["latency"]
         goal = MARGIN * limit
         within: tuple | None = None
-        for _ in range(PROBES):
+        relaxed_from: float | None = None  # the target before the relaxation that led to the current plan
+
+        def settle() -> tuple:
+            """``within``, trained; a relaxation whose plan is not the one trained is undone."""
+            if relaxed_from is not None and plan is not within[0]:  # type: ignore[index]
+                fmt = within[0].format  # type: ignore[index]
+                targets[fmt]["latency"] = min(relaxed_from, targets[fmt]["latency"])
+            return (*within, False)  # type: ignore[misc]
+
+        cut_file = self.out / "probes" / f"cut-{index:02d}.json"
+        cut_at = (read_json(cut_file) or {}).get("probes")
+        for count in range(PROBES):
             if not create_format(plan.format).probe_latency:
-                return plan, problem, solution
-            if self._late():
-                return within if within is not None else (None, None, None)
+                return plan, problem, solution, False
+            fmt = plan.format
+            if count == cut_at or (cut_at is None and self._late()):
+                write_json(cut_file, {"probes": count})
+                return settle() if within is not None else (None, None, None, True)
             ratio = self._probe(plan)
             predicted = solution.ratios["latency"]
-            log_entries.append({"probe": plan.key(), "format": plan.format, "predicted": predicted,
-                                "measured": ratio})
-            if ratio is None:
-                return plan, problem, solution
-            fmt = plan.format
+            log_entries.append({"probe": plan.key(), "format": fmt, "predicted": predicted, "measured": ratio})
+            if ratio is None or not math.isfinite(ratio) or ratio <= 0:  # unreadable: what was measured stands
+                return settle() if within is not None else (plan, problem, solution, False)
             if ratio <= goal + 1e-12:
-                if within is None or solution.objective < within[2].objective:
+                if within is None or solution.objective <= within[2].objective:
                     within = (plan, problem, solution)
-                relaxed = predicted * goal / ratio * 0.99
+                relaxed = min(predicted * goal / ratio * 0.99, ceilings.get(fmt, math.inf))
                 if ratio >= NEAR * limit or relaxed <= targets[fmt]["latency"]:
                     break
                 previous = targets[fmt]["latency"]
                 targets[fmt]["latency"] = relaxed
-                milder = solve(problem, targets[fmt])
-                following = None if milder is None else plan_of(problem, milder.picks, analysis, milder.ratios,
-                                                                milder.objective)
+                following, milder, _ = self._solved(fmt, problem, targets[fmt], analysis, log_entries)
                 if following is None or following.key() == plan.key() or following.key() in seen:
                     targets[fmt]["latency"] = previous
                     break
                 self.emit("note", {"text": f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted "
                                            f"{predicted:.3f}), well under {limit:g}: trying a milder plan "
                                            f"(target {relaxed:.3f})"})
+                relaxed_from = previous
                 plan, solution = following, milder
                 continue
             aim = _floored(problem, "latency", predicted * goal / ratio * 0.99)
@@ -272,8 +292,9 @@ class AutoRun:
                 break
             plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries)
             if plan is None:
-                return None, None, None
-        return within if within is not None else (plan, problem, solution)
+                return None, None, None, False
+            relaxed_from = None
+        return settle() if within is not None else (plan, problem, solution, False)
 
     def _probe(self, plan: Plan) -> float | None:
         """The latency ratio of the plan's architecture, untrained (cached in ``OUT/probes`` by the plan's key)."""
@@ -342,7 +363,10 @@ class AutoRun:
 
     def _adapt(self, problem: Problem, solution: Any, row: dict[str, Any], outcome: dict[str, Any],
                targets: dict[str, dict[str, float]], log_entries: list[dict[str, Any]],
-               problems: dict[str, Problem]) -> None:
+               problems: dict[str, Problem], ceilings: dict[str, float]) -> None:
+        """After a candidate: a budget it missed as measured tightens the target (for latency, also the ceiling no
+        probe's relaxation may pass: a trained model's time outweighs an untrained probe's); a drop above
+        ``max_drop`` backs off the plan's most sensitive choice."""
         entry: dict[str, Any] = {"candidate": row["index"], "format": problem.format}
         for key, ok in outcome["budget"].items():
             if ok is False:  # measured above the limit: aim lower by measured / predicted
@@ -351,6 +375,9 @@ class AutoRun:
                 # the MACs model is the same in every format; size and latency are each format's own
                 for fmt in (targets if key == "macs" else [problem.format]):
                     targets[fmt][key] = min(targets[fmt][key], _floored(problems[fmt], key, aim))
+                if key == "latency":
+                    ceilings[problem.format] = min(ceilings.get(problem.format, math.inf),
+                                                   targets[problem.format][key])
                 entry.setdefault("tightened", {})[key] = aim
         if not outcome["accuracy_ok"]:
             picks = [(problem.choices[k].delta[i], k, i) for k, i in solution.picks.items()
