@@ -316,8 +316,8 @@ class Analyser:
                                                    threads=threads).get("ratio")
                         cache.put(key, float(ratio) if ratio is not None else None)
                     value = cache.get(key)
-                    out.setdefault(name, {})[str(row["ratio"])] = value if value is not None else \
-                        max(row["macs"], 1.0)
+                    # too noisy to read: priced as no faster than the layer (no gain the search cannot see)
+                    out.setdefault(name, {})[str(row["ratio"])] = value if value is not None else 1.0
                     if int8:
                         if f"{key}|int8" not in cache_int8:
                             cache_int8.put(f"{key}|int8", int8_ratio(factored))

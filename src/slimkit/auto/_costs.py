@@ -286,7 +286,8 @@ def _layer_cost(fmt: str, analysis: Analysis, layer: str, info: dict[str, Any], 
         table = latency["layers"].get(layer) if latency else None
         int8_table = latency.get("int8_layers", {}).get(layer) if latency and fmt == "int8" else None
         extra = latency.get("int8_float_extra", {}).get(layer) if latency and int8_table is not None else None
-        # a factorisation's time over the layer's, measured (in int8 too when timed so), else its params ratio
+        # a factorisation's time over the layer's, measured (in int8 too when timed so); a table without its
+        # measurement (a meter that does not time factors): its params ratio
         factors = latency.get("rank", {}).get(layer, {}).get(str(rank), rp) if latency and rank is not None else 1.0
         factors_int8 = latency.get("rank_int8", {}).get(layer, {}).get(str(rank), factors) \
             if latency and rank is not None else 1.0
