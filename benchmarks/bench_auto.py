@@ -480,20 +480,34 @@ def run(quick: bool) -> Section:
         results[kind][name] = _saved(root / f"{kind}-{name}.json", {"model": MODELS[name], "auto": AUTO,
                                                                    "quick": quick, "recipes": recipes}, entry)
     clean = _plain(results)
+    return Section(topic="auto", title=TITLE, markdown=render(clean)[0], data=clean)
+
+
+def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The section's markdown from its results (``run``'s data, or ``results/auto.json`` for ``python -m
+    benchmarks.run --rerender auto``)."""
+    clean = {k: v for k, v in payload.items() if k not in ("machine", "quick")}
+    settings = next(iter(clean["models"].values()))["settings"]
     markdown = "\n".join([
         _table(clean), "",
-        f"Budgets are ratios to the input model's: latency in ONNX Runtime at batch {BATCH}, size as the deployed "
-        "file's bytes over the input's fp32 ONNX file. `auto` searches channel pruning, low rank, int8 / mixed "
-        "precision (int8 QDQ ONNX) and per-layer sparsity + k-means bits (Huffman-coded container) with "
-        f"max_drop {MAX_DROP} points on validation; its recovery is {AUTO['recovery_epochs']} epochs of KD from the "
-        "input (the shipped prune + KD recipe's), the container format's 2 magnitude-pruning rounds of 2 epochs each "
-        "and 2 epochs of centroid fine-tuning. "
+        f"Budgets are ratios to the input model's: latency in ONNX Runtime at batch {clean['batch']}, size as the "
+        "deployed file's bytes over the input's fp32 ONNX file. `auto` searches channel pruning, low rank, int8 / "
+        "mixed precision (int8 QDQ ONNX) and per-layer sparsity + k-means bits (Huffman-coded container) with "
+        f"max_drop {clean['max_drop']} points on validation; its recovery is {settings['recovery_epochs']} epochs of "
+        f"KD from the input (the shipped prune + KD recipe's), the container format's {settings['prune_rounds']} "
+        f"magnitude-pruning rounds of {settings['recovery_epochs']} epochs each and {settings['cluster_epochs']} "
+        "epochs of centroid fine-tuning. "
         "ResNet-20's recovery (every method's) uses the first 10,000 training images; LeNets' the full 50,000. "
         "Best hand recipe: every recipe in recipes/ for the model, started from the same trained baseline (its "
         "`train` stage dropped), measured once; the most accurate on validation among those that meet the budget. "
         "Uniform pruning: one L1 ratio for every channel group, searched to auto's MACs (latency budgets) or to the "
         "budget's bytes as fp32 weights (size budgets), same KD recovery, deployed as fp32 ONNX. "
         "Mixed precision alone: auto restricted to the int8 format and the per-layer int8/float knob. "
+        "Under a latency budget auto prices a plan with per-layer ONNX Runtime tables measured on this machine "
+        "(fp32 and int8 kernels, at the very widths the search chooses among; each layer's cost of staying float in "
+        "the int8 network measured in context), times each plan's untrained architecture before training it (a "
+        "probe: over 0.97 of the budget, the search solves again; well under it, a milder plan is tried), and "
+        "measures the trained candidate again. "
         f"Training and analysis ran on {clean['train_threads']} PyTorch threads. "
         "'meets' is the measured budget (unverified: the latency comparison was too noisy). 'wall s' is the auto "
         "run's wall time; a model's analysis (sensitivities and costs) is made by its first budget's run and reused "
@@ -510,9 +524,9 @@ def run(quick: bool) -> Section:
         "recipe's training schedule (its pruning rounds, the epochs and learning rate of the fine-tune after each, "
         "the centroid fine-tune's epochs and learning rate; the learning rates were chosen on validation for the "
         "recipe), and chooses every layer's sparsity and cluster bits itself under max_drop "
-        f"{MAX_DROP} points on validation; its wall time (on {clean['train_threads']} threads) includes its analysis "
-        "and every candidate it tried. Nothing holds the two errors equal: the table shows the test error each pays. "
-        "Ratios are to dense float32 weights (4 bytes per parameter), as Deep Compression's table; test error read "
-        "once.",
+        f"{clean['max_drop']} points on validation; its wall time (on {clean['train_threads']} threads) includes its "
+        "analysis and every candidate it tried. Nothing holds the two errors equal: the table shows the test error "
+        "each pays. Ratios are to dense float32 weights (4 bytes per parameter), as Deep Compression's table; test "
+        "error read once.",
     ])
-    return Section(topic="auto", title=TITLE, markdown=markdown, data=clean)
+    return markdown, clean
