@@ -130,6 +130,46 @@ def test_an_unreachable_target_names_the_reachable_one(table):
                          table=table)
 
 
+
+def _fast_runtime(table, monkeypatch, factor):
+    """compare_latency replaced by the table's prediction × ``factor`` (a runtime that far off the table)."""
+    import slimkit.analysis
+
+    def fake_compare(baseline, candidate, x, **kwargs) -> LatencyComparison:
+        measured = factor * table.predict_ratio(_widths(candidate))
+        return comparison_from_samples([[1.0] * 9, [1.0] * 9, [measured] * 9], backend="onnxruntime", threads=1,
+                                       batch_size=8)
+
+    monkeypatch.setattr(slimkit.analysis, "compare_latency", fake_compare)
+
+
+def _predicted_floor(table):
+    import re
+
+    with pytest.raises(ConfigError) as error:
+        prune_to_latency(Net().eval(), X, PruneConfig(target_latency=LatencyTarget(0.01, batch=8, measure=False)),
+                         table=table)
+    return float(re.search(r"use target_latency ≥ (\d\.\d\d)", str(error.value)).group(1))
+
+
+def test_a_target_below_the_tables_floor_is_measured_before_it_is_refused(table, monkeypatch):
+    """The table over-predicts narrow models (the runtime runs them at 0.7 of its prediction): a target under the
+    predicted floor but above the measured one is reached, not refused."""
+    floor = _predicted_floor(table)
+    target = round(0.85 * floor, 2)
+    _fast_runtime(table, monkeypatch, 0.7)
+    pruned = prune_to_latency(Net().eval(), X, PruneConfig(target_latency=LatencyTarget(target, batch=8, refine=2)),
+                              table=table)
+    info = pruning_info(pruned)["latency"]
+    assert info["rounds"][0]["predicted"] == pytest.approx(floor, abs=0.01)  # the narrowest model, timed first
+    assert info["measured"]["ratio"] <= target * 1.1
+    # the model kept is no narrower than it needs to be: milder than the narrowest one whenever that is allowed
+    assert info["measured"]["ratio"] >= 0.9 * target and info["predicted"] > info["rounds"][0]["predicted"]
+    with pytest.raises(ConfigError, match=r"narrowest allowed width the model measured 0\.\d\d of the original's "
+                                          r"latency \(the table predicted"):
+        prune_to_latency(Net().eval(), X, PruneConfig(target_latency=LatencyTarget(round(0.6 * floor, 2), batch=8)),
+                         table=table)
+
 def test_sub_block_widths_reach_lower_targets(table):
     """0.14 is below the floor of 16-channel steps at min_keep 0.125; a quarter-block width (4, 8, 12) gets there."""
     def prune(sub_block):
