@@ -87,9 +87,11 @@ def test_int8_latency_follows_the_int8_tables_not_the_fp32_ratio(digits, tmp_pat
     assert tables.solution(narrow).ratios["latency"] == pytest.approx(0.4)
 
 
-def test_a_float_layer_in_the_int8_network_costs_what_was_measured_in_context(digits, tmp_path):
+def _calibrated(tmp_path):
+    """auto_digits, its fp32 and int8 tables (an int8 plateau) and the latency payload calibrated to a whole int8
+    model measured at 0.4 of fp32."""
     from slimkit.analysis import build_latency_table
-    from slimkit.auto._costs import calibrate_int8, layer_ms, table_payload
+    from slimkit.auto._costs import calibrate_int8, table_payload
 
     torch.manual_seed(0)
     model = models.from_spec("auto_digits").eval()
@@ -101,6 +103,13 @@ def test_a_float_layer_in_the_int8_network_costs_what_was_measured_in_context(di
                                network=network)
     latency = {**table_payload(fp32), "int8": 0.4}
     calibrate_int8(latency, table_payload(int8), [])
+    return model, x, fp32, int8, latency
+
+
+def test_a_float_layer_in_the_int8_network_costs_what_was_measured_in_context(digits, tmp_path):
+    from slimkit.auto._costs import layer_ms
+
+    model, x, fp32, _, latency = _calibrated(tmp_path)
     full = sum(layer_ms(t) for t in latency["layers"].values())
     latency["int8_float_extra"] = {"conv2": 0.3 * full}  # measured: int8 with conv2 float runs at 0.7 of fp32
     layers = layer_info(model, x)
@@ -120,19 +129,9 @@ def test_a_float_layer_in_the_int8_network_costs_what_was_measured_in_context(di
 
 
 def test_a_factorised_layer_is_priced_by_its_factors_own_timing_in_each_precision(digits, tmp_path):
-    from slimkit.analysis import build_latency_table
-    from slimkit.auto._costs import calibrate_int8, layer_ms, table_payload
+    from slimkit.auto._costs import layer_ms
 
-    torch.manual_seed(0)
-    model = models.from_spec("auto_digits").eval()
-    x = torch.zeros(1, 1, 8, 8)
-    network = tmp_path / "int8.onnx"
-    network.write_bytes(b"the deployed int8 file")
-    fp32 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_Int8Plateau())
-    int8 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_Int8Plateau(), precision="int8",
-                               network=network)
-    latency = {**table_payload(fp32), "int8": 0.4}
-    calibrate_int8(latency, table_payload(int8), [])
+    model, x, fp32, int8, latency = _calibrated(tmp_path)
     # fc1's factors at rank ratio 0.25: 0.3 of the layer's time in fp32, 0.9 in int8 (the int8 plateau)
     latency["rank"], latency["rank_int8"] = {"fc1": {"0.25": 0.3}}, {"fc1": {"0.25": 0.9}}
     layers = layer_info(model, x)
