@@ -33,7 +33,8 @@ if "auto_digits" not in MODELS:  # registered so the container can name it and r
 
 
 class MacsMeter:
-    """Latency proportional to MACs, int8 layers at half the cost: what a test can check exactly. The table is built
+    """Latency proportional to MACs, a model with int8 layers at half the cost: what a test can check exactly (a
+    mixed int8 / float model costs what the int8 one does: its float layers are free). The table is built
     by :func:`slimkit.analysis.build_latency_table` with a measurer that returns each layer's MACs as its time."""
 
     int8_factor = 0.5
@@ -57,9 +58,12 @@ class MacsMeter:
         from slimkit.quantize import wrappers
 
         x = inputs[0][:1]
-        ratio = profile(candidate, x).total.macs / profile(baseline, x).total.macs
-        if any(w.enabled for w in wrappers(candidate).values()):
-            ratio *= self.int8_factor
+
+        def cost(model):
+            int8 = any(w.enabled for w in wrappers(model).values())
+            return profile(model, x).total.macs * (self.int8_factor if int8 else 1.0)
+
+        ratio = cost(candidate) / cost(baseline)
         return {"ratio": ratio, "p10": ratio, "p90": ratio, "aa": 1.0, "status": "ok"}
 
 

@@ -312,3 +312,35 @@ def test_after_a_trained_candidate_misses_the_latency_budget_no_probe_relaxes_pa
     ceiling = log[first]["tightened"]["latency"]
     later = [entry["targets"]["latency"] for entry in log[first + 1:] if "targets" in entry]
     assert later and max(later) <= ceiling + 1e-12  # no relaxation above what the trained miss taught
+
+
+def test_a_float_layers_cost_in_the_int8_network_is_paired_with_it_and_never_negative(trained, digits, tmp_path):
+    from slimkit.quantize import wrappers
+
+    class Biased(MacsMeter):
+        """The first int8 model timed against the float input reads 20 % slow (a comparison's own bias); an int8
+        model with a layer in float reads 5 % faster than the int8 one (noise)."""
+
+        first = True
+
+        def compare(self, baseline, candidate, baseline_file, candidate_file, inputs, *, threads):
+            record = super().compare(baseline, candidate, baseline_file, candidate_file, inputs, threads=threads)
+            int8 = [any(w.enabled for w in wrappers(m).values()) for m in (baseline, candidate)]
+            factor = 1.0
+            if int8 == [False, True] and self.first:
+                self.first, factor = False, 1.2
+            elif int8 == [True, True]:
+                factor = 0.95
+            return {**record, **{k: factor * record[k] for k in ("ratio", "p10", "p90")}}
+
+    model, checkpoint = trained
+    config = AutoConfig(budget="latency=0.55", max_drop=3.0, formats=("int8",), knobs=("channels", "int8"),
+                        recovery_epochs=1, calibration_samples=128, max_candidates=1)
+    auto_compress(model, X, config, data=digits, out=tmp_path / "auto", latency=Biased(), spec="auto_digits",
+                  recipe=_recipe_base(checkpoint))
+    latency = json.loads((tmp_path / "auto" / "analysis" / "summary.json").read_text())["latency"]
+    assert latency["int8"] == pytest.approx(0.6)  # the int8 reference carried its comparison's bias
+    # read as the difference of two ratios to the input, every float layer would have looked cheaper than int8;
+    # paired with the int8 network and floored, none is
+    assert set(latency["int8_float_extra"]) == {"conv1", "conv2", "fc1", "fc2"}
+    assert all(v == 0.0 for v in latency["int8_float_extra"].values())
