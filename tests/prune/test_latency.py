@@ -165,6 +165,11 @@ def test_a_target_below_the_tables_floor_is_measured_before_it_is_refused(table,
     assert info["measured"]["ratio"] <= target * 1.1
     # the model kept is no narrower than it needs to be: milder than the narrowest one whenever that is allowed
     assert info["measured"]["ratio"] >= 0.9 * target and info["predicted"] > info["rounds"][0]["predicted"]
+    # the narrowest model measures just over the target, within its tolerance: it is the answer, timed once
+    close = 0.7 * floor / 1.05
+    info = pruning_info(prune_to_latency(Net().eval(), X, PruneConfig(target_latency=LatencyTarget(close, batch=8)),
+                                         table=table))["latency"]
+    assert len(info["rounds"]) == 1 and close < info["measured"]["ratio"] <= 1.1 * close
     with pytest.raises(ConfigError, match=r"narrowest allowed width the model measured 0\.\d\d of the original's "
                                           r"latency \(the table predicted"):
         prune_to_latency(Net().eval(), X, PruneConfig(target_latency=LatencyTarget(round(0.6 * floor, 2), batch=8)),

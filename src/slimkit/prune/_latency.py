@@ -398,7 +398,7 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
                                                                        if target.min_keep > 0.125 else ""))
         # predicted ↔ measured on the line through (floor, reached) and the unpruned model (1, 1)
         goal = floor + (target.ratio - reached) * (1 - floor) / max(1 - reached, 1e-9)
-    for _ in range(target.refine + 1):
+    for _ in range(target.refine + 1 if not rounds or goal > floor else 0):  # the narrowest model is the answer
         goal = min(0.999, max(floor, goal))
         measured = attempt(goal)
         if measured is None or measured["ratio"] is None:
