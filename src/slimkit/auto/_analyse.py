@@ -64,6 +64,16 @@ class Analyser:
                            "skip": list(config.skip), "data": getattr(data, "name", None),
                            "deployment": [budget.batch, budget.threads]})  # type: ignore[union-attr]
         self.widths: dict[str, tuple[list[int], list[int]]] | None = None  # the search's widths per layer
+        self._quantized: nn.Module | None = None
+
+    def int8_model(self) -> nn.Module:
+        """The input model in int8 (every layer not skipped), quantized once for the analysis."""
+        from slimkit.quantize import QuantConfig, quantize
+
+        if self._quantized is None:
+            self._quantized = quantize(self.model, self.example, QuantConfig(skip=tuple(self.config.skip)),
+                                       data=self.data.calibration)
+        return self._quantized
 
     def cache(self, name: str) -> Cache:
         return Cache(self.folder / f"{name}.json", self.key)
@@ -186,7 +196,6 @@ class Analyser:
     def _int8(self, calib: Calibration, analysis: Analysis) -> None:
         """Per-layer int8 sensitivity; the whole int8 model's file bytes, latency ratio and accuracy."""
         from slimkit.export import export_qdq
-        from slimkit.quantize import QuantConfig, quantize
 
         config = self.config
         quantizable = [n for n in analysis.layers if n not in analysis.skip]
@@ -197,8 +206,7 @@ class Analyser:
         path = self.folder / "int8_reference.onnx"
         if not (isinstance(reference, dict) and reference.get("key") == self.key and path.is_file()):
             self.emit("analysis", {"what": "int8 reference", "done": 0, "total": 1})
-            quantized = quantize(self.model, self.example, QuantConfig(skip=tuple(config.skip)),
-                                 data=self.data.calibration)
+            quantized = self.int8_model()
             export_qdq(quantized, self.example, path)
             from slimkit.analysis import evaluate
 
@@ -256,18 +264,14 @@ class Analyser:
         cache = self.cache("int8_float_vs_int8")
         budget = self.config.budget
         layers = [n for n in analysis.int8 if n not in analysis.skip]
-        reference: nn.Module | None = None
         out: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
             for done, name in enumerate(layers, start=1):
                 if name not in cache:
-                    if reference is None:
-                        reference = quantize(self.model, self.example, QuantConfig(skip=tuple(self.config.skip)),
-                                             data=self.data.calibration)
                     quantized = quantize(self.model, self.example, QuantConfig(skip=(*self.config.skip, name)),
                                          data=self.data.calibration)
                     path = export_qdq(quantized, self.example, Path(tmp) / "mixed.onnx")
-                    record = self.meter.compare(reference, quantized,  # type: ignore[union-attr]
+                    record = self.meter.compare(self.int8_model(), quantized,  # type: ignore[union-attr]
                                                 self.folder / "int8_reference.onnx", path,
                                                 example_batch(self.example, budget.batch),  # type: ignore
                                                 threads=budget.threads)  # type: ignore[union-attr]
