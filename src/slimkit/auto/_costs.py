@@ -14,7 +14,7 @@ layer's codebook, Huffman-coded index streams and bias at each sparsity and clus
 (graph, header, normalisation tensors) is calibrated from the input model's real deployed file.
 
 These are predictions; the search's candidate is then measured, and a miss corrects the search's target (NetAdapt's
-empirical measurement step, Yang et al. 2018).
+empirical measurement step, Yang et al. 2018) or, for a mixed int8 plan, its float layers' costs (``_run.py``).
 """
 
 from __future__ import annotations

@@ -13,12 +13,12 @@
    Then carry the plan out (its recipe stages, recovery included) and **measure** it: the deployed file's bytes,
    MACs, ONNX Runtime latency against the input (A/A-controlled), accuracy on the validation split.
 4. A budget the measurement misses tightens that format's target by measured/predicted (NetAdapt's empirical
-   correction), never past the least the format reaches — except a mixed int8 plan's latency miss (probed or
-   trained), which is charged to its float layers: their costs were timed one layer at a time and do not add
-   up. An accuracy drop above ``max_drop`` backs off the plan's most sensitive choice (that option and every
-   stronger one are forbidden; NNCF's accuracy control reverts layers the same way) and the format is solved
-   again. Stop at the first candidate that meets the budget and
-   ``max_drop``, after ``max_candidates``, past ``time_limit``, or when every format is exhausted.
+   correction), never past the least the format reaches — except a mixed int8 plan's probed latency miss, which
+   is charged to its float layers: their costs were timed one layer at a time and do not add up. An accuracy drop
+   above ``max_drop`` backs off the plan's most sensitive choice (that option and every stronger one are
+   forbidden; NNCF's accuracy control reverts layers the same way) and the format is solved again. Stop at the
+   first candidate that meets the budget and ``max_drop``, after ``max_candidates``, past ``time_limit``, or when
+   every format is exhausted.
 5. The result is the most accurate candidate that meets the budget as measured (on validation).
 
 Decisions are made on the validation split (max_drop, the back-off, the final choice); sensitivities on the
@@ -178,7 +178,7 @@ class AutoRun:
             if outcome["accepted"]:
                 stop = "accepted"
                 break
-            self._adapt(problem, solution, row, outcome, targets, log_entries, problems, ceilings, analysis)
+            self._adapt(problem, solution, row, outcome, targets, log_entries, problems, ceilings)
         write_json(self.out / "search.json", {"stop": stop, "log": log_entries, "targets": targets,
                                               "exhausted": sorted(exhausted)})
         return {"base": base, "analysis": analysis, "candidates": candidates, "stop": stop,
@@ -231,7 +231,8 @@ class AutoRun:
                 targets: dict[str, dict[str, float]], ceilings: dict[str, float], exhausted: set[str],
                 analysis: Analysis, seen: set[str], log_entries: list[dict[str, Any]]) -> tuple:
         """(plan, problem, solution, cut): the plan to train, found by timing untrained architectures (up to
-        ``PROBES``). A plan measured over ``MARGIN`` of the latency budget tightens its format's target and the search
+        ``PROBES``). A plan measured over ``MARGIN`` of the latency budget tightens its format's target — a mixed
+        int8 plan's miss is charged to its float layers instead (:meth:`_charge_float_layers`) — and the search
         solves again; a plan measured well under it (below ``NEAR`` × the budget: the tables were pessimistic)
         relaxes the target — never above ``ceilings[format]``, where a trained candidate of the format missed the
         budget — and the milder plan solved for it is probed in turn: compressing more than the budget needs costs
@@ -285,12 +286,11 @@ class AutoRun:
                 relaxed_from = previous
                 plan, solution = following, milder
                 continue
-            charged = self._charge_float_layers(plan, solution, ratio, analysis, problems, log_entries)
-            if charged:
+            if self._charge_float_layers(plan, solution, ratio, targets[fmt]["latency"], analysis, problems,
+                                         log_entries):
                 self.emit("note", {"text": f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted "
                                            f"{predicted:.3f}) > {goal:.3f} ({MARGIN:g} of the budget): its float "
-                                           f"layers cost more together than alone ({charged:.3g} ms more, shared "
-                                           "among them); solving again"})
+                                           "layers cost more together than alone; their costs are raised"})
             else:
                 aim = _floored(problem, "latency", predicted * goal / ratio * 0.99)
                 targets[fmt]["latency"] = min(targets[fmt]["latency"], aim)
@@ -306,54 +306,59 @@ class AutoRun:
             relaxed_from = None
         return settle() if within is not None else (plan, problem, solution, False)
 
-    def _charge_float_layers(self, plan: Plan, solution: Any, measured: float, analysis: Analysis,
-                             problems: dict[str, Problem], log_entries: list[dict[str, Any]]) -> float:
-        """A mixed int8 plan measured slower than predicted: the excess (in the tables' milliseconds) is charged to
-        its float layers, shared in proportion to their fp32 time, and the int8 problem's costs are rebuilt (in place:
-        its back-offs stay). Returns the milliseconds charged (0: not a mixed int8 plan priced in context, or no
-        excess — the caller then tightens the whole target).
+    def _charge_float_layers(self, plan: Plan, solution: Any, measured: float, target: float, analysis: Analysis,
+                             problems: dict[str, Problem], log_entries: list[dict[str, Any]]) -> bool:
+        """A mixed int8 plan probed slower than predicted: the excess is charged to its float layers' costs in
+        context (shared in proportion to their fp32 time) so that this plan is priced at what it measured — and at
+        least just above ``target``, so the search cannot return it — and the int8 problem's costs are rebuilt in
+        place (its back-offs stay). False when the plan is not a mixed int8 plan priced in context, or no excess is
+        left: the caller then tightens the whole target.
 
         Why not tighten the target as for other misses: a float layer's cost in context is timed one layer at a
         time, and float layers do not add up — every float island adds its own quantize / dequantize pair and layout
         changes (ResNet-20: ten stage-2/3 layers each read ≈ 0 alone; floated together, predicted 0.494 of the
-        input, measured 0.717). Scaling the whole target by measured / predicted then ruled out the all-int8 plan
-        (predicted 0.476, measured 0.456) and sent the search to pruning plans that cost 2-3 points of accuracy,
-        where floating fewer layers met the budget at no cost. Charged, the same layers are priced as measured
-        together, and the search floats fewer of them — or none."""
+        input, measured 0.715). Scaling the whole target by measured / predicted then ruled out the all-int8 plan
+        (predicted 0.476, measured 0.456) and sent the search to pruning plans that cost 2-3 points of accuracy.
+        Charged, the search floats fewer of those layers, or none. The charge is conservative for a subset of them
+        (part of it belongs to the company they kept); a subset's probe that measures well under its prediction
+        relaxes the target as usual."""
         latency = analysis.latency
         if plan.format != "int8" or not plan.float_layers or not latency or "int8_layers" not in latency:
-            return 0.0
+            return False
         extra = latency.get("int8_float_extra", {})
         layers = [n for n in plan.float_layers if n in extra and n in latency["layers"]]
         problem = problems["int8"]
-        excess = (measured - solution.ratios["latency"]) * problem.full["latency"]
+        full = problem.full["latency"]
+        now = problem.evaluate(solution.picks)["latency"]  # its price now: earlier charges may have raised it
+        # clear of the target by more than the solver's feasibility tolerance
+        excess = max(measured, target * 1.001) * full - now
         if not layers or not excess > 0:
-            return 0.0
+            return False
         weights = {n: layer_ms(latency["layers"][n]) for n in layers}
         total = sum(weights.values())
         share = {n: (w / total if total > 0 else 1 / len(layers)) for n, w in weights.items()}
 
+        def charged(scale: float) -> dict[str, float]:
+            return {**extra, **{n: extra[n] + scale * excess * share[n] for n in layers}}
+
         def rebuilt(scale: float) -> Problem:
-            charged = {**extra, **{n: extra[n] + scale * excess * share[n] for n in layers}}
-            latency_now = {**latency, "int8_float_extra": charged}
-            return build_problem("int8", replace(analysis, latency=latency_now), set(self.config.knobs),
-                                 list(self.budget))
+            return build_problem("int8", replace(analysis, latency={**latency, "int8_float_extra": charged(scale)}),
+                                 set(self.config.knobs), list(self.budget))
 
         # a pruned float layer's extra is scaled by its width (its fp32 time at the plan's widths over its full
-        # time): one trial charge shows how much of a charge reaches this plan's prediction, so the scaled charge
-        # prices this very plan at what it measured
-        reached = rebuilt(1.0).evaluate(solution.picks)["latency"] - solution.predicted["latency"]
+        # time): a trial charge shows how much of a charge reaches this plan, so the charge prices this very plan
+        reached = rebuilt(1.0).evaluate(solution.picks)["latency"] - now
         if not reached > 0:
-            return 0.0
+            return False
         scale = excess / reached
         fresh = rebuilt(scale)
         problem.terms, problem.constant = fresh.terms, fresh.constant
         # this run's analysis only (the cached one, shared by runs of other budgets, stays as measured)
-        analysis.latency = {**latency, "int8_float_extra": {**extra, **{n: extra[n] + scale * excess * share[n]
-                                                                       for n in layers}}}
-        log_entries.append({"charged": plan.key(), "format": "int8", "predicted": solution.ratios["latency"],
-                            "measured": measured, "ms": {n: scale * excess * share[n] for n in layers}})
-        return scale * excess
+        analysis.latency = {**latency, "int8_float_extra": charged(scale)}
+        log_entries.append({"charged": plan.key(), "format": "int8", "measured": measured,
+                            "priced": problem.evaluate(solution.picks)["latency"] / full,
+                            "ms": {n: scale * excess * share[n] for n in layers}})
+        return True
 
     def _probe(self, plan: Plan) -> float | None:
         """The latency ratio of the plan's architecture, untrained (cached in ``OUT/probes`` by the plan's key)."""
@@ -422,18 +427,14 @@ class AutoRun:
 
     def _adapt(self, problem: Problem, solution: Any, row: dict[str, Any], outcome: dict[str, Any],
                targets: dict[str, dict[str, float]], log_entries: list[dict[str, Any]],
-               problems: dict[str, Problem], ceilings: dict[str, float], analysis: Analysis) -> None:
+               problems: dict[str, Problem], ceilings: dict[str, float]) -> None:
         """After a candidate: a budget it missed as measured tightens the target (for latency, also the ceiling no
-        probe's relaxation may pass: a trained model's time outweighs an untrained probe's) — except a mixed int8
-        plan's latency miss, which is charged to its float layers (:meth:`_charge_float_layers`); a drop above
-        ``max_drop`` backs off the plan's most sensitive choice."""
+        probe's relaxation may pass: a trained model's time outweighs an untrained probe's, and its miss after a
+        probe within the budget is drift, not a layer's cost); a drop above ``max_drop`` backs off the plan's most
+        sensitive choice."""
         entry: dict[str, Any] = {"candidate": row["index"], "format": problem.format}
         for key, ok in outcome["budget"].items():
-            if ok is False and key == "latency" and self._charge_float_layers(
-                    Plan.from_dict(row["plan"]), solution, row["ratios"][key], analysis, problems, log_entries):
-                ceilings[problem.format] = min(ceilings.get(problem.format, math.inf), targets[problem.format][key])
-                entry.setdefault("charged", {})[key] = row["ratios"][key]
-            elif ok is False:  # measured above the limit: aim lower by measured / predicted
+            if ok is False:  # measured above the limit: aim lower by measured / predicted
                 predicted = solution.ratios.get(key, row["ratios"][key])
                 aim = predicted * self.budget[key] / row["ratios"][key] * 0.99
                 # the MACs model is the same in every format; size and latency are each format's own
