@@ -360,15 +360,16 @@ class _FloatIslands(MacsMeter):
         x = inputs[0][:1]
 
         def cost(model):
-            rows = profile(model, x).rows
-            wrapped = [r for r in rows if r.type == "QuantWrapper"]
+            prof = profile(model, x)
+            wrapped = [r for r in prof.rows if r.type == "QuantWrapper"]
             enabled = {n for n, w in wrappers(model).items() if w.enabled}
             if not enabled:
-                return profile(model, x).total.macs
+                return prof.total.macs
             inside = tuple(f"{r.name}." for r in wrapped)
-            floats = [r for r in rows if r.macs > 0 and r.type != "QuantWrapper" and not r.name.startswith(inside)]
+            floats = [r for r in prof.rows
+                      if r.macs > 0 and r.type != "QuantWrapper" and not r.name.startswith(inside)]
             floats += [r for r in wrapped if r.name not in enabled]
-            full = sum(r.macs for r in floats) + sum(0.5 * r.macs for r in wrapped if r.name in enabled)
+            full = sum(r.macs for r in floats) + sum(self.int8_factor * r.macs for r in wrapped if r.name in enabled)
             return full + self.penalty * profile(baseline, x).total.macs * max(len(floats) - 1, 0)
 
         ratio = cost(candidate) / cost(baseline)

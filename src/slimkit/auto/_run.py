@@ -286,17 +286,16 @@ class AutoRun:
                 relaxed_from = previous
                 plan, solution = following, milder
                 continue
+            missed = (f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted {predicted:.3f}) > "
+                      f"{goal:.3f} ({MARGIN:g} of the budget)")
             if self._charge_float_layers(plan, solution, ratio, targets[fmt]["latency"], analysis, problems,
                                          log_entries):
-                self.emit("note", {"text": f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted "
-                                           f"{predicted:.3f}) > {goal:.3f} ({MARGIN:g} of the budget): its float "
-                                           "layers cost more together than alone; their costs are raised"})
+                self.emit("note", {"text": f"{missed}: its float layers cost more together than alone; their "
+                                           "costs are raised"})
             else:
                 aim = _floored(problem, "latency", predicted * goal / ratio * 0.99)
                 targets[fmt]["latency"] = min(targets[fmt]["latency"], aim)
-                self.emit("note", {"text": f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted "
-                                           f"{predicted:.3f}) > {goal:.3f} ({MARGIN:g} of the budget): solving "
-                                           f"again for {aim:.3f}"})
+                self.emit("note", {"text": f"{missed}: solving again for {aim:.3f}"})
             seen.add(plan.key())
             if within is not None:  # a milder plan missed: the one measured within the budget is trained
                 break
@@ -338,26 +337,27 @@ class AutoRun:
         total = sum(weights.values())
         share = {n: (w / total if total > 0 else 1 / len(layers)) for n, w in weights.items()}
 
-        def charged(scale: float) -> dict[str, float]:
-            return {**extra, **{n: extra[n] + scale * excess * share[n] for n in layers}}
+        def charged(added: dict[str, float]) -> dict[str, Any]:
+            """The latency analysis with ``added`` milliseconds on those layers' costs in context."""
+            return {**latency, "int8_float_extra": {**extra, **{n: extra[n] + ms for n, ms in added.items()}}}
 
-        def rebuilt(scale: float) -> Problem:
-            return build_problem("int8", replace(analysis, latency={**latency, "int8_float_extra": charged(scale)}),
-                                 set(self.config.knobs), list(self.budget))
+        def rebuilt(latency_now: dict[str, Any]) -> Problem:
+            return build_problem("int8", replace(analysis, latency=latency_now), set(self.config.knobs),
+                                 list(self.budget))
 
         # a pruned float layer's extra is scaled by its width (its fp32 time at the plan's widths over its full
         # time): a trial charge shows how much of a charge reaches this plan, so the charge prices this very plan
-        reached = rebuilt(1.0).evaluate(solution.picks)["latency"] - now
+        trial = {n: excess * share[n] for n in layers}
+        reached = rebuilt(charged(trial)).evaluate(solution.picks)["latency"] - now
         if not reached > 0:
             return False
-        scale = excess / reached
-        fresh = rebuilt(scale)
-        problem.terms, problem.constant = fresh.terms, fresh.constant
+        added = {n: ms * excess / reached for n, ms in trial.items()}
         # this run's analysis only (the cached one, shared by runs of other budgets, stays as measured)
-        analysis.latency = {**latency, "int8_float_extra": charged(scale)}
+        analysis.latency = charged(added)
+        fresh = rebuilt(analysis.latency)
+        problem.terms, problem.constant = fresh.terms, fresh.constant
         log_entries.append({"charged": plan.key(), "format": "int8", "measured": measured,
-                            "priced": problem.evaluate(solution.picks)["latency"] / full,
-                            "ms": {n: scale * excess * share[n] for n in layers}})
+                            "priced": problem.evaluate(solution.picks)["latency"] / full, "ms": added})
         return True
 
     def _probe(self, plan: Plan) -> float | None:
