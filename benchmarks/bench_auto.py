@@ -486,6 +486,8 @@ def run(quick: bool) -> Section:
 def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The section's markdown from its results (``run``'s data, or ``results/auto.json`` for ``python -m
     benchmarks.run --rerender auto``)."""
+    from slimkit.auto._run import MARGIN
+
     clean = {k: v for k, v in payload.items() if k not in ("machine", "quick")}
     settings = next(iter(clean["models"].values()))["settings"]
     markdown = "\n".join([
@@ -506,9 +508,9 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "Under a latency budget auto prices a plan with per-layer ONNX Runtime tables measured on this machine "
         "(fp32 and int8 kernels, at the very widths the search chooses among; each layer's cost of staying float in "
         "the int8 network measured in context), times each plan's untrained architecture before training it (a "
-        "probe: over 0.97 of the budget, the search solves again — a mixed int8 plan's miss charged to its float "
-        "layers, whose costs were timed one layer at a time and do not add up, any other miss by tightening the "
-        "target; well under it, a milder plan is tried), and measures the trained candidate again. "
+        f"probe: over {MARGIN:g} of the budget, the search solves again — a mixed int8 plan's miss charged to its "
+        "float layers, whose costs were timed one layer at a time and do not add up, any other miss by tightening "
+        "the target; well under it, a milder plan is tried), and measures the trained candidate again. "
         f"Training and analysis ran on {clean['train_threads']} PyTorch threads. "
         "'meets' is the measured budget (unverified: the latency comparison was too noisy). 'wall s' is the auto "
         "run's wall time; a model's analysis (sensitivities and costs) is made by its first budget's run and reused "
