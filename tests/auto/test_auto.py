@@ -53,19 +53,47 @@ def test_a_latency_budget_is_met_as_measured_and_the_recipe_reproduces_it(traine
 
 
 def test_a_candidate_that_misses_max_drop_is_backed_off(trained, digits, tmp_path):
-    # no recovery and no accuracy loss allowed: the first plan must drop accuracy, and each next plan is milder
-    # where the previous one was most sensitive, still within the budget
-    _, result = _run(trained, digits, tmp_path / "auto", budget="macs=0.45", max_drop=0.0, formats=("onnx",),
+    # no recovery and no accuracy loss allowed: the first plan must drop accuracy; the next is the uniform plan
+    # (test below), which drops accuracy too here; the one after it is milder where the first was most sensitive,
+    # still within the budget
+    _, result = _run(trained, digits, tmp_path / "auto", budget="macs=0.3", max_drop=0.0, formats=("onnx",),
                      knobs=("channels",), recovery_epochs=0, max_candidates=3)
-    first, second = result.candidates[0], result.candidates[1]
+    first, uniform, third = result.candidates
     assert not first["outcome"]["accuracy_ok"] and first["outcome"]["budget_met"]
+    assert uniform["label"] == "02 onnx uniform" and not uniform["outcome"]["accuracy_ok"]
     log = json.loads((tmp_path / "auto" / "search.json").read_text())["log"]
     backed = next(entry["backed_off"] for entry in log if entry.get("candidate") == 1)
     key = backed["choice"]
-    assert second["picks"][key] < first["picks"][key]  # a milder width for the group backed off
-    assert all(row["ratios"]["macs"] <= 0.45 for row in result.candidates)
+    assert third["picks"][key] < first["picks"][key]  # a milder width for the group backed off
+    assert all(row["ratios"]["macs"] <= 0.3 for row in result.candidates)
     best = max(result.candidates, key=lambda r: r["accuracy"])
     assert result.chosen["index"] == best["index"]
+
+
+def _digits_macs(fraction):
+    """DigitsNet's MACs per 8×8 image with every channel group keeping ``fraction`` of its units, counted by hand:
+    conv1 1→c1 and conv2 c1→c2 (3×3 on 8×8), fc1 16·c2→h, fc2 h→10."""
+    c1, c2, h = (max(1, round(fraction * units)) for units in (12, 24, 48))
+    return 64 * 9 * c1 + 64 * 9 * c1 * c2 + 16 * c2 * h + 10 * h
+
+
+def test_after_an_accuracy_miss_uniform_pruning_is_tried_as_a_candidate(trained, digits, tmp_path):
+    # the searched plan misses max_drop; the next candidate prunes every group to one keep fraction — the mildest
+    # of the configured fractions whose MACs meet the budget — so that auto's choice is never below uniform
+    # pruning's accuracy at the same budget (on validation)
+    _, result = _run(trained, digits, tmp_path / "auto", budget="macs=0.45", max_drop=0.0, formats=("onnx",),
+                     knobs=("channels",), recovery_epochs=0, max_candidates=3)
+    first, second = result.candidates[:2]
+    assert not first["outcome"]["accuracy_ok"] and first["label"] == "01 onnx"
+    assert second["label"] == "02 onnx uniform"
+    fractions = sorted(AutoConfig(budget="macs=0.45").keep_fractions, reverse=True)
+    mildest = next(f for f in fractions if _digits_macs(f) <= 0.45 * _digits_macs(1.0))
+    assert second["macs"] == _digits_macs(mildest)  # the deployed model's widths: 8, 15, 30 of 12, 24, 48
+    keeps = {group: 1 - ratio for group, ratio in second["plan"]["prune"].items()}
+    assert keeps == pytest.approx({"conv1": 8 / 12, "conv2": 15 / 24, "fc1": 30 / 48})
+    log = json.loads((tmp_path / "auto" / "search.json").read_text())["log"]
+    assert any(entry.get("uniform") and entry["solution"]["picks"] == second["picks"] for entry in log)
+    assert result.chosen["accuracy"] == max(r["accuracy"] for r in result.candidates if r["outcome"]["budget_met"])
 
 
 def test_an_interrupted_search_resumes_to_the_same_result(trained, digits, tmp_path):

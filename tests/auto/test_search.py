@@ -7,12 +7,12 @@ from slimkit.auto import Choice, Problem, Term, solve
 from slimkit.auto._search import reachable
 
 
-def _random_problem(rng: np.random.Generator) -> Problem:
+def _random_problem(rng: np.random.Generator, group_options: int | None = None) -> Problem:
     """Two channel groups (widths) and three layers with their own options; each layer's cost depends on the width
     of the group before it, the group after it and its own option (as a conv's latency does)."""
     choices = {}
     for g in ("g1", "g2"):
-        n = int(rng.integers(2, 5))
+        n = group_options or int(rng.integers(2, 5))
         choices[g] = Choice(g, list(range(n)), sorted(rng.random(n) * rng.random()), [(i,) for i in range(n)])
     for layer in ("a", "b", "c"):
         n = int(rng.integers(1, 4))
@@ -85,3 +85,41 @@ def test_back_off_forbids_the_choice_and_everything_at_least_as_strong_in_every_
     assert forbidden == {(1, 1), (1, 2), (2, 1), (2, 2)}
     # stronger in one knob and milder in the other stays allowed
     assert choice.allowed[strength.index((2, 0))] and choice.allowed[strength.index((0, 2))]
+
+
+def test_tied_choices_move_together_and_the_tied_optimum_is_exact():
+    # g1 and g2 tied level by level, as uniform pruning ties every group to one keep fraction (g2 skips its option 1
+    # and repeats its last, as a small group's rounded widths do); term "b" depends on both, so the tied problem
+    # keeps only its diagonal combinations; a back-off of g1's strongest option forbids that tie level
+    ties = {"g1": [0, 1, 2, 3], "g2": [0, 2, 3, 3]}
+    others = ("a", "b", "c")
+    levels_found = set()
+    for seed in range(16):
+        rng = np.random.default_rng(100 + seed)
+        problem = _random_problem(rng, group_options=4)
+        problem.choices["g1"].allowed[3] = False
+        feasible = {}
+        for level in range(3):
+            for combo in itertools.product(*[range(len(problem.choices[k].labels)) for k in others]):
+                picks = {"g1": ties["g1"][level], "g2": ties["g2"][level], **dict(zip(others, combo))}
+                values = problem.evaluate(picks)
+                feasible[(level, combo)] = ({d: values[d] / problem.full[d] for d in values},
+                                            problem.objective_of(picks))
+        # limits between the least and the most any tied picks need, so that the tie level matters
+        limits = {d: float(rng.uniform(min(r[d] for r, _ in feasible.values()), max(r[d] for r, _ in
+                                                                                        feasible.values())))
+                  for d in ("latency", "size")}
+        meets = [o for r, o in feasible.values() if all(r[d] <= limits[d] + 1e-12 for d in limits)]
+        got = solve(problem, limits, ties=ties)
+        if not meets:
+            assert got is None
+            continue
+        assert got is not None and set(got.picks) == set(problem.choices)
+        level = ties["g1"].index(got.picks["g1"])
+        assert got.picks["g2"] == ties["g2"][level] and level != 3
+        assert got.objective == pytest.approx(min(meets), abs=1e-6)
+        values = problem.evaluate(got.picks)
+        for d, limit in limits.items():
+            assert got.ratios[d] == pytest.approx(values[d] / problem.full[d]) and got.ratios[d] <= limit + 1e-9
+        levels_found.add(level)
+    assert len(levels_found) >= 2  # the seeds exercise more than one tie level

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -400,6 +401,28 @@ def _reference_bytes(fmt: str, analysis: Analysis, layer: str, info: dict[str, A
     if fmt == "int8" and layer not in analysis.skip:
         return info["weights"] + INT8_CHANNEL_BYTES * info["out"]
     return 4.0 * (info["weights"] + info["bias"])
+
+
+def uniform_ties(problem: Problem, analysis: Analysis, fractions: Sequence[float]) -> dict[str, list[int]] | None:
+    """Every channel group of ``problem`` tied to one keep fraction below 1 (``fractions``, mildest first): the
+    level at which each group keeps ``max(1, round(fraction × units))`` units, as
+    :func:`~slimkit.auto._sensitivity.keep_levels` made them — uniform pruning, one ratio for every group, as
+    a solve's ``ties``. A fraction some group has no level for is left out; None without two groups to tie or
+    without a fraction."""
+    keys = [k for k in problem.choices if k.startswith("group:")]
+    if len(keys) < 2:
+        return None
+    ties: dict[str, list[int]] = {k: [] for k in keys}
+    for fraction in sorted({f for f in fractions if f < 1}, reverse=True):
+        found = {}
+        for key in keys:
+            entry = analysis.groups[key.partition(":")[2]]
+            keep = max(1, round(fraction * entry["units"]))
+            found[key] = next((i for i, lv in enumerate(entry["levels"]) if lv["keep"] == keep), None)
+        if all(i is not None for i in found.values()):
+            for key, i in found.items():
+                ties[key].append(i)
+    return ties if ties[keys[0]] else None
 
 
 def plan_of(problem: Problem, picks: dict[str, int], analysis: Analysis, ratios: dict[str, float],

@@ -153,14 +153,63 @@ def _layout(problem: Problem) -> tuple[dict[tuple[str, int], int], list[tuple[Te
     return index, joint, n
 
 
+#: the key of the one choice that stands for every tied choice in :func:`tied_problem`
+TIED = "tied"
+
+
+def tied_problem(problem: Problem, ties: dict[str, list[int]]) -> Problem:
+    """``problem`` with the choices in ``ties`` moving together: they are replaced by one choice, :data:`TIED`,
+    whose option j is option ``ties[key][j]`` of every tied choice ``key`` — allowed when all of those are, costing
+    their summed sensitivity. Every term is re-indexed over the remaining factors (a term over two tied choices
+    keeps only the combinations where both move together)."""
+    lengths = {len(levels) for levels in ties.values()}
+    if len(lengths) != 1:
+        raise ValueError("every tied choice needs one option per tie level")
+    count = lengths.pop()
+    choices = {k: c for k, c in problem.choices.items() if k not in ties}
+    choices[TIED] = Choice(TIED, list(range(count)),
+                           [float(sum(problem.choices[k].delta[ties[k][j]] for k in ties)) for j in range(count)],
+                           [(j,) for j in range(count)],
+                           [all(problem.choices[k].allowed[ties[k][j]] for k in ties) for j in range(count)])
+    terms = []
+    for term in problem.terms:
+        if not any(f in ties for f in term.factors):
+            terms.append(term)
+            continue
+        factors: list[str] = []
+        for f in term.factors:
+            key = TIED if f in ties else f
+            if key not in factors:
+                factors.append(key)
+        shape = [len(choices[f].labels) for f in factors]
+        cost = {}
+        for dim, table in term.cost.items():
+            out = np.empty(shape)
+            for idx in np.ndindex(*shape):
+                pick = dict(zip(factors, idx))
+                out[idx] = table[tuple(ties[f][pick[TIED]] if f in ties else pick[f] for f in term.factors)]
+            cost[dim] = out
+        terms.append(Term(factors, cost, term.name))
+    return Problem(problem.format, choices, terms, dict(problem.constant), dict(problem.full))
+
+
 def solve(problem: Problem, limits: dict[str, float], *, time_limit: float = 60.0,
-          minimise: str | None = None) -> Solution | None:
+          minimise: str | None = None, ties: dict[str, list[int]] | None = None) -> Solution | None:
     """The allowed picks with the least summed sensitivity whose predicted ratios are all ≤ ``limits`` (None when
     no such picks exist). ``minimise="latency"`` (etc.) instead minimises that dimension with no limits: the
-    smallest ratio the search space reaches."""
+    smallest ratio the search space reaches. With ``ties`` (choice → its option at each tie level), those choices
+    move together (:func:`tied_problem`: e.g. every channel group at one keep fraction — uniform pruning); the
+    picks returned are the untied problem's."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_array
 
+    if ties:
+        reduced = solve(tied_problem(problem, ties), limits, time_limit=time_limit, minimise=minimise)
+        if reduced is None:
+            return None
+        level = reduced.picks.pop(TIED)
+        picks = {**reduced.picks, **{k: levels[level] for k, levels in ties.items()}}
+        return problem.solution({k: picks[k] for k in problem.choices}, reduced.status)
     if any(not any(c.allowed) for c in problem.choices.values()):
         return None
     index, joint, n = _layout(problem)
