@@ -65,6 +65,9 @@ def test_a_candidate_that_misses_max_drop_is_backed_off(trained, digits, tmp_pat
     backed = next(entry["backed_off"] for entry in log if entry.get("candidate") == 1)
     key = backed["choice"]
     assert third["picks"][key] < first["picks"][key]  # a milder width for the group backed off
+    # the uniform candidate's miss backs nothing off: its choices were not the search's
+    after_uniform = next(entry for entry in log if entry.get("candidate") == 2)
+    assert after_uniform.get("uniform") and "backed_off" not in after_uniform
     assert all(row["ratios"]["macs"] <= 0.3 for row in result.candidates)
     best = max(result.candidates, key=lambda r: r["accuracy"])
     assert result.chosen["index"] == best["index"]
@@ -94,6 +97,21 @@ def test_after_an_accuracy_miss_uniform_pruning_is_tried_as_a_candidate(trained,
     log = json.loads((tmp_path / "auto" / "search.json").read_text())["log"]
     assert any(entry.get("uniform") and entry["solution"]["picks"] == second["picks"] for entry in log)
     assert result.chosen["accuracy"] == max(r["accuracy"] for r in result.candidates if r["outcome"]["budget_met"])
+
+
+def test_the_uniform_candidate_is_solved_before_the_searched_plans_back_offs(trained, digits, tmp_path):
+    # one keep fraction (a quarter): the first plan prunes one group to a quarter (conv1: 0.32 of the MACs, counted
+    # by hand), misses max_drop, and its back-off forbids that group at a quarter — the only uniform level. The
+    # uniform candidate (every group at a quarter, 0.07 of the MACs) is still tried, on the choices before any
+    # back-off
+    _, result = _run(trained, digits, tmp_path / "auto", budget="macs=0.45", max_drop=0.0, formats=("onnx",),
+                     knobs=("channels",), recovery_epochs=0, max_candidates=2, keep_fractions=(0.25,))
+    first, second = result.candidates
+    assert not first["outcome"]["accuracy_ok"] and len(first["plan"]["prune"]) == 1
+    log = json.loads((tmp_path / "auto" / "search.json").read_text())["log"]
+    backed = next(entry["backed_off"] for entry in log if entry.get("candidate") == 1)
+    assert backed["choice"] == "group:" + next(iter(first["plan"]["prune"]))
+    assert second["label"] == "02 onnx uniform" and second["macs"] == _digits_macs(0.25)
 
 
 def test_an_interrupted_search_resumes_to_the_same_result(trained, digits, tmp_path):

@@ -91,15 +91,18 @@ def test_tied_choices_move_together_and_the_tied_optimum_is_exact():
     # g1 and g2 tied level by level, as uniform pruning ties every group to one keep fraction (g2 skips its option 1
     # and repeats its last, as a small group's rounded widths do); term "b" depends on both, so the tied problem
     # keeps only its diagonal combinations; a back-off of g1's strongest option forbids that tie level
-    ties = {"g1": [0, 1, 2, 3], "g2": [0, 2, 3, 3]}
+    ties = {"g1": [0, 1, 2, 3, 3], "g2": [0, 0, 2, 1, 3]}
     others = ("a", "b", "c")
     levels_found = set()
     for seed in range(16):
         rng = np.random.default_rng(100 + seed)
         problem = _random_problem(rng, group_options=4)
-        problem.choices["g1"].allowed[3] = False
+        problem.choices["g2"].allowed[3] = False  # forbids tie level 4 only (g2's option 3)
+        # a term on no tied choice and one on none at all pass through unchanged
+        problem.terms += [Term(["a"], {"latency": np.arange(len(problem.choices["a"].labels), dtype=float)}, "a2"),
+                          Term([], {"size": np.array(0.5)}, "fixed")]
         feasible = {}
-        for level in range(3):
+        for level in range(4):
             for combo in itertools.product(*[range(len(problem.choices[k].labels)) for k in others]):
                 picks = {"g1": ties["g1"][level], "g2": ties["g2"][level], **dict(zip(others, combo))}
                 values = problem.evaluate(picks)
@@ -115,8 +118,8 @@ def test_tied_choices_move_together_and_the_tied_optimum_is_exact():
             assert got is None
             continue
         assert got is not None and set(got.picks) == set(problem.choices)
-        level = ties["g1"].index(got.picks["g1"])
-        assert got.picks["g2"] == ties["g2"][level] and level != 3
+        level = next(j for j in range(5) if (got.picks["g1"], got.picks["g2"]) == (ties["g1"][j], ties["g2"][j]))
+        assert level != 4
         assert got.objective == pytest.approx(min(meets), abs=1e-6)
         values = problem.evaluate(got.picks)
         for d, limit in limits.items():

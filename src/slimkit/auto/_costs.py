@@ -404,11 +404,11 @@ def _reference_bytes(fmt: str, analysis: Analysis, layer: str, info: dict[str, A
 
 
 def uniform_ties(problem: Problem, analysis: Analysis, fractions: Sequence[float]) -> dict[str, list[int]] | None:
-    """Every channel group of ``problem`` tied to one keep fraction below 1 (``fractions``, mildest first): the
-    level at which each group keeps ``max(1, round(fraction × units))`` units, as
-    :func:`~slimkit.auto._sensitivity.keep_levels` made them — uniform pruning, one ratio for every group, as
-    a solve's ``ties``. A fraction some group has no level for is left out; None without two groups to tie or
-    without a fraction."""
+    """Every channel group of ``problem`` tied to one keep fraction: for each of ``fractions`` below 1, mildest
+    first, the level at which each group keeps ``max(1, round(fraction × units))`` units, as
+    :func:`~slimkit.auto._sensitivity.keep_levels` made them (a group too small to lose a unit at that fraction
+    stays whole) — uniform pruning, one ratio for every group, as a solve's ``ties``. None without two groups to
+    tie or without a fraction (a fraction the analysis has no level for, made with other settings, is left out)."""
     keys = [k for k in problem.choices if k.startswith("group:")]
     if len(keys) < 2:
         return None

@@ -17,11 +17,13 @@
    is charged to its float layers: their costs were timed one layer at a time and do not add up. An accuracy drop
    above ``max_drop`` backs off the plan's most sensitive choice (that option and every stronger one are
    forbidden; NNCF's accuracy control reverts layers the same way) and the format is solved again. After the first
-   accuracy miss, the next candidate is the uniform plan: every channel group tied to one keep fraction, solved
-   like any plan (the tie level and the other choices together, least summed sensitivity within the target) —
-   the summed per-group sensitivities miss how prunings interact, and uniform pruning is the baseline a user
-   would otherwise run. Stop at the first candidate that meets the budget and ``max_drop``, after
-   ``max_candidates``, past ``time_limit``, or when every format is exhausted.
+   accuracy miss, the next candidate is the uniform plan, where one exists (two or more channel groups, a keep
+   fraction within the target): every channel group tied to one keep fraction, solved like any plan (the tie
+   level and the other choices together, least summed sensitivity) on the choices as they were before any
+   back-off; its own accuracy miss backs nothing off. The summed per-group sensitivities miss how prunings
+   interact, and uniform pruning is the baseline a user would otherwise run. Stop at the first candidate that
+   meets the budget and ``max_drop``, after ``max_candidates``, past ``time_limit``, or when every format is
+   exhausted.
 5. The result is the most accurate candidate that meets the budget as measured (on validation).
 
 Decisions are made on the validation split (max_drop, the back-off, the final choice); sensitivities on the
@@ -102,8 +104,10 @@ class AutoRun:
         self.meter, self.spec, self.emit, self.progress = meter, spec, emit, progress
         self.analysis_dir = analysis_dir or out / "analysis"
         self.budget = dict(config.budget.items())  # type: ignore[union-attr]
-        #: per format, its channel groups' levels at each keep fraction (uniform plans); set once analysed
+        #: per format, its channel groups' levels at each keep fraction (uniform plans), and its choices' allowed
+        #: options before any back-off (a uniform plan is solved on those); set once analysed
         self.ties: dict[str, dict[str, list[int]] | None] = {}
+        self.unrestricted: dict[str, dict[str, list[bool]]] = {}
         self.started = time.perf_counter()
 
     def fingerprint(self) -> str:
@@ -154,6 +158,7 @@ class AutoRun:
         problems = {f: build_problem(f, analysis, knobs, dims) for f in formats}
         self._check_reachable(problems, dims)
         self.ties = {f: uniform_ties(p, analysis, self.config.keep_fractions) for f, p in problems.items()}
+        self.unrestricted = {f: p.state() for f, p in problems.items()}
         targets = {f: dict(self.budget) for f in formats}
         exhausted: set[str] = set()
         candidates: list[dict[str, Any]] = []
@@ -176,22 +181,22 @@ class AutoRun:
                 uniform_tried = True
                 plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries,
                                                           uniform=True)
-                if plan is not None:
-                    self.emit("note", {"text": "trying uniform pruning (one keep fraction for every channel group) "
-                                               "as a candidate"})
+                self.emit("note", {"text": "trying uniform pruning (one keep fraction for every channel group) as a "
+                                           "candidate" if plan is not None else
+                                           "no uniform pruning plan meets the budget: the search goes on"})
             if plan is None:
                 uniform = False
                 plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries)
             cut = False
             if plan is not None:
-                plan, problem, solution, cut = self._probed(index, plan, problem, solution, problems, targets,
-                                                            ceilings, exhausted, analysis, seen, log_entries,
-                                                            uniform=uniform)
+                plan, problem, solution, cut, uniform = self._probed(index, plan, problem, solution, problems,
+                                                                     targets, ceilings, exhausted, analysis, seen,
+                                                                     log_entries, uniform=uniform)
             if plan is None:
                 stop = "time_limit" if cut else "exhausted"
                 break
             seen.add(plan.key())
-            row = self._candidate(index, plan, analysis, base, uniform=self._uniform(problem, solution.picks))
+            row = self._candidate(index, plan, analysis, base, uniform=uniform)
             row["picks"] = solution.picks
             candidates.append(row)
             outcome = self._judge(row, base)
@@ -201,7 +206,7 @@ class AutoRun:
             if outcome["accepted"]:
                 stop = "accepted"
                 break
-            self._adapt(problem, solution, row, outcome, targets, log_entries, problems, ceilings)
+            self._adapt(problem, solution, row, outcome, targets, log_entries, problems, ceilings, uniform=uniform)
         write_json(self.out / "search.json", {"stop": stop, "log": log_entries, "targets": targets,
                                               "exhausted": sorted(exhausted)})
         return {"base": base, "analysis": analysis, "candidates": candidates, "stop": stop,
@@ -225,7 +230,8 @@ class AutoRun:
                    uniform: bool = False) -> tuple:
         """(plan, problem, solution): the formats' solutions for their targets, the one costing the least predicted
         accuracy; a format with none new is exhausted. ``uniform``: only uniform plans (every channel group at one
-        keep fraction, :func:`uniform_ties`), and a format without one is not exhausted by it."""
+        keep fraction, :func:`uniform_ties`, solved with no back-off in force), and a format without one is not
+        exhausted by it."""
         best = None
         for fmt, problem in problems.items():
             ties = self.ties.get(fmt) if uniform else None
@@ -248,7 +254,15 @@ class AutoRun:
                 ties: dict[str, list[int]] | None = None) -> tuple[Plan | None, Any, str | None]:
         """The plan solved for ``target`` (logged), or None with why: no plan meets it ("infeasible"), or the plan
         is an int8 plan with every layer in float — an onnx plan, which the onnx format searches ("degenerate")."""
-        solution = solve(problem, target, ties=ties)
+        if ties:  # a uniform plan is its own baseline: the searched plans' back-offs do not restrict it
+            current = problem.state()
+            problem.restore(self.unrestricted[fmt])
+            try:
+                solution = solve(problem, target, ties=ties)
+            finally:
+                problem.restore(current)
+        else:
+            solution = solve(problem, target)
         log_entries.append({"format": fmt, "targets": dict(target), **({"uniform": True} if ties else {}),
                             "solution": None if solution is None else solution.to_dict()})
         if solution is None:
@@ -272,9 +286,10 @@ class AutoRun:
         when none was, the last one solved (a probe that cannot be read — too noisy — lets it through). Past
         ``time_limit`` probing stops (``cut``): the plan measured within the budget is trained, or none. Where the
         first run stopped probing for time is kept in ``OUT/probes``, so a resumed run stops at the same probe.
-        ``uniform``: the plans solved again are uniform ones too, while there is one."""
+        ``uniform``: the plans solved again are uniform ones too, while there is one; returned with the plan (False
+        once a miss left no uniform plan and a searched one took over)."""
         if "latency" not in self.budget or self.meter is None:
-            return plan, problem, solution, False
+            return plan, problem, solution, False, uniform
         limit = self.budget["latency"]
         goal = MARGIN * limit
         within: tuple | None = None
@@ -285,22 +300,22 @@ class AutoRun:
             if relaxed_from is not None and plan is not within[0]:  # type: ignore[index]
                 fmt = within[0].format  # type: ignore[index]
                 targets[fmt]["latency"] = min(relaxed_from, targets[fmt]["latency"])
-            return (*within, False)  # type: ignore[misc]
+            return (*within, False, uniform)  # type: ignore[misc]
 
         cut_file = self.out / "probes" / f"cut-{index:02d}.json"
         cut_at = (read_json(cut_file) or {}).get("probes")
         for count in range(PROBES):
             if not create_format(plan.format).probe_latency:
-                return plan, problem, solution, False
+                return plan, problem, solution, False, uniform
             fmt = plan.format
             if count == cut_at or (cut_at is None and self._late()):
                 write_json(cut_file, {"probes": count})
-                return settle() if within is not None else (None, None, None, True)
+                return settle() if within is not None else (None, None, None, True, False)
             ratio = self._probe(plan)
             predicted = solution.ratios["latency"]
             log_entries.append({"probe": plan.key(), "format": fmt, "predicted": predicted, "measured": ratio})
             if ratio is None or not math.isfinite(ratio) or ratio <= 0:  # unreadable: what was measured stands
-                return settle() if within is not None else (plan, problem, solution, False)
+                return settle() if within is not None else (plan, problem, solution, False, uniform)
             if ratio <= goal + 1e-12:
                 if within is None or solution.objective <= within[2].objective:
                     within = (plan, problem, solution)
@@ -339,9 +354,9 @@ class AutoRun:
                 uniform = False
                 plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries)
             if plan is None:
-                return None, None, None, False
+                return None, None, None, False, False
             relaxed_from = None
-        return settle() if within is not None else (plan, problem, solution, False)
+        return settle() if within is not None else (plan, problem, solution, False, uniform)
 
     def _charge_float_layers(self, plan: Plan, solution: Any, measured: float, target: float, analysis: Analysis,
                              problems: dict[str, Problem], log_entries: list[dict[str, Any]]) -> bool:
@@ -419,14 +434,6 @@ class AutoRun:
         write_json(folder / RESULT_FILE, {"key": plan.key(), "ratio": record.get("ratio"), "latency": record})
         return record.get("ratio")
 
-    def _uniform(self, problem: Problem, picks: dict[str, int]) -> bool:
-        """Whether ``picks`` prune every channel group to one keep fraction below 1 (a uniform plan)."""
-        ties = self.ties.get(problem.format)
-        if not ties:
-            return False
-        levels = len(next(iter(ties.values())))
-        return any(all(picks.get(k) == ties[k][j] for k in ties) for j in range(levels))
-
     def _candidate(self, index: int, plan: Plan, analysis: Analysis, base: dict[str, Any], *,
                    uniform: bool = False) -> dict[str, Any]:
         folder = self.out / "candidates" / f"{index:02d}"
@@ -475,11 +482,12 @@ class AutoRun:
 
     def _adapt(self, problem: Problem, solution: Any, row: dict[str, Any], outcome: dict[str, Any],
                targets: dict[str, dict[str, float]], log_entries: list[dict[str, Any]],
-               problems: dict[str, Problem], ceilings: dict[str, float]) -> None:
+               problems: dict[str, Problem], ceilings: dict[str, float], *, uniform: bool = False) -> None:
         """After a candidate: a budget it missed as measured tightens the target (for latency, also the ceiling no
         probe's relaxation may pass: a trained model's time outweighs an untrained probe's, and its miss after a
         probe within the budget is drift, not a layer's cost); a drop above ``max_drop`` backs off the plan's most
-        sensitive choice."""
+        sensitive choice — except after the uniform candidate: its choices are not the search's, and backing them off
+        would forbid the searched plans options no searched plan chose."""
         entry: dict[str, Any] = {"candidate": row["index"], "format": problem.format}
         for key, ok in outcome["budget"].items():
             if ok is False:  # measured above the limit: aim lower by measured / predicted
@@ -492,7 +500,9 @@ class AutoRun:
                     ceilings[problem.format] = min(ceilings.get(problem.format, math.inf),
                                                    targets[problem.format][key])
                 entry.setdefault("tightened", {})[key] = aim
-        if not outcome["accuracy_ok"]:
+        if not outcome["accuracy_ok"] and uniform:
+            entry["uniform"] = True  # no back-off: see above
+        elif not outcome["accuracy_ok"]:
             picks = [(problem.choices[k].delta[i], k, i) for k, i in solution.picks.items()
                      if problem.choices[k].delta[i] > 0]
             if picks:
