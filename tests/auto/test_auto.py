@@ -137,6 +137,31 @@ def test_an_interrupted_search_resumes_to_the_same_result(trained, digits, tmp_p
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_a_search_interrupted_after_its_uniform_candidate_resumes_to_the_same_result(trained, digits, tmp_path):
+    options = {"budget": "macs=0.3", "max_drop": 0.0, "formats": ("onnx",), "knobs": ("channels",),
+               "recovery_epochs": 0, "max_candidates": 3}
+    _, reference = _run(trained, digits, tmp_path / "ref", **options)
+    assert [r["label"] for r in reference.candidates] == ["01 onnx", "02 onnx uniform", "03 onnx"]
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(event, info):  # stop as the third candidate starts: after the uniform one was judged
+        if event == "candidate_start" and info["index"] == 3:
+            raise Stop
+
+    model, checkpoint = trained
+    config = AutoConfig(calibration_samples=128, **options)
+    with pytest.raises(Stop):
+        auto_compress(model, X, config, data=digits, out=tmp_path / "run", latency=MacsMeter(), spec="auto_digits",
+                      recipe=_recipe_base(checkpoint), reporter=interrupt)
+    resumed = auto_report(auto_compress(model, X, config, data=digits, out=tmp_path / "run", resume=True,
+                                        latency=MacsMeter(), spec="auto_digits", recipe=_recipe_base(checkpoint)))
+    assert [r["label"] for r in resumed.candidates] == [r["label"] for r in reference.candidates]
+    assert [r["picks"] for r in resumed.candidates] == [r["picks"] for r in reference.candidates]
+    assert resumed.chosen["accuracy"] == reference.chosen["accuracy"]
+
+
 @pytest.mark.parametrize("budget, message", [
     ("latency=2", "out of range"), ("size=0", "out of range"), ("speed=0.5", "unknown budget key 'speed'"),
     ("latency=nan", "out of range"), ("size=0.1,size=0.2", "given twice"),
@@ -270,6 +295,40 @@ def test_a_plan_probed_well_under_the_latency_budget_gives_way_to_a_milder_one(t
     assert trained_row["ratios"]["latency"] <= 0.4 and result.status == "met"
     # the trained plan is the least sensitive one measured within the budget: milder than the first probed
     assert trained_row["ratios"]["macs"] > probes[0]["measured"] / 0.7 + 1e-9
+
+
+class _SlowWhenEveryGroupIsPruned(_PessimisticTables):
+    """Pessimistic tables, plus 0.2 for a model with every channel group pruned (uniform plans): a cost of uniform
+    plans alone, which their probes learn and the searched plans must not inherit."""
+
+    def compare(self, baseline, candidate, baseline_file, candidate_file, inputs, *, threads):
+        record = super().compare(baseline, candidate, baseline_file, candidate_file, inputs, threads=threads)
+        widths = (candidate.conv1.out_channels, candidate.conv2.out_channels, candidate.fc1.out_features)
+        if all(w < full for w, full in zip(widths, (12, 24, 48))):
+            record = {**record, **{k: record[k] + 0.2 for k in ("ratio", "p10", "p90")}}
+        return record
+
+
+def test_a_uniform_candidates_probes_stay_uniform_and_tighten_only_its_own_copy_of_the_targets(trained, digits,
+                                                                                                tmp_path):
+    fractions = tuple(i / 16 for i in range(1, 16))
+    result, _ = _probed_run(trained, digits, tmp_path / "auto", _SlowWhenEveryGroupIsPruned(), budget="latency=0.3",
+                            formats=("onnx",), knobs=("channels",), max_candidates=3, max_drop=0.0,
+                            recovery_epochs=0, keep_fractions=fractions)
+    first, uniform, third = result.candidates
+    assert not first["outcome"]["accuracy_ok"] and uniform["label"] == "02 onnx uniform" and third["label"] == "03 onnx"
+    kept = {g: units - round(units * uniform["plan"]["prune"].get(g, 0.0)) for g, units in
+            (("conv1", 12), ("conv2", 24), ("fc1", 48))}
+    assert any(kept == {g: max(1, round(f * u)) for g, u in (("conv1", 12), ("conv2", 24), ("fc1", 48))}
+               for f in fractions)
+    log = json.loads((tmp_path / "auto" / "search.json").read_text())["log"]
+    solves = [(i, e) for i, e in enumerate(log) if e.get("solution")]
+    tied = [i for i, e in solves if e.get("uniform")]
+    # the uniform plans' probes miss (their extra cost) and the uniform target tightens, plan after uniform plan
+    assert len(tied) >= 2 and log[tied[-1]]["targets"]["latency"] < log[tied[0]]["targets"]["latency"]
+    before = [e for i, e in solves if i < tied[0]][-1]
+    after = next(e for i, e in solves if i > tied[-1])
+    assert after["targets"] == before["targets"] != log[tied[-1]]["targets"]
 
 
 def test_probing_stops_at_the_time_limit_and_trains_the_plan_measured_within_the_budget(trained, digits, tmp_path,

@@ -19,11 +19,12 @@
    forbidden; NNCF's accuracy control reverts layers the same way) and the format is solved again. After the first
    accuracy miss, the next candidate is the uniform plan, where one exists (two or more channel groups, a keep
    fraction within the target): every channel group tied to one keep fraction, solved like any plan (the tie
-   level and the other choices together, least summed sensitivity) on the choices as they were before any
-   back-off; its own accuracy miss backs nothing off. The summed per-group sensitivities miss how prunings
-   interact, and uniform pruning is the baseline a user would otherwise run. Stop at the first candidate that
-   meets the budget and ``max_drop``, after ``max_candidates``, past ``time_limit``, or when every format is
-   exhausted.
+   level and the other choices together, least summed sensitivity), its groups free of the searched plans'
+   back-offs. It is probed and judged against its own copy of the targets, and its accuracy miss backs nothing
+   off: what it teaches about uniform plans does not steer the search. The summed per-group sensitivities miss
+   how prunings interact, and uniform pruning is the baseline a user would otherwise run. Stop at the first
+   candidate that meets the budget and ``max_drop``, after ``max_candidates``, past ``time_limit``, or when every
+   format is exhausted.
 5. The result is the most accurate candidate that meets the budget as measured (on validation).
 
 Decisions are made on the validation split (max_drop, the back-off, the final choice); sensitivities on the
@@ -105,7 +106,7 @@ class AutoRun:
         self.analysis_dir = analysis_dir or out / "analysis"
         self.budget = dict(config.budget.items())  # type: ignore[union-attr]
         #: per format, its channel groups' levels at each keep fraction (uniform plans), and its choices' allowed
-        #: options before any back-off (a uniform plan is solved on those); set once analysed
+        #: options before any back-off (a uniform plan's groups are solved on those); set once analysed
         self.ties: dict[str, dict[str, list[int]] | None] = {}
         self.unrestricted: dict[str, dict[str, list[bool]]] = {}
         self.started = time.perf_counter()
@@ -173,25 +174,32 @@ class AutoRun:
                 break
             # after the first accuracy miss, one candidate prunes every group at one keep fraction: the summed
             # per-group sensitivities miss interactions (ResNet-20 at latency 0.3: the search's plan pruned the stem
-            # conv 88 % and lost to uniform pruning on validation, 96.65 % vs 96.85 %); the choice among candidates
-            # then keeps auto at least as accurate as the uniform plan of the same budget
-            uniform = not uniform_tried and any(not c["outcome"]["accuracy_ok"] for c in candidates)
-            plan = None
+            # conv 88 % and lost to uniform pruning on validation, 96.65 % vs 96.85 %); once it is trained, the
+            # choice among candidates keeps auto at least as accurate as it on validation
+            uniform = (not uniform_tried and any(self.ties.values())
+                       and any(not c["outcome"]["accuracy_ok"] for c in candidates))
+            plan, cut = None, False
+            trial = (targets, ceilings)  # the targets and latency ceilings this candidate is solved and judged by
             if uniform:
                 uniform_tried = True
-                plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries,
+                # its own copy: what its probes and its measurement teach about uniform plans must not move the
+                # searched plans' targets
+                trial = ({f: dict(t) for f, t in targets.items()}, dict(ceilings))
+                plan, problem, solution = self._next_plan(problems, trial[0], exhausted, analysis, seen, log_entries,
                                                           uniform=True)
-                self.emit("note", {"text": "trying uniform pruning (one keep fraction for every channel group) as a "
-                                           "candidate" if plan is not None else
-                                           "no uniform pruning plan meets the budget: the search goes on"})
-            if plan is None:
-                uniform = False
+                if plan is not None:
+                    self.emit("note", {"text": "trying uniform pruning (one keep fraction for every channel group) "
+                                               "as a candidate"})
+                    plan, problem, solution, cut = self._probed(index, plan, problem, solution, problems, *trial,
+                                                                exhausted, analysis, seen, log_entries, uniform=True)
+                if plan is None and not cut:
+                    self.emit("note", {"text": "no uniform pruning plan meets the budget: the search goes on"})
+            if plan is None and not cut:
+                uniform, trial = False, (targets, ceilings)
                 plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries)
-            cut = False
-            if plan is not None:
-                plan, problem, solution, cut, uniform = self._probed(index, plan, problem, solution, problems,
-                                                                     targets, ceilings, exhausted, analysis, seen,
-                                                                     log_entries, uniform=uniform)
+                if plan is not None:
+                    plan, problem, solution, cut = self._probed(index, plan, problem, solution, problems, targets,
+                                                                ceilings, exhausted, analysis, seen, log_entries)
             if plan is None:
                 stop = "time_limit" if cut else "exhausted"
                 break
@@ -206,7 +214,7 @@ class AutoRun:
             if outcome["accepted"]:
                 stop = "accepted"
                 break
-            self._adapt(problem, solution, row, outcome, targets, log_entries, problems, ceilings, uniform=uniform)
+            self._adapt(problem, solution, row, outcome, trial[0], log_entries, problems, trial[1], uniform=uniform)
         write_json(self.out / "search.json", {"stop": stop, "log": log_entries, "targets": targets,
                                               "exhausted": sorted(exhausted)})
         return {"base": base, "analysis": analysis, "candidates": candidates, "stop": stop,
@@ -230,12 +238,12 @@ class AutoRun:
                    uniform: bool = False) -> tuple:
         """(plan, problem, solution): the formats' solutions for their targets, the one costing the least predicted
         accuracy; a format with none new is exhausted. ``uniform``: only uniform plans (every channel group at one
-        keep fraction, :func:`uniform_ties`, solved with no back-off in force), and a format without one is not
-        exhausted by it."""
+        keep fraction, :func:`uniform_ties`, solved with no back-off of a channel group in force), in every format
+        that has one, exhausting none."""
         best = None
         for fmt, problem in problems.items():
             ties = self.ties.get(fmt) if uniform else None
-            if fmt in exhausted or (uniform and not ties):
+            if (uniform and not ties) or (not uniform and fmt in exhausted):
                 continue
             plan, solution, why = self._solved(fmt, problem, targets[fmt], analysis, log_entries, ties)
             if plan is None or plan.key() in seen:
@@ -254,9 +262,9 @@ class AutoRun:
                 ties: dict[str, list[int]] | None = None) -> tuple[Plan | None, Any, str | None]:
         """The plan solved for ``target`` (logged), or None with why: no plan meets it ("infeasible"), or the plan
         is an int8 plan with every layer in float — an onnx plan, which the onnx format searches ("degenerate")."""
-        if ties:  # a uniform plan is its own baseline: the searched plans' back-offs do not restrict it
+        if ties:  # a uniform plan is its own baseline: the searched plans' back-offs of its groups do not bind it
             current = problem.state()
-            problem.restore(self.unrestricted[fmt])
+            problem.restore({k: self.unrestricted[fmt][k] for k in ties})
             try:
                 solution = solve(problem, target, ties=ties)
             finally:
@@ -286,10 +294,10 @@ class AutoRun:
         when none was, the last one solved (a probe that cannot be read — too noisy — lets it through). Past
         ``time_limit`` probing stops (``cut``): the plan measured within the budget is trained, or none. Where the
         first run stopped probing for time is kept in ``OUT/probes``, so a resumed run stops at the same probe.
-        ``uniform``: the plans solved again are uniform ones too, while there is one; returned with the plan (False
-        once a miss left no uniform plan and a searched one took over)."""
+        ``uniform``: the plans solved again are uniform ones too; None when a miss leaves no uniform plan (the caller
+        then turns to the searched plans, with their own targets)."""
         if "latency" not in self.budget or self.meter is None:
-            return plan, problem, solution, False, uniform
+            return plan, problem, solution, False
         limit = self.budget["latency"]
         goal = MARGIN * limit
         within: tuple | None = None
@@ -300,22 +308,22 @@ class AutoRun:
             if relaxed_from is not None and plan is not within[0]:  # type: ignore[index]
                 fmt = within[0].format  # type: ignore[index]
                 targets[fmt]["latency"] = min(relaxed_from, targets[fmt]["latency"])
-            return (*within, False, uniform)  # type: ignore[misc]
+            return (*within, False)  # type: ignore[misc]
 
         cut_file = self.out / "probes" / f"cut-{index:02d}.json"
         cut_at = (read_json(cut_file) or {}).get("probes")
         for count in range(PROBES):
             if not create_format(plan.format).probe_latency:
-                return plan, problem, solution, False, uniform
+                return plan, problem, solution, False
             fmt = plan.format
             if count == cut_at or (cut_at is None and self._late()):
                 write_json(cut_file, {"probes": count})
-                return settle() if within is not None else (None, None, None, True, False)
+                return settle() if within is not None else (None, None, None, True)
             ratio = self._probe(plan)
             predicted = solution.ratios["latency"]
             log_entries.append({"probe": plan.key(), "format": fmt, "predicted": predicted, "measured": ratio})
             if ratio is None or not math.isfinite(ratio) or ratio <= 0:  # unreadable: what was measured stands
-                return settle() if within is not None else (plan, problem, solution, False, uniform)
+                return settle() if within is not None else (plan, problem, solution, False)
             if ratio <= goal + 1e-12:
                 if within is None or solution.objective <= within[2].objective:
                     within = (plan, problem, solution)
@@ -350,13 +358,10 @@ class AutoRun:
                 break
             plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries,
                                                       uniform=uniform)
-            if plan is None and uniform:
-                uniform = False
-                plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries)
             if plan is None:
-                return None, None, None, False, False
+                return None, None, None, False
             relaxed_from = None
-        return settle() if within is not None else (plan, problem, solution, False, uniform)
+        return settle() if within is not None else (plan, problem, solution, False)
 
     def _charge_float_layers(self, plan: Plan, solution: Any, measured: float, target: float, analysis: Analysis,
                              problems: dict[str, Problem], log_entries: list[dict[str, Any]]) -> bool:
