@@ -99,6 +99,17 @@ def test_after_an_accuracy_miss_uniform_pruning_is_tried_as_a_candidate(trained,
     assert result.chosen["accuracy"] == max(r["accuracy"] for r in result.candidates if r["outcome"]["budget_met"])
 
 
+def test_the_uniform_candidate_stays_in_the_format_of_the_plan_that_missed(trained, digits, tmp_path):
+    # a size budget: the search's plan is a container (no channel groups to tie); the uniform plan of another
+    # format (fp32, pruned until its weights fit: 39 % here) must not take the next slot
+    _, result = _run(trained, digits, tmp_path / "auto", budget="size=0.05", max_drop=0.0,
+                     formats=("container", "onnx"), knobs=("channels", "sparsity", "clusters"), recovery_epochs=0,
+                     max_candidates=2)
+    first, second = result.candidates
+    assert first["label"] == "01 container" and not first["outcome"]["accuracy_ok"]
+    assert second["label"] == "02 container"
+
+
 def test_the_uniform_candidate_is_solved_before_the_searched_plans_back_offs(trained, digits, tmp_path):
     # one keep fraction (a quarter): the first plan prunes one group to a quarter (conv1: 0.32 of the MACs, counted
     # by hand), misses max_drop, and its back-off forbids that group at a quarter — the only uniform level. The
