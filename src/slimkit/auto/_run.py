@@ -105,10 +105,8 @@ class AutoRun:
         self.meter, self.spec, self.emit, self.progress = meter, spec, emit, progress
         self.analysis_dir = analysis_dir or out / "analysis"
         self.budget = dict(config.budget.items())  # type: ignore[union-attr]
-        #: per format, its channel groups' levels at each keep fraction (uniform plans), and its choices' allowed
-        #: options before any back-off (a uniform plan's groups are solved on those); set once analysed
+        #: per format, its channel groups' levels at each keep fraction (uniform plans); set once analysed
         self.ties: dict[str, dict[str, list[int]] | None] = {}
-        self.unrestricted: dict[str, dict[str, list[bool]]] = {}
         self.started = time.perf_counter()
 
     def fingerprint(self) -> str:
@@ -159,7 +157,6 @@ class AutoRun:
         problems = {f: build_problem(f, analysis, knobs, dims) for f in formats}
         self._check_reachable(problems, dims)
         self.ties = {f: uniform_ties(p, analysis, self.config.keep_fractions) for f, p in problems.items()}
-        self.unrestricted = {f: p.state() for f, p in problems.items()}
         targets = {f: dict(self.budget) for f in formats}
         exhausted: set[str] = set()
         candidates: list[dict[str, Any]] = []
@@ -269,7 +266,7 @@ class AutoRun:
         is an int8 plan with every layer in float — an onnx plan, which the onnx format searches ("degenerate")."""
         if ties:  # a uniform plan is its own baseline: the searched plans' back-offs of its groups do not bind it
             current = problem.state()
-            problem.restore({k: self.unrestricted[fmt][k] for k in ties})
+            problem.restore({k: [True] * len(problem.choices[k].allowed) for k in ties})  # as built
             try:
                 solution = solve(problem, target, ties=ties)
             finally:

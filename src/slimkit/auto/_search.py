@@ -182,12 +182,16 @@ def tied_problem(problem: Problem, ties: dict[str, list[int]]) -> Problem:
             if key not in factors:
                 factors.append(key)
         shape = [len(choices[f].labels) for f in factors]
+        # each entry of the tied table and the entry of the original table it reads
+        sources = {}
+        for idx in np.ndindex(*shape):
+            pick = dict(zip(factors, idx))
+            sources[idx] = tuple(ties[f][pick[TIED]] if f in ties else pick[f] for f in term.factors)
         cost = {}
         for dim, table in term.cost.items():
             out = np.empty(shape)
-            for idx in np.ndindex(*shape):
-                pick = dict(zip(factors, idx))
-                out[idx] = table[tuple(ties[f][pick[TIED]] if f in ties else pick[f] for f in term.factors)]
+            for idx, source in sources.items():
+                out[idx] = table[source]
             cost[dim] = out
         terms.append(Term(factors, cost, term.name))
     return Problem(problem.format, choices, terms, dict(problem.constant), dict(problem.full))
