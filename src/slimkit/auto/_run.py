@@ -186,7 +186,7 @@ class AutoRun:
                 # searched plans' targets
                 trial = ({f: dict(t) for f, t in targets.items()}, dict(ceilings))
                 plan, problem, solution = self._next_plan(problems, trial[0], exhausted, analysis, seen, log_entries,
-                                                          uniform=True, only=missed["plan"]["format"])
+                                                          uniform=missed["plan"]["format"])
                 if plan is not None:
                     self.emit("note", {"text": "trying uniform pruning (one keep fraction for every channel group) "
                                                "as a candidate"})
@@ -235,21 +235,19 @@ class AutoRun:
 
     def _next_plan(self, problems: dict[str, Problem], targets: dict[str, dict[str, float]], exhausted: set[str],
                    analysis: Analysis, seen: set[str], log_entries: list[dict[str, Any]], *,
-                   uniform: bool = False, only: str | None = None) -> tuple:
+                   uniform: str | None = None) -> tuple:
         """(plan, problem, solution): the formats' solutions for their targets, the one costing the least predicted
-        accuracy; a format with none new is exhausted. ``uniform``: only uniform plans (every channel group at one
-        keep fraction, :func:`uniform_ties`, solved with no back-off of a channel group in force), in every format
-        that has one (``only``: that format), exhausting none."""
+        accuracy; a format with none new is exhausted. ``uniform`` (a format): that format's uniform plan instead
+        (every channel group at one keep fraction, :func:`uniform_ties`, solved with no back-off of a channel group
+        in force), or none; it exhausts nothing."""
         best = None
         for fmt, problem in problems.items():
-            if only is not None and fmt != only:
-                continue
-            ties = self.ties.get(fmt) if uniform else None
-            if (uniform and not ties) or (not uniform and fmt in exhausted):
+            ties = self.ties.get(fmt) if fmt == uniform else None
+            if (uniform is not None and not ties) or (uniform is None and fmt in exhausted):
                 continue
             plan, solution, why = self._solved(fmt, problem, targets[fmt], analysis, log_entries, ties)
             if plan is None or plan.key() in seen:
-                if uniform:
+                if uniform is not None:
                     continue
                 exhausted.add(fmt)
                 if why == "infeasible":
@@ -359,7 +357,7 @@ class AutoRun:
             if within is not None:  # a milder plan missed: the one measured within the budget is trained
                 break
             plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries,
-                                                      uniform=uniform, only=fmt if uniform else None)
+                                                      uniform=fmt if uniform else None)
             if plan is None:
                 return None, None, None, False
             relaxed_from = None
