@@ -308,6 +308,31 @@ def test_a_plan_probed_well_under_the_latency_budget_gives_way_to_a_milder_one(t
     assert trained_row["ratios"]["macs"] > probes[0]["measured"] / 0.7 + 1e-9
 
 
+class _PessimisticBelowHalf(MacsMeter):
+    """Models under 0.45 of the input's MACs run at 0.7 of what the MAC tables predict, the rest as predicted: the
+    tables' error depends on how far a model is pruned, so relaxing the target by the first probe's error overshoots
+    (as on ResNet-20 at latency 0.3: a plan probed at 0.204 for a predicted 0.299, the milder plan at 0.332)."""
+
+    def compare(self, baseline, candidate, baseline_file, candidate_file, inputs, *, threads):
+        record = super().compare(baseline, candidate, baseline_file, candidate_file, inputs, threads=threads)
+        if record["ratio"] < 0.45:
+            record = {**record, **{k: 0.7 * record[k] for k in ("ratio", "p10", "p90")}}
+        return record
+
+
+def test_a_milder_plan_probed_over_the_budget_is_followed_by_one_between_it_and_the_plan_within(trained, digits,
+                                                                                                  tmp_path):
+    result, probes = _probed_run(trained, digits, tmp_path / "auto", _PessimisticBelowHalf(), budget="latency=0.4",
+                                 formats=("onnx",), knobs=("channels",), max_candidates=1)
+    first, milder, between = probes[:3]
+    assert first["measured"] < 0.9 * 0.4 < 0.4 < milder["measured"]  # far under, then over
+    assert first["predicted"] < between["predicted"] < milder["predicted"]
+    assert between["measured"] <= 0.97 * 0.4  # within the budget, and milder than the first: it is trained
+    assert result.candidates[0]["plan"]["key"] == between["probe"] and result.status == "met"
+    # no probe goes back as far as the plan that missed
+    assert all(p["predicted"] < milder["predicted"] for p in probes[3:])
+
+
 class _SlowWhenEveryGroupIsPruned(_PessimisticTables):
     """Pessimistic tables, plus 0.2 for a model with every channel group pruned (uniform plans): a cost of uniform
     plans alone, which their probes learn and the searched plans must not inherit."""
@@ -337,7 +362,10 @@ def test_a_uniform_candidates_probes_stay_uniform_and_tighten_only_its_own_copy_
     tied = [i for i, e in solves if e.get("uniform")]
     # the uniform plans' probes miss (their extra cost) and the uniform target tightens, plan after uniform plan
     assert len(tied) >= 2 and log[tied[-1]]["targets"]["latency"] < log[tied[0]]["targets"]["latency"]
-    before = [e for i, e in solves if i < tied[0]][-1]
+    # the searched target after the uniform candidate is the one the first candidate's plan was solved for (its
+    # accuracy miss backed off a choice, not the target)
+    trained_probe = next(i for i, e in enumerate(log) if e.get("probe") == first["plan"]["key"])
+    before = [e for i, e in solves if i < trained_probe][-1]
     after = next(e for i, e in solves if i > tied[-1])
     assert after["targets"] == before["targets"] != log[tied[-1]]["targets"]
 

@@ -8,8 +8,9 @@
    over the budget tightens the format's target as in 4 and is solved again, up to ``PROBES`` times per candidate,
    before any training is spent on it: what the tables cannot see (a mixed int8 / float model's layout changes
    around its float layers, for instance) is measured here. A plan well under the budget relaxes the target the
-   same way (a milder plan costs less accuracy; never above a target a trained candidate's miss set), and the least
-   sensitive plan measured within it is trained.
+   same way (a milder plan costs less accuracy; never above a target a trained candidate's miss set); a milder plan
+   that then measures over the budget is followed by one between the two (regula falsi on the probes), and the least
+   sensitive plan measured within the budget is trained.
    Then carry the plan out (its recipe stages, recovery included) and **measure** it: the deployed file's bytes,
    MACs, ONNX Runtime latency against the input (A/A-controlled), accuracy on the validation split.
 4. A budget the measurement misses tightens that format's target by measured/predicted (NetAdapt's empirical
@@ -290,8 +291,11 @@ class AutoRun:
         solves again; a plan measured well under it (below ``NEAR`` × the budget: the tables were pessimistic)
         relaxes the target — never above ``ceilings[format]``, where a trained candidate of the format missed the
         budget — and the milder plan solved for it is probed in turn: compressing more than the budget needs costs
-        accuracy for nothing. The plan trained is the least sensitive one measured within ``MARGIN`` of the budget;
-        when none was, the last one solved (a probe that cannot be read — too noisy — lets it through). Past
+        accuracy for nothing. A milder plan measured over the budget is not the end: the plan solved where the line
+        through its probe and the one measured within crosses the budget is probed next (:meth:`_between`), and no
+        relaxation goes as far as a plan that missed. The plan trained is the least sensitive one measured within
+        ``MARGIN`` of the budget; when none was, the last one solved (a probe that cannot be read — too noisy — lets
+        it through). Past
         ``time_limit`` probing stops (``cut``): the plan measured within the budget is trained, or none. Where the
         first run stopped probing for time is kept in ``OUT/probes``, so a resumed run stops at the same probe.
         ``uniform``: the plans solved again are uniform ones too; None when a miss leaves no uniform plan (the caller
@@ -301,6 +305,8 @@ class AutoRun:
         limit = self.budget["latency"]
         goal = MARGIN * limit
         within: tuple | None = None
+        within_at = (0.0, 0.0)  # (predicted, measured) latency of ``within``
+        over = math.inf  # the least predicted latency of a plan measured over the budget here: relaxations stay below
         relaxed_from: float | None = None  # the target before the relaxation that led to the current plan
 
         def settle() -> tuple:
@@ -326,8 +332,8 @@ class AutoRun:
                 return settle() if within is not None else (plan, problem, solution, False)
             if ratio <= goal + 1e-12:
                 if within is None or solution.objective <= within[2].objective:
-                    within = (plan, problem, solution)
-                relaxed = min(predicted * goal / ratio * 0.99, ceilings.get(fmt, math.inf))
+                    within, within_at = (plan, problem, solution), (predicted, ratio)
+                relaxed = min(predicted * goal / ratio * 0.99, ceilings.get(fmt, math.inf), over * (1 - 1e-6))
                 if ratio >= NEAR * limit or relaxed <= targets[fmt]["latency"]:
                     break
                 previous = targets[fmt]["latency"]
@@ -345,23 +351,57 @@ class AutoRun:
                 continue
             missed = (f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted {predicted:.3f}) > "
                       f"{goal:.3f} ({MARGIN:g} of the budget)")
-            if self._charge_float_layers(plan, solution, ratio, targets[fmt]["latency"], analysis, problems,
-                                         log_entries):
+            charged = self._charge_float_layers(plan, solution, ratio, targets[fmt]["latency"], analysis, problems,
+                                                log_entries)
+            if charged:
                 self.emit("note", {"text": f"{missed}: its float layers cost more together than alone; their "
                                            "costs are raised"})
-            else:
+            elif within is None:
                 aim = _floored(problem, "latency", predicted * goal / ratio * 0.99)
                 targets[fmt]["latency"] = min(targets[fmt]["latency"], aim)
                 self.emit("note", {"text": f"{missed}: solving again for {aim:.3f}"})
             seen.add(plan.key())
-            if within is not None:  # a milder plan missed: the one measured within the budget is trained
-                break
+            over = min(over, predicted)
+            if within is not None:
+                # a milder plan missed: a plan between it and the one measured within the budget is probed (the
+                # tables' error differs between the two, a pruned model's time is not linear in what they predict),
+                # else the one measured within is trained
+                last = count == PROBES - 1  # no probe left for it
+                between = None if charged or last else self._between(within, within_at, (predicted, ratio), goal, targets,
+                                                             analysis, seen, log_entries, uniform)
+                if between is None:
+                    break
+                self.emit("note", {"text": f"{missed}: trying a plan between it and {within[0].summary()} "
+                                           f"(target {targets[fmt]['latency']:.3f})"})
+                plan, solution = between
+                continue
             plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries,
                                                       uniform=fmt if uniform else None)
             if plan is None:
                 return None, None, None, False
             relaxed_from = None
         return settle() if within is not None else (plan, problem, solution, False)
+
+    def _between(self, within: tuple, within_at: tuple[float, float], missed_at: tuple[float, float], goal: float,
+                 targets: dict[str, dict[str, float]], analysis: Analysis, seen: set[str],
+                 log_entries: list[dict[str, Any]], uniform: bool) -> tuple | None:
+        """(plan, solution) solved for the predicted latency where the line through the two probes — ``within_at``
+        and ``missed_at``, (predicted, measured) each — crosses just under ``goal`` (regula falsi), or None when that
+        target is not strictly between their predictions or gives no new plan (the target is then left where it
+        was)."""
+        (low, low_measured), (high, high_measured) = within_at, missed_at
+        fmt, problem = within[0].format, within[1]
+        aim = low + (goal * 0.99 - low_measured) * (high - low) / (high_measured - low_measured)
+        if not low < aim < high:
+            return None
+        previous = targets[fmt]["latency"]
+        targets[fmt]["latency"] = aim
+        plan, solution, _ = self._solved(fmt, problem, targets[fmt], analysis, log_entries,
+                                         self.ties.get(fmt) if uniform else None)
+        if plan is None or plan.key() == within[0].key() or plan.key() in seen:
+            targets[fmt]["latency"] = previous
+            return None
+        return plan, solution
 
     def _charge_float_layers(self, plan: Plan, solution: Any, measured: float, target: float, analysis: Analysis,
                              problems: dict[str, Problem], log_entries: list[dict[str, Any]]) -> bool:
