@@ -24,8 +24,8 @@ def _single_thread_and_seed():
     yield
 
 
-#: the two longest end-to-end tests (the README session, minutes; the demo): started first, one on each worker under
-#: -n 2, so the rest of the suite fills in around them instead of one of them starting last
+#: the longest end-to-end tests (the README session's parts, the longest of them minutes; the demo): started first,
+#: spread over the workers under -n 2, so the rest of the suite fills in around them instead of one starting last
 FIRST = ("tests/test_readme.py::test_readme_sequence_runs_top_to_bottom", "tests/test_demo.py")
 
 

@@ -1,5 +1,7 @@
 """The README's "What you can do" sequence, run as written on a fresh folder (each command in its own process, as a
-user types it), with only data subsets added: every command must work with the files the earlier ones made."""
+user types it), with only data subsets added: every command must work with the files the earlier ones made. The
+sequence runs as parts that share no files (the LeNet-5 commands, the recipe and its export, the Llama), one test
+each, so the xdist workers share them."""
 
 import argparse
 import os
@@ -43,17 +45,45 @@ def tiny(argv: list[str]) -> list[str]:
     return argv + [x for flag, value in subsets.items() if flag in options and flag not in argv for x in (flag, value)]
 
 
+def _output_of(argv: list[str]) -> str | None:
+    return argv[argv.index("--out") + 1] if "--out" in argv else None
+
+
+def _reads(argv: list[str], made: str) -> bool:
+    """Whether the command names ``made`` (an earlier command's ``--out``) or a file under it as an input."""
+    return any(arg == made or arg.startswith(made + "/") for arg in argv[1:] if arg != _output_of(argv))
+
+
+def readme_parts() -> dict[str, list[list[str]]]:
+    """The sequence without its demo line, split into parts that share no files: a command joins the part of every
+    earlier command whose output it reads (parts it joins merge). Each part runs top to bottom as its own test, so the
+    parts spread over the xdist workers; named by the first output of each part."""
+    demo, sequence = readme_demo_command(), readme_sequence()
+    parts: list[list[list[str]]] = []
+    for argv in sequence:
+        if argv == demo:
+            continue
+        joined = [part for part in parts if any(_reads(argv, _output_of(earlier)) for earlier in part
+                                                if _output_of(earlier))]
+        merged = [*sorted((earlier for part in joined for earlier in part), key=sequence.index), argv]
+        parts = [part for part in parts if part not in joined] + [merged]
+    return {Path(next(filter(None, map(_output_of, part)))).stem: part for part in parts}
+
+
 def test_the_sequence_is_all_slimkit_commands_in_an_order_that_makes_its_own_inputs():
     sequence = readme_sequence()
     assert len(sequence) >= 10 and all(argv[0] == "slimkit" for argv in sequence)
-    made: set[str] = set()
-    for argv in sequence:
-        for flag in ("-c", "--checkpoint", "--teacher-checkpoint"):
-            if flag in argv:
-                needed = argv[argv.index(flag) + 1]
-                assert any(needed.startswith(out + "/") for out in made), f"{needed} is made by no earlier command"
-        if "--out" in argv:
-            made.add(argv[argv.index("--out") + 1])
+    parts = readme_parts()
+    assert sum(map(len, parts.values())) == len(sequence) - 1  # every command but the demo line, once
+    for part in parts.values():  # each part makes its own inputs, so it runs alone
+        made: set[str] = set()
+        for argv in part:
+            for flag in ("-c", "--checkpoint", "--teacher-checkpoint"):
+                if flag in argv:
+                    needed = argv[argv.index(flag) + 1]
+                    assert any(needed.startswith(out + "/") for out in made), f"{needed} is made by no earlier command"
+            if "--out" in argv:
+                made.add(_output_of(argv))
 
 
 def readme_demo_command() -> list[str]:
@@ -66,13 +96,11 @@ def readme_demo_command() -> list[str]:
 
 
 @pytest.mark.slow
-def test_readme_sequence_runs_top_to_bottom(tmp_path):
+@pytest.mark.parametrize("part", sorted(readme_parts(), key=lambda name: -len(readme_parts()[name])))
+def test_readme_sequence_runs_top_to_bottom(part, tmp_path):
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")
     env = {**os.environ, "SLIMKIT_CACHE": str(tmp_path / "cache")}
-    demo = readme_demo_command()
-    for argv in readme_sequence():
-        if argv == demo:
-            continue  # run as written by tests/test_demo.py
+    for argv in readme_parts()[part]:
         command = [sys.executable, "-m", "slimkit.cli", *tiny(argv)[1:]]
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         # on 512 training images the model is too weak for auto's accuracy limit: "budget not met" or "max_drop
@@ -81,4 +109,6 @@ def test_readme_sequence_runs_top_to_bottom(tmp_path):
             status in done.stdout for status in ("budget not met", "status: max_drop missed"))
         assert done.returncode == 0 or unmet, f"{shlex.join(argv)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert (tmp_path / "hybrid.onnx").is_file() and (tmp_path / "runs" / "int4" / "model.onnx").is_file()
+        for flag in ("--out", "--json"):
+            if flag in argv:
+                assert (tmp_path / argv[argv.index(flag) + 1]).exists(), f"{shlex.join(argv)} wrote no {flag} path"
