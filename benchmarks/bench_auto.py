@@ -319,17 +319,37 @@ def _model_rows(name: str, spec: dict[str, Any], data: Any, section: dict[str, A
 
     out["int8"] = _saved(folder / "int8.json", key, int8_row)
     budgets = BUDGETS[:1] + BUDGETS[2:3] if quick else BUDGETS
+    dc_training = _dc_schedule(_dc_recipe(name, quick)) if name in _dc_models() else {}
     for budget in budgets:
         tag = budget.replace("=", "")
-        entry = _saved(folder / "runs" / f"{tag}.json", {**key, "budget": budget},
-                       lambda budget=budget, tag=tag: _budget_entry(name, budget, tag, base_model, checkpoint,
-                                                                    section, folder, settings, common))
+        # equal training with the hand recipe a size budget is compared against: a model with a Deep Compression
+        # recipe gets its schedule there (the prune + KD recipe's 2 epochs elsewhere, as AUTO)
+        budget_settings = {**settings, **dc_training} if budget.startswith("size") else settings
+        entry = _saved(folder / "runs" / f"{tag}.json", {**key, "budget": budget, "settings": budget_settings},
+                       lambda budget=budget, tag=tag, budget_settings=budget_settings: _budget_entry(
+                           name, budget, tag, base_model, checkpoint, section, folder, budget_settings, common))
+        entry["settings"] = budget_settings
         meeting = [r for r in hand_rows if _meets(r, budget)]
         entry["hand_best"] = max(meeting, key=lambda r: r["valid_accuracy"]) if meeting else None
         entry["hand_meeting"] = [r["label"] for r in meeting]
         entry["int8_meets"] = _meets(out["int8"], budget)
         out["budgets"][budget] = entry
     return out
+
+
+def _dc_models() -> dict[str, Any]:
+    from benchmarks.bench_deep_compression import MODELS as DC_MODELS
+
+    return DC_MODELS
+
+
+def _dc_recipe(name: str, quick: bool) -> Any:
+    """The shipped Deep Compression recipe of ``name`` (shortened for --quick, as the deep_compression section)."""
+    from benchmarks.bench_deep_compression import RECIPES, _shortened
+    from slimkit.pipeline import load_recipe
+
+    shipped = load_recipe(RECIPES / _dc_models()[name][0])
+    return _shortened(shipped) if quick else shipped
 
 
 def _dc_schedule(recipe: Any) -> dict[str, Any]:
@@ -360,13 +380,11 @@ def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, r
     """Deep Compression (the shipped recipe's run, bench_deep_compression's cache) and auto, started from that
     run's trained dense model, at a size budget 15 % below Deep Compression's file, with the same training
     schedule (the recipe's rounds, epochs and learning rates)."""
-    from benchmarks.bench_deep_compression import MODELS as DC_MODELS
-    from benchmarks.bench_deep_compression import RECIPES, _shortened, run_cached
+    from benchmarks.bench_deep_compression import run_cached
     from slimkit.analysis import evaluate
-    from slimkit.pipeline import load_recipe, load_run
+    from slimkit.pipeline import load_run
 
-    shipped = load_recipe(RECIPES / DC_MODELS[name][0])
-    recipe = _shortened(shipped) if quick else shipped
+    recipe = _dc_recipe(name, quick)
     with torch_threads(1):  # as the deep_compression section runs it: the wall times below are on one thread
         out, metrics = run_cached(recipe, f"{name}-shipped")  # the deep_compression section's run when cached
     model = load_run(out, "01-train")[0].eval()
@@ -483,6 +501,23 @@ def run(quick: bool) -> Section:
     return Section(topic="auto", title=TITLE, markdown=render(clean)[0], data=clean)
 
 
+def _equal_training_text(results: dict[str, Any]) -> str:
+    """Which budgets ran auto (and the uniform-pruning row) with a Deep Compression recipe's schedule, from the
+    settings each budget entry recorded (none in runs before it did)."""
+    parts = []
+    for name, model in results["models"].items():
+        for budget, entry in model["budgets"].items():
+            s = entry.get("settings")
+            if s and s != model["settings"]:
+                parts.append(f"{name} at {budget} ({s['prune_rounds']} rounds of {s['recovery_epochs']} epochs at lr "
+                             f"{s['recovery_lr']:g}, {s['cluster_epochs']} centroid epochs at lr {s['cluster_lr']:g})")
+    if not parts:
+        return ""
+    return ("Equal training with the recipe a size budget is compared against: where the model has a Deep "
+            "Compression recipe, auto (every format) and the uniform-pruning row get that recipe's schedule "
+            "instead — " + "; ".join(parts) + ". ")
+
+
 def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The section's markdown from its results (``run``'s data, or ``results/auto.json`` for ``python -m
     benchmarks.run --rerender auto``)."""
@@ -498,7 +533,7 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         f"max_drop {clean['max_drop']} points on validation; its recovery is {settings['recovery_epochs']} epochs of "
         f"KD from the input (the shipped prune + KD recipe's), the container format's {settings['prune_rounds']} "
         f"magnitude-pruning rounds of {settings['recovery_epochs']} epochs each and {settings['cluster_epochs']} "
-        "epochs of centroid fine-tuning. "
+        "epochs of centroid fine-tuning. " + _equal_training_text(clean) +
         "ResNet-20's recovery (every method's) uses the first 10,000 training images; LeNets' the full 50,000. "
         "Best hand recipe: every recipe in recipes/ for the model, started from the same trained baseline (its "
         "`train` stage dropped), measured once; the most accurate on validation among those that meet the budget. "
