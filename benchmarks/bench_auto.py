@@ -514,8 +514,8 @@ def _equal_training_text(results: dict[str, Any]) -> str:
     if not parts:
         return ""
     return ("Equal training with the recipe a size budget is compared against: where the model has a Deep "
-            "Compression recipe, auto (every format) and the uniform-pruning row get that recipe's schedule "
-            "instead — " + "; ".join(parts) + ". ")
+            "Compression recipe, auto (every format) gets that recipe's schedule instead, and the uniform-pruning "
+            "row as many epochs of KD as one of its rounds — " + "; ".join(parts) + ". ")
 
 
 def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
