@@ -328,9 +328,15 @@ def test_a_milder_plan_probed_over_the_budget_is_followed_by_one_between_it_and_
     assert first["measured"] < 0.9 * 0.4 < 0.4 < milder["measured"]  # far under, then over
     assert first["predicted"] < between["predicted"] < milder["predicted"]
     assert between["measured"] <= 0.97 * 0.4  # within the budget, and milder than the first: it is trained
-    assert result.candidates[0]["plan"]["key"] == between["probe"] and result.status == "met"
-    # no probe goes back as far as the plan that missed
+    trained_row = result.candidates[0]
+    assert trained_row["plan"]["key"] == between["probe"] and result.status == "met"
+    assert trained_row["ratios"]["macs"] > first["predicted"] + 1e-9  # more MACs kept than the first plan's
+    # no probe goes back as far as the plan that missed, and the format's target is the trained plan's own
     assert all(p["predicted"] < milder["predicted"] for p in probes[3:])
+    log = json.loads((tmp_path / "auto" / "search.json").read_text())
+    trained_probe = next(i for i, e in enumerate(log["log"]) if e.get("probe") == between["probe"])
+    solved_for = [e for e in log["log"][:trained_probe] if e.get("solution")][-1]["targets"]["latency"]
+    assert log["targets"]["onnx"]["latency"] == pytest.approx(solved_for) and solved_for < milder["predicted"]
 
 
 class _SlowWhenEveryGroupIsPruned(_PessimisticTables):

@@ -4,13 +4,13 @@
 2. For every deployment format, build the search problem and solve it under the budget (``_search.py``); the
    format whose solution costs the least predicted accuracy goes first.
 3. Under a latency budget, first **probe** the plan: its architecture alone (the structural stages, no training —
-   time does not depend on the weights' values), timed in ONNX Runtime against the input. A plan the probe finds
-   over the budget tightens the format's target as in 4 and is solved again, up to ``PROBES`` times per candidate,
-   before any training is spent on it: what the tables cannot see (a mixed int8 / float model's layout changes
-   around its float layers, for instance) is measured here. A plan well under the budget relaxes the target the
-   same way (a milder plan costs less accuracy; never above a target a trained candidate's miss set); a milder plan
-   that then measures over the budget is followed by one between the two (regula falsi on the probes), and the least
-   sensitive plan measured within the budget is trained.
+   time does not depend on the weights' values), timed in ONNX Runtime against the input. A plan the probe finds over
+   the budget (before any is measured within it) tightens the format's target as in 4 and is solved again, up to
+   ``PROBES`` times per candidate, before any training is spent on it: what the tables cannot see (a mixed int8 /
+   float model's layout changes around its float layers, for instance) is measured here. A plan well under the budget
+   relaxes the target the same way (a milder plan costs less accuracy; never above a target a trained candidate's
+   miss set); once a plan over the budget and one within it are known, the next is solved between the two (regula
+   falsi on their probes), and the least sensitive plan measured within the budget is trained.
    Then carry the plan out (its recipe stages, recovery included) and **measure** it: the deployed file's bytes,
    MACs, ONNX Runtime latency against the input (A/A-controlled), accuracy on the validation split.
 4. A budget the measurement misses tightens that format's target by measured/predicted (NetAdapt's empirical
@@ -286,18 +286,20 @@ class AutoRun:
                 analysis: Analysis, seen: set[str], log_entries: list[dict[str, Any]], *,
                 uniform: bool = False) -> tuple:
         """(plan, problem, solution, cut): the plan to train, found by timing untrained architectures (up to
-        ``PROBES``). A plan measured over ``MARGIN`` of the latency budget tightens its format's target — a mixed
-        int8 plan's miss is charged to its float layers instead (:meth:`_charge_float_layers`) — and the search
-        solves again; a plan measured well under it (below ``NEAR`` × the budget: the tables were pessimistic)
-        relaxes the target — never above ``ceilings[format]``, where a trained candidate of the format missed the
-        budget — and the milder plan solved for it is probed in turn: compressing more than the budget needs costs
-        accuracy for nothing. A milder plan measured over the budget is not the end: the plan solved where the line
-        through its probe and the one measured within crosses the budget is probed next (:meth:`_between`), and no
-        relaxation goes as far as a plan that missed. The plan trained is the least sensitive one measured within
-        ``MARGIN`` of the budget; when none was, the last one solved (a probe that cannot be read — too noisy — lets
-        it through). Past
-        ``time_limit`` probing stops (``cut``): the plan measured within the budget is trained, or none. Where the
-        first run stopped probing for time is kept in ``OUT/probes``, so a resumed run stops at the same probe.
+        ``PROBES``). Until a plan is measured within ``MARGIN`` of the latency budget, a plan measured over it
+        tightens its format's target — a mixed int8 plan's miss is charged to its float layers instead
+        (:meth:`_charge_float_layers`) — and the search solves again. A plan measured well under it (below ``NEAR``
+        × the budget: the tables were pessimistic) gives way to a milder plan: compressing more than the budget needs
+        costs accuracy for nothing. The milder plan is solved for the target relaxed by measured / predicted — never
+        above ``ceilings[format]``, where a trained candidate of the format missed the budget — or, once a plan of
+        the format has missed in this loop, for the target where the line through the two probes (the plan within,
+        the missed plan with the least prediction) reaches the budget (regula falsi, :meth:`_between`); a milder
+        plan that misses is followed by one between it and the plan within the same way (not after a charged miss,
+        whose prediction was re-priced, nor on the last probe). The plan trained is the least sensitive one measured
+        within ``MARGIN`` of the budget, at the target it was solved for; when none was, the last one solved (a probe
+        that cannot be read — too noisy — lets it through). Past ``time_limit`` probing stops (``cut``): the plan
+        measured within the budget is trained, or none. Where the first run stopped probing for time is kept in
+        ``OUT/probes``, so a resumed run stops at the same probe.
         ``uniform``: the plans solved again are uniform ones too; None when a miss leaves no uniform plan (the caller
         then turns to the searched plans, with their own targets)."""
         if "latency" not in self.budget or self.meter is None:
@@ -306,15 +308,20 @@ class AutoRun:
         goal = MARGIN * limit
         within: tuple | None = None
         within_at = (0.0, 0.0)  # (predicted, measured) latency of ``within``
-        over = math.inf  # the least predicted latency of a plan measured over the budget here: relaxations stay below
-        relaxed_from: float | None = None  # the target before the relaxation that led to the current plan
+        within_target = 0.0  # the latency target ``within`` was solved for
+        # per format, (predicted, measured) of the plan probed over the budget here with the least predicted latency:
+        # with a plan measured within, the bracket a milder plan is chosen in
+        missed: dict[str, tuple[float, float]] = {}
+        probed: set[str] = set()  # plans timed in this loop: solved again (a tie, say), they end it
 
         def settle() -> tuple:
-            """``within``, trained; a relaxation whose plan is not the one trained is undone."""
-            if relaxed_from is not None and plan is not within[0]:  # type: ignore[index]
-                fmt = within[0].format  # type: ignore[index]
-                targets[fmt]["latency"] = min(relaxed_from, targets[fmt]["latency"])
+            """``within``, trained, at the target it was solved for (a later relaxation is undone)."""
+            targets[within[0].format]["latency"] = within_target  # type: ignore[index]
             return (*within, False)  # type: ignore[misc]
+
+        def between() -> tuple | None:
+            return self._between(within, within_at, within_target, missed[fmt], goal, targets, analysis,
+                                 seen | probed, log_entries, uniform)
 
         cut_file = self.out / "probes" / f"cut-{index:02d}.json"
         cut_at = (read_json(cut_file) or {}).get("probes")
@@ -326,79 +333,90 @@ class AutoRun:
                 write_json(cut_file, {"probes": count})
                 return settle() if within is not None else (None, None, None, True)
             ratio = self._probe(plan)
+            probed.add(plan.key())
             predicted = solution.ratios["latency"]
             log_entries.append({"probe": plan.key(), "format": fmt, "predicted": predicted, "measured": ratio})
             if ratio is None or not math.isfinite(ratio) or ratio <= 0:  # unreadable: what was measured stands
                 return settle() if within is not None else (plan, problem, solution, False)
+            last = count == PROBES - 1  # no probe left for another plan
             if ratio <= goal + 1e-12:
                 if within is None or solution.objective <= within[2].objective:
-                    within, within_at = (plan, problem, solution), (predicted, ratio)
-                relaxed = min(predicted * goal / ratio * 0.99, ceilings.get(fmt, math.inf), over * (1 - 1e-6))
-                if ratio >= NEAR * limit or relaxed <= targets[fmt]["latency"]:
+                    within, within_at, within_target = (plan, problem, solution), (predicted, ratio), \
+                        targets[fmt]["latency"]
+                if ratio >= NEAR * limit or last:
+                    break
+                note = (f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted {predicted:.3f}), well "
+                        f"under {limit:g}: trying a milder plan")
+                if fmt in missed:  # a milder plan missed already: the next one is chosen between the two
+                    following = between()
+                    if following is None:
+                        break
+                    self.emit("note", {"text": f"{note} below the one that missed "
+                                               f"(target {targets[fmt]['latency']:.3f})"})
+                    plan, solution = following
+                    continue
+                relaxed = min(predicted * goal / ratio * 0.99, ceilings.get(fmt, math.inf))
+                if relaxed <= targets[fmt]["latency"]:
                     break
                 previous = targets[fmt]["latency"]
                 targets[fmt]["latency"] = relaxed
                 following, milder, _ = self._solved(fmt, problem, targets[fmt], analysis, log_entries,
                                                     self.ties.get(fmt) if uniform else None)
-                if following is None or following.key() == plan.key() or following.key() in seen:
+                if following is None or following.key() in seen | probed:
                     targets[fmt]["latency"] = previous
                     break
-                self.emit("note", {"text": f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted "
-                                           f"{predicted:.3f}), well under {limit:g}: trying a milder plan "
-                                           f"(target {relaxed:.3f})"})
-                relaxed_from = previous
+                self.emit("note", {"text": f"{note} (target {relaxed:.3f})"})
                 plan, solution = following, milder
                 continue
-            missed = (f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted {predicted:.3f}) > "
-                      f"{goal:.3f} ({MARGIN:g} of the budget)")
+            note = (f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted {predicted:.3f}) > "
+                    f"{goal:.3f} ({MARGIN:g} of the budget)")
             charged = self._charge_float_layers(plan, solution, ratio, targets[fmt]["latency"], analysis, problems,
                                                 log_entries)
-            if charged:
-                self.emit("note", {"text": f"{missed}: its float layers cost more together than alone; their "
-                                           "costs are raised"})
-            elif within is None:
-                aim = _floored(problem, "latency", predicted * goal / ratio * 0.99)
-                targets[fmt]["latency"] = min(targets[fmt]["latency"], aim)
-                self.emit("note", {"text": f"{missed}: solving again for {aim:.3f}"})
             seen.add(plan.key())
-            over = min(over, predicted)
+            if charged:  # priced anew: its prediction no longer brackets anything
+                self.emit("note", {"text": f"{note}: its float layers cost more together than alone; their "
+                                           "costs are raised"})
+            elif fmt not in missed or predicted < missed[fmt][0]:
+                missed[fmt] = (predicted, ratio)
             if within is not None:
                 # a milder plan missed: a plan between it and the one measured within the budget is probed (the
-                # tables' error differs between the two, a pruned model's time is not linear in what they predict),
-                # else the one measured within is trained
-                last = count == PROBES - 1  # no probe left for it
-                between = None if charged or last else self._between(within, within_at, (predicted, ratio), goal, targets,
-                                                             analysis, seen, log_entries, uniform)
-                if between is None:
-                    break
-                self.emit("note", {"text": f"{missed}: trying a plan between it and {within[0].summary()} "
+                # tables' error differs between the two: a pruned model's time is not linear in what they predict)
+                following = None if charged or last else between()
+                if following is None:
+                    break  # the plan measured within is trained
+                self.emit("note", {"text": f"{note}: trying a plan between it and {within[0].summary()} "
                                            f"(target {targets[fmt]['latency']:.3f})"})
-                plan, solution = between
+                plan, solution = following
                 continue
+            if not charged:
+                aim = _floored(problem, "latency", predicted * goal / ratio * 0.99)
+                targets[fmt]["latency"] = min(targets[fmt]["latency"], aim)
+                self.emit("note", {"text": f"{note}: solving again for {aim:.3f}"})
             plan, problem, solution = self._next_plan(problems, targets, exhausted, analysis, seen, log_entries,
                                                       uniform=fmt if uniform else None)
             if plan is None:
                 return None, None, None, False
-            relaxed_from = None
         return settle() if within is not None else (plan, problem, solution, False)
 
-    def _between(self, within: tuple, within_at: tuple[float, float], missed_at: tuple[float, float], goal: float,
-                 targets: dict[str, dict[str, float]], analysis: Analysis, seen: set[str],
-                 log_entries: list[dict[str, Any]], uniform: bool) -> tuple | None:
-        """(plan, solution) solved for the predicted latency where the line through the two probes — ``within_at``
-        and ``missed_at``, (predicted, measured) each — crosses just under ``goal`` (regula falsi), or None when that
-        target is not strictly between their predictions or gives no new plan (the target is then left where it
-        was)."""
+    def _between(self, within: tuple, within_at: tuple[float, float], within_target: float,
+                 missed_at: tuple[float, float], goal: float, targets: dict[str, dict[str, float]],
+                 analysis: Analysis, known: set[str], log_entries: list[dict[str, Any]],
+                 uniform: bool) -> tuple | None:
+        """(plan, solution) solved for the predicted latency where the line through two probes — ``within_at``
+        (measured within the budget, solved for ``within_target``) and ``missed_at`` (over it), (predicted,
+        measured) each — reaches 0.99 × ``goal`` (regula falsi). None when that target is not above
+        ``within_target`` (it would give the plan within back) and below the missed plan's prediction, or gives a
+        plan in ``known`` (probed or missed already); the target is then left as it was."""
         (low, low_measured), (high, high_measured) = within_at, missed_at
         fmt, problem = within[0].format, within[1]
         aim = low + (goal * 0.99 - low_measured) * (high - low) / (high_measured - low_measured)
-        if not low < aim < high:
+        if not within_target < aim < high:
             return None
         previous = targets[fmt]["latency"]
         targets[fmt]["latency"] = aim
         plan, solution, _ = self._solved(fmt, problem, targets[fmt], analysis, log_entries,
                                          self.ties.get(fmt) if uniform else None)
-        if plan is None or plan.key() == within[0].key() or plan.key() in seen:
+        if plan is None or plan.key() in known:
             targets[fmt]["latency"] = previous
             return None
         return plan, solution
