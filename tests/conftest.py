@@ -24,13 +24,19 @@ def _single_thread_and_seed():
     yield
 
 
-#: the longest end-to-end tests (the README session's parts, the longest of them minutes; the demo): started first,
-#: spread over the workers under -n 2, so the rest of the suite fills in around them instead of one starting last
-FIRST = ("tests/test_readme.py::test_readme_sequence_runs_top_to_bottom", "tests/test_demo.py")
+#: the longest end-to-end tests, in the order they start. xdist (``-n 2``, with ``--maxschedchunk=1`` from pyproject's
+#: addopts) hands each worker two tests to begin with — the first two to one worker, the next two to the other — and
+#: then one test at a time to whichever is free: the README session's LeNet-5 part (minutes) and its recipe part go to
+#: one worker, its Llama part and the demo to the other, and the rest of the suite fills in around them. (Without
+#: ``--maxschedchunk`` each worker's first chunk is a quarter of its share, and all four landed on one worker.)
+FIRST = ("tests/test_readme.py::test_readme_sequence_runs_top_to_bottom[lenet5]",
+         "tests/test_readme.py::test_readme_sequence_runs_top_to_bottom[hybrid]",
+         "tests/test_readme.py::test_readme_sequence_runs_top_to_bottom[llama]",
+         "tests/test_demo.py::test_the_readme_demo_runs_every_family_and_writes_one_report")
 
 
 def pytest_collection_modifyitems(items):
-    def first(item) -> bool:
-        return any(item.nodeid.startswith(name) for name in FIRST) and item.get_closest_marker("slow") is not None
+    def rank(item) -> int:
+        return next((i for i, name in enumerate(FIRST) if item.nodeid == name), len(FIRST))
 
-    items.sort(key=lambda item: not first(item))
+    items.sort(key=rank)  # stable: the rest keep their collection order
