@@ -376,10 +376,15 @@ def _after_training_seconds(metrics: dict[str, Any]) -> float:
     return sum(r["seconds"] for r in stages[first:])
 
 
+#: auto's size budgets in the comparison with Deep Compression: DC's container bytes / factor, the smallest first
+DC_FACTORS = (1.15, 1.10, 1.05, 1.0)
+
+
 def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, root: Path) -> dict[str, Any]:
     """Deep Compression (the shipped recipe's run, bench_deep_compression's cache) and auto, started from that
-    run's trained dense model, at a size budget 15 % below Deep Compression's file, with the same training
-    schedule (the recipe's rounds, epochs and learning rates)."""
+    run's trained dense model with the same training schedule (the recipe's rounds, epochs and learning rates), at
+    the smallest size budget of ``DC_FACTORS`` (DC's file / factor) where auto's validation accuracy reaches DC's:
+    the compression ratio at equal accuracy, decided on validation. The test split is read for the row reported."""
     from benchmarks.bench_deep_compression import run_cached
     from slimkit.analysis import evaluate
     from slimkit.pipeline import load_run
@@ -388,30 +393,50 @@ def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, r
     with torch_threads(1):  # as the deep_compression section runs it: the wall times below are on one thread
         out, metrics = run_cached(recipe, f"{name}-shipped")  # the deep_compression section's run when cached
     model = load_run(out, "01-train")[0].eval()
+    dc_valid = evaluate(load_run(out)[0].eval(), data.valid).accuracy
     checkpoint = _checkpoint(f"{name}-dc-{out.name}", model)
     folder = root / name / "dc"
     folder.mkdir(parents=True, exist_ok=True)
     onnx_bytes = (root / name / "baseline.onnx").stat().st_size
     dense = 4 * sum(p.numel() for p in model.parameters())
     final = metrics["final"]
-    target = final["bytes"] / 1.15
     epochs = _dc_schedule(recipe)
     settings = {**AUTO, **MODELS[name]["auto"], **(QUICK if quick else {}), **epochs, "formats": ("container",)}
-    run = _auto(model, name, f"size={target / onnx_bytes:.5f}", data, section, checkpoint, folder / "auto", settings)
-    out_row = {"dc": {"bytes": final["bytes"], "ratio": dense / final["bytes"], "test_accuracy": final["accuracy"],
-                      "split": final["split"], "samples": final["samples"], "run": out.name,
-                      "seconds": _after_training_seconds(metrics),
-                      "epochs": epochs["prune_rounds"] * epochs["recovery_epochs"] + epochs["cluster_epochs"]},
-               "budget": target / onnx_bytes, "dense_bytes": dense}
-    if run["model"] is not None:
+    out_row: dict[str, Any] = {
+        "dc": {"bytes": final["bytes"], "ratio": dense / final["bytes"], "test_accuracy": final["accuracy"],
+               "valid_accuracy": dc_valid, "split": final["split"], "samples": final["samples"], "run": out.name,
+               "seconds": _after_training_seconds(metrics),
+               "epochs": epochs["prune_rounds"] * epochs["recovery_epochs"] + epochs["cluster_epochs"]},
+        "dense_bytes": dense, "tries": []}
+    reported = None
+    for factor in DC_FACTORS:
+        budget = final["bytes"] / factor / onnx_bytes
+        run_folder = folder / f"auto-{factor:g}"
+        run = _auto(model, name, f"size={budget:.5f}", data, section, checkpoint, run_folder, settings)
+        if run["model"] is None:
+            out_row["tries"].append({"factor": factor, "budget": budget, "error": run.get("error"),
+                                     "seconds": run["seconds"]})
+            continue
         chosen = run["result"].chosen
-        size = (folder / "auto" / chosen["file"]).stat().st_size
-        out_row["auto"] = {"bytes": size, "ratio": dense / size,
-                           "test_accuracy": evaluate(run["model"], data.test).accuracy,
-                           "valid_accuracy": chosen["accuracy"], "plan": run["result"].plan.summary(),
-                           "status": run["result"].status, "seconds": run["seconds"]}
+        size = (run_folder / chosen["file"]).stat().st_size
+        attempt = {"factor": factor, "budget": budget, "bytes": size, "ratio": dense / size,
+                   "valid_accuracy": chosen["accuracy"], "plan": run["result"].plan.summary(),
+                   "status": run["result"].status, "seconds": run["seconds"]}
+        out_row["tries"].append(attempt)
+        # the first budget reaching DC's validation accuracy; until one does, the most accurate on validation (on a
+        # tie the smaller file): auto's accuracy is not monotone in the budget, each run stops at its first plan
+        # within max_drop
+        if reported is None or chosen["accuracy"] > reported[0]["valid_accuracy"]:
+            reported = (attempt, run["model"])
+        if chosen["accuracy"] >= dc_valid:
+            break
+    if reported is None:
+        out_row["auto"] = {"error": out_row["tries"][-1].get("error")}
     else:
-        out_row["auto"] = {"error": run.get("error")}
+        attempt, chosen_model = reported
+        out_row["auto"] = {**attempt, "test_accuracy": evaluate(chosen_model, data.test).accuracy,
+                           "equal": attempt["valid_accuracy"] >= dc_valid}
+    out_row["budget"] = out_row["auto"].get("budget")
     return out_row
 
 
@@ -458,17 +483,27 @@ def _dc_table(results: dict[str, Any]) -> str:
     rows = []
     for name, entry in results.get("deep_compression", {}).items():
         dc, auto = entry["dc"], entry["auto"]
-        rows.append([name, "Deep Compression (the shipped recipe's run)",
+        valid = f"{100 * dc['valid_accuracy']:.2f}%" if "valid_accuracy" in dc else "–"
+        rows.append([name, "Deep Compression (the shipped recipe's run)", valid,
                      f"{100 * (1 - dc['test_accuracy']):.2f}%", f"{dc['bytes']:,}", f"{dc['ratio']:.1f}×",
                      f"{dc['seconds']:.0f}", f"{dc['epochs']} epochs"])
+        tries = entry.get("tries") or []
         if "bytes" in auto:
-            rows.append([name, f"auto, size ≤ {entry['budget']:.4f} of the ONNX file",
+            how = (f"auto, size ≤ {entry['budget']:.4f} of the ONNX file" + (
+                f" (DC's file / {auto['factor']:g})" if "factor" in auto else ""))
+            if tries and not auto.get("equal", True):
+                how += ": the most accurate, DC's validation accuracy not reached at any budget tried"
+            seconds = sum(t.get("seconds", 0.0) for t in tries) if tries else auto["seconds"]
+            rows.append([name, how, f"{100 * auto['valid_accuracy']:.2f}%",
                          f"{100 * (1 - auto['test_accuracy']):.2f}%", f"{auto['bytes']:,}", f"{auto['ratio']:.1f}×",
-                         f"{auto['seconds']:.0f}", auto["plan"]])
+                         f"{seconds:.0f}", auto["plan"] + (
+                             "; budgets tried: " + ", ".join(
+                                 f"/{t['factor']:g} → {100 * t['valid_accuracy']:.2f}%" if "valid_accuracy" in t
+                                 else f"/{t['factor']:g} → none" for t in tries) if len(tries) > 1 else "")])
         else:
-            rows.append([name, "auto", "–", "–", "–", "–", auto.get("error", "")[:160]])
-    return markdown_table(["model", "method", "test error", "container bytes", "ratio to dense fp32", "wall s",
-                           "what"], rows)
+            rows.append([name, "auto", "–", "–", "–", "–", "–", auto.get("error", "")[:160]])
+    return markdown_table(["model", "method", "valid acc", "test error", "container bytes", "ratio to dense fp32",
+                           "wall s", "what"], rows)
 
 
 def _plain(value: Any) -> Any:
@@ -518,6 +553,30 @@ def _equal_training_text(results: dict[str, Any]) -> str:
             "row as many epochs of KD as one of its rounds — " + "; ".join(parts) + ". ")
 
 
+def _dc_searched(results: dict[str, Any]) -> bool:
+    """Whether the comparison with Deep Compression searched the budget (runs before it had one budget, 15 % below
+    DC's file)."""
+    return any("tries" in entry for entry in results.get("deep_compression", {}).values())
+
+
+def _dc_heading(results: dict[str, Any]) -> str:
+    if _dc_searched(results):
+        return "### Against Deep Compression: the smallest file at Deep Compression's validation accuracy"
+    return "### Against Deep Compression: a 15 % smaller file, and the test error it costs"
+
+
+def _dc_budget_text(results: dict[str, Any]) -> str:
+    if _dc_searched(results):
+        factors = ", ".join(f"{f:g}" for f in DC_FACTORS)
+        return ("auto's size budget is Deep Compression's container bytes divided by " + factors + " in turn (in "
+                "ONNX-file terms), the smallest first; the row reported is the first whose chosen model reaches Deep "
+                "Compression's validation accuracy — the ratio at equal accuracy, decided on validation — or, when "
+                "none does, the most accurate on validation, marked so ('what' lists each budget's validation "
+                "accuracy). ")
+    return ("auto gets a size budget 15 % below Deep Compression's file (in ONNX-file terms). Nothing holds the two "
+            "errors equal: the table shows the test error each pays. ")
+
+
 def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The section's markdown from its results (``run``'s data, or ``results/auto.json`` for ``python -m
     benchmarks.run --rerender auto``)."""
@@ -558,18 +617,17 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "Test accuracy is read once per row, for this table; every decision used validation. "
         f"Latency: {LATENCY_METHOD}. 'recipe did NOT reproduce' would flag an auto row whose recipe.yaml, run with "
         "the recipe runner, gave a different validation accuracy, MACs or deployed bytes.",
-        "", "### Against Deep Compression: a 15 % smaller file, and the test error it costs", "",
+        "", _dc_heading(clean), "",
         _dc_table(clean), "",
         "Deep Compression is the run of the shipped recipe `recipes/deep-compression-<model>.yaml` (the "
         "deep_compression section's run, shared through the benchmark cache, on 1 PyTorch thread; its wall time "
         "counts the stages after the dense training, not its 6-setting validation grid). auto starts from that run's "
-        "trained dense model, gets a size budget 15 % below Deep Compression's file (in ONNX-file terms) and the "
-        "recipe's training schedule (its pruning rounds, the epochs and learning rate of the fine-tune after each, "
-        "the centroid fine-tune's epochs and learning rate; the learning rates were chosen on validation for the "
-        "recipe), and chooses every layer's sparsity and cluster bits itself under max_drop "
-        f"{clean['max_drop']} points on validation; its wall time (on {clean['train_threads']} threads) includes its "
-        "analysis and every candidate it tried. Nothing holds the two errors equal: the table shows the test error "
-        "each pays. Ratios are to dense float32 weights (4 bytes per parameter), as Deep Compression's table; test "
-        "error read once.",
+        "trained dense model with the recipe's training schedule (its pruning rounds, the epochs and learning rate "
+        "of the fine-tune after each, the centroid fine-tune's epochs and learning rate; the learning rates were "
+        "chosen on validation for the recipe), and chooses every layer's sparsity and cluster bits itself under "
+        f"max_drop {clean['max_drop']} points on validation. " + _dc_budget_text(clean) +
+        f"auto's wall time (on {clean['train_threads']} threads) includes its analysis and every candidate and "
+        "budget it tried. Ratios are to dense float32 weights (4 bytes per parameter), as Deep Compression's table; "
+        "test error read once per row.",
     ])
     return markdown, clean
