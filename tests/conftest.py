@@ -24,15 +24,20 @@ def _single_thread_and_seed():
     yield
 
 
-#: the longest end-to-end tests, in the order they start. xdist (``-n 2``, with ``--maxschedchunk=1`` from pyproject's
-#: addopts) hands each worker two tests to begin with — the first two to one worker, the next two to the other — and
-#: then one test at a time to whichever is free: the README session's LeNet-5 part (minutes) and its recipe part go to
-#: one worker, its Llama part and the demo to the other, and the rest of the suite fills in around them. (Without
-#: ``--maxschedchunk`` each worker's first chunk is a quarter of its share, and all four landed on one worker.)
+#: the longest end-to-end tests, in the order they start. xdist (``-n 2``, with ``maxschedchunk=1`` set below) hands
+#: each worker two tests to begin with — the first two to one worker, the next two to the other — and then one test
+#: at a time to whichever is free: the README session's LeNet-5 part (minutes) and its recipe part go to one worker,
+#: its Llama part and the demo to the other, and the rest of the suite fills in around them. (With xdist's default
+#: chunks each worker's first chunk is a quarter of its share, and all four landed on one worker.)
 FIRST = ("tests/test_readme.py::test_readme_sequence_runs_top_to_bottom[lenet5]",
          "tests/test_readme.py::test_readme_sequence_runs_top_to_bottom[hybrid]",
          "tests/test_readme.py::test_readme_sequence_runs_top_to_bottom[llama]",
          "tests/test_demo.py::test_the_readme_demo_runs_every_family_and_writes_one_report")
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "maxschedchunk", None) is None:
+        config.option.maxschedchunk = 1  # one test at a time to a free worker (unless given on the command line)
 
 
 def pytest_collection_modifyitems(items):
