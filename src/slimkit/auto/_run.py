@@ -356,17 +356,12 @@ class AutoRun:
                     plan, solution = following
                     continue
                 relaxed = min(predicted * goal / ratio * 0.99, ceilings.get(fmt, math.inf))
-                if relaxed <= targets[fmt]["latency"]:
-                    break
-                previous = targets[fmt]["latency"]
-                targets[fmt]["latency"] = relaxed
-                following, milder, _ = self._solved(fmt, problem, targets[fmt], analysis, log_entries,
-                                                    self.ties.get(fmt) if uniform else None)
-                if following is None or following.key() in seen | probed:
-                    targets[fmt]["latency"] = previous
+                following = None if relaxed <= targets[fmt]["latency"] else self._solved_anew(
+                    fmt, problem, relaxed, targets, analysis, seen | probed, log_entries, uniform)
+                if following is None:
                     break
                 self.emit("note", {"text": f"{note} (target {relaxed:.3f})"})
-                plan, solution = following, milder
+                plan, solution = following
                 continue
             note = (f"probe: {plan.summary()} measures latency {ratio:.3f} (predicted {predicted:.3f}) > "
                     f"{goal:.3f} ({MARGIN:g} of the budget)")
@@ -412,6 +407,13 @@ class AutoRun:
         aim = low + (goal * 0.99 - low_measured) * (high - low) / (high_measured - low_measured)
         if not within_target < aim < high:
             return None
+        return self._solved_anew(fmt, problem, aim, targets, analysis, known, log_entries, uniform)
+
+    def _solved_anew(self, fmt: str, problem: Problem, aim: float, targets: dict[str, dict[str, float]],
+                     analysis: Analysis, known: set[str], log_entries: list[dict[str, Any]],
+                     uniform: bool) -> tuple | None:
+        """(plan, solution) solved for the latency target ``aim`` (a uniform plan with ``uniform``), the format's
+        target left at ``aim``; None when no plan meets it or the plan is in ``known``, the target then restored."""
         previous = targets[fmt]["latency"]
         targets[fmt]["latency"] = aim
         plan, solution, _ = self._solved(fmt, problem, targets[fmt], analysis, log_entries,
