@@ -8,6 +8,10 @@ once, for the final table. Latency is re-measured for every row of the table in 
 against the input's fp32 ONNX file, interleaved with an A/A control), so the rows are comparable; on a loaded
 machine the cells say "too noisy", and the search itself could not confirm a latency budget either: re-run with
 ``python -m benchmarks.run --only auto`` on a quiet machine.
+
+Two sections, each within one session's time on 2 cores: ``auto`` (LeNet-5, LeNet-300-100 and the comparison with
+Deep Compression, about 1.5 h from an empty cache) and ``auto_resnet20`` (ResNet-20, about 1 h;
+``bench_auto_resnet20``).
 """
 
 from __future__ import annotations
@@ -518,16 +522,21 @@ def _plain(value: Any) -> Any:
 
 
 def run(quick: bool) -> Section:
-    """Set SLIMKIT_AUTO_BENCH_REUSE=1 to keep what an interrupted run saved: each model's entry, each hand recipe's,
+    """The LeNets and the comparison with Deep Compression (ResNet-20: ``bench_auto_resnet20``)."""
+    return run_models(quick, ("lenet300", "lenet5"), deep_compression=True, topic="auto", title=TITLE)
+
+
+def run_models(quick: bool, names: tuple[str, ...], *, deep_compression: bool, topic: str, title: str) -> Section:
+    """The section for ``names`` (and, if ``deep_compression``, their comparison with the Deep Compression recipes).
+    Set SLIMKIT_AUTO_BENCH_REUSE=1 to keep what an interrupted run saved: each model's entry, each hand recipe's,
     int8's and each budget's rows (their latencies were measured then, each against its own A/A control)."""
     torch.set_num_threads(TRAIN_THREADS)
     root = CACHE / "auto" / ("quick" if quick else "full")
     results: dict[str, Any] = {"models": {}, "deep_compression": {}, "batch": BATCH, "max_drop": MAX_DROP,
                                "train_threads": TRAIN_THREADS}
-    names = ["lenet300", "lenet5"] if quick else list(MODELS)
-    # the LeNets' entries first: ResNet-20's takes hours, and each finished entry is saved for a resumed run
-    jobs = [("models", n) for n in names if n != "resnet20"] + [("deep_compression", n) for n in ("lenet300", "lenet5")]
-    jobs += [("models", n) for n in names if n == "resnet20"]
+    jobs = [("models", n) for n in names]
+    if deep_compression:
+        jobs += [("deep_compression", n) for n in names if n in _dc_models()]
     for kind, name in jobs:
         def entry(kind: str = kind, name: str = name) -> dict[str, Any]:
             data, section = _data(5000 if quick else MODELS[name].get("train_samples"))
@@ -542,7 +551,7 @@ def run(quick: bool) -> Section:
                                                                    "dc_factors": DC_FACTORS,
                                                                    "equal_training": "dc-best"}, entry)
     clean = _plain(results)
-    return Section(topic="auto", title=TITLE, markdown=render(clean)[0], data=clean)
+    return Section(topic=topic, title=title, markdown=render(clean)[0], data=clean)
 
 
 def _equal_training_text(results: dict[str, Any]) -> str:
@@ -603,7 +612,7 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         f"KD from the input (the shipped prune + KD recipe's), the container format's {settings['prune_rounds']} "
         f"magnitude-pruning rounds of {settings['recovery_epochs']} epochs each and {settings['cluster_epochs']} "
         "epochs of centroid fine-tuning. " + _equal_training_text(clean) +
-        "ResNet-20's recovery (every method's) uses the first 10,000 training images; LeNets' the full 50,000. "
+        _train_images_text(clean) +
         "Best hand recipe: every recipe in recipes/ for the model, started from the same trained baseline (its "
         "`train` stage dropped), measured once; the most accurate on validation among those that meet the budget. "
         "Uniform pruning: one L1 ratio for every channel group, searched to auto's MACs (latency budgets) or to the "
@@ -627,6 +636,9 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "Test accuracy is read once per row, for this table; every decision used validation. "
         f"Latency: {LATENCY_METHOD}. 'recipe did NOT reproduce' would flag an auto row whose recipe.yaml, run with "
         "the recipe runner, gave a different validation accuracy, MACs or deployed bytes.",
+    ])
+    if clean.get("deep_compression"):
+        markdown += "\n" + "\n".join([
         "", _dc_heading(clean), "",
         _dc_table(clean), "",
         "Deep Compression is the run of the shipped recipe `recipes/deep-compression-<model>.yaml` (the "
@@ -639,5 +651,12 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         f"auto's wall time (on {clean['train_threads']} threads) includes its analysis and every candidate and "
         "budget it tried. Ratios are to dense float32 weights (4 bytes per parameter), as Deep Compression's table; "
         "test error read once per row.",
-    ])
+        ])
     return markdown, clean
+
+
+def _train_images_text(results: dict[str, Any]) -> str:
+    """Which training images each model's recovery used (every method's alike)."""
+    parts = [f"the first {model['train_samples']:,} for {name}" if model.get("train_samples")
+             else f"all 50,000 for {name}" for name, model in results["models"].items()]
+    return "Recovery (every method's) trains on MNIST's training images: " + ", ".join(parts) + ". "
