@@ -401,6 +401,7 @@ def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, r
         out, metrics = run_cached(recipe, f"{name}-shipped")  # the deep_compression section's run when cached
     model = load_run(out, "01-train")[0].eval()
     dc_valid = evaluate(load_run(out)[0].eval(), data.valid).accuracy
+    dense_valid = evaluate(model, data.valid).accuracy
     checkpoint = _checkpoint(f"{name}-dc-{out.name}", model)
     folder = root / name / "dc"
     folder.mkdir(parents=True, exist_ok=True)
@@ -411,7 +412,8 @@ def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, r
     settings = {**AUTO, **MODELS[name]["auto"], **(QUICK if quick else {}), **epochs, "formats": ("container",)}
     out_row: dict[str, Any] = {
         "dc": {"bytes": final["bytes"], "ratio": dense / final["bytes"], "test_accuracy": final["accuracy"],
-               "valid_accuracy": dc_valid, "split": final["split"], "samples": final["samples"], "run": out.name,
+               "valid_accuracy": dc_valid, "dense_valid_accuracy": dense_valid, "split": final["split"],
+               "samples": final["samples"], "run": out.name,
                "seconds": _after_training_seconds(metrics),
                "epochs": epochs["prune_rounds"] * epochs["recovery_epochs"] + epochs["cluster_epochs"]},
         "dense_bytes": dense, "tries": []}
@@ -572,6 +574,28 @@ def _equal_training_text(results: dict[str, Any]) -> str:
             "uniform-pruning row one round's epochs of KD — " + "; ".join(parts) + ". ")
 
 
+def _dc_no_loss_lines(results: dict[str, Any]) -> list[str]:
+    """Deep Compression's own claims are "without loss of accuracy" against the dense model: per model, auto's
+    smallest file (of the budgets tried) whose validation accuracy is at least the dense model's, next to DC's."""
+    lines = []
+    for name, entry in results.get("deep_compression", {}).items():
+        dc, tries = entry["dc"], entry.get("tries") or []
+        if "dense_valid_accuracy" not in dc:
+            continue  # a run before this was recorded
+        dense = dc["dense_valid_accuracy"]
+        kept = next((t for t in tries if t.get("valid_accuracy", -1.0) >= dense), None)
+        dc_kept = "keeps it" if dc["valid_accuracy"] >= dense else "does not keep it"
+        if kept is None:
+            auto_text = "none of auto's budgets tried keeps it"
+        else:
+            auto_text = (f"auto's smallest file that keeps it is DC's / {kept['factor']:g}: {kept['ratio']:.1f}× "
+                         f"({100 * kept['valid_accuracy']:.2f} %)")
+        lines.append(f"- {name}, against the dense model's validation accuracy ({100 * dense:.2f} %, the criterion of "
+                     f"Deep Compression's own \"without loss of accuracy\"): DC {dc['ratio']:.1f}× "
+                     f"({100 * dc['valid_accuracy']:.2f} %) {dc_kept}; {auto_text}.")
+    return [*lines, ""] if lines else []
+
+
 def _dc_searched(results: dict[str, Any]) -> bool:
     """Whether the comparison with Deep Compression searched the budget (runs before it had one budget, 15 % below
     DC's file)."""
@@ -641,6 +665,7 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         markdown += "\n" + "\n".join([
         "", _dc_heading(clean), "",
         _dc_table(clean), "",
+        *_dc_no_loss_lines(clean),
         "Deep Compression is the run of the shipped recipe `recipes/deep-compression-<model>.yaml` (the "
         "deep_compression section's run, shared through the benchmark cache, on 1 PyTorch thread; its wall time "
         "counts the stages after the dense training, not its 6-setting validation grid). auto starts from that run's "
