@@ -348,7 +348,7 @@ all 60k images (training + validation), so its models saw {h['valid_images']:,} 
 {h['batch']}, one-cycle cosine; "elastic distortion" is Simard et al. 2003 at slimkit's default strength; the
 paper's teacher also had max-norm weight constraints, which slimkit does not implement, and trained far longer;
 {n_teachers} — the paper's recipe and our substitute for its long training — so that the section trains
-within about two hours on two cores):
+within one session on two cores):
 
 {teacher_grid}
 
