@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from slimkit._cpu import cpu_info
 from slimkit._io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,15 +99,7 @@ def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
-    except OSError:
-        flags = ""
+    cpu = cpu_info()
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("onnxruntime", "onnx", "tensorly", "sklearn", "torch_pruning", "slimkit"):
         try:
@@ -115,11 +108,11 @@ def machine_info() -> dict[str, Any]:
             versions[name] = "not installed"
     return {
         "date": _dt.date.today().isoformat(),
-        "cpu": cpu,
+        "cpu": cpu.name,
         "cores": os.cpu_count(),
-        "avx512_vnni": "avx512_vnni" in flags,
-        "avx_vnni": " avx_vnni" in flags,
-        "avx2": "avx2" in flags,
+        "avx512_vnni": cpu.has("avx512_vnni"),
+        "avx_vnni": cpu.has("avx_vnni"),
+        "avx2": cpu.has("avx2"),
         "versions": versions,
         "commit": _git_commit(),
     }

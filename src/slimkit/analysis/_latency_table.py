@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import os
-import platform
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -53,6 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit._cpu import cpu_info
 from slimkit._errors import ConfigError
 from slimkit._inputs import input_tuple
 from slimkit._io import write_text_atomic
@@ -76,17 +76,10 @@ def machine_key(threads: int) -> dict[str, Any]:
     """What a cached measurement depends on besides the layer: CPU, runtime version, threads."""
     import onnxruntime as ort
 
-    cpu, flags = platform.processor() or platform.machine(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    digest = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:12]
-    return {"cpu": cpu, "cpu_flags": digest, "onnxruntime": ort.__version__, "threads": threads,
+    cpu = cpu_info()
+    flags = " ".join(sorted(cpu.flags or ()))
+    digest = hashlib.sha256(flags.encode()).hexdigest()[:12]
+    return {"cpu": cpu.name, "cpu_flags": digest, "onnxruntime": ort.__version__, "threads": threads,
             "cache_version": CACHE_VERSION}
 
 
