@@ -14,7 +14,7 @@ def test_quantize_command_writes_int8_onnx_and_its_run(tmp_path, capsys):
     ckpt = save_checkpoint(models.create("lenet5").state_dict(), tmp_path / "w.pt")
     out = tmp_path / "out"
     argv = ["quantize", "lenet5", "-c", str(ckpt), "--bits", "8", "--calib", "mnist", "--calib-size", "256",
-            "--eval-samples", "500", "--out", str(out), "--latency-batch", "8"]
+            "--eval-samples", "500", "--out", str(out), "--latency-batch", "8", "--reduce-range"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "01-quantize" in printed and "latency" in printed
@@ -22,6 +22,9 @@ def test_quantize_command_writes_int8_onnx_and_its_run(tmp_path, capsys):
     assert int8_row["onnx_bytes"] < 0.3 * input_row["onnx_bytes"]
     assert abs(int8_row["accuracy"] - input_row["accuracy"]) < 0.02
     assert optimized_op_types(out / "model.onnx").get("QLinearConv") == 2
+    # 7-bit weights, as asked (the recipe keeps the choice, the stage says what it gave the kernels)
+    assert "reduce_range: true" in (out / "recipe.yaml").read_text()
+    assert int8_row["notes"]["weight_range"] == {"bits": 7, "reduce_range": True, "reason": "set by the config"}
 
 
 @pytest.mark.parametrize(("extra", "message"), [(["--bits", "9"], "bit width 9"), (["--bits", "1"], "bit width 1"),

@@ -219,17 +219,17 @@ def test_placement_is_validated():
 
 @pytest.fixture(scope="module")
 def trained_resnet(mnist, request):
-    """ResNet-20 at a quarter width, one epoch (Adam) on 8,000 MNIST images: ~91% — kept in pytest's cache."""
+    """ResNet-20 at a quarter width, one epoch (Adam) on 8,000 MNIST images: 89–91 % by CPU — kept in pytest's cache."""
     from slimkit.train import fit, load_weights_, save_checkpoint
 
+    torch.manual_seed(0)  # before creating the model: its initialization must not depend on the tests run before
     model = models.create("resnet20", width=0.25)
     cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider: then trained every run
-    path = cache.mkdir("slimkit-int8") / "resnet20-w0.25-n8000-adam5e-3-b32.pt" if cache is not None else None
+    path = cache.mkdir("slimkit-int8") / "resnet20-w0.25-n8000-adam2e-3-b32.pt" if cache is not None else None
     if path is not None and path.is_file():
         return load_weights_(model, path).eval()
-    torch.manual_seed(0)
     subset = TensorLoader(mnist.train.inputs[:8000], mnist.train.targets[:8000], batch_size=32, shuffle=True)
-    fit(model, subset, epochs=1, optimizer=lambda p: torch.optim.Adam(p, 5e-3), progress=False)
+    fit(model, subset, epochs=1, optimizer=lambda p: torch.optim.Adam(p, 2e-3), progress=False)
     if path is not None:
         save_checkpoint(model.state_dict(), path)
     return model.eval()
@@ -242,5 +242,5 @@ def test_int8_graph_keeps_accuracy_on_mnist(tmp_path, mnist, trained_resnet):
     fp32 = onnx_accuracy(export_onnx(trained_resnet, mnist.example_input(), tmp_path / "fp32.onnx"), test)
     q, path = _int8(tmp_path, trained_resnet, mnist)
     int8 = onnx_accuracy(path, test)
-    assert fp32 > 0.9 and int8 > fp32 - 0.01, (fp32, int8)
+    assert fp32 > 0.85 and int8 > fp32 - 0.01, (fp32, int8)  # a trained model (89–91 % by CPU), not chance
     _agrees(q, path, mnist.test.inputs[:500], argmax=0.99, rel=0.03)

@@ -43,6 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--skip", action="append", default=[], help="layer name/glob/re:regex to keep in float")
     parser.add_argument("--keep-sensitive", type=count(0), default=0, help="keep the N most sensitive layers in float")
     parser.add_argument("--bias-correction", action="store_true", help="empirical bias correction (Nagel 2019)")
+    parser.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                        help="7-bit weights under 8-bit activations, for x86 CPUs without VNNI whose int8 kernels "
+                             "saturate (default: decided for this machine's CPU; --reduce-range when the target "
+                             "lacks VNNI, --no-reduce-range for a VNNI or ARM target)")
     add_seed_arg(parser)
     add_latency_args(parser, batch=64)
     parser.set_defaults(run=run)
@@ -58,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         options.update(activation_bits=None, group_size=args.group_size, weight_symmetric=not args.zero_point)
     elif args.zero_point:
         options["weight_symmetric"] = False  # refused below with the library's message
+    if args.reduce_range is not None:
+        options["reduce_range"] = args.reduce_range
     # the library's own message for a bad value or combination
     QuantConfig(**{**options, "skip": tuple(args.skip)}, method="rtn" if args.method == "qat" else args.method)
     stages = [{"quantize": {"method": args.method, **options}}]

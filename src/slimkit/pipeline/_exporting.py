@@ -79,6 +79,22 @@ def _write_and_check(model: nn.Module, batch: torch.Tensor, expected: torch.Tens
     return check
 
 
+def _saturation_hint(model: nn.Module) -> str:
+    """Why an int8 file can disagree with its model on this CPU, when that is the likely cause."""
+    from slimkit._cpu import cpu_info
+    from slimkit.quantize import kernel_weight_bits
+
+    report = getattr(model, "slimkit_quant_report", None)
+    weight_range = report.details.get("weight_range") if report is not None else None
+    if not weight_range or not cpu_info().int8_sums_saturate:
+        return ""
+    bits, activation_bits = weight_range["bits"], report.config.get("activation_bits")
+    if kernel_weight_bits(bits, activation_bits, True) == bits:
+        return ""
+    return (f", or quantize with reduce_range: true (--reduce-range): this CPU adds uint8 × int8 products in "
+            f"saturating int16 (x86 without VNNI) and the model's {bits}-bit weights overflow it")
+
+
 def export_model(
     model: nn.Module,
     data: Any,
@@ -111,8 +127,8 @@ def export_model(
         if strict and not check["ok"]:
             raise ExportError(f"{fmt} file '{target}' differs from PyTorch by {check['max_abs_diff']:.3g} on "
                               f"{len(batch)} test inputs (tolerance {atol:g}; argmax agreement "
-                              f"{check['argmax_agreement']:.1%}): raise the tolerance if the format is lossy (int8); "
-                              "no file was written")
+                              f"{check['argmax_agreement']:.1%}): raise the tolerance if the format is lossy (int8)"
+                              f"{_saturation_hint(model)}; no file was written")
         staging.replace(target)
     finally:
         staging.unlink(missing_ok=True)

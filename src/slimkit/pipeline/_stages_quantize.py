@@ -65,9 +65,12 @@ class QuantizeStage(Stage):
         return convert_qat(prepared) if self.params.method == "qat" else prepared
 
     def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        from slimkit.quantize import convert_qat
+        from slimkit.quantize import convert_qat, quant_report
 
         prepared = self._prepare(model, ctx)
+        weight_range = quant_report(prepared).details.get("weight_range")
+        if weight_range is not None:  # 7 or 8-bit weights, and why (reduce_range: null decides for this CPU)
+            ctx.notes["weight_range"] = weight_range
         if self.params.method == "qat":
             fit_in_stage(prepared, ctx, train_params(self.params))
             return convert_qat(prepared)

@@ -34,8 +34,10 @@ from slimkit.quantize._ptq import (
     bias_correct_,
     calibrate_,
     freeze_,
+    kernel_weight_bits,
     prepare,
     quant_report,
+    weight_range,
     wrappers,
 )
 from slimkit.quantize._qat import convert_qat, quantize_qat
@@ -78,6 +80,7 @@ __all__ = [
     "freeze_",
     "gptq_matrix",
     "keep_sensitive_",
+    "kernel_weight_bits",
     "layer_sensitivity",
     "linearize_",
     "matches",
@@ -90,5 +93,6 @@ __all__ = [
     "quantize_weights",
     "register_method",
     "weight_codes",
+    "weight_range",
     "wrappers",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit._cpu import kernel_weight_bits
 from slimkit._errors import ConfigError, DataError
 from slimkit._inputs import input_tuple
 from slimkit._select import matches_any as matches
@@ -50,6 +51,14 @@ class QuantConfig:
     equalization (same paper, §4.1) before quantizing; ``lsq`` makes the scales
     learnable (Esser et al. 2020), used by QAT. ``observer_options`` go to the activation observer
     (e.g. ``{"percentile": 99.9}``).
+
+    ``reduce_range`` narrows 8-bit weights to 7 bits (±63) when activations are 8-bit too, so that the int16 sum
+    of two uint8 × int8 products cannot saturate: x86 CPUs without VNNI compute QLinearConv/QGemm with
+    VPMADDUBSW, whose saturated sums made full-range int8 files disagree with their own fake-quant model (ONNX
+    Runtime's quantizer calls the same fix ``reduce_range``). ``None`` (default) decides for the CPU running
+    slimkit (:func:`slimkit._cpu.cpu_info`); set it to ``True`` when building on a VNNI machine for such a target,
+    ``False`` to keep full-range weights for a VNNI or ARM target. The report's ``details["weight_range"]`` says
+    what was chosen and why.
     """
 
     weight_bits: int = 8
@@ -68,6 +77,7 @@ class QuantConfig:
     group_size: int | None = None
     weight_symmetric: bool = True
     placement: str = "graph"
+    reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight bit width")
@@ -83,6 +93,8 @@ class QuantConfig:
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"placement {self.placement!r} is unknown: use one of {', '.join(PLACEMENTS)}")
+        if self.reduce_range not in (None, True, False):
+            raise ConfigError(f"reduce_range {self.reduce_range!r} must be true, false or null (decide for this CPU)")
         if not isinstance(self.keep_sensitive, int) or self.keep_sensitive < 0:
             raise ConfigError(f"keep_sensitive {self.keep_sensitive!r} must be an integer ≥ 0 (layers kept in float)")
 
@@ -150,6 +162,29 @@ def _check_selection(model: nn.Module, config: QuantConfig) -> None:
                               "`layers` (they stay in float)")
 
 
+def weight_range(config: QuantConfig) -> dict[str, Any]:
+    """The weight grid the config gives the integer kernels on this machine, and why: ``{"bits", "reduce_range",
+    "reason"}`` (recorded in the report's ``details["weight_range"]``)."""
+    from slimkit._cpu import cpu_info
+
+    if config.reduce_range is not None:
+        reduce, reason = config.reduce_range, "set by the config"
+    else:
+        cpu = cpu_info()
+        reduce = cpu.int8_sums_saturate
+        what = (cpu.machine if not cpu.x86 else "x86, CPU flags unknown" if cpu.vnni is None
+                else "x86 with VNNI" if cpu.vnni else "x86 without VNNI")
+        reason = (f"this CPU ({cpu.name}: {what}) " + ("adds uint8 × int8 products in saturating int16"
+                                                      if reduce else "accumulates int8 products in int32"))
+    bits = kernel_weight_bits(config.weight_bits, config.activation_bits, reduce)
+    return {"bits": bits, "reduce_range": bits < config.weight_bits, "reason": reason}
+
+
+def weight_spec(config: QuantConfig) -> QuantSpec:
+    """The symmetric weight grid of Conv2d/Linear layers under ``config`` (narrowed by :func:`weight_range`)."""
+    return QuantSpec(weight_range(config)["bits"], symmetric=True, ch_axis=0 if config.per_channel else None)
+
+
 def config_dict(config: QuantConfig) -> dict[str, Any]:
     """The config as the report records it (mappings as plain dicts)."""
     return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(config).items()}
@@ -195,12 +230,14 @@ def prepare(
     _check_selection(model, config)
     model = copy.deepcopy(model).eval()
     report = QuantReport(config=config_dict(config))
+    if config.activation_bits is not None:
+        report.details["weight_range"] = weight_range(config)
+    wspec = weight_spec(config)
     facts = fold_and_equalize_(model, config, report)
     relu_of = dict(facts.layer_relu)
     selected = {name for name, module in list(_param_leaves(model)) if selected_for(name, module, config, report)}
     for name in sorted(selected):
         layer = model.get_submodule(name)
-        wspec = QuantSpec(config.weight_bits, symmetric=True, ch_axis=0 if config.per_channel else None)
         weight_quant = FakeQuantize(wspec, config.weight_observer, learnable=config.lsq,
                                     dynamic=dynamic_weights and not config.lsq)
         input_quant = output_quant = None

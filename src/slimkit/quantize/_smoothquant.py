@@ -23,6 +23,7 @@ from torch import nn
 from slimkit._errors import ConfigError
 from slimkit.quantize._methods import register_method, selected_linears
 from slimkit.quantize._observers import QuantSpec, fake_quantize, qparams_from_range
+from slimkit.quantize._ptq import weight_spec
 from slimkit.quantize._scaling import LINEAR_PAIRS, InputStats, find_pairs, fold_checked_, outputs
 from slimkit.quantize._sequential import SequentialRunner
 
@@ -65,7 +66,7 @@ def _w8a8_error(x: torch.Tensor, weights: list[torch.Tensor], s: torch.Tensor, c
     aspec = QuantSpec(config.activation_bits, symmetric=False)
     a_scale, a_zero = qparams_from_range(xs.min(), xs.max(), aspec)
     xq = fake_quantize(xs, a_scale, a_zero, aspec)
-    wspec = QuantSpec(config.weight_bits, symmetric=True, ch_axis=0 if config.per_channel else None)
+    wspec = weight_spec(config)
     err = 0.0
     for w in weights:
         ws = w * s
