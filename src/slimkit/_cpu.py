@@ -65,6 +65,12 @@ def cpu_info() -> CpuInfo:
         return CpuInfo(platform.processor() or machine, machine, None)
 
 
+def resolve_reduce_range(reduce_range: bool | None) -> bool:
+    """``reduce_range`` as given, or, for ``None``, whether this CPU's int8 kernels saturate (the rule slimkit's
+    quantizer, ONNX Runtime's quantizer wrappers and the latency probe's int8 layers share)."""
+    return cpu_info().int8_sums_saturate if reduce_range is None else reduce_range
+
+
 #: ONNX Runtime's uint8 × int8 kernels on x86 without VNNI add two products in a saturating int16 (VPMADDUBSW)
 INT16_MAX = 2**15 - 1
 

@@ -164,3 +164,22 @@ def test_structural_stages_are_replayed_when_a_run_is_loaded(tiny_dir, halve_sta
     assert middle[1].out_features == 24
     with pytest.raises(SlimkitError, match="not a finished stage"):
         load_run(tiny_dir / "out", "07-nothing", trusted_specs=(spec,))
+
+
+def test_a_run_reloaded_on_another_cpu_keeps_the_int8_weight_grid_it_was_made_with(tiny_dir, monkeypatch):
+    from slimkit import _cpu
+    from slimkit.quantize import wrappers
+
+    def cpu(vnni):
+        flags = frozenset({"avx2", "avx512_vnni"} if vnni else {"avx2"})
+        monkeypatch.setattr(_cpu, "cpu_info", lambda: _cpu.CpuInfo("test", "x86_64", flags))
+
+    cpu(vnni=True)  # made where int8 kernels accumulate in int32: full-range weights
+    text = "- train: {epochs: 2, lr: 0.1}\n- quantize: {}\n"
+    result = run_recipe(_recipe(tiny_dir, text), tiny_dir / "out", progress=False, report=False)
+    assert result.stages[-1]["notes"]["weight_range"]["bits"] == 8
+    cpu(vnni=False)  # reloaded where they saturate: the replay must not narrow the saved ±127 scales to ±63
+    model, data, _ = load_run(tiny_dir / "out", trusted_specs=(f"{tiny_dir.resolve()}/tiny.py:tiny",))
+    assert {w.weight_quant.spec.bits for w in wrappers(model).values()} == {8}
+    x = data.test.inputs[:64]
+    assert torch.equal(model(x), result.model.eval()(x))

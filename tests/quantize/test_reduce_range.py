@@ -81,3 +81,30 @@ def test_a_failed_int8_export_check_names_the_saturation_only_where_it_can_be_th
     assert _saturation_hint(model) == ""  # a float model
     monkeypatch.setattr(_cpu, "cpu_info", lambda: VNNI)
     assert _saturation_hint(full) == ""
+
+
+def test_a_narrowed_grid_still_stores_a_byte_per_weight_and_weight_only_refuses_it():
+    from slimkit import ConfigError
+    from slimkit.analysis import profile
+
+    model, x = _saturating_conv()
+    sizes = {rr: profile(quantize(model, x[:1], QuantConfig(reduce_range=rr), data=[x]), x[:1]).total.bytes
+             for rr in (False, True)}
+    assert sizes[True] == sizes[False]  # 7-bit codes take an int8 each in the file: no size is gained
+    with pytest.raises(ConfigError, match="weight-only"):
+        QuantConfig(activation_bits=None, reduce_range=True)
+    with pytest.raises(ConfigError, match="true, false or null"):
+        QuantConfig(reduce_range=1)
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_onnx_runtimes_own_quantizer_follows_the_same_rule(tmp_path, monkeypatch, saturates):
+    from slimkit.export import export_onnx, ort_quantize_static
+
+    monkeypatch.setattr(_cpu, "cpu_info", lambda: AVX2 if saturates else VNNI)
+    model, x = _saturating_conv()
+    fp32 = export_onnx(model, x[:1], tmp_path / "fp32.onnx")
+    path = ort_quantize_static(fp32, [(x, None)], tmp_path / "ort.onnx")
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]
+    assert weights and max(int(np.abs(w.astype(int)).max()) for w in weights) == (64 if saturates else 127)

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from slimkit._cpu import cpu_info, kernel_weight_bits
+from slimkit._cpu import kernel_weight_bits, resolve_reduce_range
 
 #: nodes an isolated graph needs only to convert layouts at its borders (not part of the layer's cost in a network)
 LAYOUT_GLUE = frozenset({"ReorderInput", "ReorderOutput"})
@@ -144,7 +144,7 @@ def _quantized(node: Any, inits: list, rng: np.random.Generator) -> tuple[list, 
     weight = arrays["W"]
     cout = weight.shape[0]
     x_scale, y_scale = np.float32(8 / 255), np.float32(0.05)  # a unit-normal input spans about ±4
-    qmax = 2 ** (kernel_weight_bits(8, 8, cpu_info().int8_sums_saturate) - 1) - 1  # as QuantConfig() gives here
+    qmax = 2 ** (kernel_weight_bits(8, 8, resolve_reduce_range(None)) - 1) - 1  # as QuantConfig() gives here
     w_scale = (np.abs(weight.reshape(cout, -1)).max(axis=1) / qmax).clip(1e-8).astype(np.float32)
     w_int8 = np.round(weight / w_scale.reshape(-1, *[1] * (weight.ndim - 1))).clip(-qmax, qmax).astype(np.int8)
     out = [numpy_helper.from_array(np.array(x_scale), "x_scale"),

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit._cpu import resolve_reduce_range
 from slimkit.auto._config import AutoConfig
 from slimkit.auto._costs import (
     Analysis,
@@ -62,7 +63,8 @@ class Analyser:
         self.key = digest({"weights": state_digest(model.state_dict()), "samples": config.calibration_samples,
                            "proxy": config.proxy, "criterion": config.criterion, "seed": config.seed,
                            "skip": list(config.skip), "data": getattr(data, "name", None),
-                           "deployment": [budget.batch, budget.threads]})  # type: ignore[union-attr]
+                           "deployment": [budget.batch, budget.threads],  # type: ignore[union-attr]
+                           "int8_reduce_range": resolve_reduce_range(None)})
         self.widths: dict[str, tuple[list[int], list[int]]] | None = None  # the search's widths per layer
         self._quantized: nn.Module | None = None
 

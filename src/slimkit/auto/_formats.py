@@ -105,8 +105,12 @@ class Int8Format(DeployFormat):
 
     def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
         stages = _structural_stages(plan, config)
-        # the layers the search never changes stay float, as the analysis priced them
-        stages.append({"quantize": {"method": "ptq", "skip": [*config.skip, *plan.float_layers]}})
+        from slimkit._cpu import resolve_reduce_range
+
+        # the layers the search never changes stay float, as the analysis priced them; the weight grid is the one
+        # measured here, written out so that the recipe reproduces it on any CPU
+        stages.append({"quantize": {"method": "ptq", "skip": [*config.skip, *plan.float_layers],
+                                    "reduce_range": resolve_reduce_range(None)}})
         return stages
 
     def write(self, model: nn.Module, example: Any, path: Path, spec: str | None) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit._cpu import resolve_reduce_range
 from slimkit._io import atomic_write
 from slimkit.export._onnx import DEFAULT_OPSET, ExportError, export_onnx
 
@@ -378,8 +379,9 @@ def ort_quantize_static(
 ) -> Path:
     """ONNX Runtime's own static int8 quantization (QDQ, uint8 activations, int8 weights) of an fp32 ONNX file,
     calibrated on the same batches slimkit uses; ``method`` is ``minmax``, ``entropy`` or ``percentile``.
-    ``reduce_range`` (7-bit weights) defaults to what ONNX Runtime's guide advises for this CPU: on for x86
-    without VNNI, off elsewhere — the rule slimkit's own ``QuantConfig(reduce_range=None)`` follows."""
+    ``reduce_range`` (ONNX Runtime's reduced int8 weight range, [-64, 64]) defaults to what its guide advises for
+    this CPU: on for x86 without VNNI, off elsewhere — the rule slimkit's own ``QuantConfig(reduce_range=None)``
+    follows."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -403,17 +405,11 @@ def ort_quantize_static(
         quantize_static(
             str(pre), str(out), _Reader(name, batches), quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
-            reduce_range=_reduce_range(reduce_range),
+            reduce_range=resolve_reduce_range(reduce_range),
         )
         with atomic_write(target, "wb") as fh:
             fh.write(out.read_bytes())
     return target
-
-
-def _reduce_range(reduce_range: bool | None) -> bool:
-    from slimkit._cpu import cpu_info
-
-    return cpu_info().int8_sums_saturate if reduce_range is None else reduce_range
 
 
 def ort_quantize_dynamic(fp32_path: str | os.PathLike, path: str | os.PathLike, *,
@@ -427,7 +423,7 @@ def ort_quantize_dynamic(fp32_path: str | os.PathLike, path: str | os.PathLike, 
     with tempfile.TemporaryDirectory(prefix="slimkit-ortd-") as tmp:
         out = Path(tmp) / "q.onnx"
         quantize_dynamic(str(fp32_path), str(out), weight_type=QuantType.QInt8,
-                         reduce_range=_reduce_range(reduce_range))
+                         reduce_range=resolve_reduce_range(reduce_range))
         with atomic_write(target, "wb") as fh:
             fh.write(out.read_bytes())
     return target

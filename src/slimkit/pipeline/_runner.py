@@ -127,6 +127,13 @@ class _Session:
             allow_code=self.recipe.allow_code,
         )
 
+    def replay_context(self, call: StageCall, done: dict[str, Any]) -> StageContext:
+        """The context a finished stage is rebuilt in: its saved notes included (what it chose when it ran, e.g.
+        the int8 weight grid, which the replay must reuse rather than decide again on this machine)."""
+        ctx = self.context(call)
+        ctx.notes.update(done.get("notes") or {})
+        return ctx
+
     def finished(self, label: str) -> dict[str, Any] | None:
         result = _read_json(self.stage_dir(label) / RESULT_FILE)
         ok = result is not None and result.get("run_id") == self.run_id
@@ -323,7 +330,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
         seed_everything(recipe.schema.seed + call.index)
         if done is not None:
             session.reporter("replay", {"call": call, "result": done})
-            model = stage.rebuild(model, session.context(call))
+            model = stage.rebuild(model, session.replay_context(call, done))
             session.load_state(model, call.label, done)
             session.exporter = stage.exporter() or session.exporter
             session.snapshots[call.label] = _frozen_copy(model)
@@ -455,7 +462,7 @@ def load_run(run_dir: str | Path, stage: str | None = None, *,
             break
         seed_everything(recipe.schema.seed + call.index)
         built = call.build()
-        model = built.rebuild(model, session.context(call))
+        model = built.rebuild(model, session.replay_context(call, done))
         session.load_state(model, call.label, done)
         session.exporter = built.exporter() or session.exporter
         session.snapshots[call.label] = _frozen_copy(model)

@@ -58,6 +58,7 @@ class StageContext:
     #: whether a ``file.py:factory`` spec in the stage's parameters may be imported (see ``Recipe.allow_code``)
     allow_code: bool = False
     #: facts a stage reports besides the standard metrics (files written, compressed bytes, ...); saved in result
+    #: (and, when a finished stage is rebuilt, the notes it saved)
     notes: dict[str, Any] = field(default_factory=dict)
 
 

@@ -50,10 +50,10 @@ class QuantizeStage(Stage):
     structural = True
     summary = "PTQ (RTN, GPTQ, AWQ, SmoothQuant, AdaRound) / QAT (slimkit.quantize), int8 QDQ or MatMulNBits ONNX"
 
-    def _prepare(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+    def _prepare(self, model: nn.Module, ctx: StageContext, **override: Any) -> nn.Module:
         from slimkit.quantize import quantize, quantize_qat
 
-        config = self.params.quant_config()
+        config = dataclasses.replace(self.params.quant_config(), **override)
         if self.params.method == "qat":
             return quantize_qat(model, ctx.example_input, config, data=ctx.data.calibration)
         return quantize(model, ctx.example_input, config, data=ctx.data.calibration)
@@ -61,7 +61,13 @@ class QuantizeStage(Stage):
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         from slimkit.quantize import convert_qat
 
-        prepared = self._prepare(model, ctx)
+        # the weight grid the run chose, not the one this CPU would choose: scales saved for ±127 codes replayed on
+        # ±63 would clip half of every channel's range (runs that recorded none predate 7-bit grids: full range)
+        recorded = ctx.notes.get("weight_range")
+        reduce_range = bool(recorded["reduce_range"]) if recorded else False
+        if self.params.activation_bits is None:
+            reduce_range = None
+        prepared = self._prepare(model, ctx, reduce_range=reduce_range)
         return convert_qat(prepared) if self.params.method == "qat" else prepared
 
     def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:

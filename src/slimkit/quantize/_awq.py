@@ -75,7 +75,12 @@ def weight_grid(config: Any) -> WeightGrid:
     """The weight grid a config quantizes to (per channel when no group size is set)."""
     symmetric = config.weight_symmetric
     observer = config.weight_observer if config.weight_observer in ("minmax", "mse") else "minmax"
-    return WeightGrid(config.weight_bits, symmetric, config.group_size, observer)
+    bits = config.weight_bits
+    if config.activation_bits is not None:  # the int8 kernels' grid (7-bit where they saturate)
+        from slimkit.quantize._ptq import weight_range
+
+        bits = weight_range(config)["bits"]
+    return WeightGrid(bits, symmetric, config.group_size, observer)
 
 
 def quantize_dequantize(weight: torch.Tensor, grid: WeightGrid) -> torch.Tensor:

@@ -134,10 +134,13 @@ class QuantWrapper(nn.Module):
 
     def __init__(
         self, layer: nn.Conv2d | nn.Linear, weight_quant: FakeQuantize, input_quant: FakeQuantize | None = None,
-        output_quant: FakeQuantize | None = None, relu: bool = False,
+        output_quant: FakeQuantize | None = None, relu: bool = False, storage_bits: int | None = None,
     ) -> None:
         super().__init__()
         self.layer = layer
+        # the bits a weight code is stored in: the configured width, also when the kernels' grid is narrower
+        # (reduce_range's 7-bit codes still take an int8 each)
+        self.storage_bits = storage_bits
         self.weight_quant = weight_quant
         self.input_quant = input_quant
         self.output_quant = output_quant
@@ -189,7 +192,7 @@ class QuantWrapper(nn.Module):
         return y
 
     def weight_bits(self) -> int:
-        return self.weight_quant.spec.bits
+        return self.storage_bits or self.weight_quant.spec.bits
 
     def slimkit_storage_bytes(self, dtype_bits: int) -> int:
         """Packed weight codes at the weight bit width + fp32 scales (+ zero points if asymmetric) + fp32 bias

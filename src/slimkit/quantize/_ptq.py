@@ -93,8 +93,11 @@ class QuantConfig:
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"placement {self.placement!r} is unknown: use one of {', '.join(PLACEMENTS)}")
-        if self.reduce_range not in (None, True, False):
+        if self.reduce_range is not None and not isinstance(self.reduce_range, bool):
             raise ConfigError(f"reduce_range {self.reduce_range!r} must be true, false or null (decide for this CPU)")
+        if self.reduce_range and self.activation_bits is None:
+            raise ConfigError("reduce_range narrows weights for the int8 kernels of quantized activations; with "
+                              "activation_bits=None (weight-only) there are none: drop reduce_range")
         if not isinstance(self.keep_sensitive, int) or self.keep_sensitive < 0:
             raise ConfigError(f"keep_sensitive {self.keep_sensitive!r} must be an integer ≥ 0 (layers kept in float)")
 
@@ -164,25 +167,28 @@ def _check_selection(model: nn.Module, config: QuantConfig) -> None:
 
 def weight_range(config: QuantConfig) -> dict[str, Any]:
     """The weight grid the config gives the integer kernels on this machine, and why: ``{"bits", "reduce_range",
-    "reason"}`` (recorded in the report's ``details["weight_range"]``)."""
-    from slimkit._cpu import cpu_info
+    "reason"}`` with ``reduce_range`` resolved (``None`` decided for this CPU) — recorded in the report's
+    ``details["weight_range"]``, and what a run folder's replay reuses."""
+    from slimkit._cpu import cpu_info, resolve_reduce_range
 
+    reduce = resolve_reduce_range(config.reduce_range)
     if config.reduce_range is not None:
-        reduce, reason = config.reduce_range, "set by the config"
+        reason = "set by the config"
     else:
         cpu = cpu_info()
-        reduce = cpu.int8_sums_saturate
         what = (cpu.machine if not cpu.x86 else "x86, CPU flags unknown" if cpu.vnni is None
                 else "x86 with VNNI" if cpu.vnni else "x86 without VNNI")
         reason = (f"this CPU ({cpu.name}: {what}) " + ("adds uint8 × int8 products in saturating int16"
                                                       if reduce else "accumulates int8 products in int32"))
-    bits = kernel_weight_bits(config.weight_bits, config.activation_bits, reduce)
-    return {"bits": bits, "reduce_range": bits < config.weight_bits, "reason": reason}
+    return {"bits": kernel_weight_bits(config.weight_bits, config.activation_bits, reduce), "reduce_range": reduce,
+            "reason": reason}
 
 
-def weight_spec(config: QuantConfig) -> QuantSpec:
-    """The symmetric weight grid of Conv2d/Linear layers under ``config`` (narrowed by :func:`weight_range`)."""
-    return QuantSpec(weight_range(config)["bits"], symmetric=True, ch_axis=0 if config.per_channel else None)
+def weight_spec(config: QuantConfig, chosen: dict[str, Any] | None = None) -> QuantSpec:
+    """The symmetric weight grid of Conv2d/Linear layers under ``config`` (narrowed by :func:`weight_range`, or by
+    ``chosen``, its result computed earlier)."""
+    bits = (chosen or weight_range(config))["bits"]
+    return QuantSpec(bits, symmetric=True, ch_axis=0 if config.per_channel else None)
 
 
 def config_dict(config: QuantConfig) -> dict[str, Any]:
@@ -230,9 +236,10 @@ def prepare(
     _check_selection(model, config)
     model = copy.deepcopy(model).eval()
     report = QuantReport(config=config_dict(config))
+    chosen = weight_range(config)
     if config.activation_bits is not None:
-        report.details["weight_range"] = weight_range(config)
-    wspec = weight_spec(config)
+        report.details["weight_range"] = chosen
+    wspec = weight_spec(config, chosen)
     facts = fold_and_equalize_(model, config, report)
     relu_of = dict(facts.layer_relu)
     selected = {name for name, module in list(_param_leaves(model)) if selected_for(name, module, config, report)}
@@ -250,7 +257,8 @@ def prepare(
         if relu:
             set_submodule(model, relu_of[name], nn.Identity())
             report.fused_relu.append(name)
-        set_submodule(model, name, QuantWrapper(layer, weight_quant, input_quant, output_quant, relu=relu))
+        set_submodule(model, name, QuantWrapper(layer, weight_quant, input_quant, output_quant, relu=relu,
+                                                storage_bits=config.weight_bits))
         report.quantized.append(name)
     if config.activation_bits is not None and config.placement == "graph" and report.quantized:
         if example_inputs is None:
