@@ -113,6 +113,8 @@ def machine_info() -> dict[str, Any]:
         "avx512_vnni": cpu.has("avx512_vnni"),
         "avx_vnni": cpu.has("avx_vnni"),
         "avx2": cpu.has("avx2"),
+        "machine": cpu.machine,
+        "int8_sums_saturate": cpu.int8_sums_saturate,
         "versions": versions,
         "commit": _git_commit(),
     }

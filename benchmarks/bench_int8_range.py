@@ -19,17 +19,32 @@ import numpy as np
 import torch
 
 from benchmarks._common import Section, markdown_table
+from benchmarks.bench_quantize import CALIBRATION_IMAGES, THREADS
+from benchmarks.bench_quantize import MNIST_MODELS as MODELS
 
 TITLE = "int8 weight range by CPU: full-range vs 7-bit weights in ONNX Runtime's int8 kernels"
-MODELS = {"lenet5": 10, "resnet20": 4}  # the epochs of the quantize section's MNIST models
-CALIBRATION_IMAGES = 1024
-THREADS = 2
 log = logging.getLogger(__name__)
 
 
 def _outputs(model: torch.nn.Module, x: torch.Tensor, batch: int = 500) -> np.ndarray:
     with torch.no_grad():
         return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
+
+
+def _run_onnx(path: Path, x: torch.Tensor, batch: int = 500) -> np.ndarray:
+    from slimkit.export import run_onnx
+
+    return np.concatenate([run_onnx(path, x[i:i + batch], threads=THREADS) for i in range(0, len(x), batch)])
+
+
+def _largest_weight_code(path: Path) -> int:
+    """The largest |code| among the file's int8 weight tensors (not the zero points): 127 full range, 63 slimkit's
+    7-bit grid, 64 ONNX Runtime's reduced range."""
+    import onnx
+    from onnx import numpy_helper
+
+    return max(int(np.abs(numpy_helper.to_array(t).astype(int)).max()) for t in onnx.load(str(path)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1)
 
 
 def _compare(reference: np.ndarray, got: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -44,7 +59,7 @@ def _compare(reference: np.ndarray, got: np.ndarray, targets: np.ndarray) -> dic
 def _model_rows(name: str, epochs: int, quick: bool, tmp: Path) -> dict[str, Any]:
     from benchmarks._baselines import trained
     from slimkit.data import create_data
-    from slimkit.export import export_onnx, export_qdq, ort_quantize_static, run_onnx
+    from slimkit.export import export_onnx, export_qdq, ort_quantize_static
     from slimkit.quantize import QuantConfig, quant_report, quantize
 
     data = create_data("mnist", batch_size=256, calibration_size=CALIBRATION_IMAGES)
@@ -53,27 +68,27 @@ def _model_rows(name: str, epochs: int, quick: bool, tmp: Path) -> dict[str, Any
     x, targets = data.test.inputs[:count], data.test.targets[:count].numpy()
     example = data.example_input()
     fp32_path = export_onnx(model, example, tmp / f"{name}_fp32.onnx")
-    fp32 = run_onnx(fp32_path, x, threads=THREADS)
+    fp32 = _run_onnx(fp32_path, x)
     rows: dict[str, Any] = {"fp32": {"accuracy": float(np.mean(fp32.argmax(1) == targets))}}
     for reduce_range in (False, True):
         q = quantize(model, example, QuantConfig(reduce_range=reduce_range), data=data.calibration)
         path = export_qdq(q, example, tmp / f"{name}_slimkit_{reduce_range}.onnx")
         rows[f"slimkit_{'w7' if reduce_range else 'w8'}"] = {
-            **_compare(_outputs(q, x), run_onnx(path, x, threads=THREADS), targets),
-            "weight_bits": quant_report(q).details["weight_range"]["bits"], "against": "its fake-quant model"}
+            **_compare(_outputs(q, x), _run_onnx(path, x), targets), "reduce_range": reduce_range,
+            "weight_bits": quant_report(q).details["weight_range"]["bits"], "largest_code": _largest_weight_code(path),
+            "against": "its fake-quant model"}
         peer = ort_quantize_static(fp32_path, data.calibration, tmp / f"{name}_ort_{reduce_range}.onnx",
                                    reduce_range=reduce_range)
         rows[f"ort_{'w7' if reduce_range else 'w8'}"] = {
-            **_compare(fp32, run_onnx(peer, x, threads=THREADS), targets),
-            "weight_bits": 7 if reduce_range else 8, "against": "the fp32 file"}
+            **_compare(fp32, _run_onnx(peer, x), targets), "reduce_range": reduce_range,
+            "largest_code": _largest_weight_code(peer), "against": "the fp32 file"}
     return {"rows": rows, "test_images": count, "epochs": epochs,
             "default": quant_report(quantize(model, example, QuantConfig(), data=data.calibration))
             .details["weight_range"]}
 
 
-LABELS = {"slimkit_w8": "slimkit int8, `reduce_range=False` (±127)", "slimkit_w7": "slimkit int8, `reduce_range=True` "
-          "(±63)", "ort_w8": "ORT quantize_static, `reduce_range=False`", "ort_w7": "ORT quantize_static, "
-          "`reduce_range=True`"}
+LABELS = {"slimkit_w8": "slimkit int8", "slimkit_w7": "slimkit int8", "ort_w8": "ORT quantize_static",
+          "ort_w7": "ORT quantize_static"}
 
 
 def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -81,28 +96,31 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     table = []
     for name in payload["models"]:
         block = payload[name]
-        table.append([f"{name} ({block['epochs']} epochs)", "fp32", "–", "–", "–", "–",
+        table.append([f"{name} ({block['epochs']} epochs)", "fp32", "–", "–", "–", "–", "–",
                       f"{100 * block['rows']['fp32']['accuracy']:.2f}%"])
         for key, label in LABELS.items():
             row = block["rows"][key]
-            table.append([name, label, row["weight_bits"], row["against"], f"{100 * row['agreement']:.2f}%",
-                          f"{row['relative_mean_diff']:.4f}", f"{100 * row['accuracy']:.2f}%"])
+            table.append([name, label, f"`{row['reduce_range']}`", f"±{row['largest_code']}", row["against"],
+                          f"{100 * row['agreement']:.2f}%", f"{row['relative_mean_diff']:.4f}",
+                          f"{100 * row['accuracy']:.2f}%"])
     cpu = payload["machine"]
-    saturates = not (cpu.get("avx512_vnni") or cpu.get("avx_vnni"))
+    saturates = cpu["int8_sums_saturate"]
     first = payload[payload["models"][0]]
+    default = first["default"]
+    behaviour = "add pairs of products in saturating int16 (VPMADDUBSW)" if saturates else "do not saturate"
     lines = [
-        f"On this CPU (AVX512-VNNI {cpu.get('avx512_vnni')}, AVX-VNNI {cpu.get('avx_vnni')}) ONNX Runtime's uint8 × "
-        "int8 kernels " + ("add pairs of products in saturating int16 (VPMADDUBSW)" if saturates else
-                           "accumulate in int32 (VPDPBUSD)") + f". `QuantConfig()` chose {first['default']['bits']}-bit"
-        f" weights here ({first['default']['reason']}). Agreement: top-1 agreement of the int8 file in ONNX Runtime "
-        "with the model named in 'against', on the "
-        f"{first['test_images']:,} MNIST test images; 'mean |diff|': mean absolute difference of the outputs relative "
-        f"to that model's mean absolute output. Calibration: {payload['calibration_images']:,} training images, "
-        "min/max observers, per-channel weights, quantizers over the whole graph; ONNX Runtime "
-        f"{payload['threads']} threads. Every setting is fixed in advance; the test set is read once per file.",
+        f"On this CPU ({cpu['machine']}, AVX512-VNNI {cpu.get('avx512_vnni')}, AVX-VNNI {cpu.get('avx_vnni')}) ONNX "
+        f"Runtime's uint8 × int8 kernels {behaviour}. `QuantConfig()` chose {default['bits']}-bit weights here "
+        f"({default['reason']}). 'weights': the largest absolute int8 code in the file's weight tensors. "
+        "'agreement': top-1 agreement of the int8 file in ONNX Runtime with the model named in 'against', on the "
+        f"{first['test_images']:,} MNIST test images; 'mean abs. diff': mean absolute difference of the outputs "
+        "relative to that model's mean absolute output. Calibration: "
+        f"{payload['calibration_images']:,} training images, min/max observers, per-channel weights, quantizers "
+        f"over the whole graph; ONNX Runtime {payload['threads']} threads. Every setting is fixed in advance; the "
+        "test set is read once per file.",
         "",
-        markdown_table(["model", "file", "weight bits", "against", "agreement", "mean |diff|", "test accuracy"],
-                       table),
+        markdown_table(["model", "file", "reduce_range", "weights", "against", "agreement", "mean abs. diff",
+                        "test accuracy"], table),
     ]
     return "\n".join(lines), payload
 

@@ -370,6 +370,16 @@ def _goals(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _weight_range_text(data: dict[str, Any]) -> str:
+    """What the int8 rows' weight grid was on the machine that ran them (runs before it was recorded: nothing)."""
+    chosen = data.get("int8_weight_range")
+    if not chosen:
+        return ""
+    return (f" slimkit's int8 rows have {chosen['bits']}-bit weights here (`QuantConfig(reduce_range=None)` decided: "
+            f"{chosen['reason']}); ORT's `quantize_static` gets `reduce_range={chosen['reduce_range']}` by the same "
+            "rule (`slimkit.export.ort_quantize_static`).")
+
+
 def _notes(data: dict[str, Any]) -> str:
     info = data["machine"]
     vnni = "AVX512-VNNI" if info.get("avx512_vnni") else ("AVX-VNNI" if info.get("avx_vnni") else "no VNNI")
@@ -398,7 +408,7 @@ on the fp32 ONNX file (its ONNX backend, run in a subprocess), preset chosen on 
 Latency, as a ratio to fp32 (< 1 is faster): {LATENCY_METHOD}. "int8 kernels" counts integer nodes (QLinearConv,
 QGemm, QLinearAdd, QLinearConcat, ...) in ONNX Runtime's optimized graph; "float islands" counts the nodes that run
 in float between a DequantizeLinear and a QuantizeLinear there (`slimkit.export.float_islands`). CPU: {info['cpu']},
-{vnni}.
+{vnni}.{_weight_range_text(data)}
 """
     if large:
         text += f"""
@@ -411,13 +421,16 @@ Calibration: {large['calibration_images']} random N(0, 1) images; agreement with
 
 
 def run(quick: bool) -> Section:
+    from slimkit.quantize import QuantConfig, weight_range
+
     torch.set_num_threads(THREADS)
     info = machine_info()
     mnist_models = ["lenet5", "resnet20"] if quick else list(MNIST_MODELS)
     large_models = ["mobilenet_v2"] if quick else list(LARGE_MODELS)
     data: dict[str, Any] = {"machine": info, "mnist_models": mnist_models, "large_models": large_models,
                             "calibration_images": CALIBRATION_IMAGES, "threads": THREADS,
-                            "reconstruction_methods": list(_reconstruction_methods())}
+                            "reconstruction_methods": list(_reconstruction_methods()),
+                            "int8_weight_range": weight_range(QuantConfig())}
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
         for name in mnist_models:
             log.info("quantize benchmark: %s (MNIST)", name)
