@@ -110,8 +110,8 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     behaviour = "add pairs of products in saturating int16 (VPMADDUBSW)" if saturates else "do not saturate"
     lines = [
         f"On this CPU ({cpu['machine']}, AVX512-VNNI {cpu.get('avx512_vnni')}, AVX-VNNI {cpu.get('avx_vnni')}) ONNX "
-        f"Runtime's uint8 × int8 kernels {behaviour}. `QuantConfig()` chose {default['bits']}-bit weights here "
-        f"({default['reason']}). 'weights': the largest absolute int8 code in the file's weight tensors. "
+        f"Runtime's uint8 × int8 kernels {behaviour}. `QuantConfig()` chose {default['bits']}-bit weights here: "
+        f"{default['reason']}. 'weights': the largest absolute int8 code in the file's weight tensors. "
         "'agreement': top-1 agreement of the int8 file in ONNX Runtime with the model named in 'against', on the "
         f"{first['test_images']:,} MNIST test images; 'mean abs. diff': mean absolute difference of the outputs "
         "relative to that model's mean absolute output. Calibration: "
