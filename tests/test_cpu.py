@@ -21,7 +21,7 @@ Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics asimddp
 def test_an_avx2_cpu_without_vnni_saturates_and_vnni_cpus_do_not():
     epyc = parse_cpuinfo(EPYC, "x86_64")
     assert epyc.name == "AMD EPYC 7B13" and epyc.x86 and epyc.has("avx2") and not epyc.has("avx512_vnni")
-    assert epyc.vnni is False and epyc.int8_sums_saturate
+    assert epyc.vnni is False and epyc.int8_sums_saturate and epyc.kind == "x86 without VNNI"
     for text in (ICELAKE, ALDERLAKE):
         cpu = parse_cpuinfo(text, "x86_64")
         assert cpu.vnni is True and not cpu.int8_sums_saturate
@@ -31,7 +31,8 @@ def test_an_avx2_cpu_without_vnni_saturates_and_vnni_cpus_do_not():
 
 def test_arm_never_saturates_and_an_unreadable_x86_cpu_counts_as_saturating():
     arm = parse_cpuinfo(GRAVITON, "aarch64")
-    assert not arm.x86 and arm.has("asimddp") and not arm.int8_sums_saturate and arm.name == "aarch64"
+    assert not arm.x86 and arm.has("asimddp") and not arm.int8_sums_saturate and arm.name == arm.kind == "aarch64"
     unknown = CpuInfo("x86_64", "AMD64", None)
+    assert unknown.kind == "x86, CPU flags unknown"
     assert unknown.vnni is None and unknown.int8_sums_saturate  # 7-bit weights cost little; wrong outputs cost all
     assert not CpuInfo("arm64", "arm64", None).int8_sums_saturate

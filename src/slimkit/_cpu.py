@@ -33,6 +33,14 @@ class CpuInfo:
         return self.flags is not None and flag in self.flags
 
     @property
+    def kind(self) -> str:
+        """What decides the int8 kernels' arithmetic: "x86 with VNNI", "x86 without VNNI", "x86, CPU flags
+        unknown", or the machine name elsewhere."""
+        if not self.x86:
+            return self.machine
+        return "x86, CPU flags unknown" if self.vnni is None else "x86 with VNNI" if self.vnni else "x86 without VNNI"
+
+    @property
     def int8_sums_saturate(self) -> bool:
         """True where ONNX Runtime's uint8 × int8 kernels (QLinearConv, QGemm, MatMulInteger) add pairs of products
         in int16 with saturation: x86 without VNNI, whose kernels use VPMADDUBSW (ONNX Runtime's quantization guide,

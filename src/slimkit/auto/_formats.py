@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from slimkit._cpu import resolve_reduce_range
 from slimkit._registry import Registry
 from slimkit.auto._plan import CONTAINER_FILE, TRAIN_SETTINGS, Plan, recovery_stage
 
@@ -105,8 +106,6 @@ class Int8Format(DeployFormat):
 
     def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
         stages = _structural_stages(plan, config)
-        from slimkit._cpu import resolve_reduce_range
-
         # the layers the search never changes stay float, as the analysis priced them; the weight grid is the one
         # measured here, written out so that the recipe reproduces it on any CPU
         stages.append({"quantize": {"method": "ptq", "skip": [*config.skip, *plan.float_layers],

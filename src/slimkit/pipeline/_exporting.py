@@ -92,7 +92,7 @@ def _saturation_hint(model: nn.Module) -> str:
     if kernel_weight_bits(bits, activation_bits, True) == bits:
         return ""
     return (f", or quantize with reduce_range: true (--reduce-range): this CPU adds uint8 × int8 products in "
-            f"saturating int16 (x86 without VNNI) and the model's {bits}-bit weights overflow it")
+            f"saturating int16 ({cpu_info().kind}) and the model's {bits}-bit weights overflow it")
 
 
 def export_model(

@@ -64,9 +64,7 @@ class QuantizeStage(Stage):
         # the weight grid the run chose, not the one this CPU would choose: scales saved for ±127 codes replayed on
         # ±63 would clip half of every channel's range (runs that recorded none predate 7-bit grids: full range)
         recorded = ctx.notes.get("weight_range")
-        reduce_range = bool(recorded["reduce_range"]) if recorded else False
-        if self.params.activation_bits is None:
-            reduce_range = None
+        reduce_range = None if self.params.activation_bits is None else bool(recorded and recorded["reduce_range"])
         prepared = self._prepare(model, ctx, reduce_range=reduce_range)
         return convert_qat(prepared) if self.params.method == "qat" else prepared
 

@@ -27,6 +27,7 @@ from slimkit._errors import ConfigError
 from slimkit._select import matches_any
 from slimkit.quantize._grid import WeightGrid, fake_quant, row_params
 from slimkit.quantize._methods import register_method, selected_linears
+from slimkit.quantize._ptq import weight_range
 from slimkit.quantize._scaling import (
     InputStats,
     find_pairs,
@@ -77,8 +78,6 @@ def weight_grid(config: Any) -> WeightGrid:
     observer = config.weight_observer if config.weight_observer in ("minmax", "mse") else "minmax"
     bits = config.weight_bits
     if config.activation_bits is not None:  # the int8 kernels' grid (7-bit where they saturate)
-        from slimkit.quantize._ptq import weight_range
-
         bits = weight_range(config)["bits"]
     return WeightGrid(bits, symmetric, config.group_size, observer)
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit import _cpu
 from slimkit._cpu import kernel_weight_bits
 from slimkit._errors import ConfigError, DataError
 from slimkit._inputs import input_tuple
@@ -169,17 +170,13 @@ def weight_range(config: QuantConfig) -> dict[str, Any]:
     """The weight grid the config gives the integer kernels on this machine, and why: ``{"bits", "reduce_range",
     "reason"}`` with ``reduce_range`` resolved (``None`` decided for this CPU) — recorded in the report's
     ``details["weight_range"]``, and what a run folder's replay reuses."""
-    from slimkit._cpu import cpu_info, resolve_reduce_range
-
-    reduce = resolve_reduce_range(config.reduce_range)
+    reduce = _cpu.resolve_reduce_range(config.reduce_range)
     if config.reduce_range is not None:
         reason = "set by the config"
     else:
-        cpu = cpu_info()
-        what = (cpu.machine if not cpu.x86 else "x86, CPU flags unknown" if cpu.vnni is None
-                else "x86 with VNNI" if cpu.vnni else "x86 without VNNI")
-        reason = (f"this CPU ({cpu.name}: {what}) " + ("adds uint8 × int8 products in saturating int16"
-                                                      if reduce else "accumulates int8 products in int32"))
+        cpu = _cpu.cpu_info()  # through the module: one place a test (or a cross-build) replaces
+        reason = (f"this CPU ({cpu.name}: {cpu.kind}) " + ("adds uint8 × int8 products in saturating int16"
+                                                           if reduce else "accumulates int8 products in int32"))
     return {"bits": kernel_weight_bits(config.weight_bits, config.activation_bits, reduce), "reduce_range": reduce,
             "reason": reason}
 
