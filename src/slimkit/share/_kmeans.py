@@ -1,8 +1,10 @@
 """1-D k-means for weight sharing (Han et al. 2016, Sec. 3.1 and 3.2: centroid initialisation).
 
-We run an exact 1-D Lloyd iteration instead of scikit-learn's ``KMeans``: in one dimension the nearest centroid is
-found exactly by a binary search against the midpoints between sorted centroids, so each iteration is
-O(n log k) with no distance matrix, it is deterministic, and it needs no float64 copy or sklearn import. Given the
+We run an exact 1-D Lloyd iteration instead of scikit-learn's ``KMeans``: in one dimension every cluster is a run
+of the sorted weights, bounded by the midpoints between sorted centroids. The weights are sorted once; an iteration
+then finds the k runs by binary search and their sums from a prefix sum, O(k log n) with no distance matrix and no
+pass over the weights (a 400k-weight layer at 256 clusters: milliseconds instead of seconds per layer). It is
+deterministic and needs no sklearn import. Given the
 same initial centroids it performs the same Lloyd updates as ``KMeans(init=centroids, n_init=1,
 algorithm="lloyd")``; the one difference is that an emptied cluster keeps its centroid (sklearn relocates it to a
 far point), which Deep Compression's linear initialisation makes rare and harmless.
@@ -50,8 +52,8 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iter: int = 
               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Cluster 1-D ``values`` into ``k`` groups by Lloyd's algorithm from the named initialisation.
 
-    Returns ``(centroids, labels)`` with centroids sorted ascending (float64) and ``labels`` in ``[0, k)``.
-    Minimises Σ |w − c_label(w)|² (Han et al. 2016, Eq. 1).
+    Returns ``(centroids, labels)`` with centroids sorted ascending (float64) and ``labels`` in ``[0, k)``, the
+    nearest centroid of each value as :func:`assign` finds it. Minimises Σ |w − c_label(w)|² (Han et al. 2016, Eq. 1).
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:
@@ -61,17 +63,28 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iter: int = 
         raise ConfigError(f"k-means needs at least one cluster (got k={k})")
     rng = np.random.default_rng(seed)
     centroids = np.sort(np.asarray(CENTROID_INITS.get(init)(values, k, rng), dtype=np.float64))
-    labels = assign(values, centroids)
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    prefix = np.concatenate(([0.0], np.cumsum(ordered)))
+
+    def run_ends(centroids: np.ndarray) -> np.ndarray:
+        # cluster j holds the sorted values in (midpoint[j-1], midpoint[j]]: assign()'s rule, ties to the lower
+        midpoints = (centroids[1:] + centroids[:-1]) / 2
+        return np.concatenate((np.searchsorted(ordered, midpoints, side="right"), [ordered.size]))
+
+    ends = run_ends(centroids)
     for _ in range(max_iter):
-        counts = np.bincount(labels, minlength=k)
-        sums = np.bincount(labels, weights=values, minlength=k)
+        starts = np.concatenate(([0], ends[:-1]))
+        counts = ends - starts
         filled = counts > 0
         updated = centroids.copy()
-        updated[filled] = sums[filled] / counts[filled]
+        updated[filled] = (prefix[ends] - prefix[starts])[filled] / counts[filled]
         updated.sort()
-        new_labels = assign(values, updated)
+        new_ends = run_ends(updated)
         centroids = updated
-        if np.array_equal(new_labels, labels):
+        if np.array_equal(new_ends, ends):
             break
-        labels = new_labels
+        ends = new_ends
+    labels = np.empty(values.size, dtype=np.int64)
+    labels[order] = np.repeat(np.arange(k), np.diff(ends, prepend=0))
     return centroids, labels
