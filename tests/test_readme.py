@@ -1,7 +1,7 @@
 """The README's "What you can do" sequence, run as written on a fresh folder (each command in its own process, as a
-user types it), with only data subsets added: every command must work with the files the earlier ones made. The
-sequence runs as parts that share no files (the LeNet-5 commands, the recipe and its export, the Llama), one test
-each, so the xdist workers share them."""
+user types it), with only data subsets and a short auto search added: every command must work with the files the
+earlier ones made. The sequence runs as parts that share no files (the LeNet-5 commands, the recipe and its export,
+the Llama), one test each, so the xdist workers share them."""
 
 import argparse
 import os
@@ -15,8 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the only change to the README's commands: small data subsets where the command takes them (training,
-#: evaluation and calibration samples) ...
-TINY = {"--train-samples": "512", "--eval-samples": "256", "--calib-size": "256", "--calibration-samples": "256"}
+#: evaluation and calibration samples), and a short accuracy-aware loop for ``slimkit auto`` (on 512 training images
+#: its accuracy limit is out of reach, so it would try all six candidates; tests/auto covers the loop) ...
+TINY = {"--train-samples": "512", "--eval-samples": "256", "--calib-size": "256", "--calibration-samples": "256",
+        "--max-candidates": "2"}
 #: ... smaller for the text corpus, whose samples are whole token blocks (a 2M-parameter Llama's training step on 128
 #: blocks takes seconds, and GPTQ runs the model block by block over every calibration sample)
 TINY_TEXT = {"--train-samples": "64", "--eval-samples": "32", "--calib-size": "32"}

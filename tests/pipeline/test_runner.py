@@ -54,6 +54,18 @@ def test_a_run_measures_and_checkpoints_every_stage(tiny_dir):
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
 
 
+def test_without_latency_the_input_is_not_exported_and_the_deployed_file_is_still_written(tiny_dir):
+    # the input's ONNX file is only the latency baseline (a language model's export takes tens of seconds)
+    out = tiny_dir / "out"
+    result = run_recipe(_recipe(tiny_dir, "- evaluate: {split: valid}\n- train: {epochs: 1}\n"), out,
+                        progress=False, report=False)
+    first, evaluated, trained = result.stages
+    assert not (out / "stages" / "00-input" / "model.onnx").exists() and first["onnx_bytes"] is None
+    # a stage that keeps the model after an unexported input is measured, not copied from nothing
+    assert (out / "stages" / "01-evaluate" / "model.onnx").stat().st_size == evaluated["onnx_bytes"] > 0
+    assert trained["onnx_bytes"] == evaluated["onnx_bytes"] and (out / "model.onnx").is_file()
+
+
 def test_resume_after_an_interruption_reaches_the_same_result(tiny_dir, monkeypatch):
     reference = run_recipe(_recipe(tiny_dir), tiny_dir / "ref", progress=False, report=False)
 

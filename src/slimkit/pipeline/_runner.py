@@ -156,6 +156,9 @@ class _Session:
     # --- measuring --------------------------------------------------------------------------------------------
 
     def measure(self, model: nn.Module, label: str) -> dict[str, Any]:
+        """The stage's row: profile, accuracy on the evaluation split, ONNX file and latency against the input's.
+        The input's ONNX file is written only as the latency baseline (a recipe has at least one stage, whose file
+        is the one deployed): exporting a language model takes tens of seconds."""
         from slimkit.analysis import compare_latency, evaluate, profile
         from slimkit.export import ExportError, export_onnx
 
@@ -177,6 +180,8 @@ class _Session:
         elif container is not None:
             row["container_error"] = container
         onnx_path = folder / "model.onnx"
+        if label == INPUT_LABEL and not ev.latency:
+            return row
         try:
             (self.exporter or export_onnx)(model, self.example, onnx_path)
             row["onnx_bytes"] = onnx_path.stat().st_size
@@ -345,8 +350,9 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
         seconds = time.perf_counter() - started
         result = {"stage": call.label}
         if main:
-            row = session.measure(model, call.label) if stage.changes_model else \
-                session.reuse(results[-1], call.label)
+            unexported = results[-1].get("onnx_bytes") is None and "onnx_error" not in results[-1]  # the input's
+            row = session.reuse(results[-1], call.label) if not (stage.changes_model or unexported) else \
+                session.measure(model, call.label)
             row["seconds"] = seconds
             result = session.save_stage(model, call.label, call.name, row, ctx.notes)
         session.snapshots[call.label] = _frozen_copy(model)
