@@ -17,6 +17,18 @@ settings.register_profile("explore", max_examples=500, print_blob=True)
 settings.load_profile("explore" if os.environ.get("SLIMKIT_HYPOTHESIS") == "explore" else "deterministic")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """slimkit's cache of derived data (decoded MNIST, tokenizers, latency tables) in a folder of this test run,
+    shared by its xdist workers (writes are atomic): the suite neither reads a developer's cache nor writes into it.
+    Subprocesses inherit it; the README and demo tests give theirs an empty one of their own."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    os.environ["SLIMKIT_CACHE"] = str(shared / "slimkit-cache")
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _single_thread_and_seed():
     torch.set_num_threads(1)

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written file where a good one was."""
+"""Atomic file writes (a crash mid-write never leaves a half-written file where a good one was) and the cache's
+place."""
 
 from __future__ import annotations
 
@@ -43,3 +44,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_write(path, "w") as handle:
         handle.write(text)
+
+
+def cache_root() -> Path:
+    """Where slimkit caches what it derives (tokenizers, token ids, decoded MNIST, trained baselines, latency
+    tables): ``$SLIMKIT_CACHE`` or ``~/.cache/slimkit``."""
+    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))

@@ -69,3 +69,28 @@ def test_loader_is_deterministic_per_epoch_and_shards_disjointly():
     idx = [torch.cat(list(s._indices() for _ in [0])) for s in shards]
     assert len(set(idx[0].tolist()) & set(idx[1].tolist())) == 0
     assert len(idx[0]) + len(idx[1]) == 50_000
+
+
+def test_decoded_splits_are_cached_as_bytes_and_read_back_identically(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path))
+    mnist_module.load_mnist_arrays.cache_clear()
+    try:
+        decoded = mnist_module.load_mnist_arrays()
+        (cached,) = (tmp_path / "mnist").glob("mnist-*.npz")
+        with np.load(cached, allow_pickle=False) as stored:
+            assert stored["train_images"].dtype == np.uint8 and stored["test_labels"].shape == (10_000,)
+        mnist_module.load_mnist_arrays.cache_clear()
+        again = mnist_module.load_mnist_arrays()
+        for split, (x, y) in decoded.items():
+            assert torch.equal(again[split][0], x) and torch.equal(again[split][1], y)
+            assert again[split][0].dtype == torch.float32 and again[split][1].dtype == torch.int64
+        # a damaged cache file, or one holding pickled objects, is decoded again from the package, never unpickled
+        np.savez(cached, train_images=np.array([os.system], dtype=object))
+        mnist_module.load_mnist_arrays.cache_clear()
+        assert torch.equal(mnist_module.load_mnist_arrays()["valid"][0], decoded["valid"][0])
+        with np.load(cached, allow_pickle=False) as stored:  # and rewritten
+            assert stored["train_images"].dtype == np.uint8
+    finally:
+        mnist_module.load_mnist_arrays.cache_clear()

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit import _io
 from slimkit._cpu import cpu_info
 from slimkit._errors import ConfigError
 from slimkit._inputs import input_tuple
@@ -69,7 +70,8 @@ INT8_TABLE_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInte
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit")) / "latency"
+    """``$SLIMKIT_CACHE/latency``."""
+    return _io.cache_root() / "latency"
 
 
 def machine_key(threads: int) -> dict[str, Any]:

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from slimkit._io import cache_root
 from slimkit.cli._common import console, print_profile, print_table, stage_printer, write_json
 
 DEMO_EPOCHS = 5
 # 2 epochs on 20k images reach ~97.7% test accuracy in ~11 s; 1 epoch on 10k stopped at ~92%, too weak a baseline
 QUICK_EPOCHS, QUICK_SAMPLES = 2, 20_000
 MARKER = "demo.json"
-
-
-def cache_dir() -> Path:
-    """Where trained baselines are cached: ``$SLIMKIT_CACHE`` or ``~/.cache/slimkit``."""
-    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +44,7 @@ def trained_baseline(name: str, epochs: int, *, retrain: bool = False, train_sam
     data = create_data("mnist", batch_size=128)
     model = models.create(name)
     subset = f"-n{train_samples}" if train_samples else ""
-    path = cache_dir() / f"{name}-mnist-e{epochs}{subset}.pt"
+    path = cache_root() / f"{name}-mnist-e{epochs}{subset}.pt"
     if path.is_file() and not retrain:
         load_weights_(model, path)
         console().print(f"reusing the cached baseline {path}")
@@ -70,7 +65,7 @@ def trained_baseline(name: str, epochs: int, *, retrain: bool = False, train_sam
 def baseline_plan(quick: bool, retrain: bool) -> tuple[int, int | None]:
     """(epochs, training subset) of the demo's baseline: the full 5-epoch model, or for ``--quick`` a 2-epoch model
     on 20,000 images unless the full one is already cached (then ``--quick`` reuses it)."""
-    full = cache_dir() / f"lenet5-mnist-e{DEMO_EPOCHS}.pt"
+    full = cache_root() / f"lenet5-mnist-e{DEMO_EPOCHS}.pt"
     if not quick or (full.is_file() and not retrain):
         return DEMO_EPOCHS, None
     return QUICK_EPOCHS, QUICK_SAMPLES

@@ -45,12 +45,6 @@ TEST_BUCKETS = range(0, 5)
 VALID_BUCKETS = range(5, 10)
 
 
-def cache_root() -> Path:
-    """Where slimkit caches derived data (tokenizers, token ids, trained baselines): ``$SLIMKIT_CACHE`` or
-    ``~/.cache/slimkit``."""
-    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
-
-
 def split_of(relative_path: str) -> str:
     """The split (``train``, ``valid`` or ``test``) of a file, from a hash of its relative POSIX path alone."""
     digest = hashlib.sha256((_SPLIT_SALT + relative_path).encode("utf-8")).digest()

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from slimkit._errors import ConfigError, DataError
-from slimkit._io import atomic_write, write_text_atomic
-from slimkit.data._text import TextCorpus, cache_root
+from slimkit._io import atomic_write, cache_root, write_text_atomic
+from slimkit.data._text import TextCorpus
 
 log = logging.getLogger(__name__)
 
