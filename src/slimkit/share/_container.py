@@ -146,7 +146,10 @@ def resolve_spec(model: nn.Module, spec: str | None) -> str:
     from slimkit.models import MODELS, create
 
     wanted = _architecture(model)
-    for name in MODELS.names():
+    # factories defined beside the model's class first: building every registered model (Hugging Face ones import
+    # transformers) to reach the right one took seconds
+    home = type(model).__module__
+    for name in sorted(MODELS.names(), key=lambda name: getattr(MODELS.get(name), "__module__", None) != home):
         try:
             with torch.device("meta"):
                 candidate = create(name)
