@@ -75,18 +75,22 @@ COMPACT = {"mobilenet_v2": {"width": 0.35}, "shufflenet_v1": {"width": 0.25}, "s
 
 @pytest.fixture(scope="module")
 def compact(mnist, tmp_path_factory):
-    """name → (float model, int8 model, its QDQ file), made once for the module."""
+    """name → (float model, int8 model, its QDQ file), each made once for the module, when a test first asks for it
+    (xdist spreads the module's tests over its workers: each makes only the models its own tests use)."""
     made = {}
-    for name, options in COMPACT.items():
-        torch.manual_seed(0)
-        model = _with_bn_statistics(models.create(name, **options), mnist)
-        made[name] = (model, *_int8(tmp_path_factory.mktemp(name), model, mnist))
-    return made
+
+    def get(name):
+        if name not in made:
+            torch.manual_seed(0)
+            model = _with_bn_statistics(models.create(name, **COMPACT[name]), mnist)
+            made[name] = (model, *_int8(tmp_path_factory.mktemp(name), model, mnist))
+        return made[name]
+    return get
 
 
 @pytest.mark.parametrize("name", list(COMPACT))
 def test_compact_int8_graphs_have_no_float_islands(mnist, compact, name):
-    model, q, path = compact[name]
+    model, q, path = compact(name)
     adds, concats = _count(model, operator.add), _count(model, torch.cat)
     assert adds + concats >= 10
     ops = optimized_op_types(path)
@@ -98,7 +102,7 @@ def test_compact_int8_graphs_have_no_float_islands(mnist, compact, name):
 
 def test_concat_inputs_share_the_output_grid(compact):
     # ShuffleNetV2: the untouched half of every unit passes through concat and shuffle, so a stage is one grid.
-    _, q, _ = compact["shufflenet_v2"]
+    _, q, _ = compact("shufflenet_v2")
     shared = quant_report(q).shared_scales
     cats = [members for members in shared.values() if any(m.startswith("cat") for m in members)]
     assert len(cats) == 3  # one per stage
