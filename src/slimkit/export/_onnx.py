@@ -1,12 +1,23 @@
-"""ONNX export of fp32 models and checking the exported file against PyTorch in ONNX Runtime."""
+"""ONNX export of fp32 models and checking the exported file against PyTorch in ONNX Runtime.
+
+Exports are kept in ``$SLIMKIT_CACHE/onnx`` under a digest of everything the file depends on (the weights and
+buffers, the module tree and its classes' source files, the example inputs, the exporter's settings and versions):
+the checkpoint one command trained and exported is the next command's input, and a language model's export takes
+tens of seconds. A file taken from the cache is first run in ONNX Runtime against the model (a change the digest
+cannot see, such as a plain attribute the forward reads, makes it differ: it is exported again).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import hashlib
+import inspect
 import io
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -18,12 +29,17 @@ from torch import nn
 
 from slimkit._errors import SlimkitError
 from slimkit._inputs import input_tuple
-from slimkit._io import file_mode_mask
+from slimkit._io import cache_root, file_mode_mask
 from slimkit.analysis import output_logits
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
+#: the export cache keeps this many files (the most recently used), each at most EXPORT_CACHE_FILE_BYTES
+EXPORT_CACHE_FILES = 16
+EXPORT_CACHE_FILE_BYTES = 256 * 2**20
+#: bump when the export's output changes in a way the digest does not show
+_EXPORT_CACHE_VERSION = 1
 
 
 class ExportError(SlimkitError):
@@ -60,6 +76,7 @@ def export_onnx(
     *,
     dynamic_batch: bool = True,
     opset: int = DEFAULT_OPSET,
+    cache: bool = True,
 ) -> Path:
     """Export ``model`` (in eval mode, the caller's object untouched) to ``path``, written atomically.
 
@@ -67,12 +84,16 @@ def export_onnx(
     the ``torch.export``-based exporter (opset 18 at least) when the former fails; Hugging Face language models
     take the opposite order. Inputs are named ``input`` (``input_1``, ...),
     outputs ``output``; the batch dimension is dynamic unless ``dynamic_batch=False``. A Hugging Face language model
-    is exported as token ids → logits, without its KV cache (see :func:`exportable`).
+    is exported as token ids → logits, without its KV cache (see :func:`exportable`). With ``cache`` an earlier
+    export of the same model is reused once ONNX Runtime confirms it (see the module's docstring).
     """
     inputs = input_tuple(example_inputs)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     model = exportable(copy.deepcopy(model).eval())
+    key = _export_key(model, inputs, dynamic_batch, opset) if cache else None
+    if key is not None and _from_cache(key, model, inputs, target):
+        return target
     input_names = ["input"] + [f"input_{i}" for i in range(1, len(inputs))]
     dynamic_axes = {name: {0: "batch"} for name in [*input_names, "output"]} if dynamic_batch else None
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
@@ -112,7 +133,112 @@ def export_onnx(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+    if key is not None:
+        _to_cache(key, target)
     return target
+
+
+def _export_key(model: nn.Module, inputs: tuple, dynamic_batch: bool, opset: int) -> str:
+    """SHA-256 of what an export depends on (see the module's docstring)."""
+    from slimkit import __version__
+
+    digest = hashlib.sha256()
+
+    def add(*parts: object) -> None:
+        for part in parts:
+            digest.update(str(part).encode())
+            digest.update(b"\0")
+
+    def add_tensor(name: str, tensor: torch.Tensor) -> None:
+        add(name, tensor.dtype, tuple(tensor.shape))
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+    add(_EXPORT_CACHE_VERSION, __version__, torch.__version__, _onnx_versions(), opset, dynamic_batch, repr(model))
+    config = getattr(getattr(model, "model", model), "config", None)
+    if hasattr(config, "to_json_string"):
+        add(config.to_json_string())
+    for cls in sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+        add(cls.__module__, cls.__qualname__, _source_digest(cls))
+    for i, tensor in enumerate(inputs):
+        add_tensor(f"input {i}", tensor)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        add_tensor(name, tensor)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _onnx_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for package in ("onnx", "onnxscript", "onnx-ir", "transformers"):
+        with contextlib.suppress(PackageNotFoundError):
+            found.append(f"{package} {version(package)}")
+    return ", ".join(found)
+
+
+def _source_digest(cls: type) -> str:
+    """The digest of the file that defines ``cls`` (its forward may call anything in it), "" when there is none."""
+    try:
+        path = inspect.getsourcefile(cls)
+    except TypeError:  # a built-in class
+        return ""
+    if path is None or not os.path.isfile(path):
+        return ""
+    stat = os.stat(path)
+    return _file_digest(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=512)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _from_cache(key: str, model: nn.Module, inputs: tuple, target: Path) -> bool:
+    """Copy the cached export of ``key`` to ``target`` if there is one and it computes what ``model`` does."""
+    cached = cache_root() / "onnx" / f"{key}.onnx"
+    if not cached.is_file():
+        return False
+    try:
+        with torch.no_grad():
+            expected = output_logits(model(*inputs)).detach().cpu().numpy()
+        got = run_onnx(cached, inputs)
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-4 * (1 + np.abs(
+                expected).max(initial=0.0))):
+            log.info("the cached export %s does not compute what the model does: exporting again", cached.name)
+            return False
+        _copy_atomically(cached, target)
+        os.utime(cached)  # most recently used
+    except Exception as error:  # an unreadable cache entry only costs the export
+        log.info("the cached export %s is unusable (%s): exporting again", cached.name, error)
+        return False
+    return True
+
+
+def _to_cache(key: str, exported: Path) -> None:
+    folder = cache_root() / "onnx"
+    try:
+        if exported.stat().st_size > EXPORT_CACHE_FILE_BYTES:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        _copy_atomically(exported, folder / f"{key}.onnx")
+        kept = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[EXPORT_CACHE_FILES:]:
+            old.unlink(missing_ok=True)
+    except OSError as error:  # a read-only or full cache only costs time
+        log.info("could not keep the export in %s: %s", folder, error)
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o666 & ~file_mode_mask())
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 #: the torch.export-based exporter only implements opset 18 and up; asked for less it logs a failed down-conversion
