@@ -101,7 +101,9 @@ def readme_demo_command() -> list[str]:
 @pytest.mark.parametrize("part", list(readme_parts()))  # the start order: tests/conftest.py
 def test_readme_sequence_runs_top_to_bottom(part, tmp_path):
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")
-    env = {**os.environ, "SLIMKIT_CACHE": str(tmp_path / "cache")}
+    # one intra-op thread, as every test process has (tests/conftest.py): beside the other xdist worker, a command's
+    # second PyTorch thread only oversubscribes the two cores
+    env = {**os.environ, "SLIMKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     for argv in readme_parts()[part]:
         command = [sys.executable, "-m", "slimkit.cli", *tiny(argv)[1:]]
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
