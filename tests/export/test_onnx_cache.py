@@ -74,3 +74,15 @@ def test_the_cache_keeps_the_most_recently_used_files(exports, tmp_path, monkeyp
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2
     export_onnx(_model(2), x, tmp_path / "again.onnx")  # the newest is kept
     assert len(exports) == 3
+
+
+def test_the_digest_reads_tensors_of_any_layout_and_sees_their_values():
+    # a 1×1 convolution's weight of one element may carry stride 0 (a Tucker core of rank 1 did) and still count as
+    # contiguous; an empty buffer has no bytes
+    def key(value: float) -> str:
+        model = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False))
+        model[0].weight = nn.Parameter(torch.full((1,), value).as_strided((1, 1, 1, 1), (0, 0, 0, 0)))
+        model.register_buffer("nothing", torch.zeros(0, 3))
+        return _onnx._export_key(model, (torch.ones(1, 1, 2, 2),), True, 17)
+
+    assert key(1.0) == key(1.0) != key(2.0)

@@ -151,7 +151,11 @@ def _export_key(model: nn.Module, inputs: tuple, dynamic_batch: bool, opset: int
 
     def add_tensor(name: str, tensor: torch.Tensor) -> None:
         add(name, tensor.dtype, tuple(tensor.shape))
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        if tensor.numel():
+            # a fresh tensor: a size-1 axis may carry stride 0 in a "contiguous" one, which cannot be viewed as bytes
+            dense = tensor.detach().cpu()
+            dense = dense.new_empty(dense.shape).copy_(dense)
+            digest.update(dense.reshape(-1).view(torch.uint8).numpy())
 
     add(_EXPORT_CACHE_VERSION, __version__, torch.__version__, _onnx_versions(), opset, dynamic_batch, repr(model))
     config = getattr(getattr(model, "model", model), "config", None)
