@@ -554,3 +554,46 @@ def test_a_mixed_int8_plans_miss_is_charged_to_its_float_layers_not_the_whole_ta
     assert len(set(chosen["plan"]["float_layers"]) & set(floated)) < len(floated)
     assert result.status == "met" and chosen["ratios"]["latency"] <= 0.55
 
+
+
+def _diverging_at(monkeypatch, too_high):
+    """run_stages raising TrainingDiverged while any stage trains at a learning rate of ``too_high`` or more."""
+    from slimkit.auto import _run
+    from slimkit.train import TrainingDiverged
+
+    real, tries = _run.run_stages, []
+
+    def run_stages(model, stages, **kwargs):
+        rates = [p["lr"] for entry in stages for p in entry.values() if "lr" in p]
+        if rates:  # stages that train (not the int8 reference's)
+            tries.append(rates)
+        if any(rate >= too_high for rate in rates):
+            raise TrainingDiverged("training diverged at epoch 1 (loss nan): lower the learning rate")
+        return real(model, stages, **kwargs)
+
+    monkeypatch.setattr(_run, "run_stages", run_stages)
+    return tries
+
+
+def test_a_candidate_whose_recovery_diverges_is_trained_again_at_half_the_learning_rate(trained, digits, tmp_path,
+                                                                                       monkeypatch):
+    tries = _diverging_at(monkeypatch, too_high=0.05)
+    compressed, result = _run(trained, digits, tmp_path / "auto", recovery_lr=0.05)
+    assert result.status == "met" and tries[0] == [0.05] and tries[1] == [0.025]
+    chosen = result.chosen
+    assert chosen["lr_scale"] == 0.5 and "diverged" in chosen["summary"]
+    assert [p["lr"] for entry in chosen["stages"] for p in entry.values() if "lr" in p] == [0.025]
+    # the recipe written for it trains at the rate it was trained at: slimkit compress reproduces its weights
+    out = tmp_path / "auto"
+    assert main(["compress", str(out / "recipe.yaml"), "--out", str(tmp_path / "again")]) == 0
+    ours, theirs = load_checkpoint(out / "model.pt"), load_checkpoint(tmp_path / "again" / "model.pt")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_recovery_that_diverges_at_every_rate_tried_is_an_error(trained, digits, tmp_path, monkeypatch):
+    from slimkit.train import TrainingDiverged
+
+    tries = _diverging_at(monkeypatch, too_high=0.0)
+    with pytest.raises(TrainingDiverged, match="lower the learning rate"):
+        _run(trained, digits, tmp_path / "auto", recovery_lr=0.04)
+    assert tries == [[0.04], [0.02], [0.01]]  # down to a quarter of the configured rate, then the error

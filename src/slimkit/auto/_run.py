@@ -58,6 +58,7 @@ from slimkit.auto._formats import create_format
 from slimkit.auto._measure import LatencyMeter, deployed_latency, measure_model, meets
 from slimkit.auto._plan import Plan
 from slimkit.auto._search import Problem, reachable, solve
+from slimkit.train import TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ NEAR = 0.9
 #: two measurements of one architecture differ by a few per cent (ResNet-20: a probe at 0.29 of a 0.3 budget, the
 #: trained candidate at 0.307)
 MARGIN = 0.97
+#: a candidate whose recovery diverges is trained again at half the learning rates, down to this share of them
+MIN_LR_SCALE = 0.25
 
 
 def prepare_folder(out: Path, fingerprint: str, resume: bool, force: bool) -> tuple[str, bool]:
@@ -509,20 +512,38 @@ class AutoRun:
             self.emit("candidate_reused", {"index": index, "plan": plan})
             return done
         started = read_json(folder / "plan.json")
-        if not (isinstance(started, dict) and started.get("key") == plan.key()):
+        same_plan = isinstance(started, dict) and started.get("key") == plan.key()
+        if not same_plan:
             # another plan's stages (a run resumed with a search that now decides otherwise) must not be replayed
             for stale in (folder / "stages", folder / RESULT_FILE, folder / "model.pt"):
                 if stale.is_dir():
                     shutil.rmtree(stale)
                 elif stale.exists():
                     stale.unlink()
-        write_json(folder / "plan.json", {**plan.to_dict(), "key": plan.key(), "stages": stages})
-        self.emit("candidate_start", {"index": index, "plan": plan, "stages": stages})
+        # a run resumed after a divergence goes on at the learning rates it had lowered to
+        scale = float(started.get("lr_scale", 1.0)) if same_plan else 1.0  # type: ignore[union-attr]
         began = time.perf_counter()
-        model = run_stages(self.model, stages, data=self.data, example=self.example, seed=self.config.seed,
-                           folder=folder / "stages", progress=self.progress,
-                           on_stage=lambda i, name: self.emit("stage", {"index": index, "stage": i, "name": name,
-                                                                        "total": len(stages)}))
+        total = len(stages)  # the same at every learning rate
+        while True:
+            stages = scaled_learning_rates(fmt.stages(plan, self.config), scale)
+            write_json(folder / "plan.json", {**plan.to_dict(), "key": plan.key(), "stages": stages,
+                                              "lr_scale": scale})
+            self.emit("candidate_start", {"index": index, "plan": plan, "stages": stages})
+            try:
+                model = run_stages(self.model, stages, data=self.data, example=self.example, seed=self.config.seed,
+                                   folder=folder / "stages", progress=self.progress,
+                                   on_stage=lambda i, name: self.emit("stage", {"index": index, "stage": i,
+                                                                                "name": name, "total": total}))
+                break
+            except TrainingDiverged as error:
+                # one plan's recovery diverging must not end the search: its training again at half the rates, as
+                # the error says, and the stages of the diverged try are not replayed
+                if scale <= MIN_LR_SCALE:
+                    raise
+                scale /= 2
+                shutil.rmtree(folder / "stages", ignore_errors=True)
+                self.emit("note", {"text": f"candidate {index:02d}: {error}; training it again at {scale:g}× the "
+                                           "learning rates"})
         seconds = time.perf_counter() - began
         from slimkit.train import save_checkpoint
 
@@ -532,8 +553,10 @@ class AutoRun:
                             baseline=self.model, baseline_onnx=self.out / "baseline.onnx", meter=self.meter,
                             batch=budget.batch, threads=budget.threads, spec=self.spec)  # type: ignore[union-attr]
         label = f"{index:02d} {plan.format}" + (" uniform" if uniform else "")
+        summary = plan.summary() + (f" (learning rates ×{scale:g}: the recovery diverged at higher ones)"
+                                    if scale < 1 else "")
         row.update(index=index, label=label, plan={**plan.to_dict(), "key": plan.key()},
-                   stages=stages, summary=plan.summary(), seconds=seconds)
+                   stages=stages, summary=summary, seconds=seconds, lr_scale=scale)
         return row
 
     def _judge(self, row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -607,6 +630,14 @@ class AutoRun:
             model = run_stages(self.model, row["stages"], data=self.data, example=self.example,
                                seed=self.config.seed, folder=folder / "stages")
         return model.eval()
+
+
+def scaled_learning_rates(stages: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
+    """``stages`` with every training stage's learning rate times ``scale``."""
+    if scale == 1:
+        return stages
+    return [{name: {**params, "lr": float(f"{params['lr'] * scale:.6g}")} if "lr" in params else params
+             for name, params in entry.items()} for entry in stages]
 
 
 def _floored(problem: Problem, key: str, aim: float) -> float:

@@ -11,7 +11,14 @@ from slimkit.train._distributed import (
     init_distributed,
     launched_by_torchrun,
 )
-from slimkit.train._fit import CHECKPOINT_NAME, FitResult, check_optimizer_values, default_optimizer, fit
+from slimkit.train._fit import (
+    CHECKPOINT_NAME,
+    FitResult,
+    TrainingDiverged,
+    check_optimizer_values,
+    default_optimizer,
+    fit,
+)
 from slimkit.train._seed import seed_everything
 
 __all__ = [
@@ -22,6 +29,7 @@ __all__ = [
     "FitConfig",
     "FitResult",
     "TrainState",
+    "TrainingDiverged",
     "broadcast_object",
     "check_optimizer_values",
     "default_optimizer",

@@ -33,6 +33,10 @@ SchedulerArg = Any  # an LRScheduler, a callable(optimizer) -> LRScheduler, "cos
 CHECKPOINT_NAME = "last.pt"
 
 
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite: the learning rate is too high for this model (a ConfigError, exit status 2)."""
+
+
 @dataclass
 class FitResult:
     """Per-epoch history (``train_loss``, ``train_acc``, ``val_acc``, ``val_loss``, ``lr``, ``seconds``)."""
@@ -183,8 +187,8 @@ def _train_epoch(loop: _Loop, epoch: int, epochs: int, bar: Any) -> dict[str, fl
         loop.opt.zero_grad(set_to_none=True)
         loss_value, outputs = loop.step_fn(loop.net, inputs, targets)
         if not torch.isfinite(loss_value):
-            raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {float(loss_value)}): lower the learning "
-                              "rate")
+            raise TrainingDiverged(f"training diverged at epoch {epoch + 1} (loss {float(loss_value)}): lower the "
+                                   "learning rate")
         loss_value.backward()
         loop.state.batch_loss = float(loss_value.detach())
         for cb in loop.callbacks:
