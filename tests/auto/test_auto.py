@@ -597,3 +597,27 @@ def test_a_recovery_that_diverges_at_every_rate_tried_is_an_error(trained, digit
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
         _run(trained, digits, tmp_path / "auto", recovery_lr=0.04)
     assert tries == [[0.04], [0.02], [0.01]]  # down to a quarter of the configured rate, then the error
+
+
+class _ConstantOtherOps(MacsMeter):
+    """The table says half the model's time is in ops between its layers, held constant by the prediction, while
+    the measurement (MACs) shrinks with the channels: as LeNet-5's pooling on ONNX Runtime."""
+
+    def table(self, model, example, *, batch, threads, precision="fp32", network=None, widths=None):
+        from dataclasses import replace
+
+        table = super().table(model, example, batch=batch, threads=threads, precision=precision, network=network,
+                              widths=widths)
+        return replace(table, other=0.5)
+
+
+def test_a_latency_budget_the_prediction_puts_out_of_reach_is_timed_before_it_is_refused(trained, digits, tmp_path):
+    model, checkpoint = trained
+    config = AutoConfig(budget="latency=0.4", max_drop=5.0, formats=("onnx",), knobs=("channels",),
+                        recovery_epochs=1, calibration_samples=128, max_candidates=3)
+    compressed = auto_compress(model, X, config, data=digits, out=tmp_path / "auto", latency=_ConstantOtherOps(),
+                               spec="auto_digits", recipe=_recipe_base(checkpoint))
+    result = auto_report(compressed)
+    reach = json.loads((tmp_path / "auto" / "reachable.json").read_text())
+    assert reach["onnx"]["latency"] > 0.5  # predicted: the constant half alone is over the budget
+    assert result.status == "met" and result.chosen["ratios"]["latency"] <= 0.4
