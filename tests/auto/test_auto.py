@@ -621,3 +621,12 @@ def test_a_latency_budget_the_prediction_puts_out_of_reach_is_timed_before_it_is
     reach = json.loads((tmp_path / "auto" / "reachable.json").read_text())
     assert reach["onnx"]["latency"] > 0.5  # predicted: the constant half alone is over the budget
     assert result.status == "met" and result.chosen["ratios"]["latency"] <= 0.4
+
+
+def test_a_format_whose_files_cannot_lower_the_budgeted_dimension_is_not_analysed(trained, digits, tmp_path):
+    # a sparse, clustered container decodes to the dense model: as fast, so a latency budget never searches it
+    _, result = _run(trained, digits, tmp_path / "auto", formats=("onnx", "container"), knobs=("channels", "clusters"))
+    assert result.status == "met"
+    assert {row["format"] for row in result.candidates} == {"onnx"}
+    analysis = tmp_path / "auto" / "analysis"
+    assert (analysis / "channels.json").is_file() and not (analysis / "container.json").exists()

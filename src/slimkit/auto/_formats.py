@@ -34,6 +34,9 @@ class DeployFormat:
     summary: ClassVar[str] = ""
     #: the knobs of :data:`slimkit.auto.KNOBS` this format uses
     knobs: ClassVar[frozenset[str]] = frozenset()
+    #: the budget dimensions its deployed file can go below the input's on (a sparse, clustered container is as fast
+    #: and as many MACs as the dense model it decodes to)
+    lowers: ClassVar[frozenset[str]] = frozenset({"latency", "size", "macs"})
     #: the deployed file's name in a candidate's folder
     file_name: ClassVar[str] = "model.onnx"
     #: whether a plan's latency can be probed on its untrained architecture (the search's choices change it)
@@ -122,6 +125,7 @@ class Int8Format(DeployFormat):
 class ContainerFormat(DeployFormat):
     summary = "k-means weight sharing + Huffman-coded container"
     knobs = frozenset({"sparsity", "clusters"})
+    lowers = frozenset({"size"})
     file_name = CONTAINER_FILE
     probe_latency = False  # it runs decoded: dense layers at full width, whatever its sparsity and bits
 

@@ -149,6 +149,13 @@ class AutoRun:
         for name, reason in base["formats"].items():
             if reason is not None:
                 self.emit("note", {"text": f"format {name} is not available: {reason}"})
+        below = [key for key, limit in self.budget.items() if limit < 1]
+        for name in list(formats):  # e.g. the container under a latency budget: its analysis would be time lost
+            cannot = [key for key in below if key not in create_format(name).lowers]
+            if cannot and len(formats) > 1:
+                formats.remove(name)
+                self.emit("note", {"text": f"format {name} is not searched: its files cannot lower "
+                                           f"{' or '.join(cannot)}"})
         if not formats:
             raise ConfigError("no deployment format can take this model: " +
                               "; ".join(f"{k}: {v}" for k, v in base["formats"].items()))
