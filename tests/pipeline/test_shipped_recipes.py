@@ -25,7 +25,7 @@ def test_recipe_validates(path):
 def shortened(path: Path) -> str:
     text = re.sub(r"epochs: \d+", "epochs: 1", path.read_text())
     return text.replace("data: {name: mnist, batch_size: 128}",
-                        "data: {name: mnist, batch_size: 128, train_samples: 8000, eval_samples: 500}\n"
+                        "data: {name: mnist, batch_size: 128, train_samples: 4000, eval_samples: 500}\n"
                         "evaluation: {repeats: 2, warmup: 1, threads: 1}")
 
 
@@ -33,7 +33,7 @@ def shortened(path: Path) -> str:
 @pytest.mark.parametrize("path", [p for p in RECIPES if "resnet" not in p.stem], ids=lambda p: p.stem)
 def test_recipe_runs_and_its_run_folder_reloads(path, tmp_path):
     recipe = parse_recipe(shortened(path), str(path), path.parent)
-    assert recipe.schema.data.train_samples == 8000
+    assert recipe.schema.data.train_samples == 4000
     result = run_recipe(recipe, tmp_path / "run", progress=False)
     final = result.stages[-1]
     assert len(result.stages) == len(recipe.stages) + 1
