@@ -578,7 +578,7 @@ def _diverging_at(monkeypatch, too_high):
 def test_a_candidate_whose_recovery_diverges_is_trained_again_at_half_the_learning_rate(trained, digits, tmp_path,
                                                                                        monkeypatch):
     tries = _diverging_at(monkeypatch, too_high=0.05)
-    compressed, result = _run(trained, digits, tmp_path / "auto", recovery_lr=0.05)
+    _, result = _run(trained, digits, tmp_path / "auto", recovery_lr=0.05)
     assert result.status == "met" and tries[0] == [0.05] and tries[1] == [0.025]
     chosen = result.chosen
     assert chosen["lr_scale"] == 0.5 and "diverged" in chosen["summary"]
