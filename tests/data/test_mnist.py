@@ -92,5 +92,8 @@ def test_decoded_splits_are_cached_as_bytes_and_read_back_identically(tmp_path, 
         assert torch.equal(mnist_module.load_mnist_arrays()["valid"][0], decoded["valid"][0])
         with np.load(cached, allow_pickle=False) as stored:  # and rewritten
             assert stored["train_images"].dtype == np.uint8
+        cached.write_bytes(cached.read_bytes()[:1000])  # truncated: not a zip file any more
+        mnist_module.load_mnist_arrays.cache_clear()
+        assert torch.equal(mnist_module.load_mnist_arrays()["test"][1], decoded["test"][1])
     finally:
         mnist_module.load_mnist_arrays.cache_clear()

@@ -8,7 +8,7 @@ from slimkit.export import _onnx, export_onnx, run_onnx
 
 
 class Scaled(nn.Module):
-    """A plain float attribute the forward reads: invisible to the cache's digest (no parameter, buffer or repr)."""
+    """A linear layer and a plain float attribute the forward reads (in no parameter, buffer or repr)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,14 +56,17 @@ def test_a_cached_file_that_computes_something_else_is_exported_again(exports, t
     x = torch.randn(2, 8)
     model = _model()
     export_onnx(model, x, tmp_path / "a.onnx")
-    model.scale = 3.0  # same weights and module tree: the digest matches, ONNX Runtime's check does not
-    export_onnx(model, x, tmp_path / "b.onnx")
-    assert len(exports) == 2
+    (first,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    other = _model(seed=1)
+    export_onnx(other, x, tmp_path / "other.onnx")
+    (second,) = set((tmp_path / "cache" / "onnx").glob("*.onnx")) - {first}
+    first.write_bytes(second.read_bytes())  # the entry of this model's digest now holds another model's graph
+    export_onnx(model, x, tmp_path / "b.onnx")  # ONNX Runtime's check refuses it
+    assert len(exports) == 3
     assert torch.allclose(torch.from_numpy(run_onnx(tmp_path / "b.onnx", x)), model(x), atol=1e-5)
-    (cached,) = (tmp_path / "cache" / "onnx").glob("*.onnx")  # one key: the new export replaced the stale one
-    cached.write_bytes(b"not onnx")  # damaged: exported again, never an error
+    first.write_bytes(b"not onnx")  # damaged: exported again, never an error
     export_onnx(model, x, tmp_path / "c.onnx")
-    assert len(exports) == 3 and (tmp_path / "c.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert len(exports) == 4 and (tmp_path / "c.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
 
 
 def test_the_cache_keeps_the_most_recently_used_files(exports, tmp_path, monkeypatch):
@@ -86,3 +89,38 @@ def test_the_digest_reads_tensors_of_any_layout_and_sees_their_values():
         return _onnx._export_key(model, (torch.ones(1, 1, 2, 2),), True, 17)
 
     assert key(1.0) == key(1.0) != key(2.0)
+
+
+class Clipped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+        self.clip = 100.0  # read by forward: on the example, clipping at 100 or at 1 may give the same output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).clamp(-self.clip, self.clip)
+
+
+def test_changes_the_example_cannot_show_still_miss_the_cache(exports, tmp_path):
+    torch.manual_seed(0)
+    x = torch.full((1, 8), 1e-3)  # outputs well inside ±1
+    model = Clipped().eval()
+    export_onnx(model, x, tmp_path / "a.onnx")
+    model.clip = 1.0  # a plain attribute: the same output on the example
+    export_onnx(model, x, tmp_path / "b.onnx")
+    hooked = Clipped().eval()
+    hooked.load_state_dict(model.state_dict())
+    hooked.clip = 1.0
+    hooked.fc.register_forward_hook(lambda module, args, out: out.relu())  # a hook the digest reads by its code
+    export_onnx(hooked, x, tmp_path / "c.onnx")
+    assert len(exports) == 3
+    wide = torch.randn(4, 8) * 50
+    for path, m in (("b.onnx", model), ("c.onnx", hooked)):
+        assert torch.allclose(torch.from_numpy(run_onnx(tmp_path / path, wide)), m(wide), atol=1e-4)
+
+
+def test_a_model_with_a_quantized_buffer_is_exported_uncached(exports, tmp_path):
+    model = _model()
+    model.register_buffer("codes", torch.quantize_per_tensor(torch.ones(3), 0.1, 0, torch.qint8))
+    export_onnx(model, torch.randn(2, 8), tmp_path / "a.onnx")
+    assert (tmp_path / "a.onnx").is_file() and not (tmp_path / "cache" / "onnx").exists()

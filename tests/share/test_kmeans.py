@@ -33,3 +33,9 @@ def test_matches_sklearn_lloyd_from_same_init():
     init = np.linspace(values.min(), values.max(), 16)[:, None]
     ref = KMeans(16, init=init, n_init=1, max_iter=300, tol=0, algorithm="lloyd").fit(values[:, None])
     assert np.allclose(ours, np.sort(ref.cluster_centers_.ravel()), atol=1e-6)
+
+
+def test_a_small_cluster_beside_huge_weights_keeps_its_mean():
+    values = np.concatenate([[-1e15], np.linspace(0.001, 0.01, 10), [1e15]])
+    centroids, labels = kmeans_1d(values, 3, "linear")
+    assert centroids[1] == pytest.approx(0.0055) and np.bincount(labels).tolist() == [1, 10, 1]

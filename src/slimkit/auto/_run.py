@@ -246,7 +246,10 @@ class AutoRun:
         targets = {f: dict(self.budget) for f in problems}
         feasible = [f for f, p in problems.items() if solve(p, self.budget) is not None]
         if not feasible and "latency" in dims and self.meter is not None:
+            others = {key: limit for key, limit in self.budget.items() if key != "latency"}
             for fmt, problem in problems.items():
+                if others and solve(problem, others) is None:  # out of reach on size or MACs: no timing helps
+                    continue
                 fastest = solve(problem, {}, minimise="latency")
                 if fastest is None or not fastest.ratios.get("latency"):
                     continue

@@ -95,7 +95,7 @@ def _read_decoded(path) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
         with np.load(path, allow_pickle=False) as stored:
             return {name: (stored[f"{name}_images"].astype(np.float32) / np.float32(256), stored[f"{name}_labels"])
                     for name in ("train", "valid", "test")}
-    except (OSError, ValueError, KeyError) as error:
+    except Exception as error:  # a damaged zip raises BadZipFile, EOFError, ...: decoded again
         log.warning("cached MNIST %s is unreadable (%s): decoding the package's file again", path, error)
         return None
 

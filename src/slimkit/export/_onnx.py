@@ -3,8 +3,10 @@
 Exports are kept in ``$SLIMKIT_CACHE/onnx`` under a digest of everything the file depends on (the weights and
 buffers, the module tree and its classes' source files, the example inputs, the exporter's settings and versions):
 the checkpoint one command trained and exported is the next command's input, and a language model's export takes
-tens of seconds. A file taken from the cache is first run in ONNX Runtime against the model (a change the digest
-cannot see, such as a plain attribute the forward reads, makes it differ: it is exported again).
+tens of seconds. The digest also covers each module's plain attributes (numbers, strings, flags) and its hooks' code. A
+file taken from the cache is first run in ONNX Runtime against the model on the example and on a second input the
+digest does not fix: a change the digest cannot see (code in another file) makes it differ there, and the model is
+exported again. Models with quantized or sparse tensors, or over EXPORT_CACHE_FILE_BYTES, are not cached.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -138,8 +141,19 @@ def export_onnx(
     return target
 
 
-def _export_key(model: nn.Module, inputs: tuple, dynamic_batch: bool, opset: int) -> str:
-    """SHA-256 of what an export depends on (see the module's docstring)."""
+def _export_key(model: nn.Module, inputs: tuple, dynamic_batch: bool, opset: int) -> str | None:
+    """SHA-256 of what an export depends on (see the module's docstring); None for a model the cache does not take
+    (its file would exceed EXPORT_CACHE_FILE_BYTES, or it holds tensors that are not dense CPU-readable ones)."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    if sum(t.numel() * t.element_size() for _, t in tensors) > EXPORT_CACHE_FILE_BYTES:
+        return None
+    try:
+        return _digest(model, inputs, dynamic_batch, opset, tensors)
+    except (RuntimeError, TypeError, NotImplementedError):  # quantized, sparse, meta tensors: exported uncached
+        return None
+
+
+def _digest(model: nn.Module, inputs: tuple, dynamic_batch: bool, opset: int, tensors: list) -> str:
     from slimkit import __version__
 
     digest = hashlib.sha256()
@@ -163,11 +177,32 @@ def _export_key(model: nn.Module, inputs: tuple, dynamic_batch: bool, opset: int
         add(config.to_json_string())
     for cls in sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
         add(cls.__module__, cls.__qualname__, _source_digest(cls))
+    for name, module in model.named_modules():
+        # plain attributes a forward may read (a clip value, a flag), and hooks, by their code
+        add(name, sorted((k, repr(v)) for k, v in vars(module).items() if not k.startswith("_") and _plain(v)))
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            add(name, [_code_digest(hook) for hook in hooks.values()])
     for i, tensor in enumerate(inputs):
         add_tensor(f"input {i}", tensor)
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+    for name, tensor in tensors:
         add_tensor(name, tensor)
     return digest.hexdigest()
+
+
+def _plain(value: object) -> bool:
+    """A number, string, flag or None, or a tuple / list of them (reprs that are the same in every process)."""
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, (bool, int, float, str, type(None)))
+
+
+def _code_digest(function: object) -> str:
+    code = getattr(function, "__code__", None)
+    if code is None and callable(function):  # a callable object: its class's __call__
+        code = getattr(type(function).__call__, "__code__", None)
+    if code is None:
+        return repr(function)
+    return hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=1)
@@ -204,19 +239,36 @@ def _from_cache(key: str, model: nn.Module, inputs: tuple, target: Path) -> bool
     if not cached.is_file():
         return False
     try:
-        with torch.no_grad():
-            expected = output_logits(model(*inputs)).detach().cpu().numpy()
-        got = run_onnx(cached, inputs)
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-4 * (1 + np.abs(
-                expected).max(initial=0.0))):
-            log.info("the cached export %s does not compute what the model does: exporting again", cached.name)
-            return False
+        checked = copy.deepcopy(model)  # a forward may change state (an observer): not on the model to export
+        for check in (inputs, _other_inputs(inputs)):
+            with torch.no_grad():
+                expected = output_logits(checked(*check)).detach().cpu().numpy()
+            got = run_onnx(cached, check)
+            if got.shape != expected.shape or got.dtype != expected.dtype or not np.allclose(
+                    got, expected, rtol=1e-4, atol=1e-4 * (1 + np.abs(expected).max(initial=0.0))):
+                log.info("the cached export %s does not compute what the model does: exporting again", cached.name)
+                return False
         _copy_atomically(cached, target)
         os.utime(cached)  # most recently used
     except Exception as error:  # an unreadable cache entry only costs the export
         log.info("the cached export %s is unusable (%s): exporting again", cached.name, error)
         return False
     return True
+
+
+def _other_inputs(inputs: tuple) -> tuple:
+    """Inputs the cache key does not fix, of the example's shapes and kinds: wider-ranged values for float inputs,
+    the example's own values shuffled for integer ones (token ids stay in the vocabulary)."""
+    generator = torch.Generator().manual_seed(0)
+    other = []
+    for t in inputs:
+        if t.is_floating_point():
+            spread = float(t.abs().max()) if t.numel() else 1.0
+            other.append(torch.randn(t.shape, generator=generator).to(t.dtype) * 3 * (spread or 1.0))
+        else:
+            flat = t.reshape(-1)
+            other.append(flat[torch.randperm(flat.numel(), generator=generator)].reshape(t.shape))
+    return tuple(other)
 
 
 def _to_cache(key: str, exported: Path) -> None:
@@ -229,6 +281,9 @@ def _to_cache(key: str, exported: Path) -> None:
         kept = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in kept[EXPORT_CACHE_FILES:]:
             old.unlink(missing_ok=True)
+        for tmp in folder.glob(".*.tmp"):  # left by a process killed mid-copy
+            if time.time() - tmp.stat().st_mtime > 3600:
+                tmp.unlink(missing_ok=True)
     except OSError as error:  # a read-only or full cache only costs time
         log.info("could not keep the export in %s: %s", folder, error)
 

@@ -2,9 +2,9 @@
 
 We run an exact 1-D Lloyd iteration instead of scikit-learn's ``KMeans``: in one dimension every cluster is a run
 of the sorted weights, bounded by the midpoints between sorted centroids. The weights are sorted once; an iteration
-then finds the k runs by binary search and their sums from a prefix sum, O(k log n) with no distance matrix and no
-pass over the weights (a 400k-weight layer at 256 clusters: milliseconds instead of seconds per layer). It is
-deterministic and needs no sklearn import. Given the
+then finds the k runs by binary search and sums each run in one vectorised pass (``np.add.reduceat``; a running
+prefix sum would lose small clusters beside huge weights), with no distance matrix (a 400k-weight layer at 256
+clusters: a tenth of a second instead of seconds). It is deterministic and needs no sklearn import. Given the
 same initial centroids it performs the same Lloyd updates as ``KMeans(init=centroids, n_init=1,
 algorithm="lloyd")``; the one difference is that an emptied cluster keeps its centroid (sklearn relocates it to a
 far point), which Deep Compression's linear initialisation makes rare and harmless.
@@ -65,7 +65,6 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iter: int = 
     centroids = np.sort(np.asarray(CENTROID_INITS.get(init)(values, k, rng), dtype=np.float64))
     order = np.argsort(values, kind="stable")
     ordered = values[order]
-    prefix = np.concatenate(([0.0], np.cumsum(ordered)))
 
     def run_ends(centroids: np.ndarray) -> np.ndarray:
         # cluster j holds the sorted values in (midpoint[j-1], midpoint[j]]: assign()'s rule, ties to the lower
@@ -78,7 +77,8 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iter: int = 
         counts = ends - starts
         filled = counts > 0
         updated = centroids.copy()
-        updated[filled] = (prefix[ends] - prefix[starts])[filled] / counts[filled]
+        # the filled runs are consecutive (an empty run has no length): each sum ends where the next filled run starts
+        updated[filled] = np.add.reduceat(ordered, starts[filled]) / counts[filled]
         updated.sort()
         new_ends = run_ends(updated)
         centroids = updated
