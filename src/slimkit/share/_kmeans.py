@@ -42,18 +42,13 @@ def random_init(values: np.ndarray, k: int, rng: np.random.Generator) -> np.ndar
     return np.sort(rng.choice(values, size=k, replace=False))
 
 
-def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of the nearest centroid for each value (``centroids`` sorted ascending; ties go to the lower one)."""
-    midpoints = (centroids[1:] + centroids[:-1]) / 2
-    return np.searchsorted(midpoints, values, side="left")
-
-
 def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iter: int = 100,
               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Cluster 1-D ``values`` into ``k`` groups by Lloyd's algorithm from the named initialisation.
 
     Returns ``(centroids, labels)`` with centroids sorted ascending (float64) and ``labels`` in ``[0, k)``, the
-    nearest centroid of each value as :func:`assign` finds it. Minimises Σ |w − c_label(w)|² (Han et al. 2016, Eq. 1).
+    nearest centroid of each value (a value midway between two goes to the lower one). Minimises Σ |w − c_label(w)|²
+    (Han et al. 2016, Eq. 1).
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:
@@ -67,7 +62,7 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iter: int = 
     ordered = values[order]
 
     def run_ends(centroids: np.ndarray) -> np.ndarray:
-        # cluster j holds the sorted values in (midpoint[j-1], midpoint[j]]: assign()'s rule, ties to the lower
+        # cluster j holds the sorted values in (midpoint[j-1], midpoint[j]]: the nearest, ties to the lower
         midpoints = (centroids[1:] + centroids[:-1]) / 2
         return np.concatenate((np.searchsorted(ordered, midpoints, side="right"), [ordered.size]))
 
