@@ -539,7 +539,7 @@ class AutoRun:
                    uniform: bool = False) -> dict[str, Any]:
         folder = self.out / "candidates" / f"{index:02d}"
         fmt = create_format(plan.format)
-        stages = fmt.stages(plan, self.config)
+        planned = fmt.stages(plan, self.config)
         done = read_json(folder / RESULT_FILE)
         if isinstance(done, dict) and done.get("plan", {}).get("key") == plan.key():
             self.emit("candidate_reused", {"index": index, "plan": plan})
@@ -556,9 +556,9 @@ class AutoRun:
         # a run resumed after a divergence goes on at the learning rates it had lowered to
         scale = float(started.get("lr_scale", 1.0)) if same_plan else 1.0  # type: ignore[union-attr]
         began = time.perf_counter()
-        total = len(stages)  # the same at every learning rate
+        total = len(planned)
         while True:
-            stages = scaled_learning_rates(fmt.stages(plan, self.config), scale)
+            stages = scaled_learning_rates(planned, scale)
             write_json(folder / "plan.json", {**plan.to_dict(), "key": plan.key(), "stages": stages,
                                               "lr_scale": scale})
             self.emit("candidate_start", {"index": index, "plan": plan, "stages": stages})
