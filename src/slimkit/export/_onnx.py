@@ -32,7 +32,7 @@ from torch import nn
 
 from slimkit._errors import SlimkitError
 from slimkit._inputs import input_tuple
-from slimkit._io import cache_root, file_mode_mask
+from slimkit._io import atomic_write, cache_root, file_mode_mask
 from slimkit.analysis import output_logits
 
 log = logging.getLogger(__name__)
@@ -289,15 +289,8 @@ def _to_cache(key: str, exported: Path) -> None:
 
 
 def _copy_atomically(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o666 & ~file_mode_mask())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    with source.open("rb") as read, atomic_write(target) as write:
+        shutil.copyfileobj(read, write)
 
 
 #: the torch.export-based exporter only implements opset 18 and up; asked for less it logs a failed down-conversion
