@@ -99,6 +99,7 @@ class TraceContext:
         self.call: Call | None = None
         self.reshapes: list[tuple[Ref, Ref]] = []
         self._ids: dict[int, torch.Tensor] = {}
+        self._modules: dict[str, nn.Module] = {}
 
     # --- values ---------------------------------------------------------------------------------------------
     def info(self, ref: Ref) -> ValueInfo:
@@ -152,7 +153,7 @@ class TraceContext:
             name, shape = self.info(ref).name, self.info(ref).shape
         else:
             name = ref
-            shape = tuple(_named_tensor(self.model, name).shape)
+            shape = tuple(self.tensor(name).shape)
         pd = self.params.get(name)
         if pd is None:
             pd = ParamDims(name, tuple(shape), [self.uf.fresh(s) for s in shape], [set() for _ in shape])
@@ -168,6 +169,37 @@ class TraceContext:
         dim = dim % len(pd.shape)
         pd.roles[dim].add(role)
         return pd.ids[dim]
+
+    def join_param(self, ref: Ref | str, dim: int, role: str, ids: torch.Tensor) -> None:
+        """``union(param_ids(ref, dim, role), ids)``: the parameter's ``dim`` carries the units ``ids`` (1-D, one per
+        index). A parameter seen here first takes ``ids`` for that dim instead of fresh ids merged into them (the
+        same roots, without the allocation and the union: most of a BatchNorm's or a conv's rule)."""
+        name = self.info(ref).name if isinstance(ref, Ref) and self.is_param(ref) else ref if isinstance(ref, str) \
+            else None
+        if name is not None and name not in self.params and ids.dim() == 1:
+            shape = self.info(ref).shape if isinstance(ref, Ref) else tuple(self.tensor(name).shape)
+            d = dim % len(shape) if shape else 0
+            if shape and ids.numel() == shape[d]:
+                self.params[name] = ParamDims(name, tuple(shape), [ids.clone() if i == d else self.uf.fresh(s)
+                                                                   for i, s in enumerate(shape)],
+                                              [{role} if i == d else set() for i in range(len(shape))])
+                return
+        self.union(self.param_ids(ref, dim, role), ids)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The model's parameter or buffer called ``name``."""
+        owner, _, attr = name.rpartition(".")
+        value = getattr(self.module(owner), attr)
+        if not isinstance(value, torch.Tensor):
+            raise KeyError(f"'{name}' is not a parameter or buffer")
+        return value
+
+    def module(self, name: str) -> nn.Module:
+        """The model's submodule called ``name`` (``""``: the model), looked up once."""
+        found = self._modules.get(name)
+        if found is None:
+            found = self._modules[name] = self.model.get_submodule(name) if name else self.model
+        return found
 
     def _element_view(self, ref: Ref) -> torch.Tensor:
         """A parameter used in plain arithmetic: its ids vary along its last dim of size > 1 (a class token's or
@@ -233,10 +265,13 @@ class TraceContext:
             size = size if size is not None else ids.shape[dim]
         dim = dim % ids.dim()
         others = [d for d in range(ids.dim()) if d != dim]
-        r = self.merge_along(ids, others) if others else self.roots(ids)
-        for d in reversed(others):
-            r = r.narrow(d, 0, 1)
-        r = r.reshape(-1)
+        if all(ids.shape[d] == 1 for d in others):  # the ids vary along ``dim`` alone: nothing to merge
+            r = self.roots(ids.reshape(-1))
+        else:
+            r = self.merge_along(ids, others)
+            for d in reversed(others):
+                r = r.narrow(d, 0, 1)
+            r = r.reshape(-1)
         return r.expand(size).contiguous() if r.numel() == 1 and size != 1 else r.clone()
 
     def constrain(self, ids: torch.Tensor, dims: list[int]) -> None:
@@ -324,7 +359,7 @@ class TraceContext:
                 if a is not None and b is not None:
                     self.uf.union(a, b)
             return prev
-        module = self.model.get_submodule(name) if name else self.model
+        module = self.module(name)
         self.uses[key] = ModuleUse(name, module, in_map, out_map, kind, dict(extra))
         return self.uses[key]
 

@@ -301,6 +301,7 @@ class DependencyGraph:
         groups whose name is in ``selectable`` and whose kind is in ``kinds`` (default: all) are kept."""
         # Vectorised: a model has tens of thousands of (root, layer) memberships, too many for a Python loop each.
         # A membership is coded use-index * 2 + side (0 out, 1 in), so code order is the order layers are met.
+        self.uf.flatten()
         names = list(self.uses)
         member_roots, member_codes, out_roots, out_counts = [], [], [], []
         for i, use in enumerate(self.uses.values()):

@@ -33,10 +33,10 @@ def linear(ctx: TraceContext, call: Call) -> T:
     """``F.linear(x, W, b)``: x's last-dim channels are W's columns, the result's channels are W's rows and b."""
     x, w, b = call.arg(0, "input"), call.arg(1, "weight"), call.arg(2, "bias")
     in_map = ctx.channel_map(x, -1)
-    w_in, w_out = ctx.param_ids(w, 1, "in"), ctx.param_ids(w, 0, "out")
-    ctx.union(w_in, in_map)
+    ctx.join_param(w, 1, "in", in_map)
+    w_out = ctx.param_ids(w, 0, "out")
     if isinstance(b, Ref):
-        ctx.union(ctx.param_ids(b, 0, "out"), w_out)
+        ctx.join_param(b, 0, "out", w_out)
     owner = ctx.owner(w)
     if owner is not None:
         ctx.record_use(owner, ctx.roots(in_map), w_out, "linear")
@@ -86,11 +86,11 @@ def conv(ctx: TraceContext, call: Call) -> T:
     cout = wshape[1] * groups if transposed else wshape[0]
     in_dim, out_dim = (0, 1) if transposed else (1, 0)
     if groups == 1:
-        ctx.union(ctx.param_ids(w, in_dim, "in"), in_map)
+        ctx.join_param(w, in_dim, "in", in_map)
         out_map, kind = ctx.param_ids(w, out_dim, "out"), "conv"
     elif not transposed and groups == cin and cout % cin == 0:
         out_map, kind = in_map.repeat_interleave(cout // cin), "depthwise"
-        ctx.union(ctx.param_ids(w, 0, "out"), out_map)
+        ctx.join_param(w, 0, "out", out_map)
     elif not transposed:
         slots = in_map.reshape(groups, cin // groups)
         ctx.union(slots[:1], slots)
@@ -104,7 +104,7 @@ def conv(ctx: TraceContext, call: Call) -> T:
         ctx.union(ctx.param_ids(w, 0, "in"), in_map)
         out_map, kind = ctx.param_ids(w, 1, "out").repeat(groups), "conv-slots"
     if isinstance(b, Ref):
-        ctx.union(ctx.param_ids(b, 0, "out"), out_map)
+        ctx.join_param(b, 0, "out", out_map)
     owner = ctx.owner(w)
     if owner is not None:
         ctx.record_use(owner, ctx.roots(in_map), out_map, kind, groups=groups)
@@ -141,7 +141,7 @@ def batch_norm(ctx: TraceContext, call: Call) -> T:
                            (4, "bias", "out")):
         ref = call.arg(pos, key)
         if isinstance(ref, Ref):
-            ctx.union(ctx.param_ids(ref, 0, role), cmap)
+            ctx.join_param(ref, 0, role, cmap)
             owner = owner or ctx.owner(ref)
     if owner is not None:
         ctx.record_use(owner, ctx.roots(cmap), ctx.roots(cmap), "norm")

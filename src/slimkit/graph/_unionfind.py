@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -18,6 +20,7 @@ class UnionFind:
         self.parent = np.zeros(1024, dtype=np.int64)
         self._blocked = np.zeros(1024, dtype=bool)
         self.size = 0
+        self._flat = True  # every id's parent is its root (no union since the last flatten)
 
     def __len__(self) -> int:
         return self.size
@@ -30,7 +33,7 @@ class UnionFind:
     def fresh(self, shape: int | tuple[int, ...], blocked: bool = False) -> torch.Tensor:
         """New distinct ids, as an int64 tensor of ``shape``."""
         dims = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else (int(shape),)
-        size = int(np.prod(dims)) if dims else 1
+        size = math.prod(dims)
         start = self.size
         if start + size > len(self.parent):
             capacity = max(2 * len(self.parent), start + size)
@@ -45,6 +48,8 @@ class UnionFind:
         """Roots of ``ids`` (same shape), with path compression."""
         x = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids, dtype=np.int64)
         root = np.asarray(self.parent[x])  # an array even for 0-d ids (a scalar parameter's)
+        if self._flat:
+            return root
         up = self.parent[root]
         if (up == root).all():  # the usual case: every id's parent is its root already
             return root
@@ -55,6 +60,13 @@ class UnionFind:
                 break
         self.parent[x] = root
         return root
+
+    def flatten(self) -> None:
+        """Point every id straight at its root, so that until the next union :meth:`find` is one lookup (pruning
+        asks for the roots of the same ids thousands of times once the graph is built)."""
+        if not self._flat:
+            self.find(np.arange(self.size, dtype=np.int64))
+            self._flat = True
 
     def roots(self, ids: torch.Tensor) -> torch.Tensor:
         """``find`` as a tensor of the same shape."""
@@ -70,6 +82,7 @@ class UnionFind:
         differ = ra != rb
         if not differ.any():
             return
+        self._flat = False
         x, y = np.minimum(ra[differ], rb[differ]), np.maximum(ra[differ], rb[differ])
         either_blocked = self._blocked[x] | self._blocked[y]
         first = x
