@@ -71,3 +71,38 @@ def test_capture_never_hangs(model):
 def test_pruning_is_bounded_by_the_config_timeout():
     with pytest.raises(TimeBoundExceeded, match=r"pruning exceeded its time bound of 0\.3 s"):
         prune_channels(_Spin(), torch.zeros(1, 4), PruneConfig(timeout=0.3))
+
+
+class CountsTrain(nn.Module):
+    """A module with its own ``train``: capture must call it, not set the flag behind its back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.calls: list[bool] = []
+
+    def train(self, mode: bool = True):
+        self.calls.append(mode)
+        return super().train(mode)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_capture_and_pruning_run_in_eval_mode_and_give_every_module_its_own_mode_back():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Dropout(0.5), nn.Conv2d(8, 4, 3))
+    model.train()
+    model[1].eval()  # a frozen BatchNorm inside a model being trained
+    seen = []
+    model[2].register_forward_hook(lambda m, args, out: seen.append(m.training))
+    x = torch.randn(1, 3, 12, 12)
+    graph = dependency_graph(model, x)
+    assert seen == [False]  # the capture ran in eval mode (dropout off, BN statistics untouched)
+    assert [m.training for m in graph.model] == [True, False, True, True]
+    assert [m.training for m in model] == [True, False, True, True]  # the caller's model is not touched
+    custom = nn.Sequential(CountsTrain(), nn.ReLU()).train()
+    custom[0].calls.clear()
+    copy_of_custom = dependency_graph(custom, x).model
+    assert custom[0].calls == []  # the graph's copy is put in eval mode, never the caller's model
+    assert copy_of_custom[0].calls == [False]  # through the class's own train()
+    assert [m.training for m in copy_of_custom.modules()] == [True, True, True, True]

@@ -38,6 +38,7 @@ ALL_HEAD_NAMES = ("all_head_size", "inner_dim", "split_size", "attn_dim", "inner
 WIDTH_NAMES = ("hidden_size", "embed_dim", "d_model", "n_embd", "dim", "hidden_dim", "intermediate_size", "ffn_dim",
                "mlp_dim", "d_ff", "n_inner", "channels", "num_channels", "embedding_dim", "model_dim", "width",
                "hidden_features", "features", "emb_dim", "embedding_size")
+_WIDTH_SET = frozenset(WIDTH_NAMES)
 NEVER = ("idx", "index", "layer", "stride", "padding", "dilation", "kernel", "seed", "vocab", "position", "eps",
          "num_labels", "num_classes", "window", "shift", "patch", "max_", "depth")
 
@@ -145,17 +146,17 @@ def apply_removal(graph: DependencyGraph, removed: Iterable[int], *, model: nn.M
 
 def _slice_parameters(model: nn.Module, removal: Removal) -> set[str]:
     """Replace every parameter/buffer with pruned dims by its slice (ties kept); returns the changed names."""
-    names = {id(t): n for n, t in model.named_parameters()}
-    names.update({id(t): n for n, t in model.named_buffers()})
+    names: dict[int, str] = {}  # a tensor's name as named_parameters / named_buffers give it (the first one met)
     new: dict[int, torch.Tensor] = {}
     changed: set[str] = set()
-    for module in model.modules():
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
         for store in (module._parameters, module._buffers):
             for attr, t in list(store.items()):
                 if t is None:
                     continue
-                name = names.get(id(t))
-                if name is None or name not in removal.graph.params:
+                name = names.setdefault(id(t), prefix + attr)
+                if name not in removal.graph.params:
                     continue
                 if id(t) not in new:
                     masks = removal.param_masks(name)
@@ -260,6 +261,8 @@ def _width_attributes(model: nn.Module, removal: Removal, changed: set[str],
     new_shapes = {n: tuple(t.shape) for n, t in list(model.named_parameters()) + list(model.named_buffers())}
     old_shapes = {n: removal.graph.params[n].shape for n in changed}
     for name, module in model.named_modules():
+        if _WIDTH_SET.isdisjoint(module.__dict__):
+            continue
         candidates = [a for a in WIDTH_NAMES if _int_attr(module, a) is not None and a not in attributes.get(name, {})]
         if not candidates:
             continue

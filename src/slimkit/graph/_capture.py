@@ -191,11 +191,20 @@ class _Recorder(TorchFunctionMode):
                  deadline: Deadline) -> None:
         super().__init__()
         self.deadline = deadline
-        self.params = {id(p): n for n, p in model.named_parameters()}
-        self.buffers = {id(b): n for n, b in model.named_buffers()}
-        self.names = {id(m): n for n, m in model.named_modules()}
-        self.leaves = {id(m) for n, m in model.named_modules() if n and _is_leaf_candidate(m, n, leaf_patterns,
-                                                                                         is_leaf)}
+        # one walk of the modules for every name (as named_parameters / named_buffers name them: first name wins)
+        self.params: dict[int, str] = {}
+        self.buffers: dict[int, str] = {}
+        self.names: dict[int, str] = {}
+        self.leaves: set[int] = set()
+        for n, m in model.named_modules():
+            self.names[id(m)] = n
+            if n and _is_leaf_candidate(m, n, leaf_patterns, is_leaf):
+                self.leaves.add(id(m))
+            prefix = f"{n}." if n else ""
+            for store, names in ((m._parameters, self.params), (m._buffers, self.buffers)):
+                for attr, t in store.items():
+                    if t is not None and id(t) not in names:
+                        names[id(t)] = prefix + attr
         self.key_of: dict[int, int] = {}
         self.alive: list[torch.Tensor] = []
         self.values: list[ValueInfo] = []
@@ -315,6 +324,31 @@ class _NodeRunner(torch.fx.Interpreter):
             return super().run_node(n)
         finally:
             self.recorder.node = None
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode, and every module's own mode back afterwards. A model already in eval mode (the
+    usual case) is walked once: ``train()`` sets an attribute on every module, twice per capture. A module class
+    with its own ``train`` gets the ``train()`` calls."""
+    modules = list(model.modules())
+    if any(type(m).train is not nn.Module.train for m in modules):
+        training = [m.training for m in modules]
+        model.eval()
+        try:
+            yield
+        finally:
+            for m, mode in zip(modules, training, strict=True):
+                m.training = mode
+        return
+    training = [m for m in modules if m.training]
+    for m in training:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
 
 
 def _has_tensor(obj: Any) -> bool:

@@ -25,7 +25,7 @@ from torch import nn
 
 from slimkit._errors import TraceError
 from slimkit.graph import _attention, _layers, _modules, _movement, _ops  # noqa: F401  (registers the rules)
-from slimkit.graph._capture import Call, Capture, Ref, capture, run_model
+from slimkit.graph._capture import Call, Capture, Ref, capture, eval_mode, run_model
 from slimkit.graph._context import CannotFollow, ModuleUse, ParamDims, TraceContext
 from slimkit.graph._deadline import Deadline
 from slimkit.graph._rules import module_rule, op_rule
@@ -435,14 +435,10 @@ def build_graph(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence
         raise ConfigError(f"gqa '{gqa}' is unknown: use 'groups' (whole key/value groups) or 'query' (query heads "
                           "within every group)")
     source = shared_copy(model) if copy_model else model
-    was_training = source.training
-    source.eval()
     deadline = deadline or Deadline(None)
-    try:
+    with eval_mode(source):
         cap = capture(source, example_inputs, leaf_modules=leaf_modules, is_leaf=_is_leaf, deadline=deadline)
         ctx = propagate(cap, source, gqa=gqa, deadline=deadline)
-    finally:
-        source.train(was_training)
     graph = DependencyGraph(source, cap, ctx, example_inputs)
     graph.leaf_modules = tuple(leaf_modules)
     return graph

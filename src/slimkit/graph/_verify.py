@@ -12,7 +12,7 @@ from torch import nn
 
 from slimkit._errors import TraceError
 from slimkit.graph._apply import NEVER, Removal, _int_attr, _set
-from slimkit.graph._capture import Call, Capture, CaptureFailed, capture, op_key
+from slimkit.graph._capture import Call, Capture, CaptureFailed, capture, eval_mode, op_key
 from slimkit.graph._deadline import Deadline
 from slimkit.graph._graph import DependencyGraph, _is_leaf
 from slimkit.graph._rules import op_rule
@@ -59,11 +59,10 @@ def verify_removal(graph: DependencyGraph, model: nn.Module, removal: Removal,
 
 def _first_mismatch(graph: DependencyGraph, model: nn.Module, removal: Removal,
                     deadline: Deadline | None) -> tuple[Call, Call | None, str] | None:
-    was_training = model.training
-    model.eval()
     try:
-        cap = capture(model, graph.example_inputs, leaf_modules=graph.leaf_modules, is_leaf=_is_leaf,
-                      deadline=deadline)
+        with eval_mode(model):
+            cap = capture(model, graph.example_inputs, leaf_modules=graph.leaf_modules, is_leaf=_is_leaf,
+                          deadline=deadline)
     except CaptureFailed as error:
         if error.index >= len(graph.capture.calls) or error.partial is None:
             raise
@@ -72,8 +71,6 @@ def _first_mismatch(graph: DependencyGraph, model: nn.Module, removal: Removal,
             return earlier
         cause = error.__cause__
         return graph.capture.calls[error.index], error.call, f"{type(cause).__name__}: {cause}"
-    finally:
-        model.train(was_training)
     return _compare(graph, removal, cap, complete=True)
 
 

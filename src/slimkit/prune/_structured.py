@@ -37,7 +37,7 @@ from slimkit.graph import (
     verify_removal,
 )
 from slimkit.prune._config import PruneConfig
-from slimkit.prune._criteria import CRITERIA, PruneContext, keep_count, normalised
+from slimkit.prune._criteria import CRITERIA, Criterion, PruneContext, keep_count, normalised
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class _Pruner:
     def __init__(self, model: nn.Module, inputs: Any, config: PruneConfig, data: Any, loss: Any,
                  deadline: Deadline) -> None:
         self.model, self.inputs, self.config, self.deadline = model, inputs, config, deadline
+        self._graph_model_used = False  # graph.model became a pruned model (see _candidate)
         self.graph = dependency_graph(model, inputs, skip=config.skip, protect_first=config.protect_first,
                                       layers=config.layers, leaf_modules=config.leaf_modules, kinds=config.kinds,
                                       gqa=config.gqa, deadline=deadline)
@@ -125,8 +126,15 @@ class _Pruner:
         return plan, Removal(self.graph, np.unique(roots))
 
     def _candidate(self, plan: dict[int, np.ndarray]) -> nn.Module:
-        """A copy sharing the model's parameters, with the criterion's weight updates (ThiNet's rescaling)."""
-        candidate = shared_copy(self.graph.model)
+        """The model the removal is applied to, with the criterion's weight updates (ThiNet's rescaling): the
+        graph's own copy of the model the first time, where nothing reads it once pruned (no weight updates, no
+        leaf modules whose MACs are counted from the module), else a new copy sharing the model's parameters."""
+        graph = self.graph
+        if (not self._graph_model_used and type(self.ctx.criterion).update_ is Criterion.update_
+                and all(call.module is None for call in graph.capture.calls)):
+            self._graph_model_used = True
+            return graph.model
+        candidate = shared_copy(self.model)
         for gi, removed in plan.items():
             self.ctx.criterion.update_(self.ctx, self.graph.groups[gi], removed, candidate)
         return candidate
@@ -136,6 +144,9 @@ class _Pruner:
         """The pruned model; where its code uses a size slimkit cannot rewrite, :class:`UnfollowedSize` (with
         ``fx_fallback=False``) or else a ``torch.fx.GraphModule`` if a trace can take the pruning."""
         graph = self.graph
+        if self._graph_model_used:  # an earlier prune took graph.model: scores and the candidate need it whole
+            graph.model = shared_copy(self.model)
+            self._graph_model_used = False
         plan, removal = self.plan(ratio, keeps)
         self.deadline.check("removal")
         pruned = apply_removal(graph, removal.removed, model=self._candidate(plan), verify=False)
