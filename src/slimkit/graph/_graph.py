@@ -333,8 +333,11 @@ class DependencyGraph:
         keep = owns_output.any(axis=1)  # only consumed (e.g. a padding channel fed to a conv): nothing to score it by
         unit_roots, rows = unit_roots[keep], rows[keep]
         by_signature = _equal_rows(rows)
-        marked = {kind: np.unique(self.uf.find(torch.cat(ids))) if ids else np.zeros(0, np.int64)
-                  for kind, ids in self.ctx.marks.items()}
+        marked = {}
+        for kind, ids in self.ctx.marks.items():
+            marked[kind] = np.zeros(len(self.uf), dtype=bool)
+            if ids:
+                marked[kind][self.uf.find(torch.cat(ids))] = True
         found = []
         for members_at in by_signature:
             units = unit_roots[members_at]  # ascending
@@ -344,8 +347,8 @@ class DependencyGraph:
             owner = names[int(codes_[codes_ % 2 == 0][0]) // 2]
             if selectable is not None and owner not in selectable:
                 continue
-            kind = ("heads" if np.isin(units, marked["heads"]).any() else
-                    "residual" if np.isin(units, marked["residual"]).any() else "channels")
+            kind = ("heads" if marked["heads"][units].any() else
+                    "residual" if marked["residual"][units].any() else "channels")
             if kinds is not None and kind not in kinds:
                 continue
             sizes = _lookup(size_roots, size_of, units, 1)
@@ -364,24 +367,32 @@ class DependencyGraph:
         return self._slices[group]
 
     def _all_slices(self) -> list[list[UnitSlice]]:
+        # every parameter dim's ids looked up at once; a Python step only per (dim, group) that meet
         out: list[list[UnitSlice]] = [[] for _ in self.groups]
-        if not self.groups:
+        dims = [(name, d, pd.roles[d], ids.reshape(-1)) for name, pd in self.params.items()
+                for d, ids in enumerate(pd.ids)]
+        if not self.groups or not dims:
             return out
         units = np.concatenate([g.units for g in self.groups])
         owner = np.concatenate([np.full(len(g.units), i) for i, g in enumerate(self.groups)])
         local = np.concatenate([np.arange(len(g.units)) for g in self.groups])
         order = np.argsort(units)
         units, owner, local = units[order], owner[order], local[order]
-        for name, pd in self.params.items():
-            for d, ids in enumerate(pd.ids):
-                roots = self.uf.find(ids)
-                at = np.clip(np.searchsorted(units, roots), 0, len(units) - 1)
-                hit = units[at] == roots
-                if not hit.any():
-                    continue
-                for gi in np.unique(owner[at[hit]]):
-                    pos = np.where(hit & (owner[at] == gi), local[at], -1)
-                    out[int(gi)].append(UnitSlice(name, d, pos, frozenset(pd.roles[d])))
+        lengths = np.array([len(ids) for *_, ids in dims])
+        roots = self.uf.find(torch.cat([ids for *_, ids in dims]))
+        at = np.clip(np.searchsorted(units, roots), 0, len(units) - 1)
+        hit = units[at] == roots
+        group_of = np.where(hit, owner[at], -1)
+        position = np.where(hit, local[at], -1)
+        dim_of = np.repeat(np.arange(len(dims)), lengths)
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        n = len(self.groups)
+        for code in np.unique(dim_of[hit] * n + group_of[hit]).tolist():  # by dim, then group: the order met
+            di, gi = divmod(code, n)
+            a, b = starts[di], starts[di + 1]
+            name, d, roles, _ = dims[di]
+            pos = np.where(group_of[a:b] == gi, position[a:b], -1)
+            out[gi].append(UnitSlice(name, d, pos, frozenset(roles)))
         return out
 
     def tensor(self, name: str, model: nn.Module | None = None) -> torch.Tensor:
