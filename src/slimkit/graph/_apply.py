@@ -175,12 +175,8 @@ def _slice_parameters(model: nn.Module, removal: Removal) -> set[str]:
     return changed
 
 
-def _owners(model: nn.Module, changed: set[str]) -> dict[str, nn.Module]:
-    owners = {}
-    for name in changed:
-        owner = name.rpartition(".")[0]
-        owners[owner] = model.get_submodule(owner) if owner else model
-    return owners
+def _owners(modules: dict[str, nn.Module], changed: set[str]) -> dict[str, nn.Module]:
+    return {owner: modules[owner] for owner in {name.rpartition(".")[0] for name in changed}}
 
 
 def _set(attributes: dict[str, dict[str, Any]], module_name: str, module: nn.Module, attr: str, value: Any) -> None:
@@ -193,11 +189,12 @@ def _resize_modules(model: nn.Module, removal: Removal, changed: set[str],
     uses_by_module: dict[str, Any] = {}
     for use in removal.graph.uses.values():
         uses_by_module.setdefault(use.name, use)
-    owners = _owners(model, changed)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    owners = _owners(modules, changed)
     ancestors = {name.rsplit(".", k)[0] for name in owners for k in range(1, name.count(".") + 1)}
     for name in uses_by_module:  # a leaf module (one recorded op) owns its children's channels too
         if name in ancestors and name not in owners:
-            owners[name] = model.get_submodule(name)
+            owners[name] = modules[name]
     replaced: dict[int, Any] = {}
     for name, module in owners.items():
         rule = module_rule(module)

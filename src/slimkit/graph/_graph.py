@@ -271,6 +271,7 @@ class DependencyGraph:
         self.original_params = {id(p) for p in model.parameters()}
         self.leaf_modules: tuple[str, ...] = ()
         self._slices: list[list[UnitSlice]] | None = None
+        self._modules: tuple[nn.Module, dict[str, nn.Module]] | None = None  # graph.model's modules by name
 
     @property
     def uf(self) -> UnionFind:
@@ -399,7 +400,14 @@ class DependencyGraph:
         """The current value of parameter/buffer ``name`` in the graph's model (or ``model``)."""
         from slimkit.graph._context import _named_tensor
 
-        return _named_tensor(model if model is not None else self.model, name)
+        if model is not None and model is not self.model:
+            return _named_tensor(model, name)
+        if self._modules is None or self._modules[0] is not self.model:  # scoring asks for every weight
+            self._modules = (self.model, dict(self.model.named_modules(remove_duplicate=False)))
+        owner, _, attr = name.rpartition(".")
+        module = self._modules[1].get(owner)
+        value = getattr(module, attr, None) if module is not None else None
+        return value if isinstance(value, torch.Tensor) else _named_tensor(self.model, name)
 
     def layer_names(self) -> list[str]:
         return list(self.uses)
