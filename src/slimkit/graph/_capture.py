@@ -272,7 +272,7 @@ class _Recorder(TorchFunctionMode):
         if self.suppress:
             return func(*args, **kwargs)
         scope = self.stack[-1] if self.stack else ""
-        self.deadline.check(f"{op_name(func)} in '{scope}'")
+        self.deadline.check(lambda: f"{op_name(func)} in '{scope}'")
         try:
             out = func(*args, **kwargs)
         except Exception:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from slimkit._errors import TraceError
@@ -43,15 +44,21 @@ class Deadline:
         self._fired = False
         self._thread_id = 0
         self._timer: threading.Timer | None = None
-        self.where = ""
+        self._where: str | Callable[[], str] = ""
+
+    @property
+    def where(self) -> str:
+        """The op or stage last checked."""
+        return self._where() if callable(self._where) else self._where
 
     def remaining(self) -> float | None:
         return None if self.end is None else self.end - time.monotonic()
 
-    def check(self, where: str = "") -> None:
-        """Raise :class:`TimeBoundExceeded` if the bound has passed (``where`` names the op or stage)."""
+    def check(self, where: str | Callable[[], str] = "") -> None:
+        """Raise :class:`TimeBoundExceeded` if the bound has passed (``where`` names the op or stage, or is a
+        function that does: the recorder checks before every op and only an error message needs the name)."""
         if where:
-            self.where = where
+            self._where = where
         if self.end is not None and time.monotonic() > self.end:
             raise TimeBoundExceeded(self._message())
 

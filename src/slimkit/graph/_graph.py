@@ -162,7 +162,7 @@ def propagate(capture_: Capture, model: nn.Module, *, gqa: str = "groups",
     deadline = deadline or Deadline(None)
     ctx = TraceContext(capture_, model, gqa=gqa)
     for call in capture_.calls:
-        deadline.check(call.where())
+        deadline.check(call.where)
         ctx.call = call
         _store(ctx, call, call.out, _run(ctx, call))
     ctx.call = None
