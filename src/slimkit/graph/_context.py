@@ -174,10 +174,9 @@ class TraceContext:
         """``union(param_ids(ref, dim, role), ids)``: the parameter's ``dim`` carries the units ``ids`` (1-D, one per
         index). A parameter seen here first takes ``ids`` for that dim instead of fresh ids merged into them (the
         same roots, without the allocation and the union: most of a BatchNorm's or a conv's rule)."""
-        name = self.info(ref).name if isinstance(ref, Ref) and self.is_param(ref) else ref if isinstance(ref, str) \
-            else None
+        name = ref if isinstance(ref, str) else self.info(ref).name if self.is_param(ref) else None
         if name is not None and name not in self.params and ids.dim() == 1:
-            shape = self.info(ref).shape if isinstance(ref, Ref) else tuple(self.tensor(name).shape)
+            shape = tuple(self.tensor(name).shape) if isinstance(ref, str) else self.info(ref).shape
             d = dim % len(shape) if shape else 0
             if shape and ids.numel() == shape[d]:
                 self.params[name] = ParamDims(name, tuple(shape), [ids.clone() if i == d else self.uf.fresh(s)
