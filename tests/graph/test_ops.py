@@ -27,3 +27,25 @@ def test_union_find_merges_and_blocks_whole_groups():
     uf.block(torch.tensor([int(a[1])]))
     assert np.array_equal(uf.find(a), uf.find(b))
     assert uf.is_blocked(b).tolist() == [False, True, False, False]
+
+
+def test_union_find_after_flatten_answers_in_one_lookup_and_still_merges():
+    rng = np.random.default_rng(0)
+    uf = UnionFind()
+    ids = uf.fresh(200)
+    for _ in range(60):  # chains of unions leave ids several hops from their roots
+        i, j = rng.integers(0, 200, size=(2, 5))
+        uf.union(ids[i], ids[j])
+    before = uf.find(ids).copy()
+    uf.flatten()
+    assert np.array_equal(uf.parent[:200], before)  # every id points straight at its root
+    assert np.array_equal(uf.find(ids), before)
+    late = uf.fresh(3)
+    uf.union(late[:1], ids[:1])  # a union after flattening is still followed
+    assert uf.find(late[:1]).tolist() == uf.find(ids[:1]).tolist() == [min(before[0], int(late[0]))]
+    assert uf.find(late[1:]).tolist() == late[1:].tolist()
+    roots = np.unique(before)
+    a, b = roots[0], roots[-1]  # two groups merged after flattening: every member of both finds one root
+    uf.union(torch.tensor([a]), torch.tensor([b]))
+    members = np.flatnonzero((before == a) | (before == b))
+    assert set(uf.find(ids[members]).tolist()) == {min(a, b)}
