@@ -67,7 +67,9 @@ def test_onnx_runtime_computes_the_fake_quant_model_with_reduced_range_weights(t
         expected = q(x).numpy()
     error = np.abs(run_onnx(path, x) - expected).max() / np.abs(expected).max()
     if reduce_range or not cpu_info().int8_sums_saturate:
-        assert error < 1e-4, error  # the same integer arithmetic
+        # the same integer arithmetic, up to float rounding in requantisation (1.9e-4 on an AVX512-VNNI EPYC);
+        # saturation, below, is over 0.05
+        assert error < 1e-3, error
     else:
         # the defect reduce_range fixes, shown on this CPU (an ONNX Runtime whose kernels stop saturating fails
         # here: then the default's rule in slimkit._cpu is out of date, which is what this line is for)
