@@ -24,6 +24,7 @@ from torch import nn
 
 from slimkit._errors import TraceError
 from slimkit.graph._capture import Ref
+from slimkit.graph._context import module_map
 from slimkit.graph._deadline import Deadline
 from slimkit.graph._graph import DependencyGraph, shared_copy, unshare_
 from slimkit.graph._rules import ResizeInfo, module_rule
@@ -189,7 +190,7 @@ def _resize_modules(model: nn.Module, removal: Removal, changed: set[str],
     uses_by_module: dict[str, Any] = {}
     for use in removal.graph.uses.values():
         uses_by_module.setdefault(use.name, use)
-    modules = dict(model.named_modules(remove_duplicate=False))
+    modules = module_map(model)
     owners = _owners(modules, changed)
     ancestors = {name.rsplit(".", k)[0] for name in owners for k in range(1, name.count(".") + 1)}
     for name in uses_by_module:  # a leaf module (one recorded op) owns its children's channels too

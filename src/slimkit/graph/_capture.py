@@ -332,23 +332,19 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     usual case) is walked once: ``train()`` sets an attribute on every module, twice per capture. A module class
     with its own ``train`` gets the ``train()`` calls."""
     modules = list(model.modules())
+    training = [m.training for m in modules]
     if any(type(m).train is not nn.Module.train for m in modules):
-        training = [m.training for m in modules]
         model.eval()
-        try:
-            yield
-        finally:
-            for m, mode in zip(modules, training, strict=True):
-                m.training = mode
-        return
-    training = [m for m in modules if m.training]
-    for m in training:
-        m.training = False
+    else:
+        for m in modules:
+            if m.training:
+                m.training = False
     try:
         yield
     finally:
-        for m in training:
-            m.training = True
+        for m, mode in zip(modules, training, strict=True):
+            if m.training != mode:
+                m.training = mode
 
 
 def _has_tensor(obj: Any) -> bool:

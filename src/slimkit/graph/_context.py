@@ -99,7 +99,7 @@ class TraceContext:
         self.call: Call | None = None
         self.reshapes: list[tuple[Ref, Ref]] = []
         self._ids: dict[int, torch.Tensor] = {}
-        self._modules: dict[str, nn.Module] = {}
+        self._modules: dict[str, nn.Module] | None = None
 
     # --- values ---------------------------------------------------------------------------------------------
     def info(self, ref: Ref) -> ValueInfo:
@@ -187,18 +187,13 @@ class TraceContext:
 
     def tensor(self, name: str) -> torch.Tensor:
         """The model's parameter or buffer called ``name``."""
-        owner, _, attr = name.rpartition(".")
-        value = getattr(self.module(owner), attr)
-        if not isinstance(value, torch.Tensor):
-            raise KeyError(f"'{name}' is not a parameter or buffer")
-        return value
+        return _named_tensor(self.model, name, self.modules())
 
-    def module(self, name: str) -> nn.Module:
-        """The model's submodule called ``name`` (``""``: the model), looked up once."""
-        found = self._modules.get(name)
-        if found is None:
-            found = self._modules[name] = self.model.get_submodule(name) if name else self.model
-        return found
+    def modules(self) -> dict[str, nn.Module]:
+        """The model's submodules by qualified name (``""``: the model), from one walk."""
+        if self._modules is None:
+            self._modules = module_map(self.model)
+        return self._modules
 
     def _element_view(self, ref: Ref) -> torch.Tensor:
         """A parameter used in plain arithmetic: its ids vary along its last dim of size > 1 (a class token's or
@@ -358,7 +353,7 @@ class TraceContext:
                 if a is not None and b is not None:
                     self.uf.union(a, b)
             return prev
-        module = self.module(name)
+        module = self.modules().get(name) or self.model.get_submodule(name)
         self.uses[key] = ModuleUse(name, module, in_map, out_map, kind, dict(extra))
         return self.uses[key]
 
@@ -398,9 +393,17 @@ class TraceContext:
             raise CannotFollow(f"cannot replay on channel ids: {type(error).__name__}: {error}") from None
 
 
-def _named_tensor(model: nn.Module, name: str) -> torch.Tensor:
+def module_map(model: nn.Module) -> dict[str, nn.Module]:
+    """Every submodule of ``model`` by each of its qualified names (``""``: the model itself)."""
+    return dict(model.named_modules(remove_duplicate=False))
+
+
+def _named_tensor(model: nn.Module, name: str, modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
+    """Parameter or buffer ``name`` of ``model``; ``modules`` (:func:`module_map`) saves walking the path."""
     owner, _, attr = name.rpartition(".")
-    module = model.get_submodule(owner) if owner else model
+    module = modules.get(owner) if modules is not None else None
+    if module is None:
+        module = model.get_submodule(owner) if owner else model
     value = getattr(module, attr)
     if not isinstance(value, torch.Tensor):
         raise KeyError(f"'{name}' is not a parameter or buffer")

@@ -26,7 +26,7 @@ from torch import nn
 from slimkit._errors import TraceError
 from slimkit.graph import _attention, _layers, _modules, _movement, _ops  # noqa: F401  (registers the rules)
 from slimkit.graph._capture import Call, Capture, Ref, capture, eval_mode, run_model
-from slimkit.graph._context import CannotFollow, ModuleUse, ParamDims, TraceContext
+from slimkit.graph._context import CannotFollow, ModuleUse, ParamDims, TraceContext, _named_tensor, module_map
 from slimkit.graph._deadline import Deadline
 from slimkit.graph._rules import module_rule, op_rule
 from slimkit.graph._unionfind import UnionFind
@@ -398,16 +398,11 @@ class DependencyGraph:
 
     def tensor(self, name: str, model: nn.Module | None = None) -> torch.Tensor:
         """The current value of parameter/buffer ``name`` in the graph's model (or ``model``)."""
-        from slimkit.graph._context import _named_tensor
-
         if model is not None and model is not self.model:
             return _named_tensor(model, name)
         if self._modules is None or self._modules[0] is not self.model:  # scoring asks for every weight
-            self._modules = (self.model, dict(self.model.named_modules(remove_duplicate=False)))
-        owner, _, attr = name.rpartition(".")
-        module = self._modules[1].get(owner)
-        value = getattr(module, attr, None) if module is not None else None
-        return value if isinstance(value, torch.Tensor) else _named_tensor(self.model, name)
+            self._modules = (self.model, module_map(self.model))
+        return _named_tensor(self.model, name, self._modules[1])
 
     def layer_names(self) -> list[str]:
         return list(self.uses)
