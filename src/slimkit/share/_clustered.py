@@ -5,8 +5,11 @@ Each chosen layer's non-zero weights are clustered into ``k = 2**bits`` groups; 
 weight, and materialises ``weight = codebook[indices]`` on every forward. Pruned (zero) weights are not clustered:
 their index is the extra symbol ``k`` that always maps to 0, so they stay exactly zero through fine-tuning.
 
-Because the weight is a gather from the codebook, autograd gives each centroid the sum of the gradients of the
+Because the weight is a gather from the codebook, each centroid's gradient is the sum of the gradients of the
 weights that share it (Han et al. 2016, Eq. 3), and the weights stay tied by construction after any optimizer step.
+That sum is taken in a fixed order (:class:`_CodebookGather`): PyTorch's own backward of a gather accumulates with
+several threads in whatever order they meet, so two fine-tunes of the same clustered model drifted apart and a
+recipe did not reproduce its own accuracy.
 :func:`finalize_clusters` turns the layers back into ordinary ``nn.Linear``/``nn.Conv2d`` for ONNX export.
 """
 
@@ -37,6 +40,23 @@ def index_width(symbols: int) -> int:
     return max(1, math.ceil(math.log2(max(symbols, 2))))
 
 
+class _CodebookGather(torch.autograd.Function):
+    """``[*codebook, 0][indices]``, whose backward sums each centroid's gradients serially, in index order
+    (``index_add_`` on a 1-D CPU tensor), so fine-tuning gives the same weights bit for bit at any thread count."""
+
+    @staticmethod
+    def forward(ctx: Any, codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(indices)
+        ctx.clusters = codebook.numel()
+        return torch.cat([codebook, codebook.new_zeros(1)])[indices]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        indices, = ctx.saved_tensors
+        sums = grad.new_zeros(ctx.clusters + 1).index_add_(0, indices.reshape(-1), grad.reshape(-1))
+        return sums[:ctx.clusters], None
+
+
 class ClusteredLayer(nn.Module):
     """A Linear or Conv2d whose weight is ``codebook[indices]`` (index ``len(codebook)`` means a pruned zero).
 
@@ -64,6 +84,8 @@ class ClusteredLayer(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.codebook.requires_grad:
+            return _CodebookGather.apply(self.codebook, self.indices)
         table = torch.cat([self.codebook, self.codebook.new_zeros(1)])
         return table[self.indices]
 
