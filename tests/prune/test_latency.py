@@ -80,6 +80,22 @@ def test_search_spends_the_budget_where_importance_is_cheapest(table):
     assert kept == list(range(16))  # the live filters
 
 
+def test_latency_group_weight_cuts_every_group_alike_where_units_cut_one_to_its_floor(table):
+    """Random filters (flat scores): the stem's 64-wide residual stream costs the most time per channel, so with
+    "units" the search takes it to its floor (16 of 64) first; with "latency" a group costs what its share of
+    the time is worth and each removal weighs more the thinner it leaves the group, so the cuts spread."""
+    def kept_fractions(group_weight):
+        torch.manual_seed(0)
+        target = LatencyTarget(0.5, batch=8, measure=False, group_weight=group_weight)
+        widths = _widths(prune_to_latency(Net().eval(), X, PruneConfig(target_latency=target), table=table))
+        assert table.predict_ratio(widths) <= 0.5
+        return [widths["stem.0"][1] / 64, widths["a1.0"][1] / 64, widths["down.0"][1] / 96, widths["b1.0"][1] / 96]
+
+    units, latency = kept_fractions("units"), kept_fractions("latency")
+    assert min(units) == 0.25 and max(units) == 1.0
+    assert min(latency) >= 0.5 and max(latency) - min(latency) < max(units) - min(units)
+
+
 def test_a_measured_miss_corrects_the_target_and_searches_again(table, monkeypatch):
     import slimkit.analysis
 
@@ -121,6 +137,8 @@ def test_conflicting_or_malformed_targets_are_rejected():
         LatencyTarget(0.5, batch=0)
     with pytest.raises(ConfigError, match="tolerance"):
         LatencyTarget(0.5, tolerance=0.9)
+    with pytest.raises(ConfigError, match="group_weight='flat': use one of 'units', 'latency'"):
+        LatencyTarget(0.5, group_weight="flat")
 
 
 def test_an_unreachable_target_names_the_reachable_one(table):

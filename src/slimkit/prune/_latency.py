@@ -41,6 +41,9 @@ from slimkit._errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: how groups' importance is weighed against each other (``LatencyTarget.group_weight``)
+GROUP_WEIGHTS = ("units", "latency")
+
 
 @dataclass(frozen=True)
 class LatencyTarget:
@@ -62,6 +65,14 @@ class LatencyTarget:
         Off by default: below one block MLAS pads the outputs and converts layouts, so these widths save time
         but several times less than their MACs; on, a narrow model (ResNet-20's 16-channel stage) reaches lower
         targets.
+    group_weight: how much a whole group's importance weighs against another's. "units": each unit's score is
+        divided by its group's mean (Molchanov et al. 2017), so a group weighs its unit count and a channel of a
+        16-wide group weighs as much as one of a 64-wide group; as a channel of a narrow early layer costs more
+        time, the search cuts the narrow groups first. "latency": a group weighs its share of the predicted
+        run time, its units split that by their scores, and a unit weighs more the fewer its group keeps
+        (1 / kept fraction: a log barrier); with equal scores the best cut under the budget is then the same
+        fraction of every group, so uniform pruning is the neutral answer, and scores and the kernels' time
+        steps move the cuts from there.
     """
 
     ratio: float
@@ -73,6 +84,7 @@ class LatencyTarget:
     max_points: int = 6
     min_keep: float = 0.25
     sub_block: bool = False
+    group_weight: str = "units"
 
     def __post_init__(self) -> None:
         r = self.ratio
@@ -89,6 +101,9 @@ class LatencyTarget:
             raise ConfigError(f"target_latency.min_keep={self.min_keep!r}: use a fraction in (0, 1], e.g. 0.25")
         if not isinstance(self.sub_block, bool) or not isinstance(self.measure, bool):
             raise ConfigError("target_latency.sub_block and .measure are true or false")
+        if self.group_weight not in GROUP_WEIGHTS:
+            raise ConfigError(f"target_latency.group_weight={self.group_weight!r}: use one of "
+                              f"{', '.join(repr(w) for w in GROUP_WEIGHTS)}")
         if not 0 < self.tolerance < 0.5:
             raise ConfigError(f"target_latency.tolerance={self.tolerance!r}: use a fraction in (0, 0.5), e.g. 0.05")
 
@@ -155,13 +170,11 @@ class LatencyPlan:
 
 
 def _groups(graph: Any, ctx: Any, criterion: Any, table: Any, min_keep: float = 0.0,
-            sub_block: bool = False, normalise: bool = True) -> list[_Group]:
+            sub_block: bool = False, group_weight: str = "units") -> list[_Group]:
     groups = []
     for gi, group in enumerate(graph.groups):
         n = len(group.units)
-        scores = np.abs(np.asarray(criterion.scores(ctx, group), dtype=np.float64))
-        scores = np.sort(scores / (scores.mean() + 1e-12) if normalise else scores)
-        lost = np.concatenate([[0.0], np.cumsum(scores)])
+        scores = np.sort(np.abs(np.asarray(criterion.scores(ctx, group), dtype=np.float64)))
         sides: list[tuple[str, str, float]] = []
         unit_step = 1
         for name, side in dict.fromkeys(group.members):
@@ -181,8 +194,37 @@ def _groups(graph: Any, ctx: Any, criterion: Any, table: Any, min_keep: float = 
             if float(per_unit).is_integer():
                 need = step // math.gcd(step, int(per_unit))
                 unit_step = unit_step * need // math.gcd(unit_step, need)
+        lost = np.concatenate([[0.0], np.cumsum(scores / (scores.mean() + 1e-12))])
         groups.append(_Group(gi, group.name, n, lost, sides, unit_step, min_keep, sub_block))
+    if group_weight == "latency":
+        _weigh_by_latency(table, groups)
     return groups
+
+
+def _weigh_by_latency(table: Any, groups: list[_Group]) -> None:
+    """Rescale each group's importance to its share of the predicted run time (a layer's time counted once per
+    side, input and output, and split among the groups on that side by the channels each holds), and weigh each
+    removal by how thin it leaves its group. Before that barrier the groups' totals add up to their units, as
+    with "units", so the search's thresholds keep their scale."""
+    shares = []
+    for g in groups:
+        share = 0.0
+        for name, side, per_unit in g.sides:
+            layer = table.layers[name]
+            channels = layer.in_channels if side == "in" else layer.out_channels
+            share += layer.cost(layer.in_channels, layer.out_channels) * min(1.0, g.units * per_unit / channels)
+        shares.append(share)
+    weighed = [(g, s) for g, s in zip(groups, shares) if s > 0]
+    if not weighed:
+        return
+    total_share = sum(s for _, s in weighed)
+    total_units = sum(g.units for g, _ in weighed)
+    for g, share in weighed:
+        # the r-th unit removed weighs 1 / (1 - r/n) more: the fewer units a group keeps, the more each carries,
+        # and summed over a group of equal scores this is -log(kept fraction), whose optimum under a time budget
+        # with costs proportional to each group's share is the same fraction in every group: uniform pruning
+        steps = np.diff(g.lost) / (1.0 - np.arange(g.units) / g.units)
+        g.lost = np.concatenate([[0.0], np.cumsum(steps)]) / g.units * (share / total_share * total_units)
 
 
 def _widths(table: Any, groups: list[_Group], keeps: Mapping[int, int]) -> dict[str, tuple[int, int]]:
@@ -353,7 +395,7 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
     if criterion.needs_data:
         ctx.calibration_batches(config.criterion)
     criterion.prepare(ctx)
-    groups = _groups(graph, ctx, criterion, table, target.min_keep, target.sub_block)
+    groups = _groups(graph, ctx, criterion, table, target.min_keep, target.sub_block, target.group_weight)
     floor = min_ratio(table, groups)
     rounds: list[dict[str, Any]] = []
     tried: list[tuple[nn.Module, LatencyPlan, dict[str, Any] | None]] = []
