@@ -353,7 +353,9 @@ class TraceContext:
                 if a is not None and b is not None:
                     self.uf.union(a, b)
             return prev
-        module = self.modules().get(name) or self.model.get_submodule(name)
+        module = self.modules().get(name)
+        if module is None:  # not an nn.Module truth test: an empty Sequential is falsy
+            module = self.model.get_submodule(name)
         self.uses[key] = ModuleUse(name, module, in_map, out_map, kind, dict(extra))
         return self.uses[key]
 

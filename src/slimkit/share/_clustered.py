@@ -40,6 +40,11 @@ def index_width(symbols: int) -> int:
     return max(1, math.ceil(math.log2(max(symbols, 2))))
 
 
+def _decoded(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """``[*codebook, 0][indices]``: the weight a codebook and its indices stand for."""
+    return torch.cat([codebook, codebook.new_zeros(1)])[indices]
+
+
 class _CodebookGather(torch.autograd.Function):
     """``[*codebook, 0][indices]``, whose backward sums each centroid's gradients serially, in index order
     (``index_add_`` on a 1-D CPU tensor), so fine-tuning gives the same weights bit for bit at any thread count."""
@@ -48,7 +53,7 @@ class _CodebookGather(torch.autograd.Function):
     def forward(ctx: Any, codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(indices)
         ctx.clusters = codebook.numel()
-        return torch.cat([codebook, codebook.new_zeros(1)])[indices]
+        return _decoded(codebook, indices)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -86,8 +91,7 @@ class ClusteredLayer(nn.Module):
     def weight(self) -> torch.Tensor:
         if torch.is_grad_enabled() and self.codebook.requires_grad:
             return _CodebookGather.apply(self.codebook, self.indices)
-        table = torch.cat([self.codebook, self.codebook.new_zeros(1)])
-        return table[self.indices]
+        return _decoded(self.codebook, self.indices)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "linear":
