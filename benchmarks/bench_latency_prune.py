@@ -162,35 +162,40 @@ def _torch_pruning_at(base: nn.Module, x: torch.Tensor, macs: int, last: str) ->
     return (best, "ok") if best is not None else (None, "MAC target not reached")
 
 
-def _uniform_at_latency(base: nn.Module, x: torch.Tensor, table, predicted: float) -> nn.Module:
-    """slimkit uniform L1 (same ratio per group) at the least pruning whose table-predicted latency is not above
-    ``predicted`` (the latency-aware model's): equal latency by the same latency model. Ratios 0.01 ... 0.95 are
-    tried in ascending order and the first hit is taken: below one kernel block the prediction is not monotone in
-    the ratio, and a bisection jumped past the point (to 6 % of the MACs at 0.5×)."""
+def _first_uniform(base: nn.Module, x: torch.Tensor, ratios: list[float], fits) -> nn.Module | None:
+    """slimkit uniform L1 (same ratio per group) at the first of ``ratios`` (ascending) whose model ``fits``: the
+    least pruning that does. Time and its prediction are not monotone in the ratio below one kernel block, so a
+    bisection jumps past the point (it had landed at 6 % of the MACs at 0.5×)."""
     from slimkit.prune import PruneConfig, prune_channels
 
-    for step in range(1, 96):
-        model = prune_channels(base, x, PruneConfig(ratio=step / 100))
-        if table.predict_ratio(_layer_widths(model, x, table.batch)) <= predicted:
+    for ratio in ratios:
+        model = prune_channels(base, x, PruneConfig(ratio=ratio))
+        if fits(model):
             return model
-    return prune_channels(base, x, PruneConfig(ratio=0.95))
+    return None
+
+
+def _uniform_at_latency(base: nn.Module, x: torch.Tensor, table, predicted: float) -> nn.Module:
+    """Uniform L1 at the least pruning (ratios 0.01 ... 0.95) whose table-predicted latency is not above
+    ``predicted`` (the latency-aware model's): equal latency by the same latency model."""
+    from slimkit.prune import PruneConfig, prune_channels
+
+    found = _first_uniform(base, x, [step / 100 for step in range(1, 96)],
+                           lambda model: table.predict_ratio(_layer_widths(model, x, table.batch)) <= predicted)
+    return found if found is not None else prune_channels(base, x, PruneConfig(ratio=0.95))
 
 
 def _uniform_at_measured(base: nn.Module, x: torch.Tensor, shape: tuple[int, ...], batch: int, measured: float,
                          repeats: int) -> nn.Module | None:
-    """slimkit uniform L1 at the least pruning whose latency, timed against the original as every cell here, is
-    not above ``measured`` (the latency-aware model's): equal latency as the runtime sees it, where the table can
-    mispredict the two models differently. Ratios 0.05, 0.10, ... 0.90 are timed in ascending order and the first
-    that is as fast is taken: measured time is not monotone in the ratio (kernel blocks, noise), so a bisection can
-    jump past the equal-latency point, and the first hit is the one most favourable to uniform pruning."""
-    from slimkit.prune import PruneConfig, prune_channels
-
-    for step in range(1, 19):
-        model = prune_channels(base, x, PruneConfig(ratio=step / 20))
+    """Uniform L1 at the least pruning (ratios 0.05 ... 0.90) whose latency, timed against the original as every
+    cell here, is not above ``measured`` (the latency-aware model's): equal latency as the runtime sees it, where
+    the table can mispredict the two models differently. The first hit is the one most favourable to uniform
+    pruning."""
+    def fits(model: nn.Module) -> bool:
         ratio = _compare(base, model, shape, batch, repeats)["ratio"]
-        if ratio is not None and ratio <= measured:
-            return model
-    return None
+        return ratio is not None and ratio <= measured
+
+    return _first_uniform(base, x, [step / 20 for step in range(1, 19)], fits)
 
 
 def _layer_widths(model: nn.Module, x: torch.Tensor, batch: int) -> dict[str, tuple[int, int]]:
