@@ -100,11 +100,11 @@ def _repeated(python: Path, arch: str, repeats: int) -> dict[str, dict[str, Any]
             result = measure(python, tool, arch)
             if tool not in results:
                 results[tool] = {**result, "times": []}
-            if result.get("ok"):
-                results[tool]["times"].append(result["seconds"])
+            # one entry per repeat (None where a later process failed), so the two tools' lists pair up
+            results[tool]["times"].append(result["seconds"] if result.get("ok") else None)
     for result in results.values():
         if result.get("ok"):
-            result["seconds"] = statistics.median(result["times"])
+            result["seconds"] = statistics.median(t for t in result["times"] if t is not None)
     return {tool: results[tool] for tool in TOOLS}
 
 
@@ -117,7 +117,8 @@ def run(quick: bool) -> Section:
     repeats = 2 if quick else REPEATS
     for arch in QUICK_ARCHS if quick else ARCHS:
         rows[arch] = _repeated(python, arch, repeats)
-        log.info("%s: %s", arch, "; ".join(f"{tool} {r['seconds']:.2f} s (median of {len(r['times'])})"
+        log.info("%s: %s", arch, "; ".join(f"{tool} {r['seconds']:.2f} s (median of "
+                                           f"{sum(t is not None for t in r['times'])})"
                                            if r.get("ok") else f"{tool} {r.get('error', 'failed')}"
                                            for tool, r in rows[arch].items()))
     data = {"ratio": RATIO, "venv_versions": dict(zip(("torch", "torchvision", "torch_pruning"), versions)),
@@ -140,7 +141,7 @@ def _pair_ratios(row: dict[str, Any]) -> list[float]:
     """slimkit's time ÷ Torch-Pruning's in each repeat (one A B pair), or the one ratio of a single run."""
     pairs = list(zip(row["slimkit"].get("times", [row["slimkit"]["seconds"]]),
                      row["torch_pruning"].get("times", [row["torch_pruning"]["seconds"]])))
-    return [a / b for a, b in pairs]
+    return [a / b for a, b in pairs if a is not None and b is not None]
 
 
 def _summary(rows: dict[str, dict[str, Any]]) -> list[str]:
