@@ -1,5 +1,7 @@
 """export_onnx's cache: an export of the same model is reused, never one of another model."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -124,3 +126,45 @@ def test_a_model_with_a_quantized_buffer_is_exported_uncached(exports, tmp_path)
     model.register_buffer("codes", torch.quantize_per_tensor(torch.ones(3), 0.1, 0, torch.qint8))
     export_onnx(model, torch.randn(2, 8), tmp_path / "a.onnx")
     assert (tmp_path / "a.onnx").is_file() and not (tmp_path / "cache" / "onnx").exists()
+
+
+#: what the exported graph adds that PyTorch does not, as int8 kernels round where fake quantization does not
+EXPORT_OFFSET = 0.01
+#: read by forward from the module's globals: no digest sees it
+GAIN = 1.0
+
+
+class Rounded(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x) * GAIN
+        return y + EXPORT_OFFSET if torch.onnx.is_in_onnx_export() else y
+
+
+def test_an_export_that_never_matches_to_1e_4_is_reused_once_its_own_deviation_is_known(exports, tmp_path):
+    torch.manual_seed(0)
+    model, x = Rounded().eval(), torch.randn(2, 8)
+    for name in "abc":
+        export_onnx(model, x, tmp_path / f"{name}.onnx")
+    # the second check finds 0.01, above 1e-4: exported again, and the fresh file's own deviation kept beside it
+    assert len(exports) == 2
+    (sidecar,) = (tmp_path / "cache" / "onnx").glob("*.json")
+    assert json.loads(sidecar.read_text())["deviations"] == pytest.approx([EXPORT_OFFSET] * 2, rel=1e-3)
+    assert (tmp_path / "c.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+    globals()["GAIN"] = 1.5  # the model now computes something else, in a way its digest cannot see
+    try:
+        export_onnx(model, x, tmp_path / "d.onnx")
+        assert len(exports) == 3
+        assert torch.allclose(torch.from_numpy(run_onnx(tmp_path / "d.onnx", x)), model(x) + EXPORT_OFFSET,
+                              atol=1e-5)
+    finally:
+        globals()["GAIN"] = 1.0
+    export_onnx(model, x, tmp_path / "e.onnx")  # the gain back: the 1.5 file is refused
+    assert len(exports) == 4
+    sidecar.write_text('{"deviations": "anything"}')  # unreadable: no deviation is allowed, never an error
+    export_onnx(model, x, tmp_path / "f.onnx")
+    assert len(exports) == 5
