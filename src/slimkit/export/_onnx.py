@@ -260,21 +260,18 @@ def _cache_checks(key: str, model: nn.Module, inputs: tuple) -> list[tuple[tuple
     return checks
 
 
-def _deviations(path: Path, checks: list[tuple[tuple, np.ndarray]]) -> list[float] | None:
-    """The largest absolute difference between ``path`` in ONNX Runtime and each check's expected output; None when
-    an output's shape or dtype differs."""
+def _deviations(path: Path, checks: list[tuple[tuple, np.ndarray]]) -> list[tuple[float, bool]] | None:
+    """Per check: the largest absolute difference between ``path`` in ONNX Runtime and the expected output, and
+    whether every element is within 1e-4 (rtol, and atol 1e-4 · (1 + the largest output)); None when an output's
+    shape or dtype differs."""
     found = []
     for check, expected in checks:
         got = run_onnx(path, check)
         if got.shape != expected.shape or got.dtype != expected.dtype:
             return None
-        found.append(float(np.max(np.abs(got - expected), initial=0.0)))
+        close = np.allclose(got, expected, rtol=1e-4, atol=1e-4 * (1 + np.abs(expected).max(initial=0.0)))
+        found.append((float(np.max(np.abs(got - expected), initial=0.0)), bool(close)))
     return found
-
-
-def _within_tolerance(deviation: float, expected: np.ndarray) -> bool:
-    """An atol of 1e-4 · (1 + the largest output) plus an rtol of 1e-4 of the largest output."""
-    return deviation <= 1e-4 * (1 + 2 * np.abs(expected).max(initial=0.0))
 
 
 def _from_cache(key: str, checks: list[tuple[tuple, np.ndarray]], target: Path) -> bool:
@@ -284,9 +281,8 @@ def _from_cache(key: str, checks: list[tuple[tuple, np.ndarray]], target: Path) 
     try:
         deviations = _deviations(cached, checks)
         recorded = _recorded_deviations(key, len(checks))
-        if deviations is None or not all(
-                _within_tolerance(found, expected) or found <= DEVIATION_SLACK * allowed
-                for found, allowed, (_, expected) in zip(deviations, recorded, checks, strict=True)):
+        if deviations is None or not all(close or found <= DEVIATION_SLACK * allowed
+                                         for (found, close), allowed in zip(deviations, recorded, strict=True)):
             log.info("the cached export %s does not compute what the model does: exporting again", cached.name)
             return False
         _copy_atomically(cached, target)
@@ -309,7 +305,7 @@ def _recorded_deviations(key: str, count: int) -> list[float]:
     return [0.0] * count
 
 
-def _fresh_deviations(exported: Path, checks: list[tuple[tuple, np.ndarray]]) -> list[float] | None:
+def _fresh_deviations(exported: Path, checks: list[tuple[tuple, np.ndarray]]) -> list[tuple[float, bool]] | None:
     try:
         return _deviations(exported, checks)
     except Exception as error:  # the file was exported and is returned; only the cache's check goes without
@@ -344,10 +340,9 @@ def _to_cache(key: str, exported: Path, checks: list[tuple[tuple, np.ndarray]] |
         sidecar.unlink(missing_ok=True)  # the deviations of the file replaced
         _copy_atomically(exported, folder / f"{key}.onnx")
         deviations = _fresh_deviations(exported, checks) if checks else None
-        if deviations is not None and not all(
-                _within_tolerance(found, expected) for found, (_, expected) in zip(deviations, checks, strict=True)):
+        if deviations is not None and not all(close for _, close in deviations):
             with atomic_write(sidecar, "w") as handle:
-                json.dump({"deviations": deviations}, handle)
+                json.dump({"deviations": [found for found, _ in deviations]}, handle)
         kept = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in kept[EXPORT_CACHE_FILES:]:
             old.unlink(missing_ok=True)
