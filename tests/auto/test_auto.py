@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from slimkit.analysis import profile
 from slimkit.auto import AutoConfig, auto_compress, auto_report
@@ -43,8 +44,16 @@ def test_a_latency_budget_is_met_as_measured_and_the_recipe_reproduces_it(traine
     out = tmp_path / "auto"
     for name in ("recipe.yaml", "model.pt", "model.onnx", "report.md", "report.html", "candidates.json"):
         assert (out / name).is_file(), name
-    # the recipe is an ordinary one: slimkit compress reproduces the same weights and the same metrics
-    assert main(["compress", str(out / "recipe.yaml"), "--out", str(tmp_path / "again")]) == 0
+    # the recipe is an ordinary one: slimkit compress reproduces the same weights and the same metrics, at the
+    # thread count auto trained at (pinned in the recipe) whatever the caller's
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["torch_threads"] == torch.get_num_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1 if previous > 1 else 2)
+    try:
+        assert main(["compress", str(out / "recipe.yaml"), "--out", str(tmp_path / "again")]) == 0
+    finally:
+        torch.set_num_threads(previous)
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())["final"]
     assert again["accuracy"] == result.chosen["accuracy"] and again["macs"] == result.chosen["macs"]
     assert again["onnx_bytes"] == result.chosen["bytes"]

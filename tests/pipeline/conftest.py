@@ -20,8 +20,7 @@ def tiny_recipe(stages: str, *, latency: bool = False, extra: str = "") -> str:
           spec: tiny.py:tiny
         data: {{name: digits, batch_size: 64}}
         evaluation: {{latency: {str(latency).lower()}, repeats: 3, warmup: 1, threads: 1}}
-        {extra}stages:
-        """) + textwrap.indent(textwrap.dedent(stages), "  ")
+        """) + extra + "stages:\n" + textwrap.indent(textwrap.dedent(stages), "  ")
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ def test_a_valid_recipe_resolves_defaults_and_lines():
         ("lr: 0.01", "lr: 0.01\n      momentum: 1.5", 10, "momentum: Input should be less than 1 (got 1.5)"),
         ("lr: 0.01", "lr: -1", 9, "lr: Input should be greater than 0 (got -1)"),
         ("epochs: 1}", "epochs: one}", 6, "epochs: Input should be a valid integer"),
+        ("data:", "torch_threads: 0\ndata:", 4, "torch_threads: Input should be greater than or equal to 1"),
         ("epochs: 1}", "epochs: 1, lrr: 2}", 6, "lrr: Extra inputs are not permitted"),
         ("  - train:", "  - trian:", 6, "unknown stage 'trian': choose one of"),
         ("  - train: {epochs: 1}\n", "  - [train]\n", 6, "each stage is one 'name: {params}' entry"),

@@ -195,3 +195,25 @@ def test_a_run_reloaded_on_another_cpu_keeps_the_int8_weight_grid_it_was_made_wi
     assert {w.weight_quant.spec.bits for w in wrappers(model).values()} == {8}
     x = data.test.inputs[:64]
     assert torch.equal(model(x), result.model.eval()(x))
+
+
+def test_a_recipes_torch_threads_is_pytorchs_thread_count_in_every_stage_and_restored_after(tiny_dir):
+    # CPU kernels split their sums by thread count (1 and 2 threads train LeNet-5 to different weights), so a
+    # recipe that pins it reproduces its weights on a machine with another core count
+    seen = []
+
+    def reporter(event, info):
+        if event in ("stage_start", "stage_end"):
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    pinned = 3 if before != 3 else 2
+    recipe = _recipe(tiny_dir, "- train: {epochs: 1}\n- finetune: {epochs: 1}\n", extra=f"torch_threads: {pinned}\n")
+    assert recipe.to_dict()["torch_threads"] == pinned
+    run_recipe(recipe, tiny_dir / "out", progress=False, reporter=reporter)
+    assert seen == [pinned] * 4 and torch.get_num_threads() == before
+    # unset, the thread count is left alone and the resolved recipe (its fingerprint) does not mention it
+    unpinned = _recipe(tiny_dir, "- train: {epochs: 1}\n")
+    assert "torch_threads" not in unpinned.to_dict()
+    assert unpinned.fingerprint() != _recipe(tiny_dir, "- train: {epochs: 1}\n",
+                                             extra="torch_threads: 1\n").fingerprint()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from slimkit._errors import ConfigError, DataError, SlimkitError
@@ -69,7 +70,10 @@ class AutoResult:
             return None
         import yaml
 
-        return yaml.safe_dump(self.recipe, sort_keys=False, allow_unicode=True)
+        note = ("# torch_threads: the PyTorch thread count auto trained at, which this recipe reproduces exactly "
+                "(same CPU\n# instruction set); remove it to use every core, at the cost of differences in the last "
+                "digits.\n") if "torch_threads" in self.recipe else ""
+        return note + yaml.safe_dump(self.recipe, sort_keys=False, allow_unicode=True)
 
 
 def auto_report(model: nn.Module) -> AutoResult:
@@ -108,9 +112,11 @@ def _recipe(base: dict[str, Any] | None, config: AutoConfig, stages: list[dict[s
     budget = config.budget
     evaluation = {"split": "valid", "latency": True, "latency_batch": budget.batch,  # type: ignore[union-attr]
                   "threads": budget.threads, **base.get("evaluation", {})}  # type: ignore[union-attr]
+    # the thread count the candidates were trained at: CPU kernels sum in an order that depends on it, so the
+    # recipe pins it to reproduce the chosen model's weights on another machine
     return {"version": 1, "name": f"auto {budget.text()}", "seed": config.seed,  # type: ignore[union-attr]
-            "model": dict(base["model"]), "data": dict(base.get("data", {})), "evaluation": evaluation,
-            "stages": stages}
+            "torch_threads": torch.get_num_threads(), "model": dict(base["model"]), "data": dict(base.get("data", {})),
+            "evaluation": evaluation, "stages": stages}
 
 
 def auto_compress(model: nn.Module, example_inputs: Any, config: AutoConfig, *, data: Any = None,

@@ -66,6 +66,10 @@ class RecipeSchema(_Section):
     name: str | None = None
     description: str | None = None
     seed: int = Field(0, ge=0)
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="PyTorch threads for every stage (training, calibration, pruning). CPU "
+        "kernels split their sums by thread count, so a run's weights depend on it; pinned, the recipe reproduces "
+        "the same weights on any machine with the same CPU instruction set. Default: PyTorch's own (one per core)")
     model: ModelSection
     data: DataSection = DataSection()
     evaluation: EvaluationSection = EvaluationSection()
@@ -109,6 +113,8 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """The recipe with every default filled in (what the run actually used)."""
         payload = self.schema.model_dump(mode="json")
+        if payload.get("torch_threads") is None:  # left out when unset: older recipes keep their fingerprint
+            payload.pop("torch_threads", None)
         payload["stages"] = [{s.name: s.params.model_dump(mode="json")} for s in self.stages]
         payload["model"]["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
         return payload

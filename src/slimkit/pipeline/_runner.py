@@ -25,12 +25,13 @@ atomically: a stage counts as finished only when it exists and carries this run'
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,12 +292,32 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
 
     ``resume=True`` continues a run interrupted in ``out`` from its last finished stage and reaches the same
     weights and metrics (latency aside, which is measured anew). The input checkpoint is never written. Under
-    ``torchrun`` every rank runs the stages (training is data-parallel) and rank 0 alone measures and writes.
+    ``torchrun`` every rank runs the stages (training is data-parallel) and rank 0 alone measures and writes. The
+    recipe's ``torch_threads``, if set, is PyTorch's thread count for the whole run (restored afterwards).
     """
+    with torch_threads(recipe.schema.torch_threads):
+        return _run_recipe(recipe, Path(out), resume, force, progress, reporter, report)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``count`` inside the block (None: left as it is)."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_recipe(recipe: Recipe, out: Path, resume: bool, force: bool, progress: bool, reporter: Reporter | None,
+                report: bool) -> RunResult:
     from slimkit import __version__
     from slimkit.train import broadcast_object, init_distributed, load_weights_, seed_everything
 
-    out = Path(out)
     main = init_distributed().is_main
     run_id, resuming = _prepare_out(recipe, out, resume, force) if main else ("", False)
     run_id, resuming = broadcast_object((run_id, resuming))  # type: ignore[misc]
