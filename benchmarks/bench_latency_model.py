@@ -4,8 +4,11 @@ measured one (interleaved against the unpruned fp32 model, with its A/A control)
 
 Predictions compared (what ``slimkit auto`` and ``prune --latency`` use, and what they replaced):
 - fp32, step rule: the table's grid of kernel steps, a width between steps priced at the next step up;
-- fp32, widths measured: the same table with the pruned widths themselves measured (``build_latency_table(widths=)``,
-  as ``auto`` now measures every width its search can choose);
+- fp32, widths measured, constant other: the same table with the pruned widths themselves measured
+  (``build_latency_table(widths=)``, as ``auto`` measures every width its search can choose), and the time outside
+  the layers a constant share of the original's (the table before the other ops shrank with the outputs);
+- fp32, widths measured: the same, with the other ops' kernels shrinking with the layers' outputs and only the
+  executor's own share constant (``LatencyTable.predict_ratio``);
 - int8, fp32 × int8 ratio: the fp32 prediction times the whole int8 model's measured ratio (``auto`` before the int8
   tables: it assumed int8 gains and pruning gains compose);
 - int8, int8 tables: each layer's int8 kernel (QLinearConv / QGemm) measured at the pruned widths, scaled so the
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,8 @@ TITLE = "Latency model: predicted vs measured (fp32 and int8, pruned widths)"
 RATIOS = (0.25, 0.5, 0.75)
 #: (spec, input shape, batch): the MNIST models at the auto benchmark's batch, MobileNetV2 at a real resolution
 MODELS = (("lenet5", (1, 28, 28), 64), ("resnet20", (1, 28, 28), 64), ("mobilenet_v2", (3, 224, 224), 8))
-METHODS = ("fp32, step rule", "fp32, widths measured", "int8, fp32 × int8 ratio", "int8, int8 tables")
+METHODS = ("fp32, step rule", "fp32, widths measured, constant other", "fp32, widths measured",
+           "int8, fp32 × int8 ratio", "int8, int8 tables")
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +102,7 @@ def _rows(spec: str, shape: tuple[int, ...], batch: int, s: dict[str, Any], tmp:
     int8_table = build_latency_table(base, x, precision="int8", network=base_int8, widths=levels, **options)
     int8_whole = _compare(base_fp32, base_int8, timed, s["repeats"])
     out: dict[str, Any] = {"batch": batch, "int8_whole": int8_whole, "fp32_other": fp32_table.other,
-                           "int8_other": int8_table.other, "rows": {}}
+                           "fp32_other_fixed": fp32_table.other_fixed, "int8_other": int8_table.other, "rows": {}}
     latency = {**table_payload(fp32_table), "int8": int8_whole["ratio"]}
     if int8_whole["ratio"] is not None:
         calibrate_int8(latency, table_payload(int8_table), [])
@@ -108,6 +113,8 @@ def _rows(spec: str, shape: tuple[int, ...], batch: int, s: dict[str, Any], tmp:
         int8_file = _int8_file(model, x, tmp / f"{spec}-{r}-int8.onnx")
         fp32_predicted = fp32_table.predict_ratio(widths[r])
         predicted = {"fp32, step rule": step_table.predict_ratio(widths[r]),
+                     "fp32, widths measured, constant other": replace(fp32_table, other_fixed=None).predict_ratio(
+                         widths[r]),
                      "fp32, widths measured": fp32_predicted, "int8, fp32 × int8 ratio": None,
                      "int8, int8 tables": None}
         if "int8_scale" in latency:
@@ -140,7 +147,7 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         for r, row in entry["rows"].items():
             for method in METHODS:
                 record = row["int8" if method.startswith("int8") else "fp32"]
-                predicted = row["predicted"][method]
+                predicted = row["predicted"].get(method)
                 error = _error(predicted, record)
                 if error is not None:
                     errors[method].append(error)

@@ -9,10 +9,13 @@ from slimkit.analysis import Geometry
 
 class MacMeasurer:
     """Layer time ∝ MACs, output channels padded up to ``step`` (as MLAS pads NCHWc blocks), unaligned input
-    channels above one step 1.5× slower (the NCHW fallback); counts every point it is asked to time."""
+    channels above one step 1.5× slower (the NCHW fallback); ``other`` of the network's time outside the layers,
+    ``fixed`` of it outside every kernel (default: all of it); counts every point it is asked to time."""
 
-    def __init__(self, step: int = 16, other: float = 0.1, ms_per_mac: float = 1e-6) -> None:
+    def __init__(self, step: int = 16, other: float = 0.1, ms_per_mac: float = 1e-6,
+                 fixed: float | None = None) -> None:
         self.step, self.other, self.ms_per_mac = step, other, ms_per_mac
+        self.fixed = other if fixed is None else fixed
         self.calls = 0
         self.points_timed = 0
 
@@ -26,9 +29,9 @@ class MacMeasurer:
             out.append((geometry.macs(cin, padded_out) * self.ms_per_mac * slow + 1e-3, 0.0))
         return out
 
-    def other_share(self, onnx_path, inputs, table_ops) -> float:
+    def other_share(self, onnx_path, inputs, table_ops) -> tuple[float, float]:
         self.calls += 1
-        return self.other
+        return self.other, self.fixed
 
 
 class Forbidden:
@@ -37,5 +40,5 @@ class Forbidden:
     def points(self, geometry, points):
         raise AssertionError(f"measured {geometry.key()} {points} although the cache holds it")
 
-    def other_share(self, onnx_path, inputs, table_ops) -> float:
+    def other_share(self, onnx_path, inputs, table_ops) -> tuple[float, float]:
         raise AssertionError("measured the whole model although the cache holds it")

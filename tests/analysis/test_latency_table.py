@@ -1,3 +1,4 @@
+import json
 import math
 import random
 
@@ -52,13 +53,39 @@ def test_table_follows_the_measured_steps_and_predicts_a_padded_width(tmp_path):
     assert 0.1 < table.predict_ratio({"3": (32, 16), "7": (16, 10)}) < 1
 
 
+def test_the_other_ops_shrink_with_the_outputs_they_read_and_the_executors_share_does_not(tmp_path):
+    x = torch.zeros(1, 3, 8, 8)
+    table = build_latency_table(_tiny(), x, batch=2, cache_dir=tmp_path,
+                                measurer=MacMeasurer(step=16, other=0.2, fixed=0.05))
+    assert (table.other, table.other_fixed) == (0.2, 0.05)
+    # outputs per sample: conv 0 32·64, depthwise 2 32·64, pointwise 3 48·64, linear 7 10 (one row)
+    full_outputs = 32 * 64 + 32 * 64 + 48 * 64 + 10
+    widths = {"3": (32, 16), "7": (16, 10)}  # the pointwise conv keeps 16 of its 48 outputs
+    layers = table.predict_ms(widths) / table.predict_ms()
+    outputs = (full_outputs - 32 * 64) / full_outputs
+    assert table.predict_ratio(widths) == pytest.approx(0.8 * layers + 0.15 * outputs + 0.05)
+    assert table.predict_ratio() == pytest.approx(1.0)
+    # all of it fixed: the constant other share
+    constant = build_latency_table(_tiny(), x, batch=2, cache_dir=False, measurer=MacMeasurer(step=16, other=0.2))
+    assert constant.predict_ratio(widths) == pytest.approx(0.8 * layers + 0.2)
+    # a cache written before the fixed part was measured holds a bare share: that entry is measured again
+    cache = next(tmp_path.glob("*.json"))
+    data = json.loads(cache.read_text())
+    data["models"] = {key: 0.2 for key in data["models"]}
+    cache.write_text(json.dumps(data))
+    fake = MacMeasurer(step=16, other=0.3, fixed=0.1)
+    again = build_latency_table(_tiny(), x, batch=2, cache_dir=tmp_path, measurer=fake)
+    assert fake.points_timed == 0 and (again.other, again.other_fixed) == (0.3, 0.1)
+
+
 def test_a_real_table_builds_in_seconds_on_a_tiny_model(tmp_path):
     from slimkit.analysis import OrtMeasurer
 
     model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
     table = build_latency_table(model, torch.zeros(1, 1, 6, 6), batch=1, max_points=2, cache_dir=tmp_path,
                                 measurer=OrtMeasurer(repeats=2, warmup=1))
-    assert table.layers["2"].full_ms > 0 and 0 <= table.other < 1  # real timings: no threshold on them
+    # real timings: no threshold on them
+    assert table.layers["2"].full_ms > 0 and 0 <= table.other_fixed <= table.other < 1
     assert table.layers["2"].step_out in (1, 2, 4, 8, 16, 32)
     reused = build_latency_table(model, torch.zeros(1, 1, 6, 6), batch=1, max_points=2, cache_dir=tmp_path,
                                  measurer=Forbidden())

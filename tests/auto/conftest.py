@@ -47,7 +47,7 @@ class MacsMeter:
                 return [(geometry.macs(ci, co) * 1e-6, 0.0) for ci, co in points]
 
             def other_share(self, path, inputs, ops):
-                return 0.0
+                return 0.0, 0.0
 
         return build_latency_table(model, example, batch=batch, threads=threads, measurer=Measurer(),
                                    cache_dir=False, precision=precision, network=network,

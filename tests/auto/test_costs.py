@@ -47,7 +47,7 @@ class _Int8Plateau:
         return [(geometry.macs(ci, co) * 1e-6, 0.0) for ci, co in points]
 
     def other_share(self, onnx_path, inputs, table_ops):
-        return 0.0
+        return 0.0, 0.0
 
 
 def test_int8_latency_follows_the_int8_tables_not_the_fp32_ratio(digits, tmp_path):

@@ -89,9 +89,10 @@ class Measurer(Protocol):
     def points(self, geometry: Geometry, points: Sequence[Point]) -> list[tuple[float, float]]:
         """(kernel, layout glue) milliseconds per call of the layer alone at each (in, out) channel count."""
 
-    def other_share(self, onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray], table_ops: set[str]) -> float:
+    def other_share(self, onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray],
+                    table_ops: set[str]) -> tuple[float, float]:
         """The share of a whole network's run time spent outside the ops the table models (other kernels and the
-        executor's own per-node work)."""
+        executor's own per-node work), and the part of it outside every kernel (the executor's work alone)."""
 
 
 def _onnx_layer(geometry: Geometry, cin: int, cout: int, seed: int = 0) -> tuple[bytes, np.ndarray]:
@@ -272,15 +273,21 @@ class OrtMeasurer:
                 del sessions
         return result
 
-    def other_share(self, onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray], table_ops: set[str]) -> float:
+    def other_share(self, onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray],
+                    table_ops: set[str]) -> tuple[float, float]:
         with tempfile.TemporaryDirectory(prefix="slimkit-latnet-") as tmp:
             session = _session(str(onnx_path), self.threads, str(Path(tmp) / "net"))
             feed = {i.name: x for i, x in zip(session.get_inputs(), inputs)}
             for _ in range(self.warmup + self.repeats):
                 session.run(None, feed)
             runs = _runs(session.end_profiling(), self.warmup)
-        shares = [1.0 - sum(v for op, v in ops.items() if op in table_ops) / max(ops["<run>"], 1e-12) for ops in runs]
-        return float(np.clip(np.median(shares), 0.0, 0.95))
+        other, outside = [], []
+        for ops in runs:
+            run = max(ops["<run>"], 1e-12)
+            other.append(1.0 - sum(v for op, v in ops.items() if op in table_ops) / run)
+            outside.append(1.0 - sum(v for op, v in ops.items() if op != "<run>") / run)
+        share = float(np.clip(np.median(other), 0.0, 0.95))
+        return share, float(np.clip(np.median(outside), 0.0, share))
 
 
 def detect_step(widths: Sequence[int], ms: Sequence[float], *, margin: float = 0.05,

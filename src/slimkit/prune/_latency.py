@@ -260,9 +260,8 @@ def search(table: Any, groups: list[_Group], target: float, *, swaps: int = 200)
         for name, side, per_unit in g.sides:
             touch.setdefault(name, []).append((g.index, side, per_unit))
     units = {g.index: g.units for g in groups}
-    scale = (1.0 - table.other) / max(table.predict_ms(), 1e-12)
 
-    def layer_ms(name: str, k: Mapping[int, int]) -> float:
+    def layer_share(name: str, k: Mapping[int, int]) -> float:
         layer = table.layers[name]
         cin, cout = layer.in_channels, layer.out_channels
         for gi, side, per_unit in touch.get(name, ()):
@@ -273,12 +272,12 @@ def search(table: Any, groups: list[_Group], target: float, *, swaps: int = 200)
                 cout -= removed
         if layer.geometry.kind == "depthwise":
             cin = cout = min(cin, cout)
-        return layer.cost(max(cin, 1), max(cout, 1))
+        return table.layer_share(name, max(cin, 1), max(cout, 1))
 
     def delta(g: _Group, k: int, base: Mapping[int, int]) -> float:
         names = {n for n, _, _ in g.sides}
         trial = {**base, g.index: k}
-        return scale * sum(layer_ms(n, trial) - layer_ms(n, base) for n in names)
+        return sum(layer_share(n, trial) - layer_share(n, base) for n in names)
 
     def lost(g: _Group, k: int) -> float:
         return float(g.lost[g.units - k])
