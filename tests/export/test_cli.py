@@ -47,10 +47,17 @@ def test_torchscript_export_loads_back_and_matches(tmp_path, checkpoint, capsys)
 def test_export_never_overwrites_without_force(tmp_path, checkpoint, capsys):
     _, ckpt = checkpoint
     before = ckpt.read_bytes()
-    assert main(["export", "lenet300", "-c", str(ckpt), "--out", str(ckpt)]) == 2
-    assert "exists" in capsys.readouterr().err and ckpt.read_bytes() == before
-    assert main(["export", "lenet300", "-c", str(ckpt), "--out", str(ckpt), "--force"]) == 2
-    assert "input checkpoint" in capsys.readouterr().err and ckpt.read_bytes() == before
+    other = tmp_path / "mine.onnx"
+    other.write_text("mine")
+    assert main(["export", "lenet300", "-c", str(ckpt), "--out", str(other)]) == 2
+    assert "exists" in capsys.readouterr().err and other.read_text() == "mine"
+    for force in ([], ["--force"]):
+        assert main(["export", "lenet300", "-c", str(ckpt), "--out", str(ckpt), *force]) == 2
+        assert "is the command's input" in capsys.readouterr().err and ckpt.read_bytes() == before
+    assert main(["export", "lenet300", "-c", str(ckpt), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["export", "lenet300", "-c", str(ckpt), "--out", str(tmp_path / "nope" / "m.onnx")]) == 2
+    assert "does not exist: create it first" in capsys.readouterr().err
 
 
 def test_a_run_folder_exports_its_final_model(tmp_path, capsys):
@@ -63,9 +70,17 @@ def test_a_run_folder_exports_its_final_model(tmp_path, capsys):
     assert main(["export", str(tmp_path / "run"), "--out", str(out), *trust]) == 0
     x = torch.rand(4, 1, 8, 8)
     np.testing.assert_allclose(run_onnx(out, x), result.model(x).detach().numpy(), atol=1e-5)
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "run" / "model.onnx"), "--force",
-                 *trust]) == 2
-    assert "overwrite the run's own model.onnx" in capsys.readouterr().err
+    # the run's own files are never replaced, --force or not (its metadata, its stages' weights, its outputs)
+    run_json = (tmp_path / "run" / "run.json").read_bytes()
+    for own in ("model.onnx", "run.json", "stages/01-train/model.pt"):
+        assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "run" / own), "--force", *trust]) == 2
+        assert f"(its own {own.split('/')[0]})" in capsys.readouterr().err
+    assert (tmp_path / "run" / "run.json").read_bytes() == run_json
+    # a new file in the run folder is written; once there, it is the run's and is not replaced
+    extra = tmp_path / "run" / "extra.onnx"
+    assert main(["export", str(tmp_path / "run"), "--out", str(extra), *trust]) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(extra), "--force", *trust]) == 2
+    assert "(its files)" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "run"), "--stage", "01-train", "-c", "x.pt", "--out", str(out)]) == 2
 
 

@@ -27,6 +27,10 @@ from typing import Any
 from slimkit._io import write_text_atomic
 
 RUN_FILE = "auto.json"
+#: every name the folder may hold (the listing above; the deployed file is model.onnx or model.slim)
+OWNED = frozenset({RUN_FILE, "baseline.json", "analysis", "probes", "candidates", "search.json", "candidates.json",
+                   "recipe.yaml", "model.pt", "model.onnx", "model.slim", "report.md", "report.html", "plots",
+                   "verify.json"})
 
 
 def read_json(path: Path) -> Any:

@@ -177,6 +177,48 @@ def check_input_file(path: str | os.PathLike, what: str) -> Path:
     return source
 
 
+def check_output_file(path: str | os.PathLike, flag: str, *, force: bool,
+                      inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
+    """``path`` may be written by a command: a file path in an existing folder, none of the command's ``inputs``,
+    not a file of a slimkit run, auto or demo folder (slimkit's own names there, and any file already there), and
+    not an existing file unless ``force``. Raises :class:`CommandError` (before any work) otherwise."""
+    target = Path(path)
+    if target.is_dir():
+        raise CommandError(f"{flag} '{target}' is a folder: give a file path (e.g. {target / 'out.json'})")
+    if not target.parent.is_dir():
+        raise CommandError(f"{flag} '{target}': the folder '{target.parent}' does not exist: create it first")
+    resolved = target.resolve()
+    for source in inputs:
+        if source and Path(source).resolve() == resolved:
+            raise CommandError(f"{flag} '{target}' is the command's input: choose another file, the input is never "
+                               "overwritten")
+    owners = _slimkit_folders()
+    for folder in resolved.parents:
+        marker = next((m for m in owners if (folder / m).is_file()), None)
+        if marker is None:
+            continue
+        first = resolved.relative_to(folder).parts[0]
+        if target.exists() or first in owners[marker]:
+            what = f"its own {first}" if first in owners[marker] else "its files"
+            raise CommandError(f"{flag} '{target}' would replace a file of the slimkit folder '{folder}' ({what}): "
+                               "choose a new file name, or a file outside it")
+    if target.exists() and not force:
+        raise CommandError(f"{flag} '{target}' exists: choose another file name, or pass --force to replace it")
+    return target
+
+
+def _slimkit_folders() -> dict[str, frozenset[str]]:
+    """The file marking each kind of slimkit folder (a recipe run, an auto run, the demo) → the names it owns."""
+    from slimkit.auto._folder import OWNED as AUTO_OWNED
+    from slimkit.auto._folder import RUN_FILE as AUTO_FILE
+    from slimkit.cli.demo import MARKER as DEMO_FILE
+    from slimkit.cli.demo import OWNED as DEMO_OWNED
+    from slimkit.pipeline._runner import RUN_FILE
+    from slimkit.pipeline._stages import RUN_OWNED
+
+    return {RUN_FILE: RUN_OWNED, AUTO_FILE: AUTO_OWNED, DEMO_FILE: DEMO_OWNED}
+
+
 def input_shape_for(spec: str, data_shape: tuple[int, ...] | None) -> tuple[int, ...]:
     from slimkit.models import spec_input_shape
 

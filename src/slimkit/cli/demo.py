@@ -20,6 +20,8 @@ DEMO_EPOCHS = 5
 # 2 epochs on 20k images reach ~97.7% test accuracy in ~11 s; 1 epoch on 10k stopped at ~92%, too weak a baseline
 QUICK_EPOCHS, QUICK_SAMPLES = 2, 20_000
 MARKER = "demo.json"
+#: the names the demo's folder holds
+OWNED = frozenset({MARKER, "metrics.json", "report.md", "report.html", "plots", "runs"})
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from slimkit.cli._common import real
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="write a model or a compress run as ONNX / TorchScript / compressed")
@@ -19,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", "-f", choices=("onnx", "torchscript", "compressed"), default="onnx")
     parser.add_argument("--out", "-o", required=True, help="file to write")
     parser.add_argument("--data", default="mnist", help="dataset whose test inputs check the file (model specs)")
-    parser.add_argument("--atol", type=float, default=None,
+    parser.add_argument("--atol", type=real(0, low_open=True), default=None,
                         help="largest allowed |file - PyTorch| (default 1e-4, or 0.5 for an int8 model)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.add_argument("--trust-spec", action="append", default=[], metavar="FILE.py:FACTORY",
@@ -28,28 +30,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slimkit.cli._common import CommandError, console, load_model
+    from slimkit.cli._common import CommandError, check_output_file, console, load_model
     from slimkit.models import class_count_option
     from slimkit.pipeline import export_model
 
-    target = Path(args.out)
     source = Path(args.model)
-    if target.exists() and not args.force:
-        raise CommandError(f"--out '{target}' exists: choose another file name, or pass --force to replace it")
+    target = check_output_file(args.out, "--out", force=args.force, inputs=(args.checkpoint,))
     exporter = None
     if source.is_dir():
         from slimkit.pipeline import load_run
 
         if args.checkpoint:
             raise CommandError("--checkpoint is for a model spec; a run folder already holds its weights")
-        if target.resolve().parent == source.resolve() and target.name in {"model.pt", "model.onnx"}:
-            raise CommandError(f"--out '{target}' would overwrite the run's own {target.name}: choose another file")
         model, data, exporter = load_run(source, args.stage, trusted_specs=tuple(args.trust_spec))
     else:
         if args.stage:
             raise CommandError("--stage needs a run folder of 'slimkit compress'")
-        if args.checkpoint and Path(args.checkpoint).resolve() == target.resolve():
-            raise CommandError("--out is the input checkpoint: choose another file, the input is never overwritten")
         from slimkit.data import create_data
 
         data = create_data(args.data, batch_size=128)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from slimkit.cli._common import add_model_args, count, input_shape_for, load_model, print_profile, shape, write_json
+from slimkit.cli._common import (
+    add_model_args,
+    check_output_file,
+    count,
+    input_shape_for,
+    load_model,
+    print_profile,
+    shape,
+    write_json,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: the model's registered shape)")
     parser.add_argument("--bits", type=count(1, 64), default=32, help="bits per stored value for the bytes column")
     parser.add_argument("--json", dest="json_path", help="also write the profile as JSON to this file")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json file")
     parser.set_defaults(run=run)
 
 
@@ -23,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.analysis import profile
     from slimkit.models import InputSpec, check_fits, input_spec
 
+    if args.json_path:  # before any work: never the checkpoint, a run's own file, or an existing file unasked
+        check_output_file(args.json_path, "--json", force=args.force, inputs=(args.checkpoint,))
     model = load_model(args.model, args.checkpoint)
     found = input_spec(args.model)
     if found is not None and found.is_tokens:  # a language model (hf: spec, model folder, llama_tiny): token ids
