@@ -217,3 +217,27 @@ def test_a_recipes_torch_threads_is_pytorchs_thread_count_in_every_stage_and_res
     assert "torch_threads" not in unpinned.to_dict()
     assert unpinned.fingerprint() != _recipe(tiny_dir, "- train: {epochs: 1}\n",
                                              extra="torch_threads: 1\n").fingerprint()
+
+
+def test_a_run_folders_recipe_runs_again_although_its_recipe_named_files_relative_to_itself(tiny_dir, monkeypatch):
+    (tiny_dir / "recipes").mkdir()
+    (tiny_dir / "elsewhere").mkdir()
+    torch.manual_seed(0)
+    tiny = nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+    torch.save(tiny.state_dict(), tiny_dir / "w.pt")
+    text = ("version: 1\n# my notes\nmodel:\n  spec: ../tiny.py:tiny\n  checkpoint: ../w.pt\n"
+            "data: {name: digits, batch_size: 64}\nevaluation: {latency: false}\nstages:\n  - finetune: {epochs: 1}\n")
+    (tiny_dir / "recipes" / "r.yaml").write_text(text)
+    monkeypatch.chdir(tiny_dir)
+    first = run_recipe(load_recipe("recipes/r.yaml"), "runs/a", progress=False, report=False)
+    kept = (tiny_dir / "runs" / "a" / "recipe.yaml").read_text()
+    assert "../" not in kept and str((tiny_dir / "w.pt").resolve()) in kept
+    # from another folder, the kept recipe finds its files and trains to the same weights
+    monkeypatch.chdir(tiny_dir / "elsewhere")
+    again = run_recipe(load_recipe(tiny_dir / "runs" / "a" / "recipe.yaml"), "b", progress=False, report=False)
+    ours, theirs = first.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # a recipe naming its files by absolute paths is kept as written, comments and all
+    (tiny_dir / "recipes" / "abs.yaml").write_text(text.replace("../", f"{tiny_dir.resolve()}/"))
+    run_recipe(load_recipe(tiny_dir / "recipes" / "abs.yaml"), "c", progress=False, report=False)
+    assert (tiny_dir / "elsewhere" / "c" / "recipe.yaml").read_text() == text.replace("../", f"{tiny_dir.resolve()}/")

@@ -119,6 +119,28 @@ class Recipe:
         payload["model"]["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
         return payload
 
+    def run_folder_text(self) -> str:
+        """The recipe a run folder keeps as ``recipe.yaml`` (what ``slimkit compress`` runs again): the text as
+        written, unless it names a file by a relative path, which would then resolve against the run folder; then
+        the resolved recipe with every file path absolute (its comments are not kept)."""
+        import yaml
+
+        if not any(not Path(path).expanduser().is_absolute() for path in _named_files(yaml.safe_load(self.text))):
+            return self.text
+        payload = self.to_dict()
+        model = payload["model"]
+        if model.get("checkpoint"):
+            model["checkpoint"] = str(Path(model["checkpoint"]).expanduser().resolve())
+        model["spec"] = _absolute_spec(model["spec"])
+        for stage in payload["stages"]:
+            params = next(iter(stage.values()))
+            if params.get("student_checkpoint"):
+                params["student_checkpoint"] = str(Path(params["student_checkpoint"]).expanduser().resolve())
+            if isinstance(params.get("student"), str):
+                params["student"] = _absolute_spec(params["student"])
+        return (f"# {self.source}, its file paths made absolute\n"
+                + yaml.safe_dump(payload, sort_keys=False, allow_unicode=True))
+
     def with_data(self, **overrides: Any) -> Recipe:
         """This recipe with its data section changed (e.g. ``train_samples=2000`` to try it on a subset); the text
         becomes the resolved recipe, so the run folder's recipe.yaml reproduces what ran."""
@@ -324,6 +346,31 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: str | os.PathLik
 
 #: stage parameters that name a file, resolved against the recipe's folder like the model checkpoint
 _PATH_PARAMS = ("student_checkpoint",)
+
+
+def _named_files(data: Any) -> list[str]:
+    """The file paths a recipe's raw YAML names: the checkpoint, ``file.py:factory`` specs, student checkpoints."""
+    if not isinstance(data, dict):
+        return []
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    found = [model.get("checkpoint"), _spec_file(model.get("spec"))]
+    for stage in data.get("stages") or []:
+        for params in (stage.values() if isinstance(stage, dict) else ()):
+            if isinstance(params, dict):
+                found += [params.get(key) for key in _PATH_PARAMS] + [_spec_file(params.get("student"))]
+    return [path for path in found if isinstance(path, str) and path]
+
+
+def _spec_file(spec: Any) -> str | None:
+    """The file of a ``file.py:factory`` spec (None for a registered name)."""
+    if not isinstance(spec, str) or ".py:" not in spec:
+        return None
+    return spec.partition(".py:")[0] + ".py"
+
+
+def _absolute_spec(spec: str) -> str:
+    head, sep, tail = spec.partition(".py:")
+    return f"{Path(head + '.py').expanduser().resolve()}:{tail}" if sep else spec
 
 
 def _resolve_stage_paths(call: StageCall, base_dir: str | os.PathLike | None) -> StageCall:

@@ -328,7 +328,7 @@ def _run_recipe(recipe: Recipe, out: Path, resume: bool, force: bool, progress: 
     if main:
         out.mkdir(parents=True, exist_ok=True)
     if main and not resuming:
-        write_text_atomic(out / "recipe.yaml", recipe.text)
+        write_text_atomic(out / "recipe.yaml", recipe.run_folder_text())
         _write_json(out / RUN_FILE, {"run_id": run_id, "fingerprint": recipe.fingerprint(), "status": "running",
                                      "slimkit": __version__, "recipe": recipe.to_dict(), "source": recipe.source,
                                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
