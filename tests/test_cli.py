@@ -14,6 +14,25 @@ def test_profile_prints_and_writes_json(tmp_path, capsys):
     assert json.loads(out.read_text())["total"]["params"] == 431_080
 
 
+def test_profile_json_never_replaces_the_checkpoint_or_a_users_file_unasked(tmp_path, capsys):
+    import torch
+
+    from slimkit import models
+
+    checkpoint, notes = tmp_path / "ck.pt", tmp_path / "thesis.txt"
+    torch.save(models.create("lenet5").state_dict(), checkpoint)
+    notes.write_text("mine")
+    weights = checkpoint.read_bytes()
+    for argv in (["--json", str(checkpoint)], ["--json", str(checkpoint), "--force"], ["--json", str(notes)],
+                 ["--json", str(tmp_path)]):
+        assert main(["profile", "lenet5", "-c", str(checkpoint), *argv]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert checkpoint.read_bytes() == weights and notes.read_text() == "mine"
+    assert main(["profile", "lenet5", "-c", str(checkpoint), "--json", str(notes), "--force"]) == 0
+    assert json.loads(notes.read_text())["total"]["params"] == 431_080
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -21,6 +40,14 @@ def test_profile_prints_and_writes_json(tmp_path, capsys):
         (["profile", "lenet5", "-c", "/no/such.pt"], "does not exist"),
         (["train", "lenet5", "--data", "imagenet", "--out", "x"], "unknown dataset 'imagenet'"),
         (["train", "lenet5", "--weight-decay", "-1", "--out", "x"], "--weight-decay: -1 is out of range"),
+        (["profile", "hf:llama:num_hidden_layers=nan"], "num_hidden_layers=nan is not a size"),
+        (["profile", "hf:llama:hidden_size=0"], "hidden_size=0 is not a size"),
+        (["profile", "hf:vit:image_size=-1"], "image_size=-1 is not a size"),
+        (["profile", "hf:llama:num_attention_heads=3"], "is not a multiple of the number of attention heads"),
+        (["export", "lenet5", "--atol", "nan", "--out", "x.onnx"], "--atol: 'nan' is not a finite number"),
+        (["export", "lenet5", "--atol", "-1", "--out", "x.onnx"], "--atol: -1 is out of range"),
+        (["distill", "--teacher", "lenet5", "--student", "lenet5", "--loss", "kd:T=nan", "--out", "x"],
+         "must be a finite number"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):

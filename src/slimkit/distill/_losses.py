@@ -7,6 +7,7 @@ adapts it to the :class:`DistillBatch` the distiller assembles (logits, targets,
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +120,7 @@ class KDLoss(DistillLoss):
 
     def __init__(self, T: float = 4.0, alpha: float = 0.9) -> None:
         super().__init__()
-        if T <= 0:
+        if not T > 0:  # (nan too)
             raise ConfigError(f"kd temperature T must be > 0, got {T}")
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"kd alpha (weight of the soft loss) must be in [0, 1], got {alpha}")
@@ -183,6 +184,10 @@ class ATLoss(DistillLoss):
 
     def __init__(self, beta: float = 1000.0, p: float = 2.0) -> None:
         super().__init__()
+        if not 0 <= beta < math.inf:
+            raise ConfigError(f"at beta (the loss's weight per layer pair) must be a finite number ≥ 0, got {beta}")
+        if not 0 < p < math.inf:
+            raise ConfigError(f"at p (the power of the attention map) must be a finite number > 0, got {p}")
         self.beta, self.p = float(beta), float(p)
 
     def setup(self, pairs: list[tuple[str, str]], student_shapes: Shapes, teacher_shapes: Shapes) -> None:
@@ -312,7 +317,10 @@ class LossSpec:
             key, eq, value = item.partition("=")
             if not eq or not key.strip() or not value.strip():
                 raise ConfigError(f"loss option '{item}' in '{text}' must be KEY=VALUE, e.g. kd:T=20,alpha=0.9")
-            params[key.strip()] = parse_value(value.strip())
+            parsed = parse_value(value.strip())
+            if isinstance(parsed, float) and not math.isfinite(parsed):
+                raise ConfigError(f"loss option '{item}' in '{text}' must be a finite number")
+            params[key.strip()] = parsed
         weight = params.pop("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
             raise ConfigError(f"loss weight {weight!r} in '{text}' must be a finite number ≥ 0")

@@ -101,6 +101,15 @@ def hf_arch(target: str) -> HFArch:
     return HF_ARCHS.get(name)
 
 
+#: config fields that are sizes or counts: an ``hf:`` option setting one must be a whole number ≥ 1
+_SIZE_FIELDS = frozenset({
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "vocab_size", "max_position_embeddings", "image_size", "patch_size", "num_channels", "n_embd",
+    "n_layer", "n_head", "n_inner", "n_positions", "d_model", "num_layers", "num_heads", "d_ff", "encoder_layers",
+    "decoder_layers", "encoder_attention_heads", "decoder_attention_heads", "dim", "hidden_dim", "n_heads",
+    "n_layers", "num_labels"})
+
+
 def hf_config(target: str, **options: Any) -> Any:
     """The ``transformers`` config an ``hf:<arch>`` spec builds: the small defaults overridden by ``options``."""
     arch = hf_arch(target)
@@ -114,14 +123,19 @@ def hf_config(target: str, **options: Any) -> Any:
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise ModelSpecError(f"'{target}' has no config field {', '.join(unknown)}: {hint}{config_cls.__name__} "
                              f"fields include {', '.join(fields[:40])}")
+    for key, value in options.items():
+        if ({key, aliases.get(key)} & _SIZE_FIELDS and (isinstance(value, bool) or not isinstance(value, int)
+                                                       or value < 1)):
+            raise ModelSpecError(f"'{target}': {key}={value!r} is not a size: use a whole number ≥ 1")
     values = dict(arch.defaults)
     for key, value in options.items():  # an alias (hidden_size for GPT-2's n_embd) replaces the field it names
         values.pop(aliases.get(key, key), None)
         values[key] = value
     try:
         return config_cls(**values)
-    except (TypeError, ValueError) as error:
-        raise ModelSpecError(f"'{target}' with {options} is not a valid {config_cls.__name__}: {error}") from None
+    except Exception as error:  # transformers' own checks (ValueError, huggingface_hub's strict-dataclass errors)
+        reason = " ".join(line.strip() for line in str(error).splitlines()) or type(error).__name__
+        raise ModelSpecError(f"'{target}' with {options} is not a valid {config_cls.__name__}: {reason}") from None
 
 
 def hf_model(target: str, **options: Any) -> nn.Module:
@@ -140,6 +154,9 @@ def hf_model(target: str, **options: Any) -> nn.Module:
         return auto.from_config(config, **build)
     except ValueError as error:
         raise ModelSpecError(f"'{target}' has no '{task}' head ({error}): choose another task") from None
+    except Exception as error:  # the model's own code cannot take these sizes (e.g. heads that do not divide)
+        raise ModelSpecError(f"'{target}' with {options} does not build ({type(error).__name__}: {error}): check the "
+                             "sizes (hidden_size a multiple of num_attention_heads, ...)") from None
 
 
 def _read_folder_config(folder: Path) -> dict[str, Any]:
