@@ -38,17 +38,28 @@ def matches_any(name: str, patterns: str | Sequence[str]) -> bool:
     return any(matches(name, pattern) for pattern in as_patterns(patterns))
 
 
+def check_names(candidates: Sequence[str], *options: str | Sequence[str] | None, kind: str = "selectable") -> None:
+    """Every literal name in the layer options (``layers``, ``skip``) is one of ``candidates`` and every ``re:``
+    pattern compiles: a typo is an error naming the choices, not an option that silently selects nothing."""
+    for option in options:
+        for pattern in () if option is None else as_patterns(option):
+            if is_literal(pattern) and pattern not in candidates:
+                shown = ", ".join(candidates[:40]) + (f", … ({len(candidates)} in all)" if len(candidates) > 40 else "")
+                raise ConfigError(f"layer '{pattern}' is not a {kind} layer of this model: choose among "
+                                  f"{shown or '(none)'}")
+            if pattern.startswith("re:"):
+                matches("", pattern)  # ConfigError for a regex that does not compile
+
+
 def select_names(candidates: Sequence[str], layers: str | Sequence[str] | None,
                  skip: str | Sequence[str] | None = (), *, kind: str = "selectable") -> list[str]:
     """The ``candidates`` (in their order) matched by ``layers`` and not by ``skip``.
 
-    A literal name in ``layers`` that is not a candidate is an error, so a typo does not silently convert nothing.
+    A literal name in ``layers`` or ``skip`` that is not a candidate is an error (:func:`check_names`), so a typo
+    does not silently convert (or keep) nothing.
     """
     include = as_patterns(layers)
     exclude = () if skip is None else as_patterns(skip) if skip else ()
-    for pattern in include:
-        if is_literal(pattern) and pattern not in candidates:
-            raise ConfigError(f"layer '{pattern}' is not a {kind} layer of this model: choose among "
-                              f"{', '.join(candidates) or '(none)'}")
+    check_names(candidates, include, exclude, kind=kind)
     return [name for name in candidates
             if any(matches(name, p) for p in include) and not any(matches(name, p) for p in exclude)]

@@ -30,6 +30,9 @@ def test_other_bad_input_is_named_before_any_work(capsys, tmp_path, monkeypatch)
         (["auto", "auto_digits", "--data", "digits", "--budget", "size=0.1", "--formats", "tflite"], "tflite"),
         (["auto", "auto_digits", "--data", "digits", "--budget", "size=0.1", "--knobs", "depth"], "knob 'depth'"),
         (["auto", "auto_digits", "--data", "digits", "--budget", "size=0.1", "-c", "none.pt"], "does not exist"),
+        (["auto", "auto_digits", "--data", "digits", "--budget", "size=0.1", "--skip", "nosuch"], "'nosuch'"),
+        (["auto", "auto_digits", "--data", "digits", "--budget", "latency=0.5", "--formats", "container"],
+         "can lower latency"),
     ):
         assert main([*argv, "--out", "o"]) == 2
         err = capsys.readouterr().err

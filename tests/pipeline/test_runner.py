@@ -241,3 +241,19 @@ def test_a_run_folders_recipe_runs_again_although_its_recipe_named_files_relativ
     (tiny_dir / "recipes" / "abs.yaml").write_text(text.replace("../", f"{tiny_dir.resolve()}/"))
     run_recipe(load_recipe(tiny_dir / "recipes" / "abs.yaml"), "c", progress=False, report=False)
     assert (tiny_dir / "elsewhere" / "c" / "recipe.yaml").read_text() == text.replace("../", f"{tiny_dir.resolve()}/")
+
+
+@pytest.mark.parametrize("stage", [
+    "- prune: {ratio: 0.5, skip: [nosuch]}",
+    "- prune: {ratio: {nosuch: 0.5}}",
+    "- prune_unstructured: {sparsity: 0.5, layers: [nosuch]}",
+    "- cluster: {bits: 4, skip: [nosuch]}",
+    "- quantize: {method: ptq, skip: [nosuch]}",
+    "- prune: {ratio: 0.5, skip: ['re:(']}",
+])
+def test_a_layer_name_that_is_not_one_fails_before_the_run_folder_is_made(tiny_dir, stage):
+    # a typo in skip used to be ignored (quantize, cluster) or to fail after run.json was written, leaving a folder
+    # only --force could reuse
+    with pytest.raises(ConfigError, match=r"nosuch|not a valid regex"):
+        run_recipe(_recipe(tiny_dir, "- train: {epochs: 1}\n" + stage + "\n"), tiny_dir / "out", progress=False)
+    assert not (tiny_dir / "out").exists()

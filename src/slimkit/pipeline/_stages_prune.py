@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import field_validator
@@ -33,6 +34,16 @@ class PruneStage(Stage):
     structural = True
     summary = "remove channels (slimkit.prune.prune_channels: l1, l2, taylor, fpgm, bn_scale, thinet, ...)"
 
+    def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
+        if ctx.model_is_input:  # names in skip / layers / a per-layer ratio: layers with weights of the model
+            from slimkit._select import check_names
+
+            config = self.params.config()
+            layers = [name for name, module in input_model.named_modules()
+                      if name and any(True for _ in module.parameters(recurse=False))]
+            ratios = list(config.ratio) if isinstance(config.ratio, Mapping) else None
+            check_names(layers, config.skip, config.layers, ratios, kind="prunable")
+
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         from slimkit.prune import prune_channels, prune_layerwise
 
@@ -57,6 +68,12 @@ class PruneUnstructuredStage(Stage):
     Params = config_params(UnstructuredConfig, "PruneUnstructuredParams")
     structural = True  # the masks are not in the state dict: replaying the stage re-attaches them
     summary = "zero the smallest weights, kept zero by masks during fine-tuning (slimkit.prune.magnitude_prune)"
+
+    def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
+        if ctx.model_is_input:
+            from slimkit.prune import layer_sparsities
+
+            layer_sparsities(input_model, self.params.config())  # a layer name that is not one fails here
 
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         from slimkit.prune import attached_masks, magnitude_prune

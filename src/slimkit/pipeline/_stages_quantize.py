@@ -50,6 +50,12 @@ class QuantizeStage(Stage):
     structural = True
     summary = "PTQ (RTN, GPTQ, AWQ, SmoothQuant, AdaRound) / QAT (slimkit.quantize), int8 QDQ or MatMulNBits ONNX"
 
+    def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
+        if ctx.model_is_input:  # a layer name in layers / skip that is not one fails before the run folder is made
+            from slimkit.quantize import check_selection
+
+            check_selection(input_model, self.params.quant_config())
+
     def _prepare(self, model: nn.Module, ctx: StageContext, **override: Any) -> nn.Module:
         from slimkit.quantize import quantize, quantize_qat
 

@@ -18,6 +18,12 @@ class ClusterStage(Stage):
     structural = True
     summary = "k-means weight sharing + Huffman-coded container (slimkit.share)"
 
+    def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
+        if ctx.model_is_input:  # a layer name that is not a clusterable layer fails before the run folder is made
+            from slimkit.share import layers_to_cluster
+
+            layers_to_cluster(input_model, self.params.config())
+
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         from slimkit.share import cluster_weights
 

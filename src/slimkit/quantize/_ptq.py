@@ -20,6 +20,7 @@ from slimkit import _cpu
 from slimkit._cpu import kernel_weight_bits
 from slimkit._errors import ConfigError, DataError
 from slimkit._inputs import input_tuple
+from slimkit._select import check_names
 from slimkit._select import matches_any as matches
 from slimkit.quantize._fake_quant import FakeQuantize, QuantWrapper
 from slimkit.quantize._fold import analyse, fold_bn_, set_submodule
@@ -152,8 +153,11 @@ def _param_leaves(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
             yield name, module
 
 
-def _check_selection(model: nn.Module, config: QuantConfig) -> None:
+def check_selection(model: nn.Module, config: QuantConfig) -> None:
+    """``config.layers`` and ``config.skip`` name layers with weights of ``model`` (a ``skip`` typo would quietly
+    quantize the layer meant to stay float), and ``layers`` only ones that can be quantized."""
     names = [name for name, _ in _param_leaves(model)]
+    check_names(names, config.skip, kind="weighted")
     for pattern in config.layers:
         hits = [n for n in names if matches(n, [pattern])]
         if not hits:
@@ -230,7 +234,7 @@ def prepare(
     With activation quantization, ``config.placement == "graph"`` and ``example_inputs`` given, the activation
     quantizers are placed over the traced graph (:func:`place_activation_quantizers_`); otherwise around each
     layer. The report's ``placement`` says which happened (and ``float_layers["<graph>"]`` why not the graph)."""
-    _check_selection(model, config)
+    check_selection(model, config)
     model = copy.deepcopy(model).eval()
     report = QuantReport(config=config_dict(config))
     chosen = weight_range(config)

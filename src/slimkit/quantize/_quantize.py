@@ -25,12 +25,12 @@ from slimkit.quantize._methods import LayerTarget, parse_method
 from slimkit.quantize._ptq import (
     QuantConfig,
     QuantReport,
-    _check_selection,
     _param_leaves,
     bias_correct_,
     calibrate_,
     check_folding,
     check_loader,
+    check_selection,
     config_dict,
     fold_and_equalize_,
     freeze_,
@@ -73,7 +73,7 @@ def quantize(
         calls = calibration_calls(data)
     work = copy.deepcopy(model).eval()
     linearized = linearize_(work)
-    _check_selection(work, config)
+    check_selection(work, config)
     details: dict[str, Any] = {}
     if linearized:
         details["linearized"] = linearized

@@ -7,6 +7,7 @@ from slimkit.share._clustered import (
     cluster_weights,
     clustered_layers,
     finalize_clusters,
+    layers_to_cluster,
 )
 from slimkit.share._container import ContainerSummary, LayerBytes, load_compressed, save_compressed
 from slimkit.share._deep_compression import (
@@ -49,6 +50,7 @@ __all__ = [
     "huffman_encode",
     "kmeans_1d",
     "layer_rates",
+    "layers_to_cluster",
     "load_compressed",
     "relative_decode",
     "relative_encode",

@@ -240,6 +240,17 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
+def layers_to_cluster(model: nn.Module, config: ClusterConfig) -> list[str]:
+    """The layers ``config`` clusters in ``model``; a name (in ``layers``, ``skip``, or a per-layer ``bits`` /
+    ``n_clusters`` mapping) that is not a clusterable layer is a :class:`ConfigError` before any work."""
+    candidates = clusterable_layers(model)
+    names = select_names(candidates, config.layers, config.skip)
+    for mapping in (config.bits, config.n_clusters):
+        if isinstance(mapping, Mapping):
+            select_names(candidates, list(mapping))
+    return names
+
+
 def cluster_weights(model: nn.Module, example_inputs: Any, config: ClusterConfig | None = None, *,
                     data: Iterable | None = None) -> nn.Module:
     """A copy of ``model`` whose chosen Linear/Conv2d layers share ``k`` weights each (Han et al. 2016).
@@ -250,10 +261,7 @@ def cluster_weights(model: nn.Module, example_inputs: Any, config: ClusterConfig
     weights alone; pass ``None``).
     """
     config = config or ClusterConfig()
-    names = select_names(clusterable_layers(model), config.layers, config.skip)
-    for mapping in (config.bits, config.n_clusters):
-        if isinstance(mapping, Mapping):
-            select_names(clusterable_layers(model), list(mapping))  # unknown literal names fail before work
+    names = layers_to_cluster(model, config)
     out = copy.deepcopy(model)
     for name in names:
         module = out.get_submodule(name)
