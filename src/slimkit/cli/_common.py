@@ -130,11 +130,24 @@ def add_seed_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=SEED, default=0, help="seed for initialisation and data order (default: 0)")
 
 
+def folder(text: str) -> str:
+    """An argparse type for an output folder: a non-empty path (an empty one would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: name the folder (e.g. runs/x)")
+    return text
+
+
 def add_out_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", "-o", required=True,
+    parser.add_argument("--out", "-o", required=True, type=folder,
                         help="run folder: new or empty, or an earlier run of this command (see --resume, --force)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    parser.add_argument("--force", action="store_true", help="start over in --out when it holds an earlier run")
+    add_resume_force_args(parser)
+
+
+def add_resume_force_args(parser: argparse.ArgumentParser) -> None:
+    """``--resume`` or ``--force`` (one of them: continuing a run and starting it over contradict each other)."""
+    either = parser.add_mutually_exclusive_group()
+    either.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    either.add_argument("--force", action="store_true", help="start over in --out when it holds an earlier run")
 
 
 def add_latency_args(parser: argparse.ArgumentParser, batch: int = 1) -> None:
@@ -172,6 +185,8 @@ def check_input_file(path: str | os.PathLike, what: str) -> Path:
     source = Path(path)
     if source.is_dir():
         raise CheckpointError(f"{what} '{source}' is a folder: give the file itself (e.g. {source}/model.pt)")
+    if source.exists() and not source.is_file():
+        raise CheckpointError(f"{what} '{source}' is not a regular file (a device or a pipe): give a file")
     if not source.is_file():
         raise CheckpointError(f"{what} '{source}' does not exist: check the path")
     return source

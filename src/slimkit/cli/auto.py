@@ -11,6 +11,7 @@ from typing import Any
 from slimkit.cli._common import (
     CommandError,
     add_model_args,
+    add_resume_force_args,
     add_seed_arg,
     count,
     real,
@@ -84,8 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="validate on the first N validation samples (a quick try)")
     add_seed_arg(parser)
     parser.add_argument("--out", "-o", required=True, help="run folder: new or empty, or an earlier auto run")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    parser.add_argument("--force", action="store_true", help="start over in --out when it holds an earlier run")
+    add_resume_force_args(parser)
     parser.add_argument("--no-verify", action="store_true",
                         help="do not run the chosen recipe with 'slimkit compress' to check it reproduces")
     parser.set_defaults(run=run)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from slimkit.cli._common import count
+from slimkit.cli._common import add_resume_force_args, count
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("compress", help="run a YAML recipe of compression stages (see recipes/)")
     parser.add_argument("recipe", nargs="?", help="recipe file (version: 1, model, data, stages)")
     parser.add_argument("--out", "-o", help="run folder: new or empty, or an earlier run (see --resume, --force)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    parser.add_argument("--force", action="store_true", help="start over in --out when it holds an earlier run")
+    add_resume_force_args(parser)
     parser.add_argument("--check", action="store_true", help="only validate the recipe, run nothing")
     parser.add_argument("--train-samples", type=count(1), metavar="N",
                         help="override the recipe's data: train on the first N training samples (a quick try)")

@@ -24,8 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(parser)
     add_data_args(parser)
     add_out_args(parser)
-    parser.add_argument("--ratio", type=real(), default=0.5,
-                        help="fraction of each channel group removed, in [0, 1) (default: %(default)s)")
+    parser.add_argument("--ratio", type=real(),
+                        help="fraction of each channel group removed, in [0, 1) (default: 0.5; not with --speedup "
+                             "or --latency, which choose it)")
     parser.add_argument("--criterion", default="l1",
                         help="importance criterion: l1, l2, random, bn_scale, taylor, fpgm, thinet (default: l1)")
     parser.add_argument("--scope", default="layer", choices=["layer", "global"])
@@ -46,9 +47,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slimkit.cli._common import CommandError
     from slimkit.prune import PruneConfig
 
-    options = {"ratio": args.ratio, "criterion": args.criterion, "scope": args.scope, "speedup": args.speedup,
+    target = "--speedup" if args.speedup is not None else "--latency" if args.latency is not None else None
+    if args.ratio is not None and target is not None:
+        raise CommandError(f"--ratio and {target} both set the amount of pruning: give one of them")
+    options = {"ratio": 0.5 if args.ratio is None else args.ratio, "criterion": args.criterion, "scope": args.scope,
+               "speedup": args.speedup,
                "round_to": args.round_to, "skip": list(args.skip), "protect_first": args.protect_first,
                "seed": args.seed}
     if args.latency is not None:

@@ -504,6 +504,8 @@ def load_recipe(path: str | os.PathLike, *, check_files: bool = True) -> Recipe:
     source = Path(path)
     if source.is_dir():
         raise RecipeError(f"recipe '{source}' is a folder: give the recipe's .yaml file (shipped ones are in recipes/)")
+    if source.exists() and not source.is_file():
+        raise RecipeError(f"recipe '{source}' is not a regular file (a device or a pipe): give the recipe's .yaml file")
     if not source.is_file():
         raise RecipeError(f"recipe '{source}' does not exist: check the path (shipped recipes are in recipes/)")
     if source.stat().st_size > 4 * MAX_RECIPE_BYTES:

@@ -73,7 +73,7 @@ class LatencyTarget:
         (1 / kept fraction: a log barrier); with equal scores the best cut under the budget is then the same
         fraction of every group, so uniform pruning is the neutral answer, and scores and the kernels' time
         steps move the cuts from there. Neither wins everywhere (BENCHMARKS.md, latency-aware pruning): ResNet-20
-        fine-tuned on MNIST validated better with "latency" at 0.5× in three runs of three, while MobileNetV2 at
+        fine-tuned on MNIST validated better with "latency" at 0.5× in every run so far, while MobileNetV2 at
         224, pruned one-shot, kept much less of its function with it (relative L2 to the original 0.68 against
         0.36 with "units", as far off as uniform pruning); so "units" stays the default, and the choice belongs
         on a validation split.
