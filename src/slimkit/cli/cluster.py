@@ -26,8 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_out_args(parser)
     parser.add_argument("--bits", type=int, default=None, help="bits per cluster index for every layer "
                         "(default: conv 8, fc 5 as Han et al. 2016)")
-    parser.add_argument("--conv-bits", type=int, default=8)
-    parser.add_argument("--fc-bits", type=int, default=5)
+    parser.add_argument("--conv-bits", type=int, default=None, help="bits for conv layers (default 8; not with --bits)")
+    parser.add_argument("--fc-bits", type=int, default=None, help="bits for linear layers (default 5; not with --bits)")
     parser.add_argument("--init", default="linear", help="centroid initialisation: linear, density, random")
     parser.add_argument("--layers", nargs="*", default=None, help="layer names/globs/re: regexes (default: all)")
     parser.add_argument("--epochs", type=count(0, 10_000), default=0, help="centroid fine-tuning epochs")
@@ -38,9 +38,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slimkit.cli._common import CommandError
     from slimkit.share import ClusterConfig
 
-    options = {"bits": args.bits, "conv_bits": args.conv_bits, "fc_bits": args.fc_bits, "init": args.init,
+    split = [flag for flag, value in (("--conv-bits", args.conv_bits), ("--fc-bits", args.fc_bits))
+             if value is not None]
+    if args.bits is not None and split:
+        raise CommandError(f"--bits sets every layer's bits and {' and '.join(split)} a kind's: give one or the other")
+    conv_bits = 8 if args.conv_bits is None else args.conv_bits
+    fc_bits = 5 if args.fc_bits is None else args.fc_bits
+    options = {"bits": args.bits, "conv_bits": conv_bits, "fc_bits": fc_bits, "init": args.init,
                "layers": args.layers}
     ClusterConfig(**options)
     stages = [{"cluster": options}]

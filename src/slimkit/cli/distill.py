@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--stagewise", action="store_true",
                         help="stage-wise reconstruction of the --pairs stages (in forward order), then the task "
                         "with --loss")
-    parser.add_argument("--stage-epochs", type=count(0, 10_000), default=1, help="epochs per stage with --stagewise")
+    parser.add_argument("--stage-epochs", type=count(0, 10_000), default=None,
+                        help="epochs per stage with --stagewise (default: 1)")
     add_data_args(parser)
     add_augment_arg(parser)
     add_out_args(parser)
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cache_teacher and args.augment:
         raise CommandError("--cache-teacher stores one teacher output per image, but --augment changes the images "
                            "every epoch: drop one of the two (augmented KD runs the teacher live)")
+    if args.stage_epochs is not None and not args.stagewise:
+        raise CommandError("--stage-epochs is for --stagewise distillation: add --stagewise, or drop --stage-epochs")
     specs = [LossSpec.parse(text) for text in (args.loss or ["kd"])]
     for spec in specs:
         spec.build()  # unknown names or options fail here, before any data or training work
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if args.student_checkpoint:
         roles["student_checkpoint"] = str(check_input_file(args.student_checkpoint, "student checkpoint").resolve())
     if args.stagewise:
-        options = {"stages": list(args.pairs), "stage_epochs": args.stage_epochs, "epochs": args.epochs,
+        options = {"stages": list(args.pairs), "stage_epochs": 1 if args.stage_epochs is None else args.stage_epochs,
+                   "epochs": args.epochs,
                    "task_losses": losses, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed}
         ReconstructConfig(**{**options, "stages": tuple(args.pairs), "task_losses": tuple(losses)})
         stage = {"distill_stagewise": {**roles, **options}}

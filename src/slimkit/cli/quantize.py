@@ -37,8 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="asymmetric weight grids with a zero point per group (weight-only)")
     parser.add_argument("--calib-size", type=count(1, 1_000_000), default=1024,
                         help="calibration samples from the training split (default: %(default)s)")
-    parser.add_argument("--observer", default="minmax",
-                        help="activation observer: minmax, moving_average, percentile, mse, entropy (default: minmax)")
+    parser.add_argument("--observer", default=None,
+                        help="activation observer: minmax, moving_average, percentile, mse, entropy (default: minmax; "
+                             "not with --weight-only, whose activations stay float)")
     parser.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default: per-channel)")
     parser.add_argument("--skip", action="append", default=[], help="layer name/glob/re:regex to keep in float")
     parser.add_argument("--keep-sensitive", type=count(0), default=0, help="keep the N most sensitive layers in float")
@@ -53,10 +54,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slimkit.cli._common import CommandError
     from slimkit.quantize import QuantConfig
 
     weight_only = args.weight_only or args.group_size is not None
-    options = {"weight_bits": args.bits, "observer": args.observer, "per_channel": not args.per_tensor,
+    if weight_only and args.observer is not None:
+        raise CommandError("--observer calibrates activations, which --weight-only (and --group-size) keep in float: "
+                           "drop --observer")
+    if args.group_size is not None and args.per_tensor:
+        raise CommandError("--group-size gives every group of input channels its own scale and --per-tensor one scale "
+                           "per tensor: give one of them")
+    options = {"weight_bits": args.bits, "observer": args.observer or "minmax", "per_channel": not args.per_tensor,
                "skip": list(args.skip), "keep_sensitive": args.keep_sensitive, "bias_correction": args.bias_correction}
     if weight_only:
         options.update(activation_bits=None, group_size=args.group_size, weight_symmetric=not args.zero_point)
