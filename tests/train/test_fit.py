@@ -1,5 +1,6 @@
 import os
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -8,6 +9,16 @@ from torch import nn
 from slimkit import CheckpointError, ConfigError, UnsafeCheckpointError
 from slimkit.data import TensorLoader, mnist_tensors
 from slimkit.train import Callback, fit, load_checkpoint, load_weights_, save_checkpoint
+
+
+class _Payload:
+    """Unpickling it would create the file ``path`` (if anything ran the pickle's code)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 def _small_loader(n=2048, batch=128, seed=0):
@@ -61,6 +72,16 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
         torch.save({"model": Evil()}, handle, pickle_module=pickle)
     with pytest.raises(UnsafeCheckpointError, match="pickled Python objects"):
         load_checkpoint(path)
+    # a bare pickle (not torch.save's zip) carrying a payload that would write a file: refused as unsafe, not
+    # "damaged", with no warning of torch's leaking out, and the payload never ran
+    marker = tmp_path / "ran"
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps({"w": _Payload(str(marker))}, protocol=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UnsafeCheckpointError, match="not a weights-only PyTorch file"):
+            load_checkpoint(raw)
+    assert not marker.exists()
     whole_model = tmp_path / "whole.pt"
     torch.save(_model(), whole_model)
     with pytest.raises(UnsafeCheckpointError):

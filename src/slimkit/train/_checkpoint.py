@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint '{source}' is not a readable safetensors file ({error}): save it with "
                                   "safetensors.torch.save_file, or give the .pt state dict") from None
     try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on a foreign pickle protocol: the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Unsupported global" not in str(error) and "GLOBAL" not in str(error):
+            if "Weights only load failed" in str(error):  # pickle instructions the safe loader never runs
+                raise UnsafeCheckpointError(
+                    f"checkpoint '{source}' is a pickle that is not a weights-only PyTorch file, and slimkit loads "
+                    "no other kind (it could run code): give the state dict torch.save(model.state_dict(), path) "
+                    "wrote, or a .safetensors file") from None
             raise CheckpointError(f"checkpoint '{source}' cannot be read (it is damaged or not a PyTorch file): "
                                   "give the .pt state dict torch.save wrote, or a .safetensors file") from None
         raise UnsafeCheckpointError(
