@@ -50,6 +50,8 @@ def test_profile_json_never_replaces_the_checkpoint_or_a_users_file_unasked(tmp_
         (["quantize", "lenet5", "--weight-only", "--observer", "entropy", "--out", "x"], "drop --observer"),
         (["distill", "--teacher", "lenet5", "--student", "lenet5", "--stage-epochs", "3", "--out", "x"],
          "--stage-epochs is for --stagewise"),
+        (["profile", "llama_tiny", "--input-shape", "1,28,28"], "--input-shape is one number"),
+        (["profile", "hf:llama", "--input-shape", "100000"], "give a length ≤"),
         (["profile", "hf:llama:num_hidden_layers=nan"], "num_hidden_layers=nan is not a size"),
         (["profile", "hf:llama:hidden_size=0"], "hidden_size=0 is not a size"),
         (["profile", "hf:vit:image_size=-1"], "image_size=-1 is not a size"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from slimkit.cli._common import (
+    CommandError,
     add_model_args,
     check_output_file,
     count,
@@ -38,7 +39,15 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.checkpoint)
     found = input_spec(args.model)
     if found is not None and found.is_tokens:  # a language model (hf: spec, model folder, llama_tiny): token ids
+        if args.input_shape is not None and len(args.input_shape) != 1:
+            raise CommandError(f"{args.model} takes token ids: --input-shape is one number, the sequence length "
+                               f"(got {','.join(map(str, args.input_shape))})")
         length = args.input_shape[0] if args.input_shape else found.shape[0]
+        config = getattr(model, "config", None)
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if isinstance(limit, int) and length > limit:
+            raise CommandError(f"--input-shape {length}: {args.model} has positions for {limit} tokens: give a "
+                               f"length ≤ {limit}")
         example = InputSpec((length,), "int64", found.vocab_size).example(1)
     else:
         example = torch.zeros(1, *input_shape_for(args.model, args.input_shape))
