@@ -257,3 +257,13 @@ def test_a_layer_name_that_is_not_one_fails_before_the_run_folder_is_made(tiny_d
     with pytest.raises(ConfigError, match=r"nosuch|not a valid regex"):
         run_recipe(_recipe(tiny_dir, "- train: {epochs: 1}\n" + stage + "\n"), tiny_dir / "out", progress=False)
     assert not (tiny_dir / "out").exists()
+
+
+def test_a_compression_stage_that_selected_nothing_is_reported(tiny_dir, caplog):
+    stages = ("- train: {epochs: 1}\n- prune: {ratio: 0.5, round_to: 1000}\n- prune: {ratio: 0.5}\n"
+              "- quantize: {method: ptq}\n")
+    result = run_recipe(_recipe(tiny_dir, stages), tiny_dir / "out", progress=False, report=False)
+    unchanged = {r["stage"]: bool((r.get("notes") or {}).get("unchanged")) for r in result.stages[1:]}
+    # 24 hidden units kept in multiples of 1000: the first prune removed nothing
+    assert unchanged == {"01-train": False, "02-prune": True, "03-prune": False, "04-quantize": False}
+    assert "stage 02-prune changed neither" in caplog.text

@@ -362,6 +362,9 @@ def stage_printer(console: Any, recipe_path: str | None = None):
             console.print(f"  accuracy [bold]{r['accuracy']:.2%}[/], {r['params']:,} params, {r['macs']:,} MACs, "
                           f"{r['bytes'] / 1024:,.1f} KiB, latency {format_latency(r)} the input's{control}, "
                           f"{r['seconds']:.1f} s")
+            if (r.get("notes") or {}).get("unchanged"):
+                console.print("  [yellow]this stage changed nothing (same parameters, MACs and bytes): its options "
+                              "selected nothing to compress[/]")
             target = (r.get("notes") or {}).get("latency_target")
             if target:
                 measured = target.get("measured") or {}

@@ -47,6 +47,8 @@ from slimkit.pipeline._stages import Exporter, StageContext
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+#: a stage's measurements that say how big the model is (a compression stage that changes none of them did nothing)
+_SIZE_KEYS = ("params", "nonzero_params", "macs", "bytes")
 RESULT_FILE = "result.json"
 INPUT_LABEL = "00-input"
 #: ``reporter(event, info)``: "stage_start", "stage_end", "replay", "run_end"; the CLI prints them with rich
@@ -375,6 +377,10 @@ def _run_recipe(recipe: Recipe, out: Path, resume: bool, force: bool, progress: 
             row = session.reuse(results[-1], call.label) if not (stage.changes_model or unexported) else \
                 session.measure(model, call.label)
             row["seconds"] = seconds
+            if stage.compresses and all(row.get(k) == results[-1].get(k) is not None for k in _SIZE_KEYS):
+                log.warning("stage %s changed neither the parameters, the nonzero ones, the MACs nor the bytes: its "
+                            "options selected nothing to compress (check layers, skip, ratios, round_to)", call.label)
+                ctx.notes["unchanged"] = True
             result = session.save_stage(model, call.label, call.name, row, ctx.notes)
         session.snapshots[call.label] = _frozen_copy(model)
         results.append(result)

@@ -73,6 +73,9 @@ class Stage:
     structural: ClassVar[bool] = False
     #: False for stages that only observe the model (evaluate, export): the previous measurements are kept
     changes_model: ClassVar[bool] = True
+    #: True for stages whose job is a smaller model (pruning, sharing, quantization, decomposition, rewrites): one
+    #: that leaves the parameters, MACs and bytes as they were is reported (its options selected nothing)
+    compresses: ClassVar[bool] = False
     #: a one-line summary for ``slimkit compress --list-stages`` and the report
     summary: ClassVar[str] = ""
 

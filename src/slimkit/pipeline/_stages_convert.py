@@ -42,6 +42,7 @@ class ConvertStage(Stage):
 
     Params = ConvertParams
     structural = True
+    compresses = True
     summary = "rewrite convs: depthwise_separable, group_conv, crelu (slimkit.convert)"
 
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:

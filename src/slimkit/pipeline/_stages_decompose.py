@@ -15,6 +15,7 @@ class DecomposeStage(Stage):
 
     Params = config_params(DecomposeConfig, "DecomposeParams")
     structural = True
+    compresses = True
     summary = "low-rank factorisation: svd, tucker2, cp (slimkit.decompose.decompose)"
 
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:

@@ -32,6 +32,7 @@ class PruneStage(Stage):
 
     Params = PruneParams
     structural = True
+    compresses = True
     summary = "remove channels (slimkit.prune.prune_channels: l1, l2, taylor, fpgm, bn_scale, thinet, ...)"
 
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
@@ -67,6 +68,7 @@ class PruneUnstructuredStage(Stage):
 
     Params = config_params(UnstructuredConfig, "PruneUnstructuredParams")
     structural = True  # the masks are not in the state dict: replaying the stage re-attaches them
+    compresses = True
     summary = "zero the smallest weights, kept zero by masks during fine-tuning (slimkit.prune.magnitude_prune)"
 
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:

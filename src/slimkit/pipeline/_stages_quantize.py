@@ -48,6 +48,7 @@ class QuantizeStage(Stage):
 
     Params = QuantizeParams
     structural = True
+    compresses = True
     summary = "PTQ (RTN, GPTQ, AWQ, SmoothQuant, AdaRound) / QAT (slimkit.quantize), int8 QDQ or MatMulNBits ONNX"
 
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:

@@ -16,6 +16,7 @@ class ClusterStage(Stage):
 
     Params = config_params(ClusterConfig, "ClusterParams")
     structural = True
+    compresses = True
     summary = "k-means weight sharing + Huffman-coded container (slimkit.share)"
 
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
