@@ -53,7 +53,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             state = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Unsupported global" not in str(error) and "GLOBAL" not in str(error):
-            if "Weights only load failed" in str(error):  # pickle instructions the safe loader never runs
+            if "Weights only load failed" in str(error) and _is_pickle(source):  # ops the safe loader never runs
                 raise UnsafeCheckpointError(
                     f"checkpoint '{source}' is a pickle that is not a weights-only PyTorch file, and slimkit loads "
                     "no other kind (it could run code): give the state dict torch.save(model.state_dict(), path) "
@@ -74,6 +74,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint '{source}' holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether the file starts as a pickle of protocol 2 or later does (PROTO opcode 0x80, then the protocol)."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def model_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
