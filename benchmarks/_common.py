@@ -12,8 +12,6 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,18 +35,6 @@ LATENCY_METHOD = (
     "a cell is the median of the per-round ratios candidate/baseline with its 10th–90th percentile and the A/A "
     "median, or \"too noisy\" when the A/A median or its 95 % interval leaves [0.9, 1.1]"
 )
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """PyTorch's (process-wide) intra-op thread count set to ``threads`` inside the block, the caller's restored after
-    it: a section times on one thread and may train on two, and must leave the next section as it found it."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def latency_record(cmp: Any) -> dict[str, Any]:

@@ -36,9 +36,9 @@ from benchmarks._common import (
     latency_cell,
     latency_record,
     markdown_table,
-    torch_threads,
 )
 from slimkit._io import write_text_atomic
+from slimkit.train import torch_threads
 
 TITLE = "Automatic compression (slimkit auto): searched mixes vs hand-written recipes and single-family automation"
 

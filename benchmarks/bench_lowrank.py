@@ -22,12 +22,11 @@ from benchmarks._common import (
     latency_cell,
     latency_record,
     markdown_table,
-    torch_threads,
 )
 from slimkit.analysis import compare_latency, evaluate, profile
 from slimkit.data import TensorLoader, create_data
 from slimkit.decompose import DecomposeConfig, decompose, decompose_report
-from slimkit.train import default_optimizer, fit
+from slimkit.train import default_optimizer, fit, torch_threads
 
 TITLE = "Low-rank decomposition (SVD, Tucker-2, CP)"
 #: CP factors of a trained kernel include large cancelling components (Lebedev et al. 2015 note the instability);

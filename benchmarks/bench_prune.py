@@ -21,8 +21,8 @@ from benchmarks._common import (
     latency_cell,
     latency_record,
     markdown_table,
-    torch_threads,
 )
+from slimkit.train import torch_threads
 
 TITLE = "Structured pruning (channel removal): criteria, reconstruction, latency, Torch-Pruning"
 

@@ -25,13 +25,12 @@ atomically: a stage counts as finished only when it exists and carries this run'
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -297,22 +296,10 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
     ``torchrun`` every rank runs the stages (training is data-parallel) and rank 0 alone measures and writes. The
     recipe's ``torch_threads``, if set, is PyTorch's thread count for the whole run (restored afterwards).
     """
+    from slimkit.train import torch_threads
+
     with torch_threads(recipe.schema.torch_threads):
         return _run_recipe(recipe, Path(out), resume, force, progress, reporter, report)
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """PyTorch's intra-op thread count set to ``count`` inside the block (None: left as it is)."""
-    if count is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run_recipe(recipe: Recipe, out: Path, resume: bool, force: bool, progress: bool, reporter: Reporter | None,

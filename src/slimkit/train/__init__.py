@@ -19,7 +19,7 @@ from slimkit.train._fit import (
     default_optimizer,
     fit,
 )
-from slimkit.train._seed import seed_everything
+from slimkit.train._seed import seed_everything, torch_threads
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -43,4 +43,5 @@ __all__ = [
     "model_state",
     "save_checkpoint",
     "seed_everything",
+    "torch_threads",
 ]
