@@ -39,6 +39,8 @@ def test_a_valid_recipe_resolves_defaults_and_lines():
         ("lr: 0.01", "lr: -1", 9, "lr: Input should be greater than 0 (got -1)"),
         ("epochs: 1}", "epochs: one}", 6, "epochs: Input should be a valid integer"),
         ("data:", "torch_threads: 0\ndata:", 4, "torch_threads: Input should be greater than or equal to 1"),
+        ("epochs: 1}", "epochs: true}", 6, "epochs: use a whole number, not true"),
+        ("data:", "seed: false\ndata:", 4, "seed: use a whole number, not false"),
         ("epochs: 1}", "epochs: 1, lrr: 2}", 6, "lrr: Extra inputs are not permitted"),
         ("  - train:", "  - trian:", 6, "unknown stage 'trian': choose one of"),
         ("  - train: {epochs: 1}\n", "  - [train]\n", 6, "each stage is one 'name: {params}' entry"),
@@ -77,6 +79,8 @@ def test_a_prune_ratio_of_1_5_points_at_its_line():
         parse_recipe(text, "r.yaml")
     assert str(info.value).startswith("r.yaml, line 9: stages[1].prune.ratio: ")
     assert "1.5" in str(info.value)
+    with pytest.raises(RecipeError, match=r"line 9: stages\[1\]\.prune\.ratio: Input should be a finite number"):
+        parse_recipe(text.replace("1.5", ".nan"), "r.yaml")
     with pytest.raises(RecipeError, match=r"line 8: stages\[1\]\.prune\.criterion: unknown criterion 'l3'"):
         parse_recipe(text.replace("thinet", "l3").replace("1.5", "0.5"), "r.yaml")
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from slimkit._errors import SlimkitError
-from slimkit.pipeline._stages import STAGES, Stage, StageParams
+from slimkit.pipeline._stages import STAGES, Stage, StageParams, refuse_bool_for_int
 from slimkit.pipeline._yaml import LocatedYaml, RecipeError, load_located_yaml
 
 RECIPE_VERSION = 1
@@ -34,6 +34,11 @@ RECIPE_VERSION = 1
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_int(cls, value: Any, info: Any) -> Any:
+        return refuse_bool_for_int(cls, value, info.field_name)
 
 
 class ModelSection(_Section):

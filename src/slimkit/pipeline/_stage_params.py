@@ -19,7 +19,7 @@ from slimkit.pipeline._stages import StageParams, TrainParams
 log = logging.getLogger(__name__)
 
 #: a fraction of units removed: 0 keeps everything, 1 would remove the layer
-Fraction = Annotated[float, Field(ge=0, lt=1)]
+Fraction = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 
 
 def config_params(config_cls: type, name: str, *, exclude: tuple[str, ...] = (), **extra: Any) -> type[StageParams]:

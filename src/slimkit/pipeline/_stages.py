@@ -9,6 +9,8 @@ how a run folder is loaded again (see :mod:`slimkit.pipeline._runner` for the de
 from __future__ import annotations
 
 import logging
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +31,26 @@ log = logging.getLogger(__name__)
 Exporter = Callable[[nn.Module, torch.Tensor, Path], Path]
 
 
+def refuse_bool_for_int(cls: type[BaseModel], value: Any, field_name: str | None) -> Any:
+    """``true``/``false`` where a whole number belongs is a mistake pydantic would quietly take as 1/0."""
+    if isinstance(value, bool) and field_name is not None:
+        annotation = cls.model_fields[field_name].annotation
+        options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+            else (annotation,)
+        if int in options and bool not in options:
+            raise ValueError(f"use a whole number, not {str(value).lower()}")
+    return value
+
+
 class StageParams(BaseModel):
     """Base of every stage's parameter model: unknown keys are errors, values are frozen once validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_int(cls, value: Any, info: Any) -> Any:
+        return refuse_bool_for_int(cls, value, info.field_name)
 
 
 @dataclass
