@@ -32,10 +32,12 @@ def test_bad_distill_options_fail_with_one_line_before_training(extra, message, 
 def test_class_count_mismatch_is_reported(tmp_path, capsys):
     argv = ["distill", "--teacher", "lenet300:num_classes=5", "--student", "lenet300", "--out", str(tmp_path / "o")]
     assert main(argv) == 2
-    assert "num_classes" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    # without -T the teacher is untrained: said before the run starts
+    assert "num_classes" in printed.err and "random weights" in printed.out
 
 
-def test_slimkit_distill_kd_from_a_trained_teacher_writes_a_working_student(tmp_path):
+def test_slimkit_distill_kd_from_a_trained_teacher_writes_a_working_student(tmp_path, capsys):
     subset = ["--train-samples", "10000", "--eval-samples", "1000"]
     assert main(["train", "lenet300", "--epochs", "1", *subset, "--out", str(tmp_path / "teacher")]) == 0
     out = tmp_path / "run"
@@ -43,6 +45,7 @@ def test_slimkit_distill_kd_from_a_trained_teacher_writes_a_working_student(tmp_
             "--student", "lenet300", "--loss", "kd:T=20,alpha=0.9", "--epochs", "1", "--cache-teacher",
             "--data", "mnist", *subset, "--no-latency", "--out", str(out)]
     assert main(argv) == 0
+    assert "random weights" not in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     teacher, student = metrics["stages"]
     assert teacher["accuracy"] > 0.75 and student["accuracy"] > 0.6  # 1 epoch on 10k images each; chance is 10%

@@ -14,6 +14,7 @@ from slimkit.cli._common import (
     add_out_args,
     add_seed_arg,
     check_input_file,
+    console,
     count,
     recipe_of,
     run_command_recipe,
@@ -80,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
         DistillConfig(**{**options, "losses": tuple(losses), "pairs": tuple(args.pairs)})
         stage = {"distill": {**roles, **options}}
     data = {"augment": args.augment} if args.augment else {}
+    from pathlib import Path
+
+    from slimkit.models import is_code_spec
+
+    # a registered name or hf: spec is built untrained (a save_pretrained folder or the user's code may hold weights)
+    if not args.teacher_checkpoint and not is_code_spec(args.teacher) and not Path(args.teacher).is_dir():
+        console().print(f"[yellow]note: no --teacher-checkpoint, so the teacher '{args.teacher}' has random weights "
+                        "and there is nothing to distil from it: pass its trained weights with -T[/]")
     recipe = recipe_of(args, f"distill {args.teacher} → {args.student}", [stage], model=args.teacher,
                        checkpoint=args.teacher_checkpoint, data=data)
     run_command_recipe(args, recipe)
