@@ -98,7 +98,8 @@ def _check_inputs(model: nn.Module, example: Any, config: Any, data: Any) -> Non
     from slimkit._select import check_names
     from slimkit.auto._formats import create_format
 
-    check_names([name for name, _ in model.named_modules() if name], config.skip, kind="known")
+    check_names([name for name, module in model.named_modules()
+                 if name and any(True for _ in module.parameters(recurse=False))], config.skip, kind="weighted")
     below = [key for key, limit in config.budget.items() if limit < 1]  # type: ignore[union-attr]
     if not any(all(key in create_format(name).lowers for key in below) for name in config.formats):
         raise ConfigError(f"none of the formats {', '.join(config.formats)} can lower {' and '.join(below)}: add a "

@@ -208,14 +208,14 @@ def check_output_file(path: str | os.PathLike, flag: str, *, force: bool,
             raise CommandError(f"{flag} '{target}' is the command's input: choose another file, the input is never "
                                "overwritten")
     owners = _slimkit_folders()
-    for folder in resolved.parents:
-        marker = next((m for m in owners if (folder / m).is_file()), None)
+    for parent in resolved.parents:
+        marker = next((m for m in owners if (parent / m).is_file()), None)
         if marker is None:
             continue
-        first = resolved.relative_to(folder).parts[0]
+        first = resolved.relative_to(parent).parts[0]
         if target.exists() or first in owners[marker]:
             what = f"its own {first}" if first in owners[marker] else "its files"
-            raise CommandError(f"{flag} '{target}' would replace a file of the slimkit folder '{folder}' ({what}): "
+            raise CommandError(f"{flag} '{target}' would replace a file of the slimkit folder '{parent}' ({what}): "
                                "choose a new file name, or a file outside it")
     if target.exists() and not force:
         raise CommandError(f"{flag} '{target}' exists: choose another file name, or pass --force to replace it")

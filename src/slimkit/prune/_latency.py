@@ -20,7 +20,7 @@ The prediction is then checked: the pruned model is timed against the original w
 search runs again with the target corrected by measured/predicted (up to ``refine`` times, NetAdapt's "empirical
 measurement" step). A target below the table's floor (every group at its narrowest allowed width) is not refused on
 the prediction alone when timing is on: the isolated-layer tables over-predict heavily pruned networks (ResNet-20 at
-28×28 pruned 75 %, batch 64: 0.41 predicted, 0.26 measured; BENCHMARKS.md, latency model), so the narrowest model
+28×28 pruned 75 %, batch 64: 0.24 predicted, 0.20 measured; BENCHMARKS.md, latency model), so the narrowest model
 is timed first, and the first goal is read off the line through it and the unpruned model. Predicted and measured
 ratios are recorded in :func:`pruning_info` under ``"latency"``.
 """
