@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from slimkit._errors import ConfigError
 
@@ -36,6 +37,12 @@ def matches(name: str, pattern: str) -> bool:
 def matches_any(name: str, patterns: str | Sequence[str]) -> bool:
     """True when ``name`` matches one of ``patterns`` (see :func:`matches`)."""
     return any(matches(name, pattern) for pattern in as_patterns(patterns))
+
+
+def weighted_layer_names(model: Any) -> list[str]:
+    """The names of ``model``'s modules that hold parameters of their own: the layers a name option can mean."""
+    return [name for name, module in model.named_modules()
+            if name and any(True for _ in module.parameters(recurse=False))]
 
 
 def check_names(candidates: Sequence[str], *options: str | Sequence[str] | None, kind: str = "selectable") -> None:

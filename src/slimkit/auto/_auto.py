@@ -95,17 +95,14 @@ def _check_inputs(model: nn.Module, example: Any, config: Any, data: Any) -> Non
             raise DataError(f"auto needs data with a '{split}' split (a slimkit DataBundle, e.g. "
                             "create_data('mnist')): the search decides on the validation split and calibrates on the "
                             "calibration split")
-    from slimkit._select import check_names
+    from slimkit._select import check_names, weighted_layer_names
     from slimkit.auto._formats import create_format
 
-    check_names([name for name, module in model.named_modules()
-                 if name and any(True for _ in module.parameters(recurse=False))], config.skip, kind="weighted")
+    check_names(weighted_layer_names(model), config.skip, kind="weighted")
     below = [key for key, limit in config.budget.items() if limit < 1]  # type: ignore[union-attr]
     if not any(all(key in create_format(name).lowers for key in below) for name in config.formats):
         raise ConfigError(f"none of the formats {', '.join(config.formats)} can lower {' and '.join(below)}: add a "
                           "format that can (onnx and int8 lower every budget; the container only the size)")
-    import torch
-
     try:
         with torch.no_grad():
             model.eval()(*input_tuple(example))

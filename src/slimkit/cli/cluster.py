@@ -41,14 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.cli._common import CommandError
     from slimkit.share import ClusterConfig
 
-    split = [flag for flag, value in (("--conv-bits", args.conv_bits), ("--fc-bits", args.fc_bits))
-             if value is not None]
-    if args.bits is not None and split:
-        raise CommandError(f"--bits sets every layer's bits and {' and '.join(split)} a kind's: give one or the other")
-    conv_bits = 8 if args.conv_bits is None else args.conv_bits
-    fc_bits = 5 if args.fc_bits is None else args.fc_bits
-    options = {"bits": args.bits, "conv_bits": conv_bits, "fc_bits": fc_bits, "init": args.init,
-               "layers": args.layers}
+    per_kind = {key: value for key, value in (("conv_bits", args.conv_bits), ("fc_bits", args.fc_bits))
+                if value is not None}
+    if args.bits is not None and per_kind:
+        flags = " and ".join(f"--{key.replace('_', '-')}" for key in per_kind)
+        raise CommandError(f"--bits sets every layer's bits and {flags} a kind's: give one or the other")
+    options = {"bits": args.bits, "init": args.init, "layers": args.layers, **per_kind}
     ClusterConfig(**options)
     stages = [{"cluster": options}]
     if args.epochs:

@@ -4,6 +4,7 @@ run's input model, the student is trained by one ``distill`` (or ``distill_stage
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from slimkit.cli._common import (
     CommandError,
@@ -70,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
     if args.student_checkpoint:
         roles["student_checkpoint"] = str(check_input_file(args.student_checkpoint, "student checkpoint").resolve())
     if args.stagewise:
-        options = {"stages": list(args.pairs), "stage_epochs": 1 if args.stage_epochs is None else args.stage_epochs,
-                   "epochs": args.epochs,
-                   "task_losses": losses, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed}
+        options = {"stages": list(args.pairs), "epochs": args.epochs, "task_losses": losses, "lr": args.lr,
+                   "weight_decay": args.weight_decay, "seed": args.seed}
+        if args.stage_epochs is not None:
+            options["stage_epochs"] = args.stage_epochs
         ReconstructConfig(**{**options, "stages": tuple(args.pairs), "task_losses": tuple(losses)})
         stage = {"distill_stagewise": {**roles, **options}}
     else:
@@ -81,8 +83,6 @@ def run(args: argparse.Namespace) -> int:
         DistillConfig(**{**options, "losses": tuple(losses), "pairs": tuple(args.pairs)})
         stage = {"distill": {**roles, **options}}
     data = {"augment": args.augment} if args.augment else {}
-    from pathlib import Path
-
     from slimkit.models import is_code_spec
 
     # a registered name or hf: spec is built untrained (a save_pretrained folder or the user's code may hold weights)

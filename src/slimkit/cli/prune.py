@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     target = "--speedup" if args.speedup is not None else "--latency" if args.latency is not None else None
     if args.ratio is not None and target is not None:
         raise CommandError(f"--ratio and {target} both set the amount of pruning: give one of them")
-    options = {"ratio": 0.5 if args.ratio is None else args.ratio, "criterion": args.criterion, "scope": args.scope,
-               "speedup": args.speedup,
-               "round_to": args.round_to, "skip": list(args.skip), "protect_first": args.protect_first,
-               "seed": args.seed}
+    options = {"criterion": args.criterion, "scope": args.scope, "speedup": args.speedup, "round_to": args.round_to,
+               "skip": list(args.skip), "protect_first": args.protect_first, "seed": args.seed}
+    if args.ratio is not None:
+        options["ratio"] = args.ratio
     if args.latency is not None:
         options["target_latency"] = {"ratio": args.latency, "batch": latency_batch(args, args.data),
                                      "threads": args.threads}

@@ -64,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
     if args.group_size is not None and args.per_tensor:
         raise CommandError("--group-size gives every group of input channels its own scale and --per-tensor one scale "
                            "per tensor: give one of them")
-    options = {"weight_bits": args.bits, "observer": args.observer or "minmax", "per_channel": not args.per_tensor,
-               "skip": list(args.skip), "keep_sensitive": args.keep_sensitive, "bias_correction": args.bias_correction}
+    options = {"weight_bits": args.bits, "per_channel": not args.per_tensor, "skip": list(args.skip),
+               "keep_sensitive": args.keep_sensitive, "bias_correction": args.bias_correction}
+    if args.observer is not None:
+        options["observer"] = args.observer
     if weight_only:
         options.update(activation_bits=None, group_size=args.group_size, weight_symmetric=not args.zero_point)
     elif args.zero_point:

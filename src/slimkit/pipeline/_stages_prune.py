@@ -37,13 +37,11 @@ class PruneStage(Stage):
 
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
         if ctx.model_is_input:  # names in skip / layers / a per-layer ratio: layers with weights of the model
-            from slimkit._select import check_names
+            from slimkit._select import check_names, weighted_layer_names
 
             config = self.params.config()
-            layers = [name for name, module in input_model.named_modules()
-                      if name and any(True for _ in module.parameters(recurse=False))]
             ratios = list(config.ratio) if isinstance(config.ratio, Mapping) else None
-            check_names(layers, config.skip, config.layers, ratios, kind="prunable")
+            check_names(weighted_layer_names(input_model), config.skip, config.layers, ratios, kind="prunable")
 
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         from slimkit.prune import prune_channels, prune_layerwise
