@@ -48,6 +48,8 @@ def test_profile_json_never_replaces_the_checkpoint_or_a_users_file_unasked(tmp_
         (["cluster", "lenet5", "--bits", "4", "--conv-bits", "2", "--out", "x"], "give one or the other"),
         (["quantize", "lenet5", "--group-size", "32", "--per-tensor", "--out", "x"], "give one of them"),
         (["quantize", "lenet5", "--weight-only", "--observer", "entropy", "--out", "x"], "drop --observer"),
+        (["quantize", "lenet5", "--zero-point", "--out", "x"], "add --weight-only or drop --zero-point"),
+        (["quantize", "lenet5", "--keep-sensitive", "4", "--out", "x"], "keeps every one of the 4 layers"),
         (["distill", "--teacher", "lenet5", "--student", "lenet5", "--stage-epochs", "3", "--out", "x"],
          "--stage-epochs is for --stagewise"),
         (["profile", "llama_tiny", "--input-shape", "1,28,28"], "--input-shape is one number"),

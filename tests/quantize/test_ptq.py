@@ -113,6 +113,9 @@ def test_sensitivity_sweep_keeps_the_worst_layer_in_float(mnist, lenet):
     report = quant_report(kept)
     assert worst in report.float_layers and worst not in report.quantized
     assert not wrappers(kept)[worst].enabled
+    # keeping every selected layer float would quantize nothing: refused before any calibration
+    with pytest.raises(ConfigError, match="use at most 2"):
+        quantize(lenet, mnist.example_input(), QuantConfig(keep_sensitive=3, skip=("fc2",)), data=mnist.calibration)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])

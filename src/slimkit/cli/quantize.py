@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if weight_only:
         options.update(activation_bits=None, group_size=args.group_size, weight_symmetric=not args.zero_point)
     elif args.zero_point:
-        options["weight_symmetric"] = False  # refused below with the library's message
+        raise CommandError("--zero-point gives weight-only grids a zero point; int8 kernels (the default, weights and "
+                           "activations) take symmetric weights: add --weight-only or drop --zero-point")
     if args.reduce_range is not None:
         options["reduce_range"] = args.reduce_range
     # the library's own message for a bad value or combination

@@ -155,7 +155,8 @@ def _param_leaves(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
 
 def check_selection(model: nn.Module, config: QuantConfig) -> None:
     """``config.layers`` and ``config.skip`` name layers with weights of ``model`` (a ``skip`` typo would quietly
-    quantize the layer meant to stay float), and ``layers`` only ones that can be quantized."""
+    quantize the layer meant to stay float), ``layers`` only ones that can be quantized, and ``keep_sensitive``
+    leaves at least one of them to quantize."""
     names = [name for name, _ in _param_leaves(model)]
     check_names(names, config.skip, kind="weighted")
     for pattern in config.layers:
@@ -168,6 +169,12 @@ def check_selection(model: nn.Module, config: QuantConfig) -> None:
             kinds = ", ".join(f"{n} ({type(model.get_submodule(n)).__name__})" for n in bad)
             raise ConfigError(f"cannot quantize {kinds}: only Conv2d and Linear are supported; remove them from "
                               "`layers` (they stay in float)")
+    if config.keep_sensitive:
+        chosen = [n for n, module in model.named_modules()
+                  if n and selected_for(n, module, config, QuantReport(config={}))]
+        if config.keep_sensitive >= len(chosen):
+            raise ConfigError(f"keep_sensitive={config.keep_sensitive} keeps every one of the {len(chosen)} layers it "
+                              f"would quantize in float, so nothing is quantized: use at most {len(chosen) - 1}")
 
 
 def weight_range(config: QuantConfig) -> dict[str, Any]:
