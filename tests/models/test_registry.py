@@ -69,3 +69,12 @@ def test_bad_specs_give_clear_errors(tmp_path):
     (tmp_path / "x.py").write_text("value = 3\n")
     with pytest.raises(ModelSpecError, match="no callable 'build'"):
         models.from_spec(f"{tmp_path}/x.py:build", allow_code=True)
+
+
+def test_models_that_fit_other_inputs_are_named_with_the_option_that_builds_them():
+    from slimkit.models._registry import names_for_input
+
+    gray, colour = names_for_input((1, 28, 28)), names_for_input((3, 28, 28))
+    assert "lenet5" in gray and "lenet5:in_channels=3" not in gray
+    assert "lenet5:in_channels=3" in colour and "lenet5" not in colour
+    models.from_spec("lenet5:in_channels=3")(torch.zeros(1, 3, 28, 28))  # the name given builds a model that fits

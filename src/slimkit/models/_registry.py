@@ -230,19 +230,21 @@ def _runs_on(model: nn.Module, example: Any) -> Any:
 
 
 def names_for_input(shape: tuple[int, ...]) -> list[str]:
-    """Registered models that run on one input of ``shape`` (C, H, W) with their default options (checked on the
-    meta device, so nothing is allocated)."""
+    """Registered models that run on one input of ``shape`` (C, H, W) with their default options, or with
+    ``in_channels`` set (then named ``model:in_channels=C``); checked on the meta device, so nothing is allocated."""
     import torch
 
     fitting = []
     for name in MODELS.names():
-        options = {"in_channels": shape[0]} if "in_channels" in inspect.signature(MODELS.get(name)).parameters else {}
+        channels = inspect.signature(MODELS.get(name)).parameters.get("in_channels")
+        options = {"in_channels": shape[0]} if channels is not None else {}
         try:
             with torch.device("meta"):
                 _runs_on(MODELS.get(name)(**options), torch.zeros(1, *shape))
         except Exception:  # any failure means "does not fit": this only lists candidates for an error message
             continue
-        fitting.append(name)
+        # a model that fits only with another channel count is named with the option that builds it so
+        fitting.append(name if channels is None or channels.default == shape[0] else f"{name}:in_channels={shape[0]}")
     return fitting
 
 
