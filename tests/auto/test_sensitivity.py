@@ -5,9 +5,11 @@ from torch import nn
 from slimkit.auto._folder import Cache
 from slimkit.auto._sensitivity import (
     Calibration,
+    ShortRecovery,
     channel_analysis,
     channel_groups,
     clustered_bytes,
+    container_analysis,
     container_option,
     hessian_traces,
     keep_levels,
@@ -63,3 +65,41 @@ def test_channel_analysis_records_which_layers_each_group_reaches(trained, digit
     assert level["widths"] == {"conv2": [12, 12], "fc1": [192, 48]}
     assert level["delta"] >= 0 and out["conv2"]["levels"][0]["delta"] == 0
     assert Cache(tmp_path / "c.json", "k").get("conv2|12")["widths"] == level["widths"]  # cached as measured
+
+
+def test_short_recovery_holds_pruned_weights_at_zero_and_is_reproducible(trained, digits):
+    from slimkit.prune import UnstructuredConfig, attached_masks, magnitude_prune
+
+    model, _ = trained
+    recovery = ShortRecovery.build(digits.train, 12, 0.05, seed=0)
+    assert len(recovery.batches) == 12 and recovery.label == "recovered12@0.05"
+    pruned = magnitude_prune(model, None, UnstructuredConfig(sparsity={"fc1": 0.9}))
+    before = pruned.fc1.weight.detach().clone()  # the recovery trains the model it is given
+    zeros = before == 0
+    first, second = recovery(pruned), recovery(magnitude_prune(model, None, UnstructuredConfig(sparsity={"fc1": 0.9})))
+    assert not attached_masks(first)  # finalized: the masks are baked in
+    assert torch.equal(first.fc1.weight[zeros], torch.zeros(int(zeros.sum())))
+    assert not torch.equal(first.fc1.weight[~zeros], before[~zeros])  # the rest trained
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)  # same batches, same order, same seed
+
+
+def test_container_costs_after_a_short_recovery_are_read_against_the_recovered_unpruned_model(trained, digits,
+                                                                                           tmp_path):
+    model, _ = trained
+    calib = Calibration.build(model, digits.calibration, 128, "loss")
+    recovery = ShortRecovery.build(digits.train, 30, 0.05, seed=0)
+    common = {"method": "loss", "traces": None, "seed": 0}
+    one_shot = container_analysis(model, calib, ["fc1"], [0.9], [8], cache=Cache(tmp_path / "a.json", "k"), **common)
+    recovered = container_analysis(model, calib, ["fc1"], [0.9], [8], cache=Cache(tmp_path / "b.json", "k"),
+                                   recovery=recovery, **common)
+    cost = {name: {r["sparsity"]: r["delta"] for r in rows} for name, rows in
+            (("one-shot", one_shot["fc1"]), ("recovered", recovered["fc1"]))}
+    # 8-bit clusters of the unpruned layer cost almost nothing against the reference the steps also trained
+    assert cost["recovered"][0.0] < 0.01
+    # retraining recovers most of what 90 % sparsity costs one-shot
+    assert cost["one-shot"][0.9] > 0.04
+    assert cost["recovered"][0.9] < 0.5 * cost["one-shot"][0.9]
+    with pytest.raises(ValueError, match="measured losses"):
+        container_analysis(model, calib, ["fc1"], [0.9], [8], cache=Cache(tmp_path / "c.json", "k"),
+                           recovery=recovery, method="hessian", traces={}, seed=0)

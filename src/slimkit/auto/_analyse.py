@@ -3,10 +3,12 @@ reference files each deployment format is calibrated on. Every part is cached in
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import math
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from slimkit.auto._formats import create_format, example_batch
 from slimkit.auto._measure import LatencyMeter
 from slimkit.auto._sensitivity import (
     Calibration,
+    ShortRecovery,
     channel_analysis,
     channel_groups,
     container_analysis,
@@ -130,9 +133,11 @@ class Analyser:
             names = [n for n in layers if n not in skip]
             bits = config.cluster_bits if "clusters" in config.knobs else (8,)
             sparsities = config.sparsities if "sparsity" in config.knobs else ()
+            recovery = self._short_recovery(calib, method, len(names) * len(sparsities))
             analysis.container = container_analysis(model, calib, names, sparsities, bits, method=method,
                                                     traces=traces, seed=config.seed, cache=self.cache("container"),
-                                                    progress=self.progress("container"))
+                                                    recovery=recovery, progress=self.progress("container"))
+            analysis.base["container_sensitivity"] = method if recovery is None else recovery.label
             self._container_reference(analysis)
         analysis.base.update(self.base)
         write_json(self.folder / "summary.json", {"key": self.key, "method": method, "layers": analysis.layers,
@@ -194,6 +199,26 @@ class Analyser:
         method = "loss" if estimate <= config.sensitivity_seconds else "hessian"
         log.info("auto: %d sensitivity evaluations × %.3f s = %.0f s: %s", evals, calib.seconds, estimate, method)
         return method
+
+    def _short_recovery(self, calib: Calibration, method: str, options: int) -> ShortRecovery | None:
+        """The short recovery each container sparsity is measured after (``AutoConfig.sensitivity_steps``), or None
+        (one-shot): with the Hessian estimate, without sparsities, or under ``sensitivity="auto"`` when the
+        ``options`` recoveries would not fit ``sensitivity_seconds`` (timed on two steps)."""
+        config = self.config
+        if method != "loss" or not config.sensitivity_steps or not options:
+            return None
+        recovery = ShortRecovery.build(self.data.train, config.sensitivity_steps, config.recovery_lr, config.seed)
+        if config.sensitivity == "auto":
+            timing = ShortRecovery(recovery.batches[:2], recovery.lr, recovery.seed)
+            started = time.perf_counter()
+            timing(copy.deepcopy(self.model))
+            step = (time.perf_counter() - started) / len(timing.batches)
+            estimate = (options + 1) * config.sensitivity_steps * step
+            if estimate > config.sensitivity_seconds:
+                log.info("auto: %d short recoveries × %d steps × %.3f s = %.0f s: container sparsity measured "
+                         "one-shot", options + 1, config.sensitivity_steps, step, estimate)
+                return None
+        return recovery
 
     def _int8(self, calib: Calibration, analysis: Analysis) -> None:
         """Per-layer int8 sensitivity; the whole int8 model's file bytes, latency ratio and accuracy."""

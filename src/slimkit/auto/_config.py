@@ -51,6 +51,10 @@ class AutoConfig:
         estimates it for weight perturbations as ½·tr(H)/n·‖ΔW‖² (HAWQ-V2, Dong et al. 2020) from a Hutchinson
         trace; ``auto`` measures when that takes at most ``sensitivity_seconds`` and estimates otherwise (channel
         removal and int8 are always measured).
+    sensitivity_steps: with measured costs, each container sparsity is measured after this many fine-tuning steps
+        (pruned weights held at zero; ``recovery_lr``; the unpruned model after the same steps is the reference),
+        since the container's pruning is always retrained; under ``auto`` only when those steps fit
+        ``sensitivity_seconds`` as well, one-shot otherwise. 0: one-shot.
     proxy: the measured quantity: ``loss`` (cross-entropy increase) or ``kl`` (divergence from the input model's
         outputs, label-free).
     calibration_samples: calibration samples the sensitivities are measured on (from ``data.calibration``).
@@ -75,6 +79,7 @@ class AutoConfig:
     criterion: str = "l1"
     sensitivity: str = "auto"
     sensitivity_seconds: float = 300.0
+    sensitivity_steps: int = 100
     proxy: str = "loss"
     calibration_samples: int = 512
     recovery: str = "kd"
@@ -124,7 +129,8 @@ class AutoConfig:
             if value not in allowed:
                 raise ConfigError(f"{name} '{value}' is unknown: use one of {', '.join(allowed)}")
         for name, low in (("calibration_samples", 1), ("recovery_epochs", 0), ("cluster_epochs", 0),
-                          ("prune_rounds", 1), ("max_candidates", 1), ("seed", 0)):
+                          ("prune_rounds", 1), ("max_candidates", 1), ("seed", 0),
+                          ("sensitivity_steps", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name}={value!r}: use a whole number ≥ {low}")
