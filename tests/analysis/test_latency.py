@@ -123,6 +123,37 @@ def test_onnxruntime_comparison_of_files_runs_three_sessions(tmp_path):
     assert cmp.candidate.backend == "onnxruntime" and cmp.candidate.batch_size == 2 and cmp.control.repeats == 4
 
 
+def test_each_model_runs_in_several_sessions_and_a_slow_session_counts_by_its_share(tmp_path, monkeypatch):
+    """ONNX Runtime sessions of one file can differ for their whole life (LeNet-5 int8: 2.4 ms or 3.4 ms per
+    session): each model's round time is the mean over its sessions, so one unlucky session moves the ratio by its
+    share instead of deciding it."""
+    import slimkit.analysis._latency as latency_module
+
+    x = torch.zeros(2, 1, 28, 28)
+    a, b = export_onnx(_model(), x, tmp_path / "a.onnx"), export_onnx(_model(), x, tmp_path / "b.onnx")
+    clock = FakeClock()
+    session_ms = {str(a): [1.0] * 6, str(b): [2.4, 2.4, 3.4]}  # the baseline's 3 sessions and its control's 3
+    made = []
+
+    def fake_runner(path, inputs, threads):
+        ms, who = session_ms[str(path)][made.count(str(path))], (str(path), made.count(str(path)))
+        made.append(str(path))
+        return lambda: clock.spend(who, ms)
+
+    monkeypatch.setattr(latency_module, "_onnx_runner", fake_runner)
+    cmp = compare_latency(a, b, x, backend="onnxruntime", threads=1, warmup=1, repeats=12, clock=clock)
+    assert made == [str(a)] * 6 + [str(b)] * 3 and cmp.sessions == 3
+    rounds = [clock.calls[i:i + 9] for i in range(9, len(clock.calls), 9)]  # after the warm-up round
+    assert all(len(set(r)) == 9 for r in rounds)  # every session runs once a round
+    assert cmp.ratio == pytest.approx((2.4 + 2.4 + 3.4) / 3) and cmp.aa_ratio == pytest.approx(1.0)
+    assert cmp.candidate.median_ms == pytest.approx((2.4 + 2.4 + 3.4) / 3)
+    made.clear()
+    single = compare_latency(a, b, x, backend="onnxruntime", threads=1, warmup=1, repeats=12, clock=clock, sessions=1)
+    assert single.ratio == pytest.approx(2.4) and single.sessions == 1  # one session: whichever draw it got
+    with pytest.raises(ConfigError, match="sessions=0"):
+        compare_latency(a, b, x, backend="onnxruntime", sessions=0)
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_latency_returns_ordered_percentiles(backend):
     result = latency(_model(), torch.zeros(2, 1, 28, 28), backend=backend, threads=1, warmup=2, repeats=9)

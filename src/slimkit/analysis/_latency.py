@@ -50,6 +50,12 @@ from slimkit._inputs import input_tuple
 
 #: the A/A control's median ratio must lie in this closed band for a comparison to carry a ratio
 AA_BAND = (0.9, 1.1)
+#: ONNX Runtime sessions per model in :func:`compare_latency`. One session's speed can sit in one of two modes for
+#: its whole life: LeNet-5's int8 file at batch 64, timed in 8 fresh sessions, ran 2.25–2.60 ms in six and 3.40 ms
+#: in two, each stable within its session (a one-session comparison read the same model at 0.45 and at 0.56 of the
+#: baseline in two runs). Each model's time is the mean over its sessions, and the A/A control's sessions show how
+#: much the draw still moves it.
+SESSIONS = 3
 #: threads per session (ONNX Runtime intra-op) or for the process (PyTorch) unless the caller says otherwise
 DEFAULT_THREADS = 1
 #: status of a comparison whose A/A control lies inside :data:`AA_BAND`
@@ -87,7 +93,7 @@ class LatencyComparison:
     ``ratio_p90`` the 10th and 90th percentiles of the paired ratios (their spread) and ``ratio_ci`` the 95 %
     confidence interval of the median (its precision); ``aa_*`` are the same for A′/A. When ``aa_ratio`` or
     ``aa_ci`` leaves :data:`AA_BAND` the status is :data:`TOO_NOISY` and ``ratio``, its spread and interval are
-    None.
+    None. ``sessions``: ONNX Runtime sessions per model, a round's time of each model the mean over its sessions.
     """
 
     baseline: LatencyResult
@@ -103,6 +109,7 @@ class LatencyComparison:
     aa_ci: tuple[float, float]
     status: str
     seed: int
+    sessions: int = 1
 
     @property
     def ok(self) -> bool:
@@ -333,8 +340,13 @@ def _paired(numerator: Sequence[float], denominator: Sequence[float]) -> tuple[f
 
 
 def comparison_from_samples(samples: Sequence[Sequence[float]], *, backend: str, threads: int, batch_size: int,
-                            seed: int = 0) -> LatencyComparison:
-    """The comparison of per-round samples ``[A, A′, B]`` (seconds): paired ratios, A/A control and status."""
+                            seed: int = 0, sessions: int = 1) -> LatencyComparison:
+    """The comparison of per-round samples ``[A, A′, B]`` (seconds): paired ratios, A/A control and status. With
+    ``sessions`` > 1 the samples are ``sessions`` runners of A, then of A′, then of B, and a round's time of each
+    model is the mean over its runners."""
+    if sessions > 1:
+        samples = [np.mean(np.asarray(samples[i:i + sessions], dtype=np.float64), axis=0).tolist()
+                   for i in range(0, 3 * sessions, sessions)]
     base, control, cand = samples
     ratio, r10, r90, rci = _paired(cand, base)
     aa, aa10, aa90, aaci = _paired(control, base)
@@ -347,7 +359,7 @@ def comparison_from_samples(samples: Sequence[Sequence[float]], *, backend: str,
         candidate=_summarise(cand, backend, threads, batch_size),
         control=_summarise(control, backend, threads, batch_size),
         ratio=ratio, ratio_p10=r10, ratio_p90=r90, ratio_ci=rci, aa_ratio=aa, aa_p10=aa10, aa_p90=aa90, aa_ci=aaci,
-        status=status, seed=seed,
+        status=status, seed=seed, sessions=sessions,
     )
 
 
@@ -362,29 +374,35 @@ def compare_latency(
     repeats: int = 50,
     seed: int = 0,
     clock: Clock = time.perf_counter,
+    sessions: int = SESSIONS,
 ) -> LatencyComparison:
     """Time ``candidate`` against ``baseline`` interleaved, with an A/A control, and return the paired ratio.
 
     Both may be ``nn.Module`` s or (with ``backend="onnxruntime"``) ``.onnx`` paths; modules are exported first.
-    The control A′ is a second ONNX Runtime session of the baseline's file (or, in PyTorch, a deep copy of the
-    module). ``repeats`` rounds each time A, A′ and B once in a seeded random order (see :func:`interleave`);
-    ``ratio`` is the median of the per-round B/A ratios. If the A/A median leaves :data:`AA_BAND` the result says
-    ``status="too noisy"`` and ``ratio=None``: rerun on a quieter machine or with more repeats.
+    In ONNX Runtime each model runs in ``sessions`` sessions (see :data:`SESSIONS`) and the control A′ in as many
+    more sessions of the baseline's file; in PyTorch A′ is a deep copy of the module (one of each). ``repeats``
+    rounds each call every session once in a seeded random order (see :func:`interleave`); a model's time in a
+    round is the mean over its sessions, and ``ratio`` is the median of the per-round B/A ratios. If the A/A median
+    leaves :data:`AA_BAND` the result says ``status="too noisy"`` and ``ratio=None``: rerun on a quieter machine or
+    with more repeats.
     """
     _check(baseline, backend, threads, warmup, repeats)
     _check(candidate, backend, threads, warmup, repeats)
+    if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
+        raise ConfigError(f"latency sessions={sessions!r}: use a whole number ≥ 1")
+    sessions = sessions if backend == "onnxruntime" else 1
     inputs = input_tuple(example_inputs)
     torch_state = _TorchState(threads, [baseline, candidate], backend == "torch")
     with tempfile.TemporaryDirectory(prefix="slimkit-latency-") as tmp, torch_state:
         if backend == "onnxruntime":
             base_path = _as_onnx(baseline, inputs, Path(tmp), "baseline")
             cand_path = _as_onnx(candidate, inputs, Path(tmp), "candidate")
-            runners = [_onnx_runner(base_path, inputs, threads), _onnx_runner(base_path, inputs, threads),
-                       _onnx_runner(cand_path, inputs, threads)]
+            runners = [_onnx_runner(path, inputs, threads)
+                       for path in (base_path, base_path, cand_path) for _ in range(sessions)]
         else:
             control = copy.deepcopy(baseline)
             runners = [_torch_runner(m, inputs) for m in (baseline, control, candidate)]  # type: ignore[arg-type]
         samples = interleave(runners, warmup=warmup, repeats=repeats, seed=seed, clock=clock)
         del runners  # the three sessions live exactly as long as the comparison
     return comparison_from_samples(samples, backend=backend, threads=threads, batch_size=int(inputs[0].shape[0]),
-                                   seed=seed)
+                                   seed=seed, sessions=sessions)

@@ -65,7 +65,7 @@ def reading(cmp: Any) -> dict[str, Any]:
     """The JSON record of a :class:`slimkit.analysis.LatencyComparison`."""
     return {"ratio": cmp.ratio, "p10": cmp.ratio_p10, "p90": cmp.ratio_p90, "aa": cmp.aa_ratio, "aa_p10": cmp.aa_p10,
             "aa_p90": cmp.aa_p90, "status": cmp.status, "rounds": cmp.baseline.repeats,
-            "baseline_ms": cmp.baseline.median_ms, "candidate_ms": cmp.candidate.median_ms}
+            "sessions": cmp.sessions, "baseline_ms": cmp.baseline.median_ms, "candidate_ms": cmp.candidate.median_ms}
 
 
 def deployed_latency(model: nn.Module, written: Path, *, example: Any, fmt: Any, folder: Path, baseline: nn.Module,
