@@ -20,20 +20,24 @@ import torch
 
 from slimkit._cpu import cpu_info
 from slimkit._io import write_text_atomic
+from slimkit.analysis._latency import SESSIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
-#: ONNX Runtime threads per session in every latency comparison: one thread each, so the three live sessions of a
-#: comparison (baseline, its A/A copy, candidate) and the other jobs on a shared machine never oversubscribe the
+#: ONNX Runtime threads per session in every latency comparison: one thread each, so the live sessions of a
+#: comparison (baseline, its A/A copies, candidate) and the other jobs on a shared machine never oversubscribe the
 #: cores; the ratio then measures the work a model does. Change it here to measure a multi-core deployment.
 LATENCY_THREADS = 1
 #: how every benchmark's prose describes the latency method (kept in one place so no section drifts from it)
 LATENCY_METHOD = (
     f"ONNX Runtime, {LATENCY_THREADS} thread per session, thread spinning off; `compare_latency` times the baseline, "
-    "a second session of it (the A/A control) and the candidate call by call in a seeded random order per round; "
-    "a cell is the median of the per-round ratios candidate/baseline with its 10th–90th percentile and the A/A "
-    "median, or \"too noisy\" when the A/A median or its 95 % interval leaves [0.9, 1.1]"
+    f"its A/A control (other sessions of the baseline's file) and the candidate, each model in {SESSIONS} sessions, "
+    "call by call in a seeded random order per round, a model's round time the mean over its sessions (one session "
+    "can run a model in a slow mode for its whole life); a cell is the median of the per-round ratios "
+    "candidate/baseline with its 10th–90th percentile and the A/A median, or \"too noisy\" when the A/A median or "
+    "its 95 % interval leaves [0.9, 1.1]. Sections whose result files record no `sessions` were measured with one "
+    "session per model"
 )
 
 

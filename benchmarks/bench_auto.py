@@ -634,6 +634,7 @@ def _dc_budget_text(results: dict[str, Any]) -> str:
 def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The section's markdown from its results (``run``'s data, or ``results/auto.json`` for ``python -m
     benchmarks.run --rerender auto``)."""
+    from slimkit.auto import AutoConfig
     from slimkit.auto._run import MARGIN
 
     clean = {k: v for k, v in payload.items() if k not in ("machine", "quick")}
@@ -646,7 +647,11 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         f"max_drop {clean['max_drop']} points on validation; its recovery is {settings['recovery_epochs']} epochs of "
         f"KD from the input (the shipped prune + KD recipe's), the container format's {settings['prune_rounds']} "
         f"magnitude-pruning rounds of {settings['recovery_epochs']} epochs each and {settings['cluster_epochs']} "
-        "epochs of centroid fine-tuning. " + _equal_training_text(clean) +
+        "epochs of centroid fine-tuning. Each container sparsity's per-layer cost is read after "
+        f"{settings.get('sensitivity_steps', AutoConfig.sensitivity_steps)} masked fine-tuning steps at the "
+        "recovery's learning rate, against "
+        "the unpruned model after the same steps (`sensitivity_steps`; one-shot when those steps would not fit the "
+        "analysis time). " + _equal_training_text(clean) +
         _train_images_text(clean) +
         "Best hand recipe: every recipe in recipes/ for the model, started from the same trained baseline (its "
         "`train` stage dropped), measured once; the most accurate on validation among those that meet the budget. "

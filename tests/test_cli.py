@@ -49,6 +49,8 @@ def test_profile_json_never_replaces_the_checkpoint_or_a_users_file_unasked(tmp_
         (["quantize", "lenet5", "--group-size", "32", "--per-tensor", "--out", "x"], "give one of them"),
         (["quantize", "lenet5", "--weight-only", "--observer", "entropy", "--out", "x"], "drop --observer"),
         (["quantize", "lenet5", "--zero-point", "--out", "x"], "add --weight-only or drop --zero-point"),
+        (["auto", "lenet5", "--budget", "size=0.1", "--sensitivity-steps", "-1", "--out", "x"],
+         "--sensitivity-steps: -1 is out of range"),
         (["quantize", "lenet5", "--keep-sensitive", "4", "--out", "x"], "keeps every one of the 4 layers"),
         (["distill", "--teacher", "lenet5", "--student", "lenet5", "--stage-epochs", "3", "--out", "x"],
          "--stage-epochs is for --stagewise"),

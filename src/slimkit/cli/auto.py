@@ -73,6 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="stop trying new candidates after this many seconds")
     parser.add_argument("--sensitivity", choices=["auto", "loss", "hessian"], default="auto",
                         help="measured loss, HAWQ-V2 Hessian-trace estimate, or auto (default)")
+    parser.add_argument("--sensitivity-steps", type=count(0, 100_000), default=100, metavar="STEPS",
+                        help="fine-tuning steps before each container sparsity's cost is measured (0: one-shot; "
+                             "default: 100, when they fit the analysis time)")
     parser.add_argument("--calibration-samples", type=count(1, 1_000_000), default=512,
                         help="calibration samples of the sensitivity analysis (default: 512)")
     parser.add_argument("--criterion", default="l1", help="channel importance criterion (default: l1)")
@@ -143,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget, batch=args.latency_batch, threads=args.threads)
     config = AutoConfig(
         budget=budget, max_drop=args.max_drop, formats=_split(args.formats), knobs=_split(args.knobs),
-        criterion=args.criterion, sensitivity=args.sensitivity, calibration_samples=args.calibration_samples,
+        criterion=args.criterion, sensitivity=args.sensitivity, sensitivity_steps=args.sensitivity_steps,
+        calibration_samples=args.calibration_samples,
         recovery=args.recovery, recovery_epochs=args.recovery_epochs, recovery_lr=args.recovery_lr,
         cluster_epochs=args.cluster_epochs, prune_rounds=args.prune_rounds, max_candidates=args.max_candidates,
         time_limit=args.time_limit, skip=tuple(args.skip), seed=args.seed)
