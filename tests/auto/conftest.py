@@ -38,6 +38,10 @@ class MacsMeter:
     by :func:`slimkit.analysis.build_latency_table` with a measurer that returns each layer's MACs as its time."""
 
     int8_factor = 0.5
+    ci_halfwidth = 0.0  # a noisy runtime's: the median known to ± this much
+
+    def __init__(self, ci_halfwidth: float = 0.0) -> None:
+        self.ci_halfwidth = ci_halfwidth
 
     def table(self, model, example, *, batch, threads, precision="fp32", network=None, widths=None):
         from slimkit.analysis import build_latency_table
@@ -64,7 +68,10 @@ class MacsMeter:
             return profile(model, x).total.macs * (self.int8_factor if int8 else 1.0)
 
         ratio = cost(candidate) / cost(baseline)
-        return {"ratio": ratio, "p10": ratio, "p90": ratio, "aa": 1.0, "status": "ok"}
+        record = {"ratio": ratio, "p10": ratio, "p90": ratio, "aa": 1.0, "status": "ok"}
+        if self.ci_halfwidth:  # a noisy runtime: the median known to ± this much
+            record["ci"] = [ratio - self.ci_halfwidth, ratio + self.ci_halfwidth]
+        return record
 
 
 @pytest.fixture(scope="session")

@@ -23,11 +23,11 @@ def _recipe_base(checkpoint):
             "evaluation": {"latency": False}}
 
 
-def _run(trained, digits, out, **overrides):
+def _run(trained, digits, out, meter=None, **overrides):
     model, checkpoint = trained
     options = {"budget": "latency=0.4", "max_drop": 3.0, "formats": ("onnx", "int8"), "knobs": ("channels", "int8"),
                "recovery_epochs": 1, "calibration_samples": 128, "max_candidates": 3, **overrides}
-    compressed = auto_compress(model, X, AutoConfig(**options), data=digits, out=out, latency=MacsMeter(),
+    compressed = auto_compress(model, X, AutoConfig(**options), data=digits, out=out, latency=meter or MacsMeter(),
                                spec="auto_digits", recipe=_recipe_base(checkpoint))
     return compressed, auto_report(compressed)
 
@@ -639,3 +639,16 @@ def test_a_format_whose_files_cannot_lower_the_budgeted_dimension_is_not_analyse
     assert {row["format"] for row in result.candidates} == {"onnx"}
     analysis = tmp_path / "auto" / "analysis"
     assert (analysis / "channels.json").is_file() and not (analysis / "container.json").exists()
+
+
+def test_a_latency_budget_is_met_only_when_the_measured_medians_interval_is_within_it(trained, digits, tmp_path):
+    """On a noisy runtime the median is known to ± its 95 % interval: a candidate whose interval reaches past the
+    budget has not met it, and the search aims lower by the interval's end, not the median."""
+    from slimkit.auto._measure import meets
+
+    row = {"ratios": {"latency": 0.298, "size": 0.2}, "latency": {"ratio": 0.298, "ci": [0.27, 0.33]}}
+    assert meets(row, {"latency": 0.3, "size": 0.2}) == {"latency": False, "size": True}
+    assert meets({**row, "latency": {"ratio": 0.298}}, {"latency": 0.3}) == {"latency": True}  # no interval read
+    _, result = _run(trained, digits, tmp_path / "auto", meter=MacsMeter(ci_halfwidth=0.05))
+    assert result.status == "met"
+    assert result.chosen["latency"]["ci"][1] <= 0.4 and result.chosen["ratios"]["latency"] <= 0.35 + 1e-9

@@ -33,7 +33,8 @@ def _fractions(name: str, values: Any, low: float, high: float, *, open_high: bo
 class AutoConfig:
     """What ``auto_compress`` searches and how.
 
-    budget: a :class:`Budget` or its text (``"latency=0.4,size=0.05"``).
+    budget: a :class:`Budget` or its text (``"latency=0.4,size=0.05"``). A latency budget is met when the 95 %
+        confidence interval of the measured median ratio lies within it (a noisy reading is not a met budget).
     max_drop: the largest accuracy drop accepted on the validation split, in percentage points (0.5 = from 99.1 %
         to 98.6 %). A candidate that drops more is backed off (its most sensitive choices made milder) and tried
         again, up to ``max_candidates`` candidates or ``time_limit`` seconds.

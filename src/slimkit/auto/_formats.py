@@ -111,7 +111,9 @@ class Int8Format(DeployFormat):
         stages = _structural_stages(plan, config)
         # the layers the search never changes stay float, as the analysis priced them; the weight grid is the one
         # measured here, written out so that the recipe reproduces it on any CPU
-        stages.append({"quantize": {"method": "ptq", "skip": [*config.skip, *plan.float_layers],
+        # a factorised layer kept float is its factors by the time the quantize stage runs (fc1 → fc1.0, fc1.1)
+        floats = [f"{name}.*" if name in plan.rank else name for name in plan.float_layers]
+        stages.append({"quantize": {"method": "ptq", "skip": [*config.skip, *floats],
                                     "reduce_range": resolve_reduce_range(None)}})
         return stages
 

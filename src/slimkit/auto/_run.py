@@ -55,7 +55,7 @@ from slimkit.auto._config import AutoConfig
 from slimkit.auto._costs import Analysis, build_problem, layer_ms, plan_of, uniform_ties
 from slimkit.auto._folder import RUN_FILE, digest, read_json, state_digest, write_json
 from slimkit.auto._formats import create_format
-from slimkit.auto._measure import LatencyMeter, deployed_latency, measure_model, meets
+from slimkit.auto._measure import LatencyMeter, deployed_latency, judged_ratio, measure_model, meets
 from slimkit.auto._plan import Plan
 from slimkit.auto._search import Problem, reachable, solve
 from slimkit.train import TrainingDiverged
@@ -515,7 +515,8 @@ class AutoRun:
         return True
 
     def _probe(self, plan: Plan) -> float | None:
-        """The latency ratio of the plan's architecture, untrained (cached in ``OUT/probes`` by the plan's key)."""
+        """The latency ratio of the plan's architecture, untrained, as a budget judges it (:func:`judged_ratio`;
+        cached in ``OUT/probes`` by the plan's key)."""
         from slimkit.auto._apply import STRUCTURAL
 
         folder = self.out / "probes" / digest(plan.key())[:16]
@@ -532,8 +533,11 @@ class AutoRun:
         record = deployed_latency(model, written, example=self.example, fmt=fmt, folder=folder, baseline=self.model,
                                   baseline_onnx=self.out / "baseline.onnx", meter=self.meter,  # type: ignore[arg-type]
                                   batch=budget.batch, threads=budget.threads)  # type: ignore[union-attr]
-        write_json(folder / RESULT_FILE, {"key": plan.key(), "ratio": record.get("ratio"), "latency": record})
-        return record.get("ratio")
+        # judged as a trained candidate is (the interval's end): a probe within the budget by its median alone would
+        # only send a candidate to training that then misses
+        ratio = judged_ratio({"ratios": {"latency": record.get("ratio")}, "latency": record}, "latency")
+        write_json(folder / RESULT_FILE, {"key": plan.key(), "ratio": ratio, "latency": record})
+        return ratio
 
     def _candidate(self, index: int, plan: Plan, analysis: Analysis, base: dict[str, Any], *,
                    uniform: bool = False) -> dict[str, Any]:
@@ -613,7 +617,7 @@ class AutoRun:
         for key, ok in outcome["budget"].items():
             if ok is False:  # measured above the limit: aim lower by measured / predicted
                 predicted = solution.ratios.get(key, row["ratios"][key])
-                aim = predicted * self.budget[key] / row["ratios"][key] * 0.99
+                aim = predicted * self.budget[key] / judged_ratio(row, key) * 0.99
                 # the MACs model is the same in every format; size and latency are each format's own
                 for fmt in (targets if key == "macs" else [problem.format]):
                     targets[fmt][key] = min(targets[fmt][key], _floored(problems[fmt], key, aim))

@@ -1,0 +1,20 @@
+import torch
+
+from slimkit.auto import AutoConfig
+from slimkit.auto._apply import run_stages
+from slimkit.auto._formats import create_format
+from slimkit.auto._plan import Plan
+from slimkit.quantize import quant_report
+
+
+def test_a_factorised_layer_kept_float_in_the_int8_format_keeps_its_factors_float(trained, digits, tmp_path):
+    """The quantize stage runs after the decomposition, when fc1 is fc1.0 and fc1.1: the plan's "fc1 stays float"
+    must reach them (the literal name alone is no weighted layer there, and would be refused)."""
+    model, _ = trained
+    plan = Plan(format="int8", rank={"fc1": 0.5}, float_layers=["fc1", "conv1"])
+    stages = create_format("int8").stages(plan, AutoConfig(budget="size=0.5", recovery_epochs=0))
+    out = run_stages(model, stages, data=digits, example=torch.zeros(1, 1, 8, 8), seed=0, folder=tmp_path)
+    report = quant_report(out)
+    factors = [name for name, module in out.named_modules() if name.startswith("fc1.") and hasattr(module, "weight")]
+    assert len(factors) == 2 and set(factors) <= set(report.float_layers)
+    assert "conv1" in report.float_layers and "conv2" in report.quantized
