@@ -634,7 +634,6 @@ def _dc_budget_text(results: dict[str, Any]) -> str:
 def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The section's markdown from its results (``run``'s data, or ``results/auto.json`` for ``python -m
     benchmarks.run --rerender auto``)."""
-    from slimkit.auto import AutoConfig
     from slimkit.auto._run import MARGIN
 
     clean = {k: v for k, v in payload.items() if k not in ("machine", "quick")}
@@ -647,11 +646,7 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         f"max_drop {clean['max_drop']} points on validation; its recovery is {settings['recovery_epochs']} epochs of "
         f"KD from the input (the shipped prune + KD recipe's), the container format's {settings['prune_rounds']} "
         f"magnitude-pruning rounds of {settings['recovery_epochs']} epochs each and {settings['cluster_epochs']} "
-        "epochs of centroid fine-tuning. Each container sparsity's per-layer cost is read after "
-        f"{settings.get('sensitivity_steps', AutoConfig.sensitivity_steps)} masked fine-tuning steps at the "
-        "recovery's learning rate, against "
-        "the unpruned model after the same steps (`sensitivity_steps`; one-shot when those steps would not fit the "
-        "analysis time). " + _equal_training_text(clean) +
+        "epochs of centroid fine-tuning. " + _sensitivity_text(settings) + _equal_training_text(clean) +
         _train_images_text(clean) +
         "Best hand recipe: every recipe in recipes/ for the model, started from the same trained baseline (its "
         "`train` stage dropped), measured once; the most accurate on validation among those that meet the budget. "
@@ -694,6 +689,15 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "test error read once per row.",
         ])
     return markdown, clean
+
+
+def _sensitivity_text(settings: dict[str, Any]) -> str:
+    """How the container's per-layer sparsity costs were read (one-shot unless the run set sensitivity_steps)."""
+    steps = settings.get("sensitivity_steps", 0)
+    if not steps:
+        return "Container sparsity costs are read one-shot. "
+    return (f"Each container sparsity's per-layer cost is read after {steps} masked fine-tuning steps at the "
+            "recovery's learning rate, against the unpruned model after the same steps (`sensitivity_steps`). ")
 
 
 def _train_images_text(results: dict[str, Any]) -> str:

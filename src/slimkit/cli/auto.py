@@ -73,9 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="stop trying new candidates after this many seconds")
     parser.add_argument("--sensitivity", choices=["auto", "loss", "hessian"], default="auto",
                         help="measured loss, HAWQ-V2 Hessian-trace estimate, or auto (default)")
-    parser.add_argument("--sensitivity-steps", type=count(0, 100_000), default=100, metavar="STEPS",
-                        help="fine-tuning steps before each container sparsity's cost is measured (0: one-shot; "
-                             "default: 100, when they fit the analysis time)")
+    parser.add_argument("--sensitivity-steps", type=count(0, 100_000), default=0, metavar="STEPS",
+                        help="fine-tuning steps before each container sparsity's cost is measured, when they fit "
+                             "the analysis time (default: 0, one-shot)")
     parser.add_argument("--calibration-samples", type=count(1, 1_000_000), default=512,
                         help="calibration samples of the sensitivity analysis (default: 512)")
     parser.add_argument("--criterion", default="l1", help="channel importance criterion (default: l1)")
