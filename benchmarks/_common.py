@@ -43,10 +43,7 @@ LATENCY_METHOD = (
 
 def latency_record(cmp: Any) -> dict[str, Any]:
     """The JSON record of a :class:`slimkit.analysis.LatencyComparison` kept in a benchmark's results."""
-    return {"ratio": cmp.ratio, "p10": cmp.ratio_p10, "p90": cmp.ratio_p90, "aa": cmp.aa_ratio, "aa_p10": cmp.aa_p10,
-            "aa_p90": cmp.aa_p90, "status": cmp.status, "threads": cmp.baseline.threads,
-            "batch": cmp.baseline.batch_size, "rounds": cmp.baseline.repeats, "sessions": cmp.sessions,
-            "baseline_ms": cmp.baseline.median_ms, "candidate_ms": cmp.candidate.median_ms}
+    return cmp.record()
 
 
 def latency_cell(record: dict[str, Any] | None, *, aa: bool = True) -> str:

@@ -120,6 +120,15 @@ class LatencyComparison:
         """Baseline / candidate (2.0 = twice as fast), None when too noisy."""
         return None if self.ratio is None else 1.0 / self.ratio
 
+    def record(self) -> dict[str, Any]:
+        """The flat JSON record a run folder or a benchmark keeps: the ratio, its spread and 95 % interval, the A/A
+        control, the status, the setting (threads, batch, rounds, sessions) and both medians in ms."""
+        return {"ratio": self.ratio, "p10": self.ratio_p10, "p90": self.ratio_p90,
+                "ci": None if self.ratio_ci is None else list(self.ratio_ci), "aa": self.aa_ratio,
+                "aa_p10": self.aa_p10, "aa_p90": self.aa_p90, "status": self.status, "threads": self.baseline.threads,
+                "batch": self.baseline.batch_size, "rounds": self.baseline.repeats, "sessions": self.sessions,
+                "baseline_ms": self.baseline.median_ms, "candidate_ms": self.candidate.median_ms}
+
     def text(self, digits: int = 2) -> str:
         """``"0.27 (0.25–0.30)"``: the ratio and its p10–p90 spread, or ``"too noisy"``."""
         return format_ratio(self.ratio, self.status, self.ratio_p10, self.ratio_p90, digits=digits)

@@ -55,18 +55,10 @@ class OrtLatency:
         for repeats in (self.repeats, 2 * self.repeats):
             cmp = compare_latency(a, b, inputs, backend="onnxruntime", threads=threads, warmup=self.warmup,
                                   repeats=repeats)
-            record = reading(cmp)
+            record = cmp.record()
             if cmp.status != TOO_NOISY:
                 break
         return record
-
-
-def reading(cmp: Any) -> dict[str, Any]:
-    """The JSON record of a :class:`slimkit.analysis.LatencyComparison`."""
-    return {"ratio": cmp.ratio, "p10": cmp.ratio_p10, "p90": cmp.ratio_p90, "aa": cmp.aa_ratio, "aa_p10": cmp.aa_p10,
-            "aa_p90": cmp.aa_p90, "ci": None if cmp.ratio_ci is None else list(cmp.ratio_ci),
-            "status": cmp.status, "rounds": cmp.baseline.repeats,
-            "sessions": cmp.sessions, "baseline_ms": cmp.baseline.median_ms, "candidate_ms": cmp.candidate.median_ms}
 
 
 def deployed_latency(model: nn.Module, written: Path, *, example: Any, fmt: Any, folder: Path, baseline: nn.Module,
@@ -105,14 +97,20 @@ def measure_model(model: nn.Module, *, example: Any, data: Any, fmt: Any, folder
     return row
 
 
-def judged_ratio(row: dict[str, Any], key: str) -> float | None:
-    """The ratio a budget on ``key`` is judged by: for latency, the upper end of the 95 % confidence interval of
-    the measured median (when the comparison recorded one), so a budget counts as met only when the median is
-    within it with 95 % confidence — a candidate read at 0.298 of a 0.3 budget on a model that runs in 0.14 ms was
-    read at 0.328 by the next comparison; for the other keys, the measured ratio."""
-    value = row["ratios"].get(key)
-    ci = (row.get("latency") or {}).get("ci") if key == "latency" else None
+def latency_bound(record: dict[str, Any] | None) -> float | None:
+    """The latency ratio a budget is judged by: the upper end of the 95 % confidence interval of the measured median
+    (when the comparison recorded one), so a budget counts as met only when the median is within it with 95 %
+    confidence — a candidate read at 0.298 of a 0.3 budget on a model that runs in 0.14 ms was read at 0.328 by the
+    next comparison; the median itself otherwise, None when it could not be read."""
+    value = (record or {}).get("ratio")
+    ci = (record or {}).get("ci")
     return max(value, float(ci[1])) if value is not None and ci else value
+
+
+def judged_ratio(row: dict[str, Any], key: str) -> float | None:
+    """The ratio a budget on ``key`` is judged by: :func:`latency_bound` of the row's latency record, the measured
+    ratio for the other keys."""
+    return latency_bound(row.get("latency")) if key == "latency" else row["ratios"].get(key)
 
 
 def meets(row: dict[str, Any], budget: Any) -> dict[str, bool | None]:

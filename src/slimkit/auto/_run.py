@@ -55,7 +55,7 @@ from slimkit.auto._config import AutoConfig
 from slimkit.auto._costs import Analysis, build_problem, layer_ms, plan_of, uniform_ties
 from slimkit.auto._folder import RUN_FILE, digest, read_json, state_digest, write_json
 from slimkit.auto._formats import create_format
-from slimkit.auto._measure import LatencyMeter, deployed_latency, judged_ratio, measure_model, meets
+from slimkit.auto._measure import LatencyMeter, deployed_latency, judged_ratio, latency_bound, measure_model, meets
 from slimkit.auto._plan import Plan
 from slimkit.auto._search import Problem, reachable, solve
 from slimkit.train import TrainingDiverged
@@ -515,7 +515,7 @@ class AutoRun:
         return True
 
     def _probe(self, plan: Plan) -> float | None:
-        """The latency ratio of the plan's architecture, untrained, as a budget judges it (:func:`judged_ratio`;
+        """The latency ratio of the plan's architecture, untrained, as a budget judges it (:func:`latency_bound`;
         cached in ``OUT/probes`` by the plan's key)."""
         from slimkit.auto._apply import STRUCTURAL
 
@@ -535,7 +535,7 @@ class AutoRun:
                                   batch=budget.batch, threads=budget.threads)  # type: ignore[union-attr]
         # judged as a trained candidate is (the interval's end): a probe within the budget by its median alone would
         # only send a candidate to training that then misses
-        ratio = judged_ratio({"ratios": {"latency": record.get("ratio")}, "latency": record}, "latency")
+        ratio = latency_bound(record)
         write_json(folder / RESULT_FILE, {"key": plan.key(), "ratio": ratio, "latency": record})
         return ratio
 
