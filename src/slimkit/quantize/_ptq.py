@@ -170,8 +170,7 @@ def check_selection(model: nn.Module, config: QuantConfig) -> None:
             raise ConfigError(f"cannot quantize {kinds}: only Conv2d and Linear are supported; remove them from "
                               "`layers` (they stay in float)")
     if config.keep_sensitive:
-        chosen = [n for n, module in model.named_modules()
-                  if n and selected_for(n, module, config, QuantReport(config={}))]
+        chosen = [n for n, module in model.named_modules() if n and float_reason(n, module, config) is None]
         if config.keep_sensitive >= len(chosen):
             raise ConfigError(f"keep_sensitive={config.keep_sensitive} keeps every one of the {len(chosen)} layers it "
                               f"would quantize in float, so nothing is quantized: use at most {len(chosen) - 1}")
@@ -218,17 +217,23 @@ def fold_and_equalize_(model: nn.Module, config: QuantConfig, report: QuantRepor
     return facts
 
 
+def float_reason(name: str, module: nn.Module, config: QuantConfig) -> str | None:
+    """Why the config keeps this layer in float (``None``: it is quantized)."""
+    if not isinstance(module, SUPPORTED_LAYERS):
+        return f"unsupported layer type {type(module).__name__}"
+    if config.layers and not matches(name, config.layers):
+        return "not selected by `layers`"
+    if matches(name, config.skip):
+        return "skipped by `skip`"
+    return None
+
+
 def selected_for(name: str, module: nn.Module, config: QuantConfig, report: QuantReport) -> bool:
     """True when the layer is quantized; otherwise records in ``report.float_layers`` why it stays in float."""
-    if not isinstance(module, SUPPORTED_LAYERS):
-        report.float_layers[name] = f"unsupported layer type {type(module).__name__}"
-    elif config.layers and not matches(name, config.layers):
-        report.float_layers[name] = "not selected by `layers`"
-    elif matches(name, config.skip):
-        report.float_layers[name] = "skipped by `skip`"
-    else:
-        return True
-    return False
+    reason = float_reason(name, module, config)
+    if reason is not None:
+        report.float_layers[name] = reason
+    return reason is None
 
 
 def prepare(
