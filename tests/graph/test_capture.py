@@ -47,6 +47,21 @@ def test_leaf_modules_are_one_call_and_keep_their_channels():
     assert graph.groups == [] and graph.opaque_ops()[0]["froze"] == ["embed"]
 
 
+def test_a_shapes_only_capture_records_the_same_ops_and_shapes_without_arguments_or_live_tensors():
+    """The pruned model's check runs this capture first: it must see what the full one sees, op by op."""
+    inputs = {"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.ones(1, 3)}
+    model = KeywordNet()
+    full = capture(model, inputs, leaf_modules=["mlp"])
+    light = capture(model, inputs, leaf_modules=["mlp"], record_args=False)
+    assert [(c.target, c.scope, c.module_name) for c in light.calls] == [
+        (c.target, c.scope, c.module_name) for c in full.calls]
+    assert [[light.values[r.key].shape for r in c.outs()] for c in light.calls] == [
+        [full.values[r.key].shape for r in c.outs()] for c in full.calls]
+    assert all(c.args == () and c.kwargs == {} for c in light.calls)
+    assert not light.params and all(v.origin != "param" for v in light.values)
+    assert light.values[light.output["logits"].key].shape == (1, 3, 3)
+
+
 class _OpLoop(nn.Module):
     def forward(self, x):
         while True:  # keeps calling torch: stopped by the per-op check

@@ -101,6 +101,11 @@ def _dim_masks(graph: DependencyGraph, ids: torch.Tensor, shape: tuple[int, ...]
         return [None] * len(shape)
     pad = len(shape) - r.ndim
     r = r.reshape((1,) * pad + r.shape)
+    varying = [d for d, size in enumerate(r.shape) if size > 1]
+    if len(varying) == 1:  # ids along one dim only (a conv's or linear's channels): any cut of it is rectangular
+        single: list[np.ndarray | None] = [None] * r.ndim
+        single[varying[0]] = r.reshape(-1)
+        return single
     masks: list[np.ndarray | None] = []
     recon = np.zeros_like(r)
     for d in range(r.ndim):

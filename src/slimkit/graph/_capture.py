@@ -25,6 +25,9 @@ from torch.overrides import TorchFunctionMode
 from slimkit._errors import TraceError
 from slimkit.graph._deadline import Deadline
 
+#: argument types :meth:`_Recorder.refs` returns as they are, without looking inside
+_ATOMS = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device})
+
 #: integer / bool tensors up to this many elements keep their values (indices and masks an op needs to be replayed)
 KEEP_DATA = 1 << 20
 
@@ -188,9 +191,10 @@ class CaptureFailed(TraceError):
 
 class _Recorder(TorchFunctionMode):
     def __init__(self, model: nn.Module, leaf_patterns: Sequence[str], is_leaf: Callable[[nn.Module], bool],
-                 deadline: Deadline) -> None:
+                 deadline: Deadline, record_args: bool = True) -> None:
         super().__init__()
         self.deadline = deadline
+        self.record_args = record_args
         # one walk of the modules for every name (as named_parameters / named_buffers name them: first name wins)
         self.params: dict[int, str] = {}
         self.buffers: dict[int, str] = {}
@@ -200,6 +204,8 @@ class _Recorder(TorchFunctionMode):
             self.names[id(m)] = n
             if n and _is_leaf_candidate(m, n, leaf_patterns, is_leaf):
                 self.leaves.add(id(m))
+            if not record_args:
+                continue
             prefix = f"{n}." if n else ""
             for store, names in ((m._parameters, self.params), (m._buffers, self.buffers)):
                 for attr, t in store.items():
@@ -246,19 +252,29 @@ class _Recorder(TorchFunctionMode):
         return self._new(t, "const")
 
     def refs(self, obj: Any) -> Any:
+        # called for every argument of every op: the common types are tested first, by exact type
+        kind = type(obj)
+        if kind in _ATOMS:
+            return obj
         if isinstance(obj, torch.Tensor):
             return self.ref(obj)
+        if kind is tuple:
+            return tuple([self.refs(o) for o in obj])
+        if kind is list:
+            return [self.refs(o) for o in obj]
         if isinstance(obj, torch.Size):
             return obj
         if isinstance(obj, (tuple, list)):
-            return type(obj)(self.refs(o) for o in obj) if type(obj) in (tuple, list) else tuple(
-                self.refs(o) for o in obj)
+            return tuple([self.refs(o) for o in obj])
         if isinstance(obj, Mapping):
             return {k: self.refs(v) for k, v in obj.items()}
         return obj
 
     def results(self, obj: Any, producer: int) -> Any:
         if isinstance(obj, torch.Tensor):
+            if not self.record_args:  # nothing will look this tensor up: its shape is all that is kept
+                self.values.append(ValueInfo(tuple(obj.shape), obj.dtype, "op", producer=producer))
+                return Ref(len(self.values) - 1)
             return self._new(obj, "op", producer=producer)
         if isinstance(obj, (tuple, list)):
             return tuple(self.results(o, producer) for o in obj)
@@ -283,7 +299,10 @@ class _Recorder(TorchFunctionMode):
         mutated = getattr(func, "__name__", "") == "__setitem__"
         if not mutated and not _has_tensor(out):
             return out
-        call = Call(len(self.calls), func, self.refs(tuple(args)), self.refs(kwargs), None, scope, node=self.node)
+        if self.record_args:
+            call = Call(len(self.calls), func, self.refs(tuple(args)), self.refs(kwargs), None, scope, node=self.node)
+        else:
+            call = Call(len(self.calls), func, (), {}, None, scope, node=self.node)
         self.calls.append(call)
         call.out = self.results(args[0], call.index) if mutated else self.results(out, call.index)
         return out
@@ -299,7 +318,10 @@ class _Recorder(TorchFunctionMode):
     def leaf_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self.suppress == 0:
             scope = self.stack[-2] if len(self.stack) > 1 else ""
-            self.pending.append((module, self.refs(tuple(args)), self.refs(dict(kwargs)), scope))
+            if self.record_args:
+                self.pending.append((module, self.refs(tuple(args)), self.refs(dict(kwargs)), scope))
+            else:
+                self.pending.append((module, (), {}, scope))
         self.suppress += 1
 
     def leaf_post_hook(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
@@ -373,15 +395,19 @@ def _hooks(recorder: _Recorder, model: nn.Module) -> Iterator[None]:
 
 
 def capture(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[str] = (),
-            is_leaf: Callable[[nn.Module], bool] = lambda m: False, deadline: Deadline | None = None) -> Capture:
+            is_leaf: Callable[[nn.Module], bool] = lambda m: False, deadline: Deadline | None = None,
+            record_args: bool = True) -> Capture:
     """Record one forward of ``model`` on ``example_inputs`` (no gradients; the model's mode is left as is).
 
     ``leaf_modules`` (names, globs, ``re:``) and modules for which ``is_leaf`` is true are recorded as one call.
     A ``torch.fx.GraphModule`` runs node by node and each call records the node that made it. A forward that fails
     raises :class:`CaptureFailed` (a :class:`TraceError`) naming the module and op where it failed.
+
+    ``record_args=False`` records each call's op, scope and result shapes only (no arguments, no parameters, no
+    values): enough to compare a run with an earlier one, cheaper, and no intermediate tensor is kept alive.
     """
     deadline = deadline or Deadline(None)
-    recorder = _Recorder(model, leaf_modules, is_leaf, deadline)
+    recorder = _Recorder(model, leaf_modules, is_leaf, deadline, record_args)
     args, kwargs = split_inputs(example_inputs)
     inputs = (_mark_inputs(recorder, args), _mark_inputs(recorder, kwargs))
     try:
