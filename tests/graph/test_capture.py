@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 
 import pytest
 import torch
@@ -60,6 +61,34 @@ def test_a_shapes_only_capture_records_the_same_ops_and_shapes_without_arguments
     assert all(c.args == () and c.kwargs == {} for c in light.calls)
     assert not light.params and all(v.origin != "param" for v in light.values)
     assert light.values[light.output["logits"].key].shape == (1, 3, 3)
+
+
+class _Chain(nn.Module):
+    """Drops an intermediate tensor mid-forward and looks whether it was freed, as a plain forward frees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3)
+
+    def forward(self, x):
+        a = self.conv1(x)
+        seen = weakref.ref(a)
+        b = torch.relu(a)
+        del a
+        self.freed = seen() is None
+        return self.conv2(b)
+
+
+def test_capture_frees_intermediates_and_a_reused_id_is_a_new_value():
+    model = _Chain()
+    cap = capture(model, torch.randn(1, 3, 12, 12))
+    assert model.freed  # the capture's peak memory is a plain forward's, not every activation at once
+    relu = next(c for c in cap.calls if c.name == "relu")
+    assert cap.values[relu.args[0].key].producer == 0  # relu's input is conv1's result
+    conv2 = next(c for c in cap.calls if c.scope == "conv2")
+    assert cap.values[conv2.args[0].key].producer == relu.index  # not a dead tensor that had the same address
+    pruned = prune_channels(_Chain(), torch.randn(1, 3, 12, 12), PruneConfig(ratio=0.5))
+    assert (pruned.conv1.out_channels, pruned.conv2.in_channels) == (4, 4)
 
 
 class _OpLoop(nn.Module):

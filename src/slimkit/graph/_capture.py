@@ -14,6 +14,7 @@ per op.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -213,6 +214,7 @@ class _Recorder(TorchFunctionMode):
                         names[id(t)] = prefix + attr
         self.key_of: dict[int, int] = {}
         self.alive: list[torch.Tensor] = []
+        self.releases: list[weakref.finalize] = []
         self.values: list[ValueInfo] = []
         self.calls: list[Call] = []
         self.stack: list[str] = []
@@ -232,8 +234,23 @@ class _Recorder(TorchFunctionMode):
         self.values.append(ValueInfo(tuple(t.shape), t.dtype, origin, name, producer, data))
         key = len(self.values) - 1
         self.key_of[id(t)] = key
-        self.alive.append(t)
+        if origin in ("op", "const"):
+            # a result dies when the forward no longer needs it, as in a plain forward (the capture's peak memory
+            # is the model's, not every activation at once); its id, free for a new tensor, leaves the map with it
+            try:
+                self.releases.append(weakref.finalize(t, self.key_of.pop, id(t), None))
+            except TypeError:  # a tensor type without weak references stays alive until the capture ends
+                self.alive.append(t)
+        else:
+            self.alive.append(t)
         return Ref(key)
+
+    def release(self) -> None:
+        """Forget every tensor: nothing outlives the capture through the recorder."""
+        for finalizer in self.releases:
+            finalizer.detach()
+        self.releases.clear()
+        self.alive.clear()
 
     def ref(self, t: torch.Tensor) -> Ref:
         key = self.key_of.get(id(t))
@@ -404,7 +421,7 @@ def capture(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[str
     raises :class:`CaptureFailed` (a :class:`TraceError`) naming the module and op where it failed.
 
     ``record_args=False`` records each call's op, scope and result shapes only (no arguments, no parameters, no
-    values): enough to compare a run with an earlier one, cheaper, and no intermediate tensor is kept alive.
+    values): enough to compare a run with an earlier one, and cheaper.
     """
     deadline = deadline or Deadline(None)
     recorder = _Recorder(model, leaf_modules, is_leaf, deadline, record_args)
@@ -416,6 +433,7 @@ def capture(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[str
                 out = _NodeRunner(model, recorder).run(*args)
             else:
                 out = model(*args, **kwargs)
+        output = _output_refs(recorder, out)
     except TraceError:
         raise
     except Exception as error:
@@ -424,8 +442,8 @@ def capture(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[str
                             f"{error}. Check the example inputs (a tensor, a tuple, or a dict of keyword inputs "
                             "such as {'input_ids': ..., 'attention_mask': ...})", len(recorder.calls),
                             recorder.failed_call, Capture(recorder.values, recorder.calls, inputs, None)) from error
-    output = _output_refs(recorder, out)
-    recorder.alive.clear()
+    finally:
+        recorder.release()
     return Capture(recorder.values, recorder.calls, inputs, output, dict(recorder.named_refs))
 
 
