@@ -91,6 +91,37 @@ def test_capture_frees_intermediates_and_a_reused_id_is_a_new_value():
     assert (pruned.conv1.out_channels, pruned.conv2.in_channels) == (4, 4)
 
 
+class _Router(nn.Module):
+    def forward(self, x):
+        return x.argmax(-1)
+
+
+class _Routed(nn.Module):
+    """A leaf module returning integer indices: the recorder copies them, and that copy is not one of the model's
+    ops (it made the pruned model's shapes-only check differ from the graph, so every check ran twice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.router = nn.Linear(4, 16), nn.Linear(16, 4), _Router()
+
+    def forward(self, x):
+        h = self.b(torch.relu(self.a(x)))
+        return h.gather(-1, self.router(h)[..., None])
+
+
+def test_a_leaf_returning_indices_records_only_the_models_ops_and_the_check_runs_once(monkeypatch):
+    import slimkit.graph._verify as verify
+
+    cap = capture(_Routed(), torch.randn(2, 4), leaf_modules=["router"])
+    assert [c.name for c in cap.calls] == ["linear", "relu", "linear", "_Router", "Tensor.__getitem__",
+                                           "Tensor.gather"]
+    results: list[bool] = []
+    shapes_follow = verify._shapes_follow
+    monkeypatch.setattr(verify, "_shapes_follow", lambda *a, **k: results.append(shapes_follow(*a, **k)) or results[-1])
+    pruned = prune_channels(_Routed(), torch.randn(2, 4), PruneConfig(ratio=0.5, leaf_modules=["router"]))
+    assert pruned.a.out_features == 8 and results == [True]
+
+
 class _OpLoop(nn.Module):
     def forward(self, x):
         while True:  # keeps calling torch: stopped by the per-op check

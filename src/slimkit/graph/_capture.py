@@ -230,7 +230,11 @@ class _Recorder(TorchFunctionMode):
         data = None
         if (not t.is_floating_point() and not t.is_complex() and t.numel() <= KEEP_DATA
                 and t.device.type != "meta"):
-            data = t.detach().to("cpu", copy=True)  # ids live on the CPU; so do the indices replayed on them
+            self.suppress += 1  # the copy is the recorder's, not the model's: a leaf module's hooks run in the mode
+            try:
+                data = t.detach().to("cpu", copy=True)  # ids live on the CPU; so do the indices replayed on them
+            finally:
+                self.suppress -= 1
         self.values.append(ValueInfo(tuple(t.shape), t.dtype, origin, name, producer, data))
         key = len(self.values) - 1
         self.key_of[id(t)] = key
