@@ -62,9 +62,7 @@ def _first_mismatch(graph: DependencyGraph, model: nn.Module, removal: Removal,
     if _shapes_follow(graph, model, removal, deadline):
         return None
     try:
-        with eval_mode(model):
-            cap = capture(model, graph.example_inputs, leaf_modules=graph.leaf_modules, is_leaf=_is_leaf,
-                          deadline=deadline)
+        cap = _recapture(graph, model, deadline, record_args=True)
     except CaptureFailed as error:
         if error.index >= len(graph.capture.calls) or error.partial is None:
             raise
@@ -81,12 +79,17 @@ def _shapes_follow(graph: DependencyGraph, model: nn.Module, removal: Removal, d
     case, settled without the full record; a failure or a mismatch is left to the full capture, which names it and
     holds the arguments an attribute fix reads."""
     try:
-        with eval_mode(model):
-            cap = capture(model, graph.example_inputs, leaf_modules=graph.leaf_modules, is_leaf=_is_leaf,
-                          deadline=deadline, record_args=False)
+        cap = _recapture(graph, model, deadline, record_args=False)
     except CaptureFailed:
         return False
     return _compare(graph, removal, cap, complete=True) is None
+
+
+def _recapture(graph: DependencyGraph, model: nn.Module, deadline: Deadline | None, *, record_args: bool) -> Capture:
+    """The pruned ``model`` captured on the graph's example inputs, with the graph's leaves, in eval mode."""
+    with eval_mode(model):
+        return capture(model, graph.example_inputs, leaf_modules=graph.leaf_modules, is_leaf=_is_leaf,
+                       deadline=deadline, record_args=record_args)
 
 
 def _compare(graph: DependencyGraph, removal: Removal, cap: Capture,
