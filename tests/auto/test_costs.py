@@ -169,3 +169,89 @@ def test_calibrate_int8_reproduces_a_hand_counted_network(pool_ms, skip):
     calibrate_int8(latency, {"layers": {"a": _flat(0.25), "b": _flat(0.5)}, "other": pool_ms / int8_total}, skip)
     assert latency["int8_scale"] == pytest.approx(1.0)  # the isolated timings already add up to the network
     assert latency["int8_other_ms"] == pytest.approx(pool_ms)
+
+
+class _HalfOther:
+    """fp32 kernels ∝ MACs, int8 kernels flat; half of each network's time in other ops, a fifth of that (0.1 of the
+    network) outside every kernel."""
+
+    points = _Int8Plateau.points
+
+    def other_share(self, onnx_path, inputs, table_ops):
+        return 0.5, 0.1
+
+
+def _digits_setup(digits, tmp_path):
+    """auto_digits, its channel analysis, fp32 and int8 tables (:class:`_HalfOther`) and the calibrated payload of a
+    whole int8 model measured at 0.4 of fp32."""
+    from slimkit.analysis import build_latency_table
+    from slimkit.auto._costs import calibrate_int8, table_payload
+
+    torch.manual_seed(0)
+    model = models.from_spec("auto_digits").eval()
+    x = torch.zeros(1, 1, 8, 8)
+    calib = Calibration.build(model, digits.calibration, 32, "loss")
+    groups = channel_groups(model, x, ())
+    levels = {g: keep_levels(n, (0.25, 0.5, 0.75)) for g, n in groups.items()}
+    entries = channel_analysis(model, x, calib, groups, levels, criterion="l1", data=digits.calibration, skip=(),
+                               seed=0, cache=Cache(tmp_path / "c.json", "k"))
+    network = tmp_path / "int8.onnx"
+    network.write_bytes(b"the deployed int8 file")
+    fp32 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_HalfOther())
+    int8 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_HalfOther(), precision="int8",
+                               network=network)
+    latency = {**table_payload(fp32), "int8": 0.4}
+    calibrate_int8(latency, table_payload(int8), [])
+    analysis = Analysis(layers=layer_info(model, x), base={"macs": 1, "bytes": 1}, groups=entries, latency=latency)
+    return model, x, fp32, analysis
+
+
+def _pruned_by(problem, picks, analysis, model, x, digits):
+    solution = problem.solution(picks)
+    plan = plan_of(problem, picks, analysis, solution.ratios, solution.objective)
+    return solution, prune_channels(model, x, PruneConfig(ratio=plan.prune or 0.0), data=digits.calibration)
+
+
+def _layer_outputs(model, x):
+    """Values written by the model's Conv2d and Linear layers for ``x``."""
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel())) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return sum(sizes)
+
+
+def test_fp32_latency_is_the_pruning_tables_prediction_with_other_ops_shrinking(digits, tmp_path):
+    # auto's fp32 cost of any widths is the latency table's own prediction (the one latency-aware pruning uses),
+    # whose other ops shrink with the outputs: not a constant half of the input model's time
+    model, x, fp32, analysis = _digits_setup(digits, tmp_path)
+    problem = build_problem("onnx", analysis, {"channels"}, ["latency"])
+    rng = np.random.default_rng(0)
+    narrow = {k: len(c.labels) - 1 for k, c in problem.choices.items()}
+    for picks in [narrow] + [{k: int(rng.integers(len(c.labels))) for k, c in problem.choices.items()}
+                             for _ in range(3)]:
+        solution, pruned = _pruned_by(problem, picks, analysis, model, x, digits)
+        widths = {n: (m.in_channels, m.out_channels) if isinstance(m, torch.nn.Conv2d) else
+                  (m.in_features, m.out_features) for n, m in pruned.named_modules()
+                  if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+        assert solution.ratios["latency"] == pytest.approx(fp32.predict_ratio(widths), rel=1e-9)
+    assert problem.solution(narrow).ratios["latency"] < 0.5  # the constant share alone was 0.5
+
+
+def test_int8_other_ops_shrink_with_the_layer_outputs(digits, tmp_path):
+    # flat int8 kernels: all the gain of pruning is in the other ops over the outputs (quantize / dequantize,
+    # activations). Hand-counted: network = layers L + other L (half), fixed 0.2 L, the rest 0.8 L spread over the
+    # layers' outputs; calibrated to 0.4 at full width, so a plan keeping a fraction k of the outputs predicts
+    # 0.4 · (L + 0.2 L + 0.8 L · k) / 2 L
+    model, x, _, analysis = _digits_setup(digits, tmp_path)
+    problem = build_problem("int8", analysis, {"channels"}, ["latency"])
+    full = {k: 0 for k in problem.choices}
+    assert problem.solution(full).ratios["latency"] == pytest.approx(0.4)
+    narrow = {k: len(c.labels) - 1 for k, c in problem.choices.items()}
+    solution, pruned = _pruned_by(problem, narrow, analysis, model, x, digits)
+    kept = _layer_outputs(pruned, x) / _layer_outputs(model, x)
+    assert kept < 0.6
+    assert solution.ratios["latency"] == pytest.approx(0.4 * (1.2 + 0.8 * kept) / 2, rel=1e-6)

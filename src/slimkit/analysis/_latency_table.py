@@ -192,9 +192,14 @@ class LatencyTable:
         """Layer ``name``'s part of :meth:`predict_ratio` at (cin, cout): its own time, and the other ops' time
         over the outputs it writes."""
         layer = self.layers[name]
-        full_ms, full_outputs = self._full
-        own = (1.0 - self.other) * layer.cost(cin, cout) / full_ms
-        return own + (self.other - self.fixed_share) * cout * _output_area(layer.geometry) / full_outputs
+        own = (1.0 - self.other) * layer.cost(cin, cout) / self._full[0]
+        return own + self.other_over(name) * cout / layer.out_channels
+
+    def other_over(self, name: str) -> float:
+        """The share of the full model's time that other ops spend over layer ``name``'s outputs at full width
+        (normalisation, activation, residual adds, quantize / dequantize: it shrinks with the output channels)."""
+        layer = self.layers[name]
+        return (self.other - self.fixed_share) * layer.out_channels * _output_area(layer.geometry) / self._full[1]
 
     @functools.cached_property
     def _full(self) -> tuple[float, float]:

@@ -5,7 +5,8 @@ MACs are counted (``slimkit.analysis.profile``): a Conv2d/Linear's MACs scale wi
 with its factorisation's measured MAC ratio. Latency comes from the measured per-layer ONNX Runtime tables of
 :func:`slimkit.analysis.build_latency_table` (NetAdapt / HALP look-up tables at the deployed batch and threads, read
 at the layer's input and output widths), times measured ratios for what the tables do not cover (a factorised
-layer: its factors against the layer, timed as one-layer ONNX graphs), plus the share of time spent in other ops.
+layer: its factors against the layer, timed as one-layer ONNX graphs), plus the other ops' time: a fixed part, and
+over each layer's outputs a part that shrinks with its output channels (as the pruning's latency model reads it).
 An int8 layer reads its own table of the int8 kernels (QLinearConv / QGemm), whose time does not follow the fp32
 kernels' as widths shrink; those tables and the int8 network's other ops are scaled so that the whole int8 model's
 prediction is its measured ratio to the fp32 one. Bytes follow each format's storage: 4 bytes per fp32 weight;
@@ -60,13 +61,15 @@ class Analysis:
     """Everything the search needs about the input model, as plain JSON-able values (cached in the run folder).
 
     layers: :func:`layer_info`. groups: channel analysis (``_sensitivity.channel_analysis``). rank, int8, container:
-    the other knobs' analyses. latency: per-layer tables (``layers``: kind, in/out grids, ms), ``other`` (the share
-    of time in other ops), ``int8`` (int8 / fp32 latency of the whole model), ``int8_layers`` (the int8 kernels'
-    tables), ``int8_other_ms`` and ``int8_scale`` (the int8 network's other ops and the factor that makes the int8
-    tables predict the measured whole-model ratio), ``int8_float_extra`` (layer → what keeping it float in the int8
-    network adds, measured in context), ``rank`` (layer → ratio → latency ratio of its factors), ``rank_int8`` (the
-    same in int8). base: the input model's totals (``macs``, ``bytes`` of its fp32 ONNX file, the other formats'
-    reference files).
+    the other knobs' analyses. latency: per-layer tables (``layers``: kind, in/out grids, ms, ``other``: the share
+    of the model's time in other ops over the layer's outputs), ``other`` (the share of time in other ops) and
+    ``other_fixed`` (its part no width changes), ``int8`` (int8 / fp32 latency of the whole model), ``int8_layers``
+    (the int8 kernels' tables), ``int8_other_ms`` and ``int8_scale`` (the int8 network's other ops and the factor
+    that makes the int8 tables predict the measured whole-model ratio), ``int8_other_fixed_ms`` and
+    ``int8_other_over_ms`` (the part of those other ops no width changes, and each layer's part over its outputs at
+    full width), ``int8_float_extra`` (layer → what keeping it float in the int8 network adds, measured in context),
+    ``rank`` (layer → ratio → latency ratio of its factors), ``rank_int8`` (the same in int8). base: the input
+    model's totals (``macs``, ``bytes`` of its fp32 ONNX file, the other formats' reference files).
     """
 
     layers: dict[str, dict[str, Any]]
@@ -126,6 +129,12 @@ def other_share(table: dict[str, Any]) -> float:
     return min(0.95, max(0.0, float(table["other"])))
 
 
+def fixed_share(table: dict[str, Any]) -> float:
+    """The part of :func:`other_share` that no width changes (the executor's own work); the rest is spent over the
+    layers' outputs and shrinks with them. A table kept before the split was measured: all of it."""
+    return min(float(table.get("other_fixed", table["other"])), other_share(table))
+
+
 def full_ms(latency: dict[str, Any]) -> float:
     """The input model's whole time in the fp32 tables' milliseconds: its layers and its other ops."""
     return sum(layer_ms(t) for t in latency["layers"].values()) / (1 - other_share(latency))
@@ -152,20 +161,45 @@ def calibrate_int8(latency: dict[str, Any], int8_table: dict[str, Any], skip: li
     int8 = {name: layer_ms(t) for name, t in int8_table["layers"].items() if name not in skip}
     layers_ms = sum(int8.values()) + sum(ms for name, ms in fp32.items() if name not in int8)
     other = other_share(int8_table)
-    other_ms = layers_ms * other / (1 - other)
+    network_ms = layers_ms / (1 - other)
+    other_ms = network_ms - layers_ms
     float_ms = layers_ms - sum(int8.values())
     scale = (latency["int8"] * full_ms(latency) - float_ms) / max(layers_ms - float_ms + other_ms, 1e-12)
-    latency.update(int8_layers=int8_table["layers"], int8_other_ms=other_ms, int8_scale=max(scale, 1e-6))
+    latency.update(int8_layers=int8_table["layers"], int8_other_ms=other_ms, int8_scale=max(scale, 1e-6),
+                   int8_other_fixed_ms=network_ms * fixed_share(int8_table),
+                   int8_other_over_ms={name: network_ms * float(t.get("other", 0.0))
+                                       for name, t in int8_table["layers"].items()})
 
 
 def table_payload(table: Any) -> dict[str, Any]:
     """A :class:`slimkit.analysis.LatencyTable` as the JSON the analysis keeps."""
-    return {"other": table.other, "batch": table.batch, "threads": table.threads,
+    return {"other": table.other, "other_fixed": table.fixed_share, "batch": table.batch, "threads": table.threads,
             "layers": {name: {"name": name, "kind": t.geometry.kind, "in": t.in_channels, "out": t.out_channels,
                               "in_grid": list(t.in_grid), "out_grid": list(t.out_grid),
                               "in_base": list(t.in_base), "out_base": list(t.out_base),
-                              "ms": [list(r) for r in t.ms], "step_in": t.step_in, "step_out": t.step_out}
+                              "ms": [list(r) for r in t.ms], "step_in": t.step_in, "step_out": t.step_out,
+                              "other": table.other_over(name)}
                        for name, t in table.layers.items()}}
+
+
+def other_ops_ms(fmt: str, latency: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """Format ``fmt``'s other ops in milliseconds: the part no width changes, and each layer's part at its full
+    output width (:meth:`slimkit.analysis.LatencyTable.other_over`; it shrinks with the layer's output channels).
+    The int8 network's are its own table's, scaled as its layers are; without its tables, the fp32 network's
+    times the whole model's int8 ratio."""
+    fp32_ms = full_ms(latency)
+    fixed = fp32_ms * fixed_share(latency)
+    over = {name: fp32_ms * float(t.get("other", 0.0)) for name, t in latency["layers"].items()}
+    if fmt != "int8":
+        return fixed, over
+    if "int8_layers" not in latency:
+        ratio = latency.get("int8", 1.0)
+        return fixed * ratio, {name: ms * ratio for name, ms in over.items()}
+    scale = latency["int8_scale"]
+    if "int8_other_fixed_ms" not in latency:  # an analysis kept before the split: all of it fixed
+        return latency["int8_other_ms"] * scale, {}
+    return latency["int8_other_fixed_ms"] * scale, {name: ms * scale for name, ms in
+                                                    latency["int8_other_over_ms"].items()}
 
 
 def _options(fmt: str, analysis: Analysis, layer: str, knobs: set[str]) -> tuple[list[dict], list[float], list]:
@@ -220,6 +254,7 @@ def build_problem(fmt: str, analysis: Analysis, knobs: set[str], dims: list[str]
     terms: list[Term] = []
     constant: dict[str, float] = {d: 0.0 for d in dims}
     full: dict[str, float] = {}
+    other_over: dict[str, float] = {}
     if "macs" in dims:
         full["macs"] = float(base["macs"])
         constant["macs"] = float(base["macs"]) - sum(info["macs"] for info in analysis.layers.values())
@@ -229,11 +264,7 @@ def build_problem(fmt: str, analysis: Analysis, knobs: set[str], dims: list[str]
         if latency is None:
             raise ValueError("a latency budget needs the latency tables in the analysis")
         full["latency"] = full_ms(latency)
-        other_ms = full["latency"] * other_share(latency)
-        constant["latency"] = other_ms
-        if fmt == "int8":  # the int8 network's own other ops; without its tables, the whole model's int8 ratio
-            constant["latency"] = (latency["int8_other_ms"] * latency["int8_scale"] if "int8_layers" in latency
-                                   else other_ms * latency.get("int8", 1.0))
+        constant["latency"], other_over = other_ops_ms(fmt, latency)
     size_reference = 0.0
     groups_on = "channels" in format_knobs
     for layer, info in analysis.layers.items():
@@ -247,7 +278,11 @@ def build_problem(fmt: str, analysis: Analysis, knobs: set[str], dims: list[str]
 
         def cost_at(cin: int, cout: int, option: dict[str, Any], layer: str = layer,
                     info: dict[str, Any] = info) -> dict[str, float]:
-            return _layer_cost(fmt, analysis, layer, info, cin, cout, option, dims)
+            cost = _layer_cost(fmt, analysis, layer, info, cin, cout, option, dims)
+            if "latency" in dims:  # the other ops over its outputs (the container's model runs at full width)
+                kept = 1.0 if fmt == "container" else cout / info["out"]
+                cost["latency"] += other_over.get(layer, 0.0) * kept
+            return cost
 
         if len(gin) <= 1 and len(gout) <= 1:
             terms.append(_exact_term(analysis, layer, info, gin, gout, labels, choices, dims, cost_at))
