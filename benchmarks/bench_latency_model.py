@@ -12,10 +12,11 @@ Predictions compared (what ``slimkit auto`` and ``prune --latency`` use, and wha
 - int8, fp32 × int8 ratio: the fp32 prediction times the whole int8 model's measured ratio (``auto`` before the int8
   tables: it assumed int8 gains and pruning gains compose);
 - int8, int8 tables: each layer's int8 kernel (QLinearConv / QGemm) measured at the pruned widths, scaled so the
-  unpruned int8 model predicts its measured ratio (``slimkit.auto``'s ``calibrate_int8``), the int8 network's other
-  ops a constant (``auto`` before they shrank with the outputs);
+  unpruned int8 model predicts its measured ratio, the int8 network's other ops a constant (``slimkit.auto``'s
+  ``calibrate_int8`` and cost model);
 - int8, int8 tables, other shrinking: the same, the other ops (quantize / dequantize among them) shrinking with the
-  layers' outputs as in fp32 and only the executor's own share constant (``slimkit.auto``'s cost model).
+  layers' outputs as in fp32 and only the executor's own share constant (tried for ``slimkit.auto``'s cost model;
+  it keeps the constant, which predicted better).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _int8_file(model: nn.Module, x: torch.Tensor, path: Path) -> Path:
 def _rows(spec: str, shape: tuple[int, ...], batch: int, s: dict[str, Any], tmp: Path) -> dict[str, Any]:
     from slimkit.analysis import build_latency_table, profile
     from slimkit.analysis._latency import export_for_timing
-    from slimkit.auto._costs import calibrate_int8, full_ms, other_ops_ms, table_payload
+    from slimkit.auto._costs import calibrate_int8, full_ms, table_payload
     from slimkit.prune import PruneConfig, prune_channels
 
     base = _model(spec, shape)
@@ -124,10 +125,10 @@ def _rows(spec: str, shape: tuple[int, ...], batch: int, s: dict[str, Any], tmp:
             predicted["int8, fp32 × int8 ratio"] = fp32_predicted * int8_whole["ratio"]
             int8_ms = sum(t.cost(*widths[r][name]) for name, t in int8_table.layers.items())
             predicted["int8, int8 tables"] = latency["int8_scale"] * (int8_ms + latency["int8_other_ms"]) / fp32_full
-            fixed, over = other_ops_ms("int8", latency)
-            shrinking = sum(ms * widths[r][name][1] / int8_table.layers[name].out_channels for name, ms in over.items())
-            predicted["int8, int8 tables, other shrinking"] = (latency["int8_scale"] * int8_ms + fixed
-                                                               + shrinking) / fp32_full
+            # the int8 network's time at these widths by its own table, its other ops shrinking as in fp32
+            int8_network_ms = int8_table.predict_ms() / (1 - int8_table.other)
+            predicted["int8, int8 tables, other shrinking"] = (latency["int8_scale"] * int8_network_ms
+                                                               * int8_table.predict_ratio(widths[r]) / fp32_full)
         out["rows"][str(r)] = {
             "macs": profile(model, x).total.macs / base_macs,
             "fp32": _compare(base_fp32, fp32_file, timed, s["repeats"]),

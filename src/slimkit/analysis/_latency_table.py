@@ -198,8 +198,12 @@ class LatencyTable:
     def other_over(self, name: str) -> float:
         """The share of the full model's time that other ops spend over layer ``name``'s outputs at full width
         (normalisation, activation, residual adds, quantize / dequantize: it shrinks with the output channels)."""
+        return (self.other - self.fixed_share) * self.output_share(name)
+
+    def output_share(self, name: str) -> float:
+        """Layer ``name``'s share of the values all the tabled layers write at full width."""
         layer = self.layers[name]
-        return (self.other - self.fixed_share) * layer.out_channels * _output_area(layer.geometry) / self._full[1]
+        return layer.out_channels * _output_area(layer.geometry) / self._full[1]
 
     @functools.cached_property
     def _full(self) -> tuple[float, float]:

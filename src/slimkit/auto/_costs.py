@@ -6,7 +6,8 @@ with its factorisation's measured MAC ratio. Latency comes from the measured per
 :func:`slimkit.analysis.build_latency_table` (NetAdapt / HALP look-up tables at the deployed batch and threads, read
 at the layer's input and output widths), times measured ratios for what the tables do not cover (a factorised
 layer: its factors against the layer, timed as one-layer ONNX graphs), plus the other ops' time: a fixed part, and
-over each layer's outputs a part that shrinks with its output channels (as the pruning's latency model reads it).
+over each layer's outputs a part that shrinks with its output channels (as the pruning's latency model reads it;
+in the int8 network, measured better as a constant).
 An int8 layer reads its own table of the int8 kernels (QLinearConv / QGemm), whose time does not follow the fp32
 kernels' as widths shrink; those tables and the int8 network's other ops are scaled so that the whole int8 model's
 prediction is its measured ratio to the fp32 one. Bytes follow each format's storage: 4 bytes per fp32 weight;
@@ -61,15 +62,14 @@ class Analysis:
     """Everything the search needs about the input model, as plain JSON-able values (cached in the run folder).
 
     layers: :func:`layer_info`. groups: channel analysis (``_sensitivity.channel_analysis``). rank, int8, container:
-    the other knobs' analyses. latency: per-layer tables (``layers``: kind, in/out grids, ms, ``other``: the share
-    of the model's time in other ops over the layer's outputs), ``other`` (the share of time in other ops) and
-    ``other_fixed`` (its part no width changes), ``int8`` (int8 / fp32 latency of the whole model), ``int8_layers``
-    (the int8 kernels' tables), ``int8_other_ms`` and ``int8_scale`` (the int8 network's other ops and the factor
-    that makes the int8 tables predict the measured whole-model ratio), ``int8_other_fixed_ms`` and
-    ``int8_other_over_ms`` (the part of those other ops no width changes, and each layer's part over its outputs at
-    full width), ``int8_float_extra`` (layer → what keeping it float in the int8 network adds, measured in context),
-    ``rank`` (layer → ratio → latency ratio of its factors), ``rank_int8`` (the same in int8). base: the input
-    model's totals (``macs``, ``bytes`` of its fp32 ONNX file, the other formats' reference files).
+    the other knobs' analyses. latency: per-layer tables (``layers``: kind, in/out grids, ms, ``outputs``: the
+    layer's share of the values the layers write), ``other`` (the share of time in other ops) and ``other_fixed``
+    (its part no width changes), ``int8`` (int8 / fp32 latency of the whole model), ``int8_layers`` (the int8
+    kernels' tables), ``int8_other_ms`` and ``int8_scale`` (the int8 network's other ops and the factor that makes
+    the int8 tables predict the measured whole-model ratio), ``int8_float_extra`` (layer → what keeping it float in
+    the int8 network adds, measured in context), ``rank`` (layer → ratio → latency ratio of its factors),
+    ``rank_int8`` (the same in int8). base: the input model's totals (``macs``, ``bytes`` of its fp32 ONNX file, the
+    other formats' reference files).
     """
 
     layers: dict[str, dict[str, Any]]
@@ -161,14 +161,10 @@ def calibrate_int8(latency: dict[str, Any], int8_table: dict[str, Any], skip: li
     int8 = {name: layer_ms(t) for name, t in int8_table["layers"].items() if name not in skip}
     layers_ms = sum(int8.values()) + sum(ms for name, ms in fp32.items() if name not in int8)
     other = other_share(int8_table)
-    network_ms = layers_ms / (1 - other)
-    other_ms = network_ms - layers_ms
+    other_ms = layers_ms * other / (1 - other)
     float_ms = layers_ms - sum(int8.values())
     scale = (latency["int8"] * full_ms(latency) - float_ms) / max(layers_ms - float_ms + other_ms, 1e-12)
-    latency.update(int8_layers=int8_table["layers"], int8_other_ms=other_ms, int8_scale=max(scale, 1e-6),
-                   int8_other_fixed_ms=network_ms * fixed_share(int8_table),
-                   int8_other_over_ms={name: network_ms * float(t.get("other", 0.0))
-                                       for name, t in int8_table["layers"].items()})
+    latency.update(int8_layers=int8_table["layers"], int8_other_ms=other_ms, int8_scale=max(scale, 1e-6))
 
 
 def table_payload(table: Any) -> dict[str, Any]:
@@ -178,28 +174,23 @@ def table_payload(table: Any) -> dict[str, Any]:
                               "in_grid": list(t.in_grid), "out_grid": list(t.out_grid),
                               "in_base": list(t.in_base), "out_base": list(t.out_base),
                               "ms": [list(r) for r in t.ms], "step_in": t.step_in, "step_out": t.step_out,
-                              "other": table.other_over(name)}
+                              "outputs": table.output_share(name)}
                        for name, t in table.layers.items()}}
 
 
 def other_ops_ms(fmt: str, latency: dict[str, Any]) -> tuple[float, dict[str, float]]:
     """Format ``fmt``'s other ops in milliseconds: the part no width changes, and each layer's part at its full
-    output width (:meth:`slimkit.analysis.LatencyTable.other_over`; it shrinks with the layer's output channels).
-    The int8 network's are its own table's, scaled as its layers are; without its tables, the fp32 network's
-    times the whole model's int8 ratio."""
-    fp32_ms = full_ms(latency)
-    fixed = fp32_ms * fixed_share(latency)
-    over = {name: fp32_ms * float(t.get("other", 0.0)) for name, t in latency["layers"].items()}
-    if fmt != "int8":
-        return fixed, over
-    if "int8_layers" not in latency:
-        ratio = latency.get("int8", 1.0)
-        return fixed * ratio, {name: ms * ratio for name, ms in over.items()}
-    scale = latency["int8_scale"]
-    if "int8_other_fixed_ms" not in latency:  # an analysis kept before the split: all of it fixed
-        return latency["int8_other_ms"] * scale, {}
-    return latency["int8_other_fixed_ms"] * scale, {name: ms * scale for name, ms in
-                                                    latency["int8_other_over_ms"].items()}
+    output width, which shrinks with the layer's output channels (:meth:`slimkit.analysis.LatencyTable.other_over`;
+    a table kept before the split was measured: all of it fixed). With its own tables, the int8 network's are a
+    constant, scaled as its layers are: shrinking them predicted its measured ratios worse (the latency-model
+    benchmark); without its tables, the fp32 network's times the whole model's int8 ratio."""
+    network_ms = full_ms(latency)
+    if fmt == "int8" and "int8_layers" in latency:
+        return latency["int8_other_ms"] * latency["int8_scale"], {}
+    ratio = latency.get("int8", 1.0) if fmt == "int8" else 1.0
+    shrinking = network_ms * (other_share(latency) - fixed_share(latency)) * ratio
+    return (network_ms * fixed_share(latency) * ratio,
+            {name: shrinking * float(t.get("outputs", 0.0)) for name, t in latency["layers"].items()})
 
 
 def _options(fmt: str, analysis: Analysis, layer: str, knobs: set[str]) -> tuple[list[dict], list[float], list]:
@@ -279,9 +270,8 @@ def build_problem(fmt: str, analysis: Analysis, knobs: set[str], dims: list[str]
         def cost_at(cin: int, cout: int, option: dict[str, Any], layer: str = layer,
                     info: dict[str, Any] = info) -> dict[str, float]:
             cost = _layer_cost(fmt, analysis, layer, info, cin, cout, option, dims)
-            if "latency" in dims:  # the other ops over its outputs (the container's model runs at full width)
-                kept = 1.0 if fmt == "container" else cout / info["out"]
-                cost["latency"] += other_over.get(layer, 0.0) * kept
+            if "latency" in dims:  # the other ops over its outputs
+                cost["latency"] += other_over.get(layer, 0.0) * cout / info["out"]
             return cost
 
         if len(gin) <= 1 and len(gout) <= 1:
