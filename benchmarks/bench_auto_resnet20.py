@@ -1,5 +1,8 @@
 """``slimkit auto`` on ResNet-20 (MNIST): the ``auto`` section's comparison (``bench_auto``) for ResNet-20, a section of
-its own so that each trains within one session's time on 2 cores (this one about 1 h from an empty cache)::
+its own so that each trains within one session's time on 2 cores. Its analysis and budgets took 4,670 s on a CPU with
+AVX512-VNNI (the trained baseline cached); on one without it (2026-12-03) the analysis alone took 2,188 s, most of it
+timing each layer left float in the int8 network, and the first budget 3,193 s in all: over 2 h from an empty cache,
+so start it first::
 
     python -m benchmarks.run --only auto_resnet20
 
