@@ -15,16 +15,21 @@ from slimkit.auto._sensitivity import Calibration, channel_analysis, channel_gro
 from slimkit.prune import PruneConfig, prune_channels
 
 
+def _channel_entries(model, x, digits, tmp_path):
+    """The channel analysis of ``model`` at keep fractions 0.25, 0.5, 0.75 (L1, on the digits' calibration data)."""
+    calib = Calibration.build(model, digits.calibration, 32, "loss")
+    groups = channel_groups(model, x, ())
+    levels = {g: keep_levels(n, (0.25, 0.5, 0.75)) for g, n in groups.items()}
+    return channel_analysis(model, x, calib, groups, levels, criterion="l1", data=digits.calibration, skip=(),
+                            seed=0, cache=Cache(tmp_path / "c.json", "k"))
+
+
 @pytest.mark.parametrize("spec", ["auto_digits", "resnet20:width=0.25"])
 def test_predicted_macs_equal_the_pruned_models(spec, digits, tmp_path):
     torch.manual_seed(0)
     model = models.from_spec(spec, **({"in_channels": 1} if spec.startswith("resnet") else {})).eval()
     x = torch.zeros(1, 1, 8, 8)
-    calib = Calibration.build(model, digits.calibration, 32, "loss")
-    groups = channel_groups(model, x, ())
-    levels = {g: keep_levels(n, (0.25, 0.5, 0.75)) for g, n in groups.items()}
-    entries = channel_analysis(model, x, calib, groups, levels, criterion="l1", data=digits.calibration, skip=(),
-                               seed=0, cache=Cache(tmp_path / "c.json", "k"))
+    entries = _channel_entries(model, x, digits, tmp_path)
     analysis = Analysis(layers=layer_info(model, x), base={"macs": profile(model, x).total.macs, "bytes": 1},
                         groups=entries)
     problem = build_problem("onnx", analysis, {"channels"}, ["macs"])
@@ -53,32 +58,9 @@ class _Int8Plateau:
 
 
 def test_int8_latency_follows_the_int8_tables_not_the_fp32_ratio(digits, tmp_path):
-    from slimkit.analysis import build_latency_table
-    from slimkit.auto._costs import calibrate_int8, table_payload
-
-    torch.manual_seed(0)
-    model = models.from_spec("auto_digits").eval()
-    x = torch.zeros(1, 1, 8, 8)
-    calib = Calibration.build(model, digits.calibration, 32, "loss")
-    groups = channel_groups(model, x, ())
-    levels = {g: keep_levels(n, (0.25, 0.5)) for g, n in groups.items()}
-    entries = channel_analysis(model, x, calib, groups, levels, criterion="l1", data=digits.calibration, skip=(),
-                               seed=0, cache=Cache(tmp_path / "c.json", "k"))
-    network = tmp_path / "int8.onnx"
-    network.write_bytes(b"the deployed int8 file")
-    fp32 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_Int8Plateau())
-    int8 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_Int8Plateau(), precision="int8",
-                               network=network)
-    latency = {**table_payload(fp32), "int8": 0.4}  # the whole int8 model measured at 0.4 of fp32
-
-    def problem(with_tables):
-        lat = dict(latency)
-        if with_tables:
-            calibrate_int8(lat, table_payload(int8), [])
-        analysis = Analysis(layers=layer_info(model, x), base={"macs": 1, "bytes": 1}, groups=entries, latency=lat)
-        return build_problem("int8", analysis, {"channels"}, ["latency"])
-
-    tables, ratio_only = problem(True), problem(False)
+    _, _, _, analysis = _digits_setup(digits, tmp_path, _Int8Plateau())
+    tables = build_problem("int8", analysis, {"channels"}, ["latency"])
+    ratio_only = build_problem("int8", _without_int8_tables(analysis), {"channels"}, ["latency"])
     full = {k: 0 for k in tables.choices}
     narrow = {k: len(c.labels) - 1 for k, c in tables.choices.items()}
     assert tables.solution(full).ratios["latency"] == pytest.approx(0.4)  # calibrated to the measured ratio
@@ -183,24 +165,22 @@ class _HalfOther:
         return 0.5, 0.1
 
 
-def _digits_setup(digits, tmp_path):
-    """auto_digits, an example, its fp32 table (:class:`_HalfOther`) and its analysis: channel levels and the latency
-    payload calibrated, with the int8 tables, to a whole int8 model measured at 0.4 of fp32."""
+def _digits_setup(digits, tmp_path, measurer=None):
+    """auto_digits, an example, its fp32 table (``measurer``, :class:`_HalfOther` by default) and its analysis:
+    channel levels and the latency payload calibrated, with the int8 tables, to a whole int8 model measured at 0.4
+    of fp32."""
     from slimkit.analysis import build_latency_table
     from slimkit.auto._costs import calibrate_int8, table_payload
 
     torch.manual_seed(0)
     model = models.from_spec("auto_digits").eval()
     x = torch.zeros(1, 1, 8, 8)
-    calib = Calibration.build(model, digits.calibration, 32, "loss")
-    groups = channel_groups(model, x, ())
-    levels = {g: keep_levels(n, (0.25, 0.5, 0.75)) for g, n in groups.items()}
-    entries = channel_analysis(model, x, calib, groups, levels, criterion="l1", data=digits.calibration, skip=(),
-                               seed=0, cache=Cache(tmp_path / "c.json", "k"))
+    entries = _channel_entries(model, x, digits, tmp_path)
     network = tmp_path / "int8.onnx"
     network.write_bytes(b"the deployed int8 file")
-    fp32 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_HalfOther())
-    int8 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=_HalfOther(), precision="int8",
+    measurer = measurer or _HalfOther()
+    fp32 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=measurer)
+    int8 = build_latency_table(model, x, batch=4, cache_dir=False, measurer=measurer, precision="int8",
                                network=network)
     latency = {**table_payload(fp32), "int8": 0.4}
     calibrate_int8(latency, table_payload(int8), [])
@@ -212,6 +192,11 @@ def _pruned_by(problem, picks, analysis, model, x, digits):
     solution = problem.solution(picks)
     plan = plan_of(problem, picks, analysis, solution.ratios, solution.objective)
     return solution, prune_channels(model, x, PruneConfig(ratio=plan.prune or 0.0), data=digits.calibration)
+
+
+def _without_int8_tables(analysis):
+    """``analysis`` with the whole int8 ratio alone (as before the int8 kernels had tables)."""
+    return replace(analysis, latency={k: v for k, v in analysis.latency.items() if not k.startswith("int8_")})
 
 
 def _widths(model):
@@ -239,9 +224,7 @@ def test_int8_other_ops_stay_constant_with_the_int8_tables_and_shrink_without(di
     # no gain at any width. Without them, the fp32 prediction (other ops shrinking) times the whole int8 ratio
     model, x, fp32, analysis = _digits_setup(digits, tmp_path)
     tables = build_problem("int8", analysis, {"channels"}, ["latency"])
-    ratio_only = build_problem("int8", replace(analysis, latency={k: v for k, v in analysis.latency.items()
-                                                                  if not k.startswith("int8_")}),
-                               {"channels"}, ["latency"])
+    ratio_only = build_problem("int8", _without_int8_tables(analysis), {"channels"}, ["latency"])
     narrow = {k: len(c.labels) - 1 for k, c in tables.choices.items()}
     assert tables.solution(narrow).ratios["latency"] == pytest.approx(0.4)
     solution, pruned = _pruned_by(ratio_only, narrow, analysis, model, x, digits)
