@@ -184,13 +184,13 @@ def other_ops_ms(fmt: str, latency: dict[str, Any]) -> tuple[float, dict[str, fl
     a table kept before the split was measured: all of it fixed). With its own tables, the int8 network's are a
     constant, scaled as its layers are: shrinking them predicted its measured ratios worse (the latency-model
     benchmark); without its tables, the fp32 network's times the whole model's int8 ratio."""
-    network_ms = full_ms(latency)
     if fmt == "int8" and "int8_layers" in latency:
         return latency["int8_other_ms"] * latency["int8_scale"], {}
     ratio = latency.get("int8", 1.0) if fmt == "int8" else 1.0
-    shrinking = network_ms * (other_share(latency) - fixed_share(latency)) * ratio
-    return (network_ms * fixed_share(latency) * ratio,
-            {name: shrinking * float(t.get("outputs", 0.0)) for name, t in latency["layers"].items()})
+    network_ms = full_ms(latency) * ratio
+    fixed = fixed_share(latency)
+    shrinking = network_ms * (other_share(latency) - fixed)
+    return network_ms * fixed, {name: shrinking * float(t.get("outputs", 0.0)) for name, t in latency["layers"].items()}
 
 
 def _options(fmt: str, analysis: Analysis, layer: str, knobs: set[str]) -> tuple[list[dict], list[float], list]:
