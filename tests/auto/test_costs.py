@@ -9,9 +9,8 @@ import torch
 
 from slimkit import models
 from slimkit.analysis import profile
-from slimkit.auto._costs import Analysis, build_problem, layer_info, plan_of, solve_uniform
+from slimkit.auto._costs import Analysis, build_problem, layer_info, plan_of
 from slimkit.auto._folder import Cache
-from slimkit.auto._search import Choice, Problem, Term
 from slimkit.auto._sensitivity import Calibration, channel_analysis, channel_groups, keep_levels
 from slimkit.prune import PruneConfig, prune_channels
 
@@ -247,31 +246,3 @@ def test_a_table_kept_before_the_other_ops_were_split_prices_them_constant(digit
     assert problem.solution({k: 0 for k in problem.choices}).ratios["latency"] == pytest.approx(1.0)
     narrow = {k: len(c.labels) - 1 for k, c in problem.choices.items()}
     assert problem.solution(narrow).ratios["latency"] > 0.5  # the constant half, and the layers' own share
-
-
-def _uniform_problem():
-    """Two channel groups tied level by level (keep 4 or 2 units) and one layer that may be factorised: at full width
-    10 + 10 + 10 ms; halving a group saves 5, factorising the layer saves 8 at a tenth of a halving's cost."""
-    choices = {"group:a": Choice("group:a", [4, 2], [0.0, 1.0], [(0,), (1,)]),
-               "group:b": Choice("group:b", [4, 2], [0.0, 1.0], [(0,), (1,)]),
-               "layer:x": Choice("layer:x", [{"rank": None}, {"rank": 0.25}], [0.0, 0.1], [(0,), (1,)])}
-    terms = [Term([k], {"latency": np.array(ms)}, k) for k, ms in
-             (("group:a", [10.0, 5.0]), ("group:b", [10.0, 5.0]), ("layer:x", [10.0, 2.0]))]
-    return Problem("onnx", choices, terms, {"latency": 0.0}, {"latency": 30.0}), {"group:a": [0, 1], "group:b": [0, 1]}
-
-
-def test_the_uniform_plan_factorises_nothing_where_uniform_pruning_alone_reaches_the_target():
-    problem, ties = _uniform_problem()
-    # 0.74 of 30 ms: full width with the layer factorised (22 ms) costs the least sensitivity (0.1), but the uniform
-    # plan is uniform pruning alone — both groups halved (20 ms)
-    solution = solve_uniform(problem, {"latency": 0.74}, ties)
-    assert solution.picks == {"group:a": 1, "group:b": 1, "layer:x": 0}
-    # 0.5: no uniform width reaches 15 ms unfactorised; halved and factorised, 12 ms
-    assert solve_uniform(problem, {"latency": 0.5}, ties).picks == {"group:a": 1, "group:b": 1, "layer:x": 1}
-    # the searched plans' back-offs: a group's does not bind the uniform plan, a layer's does; the problem keeps both
-    problem.back_off("group:a", 1)
-    problem.back_off("layer:x", 1)
-    before = problem.state()
-    assert solve_uniform(problem, {"latency": 0.74}, ties).picks == {"group:a": 1, "group:b": 1, "layer:x": 0}
-    assert solve_uniform(problem, {"latency": 0.5}, ties) is None
-    assert problem.state() == before

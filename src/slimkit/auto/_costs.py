@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from slimkit.auto._search import Choice, Problem, Term, solve
+from slimkit.auto._search import Choice, Problem, Term
 
 log = logging.getLogger(__name__)
 
@@ -448,29 +448,6 @@ def uniform_ties(problem: Problem, analysis: Analysis, fractions: Sequence[float
             for key, i in found.items():
                 ties[key].append(i)
     return ties if ties[keys[0]] else None
-
-
-def solve_uniform(problem: Problem, limits: dict[str, float], ties: dict[str, list[int]]) -> Any:
-    """The uniform plan (:func:`uniform_ties`) for ``limits``, or None. Its groups are free of the searched plans'
-    back-offs (a uniform plan is its own baseline); the other choices keep theirs. It factorises no layer unless no
-    uniform plan reaches ``limits`` without: uniform pruning is the single-family baseline a user would otherwise run,
-    and one-shot rank sensitivities understate what factorising costs after recovery (ResNet-20 at latency 0.3:
-    auto's uniform plan with 12 layers factorised kept 97.64 % on validation, uniform L1 pruning alone 98.11 %).
-    ``problem`` is left as it was."""
-    current = problem.state()
-    as_built = {k: [True] * len(problem.choices[k].allowed) for k in ties}
-    try:
-        problem.restore(as_built)
-        for choice in problem.choices.values():
-            choice.allowed = [ok and not (isinstance(label, dict) and label.get("rank") is not None)
-                              for ok, label in zip(choice.allowed, choice.labels)]
-        solution = solve(problem, limits, ties=ties)
-        if solution is None:
-            problem.restore({**current, **as_built})
-            solution = solve(problem, limits, ties=ties)
-        return solution
-    finally:
-        problem.restore(current)
 
 
 def plan_of(problem: Problem, picks: dict[str, int], analysis: Analysis, ratios: dict[str, float],

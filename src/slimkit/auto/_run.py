@@ -20,10 +20,9 @@
    forbidden; NNCF's accuracy control reverts layers the same way) and the format is solved again. After the first
    accuracy miss, the next candidate is the uniform plan of the missed plan's format, where one exists (two or
    more channel groups, a keep fraction within the target): every channel group tied to one keep fraction, solved
-   like any plan (the tie level and the other choices together, least summed sensitivity) but with no layer
-   factorised unless no uniform plan reaches the target without, its groups free of the searched plans'
-   back-offs. It is probed and judged against its own copy of the targets, and its accuracy miss backs nothing
-   off: what it teaches about uniform plans does not steer the search. The summed per-group
+   like any plan (the tie level and the other choices together, least summed sensitivity), its groups free of the
+   searched plans' back-offs. It is probed and judged against its own copy of the targets, and its accuracy miss
+   backs nothing off: what it teaches about uniform plans does not steer the search. The summed per-group
    sensitivities miss how prunings interact, and uniform pruning is the baseline a user would otherwise run. Stop
    at the first candidate that meets the budget and ``max_drop``, after ``max_candidates``, past ``time_limit``, or
    when every format is exhausted.
@@ -53,7 +52,7 @@ from slimkit._errors import ConfigError
 from slimkit.auto._analyse import Analyser, Event, reachable_text
 from slimkit.auto._apply import rebuild_stages, run_stages
 from slimkit.auto._config import AutoConfig
-from slimkit.auto._costs import Analysis, build_problem, layer_ms, plan_of, solve_uniform, uniform_ties
+from slimkit.auto._costs import Analysis, build_problem, layer_ms, plan_of, uniform_ties
 from slimkit.auto._folder import RUN_FILE, digest, read_json, state_digest, write_json
 from slimkit.auto._formats import create_format
 from slimkit.auto._measure import LatencyMeter, deployed_latency, judged_ratio, latency_bound, measure_model, meets
@@ -300,7 +299,15 @@ class AutoRun:
                 ties: dict[str, list[int]] | None = None) -> tuple[Plan | None, Any, str | None]:
         """The plan solved for ``target`` (logged), or None with why: no plan meets it ("infeasible"), or the plan
         is an int8 plan with every layer in float — an onnx plan, which the onnx format searches ("degenerate")."""
-        solution = solve_uniform(problem, target, ties) if ties else solve(problem, target)
+        if ties:  # a uniform plan is its own baseline: the searched plans' back-offs of its groups do not bind it
+            current = problem.state()
+            problem.restore({k: [True] * len(problem.choices[k].allowed) for k in ties})  # as built
+            try:
+                solution = solve(problem, target, ties=ties)
+            finally:
+                problem.restore(current)
+        else:
+            solution = solve(problem, target)
         log_entries.append({"format": fmt, "targets": dict(target), **({"uniform": True} if ties else {}),
                             "solution": None if solution is None else solution.to_dict()})
         if solution is None:
