@@ -15,10 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the only change to the README's commands: small data subsets where the command takes them (training,
-#: evaluation and calibration samples), and a short accuracy-aware loop for ``slimkit auto`` (on 512 training images
-#: its accuracy limit is out of reach, so it would try all six candidates; tests/auto covers the loop) ...
+#: evaluation and calibration samples), and one candidate for ``slimkit auto`` (on 512 training images its accuracy
+#: limit is out of reach, so it would try all six; tests/auto covers the accuracy-aware loop) ...
 TINY = {"--train-samples": "512", "--eval-samples": "256", "--calib-size": "256", "--calibration-samples": "256",
-        "--max-candidates": "2"}
+        "--max-candidates": "1"}
 #: ... smaller for the text corpus, whose samples are whole token blocks (a 2M-parameter Llama's training step on 128
 #: blocks takes seconds, and GPTQ runs the model block by block over every calibration sample)
 TINY_TEXT = {"--train-samples": "64", "--eval-samples": "32", "--calib-size": "32"}

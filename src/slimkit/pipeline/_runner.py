@@ -160,7 +160,9 @@ class _Session:
     def measure(self, model: nn.Module, label: str) -> dict[str, Any]:
         """The stage's row: profile, accuracy on the evaluation split, ONNX file and latency against the input's.
         The input's ONNX file is written only as the latency baseline (a recipe has at least one stage, whose file
-        is the one deployed): exporting a language model takes tens of seconds."""
+        is the one deployed): exporting a language model takes tens of seconds. The input is not timed against
+        itself: its ratio is 1 by definition, and each later stage's comparison carries its own A/A control (the
+        self-comparison cost a whole comparison per run, ~3 s for LeNet-5 at batch 64, ~10 s for a small Llama)."""
         from slimkit.analysis import compare_latency, evaluate, profile
         from slimkit.export import ExportError, export_onnx
 
@@ -190,6 +192,8 @@ class _Session:
         except ExportError as error:
             row["onnx_error"] = str(error)
             log.warning("stage %s: ONNX export failed, no latency measured: %s", label, error)
+            return row
+        if label == INPUT_LABEL:  # its ratio is 1 by definition (set by the caller), not timed
             return row
         baseline = self.stage_dir(INPUT_LABEL) / "model.onnx"
         if ev.latency:
