@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from slimkit import ConfigError
-from slimkit.analysis import AA_BAND, TOO_NOISY, compare_latency, format_ratio, latency
+from slimkit.analysis import AA_BAND, TOO_NOISY, compare_latency, compare_latency_many, format_ratio, latency
 from slimkit.analysis._latency import median_ci_ranks
 from slimkit.export import export_onnx
 
@@ -87,6 +87,40 @@ def test_a_noisy_timer_makes_the_comparison_refuse(seed):
     assert cmp.status == TOO_NOISY and not cmp.ok
     assert cmp.ratio is None and cmp.ratio_p10 is None and cmp.speedup is None
     assert cmp.text() == "too noisy" and cmp.aa_text() != "too noisy"
+
+
+def test_several_candidates_share_one_run_paired_with_the_baseline_in_each_round():
+    """k candidates timed in one interleaved run: every round runs the baseline, the control and each candidate
+    once (k + 2 calls, not 3k), and each candidate's ratio is its own time over the baseline's in the same round."""
+    clock = FakeClock()
+    base, half = _fakes(clock, 1.0, 0.5)
+    _, triple = _fakes(clock, 1.0, 3.0)
+    cmps = compare_latency_many(base, [half, triple], torch.zeros(1), warmup=1, repeats=30, seed=5, clock=clock)
+    assert [c.ratio for c in cmps] == pytest.approx([0.5, 3.0]) and all(c.status == "ok" for c in cmps)
+    assert cmps[0].aa_ratio == cmps[1].aa_ratio == pytest.approx(1.0)  # one control serves both
+    rounds = [clock.calls[i:i + 4] for i in range(0, len(clock.calls), 4)]
+    assert len(rounds) == 31 and all(len(set(r)) == 4 for r in rounds)  # warm-up + 30 rounds of A, A′, B1, B2
+    assert len({tuple(r) for r in rounds[1:]}) > 6  # the order is drawn per round
+    # a load spike on round r hits the baseline and the candidates of round r alike: the paired ratio ignores it
+    spiky, spikes = FakeClock(), iter(range(10 ** 6))
+    spiky.noise = lambda who: 5.0 if (next(spikes) // 4) % 7 == 3 else 1.0
+    base, half = _fakes(spiky, 1.0, 0.5)
+    _, triple = _fakes(spiky, 1.0, 3.0)
+    cmps = compare_latency_many(base, [half, triple], torch.zeros(1), warmup=0, repeats=28, clock=spiky)
+    assert [c.ratio_p10 for c in cmps] == pytest.approx([0.5, 3.0]) and [c.ratio_p90 for c in cmps] == \
+        pytest.approx([0.5, 3.0])
+    assert compare_latency_many(base, [], torch.zeros(1)) == []
+
+
+def test_one_candidate_in_the_shared_run_is_exactly_compare_latency():
+    results = []
+    for compare in (lambda b, c, **kw: compare_latency(b, c, **kw),
+                    lambda b, c, **kw: compare_latency_many(b, [c], **kw)[0]):
+        rng = random.Random(7)
+        clock = FakeClock(noise=lambda who, rng=rng: rng.lognormvariate(0.0, 0.05))
+        base, cand = _fakes(clock, 1.0, 1.5)
+        results.append(compare(base, cand, example_inputs=torch.zeros(1), warmup=1, repeats=25, seed=2, clock=clock))
+    assert results[0].ratio == results[1].ratio and results[0].aa_ci == results[1].aa_ci
 
 
 @pytest.mark.parametrize(("n", "rank"), [(6, 1), (9, 2), (20, 6), (50, 18), (100, 40)])

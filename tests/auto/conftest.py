@@ -42,6 +42,14 @@ class MacsMeter:
 
     def __init__(self, ci_halfwidth: float = 0.0) -> None:
         self.ci_halfwidth = ci_halfwidth
+        self.shared_runs: list[int] = []  # the candidates of each compare_many call
+
+    def compare_many(self, baseline, baseline_file, candidates, inputs, *, threads):
+        """Several candidates against one baseline (OrtLatency times them in shared runs): each read as
+        :meth:`compare` reads it."""
+        self.shared_runs.append(len(candidates))
+        return [self.compare(baseline, module, baseline_file, file, inputs, threads=threads)
+                for module, file in candidates]
 
     def table(self, model, example, *, batch, threads, precision="fp32", network=None, widths=None):
         from slimkit.analysis import build_latency_table

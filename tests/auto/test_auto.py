@@ -280,12 +280,25 @@ class _Int8Floor(MacsMeter):
         return record
 
 
-def test_factorised_layers_of_the_int8_network_are_timed_in_int8(trained, digits, tmp_path):
+class _Int8FloorOneByOne(_Int8Floor):
+    """A meter written before ``compare_many``: every candidate in its own comparison."""
+
+    compare_many = None
+
+
+@pytest.mark.parametrize("meter", [_Int8Floor, _Int8FloorOneByOne])
+def test_factorised_layers_of_the_int8_network_are_timed_in_int8(trained, digits, tmp_path, meter):
     model, checkpoint = trained
     config = AutoConfig(budget="latency=0.4", max_drop=3.0, formats=("int8",), knobs=("channels", "int8", "rank"),
                         recovery_epochs=1, calibration_samples=128, max_candidates=3)
-    auto_compress(model, X, config, data=digits, out=tmp_path / "auto", latency=_Int8Floor(), spec="auto_digits",
+    meter = meter()
+    auto_compress(model, X, config, data=digits, out=tmp_path / "auto", latency=meter, spec="auto_digits",
                   recipe=_recipe_base(checkpoint))
+    # the layer in int8, its factorisations and theirs in int8 are timed a few to a run, against the fp32 layer
+    from slimkit.auto._measure import CANDIDATES_PER_RUN
+
+    assert meter.shared_runs == [] if meter.compare_many is None else \
+        (max(meter.shared_runs) == CANDIDATES_PER_RUN and all(0 < n <= CANDIDATES_PER_RUN for n in meter.shared_runs))
     latency = json.loads((tmp_path / "auto" / "analysis" / "summary.json").read_text())["latency"]
     assert latency["rank_int8"].keys() == latency["rank"].keys() and latency["rank"]
     # the layer in int8 at 0.5 of fp32; its factors (MACs ratio m) at max(0.5 m, 0.4): factors / layer in int8 is
@@ -450,6 +463,7 @@ def test_after_a_trained_candidate_misses_the_latency_budget_no_probe_relaxes_pa
         candidate) at 1.1: the probes flatter the plans, as the trained model's measurement shows."""
 
         def __init__(self):
+            super().__init__()
             self.seen = set()
 
         def compare(self, baseline, candidate, baseline_file, candidate_file, inputs, *, threads):
@@ -512,6 +526,7 @@ class _FloatIslands(MacsMeter):
     not a cost per layer: which layers the first plan floats depends on the trained model, which differs by CPU."""
 
     def __init__(self, together):
+        super().__init__()
         self.together = together
 
     def compare(self, baseline, candidate, baseline_file, candidate_file, inputs, *, threads):

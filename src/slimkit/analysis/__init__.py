@@ -16,6 +16,7 @@ from slimkit.analysis._latency import (
     LatencyComparison,
     LatencyResult,
     compare_latency,
+    compare_latency_many,
     format_ratio,
     latency,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "ProfileTotals",
     "build_latency_table",
     "compare_latency",
+    "compare_latency_many",
     "csr_bytes",
     "detect_step",
     "evaluate",

@@ -395,23 +395,53 @@ def compare_latency(
     leaves :data:`AA_BAND` the result says ``status="too noisy"`` and ``ratio=None``: rerun on a quieter machine or
     with more repeats.
     """
+    return compare_latency_many(baseline, [candidate], example_inputs, backend=backend, threads=threads,
+                                warmup=warmup, repeats=repeats, seed=seed, clock=clock, sessions=sessions)[0]
+
+
+def compare_latency_many(
+    baseline: ModelOrPath,
+    candidates: Sequence[ModelOrPath],
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    backend: str = "torch",
+    threads: int = DEFAULT_THREADS,
+    warmup: int = 10,
+    repeats: int = 50,
+    seed: int = 0,
+    clock: Clock = time.perf_counter,
+    sessions: int = SESSIONS,
+) -> list[LatencyComparison]:
+    """:func:`compare_latency` of several candidates against one baseline in one interleaved run: every round calls
+    the baseline's sessions, the A/A control's and every candidate's once, in a seeded random order, and each
+    candidate's ratio is paired with the baseline's time in the same round. One control serves every candidate
+    (each result carries it), and the baseline and control are timed once for all of them instead of once per
+    candidate: k candidates cost k + 2 models' runs per round instead of 3k. Keep k small where a model runs long
+    (a round's length is the span over which load drift can differ between a candidate and the baseline)."""
+    if not candidates:
+        return []
     _check(baseline, backend, threads, warmup, repeats)
-    _check(candidate, backend, threads, warmup, repeats)
+    for candidate in candidates:
+        _check(candidate, backend, threads, warmup, repeats)
     if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
         raise ConfigError(f"latency sessions={sessions!r}: use a whole number ≥ 1")
     sessions = sessions if backend == "onnxruntime" else 1
     inputs = input_tuple(example_inputs)
-    torch_state = _TorchState(threads, [baseline, candidate], backend == "torch")
+    torch_state = _TorchState(threads, [baseline, *candidates], backend == "torch")
     with tempfile.TemporaryDirectory(prefix="slimkit-latency-") as tmp, torch_state:
         if backend == "onnxruntime":
             base_path = _as_onnx(baseline, inputs, Path(tmp), "baseline")
-            cand_path = _as_onnx(candidate, inputs, Path(tmp), "candidate")
+            paths = [_as_onnx(c, inputs, Path(tmp), f"candidate{k}") for k, c in enumerate(candidates)]
             runners = [_onnx_runner(path, inputs, threads)
-                       for path in (base_path, base_path, cand_path) for _ in range(sessions)]
+                       for path in (base_path, base_path, *paths) for _ in range(sessions)]
         else:
             control = copy.deepcopy(baseline)
-            runners = [_torch_runner(m, inputs) for m in (baseline, control, candidate)]  # type: ignore[arg-type]
+            runners = [_torch_runner(m, inputs)  # type: ignore[arg-type]
+                       for m in (baseline, control, *candidates)]
         samples = interleave(runners, warmup=warmup, repeats=repeats, seed=seed, clock=clock)
-        del runners  # the three sessions live exactly as long as the comparison
-    return comparison_from_samples(samples, backend=backend, threads=threads, batch_size=int(inputs[0].shape[0]),
-                                   seed=seed, sessions=sessions)
+        del runners  # the sessions live exactly as long as the comparison
+    both = samples[:2 * sessions]
+    return [comparison_from_samples([*both, *samples[(2 + k) * sessions:(3 + k) * sessions]], backend=backend,
+                                    threads=threads, batch_size=int(inputs[0].shape[0]), seed=seed,
+                                    sessions=sessions)
+            for k in range(len(candidates))]

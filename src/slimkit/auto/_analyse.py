@@ -9,6 +9,7 @@ import logging
 import math
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from slimkit.auto._costs import (
 )
 from slimkit.auto._folder import Cache, digest, read_json, state_digest, write_json
 from slimkit.auto._formats import create_format, example_batch
-from slimkit.auto._measure import LatencyMeter
+from slimkit.auto._measure import CANDIDATES_PER_RUN, LatencyMeter, compare_all
 from slimkit.auto._sensitivity import (
     Calibration,
     ShortRecovery,
@@ -292,21 +293,28 @@ class Analyser:
         budget = self.config.budget
         layers = [n for n in analysis.int8 if n not in analysis.skip]
         out: dict[str, float] = {}
+        todo = [name for name in layers if name not in cache]
         with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
-            for done, name in enumerate(layers, start=1):
-                if name not in cache:
+            # a few layers per run, each paired with the int8 network in the same rounds (compare_all)
+            for start in range(0, len(todo), CANDIDATES_PER_RUN):
+                chunk = todo[start:start + CANDIDATES_PER_RUN]
+                mixed = []
+                for name in chunk:
                     quantized = quantize(self.model, self.example, QuantConfig(skip=(*self.config.skip, name)),
                                          data=self.data.calibration)
-                    path = export_qdq(quantized, self.example, Path(tmp) / "mixed.onnx")
-                    record = self.meter.compare(self.int8_model(), quantized,  # type: ignore[union-attr]
-                                                self.folder / "int8_reference.onnx", path,
-                                                example_batch(self.example, budget.batch),  # type: ignore
-                                                threads=budget.threads)  # type: ignore[union-attr]
+                    mixed.append((quantized, export_qdq(quantized, self.example,
+                                                        Path(tmp) / f"mixed-{len(mixed)}.onnx")))
+                records = compare_all(self.meter, self.int8_model(), self.folder / "int8_reference.onnx",  # type: ignore
+                                      mixed, example_batch(self.example, budget.batch),  # type: ignore[union-attr]
+                                      threads=budget.threads)  # type: ignore[union-attr]
+                for name, record in zip(chunk, records, strict=True):
                     cache.put(name, record.get("ratio"))
-                ratio = cache.get(name)
-                if ratio is not None:  # too noisy to read: the tables' estimate stands
-                    out[name] = max((float(ratio) - 1.0) * int8_ms, 0.0)
-                self.emit("analysis", {"what": "float layers in int8", "done": done, "total": len(layers)})
+                self.emit("analysis", {"what": "float layers in int8", "done": len(layers) - len(todo) + start
+                                       + len(chunk), "total": len(layers)})
+        for name in layers:
+            ratio = cache.get(name)
+            if ratio is not None:  # too noisy to read: the tables' estimate stands
+                out[name] = max((float(ratio) - 1.0) * int8_ms, 0.0)
         return out
 
     def _rank_latency(self, analysis: Analysis, *, int8: bool) -> tuple[dict[str, dict[str, float]], dict]:
@@ -331,33 +339,39 @@ class Analyser:
                 x = inputs[name]
                 calibration = [(x, torch.zeros(len(x), dtype=torch.long))]
 
-                def int8_ratio(module: nn.Module, x: torch.Tensor = x, single: nn.Module = single,
-                               calibration: list = calibration) -> float | None:
-                    """``module`` in int8 against the fp32 layer."""
+                def in_int8(module: nn.Module, x: torch.Tensor = x, calibration: list = calibration) -> tuple:
+                    """``module`` in int8, as a QDQ file."""
                     quantized = quantize(module, x[:1], QuantConfig(), data=calibration)
-                    path = export_qdq(quantized, x[:1], Path(tmp) / "int8.onnx")
-                    return self.meter.compare(single, quantized, None, path, (x,),  # type: ignore[union-attr]
-                                              threads=threads).get("ratio")
+                    return quantized, export_qdq(quantized, x[:1], Path(tmp) / f"int8-{uuid.uuid4().hex}.onnx")
 
+                # what is not cached yet, each against the fp32 layer, timed together in runs of a few (compare_all):
+                # the layer in int8, each factorisation, and each factorisation in int8
+                wanted: list[tuple[Cache, str, Any]] = []
                 if int8 and f"{name}|int8" not in cache_int8:
-                    cache_int8.put(f"{name}|int8", int8_ratio(single))
-                layer_int8 = cache_int8.get(f"{name}|int8") if int8 else None
+                    wanted.append((cache_int8, f"{name}|int8", lambda m=single: in_int8(m)))
                 for row in rows:
                     key = f"{name}|{row['ratio']}"
-                    factored = None
                     if key not in cache or (int8 and f"{key}|int8" not in cache_int8):
                         factored = decompose(single, x[:1], DecomposeConfig(
                             layers=("layer",), ratio=row["ratio"], method=("tucker2", "svd"), seed=self.config.seed))
-                    if key not in cache:
-                        ratio = self.meter.compare(single, factored, None, None, (x,),  # type: ignore[union-attr]
-                                                   threads=threads).get("ratio")
-                        cache.put(key, float(ratio) if ratio is not None else None)
+                        if key not in cache:
+                            wanted.append((cache, key, lambda m=factored: (m, None)))
+                        if int8 and f"{key}|int8" not in cache_int8:
+                            wanted.append((cache_int8, f"{key}|int8", lambda m=factored: in_int8(m)))
+                for start in range(0, len(wanted), CANDIDATES_PER_RUN):
+                    chunk = wanted[start:start + CANDIDATES_PER_RUN]
+                    records = compare_all(self.meter, single, None, [make() for _, _, make in chunk],  # type: ignore
+                                          (x,), threads=threads)
+                    for (where, key, _), record in zip(chunk, records, strict=True):
+                        ratio = record.get("ratio")
+                        where.put(key, float(ratio) if ratio is not None else None)
+                layer_int8 = cache_int8.get(f"{name}|int8") if int8 else None
+                for row in rows:
+                    key = f"{name}|{row['ratio']}"
                     value = cache.get(key)
                     # too noisy to read: priced as no faster than the layer (no gain the search cannot see)
                     out.setdefault(name, {})[str(row["ratio"])] = value if value is not None else 1.0
                     if int8:
-                        if f"{key}|int8" not in cache_int8:
-                            cache_int8.put(f"{key}|int8", int8_ratio(factored))
                         value = cache_int8.get(f"{key}|int8")
                         if value is not None and layer_int8:  # unreadable (too noisy): the fp32 ratio stands
                             out_int8.setdefault(name, {})[str(row["ratio"])] = value / layer_int8
