@@ -21,6 +21,10 @@ def test_keep_levels_and_monotone_tables():
     assert keep_levels(12, (0.25, 0.5, 0.75)) == [12, 9, 6, 3]
     assert keep_levels(40, (0.5,), steps=(16,)) == [40, 32, 20, 16]  # kernel steps join the fractions
     assert keep_levels(3, (0.1,)) == [3, 1]  # never fewer than one unit
+    # a wide group keeps at most 16 step levels, each still on a multiple of the step: LeNet-5's fc1 (500, step 16)
+    assert keep_levels(500, (), steps=(16,)) == [500, *range(480, 0, -32)]
+    assert keep_levels(272, (), steps=(16,)) == list(range(272, 0, -16))  # 16 multiples below 272: all kept
+    assert keep_levels(960, (0.5,), steps=(8,), max_step_levels=4) == [960, 720, 480, 240]
     assert monotone([0.0, -0.01, 0.2, 0.1, 0.5]) == [0.0, 0.0, 0.2, 0.2, 0.5]
 
 

@@ -44,7 +44,8 @@ class AutoConfig:
         per layer), ``int8`` (per-layer int8 or float in the int8 format), ``sparsity`` (per-layer magnitude
         pruning) and ``clusters`` (per-layer k-means bits) in the container format.
     keep_fractions: the widths a channel group may keep (fractions of its channels; the latency table's kernel
-        steps are added when a latency budget is set).
+        steps are added when a latency budget is set: at most 16 multiples of a step per group, see
+        ``slimkit.auto._sensitivity.keep_levels``).
     rank_ratios: parameter ratios a factorised layer may have (Tucker-2 for k×k convs, SVD for Linear / 1×1).
     sparsities / cluster_bits: the per-layer choices of the container format.
     criterion: the channel importance criterion of structured pruning (``slimkit.prune.CRITERIA``).

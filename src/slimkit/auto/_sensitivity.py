@@ -147,13 +147,22 @@ def channel_groups(model: nn.Module, example: Any, skip: Sequence[str]) -> dict[
     return groups
 
 
-def keep_levels(units: int, fractions: Sequence[float], steps: Sequence[int] = ()) -> list[int]:
+#: at most this many multiples of a kernel step join a group's levels (see :func:`keep_levels`)
+MAX_STEP_LEVELS = 16
+
+
+def keep_levels(units: int, fractions: Sequence[float], steps: Sequence[int] = (),
+                max_step_levels: int = MAX_STEP_LEVELS) -> list[int]:
     """Units kept at each level, from all units down: the fractions of ``units`` (at least 1) and the multiples of
-    each kernel step in ``steps`` (widths where a layer's time steps, from the latency table)."""
+    each kernel step in ``steps`` (widths where a layer's time steps, from the latency table) — at most
+    ``max_step_levels`` of them, evenly spaced multiples of a multiple of the step where the group has more. Every
+    level is measured (a sensitivity, a latency table row and column each): LeNet-5's 500-wide fc1 at a step of 16
+    had 31 step levels and 70 % of the analysis' latency-table points, for widths 3 % of the layer apart."""
     keeps = {units} | {max(1, round(f * units)) for f in fractions}
     for step in steps:
         if 1 < step < units:
-            keeps |= set(range(step, units, step))
+            stride = step * math.ceil(((units - 1) // step) / max_step_levels)
+            keeps |= set(range(stride, units, stride))
     return sorted(keeps, reverse=True)
 
 
