@@ -112,17 +112,6 @@ def test_several_candidates_share_one_run_paired_with_the_baseline_in_each_round
     assert compare_latency_many(base, [], torch.zeros(1)) == []
 
 
-def test_one_candidate_in_the_shared_run_is_exactly_compare_latency():
-    results = []
-    for compare in (lambda b, c, **kw: compare_latency(b, c, **kw),
-                    lambda b, c, **kw: compare_latency_many(b, [c], **kw)[0]):
-        rng = random.Random(7)
-        clock = FakeClock(noise=lambda who, rng=rng: rng.lognormvariate(0.0, 0.05))
-        base, cand = _fakes(clock, 1.0, 1.5)
-        results.append(compare(base, cand, example_inputs=torch.zeros(1), warmup=1, repeats=25, seed=2, clock=clock))
-    assert results[0].ratio == results[1].ratio and results[0].aa_ci == results[1].aa_ci
-
-
 @pytest.mark.parametrize(("n", "rank"), [(6, 1), (9, 2), (20, 6), (50, 18), (100, 40)])
 def test_median_interval_ranks_match_the_binomial_table(n, rank):
     """Conover (1999) Table A3: the 1-based lower rank r of the 95 % interval for the median."""
@@ -157,16 +146,11 @@ def test_onnxruntime_comparison_of_files_runs_three_sessions(tmp_path):
     assert cmp.candidate.backend == "onnxruntime" and cmp.candidate.batch_size == 2 and cmp.control.repeats == 4
 
 
-def test_each_model_runs_in_several_sessions_and_a_slow_session_counts_by_its_share(tmp_path, monkeypatch):
-    """ONNX Runtime sessions of one file can differ for their whole life (LeNet-5 int8: 2.4 ms or 3.4 ms per
-    session): each model's round time is the mean over its sessions, so one unlucky session moves the ratio by its
-    share instead of deciding it."""
+def _fake_sessions(monkeypatch, clock, session_ms):
+    """ONNX Runtime sessions replaced by fakes: the k-th session made of a file costs ``session_ms[file][k]`` on
+    ``clock``; returns the list of files in the order their sessions were made."""
     import slimkit.analysis._latency as latency_module
 
-    x = torch.zeros(2, 1, 28, 28)
-    a, b = export_onnx(_model(), x, tmp_path / "a.onnx"), export_onnx(_model(), x, tmp_path / "b.onnx")
-    clock = FakeClock()
-    session_ms = {str(a): [1.0] * 6, str(b): [2.4, 2.4, 3.4]}  # the baseline's 3 sessions and its control's 3
     made = []
 
     def fake_runner(path, inputs, threads):
@@ -175,6 +159,18 @@ def test_each_model_runs_in_several_sessions_and_a_slow_session_counts_by_its_sh
         return lambda: clock.spend(who, ms)
 
     monkeypatch.setattr(latency_module, "_onnx_runner", fake_runner)
+    return made
+
+
+def test_each_model_runs_in_several_sessions_and_a_slow_session_counts_by_its_share(tmp_path, monkeypatch):
+    """ONNX Runtime sessions of one file can differ for their whole life (LeNet-5 int8: 2.4 ms or 3.4 ms per
+    session): each model's round time is the mean over its sessions, so one unlucky session moves the ratio by its
+    share instead of deciding it."""
+    x = torch.zeros(2, 1, 28, 28)
+    a, b = export_onnx(_model(), x, tmp_path / "a.onnx"), export_onnx(_model(), x, tmp_path / "b.onnx")
+    clock = FakeClock()
+    session_ms = {str(a): [1.0] * 6, str(b): [2.4, 2.4, 3.4]}  # the baseline's 3 sessions and its control's 3
+    made = _fake_sessions(monkeypatch, clock, session_ms)
     cmp = compare_latency(a, b, x, backend="onnxruntime", threads=1, warmup=1, repeats=12, clock=clock)
     assert made == [str(a)] * 6 + [str(b)] * 3 and cmp.sessions == 3
     rounds = [clock.calls[i:i + 9] for i in range(9, len(clock.calls), 9)]  # after the warm-up round
@@ -186,6 +182,19 @@ def test_each_model_runs_in_several_sessions_and_a_slow_session_counts_by_its_sh
     assert single.ratio == pytest.approx(2.4) and single.sessions == 1  # one session: whichever draw it got
     with pytest.raises(ConfigError, match="sessions=0"):
         compare_latency(a, b, x, backend="onnxruntime", sessions=0)
+
+
+def test_several_candidates_in_several_sessions_each_read_their_own_sessions(tmp_path, monkeypatch):
+    """With 3 sessions per model and two candidates, each candidate's time is the mean of its own 3 sessions."""
+    x = torch.zeros(2, 1, 28, 28)
+    a, b, c = (export_onnx(_model(), x, tmp_path / f"{n}.onnx") for n in "abc")
+    clock = FakeClock()
+    session_ms = {str(a): [1.0] * 6, str(b): [2.0, 2.0, 5.0], str(c): [0.5, 0.5, 0.5]}
+    made = _fake_sessions(monkeypatch, clock, session_ms)
+    cmps = compare_latency_many(a, [b, c], x, backend="onnxruntime", threads=1, warmup=1, repeats=12, clock=clock)
+    assert made == [str(a)] * 6 + [str(b)] * 3 + [str(c)] * 3
+    assert [cmp.ratio for cmp in cmps] == pytest.approx([3.0, 0.5]) and all(cmp.sessions == 3 for cmp in cmps)
+    assert [cmp.aa_ratio for cmp in cmps] == pytest.approx([1.0, 1.0])
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])

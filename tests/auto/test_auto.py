@@ -297,8 +297,9 @@ def test_factorised_layers_of_the_int8_network_are_timed_in_int8(trained, digits
     # the layer in int8, its factorisations and theirs in int8 are timed a few to a run, against the fp32 layer
     from slimkit.auto._measure import CANDIDATES_PER_RUN
 
-    assert meter.shared_runs == [] if meter.compare_many is None else \
-        (max(meter.shared_runs) == CANDIDATES_PER_RUN and all(0 < n <= CANDIDATES_PER_RUN for n in meter.shared_runs))
+    if meter.compare_many is not None:
+        assert max(meter.shared_runs) == CANDIDATES_PER_RUN
+        assert all(0 < n <= CANDIDATES_PER_RUN for n in meter.shared_runs)
     latency = json.loads((tmp_path / "auto" / "analysis" / "summary.json").read_text())["latency"]
     assert latency["rank_int8"].keys() == latency["rank"].keys() and latency["rank"]
     # the layer in int8 at 0.5 of fp32; its factors (MACs ratio m) at max(0.5 m, 0.4): factors / layer in int8 is

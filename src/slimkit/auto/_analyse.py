@@ -294,6 +294,9 @@ class Analyser:
         layers = [n for n in analysis.int8 if n not in analysis.skip]
         out: dict[str, float] = {}
         todo = [name for name in layers if name not in cache]
+        if layers:  # the cached ones count as done (a resumed analysis shows the step too)
+            self.emit("analysis", {"what": "float layers in int8", "done": len(layers) - len(todo),
+                                   "total": len(layers)})
         with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
             # a few layers per run, each paired with the int8 network in the same rounds (compare_all)
             for start in range(0, len(todo), CANDIDATES_PER_RUN):

@@ -51,23 +51,13 @@ class OrtLatency:
 
     def compare(self, baseline: nn.Module, candidate: nn.Module, baseline_file: Path | None,
                 candidate_file: Path | None, inputs: tuple[torch.Tensor, ...], *, threads: int) -> dict[str, Any]:
-        from slimkit.analysis import TOO_NOISY, compare_latency
-
-        a = baseline_file if baseline_file is not None else baseline
-        b = candidate_file if candidate_file is not None else candidate
-        record: dict[str, Any] = {}
-        for repeats in (self.repeats, 2 * self.repeats):
-            cmp = compare_latency(a, b, inputs, backend="onnxruntime", threads=threads, warmup=self.warmup,
-                                  repeats=repeats)
-            record = cmp.record()
-            if cmp.status != TOO_NOISY:
-                break
-        return record
+        return self.compare_many(baseline, baseline_file, [(candidate, candidate_file)], inputs, threads=threads)[0]
 
     def compare_many(self, baseline: nn.Module, baseline_file: Path | None,
                      candidates: Sequence[tuple[nn.Module, Path | None]], inputs: tuple[torch.Tensor, ...], *,
                      threads: int) -> list[dict[str, Any]]:
-        """:meth:`compare` of each ``(module, file)`` candidate against one baseline, up to
+        """Each ``(module, file)`` candidate's latency record (as :meth:`LatencyMeter.compare` gives it; the file is
+        timed where given, else the module) against one baseline, up to
         :data:`CANDIDATES_PER_RUN` of them in one interleaved run (:func:`slimkit.analysis.compare_latency_many`);
         a run whose shared A/A control was too noisy is repeated once with twice the rounds."""
         from slimkit.analysis import TOO_NOISY, compare_latency_many
