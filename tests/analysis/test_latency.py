@@ -110,6 +110,8 @@ def test_several_candidates_share_one_run_paired_with_the_baseline_in_each_round
     assert [c.ratio_p10 for c in cmps] == pytest.approx([0.5, 3.0]) and [c.ratio_p90 for c in cmps] == \
         pytest.approx([0.5, 3.0])
     assert compare_latency_many(base, [], torch.zeros(1)) == []
+    with pytest.raises(ConfigError, match="repeats"):  # arguments are checked even with no candidate
+        compare_latency_many(base, [], torch.zeros(1), repeats=0)
 
 
 @pytest.mark.parametrize(("n", "rank"), [(6, 1), (9, 2), (20, 6), (50, 18), (100, 40)])

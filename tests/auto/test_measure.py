@@ -32,3 +32,25 @@ def test_ort_latency_times_candidates_a_few_to_a_run_and_repeats_a_noisy_run(mon
     module = torch.nn.Identity()
     assert meter.compare(module, module, None, "cand.onnx", (torch.zeros(1),), threads=1)["ratio"] == "cand.onnx"
     assert [(b, c, r) for b, c, r in runs] == [(module, ["cand.onnx"], 7), (module, ["cand.onnx"], 14)]
+
+
+
+def test_a_subclass_that_overrides_compare_is_asked_one_candidate_at_a_time(monkeypatch):
+    """OrtLatency.compare_many shares runs only when compare is OrtLatency's own: a subclass's compare (a user's
+    timing, here one that adjusts the shared-run reading it gets from super()) is called for every candidate."""
+    runs = []
+
+    def fake_many(baseline, candidates, inputs, *, backend, threads, warmup, repeats):
+        runs.append(list(candidates))
+        return [SimpleNamespace(status="ok", record=lambda c=c: {"ratio": c}) for c in candidates]
+
+    monkeypatch.setattr(slimkit.analysis, "compare_latency_many", fake_many)
+
+    class Mine(OrtLatency):
+        def compare(self, baseline, candidate, baseline_file, candidate_file, inputs, *, threads):
+            record = super().compare(baseline, candidate, baseline_file, candidate_file, inputs, threads=threads)
+            return {"ratio": f"mine:{record['ratio']}"}
+
+    candidates = [(torch.nn.Identity(), "a.onnx"), (torch.nn.Identity(), "b.onnx")]
+    records = Mine().compare_many(None, "base.onnx", candidates, (torch.zeros(1),), threads=1)
+    assert records == [{"ratio": "mine:a.onnx"}, {"ratio": "mine:b.onnx"}] and runs == [["a.onnx"], ["b.onnx"]]

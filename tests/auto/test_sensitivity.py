@@ -25,6 +25,8 @@ def test_keep_levels_and_monotone_tables():
     assert keep_levels(500, (), steps=(16,)) == [500, *range(480, 0, -32)]
     assert keep_levels(272, (), steps=(16,)) == list(range(272, 0, -16))  # 16 multiples below 272: all kept
     assert keep_levels(960, (0.5,), steps=(8,), max_step_levels=4) == [960, 720, 480, 240]
+    with pytest.raises(ValueError, match="max_step_levels=0"):
+        keep_levels(960, (0.5,), steps=(8,), max_step_levels=0)
     assert monotone([0.0, -0.01, 0.2, 0.1, 0.5]) == [0.0, 0.0, 0.2, 0.2, 0.5]
 
 

@@ -2,9 +2,10 @@
 
 :func:`latency` times one model (median, p10, p90 after warm-up, at a fixed thread count). :func:`compare_latency`
 is the number to publish: the candidate's latency as a ratio to a baseline measured in the same run, with an A/A
-control. Three runners stay alive for the whole comparison, the baseline A, a second, separate instance of the
-baseline A′ (a second ONNX Runtime session of the same file, or a deep copy of the module) and the candidate B.
-Every round runs each of them once, in an order drawn per round from a seeded RNG, and every call is timed; the
+control. The runners stay alive for the whole comparison: the baseline A, a separate instance of the baseline A′
+(other ONNX Runtime sessions of the same file, or a deep copy of the module) and the candidate B — each model in
+:data:`SESSIONS` sessions under ONNX Runtime — and, in :func:`compare_latency_many`, further candidates beside B.
+Every round runs each runner once, in an order drawn per round from a seeded RNG, and every call is timed; the
 ratios are taken per round (B/A and A′/A), so drift in machine load hits both sides of each ratio alike. A
 comparison whose A/A median ratio leaves :data:`AA_BAND`, or whose A/A median is too uncertain to tell (its 95 %
 distribution-free confidence interval reaches outside the band), is reported as ``"too noisy"`` and carries no
@@ -418,13 +419,13 @@ def compare_latency_many(
     (each result carries it), and the baseline and control are timed once for all of them instead of once per
     candidate: k candidates cost k + 2 models' runs per round instead of 3k. Keep k small where a model runs long
     (a round's length is the span over which load drift can differ between a candidate and the baseline)."""
-    if not candidates:
-        return []
     _check(baseline, backend, threads, warmup, repeats)
     for candidate in candidates:
         _check(candidate, backend, threads, warmup, repeats)
     if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
         raise ConfigError(f"latency sessions={sessions!r}: use a whole number ≥ 1")
+    if not candidates:
+        return []
     sessions = sessions if backend == "onnxruntime" else 1
     inputs = input_tuple(example_inputs)
     torch_state = _TorchState(threads, [baseline, *candidates], backend == "torch")

@@ -363,8 +363,11 @@ class Analyser:
                             wanted.append((cache_int8, f"{key}|int8", lambda m=factored: in_int8(m)))
                 for start in range(0, len(wanted), CANDIDATES_PER_RUN):
                     chunk = wanted[start:start + CANDIDATES_PER_RUN]
-                    records = compare_all(self.meter, single, None, [make() for _, _, make in chunk],  # type: ignore
-                                          (x,), threads=threads)
+                    made = [make() for _, _, make in chunk]
+                    records = compare_all(self.meter, single, None, made, (x,), threads=threads)  # type: ignore
+                    for _, file in made:  # a wide model's int8 layers add up: each file lives for its run only
+                        if file is not None:
+                            Path(file).unlink(missing_ok=True)
                     for (where, key, _), record in zip(chunk, records, strict=True):
                         ratio = record.get("ratio")
                         where.put(key, float(ratio) if ratio is not None else None)

@@ -51,7 +51,7 @@ class OrtLatency:
 
     def compare(self, baseline: nn.Module, candidate: nn.Module, baseline_file: Path | None,
                 candidate_file: Path | None, inputs: tuple[torch.Tensor, ...], *, threads: int) -> dict[str, Any]:
-        return self.compare_many(baseline, baseline_file, [(candidate, candidate_file)], inputs, threads=threads)[0]
+        return self._shared_runs(baseline, baseline_file, [(candidate, candidate_file)], inputs, threads=threads)[0]
 
     def compare_many(self, baseline: nn.Module, baseline_file: Path | None,
                      candidates: Sequence[tuple[nn.Module, Path | None]], inputs: tuple[torch.Tensor, ...], *,
@@ -60,6 +60,14 @@ class OrtLatency:
         timed where given, else the module) against one baseline, up to
         :data:`CANDIDATES_PER_RUN` of them in one interleaved run (:func:`slimkit.analysis.compare_latency_many`);
         a run whose shared A/A control was too noisy is repeated once with twice the rounds."""
+        if type(self).compare is not OrtLatency.compare:  # a subclass's own timing: shared runs would bypass it
+            return [self.compare(baseline, module, baseline_file, file, inputs, threads=threads)
+                    for module, file in candidates]
+        return self._shared_runs(baseline, baseline_file, candidates, inputs, threads=threads)
+
+    def _shared_runs(self, baseline: nn.Module, baseline_file: Path | None,
+                     candidates: Sequence[tuple[nn.Module, Path | None]], inputs: tuple[torch.Tensor, ...], *,
+                     threads: int) -> list[dict[str, Any]]:
         from slimkit.analysis import TOO_NOISY, compare_latency_many
 
         a = baseline_file if baseline_file is not None else baseline

@@ -158,6 +158,8 @@ def keep_levels(units: int, fractions: Sequence[float], steps: Sequence[int] = (
     ``max_step_levels`` of them, evenly spaced multiples of a multiple of the step where the group has more. Every
     level is measured (a sensitivity, a latency table row and column each): LeNet-5's 500-wide fc1 at a step of 16
     had 31 step levels and 70 % of the analysis' latency-table points, for widths 3 % of the layer apart."""
+    if max_step_levels < 1:
+        raise ValueError(f"max_step_levels={max_step_levels}: a group needs at least 1 step level")
     keeps = {units} | {max(1, round(f * units)) for f in fractions}
     for step in steps:
         if 1 < step < units:
