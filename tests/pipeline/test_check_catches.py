@@ -45,7 +45,26 @@ def test_two_exports_to_one_file_are_refused():
     ("lenet5", "mnist-seg", "cannot run on the 1×64×64 inputs"),
     ("'lenet300:num_classes=5'", "mnist", "needs one score per class"),
 ])
-def test_model_and_data_that_do_not_fit_are_caught_without_loading_data(model, data, message):
+@pytest.mark.parametrize("cpu_bytes", [None, 0])  # 0: every model checked on the meta device, as a large one is
+def test_model_and_data_that_do_not_fit_are_caught_without_loading_data(model, data, message, cpu_bytes,
+                                                                       monkeypatch):
+    import slimkit.pipeline._recipe as recipe
+
+    if cpu_bytes is not None:
+        monkeypatch.setattr(recipe, "FIT_CHECK_CPU_BYTES", cpu_bytes)
     text = f"version: 1\nmodel: {{spec: {model}}}\ndata: {{name: {data}}}\nstages:\n  - train: {{epochs: 1}}\n"
     with pytest.raises(RecipeError, match=message):
         parse_recipe(text, "r.yaml")
+
+
+def test_checking_a_small_models_fit_does_not_import_torch_dynamo():
+    """A meta-device forward pass imports torch._dynamo (2 s of every command's start); a small model's fit is
+    checked on uninitialised CPU weights instead."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from slimkit.pipeline import parse_recipe; "
+            "parse_recipe('version: 1\\nmodel: {spec: lenet5}\\ndata: {name: mnist}\\nstages:\\n"
+            "  - train: {epochs: 1}\\n', 'r.yaml'); print('torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
