@@ -1,5 +1,5 @@
 """The README's "What you can do" sequence, run as written on a fresh folder (each command in its own process, as a
-user types it), with only data subsets and a short auto search added: every command must work with the files the
+user types it), with only data subsets, a smaller latency batch and a short auto search added: every command must work with the files the
 earlier ones made. The sequence runs as parts that share no files (the LeNet-5 commands, the recipe and its export,
 the Llama), one test each, so the xdist workers share them."""
 
@@ -22,6 +22,22 @@ TINY = {"--train-samples": "512", "--eval-samples": "256", "--calib-size": "256"
 #: ... smaller for the text corpus, whose samples are whole token blocks (a 2M-parameter Llama's training step on 128
 #: blocks takes seconds, and GPTQ runs the model block by block over every calibration sample)
 TINY_TEXT = {"--train-samples": "64", "--eval-samples": "32", "--calib-size": "32"}
+#: ... and latency timed at batch 8 where a command times it at 64: the same code paths at an eighth of ONNX
+#: Runtime's time (the latency tables and comparisons of `prune --latency` and `auto` were 2.5 of the LeNet-5
+#: part's 6 minutes)
+TEST_LATENCY_BATCH = 8
+
+
+def small_latency_batch(argv: list[str]) -> list[str]:
+    """``argv`` with its latency batch (``--latency-batch N``, ``--budget ...,batch=N``) set to
+    :data:`TEST_LATENCY_BATCH`."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--latency-batch":
+            out[i + 1] = str(TEST_LATENCY_BATCH)
+        elif arg == "--budget":
+            out[i + 1] = re.sub(r"\bbatch=\d+", f"batch={TEST_LATENCY_BATCH}", out[i + 1])
+    return out
 
 
 def readme_sequence() -> list[list[str]]:
@@ -44,7 +60,8 @@ def _options_of(command: str) -> set[str]:
 def tiny(argv: list[str]) -> list[str]:
     options = _options_of(argv[1])
     subsets = TINY_TEXT if "stdlib" in argv else TINY
-    return argv + [x for flag, value in subsets.items() if flag in options and flag not in argv for x in (flag, value)]
+    return small_latency_batch(argv) + [x for flag, value in subsets.items() if flag in options and flag not in argv
+                                        for x in (flag, value)]
 
 
 def _output_of(argv: list[str]) -> str | None:
@@ -70,6 +87,15 @@ def readme_parts() -> dict[str, list[list[str]]]:
         merged = [*sorted((earlier for part in joined for earlier in part), key=sequence.index), argv]
         parts = [part for part in parts if part not in joined] + [merged]
     return {Path(next(filter(None, map(_output_of, part)))).stem: part for part in parts}
+
+
+def test_the_tests_time_the_readmes_latency_commands_at_a_small_batch():
+    timed = [argv for argv in readme_sequence() if small_latency_batch(argv) != argv]
+    assert {argv[1] for argv in timed} == {"prune", "auto"}  # the README's two latency-budget commands
+    assert all("batch=8" in arg or arg == "8" for argv in timed for arg in small_latency_batch(argv)
+               if arg not in argv)
+    assert small_latency_batch(["auto", "--budget", "size=0.1,latency=0.5,batch=64"])[2] == \
+        "size=0.1,latency=0.5,batch=8"
 
 
 def test_the_sequence_is_all_slimkit_commands_in_an_order_that_makes_its_own_inputs():
