@@ -1,7 +1,7 @@
 """The README's "What you can do" sequence, run as written on a fresh folder (each command in its own process, as a
-user types it), with only data subsets, a smaller latency batch and a short auto search added: every command must work with the files the
-earlier ones made. The sequence runs as parts that share no files (the LeNet-5 commands, the recipe and its export,
-the Llama), one test each, so the xdist workers share them."""
+user types it), with only data subsets, a smaller latency batch and a short auto search added: every command must
+work with the files the earlier ones made. The sequence runs as parts that share no files (the LeNet-5 commands,
+the recipe and its export, the Llama), one test each, so the xdist workers share them."""
 
 import argparse
 import os
@@ -18,13 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 #: evaluation and calibration samples), and one candidate for ``slimkit auto`` (on 512 training images its accuracy
 #: limit is out of reach, so it would try all six; tests/auto covers the accuracy-aware loop) ...
 TINY = {"--train-samples": "512", "--eval-samples": "256", "--calib-size": "256", "--calibration-samples": "256",
-        "--max-candidates": "1"}
+        "--max-candidates": "1", "--latency-batch": "8"}
 #: ... smaller for the text corpus, whose samples are whole token blocks (a 2M-parameter Llama's training step on 128
 #: blocks takes seconds, and GPTQ runs the model block by block over every calibration sample)
 TINY_TEXT = {"--train-samples": "64", "--eval-samples": "32", "--calib-size": "32"}
-#: ... and latency timed at batch 8 where a command times it at 64: the same code paths at an eighth of ONNX
-#: Runtime's time (the latency tables and comparisons of `prune --latency` and `auto` were 2.5 of the LeNet-5
-#: part's 6 minutes)
+#: ... and latency timed at batch 8 where a command times it at 64 (given or by default, on images): the same code
+#: paths at an eighth of ONNX Runtime's time (the latency tables and comparisons of `prune --latency` and `auto`
+#: were 2.5 of the LeNet-5 part's 6 minutes)
 TEST_LATENCY_BATCH = 8
 
 
