@@ -18,13 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 #: evaluation and calibration samples), and one candidate for ``slimkit auto`` (on 512 training images its accuracy
 #: limit is out of reach, so it would try all six; tests/auto covers the accuracy-aware loop) ...
 TINY = {"--train-samples": "512", "--eval-samples": "256", "--calib-size": "256", "--calibration-samples": "256",
-        "--max-candidates": "1", "--latency-batch": "8"}
+        "--max-candidates": "1"}
 #: ... smaller for the text corpus, whose samples are whole token blocks (a 2M-parameter Llama's training step on 128
 #: blocks takes seconds, and GPTQ runs the model block by block over every calibration sample)
 TINY_TEXT = {"--train-samples": "64", "--eval-samples": "32", "--calib-size": "32"}
-#: ... and latency timed at batch 8 where a command times it at 64 (given or by default, on images): the same code
-#: paths at an eighth of ONNX Runtime's time (the latency tables and comparisons of `prune --latency` and `auto`
-#: were 2.5 of the LeNet-5 part's 6 minutes)
+#: ... and latency timed at batch 8 where a command times it at a larger batch, given (`prune --latency`, `auto`) or
+#: by default (`quantize`: 64): the same code paths at an eighth of ONNX Runtime's time (the latency tables and
+#: comparisons of `prune --latency` and `auto` were 2.5 of the LeNet-5 part's 6 minutes)
 TEST_LATENCY_BATCH = 8
 
 
@@ -57,9 +57,19 @@ def _options_of(command: str) -> set[str]:
     return {flag for action in sub.choices[command]._actions for flag in action.option_strings}
 
 
+def _default_latency_batch(command: str) -> int | None:
+    from slimkit.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command].get_default("default_latency_batch")
+
+
 def tiny(argv: list[str]) -> list[str]:
     options = _options_of(argv[1])
-    subsets = TINY_TEXT if "stdlib" in argv else TINY
+    subsets = dict(TINY_TEXT if "stdlib" in argv else TINY)
+    if "stdlib" not in argv and (_default_latency_batch(argv[1]) or 0) > TEST_LATENCY_BATCH:
+        subsets["--latency-batch"] = str(TEST_LATENCY_BATCH)
     return small_latency_batch(argv) + [x for flag, value in subsets.items() if flag in options and flag not in argv
                                         for x in (flag, value)]
 
@@ -89,11 +99,24 @@ def readme_parts() -> dict[str, list[list[str]]]:
     return {Path(next(filter(None, map(_output_of, part)))).stem: part for part in parts}
 
 
+def _latency_batch_of(argv: list[str]) -> int | None:
+    """The batch ``argv`` times latency at: given (``--latency-batch``, ``--budget ...,batch=``) or its default."""
+    if "--latency-batch" in argv:
+        return int(argv[argv.index("--latency-batch") + 1])
+    if "--budget" in argv and (given := re.search(r"\bbatch=(\d+)", argv[argv.index("--budget") + 1])):
+        return int(given.group(1))
+    return None if "stdlib" in argv else _default_latency_batch(argv[1])
+
+
 def test_the_tests_time_the_readmes_latency_commands_at_a_small_batch():
-    timed = [argv for argv in readme_sequence() if small_latency_batch(argv) != argv]
-    assert {argv[1] for argv in timed} == {"prune", "auto"}  # the README's two latency-budget commands
-    assert all("batch=8" in arg or arg == "8" for argv in timed for arg in small_latency_batch(argv)
-               if arg not in argv)
+    """No command the README test runs times latency at a batch over 8, and none at a larger batch than the README's
+    own command would."""
+    sequence = [argv for argv in readme_sequence() if argv[1] != "demo"]
+    changed = [argv[1] for argv in sequence if _latency_batch_of(tiny(argv)) != _latency_batch_of(argv)]
+    assert sorted(changed) == ["auto", "prune", "quantize", "quantize"]  # the two budgets; quantize's default 64
+    for argv in sequence:
+        readme, tested = _latency_batch_of(argv), _latency_batch_of(tiny(argv))
+        assert readme is None or tested <= min(readme, TEST_LATENCY_BATCH), (argv, readme, tested)
     assert small_latency_batch(["auto", "--budget", "size=0.1,latency=0.5,batch=64"])[2] == \
         "size=0.1,latency=0.5,batch=8"
 

@@ -59,7 +59,10 @@ class OrtLatency:
         """Each ``(module, file)`` candidate's latency record (as :meth:`LatencyMeter.compare` gives it; the file is
         timed where given, else the module) against one baseline, up to
         :data:`CANDIDATES_PER_RUN` of them in one interleaved run (:func:`slimkit.analysis.compare_latency_many`);
-        a run whose shared A/A control was too noisy is repeated once with twice the rounds."""
+        a run whose shared A/A control was too noisy is repeated once with twice the rounds. A subclass that
+        overrides :meth:`compare` gets its own ``compare`` called once per candidate instead (shared runs would
+        bypass it); :meth:`compare` itself times through the shared runs, never through ``compare_many``, so a
+        subclass's ``compare`` may call ``super().compare`` but not ``self.compare_many``."""
         if type(self).compare is not OrtLatency.compare:  # a subclass's own timing: shared runs would bypass it
             return [self.compare(baseline, module, baseline_file, file, inputs, threads=threads)
                     for module, file in candidates]

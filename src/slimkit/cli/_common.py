@@ -159,7 +159,8 @@ def add_latency_args(parser: argparse.ArgumentParser, batch: int = 1) -> None:
     parser.set_defaults(default_latency_batch=batch)
     parser.add_argument("--threads", type=count(1, 256), default=1,
                         help="ONNX Runtime threads per session for the latency comparison (default: %(default)s: "
-                             "three sessions stay alive, so one thread each cannot oversubscribe a shared machine)")
+                             "the sessions of a comparison stay alive together, so one thread each cannot "
+                             "oversubscribe a shared machine)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency comparison")
 
 

@@ -432,16 +432,16 @@ def _check_spec(spec: str, where: str) -> None:
         raise RecipeError(f"{where}: {error}") from None
 
 
-#: weights up to this many bytes are allocated (uninitialised) for the fit check: a forward pass on the meta device
-#: runs PyTorch's Python decompositions, whose first use imports torch._dynamo (2 s of every command's start)
+#: a model with weights up to this many bytes is built on the CPU for the fit check: a forward pass on the meta
+#: device runs PyTorch's Python decompositions, whose first use imports torch._dynamo (2 s of every command's start)
 FIT_CHECK_CPU_BYTES = 64 * 2**20
 
 
 def _check_fit_on_meta(schema: RecipeSchema, where: str) -> None:
     """A registered model on a registered dataset whose input shape is known: the model must run on it and give
-    one score per class, checked before any data is loaded — built on the meta device, and run there when its
-    weights exceed :data:`FIT_CHECK_CPU_BYTES` (nothing allocated); a smaller model runs on uninitialised CPU
-    weights (only shapes are checked, never values)."""
+    one score per class, checked before any data is loaded: on the meta device when its weights exceed
+    :data:`FIT_CHECK_CPU_BYTES` (nothing allocated), else built and run on the CPU as its factory makes it (not
+    materialised from meta: buffers a factory computes, such as index tables, would hold garbage)."""
     import torch
 
     from slimkit.data import DATASETS
@@ -452,12 +452,15 @@ def _check_fit_on_meta(schema: RecipeSchema, where: str) -> None:
         return
     meta = DATASETS.meta(data)
     try:
+        options = class_count_option(spec, meta["num_classes"])
         with torch.device("meta"):
-            model = from_spec(spec, **class_count_option(spec, meta["num_classes"]))
+            model = from_spec(spec, **options)
         size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         device = "cpu" if size <= FIT_CHECK_CPU_BYTES else "meta"
         with torch.device(device):
-            check_fits(model.to_empty(device=device), torch.zeros(1, *meta["input_shape"]), label=spec, data=data,
+            if device == "cpu":
+                model = from_spec(spec, **options)
+            check_fits(model, torch.zeros(1, *meta["input_shape"]), label=spec, data=data,
                        num_classes=meta["num_classes"], task=meta["task"])
     except SlimkitError as error:
         raise RecipeError(f"{where}: {error}") from None
