@@ -49,20 +49,20 @@ def readme_sequence() -> list[list[str]]:
     return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line.strip()]
 
 
-def _options_of(command: str) -> set[str]:
+def _subparser(command: str) -> argparse.ArgumentParser:
     from slimkit.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {flag for action in sub.choices[command]._actions for flag in action.option_strings}
+    return sub.choices[command]
+
+
+def _options_of(command: str) -> set[str]:
+    return {flag for action in _subparser(command)._actions for flag in action.option_strings}
 
 
 def _default_latency_batch(command: str) -> int | None:
-    from slimkit.cli import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[command].get_default("default_latency_batch")
+    return _subparser(command).get_default("default_latency_batch")
 
 
 def tiny(argv: list[str]) -> list[str]:

@@ -34,7 +34,6 @@ def test_ort_latency_times_candidates_a_few_to_a_run_and_repeats_a_noisy_run(mon
     assert [(b, c, r) for b, c, r in runs] == [(module, ["cand.onnx"], 7), (module, ["cand.onnx"], 14)]
 
 
-
 def test_a_subclass_that_overrides_compare_is_asked_one_candidate_at_a_time(monkeypatch):
     """OrtLatency.compare_many shares runs only when compare is OrtLatency's own: a subclass's compare (a user's
     timing, here one that adjusts the shared-run reading it gets from super()) is called for every candidate."""

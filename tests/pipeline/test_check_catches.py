@@ -67,7 +67,7 @@ def test_a_model_whose_factory_computes_index_buffers_passes_the_fit_check():
 
 def test_checking_a_small_models_fit_does_not_import_torch_dynamo():
     """A meta-device forward pass imports torch._dynamo (2 s of every command's start); a small model's fit is
-    checked on uninitialised CPU weights instead."""
+    checked on the CPU instead."""
     import subprocess
     import sys
 

@@ -37,6 +37,7 @@ from slimkit.models._registry import (
     parse_spec,
     register_model,
     spec_input_shape,
+    state_bytes,
 )
 from slimkit.models._resnet_cifar import BasicBlock, ChannelPadShortcut, CifarResNet
 from slimkit.models._shufflenet import ChannelShuffle
@@ -75,4 +76,5 @@ __all__ = [
     "parse_spec",
     "register_model",
     "spec_input_shape",
+    "state_bytes",
 ]

@@ -144,13 +144,18 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     on_meta = torch.get_default_device().type == "meta"
     with torch.device("meta"):
         probe = build()
-    size = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    size = state_bytes(probe)
     if size > _memory_bytes():
         raise ModelSpecError(f"model '{name}' with {kwargs} would hold {size / 2**30:,.1f} GiB of weights, more "
                              f"than this machine's {_memory_bytes() / 2**30:,.0f} GiB: check the option values")
     if on_meta:
         return probe
     return build()
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s state dict (weights and persistent buffers), also of a model built on the meta device."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def _load_file_factory(path_text: str, factory_name: str) -> Callable[..., nn.Module]:

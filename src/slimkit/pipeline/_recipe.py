@@ -437,7 +437,7 @@ def _check_spec(spec: str, where: str) -> None:
 FIT_CHECK_CPU_BYTES = 64 * 2**20
 
 
-def _check_fit_on_meta(schema: RecipeSchema, where: str) -> None:
+def _check_fit(schema: RecipeSchema, where: str) -> None:
     """A registered model on a registered dataset whose input shape is known: the model must run on it and give
     one score per class, checked before any data is loaded: on the meta device when its weights exceed
     :data:`FIT_CHECK_CPU_BYTES` (nothing allocated), else built and run on the CPU as its factory makes it (not
@@ -445,7 +445,7 @@ def _check_fit_on_meta(schema: RecipeSchema, where: str) -> None:
     import torch
 
     from slimkit.data import DATASETS
-    from slimkit.models import check_fits, class_count_option, from_spec, is_code_spec
+    from slimkit.models import check_fits, class_count_option, from_spec, is_code_spec, state_bytes
 
     spec, data = schema.model.spec, schema.data.name
     if is_code_spec(spec) or data not in DATASETS or "input_shape" not in DATASETS.meta(data):
@@ -455,11 +455,10 @@ def _check_fit_on_meta(schema: RecipeSchema, where: str) -> None:
         options = class_count_option(spec, meta["num_classes"])
         with torch.device("meta"):
             model = from_spec(spec, **options)
-        size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        device = "cpu" if size <= FIT_CHECK_CPU_BYTES else "meta"
+        device = "cpu" if state_bytes(model) <= FIT_CHECK_CPU_BYTES else "meta"
+        if device == "cpu":
+            model = from_spec(spec, **options)
         with torch.device(device):
-            if device == "cpu":
-                model = from_spec(spec, **options)
             check_fits(model, torch.zeros(1, *meta["input_shape"]), label=spec, data=data,
                        num_classes=meta["num_classes"], task=meta["task"])
     except SlimkitError as error:
@@ -495,7 +494,7 @@ def _check_names(schema: RecipeSchema, located: LocatedYaml, checkpoint: Path | 
 
     where = f"{located.source}, line {located.line_of(('model', 'spec'))}: model.spec"
     _check_spec(schema.model.spec, where)
-    _check_fit_on_meta(schema, where)
+    _check_fit(schema, where)
     if schema.data.name not in DATASETS and not is_folder_spec(schema.data.name):
         target = Path(schema.data.name.partition(":")[0])
         if target.is_file():
