@@ -1,5 +1,6 @@
 """The README's "What you can do" sequence, run as written on a fresh folder (each command in its own process, as a
-user types it), with only data subsets, a smaller latency batch and a short auto search added: every command must
+user types it), with only data subsets, a smaller latency batch, fewer AdaRound iterations and a short auto search
+added: every command must
 work with the files the earlier ones made. The sequence runs as parts that share no files (the LeNet-5 commands,
 the recipe and its export, the Llama), one test each, so the xdist workers share them."""
 
@@ -19,13 +20,25 @@ ROOT = Path(__file__).resolve().parents[1]
 #: limit is out of reach, so it would try all six; tests/auto covers the accuracy-aware loop) ...
 TINY = {"--train-samples": "512", "--eval-samples": "256", "--calib-size": "256", "--calibration-samples": "256",
         "--max-candidates": "1"}
-#: ... smaller for the text corpus, whose samples are whole token blocks (a 2M-parameter Llama's training step on 128
-#: blocks takes seconds, and GPTQ runs the model block by block over every calibration sample)
-TINY_TEXT = {"--train-samples": "64", "--eval-samples": "32", "--calib-size": "32"}
+#: ... smaller for the text corpus, whose samples are whole token blocks (a 2M-parameter Llama's training step on 64
+#: blocks took 14 s on one thread, and GPTQ runs the model block by block over every calibration sample)
+TINY_TEXT = {"--train-samples": "16", "--eval-samples": "32", "--calib-size": "32"}
 #: ... and latency timed at batch 8 where a command times it at a larger batch, given (`prune --latency`, `auto`) or
 #: by default (`quantize`: 64): the same code paths at an eighth of ONNX Runtime's time (the latency tables and
 #: comparisons of `prune --latency` and `auto` were 2.5 of the LeNet-5 part's 6 minutes)
 TEST_LATENCY_BATCH = 8
+#: ... and AdaRound's reconstruction cut to this many iterations where a command asks for more (the README's 500 took
+#: 31 of the LeNet-5 part's seconds; tests/quantize/test_adaround.py checks what the iterations achieve)
+TEST_ADAROUND_ITERATIONS = 100
+
+
+def fewer_adaround_iterations(argv: list[str]) -> list[str]:
+    """``argv`` with an ``adaround:iterations=N`` method option above :data:`TEST_ADAROUND_ITERATIONS` lowered to
+    it."""
+    def lower(match: re.Match) -> str:
+        return f"{match.group(1)}{min(int(match.group(2)), TEST_ADAROUND_ITERATIONS)}"
+
+    return [re.sub(r"(\badaround:(?:[^ ]*,)?iterations=)(\d+)", lower, arg) for arg in argv]
 
 
 def small_latency_batch(argv: list[str]) -> list[str]:
@@ -70,8 +83,8 @@ def tiny(argv: list[str]) -> list[str]:
     subsets = dict(TINY_TEXT if "stdlib" in argv else TINY)
     if "stdlib" not in argv and (_default_latency_batch(argv[1]) or 0) > TEST_LATENCY_BATCH:
         subsets["--latency-batch"] = str(TEST_LATENCY_BATCH)
-    return small_latency_batch(argv) + [x for flag, value in subsets.items() if flag in options and flag not in argv
-                                        for x in (flag, value)]
+    added = [x for flag, value in subsets.items() if flag in options and flag not in argv for x in (flag, value)]
+    return fewer_adaround_iterations(small_latency_batch(argv)) + added
 
 
 def _output_of(argv: list[str]) -> str | None:
@@ -119,6 +132,17 @@ def test_the_tests_time_the_readmes_latency_commands_at_a_small_batch():
         assert readme is None or tested <= min(readme, TEST_LATENCY_BATCH), (argv, readme, tested)
     assert small_latency_batch(["auto", "--budget", "size=0.1,latency=0.5,batch=64"])[2] == \
         "size=0.1,latency=0.5,batch=8"
+
+
+def test_the_tests_cut_only_adarounds_iterations_and_never_raise_them():
+    """Of the README's method options only AdaRound's iterations change, to at most 100; fewer stay as written."""
+    sequence = [argv for argv in readme_sequence() if argv[1] != "demo"]
+    changed = [(before, after) for argv in sequence
+               for before, after in zip(small_latency_batch(argv), tiny(argv)) if before != after]
+    assert changed == [("adaround:iterations=500", "adaround:iterations=100")]
+    assert fewer_adaround_iterations(["adaround:bits=4,iterations=50", "adaround:iterations=2000,lr=0.01",
+                                      "gptq:iterations=900"]) == \
+        ["adaround:bits=4,iterations=50", "adaround:iterations=100,lr=0.01", "gptq:iterations=900"]
 
 
 def test_the_sequence_is_all_slimkit_commands_in_an_order_that_makes_its_own_inputs():
