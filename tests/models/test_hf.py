@@ -89,3 +89,31 @@ def test_a_causal_lm_exports_to_onnx_as_token_ids_to_logits(tmp_path):
     x = models.example_input(spec, 2)
     path = export_onnx(model, x[:1], tmp_path / "lm.onnx")
     assert onnx_max_abs_diff(model, path, x) < 1e-4
+
+
+@pytest.mark.parametrize("value", ["evil-org/evilkernel", "kernels-community/flash-attn2", "flash_attention_2"])
+def test_an_attention_backend_outside_eager_and_sdpa_is_refused_wherever_it_is_written(tmp_path, value):
+    """transformers fetches and imports an "org/repo" attention backend from the Hub: a spec (a container header's,
+    a run.json's) or a folder's config.json must not choose one."""
+    with pytest.raises(ModelSpecError, match="never loads kernel code"):
+        models.from_spec(f"hf:llama:attn_implementation={value}")
+    with pytest.raises(ModelSpecError, match="never loads kernel code"):
+        models.from_spec("hf:llama:experts_implementation=evil-org/evilkernel")
+    _, folder = _saved(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("attn_implementation", "_attn_implementation_internal"):
+        (folder / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(ModelSpecError, match=rf"config\.json' sets {key}="):
+            models.from_spec(str(folder))
+    (folder / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "fp8"}}))
+    with pytest.raises(ModelSpecError, match="quantization_config"):
+        models.from_spec(str(folder))
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelSpecError, match="never loads kernel code"):
+        models.from_spec(str(folder), attn_implementation=value)
+
+
+def test_the_eager_and_sdpa_backends_still_build():
+    for value in ("eager", "sdpa"):
+        model = models.from_spec(f"hf:llama:attn_implementation={value}")
+        assert model.config._attn_implementation == value

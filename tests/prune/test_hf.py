@@ -72,3 +72,16 @@ def test_a_folder_naming_anything_but_a_model_class_is_refused(tmp_path):
     (folder / "slimkit_pruned.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="is not a transformers model class"):
         load_pruned(folder)
+
+
+@pytest.mark.parametrize("section", ["base_config", "config"])
+def test_a_pruned_folder_cannot_choose_a_hub_attention_kernel(tmp_path, section):
+    from slimkit import ModelSpecError
+
+    pruned = prune_channels(_llama(), IDS, PruneConfig(ratio=0.5, kinds=("channels",)))
+    folder = save_pruned(pruned, tmp_path / "p")
+    meta = json.loads((folder / "slimkit_pruned.json").read_text())
+    meta[section]["attn_implementation"] = "evil-org/evilkernel"
+    (folder / "slimkit_pruned.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelSpecError, match="attn_implementation='evil-org/evilkernel'"):
+        load_pruned(folder)

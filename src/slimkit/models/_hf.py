@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,33 @@ HF_TASKS = {
     "base": "AutoModel",
 }
 _FACTORY_OPTIONS = ("task", "attn_implementation")
+#: the attention backends a model may be built with: transformers takes any other "org/repo" value for a kernel on
+#: the Hugging Face Hub, which it downloads and imports (code a config file or spec would choose, not the user)
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+#: config fields that choose kernels transformers may fetch from the Hub, or a quantized backend with its own code
+_KERNEL_FIELDS = ("attn_implementation", "_attn_implementation", "_attn_implementation_internal",
+                  "experts_implementation", "_experts_implementation", "_experts_implementation_internal",
+                  "quantization_config")
+
+
+def check_backends(values: Mapping[str, Any], where: str) -> None:
+    """Refuse, with :class:`ModelSpecError`, config fields or build options in ``values`` that would make
+    transformers fetch or import kernel code: an attention backend other than :data:`ATTN_IMPLEMENTATIONS`, an
+    experts backend naming a Hub repository, any ``quantization_config`` (slimkit builds float models)."""
+    for key in _KERNEL_FIELDS:
+        value = values.get(key)
+        if value is None:
+            continue
+        if "attn" in key:
+            allowed = isinstance(value, str) and value in ATTN_IMPLEMENTATIONS
+        elif "experts" in key:
+            allowed = isinstance(value, str) and "/" not in value and ":" not in value
+        else:
+            allowed = False
+        if not allowed:
+            raise ModelSpecError(f"{where} sets {key}={value!r}: slimkit builds models only with the attention "
+                                 f"backends {', '.join(ATTN_IMPLEMENTATIONS)} and never loads kernel code from the "
+                                 f"Hugging Face Hub or a quantization backend; remove {key} (or use one of those)")
 
 
 @dataclass(frozen=True)
@@ -112,6 +140,7 @@ _SIZE_FIELDS = frozenset({
 
 def hf_config(target: str, **options: Any) -> Any:
     """The ``transformers`` config an ``hf:<arch>`` spec builds: the small defaults overridden by ``options``."""
+    check_backends(options, f"'{target}'")
     arch = hf_arch(target)
     config_cls = _transformers().CONFIG_MAPPING[arch.model_type]
     known = config_cls()
@@ -145,6 +174,7 @@ def hf_model(target: str, **options: Any) -> nn.Module:
     task = options.pop("task", arch.task)
     if task not in HF_TASKS:
         raise ModelSpecError(f"task '{task}' in '{target}' is not known: use one of {', '.join(HF_TASKS)}")
+    check_backends(options, f"'{target}'")
     build = {k: options.pop(k) for k in _FACTORY_OPTIONS[1:] if k in options}
     config = hf_config(target, **options)
     auto = getattr(_transformers(), HF_TASKS[task])
@@ -185,6 +215,7 @@ def check_pretrained_folder(folder: str | Path) -> dict[str, Any]:
             "(trust_remote_code=False). Use a model whose architecture is built into transformers")
     if not isinstance(config.get("model_type"), str):
         raise ModelSpecError(f"'{folder / 'config.json'}' has no model_type: re-save the model with save_pretrained")
+    check_backends(config, f"'{folder / 'config.json'}'")
     has_safetensors = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
     if not has_safetensors:
         pickled = sorted(p.name for p in folder.glob("*.bin")) or sorted(p.name for p in folder.glob("*.pt*"))
@@ -218,6 +249,7 @@ def load_pretrained(folder: str | Path, **options: Any) -> nn.Module:
     if extra:
         raise ModelSpecError(f"a model folder takes no option {', '.join(extra)} (only attn_implementation): "
                              "change the config with save_pretrained instead")
+    check_backends(options, f"the options for '{folder}'")
     config = check_pretrained_folder(folder)
     cls = _folder_class(config, folder)
     transformers = _transformers()

@@ -268,6 +268,7 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
     code from the folder."""
     from safetensors.torch import load_file
 
+    from slimkit.models import check_backends
     from slimkit.prune._structured import set_pruning_info
 
     target = Path(folder)
@@ -281,6 +282,8 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
 
     cls = _architecture(meta["architecture"])
     base = dict(meta["base_config"])
+    for fields in (base, meta.get("config") or {}):
+        check_backends(fields, f"'{target / META_FILE}'")
     config = AutoConfig.for_model(meta["model_type"], **{k: v for k, v in base.items() if k != "model_type"})
     model = cls(config)
     _reshape_(model, {k: tuple(v) for k, v in meta["shapes"].items()})
