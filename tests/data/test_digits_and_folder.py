@@ -86,3 +86,19 @@ def test_folder_paths_that_are_not_folders(tmp_path):
         create_data(str(tmp_path / "missing"))
     with pytest.raises(DataError, match="not a size"):
         create_data(f"{tmp_path}:size=0")
+
+
+def test_an_image_file_in_another_format_never_reaches_an_external_decoder(tmp_path, monkeypatch):
+    """Pillow picks a decoder by a file's content: an EPS file named .png would be rendered by Ghostscript (an
+    external program). slimkit decodes only the formats its suffixes name."""
+    from PIL import EpsImagePlugin
+
+    called = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: called.append(a) or (_ for _ in ()).throw(
+        OSError("no ghostscript in this test")))
+    _folder(tmp_path, split="train")
+    _folder(tmp_path, sizes=((6, 5),), split="test")
+    (tmp_path / "train/cat/page.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 5 6\nshowpage\n")
+    with pytest.raises(DataError, match="cannot be read"):
+        create_data(str(tmp_path))
+    assert called == []

@@ -97,3 +97,18 @@ def test_decoded_splits_are_cached_as_bytes_and_read_back_identically(tmp_path, 
         assert torch.equal(mnist_module.load_mnist_arrays()["test"][1], decoded["test"][1])
     finally:
         mnist_module.load_mnist_arrays.cache_clear()
+
+
+def test_finding_the_data_file_never_runs_the_packages_code(tmp_path):
+    """The data file is located without importing the ``mnist`` package: a same-named folder in the current
+    directory (first on sys.path for `python -c` and `python -m`) is never run."""
+    import subprocess
+    import sys
+
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "__init__.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    done = subprocess.run([sys.executable, "-c", "from slimkit.data._mnist import _data_file\n"
+                           "try:\n    _data_file()\nexcept Exception as e:\n    print(type(e).__name__)"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "DataError" in done.stdout and not (tmp_path / "ran").exists()

@@ -88,6 +88,24 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
         load_weights_(_model(), whole_model)
 
 
+def test_a_torch_whose_weights_only_load_is_bypassable_loads_only_safetensors(tmp_path, monkeypatch):
+    """Before PyTorch 2.6 a crafted .pt file runs code even through weights_only=True (CVE-2025-32434): there
+    slimkit refuses .pt files with the fix named, and still reads safetensors."""
+    from safetensors.torch import save_file
+
+    from slimkit.train._checkpoint import weights_only_is_safe
+
+    assert [weights_only_is_safe(v) for v in ("2.4.1", "2.5.1+cpu", "2.6.0", "2.13.0+cpu", "3.0")] == \
+        [False, False, True, True, True]
+    state = _model().state_dict()
+    torch.save(state, tmp_path / "m.pt")
+    save_file(state, str(tmp_path / "m.safetensors"))
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    with pytest.raises(UnsafeCheckpointError, match=r"CVE-2025-32434.*torch>=2\.6.*safetensors"):
+        load_checkpoint(tmp_path / "m.pt")
+    assert all(torch.equal(state[k], v) for k, v in load_checkpoint(tmp_path / "m.safetensors").items())
+
+
 def test_weights_round_trip_and_mismatch(tmp_path):
     model = _model()
     save_checkpoint(model.state_dict(), tmp_path / "w.safetensors")

@@ -23,6 +23,9 @@ from torch.utils.data import Dataset
 from slimkit._errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+#: the decoders Pillow may use on those files: it picks one by the content, not the suffix, and an EPS file named
+#: .png would otherwise go to Ghostscript (an external program)
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 
 
 class ImageFolderDataset(Dataset):
@@ -63,7 +66,7 @@ class ImageFolderDataset(Dataset):
         from PIL import Image
 
         path, label = self.samples[index]
-        with Image.open(path) as image:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
             image = image.convert(self.mode)
             if self.size is not None:
                 image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
@@ -91,7 +94,7 @@ def _read_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarr
     if path.stat().st_size == 0:
         raise DataError(f"image '{path}' is empty (0 bytes): remove it or replace it with the real image")
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
             image.load()
             image = image.convert(mode)
             if size is not None:

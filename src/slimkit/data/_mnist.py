@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
-import importlib.resources
 import importlib.util
 import io
 import logging
 import pickle
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,13 +51,17 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the MNIST file: only numpy arrays")
 
 
-def _data_file():
-    if importlib.util.find_spec("mnist") is None:
+def _data_file() -> Path:
+    # find_spec locates a top-level package without running it (importlib.resources.files would import it, running
+    # its __init__: the package's code, or a same-named folder's in the current directory)
+    spec = importlib.util.find_spec("mnist")
+    if spec is None or not spec.submodule_search_locations:
         raise DataError(f"MNIST needs the '{MNIST_PACKAGE}' package, which is not installed: {_INSTALL_HINT}")
-    resource = importlib.resources.files("mnist") / "data" / "mnist.pkl.gz"
-    if not resource.is_file():
-        raise DataError(f"the '{MNIST_PACKAGE}' package has no mnist/data/mnist.pkl.gz: reinstall it ({_INSTALL_HINT})")
-    return resource
+    for folder in spec.submodule_search_locations:
+        resource = Path(folder) / "data" / "mnist.pkl.gz"
+        if resource.is_file():
+            return resource
+    raise DataError(f"the '{MNIST_PACKAGE}' package has no mnist/data/mnist.pkl.gz: reinstall it ({_INSTALL_HINT})")
 
 
 @functools.lru_cache(maxsize=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,17 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return target
 
 
+#: the first PyTorch whose ``torch.load(weights_only=True)`` a crafted file cannot turn into code execution
+#: (CVE-2025-32434 / GHSA-53q9-r3pm-6pq6); slimkit runs on older ones but loads only safetensors there
+SAFE_WEIGHTS_ONLY_TORCH = (2, 6)
+
+
+def weights_only_is_safe(version: str | None = None) -> bool:
+    """Whether ``torch.load(weights_only=True)`` is safe on untrusted files in this PyTorch (or ``version``)."""
+    parts = re.match(r"(\d+)\.(\d+)", version or torch.__version__)
+    return parts is not None and (int(parts.group(1)), int(parts.group(2))) >= SAFE_WEIGHTS_ONLY_TORCH
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint safely: weights only, never pickled code. A file that needs code is refused."""
     source = Path(path)
@@ -47,6 +59,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"checkpoint '{source}' is not a readable safetensors file ({error}): save it with "
                                   "safetensors.torch.save_file, or give the .pt state dict") from None
+    if not weights_only_is_safe():
+        raise UnsafeCheckpointError(
+            f"this PyTorch ({torch.__version__}) cannot load '{source}' safely: before 2.6 a crafted .pt file can run "
+            "code even with weights_only=True (CVE-2025-32434). Upgrade torch (pip install 'torch>=2.6'), or give a "
+            ".safetensors file")
     try:
         with warnings.catch_warnings():  # torch's notes on a foreign pickle protocol: the error below says it all
             warnings.simplefilter("ignore")
