@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,33 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_write(path, "w") as handle:
         handle.write(text)
+
+
+def copy_atomic(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Copy ``source`` to ``target`` through a fresh temporary file renamed over it: a symbolic link at ``target`` is
+    replaced, never written through (``shutil.copyfile`` opens the target and follows a link planted there)."""
+    with open(source, "rb") as read, atomic_write(target) as write:
+        shutil.copyfileobj(read, write)
+
+
+def is_inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, links resolved."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def refuse_links(folder: str | os.PathLike[str]) -> None:
+    """Raise :class:`ConfigError` when a symbolic link lies anywhere under ``folder`` (links are not followed).
+    slimkit writes a run folder's files by paths under it, so a link planted there (``stages`` → elsewhere) would
+    send those writes, and a ``--force`` restart's deletions, outside it."""
+    from slimkit._errors import ConfigError
+
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                raise ConfigError(f"output folder '{folder}' holds a symbolic link ({os.path.join(root, name)}): "
+                                  "slimkit writes only inside its output folder and never through a link; remove the "
+                                  "link, or choose a new --out")
 
 
 def cache_root() -> Path:

@@ -46,3 +46,22 @@ def test_help_documents_the_budget(capsys):
     text = capsys.readouterr().out
     for words in ("latency=R", "size=R", "macs=R", "deployed file", "exit status", "--max-drop"):
         assert words in text
+
+
+def test_an_input_checkpoint_inside_the_output_folder_is_refused_before_any_work(capsys, tmp_path, monkeypatch,
+                                                                                 trained):
+    """--force clears an auto folder's candidates and every run writes its model.pt: an input checkpoint there could
+    be deleted or overwritten."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "o" / "candidates" / "02").mkdir(parents=True)
+    inside = tmp_path / "o" / "candidates" / "02" / "model.pt"
+    shutil.copyfile(trained[1], inside)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "o").rglob("*"))
+    argv = ["auto", "auto_digits", "--data", "digits", "--budget", "size=0.1", "-c", str(inside), "--out", "o",
+            "--force"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is inside the output folder" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "o").rglob("*")) == before

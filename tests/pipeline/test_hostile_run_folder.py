@@ -38,3 +38,66 @@ def test_a_distill_student_spec_in_run_json_is_not_imported_either(finished_run)
     (finished_run / "run.json").write_text(json.dumps(run))
     with pytest.raises(Exception, match=r"evil\.py:factory"):
         load_run(finished_run, trusted_specs=(run["recipe"]["model"]["spec"],))
+
+
+@pytest.mark.parametrize("link", ["stages", "stages/01-train/model.onnx", ".model.onnx.tmp"])
+def test_a_link_planted_in_a_run_folder_stops_the_run_before_it_writes_through_it(finished_run, link):
+    victim = finished_run.parent / "victim"
+    victim.mkdir()
+    (victim / "file").write_text("the user's")
+    planted = finished_run / link
+    if planted.exists():
+        import shutil
+
+        shutil.rmtree(planted) if planted.is_dir() else planted.unlink()
+    planted.symlink_to(victim if link == "stages" else victim / "file")
+    recipe = parse_recipe(tiny_recipe("- train: {epochs: 1}\n"), str(finished_run.parent / "r.yaml"),
+                          finished_run.parent)
+    for options in ({"resume": True}, {"force": True}):
+        with pytest.raises(Exception, match="symbolic link"):
+            run_recipe(recipe, finished_run, progress=False, report=False, **options)
+    assert sorted(p.name for p in victim.iterdir()) == ["file"] and (victim / "file").read_text() == "the user's"
+
+
+def test_a_stage_result_naming_another_stage_is_not_reused(finished_run):
+    """A result.json's "stage" is a path when a later stage reuses its files: one that names another stage (here a
+    folder outside the run) is not this stage's result, so the stage runs again."""
+    result_file = finished_run / "stages" / "01-train" / "result.json"
+    result = json.loads(result_file.read_text())
+    result["stage"] = "../../elsewhere"
+    result_file.write_text(json.dumps(result))
+    recipe = parse_recipe(tiny_recipe("- train: {epochs: 1}\n"), str(finished_run.parent / "r.yaml"),
+                          finished_run.parent)
+    run_recipe(recipe, finished_run, resume=True, progress=False, report=False)
+    assert json.loads(result_file.read_text())["stage"] == "01-train"
+
+
+def test_a_recipe_slimkit_wrote_imports_only_the_spec_the_user_typed(tiny_dir, monkeypatch):
+    """`slimkit auto` runs the recipe.yaml it wrote: read back, it may name only the model spec the user typed."""
+    from slimkit.pipeline import load_recipe
+
+    monkeypatch.chdir(tiny_dir)  # where the user typed tiny.py:tiny
+
+    path = tiny_dir / "recipe.yaml"
+    path.write_text(tiny_recipe("- train: {epochs: 1}\n"))
+    assert load_recipe(path, trusted_specs=("tiny.py:tiny",)).allow_code
+    with pytest.raises(Exception, match=r"never imports code.*changed after slimkit wrote it"):
+        load_recipe(path, trusted_specs=("lenet5",))
+    path.write_text(tiny_recipe(f"- distill: {{student: '{tiny_dir}/evil.py:f', teacher: input}}\n"))
+    (tiny_dir / "evil.py").write_text("def f():\n    pass\n")
+    with pytest.raises(Exception, match=r"evil\.py:f"):
+        load_recipe(path, trusted_specs=("tiny.py:tiny",))
+
+
+def test_an_export_never_writes_over_a_file_named_like_its_staging_file(finished_run):
+    from slimkit.pipeline import export_model
+
+    out = finished_run.parent / "exported"
+    out.mkdir()
+    theirs = out / ".m.onnx.unchecked.onnx"  # the fixed staging name exports used to write and then delete
+    theirs.write_text("the user's")
+    spec = json.loads((finished_run / "run.json").read_text())["recipe"]["model"]["spec"]
+    model, data, _ = load_run(finished_run, trusted_specs=(spec,))
+    export_model(model, data, out / "m.onnx", "onnx")
+    assert theirs.read_text() == "the user's" and (out / "m.onnx").is_file()
+    assert sorted(p.name for p in out.iterdir()) == [".m.onnx.unchecked.onnx", "m.onnx"]

@@ -6,7 +6,6 @@ integer program)."""
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,8 +17,10 @@ from torch import nn
 
 from slimkit._errors import ConfigError, DataError, SlimkitError
 from slimkit._inputs import input_tuple
+from slimkit._io import copy_atomic
 from slimkit.auto._config import AutoConfig
 from slimkit.auto._folder import RUN_FILE, read_json, write_json
+from slimkit.auto._formats import create_format
 from slimkit.auto._measure import LatencyMeter, OrtLatency
 from slimkit.auto._plan import Plan
 from slimkit.auto._report import write_auto_report
@@ -96,8 +97,6 @@ def _check_inputs(model: nn.Module, example: Any, config: Any, data: Any) -> Non
                             "create_data('mnist')): the search decides on the validation split and calibrates on the "
                             "calibration split")
     from slimkit._select import check_names, weighted_layer_names
-    from slimkit.auto._formats import create_format
-
     check_names(weighted_layer_names(model), config.skip, kind="weighted")
     below = [key for key, limit in config.budget.items() if limit < 1]  # type: ignore[union-attr]
     if not any(all(key in create_format(name).lowers for key in below) for name in config.formats):
@@ -211,12 +210,10 @@ def _write_outputs(folder: Path, result: AutoResult, config: AutoConfig, model: 
 
         save_checkpoint(model.state_dict(), folder / "model.pt")
         files["state_dict"] = str(folder / "model.pt")
-        source = folder / "candidates" / f"{result.chosen['index']:02d}" / result.chosen["file"]
-        target = folder / result.chosen["file"]
-        tmp = folder / f".{target.name}.tmp"
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
-        files["deployed"] = str(target)
+        # the file's name from its format, never from a row (a resumed run reads rows back from its folder)
+        name = create_format(result.chosen["format"]).file_name
+        copy_atomic(folder / "candidates" / f"{int(result.chosen['index']):02d}" / name, folder / name)
+        files["deployed"] = str(folder / name)
     text = result.recipe_text()
     if text is not None:
         from slimkit._io import write_text_atomic

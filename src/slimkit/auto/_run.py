@@ -49,6 +49,7 @@ from typing import Any
 from torch import nn
 
 from slimkit._errors import ConfigError
+from slimkit._io import refuse_links
 from slimkit.auto._analyse import Analyser, Event, reachable_text
 from slimkit.auto._apply import rebuild_stages, run_stages
 from slimkit.auto._config import AutoConfig
@@ -82,6 +83,7 @@ def prepare_folder(out: Path, fingerprint: str, resume: bool, force: bool) -> tu
         raise ConfigError(f"--out '{out}' is a file: give a folder")
     if not (out.is_dir() and any(out.iterdir())):
         return uuid.uuid4().hex[:12], False
+    refuse_links(out)
     previous = read_json(out / RUN_FILE)
     if not isinstance(previous, dict) or "fingerprint" not in previous:
         raise ConfigError(f"output folder '{out}' is not empty and holds no auto run ({RUN_FILE} is missing): "
@@ -545,9 +547,9 @@ class AutoRun:
         fmt = create_format(plan.format)
         planned = fmt.stages(plan, self.config)
         done = read_json(folder / RESULT_FILE)
-        if isinstance(done, dict) and done.get("plan", {}).get("key") == plan.key():
+        if isinstance(done, dict) and isinstance(done.get("plan"), dict) and done["plan"].get("key") == plan.key():
             self.emit("candidate_reused", {"index": index, "plan": plan})
-            return done
+            return self._row(done, index, plan, planned, uniform)
         started = read_json(folder / "plan.json")
         same_plan = isinstance(started, dict) and started.get("key") == plan.key()
         if not same_plan:
@@ -589,12 +591,22 @@ class AutoRun:
         row = measure_model(model, example=self.example, data=self.data, fmt=fmt, folder=folder, base=base,
                             baseline=self.model, baseline_onnx=self.out / "baseline.onnx", meter=self.meter,
                             batch=budget.batch, threads=budget.threads, spec=self.spec)  # type: ignore[union-attr]
-        label = f"{index:02d} {plan.format}" + (" uniform" if uniform else "")
+        return {**self._row({**row, "lr_scale": scale}, index, plan, planned, uniform), "seconds": seconds}
+
+    def _row(self, done: dict[str, Any], index: int, plan: Plan, planned: list[dict[str, Any]],
+                uniform: bool) -> dict[str, Any]:
+        """A candidate's row (measured now, or read back from its folder on a resume) with everything that names a
+        file or a stage made here from the plan: a folder's file gives only measurements (a row's ``stages`` end up
+        in the recipe that is run, its ``file`` in a path)."""
+        scale = done.get("lr_scale", 1.0)
+        scale = float(scale) if isinstance(scale, (int, float)) and MIN_LR_SCALE <= scale <= 1 else 1.0
+        fmt = create_format(plan.format)
         summary = plan.summary() + (f" (learning rates ×{scale:g}: the recovery diverged at higher ones)"
                                     if scale < 1 else "")
-        row.update(index=index, label=label, plan={**plan.to_dict(), "key": plan.key()},
-                   stages=stages, summary=summary, seconds=seconds, lr_scale=scale)
-        return row
+        return {**done, "format": fmt.name, "file": fmt.file_name, "index": index,
+                "label": f"{index:02d} {plan.format}" + (" uniform" if uniform else ""),
+                "plan": {**plan.to_dict(), "key": plan.key()}, "stages": scaled_learning_rates(planned, scale),
+                "summary": summary, "lr_scale": scale}
 
     def _judge(self, row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
         met = meets(row, self.budget)

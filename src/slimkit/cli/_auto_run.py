@@ -95,15 +95,15 @@ def _load(args: argparse.Namespace, model_section: dict[str, Any], data_section:
     return model.eval(), data
 
 
-def verify(result: Any, out: Path, *, resume: bool, force: bool, printer: Any) -> dict[str, Any]:
+def verify(result: Any, out: Path, *, spec: str, resume: bool, force: bool, printer: Any) -> dict[str, Any]:
     """Run ``OUT/recipe.yaml`` with the recipe runner into ``OUT/final`` and compare it with the chosen candidate:
     the same validation accuracy, MACs and deployed bytes (latency is measured anew, so it is reported, not
-    compared)."""
+    compared). The recipe may import code only for ``spec``, the model the user typed."""
     from slimkit.auto._folder import write_json
     from slimkit.cli._common import stage_printer
     from slimkit.pipeline import load_recipe, run_recipe
 
-    recipe = load_recipe(out / "recipe.yaml")
+    recipe = load_recipe(out / "recipe.yaml", trusted_specs=(spec,))
     final = out / "final"
     run = run_recipe(recipe, final, resume=resume and final.exists(), force=force or not resume,
                      reporter=stage_printer(printer.out, str(out / "recipe.yaml")))
@@ -149,7 +149,8 @@ def search_and_verify(args: argparse.Namespace, config: Any, model_section: dict
     reproduced = True
     if not args.no_verify:
         out.rule("[bold]reproducing the chosen recipe with the recipe runner (slimkit compress)[/]")
-        check = verify(result, folder, resume=args.resume, force=args.force, printer=printer)
+        check = verify(result, folder, spec=model_section["spec"], resume=args.resume, force=args.force,
+                       printer=printer)
         reproduced = check["reproduced"]
         if reproduced:
             out.print(f"[green]reproduced[/]: {folder / 'recipe.yaml'} gives the same validation accuracy, MACs and "

@@ -141,6 +141,7 @@ def _check_recipe(model: dict[str, Any], data: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slimkit._io import is_inside
     from slimkit.auto import AutoConfig, parse_budget
 
     budget = parse_budget(args.budget, batch=args.latency_batch, threads=args.threads)
@@ -153,6 +154,11 @@ def run(args: argparse.Namespace) -> int:
         time_limit=args.time_limit, skip=tuple(args.skip), seed=args.seed)
     model_section, data_section = sections(args)
     _check_recipe(model_section, data_section)
+    checkpoint = model_section.get("checkpoint")
+    if checkpoint and is_inside(checkpoint, args.out):
+        raise CommandError(f"the input checkpoint '{checkpoint}' is inside the output folder '{args.out}': choose "
+                           "another --out so that the run (a --force restart, its model.pt) can never delete or "
+                           "overwrite its input")
     from slimkit.cli._auto_run import search_and_verify
 
     return search_and_verify(args, config, model_section, data_section)

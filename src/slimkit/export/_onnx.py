@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -37,7 +36,7 @@ from torch import nn
 
 from slimkit._errors import SlimkitError
 from slimkit._inputs import input_tuple
-from slimkit._io import atomic_write, cache_root, file_mode_mask
+from slimkit._io import atomic_write, cache_root, copy_atomic, file_mode_mask
 from slimkit.analysis import output_logits
 
 log = logging.getLogger(__name__)
@@ -285,7 +284,7 @@ def _from_cache(key: str, checks: list[tuple[tuple, np.ndarray]], target: Path) 
                                          for (found, close), allowed in zip(deviations, recorded, strict=True)):
             log.info("the cached export %s does not compute what the model does: exporting again", cached.name)
             return False
-        _copy_atomically(cached, target)
+        copy_atomic(cached, target)
         os.utime(cached)  # most recently used
     except Exception as error:  # an unreadable cache entry only costs the export
         log.info("the cached export %s is unusable (%s): exporting again", cached.name, error)
@@ -338,7 +337,7 @@ def _to_cache(key: str, exported: Path, checks: list[tuple[tuple, np.ndarray]] |
         folder.mkdir(parents=True, exist_ok=True)
         sidecar = folder / f"{key}.json"
         sidecar.unlink(missing_ok=True)  # the deviations of the file replaced
-        _copy_atomically(exported, folder / f"{key}.onnx")
+        copy_atomic(exported, folder / f"{key}.onnx")
         deviations = _fresh_deviations(exported, checks) if checks else None
         if deviations is not None and not all(close for _, close in deviations):
             with atomic_write(sidecar, "w") as handle:
@@ -352,11 +351,6 @@ def _to_cache(key: str, exported: Path, checks: list[tuple[tuple, np.ndarray]] |
                 tmp.unlink(missing_ok=True)
     except OSError as error:  # a read-only or full cache only costs time
         log.info("could not keep the export in %s: %s", folder, error)
-
-
-def _copy_atomically(source: Path, target: Path) -> None:
-    with source.open("rb") as read, atomic_write(target) as write:
-        shutil.copyfileobj(read, write)
 
 
 #: the torch.export-based exporter only implements opset 18 and up; asked for less it logs a failed down-conversion

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from slimkit._errors import ConfigError
-from slimkit._io import atomic_write
+from slimkit._io import atomic_write, file_mode_mask
 from slimkit.analysis import output_logits
 
 FORMATS = ("onnx", "torchscript", "compressed")
@@ -119,8 +121,13 @@ def export_model(
     batch = check_batch(data)
     with torch.no_grad():
         expected = output_logits(model(batch))  # a Hugging Face LM's output object → its logits, as exported
-    # written under a temporary name and renamed only once checked: a file that fails its check is never left
-    staging = target.with_name(f".{target.name}.unchecked{target.suffix}")
+    # written under a fresh temporary name and renamed only once checked: a file that fails its check is never
+    # left, and no file of the user's (a fixed name could be theirs) is written over
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".unchecked{target.suffix}", dir=target.parent)
+    os.close(fd)
+    os.chmod(name, 0o666 & ~file_mode_mask())  # the permissions of any new file, not a temporary file's 0600
+    staging = Path(name)
     try:
         check = _write_and_check(model, batch, expected, staging, fmt, exporter, atol)
         check.update(file=str(target), format=fmt, bytes=staging.stat().st_size, batch=len(batch))

@@ -15,10 +15,12 @@ Every problem (unknown key, value out of range, unknown stage, missing checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -513,9 +515,33 @@ def _check_names(schema: RecipeSchema, located: LocatedYaml, checkpoint: Path | 
                           "folder), or remove 'checkpoint' and begin the stages with '- train: {epochs: N}'")
 
 
-def load_recipe(path: str | os.PathLike, *, check_files: bool = True) -> Recipe:
-    """Read and validate the recipe file at ``path`` (see :func:`parse_recipe`); the user named this file, so a
-    ``file.py:factory`` model in it may be imported when it runs."""
+def _code_file_resolved(spec: str) -> str:
+    """A ``file.py:factory`` spec with its file's path made absolute (a relative one from the current folder, as a
+    recipe's unresolved spec is read), so the same file named two ways compares equal."""
+    head, sep, tail = spec.partition(".py:")
+    return f"{Path(head + '.py').expanduser().resolve()}:{tail}" if sep else spec
+
+
+def trusting_only(recipe: Recipe, trusted_specs: Sequence[str], confirm: str) -> Recipe:
+    """``recipe`` (parsed with ``allow_code=False``: read from a file the user did not name) allowed to import its
+    ``file.py:factory`` specs only when each is one the user typed (``trusted_specs``); otherwise
+    :class:`ModelSpecError` naming them, ending with ``confirm`` (``{spec}`` is the first untrusted spec)."""
+    from slimkit._errors import ModelSpecError
+
+    trusted = {_code_file_resolved(spec) for spec in trusted_specs}
+    untrusted = [spec for spec in recipe.code_specs() if _code_file_resolved(spec) not in trusted]
+    if untrusted:
+        raise ModelSpecError(f"'{recipe.source}' names Python code to import as a model ({', '.join(untrusted)}); "
+                             "slimkit never imports code named by a file it reads. "
+                             f"{confirm.format(spec=untrusted[0])}")
+    return dataclasses.replace(recipe, allow_code=bool(recipe.code_specs()))
+
+
+def load_recipe(path: str | os.PathLike, *, check_files: bool = True,
+                trusted_specs: Sequence[str] | None = None) -> Recipe:
+    """Read and validate the recipe file at ``path`` (see :func:`parse_recipe`). The user named this file, so a
+    ``file.py:factory`` model in it may be imported when it runs; for a recipe slimkit wrote itself (``slimkit
+    auto``'s), ``trusted_specs`` are the only such specs it may import (the ones the user typed)."""
     from slimkit.pipeline._yaml import MAX_RECIPE_BYTES
 
     source = Path(path)
@@ -532,4 +558,9 @@ def load_recipe(path: str | os.PathLike, *, check_files: bool = True) -> Recipe:
         text = source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise RecipeError(f"recipe '{source}' cannot be read ({error}): save it as UTF-8 text") from None
-    return parse_recipe(text, str(source), source.parent, check_files=check_files, allow_code=True)
+    recipe = parse_recipe(text, str(source), source.parent, check_files=check_files,
+                          allow_code=trusted_specs is None)
+    if trusted_specs is None:
+        return recipe
+    return trusting_only(recipe, trusted_specs, "It was written by slimkit from the spec you typed, so it can only "
+                                                "name that one: this file was changed after slimkit wrote it")

@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from slimkit._errors import CheckpointError, ConfigError, SlimkitError
-from slimkit._io import write_text_atomic
-from slimkit.pipeline._recipe import Recipe, StageCall, parse_recipe
+from slimkit._io import copy_atomic, is_inside, refuse_links, write_text_atomic
+from slimkit.pipeline._recipe import Recipe, StageCall, parse_recipe, trusting_only
 from slimkit.pipeline._stages import Exporter, StageContext
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _write_json(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
 
 
 class _Session:
@@ -138,7 +133,8 @@ class _Session:
 
     def finished(self, label: str) -> dict[str, Any] | None:
         result = _read_json(self.stage_dir(label) / RESULT_FILE)
-        ok = result is not None and result.get("run_id") == self.run_id
+        # a result naming another stage is not this one's: its "stage" becomes a path when it is reused
+        ok = result is not None and result.get("run_id") == self.run_id and result.get("stage") == label
         ok = ok and (self.stage_dir(label) / "model.pt").is_file()
         return result if ok else None
 
@@ -208,14 +204,12 @@ class _Session:
 
     def reuse(self, previous: dict[str, Any], label: str) -> dict[str, Any]:
         """The previous stage's measurements, for a stage that did not change the model."""
-        import shutil
-
         folder = self.stage_dir(label)
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("model.onnx", "profile.json"):
             source = self.stage_dir(previous["stage"]) / name
             if source.is_file():
-                shutil.copyfile(source, folder / name)
+                copy_atomic(source, folder / name)
         skip = {"run_id", "stage", "name", "structure", "notes", "seconds"}
         return {k: v for k, v in previous.items() if k not in skip}
 
@@ -268,9 +262,10 @@ def _prepare_out(recipe: Recipe, out: Path, resume: bool, force: bool) -> tuple[
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file: give a folder")
-    if recipe.checkpoint is not None and _inside(recipe.checkpoint, out):
+    if recipe.checkpoint is not None and is_inside(recipe.checkpoint, out):
         raise ConfigError(f"the input checkpoint '{recipe.checkpoint}' is inside the output folder '{out}': choose "
                           "another --out so that the run can never overwrite its input")
+    refuse_links(out)
     non_empty = out.is_dir() and any(out.iterdir())
     if not non_empty:
         return uuid.uuid4().hex[:12], False
@@ -407,8 +402,6 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
 
 
 def _finish(session: _Session, model: nn.Module, results: list[dict[str, Any]], report: bool) -> dict[str, str]:
-    import shutil
-
     from slimkit.train import save_checkpoint
 
     out = session.out
@@ -416,9 +409,7 @@ def _finish(session: _Session, model: nn.Module, results: list[dict[str, Any]], 
     save_checkpoint(model.state_dict(), out / "model.pt")
     files = {"state_dict": str(out / "model.pt")}
     if (last / "model.onnx").is_file():
-        tmp = out / ".model.onnx.tmp"
-        shutil.copyfile(last / "model.onnx", tmp)
-        tmp.replace(out / "model.onnx")
+        copy_atomic(last / "model.onnx", out / "model.onnx")
         files["onnx"] = str(out / "model.onnx")
     metrics = {"recipe": session.recipe.to_dict(), "title": session.recipe.title,
                "stages": [_public(r) for r in results], "final": _public(results[-1]), "files": files}
@@ -460,17 +451,8 @@ def load_run(run_dir: str | Path, stage: str | None = None, *,
         raise ConfigError(f"'{out}' is not a slimkit run folder ({RUN_FILE} missing or unreadable): give the --out "
                           "folder of 'slimkit compress'")
     recipe = parse_recipe(json.dumps(run["recipe"]), str(out / RUN_FILE), check_files=False, allow_code=False)
-    untrusted = [spec for spec in recipe.code_specs() if spec not in trusted_specs]
-    if untrusted:
-        from slimkit._errors import ModelSpecError
-
-        raise ModelSpecError(f"'{out / RUN_FILE}' names Python code to import as a model ({', '.join(untrusted)}); "
-                             "slimkit never imports code named by a file it reads. If you wrote that file and trust "
-                             f"it, confirm by typing the spec: --trust-spec '{untrusted[0]}'")
-    if recipe.code_specs():
-        import dataclasses
-
-        recipe = dataclasses.replace(recipe, allow_code=True)  # every code spec was typed by the caller
+    recipe = trusting_only(recipe, trusted_specs, "If you wrote that file and trust it, confirm by typing the spec: "
+                                                  "--trust-spec '{spec}'")
     session = _Session(recipe, out, str(run["run_id"]), False, None)
     model = session.model
     first = session.finished(INPUT_LABEL)
