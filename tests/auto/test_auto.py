@@ -672,29 +672,31 @@ def test_a_latency_budget_is_met_only_when_the_measured_medians_interval_is_with
 
 def test_a_resumed_run_takes_only_measurements_from_a_candidates_result_file(trained, digits, tmp_path):
     """A finished candidate's result.json read back on --resume cannot name the file that is copied out (a path
-    above the run folder) nor the stages of the recipe that is written and run (a code spec): both are made from the
-    plan again."""
+    above the run folder) nor the stages of the recipe that is written (a code spec): both are made from the plan
+    again."""
     options = {"budget": "latency=0.45", "formats": ("int8",), "knobs": ("channels",), "max_candidates": 1}
-    _, reference = _run(trained, digits, tmp_path / "run", **options)
-    run = tmp_path / "run"
+    _, reference = _run(trained, digits, tmp_path / "home" / "run", **options)
+    run = tmp_path / "home" / "run"
     victim = tmp_path / "victim.txt"
     victim.write_text("the user's file")
+    # the audit's geometry: candidates/01/a/../../../victim.txt is run/victim.txt (the payload), and
+    # run/a/../../../victim.txt is tmp_path/victim.txt (the user's file, above the run folder)
     (run / "victim.txt").write_text("planted payload")
     (run / "a").mkdir()
     (run / "candidates" / "01" / "a").mkdir()
+    (run / "recipe.yaml").unlink()
     result_file = run / "candidates" / "01" / "result.json"
     row = json.loads(result_file.read_text())
-    evil = tmp_path / "evil.py"
-    evil.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\ndef student():\n    raise SystemExit\n")
-    row.update(file="a/../../victim.txt", index=7, format="container",
-               stages=[*row["stages"], {"distill": {"student": f"{evil}:student", "teacher": "input"}}])
+    evil = f"{tmp_path / 'evil.py'}:student"
+    row.update(file="a/../../../victim.txt",
+               stages=[*row["stages"], {"distill": {"student": evil, "teacher": "input"}}])
     result_file.write_text(json.dumps(row))
     model, checkpoint = trained
     config = AutoConfig(max_drop=3.0, recovery_epochs=1, calibration_samples=128, **options)  # _run's
     resumed = auto_report(auto_compress(model, X, config, data=digits, out=run, resume=True, latency=MacsMeter(),
                                         spec="auto_digits", recipe=_recipe_base(checkpoint)))
     assert victim.read_text() == "the user's file"
-    assert resumed.chosen["file"] == "model.onnx" and resumed.chosen["index"] == 1
-    assert resumed.stages == reference.stages and "student" not in (run / "recipe.yaml").read_text()
+    assert resumed.chosen["file"] == "model.onnx" and resumed.stages == reference.stages
+    written = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert written["stages"] == reference.stages and "student" not in json.dumps(written)
     assert (run / "model.onnx").read_bytes() == (run / "candidates" / "01" / "model.onnx").read_bytes()
-    assert not (tmp_path / "ran").exists()

@@ -168,3 +168,21 @@ def test_an_export_that_never_matches_to_1e_4_is_reused_once_its_own_deviation_i
     sidecar.write_text('{"deviations": "anything"}')  # unreadable: no deviation is allowed, never an error
     export_onnx(model, x, tmp_path / "f.onnx")
     assert len(exports) == 5
+
+
+def test_a_cached_file_naming_external_data_is_never_used(exports, tmp_path):
+    """slimkit writes whole files: a cache entry keeping its weights in another file (whose path ONNX Runtime and
+    onnx.load would read, checked for escapes only in recent releases) is exported again, even when it computes the
+    same outputs."""
+    import onnx
+
+    x = torch.randn(2, 8)
+    model = _model()
+    export_onnx(model, x, tmp_path / "a.onnx")
+    (cached,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    proto = onnx.load(str(cached))
+    onnx.save_model(proto, str(cached), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    assert _onnx.names_external_data(cached)
+    export_onnx(model, x, tmp_path / "b.onnx")
+    assert len(exports) == 2 and not _onnx.names_external_data(tmp_path / "b.onnx")

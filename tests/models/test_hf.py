@@ -99,6 +99,9 @@ def test_an_attention_backend_outside_eager_and_sdpa_is_refused_wherever_it_is_w
         models.from_spec(f"hf:llama:attn_implementation={value}")
     with pytest.raises(ModelSpecError, match="never loads kernel code"):
         models.from_spec("hf:llama:experts_implementation=evil-org/evilkernel")
+    for registered in ("llama_tiny", "gpt2_tiny"):  # registered models that hand their options to transformers
+        with pytest.raises(ModelSpecError, match="never loads kernel code"):
+            models.from_spec(f"{registered}:attn_implementation={value}")
     _, folder = _saved(tmp_path)
     config = json.loads((folder / "config.json").read_text())
     for key in ("attn_implementation", "_attn_implementation_internal"):

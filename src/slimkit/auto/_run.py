@@ -83,11 +83,11 @@ def prepare_folder(out: Path, fingerprint: str, resume: bool, force: bool) -> tu
         raise ConfigError(f"--out '{out}' is a file: give a folder")
     if not (out.is_dir() and any(out.iterdir())):
         return uuid.uuid4().hex[:12], False
-    refuse_links(out)
     previous = read_json(out / RUN_FILE)
     if not isinstance(previous, dict) or "fingerprint" not in previous:
         raise ConfigError(f"output folder '{out}' is not empty and holds no auto run ({RUN_FILE} is missing): "
                           "choose a new folder")
+    refuse_links(out)  # an auto run's folder: any link in it was planted
     if resume:
         if previous["fingerprint"] != fingerprint:
             raise ConfigError(f"--resume: the model, data or settings differ from those that started the run in "
@@ -123,12 +123,13 @@ class AutoRun:
 
     def baseline(self) -> dict[str, Any]:
         from slimkit.analysis import evaluate, profile
-        from slimkit.export import export_onnx
+        from slimkit.export import export_onnx, names_external_data
 
         path = self.out / "baseline.json"
         onnx = self.out / "baseline.onnx"
         cached = read_json(path)
-        if isinstance(cached, dict) and cached.get("fingerprint") == self.fingerprint() and onnx.is_file():
+        if isinstance(cached, dict) and cached.get("fingerprint") == self.fingerprint() and onnx.is_file() \
+                and not names_external_data(onnx):  # a file slimkit wrote is whole: one naming others is not its own
             return cached
         self.emit("analysis", {"what": "input model", "done": 0, "total": 1})
         prof = profile(self.model, self.example)

@@ -141,6 +141,10 @@ def _prepare_demo_out(out: Path) -> None:
         raise ConfigError(f"--out '{out}' is a file: give a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise ConfigError(f"--out '{out}' is not empty and not an earlier demo's folder: choose a new folder")
+    if out.is_dir():
+        from slimkit._io import refuse_links
+
+        refuse_links(out)  # an earlier demo's folder: any link in it was planted
     out.mkdir(parents=True, exist_ok=True)
 
 

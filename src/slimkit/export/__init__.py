@@ -7,6 +7,7 @@ from slimkit.export._onnx import (
     ExportError,
     export_onnx,
     exportable,
+    names_external_data,
     onnx_max_abs_diff,
     run_onnx,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "float_islands",
     "int8_kernel_count",
     "matmul_nbits_count",
+    "names_external_data",
     "onnx_accuracy",
     "onnx_max_abs_diff",
     "optimized_op_types",

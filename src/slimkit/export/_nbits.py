@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from slimkit._inputs import input_tuple
+from slimkit._io import file_mode_mask
 from slimkit.export._onnx import ExportError, quiet_exporters
 
 log = logging.getLogger(__name__)
@@ -308,6 +309,7 @@ def export_matmul_nbits(
         shapes = (tuple({axis: auto for axis in range(t.dim())} for t in inputs),)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~file_mode_mask())  # a new file's usual permissions, not a temporary file's 0600
     try:
         try:
             with quiet_exporters():

@@ -41,6 +41,8 @@ _FACTORY_OPTIONS = ("task", "attn_implementation")
 #: the attention backends a model may be built with: transformers takes any other "org/repo" value for a kernel on
 #: the Hugging Face Hub, which it downloads and imports (code a config file or spec would choose, not the user)
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+#: the mixture-of-experts backends a model may be built with (others load kernels from the Hub)
+EXPERTS_IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
 #: config fields that choose kernels transformers may fetch from the Hub, or a quantized backend with its own code
 _KERNEL_FIELDS = ("attn_implementation", "_attn_implementation", "_attn_implementation_internal",
                   "experts_implementation", "_experts_implementation", "_experts_implementation_internal",
@@ -58,13 +60,14 @@ def check_backends(values: Mapping[str, Any], where: str) -> None:
         if "attn" in key:
             allowed = isinstance(value, str) and value in ATTN_IMPLEMENTATIONS
         elif "experts" in key:
-            allowed = isinstance(value, str) and "/" not in value and ":" not in value
+            allowed = isinstance(value, str) and value in EXPERTS_IMPLEMENTATIONS
         else:
             allowed = False
         if not allowed:
             raise ModelSpecError(f"{where} sets {key}={value!r}: slimkit builds models only with the attention "
-                                 f"backends {', '.join(ATTN_IMPLEMENTATIONS)} and never loads kernel code from the "
-                                 f"Hugging Face Hub or a quantization backend; remove {key} (or use one of those)")
+                                 f"backends {', '.join(ATTN_IMPLEMENTATIONS)} (experts: "
+                                 f"{', '.join(EXPERTS_IMPLEMENTATIONS)}) and never loads kernel code from the Hugging "
+                                 f"Face Hub or a quantization backend; remove {key} (or use one of those)")
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,8 @@ def load_pretrained(folder: str | Path, **options: Any) -> nn.Module:
     transformers = _transformers()
     hf_config_obj = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
     kwargs = {"config": hf_config_obj, "use_safetensors": True, "local_files_only": True, **options}
+    if hasattr(transformers.PreTrainedModel, "set_use_kernels"):  # transformers ≥ 5 swaps in Hub kernels by default
+        kwargs["use_kernels"] = False
     if cls is transformers.AutoModel:
         kwargs["trust_remote_code"] = False
     try:

@@ -17,7 +17,15 @@ from torch import nn
 from slimkit._errors import ModelSpecError
 from slimkit._registry import Registry
 from slimkit._spec import parse_spec
-from slimkit.models._hf import config_input, hf_arch, hf_model, is_hf_spec, is_pretrained_folder, load_pretrained
+from slimkit.models._hf import (
+    check_backends,
+    config_input,
+    hf_arch,
+    hf_model,
+    is_hf_spec,
+    is_pretrained_folder,
+    load_pretrained,
+)
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -133,6 +141,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
         hints = {}
     for key, value in kwargs.items():
         _check_option(name, key, value, hints.get(key))
+    check_backends(kwargs, f"model '{name}'")  # llama_tiny and gpt2_tiny hand their options to transformers
 
     def build() -> nn.Module:
         try:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from slimkit._errors import ConfigError
-from slimkit._io import atomic_write, file_mode_mask
+from slimkit._io import atomic_write
 from slimkit.analysis import output_logits
 
 FORMATS = ("onnx", "torchscript", "compressed")
@@ -126,8 +126,7 @@ def export_model(
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".unchecked{target.suffix}", dir=target.parent)
     os.close(fd)
-    os.chmod(name, 0o666 & ~file_mode_mask())  # the permissions of any new file, not a temporary file's 0600
-    staging = Path(name)
+    staging = Path(name)  # each writer below replaces it with a file of the usual permissions
     try:
         check = _write_and_check(model, batch, expected, staging, fmt, exporter, atol)
         check.update(file=str(target), format=fmt, bytes=staging.stat().st_size, batch=len(batch))

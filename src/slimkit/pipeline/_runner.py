@@ -265,7 +265,6 @@ def _prepare_out(recipe: Recipe, out: Path, resume: bool, force: bool) -> tuple[
     if recipe.checkpoint is not None and is_inside(recipe.checkpoint, out):
         raise ConfigError(f"the input checkpoint '{recipe.checkpoint}' is inside the output folder '{out}': choose "
                           "another --out so that the run can never overwrite its input")
-    refuse_links(out)
     non_empty = out.is_dir() and any(out.iterdir())
     if not non_empty:
         return uuid.uuid4().hex[:12], False
@@ -274,6 +273,7 @@ def _prepare_out(recipe: Recipe, out: Path, resume: bool, force: bool) -> tuple[
             "slimkit writes only into a new or empty folder, or one holding an earlier slimkit run"
         raise ConfigError(f"output folder '{out}' is not empty and holds no slimkit run ({RUN_FILE} is missing): "
                           f"{what}; choose a new folder")
+    refuse_links(out)  # a slimkit run's folder: any link in it was planted
     previous = _read_json(out / RUN_FILE)
     if resume:
         if previous.get("fingerprint") != recipe.fingerprint():
