@@ -65,3 +65,19 @@ def test_an_input_checkpoint_inside_the_output_folder_is_refused_before_any_work
     err = capsys.readouterr().err
     assert "is inside the output folder" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "o").rglob("*")) == before
+
+
+def test_verify_runs_auto_s_recipe_only_with_the_spec_the_user_typed(tmp_path):
+    """verify() reads back the recipe.yaml auto wrote: a code spec in it other than the model the user typed (a
+    tampered file) is refused before the recipe runs, and the code is never imported."""
+    from slimkit import ModelSpecError
+    from slimkit.cli._auto_run import verify
+
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\ndef f():\n    pass\n")
+    (tmp_path / "recipe.yaml").write_text(
+        "version: 1\nmodel: {spec: lenet5}\ndata: {name: mnist, batch_size: 64}\n"
+        f"stages:\n  - distill: {{student: '{evil}:f', teacher: input, epochs: 1}}\n")
+    with pytest.raises(ModelSpecError, match=r"evil\.py:f"):
+        verify(None, tmp_path, spec="lenet5", resume=False, force=False, printer=None)
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "final").exists()
