@@ -183,6 +183,45 @@ def test_a_cached_file_naming_external_data_is_never_used(exports, tmp_path):
     proto = onnx.load(str(cached))
     onnx.save_model(proto, str(cached), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="weights.bin", size_threshold=0)
-    assert _onnx.names_external_data(cached)
+    assert not _onnx.self_contained_onnx(cached)
     export_onnx(model, x, tmp_path / "b.onnx")
-    assert len(exports) == 2 and not _onnx.names_external_data(tmp_path / "b.onnx")
+    assert len(exports) == 2 and _onnx.self_contained_onnx(tmp_path / "b.onnx")
+
+
+def test_a_file_is_self_contained_only_when_no_tensor_anywhere_names_external_data(tmp_path):
+    """Sparse initializers and local functions hold tensors too; a damaged or missing file is not one to run."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def outside(tensor):
+        tensor.data_location = TensorProto.EXTERNAL
+        tensor.ClearField("raw_data")
+        entry = tensor.external_data.add()
+        entry.key, entry.value = "location", "../secret.bin"
+        return tensor
+
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2])
+    weight = numpy_helper.from_array(np.ones(2, np.float32), "W")
+    add = helper.make_node("Add", ["X", "W"], ["Y"])
+    sparse = helper.make_sparse_tensor(outside(numpy_helper.from_array(np.ones(1, np.float32), "v")),
+                                       numpy_helper.from_array(np.array([0], np.int64), "i"), [2])
+    function = helper.make_function(
+        "local", "F", ["a"], ["b"], [helper.make_node("Constant", [], ["k"], value=outside(
+            numpy_helper.from_array(np.ones(2, np.float32), "c"))), helper.make_node("Add", ["a", "k"], ["b"])],
+        [helper.make_opsetid("", 17)])
+    files = {
+        "whole": helper.make_model(helper.make_graph([add], "g", [x], [y], [weight])),
+        "sparse": helper.make_model(helper.make_graph([add], "g", [x], [y], [weight], sparse_initializer=[sparse])),
+        "function": helper.make_model(helper.make_graph([helper.make_node("F", ["X"], ["Y"], domain="local")], "g",
+                                                        [x], [y]), functions=[function],
+                                      opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]),
+    }
+    for name, model in files.items():
+        (tmp_path / f"{name}.onnx").write_bytes(model.SerializeToString())
+    (tmp_path / "damaged.onnx").write_bytes(b"not onnx")
+    assert {name: _onnx.self_contained_onnx(tmp_path / f"{name}.onnx")
+            for name in ("whole", "sparse", "function", "damaged", "missing")} == \
+        {"whole": True, "sparse": False, "function": False, "damaged": False, "missing": False}
+    assert onnx.load(str(tmp_path / "whole.onnx"))  # the reference file is a real model

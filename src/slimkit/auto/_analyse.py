@@ -223,7 +223,7 @@ class Analyser:
 
     def _int8(self, calib: Calibration, analysis: Analysis) -> None:
         """Per-layer int8 sensitivity; the whole int8 model's file bytes, latency ratio and accuracy."""
-        from slimkit.export import export_qdq, names_external_data
+        from slimkit.export import export_qdq, self_contained_onnx
 
         config = self.config
         quantizable = [n for n in analysis.layers if n not in analysis.skip]
@@ -233,7 +233,7 @@ class Analyser:
         reference = read_json(self.folder / "int8_reference.json")
         path = self.folder / "int8_reference.onnx"
         if not (isinstance(reference, dict) and reference.get("key") == self.key and path.is_file()
-                and not names_external_data(path)):  # slimkit writes whole files: one naming others is not its own
+                and self_contained_onnx(path)):  # slimkit writes whole files: one naming others is not its own
             self.emit("analysis", {"what": "int8 reference", "done": 0, "total": 1})
             quantized = self.int8_model()
             export_qdq(quantized, self.example, path)

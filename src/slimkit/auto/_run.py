@@ -123,13 +123,13 @@ class AutoRun:
 
     def baseline(self) -> dict[str, Any]:
         from slimkit.analysis import evaluate, profile
-        from slimkit.export import export_onnx, names_external_data
+        from slimkit.export import export_onnx, self_contained_onnx
 
         path = self.out / "baseline.json"
         onnx = self.out / "baseline.onnx"
         cached = read_json(path)
         if isinstance(cached, dict) and cached.get("fingerprint") == self.fingerprint() and onnx.is_file() \
-                and not names_external_data(onnx):  # a file slimkit wrote is whole: one naming others is not its own
+                and self_contained_onnx(onnx):  # a file slimkit wrote is whole: one naming others is not its own
             return cached
         self.emit("analysis", {"what": "input model", "done": 0, "total": 1})
         prof = profile(self.model, self.example)

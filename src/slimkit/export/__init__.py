@@ -7,9 +7,9 @@ from slimkit.export._onnx import (
     ExportError,
     export_onnx,
     exportable,
-    names_external_data,
     onnx_max_abs_diff,
     run_onnx,
+    self_contained_onnx,
 )
 from slimkit.export._qdq import (
     INT8_KERNELS,
@@ -35,11 +35,11 @@ __all__ = [
     "float_islands",
     "int8_kernel_count",
     "matmul_nbits_count",
-    "names_external_data",
     "onnx_accuracy",
     "onnx_max_abs_diff",
     "optimized_op_types",
     "ort_quantize_dynamic",
     "ort_quantize_static",
     "run_onnx",
+    "self_contained_onnx",
 ]

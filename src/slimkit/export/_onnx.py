@@ -27,7 +27,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -273,25 +273,30 @@ def _deviations(path: Path, checks: list[tuple[tuple, np.ndarray]]) -> list[tupl
     return found
 
 
-def names_external_data(path: str | os.PathLike) -> bool:
-    """Whether the ONNX file at ``path`` keeps any tensor in an external file. slimkit writes every file whole, so a
-    file it finds in its cache or a run folder that does is not one of its own, and its data paths (read by ONNX
-    Runtime and onnx.load, which check them for escapes only in recent releases) could name any file on the machine:
-    callers export such a file again rather than run it."""
+def self_contained_onnx(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a readable ONNX file that keeps every tensor inside itself, as every file slimkit writes
+    does. A file slimkit finds in its cache or a run folder that names external data is not one of its own, and its
+    data paths (read by ONNX Runtime and onnx.load, which check them for escapes only in recent releases) could name
+    any file on the machine; callers export such a file, or a damaged one, again rather than run it."""
     import onnx
+    from google.protobuf.message import Message
 
-    def tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-        yield from graph.initializer
-        for node in graph.node:
-            for attribute in node.attribute:
-                if attribute.HasField("t"):
-                    yield attribute.t
-                yield from attribute.tensors
-                for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                    yield from tensors(sub)
+    def external(message: Message) -> bool:  # every tensor anywhere: graphs, functions, attributes, sparse tensors
+        if isinstance(message, onnx.TensorProto) and (message.data_location == onnx.TensorProto.EXTERNAL
+                                                      or len(message.external_data)):
+            return True
+        for field, value in message.ListFields():
+            if field.type != field.TYPE_MESSAGE:
+                continue
+            if any(external(item) for item in ([value] if isinstance(value, Message) else value)):
+                return True
+        return False
 
-    model = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors(model.graph))
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # missing, unreadable or not ONNX (protobuf's DecodeError, onnx's own): not a file to run
+        return False
+    return not external(model)
 
 
 def _from_cache(key: str, checks: list[tuple[tuple, np.ndarray]], target: Path) -> bool:
@@ -299,9 +304,9 @@ def _from_cache(key: str, checks: list[tuple[tuple, np.ndarray]], target: Path) 
     1e-4, or within DEVIATION_SLACK times the deviation its fresh export had."""
     cached = cache_root() / "onnx" / f"{key}.onnx"
     try:
-        if names_external_data(cached):
-            log.info("the cached export %s names external data files, which slimkit never writes: exporting again",
-                     cached.name)
+        if not self_contained_onnx(cached):
+            log.info("the cached export %s is damaged or names external data files, which slimkit never writes: "
+                     "exporting again", cached.name)
             return False
         deviations = _deviations(cached, checks)
         recorded = _recorded_deviations(key, len(checks))
