@@ -55,7 +55,7 @@ from slimkit.auto._apply import rebuild_stages, run_stages
 from slimkit.auto._config import AutoConfig
 from slimkit.auto._costs import Analysis, build_problem, layer_ms, plan_of, uniform_ties
 from slimkit.auto._folder import RUN_FILE, digest, read_json, state_digest, write_json
-from slimkit.auto._formats import create_format
+from slimkit.auto._formats import DeployFormat, create_format
 from slimkit.auto._measure import LatencyMeter, deployed_latency, judged_ratio, latency_bound, measure_model, meets
 from slimkit.auto._plan import Plan
 from slimkit.auto._search import Problem, reachable, solve
@@ -550,7 +550,7 @@ class AutoRun:
         done = read_json(folder / RESULT_FILE)
         if isinstance(done, dict) and isinstance(done.get("plan"), dict) and done["plan"].get("key") == plan.key():
             self.emit("candidate_reused", {"index": index, "plan": plan})
-            return self._row(done, index, plan, planned, uniform)
+            return self._row(done, index, plan, fmt, planned, uniform)
         started = read_json(folder / "plan.json")
         same_plan = isinstance(started, dict) and started.get("key") == plan.key()
         if not same_plan:
@@ -592,16 +592,15 @@ class AutoRun:
         row = measure_model(model, example=self.example, data=self.data, fmt=fmt, folder=folder, base=base,
                             baseline=self.model, baseline_onnx=self.out / "baseline.onnx", meter=self.meter,
                             batch=budget.batch, threads=budget.threads, spec=self.spec)  # type: ignore[union-attr]
-        return {**self._row({**row, "lr_scale": scale}, index, plan, planned, uniform), "seconds": seconds}
+        return {**self._row({**row, "lr_scale": scale}, index, plan, fmt, planned, uniform), "seconds": seconds}
 
-    def _row(self, done: dict[str, Any], index: int, plan: Plan, planned: list[dict[str, Any]],
-                uniform: bool) -> dict[str, Any]:
+    def _row(self, done: dict[str, Any], index: int, plan: Plan, fmt: DeployFormat, planned: list[dict[str, Any]],
+             uniform: bool) -> dict[str, Any]:
         """A candidate's row (measured now, or read back from its folder on a resume) with everything that names a
         file or a stage made here from the plan: a folder's file gives only measurements (a row's ``stages`` end up
         in the recipe that is run, its ``file`` in a path)."""
         scale = done.get("lr_scale", 1.0)
         scale = float(scale) if isinstance(scale, (int, float)) and MIN_LR_SCALE <= scale <= 1 else 1.0
-        fmt = create_format(plan.format)
         summary = plan.summary() + (f" (learning rates ×{scale:g}: the recovery diverged at higher ones)"
                                     if scale < 1 else "")
         return {**done, "format": fmt.name, "file": fmt.file_name, "index": index,

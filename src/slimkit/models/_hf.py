@@ -177,8 +177,8 @@ def hf_model(target: str, **options: Any) -> nn.Module:
     task = options.pop("task", arch.task)
     if task not in HF_TASKS:
         raise ModelSpecError(f"task '{task}' in '{target}' is not known: use one of {', '.join(HF_TASKS)}")
-    check_backends(options, f"'{target}'")
     build = {k: options.pop(k) for k in _FACTORY_OPTIONS[1:] if k in options}
+    check_backends(build, f"'{target}'")  # the config fields are checked by hf_config
     config = hf_config(target, **options)
     auto = getattr(_transformers(), HF_TASKS[task])
     if getattr(config, "architectures", None) is None:  # transformers' auto classes iterate it (DeiT's two heads)

@@ -33,7 +33,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 #: the first PyTorch whose ``torch.load(weights_only=True)`` a crafted file cannot turn into code execution
-#: (CVE-2025-32434 / GHSA-53q9-r3pm-6pq6); slimkit runs on older ones but loads only safetensors there
+#: (CVE-2025-32434 / GHSA-53q9-r3pm-6pq6), slimkit's declared floor; an older one (installed around pip's check)
+#: loads only safetensors
 SAFE_WEIGHTS_ONLY_TORCH = (2, 6)
 
 
