@@ -126,3 +126,34 @@ def test_tied_choices_move_together_and_the_tied_optimum_is_exact():
             assert got.ratios[d] == pytest.approx(values[d] / problem.full[d]) and got.ratios[d] <= limit + 1e-9
         levels_found.add(level)
     assert len(levels_found) >= 2  # the seeds exercise more than one tie level
+
+
+def test_neighbours_mix_each_tied_choice_between_the_level_found_and_the_one_before_it():
+    # uniform pruning's tie levels step coarsely; with ``neighbours`` each tied choice may stay one level milder on
+    # its own: the exact optimum over those mixes (other choices free), never worse than the whole level, within
+    # the limits; at the first level nothing is mixed (the level before it would be the untied search's)
+    ties = {"g1": [1, 2, 3], "g2": [1, 2, 3]}
+    mixed_somewhere = 0
+    for seed in range(16):
+        rng = np.random.default_rng(300 + seed)
+        problem = _random_problem(rng, group_options=4)
+        limits = {"latency": float(rng.uniform(0.3, 0.9)), "size": float(rng.uniform(0.3, 0.9))}
+        whole = solve(problem, limits, ties=ties)
+        got = solve(problem, limits, ties=ties, neighbours=True)
+        if whole is None:
+            assert got is None
+            continue
+        level = ties["g1"].index(whole.picks["g1"])
+        if level == 0:
+            assert got.picks == whole.picks
+            continue
+        state = problem.state()
+        for key, levels in ties.items():
+            problem.choices[key].allowed = [i in (levels[level - 1], levels[level]) for i in range(4)]
+        expected = _brute_force(problem, limits)
+        problem.restore(state)
+        assert got.objective == pytest.approx(expected, abs=1e-6) and got.objective <= whole.objective + 1e-9
+        assert all(got.picks[k] in (levels[level - 1], levels[level]) for k, levels in ties.items())
+        assert all(got.ratios[d] <= limit + 1e-9 for d, limit in limits.items())
+        mixed_somewhere += got.picks["g1"] != got.picks["g2"]
+    assert mixed_somewhere >= 1  # the seeds exercise a mix, not only whole levels

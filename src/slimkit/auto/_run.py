@@ -21,11 +21,12 @@
    accuracy miss, the next candidate is the uniform plan of the missed plan's format, where one exists (two or
    more channel groups, a keep fraction within the target): every channel group tied to one keep fraction, solved
    like any plan (the tie level and the other choices together, least summed sensitivity), its groups free of the
-   searched plans' back-offs. It is probed and judged against its own copy of the targets, and its accuracy miss
-   backs nothing off: what it teaches about uniform plans does not steer the search. The summed per-group
-   sensitivities miss how prunings interact, and uniform pruning is the baseline a user would otherwise run. Stop
-   at the first candidate that meets the budget and ``max_drop``, after ``max_candidates``, past ``time_limit``, or
-   when every format is exhausted.
+   searched plans' back-offs; then each group may stay at the keep fraction before that one, as far as the target
+   allows (the fractions step coarsely, and a whole level can land far under the budget). It is probed and
+   judged against its own copy of the targets, and its accuracy miss backs nothing off: what it teaches about
+   uniform plans does not steer the search. The summed per-group sensitivities miss how prunings interact, and
+   uniform pruning is the baseline a user would otherwise run. Stop at the first candidate that meets the budget
+   and ``max_drop``, after ``max_candidates``, past ``time_limit``, or when every format is exhausted.
 5. The result is the most accurate candidate that meets the budget as measured (on validation).
 
 Decisions are made on the validation split (max_drop, the back-off, the final choice); sensitivities on the
@@ -278,8 +279,8 @@ class AutoRun:
                    uniform: str | None = None) -> tuple:
         """(plan, problem, solution): the formats' solutions for their targets, the one costing the least predicted
         accuracy; a format with none new is exhausted. ``uniform`` (a format): that format's uniform plan instead
-        (every channel group at one keep fraction, :func:`uniform_ties`, solved with no back-off of a channel group
-        in force), or none; it exhausts nothing."""
+        (every channel group at one keep fraction, :func:`uniform_ties`, or at that one and the one before it,
+        solved with no back-off of a channel group in force), or none; it exhausts nothing."""
         best = None
         for fmt, problem in problems.items():
             ties = self.ties.get(fmt) if fmt == uniform else None
@@ -306,7 +307,7 @@ class AutoRun:
             current = problem.state()
             problem.restore({k: [True] * len(problem.choices[k].allowed) for k in ties})  # as built
             try:
-                solution = solve(problem, target, ties=ties)
+                solution = solve(problem, target, ties=ties, neighbours=True)
             finally:
                 problem.restore(current)
         else:

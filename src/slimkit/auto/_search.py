@@ -198,12 +198,15 @@ def tied_problem(problem: Problem, ties: dict[str, list[int]]) -> Problem:
 
 
 def solve(problem: Problem, limits: dict[str, float], *, time_limit: float = 60.0,
-          minimise: str | None = None, ties: dict[str, list[int]] | None = None) -> Solution | None:
+          minimise: str | None = None, ties: dict[str, list[int]] | None = None,
+          neighbours: bool = False) -> Solution | None:
     """The allowed picks with the least summed sensitivity whose predicted ratios are all ≤ ``limits`` (None when
     no such picks exist). ``minimise="latency"`` (etc.) instead minimises that dimension with no limits: the
     smallest ratio the search space reaches. With ``ties`` (choice → its option at each tie level), those choices
     move together (:func:`tied_problem`: e.g. every channel group at one keep fraction — uniform pruning); the
-    picks returned are the untied problem's."""
+    picks returned are the untied problem's. ``neighbours`` (with ties and limits) then lets each tied choice take,
+    on its own, its option one tie level milder than the level found, if there is one (:func:`between_levels`): a
+    tie level before the first would be the untied choices' mildest options, which the untied search covers."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_array
 
@@ -213,7 +216,10 @@ def solve(problem: Problem, limits: dict[str, float], *, time_limit: float = 60.
             return None
         level = reduced.picks.pop(TIED)
         picks = {**reduced.picks, **{k: levels[level] for k, levels in ties.items()}}
-        return problem.solution({k: picks[k] for k in problem.choices}, reduced.status)
+        tied = problem.solution({k: picks[k] for k in problem.choices}, reduced.status)
+        if not neighbours or minimise is not None or level == 0:
+            return tied
+        return between_levels(problem, limits, ties, level, tied, time_limit=time_limit)
     if any(not any(c.allowed) for c in problem.choices.values()):
         return None
     index, joint, n = _layout(problem)
@@ -292,6 +298,26 @@ def solve(problem: Problem, limits: dict[str, float], *, time_limit: float = 60.
                 log.warning("search: rounded solution misses %s (%.4f > %.4f)", d, solution.ratios[d], limit)
                 return None
     return solution
+
+
+def between_levels(problem: Problem, limits: dict[str, float], ties: dict[str, list[int]], level: int,
+                   tied: Solution, *, time_limit: float = 60.0) -> Solution:
+    """The least sensitive picks within ``limits`` where each tied choice sits at tie level ``level`` (> 0) or, on
+    its own, at the level before it, every other choice free; ``tied`` (every
+    tied choice at ``level``, within the limits) when the mixed solve does worse. Tie levels step coarsely (uniform
+    pruning's keep fractions by eighths: ResNet-20 at a latency budget of 0.3 measured 0.31 at one level and 0.18
+    at the next), so the whole-level plan can land far under the budget and pay accuracy for nothing; the mix
+    lands on it. Which choices stay milder is the one thing the summed sensitivities decide, one level apart."""
+    state = problem.state()
+    try:
+        for key, levels in ties.items():
+            keep = {levels[level], levels[level - 1]}
+            problem.choices[key].allowed = [ok and i in keep for i, ok in enumerate(problem.choices[key].allowed)]
+        mixed = solve(problem, limits, time_limit=time_limit)
+    finally:
+        problem.restore(state)
+    # the whole-level picks are among the mixed ones: only a solve cut short by its time limit can do worse
+    return mixed if mixed is not None and mixed.objective <= tied.objective + 1e-9 else tied
 
 
 def reachable(problem: Problem, dims: Sequence[str], *, time_limit: float = 60.0) -> dict[str, float]:
