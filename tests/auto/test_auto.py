@@ -1,6 +1,7 @@
 """auto end to end on digits: budgets met as measured, the written recipe reproduces the result with
 ``slimkit compress``, the accuracy-aware back-off, resuming, and bad budgets refused before any work."""
 
+import itertools
 import json
 
 import pytest
@@ -105,7 +106,7 @@ def _kept(row):
 def _at_adjacent_fractions(kept, fractions):
     """The pair of adjacent keep fractions (milder, stronger) that every group of ``kept`` sits at, or None."""
     ordered = sorted(fractions, reverse=True)
-    for milder, stronger in zip([1.0, *ordered], ordered):
+    for milder, stronger in itertools.pairwise(ordered):
         if all(kept[g] in {max(1, round(f * units)) for f in (milder, stronger)} for g, units in DIGITS_UNITS.items()):
             return milder, stronger
     return None

@@ -130,9 +130,10 @@ def test_tied_choices_move_together_and_the_tied_optimum_is_exact():
 
 def test_neighbours_mix_each_tied_choice_between_the_level_found_and_the_one_before_it():
     # uniform pruning's tie levels step coarsely; with ``neighbours`` each tied choice may stay one level milder on
-    # its own: the exact optimum over those mixes (other choices free), never worse than the whole level, within
-    # the limits; at the first level nothing is mixed (the level before it would be the untied search's)
-    ties = {"g1": [1, 2, 3], "g2": [1, 2, 3]}
+    # its own: the exact optimum over those mixes (every other choice held at the whole level's pick), within the
+    # limits; at the first level nothing is mixed. g2 repeats an option across two levels, as a small group's
+    # rounded widths do
+    ties = {"g1": [1, 2, 3], "g2": [1, 1, 3]}
     mixed_somewhere = 0
     for seed in range(16):
         rng = np.random.default_rng(300 + seed)
@@ -143,17 +144,39 @@ def test_neighbours_mix_each_tied_choice_between_the_level_found_and_the_one_bef
         if whole is None:
             assert got is None
             continue
-        level = ties["g1"].index(whole.picks["g1"])
+        level = next(j for j in range(3) if (whole.picks["g1"], whole.picks["g2"]) == (ties["g1"][j], ties["g2"][j]))
         if level == 0:
             assert got.picks == whole.picks
             continue
         state = problem.state()
-        for key, levels in ties.items():
-            problem.choices[key].allowed = [i in (levels[level - 1], levels[level]) for i in range(4)]
+        for key, choice in problem.choices.items():
+            choice.allowed = [i in ((ties[key][level - 1], ties[key][level]) if key in ties else (whole.picks[key],))
+                              for i in range(len(choice.labels))]
         expected = _brute_force(problem, limits)
         problem.restore(state)
-        assert got.objective == pytest.approx(expected, abs=1e-6) and got.objective <= whole.objective + 1e-9
+        assert problem.state() == state and got.objective == pytest.approx(expected, abs=1e-6)
         assert all(got.picks[k] in (levels[level - 1], levels[level]) for k, levels in ties.items())
+        assert all(got.picks[k] == whole.picks[k] for k in ("a", "b", "c"))
         assert all(got.ratios[d] <= limit + 1e-9 for d, limit in limits.items())
-        mixed_somewhere += got.picks["g1"] != got.picks["g2"]
+        mixed_somewhere += (got.picks["g1"], got.picks["g2"]) not in zip(ties["g1"], ties["g2"])
     assert mixed_somewhere >= 1  # the seeds exercise a mix, not only whole levels
+
+
+def test_a_uniform_mix_that_is_a_known_plan_gives_way_to_the_whole_level():
+    # the searched plan that missed had its back-offs lifted for the uniform solve: the mix can be that very plan
+    # (here conv1 at 4 of 8 units, conv2 at 6: 24 of 64 MACs). A known plan is not solved again: the whole level
+    # (both at 4; both at 6 is over the budget)
+    from slimkit.auto._costs import Analysis
+    from slimkit.auto._run import AutoRun
+
+    choices = {f"group:{g}": Choice(f"group:{g}", [8, 6, 4], [0.0, d1, d2], [(0,), (1,), (2,)])
+               for g, (d1, d2) in (("conv1", (0.1, 0.2)), ("conv2", (0.3, 0.9)))}
+    macs = Term(["group:conv1", "group:conv2"], {"macs": np.outer([8.0, 6.0, 4.0], [8.0, 6.0, 4.0])})
+    problem = Problem("onnx", choices, [macs], {"macs": 0.0}, {"macs": 64.0})
+    analysis = Analysis(layers={}, base={}, groups={"conv1": {"units": 8}, "conv2": {"units": 8}})
+    ties = {"group:conv1": [1, 2], "group:conv2": [1, 2]}  # keep 6 of 8, then 4 of 8
+    log = []
+    mixed, _, _ = AutoRun._solved(None, "onnx", problem, {"macs": 0.5}, analysis, log, ties)
+    assert mixed.prune == {"conv1": 0.5, "conv2": 0.25}  # sensitivity 0.2 + 0.3, the least of the mixes
+    whole, _, _ = AutoRun._solved(None, "onnx", problem, {"macs": 0.5}, analysis, log, ties, {mixed.key()})
+    assert whole.prune == {"conv1": 0.5, "conv2": 0.5}

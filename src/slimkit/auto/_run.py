@@ -183,10 +183,11 @@ class AutoRun:
             if self._late():
                 stop = "time_limit"
                 break
-            # after the first accuracy miss, one candidate prunes every group at one keep fraction: the summed
-            # per-group sensitivities miss interactions (ResNet-20 at latency 0.3: the search's plan pruned the stem
-            # conv 88 % and lost to uniform pruning on validation, 96.65 % vs 96.85 %); once it is trained, the
-            # choice among candidates keeps auto at least as accurate as it on validation
+            # after the first accuracy miss, one candidate prunes every group at one keep fraction (or, group by
+            # group, the fraction before it, as far as the budget allows): the summed per-group sensitivities miss
+            # interactions (ResNet-20 at latency 0.3: the search's plan pruned the stem conv 88 % and lost to uniform
+            # pruning on validation, 96.65 % vs 96.85 %); once it is trained, the choice among candidates keeps auto
+            # at least as accurate as it on validation
             missed = next((c for c in candidates if not c["outcome"]["accuracy_ok"]), None)
             # in the missed plan's format only: under a size budget the search's container plan would otherwise
             # give its slot to an fp32 uniform plan pruned past any use (ResNet-20 at size 0.03: 88 %, 62 %)
@@ -202,8 +203,8 @@ class AutoRun:
                 plan, problem, solution = self._next_plan(problems, trial[0], exhausted, analysis, seen, log_entries,
                                                           uniform=missed["plan"]["format"])
                 if plan is not None:
-                    self.emit("note", {"text": "trying uniform pruning (one keep fraction for every channel group) "
-                                               "as a candidate"})
+                    self.emit("note", {"text": "trying uniform pruning (every channel group at one keep fraction, "
+                                               "or at two adjacent ones) as a candidate"})
                     plan, problem, solution, cut = self._probed(index, plan, problem, solution, problems, *trial,
                                                                 exhausted, analysis, seen, log_entries, uniform=True)
                 if plan is None and not cut:
@@ -286,7 +287,7 @@ class AutoRun:
             ties = self.ties.get(fmt) if fmt == uniform else None
             if (uniform is not None and not ties) or (uniform is None and fmt in exhausted):
                 continue
-            plan, solution, why = self._solved(fmt, problem, targets[fmt], analysis, log_entries, ties)
+            plan, solution, why = self._solved(fmt, problem, targets[fmt], analysis, log_entries, ties, seen)
             if plan is None or plan.key() in seen:
                 if uniform is not None:
                     continue
@@ -299,15 +300,20 @@ class AutoRun:
         return best if best is not None else (None, None, None)
 
     def _solved(self, fmt: str, problem: Problem, target: dict[str, float], analysis: Analysis,
-                log_entries: list[dict[str, Any]],
-                ties: dict[str, list[int]] | None = None) -> tuple[Plan | None, Any, str | None]:
+                log_entries: list[dict[str, Any]], ties: dict[str, list[int]] | None = None,
+                known: set[str] = frozenset()) -> tuple[Plan | None, Any, str | None]:
         """The plan solved for ``target`` (logged), or None with why: no plan meets it ("infeasible"), or the plan
-        is an int8 plan with every layer in float — an onnx plan, which the onnx format searches ("degenerate")."""
+        is an int8 plan with every layer in float — an onnx plan, which the onnx format searches ("degenerate").
+        With ``ties``, the uniform plan: its groups mixed between two adjacent tie levels, or at the one level when
+        the mix is a plan in ``known`` (the searched plan that missed, its back-offs lifted here, can be one)."""
         if ties:  # a uniform plan is its own baseline: the searched plans' back-offs of its groups do not bind it
             current = problem.state()
             problem.restore({k: [True] * len(problem.choices[k].allowed) for k in ties})  # as built
             try:
                 solution = solve(problem, target, ties=ties, neighbours=True)
+                if solution is not None and plan_of(problem, solution.picks, analysis, solution.ratios,
+                                                    solution.objective).key() in known:
+                    solution = solve(problem, target, ties=ties)
             finally:
                 problem.restore(current)
         else:
@@ -457,7 +463,7 @@ class AutoRun:
         previous = targets[fmt]["latency"]
         targets[fmt]["latency"] = aim
         plan, solution, _ = self._solved(fmt, problem, targets[fmt], analysis, log_entries,
-                                         self.ties.get(fmt) if uniform else None)
+                                         self.ties.get(fmt) if uniform else None, known)
         if plan is None or plan.key() in known:
             targets[fmt]["latency"] = previous
             return None
