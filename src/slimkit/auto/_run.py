@@ -22,11 +22,12 @@
    more channel groups, a keep fraction within the target): every channel group tied to one keep fraction, solved
    like any plan (the tie level and the other choices together, least summed sensitivity), its groups free of the
    searched plans' back-offs; then each group may stay at the keep fraction before that one, as far as the target
-   allows (the fractions step coarsely, and a whole level can land far under the budget). It is probed and
-   judged against its own copy of the targets, and its accuracy miss backs nothing off: what it teaches about
-   uniform plans does not steer the search. The summed per-group sensitivities miss how prunings interact, and
-   uniform pruning is the baseline a user would otherwise run. Stop at the first candidate that meets the budget
-   and ``max_drop``, after ``max_candidates``, past ``time_limit``, or when every format is exhausted.
+   allows, the other choices held (the fractions step coarsely, and a whole level can land far under the
+   budget). It is probed and judged against its own copy of the targets, and its accuracy miss backs nothing off:
+   what it teaches about uniform plans does not steer the search. The summed per-group sensitivities miss how
+   prunings interact, and uniform pruning is the baseline a user would otherwise run. Stop at the first candidate
+   that meets the budget and ``max_drop``, after ``max_candidates``, past ``time_limit``, or when every format is
+   exhausted.
 5. The result is the most accurate candidate that meets the budget as measured (on validation).
 
 Decisions are made on the validation split (max_drop, the back-off, the final choice); sensitivities on the
