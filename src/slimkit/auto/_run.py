@@ -306,7 +306,8 @@ class AutoRun:
         """The plan solved for ``target`` (logged), or None with why: no plan meets it ("infeasible"), or the plan
         is an int8 plan with every layer in float — an onnx plan, which the onnx format searches ("degenerate").
         With ``ties``, the uniform plan: its groups mixed between two adjacent tie levels, or at the one level when
-        the mix is a plan in ``known`` (the searched plan that missed, its back-offs lifted here, can be one)."""
+        the mix is a plan in ``known`` (the searched plan that missed, its back-offs lifted here, can be one: the
+        first uniform solve passes the plans seen)."""
         if ties:  # a uniform plan is its own baseline: the searched plans' back-offs of its groups do not bind it
             current = problem.state()
             problem.restore({k: [True] * len(problem.choices[k].allowed) for k in ties})  # as built
@@ -463,8 +464,10 @@ class AutoRun:
         target left at ``aim``; None when no plan meets it or the plan is in ``known``, the target then restored."""
         previous = targets[fmt]["latency"]
         targets[fmt]["latency"] = aim
+        # no fallback to the whole level here (``known`` not passed): a probed mix solved again would give way to
+        # the whole level, a stronger plan, where the probes ask for a milder one
         plan, solution, _ = self._solved(fmt, problem, targets[fmt], analysis, log_entries,
-                                         self.ties.get(fmt) if uniform else None, known)
+                                         self.ties.get(fmt) if uniform else None)
         if plan is None or plan.key() in known:
             targets[fmt]["latency"] = previous
             return None
