@@ -19,16 +19,30 @@ def file_mode_mask() -> int:
     return mask
 
 
+def _staging(target: Path, suffix: str) -> tuple[int, str]:
+    """(open descriptor, name) of a fresh empty file next to ``target`` under a hidden unique name, with the
+    permissions any program's new file gets (0666 minus the user's umask), not the private 0600 of a temporary
+    file."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.chmod(name, 0o666 & ~file_mode_mask())
+    return fd, name
+
+
+def staging_file(target: Path, suffix: str) -> Path:
+    """A fresh empty file next to ``target`` (see :func:`_staging`) for a writer that takes a file name — an
+    exporter — to fill before it is renamed over ``target``: a fixed name could be the user's file."""
+    fd, name = _staging(target, suffix)
+    os.close(fd)
+    return Path(name)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success fsync and rename it over ``path``.
-
-    The file gets the permissions any program's new file gets (0666 minus the user's umask), not the private 0600
-    of a temporary file."""
+    """Open a temporary file next to ``path`` (:func:`_staging`: a new file's usual permissions); on success fsync
+    and rename it over ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.chmod(tmp, 0o666 & ~file_mode_mask())
+    fd, tmp = _staging(target, ".tmp")
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

@@ -24,7 +24,6 @@ import inspect
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import torch
 from torch import nn
 
 from slimkit._inputs import input_tuple
-from slimkit._io import file_mode_mask
+from slimkit._io import staging_file
 from slimkit.export._onnx import ExportError, quiet_exporters
 
 log = logging.getLogger(__name__)
@@ -307,9 +306,7 @@ def export_matmul_nbits(
         # model needs fixed (or an example axis of size 1) static instead of failing.
         auto = torch.export.Dim.AUTO
         shapes = (tuple({axis: auto for axis in range(t.dim())} for t in inputs),)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~file_mode_mask())  # a new file's usual permissions, not a temporary file's 0600
+    tmp = str(staging_file(target, ".onnx"))
     try:
         try:
             with quiet_exporters():

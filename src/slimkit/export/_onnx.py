@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from torch import nn
 
 from slimkit._errors import SlimkitError
 from slimkit._inputs import input_tuple
-from slimkit._io import atomic_write, cache_root, copy_atomic, file_mode_mask
+from slimkit._io import atomic_write, cache_root, copy_atomic, staging_file
 from slimkit.analysis import output_logits
 
 log = logging.getLogger(__name__)
@@ -108,9 +107,7 @@ def export_onnx(
         return target
     input_names = ["input"] + [f"input_{i}" for i in range(1, len(inputs))]
     dynamic_axes = {name: {0: "batch"} for name in [*input_names, "output"]} if dynamic_batch else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~file_mode_mask())
+    tmp = str(staging_file(target, ".onnx"))
     def torchscript() -> None:
         with quiet_exporters():
             torch.onnx.export(

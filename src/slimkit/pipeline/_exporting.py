@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import torch
 from torch import nn
 
 from slimkit._errors import ConfigError
-from slimkit._io import atomic_write
+from slimkit._io import atomic_write, staging_file
 from slimkit.analysis import output_logits
 
 FORMATS = ("onnx", "torchscript", "compressed")
@@ -124,9 +122,7 @@ def export_model(
     # written under a fresh temporary name and renamed only once checked: a file that fails its check is never
     # left, and no file of the user's (a fixed name could be theirs) is written over
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".unchecked{target.suffix}", dir=target.parent)
-    os.close(fd)
-    staging = Path(name)  # each writer below replaces it with a file of the usual permissions
+    staging = staging_file(target, f".unchecked{target.suffix}")
     try:
         check = _write_and_check(model, batch, expected, staging, fmt, exporter, atol)
         check.update(file=str(target), format=fmt, bytes=staging.stat().st_size, batch=len(batch))
