@@ -6,8 +6,9 @@ import pytest
 
 from slimkit.cli import main
 
-FLAGS = ["--max-drop", "--latency-batch", "--threads", "--recovery-epochs", "--recovery-lr", "--cluster-epochs",
-         "--prune-rounds", "--max-candidates", "--calibration-samples", "--batch-size", "--calib-size", "--seed"]
+FLAGS = ["--max-drop", "--min-accuracy", "--latency-batch", "--threads", "--recovery-epochs", "--recovery-lr",
+         "--cluster-epochs", "--prune-rounds", "--max-candidates", "--calibration-samples", "--batch-size",
+         "--calib-size", "--seed"]
 BAD = ["nan", "inf", "-inf", "-1", "-0.5", "abc", "", "1e999", "0x10", "99999999999999999999", "1,2", "--"]
 
 
@@ -33,6 +34,8 @@ def test_other_bad_input_is_named_before_any_work(capsys, tmp_path, monkeypatch)
         (["auto", "auto_digits", "--data", "digits", "--budget", "size=0.1", "--skip", "nosuch"], "'nosuch'"),
         (["auto", "auto_digits", "--data", "digits", "--budget", "latency=0.5", "--formats", "container"],
          "can lower latency"),
+        (["auto", "auto_digits", "--data", "digits", "--budget", "size=0.1", "--min-accuracy", "100.5"],
+         "100.5 is out of range"),
     ):
         assert main([*argv, "--out", "o"]) == 2
         err = capsys.readouterr().err
@@ -44,7 +47,7 @@ def test_help_documents_the_budget(capsys):
     with pytest.raises(SystemExit):
         main(["auto", "--help"])
     text = capsys.readouterr().out
-    for words in ("latency=R", "size=R", "macs=R", "deployed file", "exit status", "--max-drop"):
+    for words in ("latency=R", "size=R", "macs=R", "deployed file", "exit status", "--max-drop", "--min-accuracy"):
         assert words in text
 
 

@@ -46,8 +46,9 @@ class AutoResult:
     """What ``auto_compress`` found: the chosen plan and its recipe stages, every candidate's measurements, the
     input model's, and the run folder's files.
 
-    status: ``met`` (budget and max_drop met, as measured on validation), ``max_drop missed`` (the budget is met but
-    no candidate kept the accuracy: the most accurate one is returned), ``latency unverified (too noisy)`` (the
+    status: ``met`` (budget, max_drop and min_accuracy met, as measured on validation), ``max_drop missed`` (the
+    budget is met but no candidate kept the accuracy: the most accurate one is returned; ``min_accuracy missed``
+    when that one is within max_drop but under min_accuracy), ``latency unverified (too noisy)`` (the
     latency comparison's A/A control failed, so the budget could not be confirmed), ``budget not met``.
     """
 
@@ -223,6 +224,6 @@ def _write_outputs(folder: Path, result: AutoResult, config: AutoConfig, model: 
     search = read_json(folder / "search.json") or {}
     payload = {"base": result.base, "candidates": result.candidates, "chosen": result.chosen,
                "status": result.status, "stop": result.stop, "budget": config.budget.text(),  # type: ignore
-               "max_drop": config.max_drop, "search": search, "recipe_text": text}
+               "max_drop": config.max_drop, "min_accuracy": config.min_accuracy, "search": search, "recipe_text": text}
     files.update({k: str(v) for k, v in write_auto_report(folder, payload, f"auto {config.budget.text()}").items()})  # type: ignore
     return files

@@ -38,6 +38,9 @@ class AutoConfig:
     max_drop: the largest accuracy drop accepted on the validation split, in percentage points (0.5 = from 99.1 %
         to 98.6 %). A candidate that drops more is backed off (its most sensitive choices made milder) and tried
         again, up to ``max_candidates`` candidates or ``time_limit`` seconds.
+    min_accuracy: the lowest validation accuracy accepted, in percent (e.g. 98.24), or None. A candidate must meet
+        both it and ``max_drop``; it asks for more than the input model has when another method's accuracy is the
+        mark (Deep Compression's retrained models are often more accurate than the dense one they started from).
     formats: deployment formats the search may choose: ``onnx`` (fp32 ONNX), ``int8`` (int8 QDQ ONNX, ONNX
         Runtime's integer kernels), ``container`` (k-means weight sharing with Huffman coding, Han et al. 2016).
     knobs: what may change: ``channels`` (structured pruning per channel group), ``rank`` (low-rank factorisation
@@ -75,6 +78,7 @@ class AutoConfig:
 
     budget: Budget | str
     max_drop: float = 1.0
+    min_accuracy: float | None = None
     formats: tuple[str, ...] = ("onnx", "int8", "container")
     knobs: tuple[str, ...] = KNOBS
     keep_fractions: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
@@ -105,6 +109,11 @@ class AutoConfig:
                 not math.isfinite(self.max_drop) or not 0 <= self.max_drop < 100:
             raise ConfigError(f"max_drop={self.max_drop!r}: give the accuracy drop accepted in percentage points, in "
                               "[0, 100), e.g. 0.5")
+        if self.min_accuracy is not None and (
+                isinstance(self.min_accuracy, bool) or not isinstance(self.min_accuracy, (int, float))
+                or not math.isfinite(self.min_accuracy) or not 0 < self.min_accuracy <= 100):
+            raise ConfigError(f"min_accuracy={self.min_accuracy!r}: give the lowest validation accuracy accepted in "
+                              "percent, in (0, 100], e.g. 98.5")
         from slimkit.auto._formats import FORMATS
 
         formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)

@@ -54,7 +54,8 @@ def markdown(result: dict[str, Any], rows: list[dict[str, Any]], title: str) -> 
     base = result["base"]
     chosen = result.get("chosen")
     lines = [f"# {title}", "",
-             f"Budget: `{result['budget']}`, max drop {result['max_drop']:g} points of validation accuracy. "
+             f"Budget: `{result['budget']}`, max drop {result['max_drop']:g} points of validation accuracy"
+             + (f", at least {result['min_accuracy']:g}%" if result.get("min_accuracy") is not None else "") + ". "
              f"Status: **{result['status']}** (search stopped: {result['stop']}).", ""]
     if chosen is not None:
         lines += [f"Chosen: candidate {chosen['index']:02d} — {chosen['summary']}; validation accuracy "

@@ -14,24 +14,24 @@
    Then carry the plan out (its recipe stages, recovery included) and **measure** it: the deployed file's bytes,
    MACs, ONNX Runtime latency against the input (A/A-controlled), accuracy on the validation split.
 4. A budget the measurement misses tightens that format's target by measured/predicted (NetAdapt's empirical
-   correction), never past the least the format reaches — except a mixed int8 plan's probed latency miss, which
-   is charged to its float layers: their costs were timed one layer at a time and do not add up. An accuracy drop
-   above ``max_drop`` backs off the plan's most sensitive choice (that option and every stronger one are
-   forbidden; NNCF's accuracy control reverts layers the same way) and the format is solved again. After the first
-   accuracy miss, the next candidate is the uniform plan of the missed plan's format, where one exists (two or
-   more channel groups, a keep fraction within the target): every channel group tied to one keep fraction, solved
-   like any plan (the tie level and the other choices together, least summed sensitivity), its groups free of the
-   searched plans' back-offs; then each group may stay at the keep fraction before that one, as far as the target
-   allows, the other choices held (the fractions step coarsely, and a whole level can land far under the
-   budget). It is probed and judged against its own copy of the targets, and its accuracy miss backs nothing off:
-   what it teaches about uniform plans does not steer the search. The summed per-group sensitivities miss how
-   prunings interact, and uniform pruning is the baseline a user would otherwise run. Stop at the first candidate
-   that meets the budget and ``max_drop``, after ``max_candidates``, past ``time_limit``, or when every format is
-   exhausted.
+   correction), never past the least the format reaches — except a mixed int8 plan's probed latency miss, which is
+   charged to its float layers: their costs were timed one layer at a time and do not add up. An accuracy drop above
+   ``max_drop`` (or an accuracy under ``min_accuracy``) backs off the plan's most sensitive choice (that option and
+   every stronger one are forbidden; NNCF's accuracy control reverts layers the same way) and the format is solved
+   again. After the first accuracy miss, the next candidate is the uniform plan of the missed plan's format, where
+   one exists (two or more channel groups, a keep fraction within the target): every channel group tied to one keep
+   fraction, solved like any plan (the tie level and the other choices together, least summed sensitivity), its
+   groups free of the searched plans' back-offs; then each group may stay at the keep fraction before that one, as
+   far as the target allows, the other choices held (the fractions step coarsely, and a whole level can land far
+   under the budget). It is probed and judged against its own copy of the targets, and its accuracy miss backs
+   nothing off: what it teaches about uniform plans does not steer the search. The summed per-group sensitivities
+   miss how prunings interact, and uniform pruning is the baseline a user would otherwise run. Stop at the first
+   candidate that meets the budget, ``max_drop`` and ``min_accuracy``, after ``max_candidates``, past ``time_limit``,
+   or when every format is exhausted.
 5. The result is the most accurate candidate that meets the budget as measured (on validation).
 
-Decisions are made on the validation split (max_drop, the back-off, the final choice); sensitivities on the
-calibration slice of the training data; the test split is never read. Every candidate's plan, stages and
+Decisions are made on the validation split (max_drop, min_accuracy, the back-off, the final choice); sensitivities
+on the calibration slice of the training data; the test split is never read. Every candidate's plan, stages and
 measurements stay in the run folder; ``resume`` reuses them, and the loop, being deterministic given them, makes
 the same decisions again.
 """
@@ -624,9 +624,12 @@ class AutoRun:
         drop = 100 * (base["accuracy"] - row["accuracy"])
         budget_ok = all(v is not False for v in met.values())
         verified = all(v is not None for v in met.values())
-        accuracy_ok = drop <= self.config.max_drop + 1e-9
-        return {"budget": met, "drop": drop, "budget_met": budget_ok, "verified": verified,
-                "accuracy_ok": accuracy_ok, "accepted": budget_ok and verified and accuracy_ok}
+        drop_ok = drop <= self.config.max_drop + 1e-9
+        floor = self.config.min_accuracy
+        floor_ok = floor is None or 100 * row["accuracy"] >= floor - 1e-9
+        accuracy_ok = drop_ok and floor_ok
+        return {"budget": met, "drop": drop, "budget_met": budget_ok, "verified": verified, "drop_ok": drop_ok,
+                "floor_ok": floor_ok, "accuracy_ok": accuracy_ok, "accepted": budget_ok and verified and accuracy_ok}
 
     def _adapt(self, problem: Problem, solution: Any, row: dict[str, Any], outcome: dict[str, Any],
                targets: dict[str, dict[str, float]], log_entries: list[dict[str, Any]],
@@ -657,8 +660,7 @@ class AutoRun:
                 delta, key, pick = max(picks)
                 problem.back_off(key, pick)
                 entry["backed_off"] = {"choice": key, "option": problem.choices[key].labels[pick], "delta": delta}
-                self.emit("note", {"text": f"accuracy dropped {outcome['drop']:.2f} points > max_drop "
-                                           f"{self.config.max_drop:g}: backing off {key} "
+                self.emit("note", {"text": f"{accuracy_miss(outcome, row, self.config)}: backing off {key} "
                                            f"({problem.choices[key].labels[pick]})"})
         log_entries.append(entry)
 
@@ -672,7 +674,7 @@ class AutoRun:
         full = [r for r in candidates if r["outcome"]["budget_met"] and r["outcome"]["verified"]]
         if full:
             best = max(full, key=accuracy)
-            return best, "met" if best["outcome"]["accuracy_ok"] else "max_drop missed"
+            return best, "met" if best["outcome"]["accuracy_ok"] else accuracy_status(best["outcome"])
         unverified = [r for r in candidates if r["outcome"]["budget_met"]]
         if unverified:
             return max(unverified, key=accuracy), "latency unverified (too noisy)"
@@ -690,6 +692,19 @@ class AutoRun:
             model = run_stages(self.model, row["stages"], data=self.data, example=self.example,
                                seed=self.config.seed, folder=folder / "stages")
         return model.eval()
+
+
+def accuracy_status(outcome: dict[str, Any]) -> str:
+    """The status of a chosen candidate that met the budget but not the accuracy asked for: ``max_drop missed``,
+    or ``min_accuracy missed`` when only the floor was missed."""
+    return "max_drop missed" if not outcome.get("drop_ok", outcome["accuracy_ok"]) else "min_accuracy missed"
+
+
+def accuracy_miss(outcome: dict[str, Any], row: dict[str, Any], config: AutoConfig) -> str:
+    """Why a candidate's accuracy was not accepted, in words."""
+    if not outcome.get("drop_ok", outcome["accuracy_ok"]):
+        return f"accuracy dropped {outcome['drop']:.2f} points > max_drop {config.max_drop:g}"
+    return f"accuracy {100 * row['accuracy']:.2f}% < min_accuracy {config.min_accuracy:g}%"
 
 
 def scaled_learning_rates(stages: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:

@@ -66,7 +66,9 @@ def result_line(row: dict[str, Any]) -> str:
     latency = row.get("latency") or {}
     verdict = "[green]accepted[/]" if outcome["accepted"] else (
         "[red]budget missed[/]" if not outcome["budget_met"] else
-        "[yellow]latency too noisy[/]" if not outcome["verified"] else "[yellow]accuracy below max-drop[/]")
+        "[yellow]latency too noisy[/]" if not outcome["verified"] else
+        "[yellow]accuracy below max-drop[/]" if not outcome.get("drop_ok", False) else
+        "[yellow]accuracy below min-accuracy[/]")
     lat = format_ratio(latency.get("ratio"), latency.get("status"), latency.get("p10"), latency.get("p90")) \
         if latency else "–"
     return (f"valid accuracy [bold]{row['accuracy']:.2%}[/] ({-outcome['drop']:+.2f} points), size ×"

@@ -30,12 +30,13 @@ EPILOG = textwrap.dedent("""\
     int8 per layer, sparsity and k-means bits per layer) and its cost (MACs, bytes, measured ORT latency tables),
     solves an integer program for the least predicted accuracy loss within the budget, carries the plan out as
     recipe stages with recovery (KD from the input, or fine-tuning), measures the deployed file, and backs off the
-    most sensitive choice when the validation accuracy drops more than --max-drop. Decisions use the validation
-    split only. Everything is in --out: analysis/, candidates/NN/, report.html (Pareto front of every candidate),
-    recipe.yaml (an ordinary recipe), and final/ (that recipe run by 'slimkit compress', checked to reproduce).
+    most sensitive choice when the validation accuracy drops more than --max-drop (or stays under
+    --min-accuracy). Decisions use the validation split only. Everything is in --out: analysis/, candidates/NN/,
+    report.html (Pareto front of every candidate), recipe.yaml (an ordinary recipe), and final/ (that recipe run
+    by 'slimkit compress', checked to reproduce).
 
-    exit status: 0 when the chosen model meets the budget and --max-drop as measured and the recipe reproduces it;
-    1 when the search finished without that (the report says why); 2 for bad input.
+    exit status: 0 when the chosen model meets the budget, --max-drop and --min-accuracy as measured and the
+    recipe reproduces it; 1 when the search finished without that (the report says why); 2 for bad input.
     """)
 
 
@@ -51,6 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="latency=R, size=R, macs=R (ratios to the input model's; see below)")
     parser.add_argument("--max-drop", type=real(0, 100, high_open=True), default=1.0, metavar="POINTS",
                         help="largest validation accuracy drop accepted, in percentage points (default: 1.0)")
+    parser.add_argument("--min-accuracy", type=real(0, 100, low_open=True), default=None, metavar="PERCENT",
+                        help="lowest validation accuracy accepted, in percent (e.g. 98.5; default: only --max-drop)")
     parser.add_argument("--latency-batch", type=count(1, 4096), default=1,
                         help="the batch a latency budget is for (default: 1)")
     parser.add_argument("--threads", type=count(1, 256), default=1,
@@ -146,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
 
     budget = parse_budget(args.budget, batch=args.latency_batch, threads=args.threads)
     config = AutoConfig(
-        budget=budget, max_drop=args.max_drop, formats=_split(args.formats), knobs=_split(args.knobs),
+        budget=budget, max_drop=args.max_drop, min_accuracy=args.min_accuracy, formats=_split(args.formats),
+        knobs=_split(args.knobs),
         criterion=args.criterion, sensitivity=args.sensitivity, sensitivity_steps=args.sensitivity_steps,
         calibration_samples=args.calibration_samples,
         recovery=args.recovery, recovery_epochs=args.recovery_epochs, recovery_lr=args.recovery_lr,
