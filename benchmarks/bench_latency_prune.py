@@ -149,17 +149,40 @@ def _torch_pruning_at(base: nn.Module, x: torch.Tensor, macs: int, last: str) ->
         return model
 
     lo, hi, best = 0.0, 0.95, None
+    model = None
     try:
         for _ in range(9):
             mid = (lo + hi) / 2
+            model = None
             model = prune(mid)
             if _macs(model, x) <= macs:
                 best, hi = model, mid
             else:
                 lo = mid
     except Exception as error:  # report what the peer does on this model, do not hide it
-        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:90]}"
+        text = f"{type(error).__name__}: {str(error).splitlines()[0][:90]}"
+        stale = _stale_zero_padding(model) if model is not None else []
+        if stale:
+            text += (f" — Torch-Pruning pruned the residual streams but not the option-A shortcuts' zero channels "
+                     f"({'; '.join(stale[:2])})")
+        return None, text
     return (best, "ok") if best is not None else (None, "MAC target not reached")
+
+
+def _stale_zero_padding(model: nn.Module) -> list[str]:
+    """The option-A shortcuts (``ChannelPadShortcut``: zero channels added by ``F.pad``) of a pruned CIFAR ResNet
+    whose padding no longer turns the block's input width into its output width: why a peer's pruned model fails."""
+    from slimkit.models._resnet_cifar import ChannelPadShortcut
+
+    stale = []
+    for name, block in model.named_modules():
+        shortcut = getattr(block, "shortcut", None)
+        if isinstance(shortcut, ChannelPadShortcut):
+            width_in, width_out = block.conv1.in_channels, block.conv2.out_channels
+            if width_in + shortcut.pad[4] + shortcut.pad[5] != width_out:
+                stale.append(f"{name}: {width_in} channels in + {shortcut.pad[4]}+{shortcut.pad[5]} zero ≠ "
+                             f"{width_out} out")
+    return stale
 
 
 def _first_uniform(base: nn.Module, x: torch.Tensor, ratios: list[float], fits) -> nn.Module | None:

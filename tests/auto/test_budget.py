@@ -54,10 +54,10 @@ def test_bad_budgets_are_one_clear_error(text, message):
     ("recovery", "none", "none"), ("recovery_epochs", -1, "recovery_epochs"), ("max_candidates", 0, "max_candidates"),
     ("time_limit", 0, "time_limit"), ("recovery_lr", 0, "recovery_lr"), ("min_accuracy", 0, "min_accuracy"),
     ("min_accuracy", 100.5, "min_accuracy"), ("min_accuracy", math.inf, "min_accuracy"),
-    ("min_accuracy", True, "min_accuracy"), ("min_accuracy", 0.9, None),
+    ("min_accuracy", True, "min_accuracy"), ("min_accuracy", 0.985, "not 0.985"), ("min_accuracy", 1.5, None),
 ])
 def test_config_values_are_checked_when_made(field, value, message):
-    if message is None:  # a valid value at the range's edge: min_accuracy is in percent, 0.9 is 0.9 %
+    if message is None:  # a valid value near the range's edge
         assert AutoConfig(budget="latency=0.5", **{field: value}).to_dict()[field] == value
         return
     with pytest.raises(ConfigError, match=message):

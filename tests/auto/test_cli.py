@@ -84,3 +84,19 @@ def test_verify_runs_auto_s_recipe_only_with_the_spec_the_user_typed(tmp_path):
     with pytest.raises(ModelSpecError, match=r"evil\.py:f"):
         verify(None, tmp_path, spec="lenet5", resume=False, force=False, printer=None)
     assert not (tmp_path / "ran").exists() and not (tmp_path / "final").exists()
+
+
+def test_min_accuracy_reaches_the_search(monkeypatch, tmp_path):
+    import slimkit.cli._auto_run as auto_run
+
+    seen = {}
+
+    def record(args, config, model_section, data_section):
+        seen["config"] = config
+        return 0
+
+    monkeypatch.setattr(auto_run, "search_and_verify", record)
+    argv = ["auto", "auto_digits", "--data", "digits", "--budget", "size=0.1", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--min-accuracy", "97.5", "--max-drop", "2"]) == 0
+    assert seen["config"].min_accuracy == 97.5 and seen["config"].max_drop == 2.0
+    assert main(argv) == 0 and seen["config"].min_accuracy is None

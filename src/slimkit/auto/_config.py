@@ -78,7 +78,6 @@ class AutoConfig:
 
     budget: Budget | str
     max_drop: float = 1.0
-    min_accuracy: float | None = None
     formats: tuple[str, ...] = ("onnx", "int8", "container")
     knobs: tuple[str, ...] = KNOBS
     keep_fractions: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
@@ -101,6 +100,7 @@ class AutoConfig:
     time_limit: float | None = None
     skip: tuple[str, ...] = ()
     seed: int = 0
+    min_accuracy: float | None = None  # last: a new field must not move the positional ones
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -111,9 +111,10 @@ class AutoConfig:
                               "[0, 100), e.g. 0.5")
         if self.min_accuracy is not None and (
                 isinstance(self.min_accuracy, bool) or not isinstance(self.min_accuracy, (int, float))
-                or not math.isfinite(self.min_accuracy) or not 0 < self.min_accuracy <= 100):
+                or not math.isfinite(self.min_accuracy) or not 1 < self.min_accuracy <= 100):
+            # a fraction (0.98) read as percent would be no floor at all: refused rather than taken as 0.98 %
             raise ConfigError(f"min_accuracy={self.min_accuracy!r}: give the lowest validation accuracy accepted in "
-                              "percent, in (0, 100], e.g. 98.5")
+                              "percent, in (1, 100], e.g. 98.5 (not 0.985)")
         from slimkit.auto._formats import FORMATS
 
         formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)

@@ -118,7 +118,10 @@ class AutoRun:
         self.started = time.perf_counter()
 
     def fingerprint(self) -> str:
-        return digest({"config": self.config.to_dict(), "weights": state_digest(self.model.state_dict()),
+        config = self.config.to_dict()
+        if config["min_accuracy"] is None:  # unset: the fingerprint of runs made before the option existed
+            del config["min_accuracy"]
+        return digest({"config": config, "weights": state_digest(self.model.state_dict()),
                        "data": getattr(self.data, "name", None), "spec": self.spec})
 
     # --- the input model ----------------------------------------------------------------------------------------
@@ -636,9 +639,10 @@ class AutoRun:
                problems: dict[str, Problem], ceilings: dict[str, float], *, uniform: bool = False) -> None:
         """After a candidate: a budget it missed as measured tightens the target (for latency, also the ceiling no
         probe's relaxation may pass: a trained model's time outweighs an untrained probe's, and its miss after a
-        probe within the budget is drift, not a layer's cost); a drop above ``max_drop`` backs off the plan's most
-        sensitive choice — except after the uniform candidate: its choices are not the search's, and backing them off
-        would forbid the searched plans options no searched plan chose."""
+        probe within the budget is drift, not a layer's cost); a drop above ``max_drop`` (or an accuracy under
+        ``min_accuracy``) backs off the plan's most sensitive choice — except after the uniform candidate: its
+        choices are not the search's, and backing them off would forbid the searched plans options no searched plan
+        chose."""
         entry: dict[str, Any] = {"candidate": row["index"], "format": problem.format}
         for key, ok in outcome["budget"].items():
             if ok is False:  # measured above the limit: aim lower by measured / predicted

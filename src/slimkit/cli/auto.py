@@ -52,8 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="latency=R, size=R, macs=R (ratios to the input model's; see below)")
     parser.add_argument("--max-drop", type=real(0, 100, high_open=True), default=1.0, metavar="POINTS",
                         help="largest validation accuracy drop accepted, in percentage points (default: 1.0)")
-    parser.add_argument("--min-accuracy", type=real(0, 100, low_open=True), default=None, metavar="PERCENT",
-                        help="lowest validation accuracy accepted, in percent (e.g. 98.5; default: only --max-drop)")
+    parser.add_argument("--min-accuracy", type=real(1, 100, low_open=True), default=None, metavar="PERCENT",
+                        help="lowest validation accuracy accepted, in percent (e.g. 98.5, not 0.985; default: only "
+                        "--max-drop)")
     parser.add_argument("--latency-batch", type=count(1, 4096), default=1,
                         help="the batch a latency budget is for (default: 1)")
     parser.add_argument("--threads", type=count(1, 256), default=1,
