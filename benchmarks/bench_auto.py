@@ -549,7 +549,7 @@ def run_models(quick: bool, names: tuple[str, ...], *, deep_compression: bool, t
     torch.set_num_threads(TRAIN_THREADS)
     root = CACHE / "auto" / ("quick" if quick else "full")
     results: dict[str, Any] = {"models": {}, "deep_compression": {}, "batch": BATCH, "max_drop": MAX_DROP,
-                               "train_threads": TRAIN_THREADS}
+                               "train_threads": TRAIN_THREADS, "centroid_gradient": _container_centroid_gradient()}
     jobs = [("models", n) for n in names]
     if deep_compression:
         jobs += [("deep_compression", n) for n in names if n in _dc_models()]
@@ -569,6 +569,24 @@ def run_models(quick: bool, names: tuple[str, ...], *, deep_compression: bool, t
                                                                    "dc_floor": "min_accuracy"}, entry)
     clean = _plain(results)
     return Section(topic=topic, title=title, markdown=render(clean)[0], data=clean)
+
+
+def _container_centroid_gradient() -> str:
+    """How auto's container format fine-tunes centroids (its cluster stage's ``centroid_gradient``)."""
+    from slimkit.auto import AutoConfig
+    from slimkit.auto._formats import create_format
+    from slimkit.auto._plan import Plan
+
+    stages = create_format("container").stages(Plan(format="container", bits={"x": 4}), AutoConfig(budget="size=0.1"))
+    return next(s["cluster"] for s in stages if "cluster" in s).get("centroid_gradient", "sum")
+
+
+def _centroid_text(results: dict[str, Any]) -> str:
+    if results.get("centroid_gradient") != "mean":
+        return ""
+    return ("auto's container fine-tunes each centroid by the mean of its weights' gradients "
+            "(`centroid_gradient: mean`, stable at a few bits, where one centroid holds thousands of weights), the "
+            "Deep Compression recipes by their sum (Han et al.'s Eq. 3), at the same learning rates. ")
 
 
 def _equal_training_text(results: dict[str, Any]) -> str:
@@ -711,7 +729,8 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "trained dense model with the recipe's training schedule (its pruning rounds, the epochs and learning rate "
         "of the fine-tune after each, the centroid fine-tune's epochs and learning rate; the learning rates were "
         "chosen on validation for the recipe), and chooses every layer's sparsity and cluster bits itself under "
-        f"max_drop {clean['max_drop']} points on validation" + _dc_floor_text(clean) + ". " + _dc_budget_text(clean) +
+        f"max_drop {clean['max_drop']} points on validation" + _dc_floor_text(clean) + ". " + _centroid_text(clean) +
+        _dc_budget_text(clean) +
         f"auto's wall time (on {clean['train_threads']} threads) includes its analysis and every candidate and "
         "budget it tried. Ratios are to dense float32 weights (4 bytes per parameter), as Deep Compression's table; "
         "test error read once per row.",

@@ -18,3 +18,15 @@ def test_a_factorised_layer_kept_float_in_the_int8_format_keeps_its_factors_floa
     factors = [name for name, module in out.named_modules() if name.startswith("fc1.") and hasattr(module, "weight")]
     assert len(factors) == 2 and set(factors) <= set(report.float_layers)
     assert "conv1" in report.float_layers and "conv2" in report.quantized
+
+
+def test_the_container_format_fine_tunes_centroids_by_their_mean_gradient(trained, digits, tmp_path):
+    # a few bits leave thousands of weights on one centroid; the summed gradient's steps collapsed LeNet-5
+    model, _ = trained
+    plan = Plan(format="container", sparsity={"fc1": 0.5}, bits={"conv1": 2, "conv2": 2, "fc1": 2, "fc2": 3})
+    stages = create_format("container").stages(plan, AutoConfig(budget="size=0.1", recovery_epochs=0,
+                                                                cluster_epochs=0))
+    assert next(s["cluster"] for s in stages if "cluster" in s)["centroid_gradient"] == "mean"
+    out = run_stages(model, stages, data=digits, example=torch.zeros(1, 1, 8, 8), seed=0, folder=tmp_path)
+    layers = [m for m in out.modules() if hasattr(m, "centroid_gradient")]
+    assert layers and all(m.centroid_gradient == "mean" for m in layers)

@@ -17,3 +17,12 @@ def test_cluster_command_writes_container(tmp_path):
     assert (out / "model.onnx").is_file()
     assert main(["cluster", "lenet300", "--bits", "40", "--data", "mnist", "--out", str(tmp_path / "o2")]) == 2
     assert not (tmp_path / "o2").exists()
+
+
+def test_cluster_command_passes_the_centroid_gradient_to_its_recipe(tmp_path):
+    out = tmp_path / "out"
+    assert main(["cluster", "lenet300", "--bits", "3", "--centroid-gradient", "mean", "--data", "mnist",
+                 "--eval-samples", "200", "--no-latency", "--out", str(out)]) == 0
+    assert "centroid_gradient: mean" in (out / "recipe.yaml").read_text()  # the recipe that reproduces the run
+    assert main(["cluster", "lenet300", "--centroid-gradient", "median", "--out", str(tmp_path / "o2")]) == 2
+    assert not (tmp_path / "o2").exists()

@@ -56,6 +56,33 @@ def test_centroid_gradient_is_sum_and_weights_stay_tied():
         assert int((w != 0).sum()) <= int((layer.indices != layer.zero_symbol).sum())
 
 
+def test_mean_centroid_gradient_is_the_sum_over_the_count_and_moves_centroids_alike():
+    # 3 bits on an unpruned fc1: thousands of weights per centroid, the case where the sum's steps blow up
+    model = cluster_weights(create("lenet5"), None, ClusterConfig(bits=3, centroid_gradient="mean"))
+    assert model.fc1.centroid_gradient == "mean" and model.conv1.centroid_gradient == "mean"
+    feats = torch.randn(8, 800, generator=torch.Generator().manual_seed(0))
+    weight = model.fc1.weight
+    weight.retain_grad()
+    torch.nn.functional.linear(feats, weight, model.fc1.bias).pow(2).sum().backward()
+    counts = [int((model.fc1.indices == k).sum()) for k in range(8)]
+    assert min(counts) > 0 and sum(counts) == model.fc1.indices.numel() and max(counts) > 1000
+    for k in range(8):
+        expected = float(weight.grad[model.fc1.indices == k].sum()) / counts[k]
+        assert model.fc1.codebook.grad[k] == pytest.approx(expected, rel=1e-4, abs=1e-9)
+    with pytest.raises(ConfigError, match="centroid_gradient 'median'"):
+        ClusterConfig(centroid_gradient="median")
+    # the default stays the paper's sum
+    assert cluster_weights(create("lenet5"), None, ClusterConfig(bits=3)).fc1.centroid_gradient == "sum"
+
+
+def test_mean_centroid_gradient_keeps_pruned_zeros_out_of_the_count():
+    indices = torch.tensor([[0, 0, 0, 1], [2, 2, 2, 2]])  # symbol 2 = a pruned zero, no centroid
+    layer = ClusteredLayer("linear", torch.tensor([1.0, -1.0]), indices, None, centroid_gradient="mean")
+    upstream = torch.arange(8, dtype=torch.float32).reshape(2, 4)
+    layer.weight.backward(upstream)
+    assert layer.codebook.grad.tolist() == [pytest.approx((0 + 1 + 2) / 3), pytest.approx(3.0)]
+
+
 def test_centroid_gradient_is_the_same_bit_for_bit_at_any_thread_count():
     # the gather's stock backward summed with several threads in varying order (14 distinct gradients in 30
     # backward passes at 2 threads, measured): a fine-tune, and so a recipe, did not reproduce its own accuracy
