@@ -550,6 +550,7 @@ def run_models(quick: bool, names: tuple[str, ...], *, deep_compression: bool, t
     root = CACHE / "auto" / ("quick" if quick else "full")
     results: dict[str, Any] = {"models": {}, "deep_compression": {}, "batch": BATCH, "max_drop": MAX_DROP,
                                "train_threads": TRAIN_THREADS, "centroid_gradient": _container_centroid_gradient()}
+    centroids = results["centroid_gradient"]  # in the key: entries trained with the other gradient are not reused
     jobs = [("models", n) for n in names]
     if deep_compression:
         jobs += [("deep_compression", n) for n in names if n in _dc_models()]
@@ -566,7 +567,8 @@ def run_models(quick: bool, names: tuple[str, ...], *, deep_compression: bool, t
                                                                    "quick": quick, "recipes": recipes,
                                                                    "dc_factors": DC_FACTORS,
                                                                    "equal_training": "dc-best",
-                                                                   "dc_floor": "min_accuracy"}, entry)
+                                                                   "dc_floor": "min_accuracy",
+                                                                   "centroid_gradient": centroids}, entry)
     clean = _plain(results)
     return Section(topic=topic, title=title, markdown=render(clean)[0], data=clean)
 

@@ -182,3 +182,18 @@ def test_a_uniform_mix_that_is_a_known_plan_gives_way_to_the_whole_level():
     assert mixed.prune == {"conv1": 0.5, "conv2": 0.25}  # sensitivity 0.2 + 0.3, the least of the mixes
     whole, _, _ = AutoRun._solved(None, "onnx", problem, {"macs": 0.5}, analysis, log, ties, {mixed.key()})
     assert whole.prune == {"conv1": 0.5, "conv2": 0.5}
+
+
+def test_a_candidate_folder_is_reused_only_for_the_stages_that_made_it():
+    from slimkit.auto._run import _same_stages, scaled_learning_rates
+
+    planned = [{"prune_unstructured": {"sparsity": {"fc1": 0.5}}},
+               {"finetune": {"epochs": 2, "lr": 0.05}},
+               {"cluster": {"bits": {"fc1": 3}, "seed": 0, "centroid_gradient": "mean"}}]
+    assert _same_stages({"stages": planned, "lr_scale": 1.0}, planned)
+    assert _same_stages({"stages": scaled_learning_rates(planned, 0.5), "lr_scale": 0.5}, planned)
+    # a folder from a slimkit whose format fine-tuned the centroids by their sum is not this plan's result
+    older = [*planned[:2], {"cluster": {"bits": {"fc1": 3}, "seed": 0}}]
+    assert not _same_stages({"stages": older, "lr_scale": 1.0}, planned)
+    assert not _same_stages({"stages": planned, "lr_scale": 0.5}, planned)
+    assert not _same_stages({"stages": planned, "lr_scale": "1"}, planned)

@@ -142,3 +142,24 @@ def test_a_distill_stage_takes_a_weight_decay_and_refuses_a_negative_one():
     parse_recipe(text, "r.yaml")
     with pytest.raises(RecipeError, match=r"r.yaml, line 7: stages\[1\]\.distill.*weight_decay=-0.1: use a value in"):
         parse_recipe(text.replace("weight_decay: 0", "weight_decay: -0.1"), "r.yaml")
+
+
+def test_a_setting_added_later_leaves_its_default_out_of_the_recipe_dictionary():
+    # the dictionary is a run folder's fingerprint: a cluster recipe run before centroid_gradient existed must
+    # still resume, and a recipe that sets it must not
+    def cluster(extra=""):
+        return parse_recipe(textwrap.dedent(f"""\
+            model: {{spec: lenet5}}
+            data: {{name: mnist}}
+            stages:
+              - cluster: {{bits: 4{extra}}}
+            """))
+
+    plain, summed, mean = cluster(), cluster(", centroid_gradient: sum"), cluster(", centroid_gradient: mean")
+    assert "centroid_gradient" not in plain.to_dict()["stages"][0]["cluster"]
+    assert plain.to_dict() == summed.to_dict() and plain.fingerprint() == summed.fingerprint()
+    assert mean.to_dict()["stages"][0]["cluster"]["centroid_gradient"] == "mean"
+    assert mean.stages[0].params.config().centroid_gradient == "mean"
+    bad = "model: {spec: lenet5}\ndata: {name: mnist}\nstages:\n  - cluster: {bits: 4, centroid_gradient: median}\n"
+    with pytest.raises(RecipeError, match=r"line 4.*centroid_gradient 'median'"):
+        parse_recipe(bad)

@@ -68,7 +68,8 @@ class AutoConfig:
     calibration_samples: calibration samples the sensitivities are measured on (from ``data.calibration``).
     recovery: ``kd`` (Hinton KD from the input model) or ``finetune`` after pruning / factorisation; the container
         format always fine-tunes (its masks must hold), then fine-tunes the centroids.
-    recovery_epochs / recovery_lr: the recovery's budget; cluster_epochs / cluster_lr: the centroid fine-tuning.
+    recovery_epochs / recovery_lr: the recovery's budget; cluster_epochs / cluster_lr: the centroid fine-tuning
+        (each centroid moved by the mean of its weights' gradients, ``centroid_gradient: mean`` in the recipe).
     prune_rounds: magnitude pruning in this many rounds (sparsity rising geometrically, Han et al. 2015), each
         followed by ``recovery_epochs`` of fine-tuning.
     max_candidates / time_limit: when the accuracy-aware loop stops (a time limit is wall-clock seconds of this

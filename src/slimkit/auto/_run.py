@@ -39,6 +39,7 @@ the same decisions again.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import shutil
@@ -562,11 +563,14 @@ class AutoRun:
         fmt = create_format(plan.format)
         planned = fmt.stages(plan, self.config)
         done = read_json(folder / RESULT_FILE)
-        if isinstance(done, dict) and isinstance(done.get("plan"), dict) and done["plan"].get("key") == plan.key():
+        started = read_json(folder / "plan.json")
+        # the same plan carried out by the same stages: a folder from an older slimkit whose format trained
+        # otherwise (e.g. the centroid fine-tune's gradient) is trained again, so the recipe written reproduces it
+        same_plan = isinstance(started, dict) and started.get("key") == plan.key() and _same_stages(started, planned)
+        if same_plan and isinstance(done, dict) and isinstance(done.get("plan"), dict) \
+                and done["plan"].get("key") == plan.key():
             self.emit("candidate_reused", {"index": index, "plan": plan})
             return self._row(done, index, plan, fmt, planned, uniform)
-        started = read_json(folder / "plan.json")
-        same_plan = isinstance(started, dict) and started.get("key") == plan.key()
         if not same_plan:
             # another plan's stages (a run resumed with a search that now decides otherwise) must not be replayed
             for stale in (folder / "stages", folder / RESULT_FILE, folder / "model.pt"):
@@ -709,6 +713,14 @@ def accuracy_miss(outcome: dict[str, Any], row: dict[str, Any], config: AutoConf
     if not outcome.get("drop_ok", outcome["accuracy_ok"]):
         return f"accuracy dropped {outcome['drop']:.2f} points > max_drop {config.max_drop:g}"
     return f"accuracy {100 * row['accuracy']:.2f}% < min_accuracy {config.min_accuracy:g}%"
+
+
+def _same_stages(started: dict[str, Any], planned: list[dict[str, Any]]) -> bool:
+    """Whether a candidate folder's ``plan.json`` was carried out by ``planned`` (at its lowered learning rates)."""
+    scale = started.get("lr_scale", 1.0)
+    if not isinstance(scale, (int, float)) or not MIN_LR_SCALE <= scale <= 1:
+        return False
+    return json.loads(json.dumps(scaled_learning_rates(planned, float(scale)))) == started.get("stages")
 
 
 def scaled_learning_rates(stages: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:

@@ -32,8 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", nargs="*", default=None, help="layer names/globs/re: regexes (default: all)")
     parser.add_argument("--epochs", type=count(0, 10_000), default=0, help="centroid fine-tuning epochs")
     parser.add_argument("--centroid-gradient", choices=["sum", "mean"], default="sum",
-                        help="a centroid's gradient in fine-tuning: the sum over its weights (Han et al. 2016, "
-                        "Eq. 3; default) or their mean (stable with few bits, where a centroid holds thousands)")
+                        help="with --epochs, a centroid's gradient in fine-tuning: the sum over its weights (Han "
+                        "et al. 2016, Eq. 3; default) or their mean (stable with few bits, where a centroid holds "
+                        "thousands)")
     parser.add_argument("--lr", type=real(0, 10, low_open=True), default=0.001)
     add_seed_arg(parser)
     add_latency_args(parser)
@@ -51,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--bits sets every layer's bits and {flags} a kind's: give one or the other")
     options = {"bits": args.bits, "init": args.init, "layers": args.layers, **per_kind}
     if args.centroid_gradient != "sum":
+        if not args.epochs:
+            raise CommandError("--centroid-gradient sets how --epochs of fine-tuning move the centroids: give "
+                               "--epochs N too")
         options["centroid_gradient"] = args.centroid_gradient
     ClusterConfig(**options)
     stages = [{"cluster": options}]

@@ -122,7 +122,8 @@ class Recipe:
         payload = self.schema.model_dump(mode="json")
         if payload.get("torch_threads") is None:  # left out when unset: older recipes keep their fingerprint
             payload.pop("torch_threads", None)
-        payload["stages"] = [{s.name: s.params.model_dump(mode="json")} for s in self.stages]
+        payload["stages"] = [{s.name: _without_new_defaults(s.name, s.params.model_dump(mode="json"))}
+                             for s in self.stages]
         payload["model"]["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
         return payload
 
@@ -173,6 +174,16 @@ class Recipe:
     def fingerprint(self) -> str:
         """A hash of the resolved recipe: a resumed run must have been started by the very same recipe."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: stage settings added after recipes were first run, with the default they leave out of a recipe's dictionary: a
+#: run folder's fingerprint is that dictionary's, so an older run (made without the setting) still resumes
+_NEW_DEFAULTS = {"cluster": {"centroid_gradient": "sum"}}
+
+
+def _without_new_defaults(stage: str, params: dict[str, Any]) -> dict[str, Any]:
+    left_out = _NEW_DEFAULTS.get(stage, {})
+    return {k: v for k, v in params.items() if k not in left_out or v != left_out[k]}
 
 
 _HINTS = {

@@ -7,13 +7,16 @@ their index is the extra symbol ``k`` that always maps to 0, so they stay exactl
 
 Because the weight is a gather from the codebook, each centroid's gradient is the sum of the gradients of the
 weights that share it (Han et al. 2016, Eq. 3), and the weights stay tied by construction after any optimizer step.
-``centroid_gradient="mean"`` divides that sum by the number of weights sharing the centroid: a centroid then steps
-like one average weight, so one learning rate suits a centroid of ten weights and one of thousands. With the sum,
-LeNet-5 clustered at 3 bits (conv2 and fc1 unpruned, about 3,000 weights per centroid; 99.00 % on validation)
-collapsed to 10.64 % in one epoch of SGD at lr 0.005 (training loss 1e6); with the mean it ended at 99.03 %.
 That sum is taken in a fixed order (:class:`_CodebookGather`): PyTorch's own backward of a gather accumulates with
 several threads in whatever order they meet, so two fine-tunes of the same clustered model drifted apart and a
 recipe did not reproduce its own accuracy.
+
+``centroid_gradient="mean"`` divides each sum by the number of weights sharing the centroid: a centroid then steps
+like one average weight, so one learning rate suits a centroid of ten weights and one of thousands. With the sum,
+LeNet-5 clustered at 3 bits (conv2 and fc1 unpruned, about 3,000 weights per centroid; 99.00 % on validation)
+collapsed to 10.64 % in one epoch of SGD at lr 0.005 (training loss 1e6); with the mean it ended at 99.03 %.
+The setting lives on the layer, not in the container file: a model loaded with :func:`load_compressed` fine-tunes
+by the sum unless its layers' ``centroid_gradient`` is set.
 :func:`finalize_clusters` turns the layers back into ordinary ``nn.Linear``/``nn.Conv2d`` for ONNX export.
 """
 
@@ -149,7 +152,8 @@ class ClusteredLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.kind}, weight={tuple(self.indices.shape)}, clusters={self.codebook.numel()}, "
-                f"bits={self.bits}, index_bits={self.index_bits}")
+                f"bits={self.bits}, index_bits={self.index_bits}"
+                + (f", centroid_gradient={self.centroid_gradient}" if self.centroid_gradient != "sum" else ""))
 
 
 @register_counter(ClusteredLayer)
