@@ -149,6 +149,7 @@ def test_a_setting_added_later_leaves_its_default_out_of_the_recipe_dictionary()
     # still resume, and a recipe that sets it must not
     def cluster(extra=""):
         return parse_recipe(textwrap.dedent(f"""\
+            version: 1
             model: {{spec: lenet5}}
             data: {{name: mnist}}
             stages:
@@ -160,6 +161,7 @@ def test_a_setting_added_later_leaves_its_default_out_of_the_recipe_dictionary()
     assert plain.to_dict() == summed.to_dict() and plain.fingerprint() == summed.fingerprint()
     assert mean.to_dict()["stages"][0]["cluster"]["centroid_gradient"] == "mean"
     assert mean.stages[0].params.config().centroid_gradient == "mean"
-    bad = "model: {spec: lenet5}\ndata: {name: mnist}\nstages:\n  - cluster: {bits: 4, centroid_gradient: median}\n"
-    with pytest.raises(RecipeError, match=r"line 4.*centroid_gradient 'median'"):
+    bad = ("version: 1\nmodel: {spec: lenet5}\ndata: {name: mnist}\nstages:\n"
+           "  - cluster: {bits: 4, centroid_gradient: median}\n")
+    with pytest.raises(RecipeError, match=r"line 5.*centroid_gradient 'median'"):
         parse_recipe(bad)
