@@ -141,19 +141,20 @@ def _torch_pruning_at(base: nn.Module, x: torch.Tensor, macs: int, last: str) ->
     except ImportError as error:
         return None, f"not installed ({error})"
 
+    model: nn.Module | None = None
+
     def prune(ratio: float) -> nn.Module:
-        model = copy.deepcopy(base).eval()
+        nonlocal model
+        model = copy.deepcopy(base).eval()  # held outside: a failure names what the peer left in it
         pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
                                            pruning_ratio=ratio, ignored_layers=[model.get_submodule(last)])
         pruner.step()
         return model
 
     lo, hi, best = 0.0, 0.95, None
-    model = None
     try:
         for _ in range(9):
             mid = (lo + hi) / 2
-            model = None
             model = prune(mid)
             if _macs(model, x) <= macs:
                 best, hi = model, mid
@@ -161,29 +162,34 @@ def _torch_pruning_at(base: nn.Module, x: torch.Tensor, macs: int, last: str) ->
                 lo = mid
     except Exception as error:  # report what the peer does on this model, do not hide it
         text = f"{type(error).__name__}: {str(error).splitlines()[0][:90]}"
-        stale = _stale_zero_padding(model) if model is not None else []
-        if stale:
-            text += (f" — Torch-Pruning pruned the residual streams but not the option-A shortcuts' zero channels "
-                     f"({'; '.join(stale[:2])})")
+        widths = _peer_widths(base, model, last) if model is not None else []
+        if widths:
+            text += f" ({'; '.join(widths)})"
         return None, text
     return (best, "ok") if best is not None else (None, "MAC target not reached")
 
 
-def _stale_zero_padding(model: nn.Module) -> list[str]:
-    """The option-A shortcuts (``ChannelPadShortcut``: zero channels added by ``F.pad``) of a pruned CIFAR ResNet
-    whose padding no longer turns the block's input width into its output width: why a peer's pruned model fails."""
+def _peer_widths(base: nn.Module, model: nn.Module, last: str) -> list[str]:
+    """What a peer's pruned CIFAR ResNet left inconsistent: option-A shortcuts (``ChannelPadShortcut``, zero
+    channels added by ``F.pad``, which a graph that cannot follow the pad sees as an opaque op) still padding as
+    many zero channels as before while their block's width changed, and a classifier reading another width than
+    the last block gives it."""
     from slimkit.models._resnet_cifar import ChannelPadShortcut
 
-    stale = []
+    facts, width = [], None
     for name, block in model.named_modules():
         shortcut = getattr(block, "shortcut", None)
+        if hasattr(block, "conv2") and shortcut is not None:
+            width = block.conv2.out_channels
         if isinstance(shortcut, ChannelPadShortcut):
-            width_in, width_out = block.conv1.in_channels, block.conv2.out_channels
-            if width_in + shortcut.pad[4] + shortcut.pad[5] != width_out:
-                stale.append(f"{name}: {width_in} channels in + {shortcut.pad[4]}+{shortcut.pad[5]} zero ≠ "
-                             f"{width_out} out")
-    return stale
-
+            before = base.get_submodule(name)
+            if shortcut.pad == before.shortcut.pad and width != before.conv2.out_channels:
+                facts.append(f"{name}.shortcut still adds {shortcut.pad[4]}+{shortcut.pad[5]} zero channels, its "
+                             f"block now {width} wide, not {before.conv2.out_channels}")
+    reads = getattr(model.get_submodule(last), "in_features", None)
+    if facts and width is not None and reads is not None and reads != width:
+        facts.append(f"{last} reads {reads} channels of the last block's {width}")
+    return facts[-2:]
 
 def _first_uniform(base: nn.Module, x: torch.Tensor, ratios: list[float], fits) -> nn.Module | None:
     """slimkit uniform L1 (same ratio per group) at the first of ``ratios`` (ascending) whose model ``fits``: the
