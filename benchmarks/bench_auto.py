@@ -10,8 +10,8 @@ machine the cells say "too noisy", and the search itself could not confirm a lat
 ``python -m benchmarks.run --only auto`` on a quiet machine.
 
 Two sections, each within one session's time on 2 cores: ``auto`` (LeNet-5, LeNet-300-100 and the comparison with
-Deep Compression, about 1.5 h from an empty cache) and ``auto_resnet20`` (ResNet-20, 1.3 to over 2 h by the CPU;
-``bench_auto_resnet20``).
+Deep Compression, 36 to 38 min from an empty cache on an AVX512-VNNI EPYC, about 1.5 h on slower CPUs) and
+``auto_resnet20`` (ResNet-20, 1.3 to over 2 h by the CPU; ``bench_auto_resnet20``).
 """
 
 from __future__ import annotations
