@@ -161,7 +161,7 @@ def _torch_pruning_at(base: nn.Module, x: torch.Tensor, macs: int, last: str) ->
             else:
                 lo = mid
     except Exception as error:  # report what the peer does on this model, do not hide it
-        text = f"{type(error).__name__}: {str(error).splitlines()[0][:90]}"
+        text = f"{type(error).__name__}: {(str(error).splitlines() or [repr(error)])[0][:90]}"
         widths = _peer_widths(base, model, last) if model is not None else []
         if widths:
             text += f" ({'; '.join(widths)})"
@@ -177,19 +177,27 @@ def _peer_widths(base: nn.Module, model: nn.Module, last: str) -> list[str]:
     from slimkit.models._resnet_cifar import ChannelPadShortcut
 
     facts, width = [], None
+    originals = dict(base.named_modules())
     for name, block in model.named_modules():
         shortcut = getattr(block, "shortcut", None)
-        if hasattr(block, "conv2") and shortcut is not None:
-            width = block.conv2.out_channels
-        if isinstance(shortcut, ChannelPadShortcut):
-            before = base.get_submodule(name)
-            if shortcut.pad == before.shortcut.pad and width != before.conv2.out_channels:
-                facts.append(f"{name}.shortcut still adds {shortcut.pad[4]}+{shortcut.pad[5]} zero channels, its "
-                             f"block now {width} wide, not {before.conv2.out_channels}")
-    reads = getattr(model.get_submodule(last), "in_features", None)
-    if facts and width is not None and reads is not None and reads != width:
+        if not hasattr(block, "conv2") or shortcut is None:
+            continue
+        width = block.conv2.out_channels
+        before = originals.get(name)
+        if not isinstance(shortcut, ChannelPadShortcut) or not hasattr(before, "shortcut"):
+            continue
+        zeros = shortcut.pad[4] + shortcut.pad[5]
+        if block.conv1.in_channels + zeros != width:  # the sum the residual addition needs
+            facts.append(f"{name}.shortcut turns {block.conv1.in_channels} channels into "
+                         f"{block.conv1.in_channels + zeros} for a block {width} wide")
+        elif shortcut.pad == before.shortcut.pad and width != before.conv2.out_channels:
+            facts.append(f"{name}.shortcut still adds {shortcut.pad[4]}+{shortcut.pad[5]} zero channels, its "
+                         f"block now {width} wide, not {before.conv2.out_channels}")
+    reads = getattr(dict(model.named_modules()).get(last), "in_features", None)
+    if width is not None and reads is not None and reads != width:
         facts.append(f"{last} reads {reads} channels of the last block's {width}")
     return facts[-2:]
+
 
 def _first_uniform(base: nn.Module, x: torch.Tensor, ratios: list[float], fits) -> nn.Module | None:
     """slimkit uniform L1 (same ratio per group) at the first of ``ratios`` (ascending) whose model ``fits``: the

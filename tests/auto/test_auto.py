@@ -235,8 +235,12 @@ def test_a_search_interrupted_after_its_uniform_candidate_resumes_to_the_same_re
     with pytest.raises(Stop):
         auto_compress(model, X, config, data=digits, out=tmp_path / "run", latency=MacsMeter(), spec="auto_digits",
                       recipe=_recipe_base(checkpoint), reporter=interrupt)
+    events = []
     resumed = auto_report(auto_compress(model, X, config, data=digits, out=tmp_path / "run", resume=True,
-                                        latency=MacsMeter(), spec="auto_digits", recipe=_recipe_base(checkpoint)))
+                                        latency=MacsMeter(), spec="auto_digits", recipe=_recipe_base(checkpoint),
+                                        reporter=lambda event, info: events.append((event, info.get("index")))))
+    # the two candidates judged before the interruption are read back, not trained again
+    assert [index for event, index in events if event == "candidate_reused"] == [1, 2]
     assert [r["label"] for r in resumed.candidates] == [r["label"] for r in reference.candidates]
     assert [r["picks"] for r in resumed.candidates] == [r["picks"] for r in reference.candidates]
     assert resumed.chosen["accuracy"] == reference.chosen["accuracy"]
