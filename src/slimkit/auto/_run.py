@@ -705,12 +705,12 @@ class AutoRun:
 def accuracy_status(outcome: dict[str, Any]) -> str:
     """The status of a chosen candidate that met the budget but not the accuracy asked for: ``max_drop missed``,
     or ``min_accuracy missed`` when only the floor was missed."""
-    return "max_drop missed" if not outcome.get("drop_ok", outcome["accuracy_ok"]) else "min_accuracy missed"
+    return "max_drop missed" if not outcome["drop_ok"] else "min_accuracy missed"
 
 
 def accuracy_miss(outcome: dict[str, Any], row: dict[str, Any], config: AutoConfig) -> str:
     """Why a candidate's accuracy was not accepted, in words."""
-    if not outcome.get("drop_ok", outcome["accuracy_ok"]):
+    if not outcome["drop_ok"]:
         return f"accuracy dropped {outcome['drop']:.2f} points > max_drop {config.max_drop:g}"
     return f"accuracy {100 * row['accuracy']:.2f}% < min_accuracy {config.min_accuracy:g}%"
 

@@ -67,7 +67,7 @@ def result_line(row: dict[str, Any]) -> str:
     verdict = "[green]accepted[/]" if outcome["accepted"] else (
         "[red]budget missed[/]" if not outcome["budget_met"] else
         "[yellow]latency too noisy[/]" if not outcome["verified"] else
-        "[yellow]accuracy below max-drop[/]" if not outcome.get("drop_ok", False) else
+        "[yellow]accuracy below max-drop[/]" if not outcome["drop_ok"] else
         "[yellow]accuracy below min-accuracy[/]")
     lat = format_ratio(latency.get("ratio"), latency.get("status"), latency.get("p10"), latency.get("p90")) \
         if latency else "–"
