@@ -49,3 +49,15 @@ def test_union_find_after_flatten_answers_in_one_lookup_and_still_merges():
     uf.union(torch.tensor([a]), torch.tensor([b]))
     members = np.flatnonzero((before == a) | (before == b))
     assert set(uf.find(ids[members]).tolist()) == {min(a, b)}
+
+
+def test_unique_ids_matches_numpy_unique_on_ids_of_every_shape():
+    from slimkit.graph._unionfind import unique_ids
+
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 2, 7, 1000):
+        ids = rng.integers(0, max(size // 3, 1), size=size)
+        assert np.array_equal(unique_ids(ids), np.unique(ids))
+        assert unique_ids(ids).dtype == np.int64
+    as_tensor = torch.tensor([[5, 3], [3, 9]])
+    assert unique_ids(as_tensor).tolist() == [3, 5, 9]

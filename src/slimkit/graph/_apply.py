@@ -28,6 +28,7 @@ from slimkit.graph._context import module_map
 from slimkit.graph._deadline import Deadline
 from slimkit.graph._graph import DependencyGraph, shared_copy, unshare_
 from slimkit.graph._rules import ResizeInfo, module_rule
+from slimkit.graph._unionfind import unique_ids
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class Removal:
     removed: np.ndarray
     _cache: dict[int, list[np.ndarray | None]] = field(default_factory=dict)
     _gone: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.removed = unique_ids(self.removed)  # sorted and distinct, whatever the caller gathered
 
     def gone(self, ids: torch.Tensor | np.ndarray) -> np.ndarray:
         """Whether each id's unit is removed (same shape as ``ids``)."""
@@ -133,8 +137,8 @@ def apply_removal(graph: DependencyGraph, removed: Iterable[int], *, model: nn.M
     else on a fresh shared copy; ``graph.model`` itself is left as it is. With ``verify`` the pruned model is run
     once on the example inputs and every op's result shape checked (:func:`verify_removal`).
     """
-    removal = Removal(graph, np.unique(np.asarray(list(removed) if not isinstance(removed, np.ndarray) else removed,
-                                                  dtype=np.int64)))
+    removal = Removal(graph, np.asarray(list(removed) if not isinstance(removed, np.ndarray) else removed,
+                                        dtype=np.int64))
     target = model if model is not None else shared_copy(graph.model)
     changed = _slice_parameters(target, removal)
     attributes: dict[str, dict[str, Any]] = {}

@@ -26,6 +26,7 @@ from slimkit.graph._capture import Call, Ref, capture
 from slimkit.graph._deadline import Deadline
 from slimkit.graph._graph import DependencyGraph, _is_leaf, propagate, unshare_
 from slimkit.graph._rules import op_rule
+from slimkit.graph._unionfind import unique_ids
 from slimkit.graph._verify import verify_removal
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def _map_removal(graph: DependencyGraph, removal: Removal, traced: DependencyGra
         for ids, mask in zip(pd.ids, masks, strict=True):
             if mask is not None:
                 roots.append(traced.uf.find(ids[torch.as_tensor(mask)]))
-    return np.unique(np.concatenate(roots)) if roots else np.zeros(0, dtype=np.int64)
+    return unique_ids(np.concatenate(roots)) if roots else np.zeros(0, dtype=np.int64)
 
 
 def _rewrite_node(removal: Removal, call: Call) -> None:

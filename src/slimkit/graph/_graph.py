@@ -29,7 +29,7 @@ from slimkit.graph._capture import Call, Capture, Ref, capture, eval_mode, run_m
 from slimkit.graph._context import CannotFollow, ModuleUse, ParamDims, TraceContext, _named_tensor, module_map
 from slimkit.graph._deadline import Deadline
 from slimkit.graph._rules import module_rule, op_rule
-from slimkit.graph._unionfind import UnionFind
+from slimkit.graph._unionfind import UnionFind, unique_ids
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ class DependencyGraph:
         dim_of = np.repeat(np.arange(len(dims)), lengths)
         starts = np.concatenate([[0], np.cumsum(lengths)])
         n = len(self.groups)
-        for code in np.unique(dim_of[hit] * n + group_of[hit]).tolist():  # by dim, then group: the order met
+        for code in unique_ids(dim_of[hit] * n + group_of[hit]).tolist():  # by dim, then group: the order met
             di, gi = divmod(code, n)
             a, b = starts[di], starts[di + 1]
             name, d, roles, _ = dims[di]
@@ -425,12 +425,12 @@ class DependencyGraph:
         roots, users = [], []
         for i, use in enumerate(self.uses.values()):
             if use.out_map is not None:
-                r = np.unique(self.uf.find(use.out_map))
+                r = unique_ids(self.uf.find(use.out_map))
                 roots.append(r)
                 users.append(np.full(len(r), i))
         owned, owner_of = _first_values(roots, users)  # a root's owner: the first layer whose output holds it
         for site in self.ctx.opaque_sites:
-            owners = _lookup(owned, owner_of, np.unique(self.uf.find(torch.cat(site.blocked))), -1)
+            owners = _lookup(owned, owner_of, unique_ids(self.uf.find(torch.cat(site.blocked))), -1)
             froze = sorted({names[i] for i in owners[owners >= 0].tolist()})
             if froze:
                 out.append({"op": site.where, "froze": froze})

@@ -8,6 +8,20 @@ import numpy as np
 import torch
 
 
+def unique_ids(ids: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The distinct integer ids in ``ids``, sorted (what ``np.unique`` returns).
+
+    By sorting, not ``np.unique``: numpy 2's ``np.unique`` without indices checks for masked arrays, which imports
+    ``numpy.ma`` on first use, about 8 ms, a tenth of pruning ResNet-18 in a fresh process."""
+    flat = np.sort(np.asarray(ids, dtype=np.int64).ravel())
+    if flat.size < 2:
+        return flat
+    keep = np.empty(flat.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=keep[1:])
+    return flat[keep]
+
+
 class UnionFind:
     """Channel ids that must be pruned together end up with one root; a *blocked* root is never pruned.
 

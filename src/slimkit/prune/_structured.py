@@ -123,7 +123,7 @@ class _Pruner:
         built)."""
         plan = plan_removal(self.ctx, self.config, ratio, self.scores, keeps)
         roots = np.concatenate([self.graph.groups[gi].units[r] for gi, r in plan.items()] or [np.zeros(0, np.int64)])
-        return plan, Removal(self.graph, np.unique(roots))
+        return plan, Removal(self.graph, roots)
 
     def _candidate(self, plan: dict[int, np.ndarray]) -> nn.Module:
         """The model the removal is applied to, with the criterion's weight updates (ThiNet's rescaling): the
