@@ -235,15 +235,19 @@ def _uniform_at_measured(base: nn.Module, x: torch.Tensor, shape: tuple[int, ...
     return _first_uniform(base, x, [step / 20 for step in range(1, 19)], fits)
 
 
-def _most_macs_at_latency(base: nn.Module, x: torch.Tensor, table, predicted: float,
-                          restarts: int = 100) -> nn.Module:
-    """The widths that keep the most MACs with a table-predicted latency not above ``predicted``, L1 channels: the
-    best "speed-up ÷ MAC reduction" a width choice reaches at that latency, whatever it costs in accuracy (the
-    goal's ceiling as far as this search finds it; not a pruning method). The search: from the full model and
-    from random widths, shrink the group losing the fewest MACs per predicted time saved until the prediction
-    holds, then hill-climb by moving one group a step up and another a step down while it still holds; the best
-    of ``restarts`` starts. Widths allowed: every group's latency-search steps, sub-block widths included, down to
-    an eighth."""
+#: the search behind the "widths keeping the most MACs" row: starts (the full model, then random widths), the
+#: smallest fraction of a group kept, and whether widths below one kernel block are allowed
+MOST_MACS_STARTS, MOST_MACS_MIN_KEEP, MOST_MACS_SUB_BLOCK = 100, 0.125, True
+
+
+def _most_macs_at_latency(base: nn.Module, x: torch.Tensor, table, predicted: float) -> nn.Module | None:
+    """The widths that keep the most MACs with a table-predicted latency not above ``predicted``, L1 channels:
+    how much of a MAC reduction the runtime turns into speed-up at that predicted latency when the widths are
+    chosen for that alone, whatever it costs in accuracy (not a pruning method; the table can mispredict, so the
+    row's own measured latency is what counts). The search: from the full model and from random widths, shrink
+    the group losing the fewest MACs per predicted time saved (its nearest lower step that saves any) until the
+    prediction holds, then hill-climb by moving one group a step up and another a step down while it still holds;
+    the best of ``MOST_MACS_STARTS`` starts. None when no start reaches ``predicted``."""
     import numpy as np
 
     from slimkit.graph import dependency_graph
@@ -256,36 +260,39 @@ def _most_macs_at_latency(base: nn.Module, x: torch.Tensor, table, predicted: fl
     criterion = CRITERIA.get("l1")()
     ctx = PruneContext(graph, rng=np.random.default_rng(0), options={}, criterion=criterion)
     criterion.prepare(ctx)
-    groups = _groups(graph, ctx, criterion, table, min_keep=0.125, sub_block=True)
+    groups = [g for g in _groups(graph, ctx, criterion, table, min_keep=MOST_MACS_MIN_KEEP,
+                                 sub_block=MOST_MACS_SUB_BLOCK) if g.sides]  # the others stay whole
     allowed = {g.index: g.keeps() for g in groups}
+
+    def ratio(keeps: dict[int, int]) -> float:
+        return table.predict_ratio(_widths(table, groups, keeps))
 
     def macs(keeps: dict[int, int]) -> int:
         widths = _widths(table, groups, keeps)
         return sum(t.geometry.macs(*widths[name]) for name, t in table.layers.items())
 
-    def fits(keeps: dict[int, int]) -> bool:
-        return table.predict_ratio(_widths(table, groups, keeps)) <= predicted
+    def step_down(keeps: dict[int, int], g: Any, now: float) -> tuple[dict[int, int], float] | None:
+        for lower in reversed([k for k in allowed[g.index] if k < keeps[g.index]]):
+            trial = {**keeps, g.index: lower}
+            saved = now - ratio(trial)
+            if saved > 1e-9:
+                return trial, saved
+        return None
 
     rng = np.random.default_rng(0)
     best: dict[int, int] | None = None
-    for start in range(restarts):
+    for start in range(MOST_MACS_STARTS):
         keeps = {g.index: g.units if start == 0 else allowed[g.index][rng.integers(len(allowed[g.index]) // 2,
                                                                                  len(allowed[g.index]))]
                  for g in groups}
-        while not fits(keeps):
-            now, before = table.predict_ratio(_widths(table, groups, keeps)), macs(keeps)
-            moves = []
-            for g in groups:
-                lower = [k for k in allowed[g.index] if k < keeps[g.index]]
-                if lower:
-                    trial = {**keeps, g.index: lower[-1]}
-                    saved = now - table.predict_ratio(_widths(table, groups, trial))
-                    if saved > 1e-9:
-                        moves.append(((before - macs(trial)) / saved, trial))
+        while (now := ratio(keeps)) > predicted:
+            before = macs(keeps)
+            moves = [((before - macs(trial)) / saved, trial)
+                     for trial, saved in filter(None, (step_down(keeps, g, now) for g in groups))]
             if not moves:
                 break
             keeps = min(moves, key=lambda m: m[0])[1]
-        if not fits(keeps):
+        if ratio(keeps) > predicted:
             continue
         improved = True
         while improved:
@@ -296,12 +303,12 @@ def _most_macs_at_latency(base: nn.Module, x: torch.Tensor, table, predicted: fl
                         for down in ([k for k in allowed[h.index] if k < keeps[h.index]][-2:]
                                      if h.index != g.index else []):
                             trial = {**keeps, g.index: up, h.index: down}
-                            if fits(trial) and macs(trial) > before:
+                            if ratio(trial) <= predicted and macs(trial) > before:
                                 keeps, before, improved = trial, macs(trial), True
         if best is None or macs(keeps) > macs(best):
             best = keeps
     if best is None:
-        raise RuntimeError(f"no widths reach the predicted latency {predicted:.3f}")
+        return None
     return _prune_once(base, (x,), PruneConfig(criterion="l1"), 0.0, None, None, keeps=best)
 
 
@@ -375,8 +382,9 @@ def _resnet20(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
         methods.append(("uniform L1, same measured latency", same_time,
                         "ok" if same_time is not None else "slimkit's latency was too noisy to match"
                         if measured is None else "no uniform ratio is as fast"))
-        methods.append(("widths keeping the most MACs, same predicted latency",
-                        _most_macs_at_latency(base, x, table, info["predicted"]), "ok"))
+        most_macs = _most_macs_at_latency(base, x, table, info["predicted"])
+        methods.append(("widths keeping the most MACs, same predicted latency", most_macs,
+                        "ok" if most_macs is not None else "the search found no widths at this predicted latency"))
         peer, status = _torch_pruning_at(base, x, macs, "fc")
         methods.append(("Torch-Pruning L1, same MACs", peer, status))
         for label, model, status in methods:
@@ -445,10 +453,12 @@ not above the latency-aware model's; "same measured latency": the first of the u
 whose latency, timed against the original ({s['repeats'] // 3} rounds), is not above the latency-aware model's own
 measured ratio — the equal latency the goal compares at, as the table can mispredict the two models differently
 (its row is timed again below, so the two cells can differ by the machine's noise). "Widths keeping the most
-MACs": not a pruning method but an estimate of the goal's ceiling — the widths (L1 channels, the latency search's
-allowed steps) that keep the most MACs at the latency-aware model's predicted latency, as found by a greedy over the
-table with 100 random restarts and a pairwise hill-climb (a search, not a proof of the maximum): how much of a MAC
-reduction this runtime turns into speed-up on this model at that latency, whatever the accuracy.
+MACs": not a pruning method — the widths (L1 channels; every group down to {MOST_MACS_MIN_KEEP:g} of its units,
+{"widths below one kernel block allowed" if MOST_MACS_SUB_BLOCK else "whole kernel blocks only"}) that keep the
+most MACs at the latency-aware model's table-predicted latency, as a greedy over the table finds them (the full
+model and {MOST_MACS_STARTS - 1} random starts, then a pairwise hill-climb; a search, not a proof of the maximum):
+how much of a MAC reduction this runtime turns into speed-up at that latency when widths are chosen for that
+alone, whatever the accuracy; its own measured latency is in its row.
 "Speed-up ÷ MAC reduction" = (1 / latency ratio) ÷ (1 / MAC ratio): 100% means every MAC removed became time saved.
 Latency: {LATENCY_METHOD}.
 
