@@ -85,3 +85,26 @@ def test_a_pruned_folder_cannot_choose_a_hub_attention_kernel(tmp_path, section)
     (folder / "slimkit_pruned.json").write_text(json.dumps(meta))
     with pytest.raises(ModelSpecError, match="attn_implementation='evil-org/evilkernel'"):
         load_pruned(folder)
+
+
+@pytest.mark.parametrize(("section", "change", "message"), [
+    ("attributes", {"": {"use_kernels": True}}, r"'\.use_kernels' = True is not a size attribute"),
+    ("attributes", {"model.layers.0.mlp": {"forward": 3}}, "is not a size attribute"),
+    ("attributes", {"model.layers.0.self_attn": {"head_dim": "8"}}, "is not a size attribute"),
+    ("attributes", {"model.nope": {"head_dim": 8}}, "which the model does not have"),
+    ("shapes", {"model.embed_tokens.weight": [2**40, 32]}, "is not a pruning of the model's"),
+    ("shapes", {"model.norm.weight": 5}, "is not a pruning of the model's"),
+    ("shapes", {"model.nope.weight": [1]}, "is not a pruning of the model's"),
+    ("shapes", [], "wrong type: shapes"),
+])
+def test_a_pruned_folder_sets_only_size_attributes_and_pruned_shapes(tmp_path, section, change, message):
+    """Attributes and shapes come from the file: only whole-number size attributes a module already holds (never a
+    property such as transformers' use_kernels, whose setter fetches Hub kernels) and shapes no larger than the
+    architecture's are applied; anything else is a CheckpointError before any tensor is allocated."""
+    pruned = prune_channels(_llama(), IDS, PruneConfig(ratio=0.5, kinds=("channels",)))
+    folder = save_pruned(pruned, tmp_path / "p")
+    meta = json.loads((folder / "slimkit_pruned.json").read_text())
+    meta[section] = {**meta[section], **change} if isinstance(change, dict) else change
+    (folder / "slimkit_pruned.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=message):
+        load_pruned(folder)

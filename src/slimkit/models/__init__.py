@@ -22,6 +22,7 @@ from slimkit.models._hf import (
     load_pretrained,
 )
 from slimkit.models._lenet import MLP, LeNet5
+from slimkit.models._memory import state_bytes, within_memory
 from slimkit.models._registry import (
     MODELS,
     InputSpec,
@@ -38,7 +39,6 @@ from slimkit.models._registry import (
     parse_spec,
     register_model,
     spec_input_shape,
-    state_bytes,
 )
 from slimkit.models._resnet_cifar import BasicBlock, ChannelPadShortcut, CifarResNet
 from slimkit.models._shufflenet import ChannelShuffle
@@ -79,4 +79,5 @@ __all__ = [
     "register_model",
     "spec_input_shape",
     "state_bytes",
+    "within_memory",
 ]

@@ -24,6 +24,7 @@ from torch import nn
 
 from slimkit._errors import ModelSpecError
 from slimkit._registry import Registry
+from slimkit.models._memory import check_fits_memory, within_memory
 
 #: spec prefix of config-built Hugging Face models
 HF_PREFIX = "hf:"
@@ -183,13 +184,18 @@ def hf_model(target: str, **options: Any) -> nn.Module:
     auto = getattr(_transformers(), HF_TASKS[task])
     if getattr(config, "architectures", None) is None:  # transformers' auto classes iterate it (DeiT's two heads)
         config.architectures = []
-    try:
-        return auto.from_config(config, **build)
-    except ValueError as error:
-        raise ModelSpecError(f"'{target}' has no '{task}' head ({error}): choose another task") from None
-    except Exception as error:  # the model's own code cannot take these sizes (e.g. heads that do not divide)
-        raise ModelSpecError(f"'{target}' with {options} does not build ({type(error).__name__}: {error}): check the "
-                             "sizes (hidden_size a multiple of num_attention_heads, ...)") from None
+
+    def built() -> nn.Module:
+        try:
+            return auto.from_config(config, **build)
+        except ValueError as error:
+            raise ModelSpecError(f"'{target}' has no '{task}' head ({error}): choose another task") from None
+        except Exception as error:  # the model's own code cannot take these sizes (e.g. heads that do not divide)
+            raise ModelSpecError(f"'{target}' with {options} does not build ({type(error).__name__}: {error}): check "
+                                 "the sizes (hidden_size a multiple of num_attention_heads, ...)") from None
+
+    # sizes from a spec, a recipe or a container's header: refused on the meta device before anything is allocated
+    return within_memory(built, f"'{target}' with {options}")
 
 
 def _read_folder_config(folder: Path) -> dict[str, Any]:
@@ -236,6 +242,9 @@ def _folder_class(config: dict[str, Any], folder: Path) -> type:
     architectures = config.get("architectures") or []
     if not architectures:
         return transformers.AutoModel
+    if not isinstance(architectures, list):
+        raise ModelSpecError(f"'{folder / 'config.json'}' has architectures = {architectures!r}, not a list of class "
+                             "names: re-save the model with save_pretrained")
     name = architectures[0]
     cls = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
@@ -256,7 +265,15 @@ def load_pretrained(folder: str | Path, **options: Any) -> nn.Module:
     config = check_pretrained_folder(folder)
     cls = _folder_class(config, folder)
     transformers = _transformers()
-    hf_config_obj = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+    try:
+        hf_config_obj = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False,
+                                                                local_files_only=True)
+    except Exception as error:  # transformers' own checks of the fields (ValueError, strict-dataclass errors, ...)
+        reason = " ".join(line.strip() for line in str(error).splitlines()) or type(error).__name__
+        raise ModelSpecError(f"'{folder / 'config.json'}' is not a valid config: {reason}") from None
+    # sizes from the folder's config: refused on the meta device before from_pretrained allocates them
+    check_fits_memory(lambda: cls._from_config(hf_config_obj) if cls is not transformers.AutoModel
+                      else transformers.AutoModel.from_config(hf_config_obj), f"'{folder}'")
     kwargs = {"config": hf_config_obj, "use_safetensors": True, "local_files_only": True, **options}
     if hasattr(transformers.PreTrainedModel, "set_use_kernels"):  # transformers ≥ 5 swaps in Hub kernels by default
         kwargs["use_kernels"] = False

@@ -26,6 +26,7 @@ from slimkit.models._hf import (
     is_pretrained_folder,
     load_pretrained,
 )
+from slimkit.models._memory import within_memory
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -105,16 +106,6 @@ def _check_option(name: str, key: str, value: Any, annotation: Any) -> None:
             raise bad("must be positive")
 
 
-def _memory_bytes() -> int:
-    """Physical memory of this machine (a model whose weights exceed it cannot be built here)."""
-    import os
-
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 64 * 2**30
-
-
 def create(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name``; keyword arguments go to its factory (``num_classes``, ``width``, ...).
 
@@ -123,7 +114,6 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     """
     import typing
 
-    import torch
 
     if name not in MODELS:
         raise ModelSpecError(f"unknown model '{name}': choose one of {', '.join(MODELS.names())}, "
@@ -150,21 +140,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
             raise ModelSpecError(f"model '{name}' cannot be built with {kwargs or 'its defaults'} "
                                  f"({type(error).__name__}: {error}): check the option values") from None
 
-    on_meta = torch.get_default_device().type == "meta"
-    with torch.device("meta"):
-        probe = build()
-    size = state_bytes(probe)
-    if size > _memory_bytes():
-        raise ModelSpecError(f"model '{name}' with {kwargs} would hold {size / 2**30:,.1f} GiB of weights, more "
-                             f"than this machine's {_memory_bytes() / 2**30:,.0f} GiB: check the option values")
-    if on_meta:
-        return probe
-    return build()
-
-
-def state_bytes(model: nn.Module) -> int:
-    """Bytes of ``model``'s state dict (weights and persistent buffers), also of a model built on the meta device."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return within_memory(build, f"model '{name}' with {kwargs}")
 
 
 def _load_file_factory(path_text: str, factory_name: str) -> Callable[..., nn.Module]:

@@ -268,7 +268,7 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
     code from the folder."""
     from safetensors.torch import load_file
 
-    from slimkit.models import check_backends
+    from slimkit.models import check_backends, within_memory
     from slimkit.prune._structured import set_pruning_info
 
     target = Path(folder)
@@ -280,17 +280,26 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
         raise CheckpointError(f"'{target}/{META_FILE}' is not a slimkit pruned model of version ≤ {VERSION}")
     from transformers import AutoConfig
 
+    where = f"'{target / META_FILE}'"
+    fields = {"architecture": str, "model_type": str, "base_config": dict, "config": dict, "shapes": dict,
+              "attributes": dict, "tied": dict, "pruning": dict}
+    bad = [k for k, kind in fields.items() if k in meta and not isinstance(meta[k], kind)]
+    absent = [k for k in ("architecture", "model_type", "base_config", "config", "shapes") if k not in meta]
+    if bad or absent:
+        raise CheckpointError(f"{where} is damaged ({'missing ' + ', '.join(absent) if absent else ''}"
+                              f"{'; ' if bad and absent else ''}{'wrong type: ' + ', '.join(bad) if bad else ''}): "
+                              "save the model again with save_pruned")
     cls = _architecture(meta["architecture"])
     base = dict(meta["base_config"])
-    for fields in (base, meta.get("config") or {}):
-        check_backends(fields, f"'{target / META_FILE}'")
+    for fields_ in (base, meta["config"]):
+        check_backends(fields_, where)
     config = AutoConfig.for_model(meta["model_type"], **{k: v for k, v in base.items() if k != "model_type"})
-    model = cls(config)
-    _reshape_(model, {k: tuple(v) for k, v in meta["shapes"].items()})
+    # the unpruned sizes come from the file: refused on the meta device if they exceed this machine's memory
+    model = within_memory(lambda: cls(config), f"{where}'s unpruned {meta['architecture']}", error=CheckpointError)
+    _reshape_(model, _pruned_shapes(model, meta["shapes"], where))
     for module_name, attrs in meta.get("attributes", {}).items():
-        module = model.get_submodule(module_name) if module_name else model
-        for attr, value in attrs.items():
-            setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+        for module, attr, value in _size_attributes(model, module_name, attrs, where):
+            setattr(module, attr, value)
     state = load_file(str(target / WEIGHTS_FILE))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in meta.get("tied", {})]
@@ -302,6 +311,52 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
     set_pruning_info(model, dict(meta.get("pruning", {}), attributes=meta.get("attributes", {}),
                                  hf_config={"exact": False, "base_config": base}))
     return model.eval()
+
+
+def _pruned_shapes(model: nn.Module, shapes: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
+    """The file's tensor shapes, each checked before anything is allocated: a tensor the model has, of the same
+    rank, no dim larger than the unpruned one (pruning only removes)."""
+    full = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items()}
+    out = {}
+    for name, shape in shapes.items():
+        if (name not in full or not isinstance(shape, list) or len(shape) != len(full[name])
+                or any(isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= f
+                       for d, f in zip(shape, full[name]))):
+            raise CheckpointError(f"{where}: the shape {shape!r} of '{name}' is not a pruning of the model's "
+                                  f"{list(full.get(name, ()))}: the folder is damaged, save it again with save_pruned")
+        out[name] = tuple(shape)
+    return out
+
+
+def _size_attributes(model: nn.Module, module_name: Any, attrs: Any,
+                     where: str) -> list[tuple[nn.Module, str, int | tuple[int, ...]]]:
+    """(module, attribute, value) for each size attribute the file sets, checked: only an attribute the module
+    already holds as its own whole number (or tuple of them), as pruning rewrites them, to a whole number (or a
+    tuple of as many) — never a property or method, whose setter would run code (transformers' ``use_kernels``
+    fetches kernels from the Hub)."""
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    try:
+        module = model.get_submodule(module_name) if module_name else model
+    except (AttributeError, TypeError):
+        module = None
+    if module is None or not isinstance(attrs, dict):
+        raise CheckpointError(f"{where}: attributes of '{module_name}', which the model does not have: the folder is "
+                              "damaged, save it again with save_pruned")
+    out = []
+    for attr, value in attrs.items():
+        current = vars(module).get(attr) if isinstance(attr, str) else None
+        value = tuple(value) if isinstance(value, list) else value
+        same_kind = (whole(current) and whole(value)) or (
+            isinstance(current, tuple) and isinstance(value, tuple) and len(current) == len(value)
+            and all(whole(v) for v in (*current, *value)))
+        if not same_kind:
+            raise CheckpointError(f"{where}: '{module_name}.{attr}' = {value!r} is not a size attribute pruning sets "
+                                  "(a whole number the module already holds): the folder is damaged or not "
+                                  "slimkit's, save it again with save_pruned")
+        out.append((module, attr, value))
+    return out
 
 
 def _reshape_(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:

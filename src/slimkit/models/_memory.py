@@ -1,0 +1,47 @@
+"""Models built only when their weights fit this machine: a spec, a config or a file asking for more is refused
+before anything is allocated (the model is first built on the meta device)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from slimkit._errors import ModelSpecError
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine (a model whose weights exceed it cannot be built here)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 64 * 2**30
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s state dict (weights and persistent buffers), also of a model built on the meta device."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def check_fits_memory(build: Callable[[], M], what: str, *, error: type[Exception] = ModelSpecError) -> M:
+    """``build()`` on the meta device (nothing allocated), returned; ``error`` naming ``what`` when the weights
+    it declares would exceed this machine's memory."""
+    with torch.device("meta"):
+        probe = build()
+    size = state_bytes(probe)
+    if size > memory_bytes():
+        raise error(f"{what} would hold {size / 2**30:,.1f} GiB of weights, more than this machine's "
+                    f"{memory_bytes() / 2**30:,.0f} GiB: check the sizes")
+    return probe
+
+
+def within_memory(build: Callable[[], M], what: str, *, error: type[Exception] = ModelSpecError) -> M:
+    """``build()``, once :func:`check_fits_memory` has passed it (under a meta default device, the probe itself)."""
+    on_meta = torch.get_default_device().type == "meta"
+    probe = check_fits_memory(build, what, error=error)
+    return probe if on_meta else build()
