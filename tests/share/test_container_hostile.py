@@ -97,10 +97,11 @@ def _mutations(header: dict) -> list[dict]:
     for key, value in (("shape", [2**31, 2**31]), ("entries", 2**40), ("clusters", 2**40), ("index_bits", 60),
                        ("codebook", [0, 2**40]), ("symbols", {"coding": "raw", "width": 40, "data": [0, 0]}),
                        ("symbols", {"coding": "huffman", "bits": 2**50, "data": [0, 4], "table": [0, 4]}),
-                       ("kind", "lstm"), ("name", "nope")):
+                       ("kind", "lstm"), ("name", "nope"), ("shape", 5), ("shape", None), ("shape", ["a"]),
+                       ("conv", [1]), ("kind", "conv2d"), ("conv", {"stride": 1})):
         variants.append({**header, "layers": [{**layer, key: value}, *header["layers"][1:]]})
     for key, value in (("shape", [2**20, 2**20, 2**20]), ("data", [0, 2**40]), ("dtype", "complex1024"),
-                       ("key", "fc9.weight"), ("data", "x")):
+                       ("key", "fc9.weight"), ("data", "x"), ("shape", 5), ("dtype", "_inductor"), ("dtype", 7)):
         variants.append({**header, "tensors": [{**tensor, key: value}, *header["tensors"][1:]]})
     variants += [{**header, "spec": "resnet20:width=1e9"}, {**header, "spec": "lenet300:num_classes=100000000"},
                  {**header, "spec": 7}, {**header, "layers": None}, {"spec": "lenet300"}]
@@ -130,3 +131,22 @@ def test_a_zlib_bomb_header_is_refused_quickly(tmp_path):
 def test_a_folder_is_not_a_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="is a folder"):
         load_compressed(tmp_path)
+
+
+def test_a_conv_layer_keeps_the_architecture_s_stride_and_padding(tmp_path):
+    """A clustered conv's arguments come from the file; one the architecture does not have (stride 0, a padding
+    that would allocate gigabytes at the first forward, an unknown argument) is refused when loading."""
+    torch.manual_seed(0)
+    model = cluster_weights(finalize(magnitude_prune(create("lenet5"), None, UnstructuredConfig(sparsity=0.5))),
+                            None).eval()
+    save_compressed(model, tmp_path / "g.slim", spec="lenet5")
+    header, payload = _split((tmp_path / "g.slim").read_bytes())
+    conv = next(i for i, layer in enumerate(header["layers"]) if layer["kind"] == "conv2d")
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(load_compressed(tmp_path / "g.slim")(x), model(x))
+    original = header["layers"][conv]["conv"]
+    for change in ({"stride": [0, 0]}, {"padding": [100000, 100000]}, {"bogus": 1}, {"groups": 2}):
+        header["layers"][conv]["conv"] = {**original, **change}
+        (tmp_path / "f.slim").write_bytes(_forge(header, payload))
+        with pytest.raises(CheckpointError, match="not as the architecture's 'conv2d'"):
+            load_compressed(tmp_path / "f.slim")

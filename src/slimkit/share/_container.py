@@ -47,7 +47,7 @@ from torch import nn
 
 from slimkit._errors import CheckpointError, ConfigError, DataError, ModelSpecError
 from slimkit._io import atomic_write
-from slimkit.share._clustered import ClusteredLayer, clustered_layers, set_submodule
+from slimkit.share._clustered import CONV_ARGS, ClusteredLayer, clustered_layers, set_submodule
 from slimkit.share._huffman import (
     code_lengths,
     decode_lengths,
@@ -316,18 +316,47 @@ def _model_from_header(header: dict[str, Any], spec: str | None, path: Path) -> 
     return skeleton, spec
 
 
+#: the tensor dtypes a container stores, by the name its header gives (read from torch's namespace, never looked up
+#: by a name from the file: getattr(torch, name) imports torch submodules)
+_DTYPES = {str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
+
+
+def _record_shape(record: Any) -> tuple[int, ...] | None:
+    shape = record.get("shape") if isinstance(record, dict) else None
+    if not isinstance(shape, list) or not all(type(d) is int for d in shape):
+        return None
+    return tuple(shape)
+
+
+def _layer_form(module: nn.Module) -> tuple[str, Any] | None:
+    """(kind, convolution arguments as JSON keeps them) of a layer clustering can replace, else None."""
+    if isinstance(module, nn.Linear):
+        return "linear", {}
+    if isinstance(module, nn.Conv2d):
+        return "conv2d", {a: list(v) if isinstance(v, tuple) else v for a in CONV_ARGS
+                          for v in [getattr(module, a)]}
+    return None
+
+
 def _check_shapes(header: dict[str, Any], skeleton: nn.Module, path: Path) -> None:
-    """Every record's shape must be the architecture's, so no size the file declares is allocated unchecked."""
+    """Every record's shape must be the architecture's, so no size the file declares is allocated unchecked, and
+    every clustered layer's kind and convolution arguments the architecture's layer's (a stride or padding the file
+    made up would only fail, or allocate absurdly, at the first forward)."""
     shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     for record in header["tensors"]:
         key = record.get("key") if isinstance(record, dict) else None
-        if key not in shapes or tuple(record.get("shape", ())) != shapes[key]:
+        if key not in shapes or _record_shape(record) != shapes[key]:
             raise _corrupt(path, f"tensor record {key!r} does not match the model's architecture")
+    modules = dict(skeleton.named_modules())
     for record in header["layers"]:
         name = record.get("name") if isinstance(record, dict) else None
         weight = shapes.get(f"{name}.weight")
-        if weight is None or tuple(record.get("shape", ())) != weight:
+        form = _layer_form(modules[name]) if isinstance(name, str) and name in modules else None
+        if weight is None or _record_shape(record) != weight or form is None:
             raise _corrupt(path, f"clustered layer {name!r} does not match the model's architecture")
+        if (record.get("kind"), record.get("conv") or {}) != form:
+            raise _corrupt(path, f"clustered layer {name!r} is stored as {record.get('kind')!r} with "
+                                 f"{record.get('conv')!r}, not as the architecture's {form[0]!r} with {form[1]!r}")
         for key, low, high in (("clusters", 1, 2**16), ("index_bits", 1, 16), ("bits", 1, 16)):
             if type(record.get(key)) is not int or not low <= record[key] <= high:
                 raise _corrupt(path, f"clustered layer {name!r} has {key} = {record.get(key)!r}")
@@ -359,8 +388,8 @@ def load_compressed(path: str | Path, spec: str | None = None) -> nn.Module:
     model = from_spec(spec, allow_code=True)  # the spec is a registered model or the caller's (checked above)
     state: dict[str, torch.Tensor] = {}
     for record in header["tensors"]:
-        dtype = getattr(torch, str(record.get("dtype")), None)
-        if not isinstance(dtype, torch.dtype):
+        dtype = _DTYPES.get(record.get("dtype")) if isinstance(record.get("dtype"), str) else None
+        if dtype is None:
             raise _corrupt(path, f"tensor {record['key']!r} has dtype {record.get('dtype')!r}")
         shape = tuple(record["shape"])
         size = math.prod(shape) * dtype.itemsize
