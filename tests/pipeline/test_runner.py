@@ -125,6 +125,19 @@ def test_the_input_checkpoint_is_never_inside_the_run_folder(tiny_dir):
     assert (tiny_dir / "out" / "model.pt").read_bytes() == before
 
 
+def test_no_input_file_of_a_stage_is_inside_the_run_folder(tiny_dir):
+    """A distill stage's student_checkpoint inside --out would be replaced by the run's final model.pt."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+    (tiny_dir / "out").mkdir()
+    torch.save(model.state_dict(), tiny_dir / "out" / "model.pt")
+    (tiny_dir / "r.yaml").write_text(tiny_recipe(
+        f"- distill: {{student: '{tiny_dir}/tiny.py:tiny', student_checkpoint: out/model.pt, epochs: 1}}\n"))
+    before = (tiny_dir / "out" / "model.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"the input file '.*model.pt' is inside the output folder"):
+        run_recipe(load_recipe(tiny_dir / "r.yaml"), tiny_dir / "out", force=True, progress=False)
+    assert (tiny_dir / "out" / "model.pt").read_bytes() == before
+
+
 class HalveParams(StageParams):
     keep: int = 12
 

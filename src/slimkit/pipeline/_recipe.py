@@ -117,6 +117,15 @@ class Recipe:
     def title(self) -> str:
         return self.schema.name or Path(self.source).stem
 
+    def input_files(self) -> list[Path]:
+        """Every file the run reads that the user owns: the model checkpoint, stage files such as
+        ``student_checkpoint`` and the files of ``file.py:factory`` specs (resolved like the run resolves them)."""
+        found: list[Any] = [self.checkpoint, _spec_file(self.schema.model.spec)]
+        for call in self.stages:
+            found += [getattr(call.params, key, None) for key in _PATH_PARAMS]
+            found.append(_spec_file(getattr(call.params, "student", None)))
+        return [Path(f).expanduser() for f in found if f]
+
     def to_dict(self) -> dict[str, Any]:
         """The recipe with every default filled in (what the run actually used)."""
         payload = self.schema.model_dump(mode="json")

@@ -75,10 +75,13 @@ def _type_name(module: nn.Module) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable or not an object (a damaged record is
+    treated as absent: the stage runs again, a folder is not taken for a run)."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -135,6 +138,7 @@ class _Session:
         result = _read_json(self.stage_dir(label) / RESULT_FILE)
         # a result naming another stage is not this one's: its "stage" becomes a path when it is reused
         ok = result is not None and result.get("run_id") == self.run_id and result.get("stage") == label
+        ok = ok and isinstance(result.get("notes", {}), dict)
         ok = ok and (self.stage_dir(label) / "model.pt").is_file()
         return result if ok else None
 
@@ -262,9 +266,11 @@ def _prepare_out(recipe: Recipe, out: Path, resume: bool, force: bool) -> tuple[
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file: give a folder")
-    if recipe.checkpoint is not None and is_inside(recipe.checkpoint, out):
-        raise ConfigError(f"the input checkpoint '{recipe.checkpoint}' is inside the output folder '{out}': choose "
-                          "another --out so that the run can never overwrite its input")
+    for source in recipe.input_files():
+        if is_inside(source, out):
+            what = "input checkpoint" if source == recipe.checkpoint else "input file"
+            raise ConfigError(f"the {what} '{source}' is inside the output folder '{out}': choose another --out so "
+                              "that the run can never overwrite its input")
     non_empty = out.is_dir() and any(out.iterdir())
     if not non_empty:
         return uuid.uuid4().hex[:12], False
@@ -447,7 +453,7 @@ def load_run(run_dir: str | Path, stage: str | None = None, *,
 
     out = Path(run_dir)
     run = _read_json(out / RUN_FILE)
-    if run is None or "recipe" not in run:
+    if run is None or "recipe" not in run or "run_id" not in run:
         raise ConfigError(f"'{out}' is not a slimkit run folder ({RUN_FILE} missing or unreadable): give the --out "
                           "folder of 'slimkit compress'")
     recipe = parse_recipe(json.dumps(run["recipe"]), str(out / RUN_FILE), check_files=False, allow_code=False)
