@@ -37,6 +37,30 @@ def test_table_is_measured_once_then_read_from_the_cache(tmp_path):
                                     else len(t.out_grid) for t in first.layers.values())
 
 
+def test_a_damaged_cache_entry_is_measured_again_never_read(tmp_path):
+    """Entries of the cache file that are not what the module writes (wrong types, a zero step, a negative time, a
+    share above 1) are dropped and measured again; the table equals a fresh one and nothing raises."""
+    x = torch.zeros(1, 3, 8, 8)
+    fresh = build_latency_table(_tiny(), x, batch=4, cache_dir=tmp_path, measurer=MacMeasurer())
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    layer = next(iter(data["layers"]))
+    point = next(iter(data["layers"][layer]))
+    data["layers"][layer][point] = [-1.0, "x"]
+    data["steps"] = {kind: {"in": 0, "out": 16} for kind in data["steps"]}
+    data["models"] = {k: [7.0, None] for k in data["models"]}
+    data["reference_ms"] = None
+    path.write_text(json.dumps(data))
+    fake = MacMeasurer()
+    again = build_latency_table(_tiny(), x, batch=4, cache_dir=tmp_path, measurer=fake)
+    assert fake.points_timed > 0 and again.other == pytest.approx(fresh.other)
+    assert again.predict_ms() == pytest.approx(fresh.predict_ms())
+    for broken in ("[]", '{"machine": 5}', "null"):
+        path.write_text(broken)
+        assert build_latency_table(_tiny(), x, batch=4, cache_dir=tmp_path, measurer=MacMeasurer()).predict_ms() \
+            == pytest.approx(fresh.predict_ms())
+
+
 def test_table_follows_the_measured_steps_and_predicts_a_padded_width(tmp_path):
     x = torch.zeros(1, 3, 8, 8)
     table = build_latency_table(_tiny(), x, batch=2, cache_dir=tmp_path, measurer=MacMeasurer(step=16))

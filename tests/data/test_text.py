@@ -97,3 +97,27 @@ def test_token_blocks_are_shifted_and_pad_the_last_block_with_ignored_targets():
     assert inputs.shape == (2, 4) and int((targets != -100).sum()) == 8
     with pytest.raises(DataError, match="shorter than one block"):
         token_blocks(ids, 32, pad_id=0, keep_partial=False)
+
+
+def test_damaged_cached_token_ids_are_encoded_again_without_allocating_what_they_claim(tmp_path, monkeypatch):
+    """The token-id cache is a file slimkit reads back: a header claiming 2**40 ids, ids past the vocabulary, or
+    another shape or dtype are encoded again (a warning), never allocated or used."""
+    import numpy as np
+
+    from slimkit.data import encode_split
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path / "cache"))
+    corpus = _small_corpus(tmp_path)
+    tokenizer = corpus_tokenizer(corpus, vocab_size=300, min_frequency=1)
+    ids = encode_split(corpus, tokenizer, "train")
+    (path,) = (tmp_path / "cache" / "tokens").glob("*.npy")
+    genuine = path.read_bytes()
+    header = genuine[:genuine.index(b"\n") + 1]
+    claimed = header.replace(f"({len(ids)},)".encode(), b"(1099511627776,)")
+    assert claimed != header
+    path.write_bytes(claimed + genuine[len(header):])
+    assert torch.equal(encode_split(corpus, tokenizer, "train"), ids)
+    for damaged in (np.full(len(ids), 300, dtype=np.uint16), np.zeros((2, 3), dtype=np.uint16),
+                    np.zeros(len(ids), dtype=np.float32)):
+        np.save(path, damaged)
+        assert torch.equal(encode_split(corpus, tokenizer, "train"), ids)

@@ -62,6 +62,33 @@ def test_resume_reaches_exactly_the_uninterrupted_weights(tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(("field", "change"), [
+    ("epoch", float("inf")), ("epoch", -10**9), ("epoch", 7), ("epoch", "1"),
+    ("scheduler", {"optimizer": 0}), ("scheduler", {"base_lrs": "x"}),
+    ("optimizer", {"param_groups": [{"lr": "x"}]}),
+])
+def test_a_tampered_epoch_checkpoint_is_refused_before_training(tmp_path, field, change):
+    """An epoch checkpoint whose epoch is out of this fit's range, or whose optimizer / scheduler state has other
+    fields or types (load_state_dict would take them; training would fail or misbehave later) is a
+    CheckpointError at resume, before any step."""
+    opt = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), _small_loader(256), epochs=3, optimizer=opt, scheduler="cosine", progress=False,
+            checkpoint_dir=tmp_path, callbacks=[Crash()])
+    state = load_checkpoint(tmp_path / "last.pt")
+    if field == "epoch":
+        state["epoch"] = change
+    elif field == "scheduler":
+        state["scheduler"] = {**state["scheduler"], **change}
+    else:
+        groups = state["optimizer"]["param_groups"]
+        state["optimizer"]["param_groups"] = [{**groups[0], **change["param_groups"][0]}, *groups[1:]]
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="cannot resume from"):
+        fit(_model(), _small_loader(256), epochs=3, optimizer=opt, scheduler="cosine", progress=False,
+            checkpoint_dir=tmp_path, resume=True)
+
+
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):

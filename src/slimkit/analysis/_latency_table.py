@@ -314,10 +314,11 @@ class _Cache:
         if self.path is not None and self.path.is_file():
             try:
                 loaded = json.loads(self.path.read_text())
-                if loaded.get("machine") == machine:
-                    self.data.update({k: loaded.get(k, {}) for k in ("steps", "layers", "models")})
-                    if "reference_ms" in loaded:
-                        self.data["reference_ms"] = float(loaded["reference_ms"])
+                if isinstance(loaded, dict) and loaded.get("machine") == machine:
+                    kept = _valid_entries(loaded)
+                    self.data.update(kept)
+                    if kept != {k: loaded.get(k, {}) for k in kept}:
+                        log.warning("latency cache %s has damaged entries: measuring those again", self.path)
             except (OSError, ValueError):
                 log.warning("latency cache %s is unreadable: measuring again", self.path)
         self.dirty = False
@@ -325,6 +326,36 @@ class _Cache:
     def save(self) -> None:
         if self.path is not None and self.dirty:
             write_text_atomic(self.path, json.dumps(self.data, sort_keys=True))
+
+
+def _valid_entries(loaded: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a cache file that have the form this module writes (a damaged or edited entry is dropped and
+    measured again, never read into a table): steps {"in": n, "out": n} with n ≥ 1, points "cin,cout" → two
+    finite times ≥ 0, models → (other share, fixed share) in [0, 1], a positive reference time."""
+    def time(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    def point(key: Any, v: Any) -> bool:
+        head, _, tail = key.partition(",") if isinstance(key, str) else ("", "", "")
+        return (head.isdigit() and tail.isdigit() and isinstance(v, list) and len(v) == 2
+                and all(time(t) for t in v))
+
+    def table(v: Any) -> dict[str, Any]:
+        return v if isinstance(v, dict) else {}
+
+    out: dict[str, Any] = {
+        "steps": {k: v for k, v in table(loaded.get("steps")).items()
+                  if isinstance(v, dict) and set(v) == {"in", "out"}
+                  and all(type(n) is int and n >= 1 for n in v.values())},
+        "layers": {k: {p: t for p, t in v.items() if point(p, t)} for k, v in table(loaded.get("layers")).items()
+                   if isinstance(v, dict)},
+        "models": {k: v for k, v in table(loaded.get("models")).items()
+                   if isinstance(v, list) and len(v) == 2 and all(time(t) and t <= 1 for t in v)},
+    }
+    reference = loaded.get("reference_ms")
+    if time(reference) and reference > 0:
+        out["reference_ms"] = float(reference)
+    return out
 
 
 def _model_key(model: nn.Module, inputs: tuple, batch: int) -> str:

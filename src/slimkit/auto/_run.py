@@ -87,7 +87,7 @@ def prepare_folder(out: Path, fingerprint: str, resume: bool, force: bool) -> tu
     if not (out.is_dir() and any(out.iterdir())):
         return uuid.uuid4().hex[:12], False
     previous = read_json(out / RUN_FILE)
-    if not isinstance(previous, dict) or "fingerprint" not in previous:
+    if not isinstance(previous, dict) or "fingerprint" not in previous or "run_id" not in previous:
         raise ConfigError(f"output folder '{out}' is not empty and holds no auto run ({RUN_FILE} is missing): "
                           "choose a new folder")
     refuse_links(out)  # an auto run's folder: any link in it was planted
@@ -376,7 +376,8 @@ class AutoRun:
                                  seen | probed, log_entries, uniform)
 
         cut_file = self.out / "probes" / f"cut-{index:02d}.json"
-        cut_at = (read_json(cut_file) or {}).get("probes")
+        cut = read_json(cut_file)
+        cut_at = cut.get("probes") if isinstance(cut, dict) and type(cut.get("probes")) is int else None
         for count in range(PROBES):
             if not create_format(plan.format).probe_latency:
                 return plan, problem, solution, False
@@ -539,7 +540,8 @@ class AutoRun:
 
         folder = self.out / "probes" / digest(plan.key())[:16]
         done = read_json(folder / RESULT_FILE)
-        if isinstance(done, dict) and done.get("key") == plan.key():
+        if isinstance(done, dict) and done.get("key") == plan.key() and (
+                done.get("ratio") is None or type(done.get("ratio")) in (int, float)):  # else: measured again
             return done["ratio"]
         fmt = create_format(plan.format)
         stages = [s for s in fmt.stages(plan, self.config) if next(iter(s)) in STRUCTURAL]

@@ -113,7 +113,12 @@ def encode_split(corpus: TextCorpus, tokenizer: Any, split: str, *, cache: bool 
     path = cache_root() / "tokens" / f"{corpus.name}-{split}-{key}.npy"
     if cache and path.is_file():
         try:
-            return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.int64))
+            # mapped, not read: a header claiming more ids than the file holds fails here instead of allocating
+            cached = np.load(path, allow_pickle=False, mmap_mode="r")
+            if cached.ndim != 1 or cached.dtype.kind != "u" or (cached.size and
+                                                               int(cached.max()) >= tokenizer.get_vocab_size()):
+                raise ValueError("not a stream of this tokenizer's ids")
+            return torch.from_numpy(np.asarray(cached, dtype=np.int64))
         except (OSError, ValueError) as error:
             log.warning("cached token ids %s are unreadable (%s): encoding again", path, error)
     ids: list[int] = []

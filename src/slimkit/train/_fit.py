@@ -131,11 +131,45 @@ def _progress(enabled: bool):
     )
 
 
-def _restore(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any) -> tuple[int, list]:
+def _same_form(what: str, expected: Any, found: Any) -> None:
+    """``found`` (a state read from a file) has ``expected``'s fields, lengths and value types, recursively: a state
+    load_state_dict would take but whose values fail (or mislead) only later is refused here. Numbers may be int
+    or float alike (a learning rate is either)."""
+    number = (int, float)
+    if isinstance(expected, dict):
+        # a scheduler adds private fields as it steps: those may differ, every public one must be this fit's
+        if not isinstance(found, dict) or any(not isinstance(k, str) or (k not in expected and not k.startswith("_"))
+                                              for k in found):
+            raise ValueError(f"the {what} state has other fields than this fit's")
+        for key, value in expected.items():
+            if key in found:
+                _same_form(what, value, found[key])
+    elif isinstance(expected, (list, tuple)):
+        if not isinstance(found, (list, tuple)) or len(found) != len(expected):
+            raise ValueError(f"the {what} state has another layout than this fit's")
+        for a, b in zip(expected, found):
+            _same_form(what, a, b)
+    elif isinstance(expected, bool) or expected is None:
+        if type(found) is not type(expected) and not (expected is None or found is None):
+            raise ValueError(f"the {what} state holds {found!r} where this fit has {expected!r}")
+    elif isinstance(expected, number) and (isinstance(found, bool) or not isinstance(found, number)):
+        raise ValueError(f"the {what} state holds {found!r} where this fit has a number")
+
+
+def _restore(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+             epochs: int) -> tuple[int, list]:
     """Load the epoch checkpoint ``fit`` wrote; returns (the next epoch, the history so far). Anything missing or
     mismatched is a :class:`CheckpointError` saying the file belongs to another run."""
     state = load_checkpoint(ckpt_path)
     try:
+        if not isinstance(state, dict):
+            raise TypeError("not a dictionary of states")
+        epoch = state["epoch"]
+        if type(epoch) is not int or not -1 <= epoch < epochs:
+            raise ValueError(f"epoch {epoch!r} is not one of this fit's {epochs}")
+        _same_form("optimizer", opt.state_dict()["param_groups"], state["optimizer"]["param_groups"])
+        if sched is not None and state.get("scheduler") is not None:
+            _same_form("scheduler", sched.state_dict(), state["scheduler"])
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler") is not None:
@@ -144,7 +178,6 @@ def _restore(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimizer, sche
         if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
             raise ValueError("torch_rng is not a generator state")
         torch.set_rng_state(rng)
-        epoch = int(state["epoch"])
         history = [dict(h) for h in state.get("history", [])]
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
         raise CheckpointError(f"cannot resume from '{ckpt_path}' ({type(error).__name__}: {error}): it was not "
@@ -262,7 +295,7 @@ def fit(
     start_epoch = 0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and ckpt_path is not None and ckpt_path.is_file():
-        start_epoch, result.history = _restore(ckpt_path, model, opt, sched)
+        start_epoch, result.history = _restore(ckpt_path, model, opt, sched, epochs)
         result.resumed_from_epoch = start_epoch
         log.info("resuming from %s at epoch %d", ckpt_path, start_epoch + 1)
     else:
