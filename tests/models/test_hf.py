@@ -120,3 +120,22 @@ def test_the_eager_and_sdpa_backends_still_build():
     for value in ("eager", "sdpa"):
         model = models.from_spec(f"hf:llama:attn_implementation={value}")
         assert model.config._attn_implementation == value
+
+
+def test_sizes_beyond_this_machine_are_refused_before_allocating(tmp_path):
+    """An hf: spec (typed, or read from a container's header or a run folder) and a model folder's config.json
+    are built on the meta device first: weights beyond this machine's memory are a ModelSpecError in well under a
+    second, not an out-of-memory kill."""
+    import time
+
+    huge = "hf:llama:hidden_size=64,intermediate_size=100000000000,num_hidden_layers=1,vocab_size=32"
+    began = time.perf_counter()
+    with pytest.raises(ModelSpecError, match="would hold .* GiB of weights, more than this machine's"):
+        models.from_spec(huge)
+    small = models.from_spec("hf:llama:hidden_size=32,num_hidden_layers=1,intermediate_size=48,vocab_size=32")
+    small.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "intermediate_size": 10**11}))
+    with pytest.raises(ModelSpecError, match="would hold .* GiB of weights"):
+        models.from_spec(str(tmp_path / "m"))
+    assert time.perf_counter() - began < 30
