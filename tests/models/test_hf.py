@@ -130,12 +130,12 @@ def test_sizes_beyond_this_machine_are_refused_before_allocating(tmp_path):
 
     huge = "hf:llama:hidden_size=64,intermediate_size=100000000000,num_hidden_layers=1,vocab_size=32"
     began = time.perf_counter()
-    with pytest.raises(ModelSpecError, match="would hold .* GiB of weights, more than this machine's"):
+    with pytest.raises(ModelSpecError, match=r"would hold .* GiB of weights, more than this machine's"):
         models.from_spec(huge)
     small = models.from_spec("hf:llama:hidden_size=32,num_hidden_layers=1,intermediate_size=48,vocab_size=32")
     small.save_pretrained(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "intermediate_size": 10**11}))
-    with pytest.raises(ModelSpecError, match="would hold .* GiB of weights"):
+    with pytest.raises(ModelSpecError, match=r"would hold .* GiB of weights"):
         models.from_spec(str(tmp_path / "m"))
     assert time.perf_counter() - began < 30
