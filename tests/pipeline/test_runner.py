@@ -85,6 +85,8 @@ def test_resume_after_an_interruption_reaches_the_same_result(tiny_dir, monkeypa
     assert not (tiny_dir / "out/stages/02-finetune/result.json").exists()
     with pytest.raises(ConfigError, match=r"holds an earlier run: pass --resume"):
         run_recipe(_recipe(tiny_dir), tiny_dir / "out", progress=False)
+    # a finished stage's record that is not an object is no record: that stage runs again, no traceback
+    (tiny_dir / "out/stages/01-train/result.json").write_text("[]")
     resumed = run_recipe(_recipe(tiny_dir), tiny_dir / "out", resume=True, progress=False, report=False)
     assert [r["accuracy"] for r in resumed.stages] == [r["accuracy"] for r in reference.stages]
     ref_state, got_state = _state(tiny_dir / "ref/model.pt"), _state(tiny_dir / "out/model.pt")

@@ -101,7 +101,8 @@ def _mutations(header: dict) -> list[dict]:
                        ("conv", [1]), ("kind", "conv2d"), ("conv", {"stride": 1})):
         variants.append({**header, "layers": [{**layer, key: value}, *header["layers"][1:]]})
     for key, value in (("shape", [2**20, 2**20, 2**20]), ("data", [0, 2**40]), ("dtype", "complex1024"),
-                       ("key", "fc9.weight"), ("data", "x"), ("shape", 5), ("dtype", "_inductor"), ("dtype", 7)):
+                       ("key", "fc9.weight"), ("data", "x"), ("shape", 5), ("dtype", "_inductor"), ("dtype", 7),
+                       ("dtype", "qint8"), ("dtype", "quint4x2"), ("dtype", "bool")):
         variants.append({**header, "tensors": [{**tensor, key: value}, *header["tensors"][1:]]})
     variants += [{**header, "spec": "resnet20:width=1e9"}, {**header, "spec": "lenet300:num_classes=100000000"},
                  {**header, "spec": 7}, {**header, "layers": None}, {"spec": "lenet300"}]
@@ -145,7 +146,8 @@ def test_a_conv_layer_keeps_the_architecture_s_stride_and_padding(tmp_path):
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(load_compressed(tmp_path / "g.slim")(x), model(x))
     original = header["layers"][conv]["conv"]
-    for change in ({"stride": [0, 0]}, {"padding": [100000, 100000]}, {"bogus": 1}, {"groups": 2}):
+    for change in ({"stride": [0, 0]}, {"padding": [100000, 100000]}, {"bogus": 1}, {"groups": 2},
+                   {"stride": [1.0, 1.0]}, {"groups": True}):
         header["layers"][conv]["conv"] = {**original, **change}
         (tmp_path / "f.slim").write_bytes(_forge(header, payload))
         with pytest.raises(CheckpointError, match="not as the architecture's 'conv2d'"):

@@ -89,6 +89,22 @@ def test_a_tampered_epoch_checkpoint_is_refused_before_training(tmp_path, field,
             checkpoint_dir=tmp_path, resume=True)
 
 
+def test_resume_takes_a_genuine_state_of_any_scheduler_and_refuses_another_length(tmp_path):
+    """MultiStepLR keeps its milestones as a Counter keyed by ints: a genuine resume passes the form check; a
+    checkpoint of a fit of another length (its schedule's total steps differ) is refused before training."""
+    opt = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)  # noqa: E731
+    steps = lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [1, 2])  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), _small_loader(256), epochs=3, optimizer=opt, scheduler=steps, progress=False,
+            checkpoint_dir=tmp_path, callbacks=[Crash()])
+    result = fit(_model(), _small_loader(256), epochs=3, optimizer=opt, scheduler=steps, progress=False,
+                 checkpoint_dir=tmp_path, resume=True)
+    assert result.resumed_from_epoch == 1 and len(result.history) == 3
+    with pytest.raises(CheckpointError, match="is not one of this fit's 5"):
+        fit(_model(), _small_loader(256), epochs=5, optimizer=opt, scheduler=steps, progress=False,
+            checkpoint_dir=tmp_path, resume=True)
+
+
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):

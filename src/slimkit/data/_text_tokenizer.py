@@ -119,7 +119,7 @@ def encode_split(corpus: TextCorpus, tokenizer: Any, split: str, *, cache: bool 
                                                                int(cached.max()) >= tokenizer.get_vocab_size()):
                 raise ValueError("not a stream of this tokenizer's ids")
             return torch.from_numpy(np.asarray(cached, dtype=np.int64))
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, EOFError) as error:
             log.warning("cached token ids %s are unreadable (%s): encoding again", path, error)
     ids: list[int] = []
     for encoding in tokenizer.encode_batch(corpus.texts(split), add_special_tokens=False):

@@ -272,8 +272,14 @@ def load_pretrained(folder: str | Path, **options: Any) -> nn.Module:
         reason = " ".join(line.strip() for line in str(error).splitlines()) or type(error).__name__
         raise ModelSpecError(f"'{folder / 'config.json'}' is not a valid config: {reason}") from None
     # sizes from the folder's config: refused on the meta device before from_pretrained allocates them
-    check_fits_memory(lambda: cls._from_config(hf_config_obj) if cls is not transformers.AutoModel
-                      else transformers.AutoModel.from_config(hf_config_obj), f"'{folder}'")
+    try:
+        check_fits_memory(lambda: cls._from_config(hf_config_obj) if cls is not transformers.AutoModel
+                          else transformers.AutoModel.from_config(hf_config_obj), f"'{folder}'")
+    except ModelSpecError:
+        raise
+    except Exception as error:  # the model's own code cannot take these sizes (e.g. a negative vocabulary)
+        raise ModelSpecError(f"'{folder}' cannot be built from its config ({type(error).__name__}: {error}): "
+                             "re-save the model with save_pretrained") from None
     kwargs = {"config": hf_config_obj, "use_safetensors": True, "local_files_only": True, **options}
     if hasattr(transformers.PreTrainedModel, "set_use_kernels"):  # transformers ≥ 5 swaps in Hub kernels by default
         kwargs["use_kernels"] = False

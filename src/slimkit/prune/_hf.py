@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit._errors import CheckpointError, ConfigError
+from slimkit._errors import CheckpointError, ConfigError, SlimkitError
 
 log = logging.getLogger(__name__)
 
@@ -293,9 +293,17 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
     base = dict(meta["base_config"])
     for fields_ in (base, meta["config"]):
         check_backends(fields_, where)
-    config = AutoConfig.for_model(meta["model_type"], **{k: v for k, v in base.items() if k != "model_type"})
-    # the unpruned sizes come from the file: refused on the meta device if they exceed this machine's memory
-    model = within_memory(lambda: cls(config), f"{where}'s unpruned {meta['architecture']}", error=CheckpointError)
+    try:
+        config = AutoConfig.for_model(meta["model_type"], **{k: v for k, v in base.items() if k != "model_type"})
+        # the unpruned sizes come from the file: refused on the meta device if they exceed this machine's memory
+        model = within_memory(lambda: cls(config), f"{where}'s unpruned {meta['architecture']}",
+                              error=CheckpointError)
+    except SlimkitError:
+        raise
+    except Exception as error:  # transformers' own checks of the config (ValueError, strict-dataclass errors, ...)
+        raise CheckpointError(f"{where}: its {meta['architecture']} cannot be built from its config "
+                              f"({type(error).__name__}: {error}): the folder is damaged, save it again with "
+                              "save_pruned") from None
     _reshape_(model, _pruned_shapes(model, meta["shapes"], where))
     for module_name, attrs in meta.get("attributes", {}).items():
         for module, attr, value in _size_attributes(model, module_name, attrs, where):
@@ -307,7 +315,12 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
         raise CheckpointError(f"'{target}' does not match its architecture: missing {missing[:5]}, unexpected "
                               f"{unexpected[:5]}")
     # the rewritten sizes, set on the config object every module shares (its attention backend choice stays)
-    model.config.update({k: v for k, v in meta["config"].items() if k not in ("model_type", "transformers_version")})
+    try:
+        model.config.update({k: v for k, v in meta["config"].items()
+                             if k not in ("model_type", "transformers_version")})
+    except Exception as error:  # transformers validates the fields it sets
+        raise CheckpointError(f"{where}: its rewritten config does not apply ({type(error).__name__}: {error}): "
+                              "the folder is damaged, save it again with save_pruned") from None
     set_pruning_info(model, dict(meta.get("pruning", {}), attributes=meta.get("attributes", {}),
                                  hf_config={"exact": False, "base_config": base}))
     return model.eval()
@@ -348,12 +361,13 @@ def _size_attributes(model: nn.Module, module_name: Any, attrs: Any,
     for attr, value in attrs.items():
         current = vars(module).get(attr) if isinstance(attr, str) else None
         value = tuple(value) if isinstance(value, list) else value
-        same_kind = (whole(current) and whole(value)) or (
+        # pruning only shrinks: a size above the unpruned module's would only allocate more at the first forward
+        same_kind = (whole(current) and whole(value) and value <= current) or (
             isinstance(current, tuple) and isinstance(value, tuple) and len(current) == len(value)
-            and all(whole(v) for v in (*current, *value)))
+            and all(whole(v) for v in (*current, *value)) and all(v <= c for v, c in zip(value, current)))
         if not same_kind:
             raise CheckpointError(f"{where}: '{module_name}.{attr}' = {value!r} is not a size attribute pruning sets "
-                                  "(a whole number the module already holds): the folder is damaged or not "
+                                  "(a whole number the module already holds, no larger): the folder is damaged or not "
                                   "slimkit's, save it again with save_pruned")
         out.append((module, attr, value))
     return out

@@ -316,9 +316,12 @@ def _model_from_header(header: dict[str, Any], spec: str | None, path: Path) -> 
     return skeleton, spec
 
 
-#: the tensor dtypes a container stores, by the name its header gives (read from torch's namespace, never looked up
-#: by a name from the file: getattr(torch, name) imports torch submodules)
-_DTYPES = {str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
+#: the tensor dtypes a container stores, by the name its header gives: plain numbers only (a quantized or packed dtype
+#: built from raw bytes crashes the process), never looked up by a name from the file (getattr(torch, name) imports
+#: torch submodules)
+_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
+                                                       torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8,
+                                                       torch.bool)}
 
 
 def _record_shape(record: Any) -> tuple[int, ...] | None:
@@ -332,7 +335,7 @@ def _layer_form(module: nn.Module) -> tuple[str, Any] | None:
     """(kind, convolution arguments as JSON keeps them) of a layer clustering can replace, else None."""
     if isinstance(module, nn.Linear):
         return "linear", {}
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":  # a clustered conv pads with zeros
         return "conv2d", {a: list(v) if isinstance(v, tuple) else v for a in CONV_ARGS
                           for v in [getattr(module, a)]}
     return None
@@ -354,7 +357,9 @@ def _check_shapes(header: dict[str, Any], skeleton: nn.Module, path: Path) -> No
         form = _layer_form(modules[name]) if isinstance(name, str) and name in modules else None
         if weight is None or _record_shape(record) != weight or form is None:
             raise _corrupt(path, f"clustered layer {name!r} does not match the model's architecture")
-        if (record.get("kind"), record.get("conv") or {}) != form:
+        # compared as JSON text: 1.0 == 1 and True == 1 in Python, but a float stride fails at the first forward
+        if json.dumps([record.get("kind"), record.get("conv") or {}], sort_keys=True) != json.dumps(form,
+                                                                                                    sort_keys=True):
             raise _corrupt(path, f"clustered layer {name!r} is stored as {record.get('kind')!r} with "
                                  f"{record.get('conv')!r}, not as the architecture's {form[0]!r} with {form[1]!r}")
         for key, low, high in (("clusters", 1, 2**16), ("index_bits", 1, 16), ("bits", 1, 16)):
@@ -412,7 +417,7 @@ def load_compressed(path: str | Path, spec: str | None = None) -> nn.Module:
                                                       record.get("conv"), record["bits"], record["index_bits"]))
             state[f"{name}.codebook"] = codebook
             state[f"{name}.indices"] = torch.from_numpy(indices)
-    except (DataError, ConfigError, KeyError, TypeError, ValueError) as error:
+    except (DataError, ConfigError, KeyError, TypeError, ValueError, RuntimeError) as error:
         raise _corrupt(path, str(error)) from None
     try:
         model.load_state_dict(state, strict=True)

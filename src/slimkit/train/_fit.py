@@ -138,7 +138,7 @@ def _same_form(what: str, expected: Any, found: Any) -> None:
     number = (int, float)
     if isinstance(expected, dict):
         # a scheduler adds private fields as it steps: those may differ, every public one must be this fit's
-        if not isinstance(found, dict) or any(not isinstance(k, str) or (k not in expected and not k.startswith("_"))
+        if not isinstance(found, dict) or any(k not in expected and not (isinstance(k, str) and k.startswith("_"))
                                               for k in found):
             raise ValueError(f"the {what} state has other fields than this fit's")
         for key, value in expected.items():
@@ -165,8 +165,8 @@ def _restore(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimizer, sche
         if not isinstance(state, dict):
             raise TypeError("not a dictionary of states")
         epoch = state["epoch"]
-        if type(epoch) is not int or not -1 <= epoch < epochs:
-            raise ValueError(f"epoch {epoch!r} is not one of this fit's {epochs}")
+        if type(epoch) is not int or not -1 <= epoch < epochs or state.get("epochs", epochs) != epochs:
+            raise ValueError(f"epoch {epoch!r} of {state.get('epochs')!r} is not one of this fit's {epochs}")
         _same_form("optimizer", opt.state_dict()["param_groups"], state["optimizer"]["param_groups"])
         if sched is not None and state.get("scheduler") is not None:
             _same_form("scheduler", sched.state_dict(), state["scheduler"])
