@@ -133,7 +133,7 @@ def test_no_input_file_of_a_stage_is_inside_the_run_folder(tiny_dir):
     (tiny_dir / "out").mkdir()
     torch.save(model.state_dict(), tiny_dir / "out" / "model.pt")
     (tiny_dir / "r.yaml").write_text(tiny_recipe(
-        f"- distill: {{student: '{tiny_dir}/tiny.py:tiny', student_checkpoint: out/model.pt, epochs: 1}}\n"))
+        "- distill: {student: tiny.py:tiny, student_checkpoint: out/model.pt, epochs: 1}\n"))
     before = (tiny_dir / "out" / "model.pt").read_bytes()
     with pytest.raises(ConfigError, match=r"the input file '.*model.pt' is inside the output folder"):
         run_recipe(load_recipe(tiny_dir / "r.yaml"), tiny_dir / "out", force=True, progress=False)

@@ -408,6 +408,11 @@ def _resolve_stage_paths(call: StageCall, base_dir: str | os.PathLike | None) ->
         value = getattr(call.params, key, None)
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             update[key] = str(Path(base_dir or ".") / Path(value).expanduser())
+    student = getattr(call.params, "student", None)
+    if isinstance(student, str):  # a student's file.py:factory, relative to the recipe's folder like the model's
+        resolved = _spec_beside(student, base_dir)
+        if resolved != student:
+            update["student"] = resolved
     return dataclasses.replace(call, params=call.params.model_copy(update=update)) if update else call
 
 
@@ -498,17 +503,22 @@ def _check_stage_files(stages: tuple[StageCall, ...], located: LocatedYaml) -> N
                               "path (relative paths start at the recipe's folder)")
 
 
-def _resolve_model_file(schema: RecipeSchema, base_dir: str | os.PathLike | None) -> RecipeSchema:
-    """A ``file.py:factory`` spec is relative to the recipe's folder, like the checkpoint."""
-    spec = schema.model.spec
+def _spec_beside(spec: str, base_dir: str | os.PathLike | None) -> str:
+    """A relative ``file.py:factory`` spec made absolute against ``base_dir`` when the file is there (else as
+    given: a registered name, or a file the checks will name as missing)."""
     head, sep, tail = spec.partition(".py:")
     if not sep or Path(head + ".py").is_absolute() or base_dir is None:
-        return schema
+        return spec
     candidate = Path(base_dir) / (head + ".py")
-    if not candidate.is_file():
+    return f"{candidate.resolve()}:{tail}" if candidate.is_file() else spec
+
+
+def _resolve_model_file(schema: RecipeSchema, base_dir: str | os.PathLike | None) -> RecipeSchema:
+    """A ``file.py:factory`` spec is relative to the recipe's folder, like the checkpoint."""
+    spec = _spec_beside(schema.model.spec, base_dir)
+    if spec == schema.model.spec:
         return schema
-    model = schema.model.model_copy(update={"spec": f"{candidate.resolve()}:{tail}"})
-    return schema.model_copy(update={"model": model})
+    return schema.model_copy(update={"model": schema.model.model_copy(update={"spec": spec})})
 
 
 def _check_names(schema: RecipeSchema, located: LocatedYaml, checkpoint: Path | None) -> None:
