@@ -241,7 +241,8 @@ class Distiller:
 
     def fit(self, train_loader: Iterable, *, epochs: int | None = None, val_loader: Iterable | None = None,
             callbacks: Sequence[Callback] = ()) -> FitResult:
-        """Train the student (in place) with :func:`slimkit.train.fit`; hooks are removed afterwards, even on error."""
+        """Train the student (in place) with :func:`slimkit.train.fit`; hooks are removed afterwards, even on error.
+        A student carrying unstructured-pruning masks keeps its pruned weights at zero."""
         config = self.config
         loader: Any = train_loader
         if not self._checked:
@@ -261,6 +262,12 @@ class Distiller:
                 cached = cache.get(channel.indices, inputs, lambda x: output_logits(teacher(x)))
             return net(inputs, targets, cached)
 
+        from slimkit.prune import MaskCallback, attached_masks
+
+        if attached_masks(self.student) and not any(isinstance(c, MaskCallback) for c in callbacks):
+            # an unstructured-pruned student (prune_unstructured, Deep Compression's rounds): its pruned weights stay
+            # zero, as fine-tuning keeps them; without this a distillation regrew them silently
+            callbacks = [*callbacks, MaskCallback()]
         teacher_was_training = self.teacher.training
         self.teacher.eval()
         self.net.attach()
