@@ -96,3 +96,29 @@ def test_relative_index_bytes_counts_fillers():
     assert relative_index_bytes(mask, value_bits=5, index_bits=3) == (9 * 8 + 7) // 8
     rows = sparse_storage(create("lenet300"))
     assert rows[0].dense_bytes == 784 * 300 * 4 and rows[0].nonzero == 784 * 300
+
+
+def test_channel_pruning_a_masked_model_slices_its_masks_with_its_weights():
+    """prune_unstructured then prune (channels): each layer's weight_mask (a buffer the forward never reads) loses
+    the rows and columns its weight loses, so the fine-tune after it keeps the zeros instead of failing on a
+    300×784 mask over a 150×784 weight; the input model keeps its own masks."""
+    from slimkit.data import TensorLoader, mnist_tensors
+    from slimkit.prune import PruneConfig, prune_channels, pruning_info
+
+    torch.manual_seed(0)
+    masked = magnitude_prune(create("lenet300"), None, UnstructuredConfig(sparsity=0.9))
+    before = {name: mask.clone() for name, mask in attached_masks(masked).items()}
+    pruned = prune_channels(masked, torch.zeros(1, 1, 28, 28), PruneConfig(ratio=0.5))
+    layers = dict(pruned.named_modules())
+    keep = pruning_info(pruned)["keep"]
+    for name, mask in attached_masks(pruned).items():
+        weight = layers[name].weight
+        assert mask.shape == weight.shape and torch.equal(weight[~mask], torch.zeros_like(weight[~mask]))
+        rows = keep.get(name, {}).get("out", list(range(before[name].shape[0])))
+        cols = keep.get(name, {}).get("in", list(range(before[name].shape[1])))
+        assert torch.equal(mask, before[name][rows][:, cols])
+    assert all(torch.equal(attached_masks(masked)[n], m) for n, m in before.items())
+    x, y = mnist_tensors("train")
+    fit(pruned, TensorLoader(x[:256], y[:256], 128), epochs=1, progress=False, callbacks=[MaskCallback()])
+    assert all(torch.equal(layers[n].weight[~m], torch.zeros_like(layers[n].weight[~m]))
+               for n, m in attached_masks(pruned).items())

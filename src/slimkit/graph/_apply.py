@@ -166,10 +166,13 @@ def _slice_parameters(model: nn.Module, removal: Removal) -> set[str]:
                 if t is None:
                     continue
                 name = names.setdefault(id(t), prefix + attr)
-                if name not in removal.graph.params:
+                # a `<param>_mask` buffer (unstructured pruning's weight_mask, torch.nn.utils.prune's) is never read
+                # by the forward, so the capture does not see it: it follows its parameter's slicing
+                follows = name if name in removal.graph.params else _masked_param(name, t, removal)
+                if follows is None:
                     continue
                 if id(t) not in new:
-                    masks = removal.param_masks(name)
+                    masks = removal.param_masks(follows)
                     if all(m is None for m in masks):
                         continue
                     value = t.detach()
@@ -180,9 +183,19 @@ def _slice_parameters(model: nn.Module, removal: Removal) -> set[str]:
                     value = value.clone() if value.data_ptr() == t.data_ptr() else value
                     new[id(t)] = nn.Parameter(value, requires_grad=t.requires_grad) if isinstance(
                         t, nn.Parameter) else value
-                    changed.add(name)
+                    if follows == name:  # the graph's own tensors: what later steps read back by name
+                        changed.add(name)
                 store[attr] = new[id(t)]
     return changed
+
+
+def _masked_param(name: str, tensor: torch.Tensor, removal: Removal) -> str | None:
+    """The parameter a ``<param>_mask`` buffer ``name`` masks, when the graph holds it with the buffer's shape."""
+    if not name.endswith("_mask"):
+        return None
+    param = name[: -len("_mask")]
+    held = removal.graph.params.get(param)
+    return param if held is not None and tuple(held.shape) == tuple(tensor.shape) else None
 
 
 def _owners(modules: dict[str, nn.Module], changed: set[str]) -> dict[str, nn.Module]:
