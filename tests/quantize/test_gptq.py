@@ -69,6 +69,26 @@ def test_gptq_equals_the_update_equations(group_size, act_order, static_groups):
     assert torch.allclose(got.weight, (got.codes - got.zeros[:, index]) * got.scales[:, index])
 
 
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_keeps_pruned_weights_at_exactly_zero_and_compensates_on_the_kept_ones(act_order):
+    """With ``keep`` (an unstructured-pruning mask), every pruned weight dequantizes to exactly 0 (the error
+    compensation moves pruned weights off zero without it) and every code stays on the grid."""
+    torch.manual_seed(0)
+    rows, cols = 8, 24
+    X = torch.randn(200, cols, dtype=torch.float64) @ (torch.eye(cols, dtype=torch.float64)
+                                                      + 0.5 * torch.randn(cols, cols, dtype=torch.float64))
+    H = 2 * X.T @ X / X.shape[0]
+    keep = torch.rand(rows, cols) > 0.7
+    W0 = torch.randn(rows, cols, dtype=torch.float64) * keep
+    grid = WeightGrid(4, symmetric=False)
+    free = gptq_matrix(W0, H, lambda w: row_params(w, grid), 0, grid.qmax, act_order=act_order)
+    assert (free.weight[~keep] != 0).any()  # the unmasked algorithm moves pruned weights
+    got = gptq_matrix(W0, H, lambda w: row_params(w, grid), 0, grid.qmax, act_order=act_order, keep=keep)
+    assert torch.equal(got.weight[~keep], torch.zeros_like(got.weight[~keep]))
+    assert torch.equal(got.codes, got.codes.round()) and got.codes.min() >= 0 and got.codes.max() <= grid.qmax
+    assert not torch.equal(got.weight, free.weight * keep)  # the kept weights absorbed the pruned ones' error
+
+
 def test_gptq_output_error_between_brute_force_optimum_and_rounding():
     torch.manual_seed(1)
     layer = nn.Linear(6, 3, bias=False)

@@ -98,10 +98,15 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
 def gptq_matrix(
     W: torch.Tensor, H: torch.Tensor, params: ParamsFn, qmin: int, qmax: int, *, group_size: int | None = None,
     block_size: int = 128, damp: float = 0.01, act_order: bool = False, static_groups: bool = True,
+    keep: torch.Tensor | None = None,
 ) -> GPTQResult:
     """Quantize the rows × columns matrix ``W`` with GPTQ given ``H`` (columns × columns) — Frantar et al. 2023,
     Algorithm 1. ``params(w)`` gives each row's (scale, zero point) for the columns ``w``; codes are
-    ``clamp(round(w / s) + z, qmin, qmax)``. Computes in ``W``'s dtype (the Cholesky factors in float64)."""
+    ``clamp(round(w / s) + z, qmin, qmax)``. Computes in ``W``'s dtype (the Cholesky factors in float64).
+
+    ``keep`` (rows × columns, bool): weights outside it (pruned ones) are quantized to exactly zero, their error
+    compensated on the later kept columns like any rounding error (as SparseGPT, Frantar & Alistarh 2023, keeps a
+    mask): the compensation would otherwise move them off zero and undo the pruning."""
     dtype = W.dtype
     W = W.clone()
     rows, cols = W.shape
@@ -122,6 +127,7 @@ def gptq_matrix(
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=W.device)
     if act_order:
         W, H = W[:, perm], H[perm][:, perm]
+    keep = None if keep is None else keep.to(torch.bool)[:, perm]
     if size is None:
         group_of = torch.zeros(cols, dtype=torch.long, device=W.device)
     elif dynamic:
@@ -146,6 +152,8 @@ def gptq_matrix(
             scale, zero = scales[:, g], zeros[:, g]
             w = W1[:, i]
             q = torch.clamp(torch.round(w / scale) + zero, qmin, qmax)
+            if keep is not None:
+                q = torch.where(keep[:, j], q, zero)  # a pruned weight's code is the zero point: exactly 0
             codes[:, j] = q
             err = (w - (q - zero) * scale) / U1[i, i]
             W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
@@ -208,6 +216,9 @@ def gptq_target(target: LayerTarget, hessian: Hessian, options: GPTQOptions) -> 
         raise ConfigError(f"GPTQ: layer '{target.name}' saw no calibration input")
     groups = hessian.H.shape[0]
     per = W.shape[0] // groups
+    # unstructured pruning's mask (prune_unstructured's weight_mask buffer; quantize does not import prune)
+    mask = getattr(target.layer, "weight_mask", None)
+    keep = mask.reshape(W.shape) if isinstance(mask, torch.Tensor) and mask.numel() == W.numel() else None
     results = []
     for g in range(groups):
         rs = slice(g * per, (g + 1) * per)
@@ -218,7 +229,7 @@ def gptq_target(target: LayerTarget, hessian: Hessian, options: GPTQOptions) -> 
         results.append(gptq_matrix(
             W[rs], hessian.H[g], params, target.qmin, target.qmax, group_size=target.group_size,
             block_size=options.block_size, damp=options.damp, act_order=options.act_order,
-            static_groups=options.static_groups,
+            static_groups=options.static_groups, keep=None if keep is None else keep[rs],
         ))
     codes = torch.cat([r.codes for r in results])
     scales = torch.cat([r.scales for r in results])
