@@ -81,3 +81,23 @@ def test_weight_only_composes_with_bias_correction_and_mixed_precision():
     assert isinstance(mixed.get_submodule(kept), nn.Linear) and kept == max(report.sensitivity,
                                                                            key=report.sensitivity.get)
     assert len(report.quantized) == 2
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_weight_only_layers_count_their_zero_weights(symmetric):
+    """A code at its group's zero point dequantizes to exactly 0: profile counts it as a zero, so a pruned model
+    quantized weight-only keeps the nonzero count it had (it was counted dense)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 16)
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand_like(linear.weight) > 0.75)
+        linear.bias[:4] = 0
+    grid = WeightGrid(4, symmetric=symmetric, group_size=16)
+    layer = QuantizedLinear(32, 16, grid)
+    layer.set_codes_(*quantize_rtn(linear.weight.detach(), grid))
+    with torch.no_grad():
+        layer.bias.copy_(linear.bias)
+    dequantized = layer.weight_matrix()
+    expected = int((dequantized == 0).sum()) + int((layer.bias == 0).sum())
+    assert expected >= int((linear.weight == 0).sum()) + 4
+    assert layer.slimkit_param_count() == (32 * 16 + 16, expected)

@@ -78,9 +78,14 @@ class _WeightCodes(nn.Module):
         return total
 
     def slimkit_param_count(self) -> tuple[int, int]:
-        """(weights, zeros): the codes count as the layer's weights in ``profile``'s params column."""
-        weights = self.codes.numel() + (self.bias.numel() if getattr(self, "bias", None) is not None else 0)
-        return weights, 0
+        """(weights, zeros): the codes count as the layer's weights in ``profile``'s params column, and a code at its
+        group's zero point (a weight that dequantizes to exactly 0, e.g. an unstructured-pruned one) as a zero."""
+        bias = getattr(self, "bias", None)
+        weights = self.codes.numel() + (bias.numel() if bias is not None else 0)
+        zeros = int((self.codes == self.zero_points[:, self.columns_group()]).sum())
+        if bias is not None:
+            zeros += int((bias == 0).sum())
+        return weights, zeros
 
 
 class QuantizedLinear(_WeightCodes):
