@@ -282,3 +282,17 @@ def test_a_compression_stage_that_selected_nothing_is_reported(tiny_dir, caplog)
     # 24 hidden units kept in multiples of 1000: the first prune removed nothing
     assert unchanged == {"01-train": False, "02-prune": True, "03-prune": False, "04-quantize": False}
     assert "stage 02-prune changed neither" in caplog.text
+
+
+def test_a_distilled_float_student_after_an_int8_stage_is_exported_as_float(tiny_dir):
+    """quantize → distill into a named student → export: the student is a float model, exported as one (it had
+    inherited the int8 exporter and failed at the end of the run: "has no int8 layer")."""
+    (tiny_dir / "r.yaml").write_text(tiny_recipe(
+        "- quantize: {method: ptq}\n"
+        "- distill: {student: tiny.py:tiny, teacher: previous, epochs: 1}\n"
+        "- export: {format: onnx, file: m.onnx}\n"))
+    run_recipe(load_recipe(tiny_dir / "r.yaml"), tiny_dir / "out", progress=False, report=False)
+    import onnx
+
+    graph = onnx.load(str(tiny_dir / "out" / "m.onnx")).graph
+    assert not any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.node)

@@ -41,7 +41,7 @@ from torch import nn
 from slimkit._errors import CheckpointError, ConfigError, SlimkitError
 from slimkit._io import copy_atomic, is_inside, refuse_links, write_text_atomic
 from slimkit.pipeline._recipe import Recipe, StageCall, parse_recipe, trusting_only
-from slimkit.pipeline._stages import Exporter, StageContext
+from slimkit.pipeline._stages import Exporter, Stage, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,12 @@ def structure_fingerprint(model: nn.Module) -> str:
 def _type_name(module: nn.Module) -> str:
     # torch.fx names each GraphModule's per-instance class after whatever it was built from; the layout is the same
     return "GraphModule" if isinstance(module, torch.fx.GraphModule) else type(module).__name__
+
+
+def _next_exporter(stage: Stage, current: Exporter | None) -> Exporter | None:
+    """How the models after ``stage`` are exported: its own way, else the earlier one, unless its model is a new
+    one (a distilled float student after an int8 stage is exported as the float model it is)."""
+    return stage.exporter() or (None if stage.replaces_model() else current)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -352,7 +358,7 @@ def _run_recipe(recipe: Recipe, out: Path, resume: bool, force: bool, progress: 
             session.reporter("replay", {"call": call, "result": done})
             model = stage.rebuild(model, session.replay_context(call, done))
             session.load_state(model, call.label, done)
-            session.exporter = stage.exporter() or session.exporter
+            session.exporter = _next_exporter(stage, session.exporter)
             session.snapshots[call.label] = _frozen_copy(model)
             results.append(done)
             continue
@@ -361,7 +367,7 @@ def _run_recipe(recipe: Recipe, out: Path, resume: bool, force: bool, progress: 
         resume_next = False
         started = time.perf_counter()
         model = stage.run(model, ctx)
-        session.exporter = stage.exporter() or session.exporter
+        session.exporter = _next_exporter(stage, session.exporter)
         seconds = time.perf_counter() - started
         result = {"stage": call.label}
         if main:
@@ -476,7 +482,7 @@ def load_run(run_dir: str | Path, stage: str | None = None, *,
         built = call.build()
         model = built.rebuild(model, session.replay_context(call, done))
         session.load_state(model, call.label, done)
-        session.exporter = built.exporter() or session.exporter
+        session.exporter = _next_exporter(built, session.exporter)
         session.snapshots[call.label] = _frozen_copy(model)
         labels.append(call.label)
         if stage is not None and call.label == stage:

@@ -117,6 +117,11 @@ class Stage:
         """How models from this stage on are exported to ONNX (None: keep the previous stage's way)."""
         return None
 
+    def replaces_model(self) -> bool:
+        """Whether this stage's model is a new one (a distillation's named student) rather than the one it was
+        given: the export way chosen for the earlier model (e.g. int8 QDQ after a quantize stage) no longer holds."""
+        return False
+
 
 STAGES: Registry[type[Stage]] = Registry("stage")
 

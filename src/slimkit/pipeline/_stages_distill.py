@@ -27,6 +27,9 @@ def _check_roles(params: Any) -> Any:
 class _DistillRoles(Stage):
     structural = True  # a named student replaces the model
 
+    def replaces_model(self) -> bool:
+        return self.params.student is not None
+
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         if self.params.student is None:
             return model
