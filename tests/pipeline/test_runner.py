@@ -296,3 +296,16 @@ def test_a_distilled_float_student_after_an_int8_stage_is_exported_as_float(tiny
 
     graph = onnx.load(str(tiny_dir / "out" / "m.onnx")).graph
     assert not any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.node)
+
+
+def test_a_file_py_factory_model_is_written_as_a_compressed_container(tiny_dir):
+    """The run marks its model with the recipe's spec, so the container export of a file.py:factory model (which
+    no search over the registry finds) writes and reloads instead of failing at the end of the run."""
+    from slimkit.share import load_compressed
+
+    (tiny_dir / "r.yaml").write_text(tiny_recipe(
+        "- prune_unstructured: {sparsity: 0.5}\n- cluster: {fc_bits: 4}\n"
+        "- export: {format: compressed, file: m.slim}\n"))
+    run_recipe(load_recipe(tiny_dir / "r.yaml"), tiny_dir / "out", progress=False, report=False)
+    reloaded = load_compressed(tiny_dir / "out" / "m.slim", spec=f"{tiny_dir}/tiny.py:tiny")
+    assert reloaded(torch.zeros(2, 1, 8, 8)).shape == (2, 10)

@@ -41,7 +41,7 @@ from torch import nn
 from slimkit._errors import CheckpointError, ConfigError, SlimkitError
 from slimkit._io import copy_atomic, is_inside, refuse_links, write_text_atomic
 from slimkit.pipeline._recipe import Recipe, StageCall, parse_recipe, trusting_only
-from slimkit.pipeline._stages import Exporter, Stage, StageContext
+from slimkit.pipeline._stages import Exporter, Stage, StageContext, named_model
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ class _Session:
         from slimkit.train import seed_everything
 
         seed_everything(recipe.schema.seed)
-        self.model = from_spec(recipe.schema.model.spec, allow_code=recipe.allow_code, **self.spec_options).eval()
+        self.model = named_model(from_spec(recipe.schema.model.spec, allow_code=recipe.allow_code,
+                                           **self.spec_options).eval(), recipe.schema.model.spec, self.spec_options)
         self.example = self.data.example_input(1)
         self.exporter: Exporter | None = None
         self.input_model: nn.Module | None = None

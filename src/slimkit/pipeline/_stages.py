@@ -163,6 +163,23 @@ class TrainParams(StageParams):
         return FitConfig(**{k: getattr(self, k) for k in TrainParams.model_fields}, seed=seed, progress=progress)
 
 
+def named_model(model: nn.Module, spec: str, options: dict[str, Any]) -> nn.Module:
+    """``model`` marked with the spec that builds it (``slimkit_spec``, options included), so a compressed
+    container written from it names its architecture (a file.py:factory model, or a registered one built with a
+    class count, is found by no search over the registry)."""
+    import inspect
+
+    from slimkit.models import MODELS, parse_spec
+
+    target = parse_spec(spec)[0]
+    defaults = inspect.signature(MODELS.get(target)).parameters if target in MODELS else {}
+    given = {k: v for k, v in options.items() if k not in defaults or defaults[k].default != v}  # the short spec
+    if given:
+        spec = f"{spec}{',' if ':' in spec else ':'}{','.join(f'{k}={v}' for k, v in given.items())}"
+    model.slimkit_spec = spec
+    return model
+
+
 def fit_in_stage(model: nn.Module, ctx: StageContext, params: TrainParams, **extra: Any) -> None:
     """``fit`` with a per-stage checkpoint, so ``--resume`` continues an interrupted stage from its last epoch."""
     from slimkit.train import CHECKPOINT_NAME, fit

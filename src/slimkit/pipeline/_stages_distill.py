@@ -9,7 +9,7 @@ from torch import nn
 
 from slimkit.distill import DistillConfig, ReconstructConfig
 from slimkit.pipeline._stage_params import config_params
-from slimkit.pipeline._stages import Stage, StageContext, register_stage
+from slimkit.pipeline._stages import Stage, StageContext, named_model, register_stage
 
 #: who teaches whom: ``student`` a model spec trained from scratch (or from ``student_checkpoint``; default: the
 #: current model), ``teacher`` "input", "previous" or an earlier stage's label such as "01-train"
@@ -36,7 +36,8 @@ class _DistillRoles(Stage):
         from slimkit.models import class_count_option, from_spec
 
         spec = self.params.student
-        student = from_spec(spec, allow_code=ctx.allow_code, **class_count_option(spec, ctx.data.num_classes))
+        options = class_count_option(spec, ctx.data.num_classes)
+        student = named_model(from_spec(spec, allow_code=ctx.allow_code, **options), spec, options)
         if self.params.student_checkpoint is not None:
             from slimkit.train import load_weights_
 
