@@ -165,3 +165,30 @@ def test_a_setting_added_later_leaves_its_default_out_of_the_recipe_dictionary()
            "  - cluster: {bits: 4, centroid_gradient: median}\n")
     with pytest.raises(RecipeError, match=r"line 5.*centroid_gradient 'median'"):
         parse_recipe(bad)
+
+
+@pytest.mark.parametrize(("stages", "message"), [
+    ("- quantize: {method: ptq}\n- cluster: {fc_bits: 4}\n", r"line 7: stages\[1\]: 'cluster' cannot follow stage "
+                                                             r"01-quantize: quantize replaced the float layers"),
+    ("- quantize: {method: qat, epochs: 1}\n- decompose: {ratio: 0.5}\n", "'decompose' cannot follow stage 01-quantize"),
+    ("- quantize: {method: ptq}\n- quantize: {method: ptq, weight_bits: 4}\n", "'quantize' cannot follow"),
+    ("- cluster: {fc_bits: 4}\n- prune: {ratio: 0.5}\n", "'prune' cannot follow stage 01-cluster: cluster replaced"),
+    ("- cluster: {fc_bits: 4}\n- finetune: {epochs: 1}\n- quantize: {method: ptq}\n", r"stages\[2\]: 'quantize'"),
+    ("- cluster: {fc_bits: 4}\n- export: {format: torchscript, file: m.ts}\n", "a TorchScript export cannot follow"),
+])
+def test_a_stage_that_cannot_follow_a_quantize_or_cluster_stage_is_refused_before_the_run(stages, message):
+    """Each of these did nothing or failed mid-run with a raw error (a chain of every pair of stages on a small
+    model): now a RecipeError naming the line and the order that works."""
+    text = VALID.split("stages:")[0] + "stages:\n" + textwrap.indent(stages, "  ")
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(text, "r.yaml")
+
+
+def test_a_named_student_starts_again_from_a_float_model():
+    text = VALID.split("stages:")[0] + "stages:\n" + textwrap.indent(
+        "- quantize: {method: ptq}\n- distill: {student: lenet300, teacher: previous, epochs: 1}\n"
+        "- cluster: {fc_bits: 4}\n- quantize: {method: ptq}\n", "  ")
+    with pytest.raises(RecipeError, match=r"stages\[3\]: 'quantize' cannot follow stage 03-cluster"):
+        parse_recipe(text, "r.yaml")
+    parse_recipe(text.replace("  - quantize: {method: ptq}\n", "", 2).replace(
+        "  - distill", "  - quantize: {method: ptq}\n  - distill", 1), "r.yaml")

@@ -358,6 +358,7 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: str | os.PathLik
                               "epoch: remove cache_teacher or data.augment")
     stages = tuple(_resolve_stage_paths(call, base_dir) for call in stages)
     _check_references(stages, located)
+    _check_order(stages, located)
     checkpoint = None
     if schema.model.checkpoint is not None:
         checkpoint = Path(schema.model.checkpoint).expanduser()
@@ -438,6 +439,38 @@ def _check_references(stages: tuple[StageCall, ...], located: LocatedYaml) -> No
                                   "give each export its own file name")
             files[name] = call.index
         labels.append(call.label)
+
+
+#: stages that cannot follow a stage which replaced the float layers they change (found by running every pair on
+#: a small model: each either did nothing, or failed mid-run with a raw error), and why
+_CANNOT_FOLLOW = {
+    "quantize": ({"quantize", "cluster", "decompose", "convert", "prune"},
+                 "quantize replaced the float layers it would change with quantized ones"),
+    "cluster": ({"quantize", "cluster", "decompose", "convert", "prune", "prune_unstructured"},
+                "cluster replaced the weights it would change with shared values"),
+}
+
+
+def _check_order(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:
+    """A stage that changes float layers after one that replaced them is refused before the run starts (a distill
+    stage with a named student starts again from a float model); a TorchScript export of clustered layers too."""
+    since: StageCall | None = None  # the last quantize or cluster stage the current model went through
+    for call in stages:
+        if since is not None:
+            refused, reason = _CANNOT_FOLLOW[since.name]
+            fmt = getattr(call.params, "format", None) if call.name == "export" else None
+            line = located.line_of(("stages", call.index - 1, call.name))
+            if call.name in refused:
+                raise RecipeError(f"{located.source}, line {line}: stages[{call.index - 1}]: '{call.name}' cannot "
+                                  f"follow stage {since.label}: {reason}. Put it before {since.label}")
+            if since.name == "cluster" and fmt == "torchscript":
+                raise RecipeError(f"{located.source}, line {line}: stages[{call.index - 1}]: a TorchScript export "
+                                  f"cannot follow stage {since.label}: tracing cannot take a clustered layer's "
+                                  "codebook lookup. Export to onnx or compressed")
+        if call.name in _CANNOT_FOLLOW:
+            since = call
+        elif call.name in ("distill", "distill_stagewise") and getattr(call.params, "student", None) is not None:
+            since = None
 
 
 def _check_spec(spec: str, where: str) -> None:
