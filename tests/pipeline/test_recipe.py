@@ -192,3 +192,14 @@ def test_a_named_student_starts_again_from_a_float_model():
         parse_recipe(text, "r.yaml")
     parse_recipe(text.replace("  - quantize: {method: ptq}\n", "", 2).replace(
         "  - distill", "  - quantize: {method: ptq}\n  - distill", 1), "r.yaml")
+
+
+@pytest.mark.parametrize("first", ["prune: {ratio: 0.5}", "quantize: {method: ptq}", "decompose: {ratio: 0.5}"])
+def test_a_compressed_container_after_a_stage_that_changes_the_architecture_is_refused(first):
+    """A container rebuilds its model from the spec: after channel pruning, decomposition or quantization the
+    export failed at the end of the run; now the recipe is refused at the export's line."""
+    text = VALID.split("stages:")[0] + "stages:\n" + textwrap.indent(
+        f"- {first}\n- export: {{format: compressed, file: m.slim}}\n", "  ")
+    with pytest.raises(RecipeError, match=r"line 7: stages\[1\]: a compressed container cannot follow stage 01-"):
+        parse_recipe(text, "r.yaml")
+    parse_recipe(text.replace("compressed, file: m.slim", "onnx, file: m.onnx"), "r.yaml")

@@ -451,14 +451,24 @@ _CANNOT_FOLLOW = {
 }
 
 
+#: stages after which the model is no longer what its spec builds (a compressed container rebuilds it from the spec)
+_RESHAPING = ("prune", "decompose", "convert", "quantize")
+
+
 def _check_order(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:
     """A stage that changes float layers after one that replaced them is refused before the run starts (a distill
     stage with a named student starts again from a float model); a TorchScript export of clustered layers too."""
     since: StageCall | None = None  # the last quantize or cluster stage the current model went through
+    reshaped: StageCall | None = None  # the last stage that made the model other than its spec builds
     for call in stages:
+        fmt = getattr(call.params, "format", None) if call.name == "export" else None
+        if fmt == "compressed" and reshaped is not None:
+            line = located.line_of(("stages", call.index - 1, call.name))
+            raise RecipeError(f"{located.source}, line {line}: stages[{call.index - 1}]: a compressed container "
+                              f"cannot follow stage {reshaped.label}: it rebuilds the model from its spec, and "
+                              f"'{reshaped.name}' changed the architecture. Export to onnx, or drop that stage")
         if since is not None:
             refused, reason = _CANNOT_FOLLOW[since.name]
-            fmt = getattr(call.params, "format", None) if call.name == "export" else None
             line = located.line_of(("stages", call.index - 1, call.name))
             if call.name in refused:
                 raise RecipeError(f"{located.source}, line {line}: stages[{call.index - 1}]: '{call.name}' cannot "
@@ -469,8 +479,10 @@ def _check_order(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:
                                   "codebook lookup. Export to onnx or compressed")
         if call.name in _CANNOT_FOLLOW:
             since = call
+        if call.name in _RESHAPING:
+            reshaped = call
         elif call.name in ("distill", "distill_stagewise") and getattr(call.params, "student", None) is not None:
-            since = None
+            since = reshaped = None
 
 
 def _check_spec(spec: str, where: str) -> None:
