@@ -203,3 +203,14 @@ def test_a_compressed_container_after_a_stage_that_changes_the_architecture_is_r
     with pytest.raises(RecipeError, match=r"line 7: stages\[1\]: a compressed container cannot follow stage 01-"):
         parse_recipe(text, "r.yaml")
     parse_recipe(text.replace("compressed, file: m.slim", "onnx, file: m.onnx"), "r.yaml")
+
+
+def test_two_quantize_stages_naming_their_layers_may_follow_each_other():
+    """Mixed bit widths in a recipe: 4-bit weights on one layer, 8-bit on another, in two stages that each name
+    their layers (the one way QuantConfig allows it)."""
+    text = VALID.split("stages:")[0] + "stages:\n" + textwrap.indent(
+        "- quantize: {method: ptq, activation_bits: null, weight_bits: 4, layers: ['layers.1']}\n"
+        "- quantize: {method: ptq, activation_bits: null, weight_bits: 8, layers: ['layers.3']}\n", "  ")
+    parse_recipe(text, "r.yaml")
+    with pytest.raises(RecipeError, match="'quantize' cannot follow"):
+        parse_recipe(text.replace(", layers: ['layers.3']", ""), "r.yaml")

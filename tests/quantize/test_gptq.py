@@ -193,3 +193,23 @@ def test_config_combinations_and_missing_data_are_rejected():
     with pytest.raises(DataError, match="calibration"):
         quantize(nn.Sequential(nn.Linear(4, 4)), None, QuantConfig(method="gptq", activation_bits=None))
     assert GPTQOptions().act_order and GPTQOptions().static_groups
+
+
+@pytest.mark.parametrize("grid", [dict(weight_bits=4, group_size=16, activation_bits=None, weight_symmetric=False),
+                                  dict(weight_bits=4, activation_bits=None, weight_symmetric=True)])
+def test_gptq_after_unstructured_pruning_keeps_every_zero(grid):
+    """prune_unstructured → quantize(method="gptq") on a net with a grouped conv and a linear layer: every pruned
+    weight dequantizes to exactly 0 (the compensation had moved some off zero), the layers' masks read from their
+    weight_mask buffers."""
+    from slimkit.prune._unstructured import UnstructuredConfig, attached_masks, magnitude_prune
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
+    pruned = magnitude_prune(net, None, UnstructuredConfig(sparsity=0.7))
+    masks = {name: mask.clone() for name, mask in attached_masks(pruned).items()}
+    data = [(torch.randn(16, 4, 6, 6), torch.zeros(16, dtype=torch.long)) for _ in range(4)]
+    gptq = quantize(pruned, None, QuantConfig(method="gptq", **grid), data=data)
+    layers = dict(gptq.named_modules())
+    for name, mask in masks.items():
+        weight = layers[name].weight_matrix().reshape(mask.shape)
+        assert torch.equal(weight[~mask], torch.zeros_like(weight[~mask])), name

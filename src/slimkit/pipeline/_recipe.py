@@ -456,8 +456,9 @@ _RESHAPING = ("prune", "decompose", "convert", "quantize")
 
 
 def _check_order(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:
-    """A stage that changes float layers after one that replaced them is refused before the run starts (a distill
-    stage with a named student starts again from a float model); a TorchScript export of clustered layers too."""
+    """A stage that changes float layers after one that replaced them is refused before the run starts, unless
+    both name their layers (a distill stage with a named student starts again from a float model); a TorchScript
+    export of clustered layers, and a compressed container of a model its spec no longer builds, too."""
     since: StageCall | None = None  # the last quantize or cluster stage the current model went through
     reshaped: StageCall | None = None  # the last stage that made the model other than its spec builds
     for call in stages:
@@ -470,7 +471,10 @@ def _check_order(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:
         if since is not None:
             refused, reason = _CANNOT_FOLLOW[since.name]
             line = located.line_of(("stages", call.index - 1, call.name))
-            if call.name in refused:
+            # two stages that each name their layers may touch different ones (4-bit here, 8-bit there): left to
+            # run, where a stage that finds nothing to change says so
+            both_named = bool(getattr(call.params, "layers", None)) and bool(getattr(since.params, "layers", None))
+            if call.name in refused and not both_named:
                 raise RecipeError(f"{located.source}, line {line}: stages[{call.index - 1}]: '{call.name}' cannot "
                                   f"follow stage {since.label}: {reason}. Put it before {since.label}")
             if since.name == "cluster" and fmt == "torchscript":
