@@ -296,6 +296,13 @@ def test_a_distilled_float_student_after_an_int8_stage_is_exported_as_float(tiny
 
     graph = onnx.load(str(tiny_dir / "out" / "m.onnx")).graph
     assert not any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.node)
+    # replayed: a resumed run, and the run folder loaded back, choose the same float export
+    (tiny_dir / "out" / "stages" / "03-export" / "result.json").unlink()
+    (tiny_dir / "out" / "m.onnx").unlink()
+    run_recipe(load_recipe(tiny_dir / "r.yaml"), tiny_dir / "out", resume=True, progress=False, report=False)
+    graph = onnx.load(str(tiny_dir / "out" / "m.onnx")).graph
+    assert not any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.node)
+    assert load_run(tiny_dir / "out", trusted_specs=(f"{tiny_dir}/tiny.py:tiny",))[2] is None
 
 
 def test_a_file_py_factory_model_is_written_as_a_compressed_container(tiny_dir):
