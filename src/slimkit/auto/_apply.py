@@ -72,12 +72,12 @@ def _cluster(model: nn.Module, params: dict[str, Any], ctx: dict[str, Any]) -> n
 
 def _finetune(model: nn.Module, params: dict[str, Any], ctx: dict[str, Any]) -> nn.Module:
     # as the pipeline's fit_in_stage: masks held by MaskCallback, a per-stage epoch checkpoint, validation loader
-    from slimkit.prune import MaskCallback, attached_masks
+    from slimkit.prune import holding_masks
     from slimkit.train import CHECKPOINT_NAME, FitConfig, fit
 
     FIT_FIELDS = {f.name for f in dataclasses.fields(FitConfig)} - {"seed", "progress"}
 
-    callbacks = [MaskCallback()] if attached_masks(model) else []
+    callbacks = holding_masks(model)
     fit_dir = ctx["stage_dir"] / "fit"
     if not ctx["resume"] and (fit_dir / CHECKPOINT_NAME).exists():
         (fit_dir / CHECKPOINT_NAME).unlink()

@@ -262,12 +262,11 @@ class Distiller:
                 cached = cache.get(channel.indices, inputs, lambda x: output_logits(teacher(x)))
             return net(inputs, targets, cached)
 
-        from slimkit.prune import MaskCallback, attached_masks
+        from slimkit.prune import holding_masks
 
-        if attached_masks(self.student) and not any(isinstance(c, MaskCallback) for c in callbacks):
-            # an unstructured-pruned student (prune_unstructured, Deep Compression's rounds): its pruned weights stay
-            # zero, as fine-tuning keeps them; without this a distillation regrew them silently
-            callbacks = [*callbacks, MaskCallback()]
+        # an unstructured-pruned student (prune_unstructured, Deep Compression's rounds) keeps its zeros, as
+        # fine-tuning does; without this a distillation regrew them silently
+        callbacks = holding_masks(self.student, callbacks)
         teacher_was_training = self.teacher.training
         self.teacher.eval()
         self.net.attach()

@@ -182,13 +182,10 @@ def named_model(model: nn.Module, spec: str, options: dict[str, Any]) -> nn.Modu
 
 def fit_in_stage(model: nn.Module, ctx: StageContext, params: TrainParams, **extra: Any) -> None:
     """``fit`` with a per-stage checkpoint, so ``--resume`` continues an interrupted stage from its last epoch."""
+    from slimkit.prune import holding_masks
     from slimkit.train import CHECKPOINT_NAME, fit
 
-    callbacks = list(extra.pop("callbacks", ()))
-    from slimkit.prune import MaskCallback, attached_masks
-
-    if attached_masks(model):  # pruned weights must stay zero while training (masks from prune_unstructured)
-        callbacks.append(MaskCallback())
+    callbacks = holding_masks(model, extra.pop("callbacks", ()))  # pruned weights stay zero while training
     fit_dir = ctx.stage_dir / "fit"
     if not ctx.resume and (fit_dir / CHECKPOINT_NAME).exists():
         (fit_dir / CHECKPOINT_NAME).unlink()  # a stale epoch checkpoint from an earlier run in this folder

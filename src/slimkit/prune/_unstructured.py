@@ -127,6 +127,15 @@ def attached_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: getattr(m, MASK) for name, m in model.named_modules() if getattr(m, MASK, None) is not None}
 
 
+def holding_masks(model: nn.Module, callbacks: Sequence[Callback] = ()) -> list[Callback]:
+    """``callbacks`` plus a :class:`MaskCallback` when ``model`` carries unstructured-pruning masks (and none holds
+    them yet): what every training of a possibly pruned model passes to ``fit``, so its pruned weights stay zero."""
+    out = list(callbacks)
+    if attached_masks(model) and not any(isinstance(c, MaskCallback) for c in out):
+        out.append(MaskCallback())
+    return out
+
+
 @torch.no_grad()
 def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """Zero the masked weights in place (``masks`` default to the ones attached by :func:`magnitude_prune`)."""
