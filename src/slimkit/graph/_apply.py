@@ -137,8 +137,7 @@ def apply_removal(graph: DependencyGraph, removed: Iterable[int], *, model: nn.M
     else on a fresh shared copy; ``graph.model`` itself is left as it is. With ``verify`` the pruned model is run
     once on the example inputs and every op's result shape checked (:func:`verify_removal`).
     """
-    removal = Removal(graph, np.asarray(list(removed) if not isinstance(removed, np.ndarray) else removed,
-                                        dtype=np.int64))
+    removal = Removal(graph, removed if isinstance(removed, np.ndarray) else list(removed))
     target = model if model is not None else shared_copy(graph.model)
     changed = _slice_parameters(target, removal)
     attributes: dict[str, dict[str, Any]] = {}

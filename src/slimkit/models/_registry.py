@@ -114,7 +114,6 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     """
     import typing
 
-
     if name not in MODELS:
         raise ModelSpecError(f"unknown model '{name}': choose one of {', '.join(MODELS.names())}, "
                              "or give 'path/to/file.py:factory' for your own model")

@@ -463,14 +463,13 @@ def _check_order(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:
     reshaped: StageCall | None = None  # the last stage that made the model other than its spec builds
     for call in stages:
         fmt = getattr(call.params, "format", None) if call.name == "export" else None
+        line = located.line_of(("stages", call.index - 1, call.name))
         if fmt == "compressed" and reshaped is not None:
-            line = located.line_of(("stages", call.index - 1, call.name))
             raise RecipeError(f"{located.source}, line {line}: stages[{call.index - 1}]: a compressed container "
                               f"cannot follow stage {reshaped.label}: it rebuilds the model from its spec, and "
                               f"'{reshaped.name}' changed the architecture. Export to onnx, or drop that stage")
         if since is not None:
             refused, reason = _CANNOT_FOLLOW[since.name]
-            line = located.line_of(("stages", call.index - 1, call.name))
             # two stages that each name their layers may touch different ones (4-bit here, 8-bit there): left to
             # run, where a stage that finds nothing to change says so
             both_named = bool(getattr(call.params, "layers", None)) and bool(getattr(since.params, "layers", None))
