@@ -235,6 +235,29 @@ def _uniform_at_measured(base: nn.Module, x: torch.Tensor, shape: tuple[int, ...
     return _first_uniform(base, x, [step / 20 for step in range(1, 19)], fits)
 
 
+#: the block-importance criterion of the depth-pruning row (the calibration loss when a block is skipped)
+DEPTH_CRITERION = "loss"
+
+
+def _depth_at_measured(base: nn.Module, x: torch.Tensor, shape: tuple[int, ...], batch: int, measured: float,
+                       repeats: int, calibration) -> nn.Module | None:
+    """Depth pruning (whole residual blocks, ``prune_depth``) at the fewest blocks removed whose latency, timed
+    against the original as every cell here, is not above ``measured`` (the latency-aware model's): a removed block
+    takes all of its time with it, so this is what a MAC-proportional speed-up costs in accuracy."""
+    from slimkit import ConfigError
+    from slimkit.prune import DepthPruneConfig, prune_depth
+
+    for n in range(1, 64):
+        try:
+            model = prune_depth(base, x, DepthPruneConfig(n_blocks=n, criterion=DEPTH_CRITERION), data=calibration)
+        except ConfigError:  # no more blocks to remove
+            return None
+        ratio = _compare(base, model.eval(), shape, batch, repeats)["ratio"]
+        if ratio is not None and ratio <= measured:
+            return model
+    return None
+
+
 #: the search behind the "widths keeping the most MACs" row: starts (the full model, then random widths), the
 #: smallest fraction of a group kept, and whether widths below one kernel block are allowed
 MOST_MACS_STARTS, MOST_MACS_MIN_KEEP, MOST_MACS_SUB_BLOCK = 100, 0.125, True
@@ -382,6 +405,11 @@ def _resnet20(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
         methods.append(("uniform L1, same measured latency", same_time,
                         "ok" if same_time is not None else "slimkit's latency was too noisy to match"
                         if measured is None else "no uniform ratio is as fast"))
+        depth = None if measured is None else _depth_at_measured(base, x, shape, s["batch"], measured,
+                                                                 s["repeats"] // 3, data.calibration)
+        methods.append(("whole residual blocks removed, same measured latency", depth,
+                        "ok" if depth is not None else "slimkit's latency was too noisy to match"
+                        if measured is None else "no block count is as fast"))
         most_macs = _most_macs_at_latency(base, x, table, info["predicted"])
         methods.append(("widths keeping the most MACs, same predicted latency", most_macs,
                         "ok" if most_macs is not None else "the search found no widths at this predicted latency"))
@@ -418,6 +446,11 @@ def _resnet20(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
         line = (f"{target}×: speed-up = {'too noisy to tell' if eff is None else f'{eff:.0%}'} of the MAC reduction "
                 f"(goal ≥ 85%)")
         most = by.get("widths keeping the most MACs, same predicted latency")
+        deep = by.get("whole residual blocks removed, same measured latency")
+        if deep is not None and deep["speedup_share_of_mac_reduction_b64"] is not None:
+            line += (f"; whole residual blocks removed to the same measured latency reach "
+                     f"{deep['speedup_share_of_mac_reduction_b64']:.0%} (latency "
+                     f"{latency_cell(deep['b64'], aa=False)}, test accuracy {deep['test_accuracy']:.2%})")
         if most is not None and most["speedup_share_of_mac_reduction_b64"] is not None:
             line += (f"; the widths keeping the most MACs at the same predicted latency reach "
                      f"{most['speedup_share_of_mac_reduction_b64']:.0%} (latency "
@@ -458,7 +491,10 @@ MACs": not a pruning method — the widths (L1 channels; every group down to {MO
 most MACs at the latency-aware model's table-predicted latency, as a greedy over the table finds them (the full
 model and {MOST_MACS_STARTS - 1} random starts, then a pairwise hill-climb; a search, not a proof of the maximum):
 how much of a MAC reduction this runtime turns into speed-up at that latency when widths are chosen for that
-alone, whatever the accuracy; its own measured latency is in its row.
+alone, whatever the accuracy; its own measured latency is in its row. "Whole residual blocks removed": depth
+pruning (`prune_depth`, criterion `{DEPTH_CRITERION}` on the calibration batches; the candidates are every block
+that keeps its input's shape, all stages at once, so the down-sampling first blocks of stages 2 and 3 stay) at the
+fewest blocks whose measured latency is not above the latency-aware model's, timed as the uniform row.
 "Speed-up ÷ MAC reduction" = (1 / latency ratio) ÷ (1 / MAC ratio): 100% means every MAC removed became time saved.
 Latency: {LATENCY_METHOD}.
 

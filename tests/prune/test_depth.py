@@ -3,7 +3,7 @@ import torch
 
 from slimkit import ConfigError, models
 from slimkit.analysis import output_logits
-from slimkit.prune import DEPTH_CRITERIA, DepthPruneConfig, block_importance, find_blocks, prune_depth
+from slimkit.prune import DEPTH_CRITERIA, DepthPruneConfig, block_importance, find_blocks, prune_depth, remove_blocks
 
 TINY = {
     "llama": "hf:llama:hidden_size=32,intermediate_size=48,num_hidden_layers=5,num_attention_heads=4,"
@@ -121,3 +121,65 @@ def test_bad_depth_configs_name_the_fix():
     swin = models.from_spec("hf:swin")
     with pytest.raises(ConfigError, match="change the hidden states' shape"):
         prune_depth(swin, models.example_input("hf:swin"), DepthPruneConfig(n_blocks=1))
+
+
+RESNET20_CANDIDATES = ("layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2")
+
+
+def _resnet20_with_identity_block(name: str):
+    """A ResNet-20 with real BatchNorm statistics whose block ``name`` passes its input through: its last BN's scale
+    and shift are zero, so the residual branch adds nothing and the block's ReLU sees the (already non-negative)
+    input."""
+    torch.manual_seed(0)
+    model = models.create("resnet20")
+    x = torch.randn(16, 1, 28, 28)
+    model.train()
+    with torch.no_grad():
+        model(x)  # BatchNorm statistics of real activations, so no block is a near no-op by accident
+        bn = model.get_submodule(name).bn2
+        bn.weight.zero_()
+        bn.bias.zero_()
+    model.eval()
+    with torch.no_grad():
+        targets = model(x).argmax(1)
+    return model, x, [(x, targets)]
+
+
+@pytest.mark.parametrize("criterion", DEPTH_CRITERIA.names())
+def test_cnn_residual_blocks_across_stages_are_candidates_and_a_no_op_block_goes(criterion):
+    model, x, data = _resnet20_with_identity_block("layer2.2")
+    importance = block_importance(model, x, DepthPruneConfig(n_blocks=1, criterion=criterion), data=data)
+    # the down-sampling first blocks of stages 2 and 3 change the shape: not candidates
+    assert importance.names == RESNET20_CANDIDATES and importance.blocks_name == "layer1, layer2, layer3"
+    assert importance.removed_names == ("layer2.2",) and importance.scores[4] == pytest.approx(0.0, abs=1e-6)
+    assert min(s for i, s in enumerate(importance.scores) if i != 4) > 1e-3
+    pruned = prune_depth(model, x, DepthPruneConfig(n_blocks=1, criterion=criterion), data=data).eval()
+    assert type(pruned) is type(model) and [len(pruned.get_submodule(f"layer{k}")) for k in (1, 2, 3)] == [3, 2, 3]
+    for name, p in pruned.layer2[1].named_parameters():
+        assert torch.equal(p, model.layer2[1].get_parameter(name))
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-5)
+    # one 3×3 conv pair of stage 2 (32 → 32 channels on 14×14) is gone: 2 · 32·32·9·14·14 MACs, plus its two BNs
+    from slimkit.analysis import profile
+
+    convs = 2 * 32 * 32 * 9 * 14 * 14
+    removed = profile(model, x[:1]).total.macs - profile(pruned, x[:1]).total.macs
+    assert convs <= removed <= convs + 2 * 2 * 32 * 14 * 14
+
+
+def test_cnn_depth_by_names_contiguous_runs_stay_in_a_stage_and_bad_names_are_refused():
+    model, x, data = _resnet20_with_identity_block("layer3.1")
+    run = block_importance(model, x, DepthPruneConfig(n_blocks=2, contiguous=True, criterion="loss"), data=data)
+    assert [tuple(run.names[i] for i in r) for r in run.runs] == [
+        ("layer1.0", "layer1.1"), ("layer1.1", "layer1.2"), ("layer2.1", "layer2.2"), ("layer3.1", "layer3.2")]
+    emptied = remove_blocks(model, ["layer1.0", "layer1.1", "layer1.2", "layer3.2"])
+    assert len(emptied.layer1) == 0 and len(emptied.layer3) == 2 and emptied(x).shape == (16, 10)
+    assert len(model.layer1) == 3  # the caller's model untouched
+    with pytest.raises(ConfigError, match=r"cannot remove block 'layer4\.0'"):
+        remove_blocks(model, ["layer4.0"])
+    with pytest.raises(ConfigError, match=r"only 7 of the model's blocks.*2 more change the hidden states' shape"):
+        block_importance(model, x, DepthPruneConfig(n_blocks=8))
+    with pytest.raises(ConfigError, match="no ModuleList/Sequential"):
+        block_importance(models.create("lenet5"), x, DepthPruneConfig(n_blocks=1))
+    only_stage3 = block_importance(model, x, DepthPruneConfig(n_blocks=1, blocks="layer3"))
+    assert only_stage3.names == ("layer3.1", "layer3.2")
