@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from slimkit._cpu import resolve_reduce_range
+from slimkit._io import read_json_object
 from slimkit.auto._config import AutoConfig
 from slimkit.auto._costs import (
     Analysis,
@@ -27,7 +28,7 @@ from slimkit.auto._costs import (
     level_widths,
     table_payload,
 )
-from slimkit.auto._folder import Cache, digest, read_json, state_digest, write_json
+from slimkit.auto._folder import Cache, digest, state_digest, write_json
 from slimkit.auto._formats import create_format, example_batch
 from slimkit.auto._measure import CANDIDATES_PER_RUN, LatencyMeter, compare_all
 from slimkit.auto._sensitivity import (
@@ -111,7 +112,7 @@ class Analyser:
         traces = None
         if method == "hessian":
             names = [n for n in layers if n not in skip]
-            cached = read_json(self.folder / "hessian.json")
+            cached = read_json_object(self.folder / "hessian.json")
             if isinstance(cached, dict) and cached.get("key") == self.key:
                 traces = cached["traces"]
             else:
@@ -159,7 +160,7 @@ class Analyser:
             return None
         key = digest({"analysis": self.key, "options": {k: str(v) if isinstance(v, Path) else v
                                                         for k, v in options.items()}})
-        cached = read_json(self.folder / f"{name}.json")
+        cached = read_json_object(self.folder / f"{name}.json")
         if isinstance(cached, dict) and cached.get("key") == key:
             return cached["table"]
         self.emit("analysis", {"what": name.replace("_", " ") + " table", "done": 0, "total": 1})
@@ -230,7 +231,7 @@ class Analyser:
         if "int8" in config.knobs:
             analysis.int8 = int8_analysis(self.model, self.example, calib, self.data.calibration, quantizable,
                                           cache=self.cache("int8"), progress=self.progress("int8"))
-        reference = read_json(self.folder / "int8_reference.json")
+        reference = read_json_object(self.folder / "int8_reference.json")
         path = self.folder / "int8_reference.onnx"
         if not (isinstance(reference, dict) and reference.get("key") == self.key and path.is_file()
                 and self_contained_onnx(path)):  # slimkit writes whole files: one naming others is not its own
@@ -390,7 +391,7 @@ class Analyser:
         """The input model as a container with every layer at 8 bits, no sparsity (calibrates the header)."""
         from slimkit.share import ClusterConfig, cluster_weights, save_compressed
 
-        reference = read_json(self.folder / "container_reference.json")
+        reference = read_json_object(self.folder / "container_reference.json")
         if not (isinstance(reference, dict) and reference.get("key") == self.key):
             self.emit("analysis", {"what": "container reference", "done": 0, "total": 1})
             layers = [n for n in analysis.layers if n not in analysis.skip]

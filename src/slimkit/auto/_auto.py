@@ -17,9 +17,9 @@ from torch import nn
 
 from slimkit._errors import ConfigError, DataError, SlimkitError
 from slimkit._inputs import input_tuple
-from slimkit._io import copy_atomic
+from slimkit._io import copy_atomic, read_json_object
 from slimkit.auto._config import AutoConfig
-from slimkit.auto._folder import RUN_FILE, read_json, write_json
+from slimkit.auto._folder import RUN_FILE, write_json
 from slimkit.auto._formats import create_format
 from slimkit.auto._measure import LatencyMeter, OrtLatency
 from slimkit.auto._plan import Plan
@@ -167,7 +167,7 @@ def auto_compress(model: nn.Module, example_inputs: Any, config: AutoConfig, *, 
     folder.mkdir(parents=True, exist_ok=True)
     from slimkit import __version__
 
-    info = read_json(folder / RUN_FILE) if resuming else None
+    info = read_json_object(folder / RUN_FILE) if resuming else None
     info = info if isinstance(info, dict) else {}
     info.update(run_id=run_id, fingerprint=fingerprint, status="running", slimkit=__version__,
                 config=config.to_dict(), spec=spec, data=getattr(data, "name", None),
@@ -221,7 +221,7 @@ def _write_outputs(folder: Path, result: AutoResult, config: AutoConfig, model: 
 
         write_text_atomic(folder / "recipe.yaml", text)
         files["recipe"] = str(folder / "recipe.yaml")
-    search = read_json(folder / "search.json") or {}
+    search = read_json_object(folder / "search.json") or {}
     payload = {"base": result.base, "candidates": result.candidates, "chosen": result.chosen,
                "status": result.status, "stop": result.stop, "budget": config.budget.text(),  # type: ignore
                "max_drop": config.max_drop, "min_accuracy": config.min_accuracy, "search": search, "recipe_text": text}

@@ -24,20 +24,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slimkit._io import write_text_atomic
+from slimkit._io import read_json_object, write_text_atomic
 
 RUN_FILE = "auto.json"
 #: every name the folder may hold (the listing above; the deployed file is model.onnx or model.slim)
 OWNED = frozenset({RUN_FILE, "baseline.json", "analysis", "probes", "candidates", "search.json", "candidates.json",
                    "recipe.yaml", "model.pt", "model.onnx", "model.slim", "report.md", "report.html", "plots",
                    "verify.json"})
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -79,7 +72,7 @@ class Cache:
     def __init__(self, path: Path | None, key: str) -> None:
         self.path, self.key = path, key
         self.entries: dict[str, Any] = {}
-        loaded = read_json(path) if path is not None else None
+        loaded = read_json_object(path) if path is not None else None
         if isinstance(loaded, dict) and loaded.get("key") == key and isinstance(loaded.get("entries"), dict):
             self.entries = loaded["entries"]
 

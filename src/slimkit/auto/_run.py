@@ -52,12 +52,12 @@ from typing import Any
 from torch import nn
 
 from slimkit._errors import ConfigError
-from slimkit._io import refuse_links
+from slimkit._io import read_json_object, refuse_links
 from slimkit.auto._analyse import Analyser, Event, reachable_text
 from slimkit.auto._apply import rebuild_stages, run_stages
 from slimkit.auto._config import AutoConfig
 from slimkit.auto._costs import Analysis, build_problem, layer_ms, plan_of, uniform_ties
-from slimkit.auto._folder import RUN_FILE, digest, read_json, state_digest, write_json
+from slimkit.auto._folder import RUN_FILE, digest, state_digest, write_json
 from slimkit.auto._formats import DeployFormat, create_format
 from slimkit.auto._measure import LatencyMeter, deployed_latency, judged_ratio, latency_bound, measure_model, meets
 from slimkit.auto._plan import Plan
@@ -86,7 +86,7 @@ def prepare_folder(out: Path, fingerprint: str, resume: bool, force: bool) -> tu
         raise ConfigError(f"--out '{out}' is a file: give a folder")
     if not (out.is_dir() and any(out.iterdir())):
         return uuid.uuid4().hex[:12], False
-    previous = read_json(out / RUN_FILE)
+    previous = read_json_object(out / RUN_FILE)
     if not isinstance(previous, dict) or "fingerprint" not in previous or "run_id" not in previous:
         raise ConfigError(f"output folder '{out}' is not empty and holds no auto run ({RUN_FILE} is missing): "
                           "choose a new folder")
@@ -133,7 +133,7 @@ class AutoRun:
 
         path = self.out / "baseline.json"
         onnx = self.out / "baseline.onnx"
-        cached = read_json(path)
+        cached = read_json_object(path)
         if isinstance(cached, dict) and cached.get("fingerprint") == self.fingerprint() and onnx.is_file() \
                 and self_contained_onnx(onnx):  # a file slimkit wrote is whole: one naming others is not its own
             return cached
@@ -376,7 +376,7 @@ class AutoRun:
                                  seen | probed, log_entries, uniform)
 
         cut_file = self.out / "probes" / f"cut-{index:02d}.json"
-        cut = read_json(cut_file)
+        cut = read_json_object(cut_file)
         cut_at = cut.get("probes") if isinstance(cut, dict) and type(cut.get("probes")) is int else None
         for count in range(PROBES):
             if not create_format(plan.format).probe_latency:
@@ -539,7 +539,7 @@ class AutoRun:
         from slimkit.auto._apply import STRUCTURAL
 
         folder = self.out / "probes" / digest(plan.key())[:16]
-        done = read_json(folder / RESULT_FILE)
+        done = read_json_object(folder / RESULT_FILE)
         if isinstance(done, dict) and done.get("key") == plan.key() and (
                 done.get("ratio") is None or type(done.get("ratio")) in (int, float)):  # else: measured again
             return done["ratio"]
@@ -564,8 +564,8 @@ class AutoRun:
         folder = self.out / "candidates" / f"{index:02d}"
         fmt = create_format(plan.format)
         planned = fmt.stages(plan, self.config)
-        done = read_json(folder / RESULT_FILE)
-        started = read_json(folder / "plan.json")
+        done = read_json_object(folder / RESULT_FILE)
+        started = read_json_object(folder / "plan.json")
         # the same plan carried out by the same stages: a folder from an older slimkit whose format trained
         # otherwise (e.g. the centroid fine-tune's gradient) is trained again, so the recipe written reproduces it
         same_plan = isinstance(started, dict) and started.get("key") == plan.key() and _same_stages(started, planned)

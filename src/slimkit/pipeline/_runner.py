@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from slimkit._errors import CheckpointError, ConfigError, SlimkitError
-from slimkit._io import copy_atomic, is_inside, refuse_links, write_text_atomic
+from slimkit._io import copy_atomic, is_inside, read_json_object, refuse_links, write_text_atomic
 from slimkit.pipeline._recipe import Recipe, StageCall, parse_recipe, trusting_only
 from slimkit.pipeline._stages import Exporter, Stage, StageContext, named_model
 
@@ -78,16 +78,6 @@ def _next_exporter(stage: Stage, current: Exporter | None) -> Exporter | None:
     """How the models after ``stage`` are exported: its own way, else the earlier one, unless its model is a new
     one (a distilled float student after an int8 stage is exported as the float model it is)."""
     return stage.exporter() or (None if stage.replaces_model() else current)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when it is missing, unreadable or not an object (a damaged record is
-    treated as absent: the stage runs again, a folder is not taken for a run)."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -142,7 +132,7 @@ class _Session:
         return ctx
 
     def finished(self, label: str) -> dict[str, Any] | None:
-        result = _read_json(self.stage_dir(label) / RESULT_FILE)
+        result = read_json_object(self.stage_dir(label) / RESULT_FILE)
         # a result naming another stage is not this one's: its "stage" becomes a path when it is reused
         ok = result is not None and result.get("run_id") == self.run_id and result.get("stage") == label
         ok = ok and isinstance(result.get("notes", {}), dict)
@@ -261,7 +251,7 @@ def _subset(loader: Any, n: int | None, *, shuffle: bool = False, seed: int = 0)
 
 def is_run_folder(out: Path) -> bool:
     """True when ``out`` holds a run slimkit started (its ``run.json`` with a run id and recipe fingerprint)."""
-    previous = _read_json(out / RUN_FILE) if out.is_dir() else None
+    previous = read_json_object(out / RUN_FILE) if out.is_dir() else None
     return isinstance(previous, dict) and "run_id" in previous and "fingerprint" in previous
 
 
@@ -287,7 +277,7 @@ def _prepare_out(recipe: Recipe, out: Path, resume: bool, force: bool) -> tuple[
         raise ConfigError(f"output folder '{out}' is not empty and holds no slimkit run ({RUN_FILE} is missing): "
                           f"{what}; choose a new folder")
     refuse_links(out)  # a slimkit run's folder: any link in it was planted
-    previous = _read_json(out / RUN_FILE)
+    previous = read_json_object(out / RUN_FILE)
     if resume:
         if previous.get("fingerprint") != recipe.fingerprint():
             raise ConfigError(f"--resume: the recipe differs from the one that started the run in '{out}': use the "
@@ -432,11 +422,11 @@ def _finish(session: _Session, model: nn.Module, results: list[dict[str, Any]], 
 
         profiles = {}
         for key, result in (("before", results[0]), ("after", results[-1])):
-            data = _read_json(session.stage_dir(result["stage"]) / "profile.json")
+            data = read_json_object(session.stage_dir(result["stage"]) / "profile.json")
             if data is not None:
                 profiles[key] = data
         files.update({k: str(v) for k, v in write_report(out, metrics, profiles=profiles).items()})
-    run = _read_json(out / RUN_FILE) or {}
+    run = read_json_object(out / RUN_FILE) or {}
     run.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     _write_json(out / RUN_FILE, run)
     session.reporter("run_end", {"results": results, "files": files})
@@ -459,7 +449,7 @@ def load_run(run_dir: str | Path, stage: str | None = None, *,
     from slimkit.train import seed_everything
 
     out = Path(run_dir)
-    run = _read_json(out / RUN_FILE)
+    run = read_json_object(out / RUN_FILE)
     if run is None or "recipe" not in run or "run_id" not in run:
         raise ConfigError(f"'{out}' is not a slimkit run folder ({RUN_FILE} missing or unreadable): give the --out "
                           "folder of 'slimkit compress'")
