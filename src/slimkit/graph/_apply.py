@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from slimkit._errors import TraceError
+from slimkit._masks import MASK_SUFFIX
 from slimkit.graph._capture import Ref
 from slimkit.graph._context import module_map
 from slimkit.graph._deadline import Deadline
@@ -190,9 +191,9 @@ def _slice_parameters(model: nn.Module, removal: Removal) -> set[str]:
 
 def _masked_param(name: str, tensor: torch.Tensor, removal: Removal) -> str | None:
     """The parameter a ``<param>_mask`` buffer ``name`` masks, when the graph holds it with the buffer's shape."""
-    if not name.endswith("_mask"):
+    if not name.endswith(MASK_SUFFIX):
         return None
-    param = name[: -len("_mask")]
+    param = name[: -len(MASK_SUFFIX)]
     held = removal.graph.params.get(param)
     return param if held is not None and tuple(held.shape) == tuple(tensor.shape) else None
 

@@ -23,12 +23,13 @@ from torch import nn
 
 from slimkit._errors import ConfigError
 from slimkit._finalize import register_finalizer
+from slimkit._masks import WEIGHT_MASK
 from slimkit._select import select_names
 from slimkit.train import Callback, TrainState
 
 #: the layer types whose ``weight`` is pruned
 PRUNABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
-MASK = "weight_mask"
+MASK = WEIGHT_MASK
 
 
 @dataclass(frozen=True)

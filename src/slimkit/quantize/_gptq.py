@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit._errors import ConfigError
+from slimkit._masks import WEIGHT_MASK
 from slimkit.quantize._methods import LayerTarget, register_method, rtn_layer
 from slimkit.quantize._sequential import SequentialRunner
 
@@ -216,8 +217,7 @@ def gptq_target(target: LayerTarget, hessian: Hessian, options: GPTQOptions) -> 
         raise ConfigError(f"GPTQ: layer '{target.name}' saw no calibration input")
     groups = hessian.H.shape[0]
     per = W.shape[0] // groups
-    # unstructured pruning's mask (prune_unstructured's weight_mask buffer; quantize does not import prune)
-    mask = getattr(target.layer, "weight_mask", None)
+    mask = getattr(target.layer, WEIGHT_MASK, None)  # unstructured pruning's mask
     keep = mask.reshape(W.shape) if isinstance(mask, torch.Tensor) and mask.numel() == W.numel() else None
     results = []
     for g in range(groups):
