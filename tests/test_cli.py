@@ -107,3 +107,14 @@ def test_the_latency_batch_defaults_to_one_block_on_token_data(argv, batch):
 
     args = build_parser().parse_args([*argv, "--out", "unused"])
     assert recipe_of(args, "x", [{"train": {}}])["evaluation"]["latency_batch"] == batch
+
+
+def test_a_pipe_as_the_output_file_is_refused_even_with_force(tmp_path, capsys):
+    import os
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)  # as /dev/null would be: renaming a finished file over it would delete the node
+    assert main(["export", "lenet5", "--out", str(pipe), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "never replaced, even with --force" in err and "Traceback" not in err
+    assert pipe.is_fifo()

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from slimkit import ConfigError
-from slimkit._io import copy_atomic, is_inside, refuse_links
+from slimkit._io import copy_atomic, is_inside, refuse_links, write_text_atomic
 
 
 def test_a_copy_replaces_a_link_at_its_target_and_never_writes_through_it(tmp_path):
@@ -49,3 +49,15 @@ def test_an_auto_folder_with_a_planted_link_is_refused_but_a_foreign_folder_is_n
     (project / ".venv").symlink_to(tmp_path)
     with pytest.raises(ConfigError, match="holds no auto run"):
         prepare_folder(project, "f", resume=False, force=True)
+
+
+def test_a_device_or_pipe_at_the_target_is_never_replaced(tmp_path):
+    import os
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(FileExistsError, match="never replaced"):
+        write_text_atomic(pipe, "x")
+    with pytest.raises(FileExistsError, match="never replaced"):
+        copy_atomic(__file__, pipe)
+    assert pipe.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no staging file left

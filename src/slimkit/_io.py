@@ -4,6 +4,7 @@ place."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -37,6 +38,17 @@ def staging_file(target: Path, suffix: str) -> Path:
     return Path(name)
 
 
+def replace_file(staged: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Rename the finished ``staged`` file over ``target``. A ``target`` that exists and is neither a regular file
+    nor a link (a device such as /dev/null, a pipe, a socket) is refused: renaming over it would delete the node,
+    and as root that includes the system's devices."""
+    target = Path(target)
+    if target.exists() and not target.is_symlink() and not target.is_file():
+        raise FileExistsError(errno.EEXIST, "not a regular file (a device, a pipe or a folder): it is never "
+                              "replaced", str(target))
+    os.replace(staged, target)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file next to ``path`` (:func:`_staging`: a new file's usual permissions); on success fsync
@@ -49,7 +61,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        replace_file(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

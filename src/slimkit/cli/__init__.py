@@ -53,6 +53,7 @@ _OS_HINTS = {
     errno.ENOENT: "a file or folder is missing: check the path",
     errno.EISDIR: "a folder was given where a file is needed: check the path",
     errno.ENOTDIR: "a file was given where a folder is needed: check the path",
+    errno.EEXIST: "choose a path for a new file",
 }
 
 

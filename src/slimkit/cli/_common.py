@@ -201,6 +201,9 @@ def check_output_file(path: str | os.PathLike, flag: str, *, force: bool,
     target = Path(path)
     if target.is_dir():
         raise CommandError(f"{flag} '{target}' is a folder: give a file path (e.g. {target / 'out.json'})")
+    if target.exists() and not target.is_file():
+        raise CommandError(f"{flag} '{target}' is not a regular file (a device or a pipe): give a file path; it is "
+                           "never replaced, even with --force")
     if not target.parent.is_dir():
         raise CommandError(f"{flag} '{target}': the folder '{target.parent}' does not exist: create it first")
     resolved = target.resolve()

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from slimkit._inputs import input_tuple
-from slimkit._io import staging_file
+from slimkit._io import replace_file, staging_file
 from slimkit.export._onnx import ExportError, quiet_exporters
 
 log = logging.getLogger(__name__)
@@ -318,7 +318,7 @@ def export_matmul_nbits(
         except Exception as error:
             raise ExportError(f"could not export {type(model).__name__} with MatMulNBits: "
                               f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
-        os.replace(tmp, target)
+        replace_file(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -35,7 +35,7 @@ from torch import nn
 
 from slimkit._errors import SlimkitError
 from slimkit._inputs import input_tuple
-from slimkit._io import atomic_write, cache_root, copy_atomic, staging_file
+from slimkit._io import atomic_write, cache_root, copy_atomic, replace_file, staging_file
 from slimkit.analysis import output_logits
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def export_onnx(
                     f"could not export {type(model).__name__} to ONNX: {first_error} / {second_error}. "
                     "Replace data-dependent Python control flow in forward() with tensor ops, or export a submodule."
                 ) from second_error
-        os.replace(tmp, target)
+        replace_file(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
