@@ -85,3 +85,19 @@ def test_old_and_future_formats_are_refused_with_the_fix(tmp_path):
         (tmp_path / "v.slim").write_bytes(raw)
         with pytest.raises(CheckpointError, match=message):
             load_compressed(tmp_path / "v.slim")
+
+
+def test_a_model_its_spec_no_longer_builds_is_refused_before_writing(tmp_path):
+    from slimkit import ConfigError
+    from slimkit.prune import PruneConfig, prune_channels
+
+    x = torch.randn(1, 1, 28, 28)
+    pruned = prune_channels(create("lenet300"), x, PruneConfig(ratio=0.3))  # layers.1: 300 → 210 units
+    pruned.slimkit_spec = "lenet300"
+    with pytest.raises(ConfigError, match=r"'layers\.1\.weight' is 210×784 where 'lenet300' builds 300×784.*ONNX"):
+        save_compressed(pruned, tmp_path / "p.slim")
+    assert list(tmp_path.iterdir()) == []
+    grown = _compressed()
+    grown.extra = nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match=r"'lenet300' has no 'extra\.bias'"):
+        save_compressed(grown, tmp_path / "g.slim", spec="lenet300")

@@ -168,6 +168,28 @@ def _architecture(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: v for k, v in shapes.items() if not k.endswith(".codebook")}
 
 
+def _check_spec_builds(model: nn.Module, spec: str) -> None:
+    """A registered spec must build this architecture, or the container could never be loaded: a pruned, decomposed
+    or rewritten model has tensors its spec does not make (checked on the meta device, nothing allocated)."""
+    from slimkit.models import from_spec
+
+    try:
+        with torch.device("meta"):
+            built = _architecture(from_spec(spec))
+    except Exception:  # a spec that cannot build on the meta device is checked when the container is loaded
+        return
+    have = _architecture(model)
+    extra = sorted(set(have) - set(built))
+    differ = [k for k in have if k in built and have[k] != built[k]]
+    if extra or differ:
+        what = (f"'{differ[0]}' is {'×'.join(map(str, have[differ[0]]))} where '{spec}' builds "
+                f"{'×'.join(map(str, built[differ[0]]))}" if differ else f"'{spec}' has no '{extra[0]}'")
+        raise ConfigError(f"a compressed container rebuilds its model from the spec '{spec}', which this model no "
+                          f"longer matches ({what}: a prune, decompose, convert or quantize step changed the "
+                          "architecture): export it to ONNX instead (a container holds a model of its spec's "
+                          "shapes: unstructured pruning and clustering keep them)")
+
+
 def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None) -> ContainerSummary:
     """Write ``model`` (clustered layers Huffman-coded where that pays, everything else raw) to one file, atomically.
 
@@ -181,6 +203,8 @@ def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None)
 
     spec = resolve_spec(model, spec)
     stored_spec = None if is_code_spec(spec) else spec
+    if stored_spec is not None:
+        _check_spec_builds(model, stored_spec)
     payload = _Payload()
     clustered = clustered_layers(model)
     layers, sizes = [], []
