@@ -1,4 +1,5 @@
 import json
+import textwrap
 
 import pytest
 import torch
@@ -316,3 +317,34 @@ def test_a_file_py_factory_model_is_written_as_a_compressed_container(tiny_dir):
     run_recipe(load_recipe(tiny_dir / "r.yaml"), tiny_dir / "out", progress=False, report=False)
     reloaded = load_compressed(tiny_dir / "out" / "m.slim", spec=f"{tiny_dir}/tiny.py:tiny")
     assert reloaded(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_a_depth_stage_removes_residual_blocks_and_a_reloaded_run_replays_its_choice(tmp_path):
+    recipe = tmp_path / "depth.yaml"
+    recipe.write_text(textwrap.dedent("""\
+        version: 1
+        model: {spec: resnet20}
+        data: {name: digits, batch_size: 64}
+        evaluation: {latency: false}
+        stages:
+          - train: {epochs: 1}
+          - prune_depth: {n_blocks: 2, criterion: loss}
+          - finetune: {epochs: 1, lr: 0.01}
+        """))
+    metrics = run_recipe(load_recipe(recipe), tmp_path / "out", progress=False)
+    result = json.loads((tmp_path / "out" / "stages" / "02-prune_depth" / "result.json").read_text())
+    removed = result["notes"]["removed_blocks"]
+    # two blocks that keep their input's shape: never the down-sampling first block of stage 2 or 3
+    assert len(removed) == 2 and not {"layer2.0", "layer3.0"} & set(removed)
+    stages = {row["stage"]: row for row in metrics.stages}
+    assert stages["02-prune_depth"]["macs"] < stages["01-train"]["macs"]
+    model, _, _ = load_run(tmp_path / "out")
+    assert sum(len(model.get_submodule(f"layer{k}")) for k in (1, 2, 3)) == 7
+    final = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    state = model.state_dict()
+    assert len(final) == len(state) and all(torch.equal(v, final[k]) for k, v in state.items())
+    # a recipe asking for more blocks than the model can lose fails before the run folder is made
+    recipe.write_text(recipe.read_text().replace("n_blocks: 2", "n_blocks: 8"))
+    with pytest.raises(ConfigError, match="only 7 of the model's blocks may be removed"):
+        run_recipe(load_recipe(recipe), tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2").exists()

@@ -452,7 +452,7 @@ _CANNOT_FOLLOW = {
 
 
 #: stages after which the model is no longer what its spec builds (a compressed container rebuilds it from the spec)
-_RESHAPING = ("prune", "decompose", "convert", "quantize")
+_RESHAPING = ("prune", "prune_depth", "decompose", "convert", "quantize")
 
 
 def _check_order(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:

@@ -1,4 +1,4 @@
-"""Pruning stages: structured channel removal and unstructured magnitude masks (slimkit.prune)."""
+"""Pruning stages: structured channel removal, whole blocks, and unstructured magnitude masks (slimkit.prune)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 from slimkit.pipeline._stage_params import Fraction, config_params
 from slimkit.pipeline._stages import Stage, StageContext, register_stage
-from slimkit.prune import PruneConfig, UnstructuredConfig
+from slimkit.prune import DepthPruneConfig, PruneConfig, UnstructuredConfig
 
 # the ratio range and the criterion name are also checked here, so that they are recipe errors with a line
 _PruneBase = config_params(PruneConfig, "_PruneBase", ratio=(Fraction | dict[str, Fraction], 0.5))
@@ -58,6 +58,37 @@ class PruneStage(Stage):
             ctx.notes["latency_target"] = {k: latency[k] for k in ("target", "batch", "threads", "predicted",
                                                                    "measured", "rounds")}
         return pruned
+
+@register_stage("prune_depth")
+class PruneDepthStage(Stage):
+    """Depth pruning: whole blocks go — a CNN's residual blocks, a transformer's layers — the least important by
+    the criterion on the calibration data. Each removed block takes all its time with it."""
+
+    Params = config_params(DepthPruneConfig, "PruneDepthParams")
+    structural = True
+    compresses = True
+    summary = "remove whole blocks: residual blocks, transformer layers (slimkit.prune.prune_depth: angular, bi, loss)"
+
+    def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
+        if ctx.model_is_input:  # too many blocks, keep out of range, no block that keeps its input's shape
+            from slimkit.prune import depth_candidates
+
+            depth_candidates(input_model, ctx.example_input, self.params.config())
+
+    def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        from slimkit.prune import block_importance, prune_depth, remove_blocks
+
+        saved = ctx.notes.get("removed_blocks")
+        if isinstance(saved, list) and saved and all(isinstance(name, str) for name in saved):
+            return remove_blocks(model, saved)  # the blocks the finished stage chose, not measured again
+        config = self.params.config()
+        importance = block_importance(model, ctx.example_input, config, data=ctx.data.calibration)
+        ctx.notes["removed_blocks"] = list(importance.removed_names)
+        return prune_depth(model, ctx.example_input, config, importance=importance)
+
+    def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        return self.rebuild(model, ctx)
+
 
 @register_stage("prune_unstructured")
 class PruneUnstructuredStage(Stage):

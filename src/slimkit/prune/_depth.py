@@ -435,6 +435,45 @@ def _candidates(model: nn.Module, config: DepthPruneConfig, inputs: Any) -> tupl
     return names, [b for b, ok in zip(blocks, removable) if ok], removable.count(False)
 
 
+def _plan(model: nn.Module, config: DepthPruneConfig, example_inputs: Any) -> tuple[str, list[tuple[str, nn.Module]],
+                                                                               list[tuple[int, ...]], int, list[int]]:
+    """(the lists' names, the candidate blocks, the candidate runs, how many to remove, each candidate's params)."""
+    blocks_name, candidates, fixed = _candidates(model, config, example_inputs)
+    count = len(candidates)
+    keep = set(config.keep)
+    if any(i >= count for i in keep):
+        raise ConfigError(f"keep={config.keep}: the model has candidate blocks 0..{count - 1} "
+                          f"({', '.join(n for n, _ in candidates)})")
+    removable = count - len(keep) if fixed else count - max(len(keep), 1)
+    block_params = [_unique_params(b) for _, b in candidates]
+    n = _block_count(config, block_params, _unique_params(model), removable, fixed)
+    if config.contiguous:
+        def consecutive(run: range) -> bool:  # one list, adjacent indices
+            names = [candidates[i][0].rpartition(".") for i in run]
+            return (len({parent for parent, _, _ in names}) == 1
+                    and all(int(b[2]) == int(a[2]) + 1 for a, b in itertools.pairwise(names)))
+
+        runs = [tuple(range(s, s + n)) for s in range(count - n + 1)
+                if not keep.intersection(range(s, s + n)) and consecutive(range(s, s + n))]
+        if not runs:
+            raise ConfigError(f"no run of {n} consecutive blocks avoids keep={config.keep}: remove fewer blocks")
+    else:
+        runs = [(i,) for i in range(count) if i not in keep]
+    return blocks_name, candidates, runs, n, block_params
+
+
+def depth_candidates(model: nn.Module, example_inputs: Any, config: DepthPruneConfig) -> tuple[str, ...]:
+    """The blocks ``config`` chooses among (module names), checked as :func:`prune_depth` would check them — too
+    many blocks asked for, ``keep`` out of range, no shape-preserving block — without measuring any importance:
+    a recipe's check before it runs."""
+    was_training = model.training
+    model.eval()
+    try:
+        return tuple(name for name, _ in _plan(model, config, example_inputs)[1])
+    finally:
+        model.train(was_training)
+
+
 def block_importance(model: nn.Module, example_inputs: Any, config: DepthPruneConfig, *,
                      data: Iterable | None = None) -> BlockImportance:
     """Score every candidate removal with ``config.criterion`` and choose the blocks :func:`prune_depth` removes.
@@ -443,28 +482,9 @@ def block_importance(model: nn.Module, example_inputs: Any, config: DepthPruneCo
     was_training = model.training
     model.eval()
     try:
-        blocks_name, candidates, fixed = _candidates(model, config, example_inputs)
-        count = len(candidates)
-        keep = set(config.keep)
-        if any(i >= count for i in keep):
-            raise ConfigError(f"keep={config.keep}: the model has candidate blocks 0..{count - 1} "
-                              f"({', '.join(n for n, _ in candidates)})")
-        removable = count - len(keep) if fixed else count - max(len(keep), 1)
-        block_params = [_unique_params(b) for _, b in candidates]
+        blocks_name, candidates, runs, n, block_params = _plan(model, config, example_inputs)
         total = _unique_params(model)
-        n = _block_count(config, block_params, total, removable, fixed)
-        if config.contiguous:
-            def consecutive(run: range) -> bool:  # one list, adjacent indices
-                names = [candidates[i][0].rpartition(".") for i in run]
-                return (len({parent for parent, _, _ in names}) == 1
-                        and all(int(b[2]) == int(a[2]) + 1 for a, b in itertools.pairwise(names)))
-
-            runs = [tuple(range(s, s + n)) for s in range(count - n + 1)
-                    if not keep.intersection(range(s, s + n)) and consecutive(range(s, s + n))]
-            if not runs:
-                raise ConfigError(f"no run of {n} consecutive blocks avoids keep={config.keep}: remove fewer blocks")
-        else:
-            runs = [(i,) for i in range(count) if i not in keep]
+        count = len(candidates)
         batches = _calibration(example_inputs, data, config.batches, need_targets=config.criterion == "loss")
         scores = DEPTH_CRITERIA.get(config.criterion)(model, [b for _, b in candidates], batches, runs)
     finally:
@@ -581,7 +601,7 @@ def remove_blocks(model: nn.Module, removed: Iterable[int] | Iterable[str], *, b
 
 
 def prune_depth(model: nn.Module, example_inputs: Any, config: DepthPruneConfig, *,
-                data: Iterable | None = None) -> nn.Module:
+                data: Iterable | None = None, importance: BlockImportance | None = None) -> nn.Module:
     """Remove whole blocks of a transformer or a CNN's residual blocks by block importance (Gromov et al. 2024;
     Men et al. 2024, ShortGPT).
 
@@ -590,8 +610,11 @@ def prune_depth(model: nn.Module, example_inputs: Any, config: DepthPruneConfig,
     use ``example_inputs`` when it is None). Returns a copy of the model, same class, with the chosen blocks gone
     and the remaining blocks' weights untouched; a Hugging Face model's config is rewritten so it saves and reloads
     with ``save_pretrained`` / ``from_pretrained`` and keeps ``generate``. The caller's model is not modified.
+    ``importance``: the scores :func:`block_importance` already measured for this model and config (not measured
+    again).
     """
-    importance = block_importance(model, example_inputs, config, data=data)
+    if importance is None:
+        importance = block_importance(model, example_inputs, config, data=data)
     log.info("depth pruning %s: removing blocks %s of %d candidates (%s scores %s), %.1f%% of parameters",
              importance.blocks_name, list(importance.removed_names), importance.num_blocks, config.criterion,
              [round(s, 4) for s in importance.scores], 100 * importance.param_reduction)

@@ -179,11 +179,12 @@ def _check_spec_builds(model: nn.Module, spec: str) -> None:
     except Exception:  # a spec that cannot build on the meta device is checked when the container is loaded
         return
     have = _architecture(model)
-    extra = sorted(set(have) - set(built))
+    extra, missing = sorted(set(have) - set(built)), sorted(set(built) - set(have))
     differ = [k for k in have if k in built and have[k] != built[k]]
-    if extra or differ:
+    if extra or missing or differ:
         what = (f"'{differ[0]}' is {'×'.join(map(str, have[differ[0]]))} where '{spec}' builds "
-                f"{'×'.join(map(str, built[differ[0]]))}" if differ else f"'{spec}' has no '{extra[0]}'")
+                f"{'×'.join(map(str, built[differ[0]]))}" if differ
+                else f"'{spec}' has no '{extra[0]}'" if extra else f"'{missing[0]}', which '{spec}' builds, is gone")
         raise ConfigError(f"a compressed container rebuilds its model from the spec '{spec}', which this model no "
                           f"longer matches ({what}: a prune, decompose, convert or quantize step changed the "
                           "architecture): export it to ONNX instead (a container holds a model of its spec's "
