@@ -113,6 +113,20 @@ def test_the_folder_rules(tiny_dir):
         run_recipe(other, out, resume=True, progress=False)
 
 
+def test_an_export_stage_never_replaces_a_users_file_in_an_earlier_runs_folder(tiny_dir):
+    out = tiny_dir / "out"
+    run_recipe(_recipe(tiny_dir, "- evaluate: {}\n"), out, progress=False, report=False)
+    (out / "notes.txt").write_text("mine")
+    exporting = _recipe(tiny_dir, "- export: {format: onnx, file: notes.txt}\n")
+    for options in ({"force": True}, {"resume": True}):
+        with pytest.raises(ConfigError, match=r"'notes\.txt' exists in .* no earlier run there wrote it"):
+            run_recipe(exporting, out, progress=False, report=False, **options)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    run_recipe(exporting, out, force=True, progress=False, report=False)
+    run_recipe(exporting, out, force=True, progress=False, report=False)  # its own file, from the earlier run
+
+
 def test_the_input_checkpoint_is_never_inside_the_run_folder(tiny_dir):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
     (tiny_dir / "out").mkdir()

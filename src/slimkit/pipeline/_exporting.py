@@ -23,7 +23,6 @@ from slimkit._io import atomic_write, staging_file
 from slimkit.analysis import output_logits
 
 FORMATS = ("onnx", "torchscript", "compressed")
-DEFAULT_SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "compressed": ".slim"}
 
 
 def check_batch(data: Any, size: int = 16) -> torch.Tensor:

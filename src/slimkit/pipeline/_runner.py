@@ -41,7 +41,7 @@ from torch import nn
 from slimkit._errors import CheckpointError, ConfigError, SlimkitError
 from slimkit._io import copy_atomic, is_inside, read_json_object, refuse_links, write_text_atomic
 from slimkit.pipeline._recipe import Recipe, StageCall, parse_recipe, trusting_only
-from slimkit.pipeline._stages import Exporter, Stage, StageContext, named_model
+from slimkit.pipeline._stages import Exporter, Stage, StageContext, export_files, named_model
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +255,17 @@ def is_run_folder(out: Path) -> bool:
     return isinstance(previous, dict) and "run_id" in previous and "fingerprint" in previous
 
 
+def _check_export_targets(recipe: Recipe, out: Path, previous: dict[str, Any]) -> None:
+    """An export stage writing into an earlier run's folder may replace a file only that run's recipe exported: any
+    other file there is the user's (``--force`` starts the run over, it does not clear the folder)."""
+    recorded = previous.get("recipe")
+    ours = export_files(recorded.get("stages") if isinstance(recorded, dict) else None)
+    for name in sorted(export_files(recipe.stages) - ours):
+        if (out / name).exists() or (out / name).is_symlink():
+            raise ConfigError(f"export file '{name}' exists in '{out}' and no earlier run there wrote it: it is "
+                              "never replaced; give the export stage another file name, or move the file")
+
+
 def _prepare_out(recipe: Recipe, out: Path, resume: bool, force: bool) -> tuple[str, bool]:
     """Check the folder; returns (run id, whether an earlier run is being resumed).
 
@@ -278,6 +289,7 @@ def _prepare_out(recipe: Recipe, out: Path, resume: bool, force: bool) -> tuple[
                           f"{what}; choose a new folder")
     refuse_links(out)  # a slimkit run's folder: any link in it was planted
     previous = read_json_object(out / RUN_FILE)
+    _check_export_targets(recipe, out, previous)
     if resume:
         if previous.get("fingerprint") != recipe.fingerprint():
             raise ConfigError(f"--resume: the recipe differs from the one that started the run in '{out}': use the "

@@ -247,6 +247,28 @@ RUN_OWNED = frozenset({"run.json", "recipe.yaml", "metrics.json", "report.md", "
                        "model.onnx", "plots", "stages"})
 
 
+#: the file an export stage writes when the recipe names none: ``export`` + this
+_EXPORT_SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "compressed": ".slim"}
+
+
+def export_files(stages: Any) -> set[str]:
+    """The file names the export stages of a recipe's ``stages`` write, from their parsed parameters or from the
+    plain ``[{name: params}]`` list a run folder's ``run.json`` records (anything malformed there names nothing)."""
+    names = set()
+    for stage in stages if isinstance(stages, list | tuple) else ():
+        params = getattr(stage, "params", None)
+        if isinstance(params, ExportParams):
+            names.add(params.file_name())
+        elif isinstance(stage, dict) and isinstance(stage.get("export"), dict):
+            recorded = stage["export"]
+            file, fmt = recorded.get("file"), recorded.get("format", "onnx")
+            if isinstance(file, str):
+                names.add(file)
+            elif file is None and fmt in _EXPORT_SUFFIX:
+                names.add(f"export{_EXPORT_SUFFIX[fmt]}")
+    return names
+
+
 class ExportParams(StageParams):
     format: Literal["onnx", "torchscript", "compressed"] = "onnx"
     file: str | None = Field(None, min_length=1, max_length=200, description="file name inside the run folder")
@@ -265,6 +287,10 @@ class ExportParams(StageParams):
                              "choose another name")
         return value
 
+    def file_name(self) -> str:
+        """The name the stage writes at the top of the run folder."""
+        return self.file or f"export{_EXPORT_SUFFIX[self.format]}"
+
 
 @register_stage("export")
 class ExportStage(Stage):
@@ -275,9 +301,9 @@ class ExportStage(Stage):
     summary = "export to ONNX (checked in ONNX Runtime), TorchScript or the compressed container"
 
     def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        from slimkit.pipeline._exporting import DEFAULT_SUFFIX, export_model
+        from slimkit.pipeline._exporting import export_model
 
-        name = self.params.file or f"export{DEFAULT_SUFFIX[self.params.format]}"
+        name = self.params.file_name()
         target = (ctx.run_dir / name).resolve()
         if ctx.run_dir.resolve() not in target.parents:
             from slimkit._errors import ConfigError
