@@ -122,3 +122,15 @@ def test_written_files_follow_the_users_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+
+
+def test_a_recipe_naming_code_imports_it_only_when_the_user_types_the_spec(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evil.py").write_text("open('PWNED', 'w')\n\ndef f():\n    raise ValueError('boom')\n")
+    (tmp_path / "r.yaml").write_text("version: 1\nmodel: {spec: evil.py:f}\ndata: {name: digits}\n"
+                                     "stages:\n  - evaluate: {}\n")
+    for argv in (["compress", "r.yaml", "--out", "o"], ["compress", "r.yaml", "--check"]):
+        assert main(argv) == 2
+        assert "--trust-spec" in _one_clean_line(capsys)
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "o").exists()
+    assert main(["compress", "r.yaml", "--check", "--trust-spec", "evil.py:f"]) == 0

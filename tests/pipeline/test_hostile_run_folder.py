@@ -82,7 +82,9 @@ def test_a_recipe_slimkit_wrote_imports_only_the_spec_the_user_typed(tiny_dir, m
     path.write_text(tiny_recipe("- train: {epochs: 1}\n"))
     assert load_recipe(path, trusted_specs=("tiny.py:tiny",)).allow_code
     with pytest.raises(Exception, match=r"never imports code.*changed after slimkit wrote it"):
-        load_recipe(path, trusted_specs=("lenet5",))
+        load_recipe(path, trusted_specs=("lenet5",), confirm="this file was changed after slimkit wrote it")
+    with pytest.raises(Exception, match=r"never imports code.*--trust-spec .*tiny\.py:tiny"):  # the default fix
+        load_recipe(path, trusted_specs=())
     path.write_text(tiny_recipe(f"- distill: {{student: '{tiny_dir}/evil.py:f', teacher: input}}\n"))
     (tiny_dir / "evil.py").write_text("def f():\n    pass\n")
     with pytest.raises(Exception, match=r"evil\.py:f"):

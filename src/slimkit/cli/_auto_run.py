@@ -105,7 +105,9 @@ def verify(result: Any, out: Path, *, spec: str, resume: bool, force: bool, prin
     from slimkit.cli._common import stage_printer
     from slimkit.pipeline import load_recipe, run_recipe
 
-    recipe = load_recipe(out / "recipe.yaml", trusted_specs=(spec,))
+    recipe = load_recipe(out / "recipe.yaml", trusted_specs=(spec,),
+                         confirm="It was written by slimkit from the spec you typed, so it can only name that one: "
+                                 "this file was changed after slimkit wrote it")
     final = out / "final"
     run = run_recipe(recipe, final, resume=resume and final.exists(), force=force or not resume,
                      reporter=stage_printer(printer.out, str(out / "recipe.yaml")))

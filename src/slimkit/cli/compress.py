@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-samples", type=count(1), metavar="N",
                         help="override the recipe's data: evaluate on the first N samples (a quick try)")
     parser.add_argument("--list-stages", action="store_true", help="list the stage names a recipe can use")
+    parser.add_argument("--trust-spec", action="append", default=[], metavar="FILE.py:FACTORY",
+                        help="a model of your own code the recipe names (model or distillation student): type its "
+                             "spec to allow importing it; slimkit never imports code a file names by itself")
     parser.set_defaults(run=run)
 
 
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.recipe:
         raise CommandError("give a recipe file (e.g. recipes/deep-compression-lenet5.yaml), or --list-stages")
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, trusted_specs=tuple(args.trust_spec))
     overrides = {k: getattr(args, k) for k in ("train_samples", "eval_samples") if getattr(args, k)}
     if overrides:
         recipe = recipe.with_data(**overrides)
@@ -40,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         out.print(f"{args.recipe}: valid recipe with {len(recipe.stages)} stage(s): "
                   + ", ".join(s.name for s in recipe.stages))
         for spec in recipe.code_specs():
-            out.print(f"note: the recipe names your own Python code, '{spec}': running it imports that file")
+            out.print(f"note: the recipe names your own Python code, '{spec}' (trusted with --trust-spec): running "
+                      "it imports that file")
         return 0
     if not args.out:
         raise CommandError("--out DIR is required: the folder for checkpoints, metrics and the report")

@@ -615,11 +615,12 @@ def trusting_only(recipe: Recipe, trusted_specs: Sequence[str], confirm: str) ->
     return dataclasses.replace(recipe, allow_code=bool(recipe.code_specs()))
 
 
-def load_recipe(path: str | os.PathLike, *, check_files: bool = True,
-                trusted_specs: Sequence[str] | None = None) -> Recipe:
-    """Read and validate the recipe file at ``path`` (see :func:`parse_recipe`). The user named this file, so a
-    ``file.py:factory`` model in it may be imported when it runs; for a recipe slimkit wrote itself (``slimkit
-    auto``'s), ``trusted_specs`` are the only such specs it may import (the ones the user typed)."""
+def load_recipe(path: str | os.PathLike, *, check_files: bool = True, trusted_specs: Sequence[str] | None = None,
+                confirm: str = "Type the spec to allow importing it: --trust-spec {spec}") -> Recipe:
+    """Read and validate the recipe file at ``path`` (see :func:`parse_recipe`). With ``trusted_specs`` None (a
+    Python caller naming the file) a ``file.py:factory`` model in it may be imported when it runs; given (the
+    ``slimkit`` commands: the specs the user typed), only those may be, and a recipe naming other code is a
+    :class:`ModelSpecError` ending with ``confirm`` (``{spec}``: the first untrusted spec)."""
     from slimkit.pipeline._yaml import MAX_RECIPE_BYTES
 
     source = Path(path)
@@ -640,5 +641,4 @@ def load_recipe(path: str | os.PathLike, *, check_files: bool = True,
                           allow_code=trusted_specs is None)
     if trusted_specs is None:
         return recipe
-    return trusting_only(recipe, trusted_specs, "It was written by slimkit from the spec you typed, so it can only "
-                                                "name that one: this file was changed after slimkit wrote it")
+    return trusting_only(recipe, trusted_specs, confirm)
