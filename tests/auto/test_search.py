@@ -197,3 +197,11 @@ def test_a_candidate_folder_is_reused_only_for_the_stages_that_made_it():
     assert not _same_stages({"stages": older, "lr_scale": 1.0}, planned)
     assert not _same_stages({"stages": planned, "lr_scale": 0.5}, planned)
     assert not _same_stages({"stages": planned, "lr_scale": "1"}, planned)
+
+
+def test_a_problem_with_nothing_to_choose_is_the_model_as_it_is():
+    # e.g. --knobs int8 leaves the fp32 format no knob: its one plan keeps every layer (scipy's milp refuses an
+    # empty program, which crashed auto)
+    problem = Problem("onnx", {}, [Term([], {"size": np.array(6.0)})], {"size": 2.0}, {"size": 10.0})
+    assert reachable(problem, ["size"]) == {"size": pytest.approx(0.8)}
+    assert solve(problem, {"size": 0.8}).picks == {} and solve(problem, {"size": 0.79}) is None

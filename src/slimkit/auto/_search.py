@@ -222,6 +222,8 @@ def solve(problem: Problem, limits: dict[str, float], *, time_limit: float = 60.
         return between_levels(problem, limits, ties, level, tied, time_limit=time_limit)
     if any(not any(c.allowed) for c in problem.choices.values()):
         return None
+    if not problem.choices:  # no knob applies to any layer: the one plan is the model as it is
+        return _within(problem.solution({}, "optimal"), limits, minimise)
     index, joint, n = _layout(problem)
     objective = np.zeros(n)
     budget_rows: dict[str, dict[int, float]] = {d: {} for d in problem.full}
@@ -291,11 +293,15 @@ def solve(problem: Problem, limits: dict[str, float], *, time_limit: float = 60.
         values = [(result.x[index[(key, i)]], i) for i, ok in enumerate(choice.allowed) if ok]
         picks[key] = max(values)[1]
     status = "optimal" if result.status == 0 else "time limit (best found)"
-    solution = problem.solution(picks, status)
+    return _within(problem.solution(picks, status), limits, minimise)
+
+
+def _within(solution: Solution, limits: dict[str, float], minimise: str | None) -> Solution | None:
+    """``solution``, or None when it misses one of ``limits`` (a minimisation has none to meet)."""
     if minimise is None:
         for d, limit in limits.items():  # the rounded picks must still meet every limit
             if d in solution.ratios and solution.ratios[d] > limit * (1 + 1e-9) + 1e-12:
-                log.warning("search: rounded solution misses %s (%.4f > %.4f)", d, solution.ratios[d], limit)
+                log.warning("search: the solution misses %s (%.4f > %.4f)", d, solution.ratios[d], limit)
                 return None
     return solution
 
