@@ -362,3 +362,15 @@ def test_a_depth_stage_removes_residual_blocks_and_a_reloaded_run_replays_its_ch
     with pytest.raises(ConfigError, match="only 7 of the model's blocks may be removed"):
         run_recipe(load_recipe(recipe), tmp_path / "out2", progress=False)
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_clustered_model_is_refused_as_torchscript_before_anything_is_written(tmp_path):
+    from slimkit.data import create_data
+    from slimkit.models import create
+    from slimkit.pipeline import export_model
+    from slimkit.share import cluster_weights
+
+    clustered = cluster_weights(create("lenet300"), None)
+    with pytest.raises(ConfigError, match="TorchScript cannot hold a clustered layer.*onnx"):
+        export_model(clustered, create_data("mnist", batch_size=16), tmp_path / "m.ts", "torchscript")
+    assert list(tmp_path.iterdir()) == []

@@ -113,6 +113,12 @@ def export_model(
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
+    if fmt == "torchscript":
+        from slimkit.share import clustered_layers
+
+        if clustered_layers(model):
+            raise ConfigError("TorchScript cannot hold a clustered layer (tracing cannot take its codebook lookup): "
+                              "export to onnx, or to compressed for the Huffman-coded container")
     target = Path(path)
     model = model.eval()
     batch = check_batch(data)
