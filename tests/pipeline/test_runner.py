@@ -204,6 +204,8 @@ def test_structural_stages_are_replayed_when_a_run_is_loaded(tiny_dir, halve_sta
     assert torch.equal(model(x), result.model.eval()(x))
     middle, _, _ = load_run(tiny_dir / "out", "01-train", trusted_specs=(spec,))
     assert middle[1].out_features == 24
+    before, _, _ = load_run(tiny_dir / "out", "00-input", trusted_specs=(spec,))  # the input, as listed
+    assert before[1].out_features == 24 and not torch.equal(before[1].weight, middle[1].weight)
     with pytest.raises(SlimkitError, match="not a finished stage"):
         load_run(tiny_dir / "out", "07-nothing", trusted_specs=(spec,))
 

@@ -477,7 +477,7 @@ def load_run(run_dir: str | Path, stage: str | None = None, *,
     session.input_model = _frozen_copy(model)
     session.snapshots[INPUT_LABEL] = session.input_model
     labels = [INPUT_LABEL]
-    for call in recipe.stages:
+    for call in recipe.stages if stage != INPUT_LABEL else ():
         done = session.finished(call.label)
         if done is None:
             break
