@@ -77,3 +77,11 @@ def test_mimic_mode_trains_task_and_reconstruction_together():
     assert len(histories) == 1 and histories[0].final["train_acc"] > 0
     with pytest.raises(ConfigError, match="use one of stagewise, mimic"):
         reconstruct(teacher, student, loader, ReconstructConfig(stages=STAGES, mode="joint"))
+
+
+def test_a_feature_task_loss_without_its_own_pairs_is_refused_before_training():
+    from slimkit.distill import LossSpec
+
+    with pytest.raises(ConfigError, match="task loss 'hint' compares features"):
+        ReconstructConfig(stages=STAGES, task_losses=("hint",))
+    ReconstructConfig(stages=STAGES, task_losses=("kd:T=4", LossSpec("hint", pairs=(("layer3", "layer3"),))))

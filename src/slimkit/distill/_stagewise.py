@@ -64,8 +64,12 @@ class ReconstructConfig(FitConfig):
             raise ConfigError(f"stage_epochs={self.stage_epochs!r}: use a whole number ≥ 0")
         if not isinstance(self.weight, int | float) or not 0 <= self.weight < float("inf"):
             raise ConfigError(f"weight={self.weight!r}: use a finite number ≥ 0")
-        for spec in self.task_losses:
-            (spec if isinstance(spec, LossSpec) else LossSpec.parse(spec)).build()
+        for item in self.task_losses:
+            spec = item if isinstance(item, LossSpec) else LossSpec.parse(item)
+            if spec.build().uses_features and not spec.pairs:
+                raise ConfigError(f"task loss '{spec.name}' compares features, but task losses get no layer pairs "
+                                  "(the stage pairs are reconstructed, stage by stage): use ce or kd as the task "
+                                  "loss, or give this loss its own pairs (LossSpec(pairs=...))")
 
 
 def stage_parameters(model: nn.Module, stages: list[str], example_inputs: torch.Tensor) -> list[list[str]]:
