@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from slimkit import CheckpointError
 from slimkit.cli import main
 from slimkit.pipeline import load_run, parse_recipe, run_recipe
 from tests.pipeline.conftest import tiny_recipe
@@ -103,3 +104,28 @@ def test_an_export_never_writes_over_a_file_named_like_its_staging_file(finished
     export_model(model, data, out / "m.onnx", "onnx")
     assert theirs.read_text() == "the user's" and (out / "m.onnx").is_file()
     assert sorted(p.name for p in out.iterdir()) == [".m.onnx.unchecked.onnx", "m.onnx"]
+
+
+@pytest.mark.parametrize("field, value", [("accuracy", "abc"), ("params", [1]), ("split", 3), ("notes", "x"),
+                                          ("latency_ratio", True)])
+def test_a_finished_stage_whose_result_has_the_wrong_types_runs_again(tiny_dir, field, value):
+    recipe = parse_recipe(tiny_recipe("- train: {epochs: 1}\n"), str(tiny_dir / "r.yaml"), tiny_dir)
+    first = run_recipe(recipe, tiny_dir / "out", progress=False, report=False)
+    path = tiny_dir / "out" / "stages" / "01-train" / "result.json"
+    damaged = json.loads(path.read_text())
+    damaged[field] = value
+    path.write_text(json.dumps(damaged))
+    again = run_recipe(recipe, tiny_dir / "out", resume=True, progress=False)  # the report reads every row
+    assert again.stages[1]["accuracy"] == first.stages[1]["accuracy"]
+    assert json.loads(path.read_text())[field] != value
+
+
+def test_a_damaged_int8_grid_note_is_a_clear_error_on_reload(tiny_dir):
+    recipe = parse_recipe(tiny_recipe("- quantize: {method: ptq}\n"), str(tiny_dir / "r.yaml"), tiny_dir)
+    run_recipe(recipe, tiny_dir / "out", progress=False, report=False)
+    path = tiny_dir / "out" / "stages" / "01-quantize" / "result.json"
+    result = json.loads(path.read_text())
+    result["notes"]["weight_range"] = "x"
+    path.write_text(json.dumps(result))
+    with pytest.raises(CheckpointError, match="weight_range note is damaged"):
+        load_run(tiny_dir / "out", trusted_specs=(f"{tiny_dir.resolve()}/tiny.py:tiny",))

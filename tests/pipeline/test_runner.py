@@ -373,6 +373,6 @@ def test_a_clustered_model_is_refused_as_torchscript_before_anything_is_written(
     from slimkit.share import cluster_weights
 
     clustered = cluster_weights(create("lenet300"), None)
-    with pytest.raises(ConfigError, match="TorchScript cannot hold a clustered layer.*onnx"):
+    with pytest.raises(ConfigError, match=r"TorchScript cannot hold a clustered layer.*onnx"):
         export_model(clustered, create_data("mnist", batch_size=16), tmp_path / "m.ts", "torchscript")
     assert list(tmp_path.iterdir()) == []

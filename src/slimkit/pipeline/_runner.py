@@ -80,6 +80,26 @@ def _next_exporter(stage: Stage, current: Exporter | None) -> Exporter | None:
     return stage.exporter() or (None if stage.replaces_model() else current)
 
 
+#: the text fields of a stage's result; every other field but its notes is a number or null
+_TEXT_FIELDS = frozenset({"run_id", "stage", "name", "split", "structure", "latency_status", "onnx_error",
+                          "container_error"})
+
+
+def _well_formed(result: dict[str, Any]) -> bool:
+    """Whether a stage's saved result has the types its row is made of (a damaged one is treated as absent: the
+    stage runs again, and a report is never drawn from a string where a number belongs)."""
+    for key, value in result.items():
+        if key == "notes":
+            if not isinstance(value, dict):
+                return False
+        elif key in _TEXT_FIELDS:
+            if value is not None and not isinstance(value, str):
+                return False
+        elif value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return False
+    return True
+
+
 def _write_json(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
 
@@ -135,8 +155,7 @@ class _Session:
         result = read_json_object(self.stage_dir(label) / RESULT_FILE)
         # a result naming another stage is not this one's: its "stage" becomes a path when it is reused
         ok = result is not None and result.get("run_id") == self.run_id and result.get("stage") == label
-        ok = ok and isinstance(result.get("notes", {}), dict)
-        ok = ok and (self.stage_dir(label) / "model.pt").is_file()
+        ok = ok and _well_formed(result) and (self.stage_dir(label) / "model.pt").is_file()
         return result if ok else None
 
     def load_state(self, model: nn.Module, label: str, result: dict[str, Any]) -> None:

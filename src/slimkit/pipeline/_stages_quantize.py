@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import model_validator
 from torch import nn
 
-from slimkit._errors import SlimkitError
+from slimkit._errors import CheckpointError, SlimkitError
 from slimkit.pipeline._stage_params import config_params, train_fields, train_params
 from slimkit.pipeline._stages import Stage, StageContext, fit_in_stage, register_stage
 from slimkit.quantize import QuantConfig
@@ -71,6 +71,9 @@ class QuantizeStage(Stage):
         # the weight grid the run chose, not the one this CPU would choose: scales saved for ±127 codes replayed on
         # ±63 would clip half of every channel's range (runs that recorded none predate 7-bit grids: full range)
         recorded = ctx.notes.get("weight_range")
+        if recorded is not None and not (isinstance(recorded, dict) and isinstance(recorded.get("reduce_range"), bool)):
+            raise CheckpointError(f"{ctx.stage_dir / 'result.json'}: its weight_range note is damaged (the int8 weight "
+                                  "grid the run chose cannot be read): rerun the recipe with --force")
         reduce_range = None if self.params.activation_bits is None else bool(recorded and recorded["reduce_range"])
         prepared = self._prepare(model, ctx, reduce_range=reduce_range)
         return convert_qat(prepared) if self.params.method == "qat" else prepared
