@@ -761,3 +761,31 @@ def test_a_resumed_run_takes_only_measurements_from_a_candidates_result_file(tra
     written = yaml.safe_load((run / "recipe.yaml").read_text())
     assert written["stages"] == reference.stages and "student" not in json.dumps(written)
     assert (run / "model.onnx").read_bytes() == (run / "candidates" / "01" / "model.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["weights", "deployed", "accuracy", "ratios"])
+def test_a_resumed_run_measures_again_a_candidate_whose_files_or_row_were_damaged(trained, digits, tmp_path, damage):
+    """--resume reuses a finished candidate only when its files are the ones it measured and its row has the types
+    it was written with: zeroed weights or another ONNX file were shipped as the chosen model before."""
+    options = {"budget": "latency=0.45", "formats": ("int8",), "knobs": ("channels",), "max_candidates": 1}
+    _, reference = _run(trained, digits, tmp_path / "run", **options)
+    folder = tmp_path / "run" / "candidates" / "01"
+    shipped = {name: (tmp_path / "run" / name).read_bytes() for name in ("model.pt", "model.onnx")}
+    (tmp_path / "shipped.pt").write_bytes(shipped["model.pt"])
+    if damage == "weights":
+        state = load_checkpoint(folder / "model.pt")
+        torch.save({k: torch.zeros_like(v) for k, v in state.items()}, folder / "model.pt")
+    elif damage == "deployed":
+        (folder / "model.onnx").write_bytes((tmp_path / "run" / "baseline.onnx").read_bytes())
+    else:
+        row = json.loads((folder / "result.json").read_text())
+        row[damage] = "abc"
+        (folder / "result.json").write_text(json.dumps(row))
+    model, checkpoint = trained
+    config = AutoConfig(max_drop=3.0, recovery_epochs=1, calibration_samples=128, **options)  # _run's
+    resumed = auto_report(auto_compress(model, X, config, data=digits, out=tmp_path / "run", resume=True,
+                                        latency=MacsMeter(), spec="auto_digits", recipe=_recipe_base(checkpoint)))
+    assert resumed.chosen["accuracy"] == reference.chosen["accuracy"]
+    ours, theirs = load_checkpoint(tmp_path / "run" / "model.pt"), load_checkpoint(tmp_path / "shipped.pt")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert (tmp_path / "run" / "model.onnx").read_bytes() == shipped["model.onnx"]

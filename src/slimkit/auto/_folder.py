@@ -45,6 +45,16 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def file_digests(folder: Path, names: Any) -> dict[str, str | None]:
+    """The SHA-256 of each named file in ``folder`` (None for one that is missing): what a resumed run checks
+    before it reuses, and ships, the files a candidate wrote."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        path = folder / name
+        out[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return out
+
+
 def digest(payload: Any) -> str:
     """A short hash of a JSON-able value (sorted keys)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=_plain).encode()).hexdigest()[:16]

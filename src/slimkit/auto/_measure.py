@@ -141,6 +141,29 @@ def measure_model(model: nn.Module, *, example: Any, data: Any, fmt: Any, folder
     return row
 
 
+def _number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and low <= value <= high
+
+
+def measured_intact(row: Any) -> bool:
+    """Whether a row read back from an auto folder (the input's or a candidate's measurements) has the types and
+    ranges :func:`measure_model` writes: a damaged one is measured again instead of steering the search (an
+    accuracy of "abc" crashed the ranking, one of 1.5 was reported as 150 %)."""
+    if not isinstance(row, dict) or not _number(row.get("accuracy"), 0, 1) or not _number(row.get("loss")):
+        return False
+    if not all(_number(row.get(key), 0) for key in ("params", "macs", "bytes", "samples")):
+        return False
+    ratios = row.get("ratios", {})
+    if not isinstance(ratios, dict) or not all(v is None or _number(v, 0) for v in ratios.values()):
+        return False
+    latency = row.get("latency")
+    if latency is None:
+        return True
+    ci = latency.get("ci") if isinstance(latency, dict) else None
+    return (isinstance(latency, dict) and (latency.get("ratio") is None or _number(latency["ratio"], 0))
+            and (ci is None or (isinstance(ci, list) and len(ci) == 2 and all(_number(v, 0) for v in ci))))
+
+
 def latency_bound(record: dict[str, Any] | None) -> float | None:
     """The latency ratio a budget is judged by: the upper end of the 95 % confidence interval of the measured median
     (when the comparison recorded one), so a budget counts as met only when the median is within it with 95 %

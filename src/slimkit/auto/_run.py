@@ -57,9 +57,17 @@ from slimkit.auto._analyse import Analyser, Event, reachable_text
 from slimkit.auto._apply import rebuild_stages, run_stages
 from slimkit.auto._config import AutoConfig
 from slimkit.auto._costs import Analysis, build_problem, layer_ms, plan_of, uniform_ties
-from slimkit.auto._folder import RUN_FILE, digest, state_digest, write_json
+from slimkit.auto._folder import RUN_FILE, digest, file_digests, state_digest, write_json
 from slimkit.auto._formats import DeployFormat, create_format
-from slimkit.auto._measure import LatencyMeter, deployed_latency, judged_ratio, latency_bound, measure_model, meets
+from slimkit.auto._measure import (
+    LatencyMeter,
+    deployed_latency,
+    judged_ratio,
+    latency_bound,
+    measure_model,
+    measured_intact,
+    meets,
+)
 from slimkit.auto._plan import Plan
 from slimkit.auto._search import Problem, reachable, solve
 from slimkit.train import TrainingDiverged
@@ -135,7 +143,7 @@ class AutoRun:
         onnx = self.out / "baseline.onnx"
         cached = read_json_object(path)
         if isinstance(cached, dict) and cached.get("fingerprint") == self.fingerprint() and onnx.is_file() \
-                and self_contained_onnx(onnx):  # a file slimkit wrote is whole: one naming others is not its own
+                and measured_intact(cached) and self_contained_onnx(onnx):  # a file slimkit wrote is whole
             return cached
         self.emit("analysis", {"what": "input model", "done": 0, "total": 1})
         prof = profile(self.model, self.example)
@@ -569,8 +577,10 @@ class AutoRun:
         # the same plan carried out by the same stages: a folder from an older slimkit whose format trained
         # otherwise (e.g. the centroid fine-tune's gradient) is trained again, so the recipe written reproduces it
         same_plan = isinstance(started, dict) and started.get("key") == plan.key() and _same_stages(started, planned)
+        files = ("model.pt", fmt.file_name)
         if same_plan and isinstance(done, dict) and isinstance(done.get("plan"), dict) \
-                and done["plan"].get("key") == plan.key():
+                and done["plan"].get("key") == plan.key() and measured_intact(done) \
+                and done.get("files") == file_digests(folder, files):  # the files it measured, as they were
             self.emit("candidate_reused", {"index": index, "plan": plan})
             return self._row(done, index, plan, fmt, planned, uniform)
         if not same_plan:
@@ -612,6 +622,7 @@ class AutoRun:
         row = measure_model(model, example=self.example, data=self.data, fmt=fmt, folder=folder, base=base,
                             baseline=self.model, baseline_onnx=self.out / "baseline.onnx", meter=self.meter,
                             batch=budget.batch, threads=budget.threads, spec=self.spec)  # type: ignore[union-attr]
+        row["files"] = file_digests(folder, files)
         return {**self._row({**row, "lr_scale": scale}, index, plan, fmt, planned, uniform), "seconds": seconds}
 
     def _row(self, done: dict[str, Any], index: int, plan: Plan, fmt: DeployFormat, planned: list[dict[str, Any]],
