@@ -129,3 +129,11 @@ def test_a_damaged_int8_grid_note_is_a_clear_error_on_reload(tiny_dir):
     path.write_text(json.dumps(result))
     with pytest.raises(CheckpointError, match="weight_range note is damaged"):
         load_run(tiny_dir / "out", trusted_specs=(f"{tiny_dir.resolve()}/tiny.py:tiny",))
+
+
+def test_a_finished_run_missing_a_stage_result_is_not_silently_loaded_at_an_earlier_stage(finished_run):
+    spec = f"{finished_run.parent.resolve()}/tiny.py:tiny"
+    (finished_run / "stages" / "01-train" / "result.json").unlink()
+    with pytest.raises(CheckpointError, match="marked finished but stage 01-train has no readable result"):
+        load_run(finished_run, trusted_specs=(spec,))
+    assert load_run(finished_run, "00-input", trusted_specs=(spec,))[0] is not None

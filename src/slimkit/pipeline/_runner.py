@@ -499,6 +499,10 @@ def load_run(run_dir: str | Path, stage: str | None = None, *,
     for call in recipe.stages if stage != INPUT_LABEL else ():
         done = session.finished(call.label)
         if done is None:
+            if stage is None and run.get("status") == "finished":  # not an interrupted run: a damaged one
+                raise CheckpointError(f"'{out}' is marked finished but stage {call.label} has no readable result "
+                                      f"(its {RESULT_FILE} or model.pt is missing or damaged): rerun the recipe with "
+                                      "--resume to measure it again, or give --stage to load an earlier stage")
             break
         seed_everything(recipe.schema.seed + call.index)
         built = call.build()
