@@ -109,3 +109,25 @@ def test_container_costs_after_a_short_recovery_are_read_against_the_recovered_u
     with pytest.raises(ValueError, match="measured losses"):
         container_analysis(model, calib, ["fc1"], [0.9], [8], cache=Cache(tmp_path / "c.json", "k"),
                            recovery=recovery, method="hessian", traces={}, seed=0)
+
+
+def test_a_cache_entry_read_back_with_another_type_is_measured_again(tmp_path):
+    import json
+
+    import numpy as np
+
+    path = tmp_path / "c.json"
+    cache = Cache(path, "k")
+    cache.put("conv1|8", {"keep": 8, "delta": np.float64(0.25), "widths": {"conv1": (1, 8)}})
+    cache.put("fc1", None)
+    cache.put("fc2", np.int64(3))
+    assert Cache(path, "k").entries == {"conv1|8": {"keep": 8, "delta": 0.25, "widths": {"conv1": [1, 8]}},
+                                        "fc1": None, "fc2": 3}
+    payload = json.loads(path.read_text())
+    payload["entries"]["conv1|8"]["delta"] = "x"  # a number become a string
+    payload["entries"]["fc2"] = [3]
+    path.write_text(json.dumps(payload))
+    assert Cache(path, "k").entries == {"fc1": None}
+    del payload["shapes"]  # a file without the shapes (an older slimkit's) is measured again
+    path.write_text(json.dumps(payload))
+    assert Cache(path, "k").entries == {}

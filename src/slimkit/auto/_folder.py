@@ -75,16 +75,39 @@ def state_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
+def _shape(value: Any) -> Any:
+    """The JSON type structure of ``value`` (numbers, strings, nulls, booleans; a dict's keys; a list's element
+    shapes), which a cache entry read back must still have."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple):
+        return ["list", *sorted({json.dumps(_shape(v), sort_keys=True) for v in value})]
+    if isinstance(value, dict):
+        return {str(k): _shape(v) for k, v in value.items()}
+    return "other"
+
+
 class Cache:
     """One JSON file of measured entries, rewritten (atomically) as entries are added, so an interrupted analysis
-    resumes where it stopped. ``key`` identifies what the entries depend on; a file with another key is ignored."""
+    resumes where it stopped. ``key`` identifies what the entries depend on; a file with another key is ignored.
+    Each entry is kept with its type structure: one read back with another (a number become a string, a list a
+    number) is measured again rather than handed to the search, where it would fail far from its file."""
 
     def __init__(self, path: Path | None, key: str) -> None:
         self.path, self.key = path, key
         self.entries: dict[str, Any] = {}
         loaded = read_json_object(path) if path is not None else None
-        if isinstance(loaded, dict) and loaded.get("key") == key and isinstance(loaded.get("entries"), dict):
-            self.entries = loaded["entries"]
+        if isinstance(loaded, dict) and loaded.get("key") == key and isinstance(loaded.get("entries"), dict) \
+                and isinstance(loaded.get("shapes"), dict):
+            shapes = loaded["shapes"]
+            self.entries = {name: value for name, value in loaded["entries"].items()
+                            if name in shapes and _shape(value) == shapes[name]}
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -98,4 +121,7 @@ class Cache:
 
     def save(self) -> None:
         if self.path is not None:
-            write_json(self.path, {"key": self.key, "entries": self.entries})
+            # the shapes of the entries as JSON will give them back (numpy scalars as numbers, tuples as lists)
+            plain = json.loads(json.dumps(self.entries, default=_plain))
+            write_json(self.path, {"key": self.key, "entries": plain,
+                                   "shapes": {name: _shape(value) for name, value in plain.items()}})
