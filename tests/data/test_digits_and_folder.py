@@ -1,9 +1,11 @@
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from slimkit import DataError
-from slimkit.data import ImageFolderDataset, create_data, digits_tensors
+from slimkit.data import ImageFolderDataset, create_data, digits_tensors, is_folder_spec
 
 
 def test_digits_split_is_stratified_and_complete():
@@ -67,7 +69,7 @@ def test_a_flat_folder_is_split_by_file_name(tmp_path):
     (lambda f: (f / "train/cat/bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage"), "cannot be read"),
     (lambda f: (f / "train/dog/dog0.png").write_bytes((f / "train/dog/dog0.png").read_bytes()[:40]), "cannot be read"),
     (lambda f: (f / "train/cat/folder.png").mkdir(), "folder named like an image"),
-    (lambda f: Image.fromarray(np.zeros((9, 9), np.uint8)).save(f / "train/cat/big.png"), "size=H,W"),
+    (lambda f: Image.fromarray(np.zeros((9, 9), np.uint8)).save(f / "train/cat/big.png"), "size=HxW"),
     (lambda f: (f / "test/cow").mkdir(), "classes cow"),
 ])
 def test_a_damaged_folder_is_named_before_any_work(tmp_path, damage, message):
@@ -76,6 +78,21 @@ def test_a_damaged_folder_is_named_before_any_work(tmp_path, damage, message):
     damage(tmp_path)
     with pytest.raises(DataError, match=message):
         create_data(str(tmp_path))
+
+
+def test_images_of_different_sizes_load_with_the_size_the_hint_names(tmp_path):
+    """The error for images of different sizes names ``size=``: ``size=N`` is N×N and ``size=HxW`` is H×W."""
+    _folder(tmp_path, sizes=((6, 5), (7, 5), (9, 4)), split="train")
+    _folder(tmp_path, sizes=((8, 8),), split="test")
+    with pytest.raises(DataError, match=re.escape(f"'{tmp_path}:size=HxW' (e.g. size=32x32, or size=32 for 32×32)")):
+        create_data(str(tmp_path))
+    assert create_data(f"{tmp_path}:size=4").input_shape == (3, 4, 4)
+    assert create_data(f"{tmp_path}:size=4x6").input_shape == (3, 4, 6)
+    assert is_folder_spec(f"{tmp_path}:size=4,4")  # so a recipe hands it to create_data, which names the syntax
+    with pytest.raises(DataError, match=r"options 'size=4,4' cannot be read: .*size=32x32"):  # a comma splits options
+        create_data(f"{tmp_path}:size=4,4")
+    with pytest.raises(DataError, match="option sz is unknown: use size=HxW"):
+        create_data(f"{tmp_path}:sz=4")
 
 
 def test_folder_paths_that_are_not_folders(tmp_path):

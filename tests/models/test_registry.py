@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -78,3 +80,53 @@ def test_models_that_fit_other_inputs_are_named_with_the_option_that_builds_them
     assert "lenet5" in gray and "lenet5:in_channels=3" not in gray
     assert "lenet5:in_channels=3" in colour and "lenet5" not in colour
     models.from_spec("lenet5:in_channels=3")(torch.zeros(1, 3, 28, 28))  # the name given builds a model that fits
+
+
+def test_a_file_factory_that_raises_is_named_with_its_error(tmp_path):
+    user = tmp_path / "mine.py"
+    user.write_text("def boom():\n    raise ValueError('boom')\n\ndef five():\n    return 5\n")
+    with pytest.raises(ModelSpecError, match=re.escape(f"model factory '{user}:boom' raised ValueError: boom")):
+        models.from_spec(f"{user}:boom", allow_code=True)
+    with pytest.raises(ModelSpecError, match=r"raised TypeError: .*unexpected keyword argument 'width'"):
+        models.from_spec(f"{user}:boom:width=2", allow_code=True)
+    with pytest.raises(ModelSpecError, match=r"returned int, not a torch\.nn\.Module"):  # unchanged
+        models.from_spec(f"{user}:five", allow_code=True)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("llama_tiny:num_layers=abc", r"model 'llama_tiny' has no config field num_layers: did you mean "
+                                  r"num_hidden_layers\? LlamaConfig fields include .*num_hidden_layers"),
+    ("gpt2_tiny:n_layers=2", "model 'gpt2_tiny' has no config field n_layers: did you mean n_layer"),
+    ("llama_tiny:head_dim=0", "head_dim=0 is not a size"),
+    ("llama_tiny:num_attention_heads=3", r"cannot be built with \{'num_attention_heads': 3\} .*hidden size \(128\) "
+                                         "is not a multiple of the number of attention heads"),
+    ("gpt2_tiny:n_head=3", "cannot be built with .*divisible by num_heads"),
+])
+def test_the_zoo_language_models_refuse_unknown_options_and_invalid_configs(spec, message):
+    with pytest.raises(ModelSpecError, match=message):
+        models.from_spec(spec)
+
+
+def test_the_zoo_language_models_still_take_config_fields():
+    assert models.from_spec("llama_tiny:rms_norm_eps=0.001,num_hidden_layers=1").config.rms_norm_eps == 0.001
+    assert models.from_spec("gpt2_tiny:n_layer=1,attn_implementation=eager").config._attn_implementation == "eager"
+
+
+def test_an_input_beyond_the_available_memory_is_refused_before_allocating(monkeypatch):
+    from slimkit import ConfigError
+    from slimkit.models import _memory
+
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 4 * 2**20)
+    models.check_input_memory((1, 1024, 1024), "--input-shape")  # exactly 4 MiB of float32: fits
+    with pytest.raises(ConfigError, match=r"--input-shape 1,1025,1024 is too large for this machine's memory: one "
+                                          r"input would take 0\.0 GiB"):
+        models.check_input_memory((1, 1025, 1024), "--input-shape")
+
+
+def test_a_model_whose_activations_exceed_memory_says_so():
+    class Hungry(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 31987201280 bytes")
+
+    with pytest.raises(ModelSpecError, match=r"needs more memory than this machine has .*: give smaller inputs"):
+        models.check_fits(Hungry(), torch.zeros(1, 1, 8, 8), label="hungry", data="--input-shape")

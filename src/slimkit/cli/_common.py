@@ -89,8 +89,8 @@ def shape(text: str) -> tuple[int, ...]:
 def add_model_args(parser: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
     parser.add_argument("model", help="model spec: a registered name (lenet5, resnet20:width=0.5) or file.py:factory")
     if checkpoint:
-        parser.add_argument("--checkpoint", "-c", help="weights to load (.pt state dict / training checkpoint, or "
-                            ".safetensors); loaded with weights_only=True")
+        parser.add_argument("--checkpoint", "-c", type=input_path, help="weights to load (.pt state dict / training "
+                            "checkpoint, or .safetensors); loaded with weights_only=True")
 
 
 def add_data_args(parser: argparse.ArgumentParser, default: str = "mnist", *, batch_size: int = 128,
@@ -128,6 +128,14 @@ def add_augment_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_seed_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=SEED, default=0, help="seed for initialisation and data order (default: 0)")
+
+
+def input_path(text: str) -> str:
+    """An argparse type for an input file: a non-empty path (an empty one would silently mean none)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty: give the file (e.g. runs/x/model.pt), or leave out the "
+                                         "flag")
+    return text
 
 
 def folder(text: str) -> str:
@@ -173,16 +181,18 @@ def load_model(spec: str, checkpoint: str | None = None, **overrides: Any) -> nn
     from slimkit.models import from_spec
     from slimkit.train import load_weights_
 
-    if checkpoint:
+    if checkpoint is not None:  # an empty path is refused, not read as "no checkpoint" (random weights)
         check_input_file(checkpoint, "checkpoint")
     model = from_spec(spec, allow_code=True, **overrides)
-    if checkpoint:
+    if checkpoint is not None:
         load_weights_(model, checkpoint)
     return model.eval()
 
 
 def check_input_file(path: str | os.PathLike, what: str) -> Path:
-    """``path`` must be an existing file (a folder or a missing path is named as such)."""
+    """``path`` must be an existing file (an empty path, a folder or a missing path is named as such)."""
+    if not str(path).strip():  # Path("") is the current folder
+        raise CheckpointError(f"{what} path is empty: give the file (e.g. runs/x/model.pt), or leave out the flag")
     source = Path(path)
     if source.is_dir():
         raise CheckpointError(f"{what} '{source}' is a folder: give the file itself (e.g. {source}/model.pt)")
@@ -205,6 +215,10 @@ def check_output_file(path: str | os.PathLike, flag: str, *, force: bool,
         raise CommandError(f"{flag} '{target}' is not a regular file (a device or a pipe): give a file path; it is "
                            "never replaced, even with --force")
     if not target.parent.is_dir():
+        blocker = next((p for p in target.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise CommandError(f"{flag} '{target}': '{blocker}' is a file, not a folder: give a path in a folder "
+                               f"(e.g. {blocker.parent / target.name})")
         raise CommandError(f"{flag} '{target}': the folder '{target.parent}' does not exist: create it first")
     resolved = target.resolve()
     for source in inputs:
@@ -298,7 +312,7 @@ def recipe_of(args: argparse.Namespace, name: str, stages: list[dict[str, Any]],
     """The recipe a command runs: its model and checkpoint, data, evaluation settings and stages."""
     section: dict[str, Any] = {"spec": model or args.model}
     checkpoint = checkpoint if checkpoint is not None else getattr(args, "checkpoint", None)
-    if checkpoint:
+    if checkpoint is not None:  # an empty path is refused, not read as "no checkpoint"
         section["checkpoint"] = str(check_input_file(checkpoint, "checkpoint").resolve())
     data_section = {"name": getattr(args, "data", "mnist"), "batch_size": getattr(args, "batch_size", 128),
                     "seed": getattr(args, "seed", 0), **(data or {})}

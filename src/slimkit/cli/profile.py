@@ -32,10 +32,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from slimkit.analysis import profile
-    from slimkit.models import InputSpec, check_fits, input_spec
+    from slimkit.models import InputSpec, check_fits, check_input_memory, input_spec
 
     if args.json_path:  # before any work: never the checkpoint, a run's own file, or an existing file unasked
         check_output_file(args.json_path, "--json", force=args.force, inputs=(args.checkpoint,))
+    if args.input_shape is not None:  # float32 pixels (token ids are capped by the model's positions below)
+        check_input_memory(args.input_shape, "--input-shape")
     model = load_model(args.model, args.checkpoint)
     found = input_spec(args.model)
     if found is not None and found.is_tokens:  # a language model (hf: spec, model folder, llama_tiny): token ids

@@ -164,7 +164,8 @@ def load_image_folder(root: str | os.PathLike, *, size: tuple[int, int] | None =
                 raise DataError(f"images differ in size: '{files['train'][0][0]}' is "
                                 f"{first.shape[1]}×{first.shape[0]}, '{path}' is {array.shape[1]}×{array.shape[0]}: "
                                 "resize them, or give the folder as "
-                                f"'{base}:size=H,W' (e.g. size=32) so every image is resized")
+                                f"'{base}:size=HxW' (e.g. size=32x32, or size=32 for 32×32) so every image "
+                                "is resized")
             arrays.append(array)
         x = torch.from_numpy(np.stack(arrays).astype(np.float32) / 255.0)
         x = x.unsqueeze(1) if channels == 1 else x.permute(0, 3, 1, 2)

@@ -121,12 +121,13 @@ def image_folder(root: str, *, size: int | tuple[int, int] | None = None, mode: 
 
 
 def is_folder_spec(name: str) -> bool:
-    """True when ``name`` is not a registered dataset but an existing folder (``path`` or ``path:size=32``)."""
+    """True when ``name`` is not a registered dataset but an existing folder (``path`` or ``path:size=32``; also
+    ``path:size=32,32``, whose options :func:`create_data` refuses naming the folder and the syntax)."""
     from pathlib import Path
 
     from slimkit._spec import parse_spec
 
-    return name not in DATASETS and Path(parse_spec(name)[0]).is_dir()
+    return name not in DATASETS and (Path(parse_spec(name)[0]).is_dir() or Path(name.partition(":")[0]).is_dir())
 
 
 def create_data(name: str, **options: Any) -> DataBundle:
@@ -142,8 +143,8 @@ def create_data(name: str, **options: Any) -> DataBundle:
     if Path(target).exists():
         unknown = sorted(set(folder_options) - {"size", "mode"})
         if unknown:
-            raise DataError(f"image folder option {', '.join(unknown)} is unknown: use size=H,W (or size=N) and "
-                            "mode=L|RGB")
+            raise DataError(f"image folder option {', '.join(unknown)} is unknown: use size=HxW (or size=N for "
+                            "N×N) and mode=L|RGB")
         size = folder_options.get("size")
         if size is not None:
             try:
@@ -153,7 +154,12 @@ def create_data(name: str, **options: Any) -> DataBundle:
             if len(size) not in (1, 2) or any(v < 1 or v > 4096 for v in size):
                 raise DataError(f"image folder size '{folder_options['size']}' is not a size: write size=32 or "
                                 "size=32x48 (H×W, 1 to 4096)")
+            size = size * 2 if len(size) == 1 else size  # size=N is N×N
         return image_folder(target, size=size, mode=str(folder_options.get("mode", "RGB")), **options)
+    if ":" in name and Path(name.partition(":")[0]).is_dir():  # options that are not key=value,key=value
+        raise DataError(f"image folder options '{name.partition(':')[2]}' cannot be read: write key=value pairs "
+                        f"separated by commas, e.g. '{name.partition(':')[0]}:size=32x32,mode=L' (size=HxW, or "
+                        "size=N for N×N)")
     raise DataError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS.names())}, or give an image folder "
                     "(root/<class>/<image>.png)")
 

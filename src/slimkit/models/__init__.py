@@ -22,7 +22,7 @@ from slimkit.models._hf import (
     load_pretrained,
 )
 from slimkit.models._lenet import MLP, LeNet5
-from slimkit.models._memory import state_bytes, within_memory
+from slimkit.models._memory import check_input_memory, state_bytes, within_memory
 from slimkit.models._registry import (
     MODELS,
     InputSpec,
@@ -62,6 +62,7 @@ __all__ = [
     "LeNet5",
     "check_backends",
     "check_fits",
+    "check_input_memory",
     "check_pretrained_folder",
     "class_count_option",
     "create",

@@ -147,19 +147,8 @@ def hf_config(target: str, **options: Any) -> Any:
     check_backends(options, f"'{target}'")
     arch = hf_arch(target)
     config_cls = _transformers().CONFIG_MAPPING[arch.model_type]
-    known = config_cls()
+    check_config_fields(config_cls, options, f"'{target}'")
     aliases = getattr(config_cls, "attribute_map", {})
-    unknown = sorted(k for k in options if not hasattr(known, k) and k not in aliases)
-    if unknown:
-        fields = sorted(k for k in known.to_dict() if not k.startswith("_"))
-        close = difflib.get_close_matches(unknown[0], [*fields, *aliases], n=3)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise ModelSpecError(f"'{target}' has no config field {', '.join(unknown)}: {hint}{config_cls.__name__} "
-                             f"fields include {', '.join(fields[:40])}")
-    for key, value in options.items():
-        if ({key, aliases.get(key)} & _SIZE_FIELDS and (isinstance(value, bool) or not isinstance(value, int)
-                                                       or value < 1)):
-            raise ModelSpecError(f"'{target}': {key}={value!r} is not a size: use a whole number ≥ 1")
     values = dict(arch.defaults)
     for key, value in options.items():  # an alias (hidden_size for GPT-2's n_embd) replaces the field it names
         values.pop(aliases.get(key, key), None)
@@ -167,8 +156,32 @@ def hf_config(target: str, **options: Any) -> Any:
     try:
         return config_cls(**values)
     except Exception as error:  # transformers' own checks (ValueError, huggingface_hub's strict-dataclass errors)
-        reason = " ".join(line.strip() for line in str(error).splitlines()) or type(error).__name__
-        raise ModelSpecError(f"'{target}' with {options} is not a valid {config_cls.__name__}: {reason}") from None
+        raise ModelSpecError(f"'{target}' with {options} is not a valid {config_cls.__name__}: "
+                             f"{config_error(error)}") from None
+
+
+def check_config_fields(config_cls: type, options: Mapping[str, Any], where: str) -> None:
+    """Refuse, with :class:`ModelSpecError` naming ``where``, ``options`` that are no field of the transformers
+    config class ``config_cls`` (it would store them and build the model without them) and sizes that are not
+    whole numbers ≥ 1."""
+    known = config_cls()
+    aliases = getattr(config_cls, "attribute_map", {})
+    unknown = sorted(k for k in options if not hasattr(known, k) and k not in aliases)
+    if unknown:
+        fields = sorted(k for k in known.to_dict() if not k.startswith("_"))
+        close = difflib.get_close_matches(unknown[0], [*fields, *aliases], n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ModelSpecError(f"{where} has no config field {', '.join(unknown)}: {hint}{config_cls.__name__} "
+                             f"fields include {', '.join(fields[:40])}")
+    for key, value in options.items():
+        if ({key, aliases.get(key)} & _SIZE_FIELDS and (isinstance(value, bool) or not isinstance(value, int)
+                                                       or value < 1)):
+            raise ModelSpecError(f"{where}: {key}={value!r} is not a size: use a whole number ≥ 1")
+
+
+def config_error(error: Exception) -> str:
+    """One line of a transformers config's own check (huggingface_hub's strict-dataclass errors span lines)."""
+    return " ".join(line.strip() for line in str(error).splitlines()) or type(error).__name__
 
 
 def hf_model(target: str, **options: Any) -> nn.Module:
@@ -269,8 +282,7 @@ def load_pretrained(folder: str | Path, **options: Any) -> nn.Module:
         hf_config_obj = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False,
                                                                 local_files_only=True)
     except Exception as error:  # transformers' own checks of the fields (ValueError, strict-dataclass errors, ...)
-        reason = " ".join(line.strip() for line in str(error).splitlines()) or type(error).__name__
-        raise ModelSpecError(f"'{folder / 'config.json'}' is not a valid config: {reason}") from None
+        raise ModelSpecError(f"'{folder / 'config.json'}' is not a valid config: {config_error(error)}") from None
     # sizes from the folder's config: refused on the meta device before from_pretrained allocates them
     try:
         check_fits_memory(lambda: cls._from_config(hf_config_obj) if cls is not transformers.AutoModel

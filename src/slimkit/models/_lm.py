@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from slimkit.data import STDLIB_VOCAB
+from slimkit.models._hf import check_config_fields, config_error
 from slimkit.models._registry import register_model
 
 CONTEXT = 256
@@ -32,11 +33,11 @@ def llama_tiny(vocab_size: int = STDLIB_VOCAB, hidden_size: int = 128, intermedi
     """Llama-style LM: 8 blocks, width 128, SwiGLU 352, 4 query heads on 2 KV groups, tied embeddings (~2.0M)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads, max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True, **{**_SPECIAL, **config},
+    return LlamaForCausalLM(_config(
+        LlamaConfig, "llama_tiny", config, vocab_size=vocab_size, hidden_size=hidden_size,
+        intermediate_size=intermediate_size, num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=max_position_embeddings,
     ))
 
 
@@ -47,7 +48,19 @@ def gpt2_tiny(vocab_size: int = STDLIB_VOCAB, n_embd: int = 128, n_layer: int = 
     """GPT-2-style LM: 8 blocks, width 128, GELU MLP 512, 4 heads, learned positions, tied embeddings (~2.2M)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    return GPT2LMHeadModel(GPT2Config(
-        vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_inner=n_inner,
-        n_positions=n_positions, tie_word_embeddings=True, **{**_SPECIAL, **config},
+    return GPT2LMHeadModel(_config(
+        GPT2Config, "gpt2_tiny", config, vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+        n_inner=n_inner, n_positions=n_positions,
     ))
+
+
+def _config(config_cls: type, name: str, extra: dict[str, Any], **sizes: Any) -> Any:
+    """``config_cls`` with ``sizes``, tied embeddings and the tokenizer's special ids, and the ``extra`` options a
+    spec gives (``llama_tiny:rms_norm_eps=1e-5``), which must be fields of ``config_cls``: transformers would store an
+    unknown one and build the model without it. transformers' own checks (heads that do not divide the width) come
+    out as one-line ValueErrors, which :func:`slimkit.models.create` reports with the options."""
+    check_config_fields(config_cls, {k: v for k, v in extra.items() if k != "attn_implementation"}, f"model '{name}'")
+    try:
+        return config_cls(**sizes, tie_word_embeddings=True, **{**_SPECIAL, **extra})
+    except Exception as error:  # huggingface_hub's strict-dataclass errors are no ValueErrors
+        raise ValueError(config_error(error)) from None

@@ -3,14 +3,16 @@ before anything is allocated (the model is first built on the meta device)."""
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import torch
 from torch import nn
 
-from slimkit._errors import ModelSpecError
+from slimkit._errors import ConfigError, ModelSpecError
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -21,6 +23,38 @@ def memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 64 * 2**30
+
+
+def available_bytes() -> int:
+    """Memory this process can still take: the kernel's estimate of available memory (``MemAvailable``), within a
+    cgroup's limit when one is set; the physical memory where neither can be read."""
+    available = memory_bytes()
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # a container's limit (cgroup v2) is lower than the machine's memory
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def check_input_memory(shape: Sequence[int], what: str, *, element_bytes: int = 4) -> None:
+    """A :class:`ConfigError` naming ``what`` when one input of ``shape`` would alone take more than the memory
+    available, before it is allocated (a tensor that size fails with a traceback, or the kernel kills the process
+    part way through the work)."""
+    size = math.prod(shape) * element_bytes
+    available = available_bytes()
+    if size > available:
+        raise ConfigError(f"{what} {','.join(map(str, shape))} is too large for this machine's memory: one input "
+                          f"would take {size / 2**30:,.1f} GiB, and {available / 2**30:,.1f} GiB is available: "
+                          "give a smaller shape")
 
 
 def state_bytes(model: nn.Module) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit._errors import ModelSpecError
+from slimkit._errors import ModelSpecError, SlimkitError
 from slimkit._registry import Registry
 from slimkit._spec import parse_spec
 from slimkit.models._hf import (
@@ -194,7 +194,14 @@ def from_spec(spec: str, *, allow_code: bool = False, **overrides: Any) -> nn.Mo
         path_text, _, factory_name = target.rpartition(":") if ".py:" in target else (target, "", "")
         if not factory_name:
             raise ModelSpecError(f"model spec '{spec}' names a file but no factory: write 'file.py:factory'")
-        model = _load_file_factory(path_text, factory_name)(**options)
+        factory = _load_file_factory(path_text, factory_name)
+        try:
+            model = factory(**options)
+        except SlimkitError:
+            raise
+        except Exception as error:  # the user's code: its own error, named, not a traceback through slimkit
+            reason = " ".join(str(error).split()) or "(no message)"
+            raise ModelSpecError(f"model factory '{target}' raised {type(error).__name__}: {reason}") from error
         if not isinstance(model, nn.Module):
             raise ModelSpecError(f"'{spec}' returned {type(model).__name__}, not a torch.nn.Module")
         return model
@@ -248,6 +255,9 @@ def check_fits(model: nn.Module, example: Any, *, label: str, data: str, num_cla
     try:
         output = _runs_on(model.eval(), example)
     except (RuntimeError, ValueError, IndexError, TypeError) as error:
+        if "can't allocate memory" in str(error):  # the inputs fit, the activations they make do not
+            raise ModelSpecError(f"model '{label}' needs more memory than this machine has to run on the {where} "
+                                 f"inputs of '{data}' ({str(error).splitlines()[0]}): give smaller inputs") from None
         fits = ", ".join(names_for_input(shape)) if shape else ""
         hint = f"models that take {where} inputs: {fits}" if fits else "choose a model built for these inputs"
         raise ModelSpecError(f"model '{label}' cannot run on the {where} inputs of '{data}' "
