@@ -358,8 +358,11 @@ def run_command_recipe(args: argparse.Namespace, recipe: dict[str, Any]):
     if not result.files:  # a rank other than 0 under torchrun: rank 0 reports
         return result
     print_table(parsed.title, list(columns(result.stages)), table_rows(result.stages))
-    out.print(f"written to {result.out}: model.pt, model.onnx, metrics.json, report.html; the recipe that reproduces "
-              f"it: {result.out / 'recipe.yaml'} (slimkit compress)")
+    written = ["model.pt", *(["model.onnx"] if "onnx" in result.files else []), "metrics.json",
+               *(["report.html"] if "report_html" in result.files else [])]
+    missing = "" if "onnx" in result.files else " (no model.onnx: its ONNX export failed, see the warning above)"
+    out.print(f"written to {result.out}: {', '.join(written)}{missing}; the recipe that reproduces it: "
+              f"{result.out / 'recipe.yaml'} (slimkit compress)")
     return result
 
 

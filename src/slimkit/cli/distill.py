@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if not any(s.build().uses_targets for s in specs):
         losses.append("ce")  # the task loss, as in every paper's total (e.g. Zagoruyko & Komodakis Eq. 2)
     roles = {"student": args.student, "teacher": "input"}
-    if args.student_checkpoint:
+    if args.student_checkpoint is not None:  # an empty path is refused, not read as none
         roles["student_checkpoint"] = str(check_input_file(args.student_checkpoint, "student checkpoint").resolve())
     if args.stagewise:
         options = {"stages": list(args.pairs), "epochs": args.epochs, "task_losses": losses, "lr": args.lr,

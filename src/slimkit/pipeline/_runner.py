@@ -445,6 +445,8 @@ def _finish(session: _Session, model: nn.Module, results: list[dict[str, Any]], 
     if (last / "model.onnx").is_file():
         copy_atomic(last / "model.onnx", out / "model.onnx")
         files["onnx"] = str(out / "model.onnx")
+    elif (out / "model.onnx").is_file():  # an earlier run's (--force): not this model, whose export failed
+        (out / "model.onnx").unlink()
     metrics = {"recipe": session.recipe.to_dict(), "title": session.recipe.title,
                "stages": [_public(r) for r in results], "final": _public(results[-1]), "files": files}
     _write_json(out / "metrics.json", metrics)
