@@ -151,10 +151,17 @@ def _outermost(lists: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]
     return [(n, m) for n, m in lists if not any(inside(n, o) for o, _ in lists)]
 
 
+def _no_block_lists(model: nn.Module) -> ConfigError:
+    return ConfigError(f"{type(model).__name__} has no ModuleList/Sequential of ≥ 2 same-class blocks to remove "
+                       "blocks from: name the block list with blocks='...'")
+
+
 def find_blocks(model: nn.Module, pattern: str | None = None) -> tuple[str, nn.Module]:
     """The block list depth pruning works on: the one named by ``pattern``, else the list of same-class blocks whose
     length is the HF config's ``num_hidden_layers`` (else the longest such list)."""
     candidates = _block_lists(model)
+    if pattern is None and not candidates:
+        raise _no_block_lists(model)
     if pattern is not None:
         chosen = [(n, m) for n, m in candidates if matches(n, pattern)]
         if len(chosen) != 1:
@@ -162,9 +169,6 @@ def find_blocks(model: nn.Module, pattern: str | None = None) -> tuple[str, nn.M
             what = "no" if not chosen else "several"
             raise ConfigError(f"blocks='{pattern}' matches {what} block list: choose one of {names}")
         return chosen[0]
-    if not candidates:
-        raise ConfigError(f"{type(model).__name__} has no ModuleList/Sequential of ≥ 2 same-class blocks to remove "
-                          "blocks from: name the block list with blocks='...'")
     layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     matching = [(n, m) for n, m in candidates if len(m) == layers]
     pool = matching or candidates
@@ -189,22 +193,22 @@ def find_block_lists(model: nn.Module, pattern: str | None = None) -> list[tuple
             raise ConfigError(f"blocks='{pattern}' matches no block list: choose among {names}")
         return _outermost(chosen)
     if not candidates:
-        raise ConfigError(f"{type(model).__name__} has no ModuleList/Sequential of ≥ 2 same-class blocks to remove "
-                          "blocks from: name the block list with blocks='...'")
+        raise _no_block_lists(model)
     return _outermost(candidates)
 
 
 def _removable(model: nn.Module, blocks: list[tuple[str, nn.Module]], inputs: Any) -> list[bool]:
     """Which blocks may be dropped: run exactly once on ``inputs``, with an output of their input's shape."""
-    shapes: dict[int, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+    calls = [0] * len(blocks)
+    same_shape = [False] * len(blocks)
     handles = []
     for index, (_, block) in enumerate(blocks):
         def record(module, args, kwargs, output, index=index):
+            calls[index] += 1
             try:
-                shapes.setdefault(index, []).append((tuple(_block_input(args, kwargs).shape),
-                                                     tuple(_hidden(output).shape)))
-            except ConfigError:
-                shapes.setdefault(index, []).append(((), (-1,)))
+                same_shape[index] = _block_input(args, kwargs).shape == _hidden(output).shape
+            except ConfigError:  # no tensor in or out: not a block that can be skipped
+                same_shape[index] = False
 
         handles.append(block.register_forward_hook(record, with_kwargs=True))
     try:
@@ -213,7 +217,7 @@ def _removable(model: nn.Module, blocks: list[tuple[str, nn.Module]], inputs: An
     finally:
         for handle in handles:
             handle.remove()
-    return [len(shapes.get(i, [])) == 1 and shapes[i][0][0] == shapes[i][0][1] for i in range(len(blocks))]
+    return [n == 1 and same for n, same in zip(calls, same_shape)]
 
 
 # ------------------------------------------------------------------------------------------------ running the model
@@ -427,8 +431,9 @@ def _candidates(model: nn.Module, config: DepthPruneConfig, inputs: Any) -> tupl
         raise ConfigError(f"every block of '{names}' changes the hidden states' shape (or does not run once per "
                           "forward), so none can be dropped (e.g. Swin's down-sampling stages): name a list of "
                           "shape-preserving blocks with blocks='...'")
-    staged = _has_hf_config(model) and _stage_index(model.config, lists[0][0], len(lists[0][1])) is not None
-    if _has_hf_config(model) and not all(removable) and not staged:
+    first_name, first_list = lists[0]
+    if not all(removable) and _has_hf_config(model) and _stage_index(model.config, first_name,
+                                                                     len(first_list)) is None:
         raise ConfigError(f"some blocks of '{names}' change the hidden states' shape, and the model's config "
                           "counts them all (e.g. Swin's down-sampling stages): name a list of shape-preserving "
                           "blocks with blocks='...'")
@@ -552,13 +557,12 @@ def _drop_from_list(pruned: nn.Module, blocks_name: str, drop: set[int]) -> None
     # renumbered in place (the list's own class, ModuleList or Sequential, and any subclass, stays)
     children = list(block_list)
     block_list._modules = OrderedDict((str(position), children[i]) for position, i in enumerate(kept))
-    new_list = block_list
     parent_name = blocks_name.rpartition(".")[0]
     parent = pruned.get_submodule(parent_name) if parent_name else pruned
     for name in _LAYER_COUNT_ATTRS:  # e.g. DistilBERT's Transformer.n_layers
         if getattr(parent, name, None) == old_count:
             setattr(parent, name, len(kept))
-    _renumber(new_list)
+    _renumber(block_list)
     config = getattr(pruned, "config", None)
     if config is not None and hasattr(config, "to_dict"):
         _rewrite_config(config, kept, old_count, blocks_name)
