@@ -254,18 +254,18 @@ _EXPORT_SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "compressed": ".slim"}
 def export_files(stages: Any) -> set[str]:
     """The file names the export stages of a recipe's ``stages`` write, from their parsed parameters or from the
     plain ``[{name: params}]`` list a run folder's ``run.json`` records (anything malformed there names nothing)."""
+    from pydantic import ValidationError
+
     names = set()
     for stage in stages if isinstance(stages, list | tuple) else ():
         params = getattr(stage, "params", None)
+        if params is None and isinstance(stage, dict) and isinstance(stage.get("export"), dict):
+            try:
+                params = ExportParams.model_validate(stage["export"])
+            except ValidationError:
+                continue
         if isinstance(params, ExportParams):
             names.add(params.file_name())
-        elif isinstance(stage, dict) and isinstance(stage.get("export"), dict):
-            recorded = stage["export"]
-            file, fmt = recorded.get("file"), recorded.get("format", "onnx")
-            if isinstance(file, str):
-                names.add(file)
-            elif file is None and fmt in _EXPORT_SUFFIX:
-                names.add(f"export{_EXPORT_SUFFIX[fmt]}")
     return names
 
 
