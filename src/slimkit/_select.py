@@ -68,5 +68,10 @@ def select_names(candidates: Sequence[str], layers: str | Sequence[str] | None,
     include = as_patterns(layers)
     exclude = () if skip is None else as_patterns(skip) if skip else ()
     check_names(candidates, include, exclude, kind=kind)
-    return [name for name in candidates
-            if any(matches(name, p) for p in include) and not any(matches(name, p) for p in exclude)]
+    included = [name for name in candidates if any(matches(name, p) for p in include)]
+    chosen = [name for name in included if not any(matches(name, p) for p in exclude)]
+    if included and not chosen:
+        raise ConfigError(f"skip={list(exclude)} skips every layer that layers={list(include)} selects "
+                          f"({', '.join(included[:8])}{', …' if len(included) > 8 else ''}): nothing would change; "
+                          "skip fewer layers or select others")
+    return chosen

@@ -49,6 +49,11 @@ def test_unknown_layer_name_fails_before_any_work(lenet, x):
         layers_to_decompose(lenet, DecomposeConfig(rank=2, layers="pool1"))
 
 
+def test_a_skip_covering_every_selected_layer_is_an_error_not_a_no_op(lenet, x):
+    with pytest.raises(ConfigError, match=r"skips every layer that layers=\['fc\*'\] selects \(fc1, fc2\)"):
+        decompose(lenet, x, DecomposeConfig(method="svd", rank=4, layers="fc*", skip=("fc1", "re:fc\\d")))
+
+
 def test_layer_selection_by_regex_glob_and_skip(lenet, x):
     convs = decompose_report(decompose(lenet, x, DecomposeConfig(rank=4, layers="re:conv\\d")))
     assert [r.name for r in convs.decomposed] == ["conv1", "conv2"]

@@ -81,6 +81,15 @@ def test_per_layer_ratios_round_to_and_skip():
     assert (pruned.conv1.out_channels, pruned.conv2.out_channels, pruned.fc1.out_features) == (20, 50, 250)
 
 
+def test_layer_options_leaving_no_group_are_an_error_not_a_no_op():
+    model, x = models.create("lenet5"), torch.zeros(1, 1, 28, 28)
+    with pytest.raises(ConfigError, match=r"skip=\['conv\*', 'fc\*'\] leave no channel group"):
+        prune_channels(model, x, PruneConfig(ratio=0.5, skip=("conv*", "fc*")))
+    with pytest.raises(ConfigError, match=r"kinds=\['heads'\] leave no channel group"):
+        prune_channels(model, x, PruneConfig(ratio=0.5, kinds=("heads",)))
+    assert prune_channels(model, x, PruneConfig(ratio=0.5, skip=("conv*",))).fc1.out_features == 250
+
+
 def test_speedup_target_is_reached_by_search():
     model, x = models.create("resnet20"), torch.zeros(1, 1, 28, 28)
     base = profile(model, x).total.macs

@@ -55,12 +55,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slimkit.cli._common import CommandError
+    from slimkit.export import is_matmul_nbits_block
     from slimkit.quantize import QuantConfig
 
     weight_only = args.weight_only or args.group_size is not None
     if weight_only and args.observer is not None:
         raise CommandError("--observer calibrates activations, which --weight-only (and --group-size) keep in float: "
                            "drop --observer")
+    if args.group_size is not None and not is_matmul_nbits_block(args.group_size):
+        raise CommandError(f"--group-size {args.group_size}: the exported model runs in ONNX Runtime's MatMulNBits "
+                           "kernel, whose groups are a power of two ≥ 16: use --group-size 32, 64 or 128")
     if args.group_size is not None and args.per_tensor:
         raise CommandError("--group-size gives every group of input channels its own scale and --per-tensor one scale "
                            "per tensor: give one of them")

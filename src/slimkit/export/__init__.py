@@ -1,7 +1,13 @@
 """Export: ONNX (fp32, int8 QDQ carrying slimkit's quantization, and int2/4/8 weight-only layers as ONNX Runtime's
 ``MatMulNBits``), checked against PyTorch in ONNX Runtime."""
 
-from slimkit.export._nbits import KVCacheLM, MatMulNBitsLinear, export_matmul_nbits, matmul_nbits_count
+from slimkit.export._nbits import (
+    KVCacheLM,
+    MatMulNBitsLinear,
+    export_matmul_nbits,
+    is_matmul_nbits_block,
+    matmul_nbits_count,
+)
 from slimkit.export._onnx import (
     DEFAULT_OPSET,
     ExportError,
@@ -34,6 +40,7 @@ __all__ = [
     "exportable",
     "float_islands",
     "int8_kernel_count",
+    "is_matmul_nbits_block",
     "matmul_nbits_count",
     "onnx_accuracy",
     "onnx_max_abs_diff",

@@ -104,10 +104,16 @@ def block_size_for(layer: nn.Module) -> int:
     size = layer.group_size
     if size >= cols:
         return max(16, 1 << (cols - 1).bit_length())
-    if size < 16 or size & (size - 1):
+    if not is_matmul_nbits_block(size):
         raise ExportError(f"group size {size} cannot be a MatMulNBits block: ONNX Runtime needs a power of two ≥ 16 "
                           "(re-quantize with group_size 32, 64 or 128)")
     return size
+
+
+def is_matmul_nbits_block(size: int) -> bool:
+    """Whether ``size`` input channels per group is a block ONNX Runtime's ``MatMulNBits`` takes (a power of two
+    ≥ 16)."""
+    return size >= 16 and not size & (size - 1)
 
 
 class MatMulNBitsLinear(nn.Module):

@@ -42,6 +42,10 @@ class PruneStage(Stage):
             config = self.params.config()
             ratios = list(config.ratio) if isinstance(config.ratio, Mapping) else None
             check_names(weighted_layer_names(input_model), config.skip, config.layers, ratios, kind="prunable")
+            if config.skip or config.layers is not None:  # options that may leave nothing to prune
+                from slimkit.prune import config_graph
+
+                config_graph(input_model, ctx.example_input, config)
 
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         from slimkit.prune import prune_channels, prune_layerwise

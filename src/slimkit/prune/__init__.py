@@ -29,7 +29,7 @@ from slimkit.prune._reconstruct import reconstruct_, reconstruct_layer_
 from slimkit.prune._schedule import SCHEDULES, prune_iterative, prune_layerwise, prune_oneshot
 from slimkit.prune._sensitivity import SensitivityResult, ratios_from_sensitivity, sensitivity
 from slimkit.prune._slimming import BNScaleL1
-from slimkit.prune._structured import plan_removal, prune_channels, pruning_info
+from slimkit.prune._structured import config_graph, plan_removal, prune_channels, pruning_info
 from slimkit.prune._thinet import ThiNetCriterion, thinet_greedy, thinet_scales
 from slimkit.prune._unstructured import (
     MaskCallback,
@@ -75,6 +75,7 @@ __all__ = [
     "attached_masks",
     "batch_loss",
     "block_importance",
+    "config_graph",
     "depth_candidates",
     "finalize",
     "find_block_lists",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from slimkit._errors import TraceError
+from slimkit._errors import ConfigError, TraceError
 from slimkit._select import matches
 from slimkit.graph import (
     ChannelGroup,
@@ -36,7 +36,7 @@ from slimkit.graph import (
     shared_copy,
     verify_removal,
 )
-from slimkit.prune._config import PruneConfig
+from slimkit.prune._config import KINDS, PruneConfig
 from slimkit.prune._criteria import CRITERIA, Criterion, PruneContext, keep_count, normalised
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,23 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def config_graph(model: nn.Module, example_inputs: Any, config: PruneConfig,
+                 deadline: Deadline | None = None) -> DependencyGraph:
+    """The dependency graph ``config``'s pruning works on (its ``skip``, ``layers``, ``kinds`` ...); layer options
+    that leave no group to prune are a :class:`ConfigError`, not a pruning that silently changes nothing."""
+    graph = dependency_graph(model, example_inputs, skip=config.skip, protect_first=config.protect_first,
+                             layers=config.layers, leaf_modules=config.leaf_modules, kinds=config.kinds,
+                             gqa=config.gqa, deadline=deadline)
+    chosen = {"skip": config.skip, "layers": config.layers,
+              "kinds": None if set(config.kinds) >= set(KINDS) else config.kinds}
+    given = {k: list(v) for k, v in chosen.items() if v is not None and (v or k != "skip")}
+    if not graph.groups and given:
+        shown = ", ".join(f"{k}={v}" for k, v in given.items())
+        raise ConfigError(f"the layer options {shown} leave no channel group of this model to prune: every "
+                          "group's layers are skipped or unselected; select more layers or skip fewer")
+    return graph
+
+
 class _Pruner:
     """One capture, scored once, materialised for as many ratios as a MAC-target search needs."""
 
@@ -103,9 +120,7 @@ class _Pruner:
                  deadline: Deadline) -> None:
         self.model, self.inputs, self.config, self.deadline = model, inputs, config, deadline
         self._graph_model_used = False  # graph.model became a pruned model (see _candidate)
-        self.graph = dependency_graph(model, inputs, skip=config.skip, protect_first=config.protect_first,
-                                      layers=config.layers, leaf_modules=config.leaf_modules, kinds=config.kinds,
-                                      gqa=config.gqa, deadline=deadline)
+        self.graph = config_graph(model, inputs, config, deadline)
         criterion = CRITERIA.get(config.criterion)()
         self.ctx = PruneContext(self.graph, data=data, loss=loss, batches=config.batches,
                                 rng=np.random.default_rng(config.seed), options=dict(config.criterion_options),
