@@ -68,6 +68,8 @@ def test_profile_json_never_replaces_the_checkpoint_or_a_users_file_unasked(tmp_
         (["export", "lenet5", "--atol", "-1", "--out", "x.onnx"], "--atol: -1 is out of range"),
         (["distill", "--teacher", "lenet5", "--student", "lenet5", "--loss", "kd:T=nan", "--out", "x"],
          "must be a finite number"),
+        (["distill", "--teacher", "lenet5", "--student", "lenet5", "--loss", "kd", "--loss", "kd", "--out", "x"],
+         "loss 'kd' is given twice with the same options"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):

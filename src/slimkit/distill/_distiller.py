@@ -57,6 +57,13 @@ def _specs(config: DistillConfig) -> list[LossSpec]:
     specs = [s if isinstance(s, LossSpec) else LossSpec.parse(s) for s in config.losses]
     if not specs:
         raise ConfigError("no distillation loss given: use e.g. losses=('kd',) or ('ce', 'at')")
+    seen: set[tuple[str, str, tuple[tuple[str, str], ...] | None]] = set()
+    for spec in specs:  # the same loss twice counts it twice: a weight the user did not ask for
+        key = (spec.name, repr(sorted(spec.params.items())), spec.pairs)
+        if key in seen:
+            raise ConfigError(f"loss '{spec.name}' is given twice with the same options: give it once, with "
+                              f"weight=... to weigh it more")
+        seen.add(key)
     return specs
 
 
