@@ -133,4 +133,6 @@ def test_a_recipe_naming_code_imports_it_only_when_the_user_types_the_spec(tmp_p
         assert main(argv) == 2
         assert "--trust-spec" in _one_clean_line(capsys)
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "o").exists()
-    assert main(["compress", "r.yaml", "--check", "--trust-spec", "evil.py:f"]) == 0
+    # typed by the user, the spec runs: --check builds the model, and the factory's own error is named
+    assert main(["compress", "r.yaml", "--check", "--trust-spec", "evil.py:f"]) == 2
+    assert "boom" in _one_clean_line(capsys) and (tmp_path / "PWNED").exists()

@@ -1,7 +1,9 @@
 import textwrap
 
 import pytest
+import torch
 
+from slimkit import models
 from slimkit.cli import main
 from slimkit.pipeline import STAGES, RecipeError, StageParams, load_recipe, parse_recipe
 
@@ -112,6 +114,20 @@ def test_compress_reports_a_bad_recipe_in_one_line_with_exit_code_2(tmp_path, ca
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"{recipe}, line 10: stages[1].finetune.momentum" in err
     assert not (tmp_path / "out").exists(), "nothing may run before the recipe is valid"
+
+
+def test_compress_check_loads_the_checkpoint_and_runs_the_stage_checks(tmp_path, capsys):
+    # --check is every check a run makes before its folder: a checkpoint of another model fails it, writing nothing
+    torch.save(models.create("lenet5").state_dict(), tmp_path / "other.pt")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(VALID.replace("spec: lenet300", f"spec: lenet300\n  checkpoint: {tmp_path / 'other.pt'}"))
+    assert main(["compress", str(recipe), "--check"]) == 2
+    assert "does not fit" in capsys.readouterr().err
+    recipe.write_text("version: 1\nmodel: {spec: lenet300}\ndata: {name: mnist}\n"
+                      "stages:\n  - prune: {ratio: 0.5, skip: ['layers.*']}\n")
+    assert main(["compress", str(recipe), "--check"]) == 2
+    assert "leave no channel group" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt", "r.yaml"]
 
 
 def test_compress_check_and_list_stages(tmp_path, capsys):

@@ -12,7 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("recipe", nargs="?", help="recipe file (version: 1, model, data, stages)")
     parser.add_argument("--out", "-o", help="run folder: new or empty, or an earlier run (see --resume, --force)")
     add_resume_force_args(parser)
-    parser.add_argument("--check", action="store_true", help="only validate the recipe, run nothing")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the recipe: the model builds, the checkpoint loads, the model fits the "
+                             "data, each stage's own checks; runs and writes nothing")
     parser.add_argument("--train-samples", type=count(1), metavar="N",
                         help="override the recipe's data: train on the first N training samples (a quick try)")
     parser.add_argument("--eval-samples", type=count(1), metavar="N",
@@ -26,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slimkit.cli._common import CommandError, console, print_table, stage_printer
-    from slimkit.pipeline import STAGES, load_recipe, run_recipe
+    from slimkit.pipeline import STAGES, check_recipe, load_recipe, run_recipe
     from slimkit.report import columns, table_rows
 
     out = console()
@@ -40,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if overrides:
         recipe = recipe.with_data(**overrides)
     if args.check:
+        check_recipe(recipe)
         out.print(f"{args.recipe}: valid recipe with {len(recipe.stages)} stage(s): "
                   + ", ".join(s.name for s in recipe.stages))
         for spec in recipe.code_specs():

@@ -16,7 +16,7 @@ from slimkit.pipeline import (  # noqa: F401
 )
 from slimkit.pipeline._exporting import FORMATS, export_model
 from slimkit.pipeline._recipe import RECIPE_VERSION, Recipe, RecipeSchema, StageCall, load_recipe, parse_recipe
-from slimkit.pipeline._runner import RunResult, load_run, run_recipe, structure_fingerprint
+from slimkit.pipeline._runner import RunResult, check_recipe, load_run, run_recipe, structure_fingerprint
 from slimkit.pipeline._stages import STAGES, Stage, StageContext, StageParams, register_stage, stage_names
 from slimkit.pipeline._yaml import RecipeError, load_located_yaml
 
@@ -32,6 +32,7 @@ __all__ = [
     "StageCall",
     "StageContext",
     "StageParams",
+    "check_recipe",
     "export_model",
     "load_located_yaml",
     "load_recipe",

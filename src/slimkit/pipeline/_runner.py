@@ -338,15 +338,13 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
 def _run_recipe(recipe: Recipe, out: Path, resume: bool, force: bool, progress: bool, reporter: Reporter | None,
                 report: bool) -> RunResult:
     from slimkit import __version__
-    from slimkit.train import broadcast_object, init_distributed, load_weights_, seed_everything
+    from slimkit.train import broadcast_object, init_distributed, seed_everything
 
     main = init_distributed().is_main
     run_id, resuming = _prepare_out(recipe, out, resume, force) if main else ("", False)
     run_id, resuming = broadcast_object((run_id, resuming))  # type: ignore[misc]
-    session = _Session(recipe, out, run_id, progress and main, reporter if main else None)
-    if recipe.checkpoint is not None:
-        load_weights_(session.model, recipe.checkpoint)
-    _preflight(session)  # the model fits the data, every stage's own checks: before the folder is touched
+    # the model fits the data, every stage's own checks: before the folder is touched
+    session = _checked_session(recipe, out, run_id, progress and main, reporter if main else None)
     if main:
         out.mkdir(parents=True, exist_ok=True)
     if main and not resuming:
@@ -407,6 +405,22 @@ def _run_recipe(recipe: Recipe, out: Path, resume: bool, force: bool, progress: 
         session.reporter("stage_end", {"call": call, "result": result})
     files = _finish(session, model, results, report) if main else {}
     return RunResult(out=out, stages=results, model=model, files=files)
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Every check a run of ``recipe`` makes before it touches its folder, and nothing else: the model builds, the
+    checkpoint loads into it, the model fits the data, and each stage's own preflight passes. Writes nothing."""
+    _checked_session(recipe, Path("."), "", False, None)
+
+
+def _checked_session(recipe: Recipe, out: Path, run_id: str, progress: bool, reporter: Reporter | None) -> _Session:
+    from slimkit.train import load_weights_
+
+    session = _Session(recipe, out, run_id, progress, reporter)
+    if recipe.checkpoint is not None:
+        load_weights_(session.model, recipe.checkpoint)
+    _preflight(session)
+    return session
 
 
 def _preflight(session: _Session) -> None:
