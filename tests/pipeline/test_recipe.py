@@ -210,10 +210,11 @@ def test_a_named_student_starts_again_from_a_float_model():
         "  - distill", "  - quantize: {method: ptq}\n  - distill", 1), "r.yaml")
 
 
-@pytest.mark.parametrize("first", ["prune: {ratio: 0.5}", "quantize: {method: ptq}", "decompose: {ratio: 0.5}"])
+@pytest.mark.parametrize("first", ["prune_depth: {n_blocks: 1}", "quantize: {method: ptq}", "decompose: {ratio: 0.5}"])
 def test_a_compressed_container_after_a_stage_that_changes_the_architecture_is_refused(first):
-    """A container rebuilds its model from the spec: after channel pruning, decomposition or quantization the
-    export failed at the end of the run; now the recipe is refused at the export's line."""
+    """A container rebuilds its model from the spec: after depth pruning, decomposition or quantization the
+    export failed at the end of the run; now the recipe is refused at the export's line (channel pruning's layout
+    the container records: tests/share/test_container.py)."""
     text = VALID.split("stages:")[0] + "stages:\n" + textwrap.indent(
         f"- {first}\n- export: {{format: compressed, file: m.slim}}\n", "  ")
     with pytest.raises(RecipeError, match=r"line 7: stages\[1\]: a compressed container cannot follow stage 01-"):

@@ -89,15 +89,38 @@ def test_old_and_future_formats_are_refused_with_the_fix(tmp_path):
 
 def test_a_model_its_spec_no_longer_builds_is_refused_before_writing(tmp_path):
     from slimkit import ConfigError
-    from slimkit.prune import PruneConfig, prune_channels
+    from slimkit.decompose import DecomposeConfig, decompose
 
     x = torch.randn(1, 1, 28, 28)
-    pruned = prune_channels(create("lenet300"), x, PruneConfig(ratio=0.3))  # layers.1: 300 → 210 units
-    pruned.slimkit_spec = "lenet300"
-    with pytest.raises(ConfigError, match=r"'layers\.1\.weight' is 210×784 where 'lenet300' builds 300×784.*ONNX"):
-        save_compressed(pruned, tmp_path / "p.slim")
+    factored = decompose(create("lenet300"), x, DecomposeConfig(method="svd", rank=8, layers="layers.1"))
+    factored.slimkit_spec = "lenet300"
+    with pytest.raises(ConfigError, match=r"'lenet300' has no 'layers\.1\.0\.weight'.*ONNX"):
+        save_compressed(factored, tmp_path / "p.slim")
     assert list(tmp_path.iterdir()) == []
     grown = _compressed()
     grown.extra = nn.Linear(2, 2)
     with pytest.raises(ConfigError, match=r"'lenet300' has no 'extra\.bias'"):
         save_compressed(grown, tmp_path / "g.slim", spec="lenet300")
+    wider = create("lenet300")
+    wider.layers[1], wider.layers[3] = nn.Linear(784, 400), nn.Linear(400, 100)
+    with pytest.raises(ConfigError, match=r"'layers\.1\.weight' is 400×784 where 'lenet300' builds 300×784"):
+        save_compressed(wider, tmp_path / "w.slim", spec="lenet300")
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20", "mobilenet_v2"])
+def test_a_channel_pruned_clustered_model_round_trips_exactly(tmp_path, name):
+    # Deep Compression after channel pruning: the container records the pruned layout (shapes, and the size
+    # attributes pruning set: ResNet-20's shortcut padding, MobileNetV2's depthwise groups) and rebuilds it
+    from slimkit.prune import PruneConfig, prune_channels
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 28, 28)
+    pruned = prune_channels(create(name).eval(), x[:1], PruneConfig(ratio=0.4))
+    model = cluster_weights(finalize(magnitude_prune(pruned, None, UnstructuredConfig(sparsity=0.5))), None).eval()
+    save_compressed(model, tmp_path / "m.slim", spec=name)
+    loaded = load_compressed(tmp_path / "m.slim")
+    assert torch.equal(loaded(x), model(x))
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert (tmp_path / "m.slim").read_bytes()[8] == 4  # the pruned layout's format version
+    save_compressed(_compressed(), tmp_path / "plain.slim")
+    assert (tmp_path / "plain.slim").read_bytes()[8] == 3  # a spec's own layout: readable by older releases

@@ -30,11 +30,11 @@ def _split(raw: bytes) -> tuple[dict, bytes]:
     return json.loads(zlib.decompress(raw[start:start + header_len])), raw[start + header_len:]
 
 
-def _forge(header: dict | bytes, payload: bytes) -> bytes:
+def _forge(header: dict | bytes, payload: bytes, version: int = 3) -> bytes:
     """A container with a valid checksum around an attacker's header: what a hostile file looks like."""
     body = header if isinstance(header, bytes) else zlib.compress(json.dumps(header).encode())
     digest = hashlib.sha256(body + payload).digest()
-    return MAGIC + struct.pack("<II", 3, len(body)) + digest + body + payload
+    return MAGIC + struct.pack("<II", version, len(body)) + digest + body + payload
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +152,32 @@ def test_a_conv_layer_keeps_the_architecture_s_stride_and_padding(tmp_path):
         (tmp_path / "f.slim").write_bytes(_forge(header, payload))
         with pytest.raises(CheckpointError, match="not as the architecture's 'conv2d'"):
             load_compressed(tmp_path / "f.slim")
+
+
+def test_a_forged_pruned_layout_is_refused_before_anything_is_set(tmp_path):
+    # a channel-pruned container (format 4) records shapes and size attributes: a file may only shrink the
+    # architecture's sizes, and only set whole-number attributes a module already holds (never a method or property)
+    from slimkit.prune import PruneConfig, prune_channels
+
+    pruned = prune_channels(create("resnet20").eval(), torch.zeros(1, 1, 28, 28), PruneConfig(ratio=0.5))
+    path = tmp_path / "pruned.slim"
+    save_compressed(cluster_weights(pruned, None).eval(), path, spec="resnet20")
+    header, payload = _split(path.read_bytes())
+    attributes = header["pruned_attributes"]
+    assert list(attributes["layer2.0.shortcut"]) == ["pad"]  # the zero channels the shortcut adds
+    grown = dict(header, tensors=[dict(t, shape=[64, 1, 3, 3]) if t["key"] == "bn1.weight" else t
+                                  for t in header["tensors"]])
+    variants = [
+        (dict(header, pruned_attributes={**attributes, "fc": {"forward": 1}}), "not a size attribute"),
+        (dict(header, pruned_attributes={**attributes, "fc": {"training": 0}}), "not a size attribute"),
+        (dict(header, pruned_attributes={**attributes, "fc": {"in_features": 10**9}}), "not a size attribute"),
+        (dict(header, pruned_attributes={**attributes, "layer2.0.shortcut": {"pad": [0, 0, 0, 0, 99, 99]}}),
+         "not a size attribute"),
+        (dict(header, pruned_attributes={**attributes, "nope": {"x": 1}}), "which the model does not have"),
+        (dict(header, pruned_attributes=[1]), "not a mapping"),
+        (grown, "is not a pruning of the model's"),
+    ]
+    for variant, message in variants:
+        path.write_bytes(_forge(variant, payload, version=4))
+        with pytest.raises(CheckpointError, match=message):
+            load_compressed(path)

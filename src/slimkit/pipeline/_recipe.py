@@ -451,8 +451,9 @@ _CANNOT_FOLLOW = {
 }
 
 
-#: stages after which the model is no longer what its spec builds (a compressed container rebuilds it from the spec)
-_RESHAPING = ("prune", "prune_depth", "decompose", "convert", "quantize")
+#: stages after which the model is no longer of a layout its spec builds (a compressed container rebuilds it from the
+#: spec; channel pruning's layout it records)
+_RESHAPING = ("prune_depth", "decompose", "convert", "quantize")
 
 
 def _check_order(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:

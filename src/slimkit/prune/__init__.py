@@ -25,6 +25,7 @@ from slimkit.prune._depth import (
 )
 from slimkit.prune._hf import load_pruned, save_pruned
 from slimkit.prune._latency import LatencyTarget, prune_to_latency
+from slimkit.prune._layout import apply_layout_, changed_size_attributes
 from slimkit.prune._reconstruct import reconstruct_, reconstruct_layer_
 from slimkit.prune._schedule import SCHEDULES, prune_iterative, prune_layerwise, prune_oneshot
 from slimkit.prune._sensitivity import SensitivityResult, ratios_from_sensitivity, sensitivity
@@ -70,11 +71,13 @@ __all__ = [
     "UnstructuredConfig",
     "WidthConfig",
     "agp_sparsity",
+    "apply_layout_",
     "apply_masks_",
     "attach_masks_",
     "attached_masks",
     "batch_loss",
     "block_importance",
+    "changed_size_attributes",
     "config_graph",
     "depth_candidates",
     "finalize",

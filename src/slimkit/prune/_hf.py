@@ -29,12 +29,15 @@ import torch
 from torch import nn
 
 from slimkit._errors import CheckpointError, ConfigError, SlimkitError
+from slimkit.prune._layout import apply_layout_
 
 log = logging.getLogger(__name__)
 
 FORMAT = "slimkit-pruned"
 VERSION = 1
 META_FILE = "slimkit_pruned.json"
+#: what a damaged folder's error tells the user to do
+SAVE_AGAIN = "the folder is damaged, save it again with save_pruned"
 WEIGHTS_FILE = "model.safetensors"
 
 #: config field → the attribute names different configs use for it (``attribute_map`` covers most aliases)
@@ -304,10 +307,7 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
         raise CheckpointError(f"{where}: its {meta['architecture']} cannot be built from its config "
                               f"({type(error).__name__}: {error}): the folder is damaged, save it again with "
                               "save_pruned") from None
-    _reshape_(model, _pruned_shapes(model, meta["shapes"], where))
-    for module_name, attrs in meta.get("attributes", {}).items():
-        for module, attr, value in _size_attributes(model, module_name, attrs, where):
-            setattr(module, attr, value)
+    apply_layout_(model, meta["shapes"], meta.get("attributes", {}), where, fix=SAVE_AGAIN)
     state = load_file(str(target / WEIGHTS_FILE))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in meta.get("tied", {})]
@@ -324,69 +324,3 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
     set_pruning_info(model, dict(meta.get("pruning", {}), attributes=meta.get("attributes", {}),
                                  hf_config={"exact": False, "base_config": base}))
     return model.eval()
-
-
-def _pruned_shapes(model: nn.Module, shapes: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
-    """The file's tensor shapes, each checked before anything is allocated: a tensor the model has, of the same
-    rank, no dim larger than the unpruned one (pruning only removes)."""
-    full = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items()}
-    out = {}
-    for name, shape in shapes.items():
-        if (name not in full or not isinstance(shape, list) or len(shape) != len(full[name])
-                or any(isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= f
-                       for d, f in zip(shape, full[name]))):
-            raise CheckpointError(f"{where}: the shape {shape!r} of '{name}' is not a pruning of the model's "
-                                  f"{list(full.get(name, ()))}: the folder is damaged, save it again with save_pruned")
-        out[name] = tuple(shape)
-    return out
-
-
-def _size_attributes(model: nn.Module, module_name: Any, attrs: Any,
-                     where: str) -> list[tuple[nn.Module, str, int | tuple[int, ...]]]:
-    """(module, attribute, value) for each size attribute the file sets, checked: only an attribute the module
-    already holds as its own whole number (or tuple of them), as pruning rewrites them, to a whole number (or a
-    tuple of as many) — never a property or method, whose setter would run code (transformers' ``use_kernels``
-    fetches kernels from the Hub)."""
-    def whole(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-    try:
-        module = model.get_submodule(module_name) if module_name else model
-    except (AttributeError, TypeError):
-        module = None
-    if module is None or not isinstance(attrs, dict):
-        raise CheckpointError(f"{where}: attributes of '{module_name}', which the model does not have: the folder is "
-                              "damaged, save it again with save_pruned")
-    out = []
-    for attr, value in attrs.items():
-        current = vars(module).get(attr) if isinstance(attr, str) else None
-        value = tuple(value) if isinstance(value, list) else value
-        # pruning only shrinks: a size above the unpruned module's would only allocate more at the first forward
-        same_kind = (whole(current) and whole(value) and value <= current) or (
-            isinstance(current, tuple) and isinstance(value, tuple) and len(current) == len(value)
-            and all(whole(v) for v in (*current, *value)) and all(v <= c for v, c in zip(value, current)))
-        if not same_kind:
-            raise CheckpointError(f"{where}: '{module_name}.{attr}' = {value!r} is not a size attribute pruning sets "
-                                  "(a whole number the module already holds, no larger): the folder is damaged or not "
-                                  "slimkit's, save it again with save_pruned")
-        out.append((module, attr, value))
-    return out
-
-
-def _reshape_(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Give every parameter/buffer named in ``shapes`` an (uninitialised) tensor of that shape, ties kept."""
-    names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
-    done: dict[int, torch.Tensor] = {}
-    for module in model.modules():
-        for store in (module._parameters, module._buffers):
-            for attr, t in list(store.items()):
-                if t is None or names.get(id(t)) not in shapes:
-                    continue
-                shape = shapes[names[id(t)]]
-                if tuple(t.shape) == shape:
-                    continue
-                if id(t) not in done:
-                    empty = torch.empty(shape, dtype=t.dtype)
-                    done[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(
-                        t, nn.Parameter) else empty
-                store[attr] = done[id(t)]

@@ -47,7 +47,7 @@ from torch import nn
 
 from slimkit._errors import CheckpointError, ConfigError, DataError, ModelSpecError
 from slimkit._io import atomic_write
-from slimkit.share._clustered import CONV_ARGS, ClusteredLayer, clustered_layers, set_submodule
+from slimkit.share._clustered import CONV_ARGS, ClusteredLayer, clustered_layers, finalize_clusters, set_submodule
 from slimkit.share._huffman import (
     code_lengths,
     decode_lengths,
@@ -61,8 +61,12 @@ from slimkit.share._huffman import (
 from slimkit.share._relindex import relative_decode, relative_encode
 
 MAGIC = b"SLIMKIT\0"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (2, 3)
+#: 4: a channel-pruned model's layout (``pruned_attributes``); a model of its spec's own layout is still written as 3,
+#: which slimkit releases before 4 read
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
+#: what the error about a damaged container tells the user to do
+DAMAGED = "the file is damaged: re-save it with save_compressed, or restore it from where it was written"
 SPEC_ATTRIBUTE = "slimkit_spec"
 _DIGEST_BYTES = 32
 #: a header is a few hundred bytes per layer; anything near this is not a slimkit file
@@ -168,27 +172,56 @@ def _architecture(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: v for k, v in shapes.items() if not k.endswith(".codebook")}
 
 
-def _check_spec_builds(model: nn.Module, spec: str) -> None:
-    """A registered spec must build this architecture, or the container could never be loaded: a pruned, decomposed
-    or rewritten model has tensors its spec does not make (checked on the meta device, nothing allocated)."""
-    from slimkit.models import from_spec
+def _pruned_layout(model: nn.Module, spec: str) -> dict[str, dict[str, Any]] | None:
+    """How ``model`` differs from what its registered ``spec`` builds: None when not at all; for a channel pruning
+    (the same tensors, none larger), the size attributes pruning set, which the container records so that a load
+    rebuilds the pruned layout (:func:`slimkit.prune.apply_layout_`) — checked here by rebuilding it and comparing
+    outputs. Anything else (a decompose, convert, depth prune or quantize) is a :class:`ConfigError`, as a container
+    could never be loaded. A spec that cannot build on the meta device is checked when the container is loaded."""
+    from slimkit.models import example_input, from_spec
+    from slimkit.prune import apply_layout_, changed_size_attributes
 
     try:
         with torch.device("meta"):
-            built = _architecture(from_spec(spec))
-    except Exception:  # a spec that cannot build on the meta device is checked when the container is loaded
-        return
-    have = _architecture(model)
+            reference = from_spec(spec)
+    except Exception:
+        return None
+    built, have = _architecture(reference), _architecture(model)
+    if have == built:
+        return None
     extra, missing = sorted(set(have) - set(built)), sorted(set(built) - set(have))
     differ = [k for k in have if k in built and have[k] != built[k]]
-    if extra or missing or differ:
-        what = (f"'{differ[0]}' is {'×'.join(map(str, have[differ[0]]))} where '{spec}' builds "
-                f"{'×'.join(map(str, built[differ[0]]))}" if differ
+    grew = [k for k in differ if len(have[k]) != len(built[k]) or any(a > b for a, b in zip(have[k], built[k]))]
+    dense = finalize_clusters(model)
+    attributes = None if extra or missing or grew else changed_size_attributes(dense, reference)
+    if attributes is not None:
+        state = dense.state_dict()
+        try:
+            rebuilt = from_spec(spec)
+            apply_layout_(rebuilt, {k: tuple(v.shape) for k, v in state.items()}, attributes, f"'{spec}'",
+                          fix="report this as a slimkit bug")
+            rebuilt.load_state_dict(state)
+            x = example_input(spec)
+            with torch.no_grad():
+                ours, theirs = rebuilt.eval()(x), dense.eval()(x)
+            same = isinstance(ours, torch.Tensor) and isinstance(theirs, torch.Tensor) and torch.equal(ours, theirs)
+        except Exception:  # the rebuilt model does not load or run: its layout cannot be verified, nor recorded
+            same = False
+        if same:
+            return attributes
+        what = (f"'{spec}' rebuilt to this model's shapes and size attributes does not compute what it computes (a "
+                "size kept outside the tensors and the module attributes)")
+    elif differ and not (extra or missing or grew):
+        what = f"'{differ[0]}' is smaller, but a module changed in a way pruning does not"
+    else:
+        key = (grew or differ or [None])[0]
+        what = (f"'{key}' is {'×'.join(map(str, have[key]))} where '{spec}' builds "
+                f"{'×'.join(map(str, built[key]))}" if key is not None
                 else f"'{spec}' has no '{extra[0]}'" if extra else f"'{missing[0]}', which '{spec}' builds, is gone")
-        raise ConfigError(f"a compressed container rebuilds its model from the spec '{spec}', which this model no "
-                          f"longer matches ({what}: a prune, decompose, convert or quantize step changed the "
-                          "architecture): export it to ONNX instead (a container holds a model of its spec's "
-                          "shapes: unstructured pruning and clustering keep them)")
+    raise ConfigError(f"a compressed container rebuilds its model from the spec '{spec}', which this model no "
+                      f"longer matches ({what}: a decompose, convert, depth prune or quantize step changed the "
+                      "architecture): export it to ONNX instead (a container holds a model of its spec's layout, "
+                      "channel-pruned or not: unstructured pruning and clustering keep it)")
 
 
 def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None) -> ContainerSummary:
@@ -198,14 +231,15 @@ def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None)
     ``model.slimkit_spec`` or a registered model with identical parameter shapes. A user's ``file.py:factory``
     spec is accepted but not stored, because a file slimkit reads must never name code to import: such a
     container is loaded with ``load_compressed(path, spec="file.py:factory")``, the caller typing the spec.
+    A channel-pruned model of a registered spec is held too: its shapes and the size attributes pruning set are
+    recorded (checked by rebuilding the model and comparing outputs) and rebuilt on load.
     """
     import slimkit
     from slimkit.models import is_code_spec
 
     spec = resolve_spec(model, spec)
     stored_spec = None if is_code_spec(spec) else spec
-    if stored_spec is not None:
-        _check_spec_builds(model, stored_spec)
+    pruned = None if stored_spec is None else _pruned_layout(model, stored_spec)
     payload = _Payload()
     clustered = clustered_layers(model)
     layers, sizes = [], []
@@ -234,15 +268,17 @@ def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None)
                         "data": payload.add(blob)})
         if not any(key.startswith(f"{name}.") for name in clustered):
             other += len(blob)
-    header = json.dumps({"format": "slimkit-compressed", "version": FORMAT_VERSION, "slimkit": slimkit.__version__,
+    version = FORMAT_VERSION if pruned is not None else 3
+    header = json.dumps({"format": "slimkit-compressed", "version": version, "slimkit": slimkit.__version__,
                          "spec": stored_spec, "model_class": type(model).__name__, "layers": layers,
-                         "tensors": tensors}, separators=(",", ":")).encode()
+                         "tensors": tensors, **({} if pruned is None else {"pruned_attributes": pruned})},
+                        separators=(",", ":")).encode()
     header = zlib.compress(header, 9)  # the header is repetitive JSON; it would otherwise cost ~1 KB per model
     digest = hashlib.sha256(header)
     for part in payload.parts:
         digest.update(part)
     with atomic_write(path, "wb") as handle:
-        handle.write(MAGIC + struct.pack("<II", FORMAT_VERSION, len(header)) + digest.digest() + header)
+        handle.write(MAGIC + struct.pack("<II", version, len(header)) + digest.digest() + header)
         for part in payload.parts:
             handle.write(part)
     path = Path(path)
@@ -349,6 +385,19 @@ _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float
                                                        torch.bool)}
 
 
+def _recorded_shapes(header: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every well-formed record's shape by state-dict key (a clustered layer's as its dense weight's); a malformed
+    record is left to :func:`_check_shapes`, which names it."""
+    shapes = {}
+    for record in header["tensors"]:
+        if isinstance(record, dict) and isinstance(record.get("key"), str) and _record_shape(record) is not None:
+            shapes[record["key"]] = _record_shape(record)
+    for record in header["layers"]:
+        if isinstance(record, dict) and isinstance(record.get("name"), str) and _record_shape(record) is not None:
+            shapes[f"{record['name']}.weight"] = _record_shape(record)
+    return shapes
+
+
 def _record_shape(record: Any) -> tuple[int, ...] | None:
     shape = record.get("shape") if isinstance(record, dict) else None
     if not isinstance(shape, list) or not all(type(d) is int for d in shape):
@@ -408,6 +457,11 @@ def load_compressed(path: str | Path, spec: str | None = None) -> nn.Module:
     raw = path.read_bytes()
     header, payload = _read_header(raw, path)
     skeleton, spec = _model_from_header(header, spec, path)
+    pruned = header.get("pruned_attributes")
+    if pruned is not None:  # a channel-pruned model: the architecture's layout made the recorded one, checked
+        from slimkit.prune import apply_layout_
+
+        apply_layout_(skeleton, _recorded_shapes(header), pruned, f"'{path}'", fix=DAMAGED)
     numel = sum(t.numel() for t in skeleton.state_dict().values())
     if numel > _MAX_VALUES_PER_BYTE * len(raw) + 2**20:
         raise _corrupt(path, f"its model '{spec}' has {numel:,} values, more than a {len(raw):,}-byte container can "
@@ -416,6 +470,10 @@ def load_compressed(path: str | Path, spec: str | None = None) -> nn.Module:
     from slimkit.models import from_spec
 
     model = from_spec(spec, allow_code=True)  # the spec is a registered model or the caller's (checked above)
+    if pruned is not None:
+        from slimkit.prune import apply_layout_
+
+        apply_layout_(model, _recorded_shapes(header), pruned, f"'{path}'", fix=DAMAGED)
     state: dict[str, torch.Tensor] = {}
     for record in header["tensors"]:
         dtype = _DTYPES.get(record.get("dtype")) if isinstance(record.get("dtype"), str) else None
