@@ -76,3 +76,21 @@ def test_checking_a_small_models_fit_does_not_import_torch_dynamo():
             "  - train: {epochs: 1}\\n', 'r.yaml'); print('torch._dynamo' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("later, message", [
+    ("quantize: {keep_sensitive: 4}", "keeps every one of the 4 layers"),
+    ("cluster: {layers: [fc9]}", "'fc9' is not"),
+    ("decompose: {rank: 2, layers: [conv9]}", "'conv9' is not"),
+    ("prune_unstructured: {sparsity: 0.5, layers: [fc9]}", "'fc9' is not"),
+])
+def test_a_selection_after_channel_pruning_is_checked_on_the_input_model(later, message, tmp_path, capsys):
+    # channel pruning keeps every layer's name and type: a later stage's selection is checked before any work, where
+    # it used to fail only when the run reached it
+    from slimkit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: {spec: lenet5}\ndata: {name: mnist}\nstages:\n  - prune: {ratio: 0.5}\n"
+                      f"  - {later}\n")
+    assert main(["compress", str(recipe), "--check"]) == 2
+    assert message in capsys.readouterr().err

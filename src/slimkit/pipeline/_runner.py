@@ -431,13 +431,14 @@ def _preflight(session: _Session) -> None:
     recipe = session.recipe
     check_fits(session.model, session.example, label=recipe.schema.model.spec, data=recipe.schema.data.name,
                num_classes=session.data.num_classes, task=session.data.task)
-    structural_before = False
+    structural_before = layers_changed = False
     for call in recipe.stages:
         stage = call.build()
         ctx = session.context(call)
-        ctx.model_is_input = not structural_before
+        ctx.model_is_input, ctx.layers_are_input = not structural_before, not layers_changed
         stage.preflight(session.model, ctx)
         structural_before = structural_before or stage.structural
+        layers_changed = layers_changed or (stage.structural and not stage.keeps_layers)
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:

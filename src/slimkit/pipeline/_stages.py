@@ -73,6 +73,10 @@ class StageContext:
     #: in ``preflight``: True when the stage's input is the recipe's input model (no structural stage before it), so
     #: a layer selection can be checked against it
     model_is_input: bool = False
+    #: in ``preflight``: True when the stage's input has the input model's layers, by name and type (no structural
+    #: stage before it, or only ones that keep them: channel and unstructured pruning), so a selection by layer
+    #: name or type — not one that depends on channel counts — can be checked against the input model
+    layers_are_input: bool = False
     #: whether a ``file.py:factory`` spec in the stage's parameters may be imported (see ``Recipe.allow_code``)
     allow_code: bool = False
     #: facts a stage reports besides the standard metrics (files written, compressed bytes, ...); saved in result
@@ -89,6 +93,9 @@ class Stage:
 
     Params: ClassVar[type[StageParams]] = StageParams
     structural: ClassVar[bool] = False
+    #: True for structural stages after which every layer keeps its name and type (only channel counts change, or
+    #: masks are attached), so later stages' layer selections can still be checked on the input model
+    keeps_layers: ClassVar[bool] = False
     #: False for stages that only observe the model (evaluate, export): the previous measurements are kept
     changes_model: ClassVar[bool] = True
     #: True for stages whose job is a smaller model (pruning, sharing, quantization, decomposition, rewrites): one

@@ -19,7 +19,7 @@ class DecomposeStage(Stage):
     summary = "low-rank factorisation: svd, tucker2, cp (slimkit.decompose.decompose)"
 
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
-        if ctx.model_is_input:
+        if ctx.layers_are_input:
             from slimkit.decompose import layers_to_decompose
 
             layers_to_decompose(input_model, self.params.config())  # a layer name that is not one fails here

@@ -32,6 +32,7 @@ class PruneStage(Stage):
 
     Params = PruneParams
     structural = True
+    keeps_layers = True
     compresses = True
     summary = "remove channels (slimkit.prune.prune_channels: l1, l2, taylor, fpgm, bn_scale, thinet, ...)"
 
@@ -101,11 +102,12 @@ class PruneUnstructuredStage(Stage):
 
     Params = config_params(UnstructuredConfig, "PruneUnstructuredParams")
     structural = True  # the masks are not in the state dict: replaying the stage re-attaches them
+    keeps_layers = True
     compresses = True
     summary = "zero the smallest weights, kept zero by masks during fine-tuning (slimkit.prune.magnitude_prune)"
 
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
-        if ctx.model_is_input:
+        if ctx.layers_are_input:
             from slimkit.prune import layer_sparsities
 
             layer_sparsities(input_model, self.params.config())  # a layer name that is not one fails here

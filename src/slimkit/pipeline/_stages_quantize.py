@@ -52,7 +52,7 @@ class QuantizeStage(Stage):
     summary = "PTQ (RTN, GPTQ, AWQ, SmoothQuant, AdaRound) / QAT (slimkit.quantize), int8 QDQ or MatMulNBits ONNX"
 
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
-        if ctx.model_is_input:  # a layer name in layers / skip that is not one fails before the run folder is made
+        if ctx.layers_are_input:  # a layer name in layers / skip that is not one fails before the run folder is made
             from slimkit.quantize import check_selection
 
             check_selection(input_model, self.params.quant_config())

@@ -20,7 +20,7 @@ class ClusterStage(Stage):
     summary = "k-means weight sharing + Huffman-coded container (slimkit.share)"
 
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
-        if ctx.model_is_input:  # a layer name that is not a clusterable layer fails before the run folder is made
+        if ctx.layers_are_input:  # a layer name that is not a clusterable layer fails before the run folder is made
             from slimkit.share import layers_to_cluster
 
             layers_to_cluster(input_model, self.params.config())
