@@ -222,6 +222,13 @@ def test_a_compressed_container_after_a_stage_that_changes_the_architecture_is_r
     parse_recipe(text.replace("compressed, file: m.slim", "onnx, file: m.onnx"), "r.yaml")
 
 
+def test_a_compressed_container_after_channel_pruning_is_refused_only_for_hugging_face_models():
+    stages = "stages:\n  - prune: {ratio: 0.3}\n  - export: {format: compressed, file: m.slim}\n"
+    parse_recipe(f"version: 1\nmodel: {{spec: lenet300}}\n{stages}", "r.yaml")  # the container records the layout
+    with pytest.raises(RecipeError, match=r"line 6: .*a pruned Hugging Face model keeps its sizes in its config"):
+        parse_recipe(f"version: 1\nmodel: {{spec: gpt2_tiny}}\ndata: {{name: stdlib}}\n{stages}", "r.yaml")
+
+
 def test_two_quantize_stages_naming_their_layers_may_follow_each_other():
     """Mixed bit widths in a recipe: 4-bit weights on one layer, 8-bit on another, in two stages that each name
     their layers (the one way QuantConfig allows it)."""

@@ -124,3 +124,38 @@ def test_a_channel_pruned_clustered_model_round_trips_exactly(tmp_path, name):
     assert (tmp_path / "m.slim").read_bytes()[8] == 4  # the pruned layout's format version
     save_compressed(_compressed(), tmp_path / "plain.slim")
     assert (tmp_path / "plain.slim").read_bytes()[8] == 3  # a spec's own layout: readable by older releases
+
+
+def test_pruned_models_of_other_dtypes_and_of_the_user_s_code_round_trip(tmp_path):
+    from slimkit.prune import PruneConfig, prune_channels
+
+    x = torch.randn(2, 1, 28, 28)
+    wide = prune_channels(create("resnet20").eval(), x[:1], PruneConfig(ratio=0.5)).double()
+    save_compressed(wide, tmp_path / "d.slim", spec="resnet20")
+    # a container's model is built as its spec builds it (float32, as an unpruned one): the weights are the same
+    torch.testing.assert_close(load_compressed(tmp_path / "d.slim")(x), wide(x.double()).float())
+    (tmp_path / "mine.py").write_text("from torch import nn\n\ndef build():\n    return nn.Sequential("
+                                      "nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))\n")
+    spec = f"{tmp_path / 'mine.py'}:build"
+    from slimkit.models import from_spec
+
+    mine = prune_channels(from_spec(spec, allow_code=True).eval(), x[:1], PruneConfig(ratio=0.5))
+    save_compressed(mine, tmp_path / "m.slim", spec=spec)
+    assert torch.equal(load_compressed(tmp_path / "m.slim", spec=spec)(x), mine(x))
+
+
+def test_saving_a_pruned_model_leaves_the_random_state_and_refuses_hugging_face_models(tmp_path):
+    from slimkit import ConfigError
+    from slimkit.prune import PruneConfig, prune_channels
+
+    pruned = prune_channels(create("lenet5").eval(), torch.zeros(1, 1, 28, 28), PruneConfig(ratio=0.5))
+    torch.manual_seed(3)
+    save_compressed(pruned, tmp_path / "p.slim", spec="lenet5")
+    after = torch.rand(1)
+    torch.manual_seed(3)
+    assert torch.equal(torch.rand(1), after)
+    lm = create("gpt2_tiny").eval()
+    tokens = torch.zeros(1, 8, dtype=torch.long)
+    with pytest.raises(ConfigError, match="save_pruned"):
+        save_compressed(prune_channels(lm, {"input_ids": tokens}, PruneConfig(ratio=0.5)), tmp_path / "lm.slim",
+                        spec="gpt2_tiny")

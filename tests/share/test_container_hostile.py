@@ -176,8 +176,18 @@ def test_a_forged_pruned_layout_is_refused_before_anything_is_set(tmp_path):
         (dict(header, pruned_attributes={**attributes, "nope": {"x": 1}}), "which the model does not have"),
         (dict(header, pruned_attributes=[1]), "not a mapping"),
         (grown, "is not a pruning of the model's"),
+        # attributes of torch's own modules that pruning never changes (a stride undone quadruples a feature map)
+        (dict(header, pruned_attributes={**attributes, "conv1": {"stride": [1, 1]}}), "not a size attribute"),
+        (dict(header, pruned_attributes={**attributes, "conv1": {"_reversed_padding_repeated_twice": [0, 0, 0, 0]}}),
+         "not a size attribute"),
+        (dict(header, pruned_attributes={**attributes, "conv1.weight": {}}), "which the model does not have"),
+        # sizes that disagree with the tensors: refused at load, not at the caller's first forward
+        (dict(header, pruned_attributes={}), "its pruned layout does not run"),
     ]
     for variant, message in variants:
         path.write_bytes(_forge(variant, payload, version=4))
         with pytest.raises(CheckpointError, match=message):
             load_compressed(path)
+    path.write_bytes(_forge(header, payload, version=3))  # only format 4 records a pruned layout
+    with pytest.raises(CheckpointError, match="only format 4 has"):
+        load_compressed(path)

@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_resume_force_args(parser)
     parser.add_argument("--check", action="store_true",
                         help="only check the recipe: the model builds, the checkpoint loads, the model fits the "
-                             "data, each stage's own checks; runs and writes nothing")
+                             "data, each stage's own checks; runs nothing and writes nothing but the dataset "
+                             "cache")
     parser.add_argument("--train-samples", type=count(1), metavar="N",
                         help="override the recipe's data: train on the first N training samples (a quick try)")
     parser.add_argument("--eval-samples", type=count(1), metavar="N",

@@ -358,7 +358,7 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: str | os.PathLik
                               "epoch: remove cache_teacher or data.augment")
     stages = tuple(_resolve_stage_paths(call, base_dir) for call in stages)
     _check_references(stages, located)
-    _check_order(stages, located)
+    _check_order(stages, located, schema.model.spec)
     checkpoint = None
     if schema.model.checkpoint is not None:
         checkpoint = Path(schema.model.checkpoint).expanduser()
@@ -456,12 +456,30 @@ _CANNOT_FOLLOW = {
 _RESHAPING = ("prune_depth", "decompose", "convert", "quantize")
 
 
-def _check_order(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:
+def _builds_hf_model(spec: str) -> bool:
+    """Whether a registered ``spec`` builds a Hugging Face model (on the meta device, nothing allocated)."""
+    import torch
+
+    from slimkit.models import from_spec, is_code_spec
+    from slimkit.prune import is_hf_model
+
+    if is_code_spec(spec):
+        return False
+    try:
+        with torch.device("meta"):
+            return is_hf_model(from_spec(spec))
+    except Exception:  # a spec that does not build is reported by the spec check
+        return False
+
+
+def _check_order(stages: tuple[StageCall, ...], located: LocatedYaml, spec: str) -> None:
     """A stage that changes float layers after one that replaced them is refused before the run starts, unless
     both name their layers (a distill stage with a named student starts again from a float model); a TorchScript
     export of clustered layers, and a compressed container of a model its spec no longer builds, too."""
     since: StageCall | None = None  # the last quantize or cluster stage the current model went through
     reshaped: StageCall | None = None  # the last stage that made the model other than its spec builds
+    current_spec = spec  # the spec the current model is built from (a distillation's named student replaces it)
+    pruned: StageCall | None = None  # the last channel pruning of the current model
     for call in stages:
         fmt = getattr(call.params, "format", None) if call.name == "export" else None
         line = located.line_of(("stages", call.index - 1, call.name))
@@ -469,6 +487,11 @@ def _check_order(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:
             raise RecipeError(f"{located.source}, line {line}: stages[{call.index - 1}]: a compressed container "
                               f"cannot follow stage {reshaped.label}: it rebuilds the model from its spec, and "
                               f"'{reshaped.name}' changed the architecture. Export to onnx, or drop that stage")
+        if fmt == "compressed" and pruned is not None and _builds_hf_model(current_spec):
+            raise RecipeError(f"{located.source}, line {line}: stages[{call.index - 1}]: a compressed container "
+                              f"cannot follow stage {pruned.label}: a pruned Hugging Face model keeps its sizes in "
+                              "its config too, which a container does not record. Export to onnx, or save it with "
+                              "slimkit.prune.save_pruned")
         if since is not None:
             refused, reason = _CANNOT_FOLLOW[since.name]
             # two stages that each name their layers may touch different ones (4-bit here, 8-bit there): left to
@@ -485,8 +508,11 @@ def _check_order(stages: tuple[StageCall, ...], located: LocatedYaml) -> None:
             since = call
         if call.name in _RESHAPING:
             reshaped = call
+        elif call.name == "prune":
+            pruned = call
         elif call.name in ("distill", "distill_stagewise") and getattr(call.params, "student", None) is not None:
-            since = reshaped = None
+            since = reshaped = pruned = None
+            current_spec = call.params.student
 
 
 def _check_spec(spec: str, where: str) -> None:

@@ -23,7 +23,7 @@ from slimkit.prune._depth import (
     prune_depth,
     remove_blocks,
 )
-from slimkit.prune._hf import load_pruned, save_pruned
+from slimkit.prune._hf import is_hf_model, load_pruned, save_pruned
 from slimkit.prune._latency import LatencyTarget, prune_to_latency
 from slimkit.prune._layout import apply_layout_, changed_size_attributes
 from slimkit.prune._reconstruct import reconstruct_, reconstruct_layer_
@@ -84,6 +84,7 @@ __all__ = [
     "find_block_lists",
     "find_blocks",
     "holding_masks",
+    "is_hf_model",
     "layer_sparsities",
     "load_pruned",
     "magnitude_masks",

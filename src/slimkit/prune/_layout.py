@@ -43,21 +43,36 @@ def pruned_shapes(model: nn.Module, shapes: dict[str, Any], where: str, *, fix: 
     return out
 
 
-def size_attributes(model: nn.Module, module_name: Any, attrs: Any, where: str, *,
-                    fix: str) -> list[tuple[nn.Module, str, int | tuple[int, ...]]]:
-    """(module, attribute, value) for each size attribute the file sets, checked: only an attribute the module
-    already holds as its own whole number (or tuple of them), as pruning rewrites them, to a whole number (or a
-    tuple of as many) — never a property or method, whose setter would run code (transformers' ``use_kernels``
-    fetches kernels from the Hub)."""
-    try:
-        module = model.get_submodule(module_name) if module_name else model
-    except (AttributeError, TypeError):
-        module = None
+#: the size attributes pruning sets on torch's own modules (their slimkit module rules and a view's shape); any other
+#: attribute of a torch module (a stride, a padding, a flatten's dims) pruning never changes, so a file may not either
+_TORCH_SIZE_ATTRIBUTES = frozenset({
+    "in_features", "out_features", "in_channels", "out_channels", "groups", "num_features", "num_channels",
+    "num_groups", "normalized_shape", "embedding_dim", "num_parameters", "embed_dim", "kdim", "vdim", "head_dim",
+    "num_heads", "unflattened_size"})
+
+
+def _may_set(module: nn.Module, attr: str) -> bool:
+    """Whether pruning can have set ``attr`` on ``module``: never a private name; on a module of torch's own only a
+    size attribute its rule sets; on a model's own module any whole number (pruning rewrites sizes a model's code
+    keeps, such as a shortcut's padding or a head count, wherever they are)."""
+    if attr.startswith("_"):
+        return False
+    return attr in _TORCH_SIZE_ATTRIBUTES or not type(module).__module__.startswith("torch.nn")
+
+
+def _size_attributes(modules: dict[str, nn.Module], module_name: Any, attrs: Any, where: str, *,
+                     fix: str) -> list[tuple[nn.Module, str, int | tuple[int, ...]]]:
+    """(module, attribute, value) for each size attribute the file sets, checked: only an attribute pruning may
+    have set (:func:`_may_set`), that the module already holds as its own whole number (or tuple of them), to a
+    whole number (or a tuple of as many) no larger — never a property or method, whose setter would run code
+    (transformers' ``use_kernels`` fetches kernels from the Hub). Modules are looked up in ``modules`` (the model's
+    ``named_modules``), never by attribute access, which would run a property's getter."""
+    module = modules.get(module_name) if isinstance(module_name, str) else None
     if module is None or not isinstance(attrs, dict):
         raise CheckpointError(f"{where}: attributes of '{module_name}', which the model does not have: {fix}")
     out = []
     for attr, value in attrs.items():
-        current = vars(module).get(attr) if isinstance(attr, str) else None
+        current = vars(module).get(attr) if isinstance(attr, str) and _may_set(module, attr) else None
         value = tuple(value) if isinstance(value, list) else value
         # pruning only shrinks: a size above the unpruned module's would only allocate more at the first forward
         same_kind = (_whole(current) and _whole(value) and value <= current) or (
@@ -91,12 +106,14 @@ def reshape_(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
 
 def apply_layout_(model: nn.Module, shapes: dict[str, Any], attributes: Any, where: str, *, fix: str) -> None:
     """Make the unpruned ``model`` the pruned layout a file records: every shape and attribute checked first
-    (:func:`pruned_shapes`, :func:`size_attributes`), then the tensors reshaped (uninitialised: load the weights
+    (:func:`pruned_shapes`, :func:`_size_attributes`), then the tensors reshaped (uninitialised: load the weights
     next) and the attributes set."""
     checked = pruned_shapes(model, shapes, where, fix=fix)
     if not isinstance(attributes, dict):
         raise CheckpointError(f"{where}: its size attributes are {type(attributes).__name__}, not a mapping: {fix}")
-    settings = [s for name, attrs in attributes.items() for s in size_attributes(model, name, attrs, where, fix=fix)]
+    modules = dict(model.named_modules())
+    settings = [s for name, attrs in attributes.items()
+                for s in _size_attributes(modules, name, attrs, where, fix=fix)]
     reshape_(model, checked)
     for module, attr, value in settings:
         setattr(module, attr, value)
@@ -119,7 +136,7 @@ def changed_size_attributes(model: nn.Module, reference: nn.Module) -> dict[str,
             before = vars(other).get(attr)
             if before == value:
                 continue
-            if not _size_like(before) or type(before) is not type(value) or (
+            if not _may_set(module, attr) or not _size_like(before) or type(before) is not type(value) or (
                     _whole(value) and value > before) or (
                     isinstance(value, tuple) and (len(value) != len(before)
                                                   or any(v > b for v, b in zip(value, before)))):

@@ -18,6 +18,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from slimkit._errors import ConfigError, TraceError
@@ -205,6 +206,8 @@ class _Pruner:
                            for k, d in attributes.items()},
             "opaque": graph.opaque_ops(),
             "hf_config": hf,
+            # the input the pruning ran on: a container checks a pruned model of the user's own code on it
+            "input_shape": list(self.inputs.shape) if isinstance(self.inputs, torch.Tensor) else None,
         }
 
 

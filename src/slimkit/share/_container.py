@@ -173,17 +173,19 @@ def _architecture(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def _pruned_layout(model: nn.Module, spec: str) -> dict[str, dict[str, Any]] | None:
-    """How ``model`` differs from what its registered ``spec`` builds: None when not at all; for a channel pruning
-    (the same tensors, none larger), the size attributes pruning set, which the container records so that a load
-    rebuilds the pruned layout (:func:`slimkit.prune.apply_layout_`) — checked here by rebuilding it and comparing
-    outputs. Anything else (a decompose, convert, depth prune or quantize) is a :class:`ConfigError`, as a container
-    could never be loaded. A spec that cannot build on the meta device is checked when the container is loaded."""
-    from slimkit.models import example_input, from_spec
-    from slimkit.prune import apply_layout_, changed_size_attributes
+    """How ``model`` differs from what ``spec`` builds: None when not at all; for a channel pruning (the same
+    tensors, none larger), the size attributes pruning set, which the container records so that a load rebuilds the
+    pruned layout (:func:`slimkit.prune.apply_layout_`) — checked here by rebuilding it and comparing outputs.
+    Anything else (a decompose, convert, depth prune or quantize) is a :class:`ConfigError`, as a container could
+    never be loaded. A spec that cannot build on the meta device is checked when the container is loaded; a
+    ``file.py:factory`` spec is the caller's (typed to save_compressed, or the model's from their own typing)."""
+    from slimkit.models import example_input, from_spec, is_code_spec
+    from slimkit.prune import apply_layout_, changed_size_attributes, is_hf_model
 
+    allow_code = is_code_spec(spec)
     try:
         with torch.device("meta"):
-            reference = from_spec(spec)
+            reference = from_spec(spec, allow_code=allow_code)
     except Exception:
         return None
     built, have = _architecture(reference), _architecture(model)
@@ -192,22 +194,30 @@ def _pruned_layout(model: nn.Module, spec: str) -> dict[str, dict[str, Any]] | N
     extra, missing = sorted(set(have) - set(built)), sorted(set(built) - set(have))
     differ = [k for k in have if k in built and have[k] != built[k]]
     grew = [k for k in differ if len(have[k]) != len(built[k]) or any(a > b for a, b in zip(have[k], built[k]))]
-    dense = finalize_clusters(model)
+    if is_hf_model(model) and not (extra or missing or grew):
+        raise ConfigError("a channel-pruned Hugging Face model keeps its sizes in its config too, which a compressed "
+                          "container does not record: save it with slimkit.prune.save_pruned (from_pretrained "
+                          "reloads it), or export it to ONNX")
+    dense = finalize_clusters(model).cpu()
     attributes = None if extra or missing or grew else changed_size_attributes(dense, reference)
     if attributes is not None:
         state = dense.state_dict()
+        dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
         try:
-            rebuilt = from_spec(spec)
+            with torch.random.fork_rng(devices=[]):  # building the reference draws weights: the caller's RNG stays
+                rebuilt = from_spec(spec, allow_code=allow_code).to(dtype)
             apply_layout_(rebuilt, {k: tuple(v.shape) for k, v in state.items()}, attributes, f"'{spec}'",
                           fix="report this as a slimkit bug")
             rebuilt.load_state_dict(state)
-            x = example_input(spec)
+            x = example_input(spec) if not allow_code else _user_example(model)
+            x = x.to(dtype) if x.is_floating_point() else x
             with torch.no_grad():
                 ours, theirs = rebuilt.eval()(x), dense.eval()(x)
-            same = isinstance(ours, torch.Tensor) and isinstance(theirs, torch.Tensor) and torch.equal(ours, theirs)
-        except Exception:  # the rebuilt model does not load or run: its layout cannot be verified, nor recorded
-            same = False
-        if same:
+        except Exception as error:  # the rebuilt model does not load or run: its layout cannot be verified
+            raise ConfigError(f"a compressed container could not verify that '{spec}' rebuilt to this model's "
+                              f"shapes and size attributes computes what it computes ({type(error).__name__}: "
+                              f"{error}): export it to ONNX instead") from None
+        if isinstance(ours, torch.Tensor) and isinstance(theirs, torch.Tensor) and torch.equal(ours, theirs):
             return attributes
         what = (f"'{spec}' rebuilt to this model's shapes and size attributes does not compute what it computes (a "
                 "size kept outside the tensors and the module attributes)")
@@ -222,6 +232,17 @@ def _pruned_layout(model: nn.Module, spec: str) -> dict[str, dict[str, Any]] | N
                       f"longer matches ({what}: a decompose, convert, depth prune or quantize step changed the "
                       "architecture): export it to ONNX instead (a container holds a model of its spec's layout, "
                       "channel-pruned or not: unstructured pruning and clustering keep it)")
+
+
+def _user_example(model: nn.Module) -> torch.Tensor:
+    """An example input for a model of the user's own code: the one its pruning ran on (pruning_info keeps its
+    shape), else a refusal: such a container's layout could not be verified."""
+    from slimkit.prune import pruning_info
+
+    shape = (pruning_info(model) or {}).get("input_shape")
+    if not isinstance(shape, list):
+        raise ValueError("the input of a model from your own code is unknown here")
+    return torch.zeros(shape)
 
 
 def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None) -> ContainerSummary:
@@ -239,7 +260,7 @@ def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None)
 
     spec = resolve_spec(model, spec)
     stored_spec = None if is_code_spec(spec) else spec
-    pruned = None if stored_spec is None else _pruned_layout(model, stored_spec)
+    pruned = _pruned_layout(model, spec)
     payload = _Payload()
     clustered = clustered_layers(model)
     layers, sizes = [], []
@@ -290,7 +311,7 @@ def _corrupt(path: Path, what: str) -> CheckpointError:
                            "save_compressed, or restore the file from where it was written")
 
 
-def _read_header(raw: bytes, path: Path) -> tuple[dict[str, Any], memoryview]:
+def _read_header(raw: bytes, path: Path) -> tuple[dict[str, Any], memoryview, int]:
     fixed = len(MAGIC) + 8
     if raw[:len(MAGIC)] != MAGIC or len(raw) < fixed:
         raise CheckpointError(f"'{path}' is not a slimkit compressed file (bad magic): write it with save_compressed")
@@ -321,7 +342,7 @@ def _read_header(raw: bytes, path: Path) -> tuple[dict[str, Any], memoryview]:
     if not isinstance(header, dict) or not isinstance(header.get("tensors"), list) or \
             not isinstance(header.get("layers"), list):
         raise _corrupt(path, "the header lacks its tensor and layer records")
-    return header, memoryview(raw)[start + header_len:]
+    return header, memoryview(raw)[start + header_len:], version
 
 
 def _blob(payload: memoryview, where: Any, path: Path, expected: int | None = None) -> bytes:
@@ -455,9 +476,11 @@ def load_compressed(path: str | Path, spec: str | None = None) -> nn.Module:
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise CheckpointError(f"compressed model '{path}' {what}: give the .slim file save_compressed wrote")
     raw = path.read_bytes()
-    header, payload = _read_header(raw, path)
+    header, payload, version = _read_header(raw, path)
     skeleton, spec = _model_from_header(header, spec, path)
     pruned = header.get("pruned_attributes")
+    if pruned is not None and version < 4:
+        raise _corrupt(path, f"a format-{version} file records a pruned layout, which only format 4 has")
     if pruned is not None:  # a channel-pruned model: the architecture's layout made the recorded one, checked
         from slimkit.prune import apply_layout_
 
@@ -508,4 +531,24 @@ def load_compressed(path: str | Path, spec: str | None = None) -> nn.Module:
         raise CheckpointError(f"'{path}' does not fit the model '{spec}' ({error}): pass the spec it was saved "
                               "from as load_compressed(path, spec=...)") from None
     setattr(model, SPEC_ATTRIBUTE, spec)
+    if pruned is not None:
+        _check_runs(model.eval(), spec, path)
     return model.eval()
+
+
+def _check_runs(model: nn.Module, spec: str, path: Path) -> None:
+    """A pruned layout whose sizes and tensors disagree (a damaged or forged file) fails here, as a
+    :class:`CheckpointError`, not at the caller's first forward: the model runs once on its spec's example input
+    (a model of the user's own code, whose input is not known here, is left to its first forward)."""
+    from slimkit.models import example_input, is_code_spec
+
+    if is_code_spec(spec):
+        return
+    try:
+        x = example_input(spec)
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        with torch.no_grad():
+            model(x.to(dtype) if x.is_floating_point() else x)
+    except Exception as error:
+        raise _corrupt(path, f"its pruned layout does not run ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0][:200] if str(error) else ''})") from None
