@@ -7,7 +7,7 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,18 +106,56 @@ def add_data_args(parser: argparse.ArgumentParser, default: str = "mnist", *, ba
 
 
 def add_optimizer_args(parser: argparse.ArgumentParser, lr: float = 0.05, weight_decay: float = 5e-4) -> None:
-    parser.add_argument("--lr", type=real(0, 10, low_open=True), default=lr,
-                        help="SGD (Nesterov momentum 0.9) learning rate (default: %(default)s)")
-    parser.add_argument("--weight-decay", type=real(0, 1, high_open=True), default=weight_decay,
-                        help="SGD weight decay, 0 for none (default: %(default)s)")
+    """``--lr`` and ``--weight-decay``: None unless given (so that :func:`optimizer_options` can refuse them where
+    nothing trains); the command's defaults are ``lr`` and ``weight_decay``."""
+    parser.add_argument("--lr", type=real(0, 10, low_open=True), default=None,
+                        help=f"SGD (Nesterov momentum 0.9) learning rate (default: {lr})")
+    parser.add_argument("--weight-decay", type=real(0, 1, high_open=True), default=None,
+                        help=f"SGD weight decay, 0 for none (default: {weight_decay})")
+    parser.set_defaults(default_lr=lr, default_weight_decay=weight_decay)
+
+
+def optimizer_options(args: argparse.Namespace, *, trains: bool, nothing: str) -> dict[str, float]:
+    """``{"lr", "weight_decay"}`` of :func:`add_optimizer_args`, their defaults where not given; when nothing
+    trains (``trains`` false, ``nothing`` says why, e.g. "--epochs is 0") the ones given, and ``--augment``, are
+    refused: they would set nothing."""
+    if not trains:
+        given = [flag for flag, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay),
+                                          ("--augment", getattr(args, "augment", None))) if value is not None]
+        if given:
+            raise CommandError(f"{_and(given)} {'tunes' if len(given) == 1 else 'tune'} the training, and {nothing} "
+                               f"(no training): give --epochs N, or drop {_and(given)}")
+    return {"lr": args.default_lr if args.lr is None else args.lr,
+            "weight_decay": args.default_weight_decay if args.weight_decay is None else args.weight_decay}
+
+
+#: the learning rate of a command's recovery fine-tune (``--lr`` of :func:`add_finetune_args`)
+FINETUNE_LR = 0.01
 
 
 def add_finetune_args(parser: argparse.ArgumentParser, epochs: int = 0) -> None:
     """The recovery fine-tune after a one-shot technique (a ``finetune`` stage when the epochs are above 0)."""
     parser.add_argument("--finetune-epochs", type=count(0, 10_000), default=epochs,
                         help="fine-tuning epochs after the technique, 0 for none (default: %(default)s)")
-    parser.add_argument("--lr", type=real(0, 10, low_open=True), default=0.01,
-                        help="fine-tuning learning rate (SGD Nesterov, one-cycle cosine; default: %(default)s)")
+    parser.add_argument("--lr", type=real(0, 10, low_open=True), default=None,
+                        help=f"fine-tuning learning rate (SGD Nesterov, one-cycle cosine; default: {FINETUNE_LR}; "
+                             "needs --finetune-epochs above 0)")
+
+
+def finetune_lr(args: argparse.Namespace, *others: tuple[str, Any]) -> float:
+    """The fine-tune's learning rate; with ``--finetune-epochs 0`` (no fine-tune) ``--lr`` and the ``others``
+    (flag, value or None) the command also passes to the fine-tune are refused: they would set nothing."""
+    if not args.finetune_epochs:
+        given = [flag for flag, value in (("--lr", args.lr), *others) if value is not None]
+        if given:
+            raise CommandError(f"{_and(given)} {'tunes' if len(given) == 1 else 'tune'} the --finetune-epochs "
+                               "fine-tune, and --finetune-epochs is 0 (no fine-tune): give --finetune-epochs N too, or "
+                               f"drop {_and(given)}")
+    return FINETUNE_LR if args.lr is None else args.lr
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def add_augment_arg(parser: argparse.ArgumentParser) -> None:
@@ -165,11 +203,23 @@ def add_latency_args(parser: argparse.ArgumentParser, batch: int = 1) -> None:
     parser.add_argument("--latency-batch", type=count(1, 4096), default=None,
                         help=f"batch size of the ONNX Runtime latency comparison (default: {default})")
     parser.set_defaults(default_latency_batch=batch)
-    parser.add_argument("--threads", type=count(1, 256), default=1,
-                        help="ONNX Runtime threads per session for the latency comparison (default: %(default)s: "
-                             "the sessions of a comparison stay alive together, so one thread each cannot "
-                             "oversubscribe a shared machine)")
+    parser.add_argument("--threads", type=count(1, 256), default=None,
+                        help="ONNX Runtime threads per session for the latency comparison (default: 1: the sessions "
+                             "of a comparison stay alive together, so one thread each cannot oversubscribe a shared "
+                             "machine)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency comparison")
+
+
+def check_latency_args(args: argparse.Namespace) -> None:
+    """``--latency-batch`` and ``--threads`` set the latency comparison: refused with ``--no-latency``, which skips
+    it (they would set nothing)."""
+    if not getattr(args, "no_latency", False):
+        return
+    given = [flag for flag, dest in (("--latency-batch", "latency_batch"), ("--threads", "threads"))
+             if getattr(args, dest, None) is not None]
+    if given:
+        raise CommandError(f"{_and(given)} {'sets' if len(given) == 1 else 'set'} the latency comparison, which "
+                           f"--no-latency skips: drop --no-latency, or drop {_and(given)}")
 
 
 # --- models and files --------------------------------------------------------------------------------------------
@@ -308,8 +358,12 @@ def print_profile(prof, title: str = "profile") -> None:
 
 def recipe_of(args: argparse.Namespace, name: str, stages: list[dict[str, Any]], *, model: str | None = None,
               checkpoint: str | None = None, data: dict[str, Any] | None = None,
-              evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The recipe a command runs: its model and checkpoint, data, evaluation settings and stages."""
+              evaluation: dict[str, Any] | None = None, stages_time_latency: bool = False) -> dict[str, Any]:
+    """The recipe a command runs: its model and checkpoint, data, evaluation settings and stages.
+    ``stages_time_latency``: a stage measures latency at ``--latency-batch`` with ``--threads`` itself (``prune
+    --latency``), so they mean something even with ``--no-latency``."""
+    if not stages_time_latency:
+        check_latency_args(args)
     section: dict[str, Any] = {"spec": model or args.model}
     checkpoint = checkpoint if checkpoint is not None else getattr(args, "checkpoint", None)
     if checkpoint is not None:  # an empty path is refused, not read as "no checkpoint"
@@ -321,7 +375,7 @@ def recipe_of(args: argparse.Namespace, name: str, stages: list[dict[str, Any]],
             data_section[key] = getattr(args, key)
     evaluation_section = {"latency": not getattr(args, "no_latency", False),
                           "latency_batch": latency_batch(args, data_section["name"]),
-                          "threads": getattr(args, "threads", 1),
+                          "threads": getattr(args, "threads", None) or 1,
                           **(evaluation or {})}
     return {"version": 1, "name": name, "seed": getattr(args, "seed", 0), "model": section, "data": data_section,
             "evaluation": evaluation_section, "stages": stages}
@@ -339,8 +393,27 @@ def latency_batch(args: argparse.Namespace, data: str) -> int:
     return getattr(args, "default_latency_batch", 1)
 
 
-def run_command_recipe(args: argparse.Namespace, recipe: dict[str, Any]):
-    """Validate ``recipe`` as any recipe file is, run it into ``--out``, print its table; returns the run result."""
+def in_flags(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` (the library's, written for recipes) with the recipe fields of ``flags`` (field → the command's
+    flag) as the user typed them: ``keep_sensitive=5`` → ``--keep-sensitive 5``, ``skip=['a', 'b']`` → ``--skip a
+    b``. Only ``field=value`` is rewritten: a bare word such as "groups" may be plain English."""
+    import re
+
+    def flag_value(flag: str, value: str) -> str:
+        if value.startswith("[") or value.startswith("("):
+            value = " ".join(a or b for a, b in re.findall(r"'([^']*)'|\"([^\"]*)\"", value)) or value
+        return f"{flag} {value}"
+
+    for field, flag in flags.items():
+        message = re.sub(rf"(?<![\w.-]){re.escape(field)}=(\[[^\]]*\]|\([^)]*\)|[^\s,;:)]+)",
+                         lambda match, flag=flag: flag_value(flag, match.group(1)), message)
+    return message
+
+
+def run_command_recipe(args: argparse.Namespace, recipe: dict[str, Any], *, flags: Mapping[str, str] | None = None):
+    """Validate ``recipe`` as any recipe file is, run it into ``--out``, print its table; returns the run result.
+    ``flags`` (recipe field → the command's flag) rewrite the fields a library message names as the flags the user
+    typed (see :func:`in_flags`)."""
     import re
 
     import yaml
@@ -352,9 +425,16 @@ def run_command_recipe(args: argparse.Namespace, recipe: dict[str, Any]):
     try:
         parsed = parse_recipe(text, f"<slimkit {args.command}>", Path.cwd(), allow_code=True)
     except RecipeError as error:  # the generated recipe's line numbers mean nothing on a command line
-        raise CommandError(re.sub(r"^<slimkit [\w-]+>, line \d+: ", "", str(error))) from None
+        message = re.sub(r"^<slimkit [\w-]+>, line \d+: ", "", str(error))
+        raise CommandError(in_flags(message, flags or {})) from None
     out = console()
-    result = run_recipe(parsed, args.out, resume=args.resume, force=args.force, reporter=stage_printer(out))
+    try:
+        result = run_recipe(parsed, args.out, resume=args.resume, force=args.force, reporter=stage_printer(out))
+    except SlimkitError as error:  # a stage's check on the model (e.g. keep_sensitive=5 of 4 layers)
+        message = in_flags(str(error), flags or {})
+        if message == str(error):
+            raise
+        raise CommandError(message) from None
     if not result.files:  # a rank other than 0 under torchrun: rank 0 reports
         return result
     print_table(parsed.title, list(columns(result.stages)), table_rows(result.stages))

@@ -66,23 +66,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--recovery", choices=["kd", "finetune"], default="kd",
                         help="recovery after pruning / factorisation (default: kd from the input model)")
     parser.add_argument("--recovery-epochs", type=count(0, 10_000), default=2, help="(default: 2)")
-    parser.add_argument("--recovery-lr", type=real(0, 10, low_open=True), default=0.01, help="(default: 0.01)")
-    parser.add_argument("--cluster-epochs", type=count(0, 10_000), default=1,
+    parser.add_argument("--recovery-lr", type=real(0, 10, low_open=True), default=None,
+                        help="learning rate of the recovery (and of --sensitivity-steps) (default: 0.01)")
+    parser.add_argument("--cluster-epochs", type=count(0, 10_000), default=None,
                         help="centroid fine-tuning epochs of the container format (default: 1)")
-    parser.add_argument("--prune-rounds", type=count(1, 100), default=1,
-                        help="magnitude pruning rounds of the container format, each with recovery (default: 1)")
+    parser.add_argument("--prune-rounds", type=count(1, 100), default=None,
+                        help="magnitude pruning rounds of the container format's sparsity knob, each with recovery "
+                             "(default: 1)")
     parser.add_argument("--max-candidates", type=count(1, 1000), default=6,
                         help="candidates the accuracy-aware loop may try (default: 6)")
     parser.add_argument("--time-limit", type=real(0, None, low_open=True), metavar="SECONDS",
                         help="stop trying new candidates after this many seconds")
     parser.add_argument("--sensitivity", choices=["auto", "loss", "hessian"], default="auto",
                         help="measured loss, HAWQ-V2 Hessian-trace estimate, or auto (default)")
-    parser.add_argument("--sensitivity-steps", type=count(0, 100_000), default=0, metavar="STEPS",
+    parser.add_argument("--sensitivity-steps", type=count(0, 100_000), default=None, metavar="STEPS",
                         help="fine-tuning steps before each container sparsity's cost is measured, when they fit "
                              "the analysis time (default: 0, one-shot)")
     parser.add_argument("--calibration-samples", type=count(1, 1_000_000), default=512,
                         help="calibration samples of the sensitivity analysis (default: 512)")
-    parser.add_argument("--criterion", default="l1", help="channel importance criterion (default: l1)")
+    parser.add_argument("--criterion", default=None,
+                        help="channel importance criterion of the channels knob (default: l1)")
     parser.add_argument("--skip", nargs="*", default=[], help="layers never changed (names, globs, re:regex)")
     parser.add_argument("--batch-size", type=count(1, 65_536), default=128, help="training batch size (default: 128)")
     parser.add_argument("--calib-size", type=count(1, 1_000_000), default=1024,
@@ -144,19 +147,60 @@ def _check_recipe(model: dict[str, Any], data: dict[str, Any]) -> None:
         raise CommandError(re.sub(r"^<slimkit auto>, line \d+: ", "", str(error))) from None
 
 
+def _left_out(config: Any, knob: str | None, formats: tuple[str, ...]) -> tuple[str, str] | None:
+    """Why the search leaves out ``knob`` (None: no knob) of ``formats`` under ``config``, and what to add; None when
+    it is searched."""
+    if knob is not None and knob not in config.knobs:
+        return f"--knobs {','.join(config.knobs)} leaves out {knob}", f"add {knob} to --knobs"
+    if not set(formats) & set(config.formats):
+        return (f"--formats {','.join(config.formats)} leaves out {' and '.join(formats)}",
+                f"add {' or '.join(formats)} to --formats")
+    return None
+
+
+def _check_used(args: argparse.Namespace, config: Any) -> None:
+    """Refuse the options that tune a part of the search the other options leave out: they would set nothing."""
+    from slimkit.auto import FORMATS
+
+    def formats_with(knob: str) -> tuple[str, ...]:
+        return tuple(name for name in FORMATS.names() if knob in FORMATS.get(name).knobs)
+
+    unused = {  # flag: (value given or None, the knob it tunes, the formats it is for, what it does)
+        "--criterion": (args.criterion, "channels", formats_with("channels"),
+                        "ranks the channels of the channels knob"),
+        "--cluster-epochs": (args.cluster_epochs, None, ("container",), "fine-tunes the container format's centroids"),
+        "--prune-rounds": (args.prune_rounds, "sparsity", formats_with("sparsity"),
+                           "prunes the container format's sparsity knob in rounds"),
+        "--sensitivity-steps": (args.sensitivity_steps, "sparsity", formats_with("sparsity"),
+                                "fine-tunes before each container sparsity is measured"),
+    }
+    for flag, (value, knob, formats, what) in unused.items():
+        left_out = _left_out(config, knob, formats) if value is not None else None
+        if left_out is not None:
+            raise CommandError(f"{flag} {what}, and {left_out[0]}: {left_out[1]}, or drop {flag}")
+    if args.sensitivity_steps is not None and args.sensitivity == "hessian":
+        raise CommandError("--sensitivity-steps fine-tunes before each container sparsity's loss is measured, and "
+                           "--sensitivity hessian estimates it instead: drop --sensitivity-steps, or use --sensitivity "
+                           "loss")
+    if args.recovery_lr is not None and not args.recovery_epochs and not args.sensitivity_steps:
+        raise CommandError("--recovery-lr is the learning rate of the recovery (and of --sensitivity-steps), and "
+                           "--recovery-epochs is 0 (no recovery): give --recovery-epochs N, or drop --recovery-lr")
+
+
 def run(args: argparse.Namespace) -> int:
     from slimkit._io import is_inside
     from slimkit.auto import AutoConfig, parse_budget
 
     budget = parse_budget(args.budget, batch=args.latency_batch, threads=args.threads)
+    given = {"criterion": args.criterion, "sensitivity_steps": args.sensitivity_steps, "recovery_lr": args.recovery_lr,
+             "cluster_epochs": args.cluster_epochs, "prune_rounds": args.prune_rounds}
     config = AutoConfig(
         budget=budget, max_drop=args.max_drop, min_accuracy=args.min_accuracy, formats=_split(args.formats),
-        knobs=_split(args.knobs),
-        criterion=args.criterion, sensitivity=args.sensitivity, sensitivity_steps=args.sensitivity_steps,
-        calibration_samples=args.calibration_samples,
-        recovery=args.recovery, recovery_epochs=args.recovery_epochs, recovery_lr=args.recovery_lr,
-        cluster_epochs=args.cluster_epochs, prune_rounds=args.prune_rounds, max_candidates=args.max_candidates,
-        time_limit=args.time_limit, skip=tuple(args.skip), seed=args.seed)
+        knobs=_split(args.knobs), sensitivity=args.sensitivity, calibration_samples=args.calibration_samples,
+        recovery=args.recovery, recovery_epochs=args.recovery_epochs, max_candidates=args.max_candidates,
+        time_limit=args.time_limit, skip=tuple(args.skip), seed=args.seed,
+        **{key: value for key, value in given.items() if value is not None})
+    _check_used(args, config)
     model_section, data_section = sections(args)
     _check_recipe(model_section, data_section)
     checkpoint = model_section.get("checkpoint")

@@ -13,6 +13,7 @@ from slimkit.cli._common import (
     add_out_args,
     add_seed_arg,
     count,
+    finetune_lr,
     recipe_of,
     run_command_recipe,
 )
@@ -29,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_out_args(parser)
     parser.add_argument("--layers", nargs="+", help="layers to rewrite: names, globs or re:regex (default: all)")
     parser.add_argument("--skip", nargs="+", default=[], help="layers to leave alone (names, globs or re:regex)")
-    parser.add_argument("--groups", type=count(2, 4096), default=2, help="groups for --to group (≥ 2)")
+    parser.add_argument("--groups", type=count(2, 4096), default=None,
+                        help="groups for --to group (≥ 2, dividing the layers' input and output channels; default: 2)")
     parser.add_argument("--no-shuffle", action="store_true", help="--to group without channel shuffle")
     parser.add_argument("--bn-relu", action="store_true",
                         help="--to depthwise-separable: BN + ReLU between depthwise and pointwise (MobileNet block)")
@@ -41,16 +43,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slimkit.cli._common import CommandError
+
+    own = {"--groups": ("group", args.groups is not None), "--no-shuffle": ("group", args.no_shuffle),
+           "--bn-relu": ("depthwise-separable", args.bn_relu)}  # one rewrite's options: the --to, whether given
+    for flag, (owner, given) in own.items():
+        if given and owner != args.to:
+            raise CommandError(f"{flag} is an option of --to {owner}, and this is --to {args.to}: drop {flag}, or use "
+                               f"--to {owner}")
+    lr = finetune_lr(args)
     to = REWRITES[args.to]
     options = {}
     if to == "group_conv":
-        options = {"groups": args.groups, "shuffle": not args.no_shuffle}
+        options = {"groups": args.groups or 2, "shuffle": not args.no_shuffle}
     elif to == "depthwise_separable":
         options = {"norm": args.bn_relu, "activation": args.bn_relu}
     stage = {"to": to, "options": options, "layers": list(args.layers) if args.layers else None,
              "skip": list(args.skip), "calibration_samples": args.calibration_samples}
     stages = [{"convert": stage}]
     if args.finetune_epochs:
-        stages.append({"finetune": {"epochs": args.finetune_epochs, "lr": args.lr, "grad_clip": 5.0}})
-    run_command_recipe(args, recipe_of(args, f"convert {args.model} → {args.to}", stages))
+        stages.append({"finetune": {"epochs": args.finetune_epochs, "lr": lr, "grad_clip": 5.0}})
+    run_command_recipe(args, recipe_of(args, f"convert {args.model} → {args.to}", stages), flags={"groups": "--groups"})
     return 0

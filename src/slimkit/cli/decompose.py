@@ -12,6 +12,7 @@ from slimkit.cli._common import (
     add_model_args,
     add_out_args,
     add_seed_arg,
+    finetune_lr,
     real,
     recipe_of,
     run_command_recipe,
@@ -47,23 +48,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--skip", nargs="+", default=[], help="layers to leave alone (names, globs or re:regex)")
     parser.add_argument("--allow-growth", action="store_true", help="decompose even where params would grow")
     add_finetune_args(parser, epochs=0)
-    parser.add_argument("--grad-clip", type=real(0), default=1.0,
-                        help="gradient-norm clip while fine-tuning (CP factors diverge without it; 0 disables)")
+    parser.add_argument("--grad-clip", type=real(0), default=None,
+                        help="gradient-norm clip while fine-tuning (CP factors diverge without it; 0 disables; "
+                             "default: 1.0)")
     add_seed_arg(parser)
     add_latency_args(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from slimkit.cli._common import CommandError
     from slimkit.decompose import DecomposeConfig
 
+    if isinstance(args.rank, list) and list(args.method) != ["tucker2"]:
+        raise CommandError(f"--rank {','.join(map(str, args.rank))} gives R_OUT,R_IN, which only method 'tucker2' "
+                           f"takes, and this is --method {' '.join(args.method)}: give one rank (e.g. --rank "
+                           f"{args.rank[0]}), or --method tucker2")
+    lr = finetune_lr(args, ("--grad-clip", args.grad_clip))
+    grad_clip = 1.0 if args.grad_clip is None else args.grad_clip
     options = {"method": list(args.method), "rank": args.rank, "energy": args.energy, "ratio": args.ratio,
                "vbmf": args.vbmf, "layers": list(args.layers) if args.layers else None, "skip": list(args.skip),
                "allow_growth": args.allow_growth, "seed": args.seed}
     DecomposeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
     stages = [{"decompose": options}]
     if args.finetune_epochs:
-        stages.append({"finetune": {"epochs": args.finetune_epochs, "lr": args.lr,
-                                    "grad_clip": args.grad_clip or None}})
+        stages.append({"finetune": {"epochs": args.finetune_epochs, "lr": lr, "grad_clip": grad_clip or None}})
     run_command_recipe(args, recipe_of(args, f"decompose {args.model} ({'+'.join(args.method)})", stages))
     return 0

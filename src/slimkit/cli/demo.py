@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="subsets, fewer epochs and repeats (about a minute on 2 cores; reuses a cached full "
                         "baseline)")
     parser.add_argument("--retrain", action="store_true", help="ignore the cached baseline and train again")
-    parser.add_argument("--out", default="slimkit-demo", help="folder for the demo's runs and report")
+    parser.add_argument("--out", default=None, help="folder for the demo's runs and report (default: slimkit-demo)")
     parser.add_argument("--only", nargs="+", metavar="FAMILY", help="run only these families (see --list)")
     parser.add_argument("--list", action="store_true", help="list the demo's families and exit")
     parser.set_defaults(run=run)
@@ -179,6 +179,14 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.pipeline import parse_recipe, run_recipe
     from slimkit.report import columns, table_rows, write_report
 
+    if args.list:
+        given = [flag for flag, value in (("--quick", args.quick), ("--retrain", args.retrain), ("--only", args.only),
+                                          ("--out", args.out is not None)) if value]
+        if given:
+            from slimkit.cli._common import CommandError
+
+            raise CommandError(f"--list only lists the demo's families and runs nothing: drop {' and '.join(given)}, "
+                               "or drop --list")
     torch.set_num_threads(2)
     families = available_families()
     if args.list:
@@ -191,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"unknown demo family {', '.join(unknown)}: choose from "
                               f"{', '.join(f.name for f in families)}")
         families = [f for f in families if f.name in args.only]
-    out = Path(args.out)
+    out = Path(args.out or "slimkit-demo")
     _prepare_demo_out(out)
     started = time.perf_counter()
     checkpoint = baseline_step(args)

@@ -17,6 +17,7 @@ from slimkit.cli._common import (
     check_input_file,
     console,
     count,
+    optimizer_options,
     recipe_of,
     run_command_recipe,
 )
@@ -62,24 +63,47 @@ def run(args: argparse.Namespace) -> int:
     if args.stage_epochs is not None and not args.stagewise:
         raise CommandError("--stage-epochs is for --stagewise distillation: add --stagewise, or drop --stage-epochs")
     specs = [LossSpec.parse(text) for text in (args.loss or ["kd"])]
-    for spec in specs:
-        spec.build()  # unknown names or options fail here, before any data or training work
+    built = [spec.build() for spec in specs]  # unknown names or options fail here, before any data or training work
+    feature = next((spec.name for spec, loss in zip(specs, built) if loss.uses_features), None)
+    if args.stagewise:
+        if args.cache_teacher:
+            raise CommandError("--cache-teacher is for distillation from the teacher's logits; --stagewise "
+                               "reconstructs the teacher's features and runs the teacher live: drop --cache-teacher")
+        if not args.pairs:
+            raise CommandError("--stagewise reconstructs the stages --pairs names, one after another: give --pairs "
+                               "S=T ... (student=teacher stage names, in forward order)")
+        if feature is not None:
+            raise CommandError(f"--stagewise trains the task with --loss after the stages, without layer pairs, and "
+                               f"'{feature}' compares features: use --loss ce or kd with --stagewise")
+    elif feature is not None and not args.pairs:
+        raise CommandError(f"--loss {feature} compares features: give the layers with --pairs S=T (student=teacher "
+                           "module names)")
+    elif feature is None and args.pairs:
+        raise CommandError("--pairs names the layers of a feature loss (at, hint, mimic) or the stages of "
+                           "--stagewise, and no --loss compares features: add such a --loss or --stagewise, or drop "
+                           "--pairs")
+    elif feature is not None and args.cache_teacher:
+        raise CommandError(f"--cache-teacher stores the teacher's logits only, but --loss {feature} needs the "
+                           "teacher's features every batch: drop --cache-teacher")
+    trains = bool(args.epochs or (args.stagewise and (1 if args.stage_epochs is None else args.stage_epochs)))
+    optimizer = optimizer_options(args, trains=trains, nothing="--epochs is 0" + (
+        " and --stage-epochs 0" if args.stagewise else ""))
     losses = list(args.loss or ["kd"])
-    if not any(s.build().uses_targets for s in specs):
+    if not any(loss.uses_targets for loss in built):
         losses.append("ce")  # the task loss, as in every paper's total (e.g. Zagoruyko & Komodakis Eq. 2)
     roles = {"student": args.student, "teacher": "input"}
     if args.student_checkpoint is not None:  # an empty path is refused, not read as none
         roles["student_checkpoint"] = str(check_input_file(args.student_checkpoint, "student checkpoint").resolve())
     if args.stagewise:
-        options = {"stages": list(args.pairs), "epochs": args.epochs, "task_losses": losses, "lr": args.lr,
-                   "weight_decay": args.weight_decay, "seed": args.seed}
+        options = {"stages": list(args.pairs), "epochs": args.epochs, "task_losses": losses, **optimizer,
+                   "seed": args.seed}
         if args.stage_epochs is not None:
             options["stage_epochs"] = args.stage_epochs
         ReconstructConfig(**{**options, "stages": tuple(args.pairs), "task_losses": tuple(losses)})
         stage = {"distill_stagewise": {**roles, **options}}
     else:
-        options = {"losses": losses, "pairs": list(args.pairs), "epochs": args.epochs, "lr": args.lr,
-                   "weight_decay": args.weight_decay, "cache_teacher": args.cache_teacher, "seed": args.seed}
+        options = {"losses": losses, "pairs": list(args.pairs), "epochs": args.epochs, **optimizer,
+                   "cache_teacher": args.cache_teacher, "seed": args.seed}
         DistillConfig(**{**options, "losses": tuple(losses), "pairs": tuple(args.pairs)})
         stage = {"distill": {**roles, **options}}
     data = {"augment": args.augment} if args.augment else {}

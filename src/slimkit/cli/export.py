@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--stage", help="for a run folder: export this finished stage (e.g. 02-prune), not the last")
     parser.add_argument("--format", "-f", choices=("onnx", "torchscript", "compressed"), default="onnx")
     parser.add_argument("--out", "-o", required=True, help="file to write")
-    parser.add_argument("--data", default="mnist", help="dataset whose test inputs check the file (model specs)")
+    parser.add_argument("--data", default=None,
+                        help="for a model spec: dataset whose test inputs check the file (default: mnist; a run "
+                             "folder checks on its own data)")
     parser.add_argument("--atol", type=real(0, low_open=True), default=None,
                         help="largest allowed |file - PyTorch| (default 1e-4, or 0.5 for an int8 model)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
@@ -42,13 +44,19 @@ def run(args: argparse.Namespace) -> int:
 
         if args.checkpoint:
             raise CommandError("--checkpoint is for a model spec; a run folder already holds its weights")
+        if args.data is not None:
+            raise CommandError(f"--data is for a model spec; a run folder checks the file on its own recipe's data: "
+                               f"drop --data {args.data}")
         model, data, exporter = load_run(source, args.stage, trusted_specs=tuple(args.trust_spec))
     else:
         if args.stage:
             raise CommandError("--stage needs a run folder of 'slimkit compress'")
+        if args.trust_spec:
+            raise CommandError("--trust-spec allows the code a run folder's recipe names; a model spec you type "
+                               "here is trusted already: drop --trust-spec")
         from slimkit.data import create_data
 
-        data = create_data(args.data, batch_size=128)
+        data = create_data(args.data or "mnist", batch_size=128)
         model = load_model(args.model, args.checkpoint, **class_count_option(args.model, data.num_classes))
     atol = args.atol if args.atol is not None else (0.5 if exporter is not None else 1e-4)
     check = export_model(model, data, target, args.format, exporter=exporter, atol=atol)

@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.analysis import profile
     from slimkit.models import InputSpec, check_fits, check_input_memory, input_spec
 
+    if args.force and not args.json_path:
+        raise CommandError("--force replaces an existing --json file, and no --json is given: add --json FILE, or "
+                           "drop --force")
     if args.json_path:  # before any work: never the checkpoint, a run's own file, or an existing file unasked
         check_output_file(args.json_path, "--json", force=args.force, inputs=(args.checkpoint,))
     if args.input_shape is not None:  # float32 pixels (token ids are capped by the model's positions below)

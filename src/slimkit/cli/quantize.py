@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from slimkit.cli._common import CommandError
     from slimkit.export import is_matmul_nbits_block
-    from slimkit.quantize import QuantConfig
+    from slimkit.quantize import QuantConfig, parse_method
 
     weight_only = args.weight_only or args.group_size is not None
     if weight_only and args.observer is not None:
@@ -68,6 +68,15 @@ def run(args: argparse.Namespace) -> int:
     if args.group_size is not None and args.per_tensor:
         raise CommandError("--group-size gives every group of input channels its own scale and --per-tensor one scale "
                            "per tensor: give one of them")
+    if weight_only and args.reduce_range is not None:
+        flag = "--reduce-range" if args.reduce_range else "--no-reduce-range"
+        raise CommandError(f"{flag} chooses the weight range of the int8 kernels of quantized activations, which "
+                           f"--weight-only (and --group-size) keep in float: drop {flag}")
+    method = "rtn" if args.method == "qat" else args.method  # qat (fake-quant training) starts from RTN
+    if weight_only and any(step.name == "smoothquant" for step in parse_method(method)):
+        raise CommandError(f"--method {args.method}: smoothquant moves activation outliers into the weights, which "
+                           "only helps when activations are quantized, and --weight-only (and --group-size) keep them "
+                           "in float: drop --weight-only, or use awq for weight-only quantization")
     options = {"weight_bits": args.bits, "per_channel": not args.per_tensor, "skip": list(args.skip),
                "keep_sensitive": args.keep_sensitive, "bias_correction": args.bias_correction}
     if args.observer is not None:
@@ -80,10 +89,10 @@ def run(args: argparse.Namespace) -> int:
     if args.reduce_range is not None:
         options["reduce_range"] = args.reduce_range
     # the library's own message for a bad value or combination
-    QuantConfig(**{**options, "skip": tuple(args.skip)}, method="rtn" if args.method == "qat" else args.method)
+    QuantConfig(**{**options, "skip": tuple(args.skip)}, method=method)
     stages = [{"quantize": {"method": args.method, **options}}]
     label = f"w{args.bits}" + (f"g{args.group_size}" if args.group_size else "") + ("" if weight_only else "a8")
     recipe = recipe_of(args, f"quantize {args.model} ({args.method}, {label})", stages,
                        data={"calibration_size": args.calib_size})
-    run_command_recipe(args, recipe)
+    run_command_recipe(args, recipe, flags={"keep_sensitive": "--keep-sensitive", "group_size": "--group-size"})
     return 0

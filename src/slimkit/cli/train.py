@@ -12,6 +12,7 @@ from slimkit.cli._common import (
     add_out_args,
     add_seed_arg,
     count,
+    optimizer_options,
     recipe_of,
     run_command_recipe,
 )
@@ -32,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    stages = [{"train": {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay}}]
+    optimizer = optimizer_options(args, trains=bool(args.epochs), nothing="--epochs is 0")
+    stages = [{"train": {"epochs": args.epochs, **optimizer}}]
     data = {"augment": args.augment} if args.augment else {}
     # the input model is untrained: its latency is the trained model's, so the comparison would time nothing
     recipe = recipe_of(args, f"train {args.model}", stages, data=data, evaluation={"latency": False})

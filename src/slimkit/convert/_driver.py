@@ -50,7 +50,12 @@ class RewriteConfig:
 
 
 class Converter(Protocol):
-    """What a rewrite provides: which convs it can rewrite, the weight-fitted replacement, and the data refit."""
+    """What a rewrite provides: which convs it can rewrite, the weight-fitted replacement, and the data refit.
+
+    A converter may also define ``advice(convs, config) -> str | None``: when it can rewrite none of ``convs`` (name →
+    conv), why, and the option values that would work (e.g. group counts that divide their channels); without it, or
+    when it returns None, the error lists each layer's :meth:`why_not`.
+    """
 
     def why_not(self, conv: nn.Conv2d, config: Any) -> str | None:
         """None if ``conv`` can be rewritten under ``config``, else the reason it cannot."""
@@ -157,7 +162,7 @@ def layers_to_convert(model: nn.Module, example_inputs: torch.Tensor | Sequence[
     order = execution_order(model, example_inputs)
     chosen = select_names(order, config.layers, config.skip, kind="convertible")
     literal = {p for p in as_patterns(config.layers) if is_literal(p)}
-    names = []
+    names, refused = [], {}
     for name in chosen:
         reason = converter.why_not(model.get_submodule(name), config)
         if reason is None:
@@ -165,11 +170,23 @@ def layers_to_convert(model: nn.Module, example_inputs: torch.Tensor | Sequence[
         elif name in literal:
             raise ConfigError(f"layer '{name}' cannot be converted by '{name_of}': {reason}")
         else:
+            refused[name] = reason
             log.info("%s: skipping %s (%s)", name_of, name, reason)
+    if not names and refused:
+        advice = getattr(converter, "advice", None)
+        why = advice({name: model.get_submodule(name) for name in refused}, config) if advice else None
+        raise ConfigError(f"'{name_of}' found no layer to convert: {why or _reasons(refused)}")
     if not names:
         raise ConfigError(f"'{name_of}' found no layer to convert among {', '.join(chosen) or '(none)'}: "
                           "check the layers/skip patterns and the converter's requirements")
     return names
+
+
+def _reasons(refused: dict[str, str], shown: int = 4) -> str:
+    """Why each layer was refused (the first ``shown`` of them), as one line."""
+    items = [f"{name} ({reason})" for name, reason in list(refused.items())[:shown]]
+    more = f" and {len(refused) - shown} more" if len(refused) > shown else ""
+    return f"{'; '.join(items)}{more}; select other layers"
 
 
 def convert(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], config: RewriteConfig, *,

@@ -7,6 +7,7 @@ reproduce the old layer's output features (see :mod:`slimkit.convert._lstsq`).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -135,6 +136,19 @@ def _group_slots(out_channels: int, groups: int, shuffle: bool) -> torch.Tensor:
     return (k % groups) * (out_channels // groups) + k // groups
 
 
+def _group_counts(convs: Iterable[nn.Conv2d]) -> list[int]:
+    """The group counts ≥ 2 that divide both channel counts of at least one of ``convs``, ascending."""
+    common = {math.gcd(conv.in_channels, conv.out_channels) for conv in convs}
+    return sorted({d for c in common for d in range(2, c + 1) if c % d == 0})
+
+
+def _use_groups(counts: list[int], what: str) -> str:
+    if not counts:
+        return f"no group count ≥ 2 divides {what}; select other layers"
+    listed = str(counts[0]) if len(counts) == 1 else f"{', '.join(map(str, counts[:-1]))} or {counts[-1]}"
+    return f"use groups={listed}"
+
+
 class _GroupConv:
     """Conv (groups 1) → conv with ``groups`` g (+ channel shuffle), g× fewer weights and MACs.
 
@@ -146,8 +160,23 @@ class _GroupConv:
     def why_not(self, conv: nn.Conv2d, config: GroupConvConfig) -> str | None:
         g = config.groups
         if conv.in_channels % g or conv.out_channels % g:
-            return f"its channels ({conv.in_channels} in, {conv.out_channels} out) are not divisible by groups={g}"
+            return (f"its channels ({conv.in_channels} in, {conv.out_channels} out) are not divisible by groups={g}: "
+                    + _use_groups(_group_counts([conv]), "both of them"))
         return _common_reason(conv)
+
+    def advice(self, convs: dict[str, nn.Conv2d], config: GroupConvConfig) -> str | None:
+        """When ``groups`` divides the channels of none of ``convs``: which channel counts, and the group counts
+        that divide some of them (None when a layer is refused for another reason)."""
+        if any(_common_reason(conv) is not None for conv in convs.values()):
+            return None
+        by_shape: dict[tuple[int, int], list[str]] = {}
+        for name, conv in convs.items():
+            by_shape.setdefault((conv.in_channels, conv.out_channels), []).append(name)
+        shapes = [f"{names[0]}{f' and {len(names) - 1} more' if len(names) > 1 else ''} ({c_in} in, {c_out} out)"
+                  for (c_in, c_out), names in by_shape.items()]
+        listed = shapes[0] if len(shapes) == 1 else f"{', '.join(shapes[:-1])} or {shapes[-1]}"
+        return (f"groups={config.groups} does not divide the input and output channels of {listed}: "
+                + _use_groups(_group_counts(convs.values()), "both channel counts of any of them"))
 
     def rewrite(self, conv: nn.Conv2d, config: GroupConvConfig) -> nn.Module:
         g = config.groups
