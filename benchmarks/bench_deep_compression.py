@@ -46,6 +46,9 @@ CLUSTER_GRID = {
                {"conv_bits": 8, "fc_bits": 4, "bits": {"fc1": 3}}),
 }
 PRUNE_LRS = (0.01, 0.05)
+#: channel pruning before Deep Compression (one container holds the pruned layout): model → (shipped recipe, the
+#: channel ratios of its validation grid); the rest of the recipe is the model's shipped Deep Compression recipe
+HYBRIDS = {"lenet300": ("prune-deep-compression-lenet300.yaml", (0.2, 0.35, 0.5))}
 #: a candidate qualifies when its validation error is at most the dense model's plus this (fraction of images)
 TOLERANCE = 0.001
 
@@ -171,6 +174,68 @@ def _stage_rows(metrics: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def _with_channel_ratio(recipe: Recipe, ratio: float) -> Recipe:
+    """``recipe`` with its ``prune`` stage's channel ratio changed."""
+    payload = recipe.to_dict()
+    for stage in payload["stages"]:
+        if "prune" in stage:
+            stage["prune"]["ratio"] = ratio
+    payload["model"].pop("checkpoint", None)
+    return parse_recipe(json.dumps(payload), f"{recipe.source} (variant)", RECIPES)
+
+
+def _hybrid(name: str, dc: dict[str, Any], quick: bool) -> tuple[dict[str, Any], list[str]]:
+    """The channel-pruning + Deep Compression recipe of ``name``: its validation grid over the channel ratio
+    (chosen by :func:`choose`, as the Deep Compression recipes' settings), its shipped run on the test split, and
+    the markdown comparing it with the Deep Compression recipe's run (``dc``, this section's record)."""
+    file, ratios = HYBRIDS[name]
+    shipped = load_recipe(RECIPES / file)
+    shipped_ratio = next(s["prune"]["ratio"] for s in shipped.to_dict()["stages"] if "prune" in s)
+    grid = []
+    for ratio in ratios[:1] if quick else ratios:
+        recipe = variant(_with_channel_ratio(shipped, ratio), split="valid", latency=False)
+        if quick:
+            recipe = _shortened(recipe)
+        _, metrics = run_cached(recipe, f"{name}-hybrid-valid")
+        base, final = _baseline_row(metrics), metrics["final"]
+        grid.append({"channel_ratio": ratio, "valid_error_dense": _error(base), "valid_error": _error(final),
+                     "bytes": final["bytes"], "ratio": base["bytes"] / final["bytes"], "samples": final["samples"]})
+    chosen = choose(grid)
+    out, metrics = run_cached(_shortened(shipped) if quick else shipped, f"{name}-hybrid-shipped")
+    base, final = _baseline_row(metrics), metrics["final"]
+    _result(out, shipped.schema.model.spec, metrics)  # the container re-written from the run's weights: same bytes
+    record = {"recipe": f"recipes/{file}", "grid": grid, "chosen": chosen, "channel_ratio": shipped_ratio,
+              "shipped_is_chosen": chosen["channel_ratio"] == shipped_ratio, "metrics": metrics,
+              "split": final["split"], "samples": final["samples"]}
+    dc_metrics = dc["metrics"]
+    dc_base, dc_final = _baseline_row(dc_metrics), dc_metrics["final"]
+    grid_rows = [[r["channel_ratio"], f"{100 * r['valid_error_dense']:.2f}%", f"{100 * r['valid_error']:.2f}%",
+                  r["bytes"], f"{r['ratio']:.1f}×", "**chosen**" if r is chosen else ""] for r in grid]
+    rows = [[f"`{dc['recipe']}`", f"{100 * _error(dc_base):.2f}%", f"{100 * _error(dc_final):.2f}%",
+             dc_final["bytes"], f"{dc_base['bytes'] / dc_final['bytes']:.1f}×"],
+            [f"`recipes/{file}`", f"{100 * _error(base):.2f}%", f"{100 * _error(final):.2f}%", final["bytes"],
+             f"{base['bytes'] / final['bytes']:.1f}×"]]
+    verdict = ("The shipped recipe is the validation choice." if record["shipped_is_chosen"] else
+               "**The shipped recipe differs from the validation choice** (update the recipe to the chosen row and "
+               "re-run).")
+    markdown = [
+        f"### {name}: channel pruning, then Deep Compression (`recipes/{file}`)", "",
+        "Whole hidden units removed first (L1 filter pruning at one ratio for every hidden layer), then the Deep "
+        "Compression recipe above unchanged on the narrower model; the container holds the pruned layout. "
+        f"Validation grid over the channel ratio ({grid[0]['samples']:,} validation images, the same rule as the "
+        f"cluster settings above: the smallest container within {100 * TOLERANCE:.1f} points of the dense model's "
+        "validation error):", "",
+        markdown_table(["channel ratio", "dense valid error", "final valid error", "container bytes", "ratio", ""],
+                       grid_rows), "", verdict, "",
+        f"Both recipes' runs from scratch, on the {final['samples']:,} {final['split']} images (each trains its own "
+        "dense model with the same seed):", "",
+        markdown_table(["recipe", "dense error", "compressed error", "container bytes", "ratio to dense"], rows),
+        "", "The hybrid's run, every stage:", "",
+        markdown_table(["stage", f"{final['split']} error %", "non-zero params", "bytes", "ratio to dense",
+                        "latency ratio"], _stage_rows(metrics)), ""]
+    return record, markdown
+
+
 def run(quick: bool) -> Section:
     torch.set_num_threads(1)
     summary_rows, parts, raw = [], [], {"tolerance": TOLERANCE, "models": {}}
@@ -212,6 +277,10 @@ def run(quick: bool) -> Section:
                   "Per layer (weights only, as the paper's table; the file also holds biases and a header): P = "
                   "pruning, Q = quantization by weight sharing, H = Huffman coding.", "",
                   result.layer_markdown(), ""]
+    raw["hybrids"] = {}
+    for name in HYBRIDS:
+        raw["hybrids"][name], markdown = _hybrid(name, raw["models"][name], quick)
+        parts += markdown
     head = markdown_table(["model", "recipe", "dense error", "compressed error", "dense size", "container file",
                            "ratio", "paper (Han et al. 2016)"], summary_rows)
     notes = [
