@@ -71,7 +71,8 @@ def select_names(candidates: Sequence[str], layers: str | Sequence[str] | None,
     included = [name for name in candidates if any(matches(name, p) for p in include)]
     chosen = [name for name in included if not any(matches(name, p) for p in exclude)]
     if included and not chosen:
-        raise ConfigError(f"skip={list(exclude)} skips every layer that layers={list(include)} selects "
-                          f"({', '.join(included[:8])}{', …' if len(included) > 8 else ''}): nothing would change; "
-                          "skip fewer layers or select others")
+        selected = "every selectable layer" if include == ("*",) else f"every layer that layers={list(include)} selects"
+        raise ConfigError(f"skip={list(exclude)} skips {selected} ({', '.join(included[:8])}"
+                          f"{', …' if len(included) > 8 else ''}): nothing would change; skip fewer layers or select "
+                          "others")
     return chosen

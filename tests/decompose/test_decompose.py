@@ -52,6 +52,8 @@ def test_unknown_layer_name_fails_before_any_work(lenet, x):
 def test_a_skip_covering_every_selected_layer_is_an_error_not_a_no_op(lenet, x):
     with pytest.raises(ConfigError, match=r"skips every layer that layers=\['fc\*'\] selects \(fc1, fc2\)"):
         decompose(lenet, x, DecomposeConfig(method="svd", rank=4, layers="fc*", skip=("fc1", "re:fc\\d")))
+    with pytest.raises(ConfigError, match=r"skip=\['\*'\] skips every selectable layer \(conv1"):
+        decompose(lenet, x, DecomposeConfig(method="svd", rank=4, skip="*"))
 
 
 def test_layer_selection_by_regex_glob_and_skip(lenet, x):

@@ -114,3 +114,13 @@ def test_loss_spec_parsing_and_errors():
         LossSpec.parse("kdd").build()
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         LossSpec.parse("kd:20")
+
+
+@pytest.mark.parametrize("losses", [("kd", "kd"), ("kd", "kd:T=4"), ("kd:T=4", "kd:T=4.0"), ("at", "at:p=2")])
+def test_one_loss_given_twice_is_refused_even_when_spelled_differently(losses):
+    # kd's default T is 4 and at's default p is 2: each pair is one loss counted twice
+    from slimkit.distill import DistillConfig
+
+    with pytest.raises(ConfigError, match="given twice with the same options"):
+        DistillConfig(losses=losses)
+    DistillConfig(losses=("kd", "kd:T=8"))  # two temperatures are two losses

@@ -88,6 +88,8 @@ def test_layer_options_leaving_no_group_are_an_error_not_a_no_op():
     with pytest.raises(ConfigError, match=r"kinds=\['heads'\] leave no channel group"):
         prune_channels(model, x, PruneConfig(ratio=0.5, kinds=("heads",)))
     assert prune_channels(model, x, PruneConfig(ratio=0.5, skip=("conv*",))).fc1.out_features == 250
+    with pytest.raises(ConfigError, match=r"ratio pattern 'fc2' matches no channel group .*conv1, conv2, fc1"):
+        prune_channels(model, x, PruneConfig(ratio={"conv*": 0.5, "fc2": 0.5}))  # the output keeps its units
 
 
 def test_speedup_target_is_reached_by_search():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -18,7 +19,7 @@ from slimkit._errors import ConfigError
 from slimkit.analysis import output_logits
 from slimkit.distill._cache import IndexedLoader, TeacherCache
 from slimkit.distill._hooks import FeatureHooks, parse_pair, resolve_layers
-from slimkit.distill._losses import DistillBatch, DistillLoss, LossSpec
+from slimkit.distill._losses import LOSSES, DistillBatch, DistillLoss, LossSpec
 from slimkit.train import Callback, FitConfig, FitResult, fit
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,21 @@ def _specs(config: DistillConfig) -> list[LossSpec]:
         raise ConfigError("no distillation loss given: use e.g. losses=('kd',) or ('ce', 'at')")
     seen: set[tuple[str, str, tuple[tuple[str, str], ...] | None]] = set()
     for spec in specs:  # the same loss twice counts it twice: a weight the user did not ask for
-        key = (spec.name, repr(sorted(spec.params.items())), spec.pairs)
+        key = (spec.name, repr(sorted(_effective_params(spec).items())), spec.pairs)
         if key in seen:
             raise ConfigError(f"loss '{spec.name}' is given twice with the same options: give it once, with "
                               f"weight=... to weigh it more")
         seen.add(key)
     return specs
+
+
+def _effective_params(spec: LossSpec) -> dict[str, Any]:
+    """A loss's options with its defaults filled in and numbers as floats: ``kd``, ``kd:T=4`` and ``kd:T=4.0`` are one
+    loss."""
+    defaults = {name: p.default for name, p in inspect.signature(LOSSES.get(spec.name)).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {k: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+            for k, v in {**defaults, **spec.params}.items()}
 
 
 def _pairs(items: Iterable[tuple[str, str] | str] | str) -> list[tuple[str, str]]:

@@ -111,6 +111,13 @@ def config_graph(model: nn.Module, example_inputs: Any, config: PruneConfig,
         shown = ", ".join(f"{k}={v}" for k, v in given.items())
         raise ConfigError(f"the layer options {shown} leave no channel group of this model to prune: every "
                           "group's layers are skipped or unselected; select more layers or skip fewer")
+    if isinstance(config.ratio, Mapping):  # a per-group ratio whose pattern names no group would prune nothing
+        names = [g.name for g in graph.groups]
+        for pattern in config.ratio:
+            if not any(matches(name, pattern) for name in names):
+                listed = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
+                raise ConfigError(f"ratio pattern '{pattern}' matches no channel group of this model (a group is "
+                                  f"named by its first layer: {listed or 'none'}): fix the pattern")
     return graph
 
 
