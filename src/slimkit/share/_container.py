@@ -252,8 +252,9 @@ def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None)
     ``model.slimkit_spec`` or a registered model with identical parameter shapes. A user's ``file.py:factory``
     spec is accepted but not stored, because a file slimkit reads must never name code to import: such a
     container is loaded with ``load_compressed(path, spec="file.py:factory")``, the caller typing the spec.
-    A channel-pruned model of a registered spec is held too: its shapes and the size attributes pruning set are
-    recorded (checked by rebuilding the model and comparing outputs) and rebuilt on load.
+    A channel-pruned model is held too (a Hugging Face one is saved with ``slimkit.prune.save_pruned``): its shapes
+    and the size attributes pruning set are recorded (checked by rebuilding the model and comparing outputs) and
+    rebuilt on load.
     """
     import slimkit
     from slimkit.models import is_code_spec
