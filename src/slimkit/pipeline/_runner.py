@@ -409,7 +409,8 @@ def _run_recipe(recipe: Recipe, out: Path, resume: bool, force: bool, progress: 
 
 def check_recipe(recipe: Recipe) -> None:
     """Every check a run of ``recipe`` makes before it touches its folder, and nothing else: the model builds, the
-    checkpoint loads into it, the model fits the data, and each stage's own preflight passes. Writes nothing."""
+    checkpoint loads into it, the model fits the data, and each stage's own preflight passes. Writes nothing but the
+    dataset cache (a decoded dataset, a corpus's tokenizer), as any command that loads the data does."""
     _checked_session(recipe, Path("."), "", False, None)
 
 
