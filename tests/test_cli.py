@@ -45,6 +45,7 @@ def test_profile_json_never_replaces_the_checkpoint_or_a_users_file_unasked(tmp_
         (["profile", "lenet5", "-c", "/dev/null"], "is not a regular file"),
         (["compress", "/dev/null", "--out", "x"], "is not a regular file"),
         (["train", "lenet5", "--out", ""], "an empty path"),
+        (["demo", "--out", ""], "an empty path"),
         (["cluster", "lenet5", "--bits", "4", "--conv-bits", "2", "--out", "x"], "give one or the other"),
         (["quantize", "lenet5", "--group-size", "32", "--per-tensor", "--out", "x"], "give one of them"),
         (["quantize", "lenet5", "--bits", "4", "--group-size", "7", "--out", "x"], "a power of two ≥ 16"),

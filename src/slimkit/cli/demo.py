@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimkit._io import cache_root
-from slimkit.cli._common import console, print_profile, print_table, stage_printer, write_json
+from slimkit.cli._common import console, folder, print_profile, print_table, stage_printer, write_json
 
 DEMO_EPOCHS = 5
 # 2 epochs on 20k images reach ~97.7% test accuracy in ~11 s; 1 epoch on 10k stopped at ~92%, too weak a baseline
@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="subsets, fewer epochs and repeats (about a minute on 2 cores; reuses a cached full "
                         "baseline)")
     parser.add_argument("--retrain", action="store_true", help="ignore the cached baseline and train again")
-    parser.add_argument("--out", default=None, help="folder for the demo's runs and report (default: slimkit-demo)")
+    parser.add_argument("--out", default=None, type=folder,
+                        help="folder for the demo's runs and report (default: slimkit-demo)")
     parser.add_argument("--only", nargs="+", metavar="FAMILY", help="run only these families (see --list)")
     parser.add_argument("--list", action="store_true", help="list the demo's families and exit")
     parser.set_defaults(run=run)
