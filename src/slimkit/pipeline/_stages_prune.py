@@ -39,14 +39,12 @@ class PruneStage(Stage):
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
         if ctx.model_is_input:  # names in skip / layers / a per-layer ratio: layers with weights of the model
             from slimkit._select import check_names, weighted_layer_names
+            from slimkit.prune import config_graph
 
             config = self.params.config()
             ratios = list(config.ratio) if isinstance(config.ratio, Mapping) else None
             check_names(weighted_layer_names(input_model), config.skip, config.layers, ratios, kind="prunable")
-            if config.skip or config.layers is not None:  # options that may leave nothing to prune
-                from slimkit.prune import config_graph
-
-                config_graph(input_model, ctx.example_input, config)
+            config_graph(input_model, ctx.example_input, config)  # its own checks: options that prune nothing
 
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         from slimkit.prune import prune_channels, prune_layerwise

@@ -104,9 +104,13 @@ def config_graph(model: nn.Module, example_inputs: Any, config: PruneConfig,
     graph = dependency_graph(model, example_inputs, skip=config.skip, protect_first=config.protect_first,
                              layers=config.layers, leaf_modules=config.leaf_modules, kinds=config.kinds,
                              gqa=config.gqa, deadline=deadline)
-    chosen = {"skip": config.skip, "layers": config.layers,
-              "kinds": None if set(config.kinds) >= set(KINDS) else config.kinds}
-    given = {k: list(v) for k, v in chosen.items() if v is not None and (v or k != "skip")}
+    given = {}  # the options the user narrowed the groups with
+    if config.skip:
+        given["skip"] = list(config.skip)
+    if config.layers is not None:
+        given["layers"] = list(config.layers)
+    if not set(config.kinds) >= set(KINDS):
+        given["kinds"] = list(config.kinds)
     if not graph.groups and given:
         shown = ", ".join(f"{k}={v}" for k, v in given.items())
         raise ConfigError(f"the layer options {shown} leave no channel group of this model to prune: every "
