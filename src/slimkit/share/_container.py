@@ -179,7 +179,7 @@ def _pruned_layout(model: nn.Module, spec: str) -> dict[str, dict[str, Any]] | N
     Anything else (a decompose, convert, depth prune or quantize) is a :class:`ConfigError`, as a container could
     never be loaded. A spec that cannot build on the meta device is checked when the container is loaded; a
     ``file.py:factory`` spec is the caller's (typed to save_compressed, or the model's from their own typing)."""
-    from slimkit.models import example_input, from_spec, is_code_spec
+    from slimkit.models import from_spec, is_code_spec
     from slimkit.prune import apply_layout_, changed_size_attributes, is_hf_model
 
     allow_code = is_code_spec(spec)
@@ -209,8 +209,7 @@ def _pruned_layout(model: nn.Module, spec: str) -> dict[str, dict[str, Any]] | N
             apply_layout_(rebuilt, {k: tuple(v.shape) for k, v in state.items()}, attributes, f"'{spec}'",
                           fix="report this as a slimkit bug")
             rebuilt.load_state_dict(state)
-            x = example_input(spec) if not allow_code else _user_example(model)
-            x = x.to(dtype) if x.is_floating_point() else x
+            x = _example(spec, dtype, model)
             with torch.no_grad():
                 ours, theirs = rebuilt.eval()(x), dense.eval()(x)
         except Exception as error:  # the rebuilt model does not load or run: its layout cannot be verified
@@ -234,15 +233,20 @@ def _pruned_layout(model: nn.Module, spec: str) -> dict[str, dict[str, Any]] | N
                       "channel-pruned or not: unstructured pruning and clustering keep it)")
 
 
-def _user_example(model: nn.Module) -> torch.Tensor:
-    """An example input for a model of the user's own code: the one its pruning ran on (pruning_info keeps its
-    shape), else a refusal: such a container's layout could not be verified."""
+def _example(spec: str, dtype: torch.dtype, model: nn.Module | None = None) -> torch.Tensor:
+    """An input to check a pruned layout on, floating point in ``dtype``: the spec's example, or for the user's own
+    code the input ``model``'s pruning ran on (``pruning_info`` keeps its shape); a ValueError when it is unknown."""
+    from slimkit.models import example_input, is_code_spec
     from slimkit.prune import pruning_info
 
-    shape = (pruning_info(model) or {}).get("input_shape")
-    if not isinstance(shape, list):
-        raise ValueError("the input of a model from your own code is unknown here")
-    return torch.zeros(shape)
+    if is_code_spec(spec):
+        shape = (pruning_info(model) or {}).get("input_shape") if model is not None else None
+        if not isinstance(shape, list):
+            raise ValueError("the input of a model from your own code is unknown here")
+        x = torch.zeros(shape)
+    else:
+        x = example_input(spec)
+    return x.to(dtype) if x.is_floating_point() else x
 
 
 def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None) -> ContainerSummary:
@@ -479,13 +483,14 @@ def load_compressed(path: str | Path, spec: str | None = None) -> nn.Module:
     raw = path.read_bytes()
     header, payload, version = _read_header(raw, path)
     skeleton, spec = _model_from_header(header, spec, path)
+    from slimkit.prune import apply_layout_
+
     pruned = header.get("pruned_attributes")
     if pruned is not None and version < 4:
         raise _corrupt(path, f"a format-{version} file records a pruned layout, which only format 4 has")
+    shapes = None if pruned is None else _recorded_shapes(header)
     if pruned is not None:  # a channel-pruned model: the architecture's layout made the recorded one, checked
-        from slimkit.prune import apply_layout_
-
-        apply_layout_(skeleton, _recorded_shapes(header), pruned, f"'{path}'", fix=DAMAGED)
+        apply_layout_(skeleton, shapes, pruned, f"'{path}'", fix=DAMAGED)
     numel = sum(t.numel() for t in skeleton.state_dict().values())
     if numel > _MAX_VALUES_PER_BYTE * len(raw) + 2**20:
         raise _corrupt(path, f"its model '{spec}' has {numel:,} values, more than a {len(raw):,}-byte container can "
@@ -495,9 +500,7 @@ def load_compressed(path: str | Path, spec: str | None = None) -> nn.Module:
 
     model = from_spec(spec, allow_code=True)  # the spec is a registered model or the caller's (checked above)
     if pruned is not None:
-        from slimkit.prune import apply_layout_
-
-        apply_layout_(model, _recorded_shapes(header), pruned, f"'{path}'", fix=DAMAGED)
+        apply_layout_(model, shapes, pruned, f"'{path}'", fix=DAMAGED)
     state: dict[str, torch.Tensor] = {}
     for record in header["tensors"]:
         dtype = _DTYPES.get(record.get("dtype")) if isinstance(record.get("dtype"), str) else None
@@ -541,15 +544,14 @@ def _check_runs(model: nn.Module, spec: str, path: Path) -> None:
     """A pruned layout whose sizes and tensors disagree (a damaged or forged file) fails here, as a
     :class:`CheckpointError`, not at the caller's first forward: the model runs once on its spec's example input
     (a model of the user's own code, whose input is not known here, is left to its first forward)."""
-    from slimkit.models import example_input, is_code_spec
+    from slimkit.models import is_code_spec
 
     if is_code_spec(spec):
         return
     try:
-        x = example_input(spec)
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         with torch.no_grad():
-            model(x.to(dtype) if x.is_floating_point() else x)
+            model(_example(spec, dtype))
     except Exception as error:
         raise _corrupt(path, f"its pruned layout does not run ({type(error).__name__}: "
                              f"{str(error).splitlines()[0][:200] if str(error) else ''})") from None
