@@ -64,9 +64,9 @@ def _code_version() -> str:
 
 
 def variant(recipe: Recipe, *, cluster: dict[str, Any] | None = None, prune_lr: float | None = None,
-            split: str | None = None, latency: bool | None = None) -> Recipe:
+            split: str | None = None, latency: bool | None = None, channel_ratio: float | None = None) -> Recipe:
     """``recipe`` with the cluster stage's settings, the learning rate of every fine-tune that follows a pruning
-    round, or the evaluation changed."""
+    round, the ``prune`` stage's channel ratio, or the evaluation changed."""
     payload = recipe.to_dict()
     if split is not None:
         payload["evaluation"]["split"] = split
@@ -79,6 +79,8 @@ def variant(recipe: Recipe, *, cluster: dict[str, Any] | None = None, prune_lr: 
             params.update({"bits": None, **cluster})
         if name == "finetune" and previous == "prune_unstructured" and prune_lr is not None:
             params["lr"] = prune_lr
+        if name == "prune" and channel_ratio is not None:
+            params["ratio"] = channel_ratio
         previous = name
     payload["model"].pop("checkpoint", None)
     return parse_recipe(json.dumps(payload), f"{recipe.source} (variant)", RECIPES)
@@ -174,16 +176,6 @@ def _stage_rows(metrics: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def _with_channel_ratio(recipe: Recipe, ratio: float) -> Recipe:
-    """``recipe`` with its ``prune`` stage's channel ratio changed."""
-    payload = recipe.to_dict()
-    for stage in payload["stages"]:
-        if "prune" in stage:
-            stage["prune"]["ratio"] = ratio
-    payload["model"].pop("checkpoint", None)
-    return parse_recipe(json.dumps(payload), f"{recipe.source} (variant)", RECIPES)
-
-
 def _hybrid(name: str, dc: dict[str, Any], quick: bool) -> tuple[dict[str, Any], list[str]]:
     """The channel-pruning + Deep Compression recipe of ``name``: its validation grid over the channel ratio
     (chosen by :func:`choose`, as the Deep Compression recipes' settings), its shipped run on the test split, and
@@ -193,7 +185,7 @@ def _hybrid(name: str, dc: dict[str, Any], quick: bool) -> tuple[dict[str, Any],
     shipped_ratio = next(s["prune"]["ratio"] for s in shipped.to_dict()["stages"] if "prune" in s)
     grid = []
     for ratio in ratios[:1] if quick else ratios:
-        recipe = variant(_with_channel_ratio(shipped, ratio), split="valid", latency=False)
+        recipe = variant(shipped, channel_ratio=ratio, split="valid", latency=False)
         if quick:
             recipe = _shortened(recipe)
         _, metrics = run_cached(recipe, f"{name}-hybrid-valid")
