@@ -169,14 +169,16 @@ def test_after_an_accuracy_miss_uniform_pruning_is_tried_as_a_candidate(trained,
 
 
 def test_the_uniform_candidate_stays_in_the_format_of_the_plan_that_missed(trained, digits, tmp_path):
-    # a size budget: the search's plan is a container (no channel groups to tie); the uniform plan of another
-    # format (fp32, pruned until its weights fit: 39 % here) must not take the next slot
+    # a size budget: the search's plan is a container; the uniform plan of another format (fp32, pruned until its
+    # weights fit: 39 % here) must not take the next slot, the container's own uniform plan does (every channel
+    # group at one keep fraction, sparsity and bits searched with it)
     _, result = _run(trained, digits, tmp_path / "auto", budget="size=0.05", max_drop=0.0,
                      formats=("container", "onnx"), knobs=("channels", "sparsity", "clusters"), recovery_epochs=0,
                      max_candidates=2)
     first, second = result.candidates
     assert first["label"] == "01 container" and not first["outcome"]["accuracy_ok"]
-    assert second["label"] == "02 container"
+    assert second["label"] == "02 container uniform" and second["plan"]["format"] == "container"
+    assert set(second["plan"]["prune"]) == set(DIGITS_UNITS) and second["plan"]["bits"]
 
 
 def test_the_uniform_candidate_is_solved_before_the_searched_plans_back_offs(trained, digits, tmp_path):
@@ -271,6 +273,29 @@ def test_the_command_deploys_a_container_within_a_size_budget(trained, tmp_path,
     assert verify["reproduced"], verify  # slimkit compress on recipe.yaml: same accuracy, MACs, container bytes
     assert json.loads((out / "final" / "metrics.json").read_text())["final"]["bytes"] == \
         (out / "model.slim").stat().st_size
+
+
+def test_a_container_plan_prunes_channels_before_its_sparsity_and_clusters_and_reloads_pruned(trained, tmp_path,
+                                                                                                capsys):
+    # a MACs limit no sparsity or cluster width can meet: the container's plan must remove whole units, and the file
+    # must hold the pruned layout (slimkit compress on the recipe makes the same file; loading it gives the model)
+    from slimkit.share import load_compressed
+
+    out = tmp_path / "auto"
+    argv = ["auto", "auto_digits", "-c", str(trained[1]), "--data", "digits", "--batch-size", "64",
+            "--calib-size", "256", "--budget", "size=0.06,macs=0.6", "--max-drop", "5", "--formats", "container",
+            "--calibration-samples", "128", "--recovery-epochs", "1", "--max-candidates", "2", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr()
+    stages = [next(iter(stage)) for stage in yaml.safe_load((out / "recipe.yaml").read_text())["stages"]]
+    assert stages.index("prune") < stages.index("cluster") < stages.index("export")
+    size = (out / "model.slim").stat().st_size
+    assert size <= 0.06 * (out / "baseline.onnx").stat().st_size
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["reproduced"] and verify["checks"]["bytes"]["auto"] == size, verify
+    loaded = load_compressed(out / "model.slim")  # the pruned layout, rebuilt from the file alone
+    macs = profile(loaded, X).total.macs
+    assert macs == verify["checks"]["macs"]["auto"] <= 0.6 * profile(trained[0], X).total.macs
+    assert (out / "model.slim").read_bytes() == (out / "final" / "model.slim").read_bytes()  # the recipe's file
 
 
 class _PrunedInt8Cost(MacsMeter):

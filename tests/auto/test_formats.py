@@ -30,3 +30,14 @@ def test_the_container_format_fine_tunes_centroids_by_their_mean_gradient(traine
     out = run_stages(model, stages, data=digits, example=torch.zeros(1, 1, 8, 8), seed=0, folder=tmp_path)
     layers = [m for m in out.modules() if hasattr(m, "centroid_gradient")]
     assert layers and all(m.centroid_gradient == "mean" for m in layers)
+
+
+def test_the_container_prunes_channels_of_models_it_can_rebuild_pruned_only(trained):
+    # a pruned Hugging Face model keeps its sizes in its config too, which a container does not record (such a
+    # model is saved with save_pruned): its container plans keep every channel
+    from tests.quantize._lm import tiny_llama
+
+    container = create_format("container")
+    assert "channels" in container.knobs_for(trained[0])
+    assert container.knobs_for(tiny_llama()) == {"sparsity", "clusters"}
+    assert "channels" in create_format("onnx").knobs_for(tiny_llama())

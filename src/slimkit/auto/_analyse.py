@@ -91,7 +91,7 @@ class Analyser:
         return report
 
     def uses(self, knob: str) -> bool:
-        return knob in self.config.knobs and any(knob in create_format(f).knobs for f in self.formats)
+        return knob in self.config.knobs and any(knob in create_format(f).knobs_for(self.model) for f in self.formats)
 
     def run(self) -> Analysis:
         config, model = self.config, self.model

@@ -102,7 +102,7 @@ def _check_inputs(model: nn.Module, example: Any, config: Any, data: Any) -> Non
     below = [key for key, limit in config.budget.items() if limit < 1]  # type: ignore[union-attr]
     if not any(all(key in create_format(name).lowers for key in below) for name in config.formats):
         raise ConfigError(f"none of the formats {', '.join(config.formats)} can lower {' and '.join(below)}: add a "
-                          "format that can (onnx and int8 lower every budget; the container only the size)")
+                          "format that can (onnx and int8 lower every budget; the container the size and MACs)")
     try:
         with torch.no_grad():
             model.eval()(*input_tuple(example))

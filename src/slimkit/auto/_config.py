@@ -43,9 +43,10 @@ class AutoConfig:
         mark (Deep Compression's retrained models are often more accurate than the dense one they started from).
     formats: deployment formats the search may choose: ``onnx`` (fp32 ONNX), ``int8`` (int8 QDQ ONNX, ONNX
         Runtime's integer kernels), ``container`` (k-means weight sharing with Huffman coding, Han et al. 2016).
-    knobs: what may change: ``channels`` (structured pruning per channel group), ``rank`` (low-rank factorisation
-        per layer), ``int8`` (per-layer int8 or float in the int8 format), ``sparsity`` (per-layer magnitude
-        pruning) and ``clusters`` (per-layer k-means bits) in the container format.
+    knobs: what may change: ``channels`` (structured pruning per channel group, in every format; in the container
+        before its sparsity and clusters), ``rank`` (low-rank factorisation per layer, fp32 and int8 formats),
+        ``int8`` (per-layer int8 or float in the int8 format), ``sparsity`` (per-layer magnitude pruning) and
+        ``clusters`` (per-layer k-means bits) in the container format.
     keep_fractions: the widths a channel group may keep (fractions of its channels; the latency table's kernel
         steps are added when a latency budget is set: at most 16 multiples of a step per group, see
         ``slimkit.auto._sensitivity.keep_levels``).

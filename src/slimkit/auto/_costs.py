@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -282,6 +283,13 @@ def build_problem(fmt: str, analysis: Analysis, knobs: set[str], dims: list[str]
             size_reference += _reference_bytes(fmt, analysis, layer, info)
     if "size" in dims:
         constant["size"] = float(base.get(f"{fmt}_bytes", base["bytes"])) - size_reference
+        if fmt == "container":  # the header records a pruned layout: each group's record as measured alone
+            for key in choices:
+                if key.startswith("group:"):
+                    levels = analysis.groups[key.partition(":")[2]]["levels"]
+                    layout = np.array([float(level.get("layout", 0)) for level in levels])
+                    terms.append(Term([key], {d: layout if d == "size" else np.zeros(len(levels)) for d in dims},
+                                      key))
     return Problem(fmt, choices, terms, constant, full)
 
 
@@ -302,7 +310,7 @@ def _layer_cost(fmt: str, analysis: Analysis, layer: str, info: dict[str, Any], 
         weights = info["weights"] * fin * fout * rp
         bias = info["bias"] * fout
         if fmt == "container":
-            out["size"] = _container_bytes(analysis, layer, option, info)
+            out["size"] = _container_bytes(analysis, layer, option, info, fin * fout, fout)
         elif fmt == "int8" and option.get("int8"):
             out["size"] = weights + INT8_CHANNEL_BYTES * cout
         else:
@@ -324,12 +332,10 @@ def _layer_cost(fmt: str, analysis: Analysis, layer: str, info: dict[str, Any], 
             # scaled by the layer's fp32 time at these widths
             share = _latency_cost(table, cin, cout) / max(layer_ms(table), 1e-12)
             ms = (_latency_cost(int8_table, cin, cout) * latency["int8_scale"] + extra * share) * factors
-        elif table is not None and fmt != "container":
+        elif table is not None:  # (the container's model runs decoded: dense at these widths, like fp32's)
             ms = _latency_cost(table, cin, cout) * factors
             if option.get("int8"):
                 ms *= latency.get("int8", 1.0)
-        elif table is not None:  # the container's model runs decoded: dense, full width
-            ms = _latency_cost(table, table["in"], table["out"])
         out["latency"] = ms
     return out
 
@@ -406,12 +412,24 @@ def _bilinear_terms(analysis: Analysis, layer: str, info: dict[str, Any], gin: l
     return terms
 
 
-def _container_bytes(analysis: Analysis, layer: str, option: dict[str, Any], info: dict[str, Any]) -> float:
+def _container_bytes(analysis: Analysis, layer: str, option: dict[str, Any], info: dict[str, Any],
+                     kept: float = 1.0, kept_out: float = 1.0) -> float:
+    """The layer's bytes in the container at ``option``, with a ``kept`` share of its weights and ``kept_out`` of
+    its outputs left by channel pruning. The analysis measured the whole layer's exact bytes; of them the index
+    streams shrink with the weights (the same sparsity and cluster width over fewer weights: about the same bits per
+    weight), the bias with the outputs, and the codebook holds ``2**bits`` float32 centroids unless fewer weights
+    are left to cluster (k-means finds at most as many clusters as distinct values)."""
     if not option:  # a skipped layer is stored raw, float32
-        return 4.0 * (info["weights"] + info["bias"])
+        return 4.0 * (info["weights"] * kept + info["bias"] * kept_out)
     for r in analysis.container[layer]:
         if r["sparsity"] == option["sparsity"] and r["bits"] == option["bits"]:
-            return float(r["bytes"])
+            if kept >= 1.0 and kept_out >= 1.0:
+                return float(r["bytes"])
+            bias = 4.0 * info["bias"]
+            nonzero = info["weights"] * (1.0 - r["sparsity"])
+            codebook = 4.0 * min(2 ** r["bits"], max(math.ceil(nonzero), 1))
+            streams = max(float(r["bytes"]) - bias - codebook, 0.0)
+            return 4.0 * min(2 ** r["bits"], max(math.ceil(nonzero * kept), 1)) + streams * kept + bias * kept_out
     raise KeyError(f"{layer}: no container bytes for {option}")
 
 

@@ -4,9 +4,10 @@
 - ``int8``: an int8 QDQ ONNX file run by ONNX Runtime's integer kernels (``slimkit.export.export_qdq``). Knobs:
   channels, rank, and per layer int8 or float (mixed precision, like NNCF's accuracy control reverting layers).
 - ``container``: the Huffman-coded container of k-means weight sharing (Han et al. 2016; ``slimkit.share``). Knobs:
-  per-layer sparsity (magnitude pruning) and bits per cluster index. The container stores a model spec and
-  rebuilds that architecture when it is loaded, so channel pruning and factorisation (which change the
-  architecture) do not apply; its model runs as a dense fp32 model once decoded, so its latency is the input's.
+  channels (whole units removed first, which the container records as a pruned layout and rebuilds on load), then
+  per-layer sparsity (magnitude pruning) and bits per cluster index. Factorisation does not apply: the container
+  rebuilds its spec's layers, and a factorised layer is not one. Once decoded its model runs as a dense fp32 model
+  at the pruned widths, so sparsity and bits lower its size only.
 
 A format is a registered class, so a new deployment target is one class (``@register_format("name")``).
 """
@@ -45,6 +46,10 @@ class DeployFormat:
     def unavailable(self, model: nn.Module, example: Any, spec: str | None) -> str | None:
         """Why this format cannot deploy ``model`` (None when it can)."""
         return None
+
+    def knobs_for(self, model: nn.Module) -> frozenset[str]:
+        """The knobs this format can use on ``model`` (all of :attr:`knobs` unless a model rules one out)."""
+        return self.knobs
 
     def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
         raise NotImplementedError
@@ -126,10 +131,19 @@ class Int8Format(DeployFormat):
 @register_format("container")
 class ContainerFormat(DeployFormat):
     summary = "k-means weight sharing + Huffman-coded container"
-    knobs = frozenset({"sparsity", "clusters"})
-    lowers = frozenset({"size"})
+    knobs = frozenset({"channels", "sparsity", "clusters"})
+    # its latency is its decoded model's: dense layers at the pruned widths, whatever the sparsity and bits. Not
+    # offered under a latency budget, where the fp32 and int8 formats prune channels without the container's
+    # analysis (minutes of clustering every layer at every width) and its weight sharing buys no time
+    lowers = frozenset({"size", "macs"})
     file_name = CONTAINER_FILE
-    probe_latency = False  # it runs decoded: dense layers at full width, whatever its sparsity and bits
+    probe_latency = False  # only under a latency limit of 1, which a decoded model, never wider, keeps
+
+    def knobs_for(self, model: nn.Module) -> frozenset[str]:
+        from slimkit.prune import is_hf_model
+
+        # a pruned Hugging Face model keeps its sizes in its config too, which a container does not record
+        return self.knobs - {"channels"} if is_hf_model(model) else self.knobs
 
     def unavailable(self, model: nn.Module, example: Any, spec: str | None) -> str | None:
         from slimkit._errors import SlimkitError
@@ -151,6 +165,13 @@ class ContainerFormat(DeployFormat):
 
     def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
         stages: list[dict[str, Any]] = []
+        if plan.prune:
+            # whole units first, as the channel-pruning + Deep Compression recipe: the magnitude-pruning rounds'
+            # fine-tunes recover from both; without them, one fine-tune of the recovery's length does
+            stages.append({"prune": {"ratio": dict(plan.prune), "criterion": config.criterion, "seed": config.seed}})
+            if not plan.sparsity and config.recovery_epochs > 0:
+                stages.append({"finetune": {"epochs": config.recovery_epochs, "lr": config.recovery_lr,
+                                            **TRAIN_SETTINGS}})
         rounds = config.prune_rounds
         if plan.sparsity:
             for i in range(1, rounds + 1):

@@ -182,7 +182,8 @@ class AutoRun:
         analysis_seconds = time.perf_counter() - began
         dims = list(self.budget)
         knobs = set(self.config.knobs)
-        problems = {f: build_problem(f, analysis, knobs, dims) for f in formats}
+        problems = {f: build_problem(f, analysis, knobs & create_format(f).knobs_for(self.model), dims)
+                    for f in formats}
         targets = self._check_reachable(problems, dims, analysis)
         self.ties = {f: uniform_ties(p, analysis, self.config.keep_fractions) for f, p in problems.items()}
         exhausted: set[str] = set()

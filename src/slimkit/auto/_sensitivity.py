@@ -171,10 +171,12 @@ def keep_levels(units: int, fractions: Sequence[float], steps: Sequence[int] = (
 def channel_analysis(model: nn.Module, example: Any, calib: Calibration, groups: dict[str, int],
                      levels: dict[str, list[int]], *, criterion: str, data: Any, skip: Sequence[str], seed: int,
                      cache: Cache, progress: Progress = _no_progress) -> dict[str, Any]:
-    """For every group and kept width: the proxy increase with that group alone pruned, and the resulting widths of
-    every Conv2d/Linear layer that changed (so the search knows which layers each group's width reaches)."""
+    """For every group and kept width: the proxy increase with that group alone pruned, the resulting widths of
+    every Conv2d/Linear layer that changed (so the search knows which layers each group's width reaches), and the
+    bytes its pruned layout adds to a container's header (``layout``)."""
     from slimkit.auto._plan import ratio_for_keep
     from slimkit.prune import PruneConfig, prune_channels
+    from slimkit.share import pruned_layout_bytes
 
     full = layer_widths(model)
     total = sum(len(v) - 1 for v in levels.values())
@@ -185,14 +187,15 @@ def channel_analysis(model: nn.Module, example: Any, calib: Calibration, groups:
         for keep in levels[name]:
             key = f"{name}|{keep}"
             if keep == units:
-                rows.append({"keep": keep, "ratio": 0.0, "delta": 0.0, "widths": {}})
+                rows.append({"keep": keep, "ratio": 0.0, "delta": 0.0, "widths": {}, "layout": 0})
                 continue
-            if key not in cache:
+            if key not in cache or "layout" not in cache.get(key):  # (entries kept before it was recorded)
                 ratio = ratio_for_keep(units, keep)
                 config = PruneConfig(ratio={name: ratio}, criterion=criterion, skip=tuple(skip), seed=seed)
                 pruned = prune_channels(model, example, config, data=data)
                 widths = {layer: list(w) for layer, w in layer_widths(pruned).items() if full.get(layer) != w}
-                cache.put(key, {"keep": keep, "ratio": ratio, "delta": calib.delta(pruned), "widths": widths})
+                cache.put(key, {"keep": keep, "ratio": ratio, "delta": calib.delta(pruned), "widths": widths,
+                                "layout": pruned_layout_bytes(pruned, model)})
             rows.append(dict(cache.get(key)))
             done += 1
             progress("channels", done, total)

@@ -9,7 +9,13 @@ from slimkit.share._clustered import (
     finalize_clusters,
     layers_to_cluster,
 )
-from slimkit.share._container import ContainerSummary, LayerBytes, load_compressed, save_compressed
+from slimkit.share._container import (
+    ContainerSummary,
+    LayerBytes,
+    load_compressed,
+    pruned_layout_bytes,
+    save_compressed,
+)
 from slimkit.share._deep_compression import (
     DeepCompressionConfig,
     DeepCompressionResult,
@@ -52,6 +58,7 @@ __all__ = [
     "layer_rates",
     "layers_to_cluster",
     "load_compressed",
+    "pruned_layout_bytes",
     "relative_decode",
     "relative_encode",
     "save_compressed",

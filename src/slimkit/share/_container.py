@@ -172,6 +172,24 @@ def _architecture(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: v for k, v in shapes.items() if not k.endswith(".codebook")}
 
 
+def _compressed_json(value: Any) -> bytes:
+    # the header is repetitive JSON; it would otherwise cost ~1 KB per model
+    return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 9)
+
+
+def pruned_layout_bytes(model: nn.Module, reference: nn.Module) -> int:
+    """About how many bytes the record of ``model``'s pruned layout (its size attributes that differ from
+    ``reference``'s, the unpruned architecture) adds to a container's compressed header: the record compressed on
+    its own, less the compressor's fixed overhead. An upper bound in practice (inside the header it shares the
+    compressor's dictionary with the rest); 0 when the layouts are equal or the difference is no pruning."""
+    from slimkit.prune import changed_size_attributes
+
+    changed = changed_size_attributes(model, reference)
+    if not changed:
+        return 0
+    return max(0, len(_compressed_json({"pruned_attributes": changed})) - len(_compressed_json({})))
+
+
 def _pruned_layout(model: nn.Module, spec: str) -> dict[str, dict[str, Any]] | None:
     """How ``model`` differs from what ``spec`` builds: None when not at all; for a channel pruning (the same
     tensors, none larger), the size attributes pruning set, which the container records so that a load rebuilds the
@@ -295,11 +313,9 @@ def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None)
         if not any(key.startswith(f"{name}.") for name in clustered):
             other += len(blob)
     version = FORMAT_VERSION if pruned is not None else 3
-    header = json.dumps({"format": "slimkit-compressed", "version": version, "slimkit": slimkit.__version__,
-                         "spec": stored_spec, "model_class": type(model).__name__, "layers": layers,
-                         "tensors": tensors, **({} if pruned is None else {"pruned_attributes": pruned})},
-                        separators=(",", ":")).encode()
-    header = zlib.compress(header, 9)  # the header is repetitive JSON; it would otherwise cost ~1 KB per model
+    header = _compressed_json({"format": "slimkit-compressed", "version": version, "slimkit": slimkit.__version__,
+                               "spec": stored_spec, "model_class": type(model).__name__, "layers": layers,
+                               "tensors": tensors, **({} if pruned is None else {"pruned_attributes": pruned})})
     digest = hashlib.sha256(header)
     for part in payload.parts:
         digest.update(part)
