@@ -385,6 +385,13 @@ def _after_training_seconds(metrics: dict[str, Any]) -> float:
 
 #: auto's size budgets in the comparison with Deep Compression: DC's container bytes / factor, the smallest first
 DC_FACTORS = (1.3, 1.15, 1.10, 1.05, 1.0)
+#: the factors of runs before the result file recorded them
+_EARLIER_DC_FACTORS = (1.15, 1.10, 1.05, 1.0)
+
+
+def _dc_factors(results: dict[str, Any]) -> tuple[float, ...]:
+    """The size budgets (DC's file / factor) a run's comparison with Deep Compression went through."""
+    return tuple(results.get("dc_factors", _EARLIER_DC_FACTORS))
 
 
 def _dc_comparison(name: str, data: Any, section: dict[str, Any], quick: bool, root: Path) -> dict[str, Any]:
@@ -549,7 +556,8 @@ def run_models(quick: bool, names: tuple[str, ...], *, deep_compression: bool, t
     torch.set_num_threads(TRAIN_THREADS)
     root = CACHE / "auto" / ("quick" if quick else "full")
     results: dict[str, Any] = {"models": {}, "deep_compression": {}, "batch": BATCH, "max_drop": MAX_DROP,
-                               "train_threads": TRAIN_THREADS, "centroid_gradient": _container_centroid_gradient()}
+                               "train_threads": TRAIN_THREADS, "centroid_gradient": _container_centroid_gradient(),
+                               "container_knobs": sorted(_container_knobs()), "dc_factors": list(DC_FACTORS)}
     centroids = results["centroid_gradient"]  # in the key: entries trained with the other gradient are not reused
     jobs = [("models", n) for n in names]
     if deep_compression:
@@ -568,9 +576,18 @@ def run_models(quick: bool, names: tuple[str, ...], *, deep_compression: bool, t
                                                                    "dc_factors": DC_FACTORS,
                                                                    "equal_training": "dc-best",
                                                                    "dc_floor": "min_accuracy",
-                                                                   "centroid_gradient": centroids}, entry)
+                                                                   "centroid_gradient": centroids,
+                                                                   "container_knobs": results["container_knobs"]},
+                                                           entry)
     clean = _plain(results)
     return Section(topic=topic, title=title, markdown=render(clean)[0], data=clean)
+
+
+def _container_knobs() -> frozenset[str]:
+    """The knobs auto's container format searches (channel pruning joined sparsity and k-means bits in b3ca44b)."""
+    from slimkit.auto._formats import create_format
+
+    return create_format("container").knobs
 
 
 def _container_centroid_gradient() -> str:
@@ -622,14 +639,15 @@ def _dc_no_loss_lines(results: dict[str, Any]) -> list[str]:
         ran = [t for t in tries if "valid_accuracy" in t]
         kept = [t for t in ran if t["valid_accuracy"] >= dense]
         tried = ", ".join(f"/{t['factor']:g}" for t in tries)
-        untried = [f for f in DC_FACTORS if f not in {t["factor"] for t in tries}]
+        untried = [f for f in _dc_factors(results) if f not in {t["factor"] for t in tries}]
         if not ran:
             auto_text = f"auto found no model at the budgets tried (DC's file {tried})"
         elif kept:
             best = min(kept, key=lambda t: t["bytes"])
             auto_text = (f"of auto's files at the budgets tried (DC's file {tried}), the smallest that keeps it is "
                          f"{best['ratio']:.1f}× ({100 * best['valid_accuracy']:.2f}%, budget DC's / {best['factor']:g}"
-                         + (", the smallest budget tried" if best["factor"] == DC_FACTORS[0] else "") + ")")
+                         + (", the smallest budget tried" if best["factor"] == _dc_factors(results)[0] else "")
+                         + ")")
         else:
             auto_text = f"none of auto's files at the budgets tried (DC's file {tried}) keeps it"
         if untried:
@@ -668,7 +686,7 @@ def _dc_heading(results: dict[str, Any]) -> str:
 
 def _dc_budget_text(results: dict[str, Any]) -> str:
     if _dc_searched(results):
-        factors = ", ".join(f"{f:g}" for f in DC_FACTORS)
+        factors = ", ".join(f"{f:g}" for f in _dc_factors(results))
         return ("auto's size budget is Deep Compression's container bytes divided by " + factors + " in turn (in "
                 "ONNX-file terms), the smallest first; the row reported is the first whose chosen model reaches Deep "
                 "Compression's validation accuracy — the ratio at equal accuracy, decided on validation — or, when "
@@ -689,7 +707,9 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         _table(clean), "",
         f"Budgets are ratios to the input model's: latency in ONNX Runtime at batch {clean['batch']}, size as the "
         "deployed file's bytes over the input's fp32 ONNX file. `auto` searches channel pruning, low rank, int8 / "
-        "mixed precision (int8 QDQ ONNX) and per-layer sparsity + k-means bits (Huffman-coded container) with "
+        "mixed precision (int8 QDQ ONNX) and per-layer sparsity + k-means bits (Huffman-coded container"
+        + ("; its plans may remove channels first, the file recording the pruned layout"
+           if "channels" in clean.get("container_knobs", ()) else "") + ") with "
         f"max_drop {clean['max_drop']} points on validation; its recovery is {settings['recovery_epochs']} epochs of "
         f"KD from the input (the shipped prune + KD recipe's), the container format's {settings['prune_rounds']} "
         f"magnitude-pruning rounds of {settings['recovery_epochs']} epochs each and {settings['cluster_epochs']} "
@@ -730,7 +750,9 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "counts the stages after the dense training, not its 6-setting validation grid). auto starts from that run's "
         "trained dense model with the recipe's training schedule (its pruning rounds, the epochs and learning rate "
         "of the fine-tune after each, the centroid fine-tune's epochs and learning rate; the learning rates were "
-        "chosen on validation for the recipe), and chooses every layer's sparsity and cluster bits itself under "
+        "chosen on validation for the recipe), and chooses every layer's sparsity and cluster bits itself"
+        + (" (and how many units or channels each channel group keeps, removed before the first pruning round)"
+           if "channels" in clean.get("container_knobs", ()) else "") + " under "
         f"max_drop {clean['max_drop']} points on validation" + _dc_floor_text(clean) + ". " + _centroid_text(clean) +
         _dc_budget_text(clean) +
         f"auto's wall time (on {clean['train_threads']} threads) includes its analysis and every candidate and "
