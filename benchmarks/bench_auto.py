@@ -667,9 +667,13 @@ def _dc_floor_text(results: dict[str, Any]) -> str:
     if not entries or not all("min_accuracy" in e for e in entries):
         return ""
     most = max(e["max_candidates"] for e in entries)
+    channels = "channels" in results.get("container_knobs", ())
     return (" and at least Deep Compression's validation accuracy (`min_accuracy`): within a budget, a candidate "
-            "under it backs off its most sensitive layer's choice and the next is solved again, up to "
-            f"{most} candidates")
+            "under it backs off its most sensitive " + ("choice (a layer's or a channel group's; after the first "
+                                                         "such miss of a plan that removed channels, the next "
+                                                         "candidate is auto's uniform plan, as below)"
+                                                         if channels else "layer's choice")
+            + f" and the next is solved again, up to {most} candidates")
 
 
 def _dc_searched(results: dict[str, Any]) -> bool:
@@ -712,9 +716,10 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
            if "channels" in clean.get("container_knobs", ()) else "") + ") with "
         f"max_drop {clean['max_drop']} points on validation; its recovery is {settings['recovery_epochs']} epochs of "
         f"KD from the input (the shipped prune + KD recipe's), the container format's {settings['prune_rounds']} "
-        f"magnitude-pruning rounds of {settings['recovery_epochs']} epochs each and {settings['cluster_epochs']} "
-        "epochs of centroid fine-tuning. " + _sensitivity_text(settings) + _equal_training_text(clean) +
-        _train_images_text(clean) +
+        f"magnitude-pruning rounds of {settings['recovery_epochs']} epochs each"
+        + (" (which also recover from its removed channels)" if "channels" in clean.get("container_knobs", ()) else "")
+        + f" and {settings['cluster_epochs']} epochs of centroid fine-tuning. " + _sensitivity_text(settings)
+        + _equal_training_text(clean) + _train_images_text(clean) +
         "Best hand recipe: every recipe in recipes/ for the model, started from the same trained baseline (its "
         "`train` stage dropped), measured once; the most accurate on validation among those that meet the budget. "
         "Uniform pruning: one L1 ratio for every channel group, searched to auto's MACs (latency budgets) or to the "
@@ -728,10 +733,11 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "the target; well under it, a milder plan is tried, and once one plan has missed and one is within, the "
         "next is solved between the two by regula falsi on their probes), and measures the trained candidate "
         "again. After a candidate misses max_drop, the next one is auto's uniform plan in the missed plan's format "
-        "(every channel group at one keep fraction, the other knobs — low rank here — searched with it under the "
-        "same tables and probes; in runs from commit a6e4554 on, each group then stays at the keep fraction before "
-        "that one as far as the budget allows, the other knobs held; not the 'uniform pruning' row, which is L1 "
-        "pruning to auto's MACs without other knobs). "
+        + ("(after a plan that removed channels only) " if "channels" in clean.get("container_knobs", ()) else "")
+        + "(every channel group at one keep fraction, the other knobs — low rank, or a container's sparsity and bits "
+        "— searched with it under the same tables and probes; in runs from commit a6e4554 on, each group then stays "
+        "at the keep fraction before that one as far as the budget allows, the other knobs held; not the 'uniform "
+        "pruning' row, which is L1 pruning to auto's MACs without other knobs). "
         f"Training and analysis ran on {clean['train_threads']} PyTorch threads. "
         "'meets' is the measured budget (unverified: the latency comparison was too noisy). 'wall s' is the auto "
         "run's wall time; a model's analysis (sensitivities and costs) is made by its first budget's run and reused "

@@ -181,6 +181,21 @@ def test_the_uniform_candidate_stays_in_the_format_of_the_plan_that_missed(train
     assert set(second["plan"]["prune"]) == set(DIGITS_UNITS) and second["plan"]["bits"]
 
 
+def test_no_uniform_candidate_follows_a_plan_that_pruned_no_channels(trained, digits, tmp_path):
+    # the container's plan at this budget only clusters; it misses the accuracy floor, and the next candidate backs
+    # off its most sensitive layer: uniform channel pruning would guard against interactions of channel choices the
+    # plan never made
+    _, result = _run(trained, digits, tmp_path / "auto", budget="size=0.25", max_drop=0.0, min_accuracy=99.0,
+                     formats=("container",), knobs=("channels", "sparsity", "clusters"), recovery_epochs=0,
+                     cluster_epochs=0, max_candidates=2)
+    first, second = result.candidates
+    assert not first["plan"]["prune"] and not first["outcome"]["accuracy_ok"]
+    assert second["label"] == "02 container"
+    log = json.loads((tmp_path / "auto" / "search.json").read_text())["log"]
+    backed = next(entry["backed_off"] for entry in log if entry.get("candidate") == 1)
+    assert backed["choice"].startswith("layer:")
+
+
 def test_the_uniform_candidate_is_solved_before_the_searched_plans_back_offs(trained, digits, tmp_path):
     # one keep fraction (a quarter): the first plan prunes one group to a quarter (conv1: 0.32 of the MACs, counted
     # by hand), misses max_drop, and its back-off forbids that group at a quarter — the only uniform level. The
@@ -296,6 +311,34 @@ def test_a_container_plan_prunes_channels_before_its_sparsity_and_clusters_and_r
     macs = profile(loaded, X).total.macs
     assert macs == verify["checks"]["macs"]["auto"] <= 0.6 * profile(trained[0], X).total.macs
     assert (out / "model.slim").read_bytes() == (out / "final" / "model.slim").read_bytes()  # the recipe's file
+
+
+def test_the_container_lowers_macs_only_with_its_channels_knob(trained, digits, tmp_path):
+    from slimkit._errors import ConfigError
+
+    config = AutoConfig(budget="macs=0.5", formats=("container",), knobs=("sparsity", "clusters"))
+    with pytest.raises(ConfigError, match="can lower macs with the knobs sparsity, clusters"):
+        auto_compress(trained[0], X, config, data=digits, out=tmp_path / "o", latency=MacsMeter(), spec="auto_digits")
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_a_channel_pruned_container_names_the_input_models_spec_when_none_is_given(trained, digits, tmp_path):
+    # without spec the container names the registered model of the input's architecture; a pruned candidate matches
+    # none, so that name is found on the input, before any candidate is trained
+    from slimkit.share import load_compressed
+
+    model, _ = trained
+    config = AutoConfig(budget="size=0.06,macs=0.6", max_drop=5.0, formats=("container",), recovery_epochs=1,
+                        calibration_samples=128, max_candidates=3)
+    compressed = auto_compress(model, X, config, data=digits, out=tmp_path / "auto", latency=MacsMeter())
+    result = auto_report(compressed)
+    assert result.status == "met" and result.plan.prune
+    loaded = load_compressed(tmp_path / "auto" / "model.slim")
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    from slimkit.share import finalize_clusters
+
+    with torch.no_grad():
+        assert torch.equal(loaded(x), finalize_clusters(compressed)(x))
 
 
 class _PrunedInt8Cost(MacsMeter):
@@ -735,7 +778,8 @@ def test_a_latency_budget_the_prediction_puts_out_of_reach_is_timed_before_it_is
 
 
 def test_a_format_whose_files_cannot_lower_the_budgeted_dimension_is_not_analysed(trained, digits, tmp_path):
-    # a sparse, clustered container decodes to the dense model: as fast, so a latency budget never searches it
+    # the container is not offered under a latency budget: its weight sharing buys no time (it decodes to dense
+    # layers), and the fp32 format prunes channels without the container's analysis
     _, result = _run(trained, digits, tmp_path / "auto", formats=("onnx", "container"), knobs=("channels", "clusters"))
     assert result.status == "met"
     assert {row["format"] for row in result.candidates} == {"onnx"}

@@ -248,19 +248,23 @@ def test_a_table_kept_before_the_other_ops_were_split_prices_them_constant(digit
     assert problem.solution(narrow).ratios["latency"] > 0.5  # the constant half, and the layers' own share
 
 
-def test_a_channel_pruned_containers_bytes_and_macs_are_predicted_from_the_whole_layers_analysis(trained, digits,
+@pytest.mark.parametrize("spec", ["auto_digits", "resnet20:width=0.25,in_channels=1"])
+def test_a_channel_pruned_containers_bytes_and_macs_are_predicted_from_the_whole_layers_analysis(spec, trained, digits,
                                                                                                  tmp_path):
     """The container analysis measures each whole layer's exact bytes; a plan that also removes channels is priced
-    by scaling them (the codebook stays, the index streams follow the weights, the bias the outputs), plus the
-    header's record of the pruned layout. Every plan's deployed file, made by the format's own stages, lands within a
-    few percent of its prediction, and not over it; MACs exactly."""
+    by scaling them (the codebook and Huffman tables stay, the index streams follow the weights, the bias the
+    outputs), plus the header's record of the pruned layout, less the normalisation tensors it removes (ResNet's
+    BatchNorms, 8 % of this ResNet's 8-bit file). Every plan's deployed file, made by the format's own stages, lands
+    within a few percent of its prediction — on ResNet's residual streams too, whose layers follow several groups;
+    MACs exactly."""
     from slimkit.auto import AutoConfig
     from slimkit.auto._apply import run_stages
     from slimkit.auto._formats import create_format
-    from slimkit.auto._sensitivity import container_analysis
+    from slimkit.auto._sensitivity import container_analysis, other_state_bytes
     from slimkit.share import ClusterConfig, cluster_weights, save_compressed
 
-    model, _ = trained
+    torch.manual_seed(0)
+    model = trained[0] if spec == "auto_digits" else models.from_spec(spec).eval()
     x = torch.zeros(1, 1, 8, 8)
     layers = layer_info(model, x)
     calib = Calibration.build(model, digits.calibration, 32, "loss")
@@ -268,24 +272,30 @@ def test_a_channel_pruned_containers_bytes_and_macs_are_predicted_from_the_whole
                                    seed=0, cache=Cache(tmp_path / "k.json", "k"))
     reference = cluster_weights(model, None, ClusterConfig(bits=dict.fromkeys(layers, 8), seed=0))
     base = {"macs": profile(model, x).total.macs, "bytes": 1,
-            "container_bytes": save_compressed(reference, tmp_path / "ref.slim", "auto_digits").file_bytes}
+            "container_bytes": save_compressed(reference, tmp_path / "ref.slim", spec).file_bytes}
     analysis = Analysis(layers=layers, base=base, groups=_channel_entries(model, x, digits, tmp_path),
                         container=container)
     problem = build_problem("container", analysis, {"channels", "sparsity", "clusters"}, ["size", "macs"])
-    assert {k for k in problem.choices if k.startswith("group:")} == {"group:conv1", "group:conv2", "group:fc1"}
+    groups = [k for k in problem.choices if k.startswith("group:")]
+    assert len(groups) >= 3
+    if spec.startswith("resnet"):
+        assert other_state_bytes(model) > 0.05 * base["container_bytes"]  # BatchNorms, stored raw
     config = AutoConfig(budget="size=0.5", recovery_epochs=0, cluster_epochs=0, prune_rounds=1)
     rng = np.random.default_rng(0)
     errors = []
     for i in range(4):
-        picks = {k: int(rng.integers(1, len(c.labels))) for k, c in problem.choices.items()}  # every group pruned
+        # every group pruned, or about half of them (the others at full width)
+        low = 1 if i % 2 == 0 else 0
+        picks = {k: int(rng.integers(low, len(c.labels))) for k, c in problem.choices.items()}
         solution = problem.solution(picks)
         plan = plan_of(problem, picks, analysis, solution.ratios, solution.objective)
-        assert set(plan.prune) == {"conv1", "conv2", "fc1"}
+        assert plan.prune
         stages = create_format("container").stages(plan, config)
         assert [next(iter(s)) for s in stages][:2] == ["prune", "prune_unstructured" if plan.sparsity else "cluster"]
         out = run_stages(model, stages, data=digits, example=x, seed=0, folder=None)
-        written = save_compressed(out, tmp_path / f"{i}.slim", "auto_digits").file_bytes
+        written = save_compressed(out, tmp_path / f"{i}.slim", spec).file_bytes
         errors.append(solution.predicted["size"] / written - 1)
         assert solution.predicted["macs"] == pytest.approx(profile(out, x).total.macs, rel=1e-9)
-    # the few bytes over are the pruned layouts' header records, each priced as compressed alone (the file is ~1 KB)
-    assert all(-0.01 <= e <= 0.1 for e in errors), errors
+    # within 5 % of files of 1 to 5 KB, whose header is a third of them (the pruned widths make its shape lists
+    # compress a little worse than the layout records predict)
+    assert all(-0.05 <= e <= 0.06 for e in errors), errors

@@ -131,3 +131,31 @@ def test_a_cache_entry_read_back_with_another_type_is_measured_again(tmp_path):
     del payload["shapes"]  # a file without the shapes (an older slimkit's) is measured again
     path.write_text(json.dumps(payload))
     assert Cache(path, "k").entries == {}
+
+
+def test_channel_analysis_prices_what_a_pruned_container_stores_besides_its_layers(digits, tmp_path):
+    from slimkit import models
+    from slimkit.auto._sensitivity import other_state_bytes
+
+    torch.manual_seed(0)
+    model = models.from_spec("resnet20:width=0.25,in_channels=1").eval()
+    example = torch.zeros(1, 1, 8, 8)
+    calib = Calibration.build(model, digits.calibration, 32, "loss")
+    cache = Cache(tmp_path / "c.json", "k")
+    # an entry kept before the container's fields were recorded: its measured delta stays, the fields are added
+    cache.put("layer1.0.conv1|2", {"keep": 2, "ratio": 0.5, "delta": 0.125, "widths": {}})
+    out = channel_analysis(model, example, calib, {"layer1.0.conv1": 4, "layer2.0.conv1": 8},
+                           {"layer1.0.conv1": [4, 2], "layer2.0.conv1": [8, 4]}, criterion="l1",
+                           data=digits.calibration, skip=(), seed=0, cache=cache)
+    level = out["layer1.0.conv1"]["levels"][1]
+    assert level["delta"] == 0.125 and level["widths"] == {"layer1.0.conv1": [4, 2], "layer1.0.conv2": [2, 4]}
+    # two channels of layer1.0.bn1 gone: weight, bias, running mean and variance, float32
+    assert level["other_bytes"] == 2 * 4 * 4
+    assert out["layer2.0.conv1"]["levels"][1]["other_bytes"] == 4 * 4 * 4
+    assert other_state_bytes(model) == sum(t.numel() * t.element_size() for k, t in model.state_dict().items()
+                                           if ".bn" in k or k.startswith("bn"))
+    # each group's header record, scaled so that the two add up to their joint record (smaller: one key, shared
+    # matches); the unpruned level records nothing
+    assert level["layout"] > 0 and out["layer1.0.conv1"]["levels"][0]["layout"] == 0
+    assert cache.get("joint layout|layer1.0.conv1=2,layer2.0.conv1=4") == pytest.approx(
+        level["layout"] + out["layer2.0.conv1"]["levels"][1]["layout"])

@@ -29,7 +29,7 @@ from slimkit.auto._costs import (
     table_payload,
 )
 from slimkit.auto._folder import Cache, digest, state_digest, write_json
-from slimkit.auto._formats import create_format, example_batch
+from slimkit.auto._formats import example_batch, format_knobs
 from slimkit.auto._measure import CANDIDATES_PER_RUN, LatencyMeter, compare_all
 from slimkit.auto._sensitivity import (
     Calibration,
@@ -91,7 +91,7 @@ class Analyser:
         return report
 
     def uses(self, knob: str) -> bool:
-        return knob in self.config.knobs and any(knob in create_format(f).knobs_for(self.model) for f in self.formats)
+        return any(knob in format_knobs(f, self.model, self.config.knobs) for f in self.formats)
 
     def run(self) -> Analysis:
         config, model = self.config, self.model

@@ -18,9 +18,9 @@ from torch import nn
 from slimkit._errors import ConfigError, DataError, SlimkitError
 from slimkit._inputs import input_tuple
 from slimkit._io import copy_atomic, read_json_object
-from slimkit.auto._config import AutoConfig
+from slimkit.auto._config import KNOBS, AutoConfig
 from slimkit.auto._folder import RUN_FILE, write_json
-from slimkit.auto._formats import create_format
+from slimkit.auto._formats import create_format, format_lowers
 from slimkit.auto._measure import LatencyMeter, OrtLatency
 from slimkit.auto._plan import Plan
 from slimkit.auto._report import write_auto_report
@@ -100,9 +100,11 @@ def _check_inputs(model: nn.Module, example: Any, config: Any, data: Any) -> Non
     from slimkit._select import check_names, weighted_layer_names
     check_names(weighted_layer_names(model), config.skip, kind="weighted")
     below = [key for key, limit in config.budget.items() if limit < 1]  # type: ignore[union-attr]
-    if not any(all(key in create_format(name).lowers for key in below) for name in config.formats):
-        raise ConfigError(f"none of the formats {', '.join(config.formats)} can lower {' and '.join(below)}: add a "
-                          "format that can (onnx and int8 lower every budget; the container the size and MACs)")
+    if not any(all(key in format_lowers(name, model, config.knobs) for key in below) for name in config.formats):
+        raise ConfigError(f"none of the formats {', '.join(config.formats)} can lower {' and '.join(below)}"
+                          f"{' with the knobs ' + ', '.join(config.knobs) if len(config.knobs) < len(KNOBS) else ''}"
+                          ": add a format that can (onnx and int8 lower every budget; the container the size, and "
+                          "with the channels knob the MACs, except on Hugging Face models)")
     try:
         with torch.no_grad():
             model.eval()(*input_tuple(example))

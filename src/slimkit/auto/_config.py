@@ -43,10 +43,10 @@ class AutoConfig:
         mark (Deep Compression's retrained models are often more accurate than the dense one they started from).
     formats: deployment formats the search may choose: ``onnx`` (fp32 ONNX), ``int8`` (int8 QDQ ONNX, ONNX
         Runtime's integer kernels), ``container`` (k-means weight sharing with Huffman coding, Han et al. 2016).
-    knobs: what may change: ``channels`` (structured pruning per channel group, in every format; in the container
-        before its sparsity and clusters), ``rank`` (low-rank factorisation per layer, fp32 and int8 formats),
-        ``int8`` (per-layer int8 or float in the int8 format), ``sparsity`` (per-layer magnitude pruning) and
-        ``clusters`` (per-layer k-means bits) in the container format.
+    knobs: what may change: ``channels`` (structured pruning per channel group; in the container before its
+        sparsity and clusters, for models it can rebuild pruned: not Hugging Face ones), ``rank`` (low-rank
+        factorisation per layer, fp32 and int8 formats), ``int8`` (per-layer int8 or float in the int8 format),
+        ``sparsity`` (per-layer magnitude pruning) and ``clusters`` (per-layer k-means bits) in the container format.
     keep_fractions: the widths a channel group may keep (fractions of its channels; the latency table's kernel
         steps are added when a latency budget is set: at most 16 multiples of a step per group, see
         ``slimkit.auto._sensitivity.keep_levels``).
@@ -63,12 +63,14 @@ class AutoConfig:
         with 100 steps (benchmarks/results/archive/auto-sensitivity-steps-100.json): LeNet-300-100 neutral (size
         0.03: 98.20 % valid against 98.18 % one-shot), LeNet-5 worse — its costs, recovered, now rank below the
         other formats' one-shot costs, and the container plans chosen validated at 98.95 % and 98.89 % where
-        one-shot's int8 plans had 99.09 % and 99.00 %.
+        one-shot's int8 plans had 99.09 % and 99.00 %. Channel removal is always measured one-shot, so recovered
+        sparsity costs also rank below the container's own channel costs.
     proxy: the measured quantity: ``loss`` (cross-entropy increase) or ``kl`` (divergence from the input model's
         outputs, label-free).
     calibration_samples: calibration samples the sensitivities are measured on (from ``data.calibration``).
     recovery: ``kd`` (Hinton KD from the input model) or ``finetune`` after pruning / factorisation; the container
-        format always fine-tunes (its masks must hold), then fine-tunes the centroids.
+        format's magnitude-pruning rounds always fine-tune (their masks must hold; they also recover from its
+        removed channels), then it fine-tunes the centroids.
     recovery_epochs / recovery_lr: the recovery's budget; cluster_epochs / cluster_lr: the centroid fine-tuning
         (each centroid moved by the mean of its weights' gradients, ``centroid_gradient: mean`` in the recipe).
     prune_rounds: magnitude pruning in this many rounds (sparsity rising geometrically, Han et al. 2015), each

@@ -283,12 +283,13 @@ def build_problem(fmt: str, analysis: Analysis, knobs: set[str], dims: list[str]
             size_reference += _reference_bytes(fmt, analysis, layer, info)
     if "size" in dims:
         constant["size"] = float(base.get(f"{fmt}_bytes", base["bytes"])) - size_reference
-        if fmt == "container":  # the header records a pruned layout: each group's record as measured alone
+        if fmt == "container":  # besides its layers, a group's pruning adds its layout's header record and
+            # removes its normalisation tensors (stored raw), each as measured with the group alone pruned
             for key in choices:
                 if key.startswith("group:"):
                     levels = analysis.groups[key.partition(":")[2]]["levels"]
-                    layout = np.array([float(level.get("layout", 0)) for level in levels])
-                    terms.append(Term([key], {d: layout if d == "size" else np.zeros(len(levels)) for d in dims},
+                    change = np.array([float(lv.get("layout", 0)) - float(lv.get("other_bytes", 0)) for lv in levels])
+                    terms.append(Term([key], {d: change if d == "size" else np.zeros(len(levels)) for d in dims},
                                       key))
     return Problem(fmt, choices, terms, constant, full)
 
@@ -363,9 +364,10 @@ def _bilinear_terms(analysis: Analysis, layer: str, info: dict[str, Any], gin: l
                     labels: list[dict[str, Any]], choices: dict[str, Choice], dims: list[str],
                     cost_at: Any) -> list[Term]:
     """A layer on a residual stream whose width is a sum over several groups: for each of its own options, its
-    cost fitted as a + b·c_in + c·c_out + d·c_in·c_out (exact for MACs and bytes; a least-squares fit of the
-    latency table), expanded over the groups' removed channels into one term per group and one per (input,
-    output) pair of groups, each joint with the layer's option."""
+    cost fitted as a + b·c_in + c·c_out + d·c_in·c_out (exact for MACs and ONNX bytes; a least-squares fit of the
+    latency table and of a container's codebook, capped at the weights a layer has left), expanded over the groups'
+    removed channels into one term per group and one per (input, output) pair of groups, each joint with the
+    layer's option."""
     spread = (1.0, 0.75, 0.5, 0.25, 0.125)
     ins = sorted({max(1, round(info["in"] * f)) for f in spread})
     outs = sorted({max(1, round(info["out"] * f)) for f in spread})
@@ -417,8 +419,9 @@ def _container_bytes(analysis: Analysis, layer: str, option: dict[str, Any], inf
     """The layer's bytes in the container at ``option``, with a ``kept`` share of its weights and ``kept_out`` of
     its outputs left by channel pruning. The analysis measured the whole layer's exact bytes; of them the index
     streams shrink with the weights (the same sparsity and cluster width over fewer weights: about the same bits per
-    weight), the bias with the outputs, and the codebook holds ``2**bits`` float32 centroids unless fewer weights
-    are left to cluster (k-means finds at most as many clusters as distinct values)."""
+    weight), the bias with the outputs; their Huffman tables stay (rows kept before they were recorded: scaled with
+    the streams), and so does the codebook's ``2**bits`` float32 centroids unless fewer weights are left to
+    cluster (k-means finds at most as many clusters as distinct values)."""
     if not option:  # a skipped layer is stored raw, float32
         return 4.0 * (info["weights"] * kept + info["bias"] * kept_out)
     for r in analysis.container[layer]:
@@ -428,8 +431,10 @@ def _container_bytes(analysis: Analysis, layer: str, option: dict[str, Any], inf
             bias = 4.0 * info["bias"]
             nonzero = info["weights"] * (1.0 - r["sparsity"])
             codebook = 4.0 * min(2 ** r["bits"], max(math.ceil(nonzero), 1))
-            streams = max(float(r["bytes"]) - bias - codebook, 0.0)
-            return 4.0 * min(2 ** r["bits"], max(math.ceil(nonzero * kept), 1)) + streams * kept + bias * kept_out
+            tables = float(r.get("tables", 0))
+            streams = max(float(r["bytes"]) - bias - codebook - tables, 0.0)
+            codebook = 4.0 * min(2 ** r["bits"], max(math.ceil(nonzero * kept), 1))
+            return codebook + tables + streams * kept + bias * kept_out
     raise KeyError(f"{layer}: no container bytes for {option}")
 
 

@@ -35,8 +35,8 @@ class DeployFormat:
     summary: ClassVar[str] = ""
     #: the knobs of :data:`slimkit.auto.KNOBS` this format uses
     knobs: ClassVar[frozenset[str]] = frozenset()
-    #: the budget dimensions its deployed file can go below the input's on (a sparse, clustered container is as fast
-    #: and as many MACs as the dense model it decodes to)
+    #: the budget dimensions its deployed file can go below the input's on, with all of its knobs (see
+    #: :meth:`lowers_with`)
     lowers: ClassVar[frozenset[str]] = frozenset({"latency", "size", "macs"})
     #: the deployed file's name in a candidate's folder
     file_name: ClassVar[str] = "model.onnx"
@@ -50,6 +50,10 @@ class DeployFormat:
     def knobs_for(self, model: nn.Module) -> frozenset[str]:
         """The knobs this format can use on ``model`` (all of :attr:`knobs` unless a model rules one out)."""
         return self.knobs
+
+    def lowers_with(self, knobs: set[str] | frozenset[str]) -> frozenset[str]:
+        """The budget dimensions a plan can lower with only ``knobs`` of this format's knobs."""
+        return self.lowers
 
     def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
         raise NotImplementedError
@@ -78,6 +82,16 @@ def register_format(name: str) -> Callable[[type[DeployFormat]], type[DeployForm
 
 def create_format(name: str) -> DeployFormat:
     return FORMATS.get(name)()
+
+
+def format_knobs(name: str, model: nn.Module, knobs: Any) -> frozenset[str]:
+    """The knobs of ``knobs`` (the run's) that format ``name`` uses on ``model``."""
+    return frozenset(knobs) & create_format(name).knobs_for(model)
+
+
+def format_lowers(name: str, model: nn.Module, knobs: Any) -> frozenset[str]:
+    """The budget dimensions format ``name`` can lower on ``model`` with the run's ``knobs``."""
+    return create_format(name).lowers_with(format_knobs(name, model, knobs))
 
 
 def _structural_stages(plan: Plan, config: Any) -> list[dict[str, Any]]:
@@ -135,7 +149,7 @@ class ContainerFormat(DeployFormat):
     # its latency is its decoded model's: dense layers at the pruned widths, whatever the sparsity and bits. Not
     # offered under a latency budget, where the fp32 and int8 formats prune channels without the container's
     # analysis (minutes of clustering every layer at every width) and its weight sharing buys no time
-    lowers = frozenset({"size", "macs"})
+    lowers = frozenset({"size", "macs"})  # with its channels knob (lowers_with)
     file_name = CONTAINER_FILE
     probe_latency = False  # only under a latency limit of 1, which a decoded model, never wider, keeps
 
@@ -144,6 +158,11 @@ class ContainerFormat(DeployFormat):
 
         # a pruned Hugging Face model keeps its sizes in its config too, which a container does not record
         return self.knobs - {"channels"} if is_hf_model(model) else self.knobs
+
+    def lowers_with(self, knobs: set[str] | frozenset[str]) -> frozenset[str]:
+        # its clusters (8 bits at least) lower the bytes, as its sparsity does; the file decodes to dense layers,
+        # so only removed channels lower the MACs
+        return frozenset({"size", "macs"} if "channels" in knobs else {"size"})
 
     def unavailable(self, model: nn.Module, example: Any, spec: str | None) -> str | None:
         from slimkit._errors import SlimkitError
@@ -167,11 +186,10 @@ class ContainerFormat(DeployFormat):
         stages: list[dict[str, Any]] = []
         if plan.prune:
             # whole units first, as the channel-pruning + Deep Compression recipe: the magnitude-pruning rounds'
-            # fine-tunes recover from both; without them, one fine-tune of the recovery's length does
+            # fine-tunes recover from both; without them, the other formats' recovery does (no mask to hold yet)
             stages.append({"prune": {"ratio": dict(plan.prune), "criterion": config.criterion, "seed": config.seed}})
             if not plan.sparsity and config.recovery_epochs > 0:
-                stages.append({"finetune": {"epochs": config.recovery_epochs, "lr": config.recovery_lr,
-                                            **TRAIN_SETTINGS}})
+                stages.append(recovery_stage(config.recovery, config.recovery_epochs, config.recovery_lr))
         rounds = config.prune_rounds
         if plan.sparsity:
             for i in range(1, rounds + 1):

@@ -39,6 +39,7 @@ the same decisions again.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -58,7 +59,7 @@ from slimkit.auto._apply import rebuild_stages, run_stages
 from slimkit.auto._config import AutoConfig
 from slimkit.auto._costs import Analysis, build_problem, layer_ms, plan_of, uniform_ties
 from slimkit.auto._folder import RUN_FILE, digest, file_digests, state_digest, write_json
-from slimkit.auto._formats import DeployFormat, create_format
+from slimkit.auto._formats import DeployFormat, create_format, format_knobs, format_lowers
 from slimkit.auto._measure import (
     LatencyMeter,
     deployed_latency,
@@ -126,6 +127,19 @@ class AutoRun:
         self.ties: dict[str, dict[str, list[int]] | None] = {}
         self.started = time.perf_counter()
 
+    @functools.cached_property
+    def deploy_spec(self) -> str | None:
+        """The model spec a container records to rebuild its model: the one given, else the registered model of
+        the input's architecture (found on the input: a channel-pruned candidate matches none); None when neither
+        (the container format says so, :meth:`DeployFormat.unavailable`)."""
+        from slimkit._errors import SlimkitError
+        from slimkit.share import resolve_spec
+
+        try:
+            return resolve_spec(self.model, self.spec)
+        except SlimkitError:
+            return self.spec
+
     def fingerprint(self) -> str:
         config = self.config.to_dict()
         if config["min_accuracy"] is None:  # unset: the fingerprint of runs made before the option existed
@@ -153,7 +167,7 @@ class AutoRun:
                 "samples": scores.samples, "params": prof.total.params, "macs": prof.total.macs,
                 "bytes": onnx.stat().st_size, "onnx_bytes": onnx.stat().st_size, "formats": {}}
         for name in self.config.formats:
-            reason = create_format(name).unavailable(self.model, self.example, self.spec)
+            reason = create_format(name).unavailable(self.model, self.example, self.deploy_spec)
             base["formats"][name] = reason
         write_json(path, base)
         return base
@@ -168,7 +182,7 @@ class AutoRun:
                 self.emit("note", {"text": f"format {name} is not available: {reason}"})
         below = [key for key, limit in self.budget.items() if limit < 1]
         for name in list(formats):  # e.g. the container under a latency budget: its analysis would be time lost
-            cannot = [key for key in below if key not in create_format(name).lowers]
+            cannot = [key for key in below if key not in format_lowers(name, self.model, self.config.knobs)]
             if cannot and len(formats) > 1:
                 formats.remove(name)
                 self.emit("note", {"text": f"format {name} is not searched: its files cannot lower "
@@ -178,11 +192,10 @@ class AutoRun:
                               "; ".join(f"{k}: {v}" for k, v in base["formats"].items()))
         began = time.perf_counter()
         analysis = Analyser(self.model, self.example, self.data, self.config, self.analysis_dir, self.meter,
-                            formats, self.spec, self.out / "baseline.onnx", base, self.emit).run()
+                            formats, self.deploy_spec, self.out / "baseline.onnx", base, self.emit).run()
         analysis_seconds = time.perf_counter() - began
         dims = list(self.budget)
-        knobs = set(self.config.knobs)
-        problems = {f: build_problem(f, analysis, knobs & create_format(f).knobs_for(self.model), dims)
+        problems = {f: build_problem(f, analysis, set(format_knobs(f, self.model, self.config.knobs)), dims)
                     for f in formats}
         targets = self._check_reachable(problems, dims, analysis)
         self.ties = {f: uniform_ties(p, analysis, self.config.keep_fractions) for f, p in problems.items()}
@@ -205,7 +218,8 @@ class AutoRun:
             missed = next((c for c in candidates if not c["outcome"]["accuracy_ok"]), None)
             # in the missed plan's format only: under a size budget the search's container plan would otherwise
             # give its slot to an fp32 uniform plan pruned past any use (ResNet-20 at size 0.03: 88 %, 62 %)
-            uniform = (not uniform_tried and missed is not None
+            # (only after a plan that pruned channels: the interactions it guards against are theirs)
+            uniform = (not uniform_tried and missed is not None and bool(missed["plan"]["prune"])
                        and bool(self.ties.get(missed["plan"]["format"])))
             plan, cut = None, False
             trial = (targets, ceilings)  # the targets and latency ceilings this candidate is solved and judged by
@@ -557,7 +571,7 @@ class AutoRun:
         model = run_stages(self.model, stages, data=self.data, example=self.example, seed=self.config.seed,
                            folder=None)
         folder.mkdir(parents=True, exist_ok=True)
-        written = fmt.write(model, self.example, folder / fmt.file_name, self.spec)
+        written = fmt.write(model, self.example, folder / fmt.file_name, self.deploy_spec)
         budget = self.config.budget
         record = deployed_latency(model, written, example=self.example, fmt=fmt, folder=folder, baseline=self.model,
                                   baseline_onnx=self.out / "baseline.onnx", meter=self.meter,  # type: ignore[arg-type]
@@ -622,7 +636,8 @@ class AutoRun:
         budget = self.config.budget
         row = measure_model(model, example=self.example, data=self.data, fmt=fmt, folder=folder, base=base,
                             baseline=self.model, baseline_onnx=self.out / "baseline.onnx", meter=self.meter,
-                            batch=budget.batch, threads=budget.threads, spec=self.spec)  # type: ignore[union-attr]
+                            batch=budget.batch, threads=budget.threads,  # type: ignore[union-attr]
+                            spec=self.deploy_spec)
         row["files"] = file_digests(folder, files)
         return {**self._row({**row, "lr_scale": scale}, index, plan, fmt, planned, uniform), "seconds": seconds}
 

@@ -14,6 +14,7 @@ from slimkit.share._container import (
     LayerBytes,
     load_compressed,
     pruned_layout_bytes,
+    resolve_spec,
     save_compressed,
 )
 from slimkit.share._deep_compression import (
@@ -61,6 +62,7 @@ __all__ = [
     "pruned_layout_bytes",
     "relative_decode",
     "relative_encode",
+    "resolve_spec",
     "save_compressed",
     "save_deep_compression",
 ]

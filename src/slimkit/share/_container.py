@@ -179,15 +179,16 @@ def _compressed_json(value: Any) -> bytes:
 
 def pruned_layout_bytes(model: nn.Module, reference: nn.Module) -> int:
     """About how many bytes the record of ``model``'s pruned layout (its size attributes that differ from
-    ``reference``'s, the unpruned architecture) adds to a container's compressed header: the record compressed on
-    its own, less the compressor's fixed overhead. An upper bound in practice (inside the header it shares the
-    compressor's dictionary with the rest); 0 when the layouts are equal or the difference is no pruning."""
+    ``reference``'s, the unpruned architecture) adds to a container's compressed header: compressed after the
+    tensor records that name every module already, as in the header, less those records alone. 0 when the layouts
+    are equal or the difference is no pruning."""
     from slimkit.prune import changed_size_attributes
 
     changed = changed_size_attributes(model, reference)
     if not changed:
         return 0
-    return max(0, len(_compressed_json({"pruned_attributes": changed})) - len(_compressed_json({})))
+    context = {"tensors": [{"key": key, "shape": list(tensor.shape)} for key, tensor in model.state_dict().items()]}
+    return max(0, len(_compressed_json({**context, "pruned_attributes": changed})) - len(_compressed_json(context)))
 
 
 def _pruned_layout(model: nn.Module, spec: str) -> dict[str, dict[str, Any]] | None:
