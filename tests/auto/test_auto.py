@@ -181,19 +181,22 @@ def test_the_uniform_candidate_stays_in_the_format_of_the_plan_that_missed(train
     assert set(second["plan"]["prune"]) == set(DIGITS_UNITS) and second["plan"]["bits"]
 
 
-def test_no_uniform_candidate_follows_a_plan_that_pruned_no_channels(trained, digits, tmp_path):
-    # the container's plan at this budget only clusters; it misses the accuracy floor, and the next candidate backs
-    # off its most sensitive layer: uniform channel pruning would guard against interactions of channel choices the
-    # plan never made
+def test_the_uniform_candidate_follows_the_first_missed_plan_that_pruned_channels(trained, digits, tmp_path):
+    # the container's first plan at this budget only clusters; it misses the accuracy floor, and the next candidate
+    # backs off its most sensitive layer (uniform channel pruning guards against interactions of channel choices,
+    # which that plan never made); the second removes channels and misses too: the uniform plan is solved next
     _, result = _run(trained, digits, tmp_path / "auto", budget="size=0.25", max_drop=0.0, min_accuracy=99.0,
                      formats=("container",), knobs=("channels", "sparsity", "clusters"), recovery_epochs=0,
-                     cluster_epochs=0, max_candidates=2)
-    first, second = result.candidates
+                     cluster_epochs=0, max_candidates=3)
+    first, second = result.candidates[:2]
     assert not first["plan"]["prune"] and not first["outcome"]["accuracy_ok"]
-    assert second["label"] == "02 container"
+    assert second["label"] == "02 container" and second["plan"]["prune"] and not second["outcome"]["accuracy_ok"]
     log = json.loads((tmp_path / "auto" / "search.json").read_text())["log"]
     backed = next(entry["backed_off"] for entry in log if entry.get("candidate") == 1)
     assert backed["choice"].startswith("layer:")
+    after_second = log[next(i for i, entry in enumerate(log) if entry.get("candidate") == 2) + 1:]
+    assert not any(entry.get("uniform") for entry in log[:len(log) - len(after_second)])
+    assert after_second and after_second[0].get("uniform")  # (no uniform plan meets this budget: none is trained)
 
 
 def test_the_uniform_candidate_is_solved_before_the_searched_plans_back_offs(trained, digits, tmp_path):
@@ -313,11 +316,40 @@ def test_a_container_plan_prunes_channels_before_its_sparsity_and_clusters_and_r
     assert (out / "model.slim").read_bytes() == (out / "final" / "model.slim").read_bytes()  # the recipe's file
 
 
-def test_the_container_lowers_macs_only_with_its_channels_knob(trained, digits, tmp_path):
+def test_a_container_that_cannot_hold_the_model_pruned_searches_no_channels(trained, digits, tmp_path,
+                                                                            monkeypatch):
+    # found on the input model before any work (a save refused for a pruned model, as _pruned_layout refuses a layout
+    # that does not compute what the model computes), not after a candidate has trained
+    import slimkit.share
     from slimkit._errors import ConfigError
 
-    config = AutoConfig(budget="macs=0.5", formats=("container",), knobs=("sparsity", "clusters"))
-    with pytest.raises(ConfigError, match="can lower macs with the knobs sparsity, clusters"):
+    save = slimkit.share.save_compressed
+
+    def refusing(model, path, spec=None):
+        state = model.state_dict()
+        if state.get("fc1.indices", state.get("fc1.weight")).shape[0] < 48:  # fc1 pruned
+            raise ConfigError("the rebuilt layout does not compute what the model computes")
+        return save(model, path, spec)
+
+    monkeypatch.setattr(slimkit.share, "save_compressed", refusing)
+    _, result = _run(trained, digits, tmp_path / "auto", budget="size=0.1", max_drop=5.0, formats=("container",),
+                     knobs=("channels", "sparsity", "clusters"), max_candidates=3)
+    base = json.loads((tmp_path / "auto" / "baseline.json").read_text())
+    assert "channels" not in base["knobs"]["container"] and "does not compute" in base["knobs_off"]["container"][
+        "channels"]
+    assert result.status == "met" and not result.plan.prune
+    analysis = json.loads((tmp_path / "auto" / "analysis" / "summary.json").read_text())
+    assert not analysis["groups"]  # no channel analysis for a format that cannot use it
+
+
+@pytest.mark.parametrize("formats, knobs", [(("container",), ("sparsity", "clusters")), (("int8",), ("int8",)),
+                                           (("onnx", "int8"), ("int8", "sparsity"))])
+def test_only_fewer_channels_or_a_lower_rank_lower_the_macs(formats, knobs, trained, digits, tmp_path):
+    # (an int8 file or a clustered container computes every multiply-accumulate of the input model)
+    from slimkit._errors import ConfigError
+
+    config = AutoConfig(budget="macs=0.5", formats=formats, knobs=knobs)
+    with pytest.raises(ConfigError, match=f"can lower macs with the knobs {', '.join(knobs)}"):
         auto_compress(trained[0], X, config, data=digits, out=tmp_path / "o", latency=MacsMeter(), spec="auto_digits")
     assert not (tmp_path / "o").exists()  # refused before any work
 

@@ -159,3 +159,9 @@ def test_channel_analysis_prices_what_a_pruned_container_stores_besides_its_laye
     assert level["layout"] > 0 and out["layer1.0.conv1"]["levels"][0]["layout"] == 0
     assert cache.get("joint layout|layer1.0.conv1=2,layer2.0.conv1=4") == pytest.approx(
         level["layout"] + out["layer2.0.conv1"]["levels"][1]["layout"])
+    # without the container format none of this is measured, nor an old entry pruned again for it
+    fresh = Cache(tmp_path / "d.json", "k")
+    fresh.put("layer1.0.conv1|2", {"keep": 2, "ratio": 0.5, "delta": 0.25, "widths": {}})
+    plain = channel_analysis(model, example, calib, {"layer1.0.conv1": 4}, {"layer1.0.conv1": [4, 2]},
+                             criterion="l1", data=digits.calibration, skip=(), seed=0, cache=fresh, container=False)
+    assert plain["layer1.0.conv1"]["levels"][1] == {"keep": 2, "ratio": 0.5, "delta": 0.25, "widths": {}}

@@ -29,7 +29,7 @@ from slimkit.auto._costs import (
     table_payload,
 )
 from slimkit.auto._folder import Cache, digest, state_digest, write_json
-from slimkit.auto._formats import example_batch, format_knobs
+from slimkit.auto._formats import example_batch, searched_knobs
 from slimkit.auto._measure import CANDIDATES_PER_RUN, LatencyMeter, compare_all
 from slimkit.auto._sensitivity import (
     Calibration,
@@ -91,7 +91,7 @@ class Analyser:
         return report
 
     def uses(self, knob: str) -> bool:
-        return any(knob in format_knobs(f, self.model, self.config.knobs) for f in self.formats)
+        return any(knob in searched_knobs(self.base, f, self.model, self.config.knobs) for f in self.formats)
 
     def run(self) -> Analysis:
         config, model = self.config, self.model
@@ -184,7 +184,9 @@ class Analyser:
                   groups.items()}
         return channel_analysis(self.model, self.example, calib, groups, levels, criterion=config.criterion,
                                 data=self.data.calibration, skip=config.skip, seed=config.seed,
-                                cache=self.cache("channels"), progress=self.progress("channels"))
+                                cache=self.cache("channels"), progress=self.progress("channels"),
+                                container="container" in self.formats and "channels" in searched_knobs(
+                                    self.base, "container", self.model, config.knobs))
 
     def _method(self, calib: Calibration, analysis: Analysis) -> str:
         """``loss`` or ``hessian`` for the weight-perturbing knobs (see ``AutoConfig.sensitivity``)."""

@@ -103,8 +103,9 @@ def _check_inputs(model: nn.Module, example: Any, config: Any, data: Any) -> Non
     if not any(all(key in format_lowers(name, model, config.knobs) for key in below) for name in config.formats):
         raise ConfigError(f"none of the formats {', '.join(config.formats)} can lower {' and '.join(below)}"
                           f"{' with the knobs ' + ', '.join(config.knobs) if len(config.knobs) < len(KNOBS) else ''}"
-                          ": add a format that can (onnx and int8 lower every budget; the container the size, and "
-                          "with the channels knob the MACs, except on Hugging Face models)")
+                          ": add a format or a knob that can (onnx and int8 lower every budget with the channels or "
+                          "rank knob, int8 the latency and size by itself; the container the size, and with the "
+                          "channels knob the MACs, except on Hugging Face models)")
     try:
         with torch.no_grad():
             model.eval()(*input_tuple(example))

@@ -55,6 +55,12 @@ class DeployFormat:
         """The budget dimensions a plan can lower with only ``knobs`` of this format's knobs."""
         return self.lowers
 
+    def unusable_knobs(self, model: nn.Module, example: Any, spec: str | None, knobs: frozenset[str],
+                       skip: tuple[str, ...]) -> dict[str, str]:
+        """Of ``knobs``, those this format cannot carry out on ``model`` after all, each with the reason (checked
+        once, on the input model, before any work; none by default)."""
+        return {}
+
     def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
         raise NotImplementedError
 
@@ -94,6 +100,13 @@ def format_lowers(name: str, model: nn.Module, knobs: Any) -> frozenset[str]:
     return create_format(name).lowers_with(format_knobs(name, model, knobs))
 
 
+def searched_knobs(base: dict[str, Any], name: str, model: nn.Module, knobs: Any) -> frozenset[str]:
+    """The knobs a run searches in format ``name``: :func:`format_knobs` less those the input model's check
+    ruled out (``base["knobs"]``, recorded by the run's baseline; a baseline kept before it: all of them)."""
+    recorded = base.get("knobs", {}).get(name)
+    return frozenset(recorded) if recorded is not None else format_knobs(name, model, knobs)
+
+
 def _structural_stages(plan: Plan, config: Any) -> list[dict[str, Any]]:
     stages: list[dict[str, Any]] = []
     if plan.prune:
@@ -112,6 +125,9 @@ class OnnxFormat(DeployFormat):
     summary = "fp32 ONNX"
     knobs = frozenset({"channels", "rank"})
 
+    def lowers_with(self, knobs: set[str] | frozenset[str]) -> frozenset[str]:
+        return self.lowers if knobs & self.knobs else frozenset()  # the input model as it is, otherwise
+
     def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
         return _structural_stages(plan, config)
 
@@ -125,6 +141,10 @@ class OnnxFormat(DeployFormat):
 class Int8Format(DeployFormat):
     summary = "int8 QDQ ONNX (ONNX Runtime integer kernels)"
     knobs = frozenset({"channels", "rank", "int8"})
+
+    def lowers_with(self, knobs: set[str] | frozenset[str]) -> frozenset[str]:
+        # int8 kernels lower the time and the bytes by themselves; the MACs only fewer channels or a lower rank do
+        return frozenset({"latency", "size", "macs"} if knobs & {"channels", "rank"} else {"latency", "size"})
 
     def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
         stages = _structural_stages(plan, config)
@@ -163,6 +183,24 @@ class ContainerFormat(DeployFormat):
         # its clusters (8 bits at least) lower the bytes, as its sparsity does; the file decodes to dense layers,
         # so only removed channels lower the MACs
         return frozenset({"size", "macs"} if "channels" in knobs else {"size"})
+
+    def unusable_knobs(self, model: nn.Module, example: Any, spec: str | None, knobs: frozenset[str],
+                       skip: tuple[str, ...]) -> dict[str, str]:
+        from slimkit._errors import SlimkitError
+        from slimkit.prune import PruneConfig, prune_channels
+        from slimkit.share import ClusterConfig, cluster_weights, save_compressed
+
+        if "channels" not in knobs:
+            return {}
+        # a channel-pruned model is saved only once its layout, rebuilt from the spec, computes what it computes:
+        # found out here rather than after a candidate has trained
+        try:
+            pruned = prune_channels(model, example, PruneConfig(ratio=0.25, skip=skip))
+            with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
+                save_compressed(cluster_weights(pruned, None, ClusterConfig(bits=1)), Path(tmp) / "probe.slim", spec)
+        except SlimkitError as error:
+            return {"channels": f"the container cannot hold this model channel-pruned ({error})"}
+        return {}
 
     def unavailable(self, model: nn.Module, example: Any, spec: str | None) -> str | None:
         from slimkit._errors import SlimkitError

@@ -59,7 +59,7 @@ from slimkit.auto._apply import rebuild_stages, run_stages
 from slimkit.auto._config import AutoConfig
 from slimkit.auto._costs import Analysis, build_problem, layer_ms, plan_of, uniform_ties
 from slimkit.auto._folder import RUN_FILE, digest, file_digests, state_digest, write_json
-from slimkit.auto._formats import DeployFormat, create_format, format_knobs, format_lowers
+from slimkit.auto._formats import DeployFormat, create_format, format_knobs, searched_knobs
 from slimkit.auto._measure import (
     LatencyMeter,
     deployed_latency,
@@ -135,6 +135,8 @@ class AutoRun:
         from slimkit._errors import SlimkitError
         from slimkit.share import resolve_spec
 
+        if self.spec is not None or "container" not in self.config.formats:  # (the search builds every model)
+            return self.spec
         try:
             return resolve_spec(self.model, self.spec)
         except SlimkitError:
@@ -166,9 +168,15 @@ class AutoRun:
         base = {"fingerprint": self.fingerprint(), "accuracy": scores.accuracy, "loss": scores.loss,
                 "samples": scores.samples, "params": prof.total.params, "macs": prof.total.macs,
                 "bytes": onnx.stat().st_size, "onnx_bytes": onnx.stat().st_size, "formats": {}}
+        base["knobs"], base["knobs_off"] = {}, {}
         for name in self.config.formats:
-            reason = create_format(name).unavailable(self.model, self.example, self.deploy_spec)
+            fmt = create_format(name)
+            reason = fmt.unavailable(self.model, self.example, self.deploy_spec)
             base["formats"][name] = reason
+            if reason is None:
+                knobs = format_knobs(name, self.model, self.config.knobs)
+                off = fmt.unusable_knobs(self.model, self.example, self.deploy_spec, knobs, tuple(self.config.skip))
+                base["knobs"][name], base["knobs_off"][name] = sorted(knobs - set(off)), off
         write_json(path, base)
         return base
 
@@ -180,9 +188,12 @@ class AutoRun:
         for name, reason in base["formats"].items():
             if reason is not None:
                 self.emit("note", {"text": f"format {name} is not available: {reason}"})
+            for knob, why in base.get("knobs_off", {}).get(name, {}).items():
+                self.emit("note", {"text": f"format {name} does not search {knob}: {why}"})
         below = [key for key, limit in self.budget.items() if limit < 1]
         for name in list(formats):  # e.g. the container under a latency budget: its analysis would be time lost
-            cannot = [key for key in below if key not in format_lowers(name, self.model, self.config.knobs)]
+            lowers = create_format(name).lowers_with(searched_knobs(base, name, self.model, self.config.knobs))
+            cannot = [key for key in below if key not in lowers]
             if cannot and len(formats) > 1:
                 formats.remove(name)
                 self.emit("note", {"text": f"format {name} is not searched: its files cannot lower "
@@ -195,7 +206,7 @@ class AutoRun:
                             formats, self.deploy_spec, self.out / "baseline.onnx", base, self.emit).run()
         analysis_seconds = time.perf_counter() - began
         dims = list(self.budget)
-        problems = {f: build_problem(f, analysis, set(format_knobs(f, self.model, self.config.knobs)), dims)
+        problems = {f: build_problem(f, analysis, set(searched_knobs(base, f, self.model, self.config.knobs)), dims)
                     for f in formats}
         targets = self._check_reachable(problems, dims, analysis)
         self.ties = {f: uniform_ties(p, analysis, self.config.keep_fractions) for f, p in problems.items()}
@@ -210,16 +221,15 @@ class AutoRun:
             if self._late():
                 stop = "time_limit"
                 break
-            # after the first accuracy miss, one candidate prunes every group at one keep fraction (or, group by
-            # group, the fraction before it, as far as the budget allows): the summed per-group sensitivities miss
-            # interactions (ResNet-20 at latency 0.3: the search's plan pruned the stem conv 88 % and lost to uniform
-            # pruning on validation, 96.65 % vs 96.85 %); once it is trained, the choice among candidates keeps auto
-            # at least as accurate as it on validation
-            missed = next((c for c in candidates if not c["outcome"]["accuracy_ok"]), None)
+            # after the first accuracy miss of a plan that removed channels, one candidate prunes every group at one
+            # keep fraction (or, group by group, the fraction before it, as far as the budget allows): the summed
+            # per-group sensitivities miss interactions (ResNet-20 at latency 0.3: the search's plan pruned the stem
+            # conv 88 % and lost to uniform pruning on validation, 96.65 % vs 96.85 %); once it is trained, the
+            # choice among candidates keeps auto at least as accurate as it on validation
+            missed = next((c for c in candidates if not c["outcome"]["accuracy_ok"] and c["plan"]["prune"]), None)
             # in the missed plan's format only: under a size budget the search's container plan would otherwise
             # give its slot to an fp32 uniform plan pruned past any use (ResNet-20 at size 0.03: 88 %, 62 %)
-            # (only after a plan that pruned channels: the interactions it guards against are theirs)
-            uniform = (not uniform_tried and missed is not None and bool(missed["plan"]["prune"])
+            uniform = (not uniform_tried and missed is not None
                        and bool(self.ties.get(missed["plan"]["format"])))
             plan, cut = None, False
             trial = (targets, ceilings)  # the targets and latency ceilings this candidate is solved and judged by

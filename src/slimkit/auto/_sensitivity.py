@@ -136,9 +136,15 @@ def layer_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
 def other_state_bytes(model: nn.Module) -> int:
     """Bytes of the state outside Conv2d and Linear layers (normalisation parameters and statistics, say): what a
     container stores raw besides its clustered layers."""
-    layers = {name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    return sum(t.numel() * t.element_size() for key, t in model.state_dict().items()
-               if key.rpartition(".")[0] not in layers)
+    from slimkit.share import ClusteredLayer
+
+    layers = {name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, ClusteredLayer))}
+
+    def in_layer(key: str) -> bool:  # under a layer at any depth (a parametrization's original, say)
+        parts = key.split(".")
+        return any(".".join(parts[:i]) in layers for i in range(1, len(parts)))
+
+    return sum(t.numel() * t.element_size() for key, t in model.state_dict().items() if not in_layer(key))
 
 
 # --- channels: structured pruning of one group ---------------------------------------------------------------------
@@ -178,11 +184,12 @@ def keep_levels(units: int, fractions: Sequence[float], steps: Sequence[int] = (
 
 def channel_analysis(model: nn.Module, example: Any, calib: Calibration, groups: dict[str, int],
                      levels: dict[str, list[int]], *, criterion: str, data: Any, skip: Sequence[str], seed: int,
-                     cache: Cache, progress: Progress = _no_progress) -> dict[str, Any]:
+                     cache: Cache, progress: Progress = _no_progress, container: bool = True) -> dict[str, Any]:
     """For every group and kept width: the proxy increase with that group alone pruned, the resulting widths of
     every Conv2d/Linear layer that changed (so the search knows which layers each group's width reaches), and what
     it changes in a container besides those layers: the bytes its pruned layout adds to the header (``layout``) and
-    the bytes of other state it removes (``other_bytes``: normalisation parameters and statistics, stored raw)."""
+    the bytes of other state it removes (``other_bytes``: normalisation parameters and statistics, stored raw) —
+    these two only with ``container`` (a search with the container format)."""
     from slimkit.auto._plan import ratio_for_keep
     from slimkit.prune import PruneConfig, prune_channels
     from slimkit.share import pruned_layout_bytes
@@ -200,7 +207,7 @@ def channel_analysis(model: nn.Module, example: Any, calib: Calibration, groups:
                 rows.append({"keep": keep, "ratio": 0.0, "delta": 0.0, "widths": {}, "layout": 0, "other_bytes": 0})
                 continue
             kept = cache.get(key) if key in cache else None
-            if kept is None or any(k not in kept for k in ("layout", "other_bytes")):
+            if kept is None or (container and any(k not in kept for k in ("layout", "other_bytes"))):
                 ratio = ratio_for_keep(units, keep)
                 config = PruneConfig(ratio={name: ratio}, criterion=criterion, skip=tuple(skip), seed=seed)
                 pruned = prune_channels(model, example, config, data=data)
@@ -216,7 +223,8 @@ def channel_analysis(model: nn.Module, example: Any, calib: Calibration, groups:
         for row, d in zip(rows, monotone([r["delta"] for r in rows])):
             row["delta"] = d
         out[name] = {"units": units, "levels": rows}
-    _joint_layout(model, example, out, criterion=criterion, data=data, skip=skip, seed=seed, cache=cache)
+    if container:
+        _joint_layout(model, example, out, criterion=criterion, data=data, skip=skip, seed=seed, cache=cache)
     return out
 
 
@@ -229,7 +237,7 @@ def _joint_layout(model: nn.Module, example: Any, groups: dict[str, Any], *, cri
     from slimkit.share import pruned_layout_bytes
 
     mildest = {name: entry["levels"][1] for name, entry in groups.items() if len(entry["levels"]) > 1}
-    alone = sum(level["layout"] for level in mildest.values())
+    alone = sum(level.get("layout", 0) for level in mildest.values())
     if len(mildest) < 2 or alone <= 0:
         return
     key = "joint layout|" + ",".join(f"{name}={level['keep']}" for name, level in mildest.items())
@@ -240,7 +248,7 @@ def _joint_layout(model: nn.Module, example: Any, groups: dict[str, Any], *, cri
     scale = min(1.0, cache.get(key) / alone)
     for entry in groups.values():
         for level in entry["levels"]:
-            level["layout"] = level["layout"] * scale
+            level["layout"] = level.get("layout", 0) * scale
 
 
 # --- int8: one layer quantized -------------------------------------------------------------------------------------
@@ -474,7 +482,8 @@ def container_analysis(model: nn.Module, calib: Calibration, layers: Sequence[st
         current: tuple[float, tuple[nn.Module, float]] | None = None
         for s, b in options:
             key = f"{name}|{s}|{b}|{label}"
-            if key not in cache:
+            kept = cache.get(key) if key in cache else None
+            if kept is None or "tables" not in kept:  # (rows kept before the tables were: measured again)
                 if recovery is None:
                     candidate = container_option(model, name, s, b, seed)
                 else:
@@ -483,7 +492,9 @@ def container_analysis(model: nn.Module, calib: Calibration, layers: Sequence[st
                     adapted, reference = current[1]
                     candidate = cluster_weights(adapted, None, ClusterConfig(layers=[name], bits={name: b}, seed=seed))
                 layer = clustered_layers(candidate)[name]
-                if method == "hessian":
+                if kept is not None and "delta" in kept:  # its measured cost stands
+                    delta = kept["delta"]
+                elif method == "hessian":
                     error = float((layer.weight.detach() - model.get_submodule(name).weight.detach()).pow(2).sum())
                     delta = 0.5 * (traces or {}).get(name, 0.0) * error
                 elif recovery is None:
