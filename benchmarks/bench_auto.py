@@ -333,6 +333,9 @@ def _model_rows(name: str, spec: dict[str, Any], data: Any, section: dict[str, A
         # equal training with the hand recipe the budget is compared against: where that is the Deep Compression
         # recipe, auto gets its schedule (elsewhere AUTO's, the prune + KD recipe's 2 epochs)
         budget_settings = {**settings, **dc_training} if best and best["label"] == dc_label else settings
+        if best is not None:  # the accuracy to reach, as in the comparison with Deep Compression: auto backs off
+            # until its candidate is as accurate on validation as the best hand recipe (or max_candidates)
+            budget_settings = {**budget_settings, "min_accuracy": 100 * best["valid_accuracy"]}
         entry = _saved(folder / "runs" / f"{tag}.json", {**key, "budget": budget, "settings": budget_settings},
                        lambda budget=budget, tag=tag, budget_settings=budget_settings: _budget_entry(
                            name, budget, tag, base_model, checkpoint, section, folder, budget_settings, common))
@@ -608,13 +611,27 @@ def _centroid_text(results: dict[str, Any]) -> str:
             "Deep Compression recipes by their sum (Han et al.'s Eq. 3), at the same learning rates. ")
 
 
+def _floor_text(results: dict[str, Any]) -> str:
+    """Which budgets told auto (and mixed precision alone) the best hand recipe's validation accuracy as its floor
+    (``min_accuracy``; runs before it had none)."""
+    parts = [f"{name} at {budget} ({entry['settings']['min_accuracy']:.2f}%)"
+             for name, model in results["models"].items() for budget, entry in model["budgets"].items()
+             if (entry.get("settings") or {}).get("min_accuracy") is not None]
+    if not parts:
+        return ""
+    most = max(model["settings"]["max_candidates"] for model in results["models"].values())
+    return ("Where a hand recipe meets the budget, auto and mixed precision alone are told the best one's validation "
+            "accuracy as their floor (`min_accuracy`, as in the comparison with Deep Compression below): a candidate "
+            f"under it backs off and the next is solved, up to {most} candidates — " + "; ".join(parts) + ". ")
+
+
 def _equal_training_text(results: dict[str, Any]) -> str:
     """Which budgets ran auto (and the uniform-pruning row) with a Deep Compression recipe's schedule, from the
     settings each budget entry recorded (none in runs before it did)."""
     parts = []
     for name, model in results["models"].items():
         for budget, entry in model["budgets"].items():
-            s = entry.get("settings")
+            s = {k: v for k, v in (entry.get("settings") or {}).items() if k != "min_accuracy"}
             if s and s != model["settings"]:
                 parts.append(f"{name} at {budget} ({s['prune_rounds']} rounds of {s['recovery_epochs']} epochs at lr "
                              f"{s['recovery_lr']:g}, {s['cluster_epochs']} centroid epochs at lr {s['cluster_lr']:g})")
@@ -719,7 +736,7 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         f"magnitude-pruning rounds of {settings['recovery_epochs']} epochs each"
         + (" (which also recover from its removed channels)" if "channels" in clean.get("container_knobs", ()) else "")
         + f" and {settings['cluster_epochs']} epochs of centroid fine-tuning. " + _sensitivity_text(settings)
-        + _equal_training_text(clean) + _train_images_text(clean) +
+        + _equal_training_text(clean) + _floor_text(clean) + _train_images_text(clean) +
         "Best hand recipe: every recipe in recipes/ for the model, started from the same trained baseline (its "
         "`train` stage dropped), measured once; the most accurate on validation among those that meet the budget. "
         "Uniform pruning: one L1 ratio for every channel group, searched to auto's MACs (latency budgets) or to the "
