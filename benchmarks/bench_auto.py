@@ -579,7 +579,8 @@ def run_models(quick: bool, names: tuple[str, ...], *, deep_compression: bool, t
                                                                    "dc_factors": DC_FACTORS,
                                                                    "equal_training": "dc-best",
                                                                    "dc_floor": "min_accuracy",
-                                                                   "hand_floor": "min_accuracy",
+                                                                   **({"hand_floor": "min_accuracy"}
+                                                                      if kind == "models" else {}),
                                                                    "centroid_gradient": centroids,
                                                                    "container_knobs": results["container_knobs"]},
                                                            entry)
