@@ -144,7 +144,7 @@ class Int8Format(DeployFormat):
 
     def lowers_with(self, knobs: set[str] | frozenset[str]) -> frozenset[str]:
         # int8 kernels lower the time and the bytes by themselves; the MACs only fewer channels or a lower rank do
-        return frozenset({"latency", "size", "macs"} if knobs & {"channels", "rank"} else {"latency", "size"})
+        return self.lowers if knobs & {"channels", "rank"} else self.lowers - {"macs"}
 
     def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
         stages = _structural_stages(plan, config)
@@ -169,7 +169,7 @@ class ContainerFormat(DeployFormat):
     # its latency is its decoded model's: dense layers at the pruned widths, whatever the sparsity and bits. Not
     # offered under a latency budget, where the fp32 and int8 formats prune channels without the container's
     # analysis (minutes of clustering every layer at every width) and its weight sharing buys no time
-    lowers = frozenset({"size", "macs"})  # with its channels knob (lowers_with)
+    lowers = frozenset({"size", "macs"})
     file_name = CONTAINER_FILE
     probe_latency = False  # only under a latency limit of 1, which a decoded model, never wider, keeps
 
@@ -182,7 +182,7 @@ class ContainerFormat(DeployFormat):
     def lowers_with(self, knobs: set[str] | frozenset[str]) -> frozenset[str]:
         # its clusters (8 bits at least) lower the bytes, as its sparsity does; the file decodes to dense layers,
         # so only removed channels lower the MACs
-        return frozenset({"size", "macs"} if "channels" in knobs else {"size"})
+        return self.lowers if "channels" in knobs else self.lowers - {"macs"}
 
     def unusable_knobs(self, model: nn.Module, example: Any, spec: str | None, knobs: frozenset[str],
                        skip: tuple[str, ...]) -> dict[str, str]:
