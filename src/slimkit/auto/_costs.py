@@ -430,11 +430,12 @@ def _container_bytes(analysis: Analysis, layer: str, option: dict[str, Any], inf
                 return float(r["bytes"])
             bias = 4.0 * info["bias"]
             nonzero = info["weights"] * (1.0 - r["sparsity"])
-            codebook = 4.0 * min(2 ** r["bits"], max(math.ceil(nonzero), 1))
+            centroids = 2 ** r["bits"]
+            full_codebook = 4.0 * min(centroids, max(math.ceil(nonzero), 1))
+            kept_codebook = 4.0 * min(centroids, max(math.ceil(nonzero * kept), 1))
             tables = float(r.get("tables", 0))
-            streams = max(float(r["bytes"]) - bias - codebook - tables, 0.0)
-            codebook = 4.0 * min(2 ** r["bits"], max(math.ceil(nonzero * kept), 1))
-            return codebook + tables + streams * kept + bias * kept_out
+            streams = max(float(r["bytes"]) - bias - full_codebook - tables, 0.0)
+            return kept_codebook + tables + streams * kept + bias * kept_out
     raise KeyError(f"{layer}: no container bytes for {option}")
 
 

@@ -369,22 +369,23 @@ def _stream_bytes(symbols: np.ndarray, alphabet: int) -> tuple[int, int]:
 def clustered_parts(layer: nn.Module) -> dict[str, int]:
     """The bytes a :class:`slimkit.share.ClusteredLayer` takes in the container, by part: its float32 ``codebook``,
     its cluster index and relative index ``streams`` (Han et al. 2016, Sec. 2–4), of which ``tables`` are their
-    Huffman code-length tables, and its ``bias`` (the file's header and other tensors are not included)."""
+    Huffman code-length tables, and its ``bias`` (the file's header and other tensors are not included); ``total``
+    is their sum."""
     from slimkit.share import relative_encode
 
     flat = layer.indices.detach().cpu().numpy().ravel()
     gaps, symbols = relative_encode(flat, layer.zero_symbol, layer.index_bits)
     (clusters, clusters_table), (offsets, offsets_table) = (_stream_bytes(symbols, layer.zero_symbol + 1),
                                                             _stream_bytes(gaps, 2 ** layer.index_bits))
-    return {"codebook": 4 * layer.codebook.numel(), "streams": clusters + offsets,
-            "tables": clusters_table + offsets_table,
-            "bias": 0 if layer.bias is None else layer.bias.numel() * layer.bias.element_size()}
+    parts = {"codebook": 4 * layer.codebook.numel(), "streams": clusters + offsets,
+             "tables": clusters_table + offsets_table,
+             "bias": 0 if layer.bias is None else layer.bias.numel() * layer.bias.element_size()}
+    return {**parts, "total": parts["codebook"] + parts["streams"] + parts["bias"]}
 
 
 def clustered_bytes(layer: nn.Module) -> int:
     """The bytes a :class:`slimkit.share.ClusteredLayer` takes in the container (:func:`clustered_parts`)."""
-    parts = clustered_parts(layer)
-    return parts["codebook"] + parts["streams"] + parts["bias"]
+    return clustered_parts(layer)["total"]
 
 
 def container_option(model: nn.Module, name: str, sparsity: float, bits: int, seed: int) -> nn.Module:
@@ -503,7 +504,7 @@ def container_analysis(model: nn.Module, calib: Calibration, layers: Sequence[st
                     delta = calib.score(candidate) - reference
                 parts = clustered_parts(layer)
                 cache.put(key, {"sparsity": s, "bits": b, "delta": delta, "tables": parts["tables"],
-                                "bytes": parts["codebook"] + parts["streams"] + parts["bias"]})
+                                "bytes": parts["total"]})
             rows.append(dict(cache.get(key)))
             done += 1
             progress("container", done, total)
