@@ -188,7 +188,7 @@ class ContainerFormat(DeployFormat):
                        skip: tuple[str, ...]) -> dict[str, str]:
         from slimkit._errors import SlimkitError
         from slimkit.prune import PruneConfig, prune_channels
-        from slimkit.share import ClusterConfig, cluster_weights, save_compressed
+        from slimkit.share import ClusterConfig, cluster_weights
 
         if "channels" not in knobs:
             return {}
@@ -196,29 +196,22 @@ class ContainerFormat(DeployFormat):
         # found out here rather than after a candidate has trained
         try:
             pruned = prune_channels(model, example, PruneConfig(ratio=0.25, skip=skip))
-            with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
-                save_compressed(cluster_weights(pruned, None, ClusterConfig(bits=1)), Path(tmp) / "probe.slim", spec)
         except SlimkitError as error:
             return {"channels": f"the container cannot hold this model channel-pruned ({error})"}
-        return {}
+        refused = _refused_save(cluster_weights(pruned, None, ClusterConfig(bits=1)), spec)
+        return {"channels": f"the container cannot hold this model channel-pruned ({refused})"} if refused else {}
 
     def unavailable(self, model: nn.Module, example: Any, spec: str | None) -> str | None:
-        from slimkit._errors import SlimkitError
         from slimkit.models import is_code_spec
-        from slimkit.share import ClusterConfig, cluster_weights, clustered_layers, save_compressed
+        from slimkit.share import ClusterConfig, cluster_weights, clustered_layers
 
         probe = cluster_weights(model, None, ClusterConfig(bits=1))
         if not clustered_layers(probe):
             return "the model has no Linear or Conv2d layer to cluster"
         # a container names a registered model to rebuild (a file.py:factory is never stored), and a recipe's
         # export stage finds it the same way: a model it cannot name cannot be deployed as a container
-        named = spec if spec is not None and not is_code_spec(spec) else None
-        with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
-            try:
-                save_compressed(probe, Path(tmp) / "probe.slim", named)
-            except SlimkitError as error:
-                return f"the container cannot record how to rebuild this model ({error})"
-        return None
+        refused = _refused_save(probe, spec if spec is not None and not is_code_spec(spec) else None)
+        return f"the container cannot record how to rebuild this model ({refused})" if refused else None
 
     def stages(self, plan: Plan, config: Any) -> list[dict[str, Any]]:
         stages: list[dict[str, Any]] = []
@@ -259,6 +252,19 @@ class ContainerFormat(DeployFormat):
         from slimkit.share import finalize_clusters
 
         return export_onnx(finalize_clusters(model), example, folder / "decoded.onnx")
+
+
+def _refused_save(clustered: nn.Module, spec: str | None) -> str | None:
+    """Why ``save_compressed`` refuses ``clustered`` (saved to a temporary file), or None when it saves it."""
+    from slimkit._errors import SlimkitError
+    from slimkit.share import save_compressed
+
+    with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as tmp:
+        try:
+            save_compressed(clustered, Path(tmp) / "probe.slim", spec)
+        except SlimkitError as error:
+            return str(error)
+    return None
 
 
 def example_batch(example: Any, batch: int) -> tuple[torch.Tensor, ...]:
