@@ -65,8 +65,9 @@ MAGIC = b"SLIMKIT\0"
 #: which slimkit releases before 4 read
 FORMAT_VERSION = 4
 READABLE_VERSIONS = (2, 3, 4)
-#: what the error about a damaged container tells the user to do
-DAMAGED = "the file is damaged: re-save it with save_compressed, or restore it from where it was written"
+#: what an error about a damaged container tells the user to do
+_RESAVE = "re-save it with save_compressed, or restore the file from where it was written"
+DAMAGED = f"the file is damaged: {_RESAVE}"
 SPEC_ATTRIBUTE = "slimkit_spec"
 _DIGEST_BYTES = 32
 #: a header is a few hundred bytes per layer; anything near this is not a slimkit file
@@ -329,8 +330,7 @@ def save_compressed(model: nn.Module, path: str | Path, spec: str | None = None)
 
 
 def _corrupt(path: Path, what: str) -> CheckpointError:
-    return CheckpointError(f"'{path}' is damaged or not a slimkit container ({what}): re-save it with "
-                           "save_compressed, or restore the file from where it was written")
+    return CheckpointError(f"'{path}' is damaged or not a slimkit container ({what}): {_RESAVE}")
 
 
 def _read_header(raw: bytes, path: Path) -> tuple[dict[str, Any], memoryview, int]:
