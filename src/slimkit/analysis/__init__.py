@@ -19,8 +19,9 @@ from slimkit.analysis._latency import (
     compare_latency_many,
     format_ratio,
     latency,
+    openvino_core,
 )
-from slimkit.analysis._latency_probe import Geometry, OrtMeasurer, detect_step
+from slimkit.analysis._latency_probe import Geometry, OpenVinoMeasurer, OrtMeasurer, detect_step
 from slimkit.analysis._latency_table import LatencyTable, LayerLatency, build_latency_table
 from slimkit.analysis._profile import (
     LayerProfile,
@@ -45,6 +46,7 @@ __all__ = [
     "LayerLatency",
     "LayerProfile",
     "ModelProfile",
+    "OpenVinoMeasurer",
     "OrtMeasurer",
     "ProfileTotals",
     "build_latency_table",
@@ -59,6 +61,7 @@ __all__ = [
     "is_token_output",
     "latency",
     "miou_from_confusion",
+    "openvino_core",
     "output_logits",
     "profile",
     "register_counter",

@@ -24,6 +24,9 @@ is explicit and defaults to :data:`DEFAULT_THREADS` = 1: one thread per session 
 machine, has no thread-pool wake-up cost (which spinning off would otherwise add to every op of a small graph), and
 makes the ratio a measure of the work the model does. Pass ``threads=os.cpu_count()`` for the figure of a
 dedicated multi-core deployment; the thread count is recorded in every result.
+
+``backend="openvino"`` times the same ONNX file in OpenVINO's CPU runtime (an optional dependency), compiled as
+:func:`openvino_compiled` says: fp32, one stream, ``threads`` inference threads, no pinning.
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ DEFAULT_THREADS = 1
 OK = "ok"
 #: status (and the text every printer shows instead of a ratio) when the A/A control leaves :data:`AA_BAND`
 TOO_NOISY = "too noisy"
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
+#: backends that time an ONNX file (a module is exported first) in live instances: sessions, compiled models
+ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 ModelOrPath = nn.Module | str | os.PathLike
 Runner = Callable[[], object]
@@ -190,12 +195,54 @@ def _onnx_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], thre
     return run
 
 
+def openvino_core() -> Any:
+    """OpenVINO's runtime core, or a :class:`ConfigError` saying how to install it (an optional dependency)."""
+    try:
+        import openvino
+    except ImportError:
+        raise ConfigError("backend='openvino' needs the openvino package: pip install openvino "
+                          "(or pip install 'slimkit[openvino]')") from None
+    return openvino.Core()
+
+
+def openvino_compiled(core: Any, model: Any, threads: int, *, profile: bool = False) -> Any:
+    """``model`` (a path, or an ``openvino.Model``) compiled for this CPU as a deployment runs it: ``threads``
+    inference threads, one stream, no core pinning (on a shared machine a pinned thread waits for its core), and
+    fp32 arithmetic. OpenVINO's own default on a CPU with AVX512-BF16 or AMX is bfloat16 (measured here: ResNet-20
+    ran twice as fast as in fp32), which changes the model's numbers; a bf16 deployment is a precision choice to
+    measure on its own, not a latency setting. ``profile`` turns on per-node performance counters."""
+    return core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                                             "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
+                                             "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": profile})
+
+
+def _openvino_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], threads: int) -> Runner:
+    try:
+        compiled = openvino_compiled(openvino_core(), str(path), threads)
+    except RuntimeError as error:  # e.g. an op OpenVINO does not implement (ONNX Runtime's MatMulNBits)
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ConfigError(f"OpenVINO cannot run {path}: {first[:300]}: measure this model in onnxruntime") from None
+    if len(compiled.inputs) != len(inputs):
+        raise ConfigError(f"{path} takes {len(compiled.inputs)} input(s) but {len(inputs)} example input(s) were "
+                          "given: pass one tensor per model input")
+    request = compiled.create_infer_request()
+    feed = {k: t.detach().cpu().numpy() for k, t in enumerate(inputs)}
+
+    def run() -> object:
+        return request.infer(feed)
+
+    return run
+
+
 def _torch_runner(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Runner:
     def run() -> object:
         with torch.inference_mode():
             return model(*inputs)
 
     return run
+
+
+_ONNX_RUNNERS = {"onnxruntime": _onnx_runner, "openvino": _openvino_runner}
 
 
 def export_for_timing(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | os.PathLike) -> Path:
@@ -236,6 +283,8 @@ def _check(model: ModelOrPath, backend: str, threads: int, warmup: int, repeats:
         raise ConfigError(f"latency needs repeats ≥ 1 and warmup ≥ 0 (got repeats={repeats}, warmup={warmup})")
     if backend == "torch" and not isinstance(model, nn.Module):
         raise ConfigError("backend='torch' needs an nn.Module; for an .onnx file use backend='onnxruntime'")
+    if backend == "openvino":
+        openvino_core()
 
 
 class _TorchState:
@@ -282,9 +331,11 @@ def latency(
     warmup: int = 10,
     repeats: int = 50,
 ) -> LatencyResult:
-    """Time ``model`` (an ``nn.Module``, or an ``.onnx`` path with ``backend="onnxruntime"``) on ``example_inputs``.
+    """Time ``model`` (an ``nn.Module``, or an ``.onnx`` path with ``backend="onnxruntime"`` or ``"openvino"``) on
+    ``example_inputs``.
 
-    A module measured with ``backend="onnxruntime"`` is exported to a temporary ONNX file first. An absolute time
+    A module measured in ONNX Runtime or OpenVINO (CPU, fp32: see :func:`openvino_compiled`) is exported to a
+    temporary ONNX file first. An absolute time
     depends on the machine's load; to compare two models use :func:`compare_latency`.
     """
     _check(model, backend, threads, warmup, repeats)
@@ -294,7 +345,7 @@ def latency(
         if backend == "torch":
             run = _torch_runner(model, inputs)  # type: ignore[arg-type]
         else:
-            run = _onnx_runner(_as_onnx(model, inputs, Path(tmp), "model"), inputs, threads)
+            run = _ONNX_RUNNERS[backend](_as_onnx(model, inputs, Path(tmp), "model"), inputs, threads)
         for _ in range(warmup):
             run()
         samples = []
@@ -388,13 +439,13 @@ def compare_latency(
 ) -> LatencyComparison:
     """Time ``candidate`` against ``baseline`` interleaved, with an A/A control, and return the paired ratio.
 
-    Both may be ``nn.Module`` s or (with ``backend="onnxruntime"``) ``.onnx`` paths; modules are exported first.
-    In ONNX Runtime each model runs in ``sessions`` sessions (see :data:`SESSIONS`) and the control A′ in as many
-    more sessions of the baseline's file; in PyTorch A′ is a deep copy of the module (one of each). ``repeats``
-    rounds each call every session once in a seeded random order (see :func:`interleave`); a model's time in a
-    round is the mean over its sessions, and ``ratio`` is the median of the per-round B/A ratios. If the A/A median
-    leaves :data:`AA_BAND` the result says ``status="too noisy"`` and ``ratio=None``: rerun on a quieter machine or
-    with more repeats.
+    Both may be ``nn.Module`` s or (with ``backend="onnxruntime"`` or ``"openvino"``) ``.onnx`` paths; modules are
+    exported first. In ONNX Runtime each model runs in ``sessions`` sessions (see :data:`SESSIONS`; in OpenVINO, as many
+    compiled models) and the control A′ in as many more of the baseline's file; in PyTorch A′ is a deep copy of the
+    module (one of each). ``repeats`` rounds each call every session once in a seeded random order (see
+    :func:`interleave`); a model's time in a round is the mean over its sessions, and ``ratio`` is the median of the
+    per-round B/A ratios. If the A/A median leaves :data:`AA_BAND` the result says ``status="too noisy"`` and
+    ``ratio=None``: rerun on a quieter machine or with more repeats.
     """
     return compare_latency_many(baseline, [candidate], example_inputs, backend=backend, threads=threads,
                                 warmup=warmup, repeats=repeats, seed=seed, clock=clock, sessions=sessions)[0]
@@ -426,14 +477,14 @@ def compare_latency_many(
         raise ConfigError(f"latency sessions={sessions!r}: use a whole number ≥ 1")
     if not candidates:
         return []
-    sessions = sessions if backend == "onnxruntime" else 1
+    sessions = sessions if backend in ONNX_BACKENDS else 1
     inputs = input_tuple(example_inputs)
     torch_state = _TorchState(threads, [baseline, *candidates], backend == "torch")
     with tempfile.TemporaryDirectory(prefix="slimkit-latency-") as tmp, torch_state:
-        if backend == "onnxruntime":
+        if backend in ONNX_BACKENDS:
             base_path = _as_onnx(baseline, inputs, Path(tmp), "baseline")
             paths = [_as_onnx(c, inputs, Path(tmp), f"candidate{k}") for k, c in enumerate(candidates)]
-            runners = [_onnx_runner(path, inputs, threads)
+            runners = [_ONNX_RUNNERS[backend](path, inputs, threads)
                        for path in (base_path, base_path, *paths) for _ in range(sessions)]
         else:
             control = copy.deepcopy(baseline)

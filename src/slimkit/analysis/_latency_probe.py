@@ -216,6 +216,74 @@ QUANTILE = 0
 REFERENCE = (Geometry("conv", (3, 3), (1, 1), (1, 1, 1, 1), size=(14, 14), batch=8), 32, 32)
 
 
+class _OrtProbe:
+    """One live ONNX Runtime session of a one-layer graph, profiled."""
+
+    def __init__(self, model: bytes, x: np.ndarray, threads: int, prefix: str, border: frozenset[str]) -> None:
+        self.session, self.feed, self.border = _session(model, threads, prefix), {"X": x}, border
+
+    def run(self) -> None:
+        self.session.run(None, self.feed)
+
+    def times(self, skip: int) -> tuple[np.ndarray, np.ndarray]:
+        """(kernel, layout glue) milliseconds of each run after the first ``skip``."""
+        runs = _runs(self.session.end_profiling(), skip)
+        return (np.array([sum(v for op, v in ops.items() if op not in LAYOUT_GLUE and op not in self.border
+                              and op != "<run>") for ops in runs]),
+                np.array([sum(v for op, v in ops.items() if op in LAYOUT_GLUE) for ops in runs]))
+
+
+#: OpenVINO CPU node types that only convert layouts (a one-layer graph's borders)
+OPENVINO_GLUE = frozenset({"Reorder"})
+
+
+def _openvino_node_totals(request: Any, runs: int) -> dict[str, float]:
+    """Milliseconds spent so far in each executed node type. OpenVINO's performance counters hold each node's
+    mean over every inference of the request (not the last one), so the total is the mean times the runs."""
+    totals: dict[str, float] = {}
+    for node in request.profiling_info:
+        if node.status.name == "EXECUTED":
+            totals[node.node_type] = totals.get(node.node_type, 0.0) + node.real_time.total_seconds() * 1e3 * runs
+    return totals
+
+
+class _OpenVinoProbe:
+    """One compiled OpenVINO model of a one-layer graph, with performance counters.
+
+    Its counters hold each node's mean since compilation in whole microseconds, so a node's mean over the timed
+    runs is the difference of its totals after the warm-up and at the end (good to about a microsecond). As with
+    ONNX Runtime the fastest run stands for the layer: each run's share of that mean is its own latency over the
+    timed runs' mean latency (the request's per-inference latency, which the counters cannot give per run)."""
+
+    def __init__(self, core: Any, model: bytes, x: np.ndarray, threads: int, warmup: int) -> None:
+        from slimkit.analysis._latency import openvino_compiled
+
+        self.request = openvino_compiled(core, core.read_model(model), threads, profile=True).create_infer_request()
+        self.feed, self.warmup, self.latencies = {0: x}, warmup, []
+        self.after_warmup: dict[str, float] = {}
+
+    def run(self) -> None:
+        self.request.infer(self.feed)
+        self.latencies.append(float(self.request.latency))
+        if len(self.latencies) == self.warmup:
+            self.after_warmup = _openvino_node_totals(self.request, self.warmup)
+
+    def times(self, skip: int) -> tuple[np.ndarray, np.ndarray]:
+        timed = _openvino_timed(self.request, self.after_warmup, len(self.latencies), skip)
+        kernel = sum(ms for op, ms in timed.items() if op not in OPENVINO_GLUE)
+        glue = sum(ms for op, ms in timed.items() if op in OPENVINO_GLUE)
+        latency = np.asarray(self.latencies[skip:], dtype=np.float64)
+        scale = latency / max(float(latency.mean()), 1e-12)
+        return scale * kernel, scale * glue
+
+
+def _openvino_timed(request: Any, before: dict[str, float], runs: int, skip: int) -> dict[str, float]:
+    """Each executed node type's mean milliseconds over runs ``skip`` + 1 … ``runs`` (never below 0: the counters'
+    rounding can make a microsecond kernel's difference negative)."""
+    totals = _openvino_node_totals(request, runs)
+    return {op: max(0.0, (ms - before.get(op, 0.0)) / max(runs - skip, 1)) for op, ms in totals.items()}
+
+
 @dataclass
 class OrtMeasurer:
     """Times layers and networks in ONNX Runtime with its profiler (see the module docstring).
@@ -236,33 +304,29 @@ class OrtMeasurer:
     seed: int = 0
     reference_ms: float | None = None
 
+    def _probe(self, model: bytes, x: np.ndarray, geometry: Geometry, prefix: str) -> Any:
+        return _OrtProbe(model, x, self.threads, prefix, INT8_BORDER if geometry.precision == "int8"
+                         else frozenset())
+
     def points(self, geometry: Geometry, points: Sequence[Point]) -> list[tuple[float, float]]:
         result: list[tuple[float, float]] = [(math.nan, math.nan)] * len(points)
-        border = INT8_BORDER if geometry.precision == "int8" else frozenset()
         ref_geometry, ref_in, ref_out = REFERENCE
         ref_model, ref_x = _onnx_layer(ref_geometry, ref_in, ref_out)
         with tempfile.TemporaryDirectory(prefix="slimkit-lattable-") as tmp:
             for chunk in range(0, len(points), self.live_sessions):
                 idx = list(range(chunk, min(len(points), chunk + self.live_sessions)))
-                sessions = [_session(ref_model, self.threads, str(Path(tmp) / f"ref{chunk}"))]
-                feeds = [{"X": ref_x}]
+                probes = [self._probe(ref_model, ref_x, ref_geometry, str(Path(tmp) / f"ref{chunk}"))]
                 for k in idx:
                     model, x = _onnx_layer(geometry, *points[k])
-                    sessions.append(_session(model, self.threads, str(Path(tmp) / f"p{k}")))
-                    feeds.append({"X": x})
-                order = list(range(len(sessions)))
+                    probes.append(self._probe(model, x, geometry, str(Path(tmp) / f"p{k}")))
+                order = list(range(len(probes)))
                 rng = random.Random(self.seed + chunk)
                 for r in range(self.warmup + self.repeats):
                     if r >= self.warmup:
                         rng.shuffle(order)
                     for j in order:
-                        sessions[j].run(None, feeds[j])
-                times = []
-                for session in sessions:
-                    runs = _runs(session.end_profiling(), self.warmup)
-                    times.append((np.array([sum(v for op, v in ops.items() if op not in LAYOUT_GLUE
-                                                and op not in border and op != "<run>") for ops in runs]),
-                                  np.array([sum(v for op, v in ops.items() if op in LAYOUT_GLUE) for ops in runs])))
+                        probes[j].run()
+                times = [probe.times(self.warmup) for probe in probes]
                 ref = max(float(np.percentile(times[0][0], QUANTILE)), 1e-6)
                 if self.reference_ms is None:
                     self.reference_ms = ref
@@ -270,7 +334,7 @@ class OrtMeasurer:
                     kernel, glue = times[j]
                     result[k] = (float(np.percentile(kernel, QUANTILE)) / ref * self.reference_ms,
                                  float(np.percentile(glue, QUANTILE)) / ref * self.reference_ms)
-                del sessions
+                del probes
         return result
 
     def other_share(self, onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray],
@@ -288,6 +352,40 @@ class OrtMeasurer:
             outside.append(1.0 - sum(v for op, v in ops.items() if op != "<run>") / run)
         share = float(np.clip(np.median(other), 0.0, 0.95))
         return share, float(np.clip(np.median(outside), 0.0, share))
+
+
+@dataclass
+class OpenVinoMeasurer(OrtMeasurer):
+    """:class:`OrtMeasurer`'s method in OpenVINO's CPU runtime (fp32, compiled as
+    :func:`slimkit.analysis._latency.openvino_compiled`): each layer as a one-node graph whose border ``Reorder``
+    nodes are layout glue, timed from OpenVINO's performance counters, interleaved with the reference layer."""
+
+    def __post_init__(self) -> None:
+        from slimkit.analysis._latency import openvino_core
+
+        self.core = openvino_core()
+
+    def _probe(self, model: bytes, x: np.ndarray, geometry: Geometry, prefix: str) -> Any:
+        if geometry.precision != "fp32":
+            raise ValueError("OpenVinoMeasurer times fp32 layers only")
+        return _OpenVinoProbe(self.core, model, x, self.threads, self.warmup)
+
+    def other_share(self, onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray],
+                    table_ops: set[str]) -> tuple[float, float]:
+        from slimkit.analysis._latency import openvino_compiled
+
+        request = openvino_compiled(self.core, str(onnx_path), self.threads, profile=True).create_infer_request()
+        feed = dict(enumerate(inputs))
+        latencies, before = [], {}
+        for r in range(self.warmup + self.repeats):
+            request.infer(feed)
+            latencies.append(float(request.latency))
+            if r + 1 == self.warmup:
+                before = _openvino_node_totals(request, self.warmup)
+        timed = _openvino_timed(request, before, len(latencies), self.warmup)
+        run = max(float(np.mean(latencies[self.warmup:])), 1e-12)
+        share = float(np.clip(1.0 - sum(ms for op, ms in timed.items() if op in table_ops) / run, 0.0, 0.95))
+        return share, float(np.clip(1.0 - sum(timed.values()) / run, 0.0, share))
 
 
 def detect_step(widths: Sequence[int], ms: Sequence[float], *, margin: float = 0.05,

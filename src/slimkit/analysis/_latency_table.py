@@ -36,8 +36,13 @@ does not follow the fp32 time as widths shrink: ResNet-20's 3×3 convs at 28×28
 ``widths`` adds the widths a search will choose to a layer's grid; those are read exactly and never interpolated
 through (interpolation runs over the step grid alone).
 
-Measurements are cached in ``$SLIMKIT_CACHE/latency`` (default ``~/.cache/slimkit/latency``), one file per machine
-key (CPU model and flags, ONNX Runtime version, threads, cache version), keyed inside by the layer's geometry (kind,
+``backend="openvino"`` builds the same tables in OpenVINO's CPU runtime (fp32, :class:`OpenVinoMeasurer`): its
+convolutions (oneDNN's, channels-last inside the graph) have their own steps, found by the same sweeps, and its
+border ``Reorder`` nodes are the layout glue. OpenVINO fuses a convolution's activation and residual addition into
+the convolution's node, so less of its time is "other".
+
+Measurements are cached in ``$SLIMKIT_CACHE/latency`` (default ``~/.cache/slimkit/latency``), one file per machine key
+(CPU model and flags, the runtime and its version, threads, cache version), keyed inside by the layer's geometry (kind,
 kernel, stride, padding, dilation, groups, input size, batch, and precision when not fp32) and channel counts; a
 network's other share by its layers' shapes and batch (and for int8, the deployed file's bytes).
 """
@@ -65,7 +70,14 @@ from slimkit._cpu import cpu_info
 from slimkit._errors import ConfigError
 from slimkit._inputs import input_tuple
 from slimkit._io import write_text_atomic
-from slimkit.analysis._latency_probe import PRECISIONS, Geometry, Measurer, OrtMeasurer, probe_steps
+from slimkit.analysis._latency_probe import (
+    PRECISIONS,
+    Geometry,
+    Measurer,
+    OpenVinoMeasurer,
+    OrtMeasurer,
+    probe_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +87,11 @@ TABLE_OPS = frozenset({"Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "M
 #: the same for an int8 QDQ network, whose quantized layers ONNX Runtime runs as these fused nodes
 INT8_TABLE_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger",
                             "MatMulInteger"})
+#: the same for OpenVINO's CPU runtime (its node types; a convolution's fused activation and residual add run inside
+#: its node there)
+OPENVINO_TABLE_OPS = frozenset({"Convolution", "GroupConvolution", "FullyConnected", "MatMul"})
+#: the runtimes a table can be measured in
+TABLE_BACKENDS = ("onnxruntime", "openvino")
 
 
 def cache_root() -> Path:
@@ -82,13 +99,18 @@ def cache_root() -> Path:
     return _io.cache_root() / "latency"
 
 
-def machine_key(threads: int) -> dict[str, Any]:
-    """What a cached measurement depends on besides the layer: CPU, runtime version, threads."""
-    import onnxruntime as ort
-
+def machine_key(threads: int, backend: str = "onnxruntime") -> dict[str, Any]:
+    """What a cached measurement depends on besides the layer: CPU, runtime and its version, threads."""
     cpu = cpu_info()
     flags = " ".join(sorted(cpu.flags or ()))
     digest = hashlib.sha256(flags.encode()).hexdigest()[:12]
+    if backend == "openvino":
+        import openvino
+
+        return {"cpu": cpu.name, "cpu_flags": digest, "openvino": openvino.__version__, "threads": threads,
+                "cache_version": CACHE_VERSION}
+    import onnxruntime as ort
+
     return {"cpu": cpu.name, "cpu_flags": digest, "onnxruntime": ort.__version__, "threads": threads,
             "cache_version": CACHE_VERSION}
 
@@ -171,6 +193,8 @@ class LatencyTable:
     #: the part of ``other`` outside every kernel (the executor's own work), which does not shrink with the
     #: layers' outputs; None: all of it (a constant other share)
     other_fixed: float | None = None
+    #: the runtime measured: "onnxruntime" or "openvino"
+    backend: str = "onnxruntime"
 
     def predict_ms(self, widths: Mapping[str, tuple[int, int]] | None = None) -> float:
         """Σ of the layer tables at ``widths`` (layer → (in, out) channels; absent layers at full width)."""
@@ -213,7 +237,7 @@ class LatencyTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch": self.batch, "threads": self.threads, "other": self.other, "other_fixed": self.other_fixed,
-                "machine": self.machine,
+                "backend": self.backend, "machine": self.machine,
                 "measured_points": self.measured_points,
                 "layers": {n: {"in": t.in_channels, "out": t.out_channels, "step_in": t.step_in,
                                "step_out": t.step_out, "in_grid": list(t.in_grid), "out_grid": list(t.out_grid),
@@ -377,6 +401,7 @@ def build_latency_table(
     precision: str = "fp32",
     network: str | os.PathLike | None = None,
     widths: Mapping[str, tuple[Sequence[int], Sequence[int]]] | None = None,
+    backend: str = "onnxruntime",
 ) -> LatencyTable:
     """Measure (or load from the cache) the latency table of every Conv2d/Linear layer of ``model``.
 
@@ -391,8 +416,14 @@ def build_latency_table(
     is cached and how it is keyed. ``widths`` (layer → input widths, output widths) adds the widths a search will
     choose to the grids: those are then read as measured rather than from their step, which matters where the kernel
     does not pad but falls back to a slower path off its steps (int8 convs at 12 of 16 output channels measured
-    twice the time of 16).
+    twice the time of 16). ``backend="openvino"`` measures in OpenVINO's CPU runtime instead (fp32;
+    :class:`~slimkit.analysis.OpenVinoMeasurer`), cached apart from ONNX Runtime's tables.
     """
+    if backend not in TABLE_BACKENDS:
+        raise ConfigError(f"latency table backend={backend!r}: use one of {', '.join(TABLE_BACKENDS)}")
+    if backend == "openvino" and precision != "fp32":
+        raise ConfigError(f"a {precision} latency table is measured in ONNX Runtime (slimkit's QDQ export): use "
+                          "backend='onnxruntime', or precision='fp32' for OpenVINO")
     if precision not in PRECISIONS:
         raise ConfigError(f"latency table precision={precision!r}: use one of {', '.join(PRECISIONS)}")
     if precision != "fp32" and network is None:
@@ -408,9 +439,9 @@ def build_latency_table(
         raise ConfigError(f"latency table batch={batch!r}: use a whole number ≥ 1 (the deployed batch)")
     inputs = input_tuple(example_inputs)
     batch = batch or int(inputs[0].shape[0])
-    measurer = measurer or OrtMeasurer(threads=threads)
+    measurer = measurer or (OpenVinoMeasurer if backend == "openvino" else OrtMeasurer)(threads=threads)
     folder = cache_root() if cache_dir is True else (Path(cache_dir) if cache_dir else None)
-    cache = _Cache(folder, machine_key(threads))
+    cache = _Cache(folder, machine_key(threads, backend))
     if getattr(measurer, "reference_ms", False) is None and "reference_ms" in cache.data:
         measurer.reference_ms = cache.data["reference_ms"]  # one scale for every table built on this machine
     layers = model_layers(model, inputs, batch)
@@ -465,7 +496,8 @@ def build_latency_table(
     if not isinstance(cache.data["models"].get(key), list):  # (a bare number: cached before the fixed part was)
         # an int8 network's float layers (skipped ones) are tabled too, in fp32: their time is not "other"
         cache.data["models"][key] = list(_other_share(model, inputs, batch, measurer, network,
-                                                      INT8_TABLE_OPS | TABLE_OPS if precision == "int8"
+                                                      OPENVINO_TABLE_OPS if backend == "openvino"
+                                                      else INT8_TABLE_OPS | TABLE_OPS if precision == "int8"
                                                       else TABLE_OPS))
         cache.dirty = True
     if getattr(measurer, "reference_ms", None) is not None and "reference_ms" not in cache.data:
@@ -473,7 +505,8 @@ def build_latency_table(
         cache.dirty = True
     cache.save()
     other, fixed = (float(v) for v in cache.data["models"][key])
-    return LatencyTable(tables, other, batch, threads, cache.data["machine"], counted["points"], other_fixed=fixed)
+    return LatencyTable(tables, other, batch, threads, cache.data["machine"], counted["points"], other_fixed=fixed,
+                        backend=backend)
 
 
 def _other_share(model: nn.Module, inputs: tuple, batch: int, measurer: Measurer,

@@ -198,25 +198,28 @@ def add_resume_force_args(parser: argparse.ArgumentParser) -> None:
 
 def add_latency_args(parser: argparse.ArgumentParser, batch: int = 1) -> None:
     """``--latency-batch`` (``batch`` images; always 1 on token data, where one block is already a whole prefill of
-    its sequence length), ``--threads``, ``--no-latency``."""
+    its sequence length), ``--threads``, ``--runtime``, ``--no-latency``."""
     default = "1" if batch == 1 else f"{batch}, 1 on token data"
     parser.add_argument("--latency-batch", type=count(1, 4096), default=None,
-                        help=f"batch size of the ONNX Runtime latency comparison (default: {default})")
+                        help=f"batch size of the latency comparison (default: {default})")
     parser.set_defaults(default_latency_batch=batch)
     parser.add_argument("--threads", type=count(1, 256), default=None,
-                        help="ONNX Runtime threads per session for the latency comparison (default: 1: the sessions "
+                        help="threads per runtime session for the latency comparison (default: 1: the sessions "
                              "of a comparison stay alive together, so one thread each cannot oversubscribe a shared "
                              "machine)")
+    parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default=None,
+                        help="the runtime latency is measured in (default: onnxruntime; openvino: OpenVINO's CPU "
+                             "runtime in fp32, pip install openvino)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency comparison")
 
 
 def check_latency_args(args: argparse.Namespace) -> None:
-    """``--latency-batch`` and ``--threads`` set the latency comparison: refused with ``--no-latency``, which skips
-    it (they would set nothing)."""
+    """``--latency-batch``, ``--threads`` and ``--runtime`` set the latency comparison: refused with
+    ``--no-latency``, which skips it (they would set nothing)."""
     if not getattr(args, "no_latency", False):
         return
-    given = [flag for flag, dest in (("--latency-batch", "latency_batch"), ("--threads", "threads"))
-             if getattr(args, dest, None) is not None]
+    given = [flag for flag, dest in (("--latency-batch", "latency_batch"), ("--threads", "threads"),
+                                     ("--runtime", "runtime")) if getattr(args, dest, None) is not None]
     if given:
         raise CommandError(f"{_and(given)} {'sets' if len(given) == 1 else 'set'} the latency comparison, which "
                            f"--no-latency skips: drop --no-latency, or drop {_and(given)}")
@@ -360,8 +363,8 @@ def recipe_of(args: argparse.Namespace, name: str, stages: list[dict[str, Any]],
               checkpoint: str | None = None, data: dict[str, Any] | None = None,
               evaluation: dict[str, Any] | None = None, stages_time_latency: bool = False) -> dict[str, Any]:
     """The recipe a command runs: its model and checkpoint, data, evaluation settings and stages.
-    ``stages_time_latency``: a stage measures latency at ``--latency-batch`` with ``--threads`` itself (``prune
-    --latency``), so they mean something even with ``--no-latency``."""
+    ``stages_time_latency``: a stage measures latency at ``--latency-batch`` with ``--threads`` in ``--runtime``
+    itself (``prune --latency``), so they mean something even with ``--no-latency``."""
     if not stages_time_latency:
         check_latency_args(args)
     section: dict[str, Any] = {"spec": model or args.model}
@@ -376,6 +379,7 @@ def recipe_of(args: argparse.Namespace, name: str, stages: list[dict[str, Any]],
     evaluation_section = {"latency": not getattr(args, "no_latency", False),
                           "latency_batch": latency_batch(args, data_section["name"]),
                           "threads": getattr(args, "threads", None) or 1,
+                          **({"runtime": args.runtime} if getattr(args, "runtime", None) else {}),
                           **(evaluation or {})}
     return {"version": 1, "name": name, "seed": getattr(args, "seed", 0), "model": section, "data": data_section,
             "evaluation": evaluation_section, "stages": stages}

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--speedup", type=real(1, None, low_open=True),
                         help="instead of --ratio: reach this MAC reduction factor (> 1)")
     parser.add_argument("--latency", type=real(0, 1, low_open=True, high_open=True),
-                        help="instead of --ratio: reach this fraction of the model's ONNX Runtime latency at "
+                        help="instead of --ratio: reach this fraction of the model's latency in --runtime at "
                              "--latency-batch with --threads (a measured latency table, cached per machine)")
     parser.add_argument("--round-to", type=count(1, 4096), default=None,
                         help="keep channel counts a multiple of this (default: 1; not with --latency, whose widths "
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         options["ratio"] = args.ratio
     if args.latency is not None:
         options["target_latency"] = {"ratio": args.latency, "batch": latency_batch(args, args.data),
-                                     "threads": args.threads or 1}
+                                     "threads": args.threads or 1, "backend": args.runtime or "onnxruntime"}
     PruneConfig(**options).validate()  # the library's own message for a bad value, before any work
     stages = [{"prune": {**options, "schedule": args.schedule}}]
     if args.finetune_epochs:

@@ -66,6 +66,20 @@ class EvaluationSection(_Section):
     warmup: int = Field(5, ge=0, le=10_000)
     threads: int = Field(1, ge=1, le=256, description="ONNX Runtime threads per session for the latency ratio "
                          "(1: three sessions stay alive, and one thread each cannot oversubscribe a shared machine)")
+    runtime: Literal["onnxruntime", "openvino"] = Field(
+        "onnxruntime", description="the runtime the latency ratio is measured in: onnxruntime (slimkit's deployment "
+        "runtime) or openvino (OpenVINO's CPU runtime in fp32; pip install openvino)")
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime_installed(cls, value: str) -> str:
+        if value == "openvino":
+            try:
+                import openvino  # noqa: F401
+            except ImportError:
+                raise ValueError("'openvino' needs the openvino package: pip install openvino, "
+                                 "or measure in onnxruntime") from None
+        return value
 
 
 class RecipeSchema(_Section):

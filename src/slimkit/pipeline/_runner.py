@@ -81,8 +81,8 @@ def _next_exporter(stage: Stage, current: Exporter | None) -> Exporter | None:
 
 
 #: the text fields of a stage's result; every other field but its notes is a number or null
-_TEXT_FIELDS = frozenset({"run_id", "stage", "name", "split", "structure", "latency_status", "onnx_error",
-                          "container_error"})
+_TEXT_FIELDS = frozenset({"run_id", "stage", "name", "split", "structure", "latency_status", "latency_runtime",
+                          "latency_error", "onnx_error", "container_error"})
 
 
 def _well_formed(result: dict[str, Any]) -> bool:
@@ -213,9 +213,15 @@ class _Session:
             return row
         baseline = self.stage_dir(INPUT_LABEL) / "model.onnx"
         if ev.latency:
-            cmp = compare_latency(baseline, onnx_path, self.data.example_input(ev.latency_batch),
-                                  backend="onnxruntime", threads=ev.threads, warmup=ev.warmup, repeats=ev.repeats)
-            row.update(latency_ratio=cmp.ratio, latency_p10=cmp.ratio_p10, latency_p90=cmp.ratio_p90,
+            try:
+                cmp = compare_latency(baseline, onnx_path, self.data.example_input(ev.latency_batch),
+                                      backend=ev.runtime, threads=ev.threads, warmup=ev.warmup, repeats=ev.repeats)
+            except ConfigError as error:  # a runtime that cannot run this file (OpenVINO and MatMulNBits)
+                row["latency_error"] = str(error)
+                log.warning("stage %s: no latency measured: %s", label, error)
+                return row
+            row.update(latency_runtime=ev.runtime, latency_ratio=cmp.ratio, latency_p10=cmp.ratio_p10,
+                       latency_p90=cmp.ratio_p90,
                        latency_aa_ratio=cmp.aa_ratio, latency_aa_p10=cmp.aa_p10, latency_aa_p90=cmp.aa_p90,
                        latency_status=cmp.status, latency_ms=cmp.candidate.median_ms,
                        baseline_latency_ms=cmp.baseline.median_ms, latency_batch=ev.latency_batch,

@@ -1,14 +1,15 @@
 """Latency-aware channel pruning: per-group widths that reach a latency target with the least importance lost.
 
-``PruneConfig(target_latency=0.5)`` asks for a model that runs in half the time of the original in ONNX Runtime
-(at the deployed batch and thread count). The latency model is a measured per-layer lookup table
-(:func:`slimkit.analysis.build_latency_table`; NetAdapt, Yang et al. 2018; HALP, Shen et al. 2022). The search is
-HALP's latency-constrained knapsack (Shen et al. 2022, Eq. 3: maximise the importance kept subject to the summed
-layer latencies ≤ the budget), solved by a Lagrangian greedy over channel groups: starting from the full model,
-repeatedly shrink the group whose next step costs the least importance per millisecond saved, until the predicted
-latency meets the target; then give steps back, most importance per millisecond first, while it still does. A
-layer's latency depends on its input and its output channels, so every step is costed with the current widths of
-both neighbouring groups (HALP's augmented knapsack handles the same coupling by fixing the neighbours).
+``PruneConfig(target_latency=0.5)`` asks for a model that runs in half the time of the original in ONNX Runtime (at
+the deployed batch and thread count; ``LatencyTarget(backend="openvino")``: in OpenVINO's CPU runtime). The latency
+model is a measured per-layer lookup table (:func:`slimkit.analysis.build_latency_table`; NetAdapt, Yang et al.
+2018; HALP, Shen et al. 2022). The search is HALP's latency-constrained knapsack (Shen et al. 2022, Eq. 3: maximise
+the importance kept subject to the summed layer latencies ≤ the budget), solved by a Lagrangian greedy over channel
+groups: starting from the full model, repeatedly shrink the group whose next step costs the least importance per
+millisecond saved, until the predicted latency meets the target; then give steps back, most importance per
+millisecond first, while it still does. A layer's latency depends on its input and its output channels, so every
+step is costed with the current widths of both neighbouring groups (HALP's augmented knapsack handles the same
+coupling by fixing the neighbours).
 
 A group only ever takes the widths at which the kernels' time steps (multiples of the measured step, e.g. 16 for
 MLAS NCHWc convolutions on AVX-512, or its full width): between two steps the kernel pads, so removing channels
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: how groups' importance is weighed against each other (``LatencyTarget.group_weight``)
 GROUP_WEIGHTS = ("units", "latency")
+#: the runtimes a latency target can be measured in (``LatencyTarget.backend``)
+LATENCY_BACKENDS = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class LatencyTarget:
         224, pruned one-shot, kept much less of its function with it (relative L2 to the original 0.68 against
         0.36 with "units", as far off as uniform pruning); so "units" stays the default, and the choice belongs
         on a validation split.
+    backend: the runtime whose latency is targeted: "onnxruntime" (slimkit's deployment runtime) or "openvino"
+        (OpenVINO's CPU runtime in fp32, an optional dependency): the table is measured and the result timed there.
     """
 
     ratio: float
@@ -89,6 +94,7 @@ class LatencyTarget:
     min_keep: float = 0.25
     sub_block: bool = False
     group_weight: str = "units"
+    backend: str = "onnxruntime"
 
     def __post_init__(self) -> None:
         r = self.ratio
@@ -110,6 +116,13 @@ class LatencyTarget:
                               f"{', '.join(repr(w) for w in GROUP_WEIGHTS)}")
         if not 0 < self.tolerance < 0.5:
             raise ConfigError(f"target_latency.tolerance={self.tolerance!r}: use a fraction in (0, 0.5), e.g. 0.05")
+        if self.backend not in LATENCY_BACKENDS:
+            raise ConfigError(f"target_latency.backend={self.backend!r}: use one of "
+                              f"{', '.join(repr(b) for b in LATENCY_BACKENDS)}")
+        if self.backend == "openvino":
+            from slimkit.analysis import openvino_core
+
+            openvino_core()  # not installed: say so before any work
 
 
 def as_latency_target(value: float | LatencyTarget | Mapping[str, Any]) -> LatencyTarget:
@@ -388,7 +401,11 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     batch = target.batch or int(inputs[0].shape[0])
     if table is None:
-        table = build_latency_table(model, inputs, batch=batch, threads=target.threads, max_points=target.max_points)
+        table = build_latency_table(model, inputs, batch=batch, threads=target.threads, max_points=target.max_points,
+                                    backend=target.backend)
+    elif getattr(table, "backend", "onnxruntime") != target.backend:
+        raise ConfigError(f"the latency table given was measured in {table.backend}, but the target is in "
+                          f"{target.backend}: build the table with backend={target.backend!r}, or drop it")
     graph = dependency_graph(model, inputs, skip=config.skip, protect_first=config.protect_first,
                              layers=config.layers, leaf_modules=config.leaf_modules)
     criterion = CRITERIA.get(config.criterion)()
@@ -410,7 +427,7 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
         pruned = _prune_once(model, inputs, config, 0.0, data, loss, keeps=plan.keeps)
         measured = None
         if target.measure:
-            cmp = compare_latency(model, pruned, x, backend="onnxruntime", threads=target.threads)
+            cmp = compare_latency(model, pruned, x, backend=target.backend, threads=target.threads)
             measured = {"ratio": cmp.ratio, "p10": cmp.ratio_p10, "p90": cmp.ratio_p90, "aa": cmp.aa_ratio,
                         "status": cmp.status}
         rounds.append({"goal": goal, "predicted": plan.predicted, "measured": measured})
@@ -462,7 +479,8 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
         pruned, plan, measured = tried[-1]
     info = dict(pruning_info(pruned) or {})
     info["latency"] = {
-        "target": target.ratio, "batch": batch, "threads": target.threads, "predicted": plan.predicted,
+        "target": target.ratio, "batch": batch, "threads": target.threads, "backend": target.backend,
+        "predicted": plan.predicted,
         "measured": measured, "rounds": rounds, "other": table.other, "importance_lost": plan.lost,
         "widths": {name: list(w) for name, w in plan.widths.items()},
         "steps": {name: [t.step_in, t.step_out] for name, t in table.layers.items()},

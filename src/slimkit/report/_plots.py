@@ -80,8 +80,9 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
 
 
 def plot_tradeoff(rows: Sequence[dict[str, Any]], cost: str, path: str | os.PathLike, *,
-                  quality: str = "accuracy", title: str | None = None) -> Path | None:
-    """Scatter ``quality`` against ``cost`` for ``rows`` with the Pareto front; None if no row has both values."""
+                  quality: str = "accuracy", title: str | None = None, xlabel: str | None = None) -> Path | None:
+    """Scatter ``quality`` against ``cost`` for ``rows`` with the Pareto front; None if no row has both values.
+    ``xlabel``: the cost axis' label (default :data:`COSTS`' words for it)."""
     from matplotlib.figure import Figure
 
     usable = [r for r in rows if r.get(cost) is not None and r.get(quality) is not None]
@@ -101,9 +102,9 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], cost: str, path: str | os.Path
         ax.legend(loc="lower right", fontsize=8)
     if cost in {"macs", "bytes"} and min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
-    ax.set_xlabel(COSTS.get(cost, cost))
+    ax.set_xlabel(xlabel or COSTS.get(cost, cost))
     ax.set_ylabel(f"{QUALITIES.get(quality, quality)} (%)")
-    ax.set_title(title or f"{QUALITIES.get(quality, quality)} vs {COSTS.get(cost, cost)}", fontsize=10)
+    ax.set_title(title or f"{QUALITIES.get(quality, quality)} vs {xlabel or COSTS.get(cost, cost)}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.12, y=0.15)  # room for labels at the edges
     place_labels(ax, xs, ys, [_label(r) for r in usable])

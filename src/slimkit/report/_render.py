@@ -40,6 +40,22 @@ NOTES = (
 )
 
 
+#: how the notes and plots name the runtime a run's latency was measured in (``evaluation.runtime``)
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO (CPU, fp32)"}
+
+
+def latency_runtime(rows: Sequence[dict[str, Any]]) -> str:
+    """The name of the runtime the rows' latency ratios were measured in (ONNX Runtime unless a row says else)."""
+    found = {r.get("latency_runtime") for r in rows if r.get("latency_runtime")}
+    return " and ".join(RUNTIME_NAMES.get(str(k), str(k)) for k in sorted(found)) or RUNTIME_NAMES["onnxruntime"]
+
+
+def notes(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """:data:`NOTES`, naming the runtime the rows' latency was measured in."""
+    runtime = latency_runtime(rows)
+    return tuple(note.replace("in ONNX Runtime", f"in {runtime}") for note in NOTES)
+
+
 def _fmt(value: Any, kind: str) -> str:
     if value is None:
         return "–"
@@ -140,12 +156,14 @@ def write_report(out: str | os.PathLike, metrics: dict[str, Any], *,
     title = str(metrics.get("title") or "slimkit report")
     files: dict[str, Path] = {}
     images: list[tuple[str, Path]] = []
+    runtime = latency_runtime(rows)
     for cost in COSTS:
-        path = plot_tradeoff(rows, cost, plots / f"accuracy_vs_{cost}.png",
-                             title=f"{title}: test accuracy vs {COSTS[cost]}")
+        label = COSTS[cost].replace("ONNX Runtime", runtime)
+        path = plot_tradeoff(rows, cost, plots / f"accuracy_vs_{cost}.png", title=f"{title}: test accuracy vs {label}",
+                             xlabel=label)
         if path is not None:
             files[f"plot_{cost}"] = path
-            images.append((f"Accuracy vs {COSTS[cost]} (red: Pareto front)", path))
+            images.append((f"Accuracy vs {label} (red: Pareto front)", path))
     if profiles and "before" in profiles and "after" in profiles:
         path = plot_layers(profiles["before"], profiles["after"], plots / "layers.png",
                            title=f"{title}: per-layer parameters and MACs, input vs final")
@@ -156,7 +174,7 @@ def write_report(out: str | os.PathLike, metrics: dict[str, Any], *,
     recipe = metrics.get("recipe")
     subset = subset_note(metrics)
     md = [f"# {title}", ""] + ([f"> {subset}", ""] if subset else []) + [markdown_table(rows), ""]
-    md += [f"- {note}" for note in NOTES] + [""]
+    md += [f"- {note}" for note in notes(rows)] + [""]
     if extra_markdown:
         md += [extra_markdown, ""]
     md += [f"![{caption}]({path.relative_to(folder).as_posix()})" for caption, path in images]
@@ -172,7 +190,7 @@ def write_report(out: str | os.PathLike, metrics: dict[str, Any], *,
     if subset:
         parts.append(f"<p class='subset'>{html.escape(subset)}</p>")
     parts += [_html_table(rows), "<ul>"]
-    parts += [f"<li>{html.escape(note)}</li>" for note in NOTES] + ["</ul>"]
+    parts += [f"<li>{html.escape(note)}</li>" for note in notes(rows)] + ["</ul>"]
     if extra_markdown:
         parts.append(render_markdown(extra_markdown))
     for caption, path in images:
