@@ -27,8 +27,25 @@ from benchmarks._common import (
     markdown_table,
 )
 from slimkit._io import write_text_atomic
+from slimkit.analysis._latency import SESSIONS
 
 TITLE = "Latency-aware pruning (ONNX Runtime latency targets)"
+#: what a section's heading adds for the runtime its latency was measured in
+RUNTIME_WORDS = {"onnxruntime": "", "openvino": ", OpenVINO"}
+OPENVINO_METHOD = (
+    f"OpenVINO's CPU runtime in fp32 (its bfloat16 default on a CPU with AVX512-BF16 is turned off), "
+    f"{LATENCY_THREADS} inference thread per compiled model, one stream, no core pinning; `compare_latency("
+    f"backend='openvino')` times the baseline, its A/A control (other compiled models of the baseline's file) and the "
+    f"candidate, each model in {SESSIONS} compiled models, call by call in a seeded random order per round, a "
+    "model's round time the mean over its compiled models; a cell is the median of the per-round ratios "
+    "candidate/baseline with its 10th–90th percentile and the A/A median, or \"too noisy\" when the A/A median or "
+    "its 95 % interval leaves [0.9, 1.1]"
+)
+
+
+def latency_method(backend: str) -> str:
+    """How a section's latency was measured, in words."""
+    return OPENVINO_METHOD if backend == "openvino" else LATENCY_METHOD
 TARGETS = (0.5, 0.3)
 #: bump when the measuring code changes, so cached records are measured again
 VERSION = 1
@@ -87,11 +104,12 @@ def _macs(model: nn.Module, x: torch.Tensor) -> int:
     return int(profile(model, x).total.macs)
 
 
-def _compare(base: nn.Module, cand: nn.Module, shape: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]:
+def _compare(base: nn.Module, cand: nn.Module, shape: tuple[int, ...], batch: int, repeats: int,
+             backend: str = "onnxruntime") -> dict[str, Any]:
     from slimkit.analysis import compare_latency
 
     torch.manual_seed(0)
-    return latency_record(compare_latency(base, cand, torch.rand(batch, *shape), backend="onnxruntime",
+    return latency_record(compare_latency(base, cand, torch.rand(batch, *shape), backend=backend,
                                           threads=LATENCY_THREADS, warmup=3, repeats=repeats))
 
 
@@ -223,13 +241,13 @@ def _uniform_at_latency(base: nn.Module, x: torch.Tensor, table, predicted: floa
 
 
 def _uniform_at_measured(base: nn.Module, x: torch.Tensor, shape: tuple[int, ...], batch: int, measured: float,
-                         repeats: int) -> nn.Module | None:
+                         repeats: int, backend: str = "onnxruntime") -> nn.Module | None:
     """Uniform L1 at the least pruning (ratios 0.05 ... 0.90) whose latency, timed against the original as every
     cell here, is not above ``measured`` (the latency-aware model's): equal latency as the runtime sees it, where
     the table can mispredict the two models differently. The first hit is the one most favourable to uniform
     pruning."""
     def fits(model: nn.Module) -> bool:
-        ratio = _compare(base, model, shape, batch, repeats)["ratio"]
+        ratio = _compare(base, model, shape, batch, repeats, backend)["ratio"]
         return ratio is not None and ratio <= measured
 
     return _first_uniform(base, x, [step / 20 for step in range(1, 19)], fits)
@@ -240,7 +258,7 @@ DEPTH_CRITERION = "loss"
 
 
 def _depth_at_measured(base: nn.Module, x: torch.Tensor, shape: tuple[int, ...], batch: int, measured: float,
-                       repeats: int, calibration) -> nn.Module | None:
+                       repeats: int, calibration, backend: str = "onnxruntime") -> nn.Module | None:
     """Depth pruning (whole residual blocks, ``prune_depth``) at the fewest blocks removed whose latency, timed
     against the original as every cell here, is not above ``measured`` (the latency-aware model's): a removed block
     takes all of its time with it, so this is what a MAC-proportional speed-up costs in accuracy."""
@@ -252,7 +270,7 @@ def _depth_at_measured(base: nn.Module, x: torch.Tensor, shape: tuple[int, ...],
             model = prune_depth(base, x, DepthPruneConfig(n_blocks=n, criterion=DEPTH_CRITERION), data=calibration)
         except ConfigError:  # no more blocks to remove
             return None
-        ratio = _compare(base, model.eval(), shape, batch, repeats)["ratio"]
+        ratio = _compare(base, model.eval(), shape, batch, repeats, backend)["ratio"]
         if ratio is not None and ratio <= measured:
             return model
     return None
@@ -341,7 +359,7 @@ def _layer_widths(model: nn.Module, x: torch.Tensor, batch: int) -> dict[str, tu
     return {layer.name: (layer.cin, layer.cout) for layer in model_layers(model, x, batch)}
 
 
-def _resnet20(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
+def _resnet20(s: dict[str, Any], tmp: Path, backend: str = "onnxruntime") -> tuple[str, dict[str, Any]]:
     from slimkit import ConfigError
     from slimkit.analysis import build_latency_table
     from slimkit.data import TensorLoader, create_data
@@ -356,14 +374,14 @@ def _resnet20(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
                          shuffle=True, seed=0)
     valid = TensorLoader(data.valid.inputs[:s["valid_images"]], data.valid.targets[:s["valid_images"]], 500)
     began = time.perf_counter()
-    table = build_latency_table(base, x, batch=s["batch"], threads=LATENCY_THREADS, cache_dir=tmp)
+    table = build_latency_table(base, x, batch=s["batch"], threads=LATENCY_THREADS, cache_dir=tmp, backend=backend)
     table_s = time.perf_counter() - began
 
     def ours(target: float, criterion: str, min_keep: float, sub_block: bool, group_weight: str,
              measure: bool) -> nn.Module:
         config = PruneConfig(criterion=criterion, target_latency=LatencyTarget(
             target, batch=s["batch"], threads=LATENCY_THREADS, min_keep=min_keep, sub_block=sub_block,
-            group_weight=group_weight, measure=measure, refine=2 if measure else 0))
+            group_weight=group_weight, measure=measure, refine=2 if measure else 0, backend=backend))
         return prune_to_latency(base, x, config, data=data.calibration, table=table)
 
     # validation: which LatencyTarget options to use for each target, by validation accuracy after the fine-tune
@@ -401,12 +419,12 @@ def _resnet20(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
                         _uniform_at_latency(base, x, table, info["predicted"]), "ok"))
         measured = (info["measured"] or {}).get("ratio")
         same_time = None if measured is None else _uniform_at_measured(base, x, shape, s["batch"], measured,
-                                                                        s["repeats"] // 3)
+                                                                        s["repeats"] // 3, backend)
         methods.append(("uniform L1, same measured latency", same_time,
                         "ok" if same_time is not None else "slimkit's latency was too noisy to match"
                         if measured is None else "no uniform ratio is as fast"))
         depth = None if measured is None else _depth_at_measured(base, x, shape, s["batch"], measured,
-                                                                 s["repeats"] // 3, data.calibration)
+                                                                 s["repeats"] // 3, data.calibration, backend)
         methods.append(("whole residual blocks removed, same measured latency", depth,
                         "ok" if depth is not None else "slimkit's latency was too noisy to match"
                         if measured is None else "no block count is as fast"))
@@ -424,8 +442,8 @@ def _resnet20(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
             accuracy = _cached(f"test|{_widths_key(model)}|{label}|{target}|{s}",
                                lambda model=model: _acc(_finetune(model, train), data.test))
             r = {"macs": _macs(model, x), "params": sum(p.numel() for p in model.parameters()),
-                 "b64": _compare(base, model, shape, s["batch"], s["repeats"]),
-                 "b1": _compare(base, model, shape, 1, 2 * s["repeats"]), "test_accuracy": accuracy}
+                 "b64": _compare(base, model, shape, s["batch"], s["repeats"], backend),
+                 "b1": _compare(base, model, shape, 1, 2 * s["repeats"], backend), "test_accuracy": accuracy}
             mac_ratio = r["macs"] / base_macs
             b64 = r["b64"]
             efficiency = None if b64["ratio"] is None else mac_ratio / b64["ratio"]
@@ -475,9 +493,11 @@ def _resnet20(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
                                round(t["mac_ratio"], 3) if "mac_ratio" in t else ""] for t in tuning])
     picks = "; ".join(f"{t}×: `{c['criterion']}`, `min_keep={c['min_keep']}`, `sub_block={c['sub_block']}`, "
                       f"`group_weight={c['group_weight']!r}`" for t, c in chosen.items())
-    text = f"""### ResNet-20 on MNIST, latency targets at batch {s['batch']}
+    runtime = RUNTIME_WORDS[backend]
+    target_args = f"t, batch={s['batch']}" + ("" if backend == "onnxruntime" else f", backend={backend!r}")
+    text = f"""### ResNet-20 on MNIST, latency targets at batch {s['batch']}{runtime}
 
-Baseline `trained("resnet20", 4)`. slimkit: `PruneConfig(target_latency=LatencyTarget(t, batch={s['batch']}))`
+Baseline `trained("resnet20", 4)`. slimkit: `PruneConfig(target_latency=LatencyTarget({target_args}))`
 on a latency table measured on this machine ({table_s:.0f} s to build; {len(table.layers)} layers, other ops
 {table.other:.0%} of the run time), up to two measured correction rounds (secant on predicted vs measured).
 Every model then gets the same fine-tune: 1 epoch on the first {s['finetune_images']} training images (SGD lr
@@ -498,7 +518,7 @@ pruning (`prune_depth`, criterion `{DEPTH_CRITERION}` on the calibration batches
 that keeps its input's shape, all stages at once, so the down-sampling first blocks of stages 2 and 3 stay) at the
 fewest blocks whose measured latency is not above the latency-aware model's, timed as the uniform row.
 "Speed-up ÷ MAC reduction" = (1 / latency ratio) ÷ (1 / MAC ratio): 100% means every MAC removed became time saved.
-Latency: {LATENCY_METHOD}.
+Latency: {latency_method(backend)}.
 
 {table_md}
 
@@ -514,7 +534,7 @@ out of reach only when the narrowest allowed model, timed, misses it too):
                   "rows": records, "base_macs": base_macs}
 
 
-def _mobilenet_targets(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any]]:
+def _mobilenet_targets(s: dict[str, Any], tmp: Path, backend: str = "onnxruntime") -> tuple[str, dict[str, Any]]:
     from slimkit import models
     from slimkit.analysis import build_latency_table
     from slimkit.prune import LatencyTarget, PruneConfig, prune_channels, prune_to_latency, pruning_info
@@ -525,13 +545,14 @@ def _mobilenet_targets(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any
     x = torch.zeros(1, 3, 224, 224)
     base_macs = _macs(base, x)
     batch = s["batch_224"]
-    table = build_latency_table(base, x, batch=batch, threads=LATENCY_THREADS, cache_dir=tmp)
+    table = build_latency_table(base, x, batch=batch, threads=LATENCY_THREADS, cache_dir=tmp, backend=backend)
     rows, records = [], []
     for target in TARGETS:
-        mine = prune_to_latency(base, x, PruneConfig(target_latency=LatencyTarget(target, batch=batch)), table=table)
+        mine = prune_to_latency(base, x, PruneConfig(target_latency=LatencyTarget(
+            target, batch=batch, backend=backend)), table=table)
         # the other way to weigh groups (ResNet-20's validation chose it): is it as good off MNIST?
         weighed = prune_to_latency(base, x, PruneConfig(target_latency=LatencyTarget(
-            target, batch=batch, group_weight="latency")), table=table)
+            target, batch=batch, group_weight="latency", backend=backend)), table=table)
         macs = _macs(mine, x)
         peer, status = _torch_pruning_at(base, x, macs, "fc")
         for label, model, st in (("slimkit latency target", mine, "ok"),
@@ -544,8 +565,8 @@ def _mobilenet_targets(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any
                 continue
 
             r = {"macs": _macs(model, x), "params": sum(p.numel() for p in model.parameters()),
-                 f"b{batch}": _compare(base, model, shape, batch, max(10, s["repeats"] // 2)),
-                 "b1": _compare(base, model, shape, 1, s["repeats"]), **_agreement(base, model, shape),
+                 f"b{batch}": _compare(base, model, shape, batch, max(10, s["repeats"] // 2), backend),
+                 "b1": _compare(base, model, shape, 1, s["repeats"], backend), **_agreement(base, model, shape),
                  "predicted": table.predict_ratio(_layer_widths(model, x, batch))}
             mac_ratio = r["macs"] / base_macs
             lat = r[f"b{batch}"]
@@ -557,11 +578,11 @@ def _mobilenet_targets(s: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Any
             rounds = pruning_info(model)["latency"]["rounds"] if model is mine or model is weighed else None
             records.append({"target": target, "method": label, **r, "mac_ratio": mac_ratio,
                             "speedup_share_of_mac_reduction": eff, "rounds": rounds})
-    text = f"""### MobileNetV2 at 224×224, latency targets at batch {batch}
+    text = f"""### MobileNetV2 at 224×224, latency targets at batch {batch}{RUNTIME_WORDS[backend]}
 
 `models.create("mobilenet_v2", num_classes=1000, in_channels=3, input_size=224)`, randomly initialised and made
-input-dependent as in the next table (no ImageNet here, so no accuracy), L1 criterion, default `LatencyTarget`
-options (steps of the measured block only, `min_keep=0.25`, `group_weight='units'`), and the same with
+input-dependent as in the 224×224 zoo table below (no ImageNet here, so no accuracy), L1 criterion, default
+`LatencyTarget` options (steps of the measured block only, `min_keep=0.25`, `group_weight='units'`), and the same with
 `group_weight='latency'` (each group weighs its share of the predicted time); uniform L1 and Torch-Pruning are
 matched to the MACs of the first.
 
