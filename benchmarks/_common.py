@@ -39,6 +39,21 @@ LATENCY_METHOD = (
     "its 95 % interval leaves [0.9, 1.1]. Sections whose result files record no `sessions` were measured with one "
     "session per model"
 )
+#: how a section timed in OpenVINO measured latency (``compare_latency(backend='openvino')``)
+OPENVINO_METHOD = (
+    f"OpenVINO's CPU runtime in fp32 (its bfloat16 default on a CPU with AVX512-BF16 is turned off), "
+    f"{LATENCY_THREADS} inference thread per compiled model, one stream, no core pinning; `compare_latency("
+    f"backend='openvino')` times the baseline, its A/A control (other compiled models of the baseline's file) and the "
+    f"candidate, each model in {SESSIONS} compiled models, call by call in a seeded random order per round, a "
+    "model's round time the mean over its compiled models; a cell is the median of the per-round ratios "
+    "candidate/baseline with its 10th–90th percentile and the A/A median, or \"too noisy\" when the A/A median or "
+    "its 95 % interval leaves [0.9, 1.1]"
+)
+
+
+def latency_method(backend: str) -> str:
+    """How a section's latency was measured, in words."""
+    return OPENVINO_METHOD if backend == "openvino" else LATENCY_METHOD
 
 
 def latency_record(cmp: Any) -> dict[str, Any]:

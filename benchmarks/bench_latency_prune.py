@@ -18,34 +18,19 @@ from torch import nn
 
 from benchmarks._baselines import CACHE, trained
 from benchmarks._common import (
-    LATENCY_METHOD,
     LATENCY_THREADS,
     Section,
     latency_cell,
+    latency_method,
     latency_record,
     machine_info,
     markdown_table,
 )
 from slimkit._io import write_text_atomic
-from slimkit.analysis._latency import SESSIONS
 
 TITLE = "Latency-aware pruning (ONNX Runtime latency targets)"
 #: what a section's heading adds for the runtime its latency was measured in
 RUNTIME_WORDS = {"onnxruntime": "", "openvino": ", OpenVINO"}
-OPENVINO_METHOD = (
-    f"OpenVINO's CPU runtime in fp32 (its bfloat16 default on a CPU with AVX512-BF16 is turned off), "
-    f"{LATENCY_THREADS} inference thread per compiled model, one stream, no core pinning; `compare_latency("
-    f"backend='openvino')` times the baseline, its A/A control (other compiled models of the baseline's file) and the "
-    f"candidate, each model in {SESSIONS} compiled models, call by call in a seeded random order per round, a "
-    "model's round time the mean over its compiled models; a cell is the median of the per-round ratios "
-    "candidate/baseline with its 10th–90th percentile and the A/A median, or \"too noisy\" when the A/A median or "
-    "its 95 % interval leaves [0.9, 1.1]"
-)
-
-
-def latency_method(backend: str) -> str:
-    """How a section's latency was measured, in words."""
-    return OPENVINO_METHOD if backend == "openvino" else LATENCY_METHOD
 TARGETS = (0.5, 0.3)
 #: bump when the measuring code changes, so cached records are measured again
 VERSION = 1
@@ -581,10 +566,10 @@ def _mobilenet_targets(s: dict[str, Any], tmp: Path, backend: str = "onnxruntime
     text = f"""### MobileNetV2 at 224×224, latency targets at batch {batch}{RUNTIME_WORDS[backend]}
 
 `models.create("mobilenet_v2", num_classes=1000, in_channels=3, input_size=224)`, randomly initialised and made
-input-dependent as in the 224×224 zoo table below (no ImageNet here, so no accuracy), L1 criterion, default
-`LatencyTarget` options (steps of the measured block only, `min_keep=0.25`, `group_weight='units'`), and the same with
-`group_weight='latency'` (each group weighs its share of the predicted time); uniform L1 and Torch-Pruning are
-matched to the MACs of the first.
+input-dependent as in the ONNX Runtime section's 224×224 zoo table (no ImageNet here, so no accuracy), L1 criterion,
+default `LatencyTarget` options (steps of the measured block only, `min_keep=0.25`, `group_weight='units'`), and the
+same with `group_weight='latency'` (each group weighs its share of the predicted time); uniform L1 and Torch-Pruning
+are matched to the MACs of the first.
 
 {markdown_table(["method", "target", "MACs", "MAC ratio", f"latency ratio b{batch} (p10–p90), A/A",
                  "latency ratio b1", f"predicted b{batch}", "speed-up ÷ MAC reduction", "top-1 agreement",

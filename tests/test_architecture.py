@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "slimkit"
-HEAVY = ["onnxruntime", "matplotlib", "tensorly", "sklearn", "pydantic"]
+HEAVY = ["onnxruntime", "openvino", "matplotlib", "tensorly", "sklearn", "pydantic"]
 
 
 def test_import_slimkit_stays_lean():

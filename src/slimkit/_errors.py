@@ -11,6 +11,10 @@ class ConfigError(SlimkitError, ValueError):
     """A configuration value is out of range or inconsistent (e.g. a prune ratio of 1.5)."""
 
 
+class UnsupportedModelError(ConfigError):
+    """A runtime cannot run a model (e.g. an op it does not implement); another runtime may."""
+
+
 class DataError(SlimkitError):
     """A dataset is missing, empty or malformed (e.g. the MNIST package is not installed)."""
 

@@ -1,8 +1,8 @@
-"""OpenVINO as a latency runtime: comparisons, per-layer tables, latency targets, and the commands' ``--runtime``."""
+"""OpenVINO as a latency runtime (analysis/_openvino.py): comparisons, the counters behind layer times, tables."""
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import sys
 from datetime import timedelta
 from types import SimpleNamespace
@@ -13,20 +13,15 @@ import torch
 from torch import nn
 
 from slimkit import ConfigError
-from slimkit.analysis import (
-    OpenVinoMeasurer,
-    build_latency_table,
-    compare_latency,
-    latency,
-    openvino_core,
-)
-from slimkit.analysis._latency import openvino_compiled
-from slimkit.analysis._latency_probe import _openvino_node_totals, _openvino_timed
+from slimkit._errors import UnsupportedModelError
+from slimkit.analysis import OpenVinoMeasurer, OrtMeasurer, build_latency_table, compare_latency, latency
+from slimkit.analysis._openvino import _node_totals, _OpenVinoProbe, _timed_means, openvino_compiled, openvino_core
 from slimkit.export import export_onnx
 
-from ._fake_measurer import Forbidden, MacMeasurer
+from ._fake_measurer import Forbidden
 
-pytest.importorskip("openvino")  # a dev dependency: CI has it; the tests below of its absence fake that
+#: tests that run OpenVINO itself (a dev dependency, so CI has it); the others fake it or its absence
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
 
 
 def _model():
@@ -35,18 +30,23 @@ def _model():
                          nn.Linear(24 * 24 * 24, 10)).eval()
 
 
+@needs_openvino
 def test_openvino_runs_the_model_in_fp32_not_its_bfloat16_default(tmp_path):
     """On a CPU with AVX512-BF16 or AMX OpenVINO's default precision is bfloat16, whose 8-bit mantissa moves these
-    logits by ~1e-2; a latency measured that way would be of another model."""
+    logits by ~1e-3; a latency measured that way would be of another model."""
+    import openvino
+
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     path = export_onnx(_model(), x, tmp_path / "m.onnx")
-    request = openvino_compiled(openvino_core(), str(path), 1).create_infer_request()
-    got = next(iter(request.infer({0: x.numpy()}).values()))
+    compiled = openvino_compiled(openvino_core(), str(path), 1)
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32  # on any CPU
+    got = next(iter(compiled.create_infer_request().infer({0: x.numpy()}).values()))
     with torch.no_grad():
         want = _model()(x).numpy()
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
 
 
+@needs_openvino
 def test_latency_and_comparisons_run_in_openvino(tmp_path):
     x = torch.zeros(2, 1, 28, 28)
     result = latency(_model(), x, backend="openvino", threads=1, warmup=1, repeats=5)
@@ -57,7 +57,8 @@ def test_latency_and_comparisons_run_in_openvino(tmp_path):
     assert cmp.status in ("ok", "too noisy") and cmp.aa_ratio > 0  # real timings: no threshold asserted
 
 
-def test_a_file_openvino_cannot_compile_is_a_clear_error(tmp_path):
+@needs_openvino
+def test_a_file_openvino_cannot_compile_names_the_reason(tmp_path):
     from onnx import TensorProto, helper
 
     node = helper.make_node("NoSuchOp", ["X"], ["Y"], domain="example.unknown")
@@ -66,32 +67,77 @@ def test_a_file_openvino_cannot_compile_is_a_clear_error(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("example.unknown", 1)])
     (tmp_path / "odd.onnx").write_bytes(model.SerializeToString())
-    with pytest.raises(ConfigError, match=r"OpenVINO cannot run .*odd\.onnx.*measure this model in onnxruntime"):
+    with pytest.raises(UnsupportedModelError, match=r"OpenVINO cannot run .*odd\.onnx: .*NoSuchOp.*measure this "
+                                                     r"model in onnxruntime") as caught:
         latency(tmp_path / "odd.onnx", torch.zeros(1, 4), backend="openvino", repeats=1)
+    assert "Exception from" not in str(caught.value)
 
 
-def _fake_request(nodes):
-    """A request whose performance counters report ``nodes``: (type, status, mean µs)."""
-    return SimpleNamespace(profiling_info=[
-        SimpleNamespace(node_type=t, status=SimpleNamespace(name=status), real_time=timedelta(microseconds=us))
-        for t, status, us in nodes])
+def _node(node_type, us, status="EXECUTED"):
+    return SimpleNamespace(node_type=node_type, status=SimpleNamespace(name=status),
+                           real_time=timedelta(microseconds=us))
+
+
+class FakeRequest:
+    """An infer request whose counters are whole-microsecond means since compilation, as OpenVINO's are: the k-th
+    call of a node type takes ``times[type][k]`` µs; ``latency`` (ms) is the last call's sum plus ``overhead``."""
+
+    def __init__(self, times, overhead=50):
+        self.times, self.overhead, self.calls, self.latency = times, overhead, 0, 0.0
+        self.feeds = []
+
+    def infer(self, feed, **kwargs):
+        self.feeds.append((feed, kwargs))
+        self.calls += 1
+        self.latency = (sum(t[self.calls - 1] for t in self.times.values()) + self.overhead) / 1e3
+
+    @property
+    def profiling_info(self):
+        return [_node(op, round(sum(t[:self.calls]) / self.calls)) for op, t in self.times.items()] + [
+            _node("Result", 0, "NOT_RUN")]
 
 
 def test_counter_means_since_compilation_become_the_timed_runs_mean():
-    """OpenVINO's counters are whole-microsecond means over every inference so far: the timed runs' mean is the
-    difference of totals. A 4000 µs first run then 1000 µs runs: after 3 runs the mean is 2000, after 8 it is 1375,
-    so the last 5 averaged 1000 µs — not the 1375 the counter shows. A microsecond kernel's rounding can make its
-    difference negative: it counts 0."""
-    after_warmup = _openvino_node_totals(_fake_request([("Convolution", "EXECUTED", 2000), ("Reorder", "EXECUTED", 300),
-                                                        ("FullyConnected", "EXECUTED", 2), ("Result", "NOT_RUN", 0)]),
-                                         3)
-    assert after_warmup == pytest.approx({"Convolution": 6.0, "Reorder": 0.9, "FullyConnected": 0.006})
-    end = _fake_request([("Convolution", "EXECUTED", 1375), ("Reorder", "EXECUTED", 150),
-                         ("FullyConnected", "EXECUTED", 0), ("Result", "NOT_RUN", 0)])
-    timed = _openvino_timed(end, after_warmup, 8, 3)
-    assert timed == pytest.approx({"Convolution": 1.0, "Reorder": 0.06, "FullyConnected": 0.0})
+    """A 4000 µs first run then 1000 µs runs: after 3 runs the counter shows 2000, after 8 it shows 1375, so the
+    last 5 averaged 1000 µs — not the 1375 shown. A microsecond kernel's rounding can make its difference negative:
+    it counts 0."""
+    request = FakeRequest({"Convolution": [4000, 1000, 1000, 1000, 1000, 1000, 1000, 1000],
+                           "FullyConnected": [3, 2, 1, 0, 0, 0, 0, 0]})
+    for _ in range(3):
+        request.infer(None)
+    after_warmup = _node_totals(request, 3)
+    assert after_warmup == pytest.approx({"Convolution": 6.0, "FullyConnected": 0.006})
+    for _ in range(5):
+        request.infer(None)
+    assert _timed_means(request, after_warmup, 8, 3) == pytest.approx({"Convolution": 1.0, "FullyConnected": 0.0})
 
 
+def test_a_probe_reads_kernel_and_glue_from_the_timed_runs_and_scales_them_to_each_run():
+    """Kernel and glue means over the timed runs (2 and 0.5 ms), each run's share by its latency over their mean:
+    the fastest timed run (2.35 ms of a 2.55 ms mean) stands for the layer."""
+    request = FakeRequest({"Convolution": [9000, 2000, 2000, 1800, 2200, 2000],
+                           "Reorder": [3000, 500, 500, 500, 500, 500]})
+    probe = _OpenVinoProbe(request, {0: np.zeros(1)}, warmup=2)
+    for _ in range(6):
+        probe.run()
+    kernel, glue = probe.times(2)
+    latencies = np.array([2.55, 2.35, 2.75, 2.55]) / 2.55  # per timed run, over their mean (0.05 ms overhead each)
+    assert kernel == pytest.approx(2.0 * latencies, rel=1e-3) and glue == pytest.approx(0.5 * latencies, rel=1e-3)
+    assert all(kwargs == {"share_inputs": True, "share_outputs": True} for _, kwargs in request.feeds)
+
+
+def test_a_networks_other_share_is_its_time_outside_the_tabled_ops(monkeypatch):
+    """0.75 ms of convolutions, 0.25 ms of an eltwise op and 0.25 ms outside every node per run: 0.4 of the run is
+    other, 0.2 outside every kernel."""
+    runs = 8
+    request = FakeRequest({"Convolution": [750] * runs, "Eltwise": [250] * runs}, overhead=250)
+    measurer = OpenVinoMeasurer(repeats=5, warmup=3)
+    monkeypatch.setattr(measurer, "_compiled_request", lambda model: request)
+    other, fixed = measurer.other_share("net.onnx", [np.zeros((1, 3))], {"Convolution"})
+    assert (other, fixed) == pytest.approx((0.4, 0.2))
+
+
+@needs_openvino
 def test_an_openvino_table_builds_in_seconds_and_is_cached_apart_from_onnx_runtimes(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
     x = torch.zeros(1, 1, 6, 6)
@@ -110,60 +156,27 @@ def test_an_openvino_table_builds_in_seconds_and_is_cached_apart_from_onnx_runti
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"backend": "tvm"}, "backend='tvm': use one of onnxruntime, openvino"),
-    ({"backend": "openvino", "precision": "int8", "network": "x.onnx"}, "int8 latency table is measured in ONNX "
-                                                                        "Runtime"),
+    ({"backend": "openvino", "precision": "int8", "network": "x.onnx"},
+     "int8 latency table is measured in ONNX Runtime .* precision='fp32' for openvino"),
+    ({"backend": "openvino", "precision": "fp16"}, "precision='fp16': use one of fp32, int8"),
+    ({"backend": "openvino", "measurer": OrtMeasurer()}, "measurer given times in onnxruntime but the table is for "
+                                                         "backend='openvino'"),
+    ({"measurer": OpenVinoMeasurer()}, "measurer given times in openvino but the table is for "
+                                       "backend='onnxruntime': pass backend='openvino'"),
 ])
-def test_bad_openvino_table_options_are_rejected(kwargs, message):
+def test_bad_openvino_table_options_are_rejected_before_anything_is_timed(kwargs, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
-        build_latency_table(_model(), torch.zeros(1, 1, 28, 28), cache_dir=False, **kwargs)
+        build_latency_table(_model(), torch.zeros(1, 1, 28, 28), cache_dir=tmp_path, **kwargs)
+    assert not list(tmp_path.iterdir())
 
 
-def test_a_latency_target_in_openvino_is_timed_there(tmp_path):
-    from slimkit.prune import LatencyTarget, PruneConfig, prune_to_latency, pruning_info
-    from tests.prune.test_latency import Net, X
-
-    torch.manual_seed(0)
-    net = Net().eval()
-    table = build_latency_table(net, X, batch=8, cache_dir=tmp_path, backend="openvino",
-                                measurer=MacMeasurer(step=16, other=0.1))
-    target = LatencyTarget(0.6, batch=8, refine=0, backend="openvino")
-    pruned = prune_to_latency(net, X, PruneConfig(target_latency=target), table=table)
-    info = pruning_info(pruned)["latency"]
-    assert info["backend"] == "openvino" and info["predicted"] <= 0.6
-    assert info["measured"]["status"] in ("ok", "too noisy")  # timed in OpenVINO: no threshold on real timings
-    onnx_table = build_latency_table(net, X, batch=8, cache_dir=tmp_path, measurer=MacMeasurer(step=16, other=0.1))
-    with pytest.raises(ConfigError, match="table given was measured in onnxruntime, but the target is in openvino"):
-        prune_to_latency(net, X, PruneConfig(target_latency=target), table=onnx_table)
-
-
-def test_without_openvino_installed_every_entry_point_says_how_to_get_it(monkeypatch, tmp_path, capsys):
-    from slimkit.cli import main
-    from slimkit.prune import LatencyTarget
-
-    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
-    with pytest.raises(ConfigError, match=r"needs the openvino package: pip install openvino"):
-        latency(_model(), torch.zeros(1, 1, 28, 28), backend="openvino")
-    with pytest.raises(ConfigError, match=r"pip install openvino"):
-        LatencyTarget(0.5, backend="openvino")
-    with pytest.raises(ConfigError, match=r"pip install openvino"):
-        build_latency_table(_model(), torch.zeros(1, 1, 28, 28), cache_dir=False, backend="openvino")
-    assert main(["prune", "lenet5", "--data", "mnist", "--ratio", "0.3", "--runtime", "openvino",
-                 "--out", str(tmp_path / "out")]) == 2
-    assert "evaluation.runtime: 'openvino' needs the openvino package" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-def test_the_runtime_flag_measures_a_commands_latency_in_openvino_and_the_report_says_so(tmp_path, capsys):
-    from slimkit.cli import main
-
-    assert main(["prune", "lenet5", "--data", "mnist", "--ratio", "0.3", "--runtime", "openvino",
-                 "--eval-samples", "100", "--out", str(tmp_path / "out")]) == 0
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["recipe"]["evaluation"]["runtime"] == "openvino"
-    pruned = metrics["stages"][1]
-    assert pruned["latency_runtime"] == "openvino" and pruned["latency_status"] in ("ok", "too noisy")
-    report = (tmp_path / "out" / "report.md").read_text()
-    assert "in OpenVINO (CPU, fp32) at a fixed thread count" in report and "in ONNX Runtime" not in report
-    assert main(["prune", "lenet5", "--data", "mnist", "--ratio", "0.3", "--runtime", "openvino", "--no-latency",
-                 "--out", str(tmp_path / "other")]) == 2
-    assert "--runtime sets the latency comparison, which --no-latency skips" in capsys.readouterr().err
+def test_without_openvino_installed_the_analysis_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now fails, and find_spec finds nothing
+    openvino_core.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=r"backend 'openvino' needs the openvino package: pip install openvino"):
+            latency(_model(), torch.zeros(1, 1, 28, 28), backend="openvino")
+        with pytest.raises(ConfigError, match=r"pip install openvino"):
+            build_latency_table(_model(), torch.zeros(1, 1, 28, 28), cache_dir=False, backend="openvino")
+    finally:
+        openvino_core.cache_clear()

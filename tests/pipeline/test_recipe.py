@@ -238,3 +238,29 @@ def test_two_quantize_stages_naming_their_layers_may_follow_each_other():
     parse_recipe(text, "r.yaml")
     with pytest.raises(RecipeError, match="'quantize' cannot follow"):
         parse_recipe(text.replace(", layers: ['layers.3']", ""), "r.yaml")
+
+
+def test_the_latency_runtime_at_its_default_leaves_a_recipes_fingerprint_as_before():
+    # evaluation.runtime and a latency target's backend came after runs were made: the same recipe with them at
+    # their defaults must resume those runs, and naming another runtime is another recipe
+    def recipe(evaluation="", backend=""):
+        return parse_recipe(textwrap.dedent(f"""\
+            version: 1
+            model: {{spec: lenet5}}
+            data: {{name: mnist}}
+            evaluation: {{latency_batch: 8{evaluation}}}
+            stages:
+              - prune: {{target_latency: {{ratio: 0.6, batch: 8{backend}}}}}
+            """))
+
+    plain = recipe()
+    assert "runtime" not in plain.to_dict()["evaluation"]
+    assert "backend" not in plain.to_dict()["stages"][0]["prune"]["target_latency"]
+    explicit = recipe(evaluation=", runtime: onnxruntime")
+    assert explicit.fingerprint() == plain.fingerprint() and explicit.to_dict() == plain.to_dict()
+    other = recipe(evaluation=", runtime: openvino", backend=", backend: openvino")
+    assert other.fingerprint() != plain.fingerprint()
+    assert other.to_dict()["evaluation"]["runtime"] == "openvino"
+    assert other.to_dict()["stages"][0]["prune"]["target_latency"]["backend"] == "openvino"
+    with pytest.raises(RecipeError, match=r"line 4.*runtime"):
+        recipe(evaluation=", runtime: tvm")

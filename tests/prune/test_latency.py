@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -226,3 +229,49 @@ def test_prune_command_reaches_a_latency_target_from_a_cached_table(tmp_path, mo
     first = target["rounds"][0]  # later rounds correct the (synthetic) table by real measurements
     assert first["predicted"] <= 0.6 and target["measured"]["status"] in ("ok", "too noisy")
     assert stage["macs"] < json.loads((tmp_path / "out" / "metrics.json").read_text())["stages"][0]["macs"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+def test_a_latency_target_in_openvino_is_searched_on_its_table_and_timed_there(tmp_path):
+    torch.manual_seed(0)
+    net = Net().eval()
+    table = build_latency_table(net, X, batch=8, cache_dir=tmp_path, backend="openvino",
+                                measurer=_Labelled(MacMeasurer(step=16, other=0.1), "openvino"))
+    target = LatencyTarget(0.6, batch=8, refine=0, backend="openvino")
+    pruned = prune_to_latency(net, X, PruneConfig(target_latency=target), table=table)
+    info = pruning_info(pruned)["latency"]
+    assert info["backend"] == "openvino" and info["predicted"] <= 0.6
+    assert info["measured"]["status"] in ("ok", "too noisy")  # timed in OpenVINO: no threshold on real timings
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+def test_a_table_of_another_runtime_than_the_targets_is_refused(table):
+    # the module's table is ONNX Runtime's; an object without a backend attribute is taken as ONNX Runtime's too
+    for given in (table, object()):
+        with pytest.raises(ConfigError, match="table given was measured in onnxruntime, but the target is in "
+                                              "openvino"):
+            prune_to_latency(Net().eval(), X, PruneConfig(target_latency=LatencyTarget(0.5, backend="openvino")),
+                             table=given)
+    with pytest.raises(ConfigError, match=r"target_latency\.backend='tvm': use one of 'onnxruntime', 'openvino'"):
+        LatencyTarget(0.5, backend="tvm")
+    assert LatencyTarget(0.5).runtime == "onnxruntime" and LatencyTarget(0.5, backend="openvino").runtime == "openvino"
+
+
+def test_a_latency_target_without_openvino_installed_says_how_to_get_it_before_any_work(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    target = LatencyTarget(0.5, backend="openvino")  # naming it is fine: a recipe may be read anywhere
+    with pytest.raises(ConfigError, match=r"target_latency\.backend 'openvino' needs the openvino package"):
+        prune_to_latency(Net().eval(), X, PruneConfig(target_latency=target), table=object())
+
+
+class _Labelled:
+    """A measurer that says which runtime it stands in for."""
+
+    def __init__(self, inner, backend):
+        self.inner, self.backend = inner, backend
+
+    def points(self, geometry, points):
+        return self.inner.points(geometry, points)
+
+    def other_share(self, onnx_path, inputs, table_ops):
+        return self.inner.other_share(onnx_path, inputs, table_ops)

@@ -19,10 +19,10 @@ from slimkit.analysis._latency import (
     compare_latency_many,
     format_ratio,
     latency,
-    openvino_core,
 )
-from slimkit.analysis._latency_probe import Geometry, OpenVinoMeasurer, OrtMeasurer, detect_step
+from slimkit.analysis._latency_probe import Geometry, OrtMeasurer, detect_step
 from slimkit.analysis._latency_table import LatencyTable, LayerLatency, build_latency_table
+from slimkit.analysis._openvino import OpenVinoMeasurer, openvino_core
 from slimkit.analysis._profile import (
     LayerProfile,
     ModelProfile,

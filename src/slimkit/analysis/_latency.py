@@ -3,15 +3,15 @@
 :func:`latency` times one model (median, p10, p90 after warm-up, at a fixed thread count). :func:`compare_latency`
 is the number to publish: the candidate's latency as a ratio to a baseline measured in the same run, with an A/A
 control. The runners stay alive for the whole comparison: the baseline A, a separate instance of the baseline A′
-(other ONNX Runtime sessions of the same file, or a deep copy of the module) and the candidate B — each model in
-:data:`SESSIONS` sessions under ONNX Runtime — and, in :func:`compare_latency_many`, further candidates beside B.
-Every round runs each runner once, in an order drawn per round from a seeded RNG, and every call is timed; the
-ratios are taken per round (B/A and A′/A), so drift in machine load hits both sides of each ratio alike. A
-comparison whose A/A median ratio leaves :data:`AA_BAND`, or whose A/A median is too uncertain to tell (its 95 %
-distribution-free confidence interval reaches outside the band), is reported as ``"too noisy"`` and carries no
-ratio: the machine could not tell the baseline from itself, so it cannot tell the candidate from the baseline.
-The second condition matters with few rounds: nine rounds of heavy noise can land an A/A median on 1.00 by luck
-while its interval spans 0.3–3.
+(other ONNX Runtime sessions or OpenVINO compiled models of the same file, or a deep copy of the module) and the
+candidate B — each model in :data:`SESSIONS` sessions under ONNX Runtime (compiled models under OpenVINO) — and, in
+:func:`compare_latency_many`, further candidates beside B. Every round runs each runner once, in an order drawn per
+round from a seeded RNG, and every call is timed; the ratios are taken per round (B/A and A′/A), so drift in machine
+load hits both sides of each ratio alike. A comparison whose A/A median ratio leaves :data:`AA_BAND`, or whose A/A
+median is too uncertain to tell (its 95 % distribution-free confidence interval reaches outside the band), is
+reported as ``"too noisy"`` and carries no ratio: the machine could not tell the baseline from itself, so it cannot
+tell the candidate from the baseline. The second condition matters with few rounds: nine rounds of heavy noise can
+land an A/A median on 1.00 by luck while its interval spans 0.3–3.
 
 The A/A control follows the practice of online experiments (Kohavi, Tang & Xu, *Trustworthy Online Controlled
 Experiments*, 2020, ch. 19) and of interleaved benchmarking (Mytkowicz et al., *Producing Wrong Data Without Doing
@@ -26,7 +26,8 @@ makes the ratio a measure of the work the model does. Pass ``threads=os.cpu_coun
 dedicated multi-core deployment; the thread count is recorded in every result.
 
 ``backend="openvino"`` times the same ONNX file in OpenVINO's CPU runtime (an optional dependency), compiled as
-:func:`openvino_compiled` says: fp32, one stream, ``threads`` inference threads, no pinning.
+:func:`slimkit.analysis._openvino.openvino_compiled` says: fp32 float arithmetic, one stream, ``threads``
+inference threads, no pinning.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ from torch import nn
 
 from slimkit._errors import ConfigError
 from slimkit._inputs import input_tuple
+from slimkit._runtimes import RUNTIMES, require_runtime
+from slimkit.analysis._openvino import openvino_runner
 
 #: the A/A control's median ratio must lie in this closed band for a comparison to carry a ratio
 AA_BAND = (0.9, 1.1)
@@ -60,15 +63,16 @@ AA_BAND = (0.9, 1.1)
 #: baseline in two runs). Each model's time is the mean over its sessions, and the A/A control's sessions show how
 #: much the draw still moves it.
 SESSIONS = 3
-#: threads per session (ONNX Runtime intra-op) or for the process (PyTorch) unless the caller says otherwise
+#: threads per session (ONNX Runtime intra-op, OpenVINO inference threads) or for the process (PyTorch) unless the
+#: caller says otherwise
 DEFAULT_THREADS = 1
 #: status of a comparison whose A/A control lies inside :data:`AA_BAND`
 OK = "ok"
 #: status (and the text every printer shows instead of a ratio) when the A/A control leaves :data:`AA_BAND`
 TOO_NOISY = "too noisy"
-BACKENDS = ("torch", "onnxruntime", "openvino")
 #: backends that time an ONNX file (a module is exported first) in live instances: sessions, compiled models
-ONNX_BACKENDS = ("onnxruntime", "openvino")
+ONNX_BACKENDS = tuple(RUNTIMES)
+BACKENDS = ("torch", *ONNX_BACKENDS)
 
 ModelOrPath = nn.Module | str | os.PathLike
 Runner = Callable[[], object]
@@ -99,7 +103,8 @@ class LatencyComparison:
     ``ratio_p90`` the 10th and 90th percentiles of the paired ratios (their spread) and ``ratio_ci`` the 95 %
     confidence interval of the median (its precision); ``aa_*`` are the same for A′/A. When ``aa_ratio`` or
     ``aa_ci`` leaves :data:`AA_BAND` the status is :data:`TOO_NOISY` and ``ratio``, its spread and interval are
-    None. ``sessions``: ONNX Runtime sessions per model, a round's time of each model the mean over its sessions.
+    None. ``sessions``: runtime sessions (ONNX Runtime) or compiled models (OpenVINO) per model, a round's time of
+    each model the mean over its sessions.
     """
 
     baseline: LatencyResult
@@ -195,45 +200,6 @@ def _onnx_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], thre
     return run
 
 
-def openvino_core() -> Any:
-    """OpenVINO's runtime core, or a :class:`ConfigError` saying how to install it (an optional dependency)."""
-    try:
-        import openvino
-    except ImportError:
-        raise ConfigError("backend='openvino' needs the openvino package: pip install openvino "
-                          "(or pip install 'slimkit[openvino]')") from None
-    return openvino.Core()
-
-
-def openvino_compiled(core: Any, model: Any, threads: int, *, profile: bool = False) -> Any:
-    """``model`` (a path, or an ``openvino.Model``) compiled for this CPU as a deployment runs it: ``threads``
-    inference threads, one stream, no core pinning (on a shared machine a pinned thread waits for its core), and
-    fp32 arithmetic. OpenVINO's own default on a CPU with AVX512-BF16 or AMX is bfloat16 (measured here: ResNet-20
-    ran twice as fast as in fp32), which changes the model's numbers; a bf16 deployment is a precision choice to
-    measure on its own, not a latency setting. ``profile`` turns on per-node performance counters."""
-    return core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
-                                             "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
-                                             "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": profile})
-
-
-def _openvino_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], threads: int) -> Runner:
-    try:
-        compiled = openvino_compiled(openvino_core(), str(path), threads)
-    except RuntimeError as error:  # e.g. an op OpenVINO does not implement (ONNX Runtime's MatMulNBits)
-        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise ConfigError(f"OpenVINO cannot run {path}: {first[:300]}: measure this model in onnxruntime") from None
-    if len(compiled.inputs) != len(inputs):
-        raise ConfigError(f"{path} takes {len(compiled.inputs)} input(s) but {len(inputs)} example input(s) were "
-                          "given: pass one tensor per model input")
-    request = compiled.create_infer_request()
-    feed = {k: t.detach().cpu().numpy() for k, t in enumerate(inputs)}
-
-    def run() -> object:
-        return request.infer(feed)
-
-    return run
-
-
 def _torch_runner(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Runner:
     def run() -> object:
         with torch.inference_mode():
@@ -242,7 +208,8 @@ def _torch_runner(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Runner:
     return run
 
 
-_ONNX_RUNNERS = {"onnxruntime": _onnx_runner, "openvino": _openvino_runner}
+_ONNX_RUNNERS: dict[str, Callable[[str | os.PathLike, tuple[torch.Tensor, ...], int], Runner]] = {
+    "onnxruntime": _onnx_runner, "openvino": openvino_runner}
 
 
 def export_for_timing(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | os.PathLike) -> Path:
@@ -277,14 +244,14 @@ def _as_onnx(model: ModelOrPath, inputs: tuple[torch.Tensor, ...], workdir: Path
 def _check(model: ModelOrPath, backend: str, threads: int, warmup: int, repeats: int) -> None:
     if backend not in BACKENDS:
         raise ConfigError(f"unknown latency backend '{backend}': use one of {', '.join(BACKENDS)}")
+    if backend in ONNX_BACKENDS:
+        require_runtime(backend, "backend")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"latency threads={threads!r}: use a whole number ≥ 1 (e.g. 1, or os.cpu_count())")
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"latency needs repeats ≥ 1 and warmup ≥ 0 (got repeats={repeats}, warmup={warmup})")
     if backend == "torch" and not isinstance(model, nn.Module):
         raise ConfigError("backend='torch' needs an nn.Module; for an .onnx file use backend='onnxruntime'")
-    if backend == "openvino":
-        openvino_core()
 
 
 class _TorchState:
@@ -334,7 +301,7 @@ def latency(
     """Time ``model`` (an ``nn.Module``, or an ``.onnx`` path with ``backend="onnxruntime"`` or ``"openvino"``) on
     ``example_inputs``.
 
-    A module measured in ONNX Runtime or OpenVINO (CPU, fp32: see :func:`openvino_compiled`) is exported to a
+    A module measured in ONNX Runtime or OpenVINO (CPU, fp32: see ``slimkit.analysis._openvino``) is exported to a
     temporary ONNX file first. An absolute time
     depends on the machine's load; to compare two models use :func:`compare_latency`.
     """

@@ -1,4 +1,4 @@
-"""Timing single layers in ONNX Runtime at chosen channel counts, and finding where a kernel's time steps.
+"""Timing single layers in a runtime at chosen channel counts, and finding where a kernel's time steps.
 
 A layer is timed alone: a one-node ONNX graph (Conv or Gemm) at the layer's real input size and batch, in a session
 with the same options as :func:`slimkit.analysis.compare_latency` (fixed threads, spinning off). ONNX Runtime's
@@ -6,6 +6,7 @@ profiler gives each node's kernel time, so the layout glue an isolated graph nee
 ``ReorderOutput`` around an NCHWc convolution) is left out: inside a network of aligned widths the blocked layout
 flows from one convolution to the next without it. Sessions of one layer's grid points stay alive together and run
 round-robin, so a change in machine load spreads over all of them (the interleaving of :func:`compare_latency`).
+:class:`OrtMeasurer` does this in ONNX Runtime; ``slimkit.analysis._openvino.OpenVinoMeasurer`` in OpenVINO.
 
 :func:`detect_step` reads a width sweep and returns the channel multiple at which time steps (e.g. 16 where MLAS
 pads output channels to its NCHWc block on AVX-512, 8 on AVX2): measured, never assumed.
@@ -21,7 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -233,68 +234,18 @@ class _OrtProbe:
                 np.array([sum(v for op, v in ops.items() if op in LAYOUT_GLUE) for ops in runs]))
 
 
-#: OpenVINO CPU node types that only convert layouts (a one-layer graph's borders)
-OPENVINO_GLUE = frozenset({"Reorder"})
-
-
-def _openvino_node_totals(request: Any, runs: int) -> dict[str, float]:
-    """Milliseconds spent so far in each executed node type. OpenVINO's performance counters hold each node's
-    mean over every inference of the request (not the last one), so the total is the mean times the runs."""
-    totals: dict[str, float] = {}
-    for node in request.profiling_info:
-        if node.status.name == "EXECUTED":
-            totals[node.node_type] = totals.get(node.node_type, 0.0) + node.real_time.total_seconds() * 1e3 * runs
-    return totals
-
-
-class _OpenVinoProbe:
-    """One compiled OpenVINO model of a one-layer graph, with performance counters.
-
-    Its counters hold each node's mean since compilation in whole microseconds, so a node's mean over the timed
-    runs is the difference of its totals after the warm-up and at the end (good to about a microsecond). As with
-    ONNX Runtime the fastest run stands for the layer: each run's share of that mean is its own latency over the
-    timed runs' mean latency (the request's per-inference latency, which the counters cannot give per run)."""
-
-    def __init__(self, core: Any, model: bytes, x: np.ndarray, threads: int, warmup: int) -> None:
-        from slimkit.analysis._latency import openvino_compiled
-
-        self.request = openvino_compiled(core, core.read_model(model), threads, profile=True).create_infer_request()
-        self.feed, self.warmup, self.latencies = {0: x}, warmup, []
-        self.after_warmup: dict[str, float] = {}
-
-    def run(self) -> None:
-        self.request.infer(self.feed)
-        self.latencies.append(float(self.request.latency))
-        if len(self.latencies) == self.warmup:
-            self.after_warmup = _openvino_node_totals(self.request, self.warmup)
-
-    def times(self, skip: int) -> tuple[np.ndarray, np.ndarray]:
-        timed = _openvino_timed(self.request, self.after_warmup, len(self.latencies), skip)
-        kernel = sum(ms for op, ms in timed.items() if op not in OPENVINO_GLUE)
-        glue = sum(ms for op, ms in timed.items() if op in OPENVINO_GLUE)
-        latency = np.asarray(self.latencies[skip:], dtype=np.float64)
-        scale = latency / max(float(latency.mean()), 1e-12)
-        return scale * kernel, scale * glue
-
-
-def _openvino_timed(request: Any, before: dict[str, float], runs: int, skip: int) -> dict[str, float]:
-    """Each executed node type's mean milliseconds over runs ``skip`` + 1 … ``runs`` (never below 0: the counters'
-    rounding can make a microsecond kernel's difference negative)."""
-    totals = _openvino_node_totals(request, runs)
-    return {op: max(0.0, (ms - before.get(op, 0.0)) / max(runs - skip, 1)) for op, ms in totals.items()}
-
-
 @dataclass
-class OrtMeasurer:
-    """Times layers and networks in ONNX Runtime with its profiler (see the module docstring).
+class ChunkedMeasurer:
+    """Times one-layer graphs in live runtime instances (probes), chunk by chunk, against a reference layer.
 
     Noise on a shared machine is mostly preemption, which only ever adds time and hits a long kernel more often
     than a short one, so a layer's time is the fastest of its runs (:data:`QUANTILE`), not their median. The
     load also drifts between one layer's measurements and the next (CPU frequency, cache pressure), so every
-    chunk of sessions runs a fixed reference layer (:data:`REFERENCE`) too, all in a seeded random order per
+    chunk of probes runs a fixed reference layer (:data:`REFERENCE`) too, all in a seeded random order per
     round, and a point's time is its fastest run ÷ the reference's fastest run in the same chunk, times
     ``reference_ms`` (the reference's time in the first chunk, or given, e.g. from a cache, so that tables built
-    at different times share one scale). Only ratios between layers matter to a latency prediction.
+    at different times share one scale). Only ratios between layers matter to a latency prediction. A runtime
+    supplies :meth:`_probe` (one live instance of a one-layer graph) and :meth:`other_share`.
     """
 
     threads: int = 1
@@ -303,10 +254,15 @@ class OrtMeasurer:
     live_sessions: int = 8
     seed: int = 0
     reference_ms: float | None = None
+    #: the runtime this measurer times in (see :data:`slimkit._runtimes.RUNTIMES`)
+    backend: ClassVar[str] = ""
 
     def _probe(self, model: bytes, x: np.ndarray, geometry: Geometry, prefix: str) -> Any:
-        return _OrtProbe(model, x, self.threads, prefix, INT8_BORDER if geometry.precision == "int8"
-                         else frozenset())
+        raise NotImplementedError
+
+    def other_share(self, onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray],
+                    table_ops: set[str]) -> tuple[float, float]:
+        raise NotImplementedError
 
     def points(self, geometry: Geometry, points: Sequence[Point]) -> list[tuple[float, float]]:
         result: list[tuple[float, float]] = [(math.nan, math.nan)] * len(points)
@@ -337,6 +293,18 @@ class OrtMeasurer:
                 del probes
         return result
 
+
+@dataclass
+class OrtMeasurer(ChunkedMeasurer):
+    """Times layers and networks in ONNX Runtime with its profiler (see the module docstring and
+    :class:`ChunkedMeasurer`)."""
+
+    backend: ClassVar[str] = "onnxruntime"
+
+    def _probe(self, model: bytes, x: np.ndarray, geometry: Geometry, prefix: str) -> Any:
+        return _OrtProbe(model, x, self.threads, prefix, INT8_BORDER if geometry.precision == "int8"
+                         else frozenset())
+
     def other_share(self, onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray],
                     table_ops: set[str]) -> tuple[float, float]:
         with tempfile.TemporaryDirectory(prefix="slimkit-latnet-") as tmp:
@@ -352,40 +320,6 @@ class OrtMeasurer:
             outside.append(1.0 - sum(v for op, v in ops.items() if op != "<run>") / run)
         share = float(np.clip(np.median(other), 0.0, 0.95))
         return share, float(np.clip(np.median(outside), 0.0, share))
-
-
-@dataclass
-class OpenVinoMeasurer(OrtMeasurer):
-    """:class:`OrtMeasurer`'s method in OpenVINO's CPU runtime (fp32, compiled as
-    :func:`slimkit.analysis._latency.openvino_compiled`): each layer as a one-node graph whose border ``Reorder``
-    nodes are layout glue, timed from OpenVINO's performance counters, interleaved with the reference layer."""
-
-    def __post_init__(self) -> None:
-        from slimkit.analysis._latency import openvino_core
-
-        self.core = openvino_core()
-
-    def _probe(self, model: bytes, x: np.ndarray, geometry: Geometry, prefix: str) -> Any:
-        if geometry.precision != "fp32":
-            raise ValueError("OpenVinoMeasurer times fp32 layers only")
-        return _OpenVinoProbe(self.core, model, x, self.threads, self.warmup)
-
-    def other_share(self, onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray],
-                    table_ops: set[str]) -> tuple[float, float]:
-        from slimkit.analysis._latency import openvino_compiled
-
-        request = openvino_compiled(self.core, str(onnx_path), self.threads, profile=True).create_infer_request()
-        feed = dict(enumerate(inputs))
-        latencies, before = [], {}
-        for r in range(self.warmup + self.repeats):
-            request.infer(feed)
-            latencies.append(float(request.latency))
-            if r + 1 == self.warmup:
-                before = _openvino_node_totals(request, self.warmup)
-        timed = _openvino_timed(request, before, len(latencies), self.warmup)
-        run = max(float(np.mean(latencies[self.warmup:])), 1e-12)
-        share = float(np.clip(1.0 - sum(ms for op, ms in timed.items() if op in table_ops) / run, 0.0, 0.95))
-        return share, float(np.clip(1.0 - sum(timed.values()) / run, 0.0, share))
 
 
 def detect_step(widths: Sequence[int], ms: Sequence[float], *, margin: float = 0.05,

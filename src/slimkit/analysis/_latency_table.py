@@ -70,14 +70,9 @@ from slimkit._cpu import cpu_info
 from slimkit._errors import ConfigError
 from slimkit._inputs import input_tuple
 from slimkit._io import write_text_atomic
-from slimkit.analysis._latency_probe import (
-    PRECISIONS,
-    Geometry,
-    Measurer,
-    OpenVinoMeasurer,
-    OrtMeasurer,
-    probe_steps,
-)
+from slimkit._runtimes import require_runtime
+from slimkit.analysis._latency_probe import PRECISIONS, ChunkedMeasurer, Geometry, Measurer, OrtMeasurer, probe_steps
+from slimkit.analysis._openvino import OpenVinoMeasurer
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +85,11 @@ INT8_TABLE_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInte
 #: the same for OpenVINO's CPU runtime (its node types; a convolution's fused activation and residual add run inside
 #: its node there)
 OPENVINO_TABLE_OPS = frozenset({"Convolution", "GroupConvolution", "FullyConnected", "MatMul"})
-#: the runtimes a table can be measured in
-TABLE_BACKENDS = ("onnxruntime", "openvino")
+#: per runtime a table can be measured in: its measurer, the op types its tables model, the precisions it times
+TABLE_RUNTIMES: dict[str, tuple[type[ChunkedMeasurer], frozenset[str], tuple[str, ...]]] = {
+    "onnxruntime": (OrtMeasurer, TABLE_OPS, PRECISIONS),
+    "openvino": (OpenVinoMeasurer, OPENVINO_TABLE_OPS, ("fp32",)),
+}
 
 
 def cache_root() -> Path:
@@ -100,19 +98,16 @@ def cache_root() -> Path:
 
 
 def machine_key(threads: int, backend: str = "onnxruntime") -> dict[str, Any]:
-    """What a cached measurement depends on besides the layer: CPU, runtime and its version, threads."""
+    """What a cached measurement depends on besides the layer: CPU, the runtime and its version, threads (the
+    runtime's name is the key of its version, so each runtime's tables live in their own cache file)."""
+    import importlib
+
+    package = require_runtime(backend, "latency table backend").package
     cpu = cpu_info()
     flags = " ".join(sorted(cpu.flags or ()))
     digest = hashlib.sha256(flags.encode()).hexdigest()[:12]
-    if backend == "openvino":
-        import openvino
-
-        return {"cpu": cpu.name, "cpu_flags": digest, "openvino": openvino.__version__, "threads": threads,
-                "cache_version": CACHE_VERSION}
-    import onnxruntime as ort
-
-    return {"cpu": cpu.name, "cpu_flags": digest, "onnxruntime": ort.__version__, "threads": threads,
-            "cache_version": CACHE_VERSION}
+    return {"cpu": cpu.name, "cpu_flags": digest, backend: importlib.import_module(package).__version__,
+            "threads": threads, "cache_version": CACHE_VERSION}
 
 
 @dataclass(frozen=True)
@@ -405,27 +400,35 @@ def build_latency_table(
 ) -> LatencyTable:
     """Measure (or load from the cache) the latency table of every Conv2d/Linear layer of ``model``.
 
-    ``batch``: the batch the model will run at (default: the example's); ``threads``: ONNX Runtime threads;
-    ``max_points``: grid points per channel axis; ``cache_dir``: True for ``$SLIMKIT_CACHE/latency``, a folder,
-    or False/None for no cache; ``measurer``: what times layers (default :class:`OrtMeasurer`; tests inject one).
+    ``batch``: the batch the model will run at (default: the example's); ``threads``: threads per runtime session;
+    ``max_points``: grid points per channel axis; ``cache_dir``: True for ``$SLIMKIT_CACHE/latency``, a folder, or
+    False/None for no cache; ``measurer``: what times layers (default: the backend's, :class:`OrtMeasurer`; tests
+    inject one; a measurer of another runtime than ``backend`` is refused, as its times would be cached as the
+    backend's).
     ``precision="int8"`` times every layer as the QDQ export deploys it (fused into QLinearConv / QGemm: its own
-    kernels, whose time does not follow the fp32 one — at 28×28, below 16 channels an int8 conv can be slower than
-    at 16), with its own steps; the share of time outside the layers is then read from ``network``, the deployed
-    int8 ONNX file of ``model``. NetAdapt's layer-wise look-up tables (Yang et al. 2018, §3.3) with HALP's
-    per-(c_in, c_out) grid (Shen et al. 2022, Eq. 4), measured in ONNX Runtime; see the module docstring for what
-    is cached and how it is keyed. ``widths`` (layer → input widths, output widths) adds the widths a search will
-    choose to the grids: those are then read as measured rather than from their step, which matters where the kernel
-    does not pad but falls back to a slower path off its steps (int8 convs at 12 of 16 output channels measured
-    twice the time of 16). ``backend="openvino"`` measures in OpenVINO's CPU runtime instead (fp32;
+    kernels, whose time does not follow the fp32 one — at 28×28, below 16 channels an int8 conv can be slower than at
+    16), with its own steps; the share of time outside the layers is then read from ``network``, the deployed int8 ONNX
+    file of ``model``. NetAdapt's layer-wise look-up tables (Yang et al. 2018, §3.3) with HALP's per-(c_in, c_out) grid
+    (Shen et al. 2022, Eq. 4), measured in ONNX Runtime (or ``backend``); see the module docstring for what is cached
+    and how it is keyed. ``widths`` (layer → input widths, output widths) adds the widths a search will choose to the
+    grids: those are then read as measured rather than from their step, which matters where the kernel does not pad but
+    falls back to a slower path off its steps (int8 convs at 12 of 16 output channels measured twice the time of 16).
+    ``backend="openvino"`` measures in OpenVINO's CPU runtime instead (fp32;
     :class:`~slimkit.analysis.OpenVinoMeasurer`), cached apart from ONNX Runtime's tables.
     """
-    if backend not in TABLE_BACKENDS:
-        raise ConfigError(f"latency table backend={backend!r}: use one of {', '.join(TABLE_BACKENDS)}")
-    if backend == "openvino" and precision != "fp32":
-        raise ConfigError(f"a {precision} latency table is measured in ONNX Runtime (slimkit's QDQ export): use "
-                          "backend='onnxruntime', or precision='fp32' for OpenVINO")
     if precision not in PRECISIONS:
         raise ConfigError(f"latency table precision={precision!r}: use one of {', '.join(PRECISIONS)}")
+    if backend not in TABLE_RUNTIMES:
+        raise ConfigError(f"latency table backend={backend!r}: use one of {', '.join(TABLE_RUNTIMES)}")
+    measurer_type, table_ops, precisions = TABLE_RUNTIMES[backend]
+    if precision not in precisions:
+        raise ConfigError(f"a {precision} latency table is measured in ONNX Runtime (slimkit's QDQ export): use "
+                          f"backend='onnxruntime', or precision={precisions[0]!r} for {backend}")
+    timed_in = getattr(measurer, "backend", backend)  # a measurer that does not say (a test's fake) is taken as given
+    if timed_in != backend:
+        raise ConfigError(f"the measurer given times in {timed_in} but the table is for backend={backend!r}: "
+                          f"pass backend={timed_in!r}, or a measurer of {backend}")
+    require_runtime(backend, "latency table backend")
     if precision != "fp32" and network is None:
         raise ConfigError(f"a {precision} latency table needs network=<the model's deployed {precision} ONNX file>, "
                           "to measure the share of time spent outside its layers")
@@ -439,7 +442,7 @@ def build_latency_table(
         raise ConfigError(f"latency table batch={batch!r}: use a whole number ≥ 1 (the deployed batch)")
     inputs = input_tuple(example_inputs)
     batch = batch or int(inputs[0].shape[0])
-    measurer = measurer or (OpenVinoMeasurer if backend == "openvino" else OrtMeasurer)(threads=threads)
+    measurer = measurer or measurer_type(threads=threads)
     folder = cache_root() if cache_dir is True else (Path(cache_dir) if cache_dir else None)
     cache = _Cache(folder, machine_key(threads, backend))
     if getattr(measurer, "reference_ms", False) is None and "reference_ms" in cache.data:
@@ -496,9 +499,8 @@ def build_latency_table(
     if not isinstance(cache.data["models"].get(key), list):  # (a bare number: cached before the fixed part was)
         # an int8 network's float layers (skipped ones) are tabled too, in fp32: their time is not "other"
         cache.data["models"][key] = list(_other_share(model, inputs, batch, measurer, network,
-                                                      OPENVINO_TABLE_OPS if backend == "openvino"
-                                                      else INT8_TABLE_OPS | TABLE_OPS if precision == "int8"
-                                                      else TABLE_OPS))
+                                                      INT8_TABLE_OPS | table_ops if precision == "int8"
+                                                      else table_ops))
         cache.dirty = True
     if getattr(measurer, "reference_ms", None) is not None and "reference_ms" not in cache.data:
         cache.data["reference_ms"] = measurer.reference_ms

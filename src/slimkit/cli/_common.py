@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimkit._errors import CheckpointError, ConfigError, SlimkitError
+from slimkit._runtimes import RUNTIMES
 
 if TYPE_CHECKING:
     from torch import nn
@@ -207,7 +208,7 @@ def add_latency_args(parser: argparse.ArgumentParser, batch: int = 1) -> None:
                         help="threads per runtime session for the latency comparison (default: 1: the sessions "
                              "of a comparison stay alive together, so one thread each cannot oversubscribe a shared "
                              "machine)")
-    parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default=None,
+    parser.add_argument("--runtime", choices=tuple(RUNTIMES), default=None,
                         help="the runtime latency is measured in (default: onnxruntime; openvino: OpenVINO's CPU "
                              "runtime in fp32, pip install openvino)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency comparison")

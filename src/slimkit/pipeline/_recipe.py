@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from slimkit._errors import SlimkitError
+from slimkit._runtimes import DEFAULT_RUNTIME, RUNTIMES
 from slimkit.pipeline._stages import STAGES, Stage, StageParams, refuse_bool_for_int
 from slimkit.pipeline._yaml import LocatedYaml, RecipeError, load_located_yaml
 
@@ -64,22 +65,12 @@ class EvaluationSection(_Section):
     latency_batch: int = Field(1, ge=1, le=4096)
     repeats: int = Field(30, ge=1, le=10_000)
     warmup: int = Field(5, ge=0, le=10_000)
-    threads: int = Field(1, ge=1, le=256, description="ONNX Runtime threads per session for the latency ratio "
+    threads: int = Field(1, ge=1, le=256, description="threads per runtime session for the latency ratio "
                          "(1: three sessions stay alive, and one thread each cannot oversubscribe a shared machine)")
-    runtime: Literal["onnxruntime", "openvino"] = Field(
-        "onnxruntime", description="the runtime the latency ratio is measured in: onnxruntime (slimkit's deployment "
-        "runtime) or openvino (OpenVINO's CPU runtime in fp32; pip install openvino)")
-
-    @field_validator("runtime")
-    @classmethod
-    def _runtime_installed(cls, value: str) -> str:
-        if value == "openvino":
-            try:
-                import openvino  # noqa: F401
-            except ImportError:
-                raise ValueError("'openvino' needs the openvino package: pip install openvino, "
-                                 "or measure in onnxruntime") from None
-        return value
+    runtime: Literal[tuple(RUNTIMES)] = Field(  # type: ignore[valid-type]
+        DEFAULT_RUNTIME, description="the runtime the latency ratios are measured in, and a prune stage's latency "
+        "target unless it names its own: onnxruntime (slimkit's deployment runtime) or openvino (OpenVINO's CPU "
+        "runtime, float layers in fp32; pip install openvino)")
 
 
 class RecipeSchema(_Section):
@@ -141,11 +132,11 @@ class Recipe:
         return [Path(f).expanduser() for f in found if f]
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe with every default filled in (what the run actually used)."""
-        payload = self.schema.model_dump(mode="json")
-        if payload.get("torch_threads") is None:  # left out when unset: older recipes keep their fingerprint
-            payload.pop("torch_threads", None)
-        payload["stages"] = [{s.name: _without_new_defaults(s.name, s.params.model_dump(mode="json"))}
+        """The recipe with every default filled in (what the run actually used), but for settings added later at
+        their defaults (:data:`_NEW_DEFAULTS`)."""
+        payload = _without_new_defaults(self.schema.model_dump(mode="json"), _NEW_DEFAULTS["recipe"])
+        payload["stages"] = [{s.name: _without_new_defaults(s.params.model_dump(mode="json"),
+                                                            _NEW_DEFAULTS["stages"].get(s.name, {}))}
                              for s in self.stages]
         payload["model"]["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
         return payload
@@ -199,14 +190,28 @@ class Recipe:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-#: stage settings added after recipes were first run, with the default they leave out of a recipe's dictionary: a
-#: run folder's fingerprint is that dictionary's, so an older run (made without the setting) still resumes
-_NEW_DEFAULTS = {"cluster": {"centroid_gradient": "sum"}}
+#: settings added after recipes were first run, with the default they leave out of a recipe's dictionary (nested
+#: where the setting is a field of a field): a run folder's fingerprint is that dictionary's, so an older run (made
+#: without the setting) still resumes
+_NEW_DEFAULTS: dict[str, dict[str, Any]] = {
+    "recipe": {"torch_threads": None, "evaluation": {"runtime": DEFAULT_RUNTIME}},
+    "stages": {"cluster": {"centroid_gradient": "sum"}, "prune": {"target_latency": {"backend": None}}},
+}
 
 
-def _without_new_defaults(stage: str, params: dict[str, Any]) -> dict[str, Any]:
-    left_out = _NEW_DEFAULTS.get(stage, {})
-    return {k: v for k, v in params.items() if k not in left_out or v != left_out[k]}
+def _without_new_defaults(params: dict[str, Any], left_out: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in params.items():
+        default = left_out.get(key, _ABSENT)
+        if isinstance(default, dict) and isinstance(value, dict):
+            value = _without_new_defaults(value, default)
+        elif key in left_out and value == default:
+            continue
+        out[key] = value
+    return out
+
+
+_ABSENT = object()
 
 
 _HINTS = {

@@ -38,8 +38,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit._errors import CheckpointError, ConfigError, SlimkitError
+from slimkit._errors import CheckpointError, ConfigError, SlimkitError, UnsupportedModelError
 from slimkit._io import copy_atomic, is_inside, read_json_object, refuse_links, write_text_atomic
+from slimkit._runtimes import require_runtime
 from slimkit.pipeline._recipe import Recipe, StageCall, parse_recipe, trusting_only
 from slimkit.pipeline._stages import Exporter, Stage, StageContext, export_files, named_model
 
@@ -141,7 +142,7 @@ class _Session:
             run_dir=self.out, stage_dir=self.stage_dir(label),
             seed=self.recipe.schema.seed + (call.index if call else 0),
             resume=resume, progress=self.progress, exporter=self.exporter, snapshots=self.snapshots,
-            allow_code=self.recipe.allow_code,
+            allow_code=self.recipe.allow_code, runtime=self.recipe.schema.evaluation.runtime,
         )
 
     def replay_context(self, call: StageCall, done: dict[str, Any]) -> StageContext:
@@ -216,8 +217,8 @@ class _Session:
             try:
                 cmp = compare_latency(baseline, onnx_path, self.data.example_input(ev.latency_batch),
                                       backend=ev.runtime, threads=ev.threads, warmup=ev.warmup, repeats=ev.repeats)
-            except ConfigError as error:  # a runtime that cannot run this file (OpenVINO and MatMulNBits)
-                row["latency_error"] = str(error)
+            except UnsupportedModelError as error:  # the runtime cannot run this stage's file: no ratio
+                row.update(latency_runtime=ev.runtime, latency_error=str(error))
                 log.warning("stage %s: no latency measured: %s", label, error)
                 return row
             row.update(latency_runtime=ev.runtime, latency_ratio=cmp.ratio, latency_p10=cmp.ratio_p10,
@@ -369,7 +370,8 @@ def _run_recipe(recipe: Recipe, out: Path, resume: bool, force: bool, progress: 
             row = session.measure(model, INPUT_LABEL)
             row["seconds"] = time.perf_counter() - started
             if recipe.schema.evaluation.latency and "onnx_error" not in row:  # the input is the ratios' baseline
-                row.update(latency_ratio=1.0, latency_p10=None, latency_p90=None, latency_status="ok")
+                row.update(latency_ratio=1.0, latency_p10=None, latency_p90=None, latency_status="ok",
+                           latency_runtime=recipe.schema.evaluation.runtime)
             input_result = session.save_stage(model, INPUT_LABEL, "input", row,
                                               {"checkpoint": str(recipe.checkpoint)})
     session.input_model = _frozen_copy(model)
@@ -436,6 +438,8 @@ def _preflight(session: _Session) -> None:
     from slimkit.models import check_fits
 
     recipe = session.recipe
+    if recipe.schema.evaluation.latency:
+        require_runtime(recipe.schema.evaluation.runtime, "evaluation.runtime")
     check_fits(session.model, session.example, label=recipe.schema.model.spec, data=recipe.schema.data.name,
                num_classes=session.data.num_classes, task=session.data.task)
     structural_before = layers_changed = False

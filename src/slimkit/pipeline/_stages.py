@@ -82,6 +82,8 @@ class StageContext:
     #: facts a stage reports besides the standard metrics (files written, compressed bytes, ...); saved in result
     #: (and, when a finished stage is rebuilt, the notes it saved)
     notes: dict[str, Any] = field(default_factory=dict)
+    #: the runtime the recipe measures latency in (``evaluation.runtime``), which a latency target naming none uses
+    runtime: str = "onnxruntime"
 
 
 class Stage:

@@ -36,12 +36,30 @@ class PruneStage(Stage):
     compresses = True
     summary = "remove channels (slimkit.prune.prune_channels: l1, l2, taylor, fpgm, bn_scale, thinet, ...)"
 
+    def _config(self, ctx: StageContext) -> PruneConfig:
+        """The stage's config, its latency target (if any) in the run's runtime unless it names its own."""
+        import dataclasses
+
+        from slimkit.prune import as_latency_target
+
+        config = self.params.config()
+        if config.target_latency is not None:
+            target = as_latency_target(config.target_latency)
+            if target.backend is None:
+                target = dataclasses.replace(target, backend=ctx.runtime)
+            config = dataclasses.replace(config, target_latency=target)
+        return config
+
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
+        config = self._config(ctx)
+        if config.target_latency is not None:  # the runtime it is timed in is installed: said before any work
+            from slimkit._runtimes import require_runtime
+
+            require_runtime(config.target_latency.runtime, "target_latency.backend")
         if ctx.model_is_input:  # names in skip / layers / a per-layer ratio: layers with weights of the model
             from slimkit._select import check_names, weighted_layer_names
             from slimkit.prune import config_graph
 
-            config = self.params.config()
             ratios = list(config.ratio) if isinstance(config.ratio, Mapping) else None
             check_names(weighted_layer_names(input_model), config.skip, config.layers, ratios, kind="prunable")
             config_graph(input_model, ctx.example_input, config)  # its own checks: options that prune nothing
@@ -50,7 +68,7 @@ class PruneStage(Stage):
         from slimkit.prune import prune_channels, prune_layerwise
 
         prune = prune_layerwise if self.params.schedule == "layerwise" else prune_channels
-        return prune(model, ctx.example_input, self.params.config(), data=ctx.data.calibration)
+        return prune(model, ctx.example_input, self._config(ctx), data=ctx.data.calibration)
 
     def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         from slimkit.prune import pruning_info
@@ -58,8 +76,8 @@ class PruneStage(Stage):
         pruned = self.rebuild(model, ctx)
         latency = (pruning_info(pruned) or {}).get("latency")
         if latency:  # a latency target: what the table predicted and what was measured
-            ctx.notes["latency_target"] = {k: latency[k] for k in ("target", "batch", "threads", "predicted",
-                                                                   "measured", "rounds")}
+            ctx.notes["latency_target"] = {k: latency[k] for k in ("target", "batch", "threads", "backend",
+                                                                   "predicted", "measured", "rounds")}
         return pruned
 
 @register_stage("prune_depth")

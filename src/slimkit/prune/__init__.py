@@ -24,7 +24,7 @@ from slimkit.prune._depth import (
     remove_blocks,
 )
 from slimkit.prune._hf import is_hf_model, load_pruned, save_pruned
-from slimkit.prune._latency import LatencyTarget, prune_to_latency
+from slimkit.prune._latency import LatencyTarget, as_latency_target, prune_to_latency
 from slimkit.prune._layout import apply_layout_, changed_size_attributes
 from slimkit.prune._reconstruct import reconstruct_, reconstruct_layer_
 from slimkit.prune._schedule import SCHEDULES, prune_iterative, prune_layerwise, prune_oneshot
@@ -73,6 +73,7 @@ __all__ = [
     "agp_sparsity",
     "apply_layout_",
     "apply_masks_",
+    "as_latency_target",
     "attach_masks_",
     "attached_masks",
     "batch_loss",

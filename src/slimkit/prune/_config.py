@@ -30,9 +30,9 @@ class PruneConfig:
         query heads), ``"query"`` removes query heads at the same slot of every group (key/value heads stay).
     target_macs / speedup: instead of a ratio, search the global ratio until the model's MACs are at most
         ``target_macs`` (or ``original / speedup``).
-    target_latency: instead of a ratio, the pruned model's ONNX Runtime latency as a fraction of the original's
-        (``0.5``, or a :class:`LatencyTarget` with the deployed batch and threads): widths chosen from a measured
-        latency table, snapped to where the kernels' time steps (HALP-style search, see ``prune/_latency.py``).
+    target_latency: instead of a ratio, the pruned model's latency as a fraction of the original's, in ONNX Runtime
+        (``0.5``, or a :class:`LatencyTarget` with the deployed batch, threads and runtime): widths chosen from a
+        measured latency table, snapped to where the kernels' time steps (HALP-style search, see ``prune/_latency.py``).
     round_to: units kept per group are a multiple of this (8 for SIMD/tensor-core friendly widths).
     skip: layers that are never pruned (the model's outputs never are); protect_first also protects the first layer.
     layers: only groups whose first layer matches are pruned (default: all).

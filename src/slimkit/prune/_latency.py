@@ -39,13 +39,12 @@ import torch
 from torch import nn
 
 from slimkit._errors import ConfigError
+from slimkit._runtimes import DEFAULT_RUNTIME, require_runtime, runtime
 
 log = logging.getLogger(__name__)
 
 #: how groups' importance is weighed against each other (``LatencyTarget.group_weight``)
 GROUP_WEIGHTS = ("units", "latency")
-#: the runtimes a latency target can be measured in (``LatencyTarget.backend``)
-LATENCY_BACKENDS = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class LatencyTarget:
     ratio: the pruned model's latency as a fraction of the original's, in (0, 1).
     batch: the batch the model is deployed at (latency and the kernels' steps depend on it); default: the example
         input's batch.
-    threads: ONNX Runtime threads per session, for the table and for the check (1: see ``compare_latency``).
+    threads: threads per runtime session, for the table and for the check (1: see ``compare_latency``).
     refine: how many times a measured miss corrects the target and searches again (0: trust the table).
     measure: time the result against the original and record predicted vs measured (False: predicted only).
     tolerance: a measured ratio within ``ratio · (1 ± tolerance)`` is a hit.
@@ -82,6 +81,7 @@ class LatencyTarget:
         on a validation split.
     backend: the runtime whose latency is targeted: "onnxruntime" (slimkit's deployment runtime) or "openvino"
         (OpenVINO's CPU runtime in fp32, an optional dependency): the table is measured and the result timed there.
+        None: ONNX Runtime, or in a recipe the runtime its evaluation measures in (``evaluation.runtime``).
     """
 
     ratio: float
@@ -94,7 +94,7 @@ class LatencyTarget:
     min_keep: float = 0.25
     sub_block: bool = False
     group_weight: str = "units"
-    backend: str = "onnxruntime"
+    backend: str | None = None
 
     def __post_init__(self) -> None:
         r = self.ratio
@@ -116,13 +116,13 @@ class LatencyTarget:
                               f"{', '.join(repr(w) for w in GROUP_WEIGHTS)}")
         if not 0 < self.tolerance < 0.5:
             raise ConfigError(f"target_latency.tolerance={self.tolerance!r}: use a fraction in (0, 0.5), e.g. 0.05")
-        if self.backend not in LATENCY_BACKENDS:
-            raise ConfigError(f"target_latency.backend={self.backend!r}: use one of "
-                              f"{', '.join(repr(b) for b in LATENCY_BACKENDS)}")
-        if self.backend == "openvino":
-            from slimkit.analysis import openvino_core
+        if self.backend is not None:
+            runtime(self.backend, "target_latency.backend")
 
-            openvino_core()  # not installed: say so before any work
+    @property
+    def runtime(self) -> str:
+        """The runtime timed: :attr:`backend`, or ONNX Runtime when it is None."""
+        return self.backend or DEFAULT_RUNTIME
 
 
 def as_latency_target(value: float | LatencyTarget | Mapping[str, Any]) -> LatencyTarget:
@@ -398,14 +398,15 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
     from slimkit.prune._structured import _prune_once, pruning_info, set_pruning_info
 
     target = as_latency_target(config.target_latency)
+    require_runtime(target.runtime, "target_latency.backend")  # not installed: said before any work
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     batch = target.batch or int(inputs[0].shape[0])
     if table is None:
         table = build_latency_table(model, inputs, batch=batch, threads=target.threads, max_points=target.max_points,
-                                    backend=target.backend)
-    elif getattr(table, "backend", "onnxruntime") != target.backend:
-        raise ConfigError(f"the latency table given was measured in {table.backend}, but the target is in "
-                          f"{target.backend}: build the table with backend={target.backend!r}, or drop it")
+                                    backend=target.runtime)
+    elif (measured_in := getattr(table, "backend", DEFAULT_RUNTIME)) != target.runtime:
+        raise ConfigError(f"the latency table given was measured in {measured_in}, but the target is in "
+                          f"{target.runtime}: build the table with backend={target.runtime!r}, or drop it")
     graph = dependency_graph(model, inputs, skip=config.skip, protect_first=config.protect_first,
                              layers=config.layers, leaf_modules=config.leaf_modules)
     criterion = CRITERIA.get(config.criterion)()
@@ -427,7 +428,7 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
         pruned = _prune_once(model, inputs, config, 0.0, data, loss, keeps=plan.keeps)
         measured = None
         if target.measure:
-            cmp = compare_latency(model, pruned, x, backend=target.backend, threads=target.threads)
+            cmp = compare_latency(model, pruned, x, backend=target.runtime, threads=target.threads)
             measured = {"ratio": cmp.ratio, "p10": cmp.ratio_p10, "p90": cmp.ratio_p90, "aa": cmp.aa_ratio,
                         "status": cmp.status}
         rounds.append({"goal": goal, "predicted": plan.predicted, "measured": measured})
@@ -479,7 +480,7 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
         pruned, plan, measured = tried[-1]
     info = dict(pruning_info(pruned) or {})
     info["latency"] = {
-        "target": target.ratio, "batch": batch, "threads": target.threads, "backend": target.backend,
+        "target": target.ratio, "batch": batch, "threads": target.threads, "backend": target.runtime,
         "predicted": plan.predicted,
         "measured": measured, "rounds": rounds, "other": table.other, "importance_lost": plan.lost,
         "widths": {name: list(w) for name, w in plan.widths.items()},

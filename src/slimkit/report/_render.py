@@ -1,10 +1,10 @@
 """``report.md`` and a self-contained ``report.html`` (tables + plots embedded as base64 PNG) for a run.
 
 The input is the ``metrics.json`` payload of a run: ``{"title", "stages": [row, ...], ...}`` where each row has
-``stage``/``label``, ``params``, ``macs``, ``bytes``, ``accuracy`` and ``latency_ratio`` (ONNX Runtime latency as a
-fraction of the input model's, measured in the same run), with ``latency_status`` (``"too noisy"`` is printed
-instead of a ratio) and ``latency_aa_ratio`` (the A/A control, printed beside it). The demo passes one row per
-compressed variant.
+``stage``/``label``, ``params``, ``macs``, ``bytes``, ``accuracy`` and ``latency_ratio`` (latency as a fraction of the
+input model's, measured in the same run in ``latency_runtime``, ONNX Runtime by default), with ``latency_status``
+(``"too noisy"`` is printed instead of a ratio) and ``latency_aa_ratio`` (the A/A control, printed beside it). The
+demo passes one row per compressed variant.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slimkit._io import write_text_atomic
+from slimkit._runtimes import DEFAULT_RUNTIME, RUNTIMES
 from slimkit.analysis import format_ratio
 from slimkit.report._plots import COSTS, plot_layers, plot_tradeoff
 
@@ -40,20 +41,19 @@ NOTES = (
 )
 
 
-#: how the notes and plots name the runtime a run's latency was measured in (``evaluation.runtime``)
-RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO (CPU, fp32)"}
-
-
 def latency_runtime(rows: Sequence[dict[str, Any]]) -> str:
     """The name of the runtime the rows' latency ratios were measured in (ONNX Runtime unless a row says else)."""
-    found = {r.get("latency_runtime") for r in rows if r.get("latency_runtime")}
-    return " and ".join(RUNTIME_NAMES.get(str(k), str(k)) for k in sorted(found)) or RUNTIME_NAMES["onnxruntime"]
+    found = sorted({str(r["latency_runtime"]) for r in rows if r.get("latency_runtime")}) or [DEFAULT_RUNTIME]
+    return " and ".join(RUNTIMES[name].display if name in RUNTIMES else name for name in found)
 
 
 def notes(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
-    """:data:`NOTES`, naming the runtime the rows' latency was measured in."""
+    """:data:`NOTES`, naming the runtime the rows' latency was measured in, and why a row has no latency when its
+    runtime could not run it."""
     runtime = latency_runtime(rows)
-    return tuple(note.replace("in ONNX Runtime", f"in {runtime}") for note in NOTES)
+    missing = tuple(f"No latency for {r.get('stage') or r.get('label') or 'a stage'}: {r['latency_error']}"
+                    for r in rows if r.get("latency_error"))
+    return tuple(note.replace("in ONNX Runtime", f"in {runtime}") for note in NOTES) + missing
 
 
 def _fmt(value: Any, kind: str) -> str:
