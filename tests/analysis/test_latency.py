@@ -160,7 +160,7 @@ def _fake_sessions(monkeypatch, clock, session_ms):
         made.append(str(path))
         return lambda: clock.spend(who, ms)
 
-    monkeypatch.setattr(latency_module, "_onnx_runner", fake_runner)
+    monkeypatch.setitem(latency_module._ONNX_RUNNERS, "onnxruntime", fake_runner)
     return made
 
 

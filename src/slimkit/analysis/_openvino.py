@@ -55,8 +55,8 @@ def openvino_compiled(core: Any, model: Any, threads: int, *, profile: bool = Fa
 def _reason(error: Exception) -> str:
     """What went wrong, from an OpenVINO error text (its source-location lines left out)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    said = [line for line in lines if not line.startswith(_LOCATION_LINES)]
-    return (said or lines or [type(error).__name__])[0][:300]
+    said = [line for line in lines if not line.startswith(_LOCATION_LINES)] or lines or [type(error).__name__]
+    return " ".join(said)[:400]
 
 
 def openvino_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], threads: int) -> Callable[[], object]:
