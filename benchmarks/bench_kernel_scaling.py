@@ -87,10 +87,11 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     table = markdown_table(["layer", "channels in→out", "MAC ratio",
                             *[f"{names.get(b, b)}: time ratio (speed-up ÷ MAC reduction)" for b in runtimes]], rows)
     markdown = f"""Single 3×3 convolutions (stride 1, padding 1), each timed alone at its input size and batch, at
-pruned channel counts: time and MACs as fractions of the full-width layer's, and (in brackets) how much of the MAC reduction
-became speed-up (100 %: all of it). {LATENCY_THREADS} thread; the layer measurers of the latency tables (fastest of
-{payload['repeats']} interleaved runs against a reference layer; the layout conversions an isolated graph needs are
-left out). Batch 64 for ResNet-20's layers (MNIST, 28×28 input), batch 8 for the ResNet-18 layer (224×224 input).
+pruned channel counts: time and MACs as fractions of the full-width layer's, and (in brackets) how much of the MAC
+reduction became speed-up (100 %: all of it). {LATENCY_THREADS} thread; the layer measurers of the latency tables
+(fastest of {payload['repeats']} interleaved runs against a reference layer; the layout conversions an isolated graph
+needs are left out). Batch 64 for ResNet-20's layers (MNIST, 28×28 input), batch 8 for the ResNet-18 layer (224×224
+input).
 
 {table}
 
