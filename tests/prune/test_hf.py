@@ -112,3 +112,29 @@ def test_a_pruned_folder_sets_only_size_attributes_and_pruned_shapes(tmp_path, s
     (folder / "slimkit_pruned.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=message):
         load_pruned(folder)
+
+
+def test_loading_a_pruned_folder_never_allocates_the_unpruned_weights(tmp_path):
+    """The unpruned architecture is built with its parameters on the meta device, so a pruned model loads on a
+    machine that could not hold the original: here the recorded original has a 2³⁰-wide MLP (~800 GiB of weights),
+    its pruned layers keep 24 units, and the folder loads — with the outputs it was saved with — in seconds."""
+    pruned = prune_channels(_llama(), IDS, PruneConfig(ratio=0.4, scope="global", kinds=("channels",)))
+    folder = save_pruned(pruned, tmp_path / "p")
+    meta = json.loads((folder / "slimkit_pruned.json").read_text())
+    meta["base_config"]["intermediate_size"] = 2**30
+    (folder / "slimkit_pruned.json").write_text(json.dumps(meta))
+    loaded = load_pruned(folder)
+    torch.testing.assert_close(_logits(loaded), _logits(pruned), atol=0, rtol=0)
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    assert all(b.device.type == "cpu" for b in loaded.buffers())  # the rotary frequencies were computed, not loaded
+
+
+def test_parameters_built_on_meta_cost_nothing_while_buffers_stay_real():
+    from slimkit.prune._hf import parameters_on_meta
+
+    with parameters_on_meta():
+        huge = torch.nn.Linear(2**20, 2**20)  # 4 TiB of weights if allocated
+        norm = torch.nn.BatchNorm1d(4)
+    assert huge.weight.device.type == "meta" and huge.weight.requires_grad
+    assert norm.running_mean.device.type == "cpu" and norm.weight.device.type == "meta"
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"  # outside the context, as before

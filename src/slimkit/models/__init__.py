@@ -22,7 +22,7 @@ from slimkit.models._hf import (
     load_pretrained,
 )
 from slimkit.models._lenet import MLP, LeNet5
-from slimkit.models._memory import check_input_memory, state_bytes, within_memory
+from slimkit.models._memory import buffer_bytes, check_input_memory, state_bytes, within_memory
 from slimkit.models._registry import (
     MODELS,
     InputSpec,
@@ -60,6 +60,7 @@ __all__ = [
     "HFArch",
     "InputSpec",
     "LeNet5",
+    "buffer_bytes",
     "check_backends",
     "check_fits",
     "check_input_memory",

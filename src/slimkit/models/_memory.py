@@ -62,20 +62,28 @@ def state_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def check_fits_memory(build: Callable[[], M], what: str, *, error: type[Exception] = ModelSpecError) -> M:
-    """``build()`` on the meta device (nothing allocated), returned; ``error`` naming ``what`` when the weights
-    it declares would exceed this machine's memory."""
+def buffer_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s buffers, persistent or not (what a build with its parameters on the meta device
+    allocates)."""
+    return sum(b.numel() * b.element_size() for b in model.buffers())
+
+
+def check_fits_memory(build: Callable[[], M], what: str, *, error: type[Exception] = ModelSpecError,
+                      size: Callable[[nn.Module], int] = state_bytes) -> M:
+    """``build()`` on the meta device (nothing allocated), returned; ``error`` naming ``what`` when the bytes
+    ``size`` counts of it (default: its weights) would exceed this machine's memory."""
     with torch.device("meta"):
         probe = build()
-    size = state_bytes(probe)
-    if size > memory_bytes():
-        raise error(f"{what} would hold {size / 2**30:,.1f} GiB of weights, more than this machine's "
-                    f"{memory_bytes() / 2**30:,.0f} GiB: check the sizes")
+    needed = size(probe)
+    if needed > memory_bytes():
+        raise error(f"{what} would hold {needed / 2**30:,.1f} GiB of {'weights' if size is state_bytes else 'tensors'}"
+                    f", more than this machine's {memory_bytes() / 2**30:,.0f} GiB: check the sizes")
     return probe
 
 
-def within_memory(build: Callable[[], M], what: str, *, error: type[Exception] = ModelSpecError) -> M:
+def within_memory(build: Callable[[], M], what: str, *, error: type[Exception] = ModelSpecError,
+                  size: Callable[[nn.Module], int] = state_bytes) -> M:
     """``build()``, once :func:`check_fits_memory` has passed it (under a meta default device, the probe itself)."""
     on_meta = torch.get_default_device().type == "meta"
-    probe = check_fits_memory(build, what, error=error)
+    probe = check_fits_memory(build, what, error=error, size=size)
     return probe if on_meta else build()

@@ -18,15 +18,17 @@ attributes pruning set (JSON), and the weights (safetensors; never a pickle).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from slimkit._errors import CheckpointError, ConfigError, SlimkitError
 from slimkit.prune._layout import apply_layout_
@@ -266,12 +268,13 @@ def _architecture(name: str) -> type:
 
 
 def load_pruned(folder: str | os.PathLike) -> nn.Module:
-    """Read a model written by :func:`save_pruned`: build the architecture from its unpruned config, give every
-    tensor its pruned shape and size attributes, load the weights (strictly) and set the rewritten config. Runs no
+    """Read a model written by :func:`save_pruned`: build the architecture from its unpruned config with its
+    parameters on the meta device (no memory, no initialisation: :func:`parameters_on_meta`), give every tensor its
+    pruned shape and size attributes, load the weights into them (strictly) and set the rewritten config. Runs no
     code from the folder."""
     from safetensors.torch import load_file
 
-    from slimkit.models import check_backends, within_memory
+    from slimkit.models import buffer_bytes, check_backends, within_memory
     from slimkit.prune._structured import set_pruning_info
 
     target = Path(folder)
@@ -298,9 +301,9 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
         check_backends(fields_, where)
     try:
         config = AutoConfig.for_model(meta["model_type"], **{k: v for k, v in base.items() if k != "model_type"})
-        # the unpruned sizes come from the file: refused on the meta device if they exceed this machine's memory
-        model = within_memory(lambda: cls(config), f"{where}'s unpruned {meta['architecture']}",
-                              error=CheckpointError)
+        # its parameters stay on the meta device: only the buffers are allocated before the pruned weights load
+        model = within_memory(lambda: _built_without_parameters(cls, config),
+                              f"{where}'s unpruned {meta['architecture']}", error=CheckpointError, size=buffer_bytes)
     except SlimkitError:
         raise
     except Exception as error:  # transformers' own checks of the config (ValueError, strict-dataclass errors, ...)
@@ -309,11 +312,13 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
                               "save_pruned") from None
     apply_layout_(model, meta["shapes"], meta.get("attributes", {}), where, fix=SAVE_AGAIN)
     state = load_file(str(target / WEIGHTS_FILE))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in meta.get("tied", {})]
+    tied = meta.get("tied", {})
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise CheckpointError(f"'{target}' does not match its architecture: missing {missing[:5]}, unexpected "
                               f"{unexpected[:5]}")
+    _retie_(model, tied, where)
     # the rewritten sizes, set on the config object every module shares (its attention backend choice stays)
     try:
         model.config.update({k: v for k, v in meta["config"].items()
@@ -324,3 +329,57 @@ def load_pruned(folder: str | os.PathLike) -> nn.Module:
     set_pruning_info(model, dict(meta.get("pruning", {}), attributes=meta.get("attributes", {}),
                                  hf_config={"exact": False, "base_config": base}))
     return model.eval()
+
+
+class _EmptyOnMeta(TorchFunctionMode):
+    """``torch.empty`` on the meta device: how layers allocate the parameters they initialise next."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.empty:
+            kwargs = {**kwargs, "device": "meta"}
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules built inside hold their parameters on the meta device: no memory, no initialisation. Layers allocate
+    their parameters with ``torch.empty``, which goes to the meta device here, and any parameter made otherwise
+    (a norm's ``torch.ones``) is moved there when it is registered. Other tensors stay real, so buffers computed in
+    ``__init__`` (rotary frequencies, position ids), which no weights file holds, keep their values (accelerate's
+    ``init_empty_weights(include_buffers=False)`` does the registering half of this)."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    try:
+        with _EmptyOnMeta():
+            yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def _built_without_parameters(cls: type, config: Any) -> nn.Module:
+    with parameters_on_meta():
+        return cls(config)
+
+
+def _retie_(model: nn.Module, tied: dict[str, str], where: str) -> None:
+    """Point every tied alias (e.g. ``lm_head.weight``) at the tensor loaded under the name it was stored by (loading
+    by assignment replaced that tensor, not its aliases), then check that no parameter or buffer is left on the meta
+    device."""
+    for alias, stored in tied.items():
+        owner, _, attr = str(alias).rpartition(".")
+        try:
+            setattr(model.get_submodule(owner), attr, model.get_parameter(str(stored)))
+        except (AttributeError, TypeError, KeyError) as error:
+            raise CheckpointError(f"{where}: its tied tensor '{alias}' → '{stored}' is not in the model ({error}): "
+                                  f"{SAVE_AGAIN}") from None
+    left = [name for name, t in model.state_dict(keep_vars=True).items() if t.device.type == "meta"]
+    left += [name for name, p in model.named_parameters() if p.device.type == "meta" and name not in left]
+    if left:
+        raise CheckpointError(f"{where}: no weights for {', '.join(left[:5])}: {SAVE_AGAIN}")
