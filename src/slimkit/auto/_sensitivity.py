@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -348,35 +347,17 @@ def rank_analysis(model: nn.Module, example: Any, calib: Calibration, layers: Se
 # --- container: one layer magnitude-pruned and clustered -------------------------------------------------------------
 
 
-def _stream_bytes(symbols: np.ndarray, alphabet: int) -> tuple[int, int]:
-    """Bytes of one symbol stream as ``save_compressed`` stores it — canonical Huffman (its code-length table and
-    bit stream) or, when that is not smaller, packed at a fixed width — and how many of them are the table."""
-    from collections import Counter
-
-    from slimkit.share import code_lengths, encode_lengths, fixed_width
-
-    if symbols.size == 0:
-        return 0, 0
-    counts = Counter(symbols.tolist())
-    lengths = code_lengths(counts)
-    bits = sum(counts[s] * n for s, n in lengths.items())
-    table = len(encode_lengths(lengths, alphabet))
-    huffman = (bits + 7) // 8 + table
-    raw = (symbols.size * fixed_width(symbols) + 7) // 8
-    return (raw, 0) if raw <= huffman else (huffman, table)
-
-
 def clustered_parts(layer: nn.Module) -> dict[str, int]:
     """The bytes a :class:`slimkit.share.ClusteredLayer` takes in the container, by part: its float32 ``codebook``,
     its cluster index and relative index ``streams`` (Han et al. 2016, Sec. 2–4), of which ``tables`` are their
     Huffman code-length tables, and its ``bias`` (the file's header and other tensors are not included); ``total``
     is their sum."""
-    from slimkit.share import relative_encode
+    from slimkit.share import relative_encode, stream_bytes
 
     flat = layer.indices.detach().cpu().numpy().ravel()
     gaps, symbols = relative_encode(flat, layer.zero_symbol, layer.index_bits)
-    (clusters, clusters_table), (offsets, offsets_table) = (_stream_bytes(symbols, layer.zero_symbol + 1),
-                                                            _stream_bytes(gaps, 2 ** layer.index_bits))
+    (clusters, clusters_table), (offsets, offsets_table) = (stream_bytes(symbols, layer.zero_symbol + 1),
+                                                            stream_bytes(gaps, 2 ** layer.index_bits))
     parts = {"codebook": 4 * layer.codebook.numel(), "streams": clusters + offsets,
              "tables": clusters_table + offsets_table,
              "bias": 0 if layer.bias is None else layer.bias.numel() * layer.bias.element_size()}

@@ -16,6 +16,7 @@ from slimkit.share._container import (
     pruned_layout_bytes,
     resolve_spec,
     save_compressed,
+    stream_bytes,
 )
 from slimkit.share._deep_compression import (
     DeepCompressionConfig,
@@ -65,4 +66,5 @@ __all__ = [
     "resolve_spec",
     "save_compressed",
     "save_deep_compression",
+    "stream_bytes",
 ]

@@ -126,19 +126,49 @@ class _Payload:
         return [self.size - len(blob), len(blob)]
 
 
-def _stream(payload: _Payload, symbols: np.ndarray, alphabet: int) -> tuple[dict[str, Any], int, int]:
-    """Store ``symbols`` Huffman-coded, or packed at a fixed width if Huffman (table + bits) is not smaller.
+@dataclass(frozen=True)
+class _StreamPlan:
+    """How :func:`save_compressed` stores one symbol stream: Huffman with code ``lengths`` (its ``table`` and
+    ``data_bytes`` of bits), or, when that is not smaller, packed at ``width`` bits (``lengths`` None)."""
 
-    Returns the header record, the stream bytes and the table bytes."""
-    lengths = code_lengths(Counter(symbols.tolist()))
-    data, n_bits = huffman_encode(symbols, lengths)
+    lengths: dict[int, int] | None
+    width: int
+    data_bytes: int
+    table: bytes
+
+
+def _stream_plan(symbols: np.ndarray, alphabet: int) -> _StreamPlan:
+    counts = Counter(symbols.tolist())
+    lengths = code_lengths(counts)
     table = encode_lengths(lengths, alphabet)
+    huffman_bytes = (sum(n * lengths[symbol] for symbol, n in counts.items()) + 7) // 8
     width = fixed_width(symbols)
     raw_bytes = (len(symbols) * width + 7) // 8
-    if raw_bytes <= len(table) + len(data):
-        return {"coding": "raw", "width": width, "data": payload.add(pack_fixed(symbols, width))}, raw_bytes, 0
-    record = {"coding": "huffman", "table": payload.add(table), "data": payload.add(data), "bits": n_bits}
-    return record, len(data), len(table)
+    if raw_bytes <= len(table) + huffman_bytes:
+        return _StreamPlan(None, width, raw_bytes, b"")
+    return _StreamPlan(lengths, width, huffman_bytes, table)
+
+
+def stream_bytes(symbols: np.ndarray, alphabet: int) -> tuple[int, int]:
+    """The bytes :func:`save_compressed` stores ``symbols`` in (of an ``alphabet``-symbol code) — canonical Huffman,
+    its code-length table and bit stream, or, when that is not smaller, packed at a fixed width — and how many of
+    them are the table. Sizes only: nothing is encoded."""
+    if symbols.size == 0:
+        return 0, 0
+    plan = _stream_plan(symbols, alphabet)
+    return plan.data_bytes + len(plan.table), len(plan.table)
+
+
+def _stream(payload: _Payload, symbols: np.ndarray, alphabet: int) -> tuple[dict[str, Any], int, int]:
+    """Store ``symbols`` as :func:`_stream_plan` chooses. Returns the header record, the stream bytes and the table
+    bytes."""
+    plan = _stream_plan(symbols, alphabet)
+    if plan.lengths is None:
+        record = {"coding": "raw", "width": plan.width, "data": payload.add(pack_fixed(symbols, plan.width))}
+        return record, plan.data_bytes, 0
+    data, n_bits = huffman_encode(symbols, plan.lengths)
+    record = {"coding": "huffman", "table": payload.add(plan.table), "data": payload.add(data), "bits": n_bits}
+    return record, len(data), len(plan.table)
 
 
 def resolve_spec(model: nn.Module, spec: str | None) -> str:
