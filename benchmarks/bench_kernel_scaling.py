@@ -2,7 +2,8 @@
 
 A pruned network turns a MAC reduction into the same speed-up only if its kernels do. This measures single 3×3
 convolutions, each alone at its real input size and batch, at every combination of 1, 3/4, 1/2 and 1/4 of its input
-and output channels (multiples of 16 where the full width allows, the kernels' own block on AVX-512), with the
+and output channels (rounded to multiples of 16, the kernels' block on AVX-512, for layers of 64 channels or more),
+with the
 per-layer measurers the latency tables use (:class:`slimkit.analysis.OrtMeasurer`,
 :class:`slimkit.analysis.OpenVinoMeasurer`: fastest of 21 interleaved runs, against a reference layer; the layout
 conversions of an isolated graph left out). The layers: ResNet-20's three stages on MNIST (28×28, 14×14, 7×7 at 16,
@@ -16,6 +17,7 @@ import importlib.util
 from typing import Any
 
 from benchmarks._common import LATENCY_THREADS, Section, markdown_table
+from slimkit._runtimes import RUNTIMES
 
 TITLE = "Kernel scaling: a convolution's time against its MACs as channels go (ONNX Runtime, OpenVINO)"
 #: (label, input size, full channels, batch)
@@ -37,10 +39,10 @@ def _widths(full: int) -> list[int]:
 
 
 def _measure(backend: str, quick: bool) -> list[dict[str, Any]]:
-    from slimkit.analysis import Geometry, OpenVinoMeasurer, OrtMeasurer
+    from slimkit.analysis import Geometry
+    from slimkit.analysis._latency_table import TABLE_RUNTIMES
 
-    measurer_type = OpenVinoMeasurer if backend == "openvino" else OrtMeasurer
-    measurer = measurer_type(threads=LATENCY_THREADS, repeats=5 if quick else 21)
+    measurer = TABLE_RUNTIMES[backend][0](threads=LATENCY_THREADS, repeats=5 if quick else 21)
     records = []
     for label, size, full, batch in LAYERS:
         geometry = Geometry("conv", (3, 3), (1, 1), (1, 1, 1, 1), size=(size, size), batch=batch)
@@ -59,7 +61,7 @@ def _measure(backend: str, quick: bool) -> list[dict[str, Any]]:
 def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     records = payload["records"]
     runtimes = list(dict.fromkeys(r["backend"] for r in records))
-    names = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+    names = {name: runtime.display for name, runtime in RUNTIMES.items()}
     rows = []
     for label, _, full, _ in LAYERS:
         cells: dict[tuple[int, int], dict[str, Any]] = {}
@@ -87,11 +89,12 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     table = markdown_table(["layer", "channels in→out", "MAC ratio",
                             *[f"{names.get(b, b)}: time ratio (speed-up ÷ MAC reduction)" for b in runtimes]], rows)
     markdown = f"""Single 3×3 convolutions (stride 1, padding 1), each timed alone at its input size and batch, at
-pruned channel counts: time and MACs as fractions of the full-width layer's, and (in brackets) how much of the MAC
-reduction became speed-up (100 %: all of it). {LATENCY_THREADS} thread; the layer measurers of the latency tables
-(fastest of {payload['repeats']} interleaved runs against a reference layer; the layout conversions an isolated graph
-needs are left out). Batch 64 for ResNet-20's layers (MNIST, 28×28 input), batch 8 for the ResNet-18 layer (224×224
-input).
+pruned channel counts: time and MACs as fractions of the full-width layer's, and (in brackets) the speed-up ÷ the MAC
+reduction, (1 / time ratio) ÷ (1 / MAC ratio): 100 % when time falls as fast as the MACs. {LATENCY_THREADS} thread;
+the layer measurers of the latency tables (fastest of {payload['repeats']} interleaved runs against a reference layer;
+the layout conversions an isolated graph needs are left out; in OpenVINO a run's latency less its layout conversions
+and an empty inference's latency). Batch 64 for ResNet-20's layers (MNIST, 28×28 input), batch 8 for the ResNet-18
+layer (224×224 input).
 
 {table}
 
@@ -101,7 +104,7 @@ input).
 
 
 def run(quick: bool) -> Section:
-    runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    runtimes = [name for name, runtime in RUNTIMES.items() if importlib.util.find_spec(runtime.package)]
     records = [r for backend in runtimes for r in _measure(backend, quick)]
     payload = {"records": records, "repeats": 5 if quick else 21}
     markdown, data = render(payload)

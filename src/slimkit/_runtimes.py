@@ -15,16 +15,18 @@ from slimkit._errors import ConfigError
 
 @dataclass(frozen=True)
 class Runtime:
-    """``name`` as options spell it, ``display`` as reports print it, ``package`` the module that provides it."""
+    """``name`` as options spell it, ``display`` as reports print it, ``package`` the module that provides it and
+    ``extra`` slimkit's install extra that brings it (empty: a core dependency)."""
 
     name: str
     display: str
     package: str
+    extra: str = ""
 
 
 RUNTIMES: dict[str, Runtime] = {
     "onnxruntime": Runtime("onnxruntime", "ONNX Runtime", "onnxruntime"),
-    "openvino": Runtime("openvino", "OpenVINO (CPU)", "openvino"),
+    "openvino": Runtime("openvino", "OpenVINO (CPU)", "openvino", extra="openvino"),
 }
 #: the runtime when none is named
 DEFAULT_RUNTIME = "onnxruntime"
@@ -47,5 +49,5 @@ def require_runtime(name: str, what: str = "runtime") -> Runtime:
         installed = False
     if not installed:
         raise ConfigError(f"{what} '{name}' needs the {found.package} package: pip install {found.package}"
-                          + (" (or pip install 'slimkit[openvino]')" if name == "openvino" else ""))
+                          + (f" (or pip install 'slimkit[{found.extra}]')" if found.extra else ""))
     return found

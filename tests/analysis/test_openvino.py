@@ -68,7 +68,8 @@ def test_a_file_openvino_cannot_compile_names_the_reason(tmp_path):
                                                     helper.make_opsetid("example.unknown", 1)])
     (tmp_path / "odd.onnx").write_bytes(model.SerializeToString())
     with pytest.raises(UnsupportedModelError, match=r"OpenVINO cannot run .*odd\.onnx: .*NoSuchOp.*measure this "
-                                                     r"model in onnxruntime") as caught:
+                                                     r"model's latency in onnxruntime \(--runtime onnxruntime\)"
+                       ) as caught:
         latency(tmp_path / "odd.onnx", torch.zeros(1, 4), backend="openvino", repeats=1)
     assert "Exception from" not in str(caught.value)
 
@@ -79,8 +80,10 @@ def _node(node_type, us, status="EXECUTED"):
 
 
 class FakeRequest:
-    """An infer request whose counters are whole-microsecond means since compilation, as OpenVINO's are: the k-th
-    call of a node type takes ``times[type][k]`` µs; ``latency`` (ms) is the last call's sum plus ``overhead``."""
+    """An infer request whose counters work as OpenVINO's CPU plugin's do: each run's node time floored to a whole
+    microsecond and added up, the mean reported the total floor-divided by the runs, a node whose mean is 0 reported
+    as not run. The k-th call of a node type takes ``times[type][k]`` µs; ``latency`` (ms, a float) is the last
+    call's sum plus ``overhead``."""
 
     def __init__(self, times, overhead=50):
         self.times, self.overhead, self.calls, self.latency = times, overhead, 0, 0.0
@@ -93,37 +96,43 @@ class FakeRequest:
 
     @property
     def profiling_info(self):
-        return [_node(op, round(sum(t[:self.calls]) / self.calls)) for op, t in self.times.items()] + [
+        means = {op: int(sum(int(v) for v in t[:self.calls])) // self.calls for op, t in self.times.items()}
+        return [_node(op, us, "EXECUTED" if us else "NOT_RUN") for op, us in means.items()] + [
             _node("Result", 0, "NOT_RUN")]
 
 
 def test_counter_means_since_compilation_become_the_timed_runs_mean():
     """A 4000 µs first run then 1000 µs runs: after 3 runs the counter shows 2000, after 8 it shows 1375, so the
-    last 5 averaged 1000 µs — not the 1375 shown. A microsecond kernel's rounding can make its difference negative
-    (4 µs in 3 runs shown as a mean of 1, then a mean of 0 after 8): it counts 0."""
+    last 5 averaged 1000 µs — not the 1375 shown. Every run is floored to a microsecond first, so a 1.6 µs kernel
+    reads as 1 µs, and a 0.4 µs one as nothing: it drops out once its mean floors to 0."""
     request = FakeRequest({"Convolution": [4000, 1000, 1000, 1000, 1000, 1000, 1000, 1000],
-                           "FullyConnected": [3, 1, 0, 0, 0, 0, 0, 0]})
+                           "FullyConnected": [3.7, 1.6, 1.6, 1.6, 1.6, 1.6, 1.6, 1.6],
+                           "Eltwise": [3.7, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]})
     for _ in range(3):
         request.infer(None)
     after_warmup = _node_totals(request, 3)
-    assert after_warmup == pytest.approx({"Convolution": 6.0, "FullyConnected": 0.003})  # 4 µs shown as 3 × 1
+    assert after_warmup == pytest.approx({"Convolution": 6.0, "FullyConnected": 0.003, "Eltwise": 0.003})
     for _ in range(5):
         request.infer(None)
-    assert _timed_means(request, after_warmup, 8, 3) == pytest.approx({"Convolution": 1.0, "FullyConnected": 0.0})
+    assert _timed_means(request, after_warmup, 8, 3) == pytest.approx({"Convolution": 1.0, "FullyConnected": 0.001})
 
 
-def test_a_probe_reads_kernel_and_glue_from_the_timed_runs_and_scales_them_to_each_run():
-    """Kernel and glue means over the timed runs (2 and 0.5 ms), each run's share by its latency over their mean:
-    the fastest timed run (2.35 ms of a 2.55 ms mean) stands for the layer."""
+def test_a_probe_times_its_layer_from_each_runs_latency_less_glue_and_an_empty_inference():
+    """The counters' floors would read a microsecond kernel as 0, so a layer's time per run is the request's own
+    latency (2.55, 2.35, 2.75, 2.55 ms in the timed runs) less the glue's timed mean from the counters (0.5 ms)
+    and the latency of an inference that does nothing (0.05 ms): the fastest timed run stands for the layer."""
     request = FakeRequest({"Convolution": [9000, 2000, 2000, 1800, 2200, 2000],
                            "Reorder": [3000, 500, 500, 500, 500, 500]})
-    probe = _OpenVinoProbe(request, {0: np.zeros(1)}, warmup=2)
+    probe = _OpenVinoProbe(request, {0: np.zeros(1)}, warmup=2, overhead=0.05)
     for _ in range(6):
         probe.run()
     kernel, glue = probe.times(2)
-    latencies = np.array([2.55, 2.35, 2.75, 2.55]) / 2.55  # per timed run, over their mean (0.05 ms overhead each)
-    assert kernel == pytest.approx(2.0 * latencies, rel=1e-3) and glue == pytest.approx(0.5 * latencies, rel=1e-3)
+    assert kernel == pytest.approx([2.0, 1.8, 2.2, 2.0], abs=2e-3) and glue == pytest.approx(0.5, abs=2e-3)
     assert all(kwargs == {"share_inputs": True, "share_outputs": True} for _, kwargs in request.feeds)
+    slow_null = _OpenVinoProbe(FakeRequest(request.times), {0: np.zeros(1)}, warmup=2, overhead=9.0)
+    for _ in range(6):
+        slow_null.run()
+    assert slow_null.times(2)[0].min() == 0  # never below nothing
 
 
 def test_a_networks_other_share_is_its_time_outside_the_tabled_ops(monkeypatch):

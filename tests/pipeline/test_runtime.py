@@ -51,6 +51,15 @@ def test_a_prune_latency_target_follows_the_runtime_flag(tmp_path, monkeypatch):
     recipe = json.loads((tmp_path / "out" / "run.json").read_text())["recipe"]
     assert "backend" not in recipe["stages"][0]["prune"]["target_latency"]  # it follows evaluation.runtime
     assert recipe["evaluation"]["runtime"] == "openvino"
+    assert stage["notes"]["latency_target"]["keeps"]  # the widths chosen, for the folder's replay
+    # exporting replays the stage to its saved widths: no search, nothing timed, no OpenVINO needed
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert main(["export", str(tmp_path / "out"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    result = tmp_path / "out" / "stages" / "01-prune" / "result.json"
+    saved = json.loads(result.read_text())
+    saved["notes"]["latency_target"]["keeps"] = {"0": "all"}
+    result.write_text(json.dumps(saved))
+    assert main(["export", str(tmp_path / "out"), "--format", "onnx", "--out", str(tmp_path / "n.onnx")]) == 2
 
 
 def test_the_runtime_flag_is_refused_where_nothing_is_timed(tmp_path, capsys):
@@ -68,7 +77,7 @@ def test_without_openvino_installed_a_run_that_times_in_it_stops_before_its_fold
     assert not (tmp_path / "out").exists()
     assert main(["prune", "lenet5", "--data", "mnist", "--latency", "0.6", "--runtime", "openvino", "--no-latency",
                  "--out", str(tmp_path / "out")]) == 2
-    assert "target_latency.backend 'openvino' needs the openvino package" in capsys.readouterr().err
+    assert "evaluation.runtime (--runtime) 'openvino' needs the openvino package" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -70,7 +70,7 @@ from slimkit._cpu import cpu_info
 from slimkit._errors import ConfigError
 from slimkit._inputs import input_tuple
 from slimkit._io import write_text_atomic
-from slimkit._runtimes import require_runtime
+from slimkit._runtimes import DEFAULT_RUNTIME, require_runtime
 from slimkit.analysis._latency_probe import PRECISIONS, ChunkedMeasurer, Geometry, Measurer, OrtMeasurer, probe_steps
 from slimkit.analysis._openvino import OpenVinoMeasurer
 
@@ -97,7 +97,7 @@ def cache_root() -> Path:
     return _io.cache_root() / "latency"
 
 
-def machine_key(threads: int, backend: str = "onnxruntime") -> dict[str, Any]:
+def machine_key(threads: int, backend: str = DEFAULT_RUNTIME) -> dict[str, Any]:
     """What a cached measurement depends on besides the layer: CPU, the runtime and its version, threads (the
     runtime's name is the key of its version, so each runtime's tables live in their own cache file)."""
     import importlib
@@ -189,7 +189,7 @@ class LatencyTable:
     #: layers' outputs; None: all of it (a constant other share)
     other_fixed: float | None = None
     #: the runtime measured: "onnxruntime" or "openvino"
-    backend: str = "onnxruntime"
+    backend: str = DEFAULT_RUNTIME
 
     def predict_ms(self, widths: Mapping[str, tuple[int, int]] | None = None) -> float:
         """Σ of the layer tables at ``widths`` (layer → (in, out) channels; absent layers at full width)."""
@@ -396,7 +396,7 @@ def build_latency_table(
     precision: str = "fp32",
     network: str | os.PathLike | None = None,
     widths: Mapping[str, tuple[Sequence[int], Sequence[int]]] | None = None,
-    backend: str = "onnxruntime",
+    backend: str = DEFAULT_RUNTIME,
 ) -> LatencyTable:
     """Measure (or load from the cache) the latency table of every Conv2d/Linear layer of ``model``.
 
@@ -422,7 +422,7 @@ def build_latency_table(
         raise ConfigError(f"latency table backend={backend!r}: use one of {', '.join(TABLE_RUNTIMES)}")
     measurer_type, table_ops, precisions = TABLE_RUNTIMES[backend]
     if precision not in precisions:
-        raise ConfigError(f"a {precision} latency table is measured in ONNX Runtime (slimkit's QDQ export): use "
+        raise ConfigError(f"an {precision} latency table is measured in ONNX Runtime (slimkit's QDQ export): use "
                           f"backend='onnxruntime', or precision={precisions[0]!r} for {backend}")
     timed_in = getattr(measurer, "backend", backend)  # a measurer that does not say (a test's fake) is taken as given
     if timed_in != backend:

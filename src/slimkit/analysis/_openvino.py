@@ -7,11 +7,13 @@ OpenVINO's own default on a CPU with AVX512-BF16 or AMX is bfloat16, which chang
 logits moved by 1.4e-3 here), so it would time another model than the one deployed in fp32; a bf16 deployment is a
 precision choice to measure on its own. Int8 (QDQ) models still run their quantized layers in int8.
 
-Layer times come from OpenVINO's performance counters, which hold each node's mean since compilation in whole
-microseconds (not the last inference's): a node's mean over the timed runs is the difference of its totals after the
-warm-up and at the end, good to about a microsecond, so kernels of a few microseconds (the narrowest depthwise and
-linear probes) carry a few per cent of rounding. Layout conversions at a one-layer graph's borders (``Reorder``
-nodes) are its layout glue, as ONNX Runtime's ``ReorderInput``/``ReorderOutput`` are.
+A layer's time is the request's per-inference latency (a float) less its layout glue and less the latency of an
+inference that does nothing (:attr:`OpenVinoMeasurer.overhead_ms`). OpenVINO's performance counters, which give the
+glue (the ``Reorder`` nodes at a one-layer graph's borders, as ONNX Runtime's ``ReorderInput``/``ReorderOutput`` are)
+and a network's time per node type, hold each node's mean since compilation, each run's time floored to a whole
+microsecond: a node's mean over the timed runs is the difference of its totals after the warm-up and at the end, about
+a microsecond low per node and run, which a network of 100 µs kernels does not feel and a 1 µs kernel would (so layer
+times do not come from them).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from slimkit._errors import UnsupportedModelError
+from slimkit._errors import ConfigError, UnsupportedModelError
 from slimkit._runtimes import require_runtime
 from slimkit.analysis._latency_probe import ChunkedMeasurer, Geometry
 
@@ -65,11 +67,11 @@ def openvino_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], t
     try:
         compiled = openvino_compiled(openvino_core(), str(path), threads)
     except Exception as error:  # OpenVINO raises its own types (e.g. an op it does not implement)
-        raise UnsupportedModelError(f"OpenVINO cannot run {path}: {_reason(error)}: measure this model in "
-                                    "onnxruntime") from None
+        raise UnsupportedModelError(f"OpenVINO cannot run {path}: {_reason(error)}: measure this model's latency in "
+                                    "onnxruntime (--runtime onnxruntime)") from None
     if len(compiled.inputs) != len(inputs):
-        raise UnsupportedModelError(f"{path} takes {len(compiled.inputs)} input(s) but {len(inputs)} example "
-                                    "input(s) were given: pass one tensor per model input")
+        raise ConfigError(f"{path} takes {len(compiled.inputs)} input(s) but {len(inputs)} example input(s) were "
+                          "given: pass one tensor per model input")
     request = compiled.create_infer_request()
     feed = {k: np.ascontiguousarray(t.detach().cpu().numpy()) for k, t in enumerate(inputs)}
 
@@ -117,15 +119,19 @@ class _Counted:
 
 
 class _OpenVinoProbe(_Counted):
-    """One compiled one-layer graph. As with ONNX Runtime the fastest run stands for the layer: each run's share of
-    the timed mean is its own latency over the timed runs' mean latency (the counters cannot give single runs)."""
+    """One compiled one-layer graph. Its kernel time per run is the request's own latency (a float, per run) less
+    the layout glue (the border ``Reorder`` nodes' timed mean from the counters) and less ``overhead``, what an
+    inference of an empty graph takes: the counters alone floor every run's node time to a whole microsecond, which
+    reads a 1 µs kernel as 0. As with ONNX Runtime the fastest run stands for the layer."""
+
+    def __init__(self, request: Any, feed: dict[int, np.ndarray], warmup: int, overhead: float) -> None:
+        super().__init__(request, feed, warmup)
+        self.overhead = overhead
 
     def times(self, skip: int) -> tuple[np.ndarray, np.ndarray]:
         means, latency = self.timed()
-        kernel = sum(ms for op, ms in means.items() if op not in OPENVINO_GLUE)
         glue = sum(ms for op, ms in means.items() if op in OPENVINO_GLUE)
-        scale = latency / max(float(latency.mean()), 1e-12) if latency.size else np.ones(1)
-        return scale * kernel, scale * glue
+        return np.maximum(latency - glue - self.overhead, 0.0), np.full(max(latency.size, 1), glue)
 
 
 @dataclass
@@ -136,12 +142,35 @@ class OpenVinoMeasurer(ChunkedMeasurer):
     backend: ClassVar[str] = "openvino"
 
     def _compiled_request(self, model: Any) -> Any:
-        return openvino_compiled(openvino_core(), model, self.threads, profile=True).create_infer_request()
+        try:
+            compiled = openvino_compiled(openvino_core(), model, self.threads, profile=True)
+        except Exception as error:  # OpenVINO raises its own types (e.g. an op it does not implement)
+            where = model if isinstance(model, str) else "a layer"
+            raise UnsupportedModelError(f"OpenVINO cannot run {where}: {_reason(error)}: measure this model's "
+                                        "latency in onnxruntime (--runtime onnxruntime)") from None
+        return compiled.create_infer_request()
+
+    @functools.cached_property
+    def overhead_ms(self) -> float:
+        """What one inference of a graph that does (almost) nothing takes here: the fastest of the measurer's runs
+        of a one-value ReLU."""
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("Relu", ["X"], ["Y"])], "null",
+                                  [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        null = _Counted(self._compiled_request(openvino_core().read_model(model.SerializeToString())),
+                        {0: np.zeros(1, np.float32)}, self.warmup)
+        for _ in range(self.warmup + self.repeats):
+            null.run()
+        return float(null.timed()[1].min())
 
     def _probe(self, model: bytes, x: np.ndarray, geometry: Geometry, prefix: str) -> Any:
         if geometry.precision != "fp32":
             raise ValueError("OpenVinoMeasurer times fp32 layers only")
-        return _OpenVinoProbe(self._compiled_request(openvino_core().read_model(model)), {0: x}, self.warmup)
+        return _OpenVinoProbe(self._compiled_request(openvino_core().read_model(model)), {0: x}, self.warmup,
+                              self.overhead_ms)
 
     def other_share(self, onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray],
                     table_ops: set[str]) -> tuple[float, float]:

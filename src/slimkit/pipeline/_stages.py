@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from slimkit._registry import Registry
+from slimkit._runtimes import DEFAULT_RUNTIME
 
 if TYPE_CHECKING:
     from slimkit.train import FitConfig
@@ -83,7 +84,7 @@ class StageContext:
     #: (and, when a finished stage is rebuilt, the notes it saved)
     notes: dict[str, Any] = field(default_factory=dict)
     #: the runtime the recipe measures latency in (``evaluation.runtime``), which a latency target naming none uses
-    runtime: str = "onnxruntime"
+    runtime: str = DEFAULT_RUNTIME
 
 
 class Stage:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import field_validator
 from torch import nn
 
+from slimkit._errors import CheckpointError
 from slimkit.pipeline._stage_params import Fraction, config_params
 from slimkit.pipeline._stages import Stage, StageContext, register_stage
 from slimkit.prune import DepthPruneConfig, PruneConfig, UnstructuredConfig
@@ -25,6 +26,19 @@ class PruneParams(_PruneBase):  # type: ignore[misc, valid-type]
 
         CRITERIA.get(value)  # ConfigError (a ValueError) listing the criteria
         return value
+
+def _saved_keeps(notes: object) -> dict[int, int] | None:
+    """The units a finished latency-target stage kept per group, from its saved notes; None when it saved none (a
+    run from before they were saved: the search runs again). Malformed ones are a damaged run folder."""
+    if not isinstance(notes, dict) or "keeps" not in notes:
+        return None
+    keeps = notes["keeps"]
+    if not isinstance(keeps, dict) or not all(isinstance(k, str) and k.isdigit() and type(v) is int and v >= 1
+                                              for k, v in keeps.items()):
+        raise CheckpointError("a prune stage's saved latency_target.keeps are damaged (group index → units kept): "
+                              "run the recipe again with --force")
+    return {int(k): v for k, v in keeps.items()}
+
 
 @register_stage("prune")
 class PruneStage(Stage):
@@ -50,12 +64,19 @@ class PruneStage(Stage):
             config = dataclasses.replace(config, target_latency=target)
         return config
 
+    def _runtime_option(self) -> str:
+        """How the user chose the runtime of the stage's latency target: its own field, or the evaluation's."""
+        from slimkit.prune import as_latency_target
+
+        own = as_latency_target(self.params.config().target_latency).backend is not None
+        return "target_latency.backend" if own else "evaluation.runtime (--runtime)"
+
     def preflight(self, input_model: nn.Module, ctx: StageContext) -> None:
         config = self._config(ctx)
         if config.target_latency is not None:  # the runtime it is timed in is installed: said before any work
             from slimkit._runtimes import require_runtime
 
-            require_runtime(config.target_latency.runtime, "target_latency.backend")
+            require_runtime(config.target_latency.runtime, self._runtime_option())
         if ctx.model_is_input:  # names in skip / layers / a per-layer ratio: layers with weights of the model
             from slimkit._select import check_names, weighted_layer_names
             from slimkit.prune import config_graph
@@ -65,10 +86,17 @@ class PruneStage(Stage):
             config_graph(input_model, ctx.example_input, config)  # its own checks: options that prune nothing
 
     def rebuild(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        from slimkit.prune import prune_channels, prune_layerwise
+        from slimkit.prune import prune_channels, prune_layerwise, prune_to_latency
 
+        config = self._config(ctx)
+        if config.target_latency is not None:
+            # a finished stage's widths, pruned to again (a run folder's replay): nothing timed, no runtime needed;
+            # the first run searches and times them
+            keeps = _saved_keeps(ctx.notes.get("latency_target"))
+            return prune_to_latency(model, ctx.example_input, config, data=ctx.data.calibration, keeps=keeps,
+                                    runtime_option=self._runtime_option())
         prune = prune_layerwise if self.params.schedule == "layerwise" else prune_channels
-        return prune(model, ctx.example_input, self._config(ctx), data=ctx.data.calibration)
+        return prune(model, ctx.example_input, config, data=ctx.data.calibration)
 
     def run(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         from slimkit.prune import pruning_info
@@ -77,7 +105,7 @@ class PruneStage(Stage):
         latency = (pruning_info(pruned) or {}).get("latency")
         if latency:  # a latency target: what the table predicted and what was measured
             ctx.notes["latency_target"] = {k: latency[k] for k in ("target", "batch", "threads", "backend",
-                                                                   "predicted", "measured", "rounds")}
+                                                                   "predicted", "measured", "rounds", "keeps")}
         return pruned
 
 @register_stage("prune_depth")

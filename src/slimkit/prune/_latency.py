@@ -389,17 +389,25 @@ def _batched(inputs: tuple, batch: int) -> tuple:
 
 
 def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, config: Any, *, data: Any = None,
-                     loss: Any = None, table: Any = None) -> nn.Module:
+                     loss: Any = None, table: Any = None, keeps: Mapping[int, int] | None = None,
+                     runtime_option: str = "target_latency.backend") -> nn.Module:
     """``prune_channels`` with ``config.target_latency``: widths from the latency table (measured, or ``table``
-    given), the model pruned to them, then timed against the original (see the module docstring)."""
+    given), the model pruned to them, then timed against the original (see the module docstring).
+
+    ``keeps`` (group index → units kept, as ``pruning_info(model)["latency"]["keeps"]`` records a finished search's
+    choice) prunes straight to those widths with the same criterion and data: no table, no timing, no runtime — how
+    a run folder rebuilds its pruned architecture. ``runtime_option``: how the caller lets the user choose the
+    runtime, named when it is not installed."""
     from slimkit.analysis import build_latency_table, compare_latency
     from slimkit.graph import dependency_graph
     from slimkit.prune._criteria import CRITERIA, PruneContext
     from slimkit.prune._structured import _prune_once, pruning_info, set_pruning_info
 
     target = as_latency_target(config.target_latency)
-    require_runtime(target.runtime, "target_latency.backend")  # not installed: said before any work
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if keeps is not None:
+        return _prune_once(model, inputs, config, 0.0, data, loss, keeps=dict(keeps))
+    require_runtime(target.runtime, runtime_option)  # not installed: said before any work
     batch = target.batch or int(inputs[0].shape[0])
     if table is None:
         table = build_latency_table(model, inputs, batch=batch, threads=target.threads, max_points=target.max_points,
@@ -484,6 +492,7 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | tuple, con
         "predicted": plan.predicted,
         "measured": measured, "rounds": rounds, "other": table.other, "importance_lost": plan.lost,
         "widths": {name: list(w) for name, w in plan.widths.items()},
+        "keeps": {str(index): keep for index, keep in plan.keeps.items()},
         "steps": {name: [t.step_in, t.step_out] for name, t in table.layers.items()},
     }
     set_pruning_info(pruned, info)
