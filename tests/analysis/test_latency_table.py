@@ -123,7 +123,16 @@ def _staircase(step, n=64, noise=0.0, seed=0):
 
 @pytest.mark.parametrize(("step", "seed"), [(8, 0), (16, 1), (16, 2), (32, 3)])
 def test_detect_step_finds_a_padded_block_under_noise(step, seed):
-    assert detect_step(range(1, 65), _staircase(step, noise=0.02, seed=seed)) == step
+    n = max(64, 3 * step)  # a step is confirmed by two midpoints at least: 32 needs a sweep past 80
+    assert detect_step(range(1, n + 1), _staircase(step, n=n, noise=0.02, seed=seed)) == step
+
+
+def test_one_midpoint_does_not_decide_a_step():
+    """A 16-channel staircase whose one 32-step midpoint (48) reads 6 % slow, as preemption makes a single time:
+    still 16, not 32."""
+    times = _staircase(16)
+    times[47] *= 1.06
+    assert detect_step(range(1, 65), times) == 16
 
 
 def test_detect_step_separates_linear_kernels_and_unaligned_fallbacks():

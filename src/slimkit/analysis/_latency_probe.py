@@ -332,7 +332,9 @@ def detect_step(widths: Sequence[int], ms: Sequence[float], *, margin: float = 0
     ``margin``): a padded block (MLAS pads NCHWc output channels) or a slower fallback (unaligned NCHWc input
     channels). And the midpoints (multiples of s/2) cost clearly more than that line (by ``margin``, for two
     thirds of them): otherwise the finer widths are as efficient as the multiples, and a coarser s would only
-    throw away choices (a kernel whose time is linear in the width has step 1). The first block is left out:
+    throw away choices (a kernel whose time is linear in the width has step 1); a step needs two midpoints at least
+    (OpenVINO's 16-channel staircase read as 32 from its one midpoint at 48 in a 64-wide sweep). The first block is
+    left out:
     below one block MLAS reads NCHW input directly, a different regime.
     """
     table = dict(zip(widths, ms))
@@ -349,7 +351,7 @@ def detect_step(widths: Sequence[int], ms: Sequence[float], *, margin: float = 0
 
         inner = [(w, ref) for w in widths if w % s and (ref := line(w)) is not None]
         half = [(w, ref) for w, ref in inner if w % max(1, s // 2) == 0]
-        if not inner or not half:
+        if not inner or len(half) < 2:  # one midpoint alone would let a single noisy time decide the step
             continue
         no_better = sum(table[w] >= (1 - margin) * ref for w, ref in inner) >= coverage * len(inner)
         worse = 3 * sum(table[w] >= (1 + margin) * ref for w, ref in half) >= 2 * len(half)
@@ -366,14 +368,21 @@ PROBES: dict[str, tuple[Geometry, int, int]] = {
 }
 
 
-def probe_steps(kind: str, measurer: Measurer, precision: str = "fp32") -> dict[str, int]:
-    """Steps of ``kind`` along the output and input channels, from sweeps of a probe layer (:data:`PROBES`) in
-    ``precision``."""
+#: sweeps per probe in :func:`probe_steps`, their times taken point by point at the fastest: one sweep in OpenVINO
+#: read its convolutions' input step as 1 in two of three runs and as 32 in the third (preemption hits single points)
+STEP_SWEEPS = 3
+
+
+def probe_steps(kind: str, measurer: Measurer, precision: str = "fp32", sweeps: int = STEP_SWEEPS) -> dict[str, int]:
+    """Steps of ``kind`` along the output and input channels, from ``sweeps`` sweeps of a probe layer
+    (:data:`PROBES`) in ``precision``, each width at its fastest."""
     geometry, n, fixed = PROBES[kind]
     geometry = replace(geometry, precision=precision)
     widths = list(range(1, n + 1))
+
     def kernel(points: list[Point]) -> list[float]:
-        return [k for k, _ in measurer.points(geometry, points)]
+        runs = [[k for k, _ in measurer.points(geometry, points)] for _ in range(sweeps)]
+        return [min(times) for times in zip(*runs)]
 
     if kind == "depthwise":
         step = detect_step(widths, kernel([(w, w) for w in widths]))
