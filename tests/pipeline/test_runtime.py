@@ -89,3 +89,16 @@ def test_the_report_names_the_runtime_and_says_why_a_stage_has_no_latency():
     said = notes(rows)
     assert "in OpenVINO (CPU) at a fixed thread count" in said[0]
     assert said[-1] == "No latency for 01-quantize: OpenVINO cannot run model.onnx: no converter for MatMulNBits"
+
+
+def test_the_console_says_why_a_stage_has_no_latency():
+    from rich.console import Console
+
+    from slimkit.cli._common import stage_printer
+
+    console = Console(record=True, width=200)
+    row = {"accuracy": 0.9, "params": 10, "macs": 20, "bytes": 2048, "seconds": 1.0, "latency_ratio": None,
+           "latency_error": "OpenVINO cannot run /runs/[x]/model.onnx: no conversion rule for MatMulNBits"}
+    stage_printer(console)("stage_end", {"result": row})
+    assert "no latency: OpenVINO cannot run /runs/[x]/model.onnx: no conversion rule for MatMulNBits" in (
+        console.export_text())

@@ -453,6 +453,8 @@ def run_command_recipe(args: argparse.Namespace, recipe: dict[str, Any], *, flag
 
 def stage_printer(console: Any, recipe_path: str | None = None):
     """A runner reporter that draws a rule per stage and one result line after it."""
+    from rich.markup import escape
+
     from slimkit.report import format_latency
 
     def report(event: str, info: dict[str, Any]) -> None:
@@ -468,6 +470,8 @@ def stage_printer(console: Any, recipe_path: str | None = None):
             console.print(f"  accuracy [bold]{r['accuracy']:.2%}[/], {r['params']:,} params, {r['macs']:,} MACs, "
                           f"{r['bytes'] / 1024:,.1f} KiB, latency {format_latency(r)} the input's{control}, "
                           f"{r['seconds']:.1f} s")
+            if r.get("latency_error"):  # the runtime could not run this stage's file
+                console.print(f"  [yellow]no latency:[/] {escape(str(r['latency_error']))}")
             if (r.get("notes") or {}).get("unchanged"):
                 console.print("  [yellow]this stage changed nothing (same parameters, MACs and bytes): its options "
                               "selected nothing to compress[/]")
