@@ -60,14 +60,21 @@ def _reason(error: Exception) -> str:
     return " ".join(said)[:400]
 
 
+def _compiled_or_refused(model: Any, threads: int, *, profile: bool = False) -> Any:
+    """:func:`openvino_compiled` on this process's core, an :class:`UnsupportedModelError` naming the reason when
+    OpenVINO cannot compile ``model`` (a path, or an ``openvino.Model`` of one layer)."""
+    try:
+        return openvino_compiled(openvino_core(), model, threads, profile=profile)
+    except Exception as error:  # OpenVINO raises its own types (e.g. an op it does not implement)
+        where = model if isinstance(model, str) else "a layer"
+        raise UnsupportedModelError(f"OpenVINO cannot run {where}: {_reason(error)}: measure this model's latency in "
+                                    "onnxruntime (--runtime onnxruntime)") from None
+
+
 def openvino_runner(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], threads: int) -> Callable[[], object]:
     """One compiled model of the ONNX file at ``path``, as a zero-argument call on ``inputs``. The inputs are
     shared with OpenVINO, not copied into it on every call (ONNX Runtime reads a numpy input in place too)."""
-    try:
-        compiled = openvino_compiled(openvino_core(), str(path), threads)
-    except Exception as error:  # OpenVINO raises its own types (e.g. an op it does not implement)
-        raise UnsupportedModelError(f"OpenVINO cannot run {path}: {_reason(error)}: measure this model's latency in "
-                                    "onnxruntime (--runtime onnxruntime)") from None
+    compiled = _compiled_or_refused(str(path), threads)
     if len(compiled.inputs) != len(inputs):
         raise ConfigError(f"{path} takes {len(compiled.inputs)} input(s) but {len(inputs)} example input(s) were "
                           "given: pass one tensor per model input")
@@ -145,13 +152,7 @@ class OpenVinoMeasurer(ChunkedMeasurer):
     backend: ClassVar[str] = "openvino"
 
     def _compiled_request(self, model: Any) -> Any:
-        try:
-            compiled = openvino_compiled(openvino_core(), model, self.threads, profile=True)
-        except Exception as error:  # OpenVINO raises its own types (e.g. an op it does not implement)
-            where = model if isinstance(model, str) else "a layer"
-            raise UnsupportedModelError(f"OpenVINO cannot run {where}: {_reason(error)}: measure this model's "
-                                        "latency in onnxruntime (--runtime onnxruntime)") from None
-        return compiled.create_infer_request()
+        return _compiled_or_refused(model, self.threads, profile=True).create_infer_request()
 
     def _probe(self, model: bytes, x: np.ndarray, geometry: Geometry, prefix: str) -> Any:
         if geometry.precision != "fp32":
