@@ -138,3 +138,19 @@ def test_parameters_built_on_meta_cost_nothing_while_buffers_stay_real():
     assert huge.weight.device.type == "meta" and huge.weight.requires_grad
     assert norm.running_mean.device.type == "cpu" and norm.weight.device.type == "meta"
     assert torch.nn.Linear(2, 2).weight.device.type == "cpu"  # outside the context, as before
+
+
+def test_a_buffer_left_on_the_meta_device_is_refused_even_when_no_weights_file_holds_it():
+    """A non-persistent buffer made with ``torch.empty`` while the parameters go to meta has no value, and no
+    weights file would give it one: the load says so instead of returning a model that cannot run."""
+    from slimkit.prune._hf import _retie_, parameters_on_meta
+
+    class Scratch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scratch", torch.empty(3), persistent=False)
+
+    with parameters_on_meta():
+        model = Scratch()
+    with pytest.raises(CheckpointError, match="no weights for scratch"):
+        _retie_(model, {}, "'folder'")

@@ -379,7 +379,6 @@ def _retie_(model: nn.Module, tied: dict[str, str], where: str) -> None:
         except (AttributeError, TypeError, KeyError) as error:
             raise CheckpointError(f"{where}: its tied tensor '{alias}' → '{stored}' is not in the model ({error}): "
                                   f"{SAVE_AGAIN}") from None
-    left = [name for name, t in model.state_dict(keep_vars=True).items() if t.device.type == "meta"]
-    left += [name for name, p in model.named_parameters() if p.device.type == "meta" and name not in left]
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.device.type == "meta"]
     if left:
         raise CheckpointError(f"{where}: no weights for {', '.join(left[:5])}: {SAVE_AGAIN}")
