@@ -302,8 +302,8 @@ def latency(
     ``example_inputs``.
 
     A module measured in ONNX Runtime or OpenVINO (CPU, fp32: see ``slimkit.analysis._openvino``) is exported to a
-    temporary ONNX file first. An absolute time
-    depends on the machine's load; to compare two models use :func:`compare_latency`.
+    temporary ONNX file first. An absolute time depends on the machine's load; to compare two models use
+    :func:`compare_latency`.
     """
     _check(model, backend, threads, warmup, repeats)
     inputs = input_tuple(example_inputs)

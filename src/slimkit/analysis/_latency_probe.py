@@ -334,8 +334,7 @@ def detect_step(widths: Sequence[int], ms: Sequence[float], *, margin: float = 0
     thirds of them): otherwise the finer widths are as efficient as the multiples, and a coarser s would only
     throw away choices (a kernel whose time is linear in the width has step 1); a step needs two midpoints at least
     (OpenVINO's 16-channel staircase read as 32 from its one midpoint at 48 in a 64-wide sweep). The first block is
-    left out:
-    below one block MLAS reads NCHW input directly, a different regime.
+    left out: below one block MLAS reads NCHW input directly, a different regime.
     """
     table = dict(zip(widths, ms))
     best = 1
