@@ -18,6 +18,7 @@ from typing import Any
 
 from benchmarks._common import LATENCY_THREADS, Section, markdown_table
 from slimkit._runtimes import RUNTIMES
+from slimkit.analysis._latency import AA_BAND, TOO_NOISY
 
 TITLE = "Kernel scaling: a convolution's time against its MACs as channels go (ONNX Runtime, OpenVINO)"
 #: (label, input size, full channels, batch)
@@ -48,14 +49,21 @@ def _measure(backend: str, quick: bool) -> list[dict[str, Any]]:
         geometry = Geometry("conv", (3, 3), (1, 1), (1, 1, 1, 1), size=(size, size), batch=batch)
         widths = _widths(full)
         points = [(cin, cout) for cin in widths for cout in widths]
-        times = dict(zip(points, (kernel for kernel, _ in measurer.points(geometry, points))))
+        # the full-width layer once more, last (in the last chunk of probes): its A/A control
+        *measured, again = [kernel for kernel, _ in measurer.points(geometry, [*points, (full, full)])]
+        times = dict(zip(points, measured))
         base_ms, base_macs = times[(full, full)], geometry.macs(full, full)
         for (cin, cout), ms in times.items():
             time_ratio, mac_ratio = ms / base_ms, geometry.macs(cin, cout) / base_macs
             records.append({"backend": backend, "layer": label, "cin": cin, "cout": cout, "ms": ms,
-                            "full_ms": base_ms, "time_ratio": time_ratio, "mac_ratio": mac_ratio,
-                            "speedup_share": mac_ratio / time_ratio})
+                            "full_ms": base_ms, "aa": again / base_ms, "time_ratio": time_ratio,
+                            "mac_ratio": mac_ratio, "speedup_share": mac_ratio / time_ratio})
     return records
+
+
+def _steady(record: dict[str, Any]) -> bool:
+    """Whether the layer's A/A control stayed inside the band every latency ratio here needs."""
+    return AA_BAND[0] <= record["aa"] <= AA_BAND[1]
 
 
 def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -70,11 +78,13 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 cells.setdefault((r["cin"], r["cout"]), {})[r["backend"]] = r
         for (cin, cout), by in cells.items():
             if (cin, cout) == (full, full):
-                rows.append([label, f"{cin}→{cout}", 1.0, *[f"{by[b]['full_ms']:.3f} ms" for b in runtimes]])
+                rows.append([label, f"{cin}→{cout}", 1.0,
+                             *[f"{by[b]['full_ms']:.3f} ms, A/A {by[b]['aa']:.2f}" for b in runtimes]])
                 continue
             mac = next(iter(by.values()))["mac_ratio"]
             rows.append([label, f"{cin}→{cout}", round(mac, 3),
-                         *[f"{by[b]['time_ratio']:.2f} ({by[b]['speedup_share']:.0%})" for b in runtimes]])
+                         *[f"{by[b]['time_ratio']:.2f} ({by[b]['speedup_share']:.0%})" if _steady(by[b])
+                           else TOO_NOISY for b in runtimes]])
     lines = []
     for b in runtimes:
         for label, _, full, _ in LAYERS:
@@ -82,7 +92,7 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                         and r["cout"] == _widths(full)[2]]
             half_in = [r for r in records if r["backend"] == b and r["layer"] == label and r["cout"] == full
                        and r["cin"] == _widths(full)[2]]
-            if half_out and half_in:
+            if half_out and half_in and _steady(half_out[0]):
                 lines.append(f"- {names.get(b, b)}, {label}: half the output channels take "
                              f"{half_out[0]['time_ratio']:.2f} of the time, half the input channels "
                              f"{half_in[0]['time_ratio']:.2f} (each halves the MACs).")
@@ -91,10 +101,12 @@ def render(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     markdown = f"""Single 3×3 convolutions (stride 1, padding 1), each timed alone at its input size and batch, at
 pruned channel counts: time and MACs as fractions of the full-width layer's, and (in brackets) the speed-up ÷ the MAC
 reduction, (1 / time ratio) ÷ (1 / MAC ratio): 100 % when time falls as fast as the MACs. {LATENCY_THREADS} thread;
-the layer measurers of the latency tables (fastest of {payload['repeats']} interleaved runs against a reference layer;
-the layout conversions an isolated graph needs are left out; in OpenVINO a run's latency less its layout conversions
-and an empty inference's latency). Batch 64 for ResNet-20's layers (MNIST, 28×28 input), batch 8 for the ResNet-18
-layer (224×224 input).
+the layer measurers of the latency tables (the fastest of {payload['repeats']} runs, interleaved with a reference layer
+that every group of 8 probes runs too; the layout conversions an isolated graph needs are left out; in OpenVINO from
+its per-node counters). A/A control: the full-width layer timed again in the last group of probes, as a ratio to its
+first time; a layer whose A/A leaves [0.9, 1.1] shows "{TOO_NOISY}" instead of its ratios. These are single kernel
+times (fastest runs), not whole-model comparisons, so no p10–p90 spread is given. Batch 64 for ResNet-20's layers
+(MNIST, 28×28 input), batch 8 for the ResNet-18 layer (224×224 input).
 
 {table}
 
